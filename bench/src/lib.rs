@@ -1,0 +1,1 @@
+//! bench (table of contents; filled in by its issue).

@@ -1,0 +1,1 @@
+//! coding (table of contents; filled in by its issue).

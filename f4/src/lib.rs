@@ -1,0 +1,1 @@
+//! f4 (table of contents; filled in by its issue).

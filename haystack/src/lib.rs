@@ -1,0 +1,1 @@
+//! haystack (table of contents; filled in by its issue).

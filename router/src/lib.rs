@@ -1,0 +1,1 @@
+//! router (table of contents; filled in by its issue).

@@ -1,0 +1,2 @@
+//! The `hayloft` binary: command line, config and wiring of roles.
+fn main() {}
