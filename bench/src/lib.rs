@@ -1,1 +1,1 @@
-//! bench (table of contents; filled in by its issue).
+//! Benchmarks for Hayloft: shared helpers for the criterion benches and binaries.
