@@ -1,0 +1,212 @@
+//! Wire types of the store node HTTP API, shared by [`crate::service`] and
+//! [`crate::client`].
+//!
+//! The contract is the "Store node HTTP API" section of
+//! `docs/ARCHITECTURE.md`. Ids travel as text: volume ids in decimal, needle
+//! keys in lowercase hex (1 to 16 digits), cookies as exactly eight lowercase
+//! hex digits. The parsers here are strict on purpose: anything else is a
+//! `400 bad_request`, and ids are never joined into file paths.
+
+use serde::{Deserialize, Serialize};
+
+/// Response header carrying the CRC-32 (decimal) of a needle's data.
+pub const CRC32_HEADER: &str = "x-hayloft-crc32";
+
+/// Stable error codes of the `{"error": CODE, "message": TEXT}` body.
+pub mod code {
+    /// The needle is missing, deleted, or the cookie is wrong (404).
+    pub const NOT_FOUND: &str = "not_found";
+    /// The needle failed its checksum or framing checks (500).
+    pub const CORRUPT: &str = "corrupt";
+    /// The replica is locked or read-only (409).
+    pub const READ_ONLY: &str = "read_only";
+    /// The replica reached its size limit (507).
+    pub const VOLUME_FULL: &str = "volume_full";
+    /// The key is not above the replica's last key (409).
+    pub const KEY_OUT_OF_ORDER: &str = "key_out_of_order";
+    /// The replica already exists (409).
+    pub const VOLUME_EXISTS: &str = "volume_exists";
+    /// The store node has no replica of this volume (404).
+    pub const UNKNOWN_VOLUME: &str = "unknown_volume";
+    /// Malformed ids, query or body (400).
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The body is larger than the configured limit (413).
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// A local IO error (500).
+    pub const IO: &str = "io";
+    /// No such route or method (404 / 405).
+    pub const NO_ROUTE: &str = "no_route";
+    /// The request did not finish within the node's request timeout (503).
+    pub const TIMEOUT: &str = "timeout";
+    /// A bulk sync could not read from its peer (502).
+    pub const PEER: &str = "peer";
+    /// Any other server-side failure (500).
+    pub const INTERNAL: &str = "internal";
+}
+
+/// Status of one replica, as `GET /volumes/{vid}` answers it.
+///
+/// Mirrors the engine's `VolumeStatus` until it lands; then this becomes a
+/// re-export of it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeStatus {
+    /// The volume id.
+    pub volume_id: u32,
+    /// Needles in the replica, deleted ones included.
+    pub needle_count: u64,
+    /// Bytes of live needles.
+    pub live_bytes: u64,
+    /// Bytes of deleted needles.
+    pub deleted_bytes: u64,
+    /// Locked for good.
+    pub locked: bool,
+    /// Refuses appends (locked, full or failed).
+    pub read_only: bool,
+    /// Size of the data file.
+    pub size_bytes: u64,
+    /// Highest key appended, if any.
+    pub last_key: Option<u64>,
+}
+
+/// Body of every error answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// A stable snake_case code from [`code`].
+    pub error: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Body of `GET /health`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HealthBody {
+    /// Always `"ok"` when the node answers.
+    pub status: String,
+}
+
+/// Body of a successful append (`201`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Byte offset of the needle in the replica's data file.
+    pub offset: u64,
+    /// Bytes the needle takes on disk (header, data, footer, padding).
+    pub size: u64,
+}
+
+/// One of the two files of a replica, as streamed by
+/// `GET /volumes/{vid}/files/{data|index}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VolumeFile {
+    /// The needle data file.
+    Data,
+    /// The index file.
+    Index,
+}
+
+impl VolumeFile {
+    /// The last path segment naming this file in the API.
+    pub fn path_segment(self) -> &'static str {
+        match self {
+            VolumeFile::Data => "data",
+            VolumeFile::Index => "index",
+        }
+    }
+
+    /// Parses a path segment (`data` or `index`).
+    pub fn from_path_segment(segment: &str) -> Option<VolumeFile> {
+        match segment {
+            "data" => Some(VolumeFile::Data),
+            "index" => Some(VolumeFile::Index),
+            _ => None,
+        }
+    }
+}
+
+/// Formats a needle key as the API writes it: lowercase hex, no leading zeros.
+pub fn format_key(key: u64) -> String {
+    format!("{key:x}")
+}
+
+/// Formats a cookie as exactly eight lowercase hex digits.
+pub fn format_cookie(cookie: u32) -> String {
+    format!("{cookie:08x}")
+}
+
+/// Parses a volume id: decimal `u32`, digits only, at most 10 of them.
+pub fn parse_volume_id(text: &str) -> Option<u32> {
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Parses a needle key: 1 to 16 lowercase hex digits.
+pub fn parse_key(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 16 || !is_lower_hex(text) {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
+}
+
+/// Parses a cookie: exactly eight lowercase hex digits.
+pub fn parse_cookie(text: &str) -> Option<u32> {
+    if text.len() != 8 || !is_lower_hex(text) {
+        return None;
+    }
+    u32::from_str_radix(text, 16).ok()
+}
+
+fn is_lower_hex(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_reject_malformed() {
+        for key in [0u64, 1, 0xabc, u64::MAX] {
+            assert_eq!(parse_key(&format_key(key)), Some(key));
+        }
+        assert_eq!(parse_key("0001"), Some(1));
+        for bad in [
+            "",
+            "ABC",
+            "0x1",
+            "g",
+            "12345678901234567",
+            "-1",
+            "1 ",
+            "../1",
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_exactly_eight_lower_hex_digits() {
+        assert_eq!(parse_cookie(&format_cookie(0x637037d6)), Some(0x637037d6));
+        assert_eq!(parse_cookie("00000000"), Some(0));
+        for bad in [
+            "",
+            "1234567",
+            "123456789",
+            "ABCDEF01",
+            "1234567g",
+            "+1234567",
+        ] {
+            assert_eq!(parse_cookie(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn volume_ids_are_plain_decimal() {
+        assert_eq!(parse_volume_id("0"), Some(0));
+        assert_eq!(parse_volume_id("4294967295"), Some(u32::MAX));
+        for bad in ["", "4294967296", "+1", "-1", "1a", " 1", "99999999999"] {
+            assert_eq!(parse_volume_id(bad), None, "{bad:?}");
+        }
+    }
+}

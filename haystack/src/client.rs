@@ -1,0 +1,630 @@
+//! Typed async client of the store node HTTP API (`docs/ARCHITECTURE.md`,
+//! "Store node HTTP API").
+//!
+//! [`StoreClient`] is cheap to clone (it shares one connection pool) and is
+//! what the router, the directory's repair loop, the migrator and the store
+//! node's own bulk sync use to talk to a store node. Every request has a
+//! timeout; errors come back as a typed [`ClientError`] whose helpers tell a
+//! failed replica ([`ClientError::is_replica_failure`]) from an absent needle
+//! ([`ClientError::is_not_found`]).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, TryStreamExt};
+use reqwest::{Method, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::api::VolumeStatus;
+use crate::api::{
+    AppendResult, CRC32_HEADER, ErrorBody, HealthBody, VolumeFile, code, format_cookie, format_key,
+    parse_key,
+};
+
+/// Largest error or JSON body the client reads into memory.
+const JSON_BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// A stream of body chunks from a store node.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ClientError>> + Send + 'static>>;
+
+/// What a store node request can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The needle is missing, deleted, or its cookie is wrong (`404 not_found`).
+    #[error("needle not found")]
+    NotFound,
+    /// The needle is corrupt on that replica (`500 corrupt`).
+    #[error("corrupt needle: {0}")]
+    Corrupt(String),
+    /// The replica is locked or read-only (`409 read_only`).
+    #[error("replica is read-only: {0}")]
+    ReadOnly(String),
+    /// The replica reached its size limit (`507 volume_full`).
+    #[error("volume full: {0}")]
+    VolumeFull(String),
+    /// The key is not above the replica's last key (`409 key_out_of_order`).
+    #[error("key out of order: {0}")]
+    KeyOutOfOrder(String),
+    /// The node has no replica of the volume (`404 unknown_volume`).
+    #[error("unknown volume: {0}")]
+    UnknownVolume(String),
+    /// The replica already exists (`409 volume_exists`); `create_volume`
+    /// treats it as success.
+    #[error("volume exists: {0}")]
+    VolumeExists(String),
+    /// The body was larger than the node accepts (`413 payload_too_large`).
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
+    /// The node rejected the request as malformed (`400 bad_request`).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Any other error answer.
+    #[error("store node answered {status} {code}: {message}")]
+    Status {
+        /// HTTP status code.
+        status: u16,
+        /// The `error` code of the JSON body (empty if the body was not JSON).
+        code: String,
+        /// The `message` of the JSON body, or the start of the raw body.
+        message: String,
+    },
+    /// The body's CRC-32 differs from the `X-Hayloft-Crc32` header.
+    #[error("checksum mismatch: header says {expected:#010x}, body has {actual:#010x}")]
+    ChecksumMismatch {
+        /// CRC-32 announced by the node.
+        expected: u32,
+        /// CRC-32 of the bytes received.
+        actual: u32,
+    },
+    /// The answer could not be understood (missing header, bad JSON, short body).
+    #[error("invalid response: {0}")]
+    InvalidResponse(String),
+    /// The base URL or an argument is unusable.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Connecting, sending or receiving failed, or a timeout fired.
+    #[error("transport error: {0}")]
+    Transport(#[from] reqwest::Error),
+}
+
+impl ClientError {
+    /// True when the needle is absent on that replica (missing, deleted or
+    /// wrong cookie): the replica itself answered correctly.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::NotFound)
+    }
+
+    /// True when a client-side or server-side timeout fired.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ClientError::Transport(e) => e.is_timeout(),
+            ClientError::Status { code, .. } => code == code::TIMEOUT,
+            _ => false,
+        }
+    }
+
+    /// True when the node could not be reached or the connection broke.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, ClientError::Transport(_))
+    }
+
+    /// True when the replica failed rather than answered: transport errors,
+    /// timeouts, 5xx answers (corruption included), unparsable answers and
+    /// checksum mismatches. A router should try another replica and may mark
+    /// this one stale. `NotFound`, `ReadOnly`, `VolumeFull`, `KeyOutOfOrder`
+    /// and 4xx answers are the replica answering correctly.
+    pub fn is_replica_failure(&self) -> bool {
+        match self {
+            ClientError::Transport(_)
+            | ClientError::Corrupt(_)
+            | ClientError::ChecksumMismatch { .. }
+            | ClientError::InvalidResponse(_) => true,
+            ClientError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status the node answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::NotFound | ClientError::UnknownVolume(_) => Some(404),
+            ClientError::Corrupt(_) => Some(500),
+            ClientError::ReadOnly(_)
+            | ClientError::KeyOutOfOrder(_)
+            | ClientError::VolumeExists(_) => Some(409),
+            ClientError::VolumeFull(_) => Some(507),
+            ClientError::PayloadTooLarge(_) => Some(413),
+            ClientError::BadRequest(_) => Some(400),
+            ClientError::Status { status, .. } => Some(*status),
+            ClientError::Transport(e) => e.status().map(|s| s.as_u16()),
+            _ => None,
+        }
+    }
+
+    fn from_body(status: StatusCode, body: &[u8]) -> ClientError {
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(b) => (b.error, b.message),
+            Err(_) => {
+                let end = body.len().min(512);
+                (
+                    String::new(),
+                    String::from_utf8_lossy(&body[..end]).into_owned(),
+                )
+            }
+        };
+        match code.as_str() {
+            code::NOT_FOUND => ClientError::NotFound,
+            code::CORRUPT => ClientError::Corrupt(message),
+            code::READ_ONLY => ClientError::ReadOnly(message),
+            code::VOLUME_FULL => ClientError::VolumeFull(message),
+            code::KEY_OUT_OF_ORDER => ClientError::KeyOutOfOrder(message),
+            code::UNKNOWN_VOLUME => ClientError::UnknownVolume(message),
+            code::VOLUME_EXISTS => ClientError::VolumeExists(message),
+            code::PAYLOAD_TOO_LARGE => ClientError::PayloadTooLarge(message),
+            code::BAD_REQUEST => ClientError::BadRequest(message),
+            _ => ClientError::Status {
+                status: status.as_u16(),
+                code,
+                message,
+            },
+        }
+    }
+}
+
+/// Timeouts of a [`StoreClient`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreClientOptions {
+    /// Connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Whole-request timeout for small requests and needle reads and appends
+    /// (sending the body and reading the answer included).
+    pub request_timeout_ms: u64,
+    /// Whole-request timeout for volume file streams and bulk syncs, which
+    /// move a whole volume.
+    pub transfer_timeout_ms: u64,
+    /// Longest pause between two reads of a response body.
+    pub read_idle_timeout_ms: u64,
+}
+
+impl Default for StoreClientOptions {
+    fn default() -> Self {
+        StoreClientOptions {
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 30_000,
+            transfer_timeout_ms: 3_600_000,
+            read_idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// A needle read whose body has not been received yet.
+#[derive(Debug)]
+pub struct NeedleResponse {
+    /// The needle's content type.
+    pub content_type: String,
+    /// Length of the data, from `Content-Length`.
+    pub content_length: Option<u64>,
+    /// CRC-32 of the data, from `X-Hayloft-Crc32`.
+    pub crc32: u32,
+    response: reqwest::Response,
+}
+
+impl NeedleResponse {
+    /// The data as a stream of chunks, unverified (the caller checks the
+    /// CRC if it needs to, e.g. while forwarding).
+    pub fn into_stream(self) -> ByteStream {
+        body_stream(self.response)
+    }
+
+    /// Receives the whole data and verifies its length and CRC-32.
+    pub async fn bytes_verified(self) -> Result<NeedleBytes, ClientError> {
+        let expected_len = self.content_length;
+        let data = self.response.bytes().await?;
+        if let Some(len) = expected_len
+            && len != data.len() as u64
+        {
+            return Err(ClientError::InvalidResponse(format!(
+                "body has {} bytes, Content-Length said {len}",
+                data.len()
+            )));
+        }
+        let actual = crc32fast::hash(&data);
+        if actual != self.crc32 {
+            return Err(ClientError::ChecksumMismatch {
+                expected: self.crc32,
+                actual,
+            });
+        }
+        Ok(NeedleBytes {
+            content_type: self.content_type,
+            crc32: actual,
+            data,
+        })
+    }
+}
+
+/// A fully received and CRC-verified needle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeedleBytes {
+    /// The needle's content type.
+    pub content_type: String,
+    /// CRC-32 of `data`.
+    pub crc32: u32,
+    /// The needle's data.
+    pub data: Bytes,
+}
+
+/// A volume file being streamed from a store node.
+#[derive(Debug)]
+pub struct VolumeFileResponse {
+    /// The file's length, from `Content-Length`.
+    pub content_length: Option<u64>,
+    response: reqwest::Response,
+}
+
+impl VolumeFileResponse {
+    /// The file's bytes as a stream of chunks.
+    pub fn into_stream(self) -> ByteStream {
+        body_stream(self.response)
+    }
+}
+
+fn body_stream(response: reqwest::Response) -> ByteStream {
+    Box::pin(response.bytes_stream().map_err(ClientError::Transport))
+}
+
+/// Client of one store node.
+#[derive(Clone, Debug)]
+pub struct StoreClient {
+    http: reqwest::Client,
+    base_url: String,
+    options: StoreClientOptions,
+}
+
+impl StoreClient {
+    /// A client of the node at `base_url` (`http://host:port`; a bare
+    /// `host:port` gets `http://`) with default timeouts.
+    pub fn new(base_url: &str) -> Result<StoreClient, ClientError> {
+        StoreClient::with_options(base_url, StoreClientOptions::default())
+    }
+
+    /// A client with its own connection pool and the given timeouts.
+    pub fn with_options(
+        base_url: &str,
+        options: StoreClientOptions,
+    ) -> Result<StoreClient, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
+            .read_timeout(Duration::from_millis(options.read_idle_timeout_ms))
+            .build()?;
+        StoreClient::from_http(http, base_url, options)
+    }
+
+    /// A client sharing an existing `reqwest::Client` (and its pool) with
+    /// other clients; the per-request timeouts of `options` still apply.
+    pub fn from_http(
+        http: reqwest::Client,
+        base_url: &str,
+        options: StoreClientOptions,
+    ) -> Result<StoreClient, ClientError> {
+        let base_url = normalize_base_url(base_url)?;
+        Ok(StoreClient {
+            http,
+            base_url,
+            options,
+        })
+    }
+
+    /// The node's base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<(), ClientError> {
+        let body: HealthBody = self.json(Method::GET, "/health".to_string()).await?;
+        if body.status == "ok" {
+            Ok(())
+        } else {
+            Err(ClientError::InvalidResponse(format!(
+                "health status {:?}",
+                body.status
+            )))
+        }
+    }
+
+    /// `GET /volumes`: the status of every replica on the node.
+    pub async fn list_volumes(&self) -> Result<Vec<VolumeStatus>, ClientError> {
+        self.json(Method::GET, "/volumes".to_string()).await
+    }
+
+    /// `PUT /volumes/{vid}`: creates an empty replica. An existing replica
+    /// counts as success, so the call is idempotent; its status is returned.
+    pub async fn create_volume(&self, volume: u32) -> Result<VolumeStatus, ClientError> {
+        match self.json(Method::PUT, format!("/volumes/{volume}")).await {
+            Err(ClientError::VolumeExists(_)) => self.volume_status(volume).await,
+            other => other,
+        }
+    }
+
+    /// `GET /volumes/{vid}`.
+    pub async fn volume_status(&self, volume: u32) -> Result<VolumeStatus, ClientError> {
+        self.json(Method::GET, format!("/volumes/{volume}")).await
+    }
+
+    /// `POST /volumes/{vid}/lock`: makes the replica read-only for good.
+    pub async fn lock_volume(&self, volume: u32) -> Result<VolumeStatus, ClientError> {
+        self.json(Method::POST, format!("/volumes/{volume}/lock"))
+            .await
+    }
+
+    /// `PUT /volumes/{vid}/needles/{key}?cookie=C`: appends a needle whose
+    /// body is exactly `content_length` bytes. Returns once the replica has
+    /// made it durable.
+    pub async fn append_needle(
+        &self,
+        volume: u32,
+        key: u64,
+        cookie: u32,
+        content_type: &str,
+        content_length: u64,
+        body: reqwest::Body,
+    ) -> Result<AppendResult, ClientError> {
+        let content_type = header::HeaderValue::from_str(content_type)
+            .map_err(|e| ClientError::InvalidArgument(format!("content type: {e}")))?;
+        let request = self
+            .request(
+                Method::PUT,
+                &needle_path(volume, key, cookie),
+                self.request_timeout(),
+            )
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_LENGTH, content_length)
+            .body(body);
+        let response = checked(request.send().await?).await?;
+        read_json(response).await
+    }
+
+    /// [`StoreClient::append_needle`] with the body in memory.
+    pub async fn append_needle_bytes(
+        &self,
+        volume: u32,
+        key: u64,
+        cookie: u32,
+        content_type: &str,
+        data: Bytes,
+    ) -> Result<AppendResult, ClientError> {
+        let len = data.len() as u64;
+        self.append_needle(
+            volume,
+            key,
+            cookie,
+            content_type,
+            len,
+            reqwest::Body::from(data),
+        )
+        .await
+    }
+
+    /// `GET /volumes/{vid}/needles/{key}?cookie=C`: the answer's headers,
+    /// with the data still to be streamed.
+    pub async fn read_needle(
+        &self,
+        volume: u32,
+        key: u64,
+        cookie: u32,
+    ) -> Result<NeedleResponse, ClientError> {
+        let request = self.request(
+            Method::GET,
+            &needle_path(volume, key, cookie),
+            self.request_timeout(),
+        );
+        let response = checked(request.send().await?).await?;
+        let headers = response.headers();
+        let crc32 = headers
+            .get(CRC32_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or_else(|| ClientError::InvalidResponse(format!("missing {CRC32_HEADER}")))?;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let content_length = response.content_length();
+        Ok(NeedleResponse {
+            content_type,
+            content_length,
+            crc32,
+            response,
+        })
+    }
+
+    /// Reads a whole needle and verifies its length and CRC-32.
+    pub async fn read_needle_bytes(
+        &self,
+        volume: u32,
+        key: u64,
+        cookie: u32,
+    ) -> Result<NeedleBytes, ClientError> {
+        self.read_needle(volume, key, cookie)
+            .await?
+            .bytes_verified()
+            .await
+    }
+
+    /// `DELETE /volumes/{vid}/needles/{key}?cookie=C`.
+    pub async fn delete_needle(
+        &self,
+        volume: u32,
+        key: u64,
+        cookie: u32,
+    ) -> Result<(), ClientError> {
+        let request = self.request(
+            Method::DELETE,
+            &needle_path(volume, key, cookie),
+            self.request_timeout(),
+        );
+        checked(request.send().await?).await?;
+        Ok(())
+    }
+
+    /// `GET /volumes/{vid}/deleted`: the keys deleted in the replica.
+    pub async fn deleted_keys(&self, volume: u32) -> Result<Vec<u64>, ClientError> {
+        let path = format!("/volumes/{volume}/deleted");
+        let request = self.request(Method::GET, &path, self.transfer_timeout());
+        let response = checked(request.send().await?).await?;
+        let keys: Vec<String> = read_json(response).await?;
+        keys.iter()
+            .map(|k| {
+                parse_key(k)
+                    .ok_or_else(|| ClientError::InvalidResponse(format!("deleted key {k:?}")))
+            })
+            .collect()
+    }
+
+    /// `GET /volumes/{vid}/files/{data|index}`: streams one file of a
+    /// locked or read-only replica.
+    pub async fn fetch_volume_file(
+        &self,
+        volume: u32,
+        file: VolumeFile,
+    ) -> Result<VolumeFileResponse, ClientError> {
+        let path = format!("/volumes/{volume}/files/{}", file.path_segment());
+        let request = self.request(Method::GET, &path, self.transfer_timeout());
+        let response = checked(request.send().await?).await?;
+        let content_length = response.content_length();
+        Ok(VolumeFileResponse {
+            content_length,
+            response,
+        })
+    }
+
+    /// `POST /volumes/{vid}/sync?from=URL`: asks this node to replace its
+    /// replica with a copy of the (locked or read-only) replica at `from_url`.
+    pub async fn sync_volume(
+        &self,
+        volume: u32,
+        from_url: &str,
+    ) -> Result<VolumeStatus, ClientError> {
+        let path = format!("/volumes/{volume}/sync");
+        let request = self
+            .request(Method::POST, &path, self.transfer_timeout())
+            .query(&[("from", from_url)]);
+        let response = checked(request.send().await?).await?;
+        read_json(response).await
+    }
+
+    fn request(&self, method: Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base_url))
+            .timeout(timeout)
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .request(method, &path, self.request_timeout())
+            .send()
+            .await?;
+        read_json(checked(response).await?).await
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.options.request_timeout_ms)
+    }
+
+    fn transfer_timeout(&self) -> Duration {
+        Duration::from_millis(self.options.transfer_timeout_ms)
+    }
+}
+
+fn needle_path(volume: u32, key: u64, cookie: u32) -> String {
+    format!(
+        "/volumes/{volume}/needles/{}?cookie={}",
+        format_key(key),
+        format_cookie(cookie)
+    )
+}
+
+fn normalize_base_url(base_url: &str) -> Result<String, ClientError> {
+    let trimmed = base_url.trim().trim_end_matches('/');
+    let url = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let parsed = reqwest::Url::parse(&url)
+        .map_err(|e| ClientError::InvalidArgument(format!("base url {base_url:?}: {e}")))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(ClientError::InvalidArgument(format!(
+            "base url {base_url:?}: not http"
+        )));
+    }
+    Ok(url)
+}
+
+/// Turns an error answer into a [`ClientError`]; passes success through.
+async fn checked(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = read_limited(response).await?;
+    Err(ClientError::from_body(status, &body))
+}
+
+async fn read_json<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let body = read_limited(response).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ClientError::InvalidResponse(format!("bad JSON body: {e}")))
+}
+
+/// Reads a body into memory, refusing one above [`JSON_BODY_LIMIT_BYTES`].
+async fn read_limited(response: reqwest::Response) -> Result<Bytes, ClientError> {
+    let mut stream = response.bytes_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > JSON_BODY_LIMIT_BYTES {
+            return Err(ClientError::InvalidResponse(
+                "answer body too large".to_string(),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_are_normalized() {
+        assert_eq!(
+            normalize_base_url("127.0.0.1:80/").unwrap(),
+            "http://127.0.0.1:80"
+        );
+        assert_eq!(normalize_base_url("http://h:1").unwrap(), "http://h:1");
+        assert!(normalize_base_url("ftp://h:1").is_err());
+    }
+
+    #[test]
+    fn error_bodies_map_to_variants() {
+        let body = |c: &str| format!(r#"{{"error":"{c}","message":"m"}}"#).into_bytes();
+        let e = ClientError::from_body(StatusCode::NOT_FOUND, &body("not_found"));
+        assert!(e.is_not_found() && !e.is_replica_failure());
+        let e = ClientError::from_body(StatusCode::INTERNAL_SERVER_ERROR, &body("corrupt"));
+        assert!(matches!(e, ClientError::Corrupt(_)) && e.is_replica_failure());
+        let e = ClientError::from_body(StatusCode::BAD_GATEWAY, b"<html>");
+        assert!(matches!(e, ClientError::Status { status: 502, .. }) && e.is_replica_failure());
+        let e = ClientError::from_body(StatusCode::CONFLICT, &body("read_only"));
+        assert!(matches!(e, ClientError::ReadOnly(_)) && !e.is_replica_failure());
+    }
+}
