@@ -1,2 +1,200 @@
 //! The `hayloft` binary: command line, config and wiring of roles.
-fn main() {}
+//!
+//! - `up`: the whole system on one machine, in one process or (`--spawn`) as
+//!   one child process per node; see [`up`] and [`spawn`].
+//! - `serve`: one role, for a real cluster; see [`serve`].
+//! - `put`, `get`, `rm`, `status`: client commands; see [`client`].
+
+mod client;
+mod cluster;
+mod config;
+mod roles;
+mod serve;
+mod spawn;
+mod up;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Overrides};
+use crate::roles::Role;
+
+/// Hayloft: a tiered BLOB store.
+#[derive(Debug, Parser)]
+#[command(name = "hayloft", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the router, the directory and three store nodes in three racks.
+    Up {
+        /// Where every node keeps its data (`DIR/directory`, `DIR/store-N`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Router address (overrides `[router] listen`; default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// TOML config; flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run every node as its own child process and write `DIR/cluster.json`.
+        #[arg(long)]
+        spawn: bool,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Run one role, for a real cluster.
+    Serve {
+        /// The role to run.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// TOML config; flags override it.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Upload a file; prints its id.
+    Put {
+        /// The file to upload.
+        file: PathBuf,
+        /// `Content-Type` to store with the BLOB.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Print the router's whole JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        router: RouterArg,
+    },
+    /// Download a BLOB to a file, or to stdout.
+    Get {
+        /// The BLOB id (`VOLUME,KEYCOOKIE`).
+        id: String,
+        /// Write here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        router: RouterArg,
+    },
+    /// Delete a BLOB.
+    Rm {
+        /// The BLOB id (`VOLUME,KEYCOOKIE`).
+        id: String,
+        #[command(flatten)]
+        router: RouterArg,
+    },
+    /// Health, nodes and volumes of a running system.
+    Status {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        router: RouterArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RouterArg {
+    /// Base URL of the router.
+    #[arg(long, env = "HAYLOFT_ROUTER", default_value = "http://127.0.0.1:8080")]
+    router: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up {
+            data,
+            listen,
+            config,
+            spawn,
+            overrides,
+        } => {
+            let mut config = Config::load_with(config.as_deref(), &overrides)?;
+            if let Some(listen) = listen {
+                config.router.listen = listen;
+            }
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("creating {}", data.display()))?;
+            // Children and restarted nodes may run from another directory.
+            let data = data
+                .canonicalize()
+                .with_context(|| format!("resolving {}", data.display()))?;
+            let shutdown = shutdown_on_signals()?;
+            if spawn {
+                spawn::run_spawned(config, &data, shutdown).await
+            } else {
+                up::run_in_process(config, &data, shutdown).await
+            }
+        }
+        Command::Serve {
+            role,
+            config,
+            overrides,
+        } => {
+            let config = Config::load_with(Some(&config), &overrides)?;
+            let shutdown = shutdown_on_signals()?;
+            serve::run_role(role, config, shutdown).await
+        }
+        Command::Put {
+            file,
+            content_type,
+            json,
+            router,
+        } => {
+            client::RouterClient::new(&router.router)?
+                .put(&file, content_type.as_deref(), json)
+                .await
+        }
+        Command::Get { id, output, router } => {
+            client::RouterClient::new(&router.router)?
+                .get(&id, output.as_ref())
+                .await
+        }
+        Command::Rm { id, router } => client::RouterClient::new(&router.router)?.rm(&id).await,
+        Command::Status { json, router } => {
+            client::RouterClient::new(&router.router)?
+                .status(json)
+                .await
+        }
+    }
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}

@@ -1,0 +1,198 @@
+//! Client commands (`put`, `get`, `rm`, `status`): plain HTTP against a
+//! running router's public API.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "printing results is these commands' job"
+)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncWriteExt;
+
+/// A router's base URL and an HTTP client for it.
+#[derive(Debug)]
+pub struct RouterClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl RouterClient {
+    /// A client for the router at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> anyhow::Result<RouterClient> {
+        let base = base.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("building HTTP client")?;
+        Ok(RouterClient { base, http })
+    }
+
+    /// `POST /blobs` with the file's bytes; prints the id, or the JSON answer.
+    pub async fn put(
+        &self,
+        file: &Path,
+        content_type: Option<&str>,
+        json: bool,
+    ) -> anyhow::Result<()> {
+        let body = tokio::fs::read(file)
+            .await
+            .with_context(|| format!("reading {}", file.display()))?;
+        let mut request = self.http.post(format!("{}/blobs", self.base)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        let response = request.send().await.context("uploading")?;
+        let answer: serde_json::Value = checked(response).await?.json().await?;
+        if json {
+            println!("{answer}");
+        } else {
+            let id = answer
+                .get("id")
+                .and_then(|id| id.as_str())
+                .context("the router's answer has no id")?;
+            println!("{id}");
+        }
+        Ok(())
+    }
+
+    /// `GET /blobs/ID` into `output`, or stdout.
+    pub async fn get(&self, id: &str, output: Option<&PathBuf>) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .get(format!("{}/blobs/{id}", self.base))
+            .send()
+            .await
+            .context("fetching")?;
+        let mut response = checked(response).await?;
+        match output {
+            Some(path) => {
+                // Write beside the target and rename, so a failed download
+                // never leaves a partial file under the requested name.
+                let tmp = path.with_extension("hayloft-partial");
+                let mut file = tokio::fs::File::create(&tmp)
+                    .await
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                while let Some(chunk) = response.chunk().await? {
+                    file.write_all(&chunk).await?;
+                }
+                file.sync_all().await?;
+                drop(file);
+                tokio::fs::rename(&tmp, path)
+                    .await
+                    .with_context(|| format!("renaming to {}", path.display()))?;
+            }
+            None => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                while let Some(chunk) = response.chunk().await? {
+                    stdout.write_all(&chunk)?;
+                }
+                stdout.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `DELETE /blobs/ID`.
+    pub async fn rm(&self, id: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(format!("{}/blobs/{id}", self.base))
+            .send()
+            .await
+            .context("deleting")?;
+        checked(response).await?;
+        Ok(())
+    }
+
+    /// Health, volumes and nodes from the router's admin endpoints.
+    pub async fn status(&self, json: bool) -> anyhow::Result<()> {
+        let health = self.get_json("/health").await?;
+        let volumes = self.get_json("/admin/volumes").await?;
+        let nodes = self.get_json("/admin/nodes").await?;
+        if json {
+            let all = serde_json::json!({"health": health, "volumes": volumes, "nodes": nodes});
+            println!("{all}");
+            return Ok(());
+        }
+        println!("router {}: {}", self.base, health);
+        println!("nodes:");
+        for node in as_list(&nodes) {
+            println!(
+                "  {:<10} {:<10} {:<6} {:<8} {:<28} {}",
+                field(node, "id"),
+                field(node, "role"),
+                field(node, "datacenter"),
+                field(node, "rack"),
+                field(node, "address"),
+                field(node, "state"),
+            );
+        }
+        println!("volumes:");
+        for volume in as_list(&volumes) {
+            println!(
+                "  {:>6} {:<10} needles {:<10} bytes {:<14} replicas {}",
+                field(volume, "id"),
+                field(volume, "state"),
+                field(volume, "needle_count"),
+                field(volume, "size_bytes"),
+                field(volume, "replicas"),
+            );
+        }
+        Ok(())
+    }
+
+    async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        Ok(checked(response).await?.json().await?)
+    }
+}
+
+/// Turns an error answer into an error carrying the router's JSON message.
+async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|value| {
+            value
+                .get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or(text);
+    bail!("router answered {status}: {message}")
+}
+
+fn as_list(value: &serde_json::Value) -> Vec<&serde_json::Value> {
+    match value {
+        serde_json::Value::Array(items) => items.iter().collect(),
+        serde_json::Value::Object(map) => map
+            .get("volumes")
+            .or_else(|| map.get("nodes"))
+            .and_then(|items| items.as_array())
+            .map(|items| items.iter().collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn field(value: &serde_json::Value, key: &str) -> String {
+    match value.get(key) {
+        Some(serde_json::Value::String(text)) => text.clone(),
+        Some(serde_json::Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    }
+}

@@ -1,0 +1,453 @@
+//! The binary's one config: a TOML file, loaded once, with command-line flags
+//! layered on top.
+//!
+//! Sizes and ages shared by every role sit at the top level; each role has a
+//! section for where it listens, where it keeps data and how it finds the
+//! directory. `hayloft up` fills the sections itself (loopback addresses,
+//! `DIR/store-N`, ...); `hayloft serve` takes them from the file.
+//! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently
+//! falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const TIB: u64 = 1024 * GIB;
+
+/// Everything the binary can be told, for every role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// A hot volume is locked when it reaches this size.
+    #[serde(default = "default_volume_size_bytes")]
+    pub volume_size_bytes: u64,
+    /// Largest BLOB an upload may carry.
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
+    /// Warm-tier block size (accepted now, used by the warm tier later).
+    #[serde(default = "default_block_size_bytes")]
+    pub block_size_bytes: u64,
+    /// Age after which a locked volume moves to the warm tier (later issues).
+    #[serde(default = "default_warm_after_ms")]
+    pub warm_after_ms: u64,
+    /// How often a store node tells the directory it is alive.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which the directory marks a node `down`.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+    /// How often the directory looks for stale replicas to resync.
+    #[serde(default = "default_repair_interval_ms")]
+    pub repair_interval_ms: u64,
+    /// Timeout of every request one role makes to another.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Concurrent blocking IO operations per store node.
+    #[serde(default = "default_io_concurrency")]
+    pub io_concurrency: usize,
+    /// The public API.
+    #[serde(default)]
+    pub router: RouterSection,
+    /// The directory.
+    #[serde(default)]
+    pub directory: DirectorySection,
+    /// One store node (for `hayloft serve --role store`).
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// Where the router listens and how it finds the directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    /// Socket address of the public API.
+    #[serde(default = "default_router_listen")]
+    pub listen: String,
+    /// Base URL of the directory, e.g. `http://10.0.0.1:9300`.
+    #[serde(default)]
+    pub directory_url: Option<String>,
+}
+
+/// Where the directory listens and keeps its database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySection {
+    /// Socket address of the directory's HTTP API.
+    #[serde(default = "default_directory_listen")]
+    pub listen: String,
+    /// Directory holding `directory.redb`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Identity, address and data of one store node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Stable node id, registered with the directory.
+    #[serde(default = "default_store_id")]
+    pub id: String,
+    /// Rack label (three replicas sit in three racks).
+    #[serde(default = "default_rack")]
+    pub rack: String,
+    /// Datacenter label.
+    #[serde(default = "default_datacenter")]
+    pub datacenter: String,
+    /// Socket address of the store node's HTTP API (port 0: any free port).
+    #[serde(default = "default_store_listen")]
+    pub listen: String,
+    /// Address other nodes use to reach this one (default: the bound address).
+    #[serde(default)]
+    pub advertise_address: Option<String>,
+    /// Directory holding the node's volumes.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Base URL of the directory, e.g. `http://10.0.0.1:9300`.
+    #[serde(default)]
+    pub directory_url: Option<String>,
+}
+
+fn default_volume_size_bytes() -> u64 {
+    GIB
+}
+fn default_max_blob_bytes() -> u64 {
+    64 * MIB
+}
+fn default_block_size_bytes() -> u64 {
+    GIB
+}
+fn default_warm_after_ms() -> u64 {
+    7 * 24 * 3600 * 1000
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    1000
+}
+fn default_heartbeat_timeout_ms() -> u64 {
+    10_000
+}
+fn default_repair_interval_ms() -> u64 {
+    2000
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_io_concurrency() -> usize {
+    64
+}
+fn default_router_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_directory_listen() -> String {
+    "127.0.0.1:9300".to_owned()
+}
+fn default_store_listen() -> String {
+    "127.0.0.1:9400".to_owned()
+}
+fn default_store_id() -> String {
+    "store-1".to_owned()
+}
+fn default_rack() -> String {
+    "rack-1".to_owned()
+}
+fn default_datacenter() -> String {
+    "dc-1".to_owned()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            volume_size_bytes: default_volume_size_bytes(),
+            max_blob_bytes: default_max_blob_bytes(),
+            block_size_bytes: default_block_size_bytes(),
+            warm_after_ms: default_warm_after_ms(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+            repair_interval_ms: default_repair_interval_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            io_concurrency: default_io_concurrency(),
+            router: RouterSection::default(),
+            directory: DirectorySection::default(),
+            store: StoreSection::default(),
+        }
+    }
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        RouterSection {
+            listen: default_router_listen(),
+            directory_url: None,
+        }
+    }
+}
+
+impl Default for DirectorySection {
+    fn default() -> Self {
+        DirectorySection {
+            listen: default_directory_listen(),
+            data_dir: None,
+        }
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            id: default_store_id(),
+            rack: default_rack(),
+            datacenter: default_datacenter(),
+            listen: default_store_listen(),
+            advertise_address: None,
+            data_dir: None,
+            directory_url: None,
+        }
+    }
+}
+
+/// Values given on the command line; each one, when present, wins over the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Size at which a hot volume is locked (e.g. `64MiB`, `1GiB`, `1048576`).
+    #[arg(long, value_parser = parse_size)]
+    pub volume_size: Option<u64>,
+    /// Largest BLOB an upload may carry (e.g. `64MiB`).
+    #[arg(long, value_parser = parse_size)]
+    pub max_blob_size: Option<u64>,
+    /// Warm-tier block size (e.g. `1GiB`; used by the warm tier).
+    #[arg(long, value_parser = parse_size)]
+    pub block_size: Option<u64>,
+    /// Age after which a locked volume moves to the warm tier (e.g. `7d`, `30s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub warm_after: Option<u64>,
+    /// Store node heartbeat period (e.g. `1s`, `500ms`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub heartbeat_interval: Option<u64>,
+    /// Silence after which the directory marks a node down (e.g. `10s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub heartbeat_timeout: Option<u64>,
+    /// Period of the directory's replica repair loop (e.g. `2s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub repair_interval: Option<u64>,
+    /// Timeout of every request between roles (e.g. `30s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub request_timeout: Option<u64>,
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Loads `path` if given, else the defaults, then applies `overrides` and checks.
+    pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes the config as TOML (used for the children of `up --spawn`).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let text = toml::to_string_pretty(self).context("encoding config")?;
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Layers command-line values over the file's.
+    pub fn apply(&mut self, overrides: &Overrides) {
+        let Overrides {
+            volume_size,
+            max_blob_size,
+            block_size,
+            warm_after,
+            heartbeat_interval,
+            heartbeat_timeout,
+            repair_interval,
+            request_timeout,
+        } = overrides;
+        let pairs: [(&Option<u64>, &mut u64); 8] = [
+            (volume_size, &mut self.volume_size_bytes),
+            (max_blob_size, &mut self.max_blob_bytes),
+            (block_size, &mut self.block_size_bytes),
+            (warm_after, &mut self.warm_after_ms),
+            (heartbeat_interval, &mut self.heartbeat_interval_ms),
+            (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
+            (repair_interval, &mut self.repair_interval_ms),
+            (request_timeout, &mut self.request_timeout_ms),
+        ];
+        for (value, field) in pairs {
+            if let Some(value) = value {
+                *field = *value;
+            }
+        }
+    }
+
+    /// Refuses values no role could work with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_blob_bytes == 0 {
+            bail!("max_blob_bytes must be positive");
+        }
+        if self.volume_size_bytes < MIB {
+            bail!("volume_size_bytes must be at least 1 MiB");
+        }
+        if self.max_blob_bytes > self.volume_size_bytes {
+            bail!(
+                "max_blob_bytes ({}) exceeds volume_size_bytes ({}): such a BLOB fits no volume",
+                self.max_blob_bytes,
+                self.volume_size_bytes
+            );
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms
+        {
+            bail!("heartbeat_timeout_ms must exceed heartbeat_interval_ms, both positive");
+        }
+        if self.request_timeout_ms == 0 || self.repair_interval_ms == 0 {
+            bail!("request_timeout_ms and repair_interval_ms must be positive");
+        }
+        if self.io_concurrency == 0 {
+            bail!("io_concurrency must be positive");
+        }
+        Ok(())
+    }
+
+    /// `heartbeat_interval_ms` as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Parses `4096`, `64KiB`, `64MiB`, `1GiB`, `1TiB` (also `KB`/`MB`/`GB` as powers of
+/// 1000, and `K`/`M`/`G` as powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("size {text:?} must start with a number"));
+    }
+    let number: u64 = digits.parse().map_err(|e| format!("size {text:?}: {e}"))?;
+    let multiplier = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "k" | "KiB" => KIB,
+        "M" | "MiB" => MIB,
+        "G" | "GiB" => GIB,
+        "T" | "TiB" => TIB,
+        "KB" | "kB" => 1000,
+        "MB" => 1000 * 1000,
+        "GB" => 1000 * 1000 * 1000,
+        other => return Err(format!("size {text:?}: unknown unit {other:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("size {text:?} overflows 64 bits"))
+}
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `7d` into milliseconds (a bare number is ms).
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("duration {text:?} must start with a number"));
+    }
+    let number: u64 = digits
+        .parse()
+        .map_err(|e| format!("duration {text:?}: {e}"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60 * 1000,
+        "h" => 3600 * 1000,
+        "d" => 24 * 3600 * 1000,
+        other => return Err(format!("duration {text:?}: unknown unit {other:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("duration {text:?} overflows 64 bits"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("64MiB"), Ok(64 * 1024 * 1024));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2 MB"), Ok(2_000_000));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999TiB").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("7d"), Ok(7 * 24 * 3600 * 1000));
+        assert_eq!(parse_duration_ms("250"), Ok(250));
+        assert!(parse_duration_ms("soon").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_unknown_keys_are_refused() {
+        let mut config: Config = toml::from_str("volume_size_bytes = 2097152\n").unwrap();
+        assert_eq!(config.volume_size_bytes, 2 * MIB);
+        assert_eq!(config.router.listen, "127.0.0.1:8080");
+        config.apply(&Overrides {
+            volume_size: Some(8 * MIB),
+            max_blob_size: Some(MIB),
+            ..Overrides::default()
+        });
+        assert_eq!(config.volume_size_bytes, 8 * MIB);
+        assert_eq!(config.max_blob_bytes, MIB);
+        config.validate().unwrap();
+        assert!(toml::from_str::<Config>("volume_size = 1\n").is_err());
+        assert!(toml::from_str::<Config>("[store]\nrak = \"r\"\n").is_err());
+    }
+
+    #[test]
+    fn config_round_trips_through_toml() {
+        let mut config = Config::default();
+        config.store.data_dir = Some(PathBuf::from("data/store-1"));
+        config.store.directory_url = Some("http://127.0.0.1:9300".into());
+        let text = toml::to_string_pretty(&config).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn the_example_deploy_config_parses() {
+        let text = include_str!("../deploy/hayloft.toml");
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+    }
+}

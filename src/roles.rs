@@ -1,0 +1,208 @@
+//! Wiring of each role: turns the binary's [`Config`] into the library's
+//! option struct and serves on a listener the caller bound, until the token is
+//! cancelled. Store nodes are also registered with the directory and
+//! heartbeated from here: the libraries know nothing of each other.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// The roles `hayloft serve` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The public HTTP API.
+    Router,
+    /// Nodes, volumes and key leases.
+    Directory,
+    /// A hot-tier store node.
+    Store,
+}
+
+impl Role {
+    /// The role's name as used in configs, `cluster.json` and the directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Router => "router",
+            Role::Directory => "directory",
+            Role::Store => "store",
+        }
+    }
+}
+
+/// A store node's identity as the directory knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreIdentity {
+    /// Stable node id (`store-1`).
+    pub id: String,
+    /// Rack label.
+    pub rack: String,
+    /// Datacenter label.
+    pub datacenter: String,
+    /// Where the node stores its volumes.
+    pub data_dir: PathBuf,
+}
+
+/// The base URL other roles use for a node bound at `address`.
+pub fn node_url(address: &str) -> String {
+    format!("http://{address}")
+}
+
+/// Runs the directory until `token` is cancelled.
+pub async fn run_directory(
+    config: &Config,
+    data_dir: PathBuf,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let _ = config;
+    placeholder::serve_health(listener, token).await
+}
+
+/// Runs one store node until `token` is cancelled.
+pub async fn run_store(
+    config: &Config,
+    identity: &StoreIdentity,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&identity.data_dir)
+        .with_context(|| format!("creating {}", identity.data_dir.display()))?;
+    let _ = config;
+    placeholder::serve_health(listener, token).await
+}
+
+/// Runs the router until `token` is cancelled.
+pub async fn run_router(
+    config: &Config,
+    directory_url: String,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let _ = (config, directory_url);
+    placeholder::serve_health(listener, token).await
+}
+
+/// Registers a store node with the directory (retrying until it answers or
+/// `deadline` passes), then heartbeats it every `heartbeat_interval_ms` until
+/// `token` is cancelled. A heartbeat the directory refuses (it forgot the node)
+/// leads to a fresh registration.
+pub async fn register_store(
+    config: &Config,
+    directory_url: &str,
+    identity: &StoreIdentity,
+    address: SocketAddr,
+    deadline: Duration,
+) -> anyhow::Result<Registration> {
+    let client = reqwest::Client::builder()
+        .timeout(config.request_timeout())
+        .build()
+        .context("building HTTP client")?;
+    let registration = Registration {
+        client,
+        directory_url: directory_url.trim_end_matches('/').to_owned(),
+        body: serde_json::json!({
+            "id": identity.id,
+            "role": Role::Store.name(),
+            "rack": identity.rack,
+            "datacenter": identity.datacenter,
+            "address": node_url(&address.to_string()),
+        }),
+        id: identity.id.clone(),
+        interval: config.heartbeat_interval(),
+    };
+    let started = tokio::time::Instant::now();
+    loop {
+        match registration.register().await {
+            Ok(()) => return Ok(registration),
+            Err(error) if started.elapsed() < deadline => {
+                tracing::debug!(node = %identity.id, "registration failed, retrying: {error:#}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error.context("registering with the directory")),
+        }
+    }
+}
+
+/// A registered store node, ready to heartbeat.
+#[derive(Debug)]
+pub struct Registration {
+    client: reqwest::Client,
+    directory_url: String,
+    body: serde_json::Value,
+    id: String,
+    interval: Duration,
+}
+
+impl Registration {
+    async fn register(&self) -> anyhow::Result<()> {
+        let url = format!("{}/nodes", self.directory_url);
+        let response = self.client.post(&url).json(&self.body).send().await?;
+        response.error_for_status().context("POST /nodes")?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> anyhow::Result<()> {
+        let url = format!("{}/nodes/{}/heartbeat", self.directory_url, self.id);
+        let response = self.client.post(&url).send().await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            tracing::warn!(node = %self.id, "directory forgot this node; registering again");
+            return self.register().await;
+        }
+        response.error_for_status().context("heartbeat")?;
+        Ok(())
+    }
+
+    /// Heartbeats until `token` is cancelled; failures are logged and retried.
+    pub async fn heartbeat_until(self, token: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if let Err(error) = self.heartbeat().await {
+                tracing::warn!(node = %self.id, "heartbeat failed: {error:#}");
+            }
+        }
+    }
+}
+
+/// Stand-in services until the role libraries land: they answer `/health`.
+mod placeholder {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    pub(super) async fn serve_health(
+        listener: TcpListener,
+        token: CancellationToken,
+    ) -> anyhow::Result<()> {
+        loop {
+            let (mut stream, _) = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                accepted = listener.accept() => accepted?,
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let body = r#"{"status":"ok"}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    }
+}

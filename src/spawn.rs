@@ -1,0 +1,288 @@
+//! `hayloft up --spawn`: every node as its own child process
+//! (`hayloft serve --role ROLE --config DIR/NODE.toml`), supervised by this one.
+//!
+//! Each child prints one JSON ready line on stdout once it serves
+//! ([`ReadyLine`]); the parent learns its address from it, rewrites the
+//! child's config with that concrete address (so a restart by hand binds the
+//! same port) and records it in `DIR/cluster.json`. A child that dies is not
+//! restarted: tests kill and restart nodes themselves, with the command kept
+//! in `cluster.json`. Children get SIGTERM if the parent dies
+//! (`PR_SET_PDEATHSIG`) and on SIGINT/SIGTERM of the parent.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterFile, NodeEntry, print_banner, wait_healthy};
+use crate::config::{Config, StoreSection};
+use crate::roles::{Role, node_url};
+use crate::up::{SHUTDOWN_DEADLINE, STARTUP_DEADLINE, STORE_COUNT, store_identity};
+
+/// The line `hayloft serve` prints on stdout once it accepts requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadyLine {
+    /// Always `true`; marks the line.
+    pub ready: bool,
+    /// The node id.
+    pub id: String,
+    /// The role it runs.
+    pub role: String,
+    /// The socket address it serves on.
+    pub address: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+struct Supervised {
+    entry: NodeEntry,
+    alive: bool,
+}
+
+/// Starts every node as a child process and supervises them until `shutdown`.
+pub async fn run_spawned(
+    config: Config,
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (exits_tx, mut exits_rx) = mpsc::channel::<(usize, String)>(16);
+    let mut nodes: Vec<Supervised> = Vec::new();
+    let started = start_children(&config, data_dir, &mut nodes, &exits_tx).await;
+    if let Err(error) = started {
+        stop_children(&mut nodes, &mut exits_rx).await;
+        return Err(error);
+    }
+    let cluster = ClusterFile {
+        nodes: nodes.iter().map(|node| node.entry.clone()).collect(),
+    };
+    cluster.save(data_dir)?;
+    print_banner(&cluster, data_dir);
+
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some((index, status)) = exits_rx.recv() => {
+                let node = &mut nodes[index];
+                node.alive = false;
+                tracing::warn!(
+                    "{} (pid {}) exited: {status}; not restarting it. Restart by hand with \
+                     `hayloft serve --role {} --config {}`",
+                    node.entry.id,
+                    node.entry.pid,
+                    node.entry.role,
+                    node.entry.config.as_deref().unwrap_or(Path::new("?")).display(),
+                );
+            }
+        }
+    }
+    stop_children(&mut nodes, &mut exits_rx).await;
+    Ok(())
+}
+
+async fn start_children(
+    config: &Config,
+    data_dir: &Path,
+    nodes: &mut Vec<Supervised>,
+    exits: &mpsc::Sender<(usize, String)>,
+) -> anyhow::Result<()> {
+    let mut directory_config = config.clone();
+    directory_config.directory.listen = "127.0.0.1:0".into();
+    directory_config.directory.data_dir = Some(data_dir.join("directory"));
+    let path = data_dir.join("directory.toml");
+    let ready = start_child(Role::Directory, &mut directory_config, &path, nodes, exits).await?;
+    let directory_url = node_url(&ready.address);
+    nodes.push(Supervised {
+        entry: NodeEntry {
+            id: "directory".into(),
+            role: Role::Directory.name().into(),
+            rack: String::new(),
+            datacenter: "dc-1".into(),
+            address: ready.address,
+            pid: ready.pid,
+            data_dir: data_dir.join("directory"),
+            config: Some(path),
+        },
+        alive: true,
+    });
+
+    for n in 1..=STORE_COUNT {
+        let identity = store_identity(data_dir, n);
+        let mut store_config = config.clone();
+        store_config.store = StoreSection {
+            id: identity.id.clone(),
+            rack: identity.rack.clone(),
+            datacenter: identity.datacenter.clone(),
+            listen: "127.0.0.1:0".into(),
+            advertise_address: None,
+            data_dir: Some(identity.data_dir.clone()),
+            directory_url: Some(directory_url.clone()),
+        };
+        let path = data_dir.join(format!("{}.toml", identity.id));
+        let ready = start_child(Role::Store, &mut store_config, &path, nodes, exits).await?;
+        nodes.push(Supervised {
+            entry: NodeEntry {
+                id: identity.id,
+                role: Role::Store.name().into(),
+                rack: identity.rack,
+                datacenter: identity.datacenter,
+                address: ready.address,
+                pid: ready.pid,
+                data_dir: identity.data_dir,
+                config: Some(path),
+            },
+            alive: true,
+        });
+    }
+
+    let mut router_config = config.clone();
+    router_config.router.directory_url = Some(directory_url);
+    let path = data_dir.join("router.toml");
+    let ready = start_child(Role::Router, &mut router_config, &path, nodes, exits).await?;
+    nodes.push(Supervised {
+        entry: NodeEntry {
+            id: "router".into(),
+            role: Role::Router.name().into(),
+            rack: String::new(),
+            datacenter: "dc-1".into(),
+            address: ready.address,
+            pid: ready.pid,
+            data_dir: PathBuf::new(),
+            config: Some(path),
+        },
+        alive: true,
+    });
+    Ok(())
+}
+
+/// Writes `config` to `path`, starts `hayloft serve` on it, waits for its ready
+/// line and health, then pins the learned address into the saved config.
+async fn start_child(
+    role: Role,
+    config: &mut Config,
+    path: &Path,
+    nodes: &[Supervised],
+    exits: &mpsc::Sender<(usize, String)>,
+) -> anyhow::Result<ReadyLine> {
+    config.save(path)?;
+    let exe = std::env::current_exe().context("locating the hayloft binary")?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("serve")
+        .arg("--role")
+        .arg(role.name())
+        .arg("--config")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let parent_pid = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            // The child gets SIGTERM when the thread that forked it exits; the
+            // supervisor forks from a runtime worker thread, which lives as long
+            // as this process.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() != parent_pid as libc::pid_t {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {} ({})", role.name(), path.display()))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(STARTUP_DEADLINE, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Ok(ready) = serde_json::from_str::<ReadyLine>(&line)
+                && ready.ready
+            {
+                return Ok(ready);
+            }
+        }
+        bail!("{} exited before it was ready", role.name())
+    })
+    .await
+    .with_context(|| format!("{} not ready after {STARTUP_DEADLINE:?}", role.name()))??;
+
+    // Own the child from here on: report its exit, keep draining its stdout.
+    let index = nodes.len();
+    let exits = exits.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!("child {index}: {line}");
+        }
+        let status = match child.wait().await {
+            Ok(status) => status.to_string(),
+            Err(error) => format!("wait failed: {error}"),
+        };
+        let _ = exits.send((index, status)).await;
+    });
+
+    wait_healthy(&node_url(&ready.address), STARTUP_DEADLINE).await?;
+    match role {
+        Role::Directory => config.directory.listen.clone_from(&ready.address),
+        Role::Store => config.store.listen.clone_from(&ready.address),
+        Role::Router => config.router.listen.clone_from(&ready.address),
+    }
+    config.save(path)?;
+    Ok(ready)
+}
+
+/// SIGTERM to every live child, router first; SIGKILL to any still alive after
+/// [`SHUTDOWN_DEADLINE`].
+async fn stop_children(nodes: &mut [Supervised], exits: &mut mpsc::Receiver<(usize, String)>) {
+    for node in nodes.iter().rev().filter(|node| node.alive) {
+        signal(node.entry.pid, libc::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    while nodes.iter().any(|node| node.alive) {
+        match tokio::time::timeout_at(deadline, exits.recv()).await {
+            Ok(Some((index, status))) => {
+                tracing::info!("{} stopped: {status}", nodes[index].entry.id);
+                nodes[index].alive = false;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                for node in nodes.iter().filter(|node| node.alive) {
+                    tracing::warn!("{} ignored SIGTERM; killing it", node.entry.id);
+                    signal(node.entry.pid, libc::SIGKILL);
+                }
+                break;
+            }
+        }
+    }
+    // Let the exit reports of killed children arrive, briefly.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while nodes.iter().any(|node| node.alive) {
+            match exits.recv().await {
+                Some((index, _)) => nodes[index].alive = false,
+                None => break,
+            }
+        }
+    })
+    .await;
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is a child
+    // of ours that has not been reaped yet (its exit was not reported).
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}

@@ -1,0 +1,167 @@
+//! `hayloft up` in one process: the directory, three store nodes in three
+//! racks and the router, each on its own loopback listener, talking HTTP to
+//! each other exactly as separate processes would.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterFile, NodeEntry, print_banner, wait_healthy};
+use crate::config::Config;
+use crate::roles::{self, Role, StoreIdentity, node_url};
+
+/// Number of store nodes (one per rack) `up` starts.
+pub const STORE_COUNT: usize = 3;
+/// How long a role may take to answer `/health` after it starts.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+/// How long roles get to finish in-flight requests on shutdown.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The identity of store node `n` (1-based) under `data_dir`.
+pub fn store_identity(data_dir: &Path, n: usize) -> StoreIdentity {
+    StoreIdentity {
+        id: format!("store-{n}"),
+        rack: format!("rack-{n}"),
+        datacenter: "dc-1".to_owned(),
+        data_dir: data_dir.join(format!("store-{n}")),
+    }
+}
+
+/// Binds a TCP listener, with the address in the error.
+pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))
+}
+
+/// Runs every role in this process until `shutdown` is cancelled or a role fails.
+pub async fn run_in_process(
+    config: Config,
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let token = shutdown.child_token();
+    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    let result = start_and_wait(&config, data_dir, &token, &mut tasks).await;
+    token.cancel();
+    let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((name, Err(error))) => {
+                    tracing::error!("{name} stopped with an error: {error:#}")
+                }
+                Ok((name, Ok(()))) => tracing::debug!("{name} stopped"),
+                Err(error) => tracing::error!("a role task panicked: {error}"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("roles did not stop within {SHUTDOWN_DEADLINE:?}; aborting them");
+        tasks.abort_all();
+    }
+    result
+}
+
+async fn start_and_wait(
+    config: &Config,
+    data_dir: &Path,
+    token: &CancellationToken,
+    tasks: &mut JoinSet<(String, anyhow::Result<()>)>,
+) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let mut cluster = ClusterFile::default();
+
+    let directory_dir = data_dir.join("directory");
+    let listener = bind("127.0.0.1:0").await?;
+    let directory_address = listener.local_addr()?;
+    let directory_url = node_url(&directory_address.to_string());
+    {
+        let (config, dir, token) = (config.clone(), directory_dir.clone(), token.clone());
+        tasks.spawn(async move {
+            let result = roles::run_directory(&config, dir, listener, token).await;
+            ("directory".to_owned(), result)
+        });
+    }
+    wait_healthy(&directory_url, STARTUP_DEADLINE).await?;
+    cluster.nodes.push(NodeEntry {
+        id: "directory".into(),
+        role: Role::Directory.name().into(),
+        rack: String::new(),
+        datacenter: "dc-1".into(),
+        address: directory_address.to_string(),
+        pid,
+        data_dir: directory_dir,
+        config: None,
+    });
+
+    for n in 1..=STORE_COUNT {
+        let identity = store_identity(data_dir, n);
+        let listener = bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        {
+            let (config, identity, token) = (config.clone(), identity.clone(), token.clone());
+            tasks.spawn(async move {
+                let result = roles::run_store(&config, &identity, listener, token).await;
+                (identity.id, result)
+            });
+        }
+        wait_healthy(&node_url(&address.to_string()), STARTUP_DEADLINE).await?;
+        let registration =
+            roles::register_store(config, &directory_url, &identity, address, STARTUP_DEADLINE)
+                .await?;
+        let heartbeat_token = token.clone();
+        tasks.spawn(async move {
+            registration.heartbeat_until(heartbeat_token).await;
+            ("heartbeat".to_owned(), Ok(()))
+        });
+        cluster.nodes.push(NodeEntry {
+            id: identity.id,
+            role: Role::Store.name().into(),
+            rack: identity.rack,
+            datacenter: identity.datacenter,
+            address: address.to_string(),
+            pid,
+            data_dir: identity.data_dir,
+            config: None,
+        });
+    }
+
+    let listener = bind(&config.router.listen).await?;
+    let router_address = listener.local_addr()?;
+    {
+        let (config, directory_url, token) = (config.clone(), directory_url.clone(), token.clone());
+        tasks.spawn(async move {
+            let result = roles::run_router(&config, directory_url, listener, token).await;
+            ("router".to_owned(), result)
+        });
+    }
+    wait_healthy(&node_url(&router_address.to_string()), STARTUP_DEADLINE).await?;
+    cluster.nodes.push(NodeEntry {
+        id: "router".into(),
+        role: Role::Router.name().into(),
+        rack: String::new(),
+        datacenter: "dc-1".into(),
+        address: router_address.to_string(),
+        pid,
+        data_dir: Default::default(),
+        config: None,
+    });
+    cluster.save(data_dir)?;
+    print_banner(&cluster, data_dir);
+
+    // Serve until asked to stop, or until any role stops on its own.
+    tokio::select! {
+        () = token.cancelled() => Ok(()),
+        joined = tasks.join_next() => match joined {
+            Some(Ok((name, Ok(())))) => anyhow::bail!("{name} stopped unexpectedly"),
+            Some(Ok((name, Err(error)))) => Err(error.context(format!("{name} failed"))),
+            Some(Err(error)) => Err(anyhow::anyhow!("a role task panicked: {error}")),
+            None => Ok(()),
+        },
+    }
+}
