@@ -1,0 +1,246 @@
+//! `DirectoryClient`: the typed HTTP client of the directory service, used by
+//! the router, the binary (registration and heartbeats) and tests.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::types::{
+    ErrorBody, KeyLease, LeaseRequest, LogicalVolume, NodeRecord, NodeRegistration,
+    SetStateRequest, StaleRequest, VolumeState,
+};
+
+/// Default timeout of one request to the directory.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default timeout for establishing a connection to the directory.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An error from [`DirectoryClient`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryClientError {
+    /// The request could not be sent or its answer not read (connection,
+    /// timeout, ...).
+    #[error("directory request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The directory answered with an error.
+    #[error("directory answered {status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The JSON error code (`unknown_volume`, `not_enough_racks`, ...).
+        code: String,
+        /// The directory's explanation.
+        message: String,
+    },
+    /// The answer was not the JSON expected.
+    #[error("undecodable directory answer: {0}")]
+    Decode(String),
+    /// The client was given a malformed argument (base URL, node id).
+    #[error("bad argument: {0}")]
+    BadArgument(String),
+}
+
+impl DirectoryClientError {
+    /// The JSON error code, if the directory answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            DirectoryClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, if the directory answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DirectoryClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the directory answered 404 (unknown node, volume or replica).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+}
+
+/// A cheap-to-clone client of one directory service.
+#[derive(Debug, Clone)]
+pub struct DirectoryClient {
+    base_url: String,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl DirectoryClient {
+    /// A client of the directory at `base_url` (`http://host:port`, or just
+    /// `host:port`) with its own connection pool and the default timeouts.
+    pub fn new(base_url: &str) -> Result<Self, DirectoryClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
+            .timeout(DEFAULT_REQUEST_TIMEOUT)
+            .build()?;
+        Ok(Self::with_http_client(
+            base_url,
+            http,
+            DEFAULT_REQUEST_TIMEOUT,
+        ))
+    }
+
+    /// A client sharing `http`'s connection pool; every request gets `timeout`.
+    pub fn with_http_client(base_url: &str, http: reqwest::Client, timeout: Duration) -> Self {
+        let base = base_url.trim_end_matches('/');
+        let base_url = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
+        Self {
+            base_url,
+            http,
+            timeout,
+        }
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `GET /health`: Ok if the directory answers 200.
+    pub async fn health(&self) -> Result<(), DirectoryClientError> {
+        let _: serde_json::Value = self.send(self.http.get(self.url("/health"))).await?;
+        Ok(())
+    }
+
+    /// `POST /nodes`: registers or re-registers a node.
+    pub async fn register(
+        &self,
+        node: &NodeRegistration,
+    ) -> Result<NodeRecord, DirectoryClientError> {
+        check_node_id(&node.id)?;
+        self.send(self.http.post(self.url("/nodes")).json(node))
+            .await
+    }
+
+    /// `POST /nodes/{id}/heartbeat`.
+    pub async fn heartbeat(&self, id: &str) -> Result<NodeRecord, DirectoryClientError> {
+        check_node_id(id)?;
+        let url = self.url(&format!("/nodes/{id}/heartbeat"));
+        self.send(self.http.post(url)).await
+    }
+
+    /// `GET /nodes`.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, DirectoryClientError> {
+        self.send(self.http.get(self.url("/nodes"))).await
+    }
+
+    /// `POST /volumes`: allocates a new writable logical volume.
+    pub async fn allocate_volume(&self) -> Result<LogicalVolume, DirectoryClientError> {
+        self.send(self.http.post(self.url("/volumes"))).await
+    }
+
+    /// `GET /volumes`.
+    pub async fn list_volumes(&self) -> Result<Vec<LogicalVolume>, DirectoryClientError> {
+        self.send(self.http.get(self.url("/volumes"))).await
+    }
+
+    /// `GET /volumes/{vid}`.
+    pub async fn volume(&self, vid: u32) -> Result<LogicalVolume, DirectoryClientError> {
+        self.send(self.http.get(self.url(&format!("/volumes/{vid}"))))
+            .await
+    }
+
+    /// `POST /volumes/{vid}/state`.
+    pub async fn set_volume_state(
+        &self,
+        vid: u32,
+        state: VolumeState,
+        reason: &str,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        let body = SetStateRequest {
+            state,
+            reason: reason.to_owned(),
+        };
+        let url = self.url(&format!("/volumes/{vid}/state"));
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `POST /volumes/{vid}/replicas/{node}/stale`: reports a replica that
+    /// failed a write or a delete.
+    pub async fn mark_replica_stale(
+        &self,
+        vid: u32,
+        node: &str,
+        reason: &str,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        check_node_id(node)?;
+        let body = StaleRequest {
+            reason: reason.to_owned(),
+        };
+        let url = self.url(&format!("/volumes/{vid}/replicas/{node}/stale"));
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `POST /volumes/{vid}/leases`: leases `count` needle keys.
+    pub async fn lease_keys(&self, vid: u32, count: u64) -> Result<KeyLease, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/leases"));
+        self.send(self.http.post(url).json(&LeaseRequest { count }))
+            .await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, DirectoryClientError> {
+        let response = request.timeout(self.timeout).send().await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map_err(|e| DirectoryClientError::Decode(e.to_string()));
+        }
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => (e.error, e.message),
+            Err(_) => (
+                "http".to_owned(),
+                String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+            ),
+        };
+        Err(DirectoryClientError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+}
+
+/// Node ids go into URL paths unescaped, so the client refuses anything the
+/// directory would refuse anyway (see [`valid_node_id`]).
+fn check_node_id(id: &str) -> Result<(), DirectoryClientError> {
+    if valid_node_id(id) {
+        Ok(())
+    } else {
+        Err(DirectoryClientError::BadArgument(format!(
+            "node id {id:?}: 1 to {MAX_NODE_ID_LEN} of [A-Za-z0-9._-]"
+        )))
+    }
+}
+
+/// Longest node id accepted.
+pub const MAX_NODE_ID_LEN: usize = 128;
+
+/// Whether `id` is a valid node id: 1 to [`MAX_NODE_ID_LEN`] characters of
+/// `[A-Za-z0-9._-]`.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_NODE_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

@@ -1,0 +1,1 @@
+//! Conformance suite every [`Directory`](super::Directory) backend must pass.

@@ -1,0 +1,158 @@
+//! `DirectoryError`: everything a directory backend or the directory service
+//! can fail with, and its mapping to HTTP status and JSON error code.
+
+use http::StatusCode;
+
+use super::types::VolumeState;
+
+/// An error from a directory backend or the directory service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// No node with this id is registered.
+    #[error("unknown node {id}")]
+    UnknownNode {
+        /// The node id asked for.
+        id: String,
+    },
+    /// No logical volume with this id exists.
+    #[error("unknown volume {id}")]
+    UnknownVolume {
+        /// The volume id asked for.
+        id: u32,
+    },
+    /// The node holds no replica of the volume.
+    #[error("node {node} holds no replica of volume {volume}")]
+    NotAReplica {
+        /// The volume.
+        volume: u32,
+        /// The node.
+        node: String,
+    },
+    /// Fewer distinct racks have an `up` store node than a volume needs.
+    #[error("need {needed} racks with an up store node, only {available} available")]
+    NotEnoughRacks {
+        /// Racks needed (3).
+        needed: usize,
+        /// Racks with at least one up store node.
+        available: usize,
+    },
+    /// The requested state change is not allowed.
+    #[error("volume {volume}: cannot go from {from} to {to}: {reason}")]
+    InvalidTransition {
+        /// The volume.
+        volume: u32,
+        /// Its current state.
+        from: VolumeState,
+        /// The requested state.
+        to: VolumeState,
+        /// Why not.
+        reason: String,
+    },
+    /// Keys can be leased only for a writable volume.
+    #[error("volume {volume} is {state}, not writable")]
+    NotWritable {
+        /// The volume.
+        volume: u32,
+        /// Its current state.
+        state: VolumeState,
+    },
+    /// A request argument is out of range or malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A request body exceeded the configured limit.
+    #[error("request body larger than {limit_bytes} bytes")]
+    PayloadTooLarge {
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// A store node did not do what the directory asked of it.
+    #[error("store node {node}: {message}")]
+    StoreUnavailable {
+        /// The store node's id.
+        node: String,
+        /// What failed.
+        message: String,
+    },
+    /// The key space or the volume id space is used up.
+    #[error("exhausted: {0}")]
+    Exhausted(String),
+    /// A stored record failed to decode or has an unknown version.
+    #[error("corrupt directory record in {table}: {message}")]
+    Corrupt {
+        /// The table holding the record.
+        table: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The embedded database failed.
+    #[error("directory database: {0}")]
+    Database(Box<redb::Error>),
+    /// A file or socket operation failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DirectoryError {
+            fn from(e: $t) -> Self {
+                DirectoryError::Database(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl DirectoryError {
+    /// The HTTP status the directory service answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            DirectoryError::UnknownNode { .. }
+            | DirectoryError::UnknownVolume { .. }
+            | DirectoryError::NotAReplica { .. } => StatusCode::NOT_FOUND,
+            DirectoryError::NotEnoughRacks { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            DirectoryError::InvalidTransition { .. } | DirectoryError::NotWritable { .. } => {
+                StatusCode::CONFLICT
+            }
+            DirectoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DirectoryError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            DirectoryError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            DirectoryError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
+            DirectoryError::Corrupt { .. }
+            | DirectoryError::Database(_)
+            | DirectoryError::Io(_)
+            | DirectoryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable snake_case code of the JSON error answer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DirectoryError::UnknownNode { .. } => "unknown_node",
+            DirectoryError::UnknownVolume { .. } => "unknown_volume",
+            DirectoryError::NotAReplica { .. } => "not_a_replica",
+            DirectoryError::NotEnoughRacks { .. } => "not_enough_racks",
+            DirectoryError::InvalidTransition { .. } => "invalid_transition",
+            DirectoryError::NotWritable { .. } => "not_writable",
+            DirectoryError::BadRequest(_) => "bad_request",
+            DirectoryError::PayloadTooLarge { .. } => "payload_too_large",
+            DirectoryError::StoreUnavailable { .. } => "store_unavailable",
+            DirectoryError::Exhausted(_) => "exhausted",
+            DirectoryError::Corrupt { .. } => "corrupt",
+            DirectoryError::Database(_) => "database",
+            DirectoryError::Io(_) => "io",
+            DirectoryError::Internal(_) => "internal",
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The directory: the single source of truth for nodes, logical volumes and
+//! key leases (Haystack's Directory, f4's name node).
+//!
+//! - [`types`]: the records, shaped exactly as the JSON of the
+//!   "Directory HTTP API" in `docs/ARCHITECTURE.md`.
+//! - [`Directory`]: the backend trait. [`RedbDirectory`] (one embedded redb
+//!   file) is the default; a distributed backend (etcd) comes later and must
+//!   pass the same [`conformance`] suite.
+//! - [`service`]: the directory's HTTP service with its down-marker and
+//!   replica repair loops; [`client`]: the typed client every other role uses.
+//!
+//! Time always comes in as a parameter (`now_ms`, ms since the UNIX epoch), so
+//! backends are deterministic under test.
+
+pub mod client;
+pub mod conformance;
+mod error;
+pub mod redb_backend;
+pub mod repair;
+pub mod service;
+mod stores;
+pub mod types;
+
+pub use client::{DirectoryClient, DirectoryClientError};
+pub use error::DirectoryError;
+pub use redb_backend::RedbDirectory;
+pub use service::{DirectoryConfig, run};
+pub use types::{
+    KeyLease, LogicalVolume, NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState,
+};
+
+/// Number of replicas of a hot logical volume, each in its own rack.
+pub const REPLICA_COUNT: usize = 3;
+
+/// The first needle key ever leased for a volume (key 0 is never used).
+pub const FIRST_KEY: u64 = 1;
+
+/// A directory backend. Every mutation is atomic and durable before it
+/// returns. Methods are synchronous; async callers use `spawn_blocking`.
+pub trait Directory: Send + Sync {
+    /// Registers `node`, or re-registers it (role, rack, datacenter and
+    /// address are replaced). The node becomes `up` with a heartbeat at `now_ms`.
+    fn register_node(
+        &self,
+        node: NodeRegistration,
+        now_ms: u64,
+    ) -> Result<NodeRecord, DirectoryError>;
+
+    /// Records a heartbeat at `now_ms`; a `down` node comes back `up` (its
+    /// replicas stay stale until repaired). [`DirectoryError::UnknownNode`]
+    /// if the node never registered.
+    fn heartbeat(&self, id: &str, now_ms: u64) -> Result<NodeRecord, DirectoryError>;
+
+    /// Every registered node, ordered by id.
+    fn list_nodes(&self) -> Result<Vec<NodeRecord>, DirectoryError>;
+
+    /// Marks `down` every `up` node whose last heartbeat is more than
+    /// `timeout_ms` before `now_ms`. Each of their replicas becomes stale and
+    /// each `writable` volume with such a replica turns `readonly`.
+    /// Returns the volumes that changed.
+    fn mark_down_expired(
+        &self,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> Result<Vec<LogicalVolume>, DirectoryError>;
+
+    /// Allocates a new `writable` volume on [`REPLICA_COUNT`] `up` store
+    /// nodes in distinct racks, preferring the nodes with the fewest
+    /// replicas. [`DirectoryError::NotEnoughRacks`] if that is impossible.
+    fn allocate_volume(&self, now_ms: u64) -> Result<LogicalVolume, DirectoryError>;
+
+    /// One volume; [`DirectoryError::UnknownVolume`] if absent.
+    fn volume(&self, id: u32) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Every volume, ordered by id.
+    fn list_volumes(&self) -> Result<Vec<LogicalVolume>, DirectoryError>;
+
+    /// Changes a volume's state. `locked` is final (re-locking is a no-op);
+    /// `writable` needs every replica `up` and none stale.
+    fn set_volume_state(
+        &self,
+        id: u32,
+        state: VolumeState,
+        now_ms: u64,
+    ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Marks `node`'s replica of volume `id` stale; a `writable` volume
+    /// turns `readonly`.
+    fn mark_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Clears the stale mark of `node`'s replica (after a successful resync).
+    fn clear_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Leases `count` needle keys of a `writable` volume: a half-open range
+    /// strictly above every range leased before for it, persisted before
+    /// the answer.
+    fn lease_keys(&self, id: u32, count: u64) -> Result<KeyLease, DirectoryError>;
+
+    /// Records a volume's size and needle count as last reported.
+    fn update_volume_sizes(
+        &self,
+        id: u32,
+        size_bytes: u64,
+        needle_count: u64,
+    ) -> Result<LogicalVolume, DirectoryError>;
+}
+
+/// Current wall-clock time in ms since the UNIX epoch (0 if the clock is
+/// before the epoch).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

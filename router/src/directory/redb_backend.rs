@@ -1,0 +1,536 @@
+//! `RedbDirectory`: the default directory backend, one embedded redb file
+//! (`DIR/directory.redb`).
+//!
+//! Tables (layout mirrored in `docs/FORMAT.md`, "Directory (router)"):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `&str` | `"format"` → `"hayloft-directory"`; `"counters"` → `{next_volume_id}` |
+//! | `nodes` | node id `&str` | [`NodeRecord`] |
+//! | `volumes` | volume id `u32` | [`LogicalVolume`] |
+//! | `leases` | volume id `u32` | `{next_key}`: first key of the next lease |
+//! | `warm_volumes` | volume id `u32` | reserved for the warm tier (empty) |
+//! | `migration_jobs` | volume id `u32` | reserved for the migrator (empty) |
+//!
+//! Every value is JSON in a version envelope `{"v":1,"data":...}`; a reader
+//! refuses a version it does not know (`Corrupt`) rather than guess. A new
+//! version adds a decode arm that migrates the old shape forward. Every
+//! mutation is one write transaction committed with redb's default
+//! `Durability::Immediate`, so it is on disk before the call returns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::client::valid_node_id;
+use super::types::{
+    KeyLease, LogicalVolume, NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState,
+};
+use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
+
+/// File name of the database inside the directory's data dir.
+pub const DIRECTORY_FILE_NAME: &str = "directory.redb";
+
+/// Version of the JSON envelope of every stored value. Bump it on any
+/// incompatible change of a stored shape and add a migration arm.
+pub const DIRECTORY_FORMAT_VERSION: u32 = 1;
+
+/// Value of `meta["format"]`, identifying a Hayloft directory file.
+pub const DIRECTORY_FORMAT_NAME: &str = "hayloft-directory";
+
+/// Largest key count one lease may ask for.
+pub const MAX_LEASE_COUNT: u64 = 1 << 40;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const VOLUMES: TableDefinition<u32, &[u8]> = TableDefinition::new("volumes");
+const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
+const WARM_VOLUMES: TableDefinition<u32, &[u8]> = TableDefinition::new("warm_volumes");
+const MIGRATION_JOBS: TableDefinition<u32, &[u8]> = TableDefinition::new("migration_jobs");
+
+const META_FORMAT: &str = "format";
+const META_COUNTERS: &str = "counters";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Counters {
+    next_volume_id: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseRecord {
+    next_key: u64,
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, T> {
+    v: u32,
+    data: &'a T,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    v: u32,
+    data: serde_json::Value,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(&EnvelopeOut {
+        v: DIRECTORY_FORMAT_VERSION,
+        data: value,
+    })
+    .expect("directory records serialise to JSON infallibly")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, DirectoryError> {
+    let corrupt = |message: String| DirectoryError::Corrupt { table, message };
+    let envelope: EnvelopeIn =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("envelope: {e}")))?;
+    match envelope.v {
+        DIRECTORY_FORMAT_VERSION => {
+            serde_json::from_value(envelope.data).map_err(|e| corrupt(format!("record: {e}")))
+        }
+        v => Err(corrupt(format!("unknown record version {v}"))),
+    }
+}
+
+/// The redb-backed directory. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct RedbDirectory {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbDirectory {
+    /// Opens (or creates) `data_dir/directory.redb`, creating `data_dir` if
+    /// needed, and checks the file's format marker.
+    pub fn open(data_dir: &Path) -> Result<Self, DirectoryError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(DIRECTORY_FILE_NAME);
+        let db = Database::create(&path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let existing = meta
+                .get(META_FORMAT)?
+                .map(|v| decode::<String>("meta", v.value()));
+            match existing {
+                None => {
+                    meta.insert(META_FORMAT, encode(&DIRECTORY_FORMAT_NAME).as_slice())?;
+                }
+                Some(Ok(name)) if name == DIRECTORY_FORMAT_NAME => {}
+                Some(Ok(name)) => {
+                    return Err(DirectoryError::Corrupt {
+                        table: "meta",
+                        message: format!("not a directory file (format {name:?})"),
+                    });
+                }
+                Some(Err(e)) => return Err(e),
+            }
+            txn.open_table(NODES)?;
+            txn.open_table(VOLUMES)?;
+            txn.open_table(LEASES)?;
+            txn.open_table(WARM_VOLUMES)?;
+            txn.open_table(MIGRATION_JOBS)?;
+        }
+        txn.commit()?;
+        Ok(Self { db, path })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one write transaction and commits it if `f` succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        let txn = self.db.begin_write()?;
+        let value = f(&txn)?;
+        txn.commit()?;
+        Ok(value)
+    }
+}
+
+fn get_node(txn: &WriteTransaction, id: &str) -> Result<Option<NodeRecord>, DirectoryError> {
+    let table = txn.open_table(NODES)?;
+    let value = table.get(id)?;
+    value.map(|v| decode("nodes", v.value())).transpose()
+}
+
+fn put_node(txn: &WriteTransaction, node: &NodeRecord) -> Result<(), DirectoryError> {
+    txn.open_table(NODES)?
+        .insert(node.id.as_str(), encode(node).as_slice())?;
+    Ok(())
+}
+
+fn all_nodes(table: &impl ReadableTable<&'static str, &'static [u8]>) -> NodesResult {
+    let mut nodes = Vec::new();
+    for entry in table.iter()? {
+        let (_, v) = entry?;
+        nodes.push(decode("nodes", v.value())?);
+    }
+    Ok(nodes)
+}
+
+type NodesResult = Result<Vec<NodeRecord>, DirectoryError>;
+type VolumesResult = Result<Vec<LogicalVolume>, DirectoryError>;
+
+fn all_volumes(table: &impl ReadableTable<u32, &'static [u8]>) -> VolumesResult {
+    let mut volumes = Vec::new();
+    for entry in table.iter()? {
+        let (_, v) = entry?;
+        volumes.push(decode("volumes", v.value())?);
+    }
+    Ok(volumes)
+}
+
+fn get_volume(txn: &WriteTransaction, id: u32) -> Result<LogicalVolume, DirectoryError> {
+    let table = txn.open_table(VOLUMES)?;
+    let value = table.get(id)?;
+    match value {
+        Some(v) => decode("volumes", v.value()),
+        None => Err(DirectoryError::UnknownVolume { id }),
+    }
+}
+
+fn put_volume(txn: &WriteTransaction, volume: &LogicalVolume) -> Result<(), DirectoryError> {
+    debug_assert!(
+        volume
+            .stale_replicas
+            .iter()
+            .all(|n| volume.replicas.contains(n))
+    );
+    txn.open_table(VOLUMES)?
+        .insert(volume.id, encode(volume).as_slice())?;
+    Ok(())
+}
+
+/// Adds `node` to the volume's stale set and demotes a writable volume.
+/// Returns whether anything changed.
+fn make_stale(volume: &mut LogicalVolume, node: &str) -> bool {
+    let mut changed = false;
+    if !volume.is_stale(node) {
+        volume.stale_replicas.push(node.to_owned());
+        changed = true;
+    }
+    if volume.state == VolumeState::Writable {
+        volume.state = VolumeState::ReadOnly;
+        changed = true;
+    }
+    changed
+}
+
+/// Picks one store node in each of [`REPLICA_COUNT`] racks: in each rack the
+/// node with the fewest replicas, then the racks whose pick has the fewest.
+/// Ties break by id and rack name, so placement is deterministic.
+fn place_replicas(
+    nodes: &[NodeRecord],
+    volumes: &[LogicalVolume],
+) -> Result<Vec<String>, DirectoryError> {
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    for volume in volumes {
+        for replica in &volume.replicas {
+            *load.entry(replica.as_str()).or_default() += 1;
+        }
+    }
+    let mut best_per_rack: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    for node in nodes {
+        if node.role != NodeRole::Store || !node.is_up() {
+            continue;
+        }
+        let candidate = (
+            load.get(node.id.as_str()).copied().unwrap_or(0),
+            node.id.as_str(),
+        );
+        let best = best_per_rack.entry(node.rack.as_str()).or_insert(candidate);
+        if candidate < *best {
+            *best = candidate;
+        }
+    }
+    if best_per_rack.len() < REPLICA_COUNT {
+        return Err(DirectoryError::NotEnoughRacks {
+            needed: REPLICA_COUNT,
+            available: best_per_rack.len(),
+        });
+    }
+    let mut picks: Vec<((usize, &str), &str)> = best_per_rack
+        .into_iter()
+        .map(|(rack, best)| (best, rack))
+        .collect();
+    picks.sort_by(|a, b| (a.0.0, a.1).cmp(&(b.0.0, b.1)));
+    Ok(picks
+        .into_iter()
+        .take(REPLICA_COUNT)
+        .map(|((_, id), _)| id.to_owned())
+        .collect())
+}
+
+impl Directory for RedbDirectory {
+    fn register_node(
+        &self,
+        node: NodeRegistration,
+        now_ms: u64,
+    ) -> Result<NodeRecord, DirectoryError> {
+        if !valid_node_id(&node.id) {
+            return Err(DirectoryError::BadRequest(format!(
+                "node id {:?}: 1 to 128 of [A-Za-z0-9._-]",
+                node.id
+            )));
+        }
+        if node.address.is_empty() {
+            return Err(DirectoryError::BadRequest("empty node address".into()));
+        }
+        let record = NodeRecord {
+            id: node.id,
+            role: node.role,
+            rack: node.rack,
+            datacenter: node.datacenter,
+            address: node.address,
+            last_heartbeat_ms: now_ms,
+            state: NodeState::Up,
+        };
+        self.write(|txn| put_node(txn, &record))?;
+        Ok(record)
+    }
+
+    fn heartbeat(&self, id: &str, now_ms: u64) -> Result<NodeRecord, DirectoryError> {
+        self.write(|txn| {
+            let mut node = get_node(txn, id)?
+                .ok_or_else(|| DirectoryError::UnknownNode { id: id.to_owned() })?;
+            node.last_heartbeat_ms = node.last_heartbeat_ms.max(now_ms);
+            node.state = NodeState::Up;
+            put_node(txn, &node)?;
+            Ok(node)
+        })
+    }
+
+    fn list_nodes(&self) -> Result<Vec<NodeRecord>, DirectoryError> {
+        let txn = self.db.begin_read()?;
+        all_nodes(&txn.open_table(NODES)?)
+    }
+
+    fn mark_down_expired(
+        &self,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> Result<Vec<LogicalVolume>, DirectoryError> {
+        self.write(|txn| {
+            let nodes = all_nodes(&txn.open_table(NODES)?)?;
+            let mut expired = BTreeSet::new();
+            for mut node in nodes {
+                if node.is_up() && now_ms.saturating_sub(node.last_heartbeat_ms) > timeout_ms {
+                    node.state = NodeState::Down;
+                    put_node(txn, &node)?;
+                    expired.insert(node.id);
+                }
+            }
+            if expired.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut changed = Vec::new();
+            for mut volume in all_volumes(&txn.open_table(VOLUMES)?)? {
+                let down: Vec<String> = volume
+                    .replicas
+                    .iter()
+                    .filter(|r| expired.contains(*r))
+                    .cloned()
+                    .collect();
+                let mut dirty = false;
+                for node in &down {
+                    dirty |= make_stale(&mut volume, node);
+                }
+                if dirty {
+                    put_volume(txn, &volume)?;
+                    changed.push(volume);
+                }
+            }
+            Ok(changed)
+        })
+    }
+
+    fn allocate_volume(&self, now_ms: u64) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let nodes = all_nodes(&txn.open_table(NODES)?)?;
+            let volumes = all_volumes(&txn.open_table(VOLUMES)?)?;
+            let replicas = place_replicas(&nodes, &volumes)?;
+            let mut meta = txn.open_table(META)?;
+            let counters = match meta.get(META_COUNTERS)? {
+                Some(v) => decode::<Counters>("meta", v.value())?,
+                None => Counters { next_volume_id: 1 },
+            };
+            let id = counters.next_volume_id;
+            let next_volume_id = id
+                .checked_add(1)
+                .ok_or_else(|| DirectoryError::Exhausted("volume ids".into()))?;
+            meta.insert(
+                META_COUNTERS,
+                encode(&Counters { next_volume_id }).as_slice(),
+            )?;
+            let volume = LogicalVolume {
+                id,
+                state: VolumeState::Writable,
+                replicas,
+                stale_replicas: Vec::new(),
+                created_ms: now_ms,
+                locked_ms: None,
+                size_bytes: 0,
+                needle_count: 0,
+            };
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn volume(&self, id: u32) -> Result<LogicalVolume, DirectoryError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(VOLUMES)?;
+        let value = table.get(id)?;
+        match value {
+            Some(v) => decode("volumes", v.value()),
+            None => Err(DirectoryError::UnknownVolume { id }),
+        }
+    }
+
+    fn list_volumes(&self) -> Result<Vec<LogicalVolume>, DirectoryError> {
+        let txn = self.db.begin_read()?;
+        all_volumes(&txn.open_table(VOLUMES)?)
+    }
+
+    fn set_volume_state(
+        &self,
+        id: u32,
+        state: VolumeState,
+        now_ms: u64,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            let refuse = |reason: &str| DirectoryError::InvalidTransition {
+                volume: id,
+                from: volume.state,
+                to: state,
+                reason: reason.to_owned(),
+            };
+            match (volume.state, state) {
+                (from, to) if from == to => return Ok(volume),
+                (VolumeState::Locked, _) => return Err(refuse("locked is final")),
+                (_, VolumeState::Locked) => volume.locked_ms = Some(now_ms),
+                (_, VolumeState::Writable) => {
+                    if !volume.stale_replicas.is_empty() {
+                        return Err(refuse("a replica is stale"));
+                    }
+                    for replica in &volume.replicas {
+                        let up = get_node(txn, replica)?.is_some_and(|n| n.is_up());
+                        if !up {
+                            return Err(refuse(&format!("replica node {replica} is not up")));
+                        }
+                    }
+                }
+                (_, VolumeState::ReadOnly) => {}
+            }
+            volume.state = state;
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn mark_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            if !volume.replicas.iter().any(|r| r == node) {
+                return Err(DirectoryError::NotAReplica {
+                    volume: id,
+                    node: node.to_owned(),
+                });
+            }
+            if make_stale(&mut volume, node) {
+                put_volume(txn, &volume)?;
+            }
+            Ok(volume)
+        })
+    }
+
+    fn clear_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            if !volume.replicas.iter().any(|r| r == node) {
+                return Err(DirectoryError::NotAReplica {
+                    volume: id,
+                    node: node.to_owned(),
+                });
+            }
+            if volume.is_stale(node) {
+                volume.stale_replicas.retain(|r| r != node);
+                put_volume(txn, &volume)?;
+            }
+            Ok(volume)
+        })
+    }
+
+    fn lease_keys(&self, id: u32, count: u64) -> Result<KeyLease, DirectoryError> {
+        if count == 0 || count > MAX_LEASE_COUNT {
+            return Err(DirectoryError::BadRequest(format!(
+                "lease count {count}: must be 1 to {MAX_LEASE_COUNT}"
+            )));
+        }
+        self.write(|txn| {
+            let volume = get_volume(txn, id)?;
+            if volume.state != VolumeState::Writable {
+                return Err(DirectoryError::NotWritable {
+                    volume: id,
+                    state: volume.state,
+                });
+            }
+            let mut leases = txn.open_table(LEASES)?;
+            let start = match leases.get(id)? {
+                Some(v) => decode::<LeaseRecord>("leases", v.value())?.next_key,
+                None => FIRST_KEY,
+            };
+            let end = start
+                .checked_add(count)
+                .ok_or_else(|| DirectoryError::Exhausted(format!("keys of volume {id}")))?;
+            leases.insert(id, encode(&LeaseRecord { next_key: end }).as_slice())?;
+            Ok(KeyLease { start, end })
+        })
+    }
+
+    fn update_volume_sizes(
+        &self,
+        id: u32,
+        size_bytes: u64,
+        needle_count: u64,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            volume.size_bytes = size_bytes;
+            volume.needle_count = needle_count;
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_record_version_is_corrupt() {
+        let bytes = br#"{"v":99,"data":{"next_key":5}}"#;
+        let err = decode::<LeaseRecord>("leases", bytes).expect_err("must refuse");
+        assert!(matches!(
+            err,
+            DirectoryError::Corrupt {
+                table: "leases",
+                ..
+            }
+        ));
+        let ok: LeaseRecord =
+            decode("leases", &encode(&LeaseRecord { next_key: 5 })).expect("roundtrip");
+        assert_eq!(ok.next_key, 5);
+    }
+}

@@ -1,0 +1,227 @@
+//! Replica repair (`docs/ARCHITECTURE.md`, "Replica repair").
+//!
+//! A replica is stale when it may have missed a write or a delete. Every
+//! pass, for each stale replica whose node is `up`, the directory asks that
+//! node to bulk-sync the volume (`POST /volumes/{vid}/sync?from=PEER`) from a
+//! non-stale replica on an `up` node, and clears the stale mark once the sync
+//! answers 200. If every replica is stale, the up replica with the highest
+//! `last_key` (then the most needles) becomes the source and its mark is
+//! cleared first.
+//!
+//! A store streams only a read-only or locked replica, so a source that is
+//! still writable at its store is sealed first: the logical volume (already
+//! `readonly`, since it has a stale replica) is set `locked` in the directory,
+//! then every fresh up replica is locked at its store. A volume that lost a
+//! replica therefore never takes uploads again (as in Haystack); it stays
+//! readable and can later migrate to the warm tier like any locked volume.
+//!
+//! Repairs run one at a time: a bulk sync is a large sequential copy, and
+//! running them serially is the simplest throttle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::stores::{ReplicaStatus, StoreCalls};
+use super::types::{LogicalVolume, NodeRecord, VolumeState};
+use super::{Directory, DirectoryError, now_ms};
+
+/// What one repair pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// `(volume, node)` replicas resynchronised and marked fresh.
+    pub repaired: Vec<(u32, String)>,
+    /// `(volume, node)` replicas whose repair failed (retried next pass).
+    pub failed: Vec<(u32, String)>,
+}
+
+/// Runs a repair pass every `interval` until `cancel` fires.
+pub(crate) async fn run_repair_loop(
+    directory: Arc<dyn Directory>,
+    stores: StoreCalls,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            result = repair_pass(&directory, &stores) => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "replica repair pass failed");
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f` on the directory in a blocking task.
+async fn blocking<T: Send + 'static>(
+    directory: &Arc<dyn Directory>,
+    f: impl FnOnce(&dyn Directory) -> Result<T, DirectoryError> + Send + 'static,
+) -> Result<T, DirectoryError> {
+    let directory = Arc::clone(directory);
+    tokio::task::spawn_blocking(move || f(&*directory))
+        .await
+        .map_err(|e| DirectoryError::Internal(format!("directory task: {e}")))?
+}
+
+/// One pass over every volume with a stale replica.
+pub(crate) async fn repair_pass(
+    directory: &Arc<dyn Directory>,
+    stores: &StoreCalls,
+) -> Result<RepairReport, DirectoryError> {
+    let (volumes, nodes) =
+        blocking(directory, |d| Ok((d.list_volumes()?, d.list_nodes()?))).await?;
+    let nodes: HashMap<String, NodeRecord> = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
+    let mut report = RepairReport::default();
+    for volume in volumes.into_iter().filter(|v| !v.stale_replicas.is_empty()) {
+        if let Err(e) = repair_volume(directory, stores, &nodes, volume, &mut report).await {
+            tracing::warn!(error = %e, "volume repair failed");
+        }
+    }
+    Ok(report)
+}
+
+fn up_node<'a>(nodes: &'a HashMap<String, NodeRecord>, id: &str) -> Option<&'a NodeRecord> {
+    nodes.get(id).filter(|n| n.is_up())
+}
+
+async fn repair_volume(
+    directory: &Arc<dyn Directory>,
+    stores: &StoreCalls,
+    nodes: &HashMap<String, NodeRecord>,
+    volume: LogicalVolume,
+    report: &mut RepairReport,
+) -> Result<(), DirectoryError> {
+    let vid = volume.id;
+    let targets: Vec<&NodeRecord> = volume
+        .stale_replicas
+        .iter()
+        .filter_map(|r| up_node(nodes, r))
+        .collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let fresh: Vec<&NodeRecord> = volume
+        .fresh_replicas()
+        .filter_map(|r| up_node(nodes, r))
+        .collect();
+    let (source, targets) = match fresh.first() {
+        Some(source) => (*source, targets),
+        None if volume.fresh_replicas().next().is_none() => {
+            // Every replica is stale: elect the most complete up replica.
+            let source = elect_source(stores, vid, &targets).await?;
+            tracing::info!(volume = vid, source = %source.id, "every replica stale; electing source");
+            let others = targets.into_iter().filter(|t| t.id != source.id).collect();
+            (source, others)
+        }
+        // A fresh replica exists but its node is down: wait for it.
+        None => return Ok(()),
+    };
+    let status = stores
+        .volume_status(&source.base_url(), vid)
+        .await
+        .map_err(|e| store_error(source, &e))?;
+    if !status.locked && !status.read_only {
+        seal_volume(directory, stores, nodes, &volume, &source.id).await?;
+    }
+    if volume.is_stale(&source.id) {
+        let source_id = source.id.clone();
+        blocking(directory, move |d| d.clear_replica_stale(vid, &source_id)).await?;
+    }
+    for target in targets {
+        match stores
+            .sync_volume(&target.base_url(), vid, &source.base_url())
+            .await
+        {
+            Ok(()) => {
+                let target_id = target.id.clone();
+                blocking(directory, move |d| d.clear_replica_stale(vid, &target_id)).await?;
+                tracing::info!(volume = vid, replica = %target.id, source = %source.id, "replica resynchronised");
+                report.repaired.push((vid, target.id.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(volume = vid, replica = %target.id, source = %source.id, error = %e, "replica sync failed");
+                report.failed.push((vid, target.id.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Picks the up replica with the highest `last_key`, then the most needles.
+async fn elect_source<'a>(
+    stores: &StoreCalls,
+    vid: u32,
+    candidates: &[&'a NodeRecord],
+) -> Result<&'a NodeRecord, DirectoryError> {
+    let mut best: Option<(&NodeRecord, ReplicaStatus)> = None;
+    for node in candidates {
+        let status = match stores.volume_status(&node.base_url(), vid).await {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(volume = vid, replica = %node.id, error = %e, "replica status failed");
+                continue;
+            }
+        };
+        let better = best.as_ref().is_none_or(|(_, b)| {
+            (status.last_key, status.needle_count) > (b.last_key, b.needle_count)
+        });
+        if better {
+            best = Some((node, status));
+        }
+    }
+    best.map(|(node, _)| node)
+        .ok_or_else(|| DirectoryError::StoreUnavailable {
+            node: candidates
+                .iter()
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            message: format!("no replica of volume {vid} answered its status"),
+        })
+}
+
+/// Locks the volume in the directory, then the source and every fresh up
+/// replica at its store, so that the source can be streamed.
+async fn seal_volume(
+    directory: &Arc<dyn Directory>,
+    stores: &StoreCalls,
+    nodes: &HashMap<String, NodeRecord>,
+    volume: &LogicalVolume,
+    source: &str,
+) -> Result<(), DirectoryError> {
+    let vid = volume.id;
+    if volume.state != VolumeState::Locked {
+        let now = now_ms();
+        blocking(directory, move |d| {
+            d.set_volume_state(vid, VolumeState::Locked, now)
+        })
+        .await?;
+        tracing::info!(volume = vid, "sealed (locked) before replica repair");
+    }
+    let sealed = volume
+        .replicas
+        .iter()
+        .filter(|r| *r == source || !volume.is_stale(r));
+    for replica in sealed.filter_map(|r| up_node(nodes, r)) {
+        stores
+            .lock_volume(&replica.base_url(), vid)
+            .await
+            .map_err(|e| store_error(replica, &e))?;
+    }
+    Ok(())
+}
+
+fn store_error(node: &NodeRecord, e: &impl std::fmt::Display) -> DirectoryError {
+    DirectoryError::StoreUnavailable {
+        node: node.id.clone(),
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,528 @@
+//! The directory's HTTP service (`docs/ARCHITECTURE.md`, "Directory HTTP
+//! API"): axum routes over a [`Directory`] backend, served by hyper with
+//! header-read and per-request timeouts, bounded bodies and connections, and
+//! graceful shutdown; plus two background loops, the down-marker and the
+//! replica repair loop.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::repair::run_repair_loop;
+use super::stores::StoreCalls;
+use super::types::{ErrorBody, LeaseRequest, NodeRegistration, SetStateRequest, StaleRequest};
+use super::{Directory, DirectoryError, RedbDirectory, now_ms};
+
+/// Configuration of the directory role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Directory holding `directory.redb` (created if missing).
+    pub data_dir: PathBuf,
+    /// A node silent for this long is marked `down`.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u64,
+    /// Pause between two replica repair passes.
+    #[serde(default = "default_repair_interval_ms")]
+    pub repair_interval_ms: u64,
+    /// Longest time one inbound request may take before a 503 `timeout`.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Longest time a client may take to send a request's headers.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Timeout of the directory's own calls to store nodes (create, status, lock).
+    #[serde(default = "default_store_request_timeout_ms")]
+    pub store_request_timeout_ms: u64,
+    /// Timeout of one bulk sync of a replica.
+    #[serde(default = "default_sync_timeout_ms")]
+    pub sync_timeout_ms: u64,
+    /// Largest accepted request body.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most connections served at once; more are closed on accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Default of [`DirectoryConfig::heartbeat_timeout_ms`]: 5 s.
+pub fn default_heartbeat_timeout_ms() -> u64 {
+    5_000
+}
+/// Default of [`DirectoryConfig::repair_interval_ms`]: 1 s.
+pub fn default_repair_interval_ms() -> u64 {
+    1_000
+}
+/// Default of [`DirectoryConfig::request_timeout_ms`]: 10 s.
+pub fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+/// Default of [`DirectoryConfig::header_read_timeout_ms`]: 5 s.
+pub fn default_header_read_timeout_ms() -> u64 {
+    5_000
+}
+/// Default of [`DirectoryConfig::store_request_timeout_ms`]: 3 s.
+pub fn default_store_request_timeout_ms() -> u64 {
+    3_000
+}
+/// Default of [`DirectoryConfig::sync_timeout_ms`]: 10 min.
+pub fn default_sync_timeout_ms() -> u64 {
+    600_000
+}
+/// Default of [`DirectoryConfig::max_body_bytes`]: 64 KiB.
+pub fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+/// Default of [`DirectoryConfig::max_connections`]: 1024.
+pub fn default_max_connections() -> usize {
+    1024
+}
+/// Default of [`DirectoryConfig::shutdown_grace_ms`]: 5 s.
+pub fn default_shutdown_grace_ms() -> u64 {
+    5_000
+}
+
+impl DirectoryConfig {
+    /// A config with every default and the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+            repair_interval_ms: default_repair_interval_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            store_request_timeout_ms: default_store_request_timeout_ms(),
+            sync_timeout_ms: default_sync_timeout_ms(),
+            max_body_bytes: default_max_body_bytes(),
+            max_connections: default_max_connections(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+}
+
+/// Most directory operations running at once on blocking threads.
+const MAX_BLOCKING_OPERATIONS: usize = 16;
+
+#[derive(Clone)]
+struct AppState {
+    directory: Arc<dyn Directory>,
+    permits: Arc<Semaphore>,
+    stores: StoreCalls,
+}
+
+impl AppState {
+    /// Runs `f` on the backend in a blocking task, bounded by a semaphore.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Directory) -> Result<T, DirectoryError> + Send + 'static,
+    ) -> Result<T, DirectoryError> {
+        let _permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| DirectoryError::Internal("shutting down".into()))?;
+        let directory = Arc::clone(&self.directory);
+        tokio::task::spawn_blocking(move || f(&*directory))
+            .await
+            .map_err(|e| DirectoryError::Internal(format!("directory task: {e}")))?
+    }
+}
+
+impl IntoResponse for DirectoryError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "directory request failed");
+        }
+        error_response(status, self.code(), self.to_string())
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    let body = ErrorBody {
+        error: code.to_owned(),
+        message,
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// A JSON body whose rejections are the directory's JSON errors.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = DirectoryError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                DirectoryError::PayloadTooLarge { limit_bytes: limit }
+            } else {
+                DirectoryError::BadRequest(r.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| DirectoryError::BadRequest(format!("JSON body: {e}")))
+    }
+}
+
+/// The configured body limit, for error messages.
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+fn parse_vid(text: &str) -> Result<u32, DirectoryError> {
+    text.parse()
+        .map_err(|_| DirectoryError::BadRequest(format!("volume id {text:?} is not a u32")))
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn register_node(
+    State(state): State<AppState>,
+    JsonBody(node): JsonBody<NodeRegistration>,
+) -> Result<Response, DirectoryError> {
+    let now = now_ms();
+    let record = state.blocking(move |d| d.register_node(node, now)).await?;
+    tracing::debug!(node = %record.id, role = ?record.role, "node registered");
+    Ok(axum::Json(record).into_response())
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, DirectoryError> {
+    let now = now_ms();
+    let record = state.blocking(move |d| d.heartbeat(&id, now)).await?;
+    Ok(axum::Json(record).into_response())
+}
+
+async fn list_nodes(State(state): State<AppState>) -> Result<Response, DirectoryError> {
+    let nodes = state.blocking(|d| d.list_nodes()).await?;
+    Ok(axum::Json(nodes).into_response())
+}
+
+/// Allocates a volume, then creates its replicas on the store nodes, so a
+/// `writable` answer means every replica exists. A replica that cannot be
+/// created is marked stale (the volume turns `readonly`) and the answer is a
+/// 503 `store_unavailable`.
+async fn allocate_volume(State(state): State<AppState>) -> Result<Response, DirectoryError> {
+    let now = now_ms();
+    let (volume, nodes) = state
+        .blocking(move |d| Ok((d.allocate_volume(now)?, d.list_nodes()?)))
+        .await?;
+    let vid = volume.id;
+    let creations = volume.replicas.iter().map(|replica| {
+        let node = nodes.iter().find(|n| &n.id == replica).cloned();
+        let stores = state.stores.clone();
+        async move {
+            let node = node.ok_or_else(|| DirectoryError::UnknownNode {
+                id: replica.clone(),
+            })?;
+            stores
+                .create_volume(&node.base_url(), vid)
+                .await
+                .map_err(|e| DirectoryError::StoreUnavailable {
+                    node: node.id.clone(),
+                    message: format!("creating replica of volume {vid}: {e}"),
+                })
+        }
+    });
+    let results = futures::future::join_all(creations).await;
+    let mut first_error = None;
+    for (replica, result) in volume.replicas.iter().zip(results) {
+        if let Err(e) = result {
+            tracing::warn!(volume = vid, replica = %replica, error = %e, "replica creation failed");
+            let replica = replica.clone();
+            state
+                .blocking(move |d| d.mark_replica_stale(vid, &replica))
+                .await?;
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    tracing::info!(volume = vid, replicas = ?volume.replicas, "volume allocated");
+    Ok((StatusCode::CREATED, axum::Json(volume)).into_response())
+}
+
+async fn list_volumes(State(state): State<AppState>) -> Result<Response, DirectoryError> {
+    let volumes = state.blocking(|d| d.list_volumes()).await?;
+    Ok(axum::Json(volumes).into_response())
+}
+
+async fn get_volume(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let volume = state.blocking(move |d| d.volume(vid)).await?;
+    Ok(axum::Json(volume).into_response())
+}
+
+async fn set_volume_state(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+    JsonBody(request): JsonBody<SetStateRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let now = now_ms();
+    let target = request.state;
+    let volume = state
+        .blocking(move |d| d.set_volume_state(vid, target, now))
+        .await?;
+    tracing::info!(volume = vid, state = %target, reason = %request.reason, "volume state set");
+    Ok(axum::Json(volume).into_response())
+}
+
+async fn lease_keys(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+    JsonBody(request): JsonBody<LeaseRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let lease = state
+        .blocking(move |d| d.lease_keys(vid, request.count))
+        .await?;
+    Ok(axum::Json(lease).into_response())
+}
+
+async fn mark_replica_stale(
+    State(state): State<AppState>,
+    Path((vid, node)): Path<(String, String)>,
+    JsonBody(request): JsonBody<StaleRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let node_id = node.clone();
+    let volume = state
+        .blocking(move |d| d.mark_replica_stale(vid, &node_id))
+        .await?;
+    tracing::warn!(volume = vid, replica = %node, reason = %request.reason, "replica reported stale");
+    Ok(axum::Json(volume).into_response())
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint".into(),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint".into(),
+    )
+}
+
+/// Answers 503 `timeout` for a request that takes longer than allowed.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("request took longer than {} ms", limit.as_millis()),
+        ),
+    }
+}
+
+fn router(state: AppState, config: &DirectoryConfig) -> Router {
+    let limit = BodyLimit(config.max_body_bytes);
+    Router::new()
+        .route("/health", get(health))
+        .route("/nodes", post(register_node).get(list_nodes))
+        .route("/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/volumes", post(allocate_volume).get(list_volumes))
+        .route("/volumes/{vid}", get(get_volume))
+        .route("/volumes/{vid}/state", post(set_volume_state))
+        .route("/volumes/{vid}/leases", post(lease_keys))
+        .route(
+            "/volumes/{vid}/replicas/{node}/stale",
+            post(mark_replica_stale),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn(move |mut req: Request, next: Next| {
+            req.extensions_mut().insert(limit);
+            next.run(req)
+        }))
+        .layer(middleware::from_fn_with_state(
+            Duration::from_millis(config.request_timeout_ms),
+            request_timeout,
+        ))
+        .with_state(state)
+}
+
+/// Serves the directory on `listener` until `cancel` fires, then lets
+/// in-flight requests finish (up to `shutdown_grace_ms`) and returns.
+///
+/// Opens `config.data_dir/directory.redb`, gives every node a fresh heartbeat
+/// grace period (nothing is marked down before `heartbeat_timeout_ms` has
+/// passed since start), and runs the down-marker and the repair loop.
+pub async fn run(
+    config: DirectoryConfig,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), DirectoryError> {
+    let data_dir = config.data_dir.clone();
+    let directory: Arc<dyn Directory> = Arc::new(
+        tokio::task::spawn_blocking(move || RedbDirectory::open(&data_dir))
+            .await
+            .map_err(|e| DirectoryError::Internal(format!("open task: {e}")))??,
+    );
+    let stores = StoreCalls::new(
+        Duration::from_millis(config.store_request_timeout_ms),
+        Duration::from_millis(config.sync_timeout_ms),
+    )
+    .map_err(|e| DirectoryError::Internal(format!("HTTP client: {e}")))?;
+    let state = AppState {
+        directory: Arc::clone(&directory),
+        permits: Arc::new(Semaphore::new(MAX_BLOCKING_OPERATIONS)),
+        stores: stores.clone(),
+    };
+    let loops_cancel = cancel.child_token();
+    let mut loops = JoinSet::new();
+    loops.spawn(run_down_marker(
+        Arc::clone(&directory),
+        config.heartbeat_timeout_ms,
+        loops_cancel.clone(),
+    ));
+    loops.spawn(run_repair_loop(
+        Arc::clone(&directory),
+        stores,
+        Duration::from_millis(config.repair_interval_ms.max(10)),
+        loops_cancel.clone(),
+    ));
+    tracing::info!(address = ?listener.local_addr().ok(), "directory serving");
+    serve(router(state, &config), listener, &config, cancel).await;
+    loops_cancel.cancel();
+    while loops.join_next().await.is_some() {}
+    tracing::info!("directory stopped");
+    Ok(())
+}
+
+/// Marks silent nodes down every quarter of the heartbeat timeout, once the
+/// start-up grace period (one timeout) has passed.
+async fn run_down_marker(
+    directory: Arc<dyn Directory>,
+    timeout_ms: u64,
+    cancel: CancellationToken,
+) {
+    let started_ms = now_ms();
+    let period = Duration::from_millis((timeout_ms / 4).max(10));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let now = now_ms();
+        if now < started_ms.saturating_add(timeout_ms) {
+            continue;
+        }
+        let dir = Arc::clone(&directory);
+        let result = tokio::task::spawn_blocking(move || dir.mark_down_expired(now, timeout_ms))
+            .await
+            .map_err(|e| DirectoryError::Internal(e.to_string()))
+            .and_then(|r| r);
+        match result {
+            Ok(changed) => {
+                for volume in changed {
+                    tracing::warn!(volume = volume.id, state = %volume.state,
+                        stale = ?volume.stale_replicas, "replica node down");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "marking silent nodes down failed"),
+        }
+    }
+}
+
+/// Accepts connections until `cancel` fires, serving each with hyper's
+/// HTTP/1 server (header-read timeout via a tokio timer), then shuts the open
+/// connections down gracefully.
+async fn serve(
+    app: Router,
+    listener: TcpListener,
+    config: &DirectoryConfig,
+    cancel: CancellationToken,
+) {
+    let connection_permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&connection_permits).try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections; closing");
+            continue;
+        };
+        let app = app.clone();
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = cancel.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown grace period over; dropping open connections");
+        connections.abort_all();
+    }
+}

@@ -1,0 +1,256 @@
+//! The directory's records as they cross the wire (JSON, documented in
+//! `docs/ARCHITECTURE.md`, "Directory HTTP API") and as they are stored (the
+//! same serde shapes inside a version envelope, see `redb_backend`).
+
+use serde::{Deserialize, Serialize};
+
+/// What a registered node does. Serialised in kebab-case (`f4-storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum NodeRole {
+    /// The public BLOB API.
+    Router,
+    /// The directory itself.
+    Directory,
+    /// A hot-tier Haystack store node.
+    Store,
+    /// A warm-tier f4 storage node.
+    F4Storage,
+    /// An f4 backoff node.
+    Backoff,
+    /// An f4 rebuilder.
+    Rebuilder,
+    /// The coordinator.
+    Coordinator,
+    /// The migrator.
+    Migrator,
+}
+
+/// Liveness of a node as the directory sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NodeState {
+    /// Heartbeating within the timeout.
+    Up,
+    /// Missed its heartbeats; its replicas are stale until resynced.
+    Down,
+}
+
+/// What a node sends to `POST /nodes` to register (or re-register).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    /// Stable name chosen by the node, e.g. `store-1`.
+    pub id: String,
+    /// The node's role.
+    pub role: NodeRole,
+    /// Rack label (placement spreads replicas over racks).
+    pub rack: String,
+    /// Datacenter label.
+    pub datacenter: String,
+    /// Where the node serves HTTP: `host:port` or a base URL.
+    pub address: String,
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Stable name chosen by the node, e.g. `store-1`.
+    pub id: String,
+    /// The node's role.
+    pub role: NodeRole,
+    /// Rack label.
+    pub rack: String,
+    /// Datacenter label.
+    pub datacenter: String,
+    /// Where the node serves HTTP: `host:port` or a base URL.
+    pub address: String,
+    /// Time of the last registration or heartbeat, ms since the UNIX epoch.
+    pub last_heartbeat_ms: u64,
+    /// Whether the node is up or down.
+    pub state: NodeState,
+}
+
+impl NodeRecord {
+    /// The node's base URL: `address` itself if it has a scheme, else
+    /// `http://{address}`. Never ends with a slash.
+    pub fn base_url(&self) -> String {
+        let address = self.address.trim_end_matches('/');
+        if address.contains("://") {
+            address.to_owned()
+        } else {
+            format!("http://{address}")
+        }
+    }
+
+    /// Whether the node is currently `up`.
+    pub fn is_up(&self) -> bool {
+        self.state == NodeState::Up
+    }
+}
+
+/// State of a logical volume. More states (the migration steps and `warm`)
+/// arrive with later issues, hence `#[non_exhaustive]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum VolumeState {
+    /// Accepts uploads; every replica up and in sync.
+    Writable,
+    /// Serves reads and deletes, no uploads (a replica failed or went down).
+    #[serde(rename = "readonly")]
+    ReadOnly,
+    /// Full or sealed for good; serves reads and deletes. Final in the hot tier.
+    Locked,
+}
+
+impl VolumeState {
+    /// The state's wire name (`writable`, `readonly`, `locked`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Writable => "writable",
+            VolumeState::ReadOnly => "readonly",
+            VolumeState::Locked => "locked",
+        }
+    }
+}
+
+impl std::fmt::Display for VolumeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A logical volume: three physical replicas on store nodes in three racks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalVolume {
+    /// Volume id (the first part of every BLOB id).
+    pub id: u32,
+    /// Current state.
+    pub state: VolumeState,
+    /// Node ids holding a replica, in placement order.
+    pub replicas: Vec<String>,
+    /// Replicas that may have missed a write or delete; never read from until
+    /// resynchronised. Always a subset of `replicas`.
+    pub stale_replicas: Vec<String>,
+    /// Allocation time, ms since the UNIX epoch.
+    pub created_ms: u64,
+    /// When the volume was locked, ms since the UNIX epoch.
+    pub locked_ms: Option<u64>,
+    /// Last reported size of a replica's data file, in bytes.
+    pub size_bytes: u64,
+    /// Last reported number of needles.
+    pub needle_count: u64,
+}
+
+impl LogicalVolume {
+    /// Whether `node` holds a replica that is marked stale.
+    pub fn is_stale(&self, node: &str) -> bool {
+        self.stale_replicas.iter().any(|n| n == node)
+    }
+
+    /// Replicas not marked stale (node liveness is not considered).
+    pub fn fresh_replicas(&self) -> impl Iterator<Item = &str> {
+        self.replicas
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !self.is_stale(n))
+    }
+}
+
+/// A half-open range `[start, end)` of needle keys leased for one volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLease {
+    /// First key of the range.
+    pub start: u64,
+    /// One past the last key of the range.
+    pub end: u64,
+}
+
+/// Body of `POST /volumes/{vid}/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStateRequest {
+    /// The requested state.
+    pub state: VolumeState,
+    /// Why (logged by the directory).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Body of `POST /volumes/{vid}/leases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// How many keys to lease (at least 1).
+    pub count: u64,
+}
+
+/// Body of `POST /volumes/{vid}/replicas/{node}/stale`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaleRequest {
+    /// Why the replica is stale (logged by the directory).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A JSON error answer: `{"error": CODE, "message": TEXT}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable snake_case code.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_record_json_matches_the_contract() {
+        let node = NodeRecord {
+            id: "f4-1".into(),
+            role: NodeRole::F4Storage,
+            rack: "r1".into(),
+            datacenter: "dc1".into(),
+            address: "127.0.0.1:9000".into(),
+            last_heartbeat_ms: 7,
+            state: NodeState::Up,
+        };
+        let json = serde_json::to_value(&node).expect("serialise");
+        assert_eq!(
+            json,
+            serde_json::json!({"id":"f4-1","role":"f4-storage","rack":"r1","datacenter":"dc1",
+                "address":"127.0.0.1:9000","last_heartbeat_ms":7,"state":"up"})
+        );
+        assert_eq!(node.base_url(), "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn volume_json_matches_the_contract() {
+        let volume = LogicalVolume {
+            id: 3,
+            state: VolumeState::ReadOnly,
+            replicas: vec!["a".into(), "b".into(), "c".into()],
+            stale_replicas: vec!["b".into()],
+            created_ms: 1,
+            locked_ms: None,
+            size_bytes: 10,
+            needle_count: 2,
+        };
+        let json = serde_json::to_value(&volume).expect("serialise");
+        assert_eq!(
+            json,
+            serde_json::json!({"id":3,"state":"readonly","replicas":["a","b","c"],
+                "stale_replicas":["b"],"created_ms":1,"locked_ms":null,"size_bytes":10,
+                "needle_count":2})
+        );
+        let back: LogicalVolume = serde_json::from_value(json).expect("deserialise");
+        assert_eq!(back, volume);
+        assert_eq!(volume.fresh_replicas().collect::<Vec<_>>(), ["a", "c"]);
+    }
+}
