@@ -1,0 +1,130 @@
+//! XOR parity for the geo layer: two buddy blocks `a` and `b` of possibly
+//! different lengths give a parity block `a ⊕ b` as long as the longer
+//! one, the shorter read as if padded with zeros (padding never stored).
+//! Either block comes back from the other and the parity.
+//!
+//! Every function also works on a byte range: pass the same range
+//! `[offset, offset+len)` of each block, cut short where a block ends.
+
+use crate::error::{CodingError, Result};
+
+/// `a ⊕ b`, as long as the longer of the two.
+pub fn xor_parity(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    let mut parity = long.to_vec();
+    xor_into(&mut parity, short);
+    parity
+}
+
+/// Write `a ⊕ b` into `parity`, which must be exactly as long as the
+/// longer input.
+pub fn xor_parity_into(a: &[u8], b: &[u8], parity: &mut [u8]) -> Result<()> {
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    if parity.len() != long.len() {
+        return Err(CodingError::ShardLength {
+            index: 2,
+            expected: long.len(),
+            actual: parity.len(),
+        });
+    }
+    parity.copy_from_slice(long);
+    xor_into(parity, short);
+    Ok(())
+}
+
+/// Recover a lost block (or range) of `lost_len` bytes from its buddy
+/// `survivor` and `parity`. `parity` must cover at least `lost_len` and
+/// `survivor` bytes (it is as long as the longer block); `survivor` may
+/// be shorter or longer than the lost block.
+pub fn xor_recover(survivor: &[u8], parity: &[u8], lost_len: usize) -> Result<Vec<u8>> {
+    let mut lost = vec![0u8; lost_len];
+    xor_recover_into(survivor, parity, &mut lost)?;
+    Ok(lost)
+}
+
+/// [`xor_recover`] into a caller's buffer of the lost block's length.
+pub fn xor_recover_into(survivor: &[u8], parity: &[u8], lost: &mut [u8]) -> Result<()> {
+    if parity.len() < lost.len().max(survivor.len()) {
+        return Err(CodingError::ShardLength {
+            index: 2,
+            expected: lost.len().max(survivor.len()),
+            actual: parity.len(),
+        });
+    }
+    lost.copy_from_slice(&parity[..lost.len()]);
+    let overlap = lost.len().min(survivor.len());
+    xor_into(&mut lost[..overlap], &survivor[..overlap]);
+    Ok(())
+}
+
+/// `dst[..src.len()] ^= src`; `src` must not be longer than `dst`.
+///
+/// # Panics
+/// If `src` is longer than `dst` (callers in this module check first).
+pub fn xor_into(dst: &mut [u8], src: &[u8]) {
+    assert!(src.len() <= dst.len(), "xor source longer than destination");
+    const LANES: usize = 32;
+    let dst = &mut dst[..src.len()];
+    let mut d = dst.chunks_exact_mut(LANES);
+    let mut s = src.chunks_exact(LANES);
+    for (dc, sc) in (&mut d).zip(&mut s) {
+        // Fixed-size arrays let the compiler vectorise this loop.
+        let dc: &mut [u8; LANES] = dc.try_into().expect("chunks_exact");
+        let sc: &[u8; LANES] = sc.try_into().expect("chunks_exact");
+        for i in 0..LANES {
+            dc[i] ^= sc[i];
+        }
+    }
+    for (x, y) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *x ^= y;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn either_buddy_recovers_from_the_other(
+            a in proptest::collection::vec(any::<u8>(), 0..3000),
+            b in proptest::collection::vec(any::<u8>(), 0..3000),
+        ) {
+            let parity = xor_parity(&a, &b);
+            prop_assert_eq!(parity.len(), a.len().max(b.len()));
+            let mut into = vec![0u8; parity.len()];
+            xor_parity_into(&b, &a, &mut into).expect("right length");
+            prop_assert_eq!(&into, &parity);
+            prop_assert_eq!(xor_recover(&b, &parity, a.len()).expect("recover a"), a.clone());
+            prop_assert_eq!(xor_recover(&a, &parity, b.len()).expect("recover b"), b.clone());
+        }
+
+        #[test]
+        fn a_range_recovers_from_ranges(
+            a in proptest::collection::vec(any::<u8>(), 1..3000),
+            b in proptest::collection::vec(any::<u8>(), 0..3000),
+            start in 0usize..3000,
+            len in 0usize..3000,
+        ) {
+            let parity = xor_parity(&a, &b);
+            let start = start % a.len();
+            let end = (start + len).min(a.len());
+            // The survivor's range is cut short where its block ends.
+            let survivor = &b[start.min(b.len())..end.min(b.len())];
+            let got = xor_recover(survivor, &parity[start..end], end - start).expect("recover range");
+            prop_assert_eq!(&got[..], &a[start..end]);
+        }
+    }
+
+    #[test]
+    fn short_parity_is_a_clean_error() {
+        assert!(matches!(
+            xor_recover(&[1, 2, 3], &[0, 0], 2),
+            Err(CodingError::ShardLength { .. })
+        ));
+        assert!(xor_parity_into(&[1, 2, 3], &[1], &mut [0; 2]).is_err());
+    }
+}
