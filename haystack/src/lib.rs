@@ -1,3 +1,23 @@
-//! haystack (table of contents; filled in by its issue).
-pub mod api;
-pub mod client;
+//! haystack: Hayloft's hot tier.
+//!
+//! A synchronous engine of append-only needle volumes over positional file IO:
+//! [`format`] owns every byte layout, [`index`] is the compact in-memory needle index,
+//! [`volume`] appends (group commit), reads, deletes, locks, recovers and compacts one
+//! volume, [`store`] holds the volumes of a store node, and [`file`] is the storage seam.
+
+#![warn(missing_docs)]
+
+mod compact;
+pub mod error;
+pub mod file;
+pub mod format;
+pub mod index;
+pub mod store;
+pub mod volume;
+
+pub use error::{Error, Result};
+pub use file::{FileBackend, Storage, StorageBackend};
+pub use format::Needle;
+pub use index::NeedleIndex;
+pub use store::Store;
+pub use volume::{AppendOutcome, CompactionReport, Volume, VolumeOptions, VolumeStatus};

@@ -1,0 +1,798 @@
+//! One physical volume: a data file of needles plus an index file, with group commit,
+//! deletes, locking and recovery on open. Compaction lives in `compact.rs`.
+//!
+//! Files (in the store directory, `N` = volume id in ten decimal digits):
+//! `volume-N.data`, `volume-N.index`; transient `volume-N.data.creating` (create),
+//! `volume-N.{data,index}.compact` (compaction) and `volume-N.{data,index}.staging` (bulk
+//! sync), each discarded or renamed into place durably.
+//!
+//! Durability: an append is written with `pwrite` at the end of the data file under a short
+//! lock, then waits until a `fdatasync` covers it. One waiter becomes the sync leader, syncs
+//! outside the lock, appends the index records of the whole batch, and publishes the batch in
+//! the in-memory index; only then are the needles readable and the appends acknowledged. A
+//! failed sync (or write) turns the volume read-only until it is reopened: a sync is never
+//! retried and trusted (see "fsyncgate", <https://lwn.net/Articles/752063/>).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use tracing::{error, info, warn};
+
+use crate::error::{Error, Result};
+use crate::file::{FileBackend, Storage, StorageBackend, durable_rename, remove_if_exists};
+use crate::format::{
+    self, INDEX_HEADER_SIZE, INDEX_RECORD_SIZE, IndexRecord, IndexRecordKind, NEEDLE_FLAG_DELETED,
+    NEEDLE_FLAGS_OFFSET, NEEDLE_HEADER_SIZE, Needle, SUPERBLOCK_SIZE, Superblock,
+};
+use crate::index::NeedleIndex;
+
+/// Options of a volume.
+#[derive(Clone, Debug)]
+pub struct VolumeOptions {
+    /// The volume locks itself when the next needle would not fit below this size.
+    pub size_limit_bytes: u64,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            size_limit_bytes: 1 << 30,
+        }
+    }
+}
+
+/// A volume's state, as reported to the directory and operators.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct VolumeStatus {
+    /// The volume id.
+    pub volume_id: u32,
+    /// Live (not deleted) needles.
+    pub needle_count: u64,
+    /// Bytes on disk of live needles.
+    pub live_bytes: u64,
+    /// Bytes on disk of deleted needles (reclaimed by compaction).
+    pub deleted_bytes: u64,
+    /// Locked for good (by request or because it is full).
+    pub locked: bool,
+    /// Refuses appends: locked, or a sync or write failed.
+    pub read_only: bool,
+    /// Size of the data file (acknowledged needles and superblock).
+    pub size_bytes: u64,
+    /// The highest key ever acknowledged, if any.
+    pub last_key: Option<u64>,
+}
+
+/// Where an appended needle landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Byte offset of the needle in the data file.
+    pub offset: u64,
+    /// Size of the needle on disk, padding included.
+    pub size_bytes: u64,
+}
+
+/// What a compaction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Needles copied into the new data file (including ones deleted during compaction).
+    pub needles_kept: u64,
+    /// Deleted needles dropped.
+    pub needles_dropped: u64,
+    /// Data file size before.
+    pub size_bytes_before: u64,
+    /// Data file size after.
+    pub size_bytes_after: u64,
+}
+
+/// The file paths of one volume.
+#[derive(Clone, Debug)]
+pub(crate) struct VolumePaths {
+    pub(crate) dir: PathBuf,
+    pub(crate) data: PathBuf,
+    pub(crate) index: PathBuf,
+    pub(crate) data_creating: PathBuf,
+    pub(crate) data_compact: PathBuf,
+    pub(crate) index_compact: PathBuf,
+    pub(crate) data_staging: PathBuf,
+    pub(crate) index_staging: PathBuf,
+}
+
+impl VolumePaths {
+    pub(crate) fn new(dir: &Path, id: u32) -> VolumePaths {
+        let f = |suffix: &str| dir.join(format!("volume-{id:010}.{suffix}"));
+        VolumePaths {
+            dir: dir.to_path_buf(),
+            data: f("data"),
+            index: f("index"),
+            data_creating: f("data.creating"),
+            data_compact: f("data.compact"),
+            index_compact: f("index.compact"),
+            data_staging: f("data.staging"),
+            index_staging: f("index.staging"),
+        }
+    }
+}
+
+/// Parses `volume-NNNNNNNNNN.data` into the volume id.
+pub(crate) fn parse_data_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("volume-")?.strip_suffix(".data")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A fresh random identity for a data file.
+pub(crate) fn new_instance_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// The published, readable state: data file, index, superblock.
+pub(crate) struct Files {
+    pub(crate) data: Arc<dyn Storage>,
+    pub(crate) index: NeedleIndex,
+    pub(crate) superblock: Superblock,
+}
+
+/// A needle written but not yet covered by a sync.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pending {
+    key: u64,
+    offset: u64,
+    size_bytes: u64,
+}
+
+/// The append path's state, under `Volume::state`.
+pub(crate) struct WriteState {
+    /// Where the next needle is written.
+    pub(crate) end: u64,
+    /// Everything below this is durable and published.
+    pub(crate) synced: u64,
+    /// Highest key written (published or pending).
+    pub(crate) last_key: Option<u64>,
+    pub(crate) pending: Vec<Pending>,
+    pub(crate) sync_in_progress: bool,
+    /// A sync or write failed, or the volume was replaced: no more writes until reopened.
+    pub(crate) failed: bool,
+    pub(crate) locked: bool,
+    /// Compaction's final phase: appends wait.
+    pub(crate) compacting: bool,
+}
+
+/// The index file's append position.
+pub(crate) struct IndexWriter {
+    pub(crate) file: Arc<dyn Storage>,
+    pub(crate) end: u64,
+}
+
+/// One physical volume. `Send + Sync`; every method takes `&self`.
+pub struct Volume {
+    pub(crate) id: u32,
+    pub(crate) paths: VolumePaths,
+    pub(crate) opts: VolumeOptions,
+    pub(crate) backend: Arc<dyn StorageBackend>,
+    pub(crate) files: RwLock<Files>,
+    pub(crate) state: Mutex<WriteState>,
+    pub(crate) cond: Condvar,
+    pub(crate) index_writer: Mutex<IndexWriter>,
+    pub(crate) delete_lock: Mutex<()>,
+    pub(crate) compaction_lock: Mutex<()>,
+    /// Keys deleted while a compaction copies; applied to the new files before the swap.
+    pub(crate) compact_deletes: Mutex<Option<Vec<u64>>>,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+impl Volume {
+    /// Creates an empty volume in `dir`. `VolumeExists` if its data file is present.
+    pub fn create(dir: &Path, id: u32, opts: VolumeOptions) -> Result<Volume> {
+        Self::create_with_backend(dir, id, opts, Arc::new(FileBackend))
+    }
+
+    /// [`Volume::create`] over a chosen storage backend (fault injection in tests).
+    pub fn create_with_backend(
+        dir: &Path,
+        id: u32,
+        opts: VolumeOptions,
+        backend: Arc<dyn StorageBackend>,
+    ) -> Result<Volume> {
+        let paths = VolumePaths::new(dir, id);
+        if paths.data.exists() {
+            return Err(Error::VolumeExists { volume: id });
+        }
+        remove_if_exists(&paths.data_creating)?;
+        let sb = Superblock {
+            volume_id: id,
+            created_unix_ms: now_unix_ms(),
+            instance_id: new_instance_id(),
+            generation: 0,
+            locked: false,
+            key_floor: None,
+        };
+        let file = backend.open(&paths.data_creating, true)?;
+        file.set_len(0)?;
+        file.write_at(&format::encode_superblock(&sb), 0)?;
+        file.sync_data()?;
+        drop(file);
+        // A stale index of an earlier volume with this id must not survive.
+        remove_if_exists(&paths.index)?;
+        durable_rename(&paths.dir, &paths.data_creating, &paths.data)?;
+        info!(volume = id, "created volume");
+        Self::open_with_backend(dir, id, opts, backend)
+    }
+
+    /// Opens a volume: loads the index, scans the data file past the last indexed needle,
+    /// and cuts a torn tail. `UnknownVolume` if its data file is missing.
+    pub fn open(dir: &Path, id: u32, opts: VolumeOptions) -> Result<Volume> {
+        Self::open_with_backend(dir, id, opts, Arc::new(FileBackend))
+    }
+
+    /// [`Volume::open`] over a chosen storage backend (fault injection in tests).
+    pub fn open_with_backend(
+        dir: &Path,
+        id: u32,
+        opts: VolumeOptions,
+        backend: Arc<dyn StorageBackend>,
+    ) -> Result<Volume> {
+        let paths = VolumePaths::new(dir, id);
+        if !paths.data.exists() {
+            return Err(Error::UnknownVolume { volume: id });
+        }
+        // Leftovers of an interrupted create or compaction were never renamed into place:
+        // the volume's committed files are the plain ones.
+        for p in [
+            &paths.data_creating,
+            &paths.data_compact,
+            &paths.index_compact,
+        ] {
+            if remove_if_exists(p)? {
+                warn!(volume = id, path = %p.display(), "removed an interrupted leftover");
+            }
+        }
+        let data = backend.open(&paths.data, false)?;
+        let data_len = data.len()?;
+        if data_len < SUPERBLOCK_SIZE {
+            return Err(Error::corrupt(
+                id,
+                0,
+                "data file shorter than the superblock",
+            ));
+        }
+        let mut sb_bytes = [0u8; SUPERBLOCK_SIZE as usize];
+        data.read_at(&mut sb_bytes, 0)?;
+        let sb = format::decode_superblock(&sb_bytes, id)?;
+        if sb.volume_id != id {
+            return Err(Error::corrupt(
+                id,
+                0,
+                format!("superblock names volume {}", sb.volume_id),
+            ));
+        }
+        let index_file = backend.open(&paths.index, true)?;
+        let (mut index, mut index_end) = load_index(id, &*index_file, &sb, data_len)?;
+        let records = scan_tail(id, &*data, &mut index, data_len)?;
+        if !records.is_empty() {
+            let buf: Vec<u8> = records
+                .iter()
+                .flat_map(format::encode_index_record)
+                .collect();
+            index_file.write_at(&buf, index_end)?;
+            index_end += buf.len() as u64;
+        }
+        let end = index.data_end();
+        let last_key = max_key(sb.key_floor, index.last_key());
+        info!(
+            volume = id,
+            needles = index.len(),
+            size_bytes = end,
+            scanned = records.len(),
+            "opened volume"
+        );
+        Ok(Volume {
+            id,
+            paths,
+            opts,
+            backend,
+            state: Mutex::new(WriteState {
+                end,
+                synced: end,
+                last_key,
+                pending: Vec::new(),
+                sync_in_progress: false,
+                failed: false,
+                locked: sb.locked,
+                compacting: false,
+            }),
+            files: RwLock::new(Files {
+                data,
+                index,
+                superblock: sb,
+            }),
+            cond: Condvar::new(),
+            index_writer: Mutex::new(IndexWriter {
+                file: index_file,
+                end: index_end,
+            }),
+            delete_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
+            compact_deletes: Mutex::new(None),
+        })
+    }
+
+    /// The volume id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Path of the data file.
+    pub fn data_path(&self) -> PathBuf {
+        self.paths.data.clone()
+    }
+
+    /// Path of the index file.
+    pub fn index_path(&self) -> PathBuf {
+        self.paths.index.clone()
+    }
+
+    /// Appends a needle. Returns once it is durable (`fdatasync`, shared by concurrent
+    /// appends) and readable. Keys must be strictly increasing within the volume.
+    pub fn append_needle(
+        &self,
+        key: u64,
+        cookie: u32,
+        content_type: &str,
+        data: &[u8],
+    ) -> Result<AppendOutcome> {
+        let size = format::check_needle_input(content_type, data.len())?;
+        if size > self.opts.size_limit_bytes.saturating_sub(SUPERBLOCK_SIZE) {
+            return Err(Error::InvalidInput(format!(
+                "a needle of {size} bytes exceeds the volume size limit"
+            )));
+        }
+        let (bytes, _) = format::encode_needle(key, cookie, content_type, data);
+        let mut st = self.state.lock();
+        while st.compacting {
+            self.cond.wait(&mut st);
+        }
+        if st.failed || st.locked {
+            return Err(Error::ReadOnly { volume: self.id });
+        }
+        if let Some(last_key) = st.last_key.filter(|&k| key <= k) {
+            return Err(Error::KeyOutOfOrder {
+                volume: self.id,
+                key,
+                last_key,
+            });
+        }
+        if st.end + size > self.opts.size_limit_bytes {
+            info!(volume = self.id, "volume full; locking it");
+            self.persist_lock(&mut st)?;
+            return Err(Error::VolumeFull { volume: self.id });
+        }
+        let offset = st.end;
+        let file = self.files.read().data.clone();
+        if let Err(e) = file.write_at(&bytes, offset) {
+            st.failed = true;
+            error!(volume = self.id, error = %e, "needle write failed; volume is read-only");
+            return Err(e.into());
+        }
+        st.end += size;
+        st.last_key = Some(key);
+        st.pending.push(Pending {
+            key,
+            offset,
+            size_bytes: size,
+        });
+        self.wait_synced(&mut st, offset + size)?;
+        Ok(AppendOutcome {
+            offset,
+            size_bytes: size,
+        })
+    }
+
+    /// Waits until everything below `end` is durable, leading a group sync if none runs.
+    fn wait_synced(&self, st: &mut MutexGuard<'_, WriteState>, end: u64) -> Result<()> {
+        loop {
+            if st.synced >= end {
+                return Ok(());
+            }
+            if st.failed {
+                return Err(Error::ReadOnly { volume: self.id });
+            }
+            if st.sync_in_progress {
+                self.cond.wait(st);
+                continue;
+            }
+            st.sync_in_progress = true;
+            let target = st.end;
+            let batch = std::mem::take(&mut st.pending);
+            let file = self.files.read().data.clone();
+            let (synced, indexed) = MutexGuard::unlocked(st, || match file.sync_data() {
+                Ok(()) => (Ok(()), self.write_put_records(&batch)),
+                Err(e) => (Err(e), Ok(())),
+            });
+            st.sync_in_progress = false;
+            self.cond.notify_all();
+            if let Err(e) = synced {
+                st.failed = true;
+                error!(volume = self.id, error = %e, "fdatasync failed; volume is read-only");
+                return Err(e.into());
+            }
+            st.synced = target;
+            {
+                let mut files = self.files.write();
+                for p in &batch {
+                    assert_eq!(files.index.data_end(), p.offset, "batches publish in order");
+                    let pushed = files.index.push(p.key, p.size_bytes, false);
+                    assert!(pushed, "appends were checked for key order");
+                }
+            }
+            if let Err(e) = indexed {
+                // The batch is durable (the index is only a hint), but stop accepting writes.
+                st.failed = true;
+                error!(volume = self.id, error = %e, "index write failed; volume is read-only");
+            }
+            if st.synced >= self.opts.size_limit_bytes.saturating_sub(SUPERBLOCK_SIZE)
+                && !st.locked
+                && !st.failed
+            {
+                if let Err(e) = self.persist_lock(st) {
+                    warn!(volume = self.id, error = %e, "could not lock the full volume");
+                }
+            }
+        }
+    }
+
+    fn write_put_records(&self, batch: &[Pending]) -> std::io::Result<()> {
+        let buf: Vec<u8> = batch
+            .iter()
+            .flat_map(|p| {
+                format::encode_index_record(&IndexRecord {
+                    kind: IndexRecordKind::Put,
+                    key: p.key,
+                    offset: p.offset,
+                    size_bytes: u32::try_from(p.size_bytes).expect("needle size fits u32"),
+                    flags: 0,
+                })
+            })
+            .collect();
+        let mut w = self.index_writer.lock();
+        w.file.write_at(&buf, w.end)?;
+        w.end += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Reads a needle with one positioned read, verifying magic, lengths, checksum, key,
+    /// flags and cookie. Missing, deleted and wrong-cookie needles are all `NotFound`.
+    pub fn read_needle(&self, key: u64, cookie: u32) -> Result<Needle> {
+        let (file, entry) = {
+            let files = self.files.read();
+            (
+                files.data.clone(),
+                files.index.get(key).ok_or(Error::NotFound)?,
+            )
+        };
+        if entry.deleted {
+            return Err(Error::NotFound);
+        }
+        let len = usize::try_from(entry.size_bytes).expect("needle size fits usize");
+        let mut buf = vec![0u8; len];
+        file.read_at(&mut buf, entry.offset)?;
+        let (needle, flags) = format::decode_needle(buf, self.id, entry.offset)
+            .inspect_err(|e| error!(volume = self.id, key, error = %e, "corrupt needle"))?;
+        if needle.key != key {
+            let reason = format!("needle key {:#x} where the index has {key:#x}", needle.key);
+            error!(volume = self.id, key, "{reason}");
+            return Err(Error::corrupt(self.id, entry.offset, reason));
+        }
+        if flags & NEEDLE_FLAG_DELETED != 0 || needle.cookie != cookie {
+            return Err(Error::NotFound);
+        }
+        Ok(needle)
+    }
+
+    /// Deletes a needle: sets its flag on disk (synced) and in memory, and records it in
+    /// the index file (synced). Allowed on locked volumes.
+    pub fn delete_needle(&self, key: u64, cookie: u32) -> Result<()> {
+        let _serial = self.delete_lock.lock();
+        if self.state.lock().failed {
+            return Err(Error::ReadOnly { volume: self.id });
+        }
+        let (file, entry) = {
+            let files = self.files.read();
+            (
+                files.data.clone(),
+                files.index.get(key).ok_or(Error::NotFound)?,
+            )
+        };
+        if entry.deleted {
+            return Err(Error::NotFound);
+        }
+        let mut hb = [0u8; NEEDLE_HEADER_SIZE];
+        file.read_at(&mut hb, entry.offset)?;
+        let header = format::decode_needle_header(&hb, self.id, entry.offset)?;
+        if header.key != key {
+            return Err(Error::corrupt(
+                self.id,
+                entry.offset,
+                "needle key differs from index",
+            ));
+        }
+        if header.cookie != cookie {
+            return Err(Error::NotFound);
+        }
+        let flag_at = entry.offset + NEEDLE_FLAGS_OFFSET as u64;
+        let synced = file
+            .write_at(&[header.flags | NEEDLE_FLAG_DELETED], flag_at)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| {
+                let record = format::encode_index_record(&IndexRecord {
+                    kind: IndexRecordKind::Delete,
+                    key,
+                    offset: entry.offset,
+                    size_bytes: u32::try_from(entry.size_bytes).expect("needle size fits u32"),
+                    flags: NEEDLE_FLAG_DELETED,
+                });
+                let mut w = self.index_writer.lock();
+                w.file.write_at(&record, w.end)?;
+                w.end += INDEX_RECORD_SIZE;
+                w.file.sync_data()
+            });
+        if let Err(e) = synced {
+            self.state.lock().failed = true;
+            error!(volume = self.id, error = %e, "delete failed to sync; volume is read-only");
+            return Err(e.into());
+        }
+        self.files.write().index.mark_deleted(key);
+        if let Some(keys) = self.compact_deletes.lock().as_mut() {
+            keys.push(key);
+        }
+        Ok(())
+    }
+
+    /// Locks the volume for good: rewrites the superblock with the locked flag and syncs it.
+    pub fn lock(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.locked {
+            return Ok(());
+        }
+        if st.failed {
+            return Err(Error::ReadOnly { volume: self.id });
+        }
+        self.persist_lock(&mut st)
+    }
+
+    fn persist_lock(&self, st: &mut WriteState) -> Result<()> {
+        let (file, mut sb) = {
+            let files = self.files.read();
+            (files.data.clone(), files.superblock)
+        };
+        sb.locked = true;
+        let written = file
+            .write_at(&format::encode_superblock(&sb), 0)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            st.failed = true;
+            error!(volume = self.id, error = %e, "lock failed to sync; volume is read-only");
+            return Err(e.into());
+        }
+        self.files.write().superblock = sb;
+        st.locked = true;
+        info!(volume = self.id, "locked volume");
+        Ok(())
+    }
+
+    /// Counts and flags of the volume.
+    pub fn status(&self) -> VolumeStatus {
+        let st = self.state.lock();
+        let files = self.files.read();
+        let index = &files.index;
+        VolumeStatus {
+            volume_id: self.id,
+            needle_count: index.len() - index.deleted_count(),
+            live_bytes: index.live_bytes(),
+            deleted_bytes: index.deleted_bytes(),
+            locked: st.locked,
+            read_only: st.locked || st.failed,
+            size_bytes: index.data_end(),
+            last_key: max_key(files.superblock.key_floor, index.last_key()),
+        }
+    }
+
+    /// Keys of the deleted needles still present, in increasing order.
+    pub fn deleted_keys(&self) -> Vec<u64> {
+        let files = self.files.read();
+        files
+            .index
+            .iter()
+            .filter(|e| e.deleted)
+            .map(|e| e.key)
+            .collect()
+    }
+
+    /// Refuses every further write (the volume's files are being replaced).
+    pub(crate) fn retire(&self) {
+        let _c = self.compaction_lock.lock();
+        let _d = self.delete_lock.lock();
+        self.state.lock().failed = true;
+    }
+}
+
+pub(crate) fn max_key(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Loads the index file; rebuilds it (empty) when its header is bad or names another data
+/// file. Stops at the first invalid record and truncates the file there. Returns the index
+/// and the index file's append position.
+fn load_index(
+    id: u32,
+    file: &dyn Storage,
+    sb: &Superblock,
+    data_len: u64,
+) -> Result<(NeedleIndex, u64)> {
+    let mut index = NeedleIndex::new(SUPERBLOCK_SIZE);
+    let file_len = file.len()?;
+    let mut header = [0u8; INDEX_HEADER_SIZE as usize];
+    let header_ok = file_len >= INDEX_HEADER_SIZE
+        && file.read_at(&mut header, 0).is_ok()
+        && format::decode_index_header(&header, id)
+            .is_ok_and(|(v, instance)| v == id && instance == sb.instance_id);
+    if !header_ok {
+        if file_len > 0 {
+            warn!(
+                volume = id,
+                "index file does not match the data file; rebuilding it"
+            );
+        }
+        file.set_len(0)?;
+        file.write_at(&format::encode_index_header(id, sb.instance_id), 0)?;
+        return Ok((index, INDEX_HEADER_SIZE));
+    }
+    const CHUNK_RECORDS: u64 = 4096;
+    let mut pos = INDEX_HEADER_SIZE;
+    let mut buf = Vec::new();
+    'chunks: while pos + INDEX_RECORD_SIZE <= file_len {
+        let n = ((file_len - pos) / INDEX_RECORD_SIZE).min(CHUNK_RECORDS);
+        buf.resize((n * INDEX_RECORD_SIZE) as usize, 0);
+        file.read_at(&mut buf, pos)?;
+        for raw in buf.chunks_exact(INDEX_RECORD_SIZE as usize) {
+            let applied = format::decode_index_record(raw, id, pos)
+                .ok()
+                .is_some_and(|r| apply_index_record(&mut index, &r, data_len));
+            if !applied {
+                break 'chunks;
+            }
+            pos += INDEX_RECORD_SIZE;
+        }
+    }
+    if pos < file_len {
+        warn!(
+            volume = id,
+            offset = pos,
+            "index file has an invalid tail; truncating it"
+        );
+        file.set_len(pos)?;
+    }
+    Ok((index, pos))
+}
+
+/// Applies one index record if it is consistent with the index and the data file length.
+fn apply_index_record(index: &mut NeedleIndex, r: &IndexRecord, data_len: u64) -> bool {
+    let size = u64::from(r.size_bytes);
+    match r.kind {
+        IndexRecordKind::Put => {
+            r.offset == index.data_end()
+                && r.offset
+                    .checked_add(size)
+                    .is_some_and(|end| end <= data_len)
+                && index.push(r.key, size, r.flags & NEEDLE_FLAG_DELETED != 0)
+        }
+        IndexRecordKind::Delete => match index.get(r.key) {
+            Some(e) if e.offset == r.offset => {
+                index.mark_deleted(r.key);
+                true
+            }
+            _ => false,
+        },
+    }
+}
+
+/// Scans needles past the index's data end, adds each valid one, and cuts the data file at
+/// the first invalid (torn) one. Returns put records for the index file.
+fn scan_tail(
+    id: u32,
+    data: &dyn Storage,
+    index: &mut NeedleIndex,
+    data_len: u64,
+) -> Result<Vec<IndexRecord>> {
+    let mut records = Vec::new();
+    let mut offset = index.data_end();
+    let mut reason = String::new();
+    while offset < data_len {
+        match read_valid_needle(id, data, offset, data_len) {
+            Ok((key, size, flags)) => {
+                if !index.push(key, size, flags & NEEDLE_FLAG_DELETED != 0) {
+                    reason = format!("key {key:#x} out of order");
+                    break;
+                }
+                records.push(IndexRecord {
+                    kind: IndexRecordKind::Put,
+                    key,
+                    offset,
+                    size_bytes: u32::try_from(size).expect("validated needle size fits u32"),
+                    flags,
+                });
+                offset += size;
+            }
+            Err(e) => {
+                reason = e.to_string();
+                break;
+            }
+        }
+    }
+    if offset < data_len {
+        warn!(volume = id, offset, cut_bytes = data_len - offset, %reason, "cutting a torn tail");
+        data.set_len(offset)?;
+        data.sync_data()?;
+    }
+    Ok(records)
+}
+
+/// Reads and fully validates the needle at `offset`; returns key, size and flags.
+fn read_valid_needle(
+    id: u32,
+    data: &dyn Storage,
+    offset: u64,
+    data_len: u64,
+) -> Result<(u64, u64, u8)> {
+    if data_len - offset < NEEDLE_HEADER_SIZE as u64 {
+        return Err(Error::corrupt(id, offset, "partial needle header"));
+    }
+    let mut hb = [0u8; NEEDLE_HEADER_SIZE];
+    data.read_at(&mut hb, offset)?;
+    let header = format::decode_needle_header(&hb, id, offset)?;
+    let size = header.size_bytes();
+    if size > data_len - offset {
+        return Err(Error::corrupt(
+            id,
+            offset,
+            "needle runs past the end of the file",
+        ));
+    }
+    let mut buf = vec![0u8; usize::try_from(size).expect("needle size fits usize")];
+    data.read_at(&mut buf, offset)?;
+    let (header, _) = format::validate_needle(&buf, id, offset)?;
+    Ok((header.key, size, header.flags))
+}
