@@ -158,12 +158,20 @@ impl Volume {
         let _deletes = self.delete_lock.lock();
         let mut st = self.state.lock();
         st.compacting = true;
-        while st.sync_in_progress || !st.pending.is_empty() {
+        // Lead or wait for a sync of everything written so far, so that the whole data file
+        // is published before the last copy pass.
+        let end = st.end;
+        self.wait_synced(&mut st, end)?;
+        while st.sync_in_progress {
             self.cond.wait(&mut st);
         }
         if st.failed {
             return Err(Error::ReadOnly { volume: self.id });
         }
+        assert!(
+            st.pending.is_empty() && st.synced == st.end,
+            "appends drained"
+        );
         self.copy_needles(job)?;
         let deleted = self.compact_deletes.lock().take().unwrap_or_default();
         for key in deleted {

@@ -7,11 +7,14 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod client;
 mod compact;
 pub mod error;
 pub mod file;
 pub mod format;
 pub mod index;
+pub mod service;
 pub mod store;
 pub mod volume;
 
@@ -20,4 +23,6 @@ pub use file::{FileBackend, Storage, StorageBackend};
 pub use format::Needle;
 pub use index::NeedleIndex;
 pub use store::Store;
-pub use volume::{AppendOutcome, CompactionReport, Volume, VolumeOptions, VolumeStatus};
+pub use volume::{
+    AppendOutcome, CompactionReport, PendingAppend, Volume, VolumeOptions, VolumeStatus,
+};

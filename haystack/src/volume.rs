@@ -86,6 +86,28 @@ pub struct CompactionReport {
     pub size_bytes_after: u64,
 }
 
+/// A needle written by [`Volume::write_needle`], not yet durable.
+#[must_use = "an append is acknowledged only after wait() returns Ok"]
+pub struct PendingAppend<'a> {
+    volume: &'a Volume,
+    outcome: AppendOutcome,
+}
+
+impl PendingAppend<'_> {
+    /// Where the needle was written.
+    pub fn outcome(&self) -> AppendOutcome {
+        self.outcome
+    }
+
+    /// Waits until the needle is durable (group commit) and readable.
+    pub fn wait(self) -> Result<AppendOutcome> {
+        let mut st = self.volume.state.lock();
+        self.volume
+            .wait_synced(&mut st, self.outcome.offset + self.outcome.size_bytes)?;
+        Ok(self.outcome)
+    }
+}
+
 /// The file paths of one volume.
 #[derive(Clone, Debug)]
 pub(crate) struct VolumePaths {
@@ -371,6 +393,21 @@ impl Volume {
         content_type: &str,
         data: &[u8],
     ) -> Result<AppendOutcome> {
+        self.write_needle(key, cookie, content_type, data)?.wait()
+    }
+
+    /// First half of [`Volume::append_needle`]: checks and writes the needle at the end of
+    /// the data file and returns without waiting for the sync. Lets a caller order keys under
+    /// its own short lock and wait for durability outside it, so that concurrent writers
+    /// share one `fdatasync`. The needle is neither readable nor acknowledged until
+    /// [`PendingAppend::wait`] returns `Ok` (if dropped, the next sync covers it).
+    pub fn write_needle(
+        &self,
+        key: u64,
+        cookie: u32,
+        content_type: &str,
+        data: &[u8],
+    ) -> Result<PendingAppend<'_>> {
         let size = format::check_needle_input(content_type, data.len())?;
         if size > self.opts.size_limit_bytes.saturating_sub(SUPERBLOCK_SIZE) {
             return Err(Error::InvalidInput(format!(
@@ -411,15 +448,17 @@ impl Volume {
             offset,
             size_bytes: size,
         });
-        self.wait_synced(&mut st, offset + size)?;
-        Ok(AppendOutcome {
-            offset,
-            size_bytes: size,
+        Ok(PendingAppend {
+            volume: self,
+            outcome: AppendOutcome {
+                offset,
+                size_bytes: size,
+            },
         })
     }
 
     /// Waits until everything below `end` is durable, leading a group sync if none runs.
-    fn wait_synced(&self, st: &mut MutexGuard<'_, WriteState>, end: u64) -> Result<()> {
+    pub(crate) fn wait_synced(&self, st: &mut MutexGuard<'_, WriteState>, end: u64) -> Result<()> {
         loop {
             if st.synced >= end {
                 return Ok(());

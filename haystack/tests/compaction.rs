@@ -1,0 +1,141 @@
+//! Online compaction: drops deleted needles, keeps reads and deletes going meanwhile, and
+//! survives a crash (or an error) at every step, checked with failpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use haystack::{Error, Volume, VolumeOptions};
+
+type Model = BTreeMap<u64, (u32, Vec<u8>)>;
+
+fn fill(v: &Volume, from: u64, to: u64, model: &mut Model) {
+    for k in from..to {
+        let data = vec![(k % 251) as u8; (k as usize * 37) % 3000];
+        v.append_needle(k, k as u32 ^ 0xabcd, "", &data)
+            .expect("append");
+        model.insert(k, (k as u32 ^ 0xabcd, data));
+    }
+}
+
+fn check(v: &Volume, model: &Model, upto: u64) {
+    for k in 1..upto {
+        match model.get(&k) {
+            Some((c, d)) => assert_eq!(&v.read_needle(k, *c).expect("live").data, d, "key {k}"),
+            None => assert!(matches!(
+                v.read_needle(k, k as u32 ^ 0xabcd),
+                Err(Error::NotFound)
+            )),
+        }
+    }
+    let s = v.status();
+    assert_eq!(s.needle_count, model.len() as u64);
+}
+
+#[test]
+fn compaction_drops_deleted_needles_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Volume::create(dir.path(), 1, VolumeOptions::default()).expect("create");
+    let mut model = Model::new();
+    fill(&v, 1, 200, &mut model);
+    for k in (1..199).step_by(3).chain([199]) {
+        v.delete_needle(k, k as u32 ^ 0xabcd).expect("delete");
+        model.remove(&k);
+    }
+    let before = v.status();
+    let r = v.compact().expect("compact");
+    assert_eq!(r.needles_kept, model.len() as u64);
+    assert_eq!(r.size_bytes_after, 64 + before.live_bytes);
+    let after = v.status();
+    assert_eq!(after.deleted_bytes, 0);
+    assert_eq!(after.live_bytes, before.live_bytes);
+    assert_eq!(
+        after.last_key,
+        Some(199),
+        "the last key survives its own deletion"
+    );
+    assert!(v.deleted_keys().is_empty());
+    check(&v, &model, 200);
+    assert!(matches!(
+        v.append_needle(199, 1, "", b"x"),
+        Err(Error::KeyOutOfOrder { .. })
+    ));
+    fill(&v, 200, 210, &mut model);
+    drop(v);
+    let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
+    check(&v, &model, 210);
+    assert_eq!(v.status().last_key, Some(209));
+}
+
+#[test]
+fn reads_deletes_and_appends_continue_during_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Arc::new(Volume::create(dir.path(), 1, VolumeOptions::default()).expect("create"));
+    let mut model = Model::new();
+    fill(&v, 1, 2000, &mut model);
+    for k in (1..2000).step_by(2) {
+        v.delete_needle(k, k as u32 ^ 0xabcd).expect("delete");
+        model.remove(&k);
+    }
+    let model = Arc::new(parking_lot::Mutex::new(model));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (v, model, stop) = (v.clone(), model.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 2;
+            let mut next = 2000;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || k < 400 {
+                let entry = model.lock().get(&k).cloned();
+                if let Some((c, d)) = entry {
+                    assert_eq!(v.read_needle(k, c).expect("read during compaction").data, d);
+                    if k % 4 == 0 {
+                        v.delete_needle(k, c).expect("delete during compaction");
+                        model.lock().remove(&k);
+                    }
+                }
+                let data = vec![7u8; 100];
+                v.append_needle(next, 1, "", &data)
+                    .expect("append during compaction");
+                model.lock().insert(next, (1, data));
+                next += 1;
+                k += 2;
+            }
+            next
+        })
+    };
+    for _ in 0..3 {
+        v.compact().expect("compact");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let next = worker.join().expect("worker");
+    let model = model.lock().clone();
+    let check_all = |v: &Volume| {
+        for (k, (c, d)) in &model {
+            assert_eq!(&v.read_needle(*k, *c).expect("live").data, d);
+        }
+        assert_eq!(v.status().needle_count, model.len() as u64);
+    };
+    check_all(&v);
+    v.compact().expect("compact");
+    check_all(&v);
+    drop(v);
+    let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
+    check_all(&v);
+    assert_eq!(v.status().last_key, Some(next - 1));
+}
+
+#[test]
+fn lock_survives_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Volume::create(dir.path(), 1, VolumeOptions::default()).expect("create");
+    let mut model = Model::new();
+    fill(&v, 1, 10, &mut model);
+    v.lock().expect("lock");
+    v.delete_needle(3, 3 ^ 0xabcd).expect("delete");
+    model.remove(&3);
+    v.compact().expect("compact");
+    assert!(v.status().locked);
+    drop(v);
+    let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
+    assert!(v.status().locked);
+    check(&v, &model, 10);
+}
