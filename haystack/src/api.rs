@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::volume::VolumeStatus;
+
 /// Response header carrying the CRC-32 (decimal) of a needle's data.
 pub const CRC32_HEADER: &str = "x-hayloft-crc32";
 
@@ -42,30 +44,6 @@ pub mod code {
     pub const PEER: &str = "peer";
     /// Any other server-side failure (500).
     pub const INTERNAL: &str = "internal";
-}
-
-/// Status of one replica, as `GET /volumes/{vid}` answers it.
-///
-/// Mirrors the engine's `VolumeStatus` until it lands; then this becomes a
-/// re-export of it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VolumeStatus {
-    /// The volume id.
-    pub volume_id: u32,
-    /// Needles in the replica, deleted ones included.
-    pub needle_count: u64,
-    /// Bytes of live needles.
-    pub live_bytes: u64,
-    /// Bytes of deleted needles.
-    pub deleted_bytes: u64,
-    /// Locked for good.
-    pub locked: bool,
-    /// Refuses appends (locked, full or failed).
-    pub read_only: bool,
-    /// Size of the data file.
-    pub size_bytes: u64,
-    /// Highest key appended, if any.
-    pub last_key: Option<u64>,
 }
 
 /// Body of every error answer.

@@ -1,0 +1,407 @@
+//! Routes and handlers of the store node HTTP API.
+//!
+//! Ids are parsed strictly by [`crate::api`] (`400 bad_request` otherwise)
+//! and handed to the engine as integers; they never become file paths.
+//! Every engine call goes through [`StoreNodeState::blocking`].
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::{StoreNodeState, buffer_permits};
+use crate::VolumeStatus;
+use crate::api::{
+    AppendResult, CRC32_HEADER, HealthBody, VolumeFile, code, format_key, parse_cookie, parse_key,
+    parse_volume_id,
+};
+use crate::store::Store;
+
+/// Content type stored for an upload that names none.
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+/// Chunk size when streaming a volume file.
+const FILE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The store node's routes over `state`. Handlers other than bulk sync run
+/// under the configured request timeout.
+pub fn router(state: StoreNodeState) -> Router {
+    let timeout = Duration::from_millis(state.config().request_timeout_ms);
+    let timed = Router::new()
+        .route("/health", get(health))
+        .route("/volumes", get(list_volumes))
+        .route("/volumes/{vid}", put(create_volume).get(volume_status))
+        .route("/volumes/{vid}/lock", post(lock_volume))
+        .route(
+            "/volumes/{vid}/needles/{key}",
+            put(append_needle).get(read_needle).delete(delete_needle),
+        )
+        .route("/volumes/{vid}/deleted", get(deleted_keys))
+        .route("/volumes/{vid}/files/{file}", get(volume_file))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(timeout, request_timeout));
+    Router::new()
+        .route("/volumes/{vid}/sync", post(super::sync::sync_volume))
+        .merge(timed)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn request_timeout(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout("request timed out").into_response(),
+    }
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, code::NO_ROUTE, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::NO_ROUTE,
+        "method not allowed",
+    )
+}
+
+impl StoreNodeState {
+    /// Runs `f` on the blocking pool once an IO permit is free. The permit
+    /// moves into the blocking task, so the bound holds even when the
+    /// request is dropped before the engine call returns.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Store) -> crate::error::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .inner
+            .io_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("io semaphore closed"))?;
+        let store = self.inner.store.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&store)
+        })
+        .await;
+        match joined {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(e) => {
+                tracing::error!(error = %e, "engine task failed");
+                Err(ApiError::internal("engine task failed"))
+            }
+        }
+    }
+}
+
+/// Parses the `{vid}` segment.
+pub(crate) fn volume_id(path: Result<Path<String>, PathRejection>) -> Result<u32, ApiError> {
+    let Path(text) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    parse_volume_id(&text).ok_or_else(|| ApiError::bad_request("volume id must be a decimal u32"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CookieQuery {
+    cookie: String,
+}
+
+type NeedlePath = Result<Path<(String, String)>, PathRejection>;
+type NeedleQuery = Result<Query<CookieQuery>, QueryRejection>;
+
+/// Parses `{vid}`, `{key}` and `?cookie=`.
+fn needle_id(path: NeedlePath, query: NeedleQuery) -> Result<(u32, u64, u32), ApiError> {
+    let Path((vid, key)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let volume = parse_volume_id(&vid)
+        .ok_or_else(|| ApiError::bad_request("volume id must be a decimal u32"))?;
+    let key =
+        parse_key(&key).ok_or_else(|| ApiError::bad_request("key must be 1-16 lowercase hex"))?;
+    let Query(query) = query
+        .map_err(|_| ApiError::bad_request("query must be exactly cookie=<8 lowercase hex>"))?;
+    let cookie = parse_cookie(&query.cookie)
+        .ok_or_else(|| ApiError::bad_request("cookie must be 8 lowercase hex digits"))?;
+    Ok((volume, key, cookie))
+}
+
+async fn health() -> Json<HealthBody> {
+    Json(HealthBody {
+        status: "ok".to_string(),
+    })
+}
+
+async fn list_volumes(
+    State(state): State<StoreNodeState>,
+) -> Result<Json<Vec<VolumeStatus>>, ApiError> {
+    let mut statuses = state
+        .blocking(|store| {
+            Ok(store
+                .volumes()
+                .iter()
+                .map(|v| v.status())
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    statuses.sort_by_key(|s| s.volume_id);
+    Ok(Json(statuses))
+}
+
+async fn create_volume(
+    State(state): State<StoreNodeState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<VolumeStatus>), ApiError> {
+    let volume = volume_id(path)?;
+    let status = state
+        .blocking(move |store| Ok(store.create_volume(volume)?.status()))
+        .await?;
+    tracing::info!(volume, "volume replica created");
+    Ok((StatusCode::CREATED, Json(status)))
+}
+
+async fn volume_status(
+    State(state): State<StoreNodeState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<VolumeStatus>, ApiError> {
+    let volume = volume_id(path)?;
+    Ok(Json(
+        state
+            .blocking(move |store| Ok(store.volume(volume)?.status()))
+            .await?,
+    ))
+}
+
+async fn lock_volume(
+    State(state): State<StoreNodeState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<VolumeStatus>, ApiError> {
+    let volume = volume_id(path)?;
+    let status = state
+        .blocking(move |store| {
+            let v = store.volume(volume)?;
+            v.lock()?;
+            Ok(v.status())
+        })
+        .await?;
+    tracing::info!(volume, "volume replica locked");
+    Ok(Json(status))
+}
+
+async fn append_needle(
+    State(state): State<StoreNodeState>,
+    path: NeedlePath,
+    query: NeedleQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<AppendResult>), ApiError> {
+    let (volume, key, cookie) = needle_id(path, query)?;
+    let content_length = content_length(&headers)?;
+    let max = state.config().max_needle_bytes;
+    if content_length > max {
+        return Err(ApiError::payload_too_large(format!(
+            "body of {content_length} bytes is above the limit of {max}"
+        )));
+    }
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => DEFAULT_CONTENT_TYPE.to_string(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("Content-Type must be visible ASCII"))?
+            .to_string(),
+    };
+    // Reserve buffer room before reading, so concurrent uploads cannot
+    // together hold more than body_buffer_limit_bytes.
+    let permits = u32::try_from(buffer_permits(content_length))
+        .map_err(|_| ApiError::payload_too_large("body too large"))?;
+    let _buffer = state
+        .inner
+        .buffer_permits
+        .clone()
+        .acquire_many_owned(permits)
+        .await
+        .map_err(|_| ApiError::internal("buffer semaphore closed"))?;
+    let idle = Duration::from_millis(state.config().body_idle_timeout_ms);
+    let data = collect_body(body, content_length, idle).await?;
+    let outcome = state
+        .blocking(move |store| {
+            store
+                .volume(volume)?
+                .append_needle(key, cookie, &content_type, &data)
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AppendResult {
+            offset: outcome.offset,
+            size: outcome.size_bytes,
+        }),
+    ))
+}
+
+/// The `Content-Length` of an upload; required.
+fn content_length(headers: &HeaderMap) -> Result<u64, ApiError> {
+    let value = headers
+        .get(header::CONTENT_LENGTH)
+        .ok_or_else(|| ApiError::bad_request("Content-Length is required"))?;
+    value
+        .to_str()
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| ApiError::bad_request("Content-Length must be a decimal number"))
+}
+
+/// Reads exactly `expected` bytes of body, with at most `idle` between
+/// chunks. A body that ends early is a 400; one that goes past `expected`
+/// (which hyper prevents for a `Content-Length` body) a 413.
+async fn collect_body(body: Body, expected: u64, idle: Duration) -> Result<Bytes, ApiError> {
+    let capacity =
+        usize::try_from(expected).map_err(|_| ApiError::payload_too_large("body too large"))?;
+    let mut buf = BytesMut::with_capacity(capacity);
+    let mut stream = body.into_data_stream();
+    loop {
+        let next = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    code::BAD_REQUEST,
+                    "request body stalled",
+                )
+            })?;
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(format!(
+                    "body ended after {} of {expected} bytes: {e}",
+                    buf.len()
+                )));
+            }
+            Some(Ok(chunk)) => {
+                if (buf.len() + chunk.len()) as u64 > expected {
+                    return Err(ApiError::payload_too_large(
+                        "body longer than Content-Length",
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    if buf.len() as u64 != expected {
+        return Err(ApiError::bad_request(format!(
+            "body has {} bytes, Content-Length said {expected}",
+            buf.len()
+        )));
+    }
+    Ok(buf.freeze())
+}
+
+async fn read_needle(
+    State(state): State<StoreNodeState>,
+    path: NeedlePath,
+    query: NeedleQuery,
+) -> Result<Response, ApiError> {
+    let (volume, key, cookie) = needle_id(path, query)?;
+    let (needle, crc32) = state
+        .blocking(move |store| {
+            let needle = store.volume(volume)?.read_needle(key, cookie)?;
+            // The stored checksum covers header and data; the API's covers
+            // the data alone, so callers can check what they receive.
+            let crc32 = crc32fast::hash(&needle.data);
+            Ok((needle, crc32))
+        })
+        .await?;
+    let content_type = HeaderValue::from_str(&needle.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (
+            header::HeaderName::from_static(CRC32_HEADER),
+            HeaderValue::from(crc32),
+        ),
+    ];
+    Ok((headers, Body::from(needle.data)).into_response())
+}
+
+async fn delete_needle(
+    State(state): State<StoreNodeState>,
+    path: NeedlePath,
+    query: NeedleQuery,
+) -> Result<StatusCode, ApiError> {
+    let (volume, key, cookie) = needle_id(path, query)?;
+    state
+        .blocking(move |store| store.volume(volume)?.delete_needle(key, cookie))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn deleted_keys(
+    State(state): State<StoreNodeState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let volume = volume_id(path)?;
+    let keys = state
+        .blocking(move |store| Ok(store.volume(volume)?.deleted_keys()))
+        .await?;
+    Ok(Json(keys.into_iter().map(format_key).collect()))
+}
+
+/// Streams a data or index file of a locked or read-only replica through
+/// `tokio::fs` (whose reads run on the blocking pool), chunk by chunk.
+async fn volume_file(
+    State(state): State<StoreNodeState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((vid, file)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let volume = parse_volume_id(&vid)
+        .ok_or_else(|| ApiError::bad_request("volume id must be a decimal u32"))?;
+    let file = VolumeFile::from_path_segment(&file)
+        .ok_or_else(|| ApiError::bad_request("file must be data or index"))?;
+    let (opened, len) = state
+        .blocking(move |store| {
+            let v = store.volume(volume)?;
+            let status = v.status();
+            if !status.locked && !status.read_only {
+                return Ok(None);
+            }
+            let path = match file {
+                VolumeFile::Data => v.data_path(),
+                VolumeFile::Index => v.index_path(),
+            };
+            let opened = std::fs::File::open(path)?;
+            let len = opened.metadata()?.len();
+            Ok(Some((opened, len)))
+        })
+        .await?
+        .ok_or_else(|| {
+            ApiError::read_only("replica is writable; only locked or read-only ones are streamed")
+        })?;
+    // Stream exactly the length seen at open time, so Content-Length holds.
+    let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(opened), len);
+    let stream = tokio_util::io::ReaderStream::with_capacity(reader, FILE_CHUNK_BYTES);
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(DEFAULT_CONTENT_TYPE),
+        ),
+        (header::CONTENT_LENGTH, HeaderValue::from(len)),
+    ];
+    Ok((headers, Body::from_stream(stream)).into_response())
+}

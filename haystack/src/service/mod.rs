@@ -1,0 +1,280 @@
+//! The store node: an axum service over a [`Store`] of volume replicas.
+//!
+//! The HTTP contract is the "Store node HTTP API" section of
+//! `docs/ARCHITECTURE.md`; [`crate::client::StoreClient`] is its client.
+//!
+//! Threads and limits: every engine call blocks (pread, pwrite, fdatasync),
+//! so it runs in `tokio::task::spawn_blocking`, at most
+//! [`StoreNodeConfig::io_concurrency`] at a time. Needle bodies are bounded by
+//! [`StoreNodeConfig::max_needle_bytes`] and in total, across concurrent
+//! uploads, by [`StoreNodeConfig::body_buffer_limit_bytes`]. Connections are
+//! served by hyper with a header-read timeout, bodies with an idle timeout,
+//! and handlers (everything but bulk sync and the streaming of file bodies)
+//! with [`StoreNodeConfig::request_timeout_ms`].
+
+mod error;
+mod handlers;
+mod serve;
+mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+use crate::volume::VolumeOptions;
+
+pub use handlers::router;
+pub use serve::serve;
+
+/// Configuration of a store node (the `[store]` part of a node's TOML).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreNodeConfig {
+    /// Directory holding the node's volume files.
+    pub data_dir: PathBuf,
+    /// A volume locks itself once its data file reaches this size.
+    #[serde(default = "default_volume_size_limit_bytes")]
+    pub volume_size_limit_bytes: u64,
+    /// Largest needle body accepted; larger uploads get `413`.
+    #[serde(default = "default_max_needle_bytes")]
+    pub max_needle_bytes: u64,
+    /// Upper bound on the needle bodies buffered at once across all uploads;
+    /// an upload waits for room before it reads its body.
+    #[serde(default = "default_body_buffer_limit_bytes")]
+    pub body_buffer_limit_bytes: u64,
+    /// Engine calls running at once on the blocking pool.
+    #[serde(default = "default_io_concurrency")]
+    pub io_concurrency: usize,
+    /// Deadline of one request's handler (body upload included; not bulk
+    /// sync, not the streaming of a volume file's body).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Deadline of one bulk sync (`POST /volumes/{vid}/sync`).
+    #[serde(default = "default_sync_timeout_ms")]
+    pub sync_timeout_ms: u64,
+    /// A client must send a request's headers within this time.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Longest pause allowed between two chunks of a request body.
+    #[serde(default = "default_body_idle_timeout_ms")]
+    pub body_idle_timeout_ms: u64,
+    /// Connections served at once; further ones wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests get to finish.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Default of [`StoreNodeConfig::volume_size_limit_bytes`]: 1 GiB.
+pub fn default_volume_size_limit_bytes() -> u64 {
+    1 << 30
+}
+/// Default of [`StoreNodeConfig::max_needle_bytes`]: 64 MiB.
+pub fn default_max_needle_bytes() -> u64 {
+    64 << 20
+}
+/// Default of [`StoreNodeConfig::body_buffer_limit_bytes`]: 1 GiB.
+pub fn default_body_buffer_limit_bytes() -> u64 {
+    1 << 30
+}
+/// Default of [`StoreNodeConfig::io_concurrency`]: 64.
+pub fn default_io_concurrency() -> usize {
+    64
+}
+/// Default of [`StoreNodeConfig::request_timeout_ms`]: 60 s.
+pub fn default_request_timeout_ms() -> u64 {
+    60_000
+}
+/// Default of [`StoreNodeConfig::sync_timeout_ms`]: 1 h.
+pub fn default_sync_timeout_ms() -> u64 {
+    3_600_000
+}
+/// Default of [`StoreNodeConfig::header_read_timeout_ms`]: 10 s.
+pub fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+/// Default of [`StoreNodeConfig::body_idle_timeout_ms`]: 10 s.
+pub fn default_body_idle_timeout_ms() -> u64 {
+    10_000
+}
+/// Default of [`StoreNodeConfig::max_connections`]: 1024.
+pub fn default_max_connections() -> usize {
+    1024
+}
+/// Default of [`StoreNodeConfig::shutdown_grace_ms`]: 10 s.
+pub fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+
+impl StoreNodeConfig {
+    /// A configuration with every default, serving volumes in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreNodeConfig {
+        StoreNodeConfig {
+            data_dir: data_dir.into(),
+            volume_size_limit_bytes: default_volume_size_limit_bytes(),
+            max_needle_bytes: default_max_needle_bytes(),
+            body_buffer_limit_bytes: default_body_buffer_limit_bytes(),
+            io_concurrency: default_io_concurrency(),
+            request_timeout_ms: default_request_timeout_ms(),
+            sync_timeout_ms: default_sync_timeout_ms(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            body_idle_timeout_ms: default_body_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+
+    /// Checks that the limits are usable together.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        let fail = |m: &str| Err(ServiceError::Config(m.to_string()));
+        if self.io_concurrency == 0 || self.io_concurrency > Semaphore::MAX_PERMITS {
+            return fail("io_concurrency must be at least 1");
+        }
+        if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
+            return fail("max_connections must be at least 1");
+        }
+        if self.max_needle_bytes == 0 || self.max_needle_bytes > u64::from(u32::MAX) {
+            return fail("max_needle_bytes must be between 1 and 4 GiB - 1");
+        }
+        if self.body_buffer_limit_bytes < self.max_needle_bytes {
+            return fail("body_buffer_limit_bytes must be at least max_needle_bytes");
+        }
+        if buffer_permits(self.body_buffer_limit_bytes) > Semaphore::MAX_PERMITS as u64 {
+            return fail("body_buffer_limit_bytes is too large");
+        }
+        let timeouts = [
+            self.request_timeout_ms,
+            self.sync_timeout_ms,
+            self.header_read_timeout_ms,
+            self.body_idle_timeout_ms,
+        ];
+        if timeouts.contains(&0) {
+            return fail("timeouts must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Body-buffer permits are counted in KiB so that 4 GiB fits a `u32`.
+const BUFFER_PERMIT_BYTES: u64 = 1024;
+
+fn buffer_permits(bytes: u64) -> u64 {
+    bytes.div_ceil(BUFFER_PERMIT_BYTES).max(1)
+}
+
+/// Why a store node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The configuration is unusable.
+    #[error("invalid store node config: {0}")]
+    Config(String),
+    /// The store could not be opened.
+    #[error("cannot open store: {0}")]
+    Store(#[from] crate::error::Error),
+    /// Accepting connections failed.
+    #[error("listener error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A setup task failed to run.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Shared state of a store node's handlers: the store and its limits.
+#[derive(Clone)]
+pub struct StoreNodeState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    store: Arc<Store>,
+    config: StoreNodeConfig,
+    io_permits: Arc<Semaphore>,
+    buffer_permits: Arc<Semaphore>,
+    /// One bulk sync at a time per node: each moves a whole volume.
+    sync_lock: Mutex<()>,
+    /// Client used to pull volumes from peers during bulk sync.
+    peer_http: reqwest::Client,
+}
+
+impl std::fmt::Debug for StoreNodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreNodeState")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl StoreNodeState {
+    /// State over an already opened store.
+    pub fn new(store: Arc<Store>, config: StoreNodeConfig) -> Result<StoreNodeState, ServiceError> {
+        config.validate()?;
+        let peer_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.request_timeout_ms.min(10_000)))
+            .read_timeout(Duration::from_millis(config.request_timeout_ms))
+            .build()
+            .map_err(|e| ServiceError::Internal(format!("http client: {e}")))?;
+        let permits = buffer_permits(config.body_buffer_limit_bytes) as usize;
+        Ok(StoreNodeState {
+            inner: Arc::new(StateInner {
+                store,
+                io_permits: Arc::new(Semaphore::new(config.io_concurrency)),
+                buffer_permits: Arc::new(Semaphore::new(permits)),
+                sync_lock: Mutex::new(()),
+                peer_http,
+                config,
+            }),
+        })
+    }
+
+    /// Opens the store in `config.data_dir` (on the blocking pool) and
+    /// builds the state over it.
+    pub async fn open(config: StoreNodeConfig) -> Result<StoreNodeState, ServiceError> {
+        config.validate()?;
+        let dir = config.data_dir.clone();
+        let options = VolumeOptions {
+            size_limit_bytes: config.volume_size_limit_bytes,
+        };
+        let store = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            Store::open(&dir, options)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("store open task: {e}")))??;
+        StoreNodeState::new(Arc::new(store), config)
+    }
+
+    /// The store behind the service.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &StoreNodeConfig {
+        &self.inner.config
+    }
+}
+
+/// Runs a store node: opens the store in `config.data_dir`, then serves the
+/// HTTP API on `listener` until `cancel` fires, and returns once in-flight
+/// requests have finished (or the shutdown grace period ran out).
+pub async fn run(
+    config: StoreNodeConfig,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ServiceError> {
+    let state = StoreNodeState::open(config.clone()).await?;
+    tracing::info!(
+        address = ?listener.local_addr().ok(),
+        data_dir = %config.data_dir.display(),
+        "store node serving"
+    );
+    serve(listener, router(state), &config, cancel).await
+}
