@@ -1,1 +1,491 @@
-//! Conformance suite every [`Directory`](super::Directory) backend must pass.
+//! Conformance suite every [`Directory`] backend must pass.
+//!
+//! Each check takes an `open` function that opens the backend over one
+//! storage: the first call sees empty storage, and a later call (after the
+//! previous directory was dropped) must see everything committed before, as
+//! a restarted process would. A test runs each of [`CHECKS`] over fresh
+//! storage, e.g. `router/tests/directory_conformance.rs` for redb.
+//!
+//! Checks panic on failure (they are test code); the module is public so the
+//! tests of every backend crate can run it, and hidden from the docs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::types::{NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState};
+use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
+
+/// Opens the backend under test over the storage of one check.
+pub type Open<'a> = &'a dyn Fn() -> Box<dyn Directory>;
+
+/// Every check, by name.
+pub const CHECKS: &[(&str, fn(Open<'_>))] = &[
+    ("register_and_heartbeat", register_and_heartbeat),
+    (
+        "allocation_spreads_over_racks",
+        allocation_spreads_over_racks,
+    ),
+    ("allocation_needs_three_racks", allocation_needs_three_racks),
+    (
+        "down_nodes_make_volumes_readonly",
+        down_nodes_make_volumes_readonly,
+    ),
+    ("state_transitions", state_transitions),
+    ("stale_replicas", stale_replicas),
+    ("leases_increase", leases_increase),
+    ("volume_sizes", volume_sizes),
+    ("state_survives_reopen", state_survives_reopen),
+];
+
+/// Runs every check, each over the storage that `fresh` prepares: `fresh()`
+/// returns an `open` function over new, empty storage.
+pub fn run_all(fresh: &dyn Fn() -> Box<dyn Fn() -> Box<dyn Directory>>) {
+    for (name, check) in CHECKS {
+        tracing::info!(check = name, "directory conformance");
+        let open = fresh();
+        check(&*open);
+    }
+}
+
+/// A registration of a node with role `role` in rack `rack`.
+pub fn registration(id: &str, role: NodeRole, rack: &str) -> NodeRegistration {
+    NodeRegistration {
+        id: id.to_owned(),
+        role,
+        rack: rack.to_owned(),
+        datacenter: "dc1".to_owned(),
+        address: format!("{id}.test:7000"),
+    }
+}
+
+/// Registers store nodes `(id, rack)` at `now_ms`.
+pub fn register_stores(dir: &dyn Directory, stores: &[(&str, &str)], now_ms: u64) {
+    for (id, rack) in stores {
+        dir.register_node(registration(id, NodeRole::Store, rack), now_ms)
+            .expect("register store");
+    }
+}
+
+fn racks_of(nodes: &[NodeRecord], replicas: &[String]) -> BTreeSet<String> {
+    replicas
+        .iter()
+        .map(|r| {
+            let node = nodes
+                .iter()
+                .find(|n| &n.id == r)
+                .expect("replica is a node");
+            node.rack.clone()
+        })
+        .collect()
+}
+
+/// Registration, heartbeats, re-registration and id validation.
+pub fn register_and_heartbeat(open: Open<'_>) {
+    let dir = open();
+    let node = dir
+        .register_node(registration("store-2", NodeRole::Store, "r1"), 100)
+        .expect("register");
+    assert_eq!(node.state, NodeState::Up);
+    assert_eq!(node.last_heartbeat_ms, 100);
+    dir.register_node(registration("router-1", NodeRole::Router, "r1"), 100)
+        .expect("register");
+    let ids: Vec<String> = dir
+        .list_nodes()
+        .expect("list")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids, ["router-1", "store-2"], "nodes are ordered by id");
+
+    let beat = dir.heartbeat("store-2", 250).expect("heartbeat");
+    assert_eq!(beat.last_heartbeat_ms, 250);
+    let late = dir
+        .heartbeat("store-2", 200)
+        .expect("out-of-order heartbeat");
+    assert_eq!(
+        late.last_heartbeat_ms, 250,
+        "a heartbeat never moves time back"
+    );
+    assert!(matches!(
+        dir.heartbeat("nobody", 300),
+        Err(DirectoryError::UnknownNode { .. })
+    ));
+
+    let mut moved = registration("store-2", NodeRole::Store, "r9");
+    moved.address = "10.0.0.9:7000".into();
+    let again = dir.register_node(moved, 400).expect("re-register");
+    assert_eq!(
+        (again.rack.as_str(), again.address.as_str()),
+        ("r9", "10.0.0.9:7000")
+    );
+    assert_eq!(dir.list_nodes().expect("list").len(), 2);
+
+    for bad in ["", "a/b", "a b", &"x".repeat(200)] {
+        let result = dir.register_node(registration(bad, NodeRole::Store, "r1"), 1);
+        assert!(
+            matches!(result, Err(DirectoryError::BadRequest(_))),
+            "id {bad:?}"
+        );
+    }
+}
+
+/// Replicas land on three racks, spread evenly, only on up store nodes.
+pub fn allocation_spreads_over_racks(open: Open<'_>) {
+    let dir = open();
+    register_stores(
+        &*dir,
+        &[
+            ("s1", "r1"),
+            ("s2", "r1"),
+            ("s3", "r2"),
+            ("s4", "r3"),
+            ("s5", "r4"),
+        ],
+        0,
+    );
+    dir.register_node(registration("f4-1", NodeRole::F4Storage, "r5"), 0)
+        .expect("register");
+    dir.register_node(registration("f4-2", NodeRole::F4Storage, "r6"), 0)
+        .expect("register");
+    let nodes = dir.list_nodes().expect("list");
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let volume = dir.allocate_volume(10).expect("allocate");
+        assert_eq!(volume.state, VolumeState::Writable);
+        assert_eq!(volume.replicas.len(), REPLICA_COUNT);
+        assert!(volume.stale_replicas.is_empty());
+        assert_eq!(racks_of(&nodes, &volume.replicas).len(), REPLICA_COUNT);
+        assert!(
+            volume.replicas.iter().all(|r| r.starts_with('s')),
+            "store nodes only"
+        );
+        assert_eq!((volume.created_ms, volume.locked_ms), (10, None));
+        ids.push(volume.id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for volume in dir.list_volumes().expect("list") {
+        for r in volume.replicas {
+            *per_node.entry(r).or_default() += 1;
+        }
+    }
+    // 24 replicas over 5 nodes in 4 racks: every node carries some, none
+    // more than its fair share plus one.
+    assert_eq!(per_node.len(), 5, "{per_node:?}");
+    assert!(
+        per_node.values().all(|&n| (4..=6).contains(&n)),
+        "{per_node:?}"
+    );
+    assert_eq!(dir.volume(ids[0]).expect("get").id, ids[0]);
+    assert!(matches!(
+        dir.volume(9999),
+        Err(DirectoryError::UnknownVolume { id: 9999 })
+    ));
+}
+
+/// Fewer than three racks with an up store node: a clean typed error and
+/// nothing allocated.
+pub fn allocation_needs_three_racks(open: Open<'_>) {
+    let dir = open();
+    register_stores(
+        &*dir,
+        &[("s1", "r1"), ("s2", "r1"), ("s3", "r2"), ("s4", "r3")],
+        0,
+    );
+    // s4 (the only store in r3) goes silent and is marked down.
+    for id in ["s1", "s2", "s3"] {
+        dir.heartbeat(id, 5_000).expect("heartbeat");
+    }
+    dir.mark_down_expired(5_000, 1_000).expect("mark down");
+    match dir.allocate_volume(5_000) {
+        Err(DirectoryError::NotEnoughRacks {
+            needed: 3,
+            available: 2,
+        }) => {}
+        other => panic!("expected NotEnoughRacks, got {other:?}"),
+    }
+    assert!(dir.list_volumes().expect("list").is_empty());
+    dir.heartbeat("s4", 6_000).expect("heartbeat");
+    let volume = dir
+        .allocate_volume(6_000)
+        .expect("allocate with three racks");
+    assert_eq!(volume.id, 1, "a refused allocation consumes no id");
+}
+
+/// A silent node is marked down; its replicas turn stale and their writable
+/// volumes readonly; it comes back up stale.
+pub fn down_nodes_make_volumes_readonly(open: Open<'_>) {
+    let dir = open();
+    register_stores(
+        &*dir,
+        &[("s1", "r1"), ("s2", "r2"), ("s3", "r3"), ("s4", "r4")],
+        0,
+    );
+    let volumes: Vec<_> = (0..4)
+        .map(|_| dir.allocate_volume(0).expect("allocate"))
+        .collect();
+    let locked = volumes[0].id;
+    dir.set_volume_state(locked, VolumeState::Locked, 1)
+        .expect("lock");
+    for id in ["s1", "s2", "s3"] {
+        dir.heartbeat(id, 900).expect("heartbeat");
+    }
+    assert!(
+        dir.mark_down_expired(1_000, 1_000)
+            .expect("mark")
+            .is_empty(),
+        "not yet"
+    );
+    let changed = dir.mark_down_expired(1_001, 1_000).expect("mark");
+    let with_s4: BTreeSet<u32> = volumes
+        .iter()
+        .filter(|v| v.replicas.iter().any(|r| r == "s4"))
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(
+        changed.iter().map(|v| v.id).collect::<BTreeSet<_>>(),
+        with_s4
+    );
+    for volume in dir.list_volumes().expect("list") {
+        if with_s4.contains(&volume.id) {
+            assert_eq!(volume.stale_replicas, ["s4"]);
+            let expected = if volume.id == locked {
+                VolumeState::Locked
+            } else {
+                VolumeState::ReadOnly
+            };
+            assert_eq!(volume.state, expected, "volume {}", volume.id);
+        } else {
+            assert!(volume.stale_replicas.is_empty());
+            let expected = if volume.id == locked {
+                VolumeState::Locked
+            } else {
+                VolumeState::Writable
+            };
+            assert_eq!(volume.state, expected);
+        }
+    }
+    let s4 = dir
+        .list_nodes()
+        .expect("list")
+        .into_iter()
+        .find(|n| n.id == "s4");
+    assert_eq!(s4.map(|n| n.state), Some(NodeState::Down));
+    assert!(
+        dir.mark_down_expired(1_002, 1_000)
+            .expect("mark")
+            .is_empty(),
+        "idempotent"
+    );
+
+    let back = dir.heartbeat("s4", 1_500).expect("heartbeat");
+    assert_eq!(back.state, NodeState::Up);
+    let Some(&vid) = with_s4.iter().find(|&&v| v != locked) else {
+        return;
+    };
+    assert!(
+        dir.volume(vid).expect("get").is_stale("s4"),
+        "stays stale when up"
+    );
+    assert!(matches!(
+        dir.set_volume_state(vid, VolumeState::Writable, 1_500),
+        Err(DirectoryError::InvalidTransition { .. })
+    ));
+    dir.clear_replica_stale(vid, "s4").expect("clear");
+    let writable = dir
+        .set_volume_state(vid, VolumeState::Writable, 1_500)
+        .expect("writable once in sync");
+    assert_eq!(writable.state, VolumeState::Writable);
+}
+
+/// `locked` is final and timestamped; `writable` needs healthy replicas.
+pub fn state_transitions(open: Open<'_>) {
+    let dir = open();
+    register_stores(&*dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+    let vid = dir.allocate_volume(0).expect("allocate").id;
+    let readonly = dir
+        .set_volume_state(vid, VolumeState::ReadOnly, 1)
+        .expect("readonly");
+    assert_eq!(readonly.state, VolumeState::ReadOnly);
+    let writable = dir
+        .set_volume_state(vid, VolumeState::Writable, 2)
+        .expect("writable");
+    assert_eq!(writable.state, VolumeState::Writable);
+    let locked = dir
+        .set_volume_state(vid, VolumeState::Locked, 3)
+        .expect("lock");
+    assert_eq!(
+        (locked.state, locked.locked_ms),
+        (VolumeState::Locked, Some(3))
+    );
+    let again = dir
+        .set_volume_state(vid, VolumeState::Locked, 4)
+        .expect("re-lock");
+    assert_eq!(
+        again.locked_ms,
+        Some(3),
+        "re-locking keeps the first lock time"
+    );
+    for to in [VolumeState::Writable, VolumeState::ReadOnly] {
+        assert!(matches!(
+            dir.set_volume_state(vid, to, 5),
+            Err(DirectoryError::InvalidTransition {
+                from: VolumeState::Locked,
+                ..
+            })
+        ));
+    }
+    assert!(matches!(
+        dir.set_volume_state(77, VolumeState::ReadOnly, 5),
+        Err(DirectoryError::UnknownVolume { id: 77 })
+    ));
+
+    // writable is refused while a replica's node is down.
+    let other = dir.allocate_volume(10).expect("allocate").id;
+    dir.set_volume_state(other, VolumeState::ReadOnly, 11)
+        .expect("readonly");
+    dir.heartbeat("s1", 2_000).expect("heartbeat");
+    dir.heartbeat("s2", 2_000).expect("heartbeat");
+    dir.mark_down_expired(2_000, 1_000).expect("mark");
+    dir.heartbeat("s3", 2_001).expect("s3 back");
+    dir.clear_replica_stale(other, "s3").expect("clear");
+    dir.register_node(registration("s1", NodeRole::Store, "r1"), 2_002)
+        .expect("re-register");
+    let ok = dir.set_volume_state(other, VolumeState::Writable, 2_003);
+    assert_eq!(ok.expect("all up, none stale").state, VolumeState::Writable);
+}
+
+/// Reported replicas turn stale; a writable volume turns readonly.
+pub fn stale_replicas(open: Open<'_>) {
+    let dir = open();
+    register_stores(
+        &*dir,
+        &[("s1", "r1"), ("s2", "r2"), ("s3", "r3"), ("s4", "r4")],
+        0,
+    );
+    let volume = dir.allocate_volume(0).expect("allocate");
+    let (vid, replica) = (volume.id, volume.replicas[1].clone());
+    let stale = dir.mark_replica_stale(vid, &replica).expect("stale");
+    assert_eq!(stale.state, VolumeState::ReadOnly);
+    assert_eq!(stale.stale_replicas, [replica.clone()]);
+    let twice = dir.mark_replica_stale(vid, &replica).expect("stale again");
+    assert_eq!(twice, stale, "idempotent");
+    let outsider = ["s1", "s2", "s3", "s4"]
+        .into_iter()
+        .find(|n| !volume.replicas.iter().any(|r| r == n))
+        .expect("four stores, three replicas");
+    assert!(matches!(
+        dir.mark_replica_stale(vid, outsider),
+        Err(DirectoryError::NotAReplica { .. })
+    ));
+    assert!(matches!(
+        dir.mark_replica_stale(999, &replica),
+        Err(DirectoryError::UnknownVolume { .. })
+    ));
+    let cleared = dir.clear_replica_stale(vid, &replica).expect("clear");
+    assert!(cleared.stale_replicas.is_empty());
+    assert_eq!(
+        cleared.state,
+        VolumeState::ReadOnly,
+        "clearing does not re-open uploads"
+    );
+    let locked = dir
+        .set_volume_state(vid, VolumeState::Locked, 1)
+        .expect("lock");
+    let stale_locked = dir.mark_replica_stale(vid, &replica).expect("stale");
+    assert_eq!(
+        stale_locked.state,
+        VolumeState::Locked,
+        "locked stays locked"
+    );
+    assert_eq!(stale_locked.locked_ms, locked.locked_ms);
+}
+
+/// Leases are half-open, start at [`FIRST_KEY`], strictly increase per
+/// volume, and are refused for bad counts and non-writable volumes.
+pub fn leases_increase(open: Open<'_>) {
+    let dir = open();
+    register_stores(&*dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+    let a = dir.allocate_volume(0).expect("allocate").id;
+    let b = dir.allocate_volume(0).expect("allocate").id;
+    let first = dir.lease_keys(a, 10).expect("lease");
+    assert_eq!((first.start, first.end), (FIRST_KEY, FIRST_KEY + 10));
+    let second = dir.lease_keys(a, 1).expect("lease");
+    assert_eq!((second.start, second.end), (first.end, first.end + 1));
+    let other = dir.lease_keys(b, 5).expect("lease");
+    assert_eq!(other.start, FIRST_KEY, "volumes lease independently");
+    assert!(matches!(
+        dir.lease_keys(a, 0),
+        Err(DirectoryError::BadRequest(_))
+    ));
+    assert!(matches!(
+        dir.lease_keys(a, u64::MAX),
+        Err(DirectoryError::BadRequest(_))
+    ));
+    assert!(matches!(
+        dir.lease_keys(42, 1),
+        Err(DirectoryError::UnknownVolume { id: 42 })
+    ));
+    dir.set_volume_state(a, VolumeState::ReadOnly, 1)
+        .expect("readonly");
+    assert!(matches!(
+        dir.lease_keys(a, 1),
+        Err(DirectoryError::NotWritable { .. })
+    ));
+    dir.set_volume_state(a, VolumeState::Writable, 2)
+        .expect("writable");
+    let third = dir.lease_keys(a, 3).expect("lease");
+    assert_eq!(third.start, second.end, "refused leases consume nothing");
+}
+
+/// Sizes are recorded as reported.
+pub fn volume_sizes(open: Open<'_>) {
+    let dir = open();
+    register_stores(&*dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+    let vid = dir.allocate_volume(0).expect("allocate").id;
+    let volume = dir.update_volume_sizes(vid, 4096, 7).expect("update");
+    assert_eq!((volume.size_bytes, volume.needle_count), (4096, 7));
+    assert_eq!(dir.volume(vid).expect("get"), volume);
+    assert!(matches!(
+        dir.update_volume_sizes(5, 1, 1),
+        Err(DirectoryError::UnknownVolume { id: 5 })
+    ));
+}
+
+/// Everything committed survives a reopen; leases and ids continue above.
+pub fn state_survives_reopen(open: Open<'_>) {
+    let (nodes, volumes, lease) = {
+        let dir = open();
+        register_stores(
+            &*dir,
+            &[("s1", "r1"), ("s2", "r2"), ("s3", "r3"), ("s4", "r4")],
+            0,
+        );
+        let a = dir.allocate_volume(1).expect("allocate").id;
+        let b = dir.allocate_volume(2).expect("allocate");
+        dir.mark_replica_stale(b.id, &b.replicas[0]).expect("stale");
+        dir.set_volume_state(a, VolumeState::Locked, 3)
+            .expect("lock");
+        dir.update_volume_sizes(a, 100, 2).expect("sizes");
+        let c = dir.allocate_volume(4).expect("allocate").id;
+        let lease = dir.lease_keys(c, 1000).expect("lease");
+        (
+            dir.list_nodes().expect("list"),
+            dir.list_volumes().expect("list"),
+            (c, lease),
+        )
+    };
+    let dir = open();
+    assert_eq!(dir.list_nodes().expect("list"), nodes);
+    assert_eq!(dir.list_volumes().expect("list"), volumes);
+    let (c, before) = lease;
+    let after = dir.lease_keys(c, 1).expect("lease");
+    assert_eq!(
+        after.start, before.end,
+        "leases continue above the last one"
+    );
+    let next = dir.allocate_volume(5).expect("allocate");
+    assert!(
+        volumes.iter().all(|v| v.id < next.id),
+        "volume ids are never reused"
+    );
+}

@@ -333,7 +333,9 @@ impl Directory for RedbDirectory {
                 return Ok(Vec::new());
             }
             let mut changed = Vec::new();
-            for mut volume in all_volumes(&txn.open_table(VOLUMES)?)? {
+            // Bind first: the table must be closed before `put_volume` reopens it.
+            let volumes = all_volumes(&txn.open_table(VOLUMES)?)?;
+            for mut volume in volumes {
                 let down: Vec<String> = volume
                     .replicas
                     .iter()
