@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::stores::{ReplicaStatus, StoreCalls};
+use haystack::api::VolumeStatus;
+
+use super::stores::StoreCalls;
 use super::types::{LogicalVolume, NodeRecord, VolumeState};
 use super::{Directory, DirectoryError, now_ms};
 
@@ -161,7 +163,7 @@ async fn elect_source<'a>(
     vid: u32,
     candidates: &[&'a NodeRecord],
 ) -> Result<&'a NodeRecord, DirectoryError> {
-    let mut best: Option<(&NodeRecord, ReplicaStatus)> = None;
+    let mut best: Option<(&NodeRecord, VolumeStatus)> = None;
     for node in candidates {
         let status = match stores.volume_status(&node.base_url(), vid).await {
             Ok(status) => status,
