@@ -1,0 +1,171 @@
+//! Property tests: needle encode/decode round trip, the compact index against a `BTreeMap`,
+//! and a whole volume against a `BTreeMap` model under random append, delete, compact and
+//! reopen sequences. Fixed case counts keep CI time bounded.
+
+use std::collections::BTreeMap;
+
+use haystack::format::{self, NEEDLE_FLAG_DELETED};
+use haystack::{Error, NeedleIndex, Volume, VolumeOptions};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn needle_round_trip(
+        key: u64,
+        cookie: u32,
+        content_type in "[ -~]{0,255}",
+        data in proptest::collection::vec(any::<u8>(), 0..4096),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let (bytes, crc) = format::encode_needle(key, cookie, &content_type, &data);
+        prop_assert_eq!(bytes.len() as u64, format::needle_size_bytes(content_type.len(), data.len() as u64));
+        prop_assert_eq!(bytes.len() % 8, 0);
+        let (n, flags) = format::decode_needle(bytes.clone(), 1, 64).expect("round trip");
+        prop_assert_eq!(flags, 0);
+        prop_assert_eq!(n.key, key);
+        prop_assert_eq!(n.cookie, cookie);
+        prop_assert_eq!(&n.content_type, &content_type);
+        prop_assert_eq!(&n.data, &data);
+        prop_assert_eq!(n.crc32, crc);
+        // Any single flipped bit other than the deleted flag is rejected, never a panic.
+        let bit = flip.index(bytes.len() * 8);
+        let mut bad = bytes.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let r = format::decode_needle(bad, 1, 64);
+        if bit == format::NEEDLE_FLAGS_OFFSET * 8 {
+            prop_assert_eq!(r.expect("deleted flag is legal").1, NEEDLE_FLAG_DELETED);
+        } else {
+            prop_assert!(r.is_err());
+        }
+    }
+
+    #[test]
+    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = format::decode_needle(bytes.clone(), 1, 0);
+        let _ = format::decode_needle_header(&bytes, 1, 0);
+        let _ = format::decode_superblock(&bytes, 1);
+        let _ = format::decode_index_header(&bytes, 1);
+        let _ = format::decode_index_record(&bytes, 1, 0);
+    }
+
+    #[test]
+    fn index_matches_btreemap(
+        ops in proptest::collection::vec((1u64..100_000, 1u64..300_000, any::<bool>(), any::<prop::sample::Index>()), 1..600),
+    ) {
+        let mut index = NeedleIndex::new(64);
+        let mut model: BTreeMap<u64, (u64, u64, bool)> = BTreeMap::new();
+        let (mut key, mut offset) = (0u64, 64u64);
+        for (dk, size8, delete, pick) in ops {
+            key += dk;
+            let size = size8 * 8;
+            prop_assert!(index.push(key, size, false));
+            model.insert(key, (offset, size, false));
+            offset += size;
+            if delete {
+                let k = *model.keys().nth(pick.index(model.len())).expect("non-empty");
+                let was_live = !model[&k].2;
+                prop_assert_eq!(index.mark_deleted(k).is_some(), was_live);
+                model.get_mut(&k).expect("present").2 = true;
+            }
+            let probe = pick.index(key as usize + 2) as u64;
+            let got = index.get(probe).map(|e| (e.offset, e.size_bytes, e.deleted));
+            prop_assert_eq!(got, model.get(&probe).copied());
+        }
+        let all: Vec<_> = index.iter().map(|e| (e.key, (e.offset, e.size_bytes, e.deleted))).collect();
+        prop_assert_eq!(all, model.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>());
+        prop_assert_eq!(index.data_end(), offset);
+        let from = model.keys().nth(model.len() / 2).copied();
+        let after: Vec<u64> = index.entries_after(from, 10).iter().map(|e| e.key).collect();
+        let want: Vec<u64> = model.keys().copied().filter(|k| Some(*k) > from).take(10).collect();
+        prop_assert_eq!(after, want);
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append { gap: u64, len: usize, cookie: u32 },
+    Delete(prop::sample::Index),
+    DeleteWrongCookie(prop::sample::Index),
+    Compact,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1u64..5, 0usize..3000, any::<u32>()).prop_map(|(gap, len, cookie)| Op::Append { gap, len, cookie }),
+        3 => any::<prop::sample::Index>().prop_map(Op::Delete),
+        1 => any::<prop::sample::Index>().prop_map(Op::DeleteWrongCookie),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn check(v: &Volume, model: &BTreeMap<u64, (u32, Vec<u8>, bool)>) -> Result<(), TestCaseError> {
+    for (k, (c, d, deleted)) in model {
+        match v.read_needle(*k, *c) {
+            Ok(n) => {
+                prop_assert!(!deleted, "deleted key {} served", k);
+                prop_assert_eq!(&n.data, d);
+            }
+            Err(Error::NotFound) => prop_assert!(deleted, "live key {} missing", k),
+            Err(e) => return Err(TestCaseError::fail(format!("key {k}: {e}"))),
+        }
+    }
+    let live = model.values().filter(|(_, _, d)| !d).count() as u64;
+    prop_assert_eq!(v.status().needle_count, live);
+    let deleted: Vec<u64> = v.deleted_keys();
+    for k in deleted {
+        prop_assert!(model[&k].2);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn volume_matches_btreemap(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut v = Volume::create(dir.path(), 1, VolumeOptions::default()).expect("create");
+        let mut model: BTreeMap<u64, (u32, Vec<u8>, bool)> = BTreeMap::new();
+        let mut key = 0u64;
+        for op in ops {
+            match op {
+                Op::Append { gap, len, cookie } => {
+                    key += gap;
+                    let data: Vec<u8> = (0..len).map(|i| (i as u64 ^ key) as u8).collect();
+                    v.append_needle(key, cookie, "t", &data).expect("append");
+                    model.insert(key, (cookie, data, false));
+                }
+                Op::Delete(pick) | Op::DeleteWrongCookie(pick) if model.is_empty() => { let _ = pick; }
+                Op::Delete(pick) => {
+                    let n = model.len();
+                    let (k, entry) = model.iter_mut().nth(pick.index(n)).expect("non-empty");
+                    let r = v.delete_needle(*k, entry.0);
+                    if entry.2 {
+                        prop_assert!(matches!(r, Err(Error::NotFound)));
+                    } else {
+                        r.expect("delete");
+                        entry.2 = true;
+                    }
+                }
+                Op::DeleteWrongCookie(pick) => {
+                    let (k, entry) = model.iter().nth(pick.index(model.len())).expect("non-empty");
+                    prop_assert!(matches!(v.delete_needle(*k, entry.0.wrapping_add(1)), Err(Error::NotFound)));
+                }
+                Op::Compact => {
+                    v.compact().expect("compact");
+                    model.retain(|_, (_, _, deleted)| !*deleted);
+                }
+                Op::Reopen => {
+                    drop(v);
+                    v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
+                }
+            }
+            check(&v, &model)?;
+        }
+        prop_assert_eq!(v.status().last_key, (key > 0).then_some(key));
+    }
+}
