@@ -3,4 +3,5 @@
 //! replica repair loop) and the public BLOB API.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod directory;

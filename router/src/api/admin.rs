@@ -1,0 +1,116 @@
+//! Operational routes: `GET /health`, `GET /metrics`, `GET /` (a plain-text
+//! status page), `GET /admin/volumes` and `GET /admin/nodes` (the
+//! directory's JSON, passed through).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
+
+/// `GET /health`: the router process is serving.
+pub(crate) async fn health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format. The volume gauges are refreshed
+/// from the directory first (best effort: a directory outage must not hide
+/// the other metrics).
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    match state.directory.list_volumes().await {
+        Ok(volumes) => record_volume_gauges(&state, &volumes),
+        Err(e) => tracing::debug!(error = %e, "volume gauges not refreshed"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+fn record_volume_gauges(state: &AppState, volumes: &[LogicalVolume]) {
+    let mut counts: BTreeMap<String, usize> = [
+        VolumeState::Writable,
+        VolumeState::ReadOnly,
+        VolumeState::Locked,
+    ]
+    .iter()
+    .map(|s| (s.to_string(), 0))
+    .collect();
+    for volume in volumes {
+        *counts.entry(volume.state.to_string()).or_default() += 1;
+    }
+    for (state_name, count) in counts {
+        state.metrics.set_volumes(&state_name, count);
+    }
+}
+
+/// `GET /admin/volumes`: every logical volume with its state.
+pub(crate) async fn volumes(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<LogicalVolume>>, ApiError> {
+    let volumes = state.directory.list_volumes().await?;
+    record_volume_gauges(&state, &volumes);
+    Ok(Json(volumes))
+}
+
+/// `GET /admin/nodes`: every registered node.
+pub(crate) async fn nodes(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<NodeRecord>>, ApiError> {
+    Ok(Json(state.directory.list_nodes().await?))
+}
+
+/// `GET /`: a short plain-text summary for humans.
+pub(crate) async fn status_page(State(state): State<Arc<AppState>>) -> Response {
+    let mut page = String::from("hayloft router\n\n");
+    match state.directory.list_volumes().await {
+        Ok(volumes) => {
+            record_volume_gauges(&state, &volumes);
+            let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+            for v in &volumes {
+                *by_state.entry(v.state.to_string()).or_default() += 1;
+            }
+            let _ = writeln!(page, "volumes: {}", volumes.len());
+            for (name, count) in by_state {
+                let _ = writeln!(page, "  {name}: {count}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(page, "volumes: directory unavailable ({e})");
+        }
+    }
+    match state.directory.list_nodes().await {
+        Ok(nodes) => {
+            let _ = writeln!(page, "nodes: {}", nodes.len());
+            for node in nodes {
+                let _ = writeln!(
+                    page,
+                    "  {} {:?} rack={} dc={} {} {:?}",
+                    node.id, node.role, node.rack, node.datacenter, node.address, node.state
+                );
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(page, "nodes: directory unavailable ({e})");
+        }
+    }
+    let _ = writeln!(
+        page,
+        "\nwritable volumes idle in this router's pool: {}\nupload limit: {} bytes",
+        state.pool.idle_count(),
+        state.config.max_blob_bytes
+    );
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], page).into_response()
+}

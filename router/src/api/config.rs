@@ -1,0 +1,137 @@
+//! [`RouterConfig`]: the options of the public API role. The binary loads it
+//! from its TOML file (section of its own config) and passes it to
+//! [`super::run`]; the router never reads files or the environment itself.
+
+use serde::Deserialize;
+
+/// Options of the router role. Every field but `directory_url` has a named
+/// default; unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Base URL (or `host:port`) of the directory service.
+    pub directory_url: String,
+    /// Largest BLOB accepted by `POST /blobs`, in bytes (default 64 MiB).
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
+    /// Timeout of one request to a store node (an append, a read's headers,
+    /// a delete), in ms.
+    #[serde(default = "default_replica_timeout_ms")]
+    pub replica_timeout_ms: u64,
+    /// Longest time a client may take to send a request's headers, in ms.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Longest pause between two chunks of a request body, in ms.
+    #[serde(default = "default_body_idle_timeout_ms")]
+    pub body_idle_timeout_ms: u64,
+    /// Uploads processed at once; more wait (up to the body-idle timeout)
+    /// and then get `503 busy`.
+    #[serde(default = "default_max_concurrent_uploads")]
+    pub max_concurrent_uploads: usize,
+    /// Memory all uploads in flight may hold for their bodies together, in
+    /// bytes (each upload is buffered whole so it can be retried).
+    #[serde(default = "default_upload_buffer_bytes")]
+    pub upload_buffer_bytes: u64,
+    /// Most writable volumes this router writes to at once. Each volume
+    /// takes one upload at a time (keys must reach every store in order), so
+    /// this is the upload parallelism; volumes are allocated on demand.
+    #[serde(default = "default_writable_volumes")]
+    pub writable_volumes: usize,
+    /// How long a cached directory entry (volume, node list) is trusted, in ms.
+    #[serde(default = "default_directory_cache_ttl_ms")]
+    pub directory_cache_ttl_ms: u64,
+    /// Needle keys leased from the directory at a time, per volume.
+    #[serde(default = "default_key_lease_size")]
+    pub key_lease_size: u64,
+    /// Volumes an upload is tried on before it fails.
+    #[serde(default = "default_upload_attempts")]
+    pub upload_attempts: u32,
+    /// Prefix of the `url` returned for an upload (e.g.
+    /// `https://blobs.example.com`); empty gives a path (`/blobs/ID`).
+    #[serde(default)]
+    pub public_base_url: String,
+}
+
+impl RouterConfig {
+    /// A configuration with every default and the given directory.
+    pub fn new(directory_url: impl Into<String>) -> RouterConfig {
+        RouterConfig {
+            directory_url: directory_url.into(),
+            max_blob_bytes: default_max_blob_bytes(),
+            replica_timeout_ms: default_replica_timeout_ms(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            body_idle_timeout_ms: default_body_idle_timeout_ms(),
+            max_concurrent_uploads: default_max_concurrent_uploads(),
+            upload_buffer_bytes: default_upload_buffer_bytes(),
+            writable_volumes: default_writable_volumes(),
+            directory_cache_ttl_ms: default_directory_cache_ttl_ms(),
+            key_lease_size: default_key_lease_size(),
+            upload_attempts: default_upload_attempts(),
+            public_base_url: String::new(),
+        }
+    }
+}
+
+/// Default of [`RouterConfig::max_blob_bytes`]: 64 MiB.
+pub fn default_max_blob_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// Default of [`RouterConfig::replica_timeout_ms`]: 10 s.
+pub fn default_replica_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Default of [`RouterConfig::header_read_timeout_ms`]: 10 s.
+pub fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Default of [`RouterConfig::body_idle_timeout_ms`]: 30 s.
+pub fn default_body_idle_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Default of [`RouterConfig::max_concurrent_uploads`]: 64.
+pub fn default_max_concurrent_uploads() -> usize {
+    64
+}
+
+/// Default of [`RouterConfig::upload_buffer_bytes`]: 1 GiB.
+pub fn default_upload_buffer_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+
+/// Default of [`RouterConfig::writable_volumes`]: 16.
+pub fn default_writable_volumes() -> usize {
+    16
+}
+
+/// Default of [`RouterConfig::directory_cache_ttl_ms`]: 5 s.
+pub fn default_directory_cache_ttl_ms() -> u64 {
+    5_000
+}
+
+/// Default of [`RouterConfig::key_lease_size`]: 4096 keys.
+pub fn default_key_lease_size() -> u64 {
+    4096
+}
+
+/// Default of [`RouterConfig::upload_attempts`]: 3.
+pub fn default_upload_attempts() -> u32 {
+    3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config: RouterConfig =
+            serde_json::from_str(r#"{"directory_url":"127.0.0.1:1"}"#).expect("parse");
+        assert_eq!(config, RouterConfig::new("127.0.0.1:1"));
+        assert_eq!(config.max_blob_bytes, 64 << 20);
+        assert!(serde_json::from_str::<RouterConfig>(r#"{"directory_url":"x","nope":1}"#).is_err());
+    }
+}

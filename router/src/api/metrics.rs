@@ -1,0 +1,199 @@
+//! The router's Prometheus metrics.
+//!
+//! Each router owns its own [`PrometheusRecorder`] and registers metrics on
+//! it directly (through the `metrics::Recorder` trait) instead of installing
+//! a global recorder, so several routers in one process (tests, `hayloft
+//! up`) never fight over the global slot and each `/metrics` shows its own.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `hayloft_requests_total` | counter | `route`, `tier`, `status` |
+//! | `hayloft_request_duration_seconds` | histogram | `route`, `tier`, `status` |
+//! | `hayloft_bytes_in_total` | counter | |
+//! | `hayloft_bytes_out_total` | counter | |
+//! | `hayloft_volumes` | gauge | `state` |
+//! | `hayloft_replica_failures_total` | counter | `op` (`append`, `read`, `delete`) |
+//! | `hayloft_upload_retries_total` | counter | |
+
+use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+const REQUESTS: &str = "hayloft_requests_total";
+const DURATION: &str = "hayloft_request_duration_seconds";
+const BYTES_IN: &str = "hayloft_bytes_in_total";
+const BYTES_OUT: &str = "hayloft_bytes_out_total";
+const VOLUMES: &str = "hayloft_volumes";
+const REPLICA_FAILURES: &str = "hayloft_replica_failures_total";
+const UPLOAD_RETRIES: &str = "hayloft_upload_retries_total";
+
+/// Histogram buckets of request latency, in seconds (1 ms to 60 s).
+const DURATION_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+static METADATA: Metadata<'static> = Metadata::new("router::api", Level::INFO, None);
+
+/// The metrics of one router.
+pub(crate) struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A fresh recorder with the router's metrics described.
+    pub(crate) fn new() -> Metrics {
+        let builder = match PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), DURATION_BUCKETS_SECONDS)
+        {
+            Ok(b) => b,
+            // Only fails on an empty bucket list, which the constant is not.
+            Err(e) => {
+                tracing::error!(error = %e, "histogram buckets refused; using summaries");
+                PrometheusBuilder::new()
+            }
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let describe = |name: &'static str, unit: Option<Unit>, text: &'static str| {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                unit,
+                SharedString::const_str(text),
+            );
+        };
+        describe(
+            REQUESTS,
+            None,
+            "Requests answered, by route, tier and status.",
+        );
+        describe(
+            DURATION,
+            Some(Unit::Seconds),
+            "Request latency, by route, tier and status.",
+        );
+        describe(
+            BYTES_IN,
+            Some(Unit::Bytes),
+            "BLOB bytes received from clients.",
+        );
+        describe(BYTES_OUT, Some(Unit::Bytes), "BLOB bytes sent to clients.");
+        describe(
+            VOLUMES,
+            None,
+            "Logical volumes per state, from the directory.",
+        );
+        describe(
+            REPLICA_FAILURES,
+            None,
+            "Store node replicas that failed a request.",
+        );
+        describe(UPLOAD_RETRIES, None, "Uploads retried on another volume.");
+        Metrics { recorder, handle }
+    }
+
+    /// Records one answered request.
+    pub(crate) fn record_request(&self, route: &str, tier: &str, status: u16, seconds: f64) {
+        let labels = vec![
+            Label::new("route", route.to_owned()),
+            Label::new("tier", tier.to_owned()),
+            Label::new("status", status.to_string()),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(REQUESTS, labels.clone()), &METADATA)
+            .increment(1);
+        self.recorder
+            .register_histogram(&Key::from_parts(DURATION, labels), &METADATA)
+            .record(seconds);
+    }
+
+    /// Counts BLOB bytes received.
+    pub(crate) fn add_bytes_in(&self, bytes: u64) {
+        self.counter(BYTES_IN).increment(bytes);
+    }
+
+    /// Counts BLOB bytes sent.
+    pub(crate) fn add_bytes_out(&self, bytes: u64) {
+        self.counter(BYTES_OUT).increment(bytes);
+    }
+
+    /// Counts a replica failure during `op`.
+    pub(crate) fn replica_failure(&self, op: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(REPLICA_FAILURES, vec![Label::new("op", op)]),
+                &METADATA,
+            )
+            .increment(1);
+    }
+
+    /// Counts an upload retried on another volume.
+    pub(crate) fn upload_retry(&self) {
+        self.counter(UPLOAD_RETRIES).increment(1);
+    }
+
+    /// Sets the number of volumes in `state`.
+    pub(crate) fn set_volumes(&self, state: &str, count: usize) {
+        self.recorder
+            .register_gauge(
+                &Key::from_parts(VOLUMES, vec![Label::new("state", state.to_owned())]),
+                &METADATA,
+            )
+            .set(count as f64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub(crate) fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets so memory stays bounded
+    /// between scrapes.
+    pub(crate) fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    fn counter(&self, name: &'static str) -> metrics::Counter {
+        self.recorder
+            .register_counter(&Key::from_static_name(name), &METADATA)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::new();
+        metrics.record_request("/blobs", "hot", 201, 0.003);
+        metrics.add_bytes_in(10);
+        metrics.set_volumes("writable", 2);
+        metrics.replica_failure("append");
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"hayloft_requests_total{route="/blobs",tier="hot",status="201"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("hayloft_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("hayloft_bytes_in_total 10"), "{text}");
+        assert!(
+            text.contains(r#"hayloft_volumes{state="writable"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hayloft_replica_failures_total{op="append"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! The public HTTP API of Hayloft (`docs/ARCHITECTURE.md`, "Public HTTP
+//! API"): upload, read, range-read and delete BLOBs; health, metrics, a
+//! status page and admin listings.
+//!
+//! - [`config`]: the options, [`RouterConfig`].
+//! - [`id`]: the BLOB id's text form ([`BlobId`]).
+//! - [`range`]: `Range` header handling.
+//! - [`error`]: the one error type ([`ApiError`]) and its status mapping.
+//! - `pool`: the writable volumes this router uploads to, one upload each.
+//! - `upload`, `read`, `admin`: the handlers; `state`: shared state and the
+//!   directory cache; `metrics`: the Prometheus recorder.
+//!
+//! [`run`] serves the API on a listener until cancelled; [`router`] builds
+//! the axum `Router` alone (tests).
+
+pub mod config;
+pub mod error;
+pub mod id;
+pub mod range;
+
+mod admin;
+mod metrics;
+mod pool;
+mod read;
+mod state;
+mod upload;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router as AxumRouter;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::RouterConfig;
+pub use error::ApiError;
+pub use id::BlobId;
+
+use state::AppState;
+
+/// How often histogram samples are folded into buckets between scrapes.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The storage tier that served a request, put in response extensions for
+/// the metrics middleware.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tier(&'static str);
+
+impl Tier {
+    /// The replicated Haystack tier.
+    pub(crate) const HOT: Tier = Tier("hot");
+}
+
+/// The `ETag` of a BLOB: its id, quoted. Ids are never reused and content
+/// never changes, so the id is a strong validator without reading anything.
+pub(crate) fn etag_for(id: &BlobId) -> String {
+    format!("\"{id}\"")
+}
+
+/// The axum router of the public API, with its own state and metrics.
+/// Nothing is contacted until a request arrives.
+pub fn router(config: RouterConfig) -> Result<AxumRouter, ApiError> {
+    Ok(build(Arc::new(AppState::new(config)?)))
+}
+
+fn build(state: Arc<AppState>) -> AxumRouter {
+    AxumRouter::new()
+        .route("/", get(admin::status_page))
+        .route("/health", get(admin::health))
+        .route("/metrics", get(admin::metrics))
+        .route("/admin/volumes", get(admin::volumes))
+        .route("/admin/nodes", get(admin::nodes))
+        .route("/blobs", post(upload::post_blob))
+        .route(
+            "/blobs/{*id}",
+            get(read::get_blob).delete(read::delete_blob),
+        )
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .with_state(state)
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().chars().take(200).collect())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The method and route of a request, as a bounded metrics label
+/// (`GET /blobs/{id}`).
+fn route_label(method: &axum::http::Method, path: &str) -> String {
+    let route = match path {
+        "/" => "/",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        "/admin/volumes" => "/admin/volumes",
+        "/admin/nodes" => "/admin/nodes",
+        "/blobs" => "/blobs",
+        p if p.starts_with("/blobs/") => "/blobs/{id}",
+        _ => "other",
+    };
+    let method = match method.as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH") => m,
+        _ => "OTHER",
+    };
+    format!("{method} {route}")
+}
+
+/// Counts and times every request by route, tier and status.
+async fn record_metrics(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = route_label(request.method(), request.uri().path());
+    let response = next.run(request).await;
+    let tier = response.extensions().get::<Tier>().map_or("none", |t| t.0);
+    state.metrics.record_request(
+        &route,
+        tier,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Serves the public API on `listener` until `cancel` fires, then stops
+/// accepting, lets in-flight requests finish and returns.
+///
+/// Connections are HTTP/1.1 served by hyper with an explicit header-read
+/// timeout (hyper's is off unless a timer is set); request bodies have an
+/// idle timeout enforced by the upload handler.
+pub async fn run(
+    config: RouterConfig,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ApiError> {
+    let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms.max(1));
+    let state = Arc::new(AppState::new(config)?);
+    let app = build(state.clone());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "router serving");
+    }
+
+    let upkeep_state = state.clone();
+    let upkeep_cancel = cancel.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = upkeep_cancel.cancelled() => break,
+                _ = ticks.tick() => upkeep_state.metrics.run_upkeep(),
+            }
+        }
+    });
+
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let http = http.clone();
+                let cancel = cancel.clone();
+                connections.spawn(async move {
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    let result = tokio::select! {
+                        result = connection.as_mut() => result,
+                        _ = cancel.cancelled() => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    let _ = upkeep.await;
+    tracing::info!("router stopped");
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Shared state of one router: its configuration, the directory client and
+//! a small cache of directory entries (volumes and nodes, with a TTL), the
+//! store node clients, the upload limits and the metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use haystack::client::{StoreClient, StoreClientOptions};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use super::config::RouterConfig;
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::pool::VolumePool;
+use crate::directory::{DirectoryClient, LogicalVolume, NodeRecord};
+
+/// Whole-request timeout of store reads: the body streams to the client at
+/// the client's pace, bounded by the idle timeout rather than this.
+const STORE_READ_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Connect timeout towards store nodes.
+const STORE_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+/// Everything a request handler needs.
+pub(crate) struct AppState {
+    pub(crate) config: RouterConfig,
+    pub(crate) directory: DirectoryClient,
+    pub(crate) cache: DirectoryCache,
+    pub(crate) pool: VolumePool,
+    pub(crate) metrics: Metrics,
+    /// One permit per upload in flight.
+    pub(crate) upload_slots: Arc<Semaphore>,
+    /// One permit per KiB of upload body held in memory.
+    pub(crate) upload_memory_kib: Arc<Semaphore>,
+    http: reqwest::Client,
+    read_rotation: AtomicUsize,
+}
+
+impl AppState {
+    /// Builds the state; no network traffic happens here.
+    pub(crate) fn new(config: RouterConfig) -> Result<AppState, ApiError> {
+        let directory = DirectoryClient::new(&config.directory_url)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(STORE_CONNECT_TIMEOUT_MS))
+            .read_timeout(Duration::from_millis(config.replica_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
+        let memory_kib = usize::try_from(config.upload_buffer_bytes.div_ceil(1024))
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Ok(AppState {
+            cache: DirectoryCache::new(
+                directory.clone(),
+                Duration::from_millis(config.directory_cache_ttl_ms),
+            ),
+            pool: VolumePool::new(config.writable_volumes.max(1)),
+            metrics: Metrics::new(),
+            upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads.max(1))),
+            upload_memory_kib: Arc::new(Semaphore::new(memory_kib)),
+            directory,
+            http,
+            read_rotation: AtomicUsize::new(0),
+            config,
+        })
+    }
+
+    /// A client of `node` for appends and deletes: every request (body
+    /// included) must finish within the replica timeout.
+    pub(crate) fn store_for_writes(&self, node: &NodeRecord) -> Result<StoreClient, ApiError> {
+        self.store(node, self.config.replica_timeout_ms)
+    }
+
+    /// A client of `node` for reads: the answer's headers are awaited under
+    /// the replica timeout by the caller; the body may take longer as long
+    /// as it keeps flowing.
+    pub(crate) fn store_for_reads(&self, node: &NodeRecord) -> Result<StoreClient, ApiError> {
+        self.store(node, STORE_READ_REQUEST_TIMEOUT_MS)
+    }
+
+    fn store(&self, node: &NodeRecord, request_timeout_ms: u64) -> Result<StoreClient, ApiError> {
+        let options = StoreClientOptions {
+            connect_timeout_ms: STORE_CONNECT_TIMEOUT_MS,
+            request_timeout_ms,
+            transfer_timeout_ms: request_timeout_ms,
+            read_idle_timeout_ms: self.config.replica_timeout_ms,
+        };
+        StoreClient::from_http(self.http.clone(), &node.base_url(), options).map_err(|e| {
+            ApiError::Internal(format!(
+                "store node {} address {:?}: {e}",
+                node.id, node.address
+            ))
+        })
+    }
+
+    /// A rotating start index, so reads spread over a volume's replicas.
+    pub(crate) fn next_read_rotation(&self) -> usize {
+        self.read_rotation.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Every node by id, shared.
+pub(crate) type NodeMap = Arc<HashMap<String, NodeRecord>>;
+
+/// Directory entries cached for `ttl`: single volumes by id, and the whole
+/// node list. Both are refreshed on a miss, on expiry, or on demand after a
+/// failure.
+pub(crate) struct DirectoryCache {
+    directory: DirectoryClient,
+    ttl: Duration,
+    volumes: Mutex<HashMap<u32, (Arc<LogicalVolume>, Instant)>>,
+    nodes: Mutex<Option<(NodeMap, Instant)>>,
+}
+
+/// Most volume entries kept; beyond it the cache is cleared (entries are
+/// cheap to refetch, and this bounds memory against id scans).
+const MAX_CACHED_VOLUMES: usize = 100_000;
+
+impl DirectoryCache {
+    fn new(directory: DirectoryClient, ttl: Duration) -> DirectoryCache {
+        DirectoryCache {
+            directory,
+            ttl,
+            volumes: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(None),
+        }
+    }
+
+    /// The directory entry of volume `id`; [`ApiError::NotFound`] if the
+    /// directory does not know it. `refresh` bypasses the cache.
+    pub(crate) async fn volume(
+        &self,
+        id: u32,
+        refresh: bool,
+    ) -> Result<Arc<LogicalVolume>, ApiError> {
+        if !refresh
+            && let Some((volume, at)) = self.volumes.lock().get(&id)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(volume.clone());
+        }
+        match self.directory.volume(id).await {
+            Ok(volume) => Ok(self.store_volume(volume)),
+            Err(e) if e.is_not_found() => {
+                self.volumes.lock().remove(&id);
+                Err(ApiError::NotFound)
+            }
+            Err(e) => Err(ApiError::Directory(e)),
+        }
+    }
+
+    /// Caches a volume entry just received from the directory.
+    pub(crate) fn store_volume(&self, volume: LogicalVolume) -> Arc<LogicalVolume> {
+        let volume = Arc::new(volume);
+        let mut volumes = self.volumes.lock();
+        if volumes.len() >= MAX_CACHED_VOLUMES {
+            volumes.clear();
+        }
+        volumes.insert(volume.id, (volume.clone(), Instant::now()));
+        volume
+    }
+
+    /// Every node by id. `refresh` bypasses the cache.
+    pub(crate) async fn nodes(
+        &self,
+        refresh: bool,
+    ) -> Result<Arc<HashMap<String, NodeRecord>>, ApiError> {
+        if !refresh
+            && let Some((nodes, at)) = self.nodes.lock().as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(nodes.clone());
+        }
+        let list = self.directory.list_nodes().await?;
+        let nodes: Arc<HashMap<String, NodeRecord>> =
+            Arc::new(list.into_iter().map(|n| (n.id.clone(), n)).collect());
+        *self.nodes.lock() = Some((nodes.clone(), Instant::now()));
+        Ok(nodes)
+    }
+}

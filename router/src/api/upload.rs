@@ -1,0 +1,584 @@
+//! `POST /blobs`: receive a body within its limit, then store it on the
+//! three replicas of a writable volume, retrying on another volume when a
+//! replica fails.
+//!
+//! The body is received whole before the first append (bounded by
+//! `max_blob_bytes`, and across uploads by `upload_buffer_bytes`), because
+//! a retry on another volume needs the bytes again and because a volume
+//! takes one upload at a time (see [`super::pool`]): holding a volume while
+//! a slow client trickles its body would stall every upload queued behind
+//! it. Chunks are kept as received (`Bytes`, shared, never copied) and
+//! streamed to the three replicas in parallel. A body over the limit is
+//! refused with `413` before anything reaches a store: as soon as a
+//! `Content-Length` says so, or as soon as the received bytes pass it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use haystack::client::ClientError;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::error::ApiError;
+use super::id::BlobId;
+use super::pool::{Checkout, VolumeLease, WritableVolume};
+use super::state::AppState;
+use super::{Tier, etag_for};
+use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
+
+/// Content type stored when the client sends none.
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Longest `Content-Type` kept with a BLOB.
+const MAX_CONTENT_TYPE_LEN: usize = 255;
+
+/// Body of a `201` answer to `POST /blobs`.
+#[derive(Debug, Serialize)]
+struct Created {
+    id: String,
+    size: u64,
+    /// `sha256:` followed by the lowercase hex SHA-256 of the body.
+    checksum: String,
+    url: String,
+}
+
+/// A body received whole, with the memory it holds accounted for.
+struct ReceivedBody {
+    chunks: Vec<Bytes>,
+    len: u64,
+    sha256: [u8; 32],
+    _memory: Option<OwnedSemaphorePermit>,
+}
+
+/// `POST /blobs`.
+pub(crate) async fn post_blob(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let content_type = content_type(&headers)?;
+    let declared_len = declared_len(&headers)?;
+    let limit_bytes = state.config.max_blob_bytes;
+    if declared_len.is_some_and(|len| len > limit_bytes) {
+        return Err(ApiError::PayloadTooLarge { limit_bytes });
+    }
+    let idle = Duration::from_millis(state.config.body_idle_timeout_ms);
+    let _slot = tokio::time::timeout(idle, state.upload_slots.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError::Busy("too many uploads in flight".into()))?
+        .map_err(|_| ApiError::Internal("upload semaphore closed".into()))?;
+    let received = receive_body(&state, body, declared_len).await?;
+    state.metrics.add_bytes_in(received.len);
+
+    // Stored from a task of its own: a client that disconnects now must not
+    // cancel appends half-way.
+    let task_state = state.clone();
+    let received = Arc::new(received);
+    let task_body = received.clone();
+    let id = tokio::spawn(async move { store_blob(&task_state, &content_type, &task_body).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("upload task: {e}")))??;
+
+    let id_text = id.to_string();
+    let created = Created {
+        url: format!(
+            "{}/blobs/{id_text}",
+            state.config.public_base_url.trim_end_matches('/')
+        ),
+        id: id_text.clone(),
+        size: received.len,
+        checksum: format!("sha256:{}", hex::encode(received.sha256)),
+    };
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/blobs/{id_text}")) {
+        headers.insert(header::LOCATION, location);
+    }
+    if let Ok(etag) = HeaderValue::from_str(&etag_for(&id)) {
+        headers.insert(header::ETAG, etag);
+    }
+    response.extensions_mut().insert(Tier::HOT);
+    Ok(response)
+}
+
+fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(DEFAULT_CONTENT_TYPE.to_owned());
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Content-Type must be visible ASCII".into()))?;
+    if text.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "Content-Type longer than {MAX_CONTENT_TYPE_LEN} bytes"
+        )));
+    }
+    if text.is_empty() {
+        return Ok(DEFAULT_CONTENT_TYPE.to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+fn declared_len(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::BadRequest("malformed Content-Length".into()))
+        })
+        .transpose()
+}
+
+/// Receives the whole body, hashing it, enforcing the size limit and the
+/// idle timeout, and reserving upload memory as it grows.
+async fn receive_body(
+    state: &AppState,
+    mut body: Body,
+    declared_len: Option<u64>,
+) -> Result<ReceivedBody, ApiError> {
+    let limit_bytes = state.config.max_blob_bytes;
+    let timeout_ms = state.config.body_idle_timeout_ms;
+    let idle = Duration::from_millis(timeout_ms);
+    let mut memory: Option<OwnedSemaphorePermit> = None;
+    let mut reserved_kib: u64 = 0;
+    if let Some(len) = declared_len {
+        reserve_memory(state, &mut memory, &mut reserved_kib, len, idle).await?;
+    }
+    let mut chunks = Vec::new();
+    let mut len: u64 = 0;
+    let mut hasher = Sha256::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ApiError::BodyTimeout { timeout_ms }),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::BadRequest(format!(
+                    "reading the body failed: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if data.is_empty() {
+            continue;
+        }
+        len += data.len() as u64;
+        if len > limit_bytes {
+            return Err(ApiError::PayloadTooLarge { limit_bytes });
+        }
+        reserve_memory(state, &mut memory, &mut reserved_kib, len, idle).await?;
+        hasher.update(&data);
+        chunks.push(data);
+    }
+    if let Some(declared) = declared_len
+        && declared != len
+    {
+        return Err(ApiError::BadRequest(format!(
+            "body has {len} bytes, Content-Length said {declared}"
+        )));
+    }
+    Ok(ReceivedBody {
+        chunks,
+        len,
+        sha256: hasher.finalize().into(),
+        _memory: memory,
+    })
+}
+
+/// Makes sure `reserved_kib` covers `len` bytes, waiting up to `idle` for
+/// memory other uploads hold.
+async fn reserve_memory(
+    state: &AppState,
+    memory: &mut Option<OwnedSemaphorePermit>,
+    reserved_kib: &mut u64,
+    len: u64,
+    idle: Duration,
+) -> Result<(), ApiError> {
+    let need_kib = len.div_ceil(1024);
+    if need_kib <= *reserved_kib {
+        return Ok(());
+    }
+    // An upload larger than the whole budget could never get its memory.
+    if need_kib > state.config.upload_buffer_bytes.div_ceil(1024) {
+        return Err(ApiError::Busy(
+            "upload larger than the router's upload memory".into(),
+        ));
+    }
+    let more = u32::try_from(need_kib - *reserved_kib)
+        .map_err(|_| ApiError::Busy("upload larger than the router's upload memory".into()))?;
+    let permit = tokio::time::timeout(
+        idle,
+        state.upload_memory_kib.clone().acquire_many_owned(more),
+    )
+    .await
+    .map_err(|_| ApiError::Busy("upload memory exhausted".into()))?
+    .map_err(|_| ApiError::Internal("upload memory semaphore closed".into()))?;
+    match memory {
+        Some(held) => held.merge(permit),
+        None => *memory = Some(permit),
+    }
+    *reserved_kib = need_kib;
+    Ok(())
+}
+
+/// Stores the body on some writable volume; tries up to `upload_attempts`
+/// volumes.
+async fn store_blob(
+    state: &AppState,
+    content_type: &str,
+    body: &ReceivedBody,
+) -> Result<BlobId, ApiError> {
+    let attempts = state.config.upload_attempts.max(1);
+    let mut last = String::from("no attempt made");
+    for attempt in 1..=attempts {
+        if attempt > 1 {
+            state.metrics.upload_retry();
+        }
+        let mut lease = match writable_volume(state).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "no writable volume");
+                last = e.to_string();
+                continue;
+            }
+        };
+        let volume = lease.volume_mut().volume.clone();
+        let key = match next_key(state, &mut lease).await {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(volume = volume.id, error = %e, "leasing keys failed");
+                last = e.to_string();
+                lease.retire();
+                continue;
+            }
+        };
+        let id = BlobId {
+            volume: volume.id,
+            key,
+            cookie: rand::random::<u32>(),
+        };
+        let failures = append_on_replicas(state, &volume, id, content_type, body).await;
+        if failures.is_empty() {
+            lease.release();
+            return Ok(id);
+        }
+        lease.retire();
+        last = describe(&failures);
+        tracing::warn!(volume = volume.id, key, attempt, failures = %last, "upload attempt failed");
+        let too_large = failures.iter().any(|f| {
+            matches!(
+                f.error,
+                ReplicaError::Client(ClientError::PayloadTooLarge(_))
+            )
+        });
+        handle_failures(state, &volume, failures).await;
+        if too_large {
+            // A store's own limit is below ours: every volume would refuse.
+            return Err(ApiError::PayloadTooLarge {
+                limit_bytes: state.config.max_blob_bytes,
+            });
+        }
+    }
+    Err(ApiError::UploadFailed { attempts, last })
+}
+
+/// Checks a writable volume out of the pool, allocating one if needed.
+async fn writable_volume(state: &AppState) -> Result<VolumeLease, ApiError> {
+    loop {
+        match state.pool.checkout().await {
+            Checkout::Volume(mut lease) => {
+                let id = lease.volume_mut().volume.id;
+                match state.cache.volume(id, false).await {
+                    Ok(v) if v.state == VolumeState::Writable && v.stale_replicas.is_empty() => {
+                        return Ok(lease);
+                    }
+                    Ok(v) => {
+                        tracing::info!(volume = id, state = %v.state, "volume no longer writable");
+                        lease.retire();
+                    }
+                    Err(ApiError::NotFound) => lease.retire(),
+                    Err(e) => {
+                        lease.release();
+                        return Err(e);
+                    }
+                }
+            }
+            Checkout::Allocate(permit) => {
+                let volume = allocate_volume(state).await?;
+                return Ok(state.pool.lease_new(volume, permit));
+            }
+        }
+    }
+}
+
+/// Allocates a logical volume, creates its replicas and leases its first
+/// keys.
+async fn allocate_volume(state: &AppState) -> Result<WritableVolume, ApiError> {
+    let volume = state.directory.allocate_volume().await?;
+    let volume = state.cache.store_volume(volume);
+    let nodes = replica_nodes(state, &volume).await?;
+    let volume_id = volume.id;
+    let results = futures::future::join_all(nodes.iter().map(|node| async move {
+        let store = state.store_for_writes(node)?;
+        store
+            .create_volume(volume_id)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("creating volume on {}: {e}", node.id)))
+    }))
+    .await;
+    for (node, result) in nodes.iter().zip(results) {
+        if let Err(e) = result {
+            tracing::warn!(volume = volume.id, node = %node.id, error = %e, "replica creation failed");
+            state.metrics.replica_failure("create");
+            report_stale(state, volume.id, &node.id, &e.to_string()).await;
+            return Err(e);
+        }
+    }
+    let lease = state
+        .directory
+        .lease_keys(volume.id, state.config.key_lease_size.max(1))
+        .await?;
+    tracing::info!(volume = volume.id, replicas = ?volume.replicas, "allocated a writable volume");
+    Ok(WritableVolume {
+        volume,
+        next_key: lease.start,
+        end_key: lease.end,
+    })
+}
+
+/// The node records of a volume's replicas (refreshing the node list once
+/// if one is unknown).
+async fn replica_nodes(
+    state: &AppState,
+    volume: &LogicalVolume,
+) -> Result<Vec<NodeRecord>, ApiError> {
+    for refresh in [false, true] {
+        let nodes = state.cache.nodes(refresh).await?;
+        let found: Option<Vec<NodeRecord>> = volume
+            .replicas
+            .iter()
+            .map(|id| nodes.get(id).cloned())
+            .collect();
+        if let Some(found) = found {
+            return Ok(found);
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "volume {} has a replica on an unknown node",
+        volume.id
+    )))
+}
+
+/// The next key of the volume, leasing a new range when the current one is
+/// used up.
+async fn next_key(state: &AppState, lease: &mut VolumeLease) -> Result<u64, ApiError> {
+    let volume = lease.volume_mut();
+    if let Some(key) = volume.take_key() {
+        return Ok(key);
+    }
+    let range = state
+        .directory
+        .lease_keys(volume.volume.id, state.config.key_lease_size.max(1))
+        .await?;
+    if range.start < volume.end_key || range.end <= range.start {
+        return Err(ApiError::Internal(format!(
+            "directory leased keys {}..{} below the previous lease end {}",
+            range.start, range.end, volume.end_key
+        )));
+    }
+    volume.next_key = range.start;
+    volume.end_key = range.end;
+    volume
+        .take_key()
+        .ok_or_else(|| ApiError::Internal("empty key lease".into()))
+}
+
+/// Why one replica did not acknowledge an append.
+#[derive(Debug)]
+enum ReplicaError {
+    /// The store node answered with an error or could not be reached.
+    Client(ClientError),
+    /// The node is down or unknown to the directory, or its address unusable.
+    Unavailable(String),
+}
+
+/// One replica's failure.
+#[derive(Debug)]
+struct ReplicaFailure {
+    node: String,
+    error: ReplicaError,
+}
+
+impl std::fmt::Display for ReplicaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaError::Client(e) => e.fmt(f),
+            ReplicaError::Unavailable(e) => f.write_str(e),
+        }
+    }
+}
+
+fn describe(failures: &[ReplicaFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("{}: {}", f.node, f.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Appends the needle on every replica in parallel; returns the failures
+/// (empty when every replica has made it durable).
+async fn append_on_replicas(
+    state: &AppState,
+    volume: &LogicalVolume,
+    id: BlobId,
+    content_type: &str,
+    body: &ReceivedBody,
+) -> Vec<ReplicaFailure> {
+    let nodes = match state.cache.nodes(false).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            return vec![ReplicaFailure {
+                node: String::from("directory"),
+                error: ReplicaError::Unavailable(format!("node list: {e}")),
+            }];
+        }
+    };
+    let appends = volume.replicas.iter().map(|node_id| {
+        let node = nodes.get(node_id);
+        async move {
+            let result = match node {
+                None => Err(ReplicaError::Unavailable(
+                    "node unknown to the directory".into(),
+                )),
+                Some(node) if !node.is_up() => Err(ReplicaError::Unavailable("node down".into())),
+                Some(node) => match state.store_for_writes(node) {
+                    Err(e) => Err(ReplicaError::Unavailable(e.to_string())),
+                    Ok(store) => store
+                        .append_needle(
+                            id.volume,
+                            id.key,
+                            id.cookie,
+                            content_type,
+                            body.len,
+                            request_body(&body.chunks),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(ReplicaError::Client),
+                },
+            };
+            result.err().map(|error| ReplicaFailure {
+                node: node_id.clone(),
+                error,
+            })
+        }
+    });
+    futures::future::join_all(appends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// A request body streaming the received chunks (shared, not copied).
+fn request_body(chunks: &[Bytes]) -> reqwest::Body {
+    match chunks {
+        [] => reqwest::Body::from(Bytes::new()),
+        [one] => reqwest::Body::from(one.clone()),
+        many => {
+            let chunks: Vec<Result<Bytes, std::io::Error>> = many.iter().cloned().map(Ok).collect();
+            reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+        }
+    }
+}
+
+/// Takes the volume out of service after a failed append: `volume_full`
+/// locks it; `read_only` or `key_out_of_order` make it read-only; a replica
+/// that failed (transport, timeout, 5xx, any other refusal) is reported
+/// stale, which also turns the volume read-only.
+async fn handle_failures(state: &AppState, volume: &LogicalVolume, failures: Vec<ReplicaFailure>) {
+    let full = failures
+        .iter()
+        .any(|f| matches!(f.error, ReplicaError::Client(ClientError::VolumeFull(_))));
+    if full {
+        lock_volume(state, volume).await;
+        return;
+    }
+    let mut read_only_reason = None;
+    for failure in &failures {
+        match &failure.error {
+            ReplicaError::Client(ClientError::ReadOnly(_))
+            | ReplicaError::Client(ClientError::KeyOutOfOrder(_)) => {
+                read_only_reason = Some(format!("append on {}: {}", failure.node, failure.error));
+            }
+            other => {
+                state.metrics.replica_failure("append");
+                let reason = format!("append failed: {other}");
+                report_stale(state, volume.id, &failure.node, &reason).await;
+            }
+        }
+    }
+    if let Some(reason) = read_only_reason {
+        set_state(state, volume.id, VolumeState::ReadOnly, &reason).await;
+    }
+}
+
+/// Locks a full volume on every replica (best effort) and in the directory.
+async fn lock_volume(state: &AppState, volume: &LogicalVolume) {
+    if let Ok(nodes) = state.cache.nodes(false).await {
+        let locks = volume.replicas.iter().filter_map(|id| nodes.get(id)).map(|node| async move {
+            match state.store_for_writes(node) {
+                Ok(store) => {
+                    if let Err(e) = store.lock_volume(volume.id).await {
+                        tracing::warn!(volume = volume.id, node = %node.id, error = %e, "lock failed");
+                    }
+                }
+                Err(e) => tracing::warn!(node = %node.id, error = %e, "no client for node"),
+            }
+        });
+        futures::future::join_all(locks).await;
+    }
+    set_state(state, volume.id, VolumeState::Locked, "a replica is full").await;
+}
+
+async fn set_state(state: &AppState, id: u32, to: VolumeState, reason: &str) {
+    match state.directory.set_volume_state(id, to, reason).await {
+        Ok(volume) => {
+            state.cache.store_volume(volume);
+        }
+        Err(e) => {
+            tracing::warn!(volume = id, state = %to, error = %e, "setting volume state failed")
+        }
+    }
+}
+
+/// Reports a replica stale to the directory; true if the directory took it.
+pub(crate) async fn report_stale(state: &AppState, volume: u32, node: &str, reason: &str) -> bool {
+    match state
+        .directory
+        .mark_replica_stale(volume, node, reason)
+        .await
+    {
+        Ok(updated) => {
+            state.cache.store_volume(updated);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(volume, node, error = %e, "reporting a stale replica failed");
+            false
+        }
+    }
+}
