@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use router::directory::{DirectoryClient, NodeRegistration, NodeRole};
+
 use crate::config::Config;
 
 /// The roles `hayloft serve` can run.
@@ -64,8 +66,13 @@ pub async fn run_directory(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let _ = config;
-    placeholder::serve_health(listener, token).await
+    let mut directory = router::directory::DirectoryConfig::new(data_dir);
+    directory.heartbeat_timeout_ms = config.heartbeat_timeout_ms;
+    directory.repair_interval_ms = config.repair_interval_ms;
+    directory.request_timeout_ms = config.request_timeout_ms;
+    router::directory::run(directory, listener, token)
+        .await
+        .context("directory")
 }
 
 /// Runs one store node until `token` is cancelled.
@@ -93,9 +100,8 @@ pub async fn run_router(
 }
 
 /// Registers a store node with the directory (retrying until it answers or
-/// `deadline` passes), then heartbeats it every `heartbeat_interval_ms` until
-/// `token` is cancelled. A heartbeat the directory refuses (it forgot the node)
-/// leads to a fresh registration.
+/// `deadline` passes). Heartbeat it afterwards with
+/// [`Registration::heartbeat_until`].
 pub async fn register_store(
     config: &Config,
     directory_url: &str,
@@ -103,32 +109,31 @@ pub async fn register_store(
     address: SocketAddr,
     deadline: Duration,
 ) -> anyhow::Result<Registration> {
-    let client = reqwest::Client::builder()
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
         .timeout(config.request_timeout())
         .build()
         .context("building HTTP client")?;
     let registration = Registration {
-        client,
-        directory_url: directory_url.trim_end_matches('/').to_owned(),
-        body: serde_json::json!({
-            "id": identity.id,
-            "role": Role::Store.name(),
-            "rack": identity.rack,
-            "datacenter": identity.datacenter,
-            "address": node_url(&address.to_string()),
-        }),
-        id: identity.id.clone(),
+        client: DirectoryClient::with_http_client(directory_url, http, config.request_timeout()),
+        node: NodeRegistration {
+            id: identity.id.clone(),
+            role: NodeRole::Store,
+            rack: identity.rack.clone(),
+            datacenter: identity.datacenter.clone(),
+            address: node_url(&address.to_string()),
+        },
         interval: config.heartbeat_interval(),
     };
     let started = tokio::time::Instant::now();
     loop {
-        match registration.register().await {
-            Ok(()) => return Ok(registration),
+        match registration.client.register(&registration.node).await {
+            Ok(_) => return Ok(registration),
             Err(error) if started.elapsed() < deadline => {
-                tracing::debug!(node = %identity.id, "registration failed, retrying: {error:#}");
+                tracing::debug!(node = %identity.id, "registration failed, retrying: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(error) => return Err(error.context("registering with the directory")),
+            Err(error) => return Err(anyhow::Error::new(error).context("registering")),
         }
     }
 }
@@ -136,33 +141,15 @@ pub async fn register_store(
 /// A registered store node, ready to heartbeat.
 #[derive(Debug)]
 pub struct Registration {
-    client: reqwest::Client,
-    directory_url: String,
-    body: serde_json::Value,
-    id: String,
+    client: DirectoryClient,
+    node: NodeRegistration,
     interval: Duration,
 }
 
 impl Registration {
-    async fn register(&self) -> anyhow::Result<()> {
-        let url = format!("{}/nodes", self.directory_url);
-        let response = self.client.post(&url).json(&self.body).send().await?;
-        response.error_for_status().context("POST /nodes")?;
-        Ok(())
-    }
-
-    async fn heartbeat(&self) -> anyhow::Result<()> {
-        let url = format!("{}/nodes/{}/heartbeat", self.directory_url, self.id);
-        let response = self.client.post(&url).send().await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            tracing::warn!(node = %self.id, "directory forgot this node; registering again");
-            return self.register().await;
-        }
-        response.error_for_status().context("heartbeat")?;
-        Ok(())
-    }
-
-    /// Heartbeats until `token` is cancelled; failures are logged and retried.
+    /// Heartbeats every `heartbeat_interval_ms` until `token` is cancelled.
+    /// Failures are logged and retried; a directory that forgot the node
+    /// (`404`) gets a fresh registration.
     pub async fn heartbeat_until(self, token: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -171,8 +158,15 @@ impl Registration {
                 () = token.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            if let Err(error) = self.heartbeat().await {
-                tracing::warn!(node = %self.id, "heartbeat failed: {error:#}");
+            let result = match self.client.heartbeat(&self.node.id).await {
+                Err(error) if error.is_not_found() => {
+                    tracing::warn!(node = %self.node.id, "directory forgot this node; registering");
+                    self.client.register(&self.node).await
+                }
+                other => other,
+            };
+            if let Err(error) = result {
+                tracing::warn!(node = %self.node.id, "heartbeat failed: {error}");
             }
         }
     }

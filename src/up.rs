@@ -155,13 +155,18 @@ async fn start_and_wait(
     print_banner(&cluster, data_dir);
 
     // Serve until asked to stop, or until any role stops on its own.
-    tokio::select! {
-        () = token.cancelled() => Ok(()),
-        joined = tasks.join_next() => match joined {
-            Some(Ok((name, Ok(())))) => anyhow::bail!("{name} stopped unexpectedly"),
-            Some(Ok((name, Err(error)))) => Err(error.context(format!("{name} failed"))),
-            Some(Err(error)) => Err(anyhow::anyhow!("a role task panicked: {error}")),
-            None => Ok(()),
-        },
+    let joined = tokio::select! {
+        () = token.cancelled() => return Ok(()),
+        joined = tasks.join_next() => joined,
+    };
+    if token.is_cancelled() {
+        // A role that stopped because of the shutdown, not on its own.
+        return Ok(());
+    }
+    match joined {
+        Some(Ok((name, Ok(())))) => anyhow::bail!("{name} stopped unexpectedly"),
+        Some(Ok((name, Err(error)))) => Err(error.context(format!("{name} failed"))),
+        Some(Err(error)) => Err(anyhow::anyhow!("a role task panicked: {error}")),
+        None => Ok(()),
     }
 }

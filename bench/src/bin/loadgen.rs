@@ -1,2 +1,351 @@
-//! Placeholder; filled in by its issue.
-fn main() {}
+//! Load generator: upload then fetch requests per second and p50/p99 latency
+//! at a fixed concurrency, against Hayloft's router or against SeaweedFS the
+//! way its users drive it.
+//!
+//! - Hayloft: `POST {url}/blobs`, then `GET {url}/blobs/{id}`.
+//! - SeaweedFS: `GET {master}/dir/assign` plus a multipart `POST` of the file
+//!   to the assigned volume server (one upload = both requests, timed
+//!   together; `--fsync` adds `?fsync=true`), then `GET http://{volume}/{fid}`.
+//!
+//! ```text
+//! cargo run --release -p bench --bin loadgen -- --target hayloft \
+//!     --url http://127.0.0.1:8080 --size 64KiB --concurrency 16 --requests 2000
+//! ```
+//!
+//! Prints one JSON object on stdout.
+
+#![allow(clippy::print_stdout, reason = "the report is the program's output")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Target {
+    Hayloft,
+    Seaweedfs,
+}
+
+/// Upload/fetch throughput and latency at a fixed concurrency.
+#[derive(Debug, Parser)]
+struct Args {
+    /// What to drive.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// Hayloft router URL, or SeaweedFS master URL.
+    #[arg(long)]
+    url: String,
+    /// BLOB size (`1KiB`, `64KiB`, `1MiB`, or bytes).
+    #[arg(long, value_parser = parse_size)]
+    size: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Uploads, and then as many fetches.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Untimed uploads and fetches before measuring (connection set-up,
+    /// volume allocation).
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// SeaweedFS only: `replication` parameter of the assign request
+    /// (default: the master's default).
+    #[arg(long)]
+    replication: Option<String>,
+    /// SeaweedFS only: ask the volume server to fsync each upload
+    /// (`?fsync=true`), for a comparison at equal durability.
+    #[arg(long)]
+    fsync: bool,
+    /// A label copied into the report (e.g. `fsync` or `default`).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PhaseReport {
+    requests: usize,
+    errors: usize,
+    seconds: f64,
+    requests_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    target: Target,
+    label: String,
+    size_bytes: usize,
+    concurrency: usize,
+    upload: PhaseReport,
+    fetch: PhaseReport,
+}
+
+/// Where a stored BLOB can be fetched.
+#[derive(Debug, Clone)]
+struct Stored {
+    url: String,
+}
+
+struct Driver {
+    target: Target,
+    base: String,
+    replication: Option<String>,
+    fsync: bool,
+    http: reqwest::Client,
+    payload: &'static [u8],
+}
+
+impl Driver {
+    async fn upload(&self) -> anyhow::Result<Stored> {
+        match self.target {
+            Target::Hayloft => {
+                let response = self
+                    .http
+                    .post(format!("{}/blobs", self.base))
+                    .header("content-type", "application/octet-stream")
+                    .body(self.payload)
+                    .send()
+                    .await?;
+                let status = response.status();
+                if status.as_u16() != 201 {
+                    bail!("upload answered {status}: {}", response.text().await?);
+                }
+                let answer: serde_json::Value = response.json().await?;
+                let id = answer["id"].as_str().context("no id")?;
+                Ok(Stored {
+                    url: format!("{}/blobs/{id}", self.base),
+                })
+            }
+            Target::Seaweedfs => {
+                let mut assign = format!("{}/dir/assign", self.base);
+                if let Some(replication) = &self.replication {
+                    assign.push_str(&format!("?replication={replication}"));
+                }
+                let answer: serde_json::Value = self
+                    .http
+                    .get(&assign)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                let fid = answer["fid"].as_str().context("assign: no fid")?;
+                let volume = answer["url"].as_str().context("assign: no url")?;
+                let url = format!("http://{volume}/{fid}");
+                let boundary = "hayloftloadgenboundary7d1c";
+                let mut body = Vec::with_capacity(self.payload.len() + 256);
+                body.extend_from_slice(
+                    format!(
+                        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+                         filename=\"blob\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(self.payload);
+                body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+                let upload_url = if self.fsync {
+                    format!("{url}?fsync=true")
+                } else {
+                    url.clone()
+                };
+                let response = self
+                    .http
+                    .post(&upload_url)
+                    .header(
+                        "content-type",
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                if !status.is_success() {
+                    bail!("upload answered {status}: {}", response.text().await?);
+                }
+                let _ = response.bytes().await?;
+                Ok(Stored { url })
+            }
+        }
+    }
+
+    async fn fetch(&self, stored: &Stored) -> anyhow::Result<()> {
+        let response = self.http.get(&stored.url).send().await?;
+        let status = response.status();
+        if status.as_u16() != 200 {
+            bail!("fetch answered {status}");
+        }
+        let bytes = response.bytes().await?;
+        if bytes.len() != self.payload.len() {
+            bail!(
+                "fetch returned {} bytes, expected {}",
+                bytes.len(),
+                self.payload.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `count` operations on `concurrency` tasks; returns per-request
+/// latencies of the successes, the error count and the wall time.
+async fn run_phase<F, Fut, T>(
+    count: usize,
+    concurrency: usize,
+    operation: F,
+) -> (Vec<(Duration, T)>, usize, Duration)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send,
+    T: Send + 'static,
+{
+    let operation = Arc::new(operation);
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (operation, next, errors) = (operation.clone(), next.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return done;
+                }
+                let begun = Instant::now();
+                match operation(i).await {
+                    Ok(value) => done.push((begun.elapsed(), value)),
+                    Err(error) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("request {i} failed: {error:#}");
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(count);
+    for task in tasks {
+        all.extend(task.await.unwrap_or_default());
+    }
+    (all, errors.load(Ordering::Relaxed), started.elapsed())
+}
+
+fn report(latencies: &mut [Duration], errors: usize, wall: Duration) -> PhaseReport {
+    latencies.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        ms(latencies[index])
+    };
+    PhaseReport {
+        requests: latencies.len(),
+        errors,
+        seconds: wall.as_secs_f64(),
+        requests_per_second: latencies.len() as f64 / wall.as_secs_f64().max(1e-9),
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        max_ms: latencies.last().copied().map(ms).unwrap_or(0.0),
+    }
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits.parse().map_err(|e| format!("size {text:?}: {e}"))?;
+    let multiplier = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| "size overflows".to_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.concurrency > 0 && args.requests > 0, "nothing to do");
+    let payload: Vec<u8> = (0..args.size)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let driver = Arc::new(Driver {
+        target: args.target,
+        base: args.url.trim_end_matches('/').to_owned(),
+        replication: args.replication.clone(),
+        fsync: args.fsync,
+        http,
+        payload: Vec::leak(payload),
+    });
+
+    if args.warmup > 0 {
+        let warm = driver.clone();
+        let (stored, _, _) = run_phase(args.warmup, args.concurrency, move |_| {
+            let warm = warm.clone();
+            async move { warm.upload().await }
+        })
+        .await;
+        let stored: Arc<Vec<Stored>> = Arc::new(stored.into_iter().map(|(_, s)| s).collect());
+        if !stored.is_empty() {
+            let (warm, stored) = (driver.clone(), stored.clone());
+            run_phase(args.warmup, args.concurrency, move |i| {
+                let (warm, stored) = (warm.clone(), stored.clone());
+                async move { warm.fetch(&stored[i % stored.len()]).await }
+            })
+            .await;
+        }
+    }
+
+    let uploader = driver.clone();
+    let (uploaded, upload_errors, upload_wall) =
+        run_phase(args.requests, args.concurrency, move |_| {
+            let uploader = uploader.clone();
+            async move { uploader.upload().await }
+        })
+        .await;
+    let mut upload_latencies: Vec<Duration> = uploaded.iter().map(|(d, _)| *d).collect();
+    let stored: Arc<Vec<Stored>> = Arc::new(uploaded.into_iter().map(|(_, s)| s).collect());
+    anyhow::ensure!(!stored.is_empty(), "every upload failed");
+
+    // Fetch in a scattered order, not upload order.
+    let fetcher = driver.clone();
+    let fetch_stored = stored.clone();
+    let (fetched, fetch_errors, fetch_wall) =
+        run_phase(args.requests, args.concurrency, move |i| {
+            let (fetcher, stored) = (fetcher.clone(), fetch_stored.clone());
+            let index = i.wrapping_mul(2_654_435_761) % stored.len();
+            async move { fetcher.fetch(&stored[index]).await }
+        })
+        .await;
+    let mut fetch_latencies: Vec<Duration> = fetched.iter().map(|(d, _)| *d).collect();
+
+    let report = Report {
+        target: args.target,
+        label: args.label,
+        size_bytes: args.size,
+        concurrency: args.concurrency,
+        upload: report(&mut upload_latencies, upload_errors, upload_wall),
+        fetch: report(&mut fetch_latencies, fetch_errors, fetch_wall),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

