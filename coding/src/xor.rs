@@ -10,9 +10,8 @@ use crate::error::{CodingError, Result};
 
 /// `a ⊕ b`, as long as the longer of the two.
 pub fn xor_parity(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
-    let mut parity = long.to_vec();
-    xor_into(&mut parity, short);
+    let mut parity = vec![0u8; a.len().max(b.len())];
+    xor_parity_into(a, b, &mut parity).expect("parity sized to the longer input");
     parity
 }
 
@@ -27,8 +26,10 @@ pub fn xor_parity_into(a: &[u8], b: &[u8], parity: &mut [u8]) -> Result<()> {
             actual: parity.len(),
         });
     }
-    parity.copy_from_slice(long);
-    xor_into(parity, short);
+    // One pass over memory: read both inputs, write the parity once.
+    let (head, tail) = parity.split_at_mut(short.len());
+    xor_two(head, &long[..short.len()], short);
+    tail.copy_from_slice(&long[short.len()..]);
     Ok(())
 }
 
@@ -51,10 +52,39 @@ pub fn xor_recover_into(survivor: &[u8], parity: &[u8], lost: &mut [u8]) -> Resu
             actual: parity.len(),
         });
     }
-    lost.copy_from_slice(&parity[..lost.len()]);
     let overlap = lost.len().min(survivor.len());
-    xor_into(&mut lost[..overlap], &survivor[..overlap]);
+    let (head, tail) = lost.split_at_mut(overlap);
+    xor_two(head, &parity[..overlap], &survivor[..overlap]);
+    tail.copy_from_slice(&parity[overlap..overlap + tail.len()]);
     Ok(())
+}
+
+/// Bytes per step of the XOR loops; fixed-size arrays let the compiler
+/// vectorise them.
+const LANES: usize = 64;
+
+/// `out = a ⊕ b`, all three the same length.
+fn xor_two(out: &mut [u8], a: &[u8], b: &[u8]) {
+    debug_assert!(out.len() == a.len() && a.len() == b.len());
+    let mut o = out.chunks_exact_mut(LANES);
+    let mut x = a.chunks_exact(LANES);
+    let mut y = b.chunks_exact(LANES);
+    for ((oc, xc), yc) in (&mut o).zip(&mut x).zip(&mut y) {
+        let oc: &mut [u8; LANES] = oc.try_into().expect("chunks_exact");
+        let xc: &[u8; LANES] = xc.try_into().expect("chunks_exact");
+        let yc: &[u8; LANES] = yc.try_into().expect("chunks_exact");
+        for i in 0..LANES {
+            oc[i] = xc[i] ^ yc[i];
+        }
+    }
+    for ((oc, xc), yc) in o
+        .into_remainder()
+        .iter_mut()
+        .zip(x.remainder())
+        .zip(y.remainder())
+    {
+        *oc = xc ^ yc;
+    }
 }
 
 /// `dst[..src.len()] ^= src`; `src` must not be longer than `dst`.
@@ -63,7 +93,6 @@ pub fn xor_recover_into(survivor: &[u8], parity: &[u8], lost: &mut [u8]) -> Resu
 /// If `src` is longer than `dst` (callers in this module check first).
 pub fn xor_into(dst: &mut [u8], src: &[u8]) {
     assert!(src.len() <= dst.len(), "xor source longer than destination");
-    const LANES: usize = 32;
     let dst = &mut dst[..src.len()];
     let mut d = dst.chunks_exact_mut(LANES);
     let mut s = src.chunks_exact(LANES);
