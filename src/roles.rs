@@ -84,8 +84,14 @@ pub async fn run_store(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&identity.data_dir)
         .with_context(|| format!("creating {}", identity.data_dir.display()))?;
-    let _ = config;
-    placeholder::serve_health(listener, token).await
+    let mut store = haystack::service::StoreNodeConfig::new(identity.data_dir.clone());
+    store.volume_size_limit_bytes = config.volume_size_bytes;
+    store.max_needle_bytes = config.max_blob_bytes;
+    store.io_concurrency = config.io_concurrency;
+    store.request_timeout_ms = config.request_timeout_ms;
+    haystack::service::run(store, listener, token)
+        .await
+        .with_context(|| format!("store node {}", identity.id))
 }
 
 /// Runs the router until `token` is cancelled.
@@ -95,8 +101,11 @@ pub async fn run_router(
     listener: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    let _ = (config, directory_url);
-    placeholder::serve_health(listener, token).await
+    let mut api = router::api::RouterConfig::new(directory_url);
+    api.max_blob_bytes = config.max_blob_bytes;
+    router::api::run(api, listener, token)
+        .await
+        .context("router")
 }
 
 /// Registers a store node with the directory (retrying until it answers or
@@ -168,35 +177,6 @@ impl Registration {
             if let Err(error) = result {
                 tracing::warn!(node = %self.node.id, "heartbeat failed: {error}");
             }
-        }
-    }
-}
-
-/// Stand-in services until the role libraries land: they answer `/health`.
-mod placeholder {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-    use tokio_util::sync::CancellationToken;
-
-    pub(super) async fn serve_health(
-        listener: TcpListener,
-        token: CancellationToken,
-    ) -> anyhow::Result<()> {
-        loop {
-            let (mut stream, _) = tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                accepted = listener.accept() => accepted?,
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let body = r#"{"status":"ok"}"#;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
         }
     }
 }
