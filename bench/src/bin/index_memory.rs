@@ -9,6 +9,10 @@
 //!   temporary directory, reopens it (so the index is rebuilt from the index file), and prints
 //!   the RSS growth of the open volume per needle.
 //!
+//! - `reads [N]` (default 100,000): writes 1,000 needles of 1 KiB, then reads N random
+//!   ones. Run it under `strace -f -c` with N = 0 and N = 100,000: the difference in system
+//!   calls divided by N is the cost of one read (target: one `pread64`).
+//!
 //! Run: `cargo run --release -p bench --bin index-memory -- index 10000000`
 #![allow(clippy::print_stdout)]
 
@@ -109,6 +113,26 @@ fn open_volume_mode(dir: &std::path::Path) {
     );
 }
 
+fn reads_mode(n: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Volume::create(dir.path(), 1, VolumeOptions::default()).expect("create");
+    let data = vec![0x42u8; 1024];
+    for key in 1..=1000 {
+        drop(v.write_needle(key, 3, "", &data).expect("write"));
+    }
+    v.append_needle(1001, 3, "", &data).expect("sync");
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut bytes = 0usize;
+    for _ in 0..n {
+        bytes += v
+            .read_needle(rng.random_range(1..=1001), 3)
+            .expect("read")
+            .data
+            .len();
+    }
+    println!("{n} reads, {bytes} bytes");
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "index".to_owned());
@@ -118,8 +142,9 @@ fn main() {
         "open-volume" => open_volume_mode(std::path::Path::new(&arg.expect("a directory"))),
         "index" => index_mode(n.unwrap_or(10_000_000)),
         "volume" => volume_mode(n.unwrap_or(1_000_000)),
+        "reads" => reads_mode(n.unwrap_or(100_000)),
         other => {
-            eprintln!("unknown mode {other}; use `index [N]` or `volume [N]`");
+            eprintln!("unknown mode {other}; use `index [N]`, `volume [N]` or `reads [N]`");
             std::process::exit(2);
         }
     }
