@@ -112,13 +112,15 @@ impl ClientError {
 
     /// True when the replica failed rather than answered: transport errors,
     /// timeouts, 5xx answers (corruption included), unparsable answers and
-    /// checksum mismatches. A router should try another replica and may mark
+    /// checksum mismatches, and a node that has lost the replica
+    /// (`UnknownVolume`). A router should try another replica and may mark
     /// this one stale. `NotFound`, `ReadOnly`, `VolumeFull`, `KeyOutOfOrder`
-    /// and 4xx answers are the replica answering correctly.
+    /// and other 4xx answers are the replica answering correctly.
     pub fn is_replica_failure(&self) -> bool {
         match self {
             ClientError::Transport(_)
             | ClientError::Corrupt(_)
+            | ClientError::UnknownVolume(_)
             | ClientError::ChecksumMismatch { .. }
             | ClientError::InvalidResponse(_) => true,
             ClientError::Status { status, .. } => *status >= 500,

@@ -624,3 +624,34 @@ async fn run_serves_until_cancelled_and_times_out_slow_headers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_in_flight_upload_finish() {
+    bounded(async {
+        let node = Node::start().await;
+        node.client.create_volume(1).await.expect("create");
+        let mut stream = TcpStream::connect(node.addr()).await.expect("connect");
+        let mut request = put_head(10);
+        request.extend_from_slice(b"01234");
+        stream.write_all(&request).await.expect("write head");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        node.cancel.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(b"56789").await.expect("write rest");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 201"),
+            "in-flight upload answered {answer:?}"
+        );
+        let volume = node.state.store().volume(1).expect("volume");
+        let stored = volume.read_needle(1, 1).expect("needle is durable");
+        assert_eq!(stored.data, b"0123456789");
+        node.stop().await;
+    })
+    .await;
+}
