@@ -57,6 +57,9 @@ pub enum DirectoryError {
         /// Its current state.
         state: VolumeState,
     },
+    /// The service configuration is unusable.
+    #[error("invalid directory config: {0}")]
+    InvalidConfig(String),
     /// A request argument is out of range or malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -130,6 +133,7 @@ impl DirectoryError {
             DirectoryError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             DirectoryError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
             DirectoryError::Corrupt { .. }
+            | DirectoryError::InvalidConfig(_)
             | DirectoryError::Database(_)
             | DirectoryError::Io(_)
             | DirectoryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -146,6 +150,7 @@ impl DirectoryError {
             DirectoryError::InvalidTransition { .. } => "invalid_transition",
             DirectoryError::NotWritable { .. } => "not_writable",
             DirectoryError::BadRequest(_) => "bad_request",
+            DirectoryError::InvalidConfig(_) => "invalid_config",
             DirectoryError::PayloadTooLarge { .. } => "payload_too_large",
             DirectoryError::StoreUnavailable { .. } => "store_unavailable",
             DirectoryError::Exhausted(_) => "exhausted",

@@ -118,6 +118,29 @@ impl DirectoryConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
+
+    /// Checks that every timeout and limit is positive.
+    pub fn validate(&self) -> Result<(), DirectoryError> {
+        let positive = [
+            ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
+            ("repair_interval_ms", self.repair_interval_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("store_request_timeout_ms", self.store_request_timeout_ms),
+            ("sync_timeout_ms", self.sync_timeout_ms),
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_connections", self.max_connections as u64),
+        ];
+        match positive.iter().find(|(_, value)| *value == 0) {
+            Some((name, _)) => Err(DirectoryError::InvalidConfig(format!(
+                "{name} must be positive"
+            ))),
+            None if self.max_connections > Semaphore::MAX_PERMITS => Err(
+                DirectoryError::InvalidConfig("max_connections is too large".into()),
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Most directory operations running at once on blocking threads.
@@ -390,6 +413,7 @@ pub async fn run(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), DirectoryError> {
+    config.validate()?;
     let data_dir = config.data_dir.clone();
     let directory: Arc<dyn Directory> = Arc::new(
         tokio::task::spawn_blocking(move || RedbDirectory::open(&data_dir))
