@@ -61,10 +61,12 @@ impl Tier {
     pub(crate) const HOT: Tier = Tier("hot");
 }
 
-/// The `ETag` of a BLOB: its id, quoted. Ids are never reused and content
-/// never changes, so the id is a strong validator without reading anything.
+/// The `ETag` of a BLOB: its id with the comma turned into a dash
+/// (`"3-01637037d6"`), quoted. Ids are never reused and content never
+/// changes, so the id is a strong validator that needs no read; the comma
+/// goes because `If-None-Match` is a comma-separated list.
 pub(crate) fn etag_for(id: &BlobId) -> String {
-    format!("\"{id}\"")
+    format!("\"{}\"", id.to_string().replacen(',', "-", 1))
 }
 
 /// The axum router of the public API, with its own state and metrics.

@@ -1,0 +1,635 @@
+//! End-to-end tests of the public API: a directory, four store nodes in four
+//! racks and a router, all in-process on `127.0.0.1:0` with temp
+//! directories, driven over real HTTP.
+
+use std::time::Duration;
+
+use haystack::client::StoreClient;
+use haystack::service::StoreNodeConfig;
+use router::api::RouterConfig;
+use router::directory::{DirectoryClient, DirectoryConfig, NodeRegistration, NodeRole};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Upload limit of the test router.
+const LIMIT_BYTES: u64 = 1024 * 1024;
+
+struct StoreNode {
+    id: String,
+    address: String,
+    cancel: CancellationToken,
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    cancel: CancellationToken,
+    router_url: String,
+    directory: DirectoryClient,
+    stores: Vec<StoreNode>,
+    http: reqwest::Client,
+}
+
+async fn bind() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    (listener, address)
+}
+
+async fn start_cluster(store_count: usize) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cancel = CancellationToken::new();
+
+    let (listener, directory_address) = bind().await;
+    let mut directory_config = DirectoryConfig::new(dir.path().join("directory"));
+    directory_config.heartbeat_timeout_ms = 1_500;
+    directory_config.repair_interval_ms = 200;
+    tokio::spawn(router::directory::run(
+        directory_config,
+        listener,
+        cancel.clone(),
+    ));
+    let directory = DirectoryClient::new(&directory_address).expect("directory client");
+    wait_until(|| {
+        let directory = directory.clone();
+        async move { directory.health().await.is_ok() }
+    })
+    .await;
+
+    let mut stores = Vec::new();
+    for i in 1..=store_count {
+        let (listener, address) = bind().await;
+        let node_cancel = cancel.child_token();
+        let config = StoreNodeConfig::new(dir.path().join(format!("store-{i}")));
+        tokio::spawn(haystack::service::run(
+            config,
+            listener,
+            node_cancel.clone(),
+        ));
+        let id = format!("store-{i}");
+        let registration = NodeRegistration {
+            id: id.clone(),
+            role: NodeRole::Store,
+            rack: format!("rack-{i}"),
+            datacenter: "dc-1".into(),
+            address: address.clone(),
+        };
+        directory.register(&registration).await.expect("register");
+        // The binary heartbeats for its nodes; here a task per node does.
+        let heartbeat_directory = directory.clone();
+        let heartbeat_cancel = node_cancel.clone();
+        let heartbeat_id = id.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = heartbeat_cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        let _ = heartbeat_directory.heartbeat(&heartbeat_id).await;
+                    }
+                }
+            }
+        });
+        stores.push(StoreNode {
+            id,
+            address,
+            cancel: node_cancel,
+        });
+    }
+    for store in &stores {
+        let client = StoreClient::new(&store.address).expect("store client");
+        wait_until(|| {
+            let client = client.clone();
+            async move { client.health().await.is_ok() }
+        })
+        .await;
+    }
+
+    let (listener, router_address) = bind().await;
+    let mut config = RouterConfig::new(directory_address);
+    config.max_blob_bytes = LIMIT_BYTES;
+    config.header_read_timeout_ms = 500;
+    config.body_idle_timeout_ms = 1_000;
+    config.replica_timeout_ms = 2_000;
+    config.directory_cache_ttl_ms = 200;
+    config.writable_volumes = 4;
+    config.key_lease_size = 3;
+    tokio::spawn(router::api::run(config, listener, cancel.clone()));
+    let router_url = format!("http://{router_address}");
+    let http = reqwest::Client::new();
+    wait_until(|| {
+        let http = http.clone();
+        let url = format!("{router_url}/health");
+        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    Cluster {
+        _dir: dir,
+        cancel,
+        router_url,
+        directory,
+        stores,
+        http,
+    }
+}
+
+async fn wait_until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
+
+impl Cluster {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.router_url)
+    }
+
+    async fn upload(&self, data: Vec<u8>, content_type: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/blobs"))
+            .header("content-type", content_type)
+            .body(data)
+            .send()
+            .await
+            .expect("upload request")
+    }
+
+    async fn upload_ok(&self, data: Vec<u8>) -> String {
+        let response = self.upload(data, "application/x-test").await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("get request")
+    }
+
+    /// Needles on every store node, summed over volumes.
+    async fn needles_on_stores(&self) -> u64 {
+        let mut total = 0;
+        for store in &self.stores {
+            let client = StoreClient::new(&store.address).expect("client");
+            if let Ok(volumes) = client.list_volumes().await {
+                total += volumes.iter().map(|v| v.needle_count).sum::<u64>();
+            }
+        }
+        total
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Sends raw bytes and returns whatever the server answers before closing
+/// (or a 3 s deadline).
+async fn raw_request(url: &str, request: &[u8]) -> String {
+    let address = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_read_range_head_delete() {
+    let cluster = start_cluster(3).await;
+    let data = pattern(300 * 1024, 7);
+    let response = cluster.upload(data.clone(), "image/png").await;
+    assert_eq!(response.status(), 201);
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = response.json().await.expect("json");
+    let id = body["id"].as_str().expect("id").to_owned();
+    assert_eq!(location.as_deref(), Some(format!("/blobs/{id}").as_str()));
+    assert_eq!(body["size"], data.len() as u64);
+    assert_eq!(body["url"], format!("/blobs/{id}"));
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    assert_eq!(body["checksum"], format!("sha256:{sha}"));
+    let parsed = router::api::BlobId::parse(&id).expect("id parses");
+    assert_eq!(parsed.to_string(), id);
+
+    // Whole read.
+    let response = cluster.get(&format!("/blobs/{id}")).await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "image/png");
+    assert_eq!(headers["content-length"], data.len().to_string().as_str());
+    let etag = format!("\"{}\"", id.replace(',', "-"));
+    assert_eq!(headers["etag"], etag.as_str());
+    assert_eq!(headers["accept-ranges"], "bytes");
+    assert!(
+        headers["cache-control"]
+            .to_str()
+            .expect("ascii")
+            .contains("immutable")
+    );
+    assert_eq!(response.bytes().await.expect("body"), data);
+
+    // Ranges.
+    let ranged = |range: &'static str| {
+        let request = cluster
+            .http
+            .get(cluster.url(&format!("/blobs/{id}")))
+            .header("range", range);
+        async move { request.send().await.expect("range request") }
+    };
+    let response = ranged("bytes=10-19").await;
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes 10-19/{}", data.len()).as_str()
+    );
+    assert_eq!(response.bytes().await.expect("body"), data[10..20]);
+    let response = ranged("bytes=-5").await;
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.bytes().await.expect("body"),
+        data[data.len() - 5..]
+    );
+    let response = ranged("bytes=100000-").await;
+    assert_eq!(response.status(), 206);
+    assert_eq!(response.bytes().await.expect("body"), data[100_000..]);
+    let response = ranged("bytes=999999999-").await;
+    assert_eq!(response.status(), 416);
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes */{}", data.len()).as_str()
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "range_not_satisfiable");
+
+    // Conditional read.
+    let response = cluster
+        .http
+        .get(cluster.url(&format!("/blobs/{id}")))
+        .header("if-none-match", format!("\"x\", {etag}"))
+        .send()
+        .await
+        .expect("conditional");
+    assert_eq!(response.status(), 304);
+
+    // HEAD: same headers, no body.
+    let response = cluster
+        .http
+        .head(cluster.url(&format!("/blobs/{id}")))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
+    assert_eq!(response.headers()["content-type"], "image/png");
+    assert!(response.bytes().await.expect("body").is_empty());
+
+    // Wrong cookie and missing key answer exactly alike.
+    let wrong_cookie = router::api::BlobId {
+        cookie: parsed.cookie ^ 1,
+        ..parsed
+    };
+    let missing_key = router::api::BlobId {
+        key: parsed.key + 1000,
+        ..parsed
+    };
+    let unknown_volume = router::api::BlobId {
+        volume: parsed.volume + 1000,
+        ..parsed
+    };
+    let mut answers = Vec::new();
+    for other in [wrong_cookie, missing_key, unknown_volume] {
+        let response = cluster.get(&format!("/blobs/{other}")).await;
+        let status = response.status();
+        let content_type = response.headers()["content-type"].clone();
+        let body = response.bytes().await.expect("body");
+        answers.push((status, content_type, body));
+    }
+    assert_eq!(answers[0].0, 404);
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
+
+    // Delete, then 404; a second delete is a 404 too.
+    let response = cluster
+        .http
+        .delete(cluster.url(&format!("/blobs/{id}")))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 204);
+    assert_eq!(cluster.get(&format!("/blobs/{id}")).await.status(), 404);
+    let response = cluster
+        .http
+        .delete(cluster.url(&format!("/blobs/{id}")))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 404);
+
+    // Many small uploads, more than one key lease and more than one volume.
+    let mut ids = Vec::new();
+    let uploads = (0..12u8).map(|i| {
+        let data = pattern(1000 + usize::from(i), i);
+        let cluster = &cluster;
+        async move { (cluster.upload_ok(data.clone()).await, data) }
+    });
+    ids.extend(futures::future::join_all(uploads).await);
+    for (id, data) in &ids {
+        let response = cluster.get(&format!("/blobs/{id}")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.expect("body"), data[..]);
+    }
+    let empty = cluster.upload_ok(Vec::new()).await;
+    let response = cluster.get(&format!("/blobs/{empty}")).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.expect("body").is_empty());
+
+    // Admin listings and metrics.
+    let volumes: Value = cluster
+        .get("/admin/volumes")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let volumes = volumes.as_array().expect("array");
+    assert!(!volumes.is_empty());
+    assert!(
+        volumes.len() <= 4,
+        "at most writable_volumes volumes: {volumes:?}"
+    );
+    assert!(volumes.iter().all(|v| v["state"] == "writable"));
+    let nodes: Value = cluster
+        .get("/admin/nodes")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3));
+    let metrics = cluster.get("/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains(r#"hayloft_requests_total{route="POST /blobs",tier="hot",status="201"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hayloft_request_duration_seconds_bucket"));
+    assert!(metrics.contains("hayloft_bytes_in_total"));
+    assert!(metrics.contains(r#"hayloft_volumes{state="writable"}"#));
+    let status = cluster.get("/").await;
+    assert_eq!(status.status(), 200);
+    assert!(status.text().await.expect("text").contains("store-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let cluster = start_cluster(3).await;
+    let id = cluster.upload_ok(pattern(10, 1)).await;
+    let needles_before = cluster.needles_on_stores().await;
+    assert_eq!(needles_before, 3);
+
+    // Oversized with Content-Length: refused before the body is read.
+    let response = cluster
+        .upload(vec![0u8; LIMIT_BYTES as usize + 1], "a/b")
+        .await;
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "payload_too_large");
+
+    // Oversized without Content-Length (chunked): refused once it passes.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![1u8; 64 * 1024])).collect();
+    let response = cluster
+        .http
+        .post(cluster.url("/blobs"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 413);
+    }
+    // Exactly at the limit, chunked: accepted.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..16).map(|_| Ok(vec![2u8; 64 * 1024])).collect();
+    let response = cluster
+        .http
+        .post(cluster.url("/blobs"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), 201);
+    assert_eq!(cluster.needles_on_stores().await, needles_before + 3);
+    let volumes_before: Value = cluster
+        .get("/admin/volumes")
+        .await
+        .json()
+        .await
+        .expect("json");
+
+    // Malformed ids.
+    for bad in [
+        "/blobs/3%2C01637037d6",
+        "/blobs/3,01637037D6",
+        "/blobs/3,1637037d6",
+        "/blobs/03,01637037d6",
+        "/blobs/3,0001637037d6",
+        "/blobs/x",
+        "/blobs/3,01637037d6%00",
+        "/blobs/3,01637037d6/extra",
+        "/blobs/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/blobs/11111111111111111111111111111111111111111111111111,01637037d6",
+    ] {
+        let response = cluster.get(bad).await;
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"], "bad_id", "{bad}");
+    }
+    // Traversal that an HTTP client library would normalise away, sent raw.
+    let answer = raw_request(
+        &cluster.router_url,
+        b"GET /blobs/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // Unknown routes and methods get JSON errors too.
+    let response = cluster.get("/nope").await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "no_route");
+    let response = cluster
+        .http
+        .put(cluster.url(&format!("/blobs/{id}")))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "method_not_allowed");
+
+    // A multi-range request is answered with the whole BLOB.
+    let response = cluster
+        .http
+        .get(cluster.url(&format!("/blobs/{id}")))
+        .header("range", "bytes=0-1,3-4")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.expect("body"), pattern(10, 1));
+    let response = cluster
+        .http
+        .get(cluster.url(&format!("/blobs/{id}")))
+        .header("range", "bytes=5-2")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 416);
+
+    // Nothing above wrote or changed anything.
+    assert_eq!(cluster.needles_on_stores().await, needles_before + 3);
+    let volumes_after: Value = cluster
+        .get("/admin/volumes")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let states = |v: &Value| {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|v| (v["id"].clone(), v["state"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(states(&volumes_before), states(&volumes_after));
+
+    // Slow headers: the connection is closed after the header-read timeout.
+    let started = std::time::Instant::now();
+    let answer = raw_request(&cluster.router_url, b"GET /health HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(started.elapsed() < Duration::from_millis(2_900), "{answer}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // Idle body: a body that stops arriving gets 408.
+    let answer = raw_request(
+        &cluster.router_url,
+        b"POST /blobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(cluster.needles_on_stores().await, needles_before + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_failure_turns_the_volume_read_only_and_uploads_go_elsewhere() {
+    let cluster = start_cluster(4).await;
+    let before = pattern(5000, 3);
+    let id = cluster.upload_ok(before.clone()).await;
+    let parsed = router::api::BlobId::parse(&id).expect("id");
+    let volume = cluster
+        .directory
+        .volume(parsed.volume)
+        .await
+        .expect("volume");
+    let victim = volume.replicas[0].clone();
+    let node = cluster
+        .stores
+        .iter()
+        .find(|s| s.id == victim)
+        .expect("victim is a store");
+    node.cancel.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // While the directory still thinks the node is up, an upload either
+    // lands on a volume without it or fails with one clear error.
+    let response = cluster.upload(pattern(2000, 4), "a/b").await;
+    let status = response.status();
+    let body: Value = response.json().await.expect("json");
+    match status.as_u16() {
+        201 => {}
+        503 => assert_eq!(body["error"], "upload_failed", "{body}"),
+        other => panic!("unexpected {other}: {body}"),
+    }
+    let volume = cluster
+        .directory
+        .volume(parsed.volume)
+        .await
+        .expect("volume");
+    assert_ne!(volume.state.as_str(), "writable", "{volume:?}");
+
+    // Once the node is marked down, uploads succeed on the others.
+    let directory = cluster.directory.clone();
+    let victim_id = victim.clone();
+    wait_until(|| {
+        let directory = directory.clone();
+        let victim_id = victim_id.clone();
+        async move {
+            directory
+                .list_nodes()
+                .await
+                .is_ok_and(|nodes| nodes.iter().any(|n| n.id == victim_id && !n.is_up()))
+        }
+    })
+    .await;
+    for i in 0..4 {
+        let data = pattern(3000, 10 + i);
+        let id = cluster.upload_ok(data.clone()).await;
+        let parsed = router::api::BlobId::parse(&id).expect("id");
+        let volume = cluster
+            .directory
+            .volume(parsed.volume)
+            .await
+            .expect("volume");
+        assert!(!volume.replicas.contains(&victim), "{volume:?}");
+        let response = cluster.get(&format!("/blobs/{id}")).await;
+        assert_eq!(response.bytes().await.expect("body"), data);
+    }
+    // The BLOB stored before the failure is still served by the survivors.
+    for _ in 0..3 {
+        let response = cluster.get(&format!("/blobs/{id}")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.expect("body"), before);
+    }
+    let metrics = cluster.get("/metrics").await.text().await.expect("text");
+    assert!(metrics.contains("hayloft_volumes"), "{metrics}");
+}
