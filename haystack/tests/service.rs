@@ -655,3 +655,32 @@ async fn shutdown_lets_an_in_flight_upload_finish() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_share_a_small_io_pool() {
+    bounded(async {
+        let node = Node::start_with(|c| c.io_concurrency = 2).await;
+        let mut tasks = Vec::new();
+        for volume in 1..=8u32 {
+            let c = node.client.clone();
+            tasks.push(tokio::spawn(async move {
+                c.create_volume(volume).await.expect("create");
+                for key in 1..=15u64 {
+                    let data = blob(key as usize * 300, volume as u8);
+                    c.append_needle_bytes(volume, key, cookie_for(key), "a/b", data.clone())
+                        .await
+                        .expect("append");
+                    let got = c.read_needle_bytes(volume, key, cookie_for(key)).await;
+                    assert_eq!(got.expect("read").data, data);
+                }
+                c.volume_status(volume).await.expect("status").needle_count
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.expect("task"), 15);
+        }
+        assert_eq!(node.client.list_volumes().await.expect("list").len(), 8);
+        node.stop().await;
+    })
+    .await;
+}

@@ -44,8 +44,9 @@ pub struct StoreNodeConfig {
     /// Largest needle body accepted; larger uploads get `413`.
     #[serde(default = "default_max_needle_bytes")]
     pub max_needle_bytes: u64,
-    /// Upper bound on the needle bodies buffered at once across all uploads;
-    /// an upload waits for room before it reads its body.
+    /// Upper bound on the needle bodies buffered at once across all uploads
+    /// (raised to `max_needle_bytes` if below it); an upload waits for room
+    /// before it reads its body.
     #[serde(default = "default_body_buffer_limit_bytes")]
     pub body_buffer_limit_bytes: u64,
     /// Engine calls running at once on the blocking pool.
@@ -143,10 +144,8 @@ impl StoreNodeConfig {
         if self.max_needle_bytes == 0 || self.max_needle_bytes > u64::from(u32::MAX) {
             return fail("max_needle_bytes must be between 1 and 4 GiB - 1");
         }
-        if self.body_buffer_limit_bytes < self.max_needle_bytes {
-            return fail("body_buffer_limit_bytes must be at least max_needle_bytes");
-        }
-        if buffer_permits(self.body_buffer_limit_bytes) > Semaphore::MAX_PERMITS as u64 {
+        if buffer_permits(self.effective_body_buffer_limit_bytes()) > Semaphore::MAX_PERMITS as u64
+        {
             return fail("body_buffer_limit_bytes is too large");
         }
         let timeouts = [
@@ -159,6 +158,13 @@ impl StoreNodeConfig {
             return fail("timeouts must be positive");
         }
         Ok(())
+    }
+}
+
+impl StoreNodeConfig {
+    /// The body buffer bound actually enforced: never below one needle.
+    fn effective_body_buffer_limit_bytes(&self) -> u64 {
+        self.body_buffer_limit_bytes.max(self.max_needle_bytes)
     }
 }
 
@@ -221,7 +227,7 @@ impl StoreNodeState {
             .read_timeout(Duration::from_millis(config.request_timeout_ms))
             .build()
             .map_err(|e| ServiceError::Internal(format!("http client: {e}")))?;
-        let permits = buffer_permits(config.body_buffer_limit_bytes) as usize;
+        let permits = buffer_permits(config.effective_body_buffer_limit_bytes()) as usize;
         Ok(StoreNodeState {
             inner: Arc::new(StateInner {
                 store,
@@ -277,4 +283,68 @@ pub async fn run(
         "store node serving"
     );
     serve(listener, router(state), &config, cancel).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_fills_defaults_and_refuses_unknown_keys() {
+        let config: StoreNodeConfig =
+            serde_json::from_str(r#"{"data_dir":"d","max_needle_bytes":1024}"#).expect("parse");
+        assert_eq!(config.max_needle_bytes, 1024);
+        assert_eq!(config.io_concurrency, default_io_concurrency());
+        assert_eq!(
+            config,
+            StoreNodeConfig {
+                max_needle_bytes: 1024,
+                ..StoreNodeConfig::new("d")
+            }
+        );
+        config.validate().expect("valid");
+        assert!(serde_json::from_str::<StoreNodeConfig>(r#"{"data_dir":"d","typo":1}"#).is_err());
+    }
+
+    #[test]
+    fn config_validation_refuses_unusable_limits() {
+        let ok = StoreNodeConfig::new("d");
+        ok.validate().expect("defaults are valid");
+        let bad = [
+            StoreNodeConfig {
+                io_concurrency: 0,
+                ..ok.clone()
+            },
+            StoreNodeConfig {
+                max_connections: 0,
+                ..ok.clone()
+            },
+            StoreNodeConfig {
+                max_needle_bytes: 0,
+                ..ok.clone()
+            },
+            StoreNodeConfig {
+                max_needle_bytes: 1 << 33,
+                ..ok.clone()
+            },
+            StoreNodeConfig {
+                request_timeout_ms: 0,
+                ..ok.clone()
+            },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+        let small_buffer = StoreNodeConfig {
+            body_buffer_limit_bytes: 1,
+            ..ok
+        };
+        small_buffer
+            .validate()
+            .expect("buffer limit is raised to one needle");
+        assert_eq!(
+            small_buffer.effective_body_buffer_limit_bytes(),
+            small_buffer.max_needle_bytes
+        );
+    }
 }
