@@ -114,6 +114,11 @@ async fn kill_9_store_node_during_uploads_loses_nothing_acknowledged() -> anyhow
     for uploader in uploaders {
         uploader.await?;
     }
+    eprintln!(
+        "acknowledged {} uploads; {} failed while store-1 was away",
+        acknowledged.lock().expect("lock").len(),
+        failures.load(Ordering::Relaxed)
+    );
 
     // The restarted replica catches up: no stale replica is left.
     wait_until("store-1 resynced", Duration::from_secs(120), || async {
