@@ -138,13 +138,13 @@ impl NeedleIndex {
     pub fn push(&mut self, key: u64, size_bytes: u64, deleted: bool) -> bool {
         if self.last_key.is_some_and(|k| key <= k)
             || size_bytes == 0
-            || size_bytes % NEEDLE_ALIGNMENT != 0
+            || !size_bytes.is_multiple_of(NEEDLE_ALIGNMENT)
             || self.data_end.checked_add(size_bytes).is_none()
         {
             return false;
         }
         let offset = self.data_end;
-        if self.len % BLOCK_ENTRIES as u64 == 0 {
+        if self.len.is_multiple_of(BLOCK_ENTRIES as u64) {
             self.blocks.push(Block {
                 base_key: key,
                 base_offset: offset,
@@ -159,7 +159,7 @@ impl NeedleIndex {
             );
         }
         let ordinal = self.len;
-        if ordinal % 64 == 0 {
+        if ordinal.is_multiple_of(64) {
             self.deleted.push(0);
         }
         self.len += 1;
@@ -288,7 +288,7 @@ impl<'a> RawIter<'a> {
     }
 
     fn decode_at(&self, ordinal: u64, pos: &mut usize) -> (u64, u64) {
-        if ordinal as usize % BLOCK_ENTRIES == 0 {
+        if (ordinal as usize).is_multiple_of(BLOCK_ENTRIES) {
             let b = &self.index.blocks[ordinal as usize / BLOCK_ENTRIES];
             *pos = b.byte_start as usize;
             (b.base_key, b.base_offset)

@@ -14,6 +14,7 @@ pub mod error;
 pub mod file;
 pub mod format;
 pub mod index;
+mod recover;
 pub mod service;
 pub mod store;
 pub mod volume;
