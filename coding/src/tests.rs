@@ -9,6 +9,15 @@ use reed_solomon_erasure::galois_8::ReedSolomon;
 
 use crate::*;
 
+/// Every backend compiled into this build.
+fn all_backends() -> Vec<BackendKind> {
+    let mut kinds = vec![BackendKind::ReedSolomonErasure, BackendKind::Portable];
+    if cfg!(feature = "isal") {
+        kinds.push(BackendKind::Isal);
+    }
+    kinds
+}
+
 fn random_shards(rng: &mut StdRng, count: usize, len: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|_| {
@@ -35,7 +44,7 @@ fn parity_is_byte_identical_to_reed_solomon_erasure() {
     for (k, m) in [(10, 4), (1, 1), (3, 2), (6, 3), (17, 5), (32, 16)] {
         let config = RsConfig::new(k, m).expect("config");
         let reference = ReedSolomon::new(k, m).expect("reference codec");
-        for kind in [BackendKind::ReedSolomonErasure, BackendKind::Portable] {
+        for kind in all_backends() {
             let codec = Codec::with_backend(config, kind).expect("codec");
             for len in [1usize, 7, 64, 1000, 70_001] {
                 let ours = encoded(&codec, &mut StdRng::seed_from_u64(len as u64), len);
@@ -53,10 +62,16 @@ fn parity_is_byte_identical_to_reed_solomon_erasure() {
 
 #[test]
 fn every_pattern_of_up_to_four_lost_shards_reconstructs() {
-    let codec = Codec::new(RsConfig::default()).expect("codec");
+    for kind in all_backends() {
+        let codec = Codec::with_backend(RsConfig::default(), kind).expect("codec");
+        check_every_pattern(&codec);
+    }
+}
+
+fn check_every_pattern(codec: &Codec) {
     let mut rng = StdRng::seed_from_u64(2);
     // An odd length exercises the SIMD kernels' scalar tails.
-    let original = encoded(&codec, &mut rng, 1031);
+    let original = encoded(codec, &mut rng, 1031);
     let mut patterns = 0;
     let mut too_many = 0;
     for mask in 0u32..(1 << 14) {
@@ -195,8 +210,9 @@ proptest! {
         range_len in 0usize..20_000,
         lost in loss_pattern(),
         shuffle in any::<u64>(),
+        backend in proptest::sample::select(all_backends()),
     ) {
-        let codec = Codec::new(RsConfig::default()).expect("codec");
+        let codec = Codec::with_backend(RsConfig::default(), backend).expect("codec");
         let shards = encoded(&codec, &mut StdRng::seed_from_u64(seed), len);
         let offset = ((len as f64) * offset_fraction) as usize;
         let end = (offset + range_len).min(len);
@@ -434,7 +450,7 @@ fn parity_of_the_sample_stripe_is_pinned() {
             0x7a, 0x0c,
         ],
     ];
-    for kind in [BackendKind::ReedSolomonErasure, BackendKind::Portable] {
+    for kind in all_backends() {
         let codec = Codec::with_backend(RsConfig::default(), kind).expect("codec");
         let mut parity = vec![vec![0u8; 16]; 4];
         codec
