@@ -175,6 +175,25 @@ impl ClientError {
     }
 }
 
+/// How long a [`StoreClient`] built by [`StoreClient::with_options`] keeps
+/// an idle pooled connection. A store node closes a connection that sends no
+/// request for its `header_read_timeout_ms` (10 s by default); a client that
+/// drops idle connections sooner never reuses one the node is closing.
+/// Callers that bring their own `reqwest::Client` to
+/// [`StoreClient::from_http`] should build it with [`http_client_builder`].
+pub const POOL_IDLE_TIMEOUT_MS: u64 = 5_000;
+
+/// A `reqwest::ClientBuilder` fit for talking to store nodes: the connect
+/// and read-idle timeouts of `options` and a pool idle timeout of
+/// [`POOL_IDLE_TIMEOUT_MS`].
+pub fn http_client_builder(options: &StoreClientOptions) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
+        .read_timeout(Duration::from_millis(options.read_idle_timeout_ms))
+        .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
+        .tcp_nodelay(true)
+}
+
 /// Timeouts of a [`StoreClient`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreClientOptions {
@@ -297,15 +316,14 @@ impl StoreClient {
         base_url: &str,
         options: StoreClientOptions,
     ) -> Result<StoreClient, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
-            .read_timeout(Duration::from_millis(options.read_idle_timeout_ms))
-            .build()?;
+        let http = http_client_builder(&options).build()?;
         StoreClient::from_http(http, base_url, options)
     }
 
     /// A client sharing an existing `reqwest::Client` (and its pool) with
     /// other clients; the per-request timeouts of `options` still apply.
+    /// Build `http` with [`http_client_builder`] so that its pool drops idle
+    /// connections before the node closes them.
     pub fn from_http(
         http: reqwest::Client,
         base_url: &str,

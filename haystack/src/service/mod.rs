@@ -19,13 +19,13 @@ mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{StoreClientOptions, http_client_builder};
 use crate::store::Store;
 use crate::volume::VolumeOptions;
 
@@ -59,7 +59,11 @@ pub struct StoreNodeConfig {
     /// Deadline of one bulk sync (`POST /volumes/{vid}/sync`).
     #[serde(default = "default_sync_timeout_ms")]
     pub sync_timeout_ms: u64,
-    /// A client must send a request's headers within this time.
+    /// A client must send a request's headers within this time, counted
+    /// from when the connection is ready for a request; so an idle
+    /// keep-alive connection is also closed after it. Clients should drop
+    /// idle pooled connections sooner (see
+    /// [`crate::client::POOL_IDLE_TIMEOUT_MS`]).
     #[serde(default = "default_header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
     /// Longest pause allowed between two chunks of a request body.
@@ -222,9 +226,13 @@ impl StoreNodeState {
     /// State over an already opened store.
     pub fn new(store: Arc<Store>, config: StoreNodeConfig) -> Result<StoreNodeState, ServiceError> {
         config.validate()?;
-        let peer_http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.request_timeout_ms.min(10_000)))
-            .read_timeout(Duration::from_millis(config.request_timeout_ms))
+        let peer_options = StoreClientOptions {
+            connect_timeout_ms: config.request_timeout_ms.min(10_000),
+            request_timeout_ms: config.request_timeout_ms,
+            transfer_timeout_ms: config.sync_timeout_ms,
+            read_idle_timeout_ms: config.request_timeout_ms,
+        };
+        let peer_http = http_client_builder(&peer_options)
             .build()
             .map_err(|e| ServiceError::Internal(format!("http client: {e}")))?;
         let permits = buffer_permits(config.effective_body_buffer_limit_bytes()) as usize;
