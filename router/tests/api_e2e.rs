@@ -632,4 +632,89 @@ async fn replica_failure_turns_the_volume_read_only_and_uploads_go_elsewhere() {
     }
     let metrics = cluster.get("/metrics").await.text().await.expect("text");
     assert!(metrics.contains("hayloft_volumes"), "{metrics}");
+    assert!(
+        metrics.contains(r#"hayloft_replica_failures_total{op="append"}"#),
+        "{metrics}"
+    );
+}
+
+/// Rough upload throughput at concurrency 16 (1 KiB and 64 KiB BLOBs).
+/// Ignored by default; run with `cargo test -p router --test api_e2e --
+/// --ignored --nocapture upload_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn upload_throughput() {
+    let cluster = start_cluster(3).await;
+    for size in [1024usize, 64 * 1024] {
+        let total = 2000usize;
+        let started = std::time::Instant::now();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = (0..16).map(|_| async {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                cluster.upload_ok(pattern(size, 9)).await;
+            }
+        });
+        futures::future::join_all(workers).await;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(size, total, seconds, "upload throughput");
+        eprintln!(
+            "{size} B: {total} uploads in {seconds:.2} s = {:.0}/s",
+            total as f64 / seconds
+        );
+    }
+}
+
+/// Without a directory the router still serves health and metrics, answers
+/// everything else with a clear JSON error, and shuts down when cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_directory_gives_clear_errors_and_run_stops_on_cancel() {
+    // A port nothing listens on.
+    let (dead, dead_address) = bind().await;
+    drop(dead);
+    let (listener, address) = bind().await;
+    let cancel = CancellationToken::new();
+    let mut config = RouterConfig::new(dead_address);
+    config.upload_attempts = 2;
+    let server = tokio::spawn(router::api::run(config, listener, cancel.clone()));
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{address}{path}");
+
+    let response = http.get(url("/health")).send().await.expect("health");
+    assert_eq!(response.status(), 200);
+    let response = http.get(url("/metrics")).send().await.expect("metrics");
+    assert_eq!(response.status(), 200);
+
+    let response = http.get(url("/admin/volumes")).send().await.expect("admin");
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "directory_unavailable");
+
+    let response = http
+        .get(url("/blobs/3,01637037d6"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 502);
+
+    let response = http
+        .post(url("/blobs"))
+        .body("hello")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"], "upload_failed");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("directory"))
+    );
+
+    cancel.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("run returns after cancel")
+        .expect("no panic");
+    assert!(result.is_ok(), "{result:?}");
 }

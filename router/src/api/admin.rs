@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -16,6 +17,9 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
 
+/// Longest a scrape waits for the directory before rendering stale gauges.
+const GAUGE_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// `GET /health`: the router process is serving.
 pub(crate) async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
@@ -25,9 +29,11 @@ pub(crate) async fn health() -> Response {
 /// from the directory first (best effort: a directory outage must not hide
 /// the other metrics).
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    match state.directory.list_volumes().await {
-        Ok(volumes) => record_volume_gauges(&state, &volumes),
-        Err(e) => tracing::debug!(error = %e, "volume gauges not refreshed"),
+    let listing = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, state.directory.list_volumes());
+    match listing.await {
+        Ok(Ok(volumes)) => record_volume_gauges(&state, &volumes),
+        Ok(Err(e)) => tracing::debug!(error = %e, "volume gauges not refreshed"),
+        Err(_) => tracing::debug!("volume gauges not refreshed: directory too slow"),
     }
     (
         [(

@@ -46,6 +46,10 @@ pub struct RouterConfig {
     /// Volumes an upload is tried on before it fails.
     #[serde(default = "default_upload_attempts")]
     pub upload_attempts: u32,
+    /// How long [`super::run`] waits, once cancelled, for in-flight
+    /// requests (long downloads included) before dropping them, in ms.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
     /// Prefix of the `url` returned for an upload (e.g.
     /// `https://blobs.example.com`); empty gives a path (`/blobs/ID`).
     #[serde(default)]
@@ -67,6 +71,7 @@ impl RouterConfig {
             directory_cache_ttl_ms: default_directory_cache_ttl_ms(),
             key_lease_size: default_key_lease_size(),
             upload_attempts: default_upload_attempts(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
             public_base_url: String::new(),
         }
     }
@@ -120,6 +125,11 @@ pub fn default_key_lease_size() -> u64 {
 /// Default of [`RouterConfig::upload_attempts`]: 3.
 pub fn default_upload_attempts() -> u32 {
     3
+}
+
+/// Default of [`RouterConfig::shutdown_grace_ms`]: 10 s.
+pub fn default_shutdown_grace_ms() -> u64 {
+    10_000
 }
 
 #[cfg(test)]

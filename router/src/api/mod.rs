@@ -144,7 +144,8 @@ async fn record_metrics(
 }
 
 /// Serves the public API on `listener` until `cancel` fires, then stops
-/// accepting, lets in-flight requests finish and returns.
+/// accepting, lets in-flight requests finish (for at most
+/// `shutdown_grace_ms`) and returns.
 ///
 /// Connections are HTTP/1.1 served by hyper with an explicit header-read
 /// timeout (hyper's is off unless a timer is set); request bodies have an
@@ -155,6 +156,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), ApiError> {
     let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms.max(1));
+    let shutdown_grace = Duration::from_millis(config.shutdown_grace_ms);
     let state = Arc::new(AppState::new(config)?);
     let app = build(state.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -213,7 +215,17 @@ pub async fn run(
         }
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "shutdown grace period over; dropping open connections"
+        );
+        connections.shutdown().await;
+    }
     let _ = upkeep.await;
     tracing::info!("router stopped");
     Ok(())
