@@ -80,7 +80,10 @@ async fn every_endpoint_through_the_client() {
         assert_eq!(status.needle_count, 0);
     }
     assert_eq!(client.volume(volume.id).await.expect("get"), volume);
-    assert_eq!(client.list_volumes().await.expect("list"), [volume.clone()]);
+    assert_eq!(
+        client.list_volumes().await.expect("list"),
+        std::slice::from_ref(&volume)
+    );
     let err = client.volume(999).await.expect_err("unknown volume");
     assert_eq!(
         (err.status(), err.code()),
@@ -282,4 +285,98 @@ async fn silent_nodes_are_marked_down_and_their_volumes_turn_readonly() {
     );
     cancel.cancel();
     directory.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_directory_gives_every_node_a_grace_period() {
+    use router::directory::{RedbDirectory, conformance, now_ms};
+    let root = tempfile::tempdir().expect("tempdir");
+    let data_dir = root.path().join("directory");
+    {
+        // Nodes last heard from a minute ago, as after a long directory outage.
+        let dir = RedbDirectory::open(&data_dir).expect("open");
+        let long_ago = now_ms() - 60_000;
+        conformance::register_stores(&dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], long_ago);
+    }
+    let mut config = DirectoryConfig::new(&data_dir);
+    config.heartbeat_timeout_ms = 3_000;
+    let started = std::time::Instant::now();
+    let directory = start_directory(config).await;
+    let client = directory.client.clone();
+    let cancel = CancellationToken::new();
+    for id in ["s1", "s2"] {
+        let enabled = Arc::new(AtomicBool::new(true));
+        let period = Duration::from_millis(100);
+        spawn_heartbeats(client.clone(), id.into(), period, enabled, cancel.clone());
+    }
+    // Several down-marker ticks (every 750 ms) into the grace period.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let nodes = client.list_nodes().await.expect("nodes");
+    if started.elapsed() < Duration::from_millis(2_900) {
+        assert!(nodes.iter().all(|n| n.state == NodeState::Up), "{nodes:?}");
+    }
+    // After the grace period, the silent one goes down, the others stay up.
+    let nodes = eventually(Duration::from_secs(20), "s3 down", || {
+        let client = client.clone();
+        async move {
+            let nodes = client.list_nodes().await.ok()?;
+            let s3_down = nodes
+                .iter()
+                .any(|n| n.id == "s3" && n.state == NodeState::Down);
+            s3_down.then_some(nodes)
+        }
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(3_000));
+    let up: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Up)
+        .map(|n| n.id.as_str())
+        .collect();
+    assert_eq!(up, ["s1", "s2"]);
+    cancel.cancel();
+    directory.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut config = DirectoryConfig::new(root.path());
+    config.header_read_timeout_ms = 300;
+    let directory = start_directory(config).await;
+    let mut stream = tokio::net::TcpStream::connect(&directory.address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+    assert!(
+        read.is_ok(),
+        "the directory closes a connection stuck in its headers"
+    );
+    assert!(!String::from_utf8_lossy(&buffer).contains("200 OK"));
+    directory.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut config = DirectoryConfig::new(root.path());
+    config.heartbeat_timeout_ms = 0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = router::directory::run(config, listener, CancellationToken::new())
+        .await
+        .expect_err("zero timeout");
+    assert_eq!(err.code(), "invalid_config");
+    let parsed: Result<DirectoryConfig, _> =
+        serde_json::from_str(r#"{"data_dir":"d","heartbeat_timeout_msec":5}"#);
+    assert!(parsed.is_err(), "unknown keys are refused");
+    let parsed: DirectoryConfig = serde_json::from_str(r#"{"data_dir":"d"}"#).expect("defaults");
+    assert_eq!(parsed, DirectoryConfig::new("d"));
 }

@@ -7,7 +7,7 @@
 //! storage, e.g. `router/tests/directory_conformance.rs` for redb.
 //!
 //! Checks panic on failure (they are test code); the module is public so the
-//! tests of every backend crate can run it, and hidden from the docs.
+//! tests of every backend (in any crate) can run it, and `#[doc(hidden)]`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,8 +17,11 @@ use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 /// Opens the backend under test over the storage of one check.
 pub type Open<'a> = &'a dyn Fn() -> Box<dyn Directory>;
 
+/// One conformance check.
+pub type Check = fn(Open<'_>);
+
 /// Every check, by name.
-pub const CHECKS: &[(&str, fn(Open<'_>))] = &[
+pub const CHECKS: &[(&str, Check)] = &[
     ("register_and_heartbeat", register_and_heartbeat),
     (
         "allocation_spreads_over_racks",
@@ -366,7 +369,7 @@ pub fn stale_replicas(open: Open<'_>) {
     let (vid, replica) = (volume.id, volume.replicas[1].clone());
     let stale = dir.mark_replica_stale(vid, &replica).expect("stale");
     assert_eq!(stale.state, VolumeState::ReadOnly);
-    assert_eq!(stale.stale_replicas, [replica.clone()]);
+    assert_eq!(stale.stale_replicas, std::slice::from_ref(&replica));
     let twice = dir.mark_replica_stale(vid, &replica).expect("stale again");
     assert_eq!(twice, stale, "idempotent");
     let outsider = ["s1", "s2", "s3", "s4"]

@@ -5,7 +5,7 @@
 //!   "Directory HTTP API" in `docs/ARCHITECTURE.md`.
 //! - [`Directory`]: the backend trait. [`RedbDirectory`] (one embedded redb
 //!   file) is the default; a distributed backend (etcd) comes later and must
-//!   pass the same [`conformance`] suite.
+//!   pass the same conformance suite (`conformance`, hidden from the docs).
 //! - [`service`]: the directory's HTTP service with its down-marker and
 //!   replica repair loops; [`client`]: the typed client every other role uses.
 //!
@@ -13,10 +13,11 @@
 //! backends are deterministic under test.
 
 pub mod client;
+#[doc(hidden)]
 pub mod conformance;
 mod error;
 pub mod redb_backend;
-pub mod repair;
+mod repair;
 pub mod service;
 mod stores;
 pub mod types;

@@ -32,11 +32,11 @@ use super::{Directory, DirectoryError, now_ms};
 
 /// What one repair pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RepairReport {
+pub(crate) struct RepairReport {
     /// `(volume, node)` replicas resynchronised and marked fresh.
-    pub repaired: Vec<(u32, String)>,
+    pub(crate) repaired: Vec<(u32, String)>,
     /// `(volume, node)` replicas whose repair failed (retried next pass).
-    pub failed: Vec<(u32, String)>,
+    pub(crate) failed: Vec<(u32, String)>,
 }
 
 /// Runs a repair pass every `interval` until `cancel` fires.
@@ -53,10 +53,13 @@ pub(crate) async fn run_repair_loop(
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            result = repair_pass(&directory, &stores) => {
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "replica repair pass failed");
+            result = repair_pass(&directory, &stores) => match result {
+                Ok(report) if !report.repaired.is_empty() || !report.failed.is_empty() => {
+                    tracing::info!(repaired = ?report.repaired, failed = ?report.failed,
+                        "replica repair pass");
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "replica repair pass failed"),
             }
         }
     }
