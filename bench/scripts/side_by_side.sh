@@ -12,14 +12,17 @@
 #
 # Usage: bench/scripts/side_by_side.sh            (from the repository root)
 # Environment (all optional):
-#   REQUESTS=2000 CONCURRENCY=16 SIZES="1KiB 64KiB 1MiB"
+#   ROUNDS=3 CONCURRENCY=16 SIZES="1KiB 64KiB 1MiB"
+#   REQUESTS=<n> (per run; default 10000 for 1 KiB, 5000 for 64 KiB, 1000 for 1 MiB)
 #   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
 #   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
-# Prints a Markdown table; raw JSON lines go to $WORK/results.jsonl.
+# Prints a Markdown table of medians over the rounds (each round runs every
+# target at every size, interleaved); raw JSON lines go to $WORK/results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-REQUESTS="${REQUESTS:-2000}"
+REQUESTS="${REQUESTS:-}"
+ROUNDS="${ROUNDS:-3}"
 CONCURRENCY="${CONCURRENCY:-16}"
 SIZES="${SIZES:-1KiB 64KiB 1MiB}"
 SWFS_VENV="${SWFS_VENV:-/tmp/swfs-venv}"
@@ -92,39 +95,59 @@ for _ in $(seq 1 100); do
 done
 
 # --- Runs --------------------------------------------------------------------
+requests_for() { # size
+  if [ -n "$REQUESTS" ]; then echo "$REQUESTS"; return; fi
+  case "$1" in
+    1KiB) echo 10000 ;;
+    64KiB) echo 5000 ;;
+    *) echo 1000 ;;
+  esac
+}
 run() { # label target url size extra...
   local label=$1 target=$2 url=$3 size=$4
   shift 4
   echo "  $label $size ..." >&2
   "$LOADGEN" --target "$target" --url "$url" --size "$size" \
-    --concurrency "$CONCURRENCY" --requests "$REQUESTS" --label "$label" "$@" >>"$RESULTS"
+    --concurrency "$CONCURRENCY" --requests "$(requests_for "$size")" --label "$label" "$@" \
+    >>"$RESULTS"
 }
-for size in $SIZES; do
-  run hayloft hayloft "http://$IP:$HAYLOFT_PORT" "$size"
-  run seaweedfs-fsync seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" --fsync
-  run seaweedfs-default seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  for size in $SIZES; do
+    run hayloft hayloft "http://$IP:$HAYLOFT_PORT" "$size"
+    run seaweedfs-fsync seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" --fsync
+    run seaweedfs-default seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size"
+  done
 done
 
 python3 - "$RESULTS" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-by = {(r["label"], r["size_bytes"]): r for r in rows}
+runs = {}
+for r in rows:
+    runs.setdefault((r["label"], r["size_bytes"]), []).append(r)
 sizes = sorted({r["size_bytes"] for r in rows})
 def human(n):
     return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB"
-print("| size | op | hayloft req/s (p50 / p99 ms) | SeaweedFS fsync req/s (p50 / p99 ms) | SeaweedFS default req/s (p50 / p99 ms) | ratio vs fsync | ratio vs default |")
+def med(label, size, op, key):
+    values = [r[op][key] for r in runs.get((label, size), [])]
+    return statistics.median(values) if values else None
+print("Medians of", max(len(v) for v in runs.values()), "rounds; req/s (p50 / p99 ms).")
+print()
+print("| size | op | Hayloft | SeaweedFS, fsync | SeaweedFS, default | Hayloft / SeaweedFS fsync | Hayloft / SeaweedFS default |")
 print("|---|---|---|---|---|---|---|")
 for size in sizes:
-    h, f, d = (by.get((label, size)) for label in ("hayloft", "seaweedfs-fsync", "seaweedfs-default"))
     for op in ("upload", "fetch"):
-        def cell(r):
-            if r is None: return "-"
-            p = r[op]
-            err = f", {p['errors']} errors" if p["errors"] else ""
-            return f"{p['requests_per_second']:,.0f} ({p['p50_ms']:.1f} / {p['p99_ms']:.1f}){err}"
-        def ratio(a, b):
-            if a is None or b is None or b[op]["requests_per_second"] == 0: return "-"
-            return f"{a[op]['requests_per_second'] / b[op]['requests_per_second']:.2f}x"
-        print(f"| {human(size)} | {op} | {cell(h)} | {cell(f)} | {cell(d)} | {ratio(h, f)} | {ratio(h, d)} |")
+        def cell(label):
+            rps = med(label, size, op, "requests_per_second")
+            if rps is None: return "-"
+            errors = sum(r[op]["errors"] for r in runs[(label, size)])
+            err = f", {errors} errors" if errors else ""
+            return f"{rps:,.0f} ({med(label, size, op, 'p50_ms'):.1f} / {med(label, size, op, 'p99_ms'):.1f}){err}"
+        def ratio(other):
+            a = med("hayloft", size, op, "requests_per_second")
+            b = med(other, size, op, "requests_per_second")
+            return f"{a / b:.2f}x" if a and b else "-"
+        print(f"| {human(size)} | {op} | {cell('hayloft')} | {cell('seaweedfs-fsync')} | {cell('seaweedfs-default')} | {ratio('seaweedfs-fsync')} | {ratio('seaweedfs-default')} |")
 PY
 echo "raw results: $RESULTS" >&2
