@@ -5,7 +5,8 @@
 //! - `raw_write_sync/{1KiB,64KiB,1MiB}`: the same disk's sequential `pwrite` + `fdatasync`
 //!   of the same sizes in the same run, one sync per write (what one writer without group
 //!   commit can do at best);
-//! - `read/{1KiB,64KiB,1MiB}`: `read_needle` of random keys from the page cache.
+//! - `read/{1KiB,64KiB,1MiB}`: `read_needle` of random keys from the page cache, beside
+//!   `read/*_raw_pread`: a bare `pread` of the same size from the same file.
 //!
 //! Throughput is in BLOB bytes. Files live in a temporary directory under `target/` (a
 //! real disk, not tmpfs), or `$HAYLOFT_BENCH_DIR`.
@@ -146,6 +147,18 @@ fn bench_read(c: &mut Criterion) {
             b.iter(|| {
                 let key = rng.random_range(1..=count);
                 black_box(v.read_needle(key, 9).expect("read"))
+            });
+        });
+        // Baseline: a bare pread of the same size at a random needle-sized slot of the same
+        // file, into a fresh buffer (what read_needle does before verifying).
+        let file = std::fs::File::open(v.data_path()).expect("data file");
+        let slot = v.status().size_bytes / (count + 1);
+        group.bench_function(format!("{name}_raw_pread"), |b| {
+            b.iter(|| {
+                let mut buf = vec![0u8; size];
+                let at = 64 + rng.random_range(0..count) * slot;
+                file.read_exact_at(&mut buf, at).expect("pread");
+                black_box(buf)
             });
         });
     }
