@@ -11,8 +11,8 @@
 
 use std::hint::black_box;
 
-use coding::{xor_parity_into, Codec, RsConfig, StripeEncoder, StripeLayout};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use coding::{BackendKind, Codec, RsConfig, StripeEncoder, StripeLayout, xor_parity_into};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,6 +31,17 @@ fn random_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
 
 fn codec() -> Codec {
     Codec::new(RsConfig::new(K, M).expect("RS(10,4)")).expect("this CPU runs the SIMD backend")
+}
+
+/// The default backend, plus ISA-L when built with
+/// `--features coding/isal`, each with the prefix of its benchmark names.
+fn codecs() -> Vec<(&'static str, Codec)> {
+    let mut codecs = vec![("", codec())];
+    let config = RsConfig::new(K, M).expect("RS(10,4)");
+    if let Ok(isal) = Codec::with_backend(config, BackendKind::Isal) {
+        codecs.push(("isal_", isal));
+    }
+    codecs
 }
 
 /// k data shards and m parity shards of `len` bytes.
@@ -58,13 +69,15 @@ fn bench_encode(c: &mut Criterion) {
     let mut copy = vec![vec![0u8; SHARD_BYTES]; K];
     let mut group = c.benchmark_group("encode_rs10_4");
     group.throughput(Throughput::Bytes((K * SHARD_BYTES) as u64));
-    group.bench_function("encode_1MiB_shards", |b| {
-        b.iter(|| {
-            codec
-                .encode(black_box(&shards[..K]), &mut parity)
-                .expect("encode")
-        })
-    });
+    for (prefix, codec) in codecs() {
+        group.bench_function(format!("{prefix}encode_1MiB_shards"), |b| {
+            b.iter(|| {
+                codec
+                    .encode(black_box(&shards[..K]), &mut parity)
+                    .expect("encode")
+            })
+        });
+    }
     group.bench_function("memcpy", |b| b.iter(|| memcpy_all(&shards[..K], &mut copy)));
     group.finish();
 }
@@ -95,18 +108,20 @@ fn bench_rebuild(c: &mut Criterion, name: &str, lost: &[usize]) {
     }
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Bytes((K * SHARD_BYTES) as u64));
-    group.bench_function("reconstruct_1MiB_shards", |b| {
-        b.iter(|| {
-            let mut targets: Vec<(usize, &mut [u8])> = lost
-                .iter()
-                .copied()
-                .zip(outputs.iter_mut().map(|o| &mut o[..]))
-                .collect();
-            codec
-                .reconstruct_range(black_box(&sources), &mut targets)
-                .expect("rebuild");
-        })
-    });
+    for (prefix, codec) in codecs() {
+        group.bench_function(format!("{prefix}reconstruct_1MiB_shards"), |b| {
+            b.iter(|| {
+                let mut targets: Vec<(usize, &mut [u8])> = lost
+                    .iter()
+                    .copied()
+                    .zip(outputs.iter_mut().map(|o| &mut o[..]))
+                    .collect();
+                codec
+                    .reconstruct_range(black_box(&sources), &mut targets)
+                    .expect("rebuild");
+            })
+        });
+    }
     group.bench_function("memcpy", |b| b.iter(|| memcpy_all(&shards[..K], &mut copy)));
     group.finish();
 }
@@ -140,13 +155,15 @@ fn bench_range(c: &mut Criterion) {
     assert!(out == shards[5][range.clone()], "rebuilt range differs");
     let mut group = c.benchmark_group("range_64KiB_1_lost_rs10_4");
     group.throughput(Throughput::Bytes((K * RANGE_BYTES) as u64));
-    group.bench_function("reconstruct_range", |b| {
-        b.iter(|| {
-            codec
-                .reconstruct_range(black_box(&sources), &mut [(5, &mut out[..])])
-                .expect("range")
-        })
-    });
+    for (prefix, codec) in codecs() {
+        group.bench_function(format!("{prefix}reconstruct_range"), |b| {
+            b.iter(|| {
+                codec
+                    .reconstruct_range(black_box(&sources), &mut [(5, &mut out[..])])
+                    .expect("range")
+            })
+        });
+    }
     group.bench_function("memcpy", |b| b.iter(|| memcpy_all(&inputs, &mut copy)));
     group.finish();
 }

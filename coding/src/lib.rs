@@ -7,7 +7,7 @@
 //! - [`StripeLayout`] / [`StripeEncoder`]: how a volume maps onto stripes
 //!   of `k` data and `m` parity blocks, volume ranges to block segments,
 //!   and a streaming encoder working in column chunks.
-//! - [`BlockChecksums`] (in [`format`]): per-chunk CRC32s of a block, with
+//! - [`BlockChecksums`] (in [`format`](mod@format)): per-chunk CRC32s of a block, with
 //!   a versioned on-disk record and range verification.
 //! - [`xor_parity`] and friends: XOR parity of two unequal blocks for the
 //!   geo layer.

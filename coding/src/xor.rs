@@ -87,17 +87,20 @@ fn xor_two(out: &mut [u8], a: &[u8], b: &[u8]) {
     }
 }
 
-/// `dst[..src.len()] ^= src`; `src` must not be longer than `dst`.
-///
-/// # Panics
-/// If `src` is longer than `dst` (callers in this module check first).
-pub fn xor_into(dst: &mut [u8], src: &[u8]) {
-    assert!(src.len() <= dst.len(), "xor source longer than destination");
-    let dst = &mut dst[..src.len()];
-    let mut d = dst.chunks_exact_mut(LANES);
+/// `dst[..src.len()] ^= src`: fold `src` into `dst`, `src` read as
+/// zero-padded. A `src` longer than `dst` is [`CodingError::ShardLength`].
+pub fn xor_into(dst: &mut [u8], src: &[u8]) -> Result<()> {
+    if src.len() > dst.len() {
+        return Err(CodingError::ShardLength {
+            index: 1,
+            expected: dst.len(),
+            actual: src.len(),
+        });
+    }
+    let head = &mut dst[..src.len()];
+    let mut d = head.chunks_exact_mut(LANES);
     let mut s = src.chunks_exact(LANES);
     for (dc, sc) in (&mut d).zip(&mut s) {
-        // Fixed-size arrays let the compiler vectorise this loop.
         let dc: &mut [u8; LANES] = dc.try_into().expect("chunks_exact");
         let sc: &[u8; LANES] = sc.try_into().expect("chunks_exact");
         for i in 0..LANES {
@@ -107,6 +110,7 @@ pub fn xor_into(dst: &mut [u8], src: &[u8]) {
     for (x, y) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *x ^= y;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -155,5 +159,9 @@ mod tests {
             Err(CodingError::ShardLength { .. })
         ));
         assert!(xor_parity_into(&[1, 2, 3], &[1], &mut [0; 2]).is_err());
+        assert!(xor_into(&mut [0; 2], &[1, 2, 3]).is_err());
+        let mut dst = [1u8, 2, 3];
+        xor_into(&mut dst, &[1, 2]).expect("shorter source");
+        assert_eq!(dst, [0, 0, 3]);
     }
 }
