@@ -580,6 +580,14 @@ async fn replica_failure_turns_the_volume_read_only_and_uploads_go_elsewhere() {
     node.cancel.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // Reads rotate over the replicas; the dead one is skipped after its
+    // error, before the directory even knows it is down.
+    for _ in 0..4 {
+        let response = cluster.get(&format!("/blobs/{id}")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.expect("body"), before);
+    }
+
     // While the directory still thinks the node is up, an upload either
     // lands on a volume without it or fails with one clear error.
     let response = cluster.upload(pattern(2000, 4), "a/b").await;

@@ -15,6 +15,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+#[cfg(test)]
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -150,5 +152,57 @@ impl Drop for VolumeLease {
                 "volume lease dropped; retiring the volume"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::VolumeState;
+
+    fn volume(id: u32) -> WritableVolume {
+        WritableVolume {
+            volume: Arc::new(LogicalVolume {
+                id,
+                state: VolumeState::Writable,
+                replicas: vec!["a".into(), "b".into(), "c".into()],
+                stale_replicas: Vec::new(),
+                created_ms: 0,
+                locked_ms: None,
+                size_bytes: 0,
+                needle_count: 0,
+            }),
+            next_key: 1,
+            end_key: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_upload_per_volume_and_bounded_size() {
+        let pool = VolumePool::new(2);
+        let Checkout::Allocate(p1) = pool.checkout().await else {
+            panic!("empty pool must allocate");
+        };
+        let mut first = pool.lease_new(volume(1), p1);
+        assert_eq!(first.volume_mut().take_key(), Some(1));
+        assert_eq!(first.volume_mut().take_key(), Some(2));
+        assert_eq!(first.volume_mut().take_key(), None);
+        let Checkout::Allocate(p2) = pool.checkout().await else {
+            panic!("volume 1 is busy: allocate a second");
+        };
+        let second = pool.lease_new(volume(2), p2);
+        // Both slots busy: a third checkout waits.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), pool.checkout()).await;
+        assert!(waiting.is_err());
+        first.release();
+        let Checkout::Volume(mut again) = pool.checkout().await else {
+            panic!("the released volume is reused");
+        };
+        assert_eq!(again.volume_mut().volume.id, 1);
+        // Retiring (or dropping) never returns a volume to the pool.
+        again.retire();
+        drop(second);
+        assert_eq!(pool.idle_count(), 0);
+        assert!(matches!(pool.checkout().await, Checkout::Allocate(_)));
     }
 }
