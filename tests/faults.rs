@@ -222,3 +222,26 @@ async fn kill_9_router_mid_upload_never_serves_half_a_blob() -> anyhow::Result<(
     check_acknowledged(&cluster.router, &acknowledged).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawned_nodes_die_with_their_parent() -> anyhow::Result<()> {
+    let cluster = Cluster::start_spawned(&[]).await?;
+    let pids: Vec<libc::pid_t> = cluster
+        .nodes()?
+        .iter()
+        .map(|node| node["pid"].as_i64().map(|pid| pid as libc::pid_t))
+        .collect::<Option<_>>()
+        .context("pids")?;
+    assert_eq!(pids.len(), 5, "directory, three stores, router");
+    // kill -9 the supervisor alone (not its process group).
+    common::signal(cluster.supervisor_pid(), libc::SIGKILL);
+    wait_until("every child gone", Duration::from_secs(30), || {
+        let pids = pids.clone();
+        async move {
+            // SAFETY: kill(2) with signal 0 only checks for existence.
+            Ok(pids.iter().all(|pid| unsafe { libc::kill(*pid, 0) } != 0))
+        }
+    })
+    .await?;
+    Ok(())
+}

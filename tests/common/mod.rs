@@ -147,6 +147,11 @@ impl Cluster {
         self.wait_ready().await
     }
 
+    /// Pid of the `hayloft up` process itself.
+    pub fn supervisor_pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
     /// The nodes recorded in `DIR/cluster.json`.
     pub fn nodes(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let text = std::fs::read_to_string(self.data_dir.join("cluster.json"))?;
