@@ -274,6 +274,12 @@ async fn store_blob(
             lease.release();
             return Ok(id);
         }
+        if refused_by_every_replica(&failures, volume.replicas.len()) {
+            // Every store refused the request itself before writing
+            // anything: the volume is fine, the request is not.
+            lease.release();
+            return Err(request_refusal(state, &failures));
+        }
         lease.retire();
         last = describe(&failures);
         tracing::warn!(volume = volume.id, key, attempt, failures = %last, "upload attempt failed");
@@ -292,6 +298,38 @@ async fn store_blob(
         }
     }
     Err(ApiError::UploadFailed { attempts, last })
+}
+
+/// Whether every replica refused the append as a bad or too large request
+/// (which a store checks before it writes anything).
+fn refused_by_every_replica(failures: &[ReplicaFailure], replica_count: usize) -> bool {
+    failures.len() == replica_count
+        && failures.iter().all(|f| {
+            matches!(
+                f.error,
+                ReplicaError::Client(ClientError::BadRequest(_) | ClientError::PayloadTooLarge(_))
+            )
+        })
+}
+
+/// The client's error for a request every replica refused.
+fn request_refusal(state: &AppState, failures: &[ReplicaFailure]) -> ApiError {
+    let too_large = failures.iter().any(|f| {
+        matches!(
+            f.error,
+            ReplicaError::Client(ClientError::PayloadTooLarge(_))
+        )
+    });
+    if too_large {
+        ApiError::PayloadTooLarge {
+            limit_bytes: state.config.max_blob_bytes,
+        }
+    } else {
+        ApiError::BadRequest(format!(
+            "the store nodes refused the upload: {}",
+            describe(failures)
+        ))
+    }
 }
 
 /// Checks a writable volume out of the pool, allocating one if needed.
