@@ -236,3 +236,69 @@ async fn when_every_replica_is_stale_the_most_complete_one_is_the_source() {
     cancel.cancel();
     directory.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replica_is_replaced_from_a_peer() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut stores = start_stores(root.path()).await;
+    // An old volume (past the audit's allocation grace), on every store.
+    let (vid, replicas) = {
+        let dir = RedbDirectory::open(&root.path().join("directory")).expect("open");
+        for s in &stores {
+            dir.register_node(s.registration(), now_ms())
+                .expect("register");
+        }
+        let volume = dir.allocate_volume(now_ms() - 120_000).expect("allocate");
+        (volume.id, volume.replicas)
+    };
+    assert_eq!(replicas.len(), 3);
+    for s in &stores {
+        s.client.create_volume(vid).await.expect("create replica");
+        append(s, vid, 1, b"precious").await;
+    }
+    let directory = start_directory(config(root.path())).await;
+    let client = directory.client.clone();
+    let cancel = CancellationToken::new();
+    for s in &stores {
+        let enabled = Arc::new(AtomicBool::new(true));
+        let period = Duration::from_millis(100);
+        spawn_heartbeats(
+            client.clone(),
+            s.id.clone(),
+            period,
+            enabled,
+            cancel.clone(),
+        );
+    }
+    // s3's disk is lost: it comes back quickly (never marked down), empty,
+    // at a new address.
+    let old = stores.pop().expect("s3");
+    old.cancel.cancel();
+    old.task.await.expect("s3 stops");
+    let fresh = start_store(&root.path().join("replacement"), "s3", "r3").await;
+    assert!(
+        fresh.client.volume_status(vid).await.is_err(),
+        "the new disk is empty"
+    );
+    client
+        .register(&fresh.registration())
+        .await
+        .expect("re-register");
+    let data = eventually(Duration::from_secs(30), "replica replaced", || {
+        let fresh = &fresh;
+        async move {
+            let needle = fresh.client.read_needle_bytes(vid, 1, COOKIE).await.ok()?;
+            Some(needle.data)
+        }
+    })
+    .await;
+    assert_eq!(&data[..], b"precious");
+    let repaired = wait_repaired(&client, vid).await;
+    assert_eq!(
+        repaired.state,
+        VolumeState::Locked,
+        "the audit marked it stale first"
+    );
+    cancel.cancel();
+    directory.stop().await;
+}

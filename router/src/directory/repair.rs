@@ -15,10 +15,13 @@
 //! replica therefore never takes uploads again (as in Haystack); it stays
 //! readable and can later migrate to the warm tier like any locked volume.
 //!
-//! Repairs run one at a time: a bulk sync is a large sequential copy, and
+//! Each pass first audits the up store nodes (`GET /volumes`): a replica
+//! that its node no longer holds (the node came back with an empty or
+//! replaced disk) is marked stale, so that it too is resynchronised before it
+//! serves reads. Repairs run one at a time: a bulk sync is a large sequential copy, and
 //! running them serially is the simplest throttle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,7 +79,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| DirectoryError::Internal(format!("directory task: {e}")))?
 }
 
-/// One pass over every volume with a stale replica.
+/// One pass: first mark stale the replicas that up store nodes no longer
+/// hold, then repair every volume with a stale replica.
 pub(crate) async fn repair_pass(
     directory: &Arc<dyn Directory>,
     stores: &StoreCalls,
@@ -85,12 +89,64 @@ pub(crate) async fn repair_pass(
         blocking(directory, |d| Ok((d.list_volumes()?, d.list_nodes()?))).await?;
     let nodes: HashMap<String, NodeRecord> = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
     let mut report = RepairReport::default();
+    let volumes = audit_missing_replicas(directory, stores, &nodes, volumes).await?;
     for volume in volumes.into_iter().filter(|v| !v.stale_replicas.is_empty()) {
         if let Err(e) = repair_volume(directory, stores, &nodes, volume, &mut report).await {
             tracing::warn!(error = %e, "volume repair failed");
         }
     }
     Ok(report)
+}
+
+/// A replica allocated this recently may not exist on its store yet (the
+/// allocating request creates it after committing), so the audit skips it.
+const AUDIT_GRACE_MS: u64 = 60_000;
+
+/// Marks stale every fresh replica that its `up` store node does not list:
+/// the node came back with an empty or replaced disk (a lost replica being
+/// replaced), and must be resynchronised before anyone reads from it.
+/// Returns `volumes` with those marks applied.
+async fn audit_missing_replicas(
+    directory: &Arc<dyn Directory>,
+    stores: &StoreCalls,
+    nodes: &HashMap<String, NodeRecord>,
+    mut volumes: Vec<LogicalVolume>,
+) -> Result<Vec<LogicalVolume>, DirectoryError> {
+    let settled_before = now_ms().saturating_sub(AUDIT_GRACE_MS);
+    let mut expected: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (index, volume) in volumes.iter().enumerate() {
+        if volume.created_ms > settled_before {
+            continue;
+        }
+        for replica in volume.fresh_replicas() {
+            if let Some(node) = up_node(nodes, replica) {
+                expected.entry(node.id.as_str()).or_default().push(index);
+            }
+        }
+    }
+    let mut missing: Vec<(usize, String)> = Vec::new();
+    for (node_id, indexes) in expected {
+        let node = &nodes[node_id];
+        let held: HashSet<u32> = match stores.list_volumes(&node.base_url()).await {
+            Ok(list) => list.into_iter().map(|s| s.volume_id).collect(),
+            Err(e) => {
+                tracing::debug!(node = node_id, error = %e, "listing replicas failed");
+                continue;
+            }
+        };
+        for index in indexes {
+            if !held.contains(&volumes[index].id) {
+                missing.push((index, node_id.to_owned()));
+            }
+        }
+    }
+    for (index, node_id) in missing {
+        let vid = volumes[index].id;
+        tracing::warn!(volume = vid, replica = %node_id, "replica missing on its node; marking stale");
+        let node = node_id.clone();
+        volumes[index] = blocking(directory, move |d| d.mark_replica_stale(vid, &node)).await?;
+    }
+    Ok(volumes)
 }
 
 fn up_node<'a>(nodes: &'a HashMap<String, NodeRecord>, id: &str) -> Option<&'a NodeRecord> {

@@ -40,6 +40,11 @@ impl StoreCalls {
         self.client(base_url)?.create_volume(vid).await.map(drop)
     }
 
+    /// `GET /volumes`: the status of every replica on the node.
+    pub async fn list_volumes(&self, base_url: &str) -> Result<Vec<VolumeStatus>, ClientError> {
+        self.client(base_url)?.list_volumes().await
+    }
+
     /// `GET /volumes/{vid}`.
     pub async fn volume_status(
         &self,
