@@ -267,15 +267,24 @@ async fn seal_volume(
         .await?;
         tracing::info!(volume = vid, "sealed (locked) before replica repair");
     }
-    let sealed = volume
-        .replicas
-        .iter()
-        .filter(|r| *r == source || !volume.is_stale(r));
-    for replica in sealed.filter_map(|r| up_node(nodes, r)) {
-        stores
-            .lock_volume(&replica.base_url(), vid)
-            .await
-            .map_err(|e| store_error(replica, &e))?;
+    // The source must lock (it is streamed); the other fresh replicas are
+    // locked so the stores agree with the directory, best effort.
+    let source_node = up_node(nodes, source).ok_or_else(|| DirectoryError::StoreUnavailable {
+        node: source.to_owned(),
+        message: "source node is not up".into(),
+    })?;
+    stores
+        .lock_volume(&source_node.base_url(), vid)
+        .await
+        .map_err(|e| store_error(source_node, &e))?;
+    let others = volume
+        .fresh_replicas()
+        .filter(|r| *r != source)
+        .filter_map(|r| up_node(nodes, r));
+    for replica in others {
+        if let Err(e) = stores.lock_volume(&replica.base_url(), vid).await {
+            tracing::warn!(volume = vid, replica = %replica.id, error = %e, "locking replica failed");
+        }
     }
     Ok(())
 }
