@@ -43,13 +43,17 @@ impl AppState {
     /// Builds the state; no network traffic happens here.
     pub(crate) fn new(config: RouterConfig) -> Result<AppState, ApiError> {
         let directory = DirectoryClient::new(&config.directory_url)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(STORE_CONNECT_TIMEOUT_MS))
-            .read_timeout(Duration::from_millis(config.replica_timeout_ms))
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
+        // The store node's builder drops pooled connections before the node's
+        // own idle close, so a write never lands on a socket the node is closing
+        // (which would wrongly mark a healthy replica stale).
+        let http = haystack::client::http_client_builder(&StoreClientOptions {
+            connect_timeout_ms: STORE_CONNECT_TIMEOUT_MS,
+            read_idle_timeout_ms: config.replica_timeout_ms,
+            ..StoreClientOptions::default()
+        })
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
         let memory_kib = usize::try_from(config.upload_buffer_bytes.div_ceil(1024))
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
