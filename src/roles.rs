@@ -120,6 +120,9 @@ pub async fn register_store(
 ) -> anyhow::Result<Registration> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        // Below the directory's idle cut-off, so a pooled connection is never
+        // reused just as the directory closes it.
+        .pool_idle_timeout(Duration::from_secs(2))
         .timeout(config.request_timeout())
         .build()
         .context("building HTTP client")?;

@@ -182,7 +182,20 @@ async fn ten_thousand_blobs_upload_fetch_delete() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_on_the_same_directory_brings_back_every_blob() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(&["--volume-size", "8MiB", "--max-blob-size", "1MiB"]).await?;
+    let cluster = Cluster::start(&["--volume-size", "8MiB", "--max-blob-size", "1MiB"]).await?;
+    stop_restart_and_check(cluster).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spawned_restart_on_the_same_directory_brings_back_every_blob() -> anyhow::Result<()> {
+    let cluster =
+        Cluster::start_spawned(&["--volume-size", "8MiB", "--max-blob-size", "1MiB"]).await?;
+    stop_restart_and_check(cluster).await
+}
+
+/// Uploads, deletes a tenth, stops cleanly (SIGTERM), starts again on the
+/// same directory, and checks every BLOB (and every delete) came back.
+async fn stop_restart_and_check(mut cluster: Cluster) -> anyhow::Result<()> {
     let sizes: Vec<usize> = blob_sizes(400, 7).into_iter().map(|s| s.min(MIB)).collect();
     let blobs = upload_all(&cluster.router, &sizes, 2).await?;
     // Delete a few, so deletes must survive the restart too.
