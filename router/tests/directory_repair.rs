@@ -179,6 +179,16 @@ async fn a_replica_reported_stale_is_resynchronised() {
         read(store(&stores, failed), vid, key).await.as_deref(),
         Some(&b"payload"[..])
     );
+    // The repair loop's audit records what the stores report.
+    let sized = eventually(Duration::from_secs(20), "sizes recorded", || {
+        let client = client.clone();
+        async move {
+            let volume = client.volume(vid).await.ok()?;
+            (volume.needle_count == 1).then_some(volume)
+        }
+    })
+    .await;
+    assert!(sized.size_bytes > 0);
     cancel.cancel();
     directory.stop().await;
 }

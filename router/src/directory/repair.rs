@@ -18,10 +18,11 @@
 //! Each pass first audits the up store nodes (`GET /volumes`): a replica
 //! that its node no longer holds (the node came back with an empty or
 //! replaced disk) is marked stale, so that it too is resynchronised before it
-//! serves reads. Repairs run one at a time: a bulk sync is a large sequential copy, and
+//! serves reads; the same answers refresh each volume's recorded size and
+//! needle count. Repairs run one at a time: a bulk sync is a large sequential copy, and
 //! running them serially is the simplest throttle.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,8 +80,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| DirectoryError::Internal(format!("directory task: {e}")))?
 }
 
-/// One pass: first mark stale the replicas that up store nodes no longer
-/// hold, then repair every volume with a stale replica.
+/// One pass: first audit the replicas on up store nodes (missing ones turn
+/// stale, sizes are refreshed), then repair every volume with a stale replica.
 pub(crate) async fn repair_pass(
     directory: &Arc<dyn Directory>,
     stores: &StoreCalls,
@@ -89,7 +90,7 @@ pub(crate) async fn repair_pass(
         blocking(directory, |d| Ok((d.list_volumes()?, d.list_nodes()?))).await?;
     let nodes: HashMap<String, NodeRecord> = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
     let mut report = RepairReport::default();
-    let volumes = audit_missing_replicas(directory, stores, &nodes, volumes).await?;
+    let volumes = audit_replicas(directory, stores, &nodes, volumes).await?;
     for volume in volumes.into_iter().filter(|v| !v.stale_replicas.is_empty()) {
         if let Err(e) = repair_volume(directory, stores, &nodes, volume, &mut report).await {
             tracing::warn!(error = %e, "volume repair failed");
@@ -102,11 +103,18 @@ pub(crate) async fn repair_pass(
 /// allocating request creates it after committing), so the audit skips it.
 const AUDIT_GRACE_MS: u64 = 60_000;
 
-/// Marks stale every fresh replica that its `up` store node does not list:
-/// the node came back with an empty or replaced disk (a lost replica being
-/// replaced), and must be resynchronised before anyone reads from it.
-/// Returns `volumes` with those marks applied.
-async fn audit_missing_replicas(
+/// Asks every `up` store node holding a fresh replica for its replicas'
+/// status (`GET /volumes`), then:
+///
+/// - marks stale every fresh replica its node does not list (past
+///   [`AUDIT_GRACE_MS`] after allocation): the node came back with an empty
+///   or replaced disk (a lost replica being replaced), and must be
+///   resynchronised before anyone reads from it;
+/// - records each volume's size and needle count (the largest among its
+///   fresh replicas) when they changed.
+///
+/// Returns `volumes` with those changes applied.
+async fn audit_replicas(
     directory: &Arc<dyn Directory>,
     stores: &StoreCalls,
     nodes: &HashMap<String, NodeRecord>,
@@ -115,9 +123,6 @@ async fn audit_missing_replicas(
     let settled_before = now_ms().saturating_sub(AUDIT_GRACE_MS);
     let mut expected: HashMap<&str, Vec<usize>> = HashMap::new();
     for (index, volume) in volumes.iter().enumerate() {
-        if volume.created_ms > settled_before {
-            continue;
-        }
         for replica in volume.fresh_replicas() {
             if let Some(node) = up_node(nodes, replica) {
                 expected.entry(node.id.as_str()).or_default().push(index);
@@ -125,18 +130,29 @@ async fn audit_missing_replicas(
         }
     }
     let mut missing: Vec<(usize, String)> = Vec::new();
+    let mut sizes: HashMap<usize, (u64, u64)> = HashMap::new();
     for (node_id, indexes) in expected {
         let node = &nodes[node_id];
-        let held: HashSet<u32> = match stores.list_volumes(&node.base_url()).await {
-            Ok(list) => list.into_iter().map(|s| s.volume_id).collect(),
+        let held: HashMap<u32, (u64, u64)> = match stores.list_volumes(&node.base_url()).await {
+            Ok(list) => list
+                .into_iter()
+                .map(|s| (s.volume_id, (s.size_bytes, s.needle_count)))
+                .collect(),
             Err(e) => {
                 tracing::debug!(node = node_id, error = %e, "listing replicas failed");
                 continue;
             }
         };
         for index in indexes {
-            if !held.contains(&volumes[index].id) {
-                missing.push((index, node_id.to_owned()));
+            match held.get(&volumes[index].id) {
+                Some(&(size_bytes, needle_count)) => {
+                    let entry = sizes.entry(index).or_default();
+                    *entry = (entry.0.max(size_bytes), entry.1.max(needle_count));
+                }
+                None if volumes[index].created_ms <= settled_before => {
+                    missing.push((index, node_id.to_owned()));
+                }
+                None => {}
             }
         }
     }
@@ -145,6 +161,17 @@ async fn audit_missing_replicas(
         tracing::warn!(volume = vid, replica = %node_id, "replica missing on its node; marking stale");
         let node = node_id.clone();
         volumes[index] = blocking(directory, move |d| d.mark_replica_stale(vid, &node)).await?;
+    }
+    for (index, (size_bytes, needle_count)) in sizes {
+        let volume = &volumes[index];
+        if (volume.size_bytes, volume.needle_count) == (size_bytes, needle_count) {
+            continue;
+        }
+        let vid = volume.id;
+        volumes[index] = blocking(directory, move |d| {
+            d.update_volume_sizes(vid, size_bytes, needle_count)
+        })
+        .await?;
     }
     Ok(volumes)
 }
