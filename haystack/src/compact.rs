@@ -109,7 +109,8 @@ impl Volume {
             Err(e) => {
                 if renaming {
                     st.failed = true;
-                    error!(volume = self.id, error = %e, "compaction failed while renaming; read-only until reopened");
+                    let msg = "compaction failed while renaming; read-only until reopened";
+                    error!(volume = self.id, error = %e, "{msg}");
                 } else {
                     error!(volume = self.id, error = %e, "compaction failed; old files kept");
                     let _ = remove_if_exists(&self.paths.data_compact);

@@ -1,9 +1,11 @@
 //! haystack: Hayloft's hot tier.
 //!
 //! A synchronous engine of append-only needle volumes over positional file IO:
-//! [`format`] owns every byte layout, [`index`] is the compact in-memory needle index,
-//! [`volume`] appends (group commit), reads, deletes, locks, recovers and compacts one
-//! volume, [`store`] holds the volumes of a store node, and [`file`] is the storage seam.
+//! [`format`](mod@format) owns every byte layout, [`index`] is the compact in-memory needle
+//! index, [`volume`] appends (group commit), reads, deletes, locks, recovers and compacts
+//! one volume, [`store`] holds the volumes of a store node, and [`file`](mod@file) is the
+//! storage seam. At the edge, `service` and `client` are the store node's HTTP service and
+//! its typed client.
 
 #![warn(missing_docs)]
 

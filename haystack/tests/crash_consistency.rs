@@ -189,7 +189,8 @@ fn run_once(seed: u64) {
                     .filter(|k| v.read_needle(**k, **k as u32).is_err())
                     .collect();
                 panic!(
-                    "seed {seed} key {key}: {got:?}; status {:?}; acked {} keys up to {:?}; missing {missing:?}; deleted {:?} attempted {:?}",
+                    "seed {seed} key {key}: {got:?}; status {:?}; acked {} keys up to {:?}; \
+                     missing {missing:?}; deleted {:?} attempted {:?}",
                     v.status(),
                     keys.len(),
                     keys.last(),

@@ -1,7 +1,8 @@
 //! Backward compatibility: a volume written by format version 1 is checked in under
 //! `tests/data/format_v1/` and must always open and read. Regenerate it only together with a
 //! format version bump (then keep the old sample too):
-//! `HAYLOFT_WRITE_SAMPLE=haystack/tests/data/format_v1 cargo test -p haystack --test format_compat -- --ignored`
+//! `HAYLOFT_WRITE_SAMPLE=haystack/tests/data/format_v1 \`
+//! `cargo test -p haystack --test format_compat -- --ignored`
 
 use std::path::{Path, PathBuf};
 

@@ -20,7 +20,8 @@ proptest! {
         flip in any::<prop::sample::Index>(),
     ) {
         let (bytes, crc) = format::encode_needle(key, cookie, &content_type, &data);
-        prop_assert_eq!(bytes.len() as u64, format::needle_size_bytes(content_type.len(), data.len() as u64));
+        let size = format::needle_size_bytes(content_type.len(), data.len() as u64);
+        prop_assert_eq!(bytes.len() as u64, size);
         prop_assert_eq!(bytes.len() % 8, 0);
         let (n, flags) = format::decode_needle(bytes.clone(), 1, 64).expect("round trip");
         prop_assert_eq!(flags, 0);
@@ -52,7 +53,10 @@ proptest! {
 
     #[test]
     fn index_matches_btreemap(
-        ops in proptest::collection::vec((1u64..100_000, 1u64..300_000, any::<bool>(), any::<prop::sample::Index>()), 1..600),
+        ops in proptest::collection::vec(
+            (1u64..100_000, 1u64..300_000, any::<bool>(), any::<prop::sample::Index>()),
+            1..600,
+        ),
     ) {
         let mut index = NeedleIndex::new(64);
         let mut model: BTreeMap<u64, (u64, u64, bool)> = BTreeMap::new();
@@ -73,7 +77,8 @@ proptest! {
             let got = index.get(probe).map(|e| (e.offset, e.size_bytes, e.deleted));
             prop_assert_eq!(got, model.get(&probe).copied());
         }
-        let all: Vec<_> = index.iter().map(|e| (e.key, (e.offset, e.size_bytes, e.deleted))).collect();
+        let all: Vec<_> =
+            index.iter().map(|e| (e.key, (e.offset, e.size_bytes, e.deleted))).collect();
         prop_assert_eq!(all, model.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>());
         prop_assert_eq!(index.data_end(), offset);
         let from = model.keys().nth(model.len() / 2).copied();
@@ -94,7 +99,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (1u64..5, 0usize..3000, any::<u32>()).prop_map(|(gap, len, cookie)| Op::Append { gap, len, cookie }),
+        6 => (1u64..5, 0usize..3000, any::<u32>())
+            .prop_map(|(gap, len, cookie)| Op::Append { gap, len, cookie }),
         3 => any::<prop::sample::Index>().prop_map(Op::Delete),
         1 => any::<prop::sample::Index>().prop_map(Op::DeleteWrongCookie),
         1 => Just(Op::Compact),
@@ -139,7 +145,7 @@ proptest! {
                     v.append_needle(key, cookie, "t", &data).expect("append");
                     model.insert(key, (cookie, data, false));
                 }
-                Op::Delete(pick) | Op::DeleteWrongCookie(pick) if model.is_empty() => { let _ = pick; }
+                Op::Delete(_) | Op::DeleteWrongCookie(_) if model.is_empty() => {}
                 Op::Delete(pick) => {
                     let n = model.len();
                     let (k, entry) = model.iter_mut().nth(pick.index(n)).expect("non-empty");
@@ -153,7 +159,8 @@ proptest! {
                 }
                 Op::DeleteWrongCookie(pick) => {
                     let (k, entry) = model.iter().nth(pick.index(model.len())).expect("non-empty");
-                    prop_assert!(matches!(v.delete_needle(*k, entry.0.wrapping_add(1)), Err(Error::NotFound)));
+                    let r = v.delete_needle(*k, entry.0.wrapping_add(1));
+                    prop_assert!(matches!(r, Err(Error::NotFound)));
                 }
                 Op::Compact => {
                     v.compact().expect("compact");

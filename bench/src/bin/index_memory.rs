@@ -35,7 +35,8 @@ fn rss_bytes() -> u64 {
 fn report(label: &str, n: u64, before: u64, index: &NeedleIndex) {
     let grown = rss_bytes().saturating_sub(before);
     println!(
-        "{label}: {n} needles, RSS growth {grown} bytes = {:.2} bytes/needle (heap {:.2} bytes/needle)",
+        "{label}: {n} needles, RSS growth {grown} bytes = {:.2} bytes/needle \
+         (heap {:.2} bytes/needle)",
         grown as f64 / n as f64,
         index.heap_size_bytes() as f64 / n as f64
     );
