@@ -31,7 +31,7 @@ use crate::format::{
     NEEDLE_FLAGS_OFFSET, SUPERBLOCK_SIZE, Superblock,
 };
 use crate::index::NeedleIndex;
-use crate::volume::{CompactionReport, Volume, max_key, new_instance_id};
+use crate::volume::{CompactionReport, Volume, WriteState, max_key, new_instance_id};
 
 /// Needles copied per pass over the in-memory index (bounds the time a read lock is held).
 const COPY_BATCH: usize = 256;
@@ -122,38 +122,12 @@ impl Volume {
     }
 
     fn compact_steps(&self, slot: &mut Option<Job>) -> Result<(u64, u64, u64)> {
-        remove_if_exists(&self.paths.data_compact)?;
-        remove_if_exists(&self.paths.index_compact)?;
         let old_sb = self.files.read().superblock;
-        let superblock = Superblock {
-            instance_id: new_instance_id(),
-            generation: old_sb.generation.wrapping_add(1),
-            ..old_sb
-        };
-        let data = self.backend.open(&self.paths.data_compact, true)?;
-        data.set_len(0)?;
-        data.write_at(&format::encode_superblock(&superblock), 0)?;
-        let index_file = self.backend.open(&self.paths.index_compact, true)?;
-        index_file.set_len(0)?;
-        index_file.write_at(
-            &format::encode_index_header(self.id, superblock.instance_id),
-            0,
-        )?;
-        let job = slot.insert(Job {
-            data,
-            index_file,
-            index: NeedleIndex::new(SUPERBLOCK_SIZE),
-            index_buf: Vec::new(),
-            index_end: INDEX_HEADER_SIZE,
-            last_copied: None,
-            superblock,
-            dropped: 0,
-            renaming: false,
-        });
+        let job = slot.insert(self.start_job(&old_sb)?);
         self.copy_needles(job)?;
-        fail::fail_point!("compact-after-copy", |_| Err(failpoint_error(
-            "compact-after-copy"
-        )));
+        fail::fail_point!("compact-after-copy", |_| {
+            Err(failpoint_error("compact-after-copy"))
+        });
 
         // Final phase: hold deletes, stop appends, drain group commits.
         let _deletes = self.delete_lock.lock();
@@ -174,22 +148,7 @@ impl Volume {
             "appends drained"
         );
         self.copy_needles(job)?;
-        let deleted = self.compact_deletes.lock().take().unwrap_or_default();
-        for key in deleted {
-            if let Some(e) = job.index.mark_deleted(key) {
-                job.data.write_at(
-                    &[NEEDLE_FLAG_DELETED],
-                    e.offset + NEEDLE_FLAGS_OFFSET as u64,
-                )?;
-                job.push_record(&IndexRecord {
-                    kind: IndexRecordKind::Delete,
-                    key,
-                    offset: e.offset,
-                    size_bytes: u32::try_from(e.size_bytes).expect("needle size fits u32"),
-                    flags: NEEDLE_FLAG_DELETED,
-                })?;
-            }
-        }
+        self.apply_compaction_deletes(job)?;
         job.superblock.locked = st.locked;
         job.superblock.key_floor = max_key(old_sb.key_floor, st.last_key);
         job.data
@@ -197,10 +156,64 @@ impl Volume {
         job.data.sync_data()?;
         job.flush_records()?;
         job.index_file.sync_data()?;
-        fail::fail_point!("compact-before-rename", |_| Err(failpoint_error(
-            "compact-before-rename"
-        )));
+        fail::fail_point!("compact-before-rename", |_| {
+            Err(failpoint_error("compact-before-rename"))
+        });
+        self.commit_job(job, &mut st)
+    }
 
+    /// Creates the `.compact` files with a fresh superblock and index header.
+    fn start_job(&self, old_sb: &Superblock) -> Result<Job> {
+        remove_if_exists(&self.paths.data_compact)?;
+        remove_if_exists(&self.paths.index_compact)?;
+        let superblock = Superblock {
+            instance_id: new_instance_id(),
+            generation: old_sb.generation.wrapping_add(1),
+            ..*old_sb
+        };
+        let data = self.backend.open(&self.paths.data_compact, true)?;
+        data.set_len(0)?;
+        data.write_at(&format::encode_superblock(&superblock), 0)?;
+        let index_file = self.backend.open(&self.paths.index_compact, true)?;
+        index_file.set_len(0)?;
+        let header = format::encode_index_header(self.id, superblock.instance_id);
+        index_file.write_at(&header, 0)?;
+        Ok(Job {
+            data,
+            index_file,
+            index: NeedleIndex::new(SUPERBLOCK_SIZE),
+            index_buf: Vec::new(),
+            index_end: INDEX_HEADER_SIZE,
+            last_copied: None,
+            superblock,
+            dropped: 0,
+            renaming: false,
+        })
+    }
+
+    /// Applies to the new files the deletes that arrived while the needles were copied.
+    fn apply_compaction_deletes(&self, job: &mut Job) -> Result<()> {
+        let deleted = self.compact_deletes.lock().take().unwrap_or_default();
+        for key in deleted {
+            let Some(e) = job.index.mark_deleted(key) else {
+                continue;
+            };
+            let flag_at = e.offset + NEEDLE_FLAGS_OFFSET as u64;
+            job.data.write_at(&[NEEDLE_FLAG_DELETED], flag_at)?;
+            job.push_record(&IndexRecord {
+                kind: IndexRecordKind::Delete,
+                key,
+                offset: e.offset,
+                size_bytes: u32::try_from(e.size_bytes).expect("needle size fits u32"),
+                flags: NEEDLE_FLAG_DELETED,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Renames the synced new files into place (index, then data: the commit point), syncs
+    /// the directory, and swaps handles and index. Called with appends and deletes held.
+    fn commit_job(&self, job: &mut Job, st: &mut WriteState) -> Result<(u64, u64, u64)> {
         job.renaming = true;
         std::fs::rename(&self.paths.index_compact, &self.paths.index)?;
         fail::fail_point!("compact-after-index-rename", |_| {
@@ -211,13 +224,12 @@ impl Volume {
             Err(failpoint_error("compact-after-data-rename"))
         });
         sync_dir(&self.paths.dir)?;
-        fail::fail_point!("compact-after-dir-sync", |_| Err(failpoint_error(
-            "compact-after-dir-sync"
-        )));
+        fail::fail_point!("compact-after-dir-sync", |_| {
+            Err(failpoint_error("compact-after-dir-sync"))
+        });
 
         let new_end = job.index.data_end();
         let kept = job.index.len();
-        let dropped = job.dropped;
         let index = std::mem::replace(&mut job.index, NeedleIndex::new(SUPERBLOCK_SIZE));
         {
             let mut files = self.files.write();
@@ -233,7 +245,7 @@ impl Volume {
         st.end = new_end;
         st.synced = new_end;
         job.renaming = false;
-        Ok((kept, dropped, new_end))
+        Ok((kept, job.dropped, new_end))
     }
 
     /// Copies every published needle above `job.last_copied`, skipping deleted ones.

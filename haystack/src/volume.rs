@@ -289,36 +289,7 @@ impl Volume {
         if !paths.data.exists() {
             return Err(Error::UnknownVolume { volume: id });
         }
-        // Leftovers of an interrupted create or compaction were never renamed into place:
-        // the volume's committed files are the plain ones.
-        for p in [
-            &paths.data_creating,
-            &paths.data_compact,
-            &paths.index_compact,
-        ] {
-            if remove_if_exists(p)? {
-                warn!(volume = id, path = %p.display(), "removed an interrupted leftover");
-            }
-        }
-        let data = backend.open(&paths.data, false)?;
-        let data_len = data.len()?;
-        if data_len < SUPERBLOCK_SIZE {
-            return Err(Error::corrupt(
-                id,
-                0,
-                "data file shorter than the superblock",
-            ));
-        }
-        let mut sb_bytes = [0u8; SUPERBLOCK_SIZE as usize];
-        data.read_at(&mut sb_bytes, 0)?;
-        let sb = format::decode_superblock(&sb_bytes, id)?;
-        if sb.volume_id != id {
-            return Err(Error::corrupt(
-                id,
-                0,
-                format!("superblock names volume {}", sb.volume_id),
-            ));
-        }
+        let (data, sb, data_len) = open_data_file(&paths, &*backend, id)?;
         let index_file = backend.open(&paths.index, true)?;
         let (mut index, mut index_end) = load_index(id, &*index_file, &sb, data_len)?;
         let records = scan_tail(id, &*data, &mut index, data_len)?;
@@ -684,6 +655,42 @@ impl Volume {
         let _d = self.delete_lock.lock();
         self.state.lock().failed = true;
     }
+}
+
+/// Discards leftovers of an interrupted create or compaction, opens the data file and
+/// validates its superblock.
+fn open_data_file(
+    paths: &VolumePaths,
+    backend: &dyn StorageBackend,
+    id: u32,
+) -> Result<(Arc<dyn Storage>, Superblock, u64)> {
+    // Leftovers were never renamed into place: the committed files are the plain ones.
+    for p in [
+        &paths.data_creating,
+        &paths.data_compact,
+        &paths.index_compact,
+    ] {
+        if remove_if_exists(p)? {
+            warn!(volume = id, path = %p.display(), "removed an interrupted leftover");
+        }
+    }
+    let data = backend.open(&paths.data, false)?;
+    let data_len = data.len()?;
+    if data_len < SUPERBLOCK_SIZE {
+        return Err(Error::corrupt(
+            id,
+            0,
+            "data file shorter than the superblock",
+        ));
+    }
+    let mut sb_bytes = [0u8; SUPERBLOCK_SIZE as usize];
+    data.read_at(&mut sb_bytes, 0)?;
+    let sb = format::decode_superblock(&sb_bytes, id)?;
+    if sb.volume_id != id {
+        let reason = format!("superblock names volume {}", sb.volume_id);
+        return Err(Error::corrupt(id, 0, reason));
+    }
+    Ok((data, sb, data_len))
 }
 
 pub(crate) fn max_key(a: Option<u64>, b: Option<u64>) -> Option<u64> {
