@@ -139,3 +139,30 @@ fn lock_survives_compaction() {
     assert!(v.status().locked);
     check(&v, &model, 10);
 }
+
+#[test]
+fn compaction_syncs_an_append_nobody_waited_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Volume::create(dir.path(), 1, VolumeOptions::default()).expect("create");
+    let mut model = Model::new();
+    fill(&v, 1, 5, &mut model);
+    v.delete_needle(1, 1 ^ 0xabcd).expect("delete");
+    model.remove(&1);
+    // Written, never waited for: compaction leads the sync that publishes it.
+    drop(v.write_needle(5, 5 ^ 0xabcd, "", b"orphan").expect("write"));
+    model.insert(5, (5 ^ 0xabcd, b"orphan".to_vec()));
+    v.compact().expect("compact");
+    assert_eq!(
+        v.read_needle(5, 5 ^ 0xabcd)
+            .expect("published by compaction")
+            .data,
+        b"orphan"
+    );
+    drop(v);
+    let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
+    assert_eq!(
+        v.read_needle(5, 5 ^ 0xabcd).expect("durable").data,
+        b"orphan"
+    );
+    check(&v, &model, 6);
+}

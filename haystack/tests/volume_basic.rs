@@ -246,3 +246,24 @@ fn store_create_open_install() {
         b"newer"
     );
 }
+
+#[test]
+fn a_lost_index_is_rebuilt_with_deletes_from_the_needle_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Volume::create(dir.path(), 5, opts()).expect("create");
+    for k in 1..=10 {
+        v.append_needle(k, 1, "", &[k as u8; 100]).expect("append");
+    }
+    for k in [2, 5, 10] {
+        v.delete_needle(k, 1).expect("delete");
+    }
+    let status = v.status();
+    let index = v.index_path();
+    drop(v);
+    std::fs::remove_file(&index).expect("remove index");
+    let v = Volume::open(dir.path(), 5, opts()).expect("reopen");
+    assert_eq!(v.status(), status);
+    assert_eq!(v.deleted_keys(), vec![2, 5, 10]);
+    assert!(matches!(v.read_needle(5, 1), Err(Error::NotFound)));
+    assert_eq!(v.read_needle(6, 1).expect("live").data, vec![6u8; 100]);
+}
