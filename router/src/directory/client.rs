@@ -12,6 +12,9 @@ use super::types::{
 
 /// Default timeout of one request to the directory.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle pooled connections are dropped after this long (the directory closes
+/// idle connections after its header-read timeout, 5 s by default).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Default timeout for establishing a connection to the directory.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -80,6 +83,10 @@ impl DirectoryClient {
         let http = reqwest::Client::builder()
             .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
             .timeout(DEFAULT_REQUEST_TIMEOUT)
+            // Below the directory's header-read timeout, which also closes idle
+            // keep-alive connections: a pooled connection is never reused just
+            // as the directory closes it.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()?;
         Ok(Self::with_http_client(
             base_url,

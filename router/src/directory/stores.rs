@@ -24,10 +24,9 @@ impl StoreCalls {
             transfer_timeout_ms: millis(sync_timeout),
             ..StoreClientOptions::default()
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(request_timeout)
-            .read_timeout(Duration::from_millis(options.read_idle_timeout_ms))
-            .build()?;
+        // The store node's builder drops pooled connections before the node's
+        // own idle close.
+        let http = haystack::client::http_client_builder(&options).build()?;
         Ok(Self { http, options })
     }
 
