@@ -95,7 +95,7 @@ pub fn check_cpu() -> Result<()> {
             ("f16c", std::arch::is_x86_feature_detected!("f16c")),
             ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
         ];
-        if let Some((missing, _)) = features.iter().find(|(_, present)| !present) {
+        if let Some(missing) = first_missing(&features) {
             return Err(CodingError::UnsupportedCpu {
                 backend: "reed-solomon-erasure simd-accel",
                 missing,
@@ -103,6 +103,15 @@ pub fn check_cpu() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first feature of `(name, present)` pairs that is absent.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn first_missing(features: &[(&'static str, bool)]) -> Option<&'static str> {
+    features
+        .iter()
+        .find(|(_, present)| !present)
+        .map(|(name, _)| *name)
 }
 
 /// reed-solomon-erasure's SIMD kernels, walked in column chunks.
@@ -275,6 +284,20 @@ mod tests {
         // The project's machines and CI are Haswell or newer; if this fails
         // the codec would refuse to start there, cleanly.
         check_cpu().expect("CPU supports the SIMD kernels");
+    }
+
+    #[test]
+    fn a_missing_cpu_feature_is_named() {
+        assert_eq!(first_missing(&[("avx", true), ("avx2", true)]), None);
+        assert_eq!(
+            first_missing(&[("avx", true), ("avx2", false), ("fma", false)]),
+            Some("avx2")
+        );
+        let error = CodingError::UnsupportedCpu {
+            backend: "reed-solomon-erasure simd-accel",
+            missing: "avx2",
+        };
+        assert!(error.to_string().contains("lacks avx2"));
     }
 
     #[test]
