@@ -16,7 +16,6 @@ pub const BLOCK_ENTRIES: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 struct Block {
-    base_key: u64,
     base_offset: u64,
     byte_start: u64,
 }
@@ -39,6 +38,8 @@ pub struct IndexEntry {
 /// Compact, sorted, delta-coded index from needle key to location.
 #[derive(Clone, Debug)]
 pub struct NeedleIndex {
+    /// First key of each block, apart from the rest so the binary search touches only keys.
+    base_keys: Vec<u64>,
     blocks: Vec<Block>,
     bytes: Vec<u8>,
     deleted: Vec<u64>,
@@ -78,6 +79,7 @@ impl NeedleIndex {
     /// An empty index whose first needle will sit at byte `start` of the data file.
     pub fn new(start: u64) -> NeedleIndex {
         NeedleIndex {
+            base_keys: Vec::new(),
             blocks: Vec::new(),
             bytes: Vec::new(),
             deleted: Vec::new(),
@@ -128,7 +130,8 @@ impl NeedleIndex {
 
     /// Heap bytes held by the index (capacity, not just length).
     pub fn heap_size_bytes(&self) -> usize {
-        self.blocks.capacity() * std::mem::size_of::<Block>()
+        self.base_keys.capacity() * 8
+            + self.blocks.capacity() * std::mem::size_of::<Block>()
             + self.bytes.capacity()
             + self.deleted.capacity() * 8
     }
@@ -145,8 +148,8 @@ impl NeedleIndex {
         }
         let offset = self.data_end;
         if self.len.is_multiple_of(BLOCK_ENTRIES as u64) {
+            self.base_keys.push(key);
             self.blocks.push(Block {
-                base_key: key,
                 base_offset: offset,
                 byte_start: self.bytes.len() as u64,
             });
@@ -190,7 +193,7 @@ impl NeedleIndex {
 
     /// Finds a key.
     pub fn get(&self, key: u64) -> Option<IndexEntry> {
-        let bi = self.blocks.partition_point(|b| b.base_key <= key);
+        let bi = self.base_keys.partition_point(|&b| b <= key);
         if bi == 0 {
             return None;
         }
@@ -226,7 +229,7 @@ impl NeedleIndex {
 
     /// Up to `limit` entries with keys above `after` (all keys if `None`), in key order.
     pub fn entries_after(&self, after: Option<u64>, limit: usize) -> Vec<IndexEntry> {
-        let block = after.map_or(0, |k| self.blocks.partition_point(|b| b.base_key <= k));
+        let block = after.map_or(0, |k| self.base_keys.partition_point(|&b| b <= k));
         let mut raw = RawIter::at_block(self, block.saturating_sub(1));
         let mut out = Vec::new();
         while out.len() < limit {
@@ -276,7 +279,7 @@ struct RawIter<'a> {
 impl<'a> RawIter<'a> {
     fn at_block(index: &'a NeedleIndex, block: usize) -> RawIter<'a> {
         let (pos, key, offset) = index.blocks.get(block).map_or((0, 0, index.start), |b| {
-            (b.byte_start as usize, b.base_key, b.base_offset)
+            (b.byte_start as usize, index.base_keys[block], b.base_offset)
         });
         RawIter {
             index,
@@ -289,9 +292,10 @@ impl<'a> RawIter<'a> {
 
     fn decode_at(&self, ordinal: u64, pos: &mut usize) -> (u64, u64) {
         if (ordinal as usize).is_multiple_of(BLOCK_ENTRIES) {
-            let b = &self.index.blocks[ordinal as usize / BLOCK_ENTRIES];
+            let block = ordinal as usize / BLOCK_ENTRIES;
+            let b = &self.index.blocks[block];
             *pos = b.byte_start as usize;
-            (b.base_key, b.base_offset)
+            (self.index.base_keys[block], b.base_offset)
         } else {
             let dk = get_varint(&self.index.bytes, pos);
             let doff = get_varint(&self.index.bytes, pos);
