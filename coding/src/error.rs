@@ -37,7 +37,7 @@ pub enum CodingError {
     /// [`crate::BackendKind::Portable`] (slow, but runs anywhere) or run on a
     /// CPU with the listed features.
     #[error(
-        "this CPU lacks {missing}, which the {backend} erasure-coding backend was compiled to use"
+        "this CPU lacks {missing}, which the {backend} erasure-coding backend was compiled to use; run on a Haswell or newer CPU, or choose the portable backend"
     )]
     UnsupportedCpu {
         /// The backend that cannot run.
