@@ -142,7 +142,11 @@ impl StripeLayout {
     /// Volume offset of the first byte of data block `block` of `stripe`
     /// (it may be at or past the end of the volume in a short stripe).
     pub fn data_block_offset(&self, stripe: u64, block: usize) -> u64 {
-        stripe * self.stripe_len_bytes() + block as u64 * self.block_size_bytes
+        // Saturating: a stripe number past the volume gives an offset past
+        // its end, never an overflow panic.
+        stripe
+            .saturating_mul(self.stripe_len_bytes())
+            .saturating_add((block as u64).saturating_mul(self.block_size_bytes))
     }
 
     /// Bytes actually stored in block `shard` (`0..k` data, `k..k+m`
