@@ -183,19 +183,20 @@ async fn ten_thousand_blobs_upload_fetch_delete() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_on_the_same_directory_brings_back_every_blob() -> anyhow::Result<()> {
     let cluster = Cluster::start(&["--volume-size", "8MiB", "--max-blob-size", "1MiB"]).await?;
-    stop_restart_and_check(cluster).await
+    stop_restart_and_check(cluster, libc::SIGINT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spawned_restart_on_the_same_directory_brings_back_every_blob() -> anyhow::Result<()> {
     let cluster =
         Cluster::start_spawned(&["--volume-size", "8MiB", "--max-blob-size", "1MiB"]).await?;
-    stop_restart_and_check(cluster).await
+    stop_restart_and_check(cluster, libc::SIGTERM).await
 }
 
-/// Uploads, deletes a tenth, stops cleanly (SIGTERM), starts again on the
-/// same directory, and checks every BLOB (and every delete) came back.
-async fn stop_restart_and_check(mut cluster: Cluster) -> anyhow::Result<()> {
+/// Uploads, deletes a tenth, stops cleanly (`how`: SIGINT or SIGTERM), starts
+/// again on the same directory, and checks every BLOB (and every delete) came
+/// back.
+async fn stop_restart_and_check(mut cluster: Cluster, how: libc::c_int) -> anyhow::Result<()> {
     let sizes: Vec<usize> = blob_sizes(400, 7).into_iter().map(|s| s.min(MIB)).collect();
     let blobs = upload_all(&cluster.router, &sizes, 2).await?;
     // Delete a few, so deletes must survive the restart too.
@@ -208,7 +209,7 @@ async fn stop_restart_and_check(mut cluster: Cluster) -> anyhow::Result<()> {
         assert_eq!(response.status(), 204);
     }
 
-    cluster.stop().await?;
+    cluster.stop(how).await?;
     cluster.restart().await?;
 
     let (deleted, kept): (Vec<_>, Vec<_>) =

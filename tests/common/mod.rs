@@ -113,9 +113,10 @@ impl Cluster {
         }
     }
 
-    /// Stops the cluster with SIGTERM (a clean shutdown) and waits for it.
-    pub async fn stop(&mut self) -> anyhow::Result<()> {
-        signal(self.child.id() as libc::pid_t, libc::SIGTERM);
+    /// Stops the cluster with `signal` (SIGINT or SIGTERM: a clean shutdown)
+    /// and waits for it to exit successfully.
+    pub async fn stop(&mut self, how: libc::c_int) -> anyhow::Result<()> {
+        signal(self.child.id() as libc::pid_t, how);
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -125,7 +126,7 @@ impl Cluster {
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(60) {
-                bail!("hayloft up ignored SIGTERM for 60 s");
+                bail!("hayloft up ignored signal {how} for 60 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
