@@ -59,6 +59,21 @@ impl Cluster {
     }
 
     async fn launch(extra_args: &[&str], spawn: bool) -> anyhow::Result<Cluster> {
+        // The free port may be taken between probing and binding it (tests run
+        // in parallel): a start that fails early is retried on a fresh port.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Cluster::launch_once(extra_args, spawn).await {
+                Err(error) if attempt < 3 && format!("{error:#}").contains("exited early") => {
+                    eprintln!("hayloft up failed to start, retrying: {error:#}");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn launch_once(extra_args: &[&str], spawn: bool) -> anyhow::Result<Cluster> {
         let tempdir = tempfile::Builder::new().prefix("hayloft-e2e-").tempdir()?;
         let data_dir = tempdir.path().join("data");
         let extra_args: Vec<String> = extra_args.iter().map(|arg| (*arg).to_owned()).collect();
