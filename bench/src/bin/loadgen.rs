@@ -61,6 +61,11 @@ struct Args {
     /// (`?fsync=true`), for a comparison at equal durability.
     #[arg(long)]
     fsync: bool,
+    /// Hayloft only, diagnostic: fetch straight from this store node
+    /// (`GET {url}/volumes/{vid}/needles/{key}?cookie=C`) instead of through
+    /// the router, to measure what the router hop costs.
+    #[arg(long)]
+    fetch_from_store: Option<String>,
     /// A label copied into the report (e.g. `fsync` or `default`).
     #[arg(long, default_value = "")]
     label: String,
@@ -98,6 +103,7 @@ struct Driver {
     base: String,
     replication: Option<String>,
     fsync: bool,
+    fetch_from_store: Option<String>,
     http: reqwest::Client,
     payload: &'static [u8],
 }
@@ -119,9 +125,16 @@ impl Driver {
                 }
                 let answer: serde_json::Value = response.json().await?;
                 let id = answer["id"].as_str().context("no id")?;
-                Ok(Stored {
-                    url: format!("{}/blobs/{id}", self.base),
-                })
+                let url = match &self.fetch_from_store {
+                    None => format!("{}/blobs/{id}", self.base),
+                    Some(store) => {
+                        let (volume, key_cookie) = id.split_once(',').context("id form")?;
+                        let split = key_cookie.len().checked_sub(8).context("id form")?;
+                        let (key, cookie) = key_cookie.split_at(split);
+                        format!("{store}/volumes/{volume}/needles/{key}?cookie={cookie}")
+                    }
+                };
+                Ok(Stored { url })
             }
             Target::Seaweedfs => {
                 let mut assign = format!("{}/dir/assign", self.base);
@@ -293,6 +306,10 @@ async fn main() -> anyhow::Result<()> {
         base: args.url.trim_end_matches('/').to_owned(),
         replication: args.replication.clone(),
         fsync: args.fsync,
+        fetch_from_store: args
+            .fetch_from_store
+            .as_deref()
+            .map(|url| url.trim_end_matches('/').to_owned()),
         http,
         payload: Vec::leak(payload),
     });
