@@ -45,7 +45,7 @@ pub async fn run_in_process(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let token = shutdown.child_token();
-    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    let mut tasks: RoleTasks = JoinSet::new();
     let result = start_and_wait(&config, data_dir, &token, &mut tasks).await;
     token.cancel();
     let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
@@ -67,12 +67,43 @@ pub async fn run_in_process(
     result
 }
 
+type RoleTasks = JoinSet<(String, anyhow::Result<()>)>;
+
 async fn start_and_wait(
     config: &Config,
     data_dir: &Path,
     token: &CancellationToken,
-    tasks: &mut JoinSet<(String, anyhow::Result<()>)>,
+    tasks: &mut RoleTasks,
 ) -> anyhow::Result<()> {
+    let cluster = start_roles(config, data_dir, token, tasks).await?;
+    cluster.save(data_dir)?;
+    print_banner(&cluster, data_dir);
+
+    // Serve until asked to stop, or until any role stops on its own.
+    let joined = tokio::select! {
+        () = token.cancelled() => return Ok(()),
+        joined = tasks.join_next() => joined,
+    };
+    if token.is_cancelled() {
+        // A role that stopped because of the shutdown, not on its own.
+        return Ok(());
+    }
+    match joined {
+        Some(Ok((name, Ok(())))) => anyhow::bail!("{name} stopped unexpectedly"),
+        Some(Ok((name, Err(error)))) => Err(error.context(format!("{name} failed"))),
+        Some(Err(error)) => Err(anyhow::anyhow!("a role task panicked: {error}")),
+        None => Ok(()),
+    }
+}
+
+/// Starts the directory, the store nodes (registered and heartbeated) and the
+/// router, each once healthy; returns where they are.
+async fn start_roles(
+    config: &Config,
+    data_dir: &Path,
+    token: &CancellationToken,
+    tasks: &mut RoleTasks,
+) -> anyhow::Result<ClusterFile> {
     let pid = std::process::id();
     let mut cluster = ClusterFile::default();
 
@@ -100,35 +131,8 @@ async fn start_and_wait(
     });
 
     for n in 1..=STORE_COUNT {
-        let identity = store_identity(data_dir, n);
-        let listener = bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        {
-            let (config, identity, token) = (config.clone(), identity.clone(), token.clone());
-            tasks.spawn(async move {
-                let result = roles::run_store(&config, &identity, listener, token).await;
-                (identity.id, result)
-            });
-        }
-        wait_healthy(&node_url(&address.to_string()), STARTUP_DEADLINE).await?;
-        let registration =
-            roles::register_store(config, &directory_url, &identity, address, STARTUP_DEADLINE)
-                .await?;
-        let heartbeat_token = token.clone();
-        tasks.spawn(async move {
-            registration.heartbeat_until(heartbeat_token).await;
-            ("heartbeat".to_owned(), Ok(()))
-        });
-        cluster.nodes.push(NodeEntry {
-            id: identity.id,
-            role: Role::Store.name().into(),
-            rack: identity.rack,
-            datacenter: identity.datacenter,
-            address: address.to_string(),
-            pid,
-            data_dir: identity.data_dir,
-            config: None,
-        });
+        let entry = start_store(config, data_dir, n, &directory_url, token, tasks).await?;
+        cluster.nodes.push(entry);
     }
 
     let listener = bind(&config.router.listen).await?;
@@ -151,22 +155,45 @@ async fn start_and_wait(
         data_dir: Default::default(),
         config: None,
     });
-    cluster.save(data_dir)?;
-    print_banner(&cluster, data_dir);
+    Ok(cluster)
+}
 
-    // Serve until asked to stop, or until any role stops on its own.
-    let joined = tokio::select! {
-        () = token.cancelled() => return Ok(()),
-        joined = tasks.join_next() => joined,
-    };
-    if token.is_cancelled() {
-        // A role that stopped because of the shutdown, not on its own.
-        return Ok(());
+/// Starts store node `n`, waits for its health, registers it with the
+/// directory and starts its heartbeats.
+async fn start_store(
+    config: &Config,
+    data_dir: &Path,
+    n: usize,
+    directory_url: &str,
+    token: &CancellationToken,
+    tasks: &mut RoleTasks,
+) -> anyhow::Result<NodeEntry> {
+    let identity = store_identity(data_dir, n);
+    let listener = bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    {
+        let (config, identity, token) = (config.clone(), identity.clone(), token.clone());
+        tasks.spawn(async move {
+            let result = roles::run_store(&config, &identity, listener, token).await;
+            (identity.id, result)
+        });
     }
-    match joined {
-        Some(Ok((name, Ok(())))) => anyhow::bail!("{name} stopped unexpectedly"),
-        Some(Ok((name, Err(error)))) => Err(error.context(format!("{name} failed"))),
-        Some(Err(error)) => Err(anyhow::anyhow!("a role task panicked: {error}")),
-        None => Ok(()),
-    }
+    wait_healthy(&node_url(&address.to_string()), STARTUP_DEADLINE).await?;
+    let registration =
+        roles::register_store(config, directory_url, &identity, address, STARTUP_DEADLINE).await?;
+    let heartbeat_token = token.clone();
+    tasks.spawn(async move {
+        registration.heartbeat_until(heartbeat_token).await;
+        ("heartbeat".to_owned(), Ok(()))
+    });
+    Ok(NodeEntry {
+        id: identity.id,
+        role: Role::Store.name().into(),
+        rack: identity.rack,
+        datacenter: identity.datacenter,
+        address: address.to_string(),
+        pid: std::process::id(),
+        data_dir: identity.data_dir,
+        config: None,
+    })
 }
