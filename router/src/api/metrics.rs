@@ -15,10 +15,15 @@
 //! | `hayloft_replica_failures_total` | counter | `op` (`append`, `read`, `delete`) |
 //! | `hayloft_upload_retries_total` | counter | |
 
-use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use std::collections::HashMap;
+
+use metrics::{
+    Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use parking_lot::RwLock;
 
 const REQUESTS: &str = "hayloft_requests_total";
 const DURATION: &str = "hayloft_request_duration_seconds";
@@ -35,10 +40,22 @@ const DURATION_BUCKETS_SECONDS: &[f64] = &[
 
 static METADATA: Metadata<'static> = Metadata::new("router::api", Level::INFO, None);
 
+/// The labels of a request's metrics: method, route, tier and status.
+type RequestLabels = (&'static str, &'static str, &'static str, u16);
+
+/// Most label sets whose handles are kept (the labels are bounded, so this
+/// is only a guard); beyond it the map is cleared.
+const MAX_CACHED_LABEL_SETS: usize = 4096;
+
 /// The metrics of one router.
 pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The request counter and histogram of each label set, registered
+    /// once: registering builds the labels and hashes the key, on every
+    /// request otherwise.
+    requests: RwLock<HashMap<RequestLabels, (Counter, Histogram)>>,
+    bytes_out: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,22 +113,56 @@ impl Metrics {
             "Store node replicas that failed a request.",
         );
         describe(UPLOAD_RETRIES, None, "Uploads retried on another volume.");
-        Metrics { recorder, handle }
+        let bytes_out = recorder.register_counter(&Key::from_static_name(BYTES_OUT), &METADATA);
+        Metrics {
+            recorder,
+            handle,
+            requests: RwLock::new(HashMap::new()),
+            bytes_out,
+        }
     }
 
-    /// Records one answered request.
-    pub(crate) fn record_request(&self, route: &str, tier: &str, status: u16, seconds: f64) {
+    /// Records one answered request; `route` is its method and route
+    /// (`("GET", "/blobs/{id}")`, labelled `GET /blobs/{id}`).
+    pub(crate) fn record_request(
+        &self,
+        route: (&'static str, &'static str),
+        tier: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        let labels = (route.0, route.1, tier, status);
+        let cached = self.requests.read().get(&labels).cloned();
+        let (counter, histogram) = match cached {
+            Some(handles) => handles,
+            None => {
+                let handles = self.register_request(labels);
+                let mut requests = self.requests.write();
+                if requests.len() >= MAX_CACHED_LABEL_SETS {
+                    requests.clear();
+                }
+                requests.insert(labels, handles.clone());
+                handles
+            }
+        };
+        counter.increment(1);
+        histogram.record(seconds);
+    }
+
+    fn register_request(&self, labels: RequestLabels) -> (Counter, Histogram) {
+        let (method, route, tier, status) = labels;
         let labels = vec![
-            Label::new("route", route.to_owned()),
-            Label::new("tier", tier.to_owned()),
+            Label::new("route", format!("{method} {route}")),
+            Label::new("tier", tier),
             Label::new("status", status.to_string()),
         ];
-        self.recorder
-            .register_counter(&Key::from_parts(REQUESTS, labels.clone()), &METADATA)
-            .increment(1);
-        self.recorder
-            .register_histogram(&Key::from_parts(DURATION, labels), &METADATA)
-            .record(seconds);
+        let counter = self
+            .recorder
+            .register_counter(&Key::from_parts(REQUESTS, labels.clone()), &METADATA);
+        let histogram = self
+            .recorder
+            .register_histogram(&Key::from_parts(DURATION, labels), &METADATA);
+        (counter, histogram)
     }
 
     /// Counts BLOB bytes received.
@@ -121,7 +172,7 @@ impl Metrics {
 
     /// Counts BLOB bytes sent.
     pub(crate) fn add_bytes_out(&self, bytes: u64) {
-        self.counter(BYTES_OUT).increment(bytes);
+        self.bytes_out.increment(bytes);
     }
 
     /// Counts a replica failure during `op`.
@@ -173,13 +224,16 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let metrics = Metrics::new();
-        metrics.record_request("/blobs", "hot", 201, 0.003);
+        metrics.record_request(("POST", "/blobs"), "hot", 201, 0.003);
+        metrics.record_request(("POST", "/blobs"), "hot", 201, 0.004);
         metrics.add_bytes_in(10);
         metrics.set_volumes("writable", 2);
         metrics.replica_failure("append");
         let text = metrics.render();
         assert!(
-            text.contains(r#"hayloft_requests_total{route="/blobs",tier="hot",status="201"} 1"#),
+            text.contains(
+                r#"hayloft_requests_total{route="POST /blobs",tier="hot",status="201"} 2"#
+            ),
             "{text}"
         );
         assert!(
