@@ -14,6 +14,10 @@ pub use crate::volume::VolumeStatus;
 /// Response header carrying the CRC-32 (decimal) of a needle's data.
 pub const CRC32_HEADER: &str = "x-hayloft-crc32";
 
+/// Response header repeating the `error` code of an error answer, for
+/// answers without a body (`HEAD`).
+pub const ERROR_HEADER: &str = "x-hayloft-error";
+
 /// Stable error codes of the `{"error": CODE, "message": TEXT}` body.
 pub mod code {
     /// The needle is missing, deleted, or the cookie is wrong (404).

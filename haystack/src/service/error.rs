@@ -5,7 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::api::{ErrorBody, code};
+use crate::api::{ERROR_HEADER, ErrorBody, code};
 use crate::error::Error;
 
 /// Message of every `404 not_found` answer. It is the same for a missing, a
@@ -102,6 +102,12 @@ impl IntoResponse for ApiError {
             error: self.code.to_string(),
             message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        // The code is also a header, so that an answer without a body
+        // (`HEAD`) still says which error it is.
+        let code = [(
+            axum::http::HeaderName::from_static(ERROR_HEADER),
+            axum::http::HeaderValue::from_static(self.code),
+        )];
+        (self.status, code, Json(body)).into_response()
     }
 }

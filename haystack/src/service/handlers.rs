@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -44,7 +44,10 @@ pub fn router(state: StoreNodeState) -> Router {
         .route("/volumes/{vid}/lock", post(lock_volume))
         .route(
             "/volumes/{vid}/needles/{key}",
-            put(append_needle).get(read_needle).delete(delete_needle),
+            put(append_needle)
+                .get(read_needle)
+                .head(head_needle)
+                .delete(delete_needle),
         )
         .route("/volumes/{vid}/deleted", get(deleted_keys))
         .route("/volumes/{vid}/files/{file}", get(volume_file))
@@ -140,6 +143,31 @@ fn needle_id(path: NeedlePath, query: NeedleQuery) -> Result<(u32, u64, u32), Ap
     let cookie = parse_cookie(&query.cookie)
         .ok_or_else(|| ApiError::bad_request("cookie must be 8 lowercase hex digits"))?;
     Ok((volume, key, cookie))
+}
+
+/// [`needle_id`] for the read routes: the canonical query
+/// (`cookie=` and eight lowercase hex digits, what every client sends) is
+/// read straight from the URI, and anything else goes through the general
+/// extractor, so both accept and refuse exactly the same requests.
+fn read_needle_id(
+    path: NeedlePath,
+    uri: &Uri,
+    query: impl FnOnce() -> NeedleQuery,
+) -> Result<(u32, u64, u32), ApiError> {
+    let canonical = uri
+        .query()
+        .and_then(|q| q.strip_prefix("cookie="))
+        .and_then(parse_cookie);
+    match (canonical, path) {
+        (Some(cookie), Ok(Path((vid, key)))) => {
+            let volume = parse_volume_id(&vid)
+                .ok_or_else(|| ApiError::bad_request("volume id must be a decimal u32"))?;
+            let key = parse_key(&key)
+                .ok_or_else(|| ApiError::bad_request("key must be 1-16 lowercase hex"))?;
+            Ok((volume, key, cookie))
+        }
+        (_, path) => needle_id(path, query()),
+    }
 }
 
 async fn health() -> Json<HealthBody> {
@@ -316,28 +344,50 @@ async fn collect_body(body: Body, expected: u64, idle: Duration) -> Result<Bytes
 async fn read_needle(
     State(state): State<StoreNodeState>,
     path: NeedlePath,
-    query: NeedleQuery,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
-    let (volume, key, cookie) = needle_id(path, query)?;
-    let (needle, crc32) = state
+    let (volume, key, cookie) = read_needle_id(path, &uri, || Query::try_from_uri(&uri))?;
+    let needle = state
+        .blocking(move |store| store.volume(volume)?.read_needle(key, cookie))
+        .await?;
+    // `needle.crc32` is the CRC-32 of the data alone (what the API sends),
+    // computed by the engine while it verified the stored checksum.
+    let headers = needle_headers(&needle.content_type, needle.crc32);
+    Ok((headers, Body::from(needle.data)).into_response())
+}
+
+/// `HEAD` of a needle: the same checks and headers as `GET`
+/// (`Content-Length` included), without sending the data.
+async fn head_needle(
+    State(state): State<StoreNodeState>,
+    path: NeedlePath,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (volume, key, cookie) = read_needle_id(path, &uri, || Query::try_from_uri(&uri))?;
+    let (content_type, crc32, len) = state
         .blocking(move |store| {
             let needle = store.volume(volume)?.read_needle(key, cookie)?;
-            // The stored checksum covers header and data; the API's covers
-            // the data alone, so callers can check what they receive.
-            let crc32 = crc32fast::hash(&needle.data);
-            Ok((needle, crc32))
+            Ok((needle.content_type, needle.crc32, needle.data.len() as u64))
         })
         .await?;
-    let content_type = HeaderValue::from_str(&needle.content_type)
+    let mut response = (needle_headers(&content_type, crc32), Body::empty()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(response)
+}
+
+/// `Content-Type` and `X-Hayloft-Crc32` of a needle answer.
+fn needle_headers(content_type: &str, crc32: u32) -> [(header::HeaderName, HeaderValue); 2] {
+    let content_type = HeaderValue::from_str(content_type)
         .unwrap_or_else(|_| HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
-    let headers = [
+    [
         (header::CONTENT_TYPE, content_type),
         (
             header::HeaderName::from_static(CRC32_HEADER),
             HeaderValue::from(crc32),
         ),
-    ];
-    Ok((headers, Body::from(needle.data)).into_response())
+    ]
 }
 
 async fn delete_needle(
