@@ -16,10 +16,14 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode, header};
 use serde::de::DeserializeOwned;
 
+mod reader;
+
+pub use reader::{NeedleHead, NeedleReader, ReadKind, StoreAddress};
+
 use crate::api::VolumeStatus;
 use crate::api::{
-    AppendResult, CRC32_HEADER, ErrorBody, HealthBody, VolumeFile, code, format_cookie, format_key,
-    parse_key,
+    AppendResult, CRC32_HEADER, ERROR_HEADER, ErrorBody, HealthBody, VolumeFile, code,
+    format_cookie, format_key, parse_key,
 };
 
 /// Largest error or JSON body the client reads into memory.
@@ -87,6 +91,15 @@ pub enum ClientError {
     /// Connecting, sending or receiving failed, or a timeout fired.
     #[error("transport error: {0}")]
     Transport(#[from] reqwest::Error),
+    /// The same as [`ClientError::Transport`], on the lean read path
+    /// ([`NeedleReader`]).
+    #[error("transport error: {message}")]
+    Connection {
+        /// What failed, with its causes.
+        message: String,
+        /// Whether an idle timeout fired.
+        timeout: bool,
+    },
 }
 
 impl ClientError {
@@ -100,6 +113,7 @@ impl ClientError {
     pub fn is_timeout(&self) -> bool {
         match self {
             ClientError::Transport(e) => e.is_timeout(),
+            ClientError::Connection { timeout, .. } => *timeout,
             ClientError::Status { code, .. } => code == code::TIMEOUT,
             _ => false,
         }
@@ -107,7 +121,10 @@ impl ClientError {
 
     /// True when the node could not be reached or the connection broke.
     pub fn is_transport(&self) -> bool {
-        matches!(self, ClientError::Transport(_))
+        matches!(
+            self,
+            ClientError::Transport(_) | ClientError::Connection { .. }
+        )
     }
 
     /// True when the replica failed rather than answered: transport errors,
@@ -119,6 +136,7 @@ impl ClientError {
     pub fn is_replica_failure(&self) -> bool {
         match self {
             ClientError::Transport(_)
+            | ClientError::Connection { .. }
             | ClientError::Corrupt(_)
             | ClientError::UnknownVolume(_)
             | ClientError::ChecksumMismatch { .. }
@@ -145,6 +163,14 @@ impl ClientError {
         }
     }
 
+    /// A [`ClientError::Connection`] from an error and its causes.
+    fn connection(error: &dyn std::fmt::Display, timeout: bool) -> ClientError {
+        ClientError::Connection {
+            message: error.to_string(),
+            timeout,
+        }
+    }
+
     fn from_body(status: StatusCode, body: &[u8]) -> ClientError {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
             Ok(b) => (b.error, b.message),
@@ -156,6 +182,21 @@ impl ClientError {
                 )
             }
         };
+        ClientError::from_code(status, code, message)
+    }
+
+    /// The error of an answer without a body (`HEAD`): its code from the
+    /// [`ERROR_HEADER`] header.
+    fn from_header(status: StatusCode, headers: &header::HeaderMap) -> ClientError {
+        let code = headers
+            .get(ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        ClientError::from_code(status, code, String::new())
+    }
+
+    fn from_code(status: StatusCode, code: String, message: String) -> ClientError {
         match code.as_str() {
             code::NOT_FOUND => ClientError::NotFound,
             code::CORRUPT => ClientError::Corrupt(message),

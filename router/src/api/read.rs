@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use haystack::client::{ByteStream, ClientError, NeedleResponse};
+use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind};
 
 use super::error::ApiError;
 use super::id::BlobId;
@@ -39,6 +39,12 @@ pub(crate) fn id_from_uri(uri: &Uri) -> Result<BlobId, ApiError> {
     Ok(BlobId::parse(rest)?)
 }
 
+/// Needles up to this size are received whole from the store before the
+/// answer starts, and sent as one buffer: no stream to set up, headers and
+/// data leave in one write, and a replica whose body fails is skipped like
+/// one that failed to answer. Larger ones are streamed through.
+const WHOLE_BODY_MAX_BYTES: u64 = 64 * 1024;
+
 /// `GET` and `HEAD /blobs/{id}`.
 pub(crate) async fn get_blob(
     State(state): State<Arc<AppState>>,
@@ -47,23 +53,23 @@ pub(crate) async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = id_from_uri(&uri)?;
-    let needle = read_from_replicas(&state, id).await?;
-    let mut response = respond(&state, id, method == Method::HEAD, &headers, needle)?;
+    let head = method == Method::HEAD;
+    let needle = read_from_replicas(&state, id, head).await?;
+    let mut response = respond(&state, id, head, &headers, needle)?;
     response.extensions_mut().insert(Tier::HOT);
     Ok(response)
 }
 
 /// Replicas worth reading from: on an `up` node, not stale; rotated.
-fn readable_replicas(
+fn readable_replicas<'a>(
     volume: &LogicalVolume,
-    nodes: &std::collections::HashMap<String, NodeRecord>,
+    nodes: &'a std::collections::HashMap<String, NodeRecord>,
     rotation: usize,
-) -> Vec<NodeRecord> {
-    let mut replicas: Vec<NodeRecord> = volume
+) -> Vec<&'a NodeRecord> {
+    let mut replicas: Vec<&NodeRecord> = volume
         .fresh_replicas()
         .filter_map(|id| nodes.get(id))
         .filter(|node| node.is_up())
-        .cloned()
         .collect();
     if !replicas.is_empty() {
         let len = replicas.len();
@@ -72,9 +78,30 @@ fn readable_replicas(
     replicas
 }
 
-/// Asks the volume's readable replicas in turn for the needle's headers.
-async fn read_from_replicas(state: &AppState, id: BlobId) -> Result<NeedleResponse, ApiError> {
+/// A replica's answer.
+struct Fetched {
+    /// The needle's content type.
+    content_type: HeaderValue,
+    /// Length of its data.
+    len: u64,
+    body: FetchedBody,
+}
+
+/// The data of a [`Fetched`] needle.
+enum FetchedBody {
+    /// None asked for (`HEAD`).
+    None,
+    /// Small data, received whole and its length checked.
+    Whole(Bytes),
+    /// Larger data, still to be streamed.
+    Stream(NeedleHead),
+}
+
+/// Asks the volume's readable replicas in turn for the needle (`HEAD` for
+/// `head`, else `GET`; small data is received whole here).
+async fn read_from_replicas(state: &AppState, id: BlobId, head: bool) -> Result<Fetched, ApiError> {
     let timeout = Duration::from_millis(state.config.replica_timeout_ms);
+    let kind = if head { ReadKind::Head } else { ReadKind::Get };
     let mut last = String::from("no readable replica");
     // First with cached directory entries, then once more with fresh ones.
     for refresh in [false, true] {
@@ -82,26 +109,20 @@ async fn read_from_replicas(state: &AppState, id: BlobId) -> Result<NeedleRespon
         let nodes = state.cache.nodes(refresh).await?;
         let replicas = readable_replicas(&volume, &nodes, state.next_read_rotation());
         for node in replicas {
-            let store = state.store_for_reads(&node)?;
-            let result =
-                tokio::time::timeout(timeout, store.read_needle(id.volume, id.key, id.cookie))
-                    .await;
-            let error = match result {
-                Ok(Ok(needle)) if needle.content_length.is_some() => return Ok(needle),
-                Ok(Ok(_)) => "answer without Content-Length".to_owned(),
-                Ok(Err(ClientError::NotFound)) => return Err(ApiError::NotFound),
-                Ok(Err(e @ (ClientError::Corrupt(_) | ClientError::UnknownVolume(_)))) => {
-                    // The replica lost or damaged data the others have:
-                    // have the directory resync it.
+            let error = match read_replica(state, node, id, kind, timeout).await {
+                Ok(fetched) => return Ok(fetched),
+                Err(ReplicaError::NotFound) => return Err(ApiError::NotFound),
+                Err(ReplicaError::Failed(e)) => {
                     state.metrics.replica_failure("read");
-                    report_stale(state, id.volume, &node.id, &format!("read: {e}")).await;
+                    if matches!(e, ClientError::Corrupt(_) | ClientError::UnknownVolume(_)) {
+                        // The replica lost or damaged data the others have:
+                        // have the directory resync it.
+                        report_stale(state, id.volume, &node.id, &format!("read: {e}")).await;
+                    }
                     e.to_string()
                 }
-                Ok(Err(e)) => {
-                    state.metrics.replica_failure("read");
-                    e.to_string()
-                }
-                Err(_) => {
+                Err(ReplicaError::NoLength) => "answer without Content-Length".to_owned(),
+                Err(ReplicaError::TimedOut) => {
                     state.metrics.replica_failure("read");
                     format!("no answer within {} ms", timeout.as_millis())
                 }
@@ -116,15 +137,67 @@ async fn read_from_replicas(state: &AppState, id: BlobId) -> Result<NeedleRespon
     )))
 }
 
+/// Why one replica could not serve a read.
+enum ReplicaError {
+    /// `not_found`: authoritative.
+    NotFound,
+    /// A failed or unusable answer.
+    Failed(ClientError),
+    /// A success without `Content-Length`.
+    NoLength,
+    /// No headers (or no small body) within the replica timeout.
+    TimedOut,
+}
+
+/// One replica's answer, headers within `timeout`; a small body too.
+async fn read_replica(
+    state: &AppState,
+    node: &NodeRecord,
+    id: BlobId,
+    kind: ReadKind,
+    timeout: Duration,
+) -> Result<Fetched, ReplicaError> {
+    let address = state.read_address(node).map_err(ReplicaError::Failed)?;
+    let read = state
+        .reader
+        .read(&address, kind, id.volume, id.key, id.cookie);
+    let head = match tokio::time::timeout(timeout, read).await {
+        Err(_) => return Err(ReplicaError::TimedOut),
+        Ok(Err(ClientError::NotFound)) => return Err(ReplicaError::NotFound),
+        Ok(Err(e)) => return Err(ReplicaError::Failed(e)),
+        Ok(Ok(head)) => head,
+    };
+    let Some(len) = head.content_length else {
+        return Err(ReplicaError::NoLength);
+    };
+    let content_type = head.content_type.clone();
+    let body = if kind == ReadKind::Head {
+        FetchedBody::None
+    } else if len > WHOLE_BODY_MAX_BYTES {
+        FetchedBody::Stream(head)
+    } else {
+        match tokio::time::timeout(timeout, head.into_bytes()).await {
+            Err(_) => return Err(ReplicaError::TimedOut),
+            Ok(Err(e)) => return Err(ReplicaError::Failed(e)),
+            Ok(Ok(data)) => FetchedBody::Whole(data),
+        }
+    };
+    Ok(Fetched {
+        content_type,
+        len,
+        body,
+    })
+}
+
 /// Builds the answer from a replica's needle headers and body.
 fn respond(
     state: &Arc<AppState>,
     id: BlobId,
     head: bool,
     headers: &HeaderMap,
-    needle: NeedleResponse,
+    needle: Fetched,
 ) -> Result<Response, ApiError> {
-    let len = needle.content_length.unwrap_or(0);
+    let len = needle.len;
     let etag = etag_for(&id);
     let mut builder = Response::builder()
         .header(header::ETAG, etag.as_str())
@@ -136,9 +209,7 @@ fn respond(
             .body(Body::empty())
             .map_err(|e| ApiError::Internal(format!("response: {e}")));
     }
-    let content_type = HeaderValue::from_str(&needle.content_type)
-        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
-    builder = builder.header(header::CONTENT_TYPE, content_type);
+    builder = builder.header(header::CONTENT_TYPE, needle.content_type);
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let outcome = if headers.contains_key(header::RANGE) && range_header.is_none() {
         RangeOutcome::Unsatisfiable
@@ -155,11 +226,23 @@ fn respond(
     };
     let take = outcome.served_len(len);
     builder = builder.status(status).header(header::CONTENT_LENGTH, take);
-    let body = if head {
-        Body::empty()
-    } else {
-        let stream = slice_stream(needle.into_stream(), skip, take, state.clone());
-        Body::from_stream(stream)
+    let body = match needle.body {
+        _ if head => Body::empty(),
+        FetchedBody::None => Body::empty(),
+        FetchedBody::Whole(data) => {
+            // The whole data is here and its length checked, so the range
+            // (within `len`) slices it.
+            let start = usize::try_from(skip).unwrap_or(usize::MAX).min(data.len());
+            let end = usize::try_from(skip + take)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            state.metrics.add_bytes_out((end - start) as u64);
+            Body::from(data.slice(start..end))
+        }
+        FetchedBody::Stream(needle) => {
+            let stream = slice_stream(needle.into_stream(), skip, take, state.clone());
+            Body::from_stream(stream)
+        }
     };
     builder
         .body(body)

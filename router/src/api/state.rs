@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use haystack::client::{StoreClient, StoreClientOptions};
+use haystack::client::{ClientError, NeedleReader, StoreAddress, StoreClient, StoreClientOptions};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
@@ -16,10 +16,6 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::pool::VolumePool;
 use crate::directory::{DirectoryClient, LogicalVolume, NodeRecord};
-
-/// Whole-request timeout of store reads: the body streams to the client at
-/// the client's pace, bounded by the idle timeout rather than this.
-const STORE_READ_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Connect timeout towards store nodes.
 const STORE_CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -36,8 +32,18 @@ pub(crate) struct AppState {
     /// One permit per KiB of upload body held in memory.
     pub(crate) upload_memory_kib: Arc<Semaphore>,
     http: reqwest::Client,
+    /// The hot read hop: `GET`/`HEAD` of needles on hyper's pooled client.
+    pub(crate) reader: NeedleReader,
+    /// Store node addresses as parsed for [`AppState::reader`], by address.
+    addresses: Mutex<HashMap<String, Result<StoreAddress, String>>>,
     read_rotation: AtomicUsize,
 }
+
+/// Most parsed store addresses kept; beyond it the map is cleared.
+const MAX_CACHED_ADDRESSES: usize = 10_000;
+
+/// Idle connections kept per store node by the router's clients.
+const STORE_POOL_IDLE_PER_HOST: usize = 64;
 
 impl AppState {
     /// Builds the state; no network traffic happens here.
@@ -51,7 +57,7 @@ impl AppState {
             read_idle_timeout_ms: config.replica_timeout_ms,
             ..StoreClientOptions::default()
         })
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(STORE_POOL_IDLE_PER_HOST)
         .build()
         .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
         let memory_kib = usize::try_from(config.upload_buffer_bytes.div_ceil(1024))
@@ -68,6 +74,12 @@ impl AppState {
             upload_memory_kib: Arc::new(Semaphore::new(memory_kib)),
             directory,
             http,
+            reader: NeedleReader::new(
+                Duration::from_millis(STORE_CONNECT_TIMEOUT_MS),
+                Duration::from_millis(config.replica_timeout_ms),
+                STORE_POOL_IDLE_PER_HOST,
+            ),
+            addresses: Mutex::new(HashMap::new()),
             read_rotation: AtomicUsize::new(0),
             config,
         })
@@ -79,11 +91,20 @@ impl AppState {
         self.store(node, self.config.replica_timeout_ms)
     }
 
-    /// A client of `node` for reads: the answer's headers are awaited under
-    /// the replica timeout by the caller; the body may take longer as long
-    /// as it keeps flowing.
-    pub(crate) fn store_for_reads(&self, node: &NodeRecord) -> Result<StoreClient, ApiError> {
-        self.store(node, STORE_READ_REQUEST_TIMEOUT_MS)
+    /// The address of `node` for [`AppState::reader`], parsed once per
+    /// address. The caller awaits the answer's headers under the replica
+    /// timeout; the body may take longer as long as it keeps flowing.
+    pub(crate) fn read_address(&self, node: &NodeRecord) -> Result<StoreAddress, ClientError> {
+        let mut addresses = self.addresses.lock();
+        if let Some(parsed) = addresses.get(&node.address) {
+            return parsed.clone().map_err(ClientError::InvalidArgument);
+        }
+        if addresses.len() >= MAX_CACHED_ADDRESSES {
+            addresses.clear();
+        }
+        let parsed = StoreAddress::parse(&node.address).map_err(|e| e.to_string());
+        addresses.insert(node.address.clone(), parsed.clone());
+        parsed.map_err(ClientError::InvalidArgument)
     }
 
     fn store(&self, node: &NodeRecord, request_timeout_ms: u64) -> Result<StoreClient, ApiError> {
