@@ -4,20 +4,22 @@
 //! and handed to the engine as integers; they never become file paths.
 //! Every engine call goes through [`StoreNodeState::blocking`].
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use axum::routing::{get, post, put};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde::Deserialize;
+use tower::util::MapFutureLayer;
 
 use super::error::ApiError;
 use super::{StoreNodeState, buffer_permits};
@@ -52,7 +54,9 @@ pub fn router(state: StoreNodeState) -> Router {
         .route("/volumes/{vid}/deleted", get(deleted_keys))
         .route("/volumes/{vid}/files/{file}", get(volume_file))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(timeout, request_timeout));
+        .layer(MapFutureLayer::new(
+            move |handler: RouteFuture<Infallible>| request_timeout(timeout, handler),
+        ));
     Router::new()
         .route("/volumes/{vid}/sync", post(super::sync::sync_volume))
         .merge(timed)
@@ -61,14 +65,16 @@ pub fn router(state: StoreNodeState) -> Router {
         .with_state(state)
 }
 
+/// Runs a handler under the node's request timeout. A plain future
+/// around the route's (no middleware `Next`, no extra boxing): it wraps
+/// every request.
 async fn request_timeout(
-    State(timeout): State<Duration>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
+    timeout: Duration,
+    handler: RouteFuture<Infallible>,
+) -> Result<Response, Infallible> {
+    match tokio::time::timeout(timeout, handler).await {
         Ok(response) => response,
-        Err(_) => ApiError::timeout("request timed out").into_response(),
+        Err(_) => Ok(ApiError::timeout("request timed out").into_response()),
     }
 }
 

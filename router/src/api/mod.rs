@@ -25,12 +25,15 @@ mod read;
 mod state;
 mod upload;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router as AxumRouter;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -66,7 +69,13 @@ impl Tier {
 /// changes, so the id is a strong validator that needs no read; the comma
 /// goes because `If-None-Match` is a comma-separated list.
 pub(crate) fn etag_for(id: &BlobId) -> String {
-    format!("\"{}\"", id.to_string().replacen(',', "-", 1))
+    use std::fmt::Write as _;
+    let mut etag = String::with_capacity(40);
+    let _ = write!(etag, "\"{id}\"");
+    if let Some(comma) = etag.find(',') {
+        etag.replace_range(comma..=comma, "-");
+    }
+    etag
 }
 
 /// The axum router of the public API, with its own state and metrics.
@@ -89,10 +98,9 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         )
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
-        ))
+        .layer(RecordMetricsLayer {
+            state: state.clone(),
+        })
         .with_state(state)
 }
 
@@ -130,23 +138,81 @@ fn route_label(method: &axum::http::Method, path: &str) -> (&'static str, &'stat
     (method, route)
 }
 
-/// Counts and times every request by route, tier and status.
-async fn record_metrics(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let route = route_label(request.method(), request.uri().path());
-    let response = next.run(request).await;
-    let tier = response.extensions().get::<Tier>().map_or("none", |t| t.0);
-    state.metrics.record_request(
-        route,
-        tier,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+/// Counts and times every request by route, tier and status: a plain
+/// service around each route (axum's `from_fn` middleware would clone the
+/// inner service into a `Next` and box a future per request).
+#[derive(Clone)]
+struct RecordMetricsLayer {
+    state: Arc<AppState>,
+}
+
+impl<S> tower::Layer<S> for RecordMetricsLayer {
+    type Service = RecordMetrics<S>;
+
+    fn layer(&self, inner: S) -> RecordMetrics<S> {
+        RecordMetrics {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service of [`RecordMetricsLayer`].
+#[derive(Clone)]
+struct RecordMetrics<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S> tower::Service<Request> for RecordMetrics<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RecordMetricsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = route_label(request.method(), request.uri().path());
+        RecordMetricsFuture {
+            inner: self.inner.call(request),
+            state: self.state.clone(),
+            route,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The future of [`RecordMetrics`]: the route's, then one record.
+struct RecordMetricsFuture<F> {
+    inner: F,
+    state: Arc<AppState>,
+    route: (&'static str, &'static str),
+    started: Instant,
+}
+
+impl<F> Future for RecordMetricsFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(response) = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        let tier = response.extensions().get::<Tier>().map_or("none", |t| t.0);
+        self.state.metrics.record_request(
+            self.route,
+            tier,
+            response.status().as_u16(),
+            self.started.elapsed().as_secs_f64(),
+        );
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// Serves the public API on `listener` until `cancel` fires, then stops

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -48,14 +48,14 @@ const WHOLE_BODY_MAX_BYTES: u64 = 64 * 1024;
 /// `GET` and `HEAD /blobs/{id}`.
 pub(crate) async fn get_blob(
     State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let id = id_from_uri(&uri)?;
-    let head = method == Method::HEAD;
+    // The request itself, not its parts as extractors: those would clone
+    // the header map on every read.
+    let id = id_from_uri(request.uri())?;
+    let head = request.method() == Method::HEAD;
     let needle = read_from_replicas(&state, id, head).await?;
-    let mut response = respond(&state, id, head, &headers, needle)?;
+    let mut response = respond(&state, id, head, request.headers(), needle)?;
     response.extensions_mut().insert(Tier::HOT);
     Ok(response)
 }
