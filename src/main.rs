@@ -116,7 +116,13 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Up { spawn: false, .. })
+        && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
+    {
+        runtime.worker_threads(up::worker_threads());
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?;

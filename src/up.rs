@@ -21,6 +21,22 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 /// How long roles get to finish in-flight requests on shutdown.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
+/// Async worker threads of `hayloft up` in one process: half the cores,
+/// at least one (`TOKIO_WORKER_THREADS` overrides it). Every hop between
+/// roles is loopback HTTP inside this process, so each request wakes tasks
+/// on both ends of two hops; with fewer workers those wake-ups stay on one
+/// thread instead of bouncing between threads, and the other cores are left
+/// to the blocking pool (engine reads, fsyncs), the kernel's network stack
+/// and local clients. On 2 cores, 1 worker instead of 2 served 1 KiB
+/// fetches 18% faster and 64 KiB ones 9% faster with a lower p99, but
+/// 1 MiB fetches 14% and 1 MiB uploads ~25% slower: the one worker then
+/// does every loopback copy of those bodies.
+pub fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().div_ceil(2))
+        .max(1)
+}
+
 /// The identity of store node `n` (1-based) under `data_dir`.
 pub fn store_identity(data_dir: &Path, n: usize) -> StoreIdentity {
     StoreIdentity {
