@@ -16,6 +16,8 @@
 #   REQUESTS=<n> (per run; default 10000 for 1 KiB, 5000 for 64 KiB, 1000 for 1 MiB)
 #   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
 #   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
+#   KEEP_DATA=1      keep both systems' data under $WORK (a full run writes ~20 GiB;
+#                    by default it is deleted on exit, logs and results are kept)
 # Prints a Markdown table of medians over the rounds (each round runs every
 # target at every size, interleaved); raw JSON lines go to $WORK/results.jsonl.
 set -euo pipefail
@@ -40,6 +42,8 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # A full run writes ~20 GiB; keep only logs and results unless asked.
+  if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$WORK/hayloft" "$WORK/swfs"; fi
 }
 trap cleanup EXIT INT TERM
 
