@@ -37,6 +37,12 @@ use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
 /// Content type stored when the client sends none.
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
+/// Most bytes of a refused body read and dropped so the client can read the
+/// refusal (see `drain_refused_body`).
+const REFUSED_BODY_DRAIN_BYTES: u64 = 8 << 20;
+/// Longest time spent draining a refused body.
+const REFUSED_BODY_DRAIN_MS: u64 = 2_000;
+
 /// Longest `Content-Type` kept with a BLOB.
 const MAX_CONTENT_TYPE_LEN: usize = 255;
 
@@ -67,7 +73,14 @@ pub(crate) async fn post_blob(
     let content_type = content_type(&headers)?;
     let declared_len = declared_len(&headers)?;
     let limit_bytes = state.config.max_blob_bytes;
-    if declared_len.is_some_and(|len| len > limit_bytes) {
+    if let Some(len) = declared_len
+        && len > limit_bytes
+    {
+        // A client that waits for `100 Continue` sends nothing; one that
+        // sends anyway gets its small overshoot drained, larger ones a close.
+        if !expects_continue(&headers) && len - limit_bytes <= REFUSED_BODY_DRAIN_BYTES {
+            drain_refused_body(body, len).await;
+        }
         return Err(ApiError::PayloadTooLarge { limit_bytes });
     }
     let idle = Duration::from_millis(state.config.body_idle_timeout_ms);
@@ -127,6 +140,31 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(text.to_owned())
 }
 
+/// Whether the client waits for `100 Continue` before it sends the body.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads and drops what is left of a refused body, at most until `max_bytes`
+/// have been seen in all or `REFUSED_BODY_DRAIN_MS` have passed. hyper closes
+/// a connection whose request body was not read, and closing a socket with
+/// unread input makes the kernel reset it, which destroys the refusal in
+/// flight: the client would see a broken pipe instead of the 413.
+async fn drain_refused_body(mut body: Body, max_bytes: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(REFUSED_BODY_DRAIN_MS);
+    let mut seen: u64 = 0;
+    while seen < max_bytes {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            _ => return,
+        }
+    }
+}
+
 fn declared_len(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     headers
         .get(header::CONTENT_LENGTH)
@@ -176,6 +214,7 @@ async fn receive_body(
         }
         len += data.len() as u64;
         if len > limit_bytes {
+            drain_refused_body(body, limit_bytes + REFUSED_BODY_DRAIN_BYTES).await;
             return Err(ApiError::PayloadTooLarge { limit_bytes });
         }
         reserve_memory(state, &mut memory, &mut reserved_kib, len, idle).await?;
