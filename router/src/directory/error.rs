@@ -132,11 +132,26 @@ impl DirectoryError {
             DirectoryError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             DirectoryError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             DirectoryError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
+            _ if self.is_storage_full() => StatusCode::INSUFFICIENT_STORAGE,
             DirectoryError::Corrupt { .. }
             | DirectoryError::InvalidConfig(_)
             | DirectoryError::Database(_)
             | DirectoryError::Io(_)
             | DirectoryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether this is the directory's disk running out of space (ENOSPC or
+    /// a quota), which clears by itself once space is freed: the backend
+    /// reopens its database on the next operation.
+    pub fn is_storage_full(&self) -> bool {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        match self {
+            DirectoryError::Database(e) => {
+                matches!(&**e, redb::Error::Io(io) if matches!(io.kind(), StorageFull | QuotaExceeded))
+            }
+            DirectoryError::Io(io) => matches!(io.kind(), StorageFull | QuotaExceeded),
+            _ => false,
         }
     }
 

@@ -21,7 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use parking_lot::{RwLock, RwLockWriteGuard};
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -97,10 +98,39 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, D
 }
 
 /// The redb-backed directory. Cheap to share behind an `Arc`.
+///
+/// redb poisons a `Database` after any IO error (every later transaction
+/// fails with `PreviousIo`), so a full disk would otherwise break the
+/// directory until the process restarts. The backend therefore drops and
+/// reopens the database after such an error (redb repairs the file on open)
+/// and retries the operation once; while the disk is still full the caller
+/// gets the IO error (507).
 #[derive(Debug)]
 pub struct RedbDirectory {
-    db: Database,
+    /// Every transaction holds a read guard for its whole life; a reopen takes
+    /// the write guard, so no transaction (which would keep the old file and
+    /// its lock open) is in flight when the old `Database` is dropped.
+    state: RwLock<DbState>,
     path: PathBuf,
+}
+
+#[derive(Debug)]
+struct DbState {
+    /// `None` after a reopen failed (disk still full); the next operation
+    /// tries again.
+    db: Option<Database>,
+    /// Bumped on every reopen, so that callers which failed on the same
+    /// poisoned instance reopen it only once between them.
+    generation: u64,
+}
+
+/// Whether `err` leaves redb's `Database` poisoned (or is the poison itself),
+/// so that only dropping and reopening it can make progress.
+fn needs_reopen(err: &DirectoryError) -> bool {
+    matches!(
+        err,
+        DirectoryError::Database(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo)
+    )
 }
 
 impl RedbDirectory {
@@ -136,7 +166,13 @@ impl RedbDirectory {
             txn.open_table(MIGRATION_JOBS)?;
         }
         txn.commit()?;
-        Ok(Self { db, path })
+        Ok(Self {
+            state: RwLock::new(DbState {
+                db: Some(db),
+                generation: 0,
+            }),
+            path,
+        })
     }
 
     /// Path of the database file.
@@ -144,15 +180,74 @@ impl RedbDirectory {
         &self.path
     }
 
+    /// Runs `op` on the database; if it fails with an error that poisons
+    /// redb, reopens the database and runs `op` once more.
+    ///
+    /// Retrying is safe: `op` is one whole transaction that re-reads its
+    /// inputs, so even if the failed commit did reach the disk the retry
+    /// builds on it instead of repeating it blindly, and the caller was
+    /// never told that the first attempt succeeded.
+    fn with_db<T>(
+        &self,
+        op: impl Fn(&Database) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        let failed_generation = {
+            let state = self.state.read();
+            match &state.db {
+                Some(db) => match op(db) {
+                    Err(e) if needs_reopen(&e) => {
+                        tracing::warn!(
+                            path = %self.path.display(),
+                            error = %e,
+                            "directory database failed; reopening it"
+                        );
+                        state.generation
+                    }
+                    result => return result,
+                },
+                None => state.generation,
+            }
+        };
+        let mut state = self.state.write();
+        // Someone else may have reopened it meanwhile; a failed reopen left
+        // `None`, so that one is tried again.
+        if state.generation == failed_generation || state.db.is_none() {
+            // Drop first: the old handle holds redb's file lock.
+            state.db = None;
+            state.generation += 1;
+            // `open`, not `create`: a vanished file must not come back empty.
+            state.db = Some(Database::open(&self.path)?);
+            tracing::info!(path = %self.path.display(), "directory database reopened");
+        }
+        let state = RwLockWriteGuard::downgrade(state);
+        match &state.db {
+            Some(db) => op(db),
+            None => Err(DirectoryError::Internal(
+                "directory database is closed after a failed reopen".into(),
+            )),
+        }
+    }
+
     /// Runs `f` in one write transaction and commits it if `f` succeeds.
+    /// A failed commit is an error: nothing is acknowledged.
     fn write<T>(
         &self,
-        f: impl FnOnce(&WriteTransaction) -> Result<T, DirectoryError>,
+        f: impl Fn(&WriteTransaction) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        let txn = self.db.begin_write()?;
-        let value = f(&txn)?;
-        txn.commit()?;
-        Ok(value)
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            let value = f(&txn)?;
+            txn.commit()?;
+            Ok(value)
+        })
+    }
+
+    /// Runs `f` in one read transaction.
+    fn read<T>(
+        &self,
+        f: impl Fn(&ReadTransaction) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        self.with_db(|db| f(&db.begin_read()?))
     }
 }
 
@@ -310,8 +405,7 @@ impl Directory for RedbDirectory {
     }
 
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, DirectoryError> {
-        let txn = self.db.begin_read()?;
-        all_nodes(&txn.open_table(NODES)?)
+        self.read(|txn| all_nodes(&txn.open_table(NODES)?))
     }
 
     fn mark_down_expired(
@@ -389,18 +483,18 @@ impl Directory for RedbDirectory {
     }
 
     fn volume(&self, id: u32) -> Result<LogicalVolume, DirectoryError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(VOLUMES)?;
-        let value = table.get(id)?;
-        match value {
-            Some(v) => decode("volumes", v.value()),
-            None => Err(DirectoryError::UnknownVolume { id }),
-        }
+        self.read(|txn| {
+            let table = txn.open_table(VOLUMES)?;
+            let value = table.get(id)?;
+            match value {
+                Some(v) => decode("volumes", v.value()),
+                None => Err(DirectoryError::UnknownVolume { id }),
+            }
+        })
     }
 
     fn list_volumes(&self) -> Result<Vec<LogicalVolume>, DirectoryError> {
-        let txn = self.db.begin_read()?;
-        all_volumes(&txn.open_table(VOLUMES)?)
+        self.read(|txn| all_volumes(&txn.open_table(VOLUMES)?))
     }
 
     fn set_volume_state(

@@ -1,0 +1,210 @@
+//! The redb directory on a full disk: a write fails with a clear error while
+//! the disk is full, the directory recovers by itself once space returns
+//! (redb poisons its `Database` after an IO error, so the backend must reopen
+//! it), and no acknowledged state is lost.
+//!
+//! The full disk is a small tmpfs, which needs root (as in CI). Without the
+//! permission to mount, the test prints why and passes.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use router::directory::{
+    Directory, DirectoryError, KeyLease, NodeRegistration, NodeRole, RedbDirectory,
+};
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop (also when
+/// the test panics, so no mount outlives the test).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it), or says why not.
+    fn mount(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Something still holds a file open: detach it rather than leave
+            // the mount behind (TempDir then removes the empty directory).
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+fn registration(id: &str, rack: &str, address: String) -> NodeRegistration {
+    NodeRegistration {
+        id: id.to_owned(),
+        role: NodeRole::Store,
+        rack: rack.to_owned(),
+        datacenter: "dc1".to_owned(),
+        address,
+    }
+}
+
+/// Writes zeros to `path` until the filesystem refuses with ENOSPC.
+fn fill(path: &Path) {
+    let mut file = File::create(path).expect("create junk file");
+    for chunk in [1 << 20, 4096, 1] {
+        let buf = vec![0u8; chunk];
+        loop {
+            match file.write_all(&buf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling the disk: unexpected error {e}"),
+            }
+        }
+    }
+    // Errors of the final flush are ENOSPC too; the disk is full either way.
+    let _ = file.sync_all();
+}
+
+/// Everything the directory acknowledged, checked against a directory.
+struct Acknowledged {
+    nodes: Vec<String>,
+    volume: u32,
+    leases: Vec<KeyLease>,
+}
+
+impl Acknowledged {
+    fn check(&self, dir: &dyn Directory) {
+        let listed: Vec<String> = dir
+            .list_nodes()
+            .expect("list nodes")
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        for id in &self.nodes {
+            assert!(listed.contains(id), "acknowledged node {id} lost");
+        }
+        dir.volume(self.volume).expect("acknowledged volume lost");
+        // A new lease must lie above every acknowledged one, or keys would be
+        // handed out twice.
+        let highest = self.leases.iter().map(|l| l.end).max().expect("a lease");
+        let lease = dir
+            .lease_keys(self.volume, 1)
+            .expect("lease after recovery");
+        assert!(
+            lease.start >= highest,
+            "lease {lease:?} overlaps an acknowledged one (highest end {highest})"
+        );
+    }
+}
+
+#[test]
+fn directory_recovers_after_the_disk_was_full() {
+    let tmpfs = match Tmpfs::mount("8m") {
+        Ok(t) => t,
+        Err(reason) => {
+            eprintln!("skipping directory_recovers_after_the_disk_was_full: {reason}");
+            return;
+        }
+    };
+    let data_dir: PathBuf = tmpfs.path().join("directory");
+    let junk = tmpfs.path().join("junk");
+    let dir = RedbDirectory::open(&data_dir).expect("open");
+
+    let mut ack = Acknowledged {
+        nodes: Vec::new(),
+        volume: 0,
+        leases: Vec::new(),
+    };
+    for (id, rack) in [("store-a", "r1"), ("store-b", "r2"), ("store-c", "r3")] {
+        dir.register_node(registration(id, rack, format!("{id}:80")), 1_000)
+            .expect("register store");
+        ack.nodes.push(id.to_owned());
+    }
+    ack.volume = dir.allocate_volume(1_000).expect("allocate").id;
+    ack.leases
+        .push(dir.lease_keys(ack.volume, 100).expect("first lease"));
+
+    fill(&junk);
+
+    // Free pages inside the file may absorb a few writes; big records soon
+    // need new ones, which the full disk refuses.
+    let big_address = "x".repeat(64 * 1024);
+    let mut failure = None;
+    for i in 0..1_000 {
+        let id = format!("filler-{i}");
+        let result = dir
+            .register_node(registration(&id, "r9", big_address.clone()), 2_000)
+            .map(|_| ack.nodes.push(id))
+            .and_then(|()| dir.lease_keys(ack.volume, 10).map(|l| ack.leases.push(l)));
+        if let Err(e) = result {
+            failure = Some(e);
+            break;
+        }
+    }
+    let err = failure.expect("a directory write failed on the full disk");
+    eprintln!("write on the full disk: {err} (status {})", err.status());
+    assert!(
+        err.is_storage_full(),
+        "expected a storage-full error, got {err:?}"
+    );
+    assert_eq!(err.status(), http::StatusCode::INSUFFICIENT_STORAGE);
+
+    // Still full: every answer is either a success (the backend may reuse
+    // freed pages) or the same clear error, never a poisoned database.
+    match dir.register_node(registration("while-full", "r9", big_address.clone()), 3_000) {
+        Ok(_) => ack.nodes.push("while-full".to_owned()),
+        Err(e) => assert!(
+            e.is_storage_full(),
+            "expected storage-full while still full, got {e:?}"
+        ),
+    }
+    if let Err(DirectoryError::Database(e)) = dir.list_nodes() {
+        panic!("reads must keep working on a full disk: {e}");
+    }
+
+    std::fs::remove_file(&junk).expect("remove junk");
+
+    // Space is back: writes succeed again without restarting anything.
+    dir.register_node(
+        registration("after-full", "r9", "after:80".to_owned()),
+        4_000,
+    )
+    .expect("write after space returned");
+    ack.nodes.push("after-full".to_owned());
+    ack.leases.push(
+        dir.lease_keys(ack.volume, 10)
+            .expect("lease after space returned"),
+    );
+    ack.check(&dir);
+
+    // And the file itself holds it all: reopen from scratch.
+    drop(dir);
+    let reopened = RedbDirectory::open(&data_dir).expect("reopen from scratch");
+    ack.check(&reopened);
+    drop(reopened);
+    drop(tmpfs);
+}
