@@ -15,6 +15,7 @@ mod compact;
 pub mod error;
 pub mod file;
 pub mod format;
+pub mod http;
 pub mod index;
 mod recover;
 pub mod service;

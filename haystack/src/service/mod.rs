@@ -14,11 +14,11 @@
 
 mod error;
 mod handlers;
-mod serve;
 mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -30,7 +30,6 @@ use crate::store::Store;
 use crate::volume::VolumeOptions;
 
 pub use handlers::router;
-pub use serve::serve;
 
 /// Configuration of a store node (the `[store]` part of a node's TOML).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -274,6 +273,23 @@ impl StoreNodeState {
     pub fn config(&self) -> &StoreNodeConfig {
         &self.inner.config
     }
+}
+
+/// Serves `app` on `listener` with the node's connection limits until
+/// `cancel` fires (see [`crate::http::serve`]).
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    config: &StoreNodeConfig,
+    cancel: CancellationToken,
+) -> Result<(), ServiceError> {
+    let options = crate::http::ServeOptions {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        max_connections: config.max_connections,
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+    };
+    crate::http::serve(listener, app, options, cancel).await;
+    Ok(())
 }
 
 /// Runs a store node: opens the store in `config.data_dir`, then serves the

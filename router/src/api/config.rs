@@ -50,6 +50,10 @@ pub struct RouterConfig {
     /// requests (long downloads included) before dropping them, in ms.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Connections served at once; further ones wait in the listen backlog
+    /// (default 1024).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Prefix of the `url` returned for an upload (e.g.
     /// `https://blobs.example.com`); empty gives a path (`/blobs/ID`).
     #[serde(default)]
@@ -71,6 +75,7 @@ impl RouterConfig {
             directory_cache_ttl_ms: default_directory_cache_ttl_ms(),
             key_lease_size: default_key_lease_size(),
             upload_attempts: default_upload_attempts(),
+            max_connections: default_max_connections(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             public_base_url: String::new(),
         }
@@ -125,6 +130,11 @@ pub fn default_key_lease_size() -> u64 {
 /// Default of [`RouterConfig::upload_attempts`]: 3.
 pub fn default_upload_attempts() -> u32 {
     3
+}
+
+/// Default of [`RouterConfig::max_connections`]: 1024.
+pub fn default_max_connections() -> usize {
+    1024
 }
 
 /// Default of [`RouterConfig::shutdown_grace_ms`]: 10 s.

@@ -36,10 +36,7 @@ use axum::Router as AxumRouter;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::RouterConfig;
@@ -50,9 +47,6 @@ use state::AppState;
 
 /// How often histogram samples are folded into buckets between scrapes.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Pause after a failed `accept` (e.g. out of file descriptors).
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The storage tier that served a request, put in response extensions for
 /// the metrics middleware.
@@ -229,12 +223,9 @@ pub async fn run(
 ) -> Result<(), ApiError> {
     let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms.max(1));
     let shutdown_grace = Duration::from_millis(config.shutdown_grace_ms);
+    let max_connections = config.max_connections;
     let state = Arc::new(AppState::new(config)?);
     let app = build(state.clone());
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "router serving");
     }
@@ -251,53 +242,12 @@ pub async fn run(
         }
     });
 
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let http = http.clone();
-                let cancel = cancel.clone();
-                connections.spawn(async move {
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(connection);
-                    let result = tokio::select! {
-                        result = connection.as_mut() => result,
-                        _ = cancel.cancelled() => {
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(shutdown_grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open = connections.len(),
-            "shutdown grace period over; dropping open connections"
-        );
-        connections.shutdown().await;
-    }
+    let options = haystack::http::ServeOptions {
+        header_read_timeout,
+        max_connections,
+        shutdown_grace,
+    };
+    haystack::http::serve(listener, app, options, cancel).await;
     let _ = upkeep.await;
     tracing::info!("router stopped");
     Ok(())

@@ -9,21 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
@@ -444,7 +441,12 @@ pub async fn run(
         loops_cancel.clone(),
     ));
     tracing::info!(address = ?listener.local_addr().ok(), "directory serving");
-    serve(router(state, &config), listener, &config, cancel).await;
+    let options = haystack::http::ServeOptions {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        max_connections: config.max_connections,
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+    };
+    haystack::http::serve(listener, router(state, &config), options, cancel).await;
     loops_cancel.cancel();
     while loops.join_next().await.is_some() {}
     tracing::info!("directory stopped");
@@ -483,70 +485,5 @@ async fn run_down_marker(
             }
             Err(e) => tracing::error!(error = %e, "marking silent nodes down failed"),
         }
-    }
-}
-
-/// Accepts connections until `cancel` fires, serving each with hyper's
-/// HTTP/1 server (header-read timeout via a tokio timer), then shuts the open
-/// connections down gracefully.
-async fn serve(
-    app: Router,
-    listener: TcpListener,
-    config: &DirectoryConfig,
-    cancel: CancellationToken,
-) {
-    let connection_permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = cancel.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = Arc::clone(&connection_permits).try_acquire_owned() else {
-            tracing::warn!(%peer, "too many connections; closing");
-            continue;
-        };
-        let app = app.clone();
-        let cancel = cancel.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                app.clone().oneshot(req.map(Body::new))
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = cancel.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("shutdown grace period over; dropping open connections");
-        connections.abort_all();
     }
 }

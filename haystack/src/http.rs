@@ -1,45 +1,58 @@
-//! The accept loop: hyper HTTP/1 connections with a header-read timeout, a
-//! bound on open connections, and graceful shutdown on cancellation.
+//! The HTTP/1 accept loop every Hayloft service shares (store node,
+//! directory, router): a header-read timeout, a bound on open connections,
+//! and graceful shutdown on cancellation.
 //!
 //! `axum::serve` sets no header-read timeout (hyper needs a timer for it),
 //! so a client that sends half a request line would hold a connection
 //! forever. Here each connection is served by hyper's HTTP/1 builder with
-//! `TokioTimer` and `header_read_timeout`.
+//! `TokioTimer` and `header_read_timeout`. The same timeout also closes idle
+//! keep-alive connections, which is why clients' pools drop idle connections
+//! sooner (see `client::POOL_IDLE_TIMEOUT_MS`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
-
-use super::{ServiceError, StoreNodeConfig};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before the
 /// next try, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Limits of one HTTP server.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// A request's headers must arrive within this long; an idle keep-alive
+    /// connection is closed after it too.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// After cancellation, in-flight requests get this long to finish before
+    /// the remaining connections are closed.
+    pub shutdown_grace: Duration,
+}
+
 /// Serves `app` on `listener` until `cancel` fires, then stops accepting,
-/// lets in-flight requests finish for up to `config.shutdown_grace_ms`, and
+/// lets in-flight requests finish for up to `options.shutdown_grace`, and
 /// closes the remaining connections.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    config: &StoreNodeConfig,
+    options: ServeOptions,
     cancel: CancellationToken,
-) -> Result<(), ServiceError> {
-    let connection_permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+) {
+    let connection_permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        .header_read_timeout(options.header_read_timeout)
+        .keep_alive(true)
         // Lets a client half-close after a short body and still read the
         // 400 that explains it.
         .half_close(true);
@@ -48,7 +61,7 @@ pub async fn serve(
         let permit = tokio::select! {
             _ = cancel.cancelled() => break,
             permit = connection_permits.clone().acquire_owned() => {
-                permit.map_err(|_| ServiceError::Internal("connection semaphore closed".into()))?
+                permit.expect("the connection semaphore is never closed")
             }
         };
         let accepted = tokio::select! {
@@ -66,15 +79,11 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let cancel = cancel.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                let app = app.clone();
-                async move { app.oneshot(request.map(Body::new)).await }
-            });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {
@@ -90,17 +99,15 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let drained = tokio::time::timeout(grace, async {
+    let drained = tokio::time::timeout(options.shutdown_grace, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
             open = connections.len(),
-            "shutdown grace ran out; closing connections"
+            "shutdown grace period over; closing open connections"
         );
         connections.shutdown().await;
     }
-    Ok(())
 }
