@@ -305,6 +305,18 @@ fn put_volume(txn: &WriteTransaction, volume: &LogicalVolume) -> Result<(), Dire
     Ok(())
 }
 
+/// `NotAReplica` unless `node` holds a replica of `volume`.
+fn ensure_replica(volume: &LogicalVolume, node: &str) -> Result<(), DirectoryError> {
+    if volume.replicas.iter().any(|r| r == node) {
+        Ok(())
+    } else {
+        Err(DirectoryError::NotAReplica {
+            volume: volume.id,
+            node: node.to_owned(),
+        })
+    }
+}
+
 /// Adds `node` to the volume's stale set and demotes a writable volume.
 /// Returns whether anything changed.
 fn make_stale(volume: &mut LogicalVolume, node: &str) -> bool {
@@ -537,12 +549,7 @@ impl Directory for RedbDirectory {
     fn mark_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError> {
         self.write(|txn| {
             let mut volume = get_volume(txn, id)?;
-            if !volume.replicas.iter().any(|r| r == node) {
-                return Err(DirectoryError::NotAReplica {
-                    volume: id,
-                    node: node.to_owned(),
-                });
-            }
+            ensure_replica(&volume, node)?;
             if make_stale(&mut volume, node) {
                 put_volume(txn, &volume)?;
             }
@@ -553,12 +560,7 @@ impl Directory for RedbDirectory {
     fn clear_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError> {
         self.write(|txn| {
             let mut volume = get_volume(txn, id)?;
-            if !volume.replicas.iter().any(|r| r == node) {
-                return Err(DirectoryError::NotAReplica {
-                    volume: id,
-                    node: node.to_owned(),
-                });
-            }
+            ensure_replica(&volume, node)?;
             if volume.is_stale(node) {
                 volume.stale_replicas.retain(|r| r != node);
                 put_volume(txn, &volume)?;
