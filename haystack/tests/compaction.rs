@@ -1,35 +1,13 @@
 //! Online compaction: drops deleted needles, keeps reads and deletes going meanwhile, and
 //! survives a crash (or an error) at every step, checked with failpoints.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use haystack::{Error, Volume, VolumeOptions};
 
-type Model = BTreeMap<u64, (u32, Vec<u8>)>;
+mod common;
 
-fn fill(v: &Volume, from: u64, to: u64, model: &mut Model) {
-    for k in from..to {
-        let data = vec![(k % 251) as u8; (k as usize * 37) % 3000];
-        v.append_needle(k, k as u32 ^ 0xabcd, "", &data)
-            .expect("append");
-        model.insert(k, (k as u32 ^ 0xabcd, data));
-    }
-}
-
-fn check(v: &Volume, model: &Model, upto: u64) {
-    for k in 1..upto {
-        match model.get(&k) {
-            Some((c, d)) => assert_eq!(&v.read_needle(k, *c).expect("live").data, d, "key {k}"),
-            None => assert!(matches!(
-                v.read_needle(k, k as u32 ^ 0xabcd),
-                Err(Error::NotFound)
-            )),
-        }
-    }
-    let s = v.status();
-    assert_eq!(s.needle_count, model.len() as u64);
-}
+use common::{Model, check, fill};
 
 #[test]
 fn compaction_drops_deleted_needles_and_keeps_the_rest() {

@@ -3,33 +3,11 @@
 //! binary because failpoints are process-global.
 #![cfg(feature = "failpoints")]
 
-use std::collections::BTreeMap;
+use haystack::{Volume, VolumeOptions};
 
-use haystack::{Error, Volume, VolumeOptions};
+mod common;
 
-type Model = BTreeMap<u64, (u32, Vec<u8>)>;
-
-fn fill(v: &Volume, from: u64, to: u64, model: &mut Model) {
-    for k in from..to {
-        let data = vec![(k % 251) as u8; (k as usize * 37) % 3000];
-        v.append_needle(k, k as u32 ^ 0xabcd, "", &data)
-            .expect("append");
-        model.insert(k, (k as u32 ^ 0xabcd, data));
-    }
-}
-
-fn check(v: &Volume, model: &Model, upto: u64) {
-    for k in 1..upto {
-        match model.get(&k) {
-            Some((c, d)) => assert_eq!(&v.read_needle(k, *c).expect("live").data, d, "key {k}"),
-            None => assert!(matches!(
-                v.read_needle(k, k as u32 ^ 0xabcd),
-                Err(Error::NotFound)
-            )),
-        }
-    }
-    assert_eq!(v.status().needle_count, model.len() as u64);
-}
+use common::{Model, check, fill};
 
 const STEPS: [&str; 5] = [
     "compact-after-copy",
