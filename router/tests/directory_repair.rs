@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use directory_common::{TestStore, eventually, spawn_heartbeats, start_directory, start_store};
+use directory_common::{
+    TestStore, eventually, spawn_heartbeats, spawn_steady_heartbeats, start_directory, start_store,
+};
 use router::directory::{
     Directory, DirectoryClient, DirectoryConfig, LogicalVolume, RedbDirectory, VolumeState, now_ms,
 };
@@ -151,15 +153,7 @@ async fn a_replica_reported_stale_is_resynchronised() {
     let cancel = CancellationToken::new();
     for s in &stores {
         client.register(&s.registration()).await.expect("register");
-        let enabled = Arc::new(AtomicBool::new(true));
-        let period = Duration::from_millis(100);
-        spawn_heartbeats(
-            client.clone(),
-            s.id.clone(),
-            period,
-            enabled,
-            cancel.clone(),
-        );
+        spawn_steady_heartbeats(&client, &s.id, &cancel);
     }
     let volume = client.allocate_volume().await.expect("allocate");
     let vid = volume.id;
@@ -226,15 +220,7 @@ async fn when_every_replica_is_stale_the_most_complete_one_is_the_source() {
     let client = directory.client.clone();
     let cancel = CancellationToken::new();
     for s in &stores {
-        let enabled = Arc::new(AtomicBool::new(true));
-        let period = Duration::from_millis(100);
-        spawn_heartbeats(
-            client.clone(),
-            s.id.clone(),
-            period,
-            enabled,
-            cancel.clone(),
-        );
+        spawn_steady_heartbeats(&client, &s.id, &cancel);
     }
     let repaired = wait_repaired(&client, vid).await;
     assert_eq!(repaired.state, VolumeState::Locked);
@@ -270,15 +256,7 @@ async fn a_lost_replica_is_replaced_from_a_peer() {
     let client = directory.client.clone();
     let cancel = CancellationToken::new();
     for s in &stores {
-        let enabled = Arc::new(AtomicBool::new(true));
-        let period = Duration::from_millis(100);
-        spawn_heartbeats(
-            client.clone(),
-            s.id.clone(),
-            period,
-            enabled,
-            cancel.clone(),
-        );
+        spawn_steady_heartbeats(&client, &s.id, &cancel);
     }
     // s3's disk is lost: it comes back quickly (never marked down), empty,
     // at a new address.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use directory_common::{eventually, spawn_heartbeats, start_directory, start_store};
+use directory_common::{
+    eventually, spawn_heartbeats, spawn_steady_heartbeats, start_directory, start_store,
+};
 use router::directory::{DirectoryConfig, NodeRegistration, NodeRole, NodeState, VolumeState};
 use tokio_util::sync::CancellationToken;
 
@@ -305,9 +307,7 @@ async fn a_restarted_directory_gives_every_node_a_grace_period() {
     let client = directory.client.clone();
     let cancel = CancellationToken::new();
     for id in ["s1", "s2"] {
-        let enabled = Arc::new(AtomicBool::new(true));
-        let period = Duration::from_millis(100);
-        spawn_heartbeats(client.clone(), id.into(), period, enabled, cancel.clone());
+        spawn_steady_heartbeats(&client, id, &cancel);
     }
     // Several down-marker ticks (every 750 ms) into the grace period.
     tokio::time::sleep(Duration::from_millis(1_600)).await;

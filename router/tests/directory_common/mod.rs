@@ -126,6 +126,21 @@ pub fn spawn_heartbeats(
     })
 }
 
+/// Heartbeats for node `id` every 100 ms until `cancel` fires.
+pub fn spawn_steady_heartbeats(
+    client: &DirectoryClient,
+    id: &str,
+    cancel: &CancellationToken,
+) -> JoinHandle<()> {
+    spawn_heartbeats(
+        client.clone(),
+        id.to_owned(),
+        Duration::from_millis(100),
+        Arc::new(AtomicBool::new(true)),
+        cancel.clone(),
+    )
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
