@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod batch;
 pub mod client;
 mod compact;
 pub mod error;
