@@ -530,6 +530,56 @@ impl Volume {
         Ok(needle)
     }
 
+    /// On-disk size of a live needle (padding included), from the in-memory index alone: no
+    /// IO and no cookie check, so callers must not answer from it alone. `None` if the key
+    /// is missing or deleted.
+    pub fn needle_size_bytes(&self, key: u64) -> Option<u64> {
+        let entry = self.files.read().index.get(key)?;
+        (!entry.deleted).then_some(entry.size_bytes)
+    }
+
+    /// Reads only the header of a needle (one small positioned read) and checks its magic,
+    /// flags, key and size against the index; missing, deleted and wrong-cookie needles are
+    /// `NotFound`, as in [`Volume::read_needle`]. The header alone carries no checksum: only
+    /// `read_needle` verifies a whole needle.
+    pub fn read_needle_header(&self, key: u64, cookie: u32) -> Result<format::NeedleHeader> {
+        let (file, entry) = {
+            let files = self.files.read();
+            (
+                files.data.clone(),
+                files.index.get(key).ok_or(Error::NotFound)?,
+            )
+        };
+        if entry.deleted {
+            return Err(Error::NotFound);
+        }
+        let mut buf = [0u8; NEEDLE_HEADER_SIZE];
+        file.read_at(&mut buf, entry.offset)?;
+        let corrupt = |reason: String| {
+            error!(volume = self.id, key, "corrupt needle header: {reason}");
+            Error::corrupt(self.id, entry.offset, reason)
+        };
+        let header = format::decode_needle_header(&buf, self.id, entry.offset)
+            .inspect_err(|e| error!(volume = self.id, key, error = %e, "corrupt needle"))?;
+        if header.key != key {
+            return Err(corrupt(format!(
+                "needle key {:#x} where the index has {key:#x}",
+                header.key
+            )));
+        }
+        if header.size_bytes() != entry.size_bytes {
+            return Err(corrupt(format!(
+                "needle header says {} bytes where the index has {}",
+                header.size_bytes(),
+                entry.size_bytes
+            )));
+        }
+        if header.deleted() || header.cookie != cookie {
+            return Err(Error::NotFound);
+        }
+        Ok(header)
+    }
+
     /// Deletes a needle: sets its flag on disk (synced) and in memory, and records it in
     /// the index file (synced). Allowed on locked volumes.
     pub fn delete_needle(&self, key: u64, cookie: u32) -> Result<()> {

@@ -53,6 +53,7 @@ pub fn router(state: StoreNodeState) -> Router {
         )
         .route("/volumes/{vid}/deleted", get(deleted_keys))
         .route("/volumes/{vid}/files/{file}", get(volume_file))
+        .route("/needles/read-batch", post(super::batch::read_batch))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(MapFutureLayer::new(
             move |handler: RouteFuture<Infallible>| request_timeout(timeout, handler),

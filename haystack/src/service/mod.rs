@@ -12,6 +12,7 @@
 //! and handlers (everything but bulk sync and the streaming of file bodies)
 //! with [`StoreNodeConfig::request_timeout_ms`].
 
+mod batch;
 mod error;
 mod handlers;
 mod sync;
