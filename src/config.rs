@@ -29,6 +29,11 @@ pub struct Config {
     /// Largest BLOB an upload may carry.
     #[serde(default = "default_max_blob_bytes")]
     pub max_blob_bytes: u64,
+    /// Largest declared upload the router receives whole before storing it
+    /// (so it can retry on another volume); longer ones stream to the
+    /// replicas as they arrive.
+    #[serde(default = "default_retry_buffer_bytes")]
+    pub retry_buffer_bytes: u64,
     /// Warm-tier block size (accepted now, used by the warm tier later).
     #[serde(default = "default_block_size_bytes")]
     pub block_size_bytes: u64,
@@ -118,6 +123,9 @@ fn default_volume_size_bytes() -> u64 {
 fn default_max_blob_bytes() -> u64 {
     64 * MIB
 }
+fn default_retry_buffer_bytes() -> u64 {
+    8 * MIB
+}
 fn default_block_size_bytes() -> u64 {
     GIB
 }
@@ -163,6 +171,7 @@ impl Default for Config {
         Config {
             volume_size_bytes: default_volume_size_bytes(),
             max_blob_bytes: default_max_blob_bytes(),
+            retry_buffer_bytes: default_retry_buffer_bytes(),
             block_size_bytes: default_block_size_bytes(),
             warm_after_ms: default_warm_after_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
@@ -218,6 +227,10 @@ pub struct Overrides {
     /// Largest BLOB an upload may carry (e.g. `64MiB`).
     #[arg(long, value_parser = parse_size)]
     pub max_blob_size: Option<u64>,
+    /// Largest upload the router receives whole so it can retry it on
+    /// another volume; longer ones stream to the replicas (e.g. `8MiB`).
+    #[arg(long, value_parser = parse_size)]
+    pub retry_buffer_size: Option<u64>,
     /// Warm-tier block size (e.g. `1GiB`; used by the warm tier).
     #[arg(long, value_parser = parse_size)]
     pub block_size: Option<u64>,
@@ -273,6 +286,7 @@ impl Config {
         let Overrides {
             volume_size,
             max_blob_size,
+            retry_buffer_size,
             block_size,
             warm_after,
             heartbeat_interval,
@@ -280,9 +294,10 @@ impl Config {
             repair_interval,
             request_timeout,
         } = overrides;
-        let pairs: [(&Option<u64>, &mut u64); 8] = [
+        let pairs: [(&Option<u64>, &mut u64); 9] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
+            (retry_buffer_size, &mut self.retry_buffer_bytes),
             (block_size, &mut self.block_size_bytes),
             (warm_after, &mut self.warm_after_ms),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
@@ -426,10 +441,12 @@ mod tests {
         config.apply(&Overrides {
             volume_size: Some(8 * MIB),
             max_blob_size: Some(MIB),
+            retry_buffer_size: Some(256 * KIB),
             ..Overrides::default()
         });
         assert_eq!(config.volume_size_bytes, 8 * MIB);
         assert_eq!(config.max_blob_bytes, MIB);
+        assert_eq!(config.retry_buffer_bytes, 256 * KIB);
         config.validate().unwrap();
         assert!(toml::from_str::<Config>("volume_size = 1\n").is_err());
         assert!(toml::from_str::<Config>("[store]\nrak = \"r\"\n").is_err());

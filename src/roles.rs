@@ -103,6 +103,7 @@ pub async fn run_router(
 ) -> anyhow::Result<()> {
     let mut api = router::api::RouterConfig::new(directory_url);
     api.max_blob_bytes = config.max_blob_bytes;
+    api.retry_buffer_bytes = config.retry_buffer_bytes;
     router::api::run(api, listener, token)
         .await
         .context("router")

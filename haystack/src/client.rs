@@ -226,13 +226,20 @@ pub const POOL_IDLE_TIMEOUT_MS: u64 = 5_000;
 
 /// A `reqwest::ClientBuilder` fit for talking to store nodes: the connect
 /// and read-idle timeouts of `options` and a pool idle timeout of
-/// [`POOL_IDLE_TIMEOUT_MS`].
+/// [`POOL_IDLE_TIMEOUT_MS`]. A `read_idle_timeout_ms` of 0 sets no read
+/// timeout: reqwest counts it from the request's start until the answer's
+/// headers, so it would cut off a request body that streams for longer
+/// (see [`StoreClient::append_needle_streamed`]).
 pub fn http_client_builder(options: &StoreClientOptions) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
-        .read_timeout(Duration::from_millis(options.read_idle_timeout_ms))
         .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    if options.read_idle_timeout_ms == 0 {
+        builder
+    } else {
+        builder.read_timeout(Duration::from_millis(options.read_idle_timeout_ms))
+    }
 }
 
 /// Timeouts of a [`StoreClient`].
@@ -246,7 +253,8 @@ pub struct StoreClientOptions {
     /// Whole-request timeout for volume file streams and bulk syncs, which
     /// move a whole volume.
     pub transfer_timeout_ms: u64,
-    /// Longest pause between two reads of a response body.
+    /// Longest pause between two reads of a response body (0: none, see
+    /// [`http_client_builder`]).
     pub read_idle_timeout_ms: u64,
 }
 
@@ -433,19 +441,30 @@ impl StoreClient {
         content_length: u64,
         body: reqwest::Body,
     ) -> Result<AppendResult, ClientError> {
-        let content_type = header::HeaderValue::from_str(content_type)
-            .map_err(|e| ClientError::InvalidArgument(format!("content type: {e}")))?;
-        let request = self
-            .request(
-                Method::PUT,
-                &needle_path(volume, key, cookie),
-                self.request_timeout(),
-            )
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::CONTENT_LENGTH, content_length)
-            .body(body);
-        let response = checked(request.send().await?).await?;
-        read_json(response).await
+        let request = self.request(
+            Method::PUT,
+            &needle_path(volume, key, cookie),
+            self.request_timeout(),
+        );
+        append(request, content_type, content_length, body).await
+    }
+
+    /// [`StoreClient::append_needle`] without the whole-request timeout, for
+    /// a body that streams for as long as its sender keeps it flowing. The
+    /// caller bounds the pauses of the body and the wait for the answer; the
+    /// client should have no read timeout (see [`http_client_builder`]).
+    pub async fn append_needle_streamed(
+        &self,
+        volume: u32,
+        key: u64,
+        cookie: u32,
+        content_type: &str,
+        content_length: u64,
+        body: reqwest::Body,
+    ) -> Result<AppendResult, ClientError> {
+        let url = format!("{}{}", self.base_url, needle_path(volume, key, cookie));
+        let request = self.http.request(Method::PUT, url);
+        append(request, content_type, content_length, body).await
     }
 
     /// [`StoreClient::append_needle`] with the body in memory.
@@ -603,6 +622,23 @@ impl StoreClient {
     fn transfer_timeout(&self) -> Duration {
         Duration::from_millis(self.options.transfer_timeout_ms)
     }
+}
+
+/// Sends a needle append built by the caller (URL and timeout set).
+async fn append(
+    request: reqwest::RequestBuilder,
+    content_type: &str,
+    content_length: u64,
+    body: reqwest::Body,
+) -> Result<AppendResult, ClientError> {
+    let content_type = header::HeaderValue::from_str(content_type)
+        .map_err(|e| ClientError::InvalidArgument(format!("content type: {e}")))?;
+    let request = request
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, content_length)
+        .body(body);
+    let response = checked(request.send().await?).await?;
+    read_json(response).await
 }
 
 fn needle_path(volume: u32, key: u64, cookie: u32) -> String {

@@ -29,9 +29,19 @@ pub struct RouterConfig {
     #[serde(default = "default_max_concurrent_uploads")]
     pub max_concurrent_uploads: usize,
     /// Memory all uploads in flight may hold for their bodies together, in
-    /// bytes (each upload is buffered whole so it can be retried).
+    /// bytes: whole bodies of the uploads received before they are stored
+    /// (see `retry_buffer_bytes`), and the chunks in flight to the replicas
+    /// of streamed ones.
     #[serde(default = "default_upload_buffer_bytes")]
     pub upload_buffer_bytes: u64,
+    /// Largest declared `Content-Length` received whole before it is stored,
+    /// in bytes (default 8 MiB). Such bodies, and bodies without a
+    /// `Content-Length`, can be retried on another volume when a replica
+    /// fails. A longer body is streamed to the three replicas as it arrives,
+    /// with a few chunks in memory; if a replica fails mid-stream the upload
+    /// fails with `503 replica_failed` and the client retries it.
+    #[serde(default = "default_retry_buffer_bytes")]
+    pub retry_buffer_bytes: u64,
     /// Most writable volumes this router writes to at once. Each volume
     /// takes one upload at a time (keys must reach every store in order), so
     /// this is the upload parallelism; volumes are allocated on demand.
@@ -71,6 +81,7 @@ impl RouterConfig {
             body_idle_timeout_ms: default_body_idle_timeout_ms(),
             max_concurrent_uploads: default_max_concurrent_uploads(),
             upload_buffer_bytes: default_upload_buffer_bytes(),
+            retry_buffer_bytes: default_retry_buffer_bytes(),
             writable_volumes: default_writable_volumes(),
             directory_cache_ttl_ms: default_directory_cache_ttl_ms(),
             key_lease_size: default_key_lease_size(),
@@ -110,6 +121,11 @@ pub fn default_max_concurrent_uploads() -> usize {
 /// Default of [`RouterConfig::upload_buffer_bytes`]: 1 GiB.
 pub fn default_upload_buffer_bytes() -> u64 {
     1024 * 1024 * 1024
+}
+
+/// Default of [`RouterConfig::retry_buffer_bytes`]: 8 MiB.
+pub fn default_retry_buffer_bytes() -> u64 {
+    8 * 1024 * 1024
 }
 
 /// Default of [`RouterConfig::writable_volumes`]: 16.
@@ -152,6 +168,7 @@ mod tests {
             serde_json::from_str(r#"{"directory_url":"127.0.0.1:1"}"#).expect("parse");
         assert_eq!(config, RouterConfig::new("127.0.0.1:1"));
         assert_eq!(config.max_blob_bytes, 64 << 20);
+        assert_eq!(config.retry_buffer_bytes, 8 << 20);
         assert!(serde_json::from_str::<RouterConfig>(r#"{"directory_url":"x","nope":1}"#).is_err());
     }
 }

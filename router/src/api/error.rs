@@ -63,6 +63,14 @@ pub enum ApiError {
         /// The last attempt's failure.
         last: String,
     },
+    /// A replica failed while a streamed body was being sent to it: the
+    /// bytes already received are gone, so the upload cannot be retried on
+    /// another volume. Nothing was acknowledged; the client may retry.
+    #[error(
+        "a replica failed while the body was streamed to it; the upload was not stored \
+         and can be retried: {0}"
+    )]
+    ReplicaFailed(String),
     /// The directory could not be reached or refused a request.
     #[error("directory: {0}")]
     Directory(#[from] DirectoryClientError),
@@ -100,6 +108,7 @@ impl ApiError {
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::UploadFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upload_failed"),
+            ApiError::ReplicaFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "replica_failed"),
             ApiError::Directory(_) => (StatusCode::BAD_GATEWAY, "directory_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "io"),

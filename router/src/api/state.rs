@@ -32,6 +32,9 @@ pub(crate) struct AppState {
     /// One permit per KiB of upload body held in memory.
     pub(crate) upload_memory_kib: Arc<Semaphore>,
     http: reqwest::Client,
+    /// Store clients for streamed appends: no read timeout (reqwest counts
+    /// it until the answer's headers, so it would cut off a long body).
+    stream_http: reqwest::Client,
     /// The hot read hop: `GET`/`HEAD` of needles on hyper's pooled client.
     pub(crate) reader: NeedleReader,
     /// Store node addresses as parsed for [`AppState::reader`], by address.
@@ -60,6 +63,13 @@ impl AppState {
         .pool_max_idle_per_host(STORE_POOL_IDLE_PER_HOST)
         .build()
         .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
+        let stream_http = haystack::client::http_client_builder(&StoreClientOptions {
+            connect_timeout_ms: STORE_CONNECT_TIMEOUT_MS,
+            read_idle_timeout_ms: 0,
+            ..StoreClientOptions::default()
+        })
+        .build()
+        .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
         let memory_kib = usize::try_from(config.upload_buffer_bytes.div_ceil(1024))
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -74,6 +84,7 @@ impl AppState {
             upload_memory_kib: Arc::new(Semaphore::new(memory_kib)),
             directory,
             http,
+            stream_http,
             reader: NeedleReader::new(
                 Duration::from_millis(STORE_CONNECT_TIMEOUT_MS),
                 Duration::from_millis(config.replica_timeout_ms),
@@ -89,6 +100,26 @@ impl AppState {
     /// included) must finish within the replica timeout.
     pub(crate) fn store_for_writes(&self, node: &NodeRecord) -> Result<StoreClient, ApiError> {
         self.store(node, self.config.replica_timeout_ms)
+    }
+
+    /// A client of `node` for [`StoreClient::append_needle_streamed`]: the
+    /// caller bounds the body's pauses and the wait for the answer.
+    pub(crate) fn store_for_streamed_writes(
+        &self,
+        node: &NodeRecord,
+    ) -> Result<StoreClient, ApiError> {
+        let options = StoreClientOptions {
+            connect_timeout_ms: STORE_CONNECT_TIMEOUT_MS,
+            request_timeout_ms: self.config.replica_timeout_ms,
+            transfer_timeout_ms: self.config.replica_timeout_ms,
+            read_idle_timeout_ms: 0,
+        };
+        StoreClient::from_http(self.stream_http.clone(), &node.base_url(), options).map_err(|e| {
+            ApiError::Internal(format!(
+                "store node {} address {:?}: {e}",
+                node.id, node.address
+            ))
+        })
     }
 
     /// The address of `node` for [`AppState::reader`], parsed once per

@@ -1,16 +1,33 @@
-//! `POST /blobs`: receive a body within its limit, then store it on the
-//! three replicas of a writable volume, retrying on another volume when a
-//! replica fails.
+//! `POST /blobs`: receive a body within its limit and store it on the three
+//! replicas of a writable volume, by one of two paths chosen by the body's
+//! declared `Content-Length`.
 //!
-//! The body is received whole before the first append (bounded by
-//! `max_blob_bytes`, and across uploads by `upload_buffer_bytes`), because
-//! a retry on another volume needs the bytes again and because a volume
-//! takes one upload at a time (see [`super::pool`]): holding a volume while
-//! a slow client trickles its body would stall every upload queued behind
-//! it. Chunks are kept as received (`Bytes`, shared, never copied) and
-//! streamed to the three replicas in parallel. A body over the limit is
-//! refused with `413` before anything reaches a store: as soon as a
-//! `Content-Length` says so, or as soon as the received bytes pass it.
+//! **Received whole, then stored** (a `Content-Length` up to
+//! `retry_buffer_bytes`, default 8 MiB, and every body without one: a store
+//! append needs the length up front). The body is received whole before the
+//! first append (bounded by `max_blob_bytes`, and across uploads by
+//! `upload_buffer_bytes`), because a retry on another volume needs the bytes
+//! again and because a volume takes one upload at a time (see
+//! [`super::pool`]): holding a volume while a slow client trickles its body
+//! would stall every upload queued behind it. Chunks are kept as received
+//! (`Bytes`, shared, never copied) and streamed to the three replicas in
+//! parallel; a replica failure retires the volume and the upload is retried
+//! on another one.
+//!
+//! **Streamed** (a `Content-Length` above `retry_buffer_bytes`; see
+//! [`stream`]). A volume is checked out and its key taken first, then each
+//! chunk is forwarded as it arrives to the three appends through bounded
+//! channels, so an upload holds a few chunks, not its body, and the slowest
+//! replica slows the client down. The trade-off: the volume is held for as
+//! long as the client takes to send the body (other uploads use the other
+//! pooled volumes), and a replica failure mid-stream cannot be retried (the
+//! bytes are gone): the volume is taken out of service as on the other path
+//! and the client gets one `503 replica_failed` to retry on.
+//!
+//! On both paths a body over the limit is refused with `413` before anything
+//! is stored: as soon as a `Content-Length` says so, or as soon as the
+//! received bytes pass it. A body that ends short of its `Content-Length` or
+//! stalls is refused too, and a store never sees a complete body for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +50,8 @@ use super::pool::{Checkout, VolumeLease, WritableVolume};
 use super::state::AppState;
 use super::{Tier, etag_for};
 use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
+
+mod stream;
 
 /// Content type stored when the client sends none.
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -88,6 +107,19 @@ pub(crate) async fn post_blob(
         .await
         .map_err(|_| ApiError::Busy("too many uploads in flight".into()))?
         .map_err(|_| ApiError::Internal("upload semaphore closed".into()))?;
+    if let Some(len) = declared_len
+        && len > state.config.retry_buffer_bytes
+    {
+        // Streamed from a task of its own, for the same reason as below; a
+        // client that disconnects ends the body, which aborts the appends.
+        let task_state = state.clone();
+        let stored = tokio::spawn(async move {
+            stream::store_streamed(&task_state, &content_type, body, len).await
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("upload task: {e}")))??;
+        return Ok(created(&state, stored.id, stored.len, &stored.sha256));
+    }
     let received = receive_body(&state, body, declared_len).await?;
     state.metrics.add_bytes_in(received.len);
 
@@ -99,7 +131,11 @@ pub(crate) async fn post_blob(
     let id = tokio::spawn(async move { store_blob(&task_state, &content_type, &task_body).await })
         .await
         .map_err(|e| ApiError::Internal(format!("upload task: {e}")))??;
+    Ok(created(&state, id, received.len, &received.sha256))
+}
 
+/// The `201` answer for a stored BLOB.
+fn created(state: &AppState, id: BlobId, size: u64, sha256: &[u8; 32]) -> Response {
     let id_text = id.to_string();
     let created = Created {
         url: format!(
@@ -107,8 +143,8 @@ pub(crate) async fn post_blob(
             state.config.public_base_url.trim_end_matches('/')
         ),
         id: id_text.clone(),
-        size: received.len,
-        checksum: format!("sha256:{}", hex::encode(received.sha256)),
+        size,
+        checksum: format!("sha256:{}", hex::encode(sha256)),
     };
     let mut response = (StatusCode::CREATED, Json(created)).into_response();
     let headers = response.headers_mut();
@@ -119,7 +155,7 @@ pub(crate) async fn post_blob(
         headers.insert(header::ETAG, etag);
     }
     response.extensions_mut().insert(Tier::HOT);
-    Ok(response)
+    response
 }
 
 fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -285,28 +321,13 @@ async fn store_blob(
         if attempt > 1 {
             state.metrics.upload_retry();
         }
-        let mut lease = match writable_volume(state).await {
-            Ok(lease) => lease,
+        let (lease, volume, id) = match volume_and_id(state).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "no writable volume");
                 last = e.to_string();
                 continue;
             }
-        };
-        let volume = lease.volume_mut().volume.clone();
-        let key = match next_key(state, &mut lease).await {
-            Ok(key) => key,
-            Err(e) => {
-                tracing::warn!(volume = volume.id, error = %e, "leasing keys failed");
-                last = e.to_string();
-                lease.retire();
-                continue;
-            }
-        };
-        let id = BlobId {
-            volume: volume.id,
-            key,
-            cookie: rand::random::<u32>(),
         };
         let failures = append_on_replicas(state, &volume, id, content_type, body).await;
         if failures.is_empty() {
@@ -321,7 +342,7 @@ async fn store_blob(
         }
         lease.retire();
         last = describe(&failures);
-        tracing::warn!(volume = volume.id, key, attempt, failures = %last, "upload attempt failed");
+        tracing::warn!(volume = volume.id, key = id.key, attempt, failures = %last, "upload attempt failed");
         let too_large = failures.iter().any(|f| {
             matches!(
                 f.error,
@@ -337,6 +358,29 @@ async fn store_blob(
         }
     }
     Err(ApiError::UploadFailed { attempts, last })
+}
+
+/// Checks a writable volume out of the pool and takes its next key for a
+/// new id (a volume whose keys cannot be leased is retired).
+async fn volume_and_id(
+    state: &AppState,
+) -> Result<(VolumeLease, Arc<LogicalVolume>, BlobId), ApiError> {
+    let mut lease = writable_volume(state).await?;
+    let volume = lease.volume_mut().volume.clone();
+    let key = match next_key(state, &mut lease).await {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::warn!(volume = volume.id, error = %e, "leasing keys failed");
+            lease.retire();
+            return Err(e);
+        }
+    };
+    let id = BlobId {
+        volume: volume.id,
+        key,
+        cookie: rand::random::<u32>(),
+    };
+    Ok((lease, volume, id))
 }
 
 /// Whether every replica refused the append as a bad or too large request
