@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 mod reader;
 
-pub use reader::{NeedleHead, NeedleReader, ReadKind, StoreAddress};
+pub use reader::{BatchOptions, BatchStats, NeedleHead, NeedleReader, ReadKind, StoreAddress};
 
 use crate::api::VolumeStatus;
 use crate::api::{

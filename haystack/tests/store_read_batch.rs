@@ -12,6 +12,7 @@ use haystack::batch::{
     BATCH_CONTENT_TYPE, BatchAnswer, BatchRead, MAX_BATCH_ENTRIES, decode_answers, encode_request,
     request_len,
 };
+use haystack::client::{BatchOptions, ClientError, NeedleReader, StoreAddress};
 use haystack::service::{self, StoreNodeConfig, StoreNodeState};
 use haystack::{Volume, VolumeStatus};
 use tokio::net::TcpListener;
@@ -409,6 +410,93 @@ async fn malformed_bodies_get_400_json_and_change_nothing() {
             [found("", &blob(100, 1), false)]
         );
         node.stop().await;
+    })
+    .await;
+}
+
+/// The router's side: concurrent [`NeedleReader::read_batched`] calls for one node share
+/// batches, and each caller gets the answer to its own read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_share_batches_and_each_gets_its_own_answer() {
+    bounded(async {
+        let node = Node::start().await;
+        let volume = node.state.store().create_volume(1).expect("create");
+        const KEYS: u64 = 300;
+        for key in 1..=KEYS {
+            let data = blob(key as usize * 7, key as u8);
+            volume
+                .append_needle(key, cookie_for(key), "application/x-test", &data)
+                .expect("append");
+        }
+        let reader = NeedleReader::new(Duration::from_secs(2), Duration::from_secs(5), 16)
+            .with_batching(BatchOptions {
+                max_entries: 16,
+                max_in_flight: 1,
+                queue_capacity: 64,
+                timeout: Duration::from_secs(10),
+            });
+        let address = StoreAddress::parse(&node.url).expect("address");
+        // Every key read by several tasks at once; every fifth key with a wrong cookie,
+        // every seventh over the entry's size limit.
+        let reads = (0..4 * KEYS).map(|i| {
+            let key = i % KEYS + 1;
+            let mut r = read(1, key, 2000);
+            if i % 5 == 0 {
+                r.cookie ^= 0x8000_0000;
+            }
+            let (reader, address) = (reader.clone(), address.clone());
+            async move { (r, reader.read_batched(&address, r).await) }
+        });
+        let answers = futures::future::join_all(reads).await;
+        for (r, answer) in answers {
+            let answer = answer.expect("batched read");
+            let data = blob(r.key as usize * 7, r.key as u8);
+            let expected = if r.cookie != cookie_for(r.key) {
+                BatchAnswer::NotFound
+            } else if data.len() > 2000 {
+                BatchAnswer::TooLarge {
+                    len: data.len() as u64,
+                }
+            } else {
+                found("application/x-test", &data, false)
+            };
+            assert_eq!(answer, expected, "key {}", r.key);
+        }
+        let stats = reader.batch_stats();
+        assert_eq!(stats.reads, 4 * KEYS, "every read went out in a batch");
+        assert!(
+            stats.batches < stats.reads / 2,
+            "concurrent reads shared batches: {stats:?}"
+        );
+        node.stop().await;
+    })
+    .await;
+}
+
+/// A node that does not answer fails every waiting read with a transport error within
+/// the batch timeout, and the reader recovers once a node answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_a_stopped_node_fail_and_do_not_hang() {
+    bounded(async {
+        let node = Node::start().await;
+        let address = StoreAddress::parse(&node.url).expect("address");
+        node.stop().await;
+        let reader = NeedleReader::new(Duration::from_secs(1), Duration::from_secs(1), 4)
+            .with_batching(BatchOptions {
+                timeout: Duration::from_secs(2),
+                ..BatchOptions::default()
+            });
+        let reads = (1..=20u64).map(|key| {
+            let (reader, address) = (reader.clone(), address.clone());
+            async move { reader.read_batched(&address, read(1, key, 4096)).await }
+        });
+        for answer in futures::future::join_all(reads).await {
+            let error = answer.expect_err("nothing listens there");
+            assert!(
+                matches!(error, ClientError::Connection { .. }),
+                "a transport error: {error:?}"
+            );
+        }
     })
     .await;
 }

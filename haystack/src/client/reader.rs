@@ -9,10 +9,13 @@
 //! retry policies, timeout wrappers). Timeouts are the caller's for the
 //! answer's headers, and an idle timeout between body chunks here.
 
+mod batch;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
@@ -21,8 +24,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use self::batch::Batcher;
+pub use self::batch::{BatchOptions, BatchStats};
 use super::{ByteStream, ClientError, JSON_BODY_LIMIT_BYTES, POOL_IDLE_TIMEOUT_MS};
 use crate::api::CRC32_HEADER;
+use crate::batch::{BatchAnswer, BatchRead};
 
 /// A store node's address, parsed once: `http://host:port` (a bare
 /// `host:port` gets `http://`). Only plain HTTP: store nodes serve nothing
@@ -80,11 +86,13 @@ pub enum ReadKind {
 }
 
 /// Pooled client of the store nodes' needle read routes, shared by every
-/// read of a router (cheap to clone).
+/// read of a router (cheap to clone; clones share connections and read
+/// batches).
 #[derive(Clone, Debug)]
 pub struct NeedleReader {
     http: Client<HttpConnector, Empty<Bytes>>,
     body_idle_timeout: Duration,
+    batcher: Arc<Batcher>,
 }
 
 impl NeedleReader {
@@ -100,16 +108,48 @@ impl NeedleReader {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
-        let http = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
-            .pool_max_idle_per_host(max_idle_per_host)
-            .build(connector);
+            .pool_max_idle_per_host(max_idle_per_host);
+        let batches = builder.build::<_, Full<Bytes>>(connector.clone());
         NeedleReader {
-            http,
+            http: builder.build(connector),
             body_idle_timeout,
+            batcher: Arc::new(Batcher::new(batches, BatchOptions::default())),
         }
+    }
+
+    /// The same reader with other read batching limits (a fresh batcher;
+    /// connections stay shared).
+    pub fn with_batching(mut self, options: BatchOptions) -> NeedleReader {
+        let http = self.batcher.http().clone();
+        self.batcher = Arc::new(Batcher::new(http, options));
+        self
+    }
+
+    /// The read batching limits in force.
+    pub fn batch_options(&self) -> BatchOptions {
+        self.batcher.options()
+    }
+
+    /// What this reader's batches carried so far.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher.stats()
+    }
+
+    /// A small read at `node`, sent in one `POST /needles/read-batch` with
+    /// the reads for the same node that are waiting at the same time (see
+    /// [`BatchOptions`]). Each answer is checked (lengths, CRC-32 of the
+    /// data) before it is returned. The caller bounds the wait.
+    pub async fn read_batched(
+        &self,
+        node: &StoreAddress,
+        read: BatchRead,
+    ) -> Result<BatchAnswer, ClientError> {
+        self.batcher.read(&node.authority, read).await
     }
 
     /// `GET` or `HEAD /volumes/{vid}/needles/{key}?cookie=C` at `node`:

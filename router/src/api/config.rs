@@ -64,6 +64,15 @@ pub struct RouterConfig {
     /// (default 1024).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most reads sent to a store node in one batch (1 to 64). Concurrent
+    /// small reads for the same node share one request.
+    #[serde(default = "default_read_batch_max_entries")]
+    pub read_batch_max_entries: usize,
+    /// Read batches in flight to one store node at once; reads arriving
+    /// meanwhile wait for the next batch (fewer: larger batches, less CPU
+    /// per read; more: less waiting behind a slow batch).
+    #[serde(default = "default_read_batch_in_flight")]
+    pub read_batch_in_flight: usize,
     /// Prefix of the `url` returned for an upload (e.g.
     /// `https://blobs.example.com`); empty gives a path (`/blobs/ID`).
     #[serde(default)]
@@ -88,6 +97,8 @@ impl RouterConfig {
             upload_attempts: default_upload_attempts(),
             max_connections: default_max_connections(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            read_batch_max_entries: default_read_batch_max_entries(),
+            read_batch_in_flight: default_read_batch_in_flight(),
             public_base_url: String::new(),
         }
     }
@@ -151,6 +162,16 @@ pub fn default_upload_attempts() -> u32 {
 /// Default of [`RouterConfig::max_connections`]: 1024.
 pub fn default_max_connections() -> usize {
     1024
+}
+
+/// Default of [`RouterConfig::read_batch_max_entries`]: 64.
+pub fn default_read_batch_max_entries() -> usize {
+    haystack::batch::MAX_BATCH_ENTRIES
+}
+
+/// Default of [`RouterConfig::read_batch_in_flight`]: 2.
+pub fn default_read_batch_in_flight() -> usize {
+    2
 }
 
 /// Default of [`RouterConfig::shutdown_grace_ms`]: 10 s.

@@ -16,7 +16,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind};
+use haystack::batch::{BatchAnswer, BatchRead};
+use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind, StoreAddress};
 
 use super::error::ApiError;
 use super::id::BlobId;
@@ -39,11 +40,11 @@ pub(crate) fn id_from_uri(uri: &Uri) -> Result<BlobId, ApiError> {
     Ok(BlobId::parse(rest)?)
 }
 
-/// Needles up to this size are received whole from the store before the
-/// answer starts, and sent as one buffer: no stream to set up, headers and
-/// data leave in one write, and a replica whose body fails is skipped like
-/// one that failed to answer. Larger ones are streamed through.
-const WHOLE_BODY_MAX_BYTES: u64 = 64 * 1024;
+/// Needles up to this size are read in batches and received whole before
+/// the answer starts, and sent as one buffer: no stream to set up, headers
+/// and data leave in one write, and a replica whose read fails is skipped
+/// like one that failed to answer. Larger ones are streamed through.
+const WHOLE_BODY_MAX_BYTES: u32 = 64 * 1024;
 
 /// `GET` and `HEAD /blobs/{id}`.
 pub(crate) async fn get_blob(
@@ -149,7 +150,10 @@ enum ReplicaError {
     TimedOut,
 }
 
-/// One replica's answer, headers within `timeout`; a small body too.
+/// One replica's answer within `timeout`. Reads go out in the node's read
+/// batches (see [`haystack::client::NeedleReader::read_batched`]), which
+/// answer needles up to [`WHOLE_BODY_MAX_BYTES`] whole; a larger one is then
+/// asked for alone and streamed.
 async fn read_replica(
     state: &AppState,
     node: &NodeRecord,
@@ -158,9 +162,59 @@ async fn read_replica(
     timeout: Duration,
 ) -> Result<Fetched, ReplicaError> {
     let address = state.read_address(node).map_err(ReplicaError::Failed)?;
+    let head = kind == ReadKind::Head;
+    let read = BatchRead {
+        volume: id.volume,
+        key: id.key,
+        cookie: id.cookie,
+        head,
+        max_data_bytes: if head { u32::MAX } else { WHOLE_BODY_MAX_BYTES },
+    };
+    let batched = state.reader.read_batched(&address, read);
+    let answer = match tokio::time::timeout(timeout, batched).await {
+        Err(_) => return Err(ReplicaError::TimedOut),
+        Ok(Err(e)) => return Err(ReplicaError::Failed(e)),
+        Ok(Ok(answer)) => answer,
+    };
+    match answer {
+        BatchAnswer::Found {
+            content_type,
+            len,
+            data,
+            ..
+        } => Ok(Fetched {
+            content_type: HeaderValue::from_maybe_shared(content_type)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            len,
+            body: if head {
+                FetchedBody::None
+            } else {
+                FetchedBody::Whole(data)
+            },
+        }),
+        BatchAnswer::NotFound => Err(ReplicaError::NotFound),
+        BatchAnswer::UnknownVolume(m) => Err(ReplicaError::Failed(ClientError::UnknownVolume(m))),
+        BatchAnswer::Corrupt(m) => Err(ReplicaError::Failed(ClientError::Corrupt(m))),
+        BatchAnswer::Failed(message) => Err(ReplicaError::Failed(ClientError::Status {
+            status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
+            code: String::new(),
+            message,
+        })),
+        BatchAnswer::TooLarge { .. } => stream_replica(state, &address, id, timeout).await,
+    }
+}
+
+/// A needle too large for a read batch: its headers within `timeout`, the
+/// data to be streamed.
+async fn stream_replica(
+    state: &AppState,
+    address: &StoreAddress,
+    id: BlobId,
+    timeout: Duration,
+) -> Result<Fetched, ReplicaError> {
     let read = state
         .reader
-        .read(&address, kind, id.volume, id.key, id.cookie);
+        .read(address, ReadKind::Get, id.volume, id.key, id.cookie);
     let head = match tokio::time::timeout(timeout, read).await {
         Err(_) => return Err(ReplicaError::TimedOut),
         Ok(Err(ClientError::NotFound)) => return Err(ReplicaError::NotFound),
@@ -170,22 +224,10 @@ async fn read_replica(
     let Some(len) = head.content_length else {
         return Err(ReplicaError::NoLength);
     };
-    let content_type = head.content_type.clone();
-    let body = if kind == ReadKind::Head {
-        FetchedBody::None
-    } else if len > WHOLE_BODY_MAX_BYTES {
-        FetchedBody::Stream(head)
-    } else {
-        match tokio::time::timeout(timeout, head.into_bytes()).await {
-            Err(_) => return Err(ReplicaError::TimedOut),
-            Ok(Err(e)) => return Err(ReplicaError::Failed(e)),
-            Ok(Ok(data)) => FetchedBody::Whole(data),
-        }
-    };
     Ok(Fetched {
-        content_type,
+        content_type: head.content_type.clone(),
         len,
-        body,
+        body: FetchedBody::Stream(head),
     })
 }
 

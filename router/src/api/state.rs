@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use haystack::client::{ClientError, NeedleReader, StoreAddress, StoreClient, StoreClientOptions};
+use haystack::client::{
+    BatchOptions, ClientError, NeedleReader, StoreAddress, StoreClient, StoreClientOptions,
+};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
@@ -47,6 +49,9 @@ const MAX_CACHED_ADDRESSES: usize = 10_000;
 
 /// Idle connections kept per store node by the router's clients.
 const STORE_POOL_IDLE_PER_HOST: usize = 64;
+/// Reads waiting for a batch, per store node; more wait (within the
+/// replica timeout) to be queued.
+const READ_BATCH_QUEUE: usize = 4096;
 
 impl AppState {
     /// Builds the state; no network traffic happens here.
@@ -89,7 +94,13 @@ impl AppState {
                 Duration::from_millis(STORE_CONNECT_TIMEOUT_MS),
                 Duration::from_millis(config.replica_timeout_ms),
                 STORE_POOL_IDLE_PER_HOST,
-            ),
+            )
+            .with_batching(BatchOptions {
+                max_entries: config.read_batch_max_entries,
+                max_in_flight: config.read_batch_in_flight,
+                queue_capacity: READ_BATCH_QUEUE,
+                timeout: Duration::from_millis(config.replica_timeout_ms),
+            }),
             addresses: Mutex::new(HashMap::new()),
             read_rotation: AtomicUsize::new(0),
             config,

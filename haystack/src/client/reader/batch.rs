@@ -1,0 +1,336 @@
+//! Coalescing of concurrent small reads for the same store node into one
+//! `POST /needles/read-batch` (wire format in [`crate::batch`]).
+//!
+//! Each node gets a bounded queue and a dispatcher task. The dispatcher takes
+//! the first waiting read, waits for one of the node's batch slots
+//! ([`BatchOptions::max_in_flight`]), then takes every read that queued
+//! meanwhile (up to [`BatchOptions::max_entries`]) and sends them as one
+//! request. A lone read on an idle node leaves at once, so batching adds no
+//! wait; under load, the reads that arrive while batches are in flight share
+//! the next one, and the HTTP exchange, the node's hand-off to a blocking
+//! thread and the system calls are paid once per batch instead of per read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{Method, Request, StatusCode, Uri, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::super::ClientError;
+use super::Chain;
+use crate::batch::{self, BatchAnswer, BatchRead};
+
+/// Path of the store node's batch read route.
+const BATCH_PATH: &str = "/needles/read-batch";
+
+/// Room in an answer for everything but data, per entry: status, checksum,
+/// lengths and the longest content type or message.
+const ANSWER_OVERHEAD_PER_ENTRY: usize = 32 + u16::MAX as usize;
+
+/// Limits of read batching, per store node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// Most reads in one batch (at most [`batch::MAX_BATCH_ENTRIES`]).
+    pub max_entries: usize,
+    /// Batches in flight to one node at once; reads arriving meanwhile
+    /// wait for the next batch.
+    pub max_in_flight: usize,
+    /// Reads waiting for a batch, per node; more wait to be queued.
+    pub queue_capacity: usize,
+    /// Longest time one batch exchange may take, answer received whole.
+    pub timeout: Duration,
+}
+
+impl Default for BatchOptions {
+    fn default() -> BatchOptions {
+        BatchOptions {
+            max_entries: batch::MAX_BATCH_ENTRIES,
+            max_in_flight: 1,
+            queue_capacity: 1024,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counts of what a reader's batches carried, over all nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Batches sent.
+    pub batches: u64,
+    /// Reads they carried.
+    pub reads: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    reads: AtomicU64,
+}
+
+/// A read waiting for its batch, and where its answer goes.
+struct Pending {
+    read: BatchRead,
+    reply: oneshot::Sender<Result<BatchAnswer, ClientError>>,
+}
+
+/// The per-node queues of a [`super::NeedleReader`]. Dispatcher tasks hold
+/// only their queue's receiving end: dropping the batcher closes every
+/// queue, and each dispatcher ends once its queue is drained.
+pub(super) struct Batcher {
+    http: Client<HttpConnector, Full<Bytes>>,
+    options: BatchOptions,
+    queues: Mutex<HashMap<Authority, mpsc::Sender<Pending>>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("options", &self.options)
+            .field("nodes", &self.queues.lock().len())
+            .finish()
+    }
+}
+
+impl Batcher {
+    pub(super) fn new(http: Client<HttpConnector, Full<Bytes>>, options: BatchOptions) -> Batcher {
+        let options = BatchOptions {
+            max_entries: options.max_entries.clamp(1, batch::MAX_BATCH_ENTRIES),
+            max_in_flight: options.max_in_flight.max(1),
+            queue_capacity: options.queue_capacity.max(1),
+            timeout: options.timeout,
+        };
+        Batcher {
+            http,
+            options,
+            queues: Mutex::new(HashMap::new()),
+            counters: Arc::default(),
+        }
+    }
+
+    pub(super) fn stats(&self) -> BatchStats {
+        BatchStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            reads: self.counters.reads.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn http(&self) -> &Client<HttpConnector, Full<Bytes>> {
+        &self.http
+    }
+
+    pub(super) fn options(&self) -> BatchOptions {
+        self.options
+    }
+
+    /// Queues `read` for `node`'s next batch and waits for its answer. The
+    /// caller bounds the wait; a reader that gives up before its batch
+    /// leaves is dropped from it.
+    pub(super) async fn read(
+        &self,
+        node: &Authority,
+        read: BatchRead,
+    ) -> Result<BatchAnswer, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        let mut pending = Pending { read, reply };
+        // A queue whose dispatcher is gone (its runtime shut down) is
+        // replaced once.
+        for _ in 0..2 {
+            match self.queue(node).send(pending).await {
+                Ok(()) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        Err(ClientError::connection(&"read batch dropped", false))
+                    });
+                }
+                Err(mpsc::error::SendError(back)) => {
+                    self.queues.lock().remove(node);
+                    pending = back;
+                }
+            }
+        }
+        Err(ClientError::connection(
+            &"no read batch dispatcher for the node",
+            false,
+        ))
+    }
+
+    /// `node`'s queue, with its dispatcher started on first use.
+    fn queue(&self, node: &Authority) -> mpsc::Sender<Pending> {
+        let mut queues = self.queues.lock();
+        if let Some(sender) = queues.get(node)
+            && !sender.is_closed()
+        {
+            return sender.clone();
+        }
+        let (sender, receiver) = mpsc::channel(self.options.queue_capacity);
+        let uri = batch_uri(node);
+        tokio::spawn(dispatch(
+            self.http.clone(),
+            uri,
+            receiver,
+            self.options,
+            self.counters.clone(),
+        ));
+        queues.insert(node.clone(), sender.clone());
+        sender
+    }
+}
+
+fn batch_uri(node: &Authority) -> Uri {
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(node.clone())
+        .path_and_query(PathAndQuery::from_static(BATCH_PATH))
+        .build()
+        .expect("an authority and a static path form a URI")
+}
+
+/// Forms batches from `queue` and sends each from a task of its own, at most
+/// `max_in_flight` at once.
+async fn dispatch(
+    http: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    mut queue: mpsc::Receiver<Pending>,
+    options: BatchOptions,
+    stats: Arc<Counters>,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_in_flight));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut pending = Vec::with_capacity(options.max_entries);
+        pending.push(first);
+        while pending.len() < options.max_entries {
+            match queue.try_recv() {
+                Ok(next) => pending.push(next),
+                Err(_) => break,
+            }
+        }
+        // Readers that gave up need no answer.
+        pending.retain(|p| !p.reply.is_closed());
+        if pending.is_empty() {
+            continue;
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .reads
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        tokio::spawn(send_batch(
+            http.clone(),
+            uri.clone(),
+            pending,
+            slot,
+            options.timeout,
+        ));
+    }
+}
+
+/// Why a whole batch failed; turned into one [`ClientError`] per read.
+enum BatchFailure {
+    Connection { message: String, timeout: bool },
+    Status { status: StatusCode, body: Bytes },
+    Invalid(String),
+}
+
+impl BatchFailure {
+    fn to_client_error(&self) -> ClientError {
+        match self {
+            BatchFailure::Connection { message, timeout } => {
+                ClientError::connection(message, *timeout)
+            }
+            BatchFailure::Status { status, body } => ClientError::from_body(*status, body),
+            BatchFailure::Invalid(message) => ClientError::InvalidResponse(message.clone()),
+        }
+    }
+}
+
+/// Sends one batch and hands every read its answer; the slot is freed when
+/// the exchange is over.
+async fn send_batch(
+    http: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    pending: Vec<Pending>,
+    _slot: OwnedSemaphorePermit,
+    timeout: Duration,
+) {
+    let reads: Vec<BatchRead> = pending.iter().map(|p| p.read).collect();
+    let result = tokio::time::timeout(timeout, exchange(&http, uri, &reads))
+        .await
+        .unwrap_or_else(|_| {
+            Err(BatchFailure::Connection {
+                message: format!("read batch took longer than {} ms", timeout.as_millis()),
+                timeout: true,
+            })
+        });
+    match result {
+        Ok(answers) => {
+            for (p, answer) in pending.into_iter().zip(answers) {
+                let _ = p.reply.send(Ok(answer));
+            }
+        }
+        Err(failure) => {
+            for p in pending {
+                let _ = p.reply.send(Err(failure.to_client_error()));
+            }
+        }
+    }
+}
+
+/// One `POST /needles/read-batch`: the answers, in the order of `reads`.
+async fn exchange(
+    http: &Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    reads: &[BatchRead],
+) -> Result<Vec<BatchAnswer>, BatchFailure> {
+    let body = batch::encode_request(reads);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, batch::BATCH_CONTENT_TYPE)
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Full::new(body))
+        .map_err(|e| BatchFailure::Invalid(format!("read batch request: {e}")))?;
+    let response = http
+        .request(request)
+        .await
+        .map_err(|e| BatchFailure::Connection {
+            message: Chain(&e).to_string(),
+            timeout: false,
+        })?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), answer_limit(reads))
+        .collect()
+        .await
+        .map_err(|e| BatchFailure::Connection {
+            message: format!("read batch answer: {e}"),
+            timeout: false,
+        })?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(BatchFailure::Status { status, body });
+    }
+    batch::decode_answers(body, reads).map_err(|e| BatchFailure::Invalid(e.to_string()))
+}
+
+/// Largest answer `reads` can have.
+fn answer_limit(reads: &[BatchRead]) -> usize {
+    reads.iter().fold(64, |limit, read| {
+        let data = if read.head {
+            0
+        } else {
+            read.max_data_bytes as usize
+        };
+        limit
+            .saturating_add(ANSWER_OVERHEAD_PER_ENTRY)
+            .saturating_add(data)
+    })
+}
