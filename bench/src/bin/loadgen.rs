@@ -46,9 +46,13 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Uploads, and then as many fetches.
+    /// Uploads, and then as many fetches (times `--fetch-passes`).
     #[arg(long, default_value_t = 2000)]
     requests: usize,
+    /// Fetches per uploaded BLOB, on average: a longer fetch phase without
+    /// more uploads (e.g. for profiling).
+    #[arg(long, default_value_t = 1)]
+    fetch_passes: usize,
     /// Untimed uploads and fetches before measuring (connection set-up,
     /// volume allocation).
     #[arg(long, default_value_t = 200)]
@@ -69,6 +73,11 @@ struct Args {
     /// A label copied into the report (e.g. `fsync` or `default`).
     #[arg(long, default_value = "")]
     label: String,
+    /// Processes whose CPU time (user + system, from `/proc/PID/stat`) is
+    /// reported per request of each phase, beside the load generator's own
+    /// (repeatable; e.g. the server's pid).
+    #[arg(long = "cpu-pid")]
+    cpu_pids: Vec<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +89,9 @@ struct PhaseReport {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// CPU microseconds per request: the load generator's own, then each
+    /// `--cpu-pid` in order.
+    cpu_us_per_request: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,7 +263,49 @@ where
     (all, errors.load(Ordering::Relaxed), started.elapsed())
 }
 
-fn report(latencies: &mut [Duration], errors: usize, wall: Duration) -> PhaseReport {
+/// CPU time (user + system) of this process, then of each of `pids`, in
+/// seconds; a process that cannot be read counts 0.
+fn cpu_seconds(pids: &[u32]) -> Vec<f64> {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let read = |path: String| -> f64 {
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            return 0.0;
+        };
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14 and stime 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return 0.0;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (tick(11) + tick(12)) as f64 / ticks_per_second
+    };
+    std::iter::once(read("/proc/self/stat".to_owned()))
+        .chain(pids.iter().map(|pid| read(format!("/proc/{pid}/stat"))))
+        .collect()
+}
+
+/// CPU microseconds per request between two [`cpu_seconds`] samples.
+fn cpu_per_request(before: &[f64], after: &[f64], requests: usize) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| (a - b) * 1e6 / requests.max(1) as f64)
+        .collect()
+}
+
+fn report(
+    latencies: &mut [Duration],
+    errors: usize,
+    wall: Duration,
+    cpu_us_per_request: Vec<f64>,
+) -> PhaseReport {
     latencies.sort_unstable();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let at = |q: f64| {
@@ -269,6 +323,7 @@ fn report(latencies: &mut [Duration], errors: usize, wall: Duration) -> PhaseRep
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         max_ms: latencies.last().copied().map(ms).unwrap_or(0.0),
+        cpu_us_per_request,
     }
 }
 
@@ -332,6 +387,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    let cpu_pids = args.cpu_pids.clone();
+    let upload_cpu = cpu_seconds(&cpu_pids);
     let uploader = driver.clone();
     let (uploaded, upload_errors, upload_wall) =
         run_phase(args.requests, args.concurrency, move |_| {
@@ -339,20 +396,23 @@ async fn main() -> anyhow::Result<()> {
             async move { uploader.upload().await }
         })
         .await;
+    let upload_cpu = cpu_per_request(&upload_cpu, &cpu_seconds(&cpu_pids), uploaded.len());
     let mut upload_latencies: Vec<Duration> = uploaded.iter().map(|(d, _)| *d).collect();
     let stored: Arc<Vec<Stored>> = Arc::new(uploaded.into_iter().map(|(_, s)| s).collect());
     anyhow::ensure!(!stored.is_empty(), "every upload failed");
 
     // Fetch in a scattered order, not upload order.
+    let fetch_cpu = cpu_seconds(&cpu_pids);
     let fetcher = driver.clone();
     let fetch_stored = stored.clone();
-    let (fetched, fetch_errors, fetch_wall) =
-        run_phase(args.requests, args.concurrency, move |i| {
-            let (fetcher, stored) = (fetcher.clone(), fetch_stored.clone());
-            let index = i.wrapping_mul(2_654_435_761) % stored.len();
-            async move { fetcher.fetch(&stored[index]).await }
-        })
-        .await;
+    let fetches = args.requests.saturating_mul(args.fetch_passes.max(1));
+    let (fetched, fetch_errors, fetch_wall) = run_phase(fetches, args.concurrency, move |i| {
+        let (fetcher, stored) = (fetcher.clone(), fetch_stored.clone());
+        let index = i.wrapping_mul(2_654_435_761) % stored.len();
+        async move { fetcher.fetch(&stored[index]).await }
+    })
+    .await;
+    let fetch_cpu = cpu_per_request(&fetch_cpu, &cpu_seconds(&cpu_pids), fetched.len());
     let mut fetch_latencies: Vec<Duration> = fetched.iter().map(|(d, _)| *d).collect();
 
     let report = Report {
@@ -360,8 +420,13 @@ async fn main() -> anyhow::Result<()> {
         label: args.label,
         size_bytes: args.size,
         concurrency: args.concurrency,
-        upload: report(&mut upload_latencies, upload_errors, upload_wall),
-        fetch: report(&mut fetch_latencies, fetch_errors, fetch_wall),
+        upload: report(
+            &mut upload_latencies,
+            upload_errors,
+            upload_wall,
+            upload_cpu,
+        ),
+        fetch: report(&mut fetch_latencies, fetch_errors, fetch_wall, fetch_cpu),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
