@@ -2,156 +2,44 @@
 //! racks and a router, all in-process on `127.0.0.1:0` with temp
 //! directories, driven over real HTTP.
 
+mod api_common;
+
 use std::time::Duration;
 
-use haystack::client::StoreClient;
-use haystack::service::StoreNodeConfig;
+use api_common::{ClusterSpec, bind};
 use router::api::RouterConfig;
-use router::directory::{DirectoryClient, DirectoryConfig, NodeRegistration, NodeRole};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Upload limit of the test router.
 const LIMIT_BYTES: u64 = 1024 * 1024;
 
-struct StoreNode {
-    id: String,
-    address: String,
-    cancel: CancellationToken,
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    cancel: CancellationToken,
-    router_url: String,
-    directory: DirectoryClient,
-    stores: Vec<StoreNode>,
-    http: reqwest::Client,
-}
-
-async fn bind() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
-    (listener, address)
-}
+/// A cluster whose store nodes are registered under their own addresses.
+type Cluster = api_common::Cluster<()>;
 
 async fn start_cluster(store_count: usize) -> Cluster {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cancel = CancellationToken::new();
-
-    let (listener, directory_address) = bind().await;
-    let mut directory_config = DirectoryConfig::new(dir.path().join("directory"));
-    directory_config.heartbeat_timeout_ms = 1_500;
-    directory_config.repair_interval_ms = 200;
-    tokio::spawn(router::directory::run(
-        directory_config,
-        listener,
-        cancel.clone(),
-    ));
-    let directory = DirectoryClient::new(&directory_address).expect("directory client");
-    wait_until(|| {
-        let directory = directory.clone();
-        async move { directory.health().await.is_ok() }
-    })
-    .await;
-
-    let mut stores = Vec::new();
-    for i in 1..=store_count {
-        let (listener, address) = bind().await;
-        let node_cancel = cancel.child_token();
-        let config = StoreNodeConfig::new(dir.path().join(format!("store-{i}")));
-        tokio::spawn(haystack::service::run(
-            config,
-            listener,
-            node_cancel.clone(),
-        ));
-        let id = format!("store-{i}");
-        let registration = NodeRegistration {
-            id: id.clone(),
-            role: NodeRole::Store,
-            rack: format!("rack-{i}"),
-            datacenter: "dc-1".into(),
-            address: address.clone(),
-        };
-        directory.register(&registration).await.expect("register");
-        // The binary heartbeats for its nodes; here a task per node does.
-        let heartbeat_directory = directory.clone();
-        let heartbeat_cancel = node_cancel.clone();
-        let heartbeat_id = id.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = heartbeat_cancel.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        let _ = heartbeat_directory.heartbeat(&heartbeat_id).await;
-                    }
-                }
-            }
-        });
-        stores.push(StoreNode {
-            id,
-            address,
-            cancel: node_cancel,
-        });
-    }
-    for store in &stores {
-        let client = StoreClient::new(&store.address).expect("store client");
-        wait_until(|| {
-            let client = client.clone();
-            async move { client.health().await.is_ok() }
-        })
-        .await;
-    }
-
-    let (listener, router_address) = bind().await;
-    let mut config = RouterConfig::new(directory_address);
-    config.max_blob_bytes = LIMIT_BYTES;
-    config.header_read_timeout_ms = 500;
-    config.body_idle_timeout_ms = 1_000;
-    config.replica_timeout_ms = 2_000;
-    config.directory_cache_ttl_ms = 200;
-    config.writable_volumes = 4;
-    config.key_lease_size = 3;
-    tokio::spawn(router::api::run(config, listener, cancel.clone()));
-    let router_url = format!("http://{router_address}");
-    let http = reqwest::Client::new();
-    wait_until(|| {
-        let http = http.clone();
-        let url = format!("{router_url}/health");
-        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
-    Cluster {
-        _dir: dir,
-        cancel,
-        router_url,
-        directory,
-        stores,
-        http,
-    }
-}
-
-async fn wait_until<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not reached within 10 s");
+    let spec = ClusterSpec {
+        store_count,
+        heartbeat_timeout_ms: 1_500,
+        repair_interval_ms: 200,
+        heartbeat_every: Duration::from_millis(200),
+        poll_every: Duration::from_millis(50),
+        store_config: |_| {},
+        router_config: |config| {
+            config.max_blob_bytes = LIMIT_BYTES;
+            config.header_read_timeout_ms = 500;
+            config.body_idle_timeout_ms = 1_000;
+            config.replica_timeout_ms = 2_000;
+            config.directory_cache_ttl_ms = 200;
+            config.writable_volumes = 4;
+            config.key_lease_size = 3;
+        },
+    };
+    api_common::start_cluster(&spec, |address, _| async move { (address, ()) }).await
 }
 
 impl Cluster {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.router_url)
-    }
-
     async fn upload(&self, data: Vec<u8>, content_type: &str) -> reqwest::Response {
         self.http
             .post(self.url("/blobs"))
@@ -176,24 +64,6 @@ impl Cluster {
             .send()
             .await
             .expect("get request")
-    }
-
-    /// Needles on every store node, summed over volumes.
-    async fn needles_on_stores(&self) -> u64 {
-        let mut total = 0;
-        for store in &self.stores {
-            let client = StoreClient::new(&store.address).expect("client");
-            if let Ok(volumes) = client.list_volumes().await {
-                total += volumes.iter().map(|v| v.needle_count).sum::<u64>();
-            }
-        }
-        total
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.cancel.cancel();
     }
 }
 
@@ -608,17 +478,18 @@ async fn replica_failure_turns_the_volume_read_only_and_uploads_go_elsewhere() {
     // Once the node is marked down, uploads succeed on the others.
     let directory = cluster.directory.clone();
     let victim_id = victim.clone();
-    wait_until(|| {
-        let directory = directory.clone();
-        let victim_id = victim_id.clone();
-        async move {
-            directory
-                .list_nodes()
-                .await
-                .is_ok_and(|nodes| nodes.iter().any(|n| n.id == victim_id && !n.is_up()))
-        }
-    })
-    .await;
+    cluster
+        .wait_until(|| {
+            let directory = directory.clone();
+            let victim_id = victim_id.clone();
+            async move {
+                directory
+                    .list_nodes()
+                    .await
+                    .is_ok_and(|nodes| nodes.iter().any(|n| n.id == victim_id && !n.is_up()))
+            }
+        })
+        .await;
     for i in 0..4 {
         let data = pattern(3000, 10 + i);
         let id = cluster.upload_ok(data.clone()).await;

@@ -9,21 +9,20 @@
 //! it is stored could never pass 1 MiB, so every larger upload here succeeds
 //! only if it is really streamed.
 
+mod api_common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use api_common::{ClusterSpec, bind};
 use bytes::Bytes;
-use haystack::client::StoreClient;
-use haystack::service::StoreNodeConfig;
-use router::api::{BlobId, RouterConfig};
-use router::directory::{
-    DirectoryClient, DirectoryConfig, NodeRegistration, NodeRole, VolumeState,
-};
+use router::api::BlobId;
+use router::directory::VolumeState;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,15 +34,6 @@ const LIMIT_BYTES: u64 = 32 * MIB as u64;
 const RETRY_BUFFER_BYTES: u64 = 256 * KIB as u64;
 /// Upload memory of the test router.
 const UPLOAD_BUFFER_BYTES: u64 = MIB as u64;
-
-struct StoreNode {
-    id: String,
-    /// The node's own address (the directory knows the proxy's).
-    address: String,
-    /// Cancels the node and its heartbeats.
-    cancel: CancellationToken,
-    proxy: Proxy,
-}
 
 /// A TCP proxy in front of one store node.
 struct Proxy {
@@ -58,20 +48,8 @@ type BodySender = mpsc::Sender<Result<Bytes, std::io::Error>>;
 /// A test upload's answer, once it comes.
 type PendingAnswer = tokio::task::JoinHandle<Result<reqwest::Response, reqwest::Error>>;
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    cancel: CancellationToken,
-    router_url: String,
-    directory: DirectoryClient,
-    stores: Vec<StoreNode>,
-    http: reqwest::Client,
-}
-
-async fn bind() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
-    (listener, address)
-}
+/// A cluster whose store nodes are registered behind a [`Proxy`] each.
+type Cluster = api_common::Cluster<Proxy>;
 
 /// Forwards connections on a new address to `upstream`, counting the bytes
 /// sent upstream, until `cut` fires (then every connection is dropped).
@@ -125,124 +103,29 @@ async fn start_proxy(upstream: String, cut: CancellationToken) -> (String, Proxy
 }
 
 async fn start_cluster() -> Cluster {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cancel = CancellationToken::new();
-
-    let (listener, directory_address) = bind().await;
-    let mut directory_config = DirectoryConfig::new(dir.path().join("directory"));
-    directory_config.heartbeat_timeout_ms = 1_000;
-    directory_config.repair_interval_ms = 60_000;
-    tokio::spawn(router::directory::run(
-        directory_config,
-        listener,
-        cancel.clone(),
-    ));
-    let directory = DirectoryClient::new(&directory_address).expect("directory client");
-    wait_until(|| {
-        let directory = directory.clone();
-        async move { directory.health().await.is_ok() }
-    })
-    .await;
-
-    let mut stores = Vec::new();
-    for i in 1..=4 {
-        let (listener, address) = bind().await;
-        let node_cancel = cancel.child_token();
-        let mut config = StoreNodeConfig::new(dir.path().join(format!("store-{i}")));
-        config.shutdown_grace_ms = 100;
-        tokio::spawn(haystack::service::run(
-            config,
-            listener,
-            node_cancel.clone(),
-        ));
-        let (proxy_address, proxy) = start_proxy(address.clone(), node_cancel.child_token()).await;
-        let id = format!("store-{i}");
-        let registration = NodeRegistration {
-            id: id.clone(),
-            role: NodeRole::Store,
-            rack: format!("rack-{i}"),
-            datacenter: "dc-1".into(),
-            address: proxy_address,
-        };
-        directory.register(&registration).await.expect("register");
-        let heartbeat_directory = directory.clone();
-        let heartbeat_cancel = node_cancel.clone();
-        let heartbeat_id = id.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = heartbeat_cancel.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                        let _ = heartbeat_directory.heartbeat(&heartbeat_id).await;
-                    }
-                }
-            }
-        });
-        stores.push(StoreNode {
-            id,
-            address,
-            cancel: node_cancel,
-            proxy,
-        });
-    }
-    for store in &stores {
-        let client = StoreClient::new(&store.address).expect("store client");
-        wait_until(|| {
-            let client = client.clone();
-            async move { client.health().await.is_ok() }
-        })
-        .await;
-    }
-
-    let (listener, router_address) = bind().await;
-    let mut config = RouterConfig::new(directory_address);
-    config.max_blob_bytes = LIMIT_BYTES;
-    config.upload_buffer_bytes = UPLOAD_BUFFER_BYTES;
-    config.retry_buffer_bytes = RETRY_BUFFER_BYTES;
-    config.header_read_timeout_ms = 2_000;
-    config.body_idle_timeout_ms = 2_000;
-    config.replica_timeout_ms = 2_000;
-    config.directory_cache_ttl_ms = 100;
-    // One volume: an upload after an aborted one must reuse it.
-    config.writable_volumes = 1;
-    tokio::spawn(router::api::run(config, listener, cancel.clone()));
-    let router_url = format!("http://{router_address}");
-    let http = reqwest::Client::new();
-    wait_until(|| {
-        let http = http.clone();
-        let url = format!("{router_url}/health");
-        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
-    Cluster {
-        _dir: dir,
-        cancel,
-        router_url,
-        directory,
-        stores,
-        http,
-    }
-}
-
-async fn wait_until<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("condition not reached within 5 s");
+    let spec = ClusterSpec {
+        store_count: 4,
+        heartbeat_timeout_ms: 1_000,
+        repair_interval_ms: 60_000,
+        heartbeat_every: Duration::from_millis(100),
+        poll_every: Duration::from_millis(25),
+        store_config: |config| config.shutdown_grace_ms = 100,
+        router_config: |config| {
+            config.max_blob_bytes = LIMIT_BYTES;
+            config.upload_buffer_bytes = UPLOAD_BUFFER_BYTES;
+            config.retry_buffer_bytes = RETRY_BUFFER_BYTES;
+            config.header_read_timeout_ms = 2_000;
+            config.body_idle_timeout_ms = 2_000;
+            config.replica_timeout_ms = 2_000;
+            config.directory_cache_ttl_ms = 100;
+            // One volume: an upload after an aborted one must reuse it.
+            config.writable_volumes = 1;
+        },
+    };
+    api_common::start_cluster(&spec, start_proxy).await
 }
 
 impl Cluster {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.router_url)
-    }
-
     /// Uploads `data` (with its `Content-Length`); returns the status and
     /// the JSON answer.
     async fn upload(&self, data: Vec<u8>) -> (u16, Value) {
@@ -283,22 +166,10 @@ impl Cluster {
         BlobId::parse(id).expect("id parses")
     }
 
-    /// Needles on every store node, summed over volumes.
-    async fn needles_on_stores(&self) -> u64 {
-        let mut total = 0;
-        for store in &self.stores {
-            let client = StoreClient::new(&store.address).expect("client");
-            if let Ok(volumes) = client.list_volumes().await {
-                total += volumes.iter().map(|v| v.needle_count).sum::<u64>();
-            }
-        }
-        total
-    }
-
     /// Indexes of the stores whose proxies have passed `at_least` bytes.
     fn stores_that_received(&self, at_least: u64) -> Vec<usize> {
         (0..self.stores.len())
-            .filter(|&i| self.stores[i].proxy.bytes_to_node.load(Ordering::Relaxed) >= at_least)
+            .filter(|&i| self.stores[i].front.bytes_to_node.load(Ordering::Relaxed) >= at_least)
             .collect()
     }
 
@@ -321,12 +192,6 @@ impl Cluster {
             .body(body)
             .send();
         (sender, tokio::spawn(request))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.cancel.cancel();
     }
 }
 
@@ -396,7 +261,9 @@ async fn a_body_reaches_the_stores_while_the_client_sends_and_a_cut_body_stores_
     assert!(send_chunks(&sender, &data[..2 * MIB], Duration::ZERO).await);
     // Three replicas have received most of what was sent while the client
     // still holds three quarters of the body.
-    wait_until(|| async { cluster.stores_that_received(MIB as u64).len() == 3 }).await;
+    cluster
+        .wait_until(|| async { cluster.stores_that_received(MIB as u64).len() == 3 })
+        .await;
     // The client stops half-way.
     drop(sender);
     if let Ok(Ok(response)) = answer.await {
@@ -455,10 +322,12 @@ async fn a_replica_failing_mid_stream_gives_one_503_and_retires_the_volume() {
     let data = pattern(declared, 5);
     let (sender, answer) = cluster.start_upload(declared);
     assert!(send_chunks(&sender, &data[..MIB], Duration::ZERO).await);
-    wait_until(|| async { cluster.stores_that_received(512 * KIB as u64).len() == 3 }).await;
+    cluster
+        .wait_until(|| async { cluster.stores_that_received(512 * KIB as u64).len() == 3 })
+        .await;
     let victim = &cluster.stores[cluster.stores_that_received(512 * KIB as u64)[0]];
     // The node dies: its connections drop, it stops heartbeating.
-    victim.proxy.cut.cancel();
+    victim.front.cut.cancel();
     victim.cancel.cancel();
     // The client keeps sending, slowly; the router drains what it sends.
     send_chunks(&sender, &data[MIB..], Duration::from_millis(5)).await;
@@ -477,11 +346,12 @@ async fn a_replica_failing_mid_stream_gives_one_503_and_retires_the_volume() {
 
     // Once the directory knows the node is down, the next upload goes to a
     // new volume on the three live nodes.
-    wait_until(|| async {
-        let nodes = cluster.directory.list_nodes().await.expect("nodes");
-        nodes.iter().any(|n| n.id == victim.id && !n.is_up())
-    })
-    .await;
+    cluster
+        .wait_until(|| async {
+            let nodes = cluster.directory.list_nodes().await.expect("nodes");
+            nodes.iter().any(|n| n.id == victim.id && !n.is_up())
+        })
+        .await;
     let id = cluster.upload_and_check(pattern(100 * KIB, 6)).await;
     assert_ne!(id.volume, failed.id);
 }

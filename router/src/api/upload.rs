@@ -318,16 +318,8 @@ async fn store_blob(
     let attempts = state.config.upload_attempts.max(1);
     let mut last = String::from("no attempt made");
     for attempt in 1..=attempts {
-        if attempt > 1 {
-            state.metrics.upload_retry();
-        }
-        let (lease, volume, id) = match volume_and_id(state).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "no writable volume");
-                last = e.to_string();
-                continue;
-            }
+        let Some((lease, volume, id)) = attempt_volume(state, attempt, &mut last).await else {
+            continue;
         };
         let failures = append_on_replicas(state, &volume, id, content_type, body).await;
         if failures.is_empty() {
@@ -358,6 +350,27 @@ async fn store_blob(
         }
     }
     Err(ApiError::UploadFailed { attempts, last })
+}
+
+/// The volume and new id for upload attempt `attempt` (from the second
+/// attempt on, counted as a retry), or `None` with `last` set to why no
+/// writable volume was found.
+async fn attempt_volume(
+    state: &AppState,
+    attempt: u32,
+    last: &mut String,
+) -> Option<(VolumeLease, Arc<LogicalVolume>, BlobId)> {
+    if attempt > 1 {
+        state.metrics.upload_retry();
+    }
+    match volume_and_id(state).await {
+        Ok(found) => Some(found),
+        Err(e) => {
+            tracing::warn!(attempt, error = %e, "no writable volume");
+            *last = e.to_string();
+            None
+        }
+    }
 }
 
 /// Checks a writable volume out of the pool and takes its next key for a

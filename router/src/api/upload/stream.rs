@@ -43,8 +43,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{
-    REFUSED_BODY_DRAIN_BYTES, ReplicaError, ReplicaFailure, describe, drain_refused_body,
-    handle_failures, refused_by_every_replica, request_refusal, volume_and_id,
+    REFUSED_BODY_DRAIN_BYTES, ReplicaError, ReplicaFailure, attempt_volume, describe,
+    drain_refused_body, handle_failures, refused_by_every_replica, request_refusal,
 };
 use crate::api::error::ApiError;
 use crate::api::id::BlobId;
@@ -152,16 +152,8 @@ async fn open_volume(
     let attempts = state.config.upload_attempts.max(1);
     let mut last = String::from("no attempt made");
     for attempt in 1..=attempts {
-        if attempt > 1 {
-            state.metrics.upload_retry();
-        }
-        let (lease, volume, id) = match volume_and_id(state).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "no writable volume");
-                last = e.to_string();
-                continue;
-            }
+        let Some((lease, volume, id)) = attempt_volume(state, attempt, &mut last).await else {
+            continue;
         };
         let nodes = match state.cache.nodes(false).await {
             Ok(nodes) => nodes,
@@ -375,22 +367,14 @@ async fn send_chunk(
 async fn finish(state: &AppState, appends: Vec<ReplicaAppend>) -> Vec<ReplicaFailure> {
     let timeout_ms = state.config.replica_timeout_ms;
     let answers = appends.into_iter().map(|append| async move {
-        let ReplicaAppend {
-            node,
-            chunks,
-            mut task,
-        } = append;
-        drop(chunks);
-        let error = match tokio::time::timeout(Duration::from_millis(timeout_ms), &mut task).await {
-            Ok(Ok(Ok(()))) => return None,
-            Ok(Ok(Err(e))) => ReplicaError::Client(e),
-            Ok(Err(e)) => ReplicaError::Unavailable(format!("append task: {e}")),
-            Err(_) => {
-                task.abort();
-                ReplicaError::Unavailable(format!(
-                    "no answer within {timeout_ms} ms of the body's end"
-                ))
-            }
+        let (node, answer) = end_and_wait(append, Duration::from_millis(timeout_ms)).await;
+        let error = match answer {
+            Some(Ok(Ok(()))) => return None,
+            Some(Ok(Err(e))) => ReplicaError::Client(e),
+            Some(Err(e)) => ReplicaError::Unavailable(format!("append task: {e}")),
+            None => ReplicaError::Unavailable(format!(
+                "no answer within {timeout_ms} ms of the body's end"
+            )),
         };
         Some(ReplicaFailure { node, error })
     });
@@ -436,22 +420,39 @@ async fn collect_stopped(
 /// Why an append that stopped taking chunks ended (it had no whole body, so
 /// a success answer is a failure too).
 async fn answer_of(append: ReplicaAppend, timeout: Duration) -> Option<ReplicaFailure> {
+    let (node, answer) = end_and_wait(append, timeout).await;
+    let error = match answer {
+        Some(Ok(Err(e))) => ReplicaError::Client(e),
+        Some(Ok(Ok(()))) => ReplicaError::Unavailable("answered before the body's end".into()),
+        Some(Err(e)) => ReplicaError::Unavailable(format!("append task: {e}")),
+        None => ReplicaError::Unavailable("stopped reading the body".into()),
+    };
+    Some(ReplicaFailure { node, error })
+}
+
+/// Ends an append's body (its chunk sender dropped) and waits up to
+/// `timeout` for the append to end; returns its node and how it ended, or
+/// `None` (the append aborted) if it did not end in time.
+async fn end_and_wait(
+    append: ReplicaAppend,
+    timeout: Duration,
+) -> (
+    String,
+    Option<Result<Result<(), ClientError>, tokio::task::JoinError>>,
+) {
     let ReplicaAppend {
         node,
         chunks,
         mut task,
     } = append;
     drop(chunks);
-    let error = match tokio::time::timeout(timeout, &mut task).await {
-        Ok(Ok(Err(e))) => ReplicaError::Client(e),
-        Ok(Ok(Ok(()))) => ReplicaError::Unavailable("answered before the body's end".into()),
-        Ok(Err(e)) => ReplicaError::Unavailable(format!("append task: {e}")),
+    match tokio::time::timeout(timeout, &mut task).await {
+        Ok(ended) => (node, Some(ended)),
         Err(_) => {
             task.abort();
-            ReplicaError::Unavailable("stopped reading the body".into())
+            (node, None)
         }
-    };
-    Some(ReplicaFailure { node, error })
+    }
 }
 
 /// Aborts an append before its body is complete: an error in its channel
