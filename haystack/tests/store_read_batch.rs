@@ -12,7 +12,7 @@ use haystack::batch::{
     BATCH_CONTENT_TYPE, BatchAnswer, BatchRead, MAX_BATCH_ENTRIES, decode_answers, encode_request,
     request_len,
 };
-use haystack::client::{BatchOptions, ClientError, NeedleReader, StoreAddress};
+use haystack::client::{BatchOptions, BatchStats, ClientError, NeedleReader, StoreAddress};
 use haystack::service::{self, StoreNodeConfig, StoreNodeState};
 use haystack::{Volume, VolumeStatus};
 use tokio::net::TcpListener;
@@ -432,6 +432,7 @@ async fn concurrent_reads_share_batches_and_each_gets_its_own_answer() {
             .with_batching(BatchOptions {
                 max_entries: 16,
                 max_in_flight: 1,
+                stall: Duration::from_secs(10),
                 queue_capacity: 64,
                 timeout: Duration::from_secs(10),
             });
@@ -497,6 +498,66 @@ async fn reads_of_a_stopped_node_fail_and_do_not_hang() {
                 "a transport error: {error:?}"
             );
         }
+    })
+    .await;
+}
+
+/// While a node's batch in flight is slow, the next batch leaves beside it after the stall
+/// time, up to `max_in_flight` batches; reads beyond that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_batch_lets_the_next_leave_after_the_stall_up_to_the_limit() {
+    bounded(async {
+        // A node that accepts connections and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = StoreAddress::parse(&listener.local_addr().expect("addr").to_string())
+            .expect("address");
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let reader = NeedleReader::new(Duration::from_secs(2), Duration::from_secs(5), 8)
+            .with_batching(BatchOptions {
+                max_entries: 16,
+                max_in_flight: 3,
+                stall: Duration::from_millis(300),
+                queue_capacity: 64,
+                timeout: Duration::from_secs(30),
+            });
+        let spawn_read = |key: u64| {
+            let (reader, address) = (reader.clone(), address.clone());
+            tokio::spawn(async move { reader.read_batched(&address, read(1, key, 4096)).await })
+        };
+        let batches = || reader.batch_stats().batches;
+        let mut reads = vec![spawn_read(1)];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(batches(), 1, "a read on an idle node leaves at once");
+        reads.push(spawn_read(2));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(batches(), 1, "the next read waits for the batch in flight");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            batches(),
+            2,
+            "after the stall it leaves beside the slow one"
+        );
+        for key in 3..=5 {
+            reads.push(spawn_read(key));
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        // Read 3 took the last slot; reads 4 and 5 wait for one.
+        assert_eq!(
+            reader.batch_stats(),
+            BatchStats {
+                batches: 3,
+                reads: 3
+            }
+        );
+        for read in reads {
+            read.abort();
+        }
+        hold.abort();
     })
     .await;
 }

@@ -68,11 +68,16 @@ pub struct RouterConfig {
     /// small reads for the same node share one request.
     #[serde(default = "default_read_batch_max_entries")]
     pub read_batch_max_entries: usize,
-    /// Read batches in flight to one store node at once; reads arriving
-    /// meanwhile wait for the next batch (fewer: larger batches, less CPU
-    /// per read; more: less waiting behind a slow batch).
+    /// Read batches in flight to one store node at once. Reads wait for
+    /// the node's batch in flight and leave together in the next one; only
+    /// when that takes longer than `read_batch_stall_ms` (a disk-bound node)
+    /// does another batch leave beside it, up to this many.
     #[serde(default = "default_read_batch_in_flight")]
     pub read_batch_in_flight: usize,
+    /// How long reads wait for a store node's batch in flight before the
+    /// next batch leaves beside it, in ms.
+    #[serde(default = "default_read_batch_stall_ms")]
+    pub read_batch_stall_ms: u64,
     /// Prefix of the `url` returned for an upload (e.g.
     /// `https://blobs.example.com`); empty gives a path (`/blobs/ID`).
     #[serde(default)]
@@ -99,6 +104,7 @@ impl RouterConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
             read_batch_max_entries: default_read_batch_max_entries(),
             read_batch_in_flight: default_read_batch_in_flight(),
+            read_batch_stall_ms: default_read_batch_stall_ms(),
             public_base_url: String::new(),
         }
     }
@@ -169,9 +175,14 @@ pub fn default_read_batch_max_entries() -> usize {
     haystack::batch::MAX_BATCH_ENTRIES
 }
 
-/// Default of [`RouterConfig::read_batch_in_flight`]: 2.
+/// Default of [`RouterConfig::read_batch_in_flight`]: 4.
 pub fn default_read_batch_in_flight() -> usize {
-    2
+    4
+}
+
+/// Default of [`RouterConfig::read_batch_stall_ms`]: 1 ms.
+pub fn default_read_batch_stall_ms() -> u64 {
+    1
 }
 
 /// Default of [`RouterConfig::shutdown_grace_ms`]: 10 s.

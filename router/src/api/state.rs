@@ -98,6 +98,7 @@ impl AppState {
             .with_batching(BatchOptions {
                 max_entries: config.read_batch_max_entries,
                 max_in_flight: config.read_batch_in_flight,
+                stall: Duration::from_millis(config.read_batch_stall_ms),
                 queue_capacity: READ_BATCH_QUEUE,
                 timeout: Duration::from_millis(config.replica_timeout_ms),
             }),

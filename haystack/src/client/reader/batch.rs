@@ -2,13 +2,19 @@
 //! `POST /needles/read-batch` (wire format in [`crate::batch`]).
 //!
 //! Each node gets a bounded queue and a dispatcher task. The dispatcher takes
-//! the first waiting read, waits for one of the node's batch slots
-//! ([`BatchOptions::max_in_flight`]), then takes every read that queued
-//! meanwhile (up to [`BatchOptions::max_entries`]) and sends them as one
-//! request. A lone read on an idle node leaves at once, so batching adds no
-//! wait; under load, the reads that arrive while batches are in flight share
-//! the next one, and the HTTP exchange, the node's hand-off to a blocking
-//! thread and the system calls are paid once per batch instead of per read.
+//! the first waiting read, waits until the node has no batch in flight, then
+//! takes every read that queued meanwhile (up to [`BatchOptions::max_entries`])
+//! and sends them as one request. A lone read on an idle node leaves at once,
+//! so batching adds no wait; under load, the reads that arrive while a batch
+//! is in flight share the next one, and the HTTP exchange, the node's hand-off
+//! to a blocking thread and the system calls are paid once per batch instead
+//! of per read.
+//!
+//! One batch at a time is the cheapest while batches are quick (needles in
+//! the page cache). When the batch in flight is slow (cold reads on a busy
+//! disk), reads would queue behind it: after [`BatchOptions::stall`] the next
+//! batch leaves anyway, up to [`BatchOptions::max_in_flight`] at once, so a
+//! disk-bound node still serves reads in parallel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,9 +46,12 @@ const ANSWER_OVERHEAD_PER_ENTRY: usize = 32 + u16::MAX as usize;
 pub struct BatchOptions {
     /// Most reads in one batch (at most [`batch::MAX_BATCH_ENTRIES`]).
     pub max_entries: usize,
-    /// Batches in flight to one node at once; reads arriving meanwhile
-    /// wait for the next batch.
+    /// Batches in flight to one node at once (see [`BatchOptions::stall`]);
+    /// reads arriving meanwhile wait for the next batch.
     pub max_in_flight: usize,
+    /// How long reads wait for the batch in flight before the next batch
+    /// leaves beside it (while fewer than `max_in_flight` are in flight).
+    pub stall: Duration,
     /// Reads waiting for a batch, per node; more wait to be queued.
     pub queue_capacity: usize,
     /// Longest time one batch exchange may take, answer received whole.
@@ -53,7 +62,8 @@ impl Default for BatchOptions {
     fn default() -> BatchOptions {
         BatchOptions {
             max_entries: batch::MAX_BATCH_ENTRIES,
-            max_in_flight: 1,
+            max_in_flight: 4,
+            stall: Duration::from_millis(1),
             queue_capacity: 1024,
             timeout: Duration::from_secs(10),
         }
@@ -105,6 +115,7 @@ impl Batcher {
         let options = BatchOptions {
             max_entries: options.max_entries.clamp(1, batch::MAX_BATCH_ENTRIES),
             max_in_flight: options.max_in_flight.max(1),
+            stall: options.stall,
             queue_capacity: options.queue_capacity.max(1),
             timeout: options.timeout,
         };
@@ -202,11 +213,9 @@ async fn dispatch(
     options: BatchOptions,
     stats: Arc<Counters>,
 ) {
-    let slots = Arc::new(Semaphore::new(options.max_in_flight));
+    let slots = Slots::new(options.max_in_flight);
     while let Some(first) = queue.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
+        let slot = slots.acquire(options.stall).await;
         let mut pending = Vec::with_capacity(options.max_entries);
         pending.push(first);
         while pending.len() < options.max_entries {
@@ -231,6 +240,39 @@ async fn dispatch(
             slot,
             options.timeout,
         ));
+    }
+}
+
+/// A node's batch slots: the first one, and the extra ones taken only after
+/// waiting `stall` for the first.
+struct Slots {
+    first: Arc<Semaphore>,
+    extra: Arc<Semaphore>,
+}
+
+/// A taken slot, given back when the batch is over.
+type Slot = OwnedSemaphorePermit;
+
+impl Slots {
+    fn new(max_in_flight: usize) -> Slots {
+        Slots {
+            first: Arc::new(Semaphore::new(1)),
+            extra: Arc::new(Semaphore::new(max_in_flight.saturating_sub(1))),
+        }
+    }
+
+    async fn acquire(&self, stall: Duration) -> Slot {
+        // The semaphores are never closed, so acquiring only ever waits.
+        let first = self.first.clone().acquire_owned();
+        tokio::pin!(first);
+        if let Ok(Ok(slot)) = tokio::time::timeout(stall, &mut first).await {
+            return slot;
+        }
+        tokio::select! {
+            slot = &mut first => slot,
+            slot = self.extra.clone().acquire_owned() => slot,
+        }
+        .expect("batch slot semaphores are never closed")
     }
 }
 
@@ -259,7 +301,7 @@ async fn send_batch(
     http: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
     pending: Vec<Pending>,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
     timeout: Duration,
 ) {
     let reads: Vec<BatchRead> = pending.iter().map(|p| p.read).collect();
