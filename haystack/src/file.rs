@@ -4,12 +4,18 @@
 //! a [`StorageBackend`] to open a path and gets back a [`Storage`] that reads and writes at
 //! explicit offsets (`pread`/`pwrite` through [`std::os::unix::fs::FileExt`]). Tests wrap the
 //! real backend to fail a sync or count the system calls of a read.
+//!
+//! [`Storage::try_read_at_cached`] is the one read that must not block: on Linux,
+//! [`FileStorage`] serves it with `preadv2(RWF_NOWAIT)`, which copies from the page cache and
+//! fails with `EAGAIN` rather than wait for the disk, so the store node can answer a cached
+//! needle on its async task.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One open file, accessed only at explicit offsets.
 pub trait Storage: Send + Sync {
@@ -27,6 +33,15 @@ pub trait Storage: Send + Sync {
     }
     /// Truncates or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reads exactly `buf.len()` bytes at `offset` only if that cannot block: never waits for
+    /// the disk or a lock. `Ok(true)`: `buf` is filled. `Ok(false)`: the bytes are not all in
+    /// the page cache (or past the end of the file), or this backend cannot tell; `buf` then
+    /// holds anything, and the caller reads with [`Storage::read_at`]. The default never
+    /// tries, so wrapping backends keep every read on their own `read_at`.
+    fn try_read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let _ = (buf, offset);
+        Ok(false)
+    }
 }
 
 /// Opens files for the engine.
@@ -43,12 +58,18 @@ pub struct FileBackend;
 #[derive(Debug)]
 pub struct FileStorage {
     file: File,
+    /// Cleared once `preadv2(RWF_NOWAIT)` turned out unsupported for this file (old kernel or
+    /// a filesystem without non-blocking buffered reads), so that it is not tried again.
+    nowait: AtomicBool,
 }
 
 impl FileStorage {
     /// Wraps an open file.
     pub fn new(file: File) -> FileStorage {
-        FileStorage { file }
+        FileStorage {
+            file,
+            nowait: AtomicBool::new(cfg!(target_os = "linux")),
+        }
     }
 }
 
@@ -72,6 +93,67 @@ impl Storage for FileStorage {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
+
+    fn try_read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        if !self.nowait.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match pread_nowait(&self.file, buf, offset) {
+            // A short read (part of the range cached, or the end of the file): let the
+            // blocking path finish the job, or report the short file.
+            Ok(n) => Ok(n == buf.len()),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(false),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                ) =>
+            {
+                self.nowait.store(false, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One `preadv2(fd, [buf], offset, RWF_NOWAIT)`, retried on `EINTR`: the number of bytes
+/// read, which may be short.
+#[cfg(target_os = "linux")]
+fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // An offset beyond `off_t` is past any end of file: "not cached" is the right answer.
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return Ok(0);
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    loop {
+        // SAFETY: `iov` describes `buf`, a live, exclusively borrowed buffer of `iov_len`
+        // bytes that outlives the call; the kernel writes at most that many bytes into it.
+        // The descriptor belongs to `file`, open for the duration of the call.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        match usize::try_from(n) {
+            Ok(n) => return Ok(n),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Without `preadv2`, nothing is known to be cached.
+#[cfg(not(target_os = "linux"))]
+fn pread_nowait(_file: &File, _buf: &mut [u8], _offset: u64) -> io::Result<usize> {
+    Ok(0)
 }
 
 impl StorageBackend for FileBackend {
@@ -109,5 +191,89 @@ pub(crate) fn remove_if_exists(path: &Path) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage_with(bytes: &[u8]) -> (tempfile::TempDir, FileStorage) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        let s = FileBackend.open(&path, true).expect("create");
+        s.write_at(bytes, 0).expect("write");
+        s.sync_data().expect("sync");
+        drop(s);
+        let file = OpenOptions::new().read(true).open(&path).expect("open");
+        (dir, FileStorage::new(file))
+    }
+
+    #[test]
+    fn cached_read_gives_the_bytes_or_declines() {
+        let bytes: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let (_dir, s) = storage_with(&bytes);
+        let mut buf = vec![0u8; 5000];
+        // Freshly written and synced: cached or not, but never wrong bytes.
+        if s.try_read_at_cached(&mut buf, 1000).expect("try") {
+            assert_eq!(buf, bytes[1000..6000]);
+        }
+        // After a plain read of the range it is in the page cache.
+        s.read_at(&mut buf, 1000).expect("read");
+        buf.fill(0);
+        let hit = s.try_read_at_cached(&mut buf, 1000).expect("try again");
+        if hit {
+            assert_eq!(buf, bytes[1000..6000]);
+        }
+        let supported = s.nowait.load(Ordering::Relaxed);
+        if cfg!(target_os = "linux") && supported {
+            assert!(hit, "a range just read is served from the page cache");
+        } else {
+            assert!(!hit);
+        }
+        assert!(s.try_read_at_cached(&mut [], 1 << 40).expect("empty"));
+    }
+
+    #[test]
+    fn cached_read_past_the_end_declines() {
+        let bytes = vec![0xab_u8; 4096];
+        let (_dir, s) = storage_with(&bytes);
+        let mut all = vec![0u8; 4096];
+        s.read_at(&mut all, 0).expect("read");
+        let mut buf = vec![0u8; 100];
+        assert!(!s.try_read_at_cached(&mut buf, 4096).expect("at the end"));
+        assert!(
+            !s.try_read_at_cached(&mut buf, 1 << 40)
+                .expect("far past the end")
+        );
+        assert!(
+            !s.try_read_at_cached(&mut buf, u64::MAX)
+                .expect("beyond off_t")
+        );
+        // Straddling the end: a short read, never a partial answer.
+        assert!(!s.try_read_at_cached(&mut buf, 4050).expect("straddling"));
+    }
+
+    #[test]
+    fn other_backends_never_claim_a_cached_read() {
+        struct Plain;
+        impl Storage for Plain {
+            fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+                Ok(())
+            }
+            fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+                Ok(())
+            }
+            fn sync_data(&self) -> io::Result<()> {
+                Ok(())
+            }
+            fn len(&self) -> io::Result<u64> {
+                Ok(0)
+            }
+            fn set_len(&self, _: u64) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        assert!(!Plain.try_read_at_cached(&mut [0; 8], 0).expect("default"));
     }
 }

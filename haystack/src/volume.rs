@@ -26,7 +26,7 @@ use crate::format::{
     self, INDEX_RECORD_SIZE, IndexRecord, IndexRecordKind, NEEDLE_FLAG_DELETED,
     NEEDLE_FLAGS_OFFSET, NEEDLE_HEADER_SIZE, Needle, SUPERBLOCK_SIZE, Superblock,
 };
-use crate::index::NeedleIndex;
+use crate::index::{IndexEntry, NeedleIndex};
 use crate::recover::{load_index, scan_tail};
 
 /// Options of a volume.
@@ -504,6 +504,27 @@ impl Volume {
     /// Reads a needle with one positioned read, verifying magic, lengths, checksum, key,
     /// flags and cookie. Missing, deleted and wrong-cookie needles are all `NotFound`.
     pub fn read_needle(&self, key: u64, cookie: u32) -> Result<Needle> {
+        let (file, entry) = self.live_entry(key)?;
+        let mut buf = needle_buffer(&entry);
+        file.read_at(&mut buf, entry.offset)?;
+        self.verify_needle(buf, key, cookie, &entry)
+    }
+
+    /// [`Volume::read_needle`] only if its bytes are all in the page cache
+    /// ([`Storage::try_read_at_cached`]): never waits for the disk, so an async task may call
+    /// it for a small needle. `Ok(None)`: not cached (or the storage cannot tell), read it
+    /// with `read_needle`. Every answer but `None` is the one `read_needle` would give.
+    pub fn try_read_needle_cached(&self, key: u64, cookie: u32) -> Result<Option<Needle>> {
+        let (file, entry) = self.live_entry(key)?;
+        let mut buf = needle_buffer(&entry);
+        if !file.try_read_at_cached(&mut buf, entry.offset)? {
+            return Ok(None);
+        }
+        self.verify_needle(buf, key, cookie, &entry).map(Some)
+    }
+
+    /// The data file and index entry of a key that is present and not deleted.
+    fn live_entry(&self, key: u64) -> Result<(Arc<dyn Storage>, IndexEntry)> {
         let (file, entry) = {
             let files = self.files.read();
             (
@@ -514,9 +535,17 @@ impl Volume {
         if entry.deleted {
             return Err(Error::NotFound);
         }
-        let len = usize::try_from(entry.size_bytes).expect("needle size fits usize");
-        let mut buf = vec![0u8; len];
-        file.read_at(&mut buf, entry.offset)?;
+        Ok((file, entry))
+    }
+
+    /// Decodes and checks the bytes of `entry`'s needle (the read half of `read_needle`).
+    fn verify_needle(
+        &self,
+        buf: Vec<u8>,
+        key: u64,
+        cookie: u32,
+        entry: &IndexEntry,
+    ) -> Result<Needle> {
         let (needle, flags) = format::decode_needle(buf, self.id, entry.offset)
             .inspect_err(|e| error!(volume = self.id, key, error = %e, "corrupt needle"))?;
         if needle.key != key {
@@ -543,23 +572,40 @@ impl Volume {
     /// `NotFound`, as in [`Volume::read_needle`]. The header alone carries no checksum: only
     /// `read_needle` verifies a whole needle.
     pub fn read_needle_header(&self, key: u64, cookie: u32) -> Result<format::NeedleHeader> {
-        let (file, entry) = {
-            let files = self.files.read();
-            (
-                files.data.clone(),
-                files.index.get(key).ok_or(Error::NotFound)?,
-            )
-        };
-        if entry.deleted {
-            return Err(Error::NotFound);
-        }
+        let (file, entry) = self.live_entry(key)?;
         let mut buf = [0u8; NEEDLE_HEADER_SIZE];
         file.read_at(&mut buf, entry.offset)?;
+        self.verify_header(&buf, key, cookie, &entry)
+    }
+
+    /// [`Volume::read_needle_header`] only if the header is in the page cache, as
+    /// [`Volume::try_read_needle_cached`] is to `read_needle`.
+    pub fn try_read_needle_header_cached(
+        &self,
+        key: u64,
+        cookie: u32,
+    ) -> Result<Option<format::NeedleHeader>> {
+        let (file, entry) = self.live_entry(key)?;
+        let mut buf = [0u8; NEEDLE_HEADER_SIZE];
+        if !file.try_read_at_cached(&mut buf, entry.offset)? {
+            return Ok(None);
+        }
+        self.verify_header(&buf, key, cookie, &entry).map(Some)
+    }
+
+    /// Decodes and checks `entry`'s needle header (the read half of `read_needle_header`).
+    fn verify_header(
+        &self,
+        buf: &[u8; NEEDLE_HEADER_SIZE],
+        key: u64,
+        cookie: u32,
+        entry: &IndexEntry,
+    ) -> Result<format::NeedleHeader> {
         let corrupt = |reason: String| {
             error!(volume = self.id, key, "corrupt needle header: {reason}");
             Error::corrupt(self.id, entry.offset, reason)
         };
-        let header = format::decode_needle_header(&buf, self.id, entry.offset)
+        let header = format::decode_needle_header(buf, self.id, entry.offset)
             .inspect_err(|e| error!(volume = self.id, key, error = %e, "corrupt needle"))?;
         if header.key != key {
             return Err(corrupt(format!(
@@ -587,16 +633,7 @@ impl Volume {
         if self.state.lock().failed {
             return Err(Error::ReadOnly { volume: self.id });
         }
-        let (file, entry) = {
-            let files = self.files.read();
-            (
-                files.data.clone(),
-                files.index.get(key).ok_or(Error::NotFound)?,
-            )
-        };
-        if entry.deleted {
-            return Err(Error::NotFound);
-        }
+        let (file, entry) = self.live_entry(key)?;
         let mut hb = [0u8; NEEDLE_HEADER_SIZE];
         file.read_at(&mut hb, entry.offset)?;
         let header = format::decode_needle_header(&hb, self.id, entry.offset)?;
@@ -741,6 +778,11 @@ fn open_data_file(
         return Err(Error::corrupt(id, 0, reason));
     }
     Ok((data, sb, data_len))
+}
+
+/// A zeroed buffer for the whole of `entry`'s needle.
+fn needle_buffer(entry: &IndexEntry) -> Vec<u8> {
+    vec![0u8; usize::try_from(entry.size_bytes).expect("needle size fits usize")]
 }
 
 pub(crate) fn max_key(a: Option<u64>, b: Option<u64>) -> Option<u64> {

@@ -2,7 +2,8 @@
 //!
 //! Ids are parsed strictly by [`crate::api`] (`400 bad_request` otherwise)
 //! and handed to the engine as integers; they never become file paths.
-//! Every engine call goes through [`StoreNodeState::blocking`].
+//! Every engine call that may block goes through [`StoreNodeState::blocking`]; a small
+//! needle's `GET` or `HEAD` is first tried from the page cache on the async task.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -22,12 +23,13 @@ use serde::Deserialize;
 use tower::util::MapFutureLayer;
 
 use super::error::ApiError;
-use super::{StoreNodeState, buffer_permits};
+use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState, buffer_permits};
 use crate::VolumeStatus;
 use crate::api::{
     AppendResult, CRC32_HEADER, HealthBody, VolumeFile, code, format_key, parse_cookie, parse_key,
     parse_volume_id,
 };
+use crate::format::Needle;
 use crate::store::Store;
 
 /// Content type stored for an upload that names none.
@@ -354,9 +356,7 @@ async fn read_needle(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (volume, key, cookie) = read_needle_id(path, &uri, || Query::try_from_uri(&uri))?;
-    let needle = state
-        .blocking(move |store| store.volume(volume)?.read_needle(key, cookie))
-        .await?;
+    let needle = read_needle_inline_first(&state, volume, key, cookie).await?;
     // `needle.crc32` is the CRC-32 of the data alone (what the API sends),
     // computed by the engine while it verified the stored checksum.
     let headers = needle_headers(&needle.content_type, needle.crc32);
@@ -371,17 +371,38 @@ async fn head_needle(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (volume, key, cookie) = read_needle_id(path, &uri, || Query::try_from_uri(&uri))?;
-    let (content_type, crc32, len) = state
-        .blocking(move |store| {
-            let needle = store.volume(volume)?.read_needle(key, cookie)?;
-            Ok((needle.content_type, needle.crc32, needle.data.len() as u64))
-        })
-        .await?;
-    let mut response = (needle_headers(&content_type, crc32), Body::empty()).into_response();
+    let needle = read_needle_inline_first(&state, volume, key, cookie).await?;
+    let len = needle.data.len() as u64;
+    let headers = needle_headers(&needle.content_type, needle.crc32);
+    let mut response = (headers, Body::empty()).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(response)
+}
+
+/// Reads a needle for `GET` and `HEAD`. One of at most [`INLINE_NEEDLE_BYTES_MAX`] on disk
+/// is first tried from the page cache on the async task (a read that never blocks, see
+/// [`crate::Volume::try_read_needle_cached`]); otherwise, or if it is not cached, it is read
+/// on the blocking pool. The checks and errors are the same either way.
+async fn read_needle_inline_first(
+    state: &StoreNodeState,
+    volume: u32,
+    key: u64,
+    cookie: u32,
+) -> Result<Needle, ApiError> {
+    let engine = state.store().volume(volume)?;
+    // A missing or deleted key is answered from the index alone, inline too.
+    if engine
+        .needle_size_bytes(key)
+        .is_none_or(|n| n <= INLINE_NEEDLE_BYTES_MAX)
+        && let Some(needle) = engine.try_read_needle_cached(key, cookie)?
+    {
+        return Ok(needle);
+    }
+    state
+        .blocking(move |store| store.volume(volume)?.read_needle(key, cookie))
+        .await
 }
 
 /// `Content-Type` and `X-Hayloft-Crc32` of a needle answer.

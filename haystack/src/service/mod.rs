@@ -5,7 +5,11 @@
 //!
 //! Threads and limits: every engine call blocks (pread, pwrite, fdatasync),
 //! so it runs in `tokio::task::spawn_blocking`, at most
-//! [`StoreNodeConfig::io_concurrency`] at a time. Needle bodies are bounded by
+//! [`StoreNodeConfig::io_concurrency`] at a time. The exception is a small
+//! needle's read (`GET`, `HEAD`, an entry of a read batch): it is first tried
+//! on the async task with a read that only succeeds from the page cache and
+//! never waits (`preadv2(RWF_NOWAIT)`), and goes to the blocking pool only if
+//! that fails. Needle bodies are bounded by
 //! [`StoreNodeConfig::max_needle_bytes`] and in total, across concurrent
 //! uploads, by [`StoreNodeConfig::body_buffer_limit_bytes`]. Connections are
 //! served by hyper with a header-read timeout, bodies with an idle timeout,
@@ -31,6 +35,10 @@ use crate::store::Store;
 use crate::volume::VolumeOptions;
 
 pub use handlers::router;
+
+/// Largest needle (on disk) that a read tries from the page cache on the async task,
+/// before it goes to the blocking pool ([`crate::Volume::try_read_needle_cached`]).
+pub(crate) const INLINE_NEEDLE_BYTES_MAX: u64 = 64 << 10;
 
 /// Configuration of a store node (the `[store]` part of a node's TOML).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
