@@ -88,6 +88,22 @@ pub(crate) async fn read_batch(
     Ok((content_type, answer).into_response())
 }
 
+/// Most bytes of a refused batch body read and dropped before the refusal.
+const REFUSED_BODY_DRAIN_BYTES: usize = 64 * 1024;
+
+/// Reads and drops the rest of a refused body, up to [`REFUSED_BODY_DRAIN_BYTES`] and with
+/// at most `idle` between chunks: closing a socket with unread input makes the kernel reset
+/// it, and the client would see the reset instead of the `400`.
+async fn drain(stream: &mut axum::body::BodyDataStream, idle: Duration) {
+    let mut seen = 0;
+    while seen < REFUSED_BODY_DRAIN_BYTES {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(chunk))) => seen += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
 /// Reads a body of at most `limit` bytes, with at most `idle` between chunks. A longer body
 /// (by `Content-Length` or as it arrives) is a `400`: a read batch has a fixed maximum size.
 async fn collect_small_body(
@@ -101,11 +117,16 @@ async fn collect_small_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let mut stream = body.into_data_stream();
+    if let Some(declared) = declared
+        && declared > limit as u64
+    {
+        if declared <= REFUSED_BODY_DRAIN_BYTES as u64 {
+            drain(&mut stream, idle).await;
+        }
         return Err(too_long());
     }
     let mut buf = BytesMut::with_capacity(limit);
-    let mut stream = body.into_data_stream();
     loop {
         let next = tokio::time::timeout(idle, stream.next())
             .await
@@ -126,6 +147,7 @@ async fn collect_small_body(
             }
             Some(Ok(chunk)) => {
                 if buf.len() + chunk.len() > limit {
+                    drain(&mut stream, idle).await;
                     return Err(too_long());
                 }
                 buf.extend_from_slice(&chunk);
