@@ -107,6 +107,11 @@ struct RouterArg {
     router: String,
 }
 
+/// Small allocations on every request (headers, buffers, tasks) cost
+/// measurably less with mimalloc than with the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
