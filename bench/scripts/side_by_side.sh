@@ -14,6 +14,7 @@
 # Environment (all optional):
 #   ROUNDS=3 CONCURRENCY=16 SIZES="1KiB 64KiB 1MiB"
 #   REQUESTS=<n> (per run; default 10000 for 1 KiB, 5000 for 64 KiB, 1000 for 1 MiB)
+#   FETCH_PASSES=5  (fetches per uploaded BLOB: fetch phases long enough to time)
 #   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
 #   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
 #   KEEP_DATA=1      keep both systems' data under $WORK (a full run writes ~20 GiB;
@@ -24,6 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 REQUESTS="${REQUESTS:-}"
+FETCH_PASSES="${FETCH_PASSES:-5}"
 ROUNDS="${ROUNDS:-3}"
 CONCURRENCY="${CONCURRENCY:-16}"
 SIZES="${SIZES:-1KiB 64KiB 1MiB}"
@@ -65,6 +67,7 @@ LOADGEN=target/release/loadgen
 # --- Hayloft ---------------------------------------------------------------
 "$HAYLOFT" up --data "$WORK/hayloft" --listen "$IP:$HAYLOFT_PORT" >"$WORK/hayloft.log" 2>&1 &
 PIDS+=($!)
+HAYLOFT_CPU=(--cpu-pid $!)
 wait_http "http://$IP:$HAYLOFT_PORT/health" "hayloft router"
 
 # --- SeaweedFS: 1 master, 3 volume servers in 3 racks, replication 020 -----
@@ -79,6 +82,7 @@ mkdir -p "$WORK/swfs/master"
   -mdir="$WORK/swfs/master" -peers=none -volumeSizeLimitMB=1024 \
   -defaultReplication=020 -telemetry=false >"$WORK/swfs-master.log" 2>&1 &
 PIDS+=($!)
+SWFS_CPU=(--cpu-pid $!)
 wait_http "http://$IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
 for i in 1 2 3; do
   mkdir -p "$WORK/swfs/vol$i"
@@ -87,6 +91,7 @@ for i in 1 2 3; do
     -index=memory -rack="rack$i" -dataCenter=dc1 -preStopSeconds=0 \
     >"$WORK/swfs-volume$i.log" 2>&1 &
   PIDS+=($!)
+  SWFS_CPU+=(--cpu-pid $!)
 done
 for i in 1 2 3; do
   wait_http "http://$IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
@@ -112,15 +117,16 @@ run() { # label target url size extra...
   shift 4
   echo "  $label $size ..." >&2
   "$LOADGEN" --target "$target" --url "$url" --size "$size" \
-    --concurrency "$CONCURRENCY" --requests "$(requests_for "$size")" --label "$label" "$@" \
+    --concurrency "$CONCURRENCY" --requests "$(requests_for "$size")" \
+    --fetch-passes "$FETCH_PASSES" --label "$label" "$@" \
     >>"$RESULTS"
 }
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   for size in $SIZES; do
-    run hayloft hayloft "http://$IP:$HAYLOFT_PORT" "$size"
-    run seaweedfs-fsync seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" --fsync
-    run seaweedfs-default seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size"
+    run hayloft hayloft "http://$IP:$HAYLOFT_PORT" "$size" "${HAYLOFT_CPU[@]}"
+    run seaweedfs-fsync seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" --fsync "${SWFS_CPU[@]}"
+    run seaweedfs-default seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" "${SWFS_CPU[@]}"
   done
 done
 
@@ -136,7 +142,12 @@ def human(n):
 def med(label, size, op, key):
     values = [r[op][key] for r in runs.get((label, size), [])]
     return statistics.median(values) if values else None
-print("Medians of", max(len(v) for v in runs.values()), "rounds; req/s (p50 / p99 ms).")
+def server_cpu(label, size, op):
+    # CPU microseconds per request of the servers' processes (the load
+    # generator's own, the first entry, left out).
+    values = [sum(r[op].get("cpu_us_per_request", [0])[1:]) for r in runs.get((label, size), [])]
+    return statistics.median(values) if values else None
+print("Medians of", max(len(v) for v in runs.values()), "rounds; req/s (p50 / p99 ms; server CPU µs per request).")
 print()
 print("| size | op | Hayloft | SeaweedFS, fsync | SeaweedFS, default | Hayloft / SeaweedFS fsync | Hayloft / SeaweedFS default |")
 print("|---|---|---|---|---|---|---|")
@@ -147,7 +158,7 @@ for size in sizes:
             if rps is None: return "-"
             errors = sum(r[op]["errors"] for r in runs[(label, size)])
             err = f", {errors} errors" if errors else ""
-            return f"{rps:,.0f} ({med(label, size, op, 'p50_ms'):.1f} / {med(label, size, op, 'p99_ms'):.1f}){err}"
+            return f"{rps:,.0f} ({med(label, size, op, 'p50_ms'):.1f} / {med(label, size, op, 'p99_ms'):.1f}; {server_cpu(label, size, op):.0f} µs){err}"
         def ratio(other):
             a = med("hayloft", size, op, "requests_per_second")
             b = med(other, size, op, "requests_per_second")
