@@ -242,13 +242,35 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<BatchRead>, BatchError> {
     Ok(entries)
 }
 
-/// Encodes answers, in request order, into one buffer sized up front. Messages are cut to
-/// [`MESSAGE_LEN_MAX`] bytes; a found entry's `data` is written as is (empty for head entries).
+/// Encodes answers, in request order, into one buffer: the concatenation of
+/// [`encode_answer_chunks`] (one encoder). For tests and callers that want one buffer; the
+/// store node sends the chunks as they are.
 pub fn encode_answers(answers: &[BatchAnswer]) -> Bytes {
-    let count = u32::try_from(answers.len()).expect("a batch has far fewer than 2^32 entries");
-    let total = BATCH_HEADER_SIZE + answers.iter().map(answer_len).sum::<usize>();
+    let chunks = encode_answer_chunks(answers);
+    if let [one] = chunks.as_slice() {
+        return one.clone();
+    }
+    let total = chunks.iter().map(Bytes::len).sum();
     let mut buf = BytesMut::with_capacity(total);
+    for chunk in &chunks {
+        buf.put_slice(chunk);
+    }
+    buf.freeze()
+}
+
+/// Encodes answers, in request order, as a sequence of chunks whose concatenation is the
+/// answer body: the encoded fields (header, statuses, lengths, content types, messages) of
+/// consecutive entries coalesced in one buffer, and each found entry's `data` as a chunk of
+/// its own, not copied. Messages are cut to [`MESSAGE_LEN_MAX`] bytes; `data` is empty for
+/// head entries. No chunk is empty.
+pub fn encode_answer_chunks(answers: &[BatchAnswer]) -> Vec<Bytes> {
+    let count = u32::try_from(answers.len()).expect("a batch has far fewer than 2^32 entries");
+    let fields = BATCH_HEADER_SIZE + answers.iter().map(answer_fields_len).sum::<usize>();
+    let mut chunks = Vec::new();
+    // Sized up front: the fields' chunks are split off this one allocation.
+    let mut buf = BytesMut::with_capacity(fields);
     put_header(&mut buf, ANSWER_MAGIC, count);
+    let mut written = 0;
     for answer in answers {
         match answer {
             BatchAnswer::Found {
@@ -268,7 +290,11 @@ pub fn encode_answers(answers: &[BatchAnswer]) -> Bytes {
                 buf.put_u64_le(*len);
                 buf.put_u16_le(ct_len);
                 buf.put_slice(content_type);
-                buf.put_slice(data);
+                if !data.is_empty() {
+                    written += buf.len();
+                    chunks.push(buf.split().freeze());
+                    chunks.push(data.clone());
+                }
             }
             BatchAnswer::NotFound => put_status(&mut buf, STATUS_NOT_FOUND),
             BatchAnswer::UnknownVolume(m) => put_message(&mut buf, STATUS_UNKNOWN_VOLUME, m),
@@ -280,8 +306,12 @@ pub fn encode_answers(answers: &[BatchAnswer]) -> Bytes {
             BatchAnswer::Failed(m) => put_message(&mut buf, STATUS_FAILED, m),
         }
     }
-    assert_eq!(buf.len(), total, "answer buffer sized up front");
-    buf.freeze()
+    written += buf.len();
+    if !buf.is_empty() {
+        chunks.push(buf.freeze());
+    }
+    assert_eq!(written, fields, "field buffer sized up front");
+    chunks
 }
 
 /// Decodes an answer to `requests` (same count, same order); `content_type` and `data` are
@@ -367,13 +397,11 @@ fn decode_found(
     })
 }
 
-/// Encoded size of one answer entry.
-fn answer_len(answer: &BatchAnswer) -> usize {
+/// Encoded size of one answer entry, its data aside.
+fn answer_fields_len(answer: &BatchAnswer) -> usize {
     ANSWER_STATUS_SIZE
         + match answer {
-            BatchAnswer::Found {
-                content_type, data, ..
-            } => FOUND_FIXED_SIZE + content_type.len() + data.len(),
+            BatchAnswer::Found { content_type, .. } => FOUND_FIXED_SIZE + content_type.len(),
             BatchAnswer::NotFound => 0,
             BatchAnswer::TooLarge { .. } => 8,
             BatchAnswer::UnknownVolume(m) | BatchAnswer::Corrupt(m) | BatchAnswer::Failed(m) => {

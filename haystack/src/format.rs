@@ -33,6 +33,8 @@
 //! 28 crc32 u32 over bytes 0..28
 //! ```
 
+use bytes::Bytes;
+
 use crate::error::{Error, Result};
 
 /// Format version of data and index files. Bump on any incompatible change.
@@ -211,8 +213,8 @@ pub struct Needle {
     pub cookie: u32,
     /// The content type given at upload (may be empty).
     pub content_type: String,
-    /// The BLOB's bytes.
-    pub data: Vec<u8>,
+    /// The BLOB's bytes: a zero-copy slice of the buffer the needle was read into.
+    pub data: Bytes,
     /// CRC32 (crc32fast, IEEE) of `data` alone. The needle's stored checksum, which also
     /// covers header and content type, has been verified when a `Needle` is returned.
     pub crc32: u32,
@@ -377,19 +379,18 @@ pub fn validate_needle(b: &[u8], volume: u32, offset: u64) -> Result<(NeedleHead
 }
 
 /// Decodes and fully validates one whole needle (exactly its padded size), taking the
-/// buffer to avoid a copy of the data. Returns the needle and its flags.
-pub fn decode_needle(mut b: Vec<u8>, volume: u32, offset: u64) -> Result<(Needle, u8)> {
+/// buffer to avoid a copy of the data: `data` is a slice of it (the buffer lives as long as
+/// the data does). Returns the needle and its flags.
+pub fn decode_needle(b: Vec<u8>, volume: u32, offset: u64) -> Result<(Needle, u8)> {
     let (header, data_crc) = validate_needle(&b, volume, offset)?;
     let data_start = NEEDLE_HEADER_SIZE + header.content_type_len as usize;
     let data_end = data_start + header.data_size as usize;
     let content_type = String::from_utf8_lossy(&b[NEEDLE_HEADER_SIZE..data_start]).into_owned();
-    b.copy_within(data_start..data_end, 0);
-    b.truncate(header.data_size as usize);
     let needle = Needle {
         key: header.key,
         cookie: header.cookie,
         content_type,
-        data: b,
+        data: Bytes::from(b).slice(data_start..data_end),
         crc32: data_crc,
     };
     Ok((needle, header.flags))
@@ -513,7 +514,7 @@ mod tests {
         assert_eq!(crc, crc32fast::hash(b"hello"));
         let (n, flags) = decode_needle(bytes.clone(), 1, 64).expect("valid");
         assert_eq!((n.key, n.cookie, flags), (7, 0xdead_beef, 0));
-        assert_eq!(n.data, b"hello");
+        assert_eq!(n.data, &b"hello"[..]);
         assert_eq!(n.content_type, "text/plain");
         for bit in 0..bytes.len() * 8 {
             if bit / 8 == NEEDLE_FLAGS_OFFSET && bit % 8 == 0 {

@@ -134,13 +134,13 @@ fn compaction_syncs_an_append_nobody_waited_for() {
         v.read_needle(5, 5 ^ 0xabcd)
             .expect("published by compaction")
             .data,
-        b"orphan"
+        &b"orphan"[..]
     );
     drop(v);
     let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
     assert_eq!(
         v.read_needle(5, 5 ^ 0xabcd).expect("durable").data,
-        b"orphan"
+        &b"orphan"[..]
     );
     check(&v, &model, 6);
 }

@@ -37,12 +37,12 @@ fn every_bit_flip_in_a_needle_is_detected() {
     }
     assert_eq!(
         v.read_needle(2, 6).expect("restored").data,
-        b"the needle under test"
+        &b"the needle under test"[..]
     );
     file.write_all_at(&[1], a.offset + 16).expect("write");
     assert!(matches!(v.read_needle(2, 6), Err(Error::NotFound)));
-    assert_eq!(v.read_needle(1, 5).expect("neighbour").data, b"before");
-    assert_eq!(v.read_needle(3, 7).expect("neighbour").data, b"after");
+    assert_eq!(v.read_needle(1, 5).expect("neighbour").data, &b"before"[..]);
+    assert_eq!(v.read_needle(3, 7).expect("neighbour").data, &b"after"[..]);
 }
 
 #[test]

@@ -178,7 +178,7 @@ fn run_once(seed: u64) {
         } else if attempted.lock().contains(key) {
             // An unacknowledged delete may have reached the disk.
             assert!(
-                matches!(&got, Err(Error::NotFound)) || got.as_ref().is_ok_and(|n| &n.data == data)
+                matches!(&got, Err(Error::NotFound)) || got.as_ref().is_ok_and(|n| n.data == data)
             );
         } else {
             if got.is_err() {

@@ -88,11 +88,11 @@ fn failed_sync_turns_the_volume_read_only() {
     assert_eq!(s.last_key, Some(1));
     // The unacknowledged needle was never published.
     assert!(matches!(v.read_needle(2, 1), Err(Error::NotFound)));
-    assert_eq!(v.read_needle(1, 1).expect("read").data, b"durable");
+    assert_eq!(v.read_needle(1, 1).expect("read").data, &b"durable"[..]);
     drop(v);
     let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
     assert!(!v.status().read_only);
-    assert_eq!(v.read_needle(1, 1).expect("read").data, b"durable");
+    assert_eq!(v.read_needle(1, 1).expect("read").data, &b"durable"[..]);
 }
 
 #[test]

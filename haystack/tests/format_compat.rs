@@ -48,7 +48,7 @@ fn format_v1_sample_is_readable() {
     let v = Volume::open(dir.path(), 42, VolumeOptions::default()).expect("open v1 sample");
     let n = v.read_needle(1, 0x0102_0304).expect("needle 1");
     assert_eq!(
-        (n.content_type.as_str(), n.data.as_slice()),
+        (n.content_type.as_str(), &n.data[..]),
         ("text/plain", &b"hello, haystack"[..])
     );
     assert!(matches!(

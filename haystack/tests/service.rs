@@ -650,7 +650,7 @@ async fn shutdown_lets_an_in_flight_upload_finish() {
         );
         let volume = node.state.store().volume(1).expect("volume");
         let stored = volume.read_needle(1, 1).expect("needle is durable");
-        assert_eq!(stored.data, b"0123456789");
+        assert_eq!(stored.data, &b"0123456789"[..]);
         node.stop().await;
     })
     .await;

@@ -99,6 +99,10 @@ impl Node {
         let answer = self.post(encode_request(reads)).await;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         assert_eq!(answer.header("content-type"), Some(BATCH_CONTENT_TYPE));
+        // The answer is sent in chunks, but with its length, not chunked-encoded.
+        let len = answer.body.len().to_string();
+        assert_eq!(answer.header("content-length"), Some(len.as_str()));
+        assert_eq!(answer.header("transfer-encoding"), None);
         decode_answers(answer.body, reads).expect("well-formed answer")
     }
 

@@ -47,10 +47,10 @@ fn check_cut(dir: &std::path::Path, needles: &[(u64, u64, Vec<u8>)], cut: u64, d
     let next = last_whole + 1;
     v.append_needle(next, 9, "", b"after")
         .expect("append after recovery");
-    assert_eq!(v.read_needle(next, 9).expect("read").data, b"after");
+    assert_eq!(v.read_needle(next, 9).expect("read").data, &b"after"[..]);
     drop(v);
     let v = Volume::open(dir, 1, VolumeOptions::default()).expect("reopen again");
-    assert_eq!(v.read_needle(next, 9).expect("read").data, b"after");
+    assert_eq!(v.read_needle(next, 9).expect("read").data, &b"after"[..]);
 }
 
 fn run(drop_index: bool) {

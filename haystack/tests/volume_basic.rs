@@ -29,7 +29,7 @@ fn append_read_delete_reopen() {
         (n.key, n.cookie, n.content_type.as_str()),
         (1, 11, "text/plain")
     );
-    assert_eq!(n.data, b"one");
+    assert_eq!(n.data, &b"one"[..]);
     assert_eq!(n.crc32, crc32fast::hash(b"one"));
     assert!(matches!(v.read_needle(1, 12), Err(Error::NotFound)));
     assert!(matches!(v.read_needle(2, 11), Err(Error::NotFound)));
@@ -83,7 +83,7 @@ fn lock_is_persistent_and_deletes_still_work() {
         Err(Error::ReadOnly { .. })
     ));
     v.delete_needle(1, 1).expect("delete on a locked volume");
-    assert_eq!(v.read_needle(2, 2).expect("read").data, b"b");
+    assert_eq!(v.read_needle(2, 2).expect("read").data, &b"b"[..]);
 }
 
 #[test]
@@ -203,7 +203,7 @@ fn store_create_open_install() {
             .read_needle(10, 1)
             .expect("read")
             .data,
-        b"old"
+        &b"old"[..]
     );
 
     // A peer replica of volume 1 with more needles, copied through the staging paths.
@@ -223,7 +223,7 @@ fn store_create_open_install() {
         Err(Error::ReadOnly { .. })
     ));
     assert!(matches!(v.read_needle(10, 1), Err(Error::NotFound)));
-    assert_eq!(v.read_needle(11, 1).expect("read").data, b"newer");
+    assert_eq!(v.read_needle(11, 1).expect("read").data, &b"newer"[..]);
     assert_eq!(v.status(), peer.status());
     assert!(!sd.exists() && !si.exists());
     assert!(matches!(
@@ -243,7 +243,7 @@ fn store_create_open_install() {
             .read_needle(11, 1)
             .expect("read")
             .data,
-        b"newer"
+        &b"newer"[..]
     );
 }
 

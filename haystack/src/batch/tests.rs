@@ -261,8 +261,86 @@ fn arb_answer(request: BatchRead) -> impl Strategy<Value = BatchAnswer> {
     ]
 }
 
+/// The one-buffer encoder the store node used before [`encode_answer_chunks`], kept as the
+/// reference for the wire format.
+fn reference_encode_answers(answers: &[BatchAnswer]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&ANSWER_MAGIC);
+    buf.extend_from_slice(&[BATCH_FORMAT_VERSION, 0, 0, 0]);
+    buf.extend_from_slice(&(answers.len() as u32).to_le_bytes());
+    let message = |buf: &mut Vec<u8>, status: u8, m: &str| {
+        let m = cut_message(m);
+        buf.extend_from_slice(&[status, 0, 0, 0]);
+        buf.extend_from_slice(&(m.len() as u16).to_le_bytes());
+        buf.extend_from_slice(m.as_bytes());
+    };
+    for answer in answers {
+        match answer {
+            BatchAnswer::Found {
+                content_type,
+                crc32,
+                len,
+                data,
+            } => {
+                buf.extend_from_slice(&[STATUS_FOUND, 0, 0, 0]);
+                buf.extend_from_slice(&crc32.to_le_bytes());
+                buf.extend_from_slice(&len.to_le_bytes());
+                buf.extend_from_slice(&(content_type.len() as u16).to_le_bytes());
+                buf.extend_from_slice(content_type);
+                buf.extend_from_slice(data);
+            }
+            BatchAnswer::NotFound => buf.extend_from_slice(&[STATUS_NOT_FOUND, 0, 0, 0]),
+            BatchAnswer::UnknownVolume(m) => message(&mut buf, STATUS_UNKNOWN_VOLUME, m),
+            BatchAnswer::Corrupt(m) => message(&mut buf, STATUS_CORRUPT, m),
+            BatchAnswer::TooLarge { len } => {
+                buf.extend_from_slice(&[STATUS_TOO_LARGE, 0, 0, 0]);
+                buf.extend_from_slice(&len.to_le_bytes());
+            }
+            BatchAnswer::Failed(m) => message(&mut buf, STATUS_FAILED, m),
+        }
+    }
+    buf
+}
+
+/// Answers of a random batch, some of them messages long enough to be cut.
+fn arb_answers_to_encode() -> impl Strategy<Value = Vec<BatchAnswer>> {
+    let long = ".{300,1100}";
+    let answer = prop_oneof![
+        4 => arb_read().prop_flat_map(arb_answer),
+        1 => long.prop_map(BatchAnswer::Failed),
+        1 => long.prop_map(BatchAnswer::Corrupt),
+    ];
+    prop::collection::vec(answer, 0..=MAX_BATCH_ENTRIES)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn answer_chunks_are_the_reference_encoding_with_data_uncopied(
+        answers in arb_answers_to_encode(),
+    ) {
+        let chunks = encode_answer_chunks(&answers);
+        prop_assert!(chunks.iter().all(|c| !c.is_empty()), "no empty chunk");
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let reference = reference_encode_answers(&answers);
+        prop_assert_eq!(&joined, &reference);
+        prop_assert_eq!(&encode_answers(&answers)[..], &reference[..]);
+        // Every found entry's data is a chunk of its own, the same memory.
+        let data: Vec<&Bytes> = answers
+            .iter()
+            .filter_map(|a| match a {
+                BatchAnswer::Found { data, .. } if !data.is_empty() => Some(data),
+                _ => None,
+            })
+            .collect();
+        let mut in_chunks = chunks.iter().skip(1).step_by(2);
+        for d in data {
+            let c = in_chunks.next().expect("a chunk for each found entry's data");
+            prop_assert_eq!(c.as_ptr(), d.as_ptr());
+            prop_assert_eq!(c.len(), d.len());
+        }
+    }
 
     #[test]
     fn requests_round_trip(requests in prop::collection::vec(arb_read(), 1..=MAX_BATCH_ENTRIES)) {

@@ -18,9 +18,10 @@
 //! reads the rest (not cached, or larger) as every engine call does
 //! ([`StoreNodeState::blocking`]), in up to [`BLOCKING_GROUPS_MAX`] groups that run at once,
 //! so that the cold reads of one batch wait for the disk in parallel, as separate `GET`s
-//! would. A batch served from the page cache alone costs no `spawn_blocking` at all; its
-//! answer is encoded on the async task too unless it carries more than
-//! [`INLINE_BATCH_BYTES_MAX`] of data.
+//! would. A batch served from the page cache alone costs no `spawn_blocking` at all. The
+//! answer is encoded on the async task, as chunks that hold the needles' read buffers
+//! ([`encode_answer_chunks`]): its data is not copied again, and the body is sent with a
+//! `Content-Length`, not chunked.
 //!
 //! [`BATCH_DATA_BYTES_MAX`] is applied in request order as if the entries were read one by
 //! one: while the on-disk sizes of the entries so far fit in it, it cannot change an answer,
@@ -42,8 +43,8 @@ use super::error::ApiError;
 use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState};
 use crate::api::code;
 use crate::batch::{
-    BATCH_CONTENT_TYPE, BatchAnswer, BatchRead, MAX_BATCH_ENTRIES, decode_request, encode_answers,
-    request_len,
+    BATCH_CONTENT_TYPE, BatchAnswer, BatchRead, MAX_BATCH_ENTRIES, decode_request,
+    encode_answer_chunks, request_len,
 };
 use crate::error::Error;
 use crate::format::{CONTENT_TYPE_LEN_MAX, NEEDLE_HEADER_SIZE, Needle, needle_size_bytes};
@@ -55,8 +56,8 @@ use crate::volume::Volume;
 /// memory, whatever the entries' `max_data_bytes`.
 pub(crate) const BATCH_DATA_BYTES_MAX: u64 = 16 << 20;
 
-/// Most bytes the first pass reads for one batch on the async task: copies and checksums
-/// of more belong on the blocking pool.
+/// Most bytes the first pass reads for one batch on the async task: copies from the page
+/// cache and checksums of more belong on the blocking pool.
 const INLINE_BATCH_BYTES_MAX: u64 = 1 << 20;
 
 /// Most engine calls (each a `spawn_blocking` and an IO permit) the second pass of one batch
@@ -73,19 +74,24 @@ pub(crate) async fn read_batch(
     let body = collect_small_body(body, &headers, request_len(MAX_BATCH_ENTRIES), idle).await?;
     let reads = decode_request(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let answers = answer_all(&state, reads).await?;
-    let data_bytes: u64 = answers.iter().map(data_len).sum();
-    let answer = if data_bytes <= INLINE_BATCH_BYTES_MAX {
-        encode_answers(&answers)
-    } else {
-        state
-            .blocking(move |_| Ok(encode_answers(&answers)))
-            .await?
-    };
-    let content_type = [(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(BATCH_CONTENT_TYPE),
-    )];
-    Ok((content_type, answer).into_response())
+    // No data is copied (the chunks hold the needles' buffers), so this is cheap at any size
+    // and runs on the async task.
+    let chunks = encode_answer_chunks(&answers);
+    drop(answers);
+    let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let body = Body::from_stream(futures::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ));
+    // A streamed body has no known length: with the header, hyper sends it with this
+    // `Content-Length` rather than chunked.
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(BATCH_CONTENT_TYPE),
+        ),
+        (header::CONTENT_LENGTH, HeaderValue::from(len)),
+    ];
+    Ok((headers, body).into_response())
 }
 
 /// Most bytes of a refused batch body read and dropped before the refusal.
@@ -373,11 +379,7 @@ fn found_answer(read: &BatchRead, needle: Needle, max_data_bytes: u64) -> BatchA
         content_type: Bytes::from(needle.content_type.into_bytes()),
         crc32: needle.crc32,
         len,
-        data: if read.head {
-            Bytes::new()
-        } else {
-            Bytes::from(needle.data)
-        },
+        data: if read.head { Bytes::new() } else { needle.data },
     }
 }
 
