@@ -120,6 +120,11 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is
+        // dropped. Otherwise tracing-subscriber reports the failure with
+        // `eprintln!`, which panics when stderr fails: the task that logged
+        // (a request handler) would die with its connection.
+        .log_internal_errors(false)
         .init();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if matches!(cli.command, Command::Up { spawn: false, .. })

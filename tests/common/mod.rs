@@ -50,21 +50,31 @@ pub fn free_loopback_address() -> SocketAddr {
 impl Cluster {
     /// `hayloft up` in one process, with extra flags (`--volume-size 8MiB`, ...).
     pub async fn start(extra_args: &[&str]) -> anyhow::Result<Cluster> {
-        Cluster::launch(extra_args, false).await
+        Cluster::launch(extra_args, false, None).await
+    }
+
+    /// [`Cluster::start`] with the data (and the log) in a fresh directory
+    /// under `parent` (e.g. a small tmpfs).
+    pub async fn start_in(parent: &Path, extra_args: &[&str]) -> anyhow::Result<Cluster> {
+        Cluster::launch(extra_args, false, Some(parent)).await
     }
 
     /// `hayloft up --spawn`: every node its own process; `cluster.json` written.
     pub async fn start_spawned(extra_args: &[&str]) -> anyhow::Result<Cluster> {
-        Cluster::launch(extra_args, true).await
+        Cluster::launch(extra_args, true, None).await
     }
 
-    async fn launch(extra_args: &[&str], spawn: bool) -> anyhow::Result<Cluster> {
+    async fn launch(
+        extra_args: &[&str],
+        spawn: bool,
+        parent: Option<&Path>,
+    ) -> anyhow::Result<Cluster> {
         // The free port may be taken between probing and binding it (tests run
         // in parallel): a start that fails early is retried on a fresh port.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Cluster::launch_once(extra_args, spawn).await {
+            match Cluster::launch_once(extra_args, spawn, parent).await {
                 Err(error) if attempt < 3 && format!("{error:#}").contains("exited early") => {
                     eprintln!("hayloft up failed to start, retrying: {error:#}");
                 }
@@ -73,8 +83,17 @@ impl Cluster {
         }
     }
 
-    async fn launch_once(extra_args: &[&str], spawn: bool) -> anyhow::Result<Cluster> {
-        let tempdir = tempfile::Builder::new().prefix("hayloft-e2e-").tempdir()?;
+    async fn launch_once(
+        extra_args: &[&str],
+        spawn: bool,
+        parent: Option<&Path>,
+    ) -> anyhow::Result<Cluster> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("hayloft-e2e-");
+        let tempdir = match parent {
+            Some(parent) => builder.tempdir_in(parent)?,
+            None => builder.tempdir()?,
+        };
         let data_dir = tempdir.path().join("data");
         let extra_args: Vec<String> = extra_args.iter().map(|arg| (*arg).to_owned()).collect();
         let router_address = free_loopback_address();

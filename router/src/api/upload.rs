@@ -640,9 +640,16 @@ fn request_body(chunks: &[Bytes]) -> reqwest::Body {
 }
 
 /// Takes the volume out of service after a failed append: `volume_full`
-/// locks it; `read_only` or `key_out_of_order` make it read-only; a replica
-/// that failed (transport, timeout, 5xx, any other refusal) is reported
-/// stale, which also turns the volume read-only.
+/// locks it; a replica that no longer has the volume (`unknown_volume`) is
+/// reported stale (the directory rebuilds it), which also turns the volume
+/// read-only; any other failure (transport, timeout, 5xx, `read_only`,
+/// `key_out_of_order`) makes the volume read-only.
+///
+/// A failed append never makes a replica stale by itself: the upload was
+/// not acknowledged, so the replica still holds every acknowledged needle
+/// and keeps serving reads. Marking it stale would take it out of reads for
+/// nothing, and a failure every replica shares (a full disk) would leave the
+/// volume with no replica to read from.
 async fn handle_failures(state: &AppState, volume: &LogicalVolume, failures: Vec<ReplicaFailure>) {
     let full = failures
         .iter()
@@ -655,15 +662,16 @@ async fn handle_failures(state: &AppState, volume: &LogicalVolume, failures: Vec
     for failure in &failures {
         match &failure.error {
             ReplicaError::Client(ClientError::ReadOnly(_))
-            | ReplicaError::Client(ClientError::KeyOutOfOrder(_)) => {
-                read_only_reason = Some(format!("append on {}: {}", failure.node, failure.error));
-            }
-            other => {
+            | ReplicaError::Client(ClientError::KeyOutOfOrder(_)) => {}
+            ReplicaError::Client(ClientError::UnknownVolume(_)) => {
                 state.metrics.replica_failure("append");
-                let reason = format!("append failed: {other}");
+                let reason = format!("append failed: {}", failure.error);
                 report_stale(state, volume.id, &failure.node, &reason).await;
+                continue;
             }
+            _ => state.metrics.replica_failure("append"),
         }
+        read_only_reason = Some(format!("append on {}: {}", failure.node, failure.error));
     }
     if let Some(reason) = read_only_reason {
         set_state(state, volume.id, VolumeState::ReadOnly, &reason).await;
