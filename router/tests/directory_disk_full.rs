@@ -208,3 +208,136 @@ fn directory_recovers_after_the_disk_was_full() {
     drop(reopened);
     drop(tmpfs);
 }
+
+/// What one writer thread of the concurrent test got acknowledged.
+#[derive(Default)]
+struct ThreadAck {
+    nodes: Vec<String>,
+    leases: Vec<KeyLease>,
+    volumes: Vec<u32>,
+    refused: usize,
+}
+
+/// One writer of the concurrent test: a mix of every kind of directory write
+/// on the full disk. Each answer must be a success or the clean storage-full
+/// error (507); a panic (redb's `needs_recovery` assertion) fails the join.
+fn concurrent_writer(dir: &RedbDirectory, thread: usize, volume: u32) -> ThreadAck {
+    let big_address = "x".repeat(64 * 1024);
+    let mut ack = ThreadAck::default();
+    for i in 0..24 {
+        let result = match i % 4 {
+            0 => {
+                let id = format!("t{thread}-n{i}");
+                dir.register_node(registration(&id, "r9", big_address.clone()), 5_000)
+                    .map(|_| ack.nodes.push(id))
+            }
+            1 => dir.heartbeat("store-a", 5_000 + i).map(|_| ()),
+            2 => dir.lease_keys(volume, 10).map(|l| ack.leases.push(l)),
+            _ => dir.allocate_volume(5_000).map(|v| ack.volumes.push(v.id)),
+        };
+        if let Err(e) = result {
+            assert!(
+                e.is_storage_full() && e.status() == http::StatusCode::INSUFFICIENT_STORAGE,
+                "thread {thread} op {i}: expected success or storage-full, got {e:?}"
+            );
+            ack.refused += 1;
+        }
+    }
+    ack
+}
+
+#[test]
+fn concurrent_writes_on_a_full_disk_never_panic() {
+    let tmpfs = match Tmpfs::mount("8m") {
+        Ok(t) => t,
+        Err(reason) => {
+            eprintln!("skipping concurrent_writes_on_a_full_disk_never_panic: {reason}");
+            return;
+        }
+    };
+    let data_dir: PathBuf = tmpfs.path().join("directory");
+    let junk = tmpfs.path().join("junk");
+    let dir = RedbDirectory::open(&data_dir).expect("open");
+
+    let mut ack = Acknowledged {
+        nodes: Vec::new(),
+        volume: 0,
+        leases: Vec::new(),
+    };
+    for (id, rack) in [("store-a", "r1"), ("store-b", "r2"), ("store-c", "r3")] {
+        dir.register_node(registration(id, rack, format!("{id}:80")), 1_000)
+            .expect("register store");
+        ack.nodes.push(id.to_owned());
+    }
+    ack.volume = dir.allocate_volume(1_000).expect("allocate").id;
+    ack.leases
+        .push(dir.lease_keys(ack.volume, 100).expect("first lease"));
+
+    fill(&junk);
+
+    // 16 writers at once, as 16 concurrent uploads drive the directory: when
+    // one write's IO fails, redb poisons the shared `Database`, and a write
+    // that was already waiting to begin must not commit on it (redb asserts).
+    let mut volumes = vec![ack.volume];
+    let mut refused = 0;
+    let results: Vec<std::thread::Result<ThreadAck>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                let dir = &dir;
+                let volume = ack.volume;
+                s.spawn(move || concurrent_writer(dir, t, volume))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let mut panics = Vec::new();
+    for (t, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(thread_ack) => {
+                ack.nodes.extend(thread_ack.nodes);
+                ack.leases.extend(thread_ack.leases);
+                volumes.extend(thread_ack.volumes);
+                refused += thread_ack.refused;
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                panics.push(format!("thread {t}: {message}"));
+            }
+        }
+    }
+    assert!(panics.is_empty(), "writers panicked: {panics:#?}");
+    eprintln!("concurrent writes on the full disk: {refused} refused with storage-full");
+    assert!(refused > 0, "the full disk refused no write at all");
+
+    std::fs::remove_file(&junk).expect("remove junk");
+
+    // Space is back: the directory works again without a restart, and all
+    // it acknowledged before and during the full disk is there.
+    dir.register_node(
+        registration("after-full", "r9", "after:80".to_owned()),
+        6_000,
+    )
+    .expect("write after space returned");
+    ack.nodes.push("after-full".to_owned());
+    ack.leases.push(
+        dir.lease_keys(ack.volume, 10)
+            .expect("lease after space returned"),
+    );
+    let check = |d: &dyn Directory| {
+        ack.check(d);
+        for id in &volumes {
+            d.volume(*id).expect("acknowledged volume lost");
+        }
+    };
+    check(&dir);
+
+    drop(dir);
+    let reopened = RedbDirectory::open(&data_dir).expect("reopen from scratch");
+    check(&reopened);
+    drop(reopened);
+    drop(tmpfs);
+}

@@ -19,9 +19,11 @@
 //! `Durability::Immediate`, so it is on disk before the call returns.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::ErrorKind;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use parking_lot::{RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -105,6 +107,15 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, D
 /// reopens the database after such an error (redb repairs the file on open)
 /// and retries the operation once; while the disk is still full the caller
 /// gets the IO error (507).
+///
+/// redb only checks for that poison in `begin_write` for errors that broke
+/// the file itself, not for a failed commit or a failed file growth (it sets
+/// its internal `needs_recovery` flag instead): a write transaction begun on
+/// such a `Database` *panics* in `commit` (`assert!(!needs_recovery)`). So
+/// the backend runs write transactions one at a time under
+/// [`OpenDb::writer`], which also records that the handle is poisoned before
+/// the next writer may begin; that writer then refuses without touching redb
+/// and triggers the reopen.
 #[derive(Debug)]
 pub struct RedbDirectory {
     /// Every transaction holds a read guard for its whole life; a reopen takes
@@ -118,10 +129,31 @@ pub struct RedbDirectory {
 struct DbState {
     /// `None` after a reopen failed (disk still full); the next operation
     /// tries again.
-    db: Option<Database>,
+    db: Option<OpenDb>,
     /// Bumped on every reopen, so that callers which failed on the same
     /// poisoned instance reopen it only once between them.
     generation: u64,
+}
+
+/// One opened `Database` and its writer lock.
+#[derive(Debug)]
+struct OpenDb {
+    db: Database,
+    /// Held from before `begin_write` until the transaction's outcome is
+    /// known (redb allows one writer at a time anyway, so this costs no
+    /// concurrency). `Some(kind)` once a write failed in a way that poisons
+    /// `db`, with the kind of the IO error that did it; only a reopen (a new
+    /// `OpenDb`) clears it.
+    writer: Mutex<Option<ErrorKind>>,
+}
+
+impl OpenDb {
+    fn new(db: Database) -> Self {
+        Self {
+            db,
+            writer: Mutex::new(None),
+        }
+    }
 }
 
 /// Whether `err` leaves redb's `Database` poisoned (or is the poison itself),
@@ -131,6 +163,37 @@ fn needs_reopen(err: &DirectoryError) -> bool {
         err,
         DirectoryError::Database(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo)
     )
+}
+
+/// The IO error kind behind a [`needs_reopen`] error, remembered as the
+/// poison of the handle.
+fn poison_kind(err: &DirectoryError) -> ErrorKind {
+    match err {
+        DirectoryError::Database(e) => match &**e {
+            redb::Error::Io(io) => io.kind(),
+            _ => ErrorKind::Other,
+        },
+        _ => ErrorKind::Other,
+    }
+}
+
+/// The answer of a write refused because an earlier write poisoned the
+/// handle: an IO error of the same kind (so a full disk stays a 507), which
+/// [`needs_reopen`] recognises, so `with_db` reopens and retries.
+fn poisoned_error(kind: ErrorKind) -> DirectoryError {
+    DirectoryError::Database(Box::new(redb::Error::Io(std::io::Error::new(
+        kind,
+        format!("an earlier directory write failed ({kind}); the database must be reopened"),
+    ))))
+}
+
+/// Describes a caught panic payload for the log.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
 impl RedbDirectory {
@@ -168,7 +231,7 @@ impl RedbDirectory {
         txn.commit()?;
         Ok(Self {
             state: RwLock::new(DbState {
-                db: Some(db),
+                db: Some(OpenDb::new(db)),
                 generation: 0,
             }),
             path,
@@ -189,12 +252,12 @@ impl RedbDirectory {
     /// never told that the first attempt succeeded.
     fn with_db<T>(
         &self,
-        op: impl Fn(&Database) -> Result<T, DirectoryError>,
+        op: impl Fn(&OpenDb) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
         let failed_generation = {
             let state = self.state.read();
             match &state.db {
-                Some(db) => match op(db) {
+                Some(db) => match self.run(db, &op) {
                     Err(e) if needs_reopen(&e) => {
                         tracing::warn!(
                             path = %self.path.display(),
@@ -216,16 +279,50 @@ impl RedbDirectory {
             state.db = None;
             state.generation += 1;
             // `open`, not `create`: a vanished file must not come back empty.
-            state.db = Some(Database::open(&self.path)?);
+            state.db = Some(OpenDb::new(Database::open(&self.path)?));
             tracing::info!(path = %self.path.display(), "directory database reopened");
         }
         let state = RwLockWriteGuard::downgrade(state);
         match &state.db {
-            Some(db) => op(db),
+            Some(db) => self.run(db, &op),
             None => Err(DirectoryError::Internal(
                 "directory database is closed after a failed reopen".into(),
             )),
         }
+    }
+
+    /// Runs `op`, turning a panic inside redb into an error that makes
+    /// `with_db` reopen the database.
+    ///
+    /// redb asserts (panics) instead of returning `PreviousIo` when a write
+    /// transaction commits on a `Database` that an earlier IO error left in
+    /// need of recovery. `write` keeps such a transaction from beginning, but
+    /// should any path still reach redb's assertion, the caller gets the
+    /// reopen-and-retry (or a clean error), not a panic that kills the
+    /// blocking task and answers "panicked". Unwind safety: after a panic
+    /// the handle is always dropped and reopened, nothing of it is reused.
+    fn run<T>(
+        &self,
+        db: &OpenDb,
+        op: &impl Fn(&OpenDb) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        catch_unwind(AssertUnwindSafe(|| op(db))).unwrap_or_else(|payload| {
+            // Whatever redb was doing, the handle may be inconsistent: make
+            // every later writer on it refuse until the reopen.
+            db.writer.lock().get_or_insert(ErrorKind::Other);
+            Err(self.panicked(&*payload))
+        })
+    }
+
+    /// Logs a panic caught from redb and returns the error that makes
+    /// `with_db` reopen the database.
+    fn panicked(&self, payload: &(dyn std::any::Any + Send)) -> DirectoryError {
+        tracing::warn!(
+            path = %self.path.display(),
+            panic = %panic_message(payload),
+            "redb panicked on a directory operation; reopening the database"
+        );
+        DirectoryError::Database(Box::new(redb::Error::PreviousIo))
     }
 
     /// Runs `f` in one write transaction and commits it if `f` succeeds.
@@ -234,11 +331,35 @@ impl RedbDirectory {
         &self,
         f: impl Fn(&WriteTransaction) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        self.with_db(|db| {
-            let txn = db.begin_write()?;
-            let value = f(&txn)?;
-            txn.commit()?;
-            Ok(value)
+        self.with_db(|open| {
+            // Held until the outcome is known: a writer that failed marks the
+            // handle poisoned before the next one can begin on it.
+            let mut poison = open.writer.lock();
+            if let Some(kind) = *poison {
+                return Err(poisoned_error(kind));
+            }
+            // redb marks the handle for recovery after any failed commit,
+            // whatever the error.
+            let mut commit_failed = false;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                let txn = open.db.begin_write()?;
+                let value = f(&txn)?;
+                txn.commit().inspect_err(|_| commit_failed = true)?;
+                Ok(value)
+            }));
+            match result {
+                Ok(Err(e)) if commit_failed || needs_reopen(&e) => {
+                    *poison = Some(poison_kind(&e));
+                    Err(e)
+                }
+                Ok(result) => result,
+                // redb asserted (see `run`): poison the handle before the
+                // writer lock is released.
+                Err(payload) => {
+                    *poison = Some(ErrorKind::Other);
+                    Err(self.panicked(&*payload))
+                }
+            }
         })
     }
 
@@ -247,7 +368,7 @@ impl RedbDirectory {
         &self,
         f: impl Fn(&ReadTransaction) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
-        self.with_db(|db| f(&db.begin_read()?))
+        self.with_db(|open| f(&open.db.begin_read()?))
     }
 }
 
