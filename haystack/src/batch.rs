@@ -27,6 +27,7 @@
 //!                                                 not_found: nothing
 //! ```
 
+use crate::format::{u32_at, u64_at};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Most entries in one batch.
@@ -439,18 +440,6 @@ fn cut_message(message: &str) -> &str {
         end -= 1;
     }
     &message[..end]
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// A cursor over a body that checks every length before it slices.

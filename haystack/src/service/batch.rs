@@ -34,14 +34,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::error::ApiError;
+use super::handlers::next_body_chunk;
 use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState};
-use crate::api::code;
 use crate::batch::{
     BATCH_CONTENT_TYPE, BatchAnswer, BatchRead, MAX_BATCH_ENTRIES, decode_request,
     encode_answer_chunks, request_len,
@@ -134,16 +134,7 @@ async fn collect_small_body(
     }
     let mut buf = BytesMut::with_capacity(limit);
     loop {
-        let next = tokio::time::timeout(idle, stream.next())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    code::BAD_REQUEST,
-                    "request body stalled",
-                )
-            })?;
-        match next {
+        match next_body_chunk(&mut stream, idle).await? {
             None => return Ok(buf.freeze()),
             Some(Err(e)) => {
                 return Err(ApiError::bad_request(format!(

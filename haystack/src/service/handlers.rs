@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -305,6 +305,23 @@ fn content_length(headers: &HeaderMap) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::bad_request("Content-Length must be a decimal number"))
 }
 
+/// The next chunk of a request body, waiting at most `idle` for it (a
+/// `408 bad_request` after that).
+pub(super) async fn next_body_chunk(
+    stream: &mut BodyDataStream,
+    idle: Duration,
+) -> Result<Option<Result<Bytes, axum::Error>>, ApiError> {
+    tokio::time::timeout(idle, stream.next())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                code::BAD_REQUEST,
+                "request body stalled",
+            )
+        })
+}
+
 /// Reads exactly `expected` bytes of body, with at most `idle` between
 /// chunks. A body that ends early is a 400; one that goes past `expected`
 /// (which hyper prevents for a `Content-Length` body) a 413.
@@ -314,16 +331,7 @@ async fn collect_body(body: Body, expected: u64, idle: Duration) -> Result<Bytes
     let mut buf = BytesMut::with_capacity(capacity);
     let mut stream = body.into_data_stream();
     loop {
-        let next = tokio::time::timeout(idle, stream.next())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    code::BAD_REQUEST,
-                    "request body stalled",
-                )
-            })?;
-        match next {
+        match next_body_chunk(&mut stream, idle).await? {
             None => break,
             Some(Err(e)) => {
                 return Err(ApiError::bad_request(format!(
