@@ -6,7 +6,8 @@
 //! the cached and blocking reads of the data files, can refuse every cached read ("nothing is
 //! in the page cache") and can make every blocking read sleep (a disk seek).
 
-use std::future::Future;
+mod batch_common;
+
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,8 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Upper bound on any one test.
-const TEST_DEADLINE: Duration = Duration::from_secs(60);
+use batch_common::{blob, bounded, cookie_for, found, read};
 
 /// What the backend does and what it saw, shared by every file it opened.
 #[derive(Default)]
@@ -228,45 +228,6 @@ struct Get {
     length: Option<u64>,
     error: Option<String>,
     body: Bytes,
-}
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_DEADLINE, test)
-        .await
-        .expect("test finished in time");
-}
-
-fn blob(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-fn cookie_for(key: u64) -> u32 {
-    0x9e37_79b9u32.wrapping_mul(key as u32 + 1)
-}
-
-fn read(volume: u32, key: u64, max_data_bytes: u32) -> BatchRead {
-    BatchRead {
-        volume,
-        key,
-        cookie: cookie_for(key),
-        head: false,
-        max_data_bytes,
-    }
-}
-
-fn found(content_type: &str, data: &[u8], head: bool) -> BatchAnswer {
-    BatchAnswer::Found {
-        content_type: Bytes::copy_from_slice(content_type.as_bytes()),
-        crc32: crc32fast::hash(data),
-        len: data.len() as u64,
-        data: if head {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(data)
-        },
-    }
 }
 
 /// Needles of volume 1 for the answer checks: small, large (over 64 KiB on disk), one whose

@@ -1,9 +1,10 @@
 //! End-to-end tests of `POST /needles/read-batch`: the real store node on a loopback port in
 //! a temporary directory, driven over HTTP with bodies of [`haystack::batch`].
 //!
-//! Every test runs under [`TEST_DEADLINE`] and stops its node.
+//! Every test runs under `batch_common::TEST_DEADLINE` and stops its node.
 
-use std::future::Future;
+mod batch_common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,8 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Upper bound on any one test.
-const TEST_DEADLINE: Duration = Duration::from_secs(60);
+use batch_common::{blob, bounded, cookie_for, found, read};
 
 /// A store node serving on `127.0.0.1:0` out of a temporary directory.
 struct Node {
@@ -132,45 +132,6 @@ impl Answer {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    }
-}
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_DEADLINE, test)
-        .await
-        .expect("test finished in time");
-}
-
-fn blob(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-fn cookie_for(key: u64) -> u32 {
-    0x9e37_79b9u32.wrapping_mul(key as u32 + 1)
-}
-
-fn read(volume: u32, key: u64, max_data_bytes: u32) -> BatchRead {
-    BatchRead {
-        volume,
-        key,
-        cookie: cookie_for(key),
-        head: false,
-        max_data_bytes,
-    }
-}
-
-fn found(content_type: &str, data: &[u8], head: bool) -> BatchAnswer {
-    BatchAnswer::Found {
-        content_type: Bytes::copy_from_slice(content_type.as_bytes()),
-        crc32: crc32fast::hash(data),
-        len: data.len() as u64,
-        data: if head {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(data)
-        },
     }
 }
 
