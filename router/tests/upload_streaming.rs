@@ -34,6 +34,8 @@ const LIMIT_BYTES: u64 = 32 * MIB as u64;
 const RETRY_BUFFER_BYTES: u64 = 256 * KIB as u64;
 /// Upload memory of the test router.
 const UPLOAD_BUFFER_BYTES: u64 = MIB as u64;
+/// Request timeout of the test store nodes.
+const STORE_REQUEST_TIMEOUT_MS: u64 = 1_500;
 
 /// A TCP proxy in front of one store node.
 struct Proxy {
@@ -109,7 +111,12 @@ async fn start_cluster() -> Cluster {
         repair_interval_ms: 60_000,
         heartbeat_every: Duration::from_millis(100),
         poll_every: Duration::from_millis(25),
-        store_config: |config| config.shutdown_grace_ms = 100,
+        store_config: |config| {
+            config.shutdown_grace_ms = 100;
+            // Shorter than the slow upload below takes: a store's request
+            // timeout must not cut a body its sender is still pacing.
+            config.request_timeout_ms = STORE_REQUEST_TIMEOUT_MS;
+        },
         router_config: |config| {
             config.max_blob_bytes = LIMIT_BYTES;
             config.upload_buffer_bytes = UPLOAD_BUFFER_BYTES;
@@ -250,6 +257,27 @@ async fn a_body_larger_than_the_upload_memory_streams_through() {
     cluster
         .upload_and_check(pattern(RETRY_BUFFER_BYTES as usize, 8))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_but_steady_body_outlasts_the_stores_request_timeout() {
+    let cluster = start_cluster().await;
+    let declared = 2 * MIB;
+    let data = pattern(declared, 9);
+    let (sender, answer) = cluster.start_upload(declared);
+    // 32 chunks, 100 ms apart: about twice the stores' request timeout, each
+    // pause far below the body-idle timeouts.
+    let started = std::time::Instant::now();
+    assert!(send_chunks(&sender, &data, Duration::from_millis(100)).await);
+    drop(sender);
+    assert!(started.elapsed() > Duration::from_millis(STORE_REQUEST_TIMEOUT_MS));
+    let response = answer.await.expect("task").expect("an answer");
+    let status = response.status();
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(status, 201, "{body}");
+    let expected = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+    assert_eq!(body["checksum"], expected.as_str());
+    assert_eq!(cluster.needles_on_stores().await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -37,8 +37,10 @@ const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Chunk size when streaming a volume file.
 const FILE_CHUNK_BYTES: usize = 256 * 1024;
 
-/// The store node's routes over `state`. Handlers other than bulk sync run
-/// under the configured request timeout.
+/// The store node's routes over `state`. Handlers other than bulk sync and
+/// appends run under the configured request timeout; an append's body is
+/// paced by its sender (each pause at most the body-idle timeout), and the
+/// request timeout bounds what comes before and after it.
 pub fn router(state: StoreNodeState) -> Router {
     let timeout = Duration::from_millis(state.config().request_timeout_ms);
     let timed = Router::new()
@@ -48,10 +50,7 @@ pub fn router(state: StoreNodeState) -> Router {
         .route("/volumes/{vid}/lock", post(lock_volume))
         .route(
             "/volumes/{vid}/needles/{key}",
-            put(append_needle)
-                .get(read_needle)
-                .head(head_needle)
-                .delete(delete_needle),
+            get(read_needle).head(head_needle).delete(delete_needle),
         )
         .route("/volumes/{vid}/deleted", get(deleted_keys))
         .route("/volumes/{vid}/files/{file}", get(volume_file))
@@ -62,6 +61,7 @@ pub fn router(state: StoreNodeState) -> Router {
         ));
     Router::new()
         .route("/volumes/{vid}/sync", post(super::sync::sync_volume))
+        .route("/volumes/{vid}/needles/{key}", put(append_needle))
         .merge(timed)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -267,22 +267,26 @@ async fn append_needle(
     // together hold more than body_buffer_limit_bytes.
     let permits = u32::try_from(buffer_permits(content_length))
         .map_err(|_| ApiError::payload_too_large("body too large"))?;
-    let _buffer = state
+    let timeout = Duration::from_millis(state.config().request_timeout_ms);
+    let buffer = state
         .inner
         .buffer_permits
         .clone()
-        .acquire_many_owned(permits)
+        .acquire_many_owned(permits);
+    let _buffer = tokio::time::timeout(timeout, buffer)
         .await
+        .map_err(|_| ApiError::timeout("no upload buffer room within the request timeout"))?
         .map_err(|_| ApiError::internal("buffer semaphore closed"))?;
     let idle = Duration::from_millis(state.config().body_idle_timeout_ms);
     let data = collect_body(body, content_length, idle).await?;
-    let outcome = state
-        .blocking(move |store| {
-            store
-                .volume(volume)?
-                .append_needle(key, cookie, &content_type, &data)
-        })
-        .await?;
+    let append = state.blocking(move |store| {
+        store
+            .volume(volume)?
+            .append_needle(key, cookie, &content_type, &data)
+    });
+    let outcome = tokio::time::timeout(timeout, append)
+        .await
+        .map_err(|_| ApiError::timeout("append timed out"))??;
     Ok((
         StatusCode::CREATED,
         Json(AppendResult {

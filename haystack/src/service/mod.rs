@@ -60,8 +60,9 @@ pub struct StoreNodeConfig {
     /// Engine calls running at once on the blocking pool.
     #[serde(default = "default_io_concurrency")]
     pub io_concurrency: usize,
-    /// Deadline of one request's handler (body upload included; not bulk
-    /// sync, not the streaming of a volume file's body).
+    /// Deadline of one request's handler (not bulk sync, not the streaming
+    /// of a volume file's body; for an append, of the wait for buffer room
+    /// and of the write, the body itself being paced by its sender).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Deadline of one bulk sync (`POST /volumes/{vid}/sync`).
@@ -113,9 +114,11 @@ pub fn default_sync_timeout_ms() -> u64 {
 pub fn default_header_read_timeout_ms() -> u64 {
     10_000
 }
-/// Default of [`StoreNodeConfig::body_idle_timeout_ms`]: 10 s.
+/// Default of [`StoreNodeConfig::body_idle_timeout_ms`]: 60 s, above the
+/// router's own (30 s): a router streaming a client's upload paces it, and
+/// a client that pauses too long gets the router's `408`, not a store's.
 pub fn default_body_idle_timeout_ms() -> u64 {
-    10_000
+    60_000
 }
 /// Default of [`StoreNodeConfig::max_connections`]: 1024.
 pub fn default_max_connections() -> usize {
