@@ -77,15 +77,10 @@ impl Acknowledged {
     }
 }
 
-#[test]
-fn directory_recovers_after_the_disk_was_full() {
-    let tmpfs = match Tmpfs::mount("8m") {
-        Ok(t) => t,
-        Err(reason) => {
-            eprintln!("skipping directory_recovers_after_the_disk_was_full: {reason}");
-            return;
-        }
-    };
+/// A directory on `tmpfs` with three stores, a volume and a first lease
+/// acknowledged, and the disk then filled: its data dir, the filler file,
+/// the directory, and what it acknowledged.
+fn full_directory(tmpfs: &Tmpfs) -> (PathBuf, PathBuf, RedbDirectory, Acknowledged) {
     let data_dir: PathBuf = tmpfs.path().join("directory");
     let junk = tmpfs.path().join("junk");
     let dir = RedbDirectory::open(&data_dir).expect("open");
@@ -105,6 +100,19 @@ fn directory_recovers_after_the_disk_was_full() {
         .push(dir.lease_keys(ack.volume, 100).expect("first lease"));
 
     fill(&junk);
+    (data_dir, junk, dir, ack)
+}
+
+#[test]
+fn directory_recovers_after_the_disk_was_full() {
+    let tmpfs = match Tmpfs::mount("8m") {
+        Ok(t) => t,
+        Err(reason) => {
+            eprintln!("skipping directory_recovers_after_the_disk_was_full: {reason}");
+            return;
+        }
+    };
+    let (data_dir, junk, dir, mut ack) = full_directory(&tmpfs);
 
     // Free pages inside the file may absorb a few writes; big records soon
     // need new ones, which the full disk refuses.
@@ -211,25 +219,7 @@ fn concurrent_writes_on_a_full_disk_never_panic() {
             return;
         }
     };
-    let data_dir: PathBuf = tmpfs.path().join("directory");
-    let junk = tmpfs.path().join("junk");
-    let dir = RedbDirectory::open(&data_dir).expect("open");
-
-    let mut ack = Acknowledged {
-        nodes: Vec::new(),
-        volume: 0,
-        leases: Vec::new(),
-    };
-    for (id, rack) in [("store-a", "r1"), ("store-b", "r2"), ("store-c", "r3")] {
-        dir.register_node(registration(id, rack, format!("{id}:80")), 1_000)
-            .expect("register store");
-        ack.nodes.push(id.to_owned());
-    }
-    ack.volume = dir.allocate_volume(1_000).expect("allocate").id;
-    ack.leases
-        .push(dir.lease_keys(ack.volume, 100).expect("first lease"));
-
-    fill(&junk);
+    let (data_dir, junk, dir, mut ack) = full_directory(&tmpfs);
 
     // 16 writers at once, as 16 concurrent uploads drive the directory: when
     // one write's IO fails, redb poisons the shared `Database`, and a write
