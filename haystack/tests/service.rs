@@ -3,6 +3,8 @@
 //!
 //! Every test runs under [`TEST_DEADLINE`] and stops its nodes.
 
+mod node_common;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -11,9 +13,9 @@ use futures::StreamExt;
 use haystack::api::{CRC32_HEADER, ErrorBody, VolumeFile};
 use haystack::client::{ClientError, StoreClient};
 use haystack::service::{self, StoreNodeConfig, StoreNodeState};
+use node_common::Served;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Upper bound on any one test.
@@ -26,8 +28,7 @@ struct Node {
     url: String,
     client: StoreClient,
     state: StoreNodeState,
-    cancel: CancellationToken,
-    handle: JoinHandle<Result<(), service::ServiceError>>,
+    served: Served,
     _dir: tempfile::TempDir,
 }
 
@@ -54,32 +55,21 @@ impl Node {
         let state = StoreNodeState::open(config.clone())
             .await
             .expect("open store");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let cancel = CancellationToken::new();
-        let app = service::router(state.clone());
-        let token = cancel.clone();
-        let handle =
-            tokio::spawn(async move { service::serve(listener, app, &config, token).await });
+        let served = node_common::serve(&state, config.clone()).await;
+        let url = served.url.clone();
         let client = StoreClient::new(&url).expect("client");
         client.health().await.expect("node healthy");
         Node {
             url,
             client,
             state,
-            cancel,
-            handle,
+            served,
             _dir: dir,
         }
     }
 
     async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .expect("node stops within 10 s")
-            .expect("serve task")
-            .expect("serve result");
+        self.served.stop().await;
     }
 
     fn addr(&self) -> &str {
@@ -635,7 +625,7 @@ async fn shutdown_lets_an_in_flight_upload_finish() {
         request.extend_from_slice(b"01234");
         stream.write_all(&request).await.expect("write head");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        node.cancel.cancel();
+        node.served.cancel.cancel();
         tokio::time::sleep(Duration::from_millis(100)).await;
         stream.write_all(b"56789").await.expect("write rest");
         let mut answer = Vec::new();

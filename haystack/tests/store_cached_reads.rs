@@ -6,6 +6,8 @@
 //! the cached and blocking reads of the data files, can refuse every cached read ("nothing is
 //! in the page cache") and can make every blocking read sleep (a disk seek).
 
+mod node_common;
+
 mod batch_common;
 
 use std::io;
@@ -18,13 +20,11 @@ use bytes::Bytes;
 use haystack::api::{CRC32_HEADER, ErrorBody};
 use haystack::batch::{BATCH_CONTENT_TYPE, BatchAnswer, BatchRead, decode_answers, encode_request};
 use haystack::file::FileStorage;
-use haystack::service::{self, StoreNodeConfig, StoreNodeState};
+use haystack::service::{StoreNodeConfig, StoreNodeState};
 use haystack::{FileBackend, Storage, StorageBackend, Store, Volume, VolumeOptions};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use batch_common::{blob, bounded, cookie_for, found, read};
+use node_common::Served;
 
 /// What the backend does and what it saw, shared by every file it opened.
 #[derive(Default)]
@@ -111,8 +111,7 @@ struct Node {
     http: reqwest::Client,
     state: StoreNodeState,
     probe: Arc<Probe>,
-    cancel: CancellationToken,
-    handle: JoinHandle<Result<(), service::ServiceError>>,
+    served: Served,
     dir: tempfile::TempDir,
 }
 
@@ -128,31 +127,20 @@ impl Node {
         config.request_timeout_ms = 20_000;
         config.shutdown_grace_ms = 2_000;
         let state = StoreNodeState::new(Arc::new(store), config.clone()).expect("state");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let cancel = CancellationToken::new();
-        let app = service::router(state.clone());
-        let token = cancel.clone();
-        let handle =
-            tokio::spawn(async move { service::serve(listener, app, &config, token).await });
+        let served = node_common::serve(&state, config.clone()).await;
+        let url = served.url.clone();
         Node {
             url,
             http: reqwest::Client::new(),
             state,
             probe,
-            cancel,
-            handle,
+            served,
             dir,
         }
     }
 
     async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .expect("node stops within 10 s")
-            .expect("serve task")
-            .expect("serve result");
+        self.served.stop().await;
     }
 
     fn volume(&self, id: u32) -> Arc<Volume> {

@@ -3,6 +3,8 @@
 //!
 //! Every test runs under `batch_common::TEST_DEADLINE` and stops its node.
 
+mod node_common;
+
 mod batch_common;
 
 use std::time::Duration;
@@ -14,21 +16,19 @@ use haystack::batch::{
     request_len,
 };
 use haystack::client::{BatchOptions, BatchStats, ClientError, NeedleReader, StoreAddress};
-use haystack::service::{self, StoreNodeConfig, StoreNodeState};
+use haystack::service::{StoreNodeConfig, StoreNodeState};
 use haystack::{Volume, VolumeStatus};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use batch_common::{blob, bounded, cookie_for, found, read};
+use node_common::Served;
 
 /// A store node serving on `127.0.0.1:0` out of a temporary directory.
 struct Node {
     url: String,
     http: reqwest::Client,
     state: StoreNodeState,
-    cancel: CancellationToken,
-    handle: JoinHandle<Result<(), service::ServiceError>>,
+    served: Served,
     _dir: tempfile::TempDir,
 }
 
@@ -44,30 +44,19 @@ impl Node {
         let state = StoreNodeState::open(config.clone())
             .await
             .expect("open store");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let cancel = CancellationToken::new();
-        let app = service::router(state.clone());
-        let token = cancel.clone();
-        let handle =
-            tokio::spawn(async move { service::serve(listener, app, &config, token).await });
+        let served = node_common::serve(&state, config.clone()).await;
+        let url = served.url.clone();
         Node {
             url,
             http: reqwest::Client::new(),
             state,
-            cancel,
-            handle,
+            served,
             _dir: dir,
         }
     }
 
     async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .expect("node stops within 10 s")
-            .expect("serve task")
-            .expect("serve result");
+        self.served.stop().await;
     }
 
     /// Posts a raw batch body; returns status, headers but `date`, and body.
