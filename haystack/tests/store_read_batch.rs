@@ -428,8 +428,7 @@ async fn concurrent_reads_share_batches_and_each_gets_its_own_answer() {
     .await;
 }
 
-/// A node that does not answer fails every waiting read with a transport error within
-/// the batch timeout, and the reader recovers once a node answers again.
+/// Reads of a node that is gone fail, each with a transport error; none hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_a_stopped_node_fail_and_do_not_hang() {
     bounded(async {
