@@ -130,11 +130,6 @@ impl NeedleReader {
         self
     }
 
-    /// The read batching limits in force.
-    pub fn batch_options(&self) -> BatchOptions {
-        self.batcher.options()
-    }
-
     /// What this reader's batches carried so far.
     pub fn batch_stats(&self) -> BatchStats {
         self.batcher.stats()

@@ -2,6 +2,7 @@
 //! from its TOML file (section of its own config) and passes it to
 //! [`super::run`]; the router never reads files or the environment itself.
 
+use haystack::client::BatchOptions;
 use serde::Deserialize;
 
 /// Options of the router role. Every field but `directory_url` has a named
@@ -177,12 +178,12 @@ pub fn default_read_batch_max_entries() -> usize {
 
 /// Default of [`RouterConfig::read_batch_in_flight`]: 4.
 pub fn default_read_batch_in_flight() -> usize {
-    4
+    BatchOptions::default().max_in_flight
 }
 
 /// Default of [`RouterConfig::read_batch_stall_ms`]: 1 ms.
 pub fn default_read_batch_stall_ms() -> u64 {
-    1
+    u64::try_from(BatchOptions::default().stall.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Default of [`RouterConfig::shutdown_grace_ms`]: 10 s.
@@ -201,6 +202,9 @@ mod tests {
         assert_eq!(config, RouterConfig::new("127.0.0.1:1"));
         assert_eq!(config.max_blob_bytes, 64 << 20);
         assert_eq!(config.retry_buffer_bytes, 8 << 20);
+        assert_eq!(config.read_batch_max_entries, 64);
+        assert_eq!(config.read_batch_in_flight, 4);
+        assert_eq!(config.read_batch_stall_ms, 1);
         assert!(serde_json::from_str::<RouterConfig>(r#"{"directory_url":"x","nope":1}"#).is_err());
     }
 }

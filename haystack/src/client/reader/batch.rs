@@ -138,10 +138,6 @@ impl Batcher {
         &self.http
     }
 
-    pub(super) fn options(&self) -> BatchOptions {
-        self.options
-    }
-
     /// Queues `read` for `node`'s next batch and waits for its answer. The
     /// caller bounds the wait; a reader that gives up before its batch
     /// leaves is dropped from it.
