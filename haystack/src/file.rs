@@ -12,6 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +42,20 @@ pub trait Storage: Send + Sync {
     fn try_read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
         let _ = (buf, offset);
         Ok(false)
+    }
+    /// [`Storage::read_at`] into a new buffer of `len` bytes. The default fills a zeroed
+    /// buffer; [`FileStorage`] reads into uninitialised memory instead, which spares writing
+    /// every byte twice (a tenth of the store's CPU for a cached 64 KiB read).
+    fn read_vec_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        self.read_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+    /// [`Storage::try_read_at_cached`] into a new buffer of `len` bytes: `None` when the
+    /// bytes are not all cached. Overridden with [`Storage::read_vec_at`].
+    fn try_read_vec_cached(&self, len: usize, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0; len];
+        Ok(self.try_read_at_cached(&mut buf, offset)?.then_some(buf))
     }
 }
 
@@ -95,13 +110,53 @@ impl Storage for FileStorage {
     }
 
     fn try_read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        // SAFETY: viewing initialised bytes as maybe-uninitialised is sound as long as
+        // nothing writes uninitialised bytes through the view; only the kernel writes
+        // through it, and it writes bytes read from the file.
+        let buf = unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [MaybeUninit<u8>]) };
+        self.read_cached_into(buf, offset)
+    }
+
+    fn read_vec_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let filled = buf.len();
+            let spare = &mut buf.spare_capacity_mut()[..len - filled];
+            let n = pread_into(&self.file, spare, offset + filled as u64, false)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "failed to fill whole buffer",
+                ));
+            }
+            // SAFETY: the kernel initialised the `n` bytes after the `filled` ones.
+            unsafe { buf.set_len(filled + n) };
+        }
+        Ok(buf)
+    }
+
+    fn try_read_vec_cached(&self, len: usize, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = Vec::with_capacity(len);
+        if !self.read_cached_into(&mut buf.spare_capacity_mut()[..len], offset)? {
+            return Ok(None);
+        }
+        // SAFETY: a cached read that answers `true` filled all `len` bytes.
+        unsafe { buf.set_len(len) };
+        Ok(Some(buf))
+    }
+}
+
+impl FileStorage {
+    /// Fills all of `buf` from the page cache, or answers `false` without waiting for the
+    /// disk ([`Storage::try_read_at_cached`]).
+    fn read_cached_into(&self, buf: &mut [MaybeUninit<u8>], offset: u64) -> io::Result<bool> {
         if buf.is_empty() {
             return Ok(true);
         }
         if !self.nowait.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        match pread_nowait(&self.file, buf, offset) {
+        match pread_into(&self.file, buf, offset, true) {
             // A short read (part of the range cached, or the end of the file): let the
             // blocking path finish the job, or report the short file.
             Ok(n) => Ok(n == buf.len()),
@@ -120,24 +175,26 @@ impl Storage for FileStorage {
     }
 }
 
-/// One `preadv2(fd, [buf], offset, RWF_NOWAIT)`, retried on `EINTR`: the number of bytes
-/// read, which may be short.
-#[cfg(target_os = "linux")]
-fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+/// One positioned read into `buf`, retried on `EINTR`: the number of bytes read, which may
+/// be short. With `nowait`, `preadv2(RWF_NOWAIT)`: only from the page cache (`EAGAIN`
+/// otherwise).
+fn pread_into(
+    file: &File,
+    buf: &mut [MaybeUninit<u8>],
+    offset: u64,
+    nowait: bool,
+) -> io::Result<usize> {
     use std::os::fd::AsRawFd;
-    // An offset beyond `off_t` is past any end of file: "not cached" is the right answer.
+    // An offset beyond `off_t` is past any end of file.
     let Ok(offset) = libc::off_t::try_from(offset) else {
         return Ok(0);
     };
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
     loop {
-        // SAFETY: `iov` describes `buf`, a live, exclusively borrowed buffer of `iov_len`
-        // bytes that outlives the call; the kernel writes at most that many bytes into it.
-        // The descriptor belongs to `file`, open for the duration of the call.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, a live, exclusively
+        // borrowed buffer that outlives the call; writing initialised bytes into
+        // maybe-uninitialised memory is sound. The descriptor belongs to `file`, open for
+        // the duration of the call.
+        let n = unsafe { pread_raw(file.as_raw_fd(), buf, offset, nowait) };
         match usize::try_from(n) {
             Ok(n) => return Ok(n),
             Err(_) => {
@@ -150,10 +207,42 @@ fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     }
 }
 
-/// Without `preadv2`, nothing is known to be cached.
+/// `preadv2`, with `RWF_NOWAIT` if `nowait`.
+///
+/// # Safety
+/// `fd` is open and `buf` may be written by the kernel (see [`pread_into`]).
+#[cfg(target_os = "linux")]
+unsafe fn pread_raw(
+    fd: std::os::fd::RawFd,
+    buf: &mut [MaybeUninit<u8>],
+    offset: libc::off_t,
+    nowait: bool,
+) -> isize {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let flags = if nowait { libc::RWF_NOWAIT } else { 0 };
+    // SAFETY: `iov` describes `buf` (the caller's contract).
+    unsafe { libc::preadv2(fd, &iov, 1, offset, flags) }
+}
+
+/// `pread`; without `preadv2`, nothing is known to be cached (a read of nothing).
+///
+/// # Safety
+/// `fd` is open and `buf` may be written by the kernel (see [`pread_into`]).
 #[cfg(not(target_os = "linux"))]
-fn pread_nowait(_file: &File, _buf: &mut [u8], _offset: u64) -> io::Result<usize> {
-    Ok(0)
+unsafe fn pread_raw(
+    fd: std::os::fd::RawFd,
+    buf: &mut [MaybeUninit<u8>],
+    offset: libc::off_t,
+    nowait: bool,
+) -> isize {
+    if nowait {
+        return 0;
+    }
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writes (the caller's contract).
+    unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset) }
 }
 
 impl StorageBackend for FileBackend {
@@ -235,6 +324,33 @@ mod tests {
     }
 
     #[test]
+    fn reads_into_new_buffers_give_exactly_the_bytes() {
+        let bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 13 + 1) as u8).collect();
+        let (_dir, s) = storage_with(&bytes);
+        let read = s.read_vec_at(66_000, 3000).expect("read");
+        assert_eq!(read, bytes[3000..69_000]);
+        assert_eq!(
+            s.read_vec_at(0, 1 << 40).expect("nothing"),
+            Vec::<u8>::new()
+        );
+        if let Some(cached) = s.try_read_vec_cached(66_000, 3000).expect("try") {
+            assert_eq!(cached, bytes[3000..69_000]);
+        }
+        let supported = s.nowait.load(Ordering::Relaxed);
+        if cfg!(target_os = "linux") && supported {
+            assert!(s.try_read_vec_cached(1000, 1000).expect("cached").is_some());
+        }
+        // Short of the end: an error, never a short or partly uninitialised buffer.
+        let err = s.read_vec_at(200, 69_900).expect_err("past the end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            s.try_read_vec_cached(200, 69_900)
+                .expect("straddling")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn cached_read_past_the_end_declines() {
         let bytes = vec![0xab_u8; 4096];
         let (_dir, s) = storage_with(&bytes);
@@ -275,5 +391,7 @@ mod tests {
             }
         }
         assert!(!Plain.try_read_at_cached(&mut [0; 8], 0).expect("default"));
+        assert!(Plain.try_read_vec_cached(8, 0).expect("default").is_none());
+        assert_eq!(Plain.read_vec_at(8, 0).expect("default read"), vec![0; 8]);
     }
 }

@@ -505,8 +505,7 @@ impl Volume {
     /// flags and cookie. Missing, deleted and wrong-cookie needles are all `NotFound`.
     pub fn read_needle(&self, key: u64, cookie: u32) -> Result<Needle> {
         let (file, entry) = self.live_entry(key)?;
-        let mut buf = needle_buffer(&entry);
-        file.read_at(&mut buf, entry.offset)?;
+        let buf = file.read_vec_at(needle_len(&entry), entry.offset)?;
         self.verify_needle(buf, key, cookie, &entry)
     }
 
@@ -516,10 +515,9 @@ impl Volume {
     /// with `read_needle`. Every answer but `None` is the one `read_needle` would give.
     pub fn try_read_needle_cached(&self, key: u64, cookie: u32) -> Result<Option<Needle>> {
         let (file, entry) = self.live_entry(key)?;
-        let mut buf = needle_buffer(&entry);
-        if !file.try_read_at_cached(&mut buf, entry.offset)? {
+        let Some(buf) = file.try_read_vec_cached(needle_len(&entry), entry.offset)? else {
             return Ok(None);
-        }
+        };
         self.verify_needle(buf, key, cookie, &entry).map(Some)
     }
 
@@ -780,9 +778,9 @@ fn open_data_file(
     Ok((data, sb, data_len))
 }
 
-/// A zeroed buffer for the whole of `entry`'s needle.
-fn needle_buffer(entry: &IndexEntry) -> Vec<u8> {
-    vec![0u8; usize::try_from(entry.size_bytes).expect("needle size fits usize")]
+/// Bytes of the whole of `entry`'s needle.
+fn needle_len(entry: &IndexEntry) -> usize {
+    usize::try_from(entry.size_bytes).expect("needle size fits usize")
 }
 
 pub(crate) fn max_key(a: Option<u64>, b: Option<u64>) -> Option<u64> {
