@@ -116,6 +116,10 @@ run() { # label target url size extra...
   local label=$1 target=$2 url=$3 size=$4
   shift 4
   echo "  $label $size ..." >&2
+  # SeaweedFS's default run leaves its uploads unflushed, and the kernel's
+  # writeback of them would load whichever run comes next (always
+  # Hayloft's): every run starts with nothing left to flush.
+  sync
   "$LOADGEN" --target "$target" --url "$url" --size "$size" \
     --concurrency "$CONCURRENCY" --requests "$(requests_for "$size")" \
     --fetch-passes "$FETCH_PASSES" --label "$label" "$@" \
