@@ -357,6 +357,27 @@ async fn cached_reads_answer_inline_with_the_same_checks() {
         if nowait {
             assert_eq!(node.counts().2, before.2);
         }
+        // Nor does one of 64 KiB BLOBs (the largest a router batches), though with the
+        // longest content type their needles are over 64 KiB on disk.
+        let content_type = "t".repeat(255);
+        let big = blob(64 << 10, 5);
+        node.state
+            .store()
+            .volume(1)
+            .expect("volume 1")
+            .append_needle(5, cookie_for(5), &content_type, &big)
+            .expect("append");
+        node.read_batch(&[read(1, 5, 64 << 10)]).await;
+        let before = node.counts();
+        let answers = node.read_batch(&[read(1, 5, 64 << 10); 4]).await;
+        assert_eq!(answers, vec![found(&content_type, &big, false); 4]);
+        if nowait {
+            assert_eq!(
+                node.counts().2,
+                before.2,
+                "a cached 64 KiB BLOB reads inline"
+            );
+        }
         node.stop().await;
     })
     .await;
