@@ -2,7 +2,7 @@
 //!
 //! The engine never touches `std::fs::File` directly for volume data or index files: it asks
 //! a [`StorageBackend`] to open a path and gets back a [`Storage`] that reads and writes at
-//! explicit offsets (`pread`/`pwrite` through [`std::os::unix::fs::FileExt`]). Tests wrap the
+//! explicit offsets (`pread`/`pwrite`). Tests wrap the
 //! real backend to fail a sync or count the system calls of a read.
 //!
 //! [`Storage::try_read_at_cached`] is the one read that must not block: on Linux,
@@ -52,7 +52,7 @@ pub trait Storage: Send + Sync {
         Ok(buf)
     }
     /// [`Storage::try_read_at_cached`] into a new buffer of `len` bytes: `None` when the
-    /// bytes are not all cached. Overridden with [`Storage::read_vec_at`].
+    /// bytes are not all cached. [`FileStorage`] reads into uninitialised memory here too.
     fn try_read_vec_cached(&self, len: usize, offset: u64) -> io::Result<Option<Vec<u8>>> {
         let mut buf = vec![0; len];
         Ok(self.try_read_at_cached(&mut buf, offset)?.then_some(buf))
@@ -122,7 +122,11 @@ impl Storage for FileStorage {
         while buf.len() < len {
             let filled = buf.len();
             let spare = &mut buf.spare_capacity_mut()[..len - filled];
-            let n = pread_into(&self.file, spare, offset + filled as u64, false)?;
+            let at = offset.checked_add(filled as u64);
+            let n = match at {
+                Some(at) => pread_into(&self.file, spare, at, false)?,
+                None => 0,
+            };
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -342,6 +346,8 @@ mod tests {
         }
         // Short of the end: an error, never a short or partly uninitialised buffer.
         let err = s.read_vec_at(200, 69_900).expect_err("past the end");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let err = s.read_vec_at(8, u64::MAX - 4).expect_err("past any file");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(
             s.try_read_vec_cached(200, 69_900)
