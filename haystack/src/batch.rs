@@ -18,7 +18,7 @@
 //!     8 key u64                                   4 too_large, 5 failed)
 //!    16 cookie u32                              1 reserved [3] zero
 //!    20 max_data_bytes u32                      4 by status:
-//!                                                 found: crc32 u32, len u64,
+//!                                                 found: crc32 u32 (0 if head), len u64,
 //!                                                   content_type_len u16, content_type,
 //!                                                   then len data bytes unless head
 //!                                                 too_large: len u64
@@ -98,7 +98,8 @@ pub enum BatchAnswer {
     Found {
         /// The needle's content type.
         content_type: Bytes,
-        /// CRC-32 (crc32fast) of the data alone, as in `X-Hayloft-Crc32`.
+        /// CRC-32 (crc32fast) of the data alone, as in `X-Hayloft-Crc32`; 0 for head
+        /// entries, whose data the store node does not read.
         crc32: u32,
         /// Length of the data.
         len: u64,

@@ -249,6 +249,18 @@ impl NeedleHeader {
     }
 }
 
+/// Most bytes a needle's header and content type take: what [`NeedleMeta`] is read from.
+pub const NEEDLE_META_BYTES_MAX: usize = NEEDLE_HEADER_SIZE + CONTENT_TYPE_LEN_MAX;
+
+/// A needle's header and content type: what its first bytes give, without the data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeedleMeta {
+    /// The header, validated.
+    pub header: NeedleHeader,
+    /// The content type given at upload (may be empty).
+    pub content_type: String,
+}
+
 /// Total on-disk size of a needle with this content type and data length.
 pub fn needle_size_bytes(content_type_len: usize, data_len: u64) -> u64 {
     align_up(

@@ -565,33 +565,69 @@ impl Volume {
         (!entry.deleted).then_some(entry.size_bytes)
     }
 
-    /// Reads only the header of a needle (one small positioned read) and checks its magic,
-    /// flags, key and size against the index; missing, deleted and wrong-cookie needles are
-    /// `NotFound`, as in [`Volume::read_needle`]. The header alone carries no checksum: only
-    /// `read_needle` verifies a whole needle.
-    pub fn read_needle_header(&self, key: u64, cookie: u32) -> Result<format::NeedleHeader> {
+    /// Reads only a needle's header and content type (one positioned read of at most
+    /// [`format::NEEDLE_META_BYTES_MAX`] bytes) and checks the header's magic, flags, key and
+    /// size against the index; missing, deleted and wrong-cookie needles are `NotFound`, as
+    /// in [`Volume::read_needle`]. The data is neither read nor verified: only `read_needle`
+    /// checks a needle's checksum.
+    pub fn read_needle_meta(&self, key: u64, cookie: u32) -> Result<format::NeedleMeta> {
         let (file, entry) = self.live_entry(key)?;
-        let mut buf = [0u8; NEEDLE_HEADER_SIZE];
-        file.read_at(&mut buf, entry.offset)?;
-        self.verify_header(&buf, key, cookie, &entry)
+        let mut buf = [0u8; format::NEEDLE_META_BYTES_MAX];
+        let buf = &mut buf[..meta_len(&entry)];
+        file.read_at(buf, entry.offset)?;
+        self.verify_meta(buf, key, cookie, &entry)
     }
 
-    /// [`Volume::read_needle_header`] only if the header is in the page cache, as
+    /// [`Volume::read_needle_meta`] only if those bytes are in the page cache, as
     /// [`Volume::try_read_needle_cached`] is to `read_needle`.
-    pub fn try_read_needle_header_cached(
+    pub fn try_read_needle_meta_cached(
         &self,
         key: u64,
         cookie: u32,
-    ) -> Result<Option<format::NeedleHeader>> {
+    ) -> Result<Option<format::NeedleMeta>> {
         let (file, entry) = self.live_entry(key)?;
-        let mut buf = [0u8; NEEDLE_HEADER_SIZE];
-        if !file.try_read_at_cached(&mut buf, entry.offset)? {
+        let mut buf = [0u8; format::NEEDLE_META_BYTES_MAX];
+        let buf = &mut buf[..meta_len(&entry)];
+        if !file.try_read_at_cached(buf, entry.offset)? {
             return Ok(None);
         }
-        self.verify_header(&buf, key, cookie, &entry).map(Some)
+        self.verify_meta(buf, key, cookie, &entry).map(Some)
     }
 
-    /// Decodes and checks `entry`'s needle header (the read half of `read_needle_header`).
+    /// Checks `entry`'s needle header and takes the content type after it (the read half of
+    /// `read_needle_meta`); `buf` holds the needle's first [`meta_len`] bytes.
+    fn verify_meta(
+        &self,
+        buf: &[u8],
+        key: u64,
+        cookie: u32,
+        entry: &IndexEntry,
+    ) -> Result<format::NeedleMeta> {
+        let (header_bytes, rest) =
+            buf.split_first_chunk::<NEEDLE_HEADER_SIZE>()
+                .ok_or_else(|| {
+                    Error::corrupt(self.id, entry.offset, "needle shorter than its header")
+                })?;
+        let header = self.verify_header(header_bytes, key, cookie, entry)?;
+        // The header's sizes match the index, so its content type lies inside the needle,
+        // and `buf` holds all of it.
+        let content_type = rest
+            .get(..usize::from(header.content_type_len))
+            .map(|ct| String::from_utf8_lossy(ct).into_owned())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    self.id,
+                    entry.offset,
+                    "needle shorter than its content type",
+                )
+            })?;
+        Ok(format::NeedleMeta {
+            header,
+            content_type,
+        })
+    }
+
+    /// Decodes and checks `entry`'s needle header.
     fn verify_header(
         &self,
         buf: &[u8; NEEDLE_HEADER_SIZE],
@@ -781,6 +817,13 @@ fn open_data_file(
 /// Bytes of the whole of `entry`'s needle.
 fn needle_len(entry: &IndexEntry) -> usize {
     usize::try_from(entry.size_bytes).expect("needle size fits usize")
+}
+
+/// Bytes of `entry`'s needle that hold its header and (longest) content type.
+fn meta_len(entry: &IndexEntry) -> usize {
+    usize::try_from(entry.size_bytes).map_or(format::NEEDLE_META_BYTES_MAX, |n| {
+        n.min(format::NEEDLE_META_BYTES_MAX)
+    })
 }
 
 pub(crate) fn max_key(a: Option<u64>, b: Option<u64>) -> Option<u64> {

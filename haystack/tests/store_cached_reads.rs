@@ -36,6 +36,8 @@ struct Probe {
     cached_tries: AtomicU64,
     cached_hits: AtomicU64,
     blocking_reads: AtomicU64,
+    /// The longest read of a data file, blocking or cached.
+    longest_read: AtomicU64,
 }
 
 struct ProbedStorage {
@@ -48,6 +50,9 @@ impl Storage for ProbedStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if self.data_file {
             self.probe.blocking_reads.fetch_add(1, Ordering::SeqCst);
+            self.probe
+                .longest_read
+                .fetch_max(buf.len() as u64, Ordering::SeqCst);
             let delay = self.probe.read_delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
                 std::thread::sleep(Duration::from_millis(delay));
@@ -69,6 +74,11 @@ impl Storage for ProbedStorage {
     }
     fn try_read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
         self.probe.cached_tries.fetch_add(1, Ordering::SeqCst);
+        if self.data_file {
+            self.probe
+                .longest_read
+                .fetch_max(buf.len() as u64, Ordering::SeqCst);
+        }
         if self.probe.never_cached.load(Ordering::SeqCst) {
             return Ok(false);
         }
@@ -379,6 +389,55 @@ async fn cached_reads_answer_inline_with_the_same_checks() {
             );
         }
         node.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_entry_reads_only_the_header_and_content_type() {
+    bounded(async {
+        for never_cached in [true, false] {
+            let node = Node::start(4).await;
+            node.probe
+                .never_cached
+                .store(never_cached, Ordering::SeqCst);
+            let data = fill(&node);
+            let large = blob(4 << 20, 6);
+            let content_type = "video/mp4";
+            node.state
+                .store()
+                .volume(1)
+                .expect("volume 1")
+                .append_needle(6, cookie_for(6), content_type, &large)
+                .expect("append");
+            node.probe.longest_read.store(0, Ordering::SeqCst);
+            let head = |key| BatchRead {
+                head: true,
+                ..read(1, key, u32::MAX)
+            };
+            let wrong_cookie = BatchRead {
+                cookie: 1,
+                ..head(6)
+            };
+            let answers = node
+                .read_batch(&[head(6), head(3), head(4), wrong_cookie])
+                .await;
+            // Length and content type, no data and no CRC: the data is not read, so the
+            // flipped byte of needle 3 goes unnoticed, as it does not for a GET.
+            assert_eq!(answers[0], found(content_type, &large, true));
+            assert_eq!(answers[1], found("t/x", &data[2], true));
+            assert_eq!(answers[2..], [BatchAnswer::NotFound, BatchAnswer::NotFound]);
+            let longest = node.probe.longest_read.load(Ordering::SeqCst);
+            assert!(
+                longest > 0 && longest <= 24 + 255,
+                "longest read {longest} bytes"
+            );
+            assert!(matches!(
+                node.read_batch(&[read(1, 3, 4096)]).await[0],
+                BatchAnswer::Corrupt(_)
+            ));
+            node.stop().await;
+        }
     })
     .await;
 }

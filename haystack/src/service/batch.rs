@@ -6,12 +6,16 @@
 //! Each entry is answered on its own: a missing, deleted or wrong-cookie needle is
 //! `not_found` (byte for byte the same), a needle whose data is longer than the entry's
 //! `max_data_bytes` is `too_large` with its length. A needle that is clearly too large by its
-//! on-disk size is not read: only its header is, for the cookie check. Only a malformed body
-//! fails the whole request (`400 bad_request`).
+//! on-disk size is not read: only its header and content type are, for the cookie check. A
+//! head entry reads only those too, whatever the needle's size, so it answers `found` with
+//! the length and content type but a CRC of 0: its data is neither read nor verified (a `HEAD`
+//! of a 64 MiB BLOB reads a few hundred bytes, not 64 MiB). Only a malformed body fails the
+//! whole request (`400 bad_request`).
 //!
 //! A batch is answered in two passes. The first runs on the async task and never blocks:
 //! the in-memory index lookups, then, for reads of at most [`INLINE_NEEDLE_BYTES_MAX`] (a
-//! whole small needle, or the header of one too large for its entry) and at most
+//! whole small needle, or the header and content type of a head entry or of a needle too
+//! large for its entry) and at most
 //! [`INLINE_BATCH_BYTES_MAX`] in all, a read that succeeds only from the page cache
 //! ([`Volume::try_read_needle_cached`], `preadv2(RWF_NOWAIT)`); its answers are final, and
 //! the checks are those of the blocking read (cookie, checksum, corruption). The second pass
@@ -47,7 +51,9 @@ use crate::batch::{
     encode_answer_chunks, request_len,
 };
 use crate::error::Error;
-use crate::format::{CONTENT_TYPE_LEN_MAX, NEEDLE_HEADER_SIZE, Needle, needle_size_bytes};
+use crate::format::{
+    CONTENT_TYPE_LEN_MAX, NEEDLE_META_BYTES_MAX, Needle, NeedleMeta, needle_size_bytes,
+};
 use crate::store::Store;
 use crate::volume::Volume;
 
@@ -272,17 +278,18 @@ struct Plan {
     size_bytes: u64,
     /// The largest data length answered `found`.
     max_data_bytes: u64,
-    /// Whether only the header is read (too large whatever its content type).
-    header_only: bool,
+    /// Whether only the header and content type are read: a head entry, or a needle too
+    /// large whatever its content type.
+    meta_only: bool,
     /// What the entry may take of [`BATCH_DATA_BYTES_MAX`]: at most its size on disk.
     reserve: u64,
 }
 
 impl Plan {
-    /// Bytes the read copies: the header only, or the whole needle.
+    /// Bytes the read copies: the header and content type, or the whole needle.
     fn read_bytes(&self) -> u64 {
-        if self.header_only {
-            NEEDLE_HEADER_SIZE as u64
+        if self.meta_only {
+            self.size_bytes.min(NEEDLE_META_BYTES_MAX as u64)
         } else {
             self.size_bytes
         }
@@ -298,13 +305,13 @@ fn plan(store: &Store, read: &BatchRead, budget: u64) -> crate::Result<Plan> {
         u64::from(read.max_data_bytes).min(budget)
     };
     let size_bytes = volume.needle_size_bytes(read.key).ok_or(Error::NotFound)?;
-    let header_only = size_bytes > needle_size_bytes(CONTENT_TYPE_LEN_MAX, max_data_bytes);
+    let too_large = size_bytes > needle_size_bytes(CONTENT_TYPE_LEN_MAX, max_data_bytes);
     Ok(Plan {
         volume,
         size_bytes,
         max_data_bytes,
-        header_only,
-        reserve: if read.head || header_only {
+        meta_only: read.head || too_large,
+        reserve: if read.head || too_large {
             0
         } else {
             size_bytes
@@ -332,22 +339,20 @@ impl Planned {
     /// The entry's answer; `None` only for [`Io::CachedOnly`] when the bytes are not cached.
     fn answer(&self, io: Io) -> crate::Result<Option<BatchAnswer>> {
         let (read, volume) = (&self.read, &self.plan.volume);
-        if self.plan.header_only {
-            // Too large whatever its content type: skip the data, but check the cookie, so
-            // that a wrong cookie stays indistinguishable from a missing key.
-            let header = match io {
-                Io::CachedOnly => volume.try_read_needle_header_cached(read.key, read.cookie)?,
-                Io::Blocking => Some(volume.read_needle_header(read.key, read.cookie)?),
+        if self.plan.meta_only {
+            // A head entry, or too large whatever its content type: skip the data, but check
+            // the cookie, so that a wrong cookie stays indistinguishable from a missing key.
+            let meta = match io {
+                Io::CachedOnly => volume.try_read_needle_meta_cached(read.key, read.cookie)?,
+                Io::Blocking => Some(volume.read_needle_meta(read.key, read.cookie)?),
             };
-            return Ok(header.map(|h| BatchAnswer::TooLarge {
-                len: u64::from(h.data_size),
-            }));
+            return Ok(meta.map(|m| meta_answer(m, self.plan.max_data_bytes)));
         }
         let needle = match io {
             Io::CachedOnly => volume.try_read_needle_cached(read.key, read.cookie)?,
             Io::Blocking => Some(volume.read_needle(read.key, read.cookie)?),
         };
-        Ok(needle.map(|n| found_answer(read, n, self.plan.max_data_bytes)))
+        Ok(needle.map(|n| found_answer(n, self.plan.max_data_bytes)))
     }
 }
 
@@ -360,8 +365,23 @@ fn answer_blocking(planned: &Planned) -> BatchAnswer {
     }
 }
 
+/// A head entry's `found` (its data neither read nor checked, so no CRC: 0), or `too_large`
+/// if the data is longer than `max_data_bytes`.
+fn meta_answer(meta: NeedleMeta, max_data_bytes: u64) -> BatchAnswer {
+    let len = u64::from(meta.header.data_size);
+    if len > max_data_bytes {
+        return BatchAnswer::TooLarge { len };
+    }
+    BatchAnswer::Found {
+        content_type: Bytes::from(meta.content_type.into_bytes()),
+        crc32: 0,
+        len,
+        data: Bytes::new(),
+    }
+}
+
 /// `found` with the needle, or `too_large` if its data is longer than `max_data_bytes`.
-fn found_answer(read: &BatchRead, needle: Needle, max_data_bytes: u64) -> BatchAnswer {
+fn found_answer(needle: Needle, max_data_bytes: u64) -> BatchAnswer {
     let len = needle.data.len() as u64;
     if len > max_data_bytes {
         return BatchAnswer::TooLarge { len };
@@ -370,7 +390,7 @@ fn found_answer(read: &BatchRead, needle: Needle, max_data_bytes: u64) -> BatchA
         content_type: Bytes::from(needle.content_type.into_bytes()),
         crc32: needle.crc32,
         len,
-        data: if read.head { Bytes::new() } else { needle.data },
+        data: needle.data,
     }
 }
 

@@ -38,10 +38,12 @@ pub fn read(volume: u32, key: u64, max_data_bytes: u32) -> BatchRead {
     }
 }
 
+/// The `found` answer for `data`; a head entry's carries no data and a CRC of 0 (its data is
+/// not read).
 pub fn found(content_type: &str, data: &[u8], head: bool) -> BatchAnswer {
     BatchAnswer::Found {
         content_type: Bytes::copy_from_slice(content_type.as_bytes()),
-        crc32: crc32fast::hash(data),
+        crc32: if head { 0 } else { crc32fast::hash(data) },
         len: data.len() as u64,
         data: if head {
             Bytes::new()
