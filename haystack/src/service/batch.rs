@@ -15,9 +15,9 @@
 //! A batch is answered in two passes. The first runs on the async task and never blocks:
 //! the in-memory index lookups, then, for reads of at most [`INLINE_NEEDLE_BYTES_MAX`] (a
 //! whole small needle, or the header and content type of a head entry or of a needle too
-//! large for its entry) and at most
-//! [`INLINE_BATCH_BYTES_MAX`] in all, a read that succeeds only from the page cache
-//! ([`Volume::try_read_needle_cached`], `preadv2(RWF_NOWAIT)`); its answers are final, and
+//! large for its entry) and at most [`INLINE_BATCH_BYTES_MAX`] in all, a read that succeeds
+//! only from the page cache ([`Volume::try_read_needle_cached`], `preadv2(RWF_NOWAIT)`);
+//! its answers are final, and
 //! the checks are those of the blocking read (cookie, checksum, corruption). The second pass
 //! reads the rest (not cached, or larger) as every engine call does
 //! ([`StoreNodeState::blocking`]), in up to [`BLOCKING_GROUPS_MAX`] groups that run at once,
