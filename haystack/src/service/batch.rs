@@ -17,12 +17,11 @@
 //! whole small needle, or the header and content type of a head entry or of a needle too
 //! large for its entry) and at most [`INLINE_BATCH_BYTES_MAX`] in all, a read that succeeds
 //! only from the page cache ([`Volume::try_read_needle_cached`], `preadv2(RWF_NOWAIT)`);
-//! its answers are final, and
-//! the checks are those of the blocking read (cookie, checksum, corruption). The second pass
-//! reads the rest (not cached, or larger) as every engine call does
-//! ([`StoreNodeState::blocking`]), in up to [`BLOCKING_GROUPS_MAX`] groups that run at once,
-//! so that the cold reads of one batch wait for the disk in parallel, as separate `GET`s
-//! would. A batch served from the page cache alone costs no `spawn_blocking` at all. The
+//! its answers are final, and the checks are those of the blocking read (cookie, checksum,
+//! corruption). The second pass reads the rest (not cached, or larger) as every engine call
+//! does ([`StoreNodeState::blocking`]), in up to [`BLOCKING_GROUPS_MAX`] groups that run at
+//! once, so that the cold reads of one batch wait for the disk in parallel, as separate
+//! `GET`s would. A batch served from the page cache alone costs no `spawn_blocking` at all. The
 //! answer is encoded on the async task, as chunks that hold the needles' read buffers
 //! ([`encode_answer_chunks`]): its data is not copied again, and the body is sent with a
 //! `Content-Length`, not chunked.
