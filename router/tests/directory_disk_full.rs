@@ -53,6 +53,22 @@ struct Acknowledged {
 }
 
 impl Acknowledged {
+    /// Removes the filler `junk`, then registers a node and takes a lease,
+    /// both of which must now succeed, and records them.
+    fn write_after_space_returned(&mut self, dir: &RedbDirectory, junk: &Path, now_ms: u64) {
+        std::fs::remove_file(junk).expect("remove junk");
+        dir.register_node(
+            registration("after-full", "r9", "after:80".to_owned()),
+            now_ms,
+        )
+        .expect("write after space returned");
+        self.nodes.push("after-full".to_owned());
+        self.leases.push(
+            dir.lease_keys(self.volume, 10)
+                .expect("lease after space returned"),
+        );
+    }
+
     fn check(&self, dir: &dyn Directory) {
         let listed: Vec<String> = dir
             .list_nodes()
@@ -150,19 +166,8 @@ fn directory_recovers_after_the_disk_was_full() {
         panic!("reads must keep working on a full disk: {e}");
     }
 
-    std::fs::remove_file(&junk).expect("remove junk");
-
     // Space is back: writes succeed again without restarting anything.
-    dir.register_node(
-        registration("after-full", "r9", "after:80".to_owned()),
-        4_000,
-    )
-    .expect("write after space returned");
-    ack.nodes.push("after-full".to_owned());
-    ack.leases.push(
-        dir.lease_keys(ack.volume, 10)
-            .expect("lease after space returned"),
-    );
+    ack.write_after_space_returned(&dir, &junk, 4_000);
     ack.check(&dir);
 
     // And the file itself holds it all: reopen from scratch.
@@ -259,20 +264,9 @@ fn concurrent_writes_on_a_full_disk_never_panic() {
     eprintln!("concurrent writes on the full disk: {refused} refused with storage-full");
     assert!(refused > 0, "the full disk refused no write at all");
 
-    std::fs::remove_file(&junk).expect("remove junk");
-
     // Space is back: the directory works again without a restart, and all
     // it acknowledged before and during the full disk is there.
-    dir.register_node(
-        registration("after-full", "r9", "after:80".to_owned()),
-        6_000,
-    )
-    .expect("write after space returned");
-    ack.nodes.push("after-full".to_owned());
-    ack.leases.push(
-        dir.lease_keys(ack.volume, 10)
-            .expect("lease after space returned"),
-    );
+    ack.write_after_space_returned(&dir, &junk, 6_000);
     let check = |d: &dyn Directory| {
         ack.check(d);
         for id in &volumes {

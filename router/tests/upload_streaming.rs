@@ -151,7 +151,7 @@ impl Cluster {
     /// Uploads `data`, expects a `201` whose checksum is the data's, reads
     /// the BLOB back byte for byte; returns its id.
     async fn upload_and_check(&self, data: Vec<u8>) -> BlobId {
-        let expected = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let expected = checksum_of(&data);
         let (status, answer) = self.upload(data.clone()).await;
         assert_eq!(status, 201, "{answer}");
         assert_eq!(answer["checksum"], expected.as_str());
@@ -165,10 +165,7 @@ impl Cluster {
             .expect("get");
         assert_eq!(response.status(), 200);
         let read = response.bytes().await.expect("bytes");
-        assert_eq!(
-            format!("sha256:{}", hex::encode(Sha256::digest(&read))),
-            expected
-        );
+        assert_eq!(checksum_of(&read), expected);
         assert!(read == data, "the BLOB reads back byte for byte");
         BlobId::parse(id).expect("id parses")
     }
@@ -210,6 +207,11 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
                 .wrapping_add(seed ^ (i >> 12) as u8)
         })
         .collect()
+}
+
+/// The `checksum` an upload of `bytes` answers.
+fn checksum_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Sends `data` in 64 KiB chunks, pausing `pause` after each.
@@ -275,8 +277,7 @@ async fn a_slow_but_steady_body_outlasts_the_stores_request_timeout() {
     let status = response.status();
     let body: Value = response.json().await.expect("json");
     assert_eq!(status, 201, "{body}");
-    let expected = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
-    assert_eq!(body["checksum"], expected.as_str());
+    assert_eq!(body["checksum"], checksum_of(&data).as_str());
     assert_eq!(cluster.needles_on_stores().await, 3);
 }
 
