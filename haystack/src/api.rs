@@ -44,8 +44,12 @@ pub mod code {
     pub const NO_ROUTE: &str = "no_route";
     /// The request did not finish within the node's request timeout (503).
     pub const TIMEOUT: &str = "timeout";
-    /// A bulk sync could not read from its peer (502).
+    /// A bulk sync or needle repair could not read from its peer (502).
     pub const PEER: &str = "peer";
+    /// No peer holds a copy of the needle that passes its checks (409).
+    pub const NO_GOOD_COPY: &str = "no_good_copy";
+    /// The replica holds needles and cannot be removed (409).
+    pub const NOT_EMPTY: &str = "not_empty";
     /// Any other server-side failure (500).
     pub const INTERNAL: &str = "internal";
 }
@@ -101,6 +105,157 @@ impl VolumeFile {
             "index" => Some(VolumeFile::Index),
             _ => None,
         }
+    }
+}
+
+/// Most entries of one page of `GET /volumes/{vid}/needles` or
+/// `GET /volumes/{vid}/deleted`; also the default page size.
+pub const PAGE_ENTRIES_MAX: usize = 4096;
+
+/// Query of the paged listings: `?after=KEY&limit=N` (both optional).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Only keys above this one (lowercase hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many entries (1 to [`PAGE_ENTRIES_MAX`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// One needle of a replica's index, as `GET /volumes/{vid}/needles` lists it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeedleEntry {
+    /// The needle key (lowercase hex on the wire).
+    #[serde(with = "hex_key")]
+    pub key: u64,
+    /// Byte offset of the needle in the replica's data file.
+    pub offset: u64,
+    /// Bytes the needle takes on disk, padding included.
+    pub size_bytes: u64,
+    /// Whether it is deleted.
+    pub deleted: bool,
+}
+
+/// A page of `GET /volumes/{vid}/needles`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeedlePage {
+    /// Entries in key order.
+    pub entries: Vec<NeedleEntry>,
+    /// Ask again with `after` = this key for the next page; `None` at the end.
+    #[serde(with = "hex_key_opt")]
+    pub next_after: Option<u64>,
+}
+
+/// A page of `GET /volumes/{vid}/deleted`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeletedPage {
+    /// Deleted keys in increasing order (lowercase hex on the wire).
+    #[serde(with = "hex_keys")]
+    pub keys: Vec<u64>,
+    /// Ask again with `after` = this key for the next page; `None` at the end.
+    #[serde(with = "hex_key_opt")]
+    pub next_after: Option<u64>,
+}
+
+/// Body of `POST /volumes/{vid}/needles/{key}/repair`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeedleRepairAnswer {
+    /// `already_good` (the local copy passed its checks) or `rewritten`.
+    pub outcome: String,
+    /// The peer whose copy was written, if one was.
+    pub source: Option<String>,
+}
+
+/// A needle named in a [`SyncReport`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeedleRef {
+    /// The needle key.
+    #[serde(with = "hex_key")]
+    pub key: u64,
+    /// Its cookie, as its header gives it (`None` if no copy's header could be read).
+    pub cookie: Option<u32>,
+}
+
+/// Most needles a [`SyncReport`] names in each list.
+pub const SYNC_REPORT_NEEDLES_MAX: usize = 256;
+
+/// Body of a successful `POST /volumes/{vid}/sync`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SyncReport {
+    /// The replica after the sync.
+    pub status: VolumeStatus,
+    /// `catch_up` (the replica already held every needle of the source: only
+    /// deletes were applied) or `copy` (the source's data file was copied and
+    /// checked needle by needle).
+    pub method: String,
+    /// Deletes applied from the source's deleted keys (and, after a copy, the
+    /// replica's own earlier ones).
+    pub deletes_applied: u64,
+    /// Needles whose copy at the source failed its checks; each was taken from
+    /// this replica's earlier copy or from another peer, unless it is in `lost`.
+    pub source_damaged: Vec<NeedleRef>,
+    /// Needles no replica holds a good copy of: copied as the source had them
+    /// (they fail their checks, so they are never served).
+    pub lost: Vec<NeedleRef>,
+    /// Whether either list was cut at [`SYNC_REPORT_NEEDLES_MAX`].
+    pub truncated: bool,
+}
+
+/// Serde of a key as lowercase hex.
+mod hex_key {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(key: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_key(*key))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_key(&text).ok_or_else(|| D::Error::custom(format!("bad key {text:?}")))
+    }
+}
+
+/// Serde of an optional key as lowercase hex or `null`.
+mod hex_key_opt {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(key: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match key {
+            Some(key) => s.serialize_str(&super::format_key(*key)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| {
+                super::parse_key(&text).ok_or_else(|| D::Error::custom(format!("bad key {text:?}")))
+            })
+            .transpose()
+    }
+}
+
+/// Serde of a list of keys as lowercase hex strings.
+mod hex_keys {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error, ser::SerializeSeq};
+
+    pub(super) fn serialize<S: Serializer>(keys: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(keys.len()))?;
+        for key in keys {
+            seq.serialize_element(&super::format_key(*key))?;
+        }
+        seq.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                super::parse_key(text).ok_or_else(|| D::Error::custom(format!("bad key {text:?}")))
+            })
+            .collect()
     }
 }
 

@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode, header};
 use serde::de::DeserializeOwned;
 
+mod inventory;
 mod reader;
 
 pub use reader::{BatchOptions, BatchStats, NeedleHead, NeedleReader, ReadKind, StoreAddress};
@@ -23,7 +24,7 @@ pub use reader::{BatchOptions, BatchStats, NeedleHead, NeedleReader, ReadKind, S
 use crate::api::VolumeStatus;
 use crate::api::{
     AppendResult, CRC32_HEADER, ERROR_HEADER, ErrorBody, HealthBody, VolumeFile, code,
-    format_cookie, format_key, parse_key,
+    format_cookie, format_key,
 };
 
 /// Largest error or JSON body the client reads into memory.
@@ -551,20 +552,6 @@ impl StoreClient {
         Ok(())
     }
 
-    /// `GET /volumes/{vid}/deleted`: the keys deleted in the replica.
-    pub async fn deleted_keys(&self, volume: u32) -> Result<Vec<u64>, ClientError> {
-        let path = format!("/volumes/{volume}/deleted");
-        let request = self.request(Method::GET, &path, self.transfer_timeout());
-        let response = checked(request.send().await?).await?;
-        let keys: Vec<String> = read_json(response).await?;
-        keys.iter()
-            .map(|k| {
-                parse_key(k)
-                    .ok_or_else(|| ClientError::InvalidResponse(format!("deleted key {k:?}")))
-            })
-            .collect()
-    }
-
     /// `GET /volumes/{vid}/files/{data|index}`: streams one file of a
     /// locked or read-only replica.
     pub async fn fetch_volume_file(
@@ -580,21 +567,6 @@ impl StoreClient {
             content_length,
             response,
         })
-    }
-
-    /// `POST /volumes/{vid}/sync?from=URL`: asks this node to replace its
-    /// replica with a copy of the (locked or read-only) replica at `from_url`.
-    pub async fn sync_volume(
-        &self,
-        volume: u32,
-        from_url: &str,
-    ) -> Result<VolumeStatus, ClientError> {
-        let path = format!("/volumes/{volume}/sync");
-        let request = self
-            .request(Method::POST, &path, self.transfer_timeout())
-            .query(&[("from", from_url)]);
-        let response = checked(request.send().await?).await?;
-        read_json(response).await
     }
 
     fn request(&self, method: Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {

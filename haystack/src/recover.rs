@@ -3,10 +3,18 @@
 //!
 //! The index is trusted only if its header names the data file's `instance_id`; each record
 //! must continue the previous one (puts contiguous and in key order, deletes naming an
-//! indexed needle at its offset) and lie inside the data file, else the index file is cut
-//! there. The scan validates every needle fully (magic, lengths, checksum, key order) and cuts
-//! the data file at the first that fails: a needle is acknowledged only after `fdatasync`,
-//! so every acknowledged needle precedes the cut, and a half-written one is never served.
+//! indexed needle at its offset) and lie inside the data file. An index with a record that
+//! fails those checks is not trusted past it: a delete recorded after it would be lost from
+//! memory (its flag is on disk, in the needle's header), so the index is rebuilt from a scan
+//! of the whole data file, whose needle headers carry every delete.
+//!
+//! The scan validates every needle fully (magic, lengths, checksum, key order) and cuts the
+//! data file at the first that fails: a needle is acknowledged only after `fdatasync`, so
+//! every acknowledged needle precedes the cut, and a half-written one is never served. A
+//! needle that fails below the end any valid index record attests (an index record is
+//! written only after its needle was synced) is damage inside acknowledged data, not a torn
+//! tail: the volume refuses to open rather than cut acknowledged needles off, and its
+//! replica is rebuilt from a peer.
 
 use tracing::warn;
 
@@ -18,15 +26,27 @@ use crate::format::{
 };
 use crate::index::NeedleIndex;
 
+/// The index as loaded from the index file.
+pub(crate) struct LoadedIndex {
+    /// The needles the index file holds.
+    pub(crate) index: NeedleIndex,
+    /// Where the next record goes.
+    pub(crate) index_end: u64,
+    /// End of the furthest needle any valid record names: acknowledged data reaches at
+    /// least this far.
+    pub(crate) attested_end: u64,
+}
+
 /// Loads the index file; rebuilds it (empty) when its header is bad or names another data
-/// file. Stops at the first invalid record and truncates the file there. Returns the index
-/// and the index file's append position.
+/// file, or when a record fails its checks (a corrupt record in the middle or a torn tail):
+/// then the caller scans the whole data file. Returns the index, the index file's append
+/// position and how far acknowledged data reaches.
 pub(crate) fn load_index(
     id: u32,
     file: &dyn Storage,
     sb: &Superblock,
     data_len: u64,
-) -> Result<(NeedleIndex, u64)> {
+) -> Result<LoadedIndex> {
     let mut index = NeedleIndex::new(SUPERBLOCK_SIZE);
     let file_len = file.len()?;
     let mut header = [0u8; INDEX_HEADER_SIZE as usize];
@@ -41,9 +61,7 @@ pub(crate) fn load_index(
                 "index file does not match the data file; rebuilding it"
             );
         }
-        file.set_len(0)?;
-        file.write_at(&format::encode_index_header(id, sb.instance_id), 0)?;
-        return Ok((index, INDEX_HEADER_SIZE));
+        return reset_index(id, file, sb, SUPERBLOCK_SIZE);
     }
     const CHUNK_RECORDS: u64 = 4096;
     let mut pos = INDEX_HEADER_SIZE;
@@ -63,14 +81,53 @@ pub(crate) fn load_index(
         }
     }
     if pos < file_len {
+        let attested_end = attested_end(id, file, pos, file_len)?.max(index.data_end());
         warn!(
             volume = id,
             offset = pos,
-            "index file has an invalid tail; truncating it"
+            attested_end,
+            "index file has an invalid record; rebuilding it from the data file"
         );
-        file.set_len(pos)?;
+        return reset_index(id, file, sb, attested_end);
     }
-    Ok((index, pos))
+    let attested_end = index.data_end();
+    Ok(LoadedIndex {
+        index,
+        index_end: pos,
+        attested_end,
+    })
+}
+
+/// Empties the index file (header only) for a rebuild by a full scan.
+fn reset_index(
+    id: u32,
+    file: &dyn Storage,
+    sb: &Superblock,
+    attested_end: u64,
+) -> Result<LoadedIndex> {
+    file.set_len(0)?;
+    file.write_at(&format::encode_index_header(id, sb.instance_id), 0)?;
+    Ok(LoadedIndex {
+        index: NeedleIndex::new(SUPERBLOCK_SIZE),
+        index_end: INDEX_HEADER_SIZE,
+        attested_end,
+    })
+}
+
+/// The end of the furthest needle that a valid put record from `pos` on names.
+fn attested_end(id: u32, file: &dyn Storage, mut pos: u64, file_len: u64) -> Result<u64> {
+    let mut end = 0;
+    let mut raw = [0u8; INDEX_RECORD_SIZE as usize];
+    while pos + INDEX_RECORD_SIZE <= file_len {
+        file.read_at(&mut raw, pos)?;
+        if let Ok(r) = format::decode_index_record(&raw, id, pos)
+            && r.kind == IndexRecordKind::Put
+        {
+            end = end.max(r.offset.saturating_add(u64::from(r.size_bytes)));
+        }
+        pos += INDEX_RECORD_SIZE;
+    }
+    Ok(end)
 }
 
 /// Applies one index record if it is consistent with the index and the data file length.
@@ -95,12 +152,15 @@ fn apply_index_record(index: &mut NeedleIndex, r: &IndexRecord, data_len: u64) -
 }
 
 /// Scans needles past the index's data end, adds each valid one, and cuts the data file at
-/// the first invalid (torn) one. Returns put records for the index file.
+/// the first invalid (torn) one, unless that one starts below `attested_end` (inside
+/// acknowledged data): then it refuses with `Corrupt` and changes nothing. Returns put
+/// records for the index file.
 pub(crate) fn scan_tail(
     id: u32,
     data: &dyn Storage,
     index: &mut NeedleIndex,
     data_len: u64,
+    attested_end: u64,
 ) -> Result<Vec<IndexRecord>> {
     let mut records = Vec::new();
     let mut offset = index.data_end();
@@ -126,6 +186,19 @@ pub(crate) fn scan_tail(
                 break;
             }
         }
+    }
+    if offset < attested_end {
+        if reason.is_empty() {
+            reason = "the data file ends early".into();
+        }
+        return Err(Error::corrupt(
+            id,
+            offset,
+            format!(
+                "{reason}: the needle lies inside acknowledged data (the index names needles up \
+                 to byte {attested_end}); not cutting the file; rebuild this replica from a peer"
+            ),
+        ));
     }
     if offset < data_len {
         warn!(volume = id, offset, cut_bytes = data_len - offset, %reason, "cutting a torn tail");

@@ -102,6 +102,30 @@ impl Store {
             .ok_or(Error::UnknownVolume { volume: id })
     }
 
+    /// Removes volume `id` if it never held a needle (a replica created for
+    /// a volume whose allocation failed): its files go, durably. `Ok(false)`
+    /// if there is no such volume; `InvalidInput` if it holds needles.
+    pub fn remove_empty_volume(&self, id: u32) -> Result<bool> {
+        let _admin = self.admin.lock();
+        let Some(volume) = self.volumes.read().get(&id).cloned() else {
+            return Ok(false);
+        };
+        let status = volume.status();
+        if status.size_bytes > SUPERBLOCK_SIZE || status.last_key.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "volume {id} holds needles; only an empty volume is removed"
+            )));
+        }
+        volume.retire();
+        self.volumes.write().remove(&id);
+        let paths = VolumePaths::new(&self.dir, id);
+        remove_if_exists(&paths.data)?;
+        remove_if_exists(&paths.index)?;
+        sync_dir(&self.dir)?;
+        info!(volume = id, "removed empty volume");
+        Ok(true)
+    }
+
     /// Every open volume, by increasing id.
     pub fn volumes(&self) -> Vec<Arc<Volume>> {
         self.volumes.read().values().cloned().collect()

@@ -291,8 +291,9 @@ impl Volume {
         }
         let (data, sb, data_len) = open_data_file(&paths, &*backend, id)?;
         let index_file = backend.open(&paths.index, true)?;
-        let (mut index, mut index_end) = load_index(id, &*index_file, &sb, data_len)?;
-        let records = scan_tail(id, &*data, &mut index, data_len)?;
+        let loaded = load_index(id, &*index_file, &sb, data_len)?;
+        let (mut index, mut index_end) = (loaded.index, loaded.index_end);
+        let records = scan_tail(id, &*data, &mut index, data_len, loaded.attested_end)?;
         if !records.is_empty() {
             let buf: Vec<u8> = records
                 .iter()
@@ -522,7 +523,7 @@ impl Volume {
     }
 
     /// The data file and index entry of a key that is present and not deleted.
-    fn live_entry(&self, key: u64) -> Result<(Arc<dyn Storage>, IndexEntry)> {
+    pub(crate) fn live_entry(&self, key: u64) -> Result<(Arc<dyn Storage>, IndexEntry)> {
         let (file, entry) = {
             let files = self.files.read();
             (
@@ -681,9 +682,22 @@ impl Volume {
         if header.cookie != cookie {
             return Err(Error::NotFound);
         }
+        self.persist_delete(&*file, &entry, header.flags)
+    }
+
+    /// Sets `entry`'s deleted flag on disk (its header's flags byte holds `flags`) and
+    /// records the delete in the index file, both synced, then in memory. The caller holds
+    /// `delete_lock`.
+    pub(crate) fn persist_delete(
+        &self,
+        file: &dyn Storage,
+        entry: &IndexEntry,
+        flags: u8,
+    ) -> Result<()> {
+        let key = entry.key;
         let flag_at = entry.offset + NEEDLE_FLAGS_OFFSET as u64;
         let synced = file
-            .write_at(&[header.flags | NEEDLE_FLAG_DELETED], flag_at)
+            .write_at(&[flags | NEEDLE_FLAG_DELETED], flag_at)
             .and_then(|()| file.sync_data())
             .and_then(|()| {
                 let record = format::encode_index_record(&IndexRecord {
@@ -815,7 +829,7 @@ fn open_data_file(
 }
 
 /// Bytes of the whole of `entry`'s needle.
-fn needle_len(entry: &IndexEntry) -> usize {
+pub(crate) fn needle_len(entry: &IndexEntry) -> usize {
     usize::try_from(entry.size_bytes).expect("needle size fits usize")
 }
 

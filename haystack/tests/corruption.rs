@@ -65,3 +65,87 @@ fn corrupt_superblock_refuses_to_open() {
         })
     ));
 }
+
+/// Appends needles 1..=40 (key k holds `k` repeated), deletes 5, 17 and 33,
+/// and closes the volume; returns the index file's path.
+fn volume_with_deletes(dir: &std::path::Path) -> std::path::PathBuf {
+    let v = Volume::create(dir, 1, VolumeOptions::default()).expect("create");
+    for key in 1..=40u64 {
+        v.append_needle(key, key as u32, "", &vec![key as u8; 100 + key as usize])
+            .expect("append");
+    }
+    for key in [5, 17, 33] {
+        v.delete_needle(key, key as u32).expect("delete");
+    }
+    v.index_path()
+}
+
+fn flip_byte(path: &std::path::Path, at: u64) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, at).expect("read");
+    file.write_all_at(&[b[0] ^ 0x01], at).expect("write");
+}
+
+#[test]
+fn a_corrupt_record_in_the_middle_of_the_index_rebuilds_it_and_keeps_every_delete() {
+    // Records: 40 puts, then 3 deletes, 32 bytes each after a 32-byte header.
+    // Damage put record 10: every later record (puts and the three deletes)
+    // would be lost if the index were only cut there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = volume_with_deletes(dir.path());
+    let index_len = std::fs::metadata(&index).expect("stat").len();
+    assert_eq!(index_len, 32 + 43 * 32);
+    flip_byte(&index, 32 + 9 * 32 + 3);
+    let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
+    for key in 1..=40u64 {
+        let read = v.read_needle(key, key as u32);
+        if [5, 17, 33].contains(&key) {
+            assert!(matches!(read, Err(Error::NotFound)), "{key}: {read:?}");
+        } else {
+            let needle = read.unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(needle.data, vec![key as u8; 100 + key as usize], "{key}");
+        }
+    }
+    assert_eq!(v.deleted_keys(), vec![5, 17, 33]);
+    let status = v.status();
+    assert_eq!((status.needle_count, status.last_key), (37, Some(40)));
+    drop(v);
+    // The rebuilt index (40 puts carrying their deleted flags) is whole: a
+    // second open trusts it as it is.
+    let rebuilt_len = std::fs::metadata(&index).expect("stat").len();
+    assert_eq!(rebuilt_len, 32 + 40 * 32);
+    let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen again");
+    assert_eq!(v.deleted_keys(), vec![5, 17, 33]);
+    assert_eq!(std::fs::metadata(&index).expect("stat").len(), rebuilt_len);
+}
+
+#[test]
+fn damaged_data_inside_acknowledged_needles_refuses_to_open_and_cuts_nothing() {
+    // The index is damaged in the middle and so is needle 20's data: the scan
+    // that rebuilds the index meets needle 20, which valid later records say
+    // was acknowledged. Cutting there would drop needles 20 to 40.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = volume_with_deletes(dir.path());
+    let data = dir.path().join("volume-0000000001.data");
+    let data_len = std::fs::metadata(&data).expect("stat").len();
+    flip_byte(&index, 32 + 9 * 32 + 3);
+    let needle_20 = {
+        let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("open");
+        v.needle_entries(Some(19), 1)[0].offset
+    };
+    flip_byte(&index, 32 + 9 * 32 + 3);
+    flip_byte(&data, needle_20 + 40);
+    match Volume::open(dir.path(), 1, VolumeOptions::default()) {
+        Err(Error::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, needle_20);
+            assert!(reason.contains("not cutting"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(std::fs::metadata(&data).expect("stat").len(), data_len);
+}

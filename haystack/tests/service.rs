@@ -476,7 +476,7 @@ async fn bulk_sync_copies_a_locked_replica_and_its_deletes() {
         a.delete_needle(7, 4, cookie_for(4)).await.expect("delete");
 
         // A writable peer is refused, and nothing is written.
-        let err = b.sync_volume(7, &source.url).await.unwrap_err();
+        let err = b.sync_volume(7, &source.url, &[]).await.unwrap_err();
         assert!(matches!(err, ClientError::ReadOnly(_)), "{err:?}");
         assert!(matches!(
             b.volume_status(7).await,
@@ -484,9 +484,11 @@ async fn bulk_sync_copies_a_locked_replica_and_its_deletes() {
         ));
 
         a.lock_volume(7).await.expect("lock");
-        let synced = b.sync_volume(7, &source.url).await.expect("sync");
+        let synced = b.sync_volume(7, &source.url, &[]).await.expect("sync");
         let peer_status = a.volume_status(7).await.expect("status");
-        assert_eq!(synced, peer_status);
+        assert_eq!(synced.status, peer_status);
+        assert_eq!(synced.method, "copy");
+        assert!(synced.source_damaged.is_empty() && synced.lost.is_empty());
         for (key, data) in &blobs {
             let got = b.read_needle_bytes(7, *key, cookie_for(*key)).await;
             if *key == 4 {
@@ -500,7 +502,12 @@ async fn bulk_sync_copies_a_locked_replica_and_its_deletes() {
         a.delete_needle(7, 9, cookie_for(9))
             .await
             .expect("delete locked");
-        b.sync_volume(7, source.addr()).await.expect("resync");
+        let resynced = b.sync_volume(7, source.addr(), &[]).await.expect("resync");
+        // The same needles: only the delete moves.
+        assert_eq!(
+            (resynced.method.as_str(), resynced.deletes_applied),
+            ("catch_up", 1)
+        );
         assert!(
             b.read_needle_bytes(7, 9, cookie_for(9))
                 .await
@@ -510,7 +517,10 @@ async fn bulk_sync_copies_a_locked_replica_and_its_deletes() {
         assert_eq!(b.deleted_keys(7).await.expect("deleted"), vec![4, 9]);
 
         // A peer that does not answer is a 502, not a crash.
-        let err = b.sync_volume(7, "http://127.0.0.1:1").await.unwrap_err();
+        let err = b
+            .sync_volume(7, "http://127.0.0.1:1", &[])
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, ClientError::Status { status: 502, .. }),
             "{err:?}"

@@ -1,5 +1,8 @@
 //! Crash recovery: a data file cut at every byte offset inside its last needles reopens
-//! with every earlier needle intact, the torn one absent, and appends working again.
+//! with every earlier needle intact, the torn one absent, and appends working again, when
+//! the index lags the data file (as after a crash: index records are written only after
+//! their needles were synced) or is gone. When the index names the cut needles, acknowledged
+//! data is missing: the volume refuses to open and nothing is cut.
 
 use haystack::{Error, Volume, VolumeOptions};
 
@@ -16,7 +19,18 @@ fn build(dir: &std::path::Path, n: u64) -> Vec<(u64, u64, Vec<u8>)> {
     out
 }
 
-fn check_cut(dir: &std::path::Path, needles: &[(u64, u64, Vec<u8>)], cut: u64, drop_index: bool) {
+/// What the index file holds when the data file is cut.
+#[derive(Clone, Copy, PartialEq)]
+enum Index {
+    /// Every needle's record: the cut needles were acknowledged.
+    NamesAll,
+    /// All records but the last two needles' (a crash before their records).
+    Lags,
+    /// No index file.
+    Gone,
+}
+
+fn check_cut(dir: &std::path::Path, needles: &[(u64, u64, Vec<u8>)], cut: u64, index: Index) {
     let data_path = dir.join("volume-0000000001.data");
     let index_path = dir.join("volume-0000000001.index");
     let file = std::fs::OpenOptions::new()
@@ -25,8 +39,24 @@ fn check_cut(dir: &std::path::Path, needles: &[(u64, u64, Vec<u8>)], cut: u64, d
         .expect("open");
     file.set_len(cut).expect("truncate");
     drop(file);
-    if drop_index {
-        std::fs::remove_file(&index_path).expect("remove index");
+    match index {
+        Index::NamesAll => {
+            match Volume::open(dir, 1, VolumeOptions::default()) {
+                Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("not cutting")),
+                other => panic!("cut {cut}: expected a refusal, got {other:?}"),
+            }
+            assert_eq!(std::fs::metadata(&data_path).expect("stat").len(), cut);
+            return;
+        }
+        Index::Lags => {
+            let records = needles.len() as u64 - 2;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&index_path)
+                .expect("open index");
+            file.set_len(32 + records * 32).expect("truncate index");
+        }
+        Index::Gone => std::fs::remove_file(&index_path).expect("remove index"),
     }
     let v = Volume::open(dir, 1, VolumeOptions::default()).expect("reopen");
     let mut last_whole = 0;
@@ -53,7 +83,7 @@ fn check_cut(dir: &std::path::Path, needles: &[(u64, u64, Vec<u8>)], cut: u64, d
     assert_eq!(v.read_needle(next, 9).expect("read").data, &b"after"[..]);
 }
 
-fn run(drop_index: bool) {
+fn run(index: Index) {
     let n = 6;
     let template = tempfile::tempdir().expect("tempdir");
     let needles = build(template.path(), n);
@@ -64,18 +94,23 @@ fn run(drop_index: bool) {
         for name in ["volume-0000000001.data", "volume-0000000001.index"] {
             std::fs::copy(template.path().join(name), dir.path().join(name)).expect("copy");
         }
-        check_cut(dir.path(), &needles, cut, drop_index);
+        check_cut(dir.path(), &needles, cut, index);
     }
 }
 
 #[test]
-fn torn_tail_with_index() {
-    run(false);
+fn torn_tail_with_a_lagging_index() {
+    run(Index::Lags);
 }
 
 #[test]
 fn torn_tail_rebuilding_the_index() {
-    run(true);
+    run(Index::Gone);
+}
+
+#[test]
+fn cut_acknowledged_needles_refuse_to_open() {
+    run(Index::NamesAll);
 }
 
 #[test]

@@ -163,7 +163,7 @@ async fn a_replica_reported_stale_is_resynchronised() {
         append(store(&stores, id), vid, key, b"payload").await;
     }
     let stale = client
-        .mark_replica_stale(vid, failed, "append failed")
+        .mark_replica_stale(vid, failed, "append failed", false)
         .await
         .expect("report");
     assert_eq!(stale.state, VolumeState::ReadOnly);
@@ -206,7 +206,8 @@ async fn when_every_replica_is_stale_the_most_complete_one_is_the_source() {
                 .expect("create replica");
         }
         for replica in &volume.replicas {
-            dir.mark_replica_stale(volume.id, replica).expect("stale");
+            dir.mark_replica_stale(volume.id, replica, false)
+                .expect("stale");
         }
         volume.id
     };

@@ -101,13 +101,13 @@ async fn every_endpoint_through_the_client() {
 
     // Stale replicas and state changes.
     let stale = client
-        .mark_replica_stale(volume.id, &volume.replicas[0], "append failed")
+        .mark_replica_stale(volume.id, &volume.replicas[0], "append failed", false)
         .await
         .expect("stale");
     assert_eq!(stale.state, VolumeState::ReadOnly);
     assert_eq!(stale.stale_replicas, [volume.replicas[0].clone()]);
     let err = client
-        .mark_replica_stale(volume.id, "router-1", "nope")
+        .mark_replica_stale(volume.id, "router-1", "nope", false)
         .await
         .expect_err("not a replica");
     assert_eq!(err.code(), Some("not_a_replica"));

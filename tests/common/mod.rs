@@ -275,6 +275,22 @@ impl Cluster {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// Copies the cluster's whole log and `cluster.json` out of the temporary
+    /// directory (which goes with the cluster) into a fresh directory under
+    /// the cargo target's tmp directory, named after `what`; returns it.
+    pub fn keep_log(&self, what: &str) -> anyhow::Result<PathBuf> {
+        let kept = tempfile::Builder::new()
+            .prefix(&format!("{what}-"))
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?
+            .keep();
+        std::fs::copy(self.tempdir.path().join("up.log"), kept.join("up.log"))?;
+        let _ = std::fs::copy(
+            self.data_dir.join("cluster.json"),
+            kept.join("cluster.json"),
+        );
+        Ok(kept)
+    }
+
     /// Base URL of a node from `cluster.json`.
     pub fn node_url(&self, id: &str) -> anyhow::Result<String> {
         let node = self.node(id)?;

@@ -23,12 +23,11 @@ use serde::Deserialize;
 use tower::util::MapFutureLayer;
 
 use super::error::ApiError;
+use super::inventory;
+use super::params::{parse_needle_key, parse_vid, volume_and_key, volume_id};
 use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState, buffer_permits};
 use crate::VolumeStatus;
-use crate::api::{
-    AppendResult, CRC32_HEADER, HealthBody, VolumeFile, code, format_key, parse_cookie, parse_key,
-    parse_volume_id,
-};
+use crate::api::{AppendResult, CRC32_HEADER, HealthBody, VolumeFile, code, parse_cookie};
 use crate::format::Needle;
 use crate::store::Store;
 
@@ -46,13 +45,24 @@ pub fn router(state: StoreNodeState) -> Router {
     let timed = Router::new()
         .route("/health", get(health))
         .route("/volumes", get(list_volumes))
-        .route("/volumes/{vid}", put(create_volume).get(volume_status))
+        .route(
+            "/volumes/{vid}",
+            put(create_volume)
+                .get(volume_status)
+                .delete(inventory::remove_empty_volume),
+        )
         .route("/volumes/{vid}/lock", post(lock_volume))
         .route(
             "/volumes/{vid}/needles/{key}",
             get(read_needle).head(head_needle).delete(delete_needle),
         )
-        .route("/volumes/{vid}/deleted", get(deleted_keys))
+        .route("/volumes/{vid}/needles", get(inventory::needle_page))
+        .route("/volumes/{vid}/deleted", get(inventory::deleted_page))
+        .route("/volumes/{vid}/digest", get(inventory::inventory_digest))
+        .route(
+            "/volumes/{vid}/needles/{key}/raw",
+            get(inventory::raw_needle),
+        )
         .route("/volumes/{vid}/files/{file}", get(volume_file))
         .route("/needles/read-batch", post(super::batch::read_batch))
         .method_not_allowed_fallback(method_not_allowed)
@@ -61,6 +71,10 @@ pub fn router(state: StoreNodeState) -> Router {
         ));
     Router::new()
         .route("/volumes/{vid}/sync", post(super::sync::sync_volume))
+        .route(
+            "/volumes/{vid}/needles/{key}/repair",
+            post(inventory::repair_needle),
+        )
         .route("/volumes/{vid}/needles/{key}", put(append_needle))
         .merge(timed)
         .fallback(no_route)
@@ -125,12 +139,6 @@ impl StoreNodeState {
     }
 }
 
-/// Parses the `{vid}` segment.
-pub(crate) fn volume_id(path: Result<Path<String>, PathRejection>) -> Result<u32, ApiError> {
-    let Path(text) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    parse_volume_id(&text).ok_or_else(|| ApiError::bad_request("volume id must be a decimal u32"))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CookieQuery {
@@ -142,11 +150,7 @@ type NeedleQuery = Result<Query<CookieQuery>, QueryRejection>;
 
 /// Parses `{vid}`, `{key}` and `?cookie=`.
 fn needle_id(path: NeedlePath, query: NeedleQuery) -> Result<(u32, u64, u32), ApiError> {
-    let Path((vid, key)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let volume = parse_volume_id(&vid)
-        .ok_or_else(|| ApiError::bad_request("volume id must be a decimal u32"))?;
-    let key =
-        parse_key(&key).ok_or_else(|| ApiError::bad_request("key must be 1-16 lowercase hex"))?;
+    let (volume, key) = volume_and_key(path)?;
     let Query(query) = query
         .map_err(|_| ApiError::bad_request("query must be exactly cookie=<8 lowercase hex>"))?;
     let cookie = parse_cookie(&query.cookie)
@@ -169,11 +173,7 @@ fn read_needle_id(
         .and_then(parse_cookie);
     match (canonical, path) {
         (Some(cookie), Ok(Path((vid, key)))) => {
-            let volume = parse_volume_id(&vid)
-                .ok_or_else(|| ApiError::bad_request("volume id must be a decimal u32"))?;
-            let key = parse_key(&key)
-                .ok_or_else(|| ApiError::bad_request("key must be 1-16 lowercase hex"))?;
-            Ok((volume, key, cookie))
+            Ok((parse_vid(&vid)?, parse_needle_key(&key)?, cookie))
         }
         (_, path) => needle_id(path, query()),
     }
@@ -442,17 +442,6 @@ async fn delete_needle(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn deleted_keys(
-    State(state): State<StoreNodeState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Vec<String>>, ApiError> {
-    let volume = volume_id(path)?;
-    let keys = state
-        .blocking(move |store| Ok(store.volume(volume)?.deleted_keys()))
-        .await?;
-    Ok(Json(keys.into_iter().map(format_key).collect()))
-}
-
 /// Streams a data or index file of a locked or read-only replica through
 /// `tokio::fs` (whose reads run on the blocking pool), chunk by chunk.
 async fn volume_file(
@@ -460,8 +449,7 @@ async fn volume_file(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((vid, file)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let volume = parse_volume_id(&vid)
-        .ok_or_else(|| ApiError::bad_request("volume id must be a decimal u32"))?;
+    let volume = parse_vid(&vid)?;
     let file = VolumeFile::from_path_segment(&file)
         .ok_or_else(|| ApiError::bad_request("file must be data or index"))?;
     let (opened, len) = state

@@ -19,6 +19,8 @@
 mod batch;
 mod error;
 mod handlers;
+mod inventory;
+mod params;
 mod sync;
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Operational routes: `GET /health`, `GET /metrics`, `GET /` (a plain-text
-//! status page), `GET /admin/volumes` and `GET /admin/nodes` (the
-//! directory's JSON, passed through).
+//! status page), `GET /admin/volumes`, `GET /admin/nodes` and
+//! `GET /admin/damaged-needles` (the directory's JSON, passed through).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -76,6 +76,50 @@ pub(crate) async fn nodes(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<NodeRecord>>, ApiError> {
     Ok(Json(state.directory.list_nodes().await?))
+}
+
+/// Query of `GET /admin/damaged-needles`, as the directory takes it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DamagedQuery {
+    after_volume: Option<u32>,
+    after_key: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Records of one page, by default and at most (the directory's own limit).
+const DAMAGED_PAGE: usize = 256;
+const DAMAGED_PAGE_MAX: usize = 1024;
+
+/// `GET /admin/damaged-needles?after_volume=V&after_key=HEX&limit=N`: a page
+/// of the needles whose copy failed its checks on some replica, and the
+/// lost ones (no good copy anywhere), with their BLOB ids.
+pub(crate) async fn damaged_needles(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<DamagedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let after = match (query.after_volume, query.after_key.as_deref()) {
+        (Some(volume), Some(key)) => Some((
+            volume,
+            haystack::api::parse_key(key)
+                .ok_or_else(|| ApiError::BadRequest("after_key: 1-16 lowercase hex".into()))?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "after_volume and after_key go together".into(),
+            ));
+        }
+    };
+    let limit = query.limit.unwrap_or(DAMAGED_PAGE);
+    if limit == 0 || limit > DAMAGED_PAGE_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {DAMAGED_PAGE_MAX}"
+        )));
+    }
+    let page = state.directory.damaged_needles(after, limit).await?;
+    Ok(Json(page).into_response())
 }
 
 /// `GET /`: a short plain-text summary for humans.

@@ -14,6 +14,7 @@
 //! | `hayloft_volumes` | gauge | `state` |
 //! | `hayloft_replica_failures_total` | counter | `op` (`append`, `read`, `delete`) |
 //! | `hayloft_upload_retries_total` | counter | |
+//! | `hayloft_damaged_needles_total` | counter | |
 
 use std::collections::HashMap;
 
@@ -32,6 +33,7 @@ const BYTES_OUT: &str = "hayloft_bytes_out_total";
 const VOLUMES: &str = "hayloft_volumes";
 const REPLICA_FAILURES: &str = "hayloft_replica_failures_total";
 const UPLOAD_RETRIES: &str = "hayloft_upload_retries_total";
+const DAMAGED_NEEDLES: &str = "hayloft_damaged_needles_total";
 
 /// Histogram buckets of request latency, in seconds (1 ms to 60 s).
 const DURATION_BUCKETS_SECONDS: &[f64] = &[
@@ -113,6 +115,11 @@ impl Metrics {
             "Store node replicas that failed a request.",
         );
         describe(UPLOAD_RETRIES, None, "Uploads retried on another volume.");
+        describe(
+            DAMAGED_NEEDLES,
+            None,
+            "Reads that found a replica's copy of a needle failing its checks (queued for repair).",
+        );
         let bytes_out = recorder.register_counter(&Key::from_static_name(BYTES_OUT), &METADATA);
         Metrics {
             recorder,
@@ -183,6 +190,11 @@ impl Metrics {
                 &METADATA,
             )
             .increment(1);
+    }
+
+    /// Counts a read that found a damaged copy of a needle.
+    pub(crate) fn damaged_needle(&self) {
+        self.counter(DAMAGED_NEEDLES).increment(1);
     }
 
     /// Counts an upload retried on another volume.

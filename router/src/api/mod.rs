@@ -22,6 +22,7 @@ mod admin;
 mod metrics;
 mod pool;
 mod read;
+mod reports;
 mod state;
 mod upload;
 
@@ -85,6 +86,7 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         .route("/metrics", get(admin::metrics))
         .route("/admin/volumes", get(admin::volumes))
         .route("/admin/nodes", get(admin::nodes))
+        .route("/admin/damaged-needles", get(admin::damaged_needles))
         .route("/blobs", post(upload::post_blob))
         .route(
             "/blobs/{*id}",

@@ -167,6 +167,8 @@ mod tests {
                 state: VolumeState::Writable,
                 replicas: vec!["a".into(), "b".into(), "c".into()],
                 stale_replicas: Vec::new(),
+                missed_deletes: Vec::new(),
+                repair_epoch: 0,
                 created_ms: 0,
                 locked_ms: None,
                 size_bytes: 0,

@@ -6,6 +6,15 @@
 //! starting at a rotating position and falling back to the next one on an
 //! error or a timeout. A `not_found` from such a replica is authoritative:
 //! missing, deleted and wrong-cookie BLOBs all answer the same `404`.
+//!
+//! When none of those can answer, the directory entry is fetched afresh and
+//! the stale replicas on `up` nodes that missed no acknowledged delete are
+//! tried too: a stale replica lacks at most writes that were never
+//! acknowledged (every upload needs all three replicas) and deletes, which
+//! the directory records, so a needle it finds is the BLOB's; a `not_found`
+//! from it is not authoritative. A copy that fails its checks is reported as
+//! a damaged needle, to be mended from a good copy; the replica keeps
+//! serving every other needle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +31,8 @@ use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind, StoreAddre
 use super::error::ApiError;
 use super::id::BlobId;
 use super::range::{RangeOutcome, parse_range};
+use super::reports::{report_damaged, report_stale};
 use super::state::AppState;
-use super::upload::report_stale;
 use super::{Tier, etag_for};
 use crate::directory::{LogicalVolume, NodeRecord};
 
@@ -61,22 +70,41 @@ pub(crate) async fn get_blob(
     Ok(response)
 }
 
-/// Replicas worth reading from: on an `up` node, not stale; rotated.
+/// Replicas worth reading from, each with whether it is fresh: those on an
+/// `up` node and not stale, rotated; then, with `with_stale`, the stale ones
+/// on `up` nodes that missed no acknowledged delete, rotated.
 fn readable_replicas<'a>(
     volume: &LogicalVolume,
     nodes: &'a std::collections::HashMap<String, NodeRecord>,
     rotation: usize,
-) -> Vec<&'a NodeRecord> {
-    let mut replicas: Vec<&NodeRecord> = volume
-        .fresh_replicas()
-        .filter_map(|id| nodes.get(id))
-        .filter(|node| node.is_up())
-        .collect();
-    if !replicas.is_empty() {
-        let len = replicas.len();
-        replicas.rotate_left(rotation % len);
-    }
-    replicas
+    with_stale: bool,
+) -> Vec<(&'a NodeRecord, bool)> {
+    let up = |id: &str| nodes.get(id).filter(|node| node.is_up());
+    let rotated = |mut replicas: Vec<&'a NodeRecord>| {
+        if !replicas.is_empty() {
+            let len = replicas.len();
+            replicas.rotate_left(rotation % len);
+        }
+        replicas
+    };
+    let fresh = rotated(volume.fresh_replicas().filter_map(up).collect());
+    let stale = if with_stale {
+        rotated(
+            volume
+                .stale_replicas
+                .iter()
+                .filter(|id| !volume.missed_delete(id))
+                .filter_map(|id| up(id))
+                .collect(),
+        )
+    } else {
+        Vec::new()
+    };
+    fresh
+        .into_iter()
+        .map(|node| (node, true))
+        .chain(stale.into_iter().map(|node| (node, false)))
+        .collect()
 }
 
 /// A replica's answer.
@@ -108,17 +136,25 @@ async fn read_from_replicas(state: &AppState, id: BlobId, head: bool) -> Result<
     for refresh in [false, true] {
         let volume = state.cache.volume(id.volume, refresh).await?;
         let nodes = state.cache.nodes(refresh).await?;
-        let replicas = readable_replicas(&volume, &nodes, state.next_read_rotation());
-        for node in replicas {
+        let replicas = readable_replicas(&volume, &nodes, state.next_read_rotation(), refresh);
+        for (node, fresh) in replicas {
             let error = match read_replica(state, node, id, kind, timeout).await {
                 Ok(fetched) => return Ok(fetched),
-                Err(ReplicaError::NotFound) => return Err(ApiError::NotFound),
+                Err(ReplicaError::NotFound) if fresh => return Err(ApiError::NotFound),
+                Err(ReplicaError::NotFound) => "stale replica: not found".to_owned(),
                 Err(ReplicaError::Failed(e)) => {
                     state.metrics.replica_failure("read");
-                    if matches!(e, ClientError::Corrupt(_) | ClientError::UnknownVolume(_)) {
-                        // The replica lost or damaged data the others have:
-                        // have the directory resync it.
-                        report_stale(state, id.volume, &node.id, &format!("read: {e}")).await;
+                    match &e {
+                        ClientError::Corrupt(_) | ClientError::ChecksumMismatch { .. } => {
+                            // Only this needle is bad here: have it mended.
+                            report_damaged(state, id, &node.id, &format!("read: {e}")).await;
+                        }
+                        ClientError::UnknownVolume(_) if fresh => {
+                            // The node lost the whole replica: have it rebuilt.
+                            let reason = format!("read: {e}");
+                            report_stale(state, id.volume, &node.id, &reason, false).await;
+                        }
+                        _ => {}
                     }
                     e.to_string()
                 }
@@ -128,7 +164,7 @@ async fn read_from_replicas(state: &AppState, id: BlobId, head: bool) -> Result<
                     format!("no answer within {} ms", timeout.as_millis())
                 }
             };
-            tracing::info!(volume = id.volume, node = %node.id, error = %error, "replica read failed");
+            tracing::info!(volume = id.volume, node = %node.id, fresh, error = %error, "replica read failed");
             last = format!("{}: {error}", node.id);
         }
     }
@@ -366,10 +402,11 @@ fn slice_stream(
 }
 
 /// `DELETE /blobs/{id}`: deletes on every replica on an `up` node. `204`
-/// once at least one replica deleted the needle and every fresh replica
-/// either deleted it or was reported stale (the directory's resync carries
-/// the delete to it from a peer's deleted-key list); `404` when every fresh
-/// replica says it is not there; `503` otherwise.
+/// once at least one replica deleted the needle and every other replica
+/// (down, stale, or failing the delete) was recorded in the directory as
+/// having missed it, so that it serves no read until resynced (which
+/// carries the delete over); `404` when every fresh replica says it is not
+/// there; `503` otherwise.
 pub(crate) async fn delete_blob(
     State(state): State<Arc<AppState>>,
     uri: Uri,
@@ -377,57 +414,58 @@ pub(crate) async fn delete_blob(
     let id = id_from_uri(&uri)?;
     let volume = state.cache.volume(id.volume, true).await?;
     let nodes = state.cache.nodes(false).await?;
-    let targets: Vec<(NodeRecord, bool)> = volume
-        .replicas
-        .iter()
-        .filter_map(|n| nodes.get(n))
-        .filter(|node| node.is_up())
-        .map(|node| (node.clone(), !volume.is_stale(&node.id)))
-        .collect();
-    let results = futures::future::join_all(targets.iter().map(|(node, _)| {
+    let results = futures::future::join_all(volume.replicas.iter().map(|replica| {
         let state = &state;
+        let node = nodes.get(replica).filter(|node| node.is_up());
         async move {
-            let store = state.store_for_writes(node)?;
-            Ok::<_, ApiError>(store.delete_needle(id.volume, id.key, id.cookie).await)
+            let node = node.ok_or_else(|| "node down".to_owned())?;
+            let store = state.store_for_writes(node).map_err(|e| e.to_string())?;
+            Ok::<_, String>(store.delete_needle(id.volume, id.key, id.cookie).await)
         }
     }))
     .await;
-    let (mut deleted, mut not_found, mut unresolved) = (0, 0, 0);
-    for ((node, fresh), result) in targets.iter().zip(results) {
+    let (mut deleted, mut not_found) = (0, 0);
+    let mut missed: Vec<(&str, String)> = Vec::new();
+    for (replica, result) in volume.replicas.iter().zip(results) {
+        let fresh = !volume.is_stale(replica);
         match result {
             Ok(Ok(())) => deleted += 1,
-            Ok(Err(ClientError::NotFound)) if *fresh => not_found += 1,
+            Ok(Err(ClientError::NotFound)) if fresh => not_found += 1,
+            // A stale replica may lack the needle; its resync brings the delete.
             Ok(Err(ClientError::NotFound)) => {}
-            Ok(Err(e)) if *fresh => {
+            Ok(Err(e)) => {
                 state.metrics.replica_failure("delete");
-                tracing::warn!(volume = id.volume, node = %node.id, error = %e, "delete failed");
-                if !report_stale(&state, id.volume, &node.id, &format!("delete: {e}")).await {
-                    unresolved += 1;
-                }
+                tracing::warn!(volume = id.volume, node = %replica, error = %e, "delete failed");
+                missed.push((replica, format!("delete: {e}")));
             }
-            Ok(Err(_)) => {}
-            Err(e) => {
-                if *fresh && !report_stale(&state, id.volume, &node.id, &e.to_string()).await {
-                    unresolved += 1;
-                }
-            }
+            Err(reason) => missed.push((replica, format!("delete: {reason}"))),
         }
     }
-    let mut response = if unresolved > 0 {
+    if deleted == 0 {
+        return Err(if not_found > 0 {
+            ApiError::NotFound
+        } else {
+            ApiError::Unavailable(format!(
+                "no replica of volume {} could take the delete",
+                id.volume
+            ))
+        });
+    }
+    let mut unresolved = 0;
+    for (replica, reason) in missed {
+        if !volume.missed_delete(replica)
+            && !report_stale(&state, id.volume, replica, &reason, true).await
+        {
+            unresolved += 1;
+        }
+    }
+    if unresolved > 0 {
         return Err(ApiError::Unavailable(format!(
-            "{unresolved} replica(s) of volume {} failed the delete and could not be reported",
+            "{unresolved} replica(s) of volume {} missed the delete and could not be reported",
             id.volume
         )));
-    } else if deleted > 0 {
-        StatusCode::NO_CONTENT.into_response()
-    } else if not_found > 0 {
-        return Err(ApiError::NotFound);
-    } else {
-        return Err(ApiError::Unavailable(format!(
-            "no replica of volume {} could take the delete",
-            id.volume
-        )));
-    };
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(Tier::HOT);
     Ok(response)
 }

@@ -17,6 +17,7 @@ use super::config::RouterConfig;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::pool::VolumePool;
+use super::reports::RecentReports;
 use crate::directory::{DirectoryClient, LogicalVolume, NodeRecord};
 
 /// Connect timeout towards store nodes.
@@ -42,6 +43,8 @@ pub(crate) struct AppState {
     /// Store node addresses as parsed for [`AppState::reader`], by address.
     addresses: Mutex<HashMap<String, Result<StoreAddress, String>>>,
     read_rotation: AtomicUsize,
+    /// Damaged needles reported lately (not reported again for a while).
+    pub(crate) recent_reports: RecentReports,
 }
 
 /// Most parsed store addresses kept; beyond it the map is cleared.
@@ -104,6 +107,7 @@ impl AppState {
             }),
             addresses: Mutex::new(HashMap::new()),
             read_rotation: AtomicUsize::new(0),
+            recent_reports: RecentReports::default(),
             config,
         })
     }

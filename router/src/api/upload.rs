@@ -47,6 +47,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::error::ApiError;
 use super::id::BlobId;
 use super::pool::{Checkout, VolumeLease, WritableVolume};
+use super::reports::report_stale;
 use super::state::AppState;
 use super::{Tier, etag_for};
 use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
@@ -476,7 +477,7 @@ async fn allocate_volume(state: &AppState) -> Result<WritableVolume, ApiError> {
         if let Err(e) = result {
             tracing::warn!(volume = volume.id, node = %node.id, error = %e, "replica creation failed");
             state.metrics.replica_failure("create");
-            report_stale(state, volume.id, &node.id, &e.to_string()).await;
+            report_stale(state, volume.id, &node.id, &e.to_string(), false).await;
             return Err(e);
         }
     }
@@ -666,7 +667,7 @@ async fn handle_failures(state: &AppState, volume: &LogicalVolume, failures: Vec
             ReplicaError::Client(ClientError::UnknownVolume(_)) => {
                 state.metrics.replica_failure("append");
                 let reason = format!("append failed: {}", failure.error);
-                report_stale(state, volume.id, &failure.node, &reason).await;
+                report_stale(state, volume.id, &failure.node, &reason, false).await;
                 continue;
             }
             _ => state.metrics.replica_failure("append"),
@@ -703,24 +704,6 @@ async fn set_state(state: &AppState, id: u32, to: VolumeState, reason: &str) {
         }
         Err(e) => {
             tracing::warn!(volume = id, state = %to, error = %e, "setting volume state failed")
-        }
-    }
-}
-
-/// Reports a replica stale to the directory; true if the directory took it.
-pub(crate) async fn report_stale(state: &AppState, volume: u32, node: &str, reason: &str) -> bool {
-    match state
-        .directory
-        .mark_replica_stale(volume, node, reason)
-        .await
-    {
-        Ok(updated) => {
-            state.cache.store_volume(updated);
-            true
-        }
-        Err(e) => {
-            tracing::warn!(volume, node, error = %e, "reporting a stale replica failed");
-            false
         }
     }
 }

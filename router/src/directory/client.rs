@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::types::{
-    ErrorBody, KeyLease, LeaseRequest, LogicalVolume, NodeRecord, NodeRegistration,
-    SetStateRequest, StaleRequest, VolumeState,
+    DamagedNeedle, DamagedPage, DamagedRequest, ErrorBody, KeyLease, LeaseRequest, LogicalVolume,
+    NodeRecord, NodeRegistration, SetStateRequest, StaleRequest, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -175,19 +175,58 @@ impl DirectoryClient {
     }
 
     /// `POST /volumes/{vid}/replicas/{node}/stale`: reports a replica that
-    /// failed a write or a delete.
+    /// failed a write or a delete (`missed_delete`: it missed one that was
+    /// acknowledged).
     pub async fn mark_replica_stale(
         &self,
         vid: u32,
         node: &str,
         reason: &str,
+        missed_delete: bool,
     ) -> Result<LogicalVolume, DirectoryClientError> {
         check_node_id(node)?;
         let body = StaleRequest {
             reason: reason.to_owned(),
+            missed_delete,
         };
         let url = self.url(&format!("/volumes/{vid}/replicas/{node}/stale"));
         self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `POST /volumes/{vid}/needles/{key}/damaged`: reports that `node`'s
+    /// copy of the needle failed its checks, so that it is mended.
+    pub async fn report_damaged_needle(
+        &self,
+        vid: u32,
+        key: u64,
+        node: &str,
+        cookie: Option<u32>,
+        reason: &str,
+    ) -> Result<DamagedNeedle, DirectoryClientError> {
+        check_node_id(node)?;
+        let body = DamagedRequest {
+            node: node.to_owned(),
+            cookie,
+            reason: reason.to_owned(),
+        };
+        let url = self.url(&format!("/volumes/{vid}/needles/{key:x}/damaged"));
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `GET /damaged-needles?after_volume=V&after_key=K&limit=N`: a page of
+    /// damaged-needle records.
+    pub async fn damaged_needles(
+        &self,
+        after: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<DamagedPage, DirectoryClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some((volume, key)) = after {
+            query.push(("after_volume", volume.to_string()));
+            query.push(("after_key", format!("{key:x}")));
+        }
+        let request = self.http.get(self.url("/damaged-needles")).query(&query);
+        self.send(request).await
     }
 
     /// `POST /volumes/{vid}/leases`: leases `count` needle keys.

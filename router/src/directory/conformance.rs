@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::types::{NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState};
+use super::types::{DamagedNeedle, NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState};
 use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
 /// Opens the backend under test over the storage of one check.
@@ -37,6 +37,8 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("leases_increase", leases_increase),
     ("volume_sizes", volume_sizes),
     ("state_survives_reopen", state_survives_reopen),
+    ("discard_failed_allocation", discard_failed_allocation),
+    ("damaged_needles", damaged_needles),
 ];
 
 /// Runs every check, each over the storage that `fresh` prepares: `fresh()`
@@ -293,7 +295,8 @@ pub fn down_nodes_make_volumes_readonly(open: Open<'_>) {
         dir.set_volume_state(vid, VolumeState::Writable, 1_500),
         Err(DirectoryError::InvalidTransition { .. })
     ));
-    dir.clear_replica_stale(vid, "s4").expect("clear");
+    let epoch = dir.volume(vid).expect("get").repair_epoch;
+    dir.clear_replica_stale(vid, "s4", epoch).expect("clear");
     let writable = dir
         .set_volume_state(vid, VolumeState::Writable, 1_500)
         .expect("writable once in sync");
@@ -350,7 +353,8 @@ pub fn state_transitions(open: Open<'_>) {
     dir.heartbeat("s2", 2_000).expect("heartbeat");
     dir.mark_down_expired(2_000, 1_000).expect("mark");
     dir.heartbeat("s3", 2_001).expect("s3 back");
-    dir.clear_replica_stale(other, "s3").expect("clear");
+    let epoch = dir.volume(other).expect("get").repair_epoch;
+    dir.clear_replica_stale(other, "s3", epoch).expect("clear");
     dir.register_node(registration("s1", NodeRole::Store, "r1"), 2_002)
         .expect("re-register");
     let ok = dir.set_volume_state(other, VolumeState::Writable, 2_003);
@@ -367,25 +371,45 @@ pub fn stale_replicas(open: Open<'_>) {
     );
     let volume = dir.allocate_volume(0).expect("allocate");
     let (vid, replica) = (volume.id, volume.replicas[1].clone());
-    let stale = dir.mark_replica_stale(vid, &replica).expect("stale");
+    let stale = dir.mark_replica_stale(vid, &replica, false).expect("stale");
     assert_eq!(stale.state, VolumeState::ReadOnly);
     assert_eq!(stale.stale_replicas, std::slice::from_ref(&replica));
-    let twice = dir.mark_replica_stale(vid, &replica).expect("stale again");
-    assert_eq!(twice, stale, "idempotent");
+    assert!(stale.missed_deletes.is_empty());
+    let twice = dir
+        .mark_replica_stale(vid, &replica, false)
+        .expect("stale again");
+    assert_eq!(
+        twice.stale_replicas, stale.stale_replicas,
+        "idempotent marks"
+    );
+    assert!(
+        twice.repair_epoch > stale.repair_epoch,
+        "every report moves the epoch"
+    );
     let outsider = ["s1", "s2", "s3", "s4"]
         .into_iter()
         .find(|n| !volume.replicas.iter().any(|r| r == n))
         .expect("four stores, three replicas");
     assert!(matches!(
-        dir.mark_replica_stale(vid, outsider),
+        dir.mark_replica_stale(vid, outsider, false),
         Err(DirectoryError::NotAReplica { .. })
     ));
     assert!(matches!(
-        dir.mark_replica_stale(999, &replica),
+        dir.mark_replica_stale(999, &replica, false),
         Err(DirectoryError::UnknownVolume { .. })
     ));
-    let cleared = dir.clear_replica_stale(vid, &replica).expect("clear");
-    assert!(cleared.stale_replicas.is_empty());
+    // A resync that started before the last report clears nothing.
+    let missed = dir.mark_replica_stale(vid, &replica, true).expect("missed");
+    assert_eq!(missed.missed_deletes, std::slice::from_ref(&replica));
+    let kept = dir
+        .clear_replica_stale(vid, &replica, twice.repair_epoch)
+        .expect("clear with an old epoch");
+    assert_eq!(kept.stale_replicas, std::slice::from_ref(&replica));
+    assert_eq!(kept.missed_deletes, std::slice::from_ref(&replica));
+    let cleared = dir
+        .clear_replica_stale(vid, &replica, missed.repair_epoch)
+        .expect("clear");
+    assert!(cleared.stale_replicas.is_empty() && cleared.missed_deletes.is_empty());
     assert_eq!(
         cleared.state,
         VolumeState::ReadOnly,
@@ -394,7 +418,7 @@ pub fn stale_replicas(open: Open<'_>) {
     let locked = dir
         .set_volume_state(vid, VolumeState::Locked, 1)
         .expect("lock");
-    let stale_locked = dir.mark_replica_stale(vid, &replica).expect("stale");
+    let stale_locked = dir.mark_replica_stale(vid, &replica, false).expect("stale");
     assert_eq!(
         stale_locked.state,
         VolumeState::Locked,
@@ -465,7 +489,8 @@ pub fn state_survives_reopen(open: Open<'_>) {
         );
         let a = dir.allocate_volume(1).expect("allocate").id;
         let b = dir.allocate_volume(2).expect("allocate");
-        dir.mark_replica_stale(b.id, &b.replicas[0]).expect("stale");
+        dir.mark_replica_stale(b.id, &b.replicas[0], true)
+            .expect("stale");
         dir.set_volume_state(a, VolumeState::Locked, 3)
             .expect("lock");
         dir.update_volume_sizes(a, 100, 2).expect("sizes");
@@ -490,5 +515,113 @@ pub fn state_survives_reopen(open: Open<'_>) {
     assert!(
         volumes.iter().all(|v| v.id < next.id),
         "volume ids are never reused"
+    );
+}
+
+/// A volume that never leased a key can be discarded; one that did cannot.
+pub fn discard_failed_allocation(open: Open<'_>) {
+    let dir = open();
+    register_stores(&*dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+    let failed = dir.allocate_volume(0).expect("allocate").id;
+    let used = dir.allocate_volume(0).expect("allocate").id;
+    dir.lease_keys(used, 1).expect("lease");
+    dir.discard_volume(failed).expect("discard");
+    assert!(matches!(
+        dir.volume(failed),
+        Err(DirectoryError::UnknownVolume { .. })
+    ));
+    assert!(matches!(
+        dir.discard_volume(used),
+        Err(DirectoryError::VolumeInUse { .. })
+    ));
+    assert!(matches!(
+        dir.discard_volume(failed),
+        Err(DirectoryError::UnknownVolume { .. })
+    ));
+    let next = dir.allocate_volume(1).expect("allocate").id;
+    assert!(next > used, "a discarded id is never reused");
+}
+
+/// Damaged-needle records: created or extended by reports, paged in
+/// `(volume, key)` order, resolved replica by replica, marked lost, and kept
+/// across a reopen.
+pub fn damaged_needles(open: Open<'_>) {
+    let (a, b) = {
+        let dir = open();
+        register_stores(&*dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+        let a = dir.allocate_volume(0).expect("allocate").id;
+        let b = dir.allocate_volume(0).expect("allocate").id;
+        let first = dir
+            .report_damaged_needle(a, 5, "s1", Some(0x1234_5678), 10)
+            .expect("report");
+        assert_eq!(
+            first,
+            DamagedNeedle {
+                volume: a,
+                key: 5,
+                cookie: Some(0x1234_5678),
+                blob_id: Some(format!("{a},0512345678")),
+                replicas: vec!["s1".into()],
+                lost: false,
+                reported_ms: 10,
+            }
+        );
+        let second = dir
+            .report_damaged_needle(a, 5, "s2", None, 20)
+            .expect("report");
+        assert_eq!(second.replicas, ["s1", "s2"]);
+        assert_eq!((second.cookie, second.reported_ms), (first.cookie, 10));
+        let again = dir
+            .report_damaged_needle(a, 5, "s2", None, 30)
+            .expect("report");
+        assert_eq!(again, second, "idempotent");
+        dir.report_damaged_needle(a, 2, "s3", None, 40)
+            .expect("report");
+        dir.report_damaged_needle(b, 1, "s3", None, 40)
+            .expect("report");
+        assert!(matches!(
+            dir.report_damaged_needle(99, 1, "s1", None, 0),
+            Err(DirectoryError::UnknownVolume { .. })
+        ));
+        assert!(matches!(
+            dir.report_damaged_needle(a, 1, "nobody", None, 0),
+            Err(DirectoryError::NotAReplica { .. })
+        ));
+        let keys = |page: Vec<DamagedNeedle>| -> Vec<(u32, u64)> {
+            page.into_iter().map(|n| (n.volume, n.key)).collect()
+        };
+        let all = keys(dir.damaged_needles(None, 10).expect("list"));
+        assert_eq!(all, [(a, 2), (a, 5), (b, 1)]);
+        assert_eq!(keys(dir.damaged_needles(None, 1).expect("list")), [(a, 2)]);
+        assert_eq!(
+            keys(dir.damaged_needles(Some((a, 2)), 10).expect("list")),
+            [(a, 5), (b, 1)]
+        );
+        assert_eq!(
+            keys(dir.damaged_needles(Some((a, u64::MAX)), 10).expect("list")),
+            [(b, 1)]
+        );
+        let left = dir.resolve_damaged_needle(a, 5, "s1").expect("resolve");
+        assert_eq!(left.expect("s2 still damaged").replicas, ["s2"]);
+        assert_eq!(
+            dir.resolve_damaged_needle(a, 5, "s2").expect("resolve"),
+            None
+        );
+        assert_eq!(dir.resolve_damaged_needle(a, 5, "s2").expect("again"), None);
+        let lost = dir.mark_needle_lost(b, 1).expect("lost");
+        assert!(lost.lost);
+        assert!(matches!(
+            dir.mark_needle_lost(a, 77),
+            Err(DirectoryError::UnknownNeedle { .. })
+        ));
+        (a, b)
+    };
+    let dir = open();
+    let left = dir.damaged_needles(None, 10).expect("list");
+    assert_eq!(
+        left.iter()
+            .map(|n| (n.volume, n.key, n.lost))
+            .collect::<Vec<_>>(),
+        [(a, 2, false), (b, 1, true)]
     );
 }

@@ -57,6 +57,20 @@ pub enum DirectoryError {
         /// Its current state.
         state: VolumeState,
     },
+    /// No damaged-needle record names this needle.
+    #[error("no damaged-needle record for key {key:#x} of volume {volume}")]
+    UnknownNeedle {
+        /// The volume.
+        volume: u32,
+        /// The needle key.
+        key: u64,
+    },
+    /// The volume took key leases, so it may hold data: it cannot be discarded.
+    #[error("volume {volume} has leased keys; it cannot be discarded")]
+    VolumeInUse {
+        /// The volume.
+        volume: u32,
+    },
     /// The service configuration is unusable.
     #[error("invalid directory config: {0}")]
     InvalidConfig(String),
@@ -123,11 +137,12 @@ impl DirectoryError {
         match self {
             DirectoryError::UnknownNode { .. }
             | DirectoryError::UnknownVolume { .. }
-            | DirectoryError::NotAReplica { .. } => StatusCode::NOT_FOUND,
+            | DirectoryError::NotAReplica { .. }
+            | DirectoryError::UnknownNeedle { .. } => StatusCode::NOT_FOUND,
             DirectoryError::NotEnoughRacks { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            DirectoryError::InvalidTransition { .. } | DirectoryError::NotWritable { .. } => {
-                StatusCode::CONFLICT
-            }
+            DirectoryError::InvalidTransition { .. }
+            | DirectoryError::NotWritable { .. }
+            | DirectoryError::VolumeInUse { .. } => StatusCode::CONFLICT,
             DirectoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DirectoryError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             DirectoryError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -164,6 +179,8 @@ impl DirectoryError {
             DirectoryError::NotEnoughRacks { .. } => "not_enough_racks",
             DirectoryError::InvalidTransition { .. } => "invalid_transition",
             DirectoryError::NotWritable { .. } => "not_writable",
+            DirectoryError::UnknownNeedle { .. } => "unknown_needle",
+            DirectoryError::VolumeInUse { .. } => "volume_in_use",
             DirectoryError::BadRequest(_) => "bad_request",
             DirectoryError::InvalidConfig(_) => "invalid_config",
             DirectoryError::PayloadTooLarge { .. } => "payload_too_large",

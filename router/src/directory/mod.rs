@@ -27,7 +27,8 @@ pub use error::DirectoryError;
 pub use redb_backend::RedbDirectory;
 pub use service::{DirectoryConfig, run};
 pub use types::{
-    KeyLease, LogicalVolume, NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState,
+    DamagedNeedle, KeyLease, LogicalVolume, NodeRecord, NodeRegistration, NodeRole, NodeState,
+    VolumeState,
 };
 
 /// Number of replicas of a hot logical volume, each in its own rack.
@@ -85,12 +86,65 @@ pub trait Directory: Send + Sync {
         now_ms: u64,
     ) -> Result<LogicalVolume, DirectoryError>;
 
-    /// Marks `node`'s replica of volume `id` stale; a `writable` volume
-    /// turns `readonly`.
-    fn mark_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError>;
+    /// Marks `node`'s replica of volume `id` stale (and, with
+    /// `missed_delete`, as having missed an acknowledged delete); a
+    /// `writable` volume turns `readonly`. Every call bumps the volume's
+    /// `repair_epoch`.
+    fn mark_replica_stale(
+        &self,
+        id: u32,
+        node: &str,
+        missed_delete: bool,
+    ) -> Result<LogicalVolume, DirectoryError>;
 
-    /// Clears the stale mark of `node`'s replica (after a successful resync).
-    fn clear_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError>;
+    /// Clears the stale and missed-delete marks of `node`'s replica after a
+    /// resync that started when the volume's `repair_epoch` was `epoch`. If
+    /// the epoch has moved since (a report arrived meanwhile), nothing
+    /// changes and the replica stays stale for the next pass.
+    fn clear_replica_stale(
+        &self,
+        id: u32,
+        node: &str,
+        epoch: u64,
+    ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Forgets a volume whose allocation failed before any key was leased
+    /// for it (nothing was ever written to it).
+    /// [`DirectoryError::InvalidTransition`] once a lease was taken.
+    fn discard_volume(&self, id: u32) -> Result<(), DirectoryError>;
+
+    /// Records that `node`'s copy of needle `key` of volume `id` failed its
+    /// checks (the record is created, or the node added to it).
+    fn report_damaged_needle(
+        &self,
+        id: u32,
+        key: u64,
+        node: &str,
+        cookie: Option<u32>,
+        now_ms: u64,
+    ) -> Result<DamagedNeedle, DirectoryError>;
+
+    /// Up to `limit` damaged-needle records after `(volume, key)` `after`,
+    /// in that order.
+    fn damaged_needles(
+        &self,
+        after: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<Vec<DamagedNeedle>, DirectoryError>;
+
+    /// `node`'s copy of needle `key` is good again (or its replica was
+    /// rebuilt from checked copies): it leaves the record, and a record left
+    /// with no damaged replica (and not lost) is removed. `None` if no
+    /// record remains.
+    fn resolve_damaged_needle(
+        &self,
+        id: u32,
+        key: u64,
+        node: &str,
+    ) -> Result<Option<DamagedNeedle>, DirectoryError>;
+
+    /// Marks the record of needle `key` lost: no replica holds a good copy.
+    fn mark_needle_lost(&self, id: u32, key: u64) -> Result<DamagedNeedle, DirectoryError>;
 
     /// Leases `count` needle keys of a `writable` volume: a half-open range
     /// strictly above every range leased before for it, persisted before

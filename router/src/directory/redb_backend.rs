@@ -11,6 +11,7 @@
 //! | `leases` | volume id `u32` | `{next_key}`: first key of the next lease |
 //! | `warm_volumes` | volume id `u32` | reserved for the warm tier (empty) |
 //! | `migration_jobs` | volume id `u32` | reserved for the migrator (empty) |
+//! | `damaged_needles` | `(volume u32, key u64)` | [`DamagedNeedle`](super::DamagedNeedle): a needle whose copy failed its checks on some replicas |
 //!
 //! Every value is JSON in a version envelope `{"v":1,"data":...}`; a reader
 //! refuses a version it does not know (`Corrupt`) rather than guess. A new
@@ -32,7 +33,9 @@ use super::client::valid_node_id;
 use super::types::{
     KeyLease, LogicalVolume, NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState,
 };
-use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
+use super::{DamagedNeedle, Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
+
+mod damaged;
 
 /// File name of the database inside the directory's data dir.
 pub const DIRECTORY_FILE_NAME: &str = "directory.redb";
@@ -227,6 +230,7 @@ impl RedbDirectory {
             txn.open_table(LEASES)?;
             txn.open_table(WARM_VOLUMES)?;
             txn.open_table(MIGRATION_JOBS)?;
+            txn.open_table(damaged::DAMAGED_NEEDLES)?;
         }
         txn.commit()?;
         Ok(Self {
@@ -421,6 +425,7 @@ fn put_volume(txn: &WriteTransaction, volume: &LogicalVolume) -> Result<(), Dire
             .iter()
             .all(|n| volume.replicas.contains(n))
     );
+    debug_assert!(volume.missed_deletes.iter().all(|n| volume.is_stale(n)));
     txn.open_table(VOLUMES)?
         .insert(volume.id, encode(volume).as_slice())?;
     Ok(())
@@ -438,12 +443,18 @@ fn ensure_replica(volume: &LogicalVolume, node: &str) -> Result<(), DirectoryErr
     }
 }
 
-/// Adds `node` to the volume's stale set and demotes a writable volume.
-/// Returns whether anything changed.
-fn make_stale(volume: &mut LogicalVolume, node: &str) -> bool {
+/// Adds `node` to the volume's stale set (and its missed-delete set, with
+/// `missed_delete`), demotes a writable volume and bumps the repair epoch.
+/// Returns whether a mark or the state changed.
+fn make_stale(volume: &mut LogicalVolume, node: &str, missed_delete: bool) -> bool {
     let mut changed = false;
+    volume.repair_epoch += 1;
     if !volume.is_stale(node) {
         volume.stale_replicas.push(node.to_owned());
+        changed = true;
+    }
+    if missed_delete && !volume.missed_delete(node) {
+        volume.missed_deletes.push(node.to_owned());
         changed = true;
     }
     if volume.state == VolumeState::Writable {
@@ -571,7 +582,7 @@ impl Directory for RedbDirectory {
                     .collect();
                 let mut dirty = false;
                 for node in &down {
-                    dirty |= make_stale(&mut volume, node);
+                    dirty |= make_stale(&mut volume, node, false);
                 }
                 if dirty {
                     put_volume(txn, &volume)?;
@@ -605,6 +616,8 @@ impl Directory for RedbDirectory {
                 state: VolumeState::Writable,
                 replicas,
                 stale_replicas: Vec::new(),
+                missed_deletes: Vec::new(),
+                repair_epoch: 0,
                 created_ms: now_ms,
                 locked_ms: None,
                 size_bytes: 0,
@@ -667,27 +680,82 @@ impl Directory for RedbDirectory {
         })
     }
 
-    fn mark_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError> {
+    fn mark_replica_stale(
+        &self,
+        id: u32,
+        node: &str,
+        missed_delete: bool,
+    ) -> Result<LogicalVolume, DirectoryError> {
         self.write(|txn| {
             let mut volume = get_volume(txn, id)?;
             ensure_replica(&volume, node)?;
-            if make_stale(&mut volume, node) {
+            // The epoch moves even when the marks do not: a resync running
+            // now must not clear what this report is about.
+            make_stale(&mut volume, node, missed_delete);
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn clear_replica_stale(
+        &self,
+        id: u32,
+        node: &str,
+        epoch: u64,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            ensure_replica(&volume, node)?;
+            if volume.repair_epoch == epoch && volume.is_stale(node) {
+                volume.stale_replicas.retain(|r| r != node);
+                volume.missed_deletes.retain(|r| r != node);
                 put_volume(txn, &volume)?;
             }
             Ok(volume)
         })
     }
 
-    fn clear_replica_stale(&self, id: u32, node: &str) -> Result<LogicalVolume, DirectoryError> {
+    fn discard_volume(&self, id: u32) -> Result<(), DirectoryError> {
         self.write(|txn| {
-            let mut volume = get_volume(txn, id)?;
-            ensure_replica(&volume, node)?;
-            if volume.is_stale(node) {
-                volume.stale_replicas.retain(|r| r != node);
-                put_volume(txn, &volume)?;
+            get_volume(txn, id)?;
+            if txn.open_table(LEASES)?.get(id)?.is_some() {
+                return Err(DirectoryError::VolumeInUse { volume: id });
             }
-            Ok(volume)
+            txn.open_table(VOLUMES)?.remove(id)?;
+            Ok(())
         })
+    }
+
+    fn report_damaged_needle(
+        &self,
+        id: u32,
+        key: u64,
+        node: &str,
+        cookie: Option<u32>,
+        now_ms: u64,
+    ) -> Result<DamagedNeedle, DirectoryError> {
+        self.report_damaged(id, key, node, cookie, now_ms)
+    }
+
+    fn damaged_needles(
+        &self,
+        after: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<Vec<DamagedNeedle>, DirectoryError> {
+        self.list_damaged(after, limit)
+    }
+
+    fn resolve_damaged_needle(
+        &self,
+        id: u32,
+        key: u64,
+        node: &str,
+    ) -> Result<Option<DamagedNeedle>, DirectoryError> {
+        self.resolve_damaged(id, key, node)
+    }
+
+    fn mark_needle_lost(&self, id: u32, key: u64) -> Result<DamagedNeedle, DirectoryError> {
+        self.mark_lost(id, key)
     }
 
     fn lease_keys(&self, id: u32, count: u64) -> Result<KeyLease, DirectoryError> {

@@ -2,11 +2,21 @@
 //!
 //! A replica is stale when it may have missed a write or a delete. Every
 //! pass, for each stale replica whose node is `up`, the directory asks that
-//! node to bulk-sync the volume (`POST /volumes/{vid}/sync?from=PEER`) from a
-//! non-stale replica on an `up` node, and clears the stale mark once the sync
-//! answers 200. If every replica is stale, the up replica with the highest
-//! `last_key` (then the most needles) becomes the source and its mark is
-//! cleared first.
+//! node to bulk-sync the volume (`POST /volumes/{vid}/sync?from=PEER&also=...`)
+//! from a non-stale replica on an `up` node, and clears the stale mark once
+//! the sync answers 200, unless another report moved the volume's repair
+//! epoch meanwhile. The sync only catches up on deletes when the replica
+//! holds the source's needles already, and otherwise copies the source
+//! needle by needle, each checked, taking a bad one from a good copy
+//! (`haystack::service` sync). What it reports goes into the damaged-needle
+//! records. If every replica is stale, the up replica with the highest
+//! `last_key` (then the most needles) among those that missed no delete
+//! becomes the source and its mark is cleared first.
+//!
+//! A copy of a single needle that fails its checks does not make its replica
+//! stale: it is recorded as a damaged needle (by the router that read it, or
+//! by a sync that met it), and [`needles`] mends it in place from a good
+//! copy; every other needle of that replica keeps serving reads.
 //!
 //! A store streams only a read-only or locked replica, so a source that is
 //! still writable at its store is sealed first: the logical volume (already
@@ -28,11 +38,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use haystack::api::VolumeStatus;
+use haystack::api::SyncReport;
 
 use super::stores::StoreCalls;
 use super::types::{LogicalVolume, NodeRecord, VolumeState};
 use super::{Directory, DirectoryError, now_ms};
+
+mod needles;
 
 /// What one repair pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +53,19 @@ pub(crate) struct RepairReport {
     pub(crate) repaired: Vec<(u32, String)>,
     /// `(volume, node)` replicas whose repair failed (retried next pass).
     pub(crate) failed: Vec<(u32, String)>,
+    /// `(volume, key, node)` needle copies mended from a good copy.
+    pub(crate) needles_mended: Vec<(u32, u64, String)>,
+    /// `(volume, key)` needles found to have no good copy on any replica.
+    pub(crate) needles_lost: Vec<(u32, u64)>,
+}
+
+impl RepairReport {
+    fn is_empty(&self) -> bool {
+        self.repaired.is_empty()
+            && self.failed.is_empty()
+            && self.needles_mended.is_empty()
+            && self.needles_lost.is_empty()
+    }
 }
 
 /// Runs a repair pass every `interval` until `cancel` fires.
@@ -58,8 +83,9 @@ pub(crate) async fn run_repair_loop(
         tokio::select! {
             () = cancel.cancelled() => return,
             result = repair_pass(&directory, &stores) => match result {
-                Ok(report) if !report.repaired.is_empty() || !report.failed.is_empty() => {
+                Ok(report) if !report.is_empty() => {
                     tracing::info!(repaired = ?report.repaired, failed = ?report.failed,
+                        needles_mended = ?report.needles_mended, needles_lost = ?report.needles_lost,
                         "replica repair pass");
                 }
                 Ok(_) => {}
@@ -70,7 +96,7 @@ pub(crate) async fn run_repair_loop(
 }
 
 /// Runs `f` on the directory in a blocking task.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     directory: &Arc<dyn Directory>,
     f: impl FnOnce(&dyn Directory) -> Result<T, DirectoryError> + Send + 'static,
 ) -> Result<T, DirectoryError> {
@@ -91,11 +117,14 @@ pub(crate) async fn repair_pass(
     let nodes: HashMap<String, NodeRecord> = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
     let mut report = RepairReport::default();
     let volumes = audit_replicas(directory, stores, &nodes, volumes).await?;
-    for volume in volumes.into_iter().filter(|v| !v.stale_replicas.is_empty()) {
+    for volume in volumes.iter().filter(|v| !v.stale_replicas.is_empty()) {
+        let volume = volume.clone();
         if let Err(e) = repair_volume(directory, stores, &nodes, volume, &mut report).await {
             tracing::warn!(error = %e, "volume repair failed");
         }
     }
+    let volumes: HashMap<u32, LogicalVolume> = volumes.into_iter().map(|v| (v.id, v)).collect();
+    needles::repair_needles(directory, stores, &nodes, &volumes, &mut report).await?;
     Ok(report)
 }
 
@@ -160,7 +189,8 @@ async fn audit_replicas(
         let vid = volumes[index].id;
         tracing::warn!(volume = vid, replica = %node_id, "replica missing on its node; marking stale");
         let node = node_id.clone();
-        volumes[index] = blocking(directory, move |d| d.mark_replica_stale(vid, &node)).await?;
+        volumes[index] =
+            blocking(directory, move |d| d.mark_replica_stale(vid, &node, false)).await?;
     }
     for (index, (size_bytes, needle_count)) in sizes {
         let volume = &volumes[index];
@@ -176,7 +206,10 @@ async fn audit_replicas(
     Ok(volumes)
 }
 
-fn up_node<'a>(nodes: &'a HashMap<String, NodeRecord>, id: &str) -> Option<&'a NodeRecord> {
+pub(super) fn up_node<'a>(
+    nodes: &'a HashMap<String, NodeRecord>,
+    id: &str,
+) -> Option<&'a NodeRecord> {
     nodes.get(id).filter(|n| n.is_up())
 }
 
@@ -188,6 +221,7 @@ async fn repair_volume(
     report: &mut RepairReport,
 ) -> Result<(), DirectoryError> {
     let vid = volume.id;
+    let epoch = volume.repair_epoch;
     let targets: Vec<&NodeRecord> = volume
         .stale_replicas
         .iter()
@@ -203,8 +237,9 @@ async fn repair_volume(
     let (source, targets) = match fresh.first() {
         Some(source) => (*source, targets),
         None if volume.fresh_replicas().next().is_none() => {
-            // Every replica is stale: elect the most complete up replica.
-            let source = elect_source(stores, vid, &targets).await?;
+            // Every replica is stale: elect the most complete up replica,
+            // preferring those that missed no delete.
+            let source = elect_source(stores, &volume, &targets).await?;
             tracing::info!(volume = vid, source = %source.id, "every replica stale; electing source");
             let others = targets.into_iter().filter(|t| t.id != source.id).collect();
             (source, others)
@@ -221,17 +256,39 @@ async fn repair_volume(
     }
     if volume.is_stale(&source.id) {
         let source_id = source.id.clone();
-        blocking(directory, move |d| d.clear_replica_stale(vid, &source_id)).await?;
+        blocking(directory, move |d| {
+            d.clear_replica_stale(vid, &source_id, epoch)
+        })
+        .await?;
     }
     for target in targets {
+        // Needles that fail their checks at the source are taken from the
+        // other up replicas.
+        let also: Vec<String> = volume
+            .replicas
+            .iter()
+            .filter(|r| **r != source.id && **r != target.id)
+            .filter_map(|r| up_node(nodes, r))
+            .map(NodeRecord::base_url)
+            .collect();
         match stores
-            .sync_volume(&target.base_url(), vid, &source.base_url())
+            .sync_volume(&target.base_url(), vid, &source.base_url(), &also)
             .await
         {
-            Ok(()) => {
+            Ok(sync) => {
                 let target_id = target.id.clone();
-                blocking(directory, move |d| d.clear_replica_stale(vid, &target_id)).await?;
-                tracing::info!(volume = vid, replica = %target.id, source = %source.id, "replica resynchronised");
+                let after = blocking(directory, move |d| {
+                    d.clear_replica_stale(vid, &target_id, epoch)
+                })
+                .await?;
+                record_sync(directory, vid, &source.id, &target.id, &sync).await?;
+                if after.is_stale(&target.id) {
+                    tracing::info!(volume = vid, replica = %target.id,
+                        "reported again during its resync; next pass");
+                    continue;
+                }
+                tracing::info!(volume = vid, replica = %target.id, source = %source.id,
+                    method = %sync.method, "replica resynchronised");
                 report.repaired.push((vid, target.id.clone()));
             }
             Err(e) => {
@@ -243,13 +300,59 @@ async fn repair_volume(
     Ok(())
 }
 
-/// Picks the up replica with the highest `last_key`, then the most needles.
+/// Records what a sync found: needles bad at the source are queued for
+/// needle repair there; needles with no good copy anywhere are recorded lost
+/// by BLOB id; a copy checked every needle of the target, so its earlier
+/// damage records are resolved. A source with more damage than a report
+/// holds is marked stale, to be rebuilt from a checked copy.
+async fn record_sync(
+    directory: &Arc<dyn Directory>,
+    vid: u32,
+    source: &str,
+    target: &str,
+    sync: &SyncReport,
+) -> Result<(), DirectoryError> {
+    if sync.method == "copy" {
+        needles::resolve_replica(directory, vid, target).await?;
+    }
+    let now = now_ms();
+    for needle in &sync.source_damaged {
+        let (key, cookie, node) = (needle.key, needle.cookie, source.to_owned());
+        blocking(directory, move |d| {
+            d.report_damaged_needle(vid, key, &node, cookie, now)
+        })
+        .await?;
+    }
+    for needle in &sync.lost {
+        let (key, cookie, node) = (needle.key, needle.cookie, target.to_owned());
+        let lost = blocking(directory, move |d| {
+            d.report_damaged_needle(vid, key, &node, cookie, now)?;
+            d.mark_needle_lost(vid, key)
+        })
+        .await?;
+        tracing::error!(volume = vid, key, blob = ?lost.blob_id,
+            "BLOB lost: no replica holds a good copy of it");
+    }
+    if sync.truncated {
+        let node = source.to_owned();
+        tracing::warn!(volume = vid, replica = %source,
+            "more damaged needles than a sync reports; resyncing the source too");
+        blocking(directory, move |d| d.mark_replica_stale(vid, &node, false)).await?;
+    }
+    Ok(())
+}
+
+/// Picks the up replica with the highest `last_key`, then the most needles,
+/// among those that missed no delete if there are any.
 async fn elect_source<'a>(
     stores: &StoreCalls,
-    vid: u32,
+    volume: &LogicalVolume,
     candidates: &[&'a NodeRecord],
 ) -> Result<&'a NodeRecord, DirectoryError> {
-    let mut best: Option<(&NodeRecord, VolumeStatus)> = None;
+    let vid = volume.id;
+    // Missed no delete, then the highest last key, then the most needles.
+    type Rank = (bool, Option<u64>, u64);
+    let mut best: Option<(&NodeRecord, Rank)> = None;
     for node in candidates {
         let status = match stores.volume_status(&node.base_url(), vid).await {
             Ok(status) => status,
@@ -258,11 +361,13 @@ async fn elect_source<'a>(
                 continue;
             }
         };
-        let better = best.as_ref().is_none_or(|(_, b)| {
-            (status.last_key, status.needle_count) > (b.last_key, b.needle_count)
-        });
-        if better {
-            best = Some((node, status));
+        let rank = (
+            !volume.missed_delete(&node.id),
+            status.last_key,
+            status.needle_count,
+        );
+        if best.as_ref().is_none_or(|(_, b)| rank > *b) {
+            best = Some((node, rank));
         }
     }
     best.map(|(node, _)| node)

@@ -24,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
-use super::types::{ErrorBody, LeaseRequest, NodeRegistration, SetStateRequest, StaleRequest};
+use super::types::{
+    DamagedPage, DamagedRequest, ErrorBody, LeaseRequest, NodeRegistration, SetStateRequest,
+    StaleRequest,
+};
 use super::{Directory, DirectoryError, RedbDirectory, now_ms};
 
 /// Configuration of the directory role.
@@ -270,22 +273,56 @@ async fn allocate_volume(State(state): State<AppState>) -> Result<Response, Dire
         }
     });
     let results = futures::future::join_all(creations).await;
-    let mut first_error = None;
-    for (replica, result) in volume.replicas.iter().zip(results) {
-        if let Err(e) = result {
-            tracing::warn!(volume = vid, replica = %replica, error = %e, "replica creation failed");
-            let replica = replica.clone();
-            state
-                .blocking(move |d| d.mark_replica_stale(vid, &replica))
-                .await?;
-            first_error.get_or_insert(e);
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
+    if let Some(error) = results.iter().find_map(|r| r.as_ref().err()) {
+        let error = error.to_string();
+        discard_allocation(&state, &volume, &nodes, &results).await;
+        tracing::warn!(volume = vid, error = %error, "volume allocation failed; discarded");
+        return Err(results
+            .into_iter()
+            .find_map(Result::err)
+            .expect("one creation failed"));
     }
     tracing::info!(volume = vid, replicas = ?volume.replicas, "volume allocated");
     Ok((StatusCode::CREATED, axum::Json(volume)).into_response())
+}
+
+/// Undoes an allocation whose replicas could not all be created: removes the
+/// empty replicas that were (best effort; a node that keeps one holds an
+/// empty orphan file) and forgets the volume, so that no empty, stale volume
+/// is left for repair to mend again after every failed upload.
+async fn discard_allocation(
+    state: &AppState,
+    volume: &super::LogicalVolume,
+    nodes: &[super::NodeRecord],
+    results: &[Result<(), DirectoryError>],
+) {
+    let vid = volume.id;
+    for (replica, result) in volume.replicas.iter().zip(results) {
+        let Some(node) = nodes.iter().find(|n| &n.id == replica) else {
+            continue;
+        };
+        if result.is_ok()
+            && let Err(e) = state
+                .stores
+                .remove_empty_volume(&node.base_url(), vid)
+                .await
+        {
+            tracing::warn!(volume = vid, replica = %replica, error = %e,
+                "removing the replica of a discarded volume failed");
+        }
+    }
+    if let Err(e) = state.blocking(move |d| d.discard_volume(vid)).await {
+        tracing::warn!(volume = vid, error = %e, "discarding a failed allocation failed");
+        // It stays as a volume with a stale replica, which repair mends.
+        for (replica, result) in volume.replicas.iter().zip(results) {
+            if result.is_err() {
+                let replica = replica.clone();
+                let _ = state
+                    .blocking(move |d| d.mark_replica_stale(vid, &replica, false))
+                    .await;
+            }
+        }
+    }
 }
 
 async fn list_volumes(State(state): State<AppState>) -> Result<Response, DirectoryError> {
@@ -336,11 +373,84 @@ async fn mark_replica_stale(
 ) -> Result<Response, DirectoryError> {
     let vid = parse_vid(&vid)?;
     let node_id = node.clone();
+    let missed_delete = request.missed_delete;
     let volume = state
-        .blocking(move |d| d.mark_replica_stale(vid, &node_id))
+        .blocking(move |d| d.mark_replica_stale(vid, &node_id, missed_delete))
         .await?;
-    tracing::warn!(volume = vid, replica = %node, reason = %request.reason, "replica reported stale");
+    tracing::warn!(volume = vid, replica = %node, missed_delete, reason = %request.reason,
+        "replica reported stale");
     Ok(axum::Json(volume).into_response())
+}
+
+fn parse_key(text: &str) -> Result<u64, DirectoryError> {
+    haystack::api::parse_key(text).ok_or_else(|| {
+        DirectoryError::BadRequest(format!("needle key {text:?} is not 1-16 lowercase hex"))
+    })
+}
+
+/// `POST /volumes/{vid}/needles/{key}/damaged`: a replica's copy of a needle
+/// failed its checks; the repair loop mends it from a good copy.
+async fn report_damaged_needle(
+    State(state): State<AppState>,
+    Path((vid, key)): Path<(String, String)>,
+    JsonBody(request): JsonBody<DamagedRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let key = parse_key(&key)?;
+    let now = now_ms();
+    let node = request.node.clone();
+    let needle = state
+        .blocking(move |d| d.report_damaged_needle(vid, key, &node, request.cookie, now))
+        .await?;
+    tracing::warn!(volume = vid, key, replica = %request.node, reason = %request.reason,
+        "damaged needle reported");
+    Ok(axum::Json(needle).into_response())
+}
+
+/// Most records of one `GET /damaged-needles` page.
+const DAMAGED_PAGE_MAX: usize = 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DamagedQuery {
+    after_volume: Option<String>,
+    after_key: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /damaged-needles?after_volume=V&after_key=K&limit=N`.
+async fn list_damaged_needles(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<DamagedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, DirectoryError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
+    let after = match (query.after_volume, query.after_key) {
+        (Some(volume), Some(key)) => Some((parse_vid(&volume)?, parse_key(&key)?)),
+        (None, None) => None,
+        _ => {
+            return Err(DirectoryError::BadRequest(
+                "after_volume and after_key go together".into(),
+            ));
+        }
+    };
+    let limit = query.limit.unwrap_or(DAMAGED_PAGE_MAX);
+    if limit == 0 || limit > DAMAGED_PAGE_MAX {
+        return Err(DirectoryError::BadRequest(format!(
+            "limit must be 1 to {DAMAGED_PAGE_MAX}"
+        )));
+    }
+    let needles = state
+        .blocking(move |d| d.damaged_needles(after, limit))
+        .await?;
+    let next_after = (needles.len() == limit)
+        .then(|| needles.last().map(|n| (n.volume, n.key)))
+        .flatten();
+    Ok(axum::Json(DamagedPage {
+        needles,
+        next_after,
+    })
+    .into_response())
 }
 
 async fn not_found() -> Response {
@@ -385,6 +495,11 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
             "/volumes/{vid}/replicas/{node}/stale",
             post(mark_replica_stale),
         )
+        .route(
+            "/volumes/{vid}/needles/{key}/damaged",
+            post(report_damaged_needle),
+        )
+        .route("/damaged-needles", get(list_damaged_needles))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

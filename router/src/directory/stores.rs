@@ -1,10 +1,10 @@
-//! The few store node calls the directory makes (create a replica, read its
-//! status, lock it, bulk-sync it), through `haystack::client::StoreClient`
+//! The store node calls the directory makes (create or remove a replica,
+//! read its status, lock it, bulk-sync it, mend one needle), through `haystack::client::StoreClient`
 //! with one shared connection pool and explicit timeouts.
 
 use std::time::Duration;
 
-use haystack::api::VolumeStatus;
+use haystack::api::{NeedleRepairAnswer, SyncReport, VolumeStatus};
 use haystack::client::{ClientError, StoreClient, StoreClientOptions};
 
 /// Store node calls sharing one `reqwest::Client`.
@@ -58,17 +58,35 @@ impl StoreCalls {
         self.client(base_url)?.lock_volume(vid).await.map(drop)
     }
 
-    /// `POST /volumes/{vid}/sync?from=URL`: replace the replica at `base_url`
-    /// with a copy of the one at `from_url`.
+    /// `DELETE /volumes/{vid}`: remove a replica that never held a needle.
+    pub async fn remove_empty_volume(&self, base_url: &str, vid: u32) -> Result<(), ClientError> {
+        self.client(base_url)?.remove_empty_volume(vid).await
+    }
+
+    /// `POST /volumes/{vid}/sync?from=URL&also=...`: bring the replica at
+    /// `base_url` up to date with the one at `from_url`, taking needles that
+    /// fail their checks there from the replicas at `also`.
     pub async fn sync_volume(
         &self,
         base_url: &str,
         vid: u32,
         from_url: &str,
-    ) -> Result<(), ClientError> {
+        also: &[String],
+    ) -> Result<SyncReport, ClientError> {
         self.client(base_url)?
-            .sync_volume(vid, from_url)
+            .sync_volume(vid, from_url, also)
             .await
-            .map(drop)
+    }
+
+    /// `POST /volumes/{vid}/needles/{key}/repair?from=...`: mend the replica's
+    /// copy of one needle from the first of `peers` with a good one.
+    pub async fn repair_needle(
+        &self,
+        base_url: &str,
+        vid: u32,
+        key: u64,
+        peers: &[String],
+    ) -> Result<NeedleRepairAnswer, ClientError> {
+        self.client(base_url)?.repair_needle(vid, key, peers).await
     }
 }

@@ -132,9 +132,19 @@ pub struct LogicalVolume {
     pub state: VolumeState,
     /// Node ids holding a replica, in placement order.
     pub replicas: Vec<String>,
-    /// Replicas that may have missed a write or delete; never read from until
-    /// resynchronised. Always a subset of `replicas`.
+    /// Replicas that may have missed a write or delete; read from only when
+    /// no fresh replica can answer, and resynchronised by the repair loop.
+    /// Always a subset of `replicas`.
     pub stale_replicas: Vec<String>,
+    /// Stale replicas known to have missed an acknowledged delete: never read
+    /// from until resynchronised. Always a subset of `stale_replicas`.
+    #[serde(default)]
+    pub missed_deletes: Vec<String>,
+    /// Bumped by every stale report. A resync clears a replica's marks only if
+    /// the epoch it started at is still current, so a report that arrives
+    /// while it runs is never lost.
+    #[serde(default)]
+    pub repair_epoch: u64,
     /// Allocation time, ms since the UNIX epoch.
     pub created_ms: u64,
     /// When the volume was locked, ms since the UNIX epoch.
@@ -149,6 +159,11 @@ impl LogicalVolume {
     /// Whether `node` holds a replica that is marked stale.
     pub fn is_stale(&self, node: &str) -> bool {
         self.stale_replicas.iter().any(|n| n == node)
+    }
+
+    /// Whether `node`'s replica missed an acknowledged delete.
+    pub fn missed_delete(&self, node: &str) -> bool {
+        self.missed_deletes.iter().any(|n| n == node)
     }
 
     /// Replicas not marked stale (node liveness is not considered).
@@ -195,6 +210,54 @@ pub struct StaleRequest {
     /// Why the replica is stale (logged by the directory).
     #[serde(default)]
     pub reason: String,
+    /// The replica missed an acknowledged delete (it must not serve reads
+    /// until resynchronised).
+    #[serde(default)]
+    pub missed_delete: bool,
+}
+
+/// A needle whose copy on some replica failed its checks: queued for repair
+/// from a good copy, or `lost` when no replica holds one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedNeedle {
+    /// The volume.
+    pub volume: u32,
+    /// The needle key.
+    pub key: u64,
+    /// The BLOB's cookie, when the report knew it.
+    pub cookie: Option<u32>,
+    /// The BLOB id (`VOLUME,KEYCOOKIE`), when the cookie is known.
+    pub blob_id: Option<String>,
+    /// Replicas whose copy failed its checks and is not mended yet.
+    pub replicas: Vec<String>,
+    /// Every replica was asked and none holds a good copy.
+    pub lost: bool,
+    /// First reported, ms since the UNIX epoch.
+    pub reported_ms: u64,
+}
+
+/// Body of `POST /volumes/{vid}/needles/{key}/damaged`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DamagedRequest {
+    /// The replica whose copy failed its checks.
+    pub node: String,
+    /// The BLOB's cookie, if known.
+    #[serde(default)]
+    pub cookie: Option<u32>,
+    /// What failed (logged by the directory).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A page of `GET /damaged-needles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedPage {
+    /// Records in `(volume, key)` order.
+    pub needles: Vec<DamagedNeedle>,
+    /// Ask again with `after_volume` and `after_key` set to these for the
+    /// next page; `None` at the end.
+    pub next_after: Option<(u32, u64)>,
 }
 
 /// A JSON error answer: `{"error": CODE, "message": TEXT}`.
@@ -237,6 +300,8 @@ mod tests {
             state: VolumeState::ReadOnly,
             replicas: vec!["a".into(), "b".into(), "c".into()],
             stale_replicas: vec!["b".into()],
+            missed_deletes: vec![],
+            repair_epoch: 4,
             created_ms: 1,
             locked_ms: None,
             size_bytes: 10,
@@ -246,7 +311,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"id":3,"state":"readonly","replicas":["a","b","c"],
-                "stale_replicas":["b"],"created_ms":1,"locked_ms":null,"size_bytes":10,
+                "stale_replicas":["b"],"missed_deletes":[],"repair_epoch":4,"created_ms":1,"locked_ms":null,"size_bytes":10,
                 "needle_count":2})
         );
         let back: LogicalVolume = serde_json::from_value(json).expect("deserialise");

@@ -1,0 +1,202 @@
+//! Needle-level repair of one volume: what a store node needs to mend its
+//! replica from a peer's without copying whole files, and to check a copy
+//! needle by needle.
+//!
+//! - [`Volume::read_raw_needle`]: the verified on-disk bytes of a needle,
+//!   deleted or not, without a cookie: what a peer sends to mend a damaged
+//!   copy (needles are byte-identical on every replica but for the deleted
+//!   flag, which the checksum does not cover).
+//! - [`Volume::repair_needle`]: overwrites a damaged needle in place with a
+//!   good copy of the same size. The slot, the index and every other needle
+//!   stay as they are, so this works on a locked volume and beside appends.
+//! - [`Volume::needle_entries`] and [`Volume::inventory_digest`]: pages of
+//!   the in-memory index and a digest of it, to compare two replicas.
+//! - [`Volume::apply_peer_delete`]: a delete learned from a peer's deleted
+//!   keys (which carry no cookie).
+
+use crate::error::{Error, Result};
+use crate::format::{self, NEEDLE_FLAG_DELETED, NEEDLE_FLAGS_OFFSET, NEEDLE_HEADER_SIZE};
+use crate::index::IndexEntry;
+use crate::volume::{Volume, needle_len};
+
+/// The verified bytes of one needle as it lies on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawNeedle {
+    /// Key, cookie, flags and sizes from its header.
+    pub header: format::NeedleHeader,
+    /// The whole needle: header, content type, data, footer, padding.
+    pub bytes: Vec<u8>,
+}
+
+/// What [`Volume::repair_needle`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeedleRepair {
+    /// The local copy already passed its checks; nothing was written (a
+    /// delete the good copy carried was applied).
+    AlreadyGood,
+    /// The damaged copy was overwritten with the good one and synced.
+    Rewritten,
+}
+
+/// A digest of a volume's needle inventory: equal digests mean both
+/// replicas hold the same keys with the same sizes, in the same order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InventoryDigest {
+    /// Needles in the index, deleted ones included.
+    pub needles: u64,
+    /// End of the last needle.
+    pub data_end: u64,
+    /// CRC-32 of every `(key, offset, size_bytes)` in key order, each as
+    /// little-endian `u64`s.
+    pub crc32: u32,
+}
+
+impl Volume {
+    /// Reads and fully verifies the needle of `key` as it lies on disk,
+    /// deleted or not, without a cookie check. `NotFound` if the index has
+    /// no such key; `Corrupt` if its bytes fail any check.
+    pub fn read_raw_needle(&self, key: u64) -> Result<RawNeedle> {
+        let (file, entry) = self.entry(key)?;
+        let bytes = file.read_vec_at(needle_len(&entry), entry.offset)?;
+        let header = self.check_raw(&bytes, &entry)?;
+        Ok(RawNeedle { header, bytes })
+    }
+
+    /// Mends the needle of `key` with `good`, a verified copy from a peer:
+    /// if the local copy fails its checks, `good` is written over it in
+    /// place and synced. A delete either copy carries is kept (deletes only
+    /// ever grow). `InvalidInput` if `good` is not a valid needle of this
+    /// key and size; `NotFound` if the index has no such key; `ReadOnly`
+    /// after a failed write.
+    pub fn repair_needle(&self, key: u64, good: &[u8]) -> Result<NeedleRepair> {
+        // No compaction may swap the files, and no delete may set a flag,
+        // while the slot is rewritten.
+        let _compaction = self.compaction_lock.lock();
+        let _deletes = self.delete_lock.lock();
+        if self.state.lock().failed {
+            return Err(Error::ReadOnly { volume: self.id });
+        }
+        let (file, entry) = self.entry(key)?;
+        let good_header = self
+            .check_raw(good, &entry)
+            .map_err(|e| Error::InvalidInput(format!("replacement needle: {e}")))?;
+        let local = file.read_vec_at(needle_len(&entry), entry.offset)?;
+        if let Ok(header) = self.check_raw(&local, &entry) {
+            if good_header.deleted() && !entry.deleted {
+                self.persist_delete(&*file, &entry, header.flags)?;
+            }
+            return Ok(NeedleRepair::AlreadyGood);
+        }
+        let mut bytes = good.to_vec();
+        if entry.deleted {
+            bytes[NEEDLE_FLAGS_OFFSET] |= NEEDLE_FLAG_DELETED;
+        }
+        let written = file
+            .write_at(&bytes, entry.offset)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            self.state.lock().failed = true;
+            tracing::error!(volume = self.id, key, error = %e,
+                "needle repair failed to sync; volume is read-only");
+            return Err(e.into());
+        }
+        tracing::info!(
+            volume = self.id,
+            key,
+            offset = entry.offset,
+            "needle rewritten from a good copy"
+        );
+        if good_header.deleted() && !entry.deleted {
+            self.persist_delete(&*file, &entry, good_header.flags)?;
+        }
+        Ok(NeedleRepair::Rewritten)
+    }
+
+    /// Up to `limit` index entries with keys above `after` (from the first
+    /// if `None`), in key order, deleted ones included.
+    pub fn needle_entries(&self, after: Option<u64>, limit: usize) -> Vec<IndexEntry> {
+        self.files.read().index.entries_after(after, limit)
+    }
+
+    /// The digest of the in-memory index (one pass over it, no IO).
+    pub fn inventory_digest(&self) -> InventoryDigest {
+        let files = self.files.read();
+        let mut crc = crc32fast::Hasher::new();
+        for entry in files.index.iter() {
+            crc.update(&entry.key.to_le_bytes());
+            crc.update(&entry.offset.to_le_bytes());
+            crc.update(&entry.size_bytes.to_le_bytes());
+        }
+        InventoryDigest {
+            needles: files.index.len(),
+            data_end: files.index.data_end(),
+            crc32: crc.finalize(),
+        }
+    }
+
+    /// Up to `limit` deleted keys above `after`, in key order.
+    pub fn deleted_keys_after(&self, after: Option<u64>, limit: usize) -> Vec<u64> {
+        let files = self.files.read();
+        let mut keys = Vec::new();
+        let mut cursor = after;
+        // Pages of the index, so that a volume with few deletes costs one
+        // pass and the answer never exceeds `limit`.
+        while keys.len() < limit {
+            let page = files.index.entries_after(cursor, 4096);
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.key);
+            keys.extend(
+                page.iter()
+                    .filter(|e| e.deleted)
+                    .map(|e| e.key)
+                    .take(limit - keys.len()),
+            );
+        }
+        keys
+    }
+
+    /// Applies a delete a peer holds: deletes the needle of `key` with the
+    /// cookie its own header carries. `Ok(false)` if it is missing or
+    /// already deleted here.
+    pub fn apply_peer_delete(&self, key: u64) -> Result<bool> {
+        let (file, entry) = match self.live_entry(key) {
+            Ok(found) => found,
+            Err(Error::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut header = [0u8; NEEDLE_HEADER_SIZE];
+        file.read_at(&mut header, entry.offset)?;
+        let header = format::decode_needle_header(&header, self.id, entry.offset)?;
+        match self.delete_needle(key, header.cookie) {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The data file and index entry of `key`, deleted or not.
+    fn entry(&self, key: u64) -> Result<(std::sync::Arc<dyn crate::Storage>, IndexEntry)> {
+        let files = self.files.read();
+        let entry = files.index.get(key).ok_or(Error::NotFound)?;
+        Ok((files.data.clone(), entry))
+    }
+
+    /// Checks that `bytes` is a whole valid needle of `entry`'s key and size.
+    fn check_raw(&self, bytes: &[u8], entry: &IndexEntry) -> Result<format::NeedleHeader> {
+        let (header, _) = format::validate_needle(bytes, self.id, entry.offset)?;
+        if header.key != entry.key || header.size_bytes() != entry.size_bytes {
+            return Err(Error::corrupt(
+                self.id,
+                entry.offset,
+                format!(
+                    "needle of key {:#x} and {} bytes where the index has key {:#x} and {} bytes",
+                    header.key,
+                    header.size_bytes(),
+                    entry.key,
+                    entry.size_bytes
+                ),
+            ));
+        }
+        Ok(header)
+    }
+}
