@@ -1,5 +1,7 @@
 //! Faults against `hayloft up --spawn` (one process per node): `kill -9` of a
-//! store node during a stream of uploads, and of the router mid-upload.
+//! store node during a stream of uploads (reads checked while it is down), of
+//! the router mid-upload (buffered and streamed bodies), and a delete while a
+//! replica is down.
 
 mod common;
 
@@ -9,16 +11,42 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::{
-    Cluster, check_blob, http_client, random_body, raw_request, sha256, store_fingerprint, upload,
-    wait_until,
+    Cluster, check_blob, http_client, random_body, sha256, store_fingerprint, upload, wait_until,
 };
+
+/// Sends `POST /blobs` declaring `declared` bytes but only `sent` of them,
+/// counts itself in `written` once they are all written, then waits for an
+/// answer: what it returns (empty if the connection ended without one).
+fn partial_upload(
+    address: std::net::SocketAddr,
+    seed: u64,
+    declared: usize,
+    sent: usize,
+    written: &AtomicUsize,
+) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let head = format!(
+        "POST /blobs HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/octet-stream\r\n\
+         content-length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&random_body(1000 + seed, sent))?;
+    written.fetch_add(1, Ordering::SeqCst);
+    let mut answer = Vec::new();
+    // A reset (the router died) ends the read like a close does.
+    let _ = stream.read_to_end(&mut answer);
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
 
 /// Fast failure detection, so a dead node is noticed within seconds.
 const FAST_HEARTBEATS: &[&str] = &[
     "--volume-size",
-    "16MiB",
+    "64MiB",
     "--max-blob-size",
-    "4MiB",
+    "32MiB",
     "--heartbeat-interval",
     "200ms",
     "--heartbeat-timeout",
@@ -83,6 +111,19 @@ async fn directory_json(cluster: &Cluster, path: &str) -> anyhow::Result<Vec<ser
         .context("directory answered a non-array")
 }
 
+/// Waits (at most 2 min) until no volume has a stale replica.
+async fn wait_no_stale_replica(cluster: &Cluster, what: &str) -> anyhow::Result<()> {
+    wait_until(what, Duration::from_secs(120), || async {
+        let volumes = directory_json(cluster, "/volumes").await?;
+        Ok(volumes.iter().all(|volume| {
+            volume["stale_replicas"]
+                .as_array()
+                .is_some_and(|stale| stale.is_empty())
+        }))
+    })
+    .await
+}
+
 async fn count_at_least(acknowledged: &Acknowledged, target: usize) -> anyhow::Result<bool> {
     Ok(acknowledged.lock().expect("lock").len() >= target)
 }
@@ -100,8 +141,24 @@ async fn kill_9_store_node_during_uploads_loses_nothing_acknowledged() -> anyhow
     })
     .await?;
     cluster.kill_node("store-1")?;
-    // Uploads keep streaming while store-1 is gone and noticed as down.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Uploads keep streaming while store-1 is gone and noticed as down, and
+    // every acknowledged BLOB reads back from the two replicas left.
+    let outage = std::time::Instant::now() + Duration::from_secs(3);
+    let mut reads_during_outage = 0;
+    while std::time::Instant::now() < outage {
+        let sample: Vec<_> = {
+            let acknowledged = acknowledged.lock().expect("lock");
+            let step = (acknowledged.len() / 50).max(1);
+            acknowledged.iter().step_by(step).cloned().collect()
+        };
+        for (id, size, digest) in &sample {
+            check_blob(&http_client(), &cluster.router, id, *size, digest)
+                .await
+                .with_context(|| format!("read of {id} while store-1 was down"))?;
+            reads_during_outage += 1;
+        }
+    }
+    assert!(reads_during_outage > 0);
     let _restarted = cluster.restart_node("store-1")?;
     let before = acknowledged.lock().expect("lock").len();
     wait_until(
@@ -121,15 +178,7 @@ async fn kill_9_store_node_during_uploads_loses_nothing_acknowledged() -> anyhow
     );
 
     // The restarted replica catches up: no stale replica is left.
-    wait_until("store-1 resynced", Duration::from_secs(120), || async {
-        let volumes = directory_json(&cluster, "/volumes").await?;
-        Ok(volumes.iter().all(|volume| {
-            volume["stale_replicas"]
-                .as_array()
-                .is_some_and(|stale| stale.is_empty())
-        }))
-    })
-    .await?;
+    wait_no_stale_replica(&cluster, "store-1 resynced").await?;
     check_acknowledged(&cluster.router, &acknowledged).await?;
 
     // Now the resynced store-1 must hold everything by itself.
@@ -167,30 +216,39 @@ async fn kill_9_router_mid_upload_never_serves_half_a_blob() -> anyhow::Result<(
     }
     let before = store_fingerprint(&cluster).await?;
 
-    // Uploads whose bodies stop half way, then the router dies under them.
+    // Uploads whose bodies stop part way, then the router dies under them:
+    // two buffered (1 MiB, below the retry buffer) and two streamed (24 MiB
+    // declared). The kill waits until each has written its part: a streamed
+    // one has written more than loopback's socket buffers hold (about 10 MiB
+    // between both ends), so the router was forwarding it to the stores.
     let address = cluster.router_address;
-    let half_uploads: Vec<_> = (0..4)
-        .map(|n| {
-            std::thread::spawn(move || {
-                let body = random_body(1000 + n, 2 * 1024 * 1024);
-                let mut request = format!(
-                    "POST /blobs HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                )
-                .into_bytes();
-                request.extend_from_slice(&body[..body.len() / 2]);
-                raw_request(address, &request, false)
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let written = Arc::new(AtomicUsize::new(0));
+    let partial_uploads: Vec<_> = [
+        (1 << 20, 1 << 19),
+        (1 << 20, 1 << 19),
+        (24 << 20, 16 << 20),
+        (24 << 20, 16 << 20),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(n, (declared, sent))| {
+        let written = written.clone();
+        std::thread::spawn(move || partial_upload(address, n as u64, declared, sent, &written))
+    })
+    .collect();
+    wait_until(
+        "every partial body written",
+        Duration::from_secs(60),
+        || {
+            let written = written.clone();
+            async move { Ok(written.load(Ordering::SeqCst) == 4) }
+        },
+    )
+    .await?;
     cluster.kill_node("router")?;
-    for half in half_uploads {
-        let (status, answer) = half.join().expect("thread");
-        assert!(
-            status.is_none_or(|status| status >= 400),
-            "a half upload was answered {status:?}: {answer}"
-        );
+    for partial in partial_uploads {
+        let answer = partial.join().expect("thread")?;
+        assert!(answer.is_empty(), "a partial upload was answered: {answer}");
     }
     assert_eq!(
         store_fingerprint(&cluster).await?,
@@ -243,5 +301,80 @@ async fn spawned_nodes_die_with_their_parent() -> anyhow::Result<()> {
         }
     })
     .await?;
+    Ok(())
+}
+
+/// `GET` of a needle straight from one store node (no router): its status.
+async fn store_read_status(cluster: &Cluster, store: &str, id: &str) -> anyhow::Result<u16> {
+    let (volume, rest) = id.split_once(',').context("id")?;
+    let (key, cookie) = rest.split_at(rest.len() - 8);
+    let url = format!(
+        "{}/volumes/{volume}/needles/{key}?cookie={cookie}",
+        cluster.node_url(store)?
+    );
+    Ok(http_client().get(url).send().await?.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::Result<()> {
+    let cluster = Cluster::start_spawned(FAST_HEARTBEATS).await?;
+    let client = http_client();
+    let mut blobs = Vec::new();
+    for n in 0..12u64 {
+        let body = random_body(500 + n, 3_000 + n as usize);
+        let id = upload(&client, &cluster.router, body.clone()).await?;
+        blobs.push((id, body));
+    }
+    let delete = |id: String| {
+        let client = client.clone();
+        let url = format!("{}/blobs/{id}", cluster.router);
+        async move { anyhow::Ok(client.delete(url).send().await?.status().as_u16()) }
+    };
+
+    cluster.kill_node("store-2")?;
+    // At once, before the directory has noticed (the delete to store-2
+    // fails), and again once store-2 is marked down (it is not asked).
+    assert_eq!(delete(blobs[0].0.clone()).await?, 204);
+    wait_until("store-2 marked down", Duration::from_secs(60), || async {
+        let nodes = directory_json(&cluster, "/nodes").await?;
+        Ok(nodes
+            .iter()
+            .any(|node| node["id"] == "store-2" && node["state"] == "down"))
+    })
+    .await?;
+    assert_eq!(delete(blobs[1].0.clone()).await?, 204);
+    for (n, (id, body)) in blobs.iter().enumerate() {
+        let (status, got) = common::fetch(&client, &cluster.router, id).await?;
+        match n {
+            0 | 1 => assert_eq!(status, 404, "deleted {id} while store-2 is down"),
+            _ => assert!(status == 200 && got == *body, "{id}: {status}"),
+        }
+    }
+    // The directory knows store-2 missed them, so its copy is never read
+    // until it is resynced.
+    let volumes = directory_json(&cluster, "/volumes").await?;
+    for (id, _) in &blobs[..2] {
+        let vid: u64 = id.split(',').next().context("vid")?.parse()?;
+        let volume = volumes.iter().find(|v| v["id"] == vid).context("volume")?;
+        assert!(
+            volume["missed_deletes"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|n| n == "store-2")),
+            "{volume}"
+        );
+    }
+
+    let _store_2 = cluster.restart_node("store-2")?;
+    wait_no_stale_replica(&cluster, "store-2 resynced").await?;
+    for store in ["store-1", "store-2", "store-3"] {
+        for (n, (id, _)) in blobs.iter().enumerate() {
+            let status = store_read_status(&cluster, store, id).await?;
+            let expected = if n < 2 { 404 } else { 200 };
+            assert_eq!(status, expected, "{id} on {store}");
+        }
+    }
+    for (id, _) in &blobs[..2] {
+        assert_eq!(common::fetch(&client, &cluster.router, id).await?.0, 404);
+    }
     Ok(())
 }

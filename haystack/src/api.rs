@@ -38,7 +38,7 @@ pub mod code {
     pub const BAD_REQUEST: &str = "bad_request";
     /// The body is larger than the configured limit (413).
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
-    /// A local IO error (500).
+    /// A local IO error (500; 507 when the disk is full).
     pub const IO: &str = "io";
     /// No such route or method (404 / 405).
     pub const NO_ROUTE: &str = "no_route";

@@ -244,6 +244,7 @@ impl Volume {
         }
         st.end = new_end;
         st.synced = new_end;
+        st.compactions += 1;
         job.renaming = false;
         Ok((kept, job.dropped, new_end))
     }

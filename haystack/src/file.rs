@@ -291,6 +291,31 @@ pub(crate) fn remove_if_exists(path: &Path) -> io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// The fallback for files whose filesystem refuses `RWF_NOWAIT` (procfs
+    /// answers `EOPNOTSUPP`): the first cached read declines and turns them
+    /// off for the file; reads then take the blocking path, with the bytes.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_without_nowait_reads_falls_back_to_blocking_reads() {
+        let storage = FileStorage::new(File::open("/proc/self/status").expect("open procfs"));
+        assert!(storage.nowait.load(Ordering::Relaxed));
+        let mut buf = [0u8; 5];
+        assert!(!storage.try_read_at_cached(&mut buf, 0).expect("declines"));
+        assert!(
+            !storage.nowait.load(Ordering::Relaxed),
+            "turned off for this file"
+        );
+        assert!(
+            !storage
+                .try_read_at_cached(&mut buf, 0)
+                .expect("declines again")
+        );
+        assert_eq!(storage.try_read_vec_cached(5, 0).expect("declines"), None);
+        storage.read_at(&mut buf, 0).expect("blocking read");
+        assert_eq!(&buf, b"Name:");
+        assert_eq!(storage.read_vec_at(5, 0).expect("blocking read"), b"Name:");
+    }
+
     fn storage_with(bytes: &[u8]) -> (tempfile::TempDir, FileStorage) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("f");

@@ -91,7 +91,10 @@ pub struct CompactionReport {
 #[must_use = "an append is acknowledged only after wait() returns Ok"]
 pub struct PendingAppend<'a> {
     volume: &'a Volume,
+    key: u64,
     outcome: AppendOutcome,
+    /// [`WriteState::compactions`] when the needle was written.
+    compactions: u64,
 }
 
 impl PendingAppend<'_> {
@@ -103,6 +106,21 @@ impl PendingAppend<'_> {
     /// Waits until the needle is durable (group commit) and readable.
     pub fn wait(self) -> Result<AppendOutcome> {
         let mut st = self.volume.state.lock();
+        if st.compactions != self.compactions {
+            // A compaction committed since the write: its final phase synced
+            // every write before it, so the needle is durable, at its offset
+            // in the new data file. (Waiting for the old offset would wait
+            // forever once the new file is shorter.)
+            let entry = self.volume.files.read().index.get(self.key);
+            return match entry {
+                Some(entry) => Ok(AppendOutcome {
+                    offset: entry.offset,
+                    size_bytes: entry.size_bytes,
+                }),
+                // Deleted before the compaction and dropped by it: still durable.
+                None => Ok(self.outcome),
+            };
+        }
         self.volume
             .wait_synced(&mut st, self.outcome.offset + self.outcome.size_bytes)?;
         Ok(self.outcome)
@@ -194,6 +212,9 @@ pub(crate) struct WriteState {
     pub(crate) locked: bool,
     /// Compaction's final phase: appends wait.
     pub(crate) compacting: bool,
+    /// Compactions committed since the volume was opened: offsets written
+    /// before one refer to the old data file.
+    pub(crate) compactions: u64,
 }
 
 /// The index file's append position.
@@ -325,6 +346,7 @@ impl Volume {
                 failed: false,
                 locked: sb.locked,
                 compacting: false,
+                compactions: 0,
             }),
             files: RwLock::new(Files {
                 data,
@@ -423,10 +445,12 @@ impl Volume {
         });
         Ok(PendingAppend {
             volume: self,
+            key,
             outcome: AppendOutcome {
                 offset,
                 size_bytes: size,
             },
+            compactions: st.compactions,
         })
     }
 

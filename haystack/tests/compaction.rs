@@ -144,3 +144,45 @@ fn compaction_syncs_an_append_nobody_waited_for() {
     );
     check(&v, &model, 6);
 }
+
+#[test]
+fn an_append_waited_for_after_a_compaction_moved_it_is_acknowledged() {
+    // Written before a compaction that drops deleted needles (so the new data
+    // file is shorter than the old offset), waited for after it committed:
+    // the compaction synced it; the wait returns its offset in the new file
+    // (it once waited for the old offset forever, syncing in a loop).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Arc::new(Volume::create(dir.path(), 1, VolumeOptions::default()).expect("create"));
+    let mut model = Model::new();
+    fill(&v, 1, 10, &mut model);
+    for k in 1..5 {
+        v.delete_needle(k, common::cookie(k)).expect("delete");
+        model.remove(&k);
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = {
+        let v = v.clone();
+        std::thread::spawn(move || {
+            let pending = v.write_needle(10, common::cookie(10), "", b"moved").expect("write");
+            let before = pending.outcome();
+            v.compact().expect("compact");
+            let _ = done_tx.send((before, pending.wait()));
+        })
+    };
+    let (before, after) = done_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the wait after the compaction returns");
+    waiter.join().expect("thread");
+    let after = after.expect("acknowledged");
+    assert!(after.offset < before.offset, "{before:?} -> {after:?}");
+    assert_eq!(after.size_bytes, before.size_bytes);
+    assert_eq!(
+        v.read_needle(10, common::cookie(10)).expect("read").data,
+        &b"moved"[..]
+    );
+    model.insert(10, (common::cookie(10), b"moved".to_vec()));
+    let v = Arc::into_inner(v).expect("one owner");
+    drop(v);
+    let v = Volume::open(dir.path(), 1, VolumeOptions::default()).expect("reopen");
+    check(&v, &model, 11);
+}

@@ -14,6 +14,30 @@ struct Faults {
     fail_sync: AtomicBool,
     syncs: AtomicU64,
     reads: AtomicU64,
+    writes: AtomicU64,
+    /// While true, every `sync_data` waits (a sync held in flight).
+    hold_syncs: parking_lot::Mutex<bool>,
+    released: parking_lot::Condvar,
+}
+
+impl Faults {
+    fn hold_syncs(&self) {
+        *self.hold_syncs.lock() = true;
+    }
+
+    fn release_syncs(&self) {
+        *self.hold_syncs.lock() = false;
+        self.released.notify_all();
+    }
+
+    /// Waits (bounded) until `count` writes have reached the storage.
+    fn wait_for_writes(&self, count: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.writes.load(Ordering::SeqCst) < count {
+            assert!(std::time::Instant::now() < deadline, "writes never arrived");
+            std::thread::yield_now();
+        }
+    }
 }
 
 struct FaultyStorage {
@@ -27,10 +51,16 @@ impl Storage for FaultyStorage {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.faults.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.write_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
         self.faults.syncs.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.faults.hold_syncs.lock();
+        while *held {
+            self.faults.released.wait(&mut held);
+        }
+        drop(held);
         if self.faults.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected EIO"));
         }
@@ -97,34 +127,46 @@ fn failed_sync_turns_the_volume_read_only() {
 
 #[test]
 fn failed_sync_fails_every_waiter_of_the_group() {
+    // Eight needles written, none synced; one sync (held until all eight are
+    // waiting) covers them all and fails: its leader gets the IO error, the
+    // seven others `ReadOnly`, and none is published.
     let dir = tempfile::tempdir().expect("tempdir");
     let (v, faults) = faulty_volume(dir.path());
-    let v = Arc::new(v);
     faults.fail_sync.store(true, Ordering::SeqCst);
-    let next = Arc::new(parking_lot::Mutex::new(0u64));
-    let handles: Vec<_> = (0..8)
-        .map(|_| {
-            let (v, next) = (v.clone(), next.clone());
-            std::thread::spawn(move || {
-                let mut g = next.lock();
-                *g += 1;
-                let key = *g;
-                drop(g);
-                v.append_needle(key, 1, "", b"x")
-            })
-        })
+    faults.hold_syncs();
+    let syncs_before = faults.syncs.load(Ordering::SeqCst);
+    let pending: Vec<_> = (1..=8u64)
+        .map(|key| v.write_needle(key, 1, "", b"x").expect("write"))
         .collect();
-    for h in handles {
-        let r = h.join().expect("thread");
-        assert!(
-            matches!(
-                r,
-                Err(Error::Io(_)) | Err(Error::ReadOnly { .. }) | Err(Error::KeyOutOfOrder { .. })
-            ),
-            "{r:?}"
-        );
-    }
+    let results = std::thread::scope(|scope| {
+        let waiters: Vec<_> = pending
+            .into_iter()
+            .map(|p| scope.spawn(move || p.wait()))
+            .collect();
+        // Every waiter is queued behind the held sync before it returns.
+        while faults.syncs.load(Ordering::SeqCst) == syncs_before {
+            std::thread::yield_now();
+        }
+        faults.release_syncs();
+        waiters
+            .into_iter()
+            .map(|w| w.join().expect("thread"))
+            .collect::<Vec<_>>()
+    });
+    let io = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Io(_))))
+        .count();
+    let read_only = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::ReadOnly { volume: 1 })))
+        .count();
+    assert_eq!((io, read_only), (1, 7), "{results:?}");
+    assert_eq!(faults.syncs.load(Ordering::SeqCst) - syncs_before, 1);
     assert_eq!(v.status().needle_count, 0);
+    for key in 1..=8 {
+        assert!(matches!(v.read_needle(key, 1), Err(Error::NotFound)));
+    }
 }
 
 #[test]
@@ -144,33 +186,44 @@ fn a_read_is_one_positioned_read() {
 
 #[test]
 fn group_commit_shares_syncs() {
+    // The first writer's sync is held in flight; then fifteen more write
+    // their needles and wait. A group commit needs exactly one more sync for
+    // all fifteen: two in all, every append acknowledged.
     let dir = tempfile::tempdir().expect("tempdir");
     let (v, faults) = faulty_volume(dir.path());
     let v = Arc::new(v);
-    let next = Arc::new(parking_lot::Mutex::new(0u64));
-    let before = faults.syncs.load(Ordering::SeqCst);
-    let handles: Vec<_> = (0..16)
-        .map(|_| {
-            let (v, next) = (v.clone(), next.clone());
-            std::thread::spawn(move || {
-                for _ in 0..20 {
-                    let mut g = next.lock();
-                    *g += 1;
-                    let key = *g;
-                    // Order keys under the caller's lock, wait for durability outside it.
-                    let pending = v.write_needle(key, 1, "", &[0u8; 512]).expect("write");
-                    drop(g);
-                    pending.wait().expect("append");
-                }
-            })
+    faults.hold_syncs();
+    let syncs_before = faults.syncs.load(Ordering::SeqCst);
+    let append = |key: u64| {
+        let v = v.clone();
+        std::thread::spawn(move || {
+            let pending = v.write_needle(key, 1, "", &[0u8; 512]).expect("write");
+            pending.wait().expect("append")
+        })
+    };
+    let first = append(1);
+    while faults.syncs.load(Ordering::SeqCst) == syncs_before {
+        std::thread::yield_now();
+    }
+    // Keys are ordered by writing them one after the other; each waits
+    // outside, behind the sync in flight.
+    let writes_before = faults.writes.load(Ordering::SeqCst);
+    let rest: Vec<_> = (2..=16u64)
+        .map(|key| {
+            let handle = append(key);
+            faults.wait_for_writes(writes_before + key - 1);
+            handle
         })
         .collect();
-    for h in handles {
+    faults.release_syncs();
+    first.join().expect("thread");
+    for h in rest {
         h.join().expect("thread");
     }
-    let syncs = faults.syncs.load(Ordering::SeqCst) - before;
-    assert!(
-        syncs < 320,
-        "{syncs} syncs for 320 appends: no group commit"
+    assert_eq!(
+        faults.syncs.load(Ordering::SeqCst) - syncs_before,
+        2,
+        "the sync in flight, then one for every append that queued behind it"
     );
+    assert_eq!(v.status().needle_count, 16);
 }

@@ -7,7 +7,8 @@ mod node_common;
 
 mod batch_common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use haystack::api::{CRC32_HEADER, ErrorBody};
@@ -455,26 +456,43 @@ async fn reads_of_a_stopped_node_fail_and_do_not_hang() {
     .await;
 }
 
+/// Waits (at most 10 s) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// While a node's batch in flight is slow, the next batch leaves beside it after the stall
-/// time, up to `max_in_flight` batches; reads beyond that wait.
+/// time, up to `max_in_flight` batches; reads beyond that wait for a batch to end.
+///
+/// Every step waits for an event (a batch counted, a read answered); the stall is checked
+/// as a lower bound on when the next batch left, and the limit by a window in which nothing
+/// may leave (the node never answers, so a slow machine cannot free a slot early).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_batch_lets_the_next_leave_after_the_stall_up_to_the_limit() {
     bounded(async {
-        // A node that accepts connections and never answers.
+        const STALL: Duration = Duration::from_millis(300);
+        // A node that accepts connections and never answers; the test may close them.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = StoreAddress::parse(&listener.local_addr().expect("addr").to_string())
             .expect("address");
-        let hold = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
+        let held = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let hold = tokio::spawn({
+            let held = held.clone();
+            async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    held.lock().push(socket);
+                }
             }
         });
         let reader = NeedleReader::new(Duration::from_secs(2), Duration::from_secs(5), 8)
             .with_batching(BatchOptions {
                 max_entries: 16,
                 max_in_flight: 3,
-                stall: Duration::from_millis(300),
+                stall: STALL,
                 queue_capacity: 64,
                 timeout: Duration::from_secs(30),
             });
@@ -483,31 +501,54 @@ async fn a_slow_batch_lets_the_next_leave_after_the_stall_up_to_the_limit() {
             tokio::spawn(async move { reader.read_batched(&address, read(1, key, 4096)).await })
         };
         let batches = || reader.batch_stats().batches;
-        let mut reads = vec![spawn_read(1)];
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(batches(), 1, "a read on an idle node leaves at once");
-        reads.push(spawn_read(2));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(batches(), 1, "the next read waits for the batch in flight");
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(
-            batches(),
-            2,
-            "after the stall it leaves beside the slow one"
-        );
-        for key in 3..=5 {
-            reads.push(spawn_read(key));
-            tokio::time::sleep(Duration::from_millis(400)).await;
+
+        let first = spawn_read(1);
+        until("a read on an idle node leaves", || batches() == 1).await;
+        for (key, slot) in [(2, 2), (3, 3)] {
+            let queued = Instant::now();
+            let read = spawn_read(key);
+            until("the next batch leaves beside the slow one", || {
+                batches() == slot
+            })
+            .await;
+            assert!(
+                queued.elapsed() >= STALL,
+                "read {key} left after {:?}, before the stall",
+                queued.elapsed()
+            );
+            drop(read);
         }
-        // Read 3 took the last slot; reads 4 and 5 wait for one.
+        // Three batches in flight: reads 4 and 5 wait, however long.
+        let waiting = [spawn_read(4), spawn_read(5)];
+        tokio::time::sleep(3 * STALL).await;
         assert_eq!(
             reader.batch_stats(),
             BatchStats {
                 batches: 3,
                 reads: 3
+            },
+            "no batch beyond the limit"
+        );
+        // The first batch ends (its connection closes): reads 4 and 5 leave, together.
+        until("the three batches' connections are held", || {
+            held.lock().len() == 3
+        })
+        .await;
+        held.lock().remove(0);
+        let failed = first.await.expect("task");
+        assert!(
+            failed.is_err(),
+            "the first batch's connection closed: {failed:?}"
+        );
+        until("the waiting reads leave", || batches() == 4).await;
+        assert_eq!(
+            reader.batch_stats(),
+            BatchStats {
+                batches: 4,
+                reads: 5
             }
         );
-        for read in reads {
+        for read in waiting {
             read.abort();
         }
         hold.abort();

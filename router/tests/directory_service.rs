@@ -120,7 +120,10 @@ async fn every_endpoint_through_the_client() {
         (Some(409), Some("invalid_transition"))
     );
     let err = client.lease_keys(volume.id, 1).await.expect_err("readonly");
-    assert_eq!(err.code(), Some("not_writable"));
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some("not_writable"))
+    );
     let locked = client
         .set_volume_state(volume.id, VolumeState::Locked, "full")
         .await
@@ -143,8 +146,14 @@ async fn every_endpoint_through_the_client() {
     assert_eq!(after[0].state, VolumeState::Locked);
     let nodes = client.list_nodes().await.expect("nodes");
     assert!(nodes.iter().all(|n| n.state == NodeState::Up), "{nodes:?}");
-    let next = client.lease_keys(volume.id, 1).await;
-    assert!(next.is_err(), "locked volumes lease nothing");
+    let next = client
+        .lease_keys(volume.id, 1)
+        .await
+        .expect_err("locked volumes lease nothing");
+    assert_eq!(
+        (next.status(), next.code()),
+        (Some(409), Some("not_writable"))
+    );
     let fresh = client.allocate_volume().await.expect("allocate");
     assert!(fresh.id > volume.id);
     assert_eq!(
@@ -217,7 +226,9 @@ async fn silent_nodes_are_marked_down_and_their_volumes_turn_readonly() {
         start_store(root.path(), "s3", "r3").await,
     ];
     let mut config = DirectoryConfig::new(root.path().join("directory"));
-    config.heartbeat_timeout_ms = 600;
+    // Twenty heartbeats per timeout: a busy machine does not make a
+    // heartbeating node look silent.
+    config.heartbeat_timeout_ms = 2_000;
     // Keep repair out of the way: this test watches down-marking only.
     config.repair_interval_ms = 3_600_000;
     let directory = start_directory(config).await;
@@ -245,12 +256,7 @@ async fn silent_nodes_are_marked_down_and_their_volumes_turn_readonly() {
         );
     }
     let volume = client.allocate_volume().await.expect("allocate");
-    // Longer than the timeout and the start-up grace: all still up.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    assert_eq!(
-        client.volume(volume.id).await.expect("get").state,
-        VolumeState::Writable
-    );
+    assert_eq!(volume.state, VolumeState::Writable);
 
     s3_alive.store(false, std::sync::atomic::Ordering::SeqCst);
     let down = eventually(Duration::from_secs(20), "s3 marked down", || {
@@ -261,6 +267,9 @@ async fn silent_nodes_are_marked_down_and_their_volumes_turn_readonly() {
         }
     })
     .await;
+    // Marking a node down makes its replicas stale for good: only s3's is,
+    // so the nodes that kept heartbeating were never marked down, through
+    // the start-up grace and the down-marker's ticks until s3 went.
     assert_eq!(down.stale_replicas, ["s3"]);
     let nodes = client.list_nodes().await.expect("nodes");
     let state_of = |id: &str| nodes.iter().find(|n| n.id == id).map(|n| n.state);
@@ -301,33 +310,48 @@ async fn a_restarted_directory_gives_every_node_a_grace_period() {
         conformance::register_stores(&dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], long_ago);
     }
     let mut config = DirectoryConfig::new(&data_dir);
-    config.heartbeat_timeout_ms = 3_000;
+    // The down-marker ticks every quarter of it (1.5 s).
+    const TIMEOUT: Duration = Duration::from_secs(6);
+    config.heartbeat_timeout_ms = TIMEOUT.as_millis() as u64;
     let started = std::time::Instant::now();
     let directory = start_directory(config).await;
     let client = directory.client.clone();
+    // The directory serves: its down-marker started before this.
+    let serving = std::time::Instant::now();
     let cancel = CancellationToken::new();
     for id in ["s1", "s2"] {
         spawn_steady_heartbeats(&client, id, &cancel);
     }
-    // Several down-marker ticks (every 750 ms) into the grace period.
-    tokio::time::sleep(Duration::from_millis(1_600)).await;
-    let nodes = client.list_nodes().await.expect("nodes");
-    if started.elapsed() < Duration::from_millis(2_900) {
-        assert!(nodes.iter().all(|n| n.state == NodeState::Up), "{nodes:?}");
-    }
-    // After the grace period, the silent one goes down, the others stay up.
-    let nodes = eventually(Duration::from_secs(20), "s3 down", || {
+    // s3 never heartbeats, and was last heard from a minute ago: without
+    // the grace it goes down at the first tick. Watch until it goes down,
+    // noting whether a request sent after a tick saw it up.
+    let up_after_a_tick = Arc::new(AtomicBool::new(false));
+    let nodes = eventually(Duration::from_secs(30), "s3 down", || {
         let client = client.clone();
+        let sent = std::time::Instant::now();
+        let after_a_tick = sent >= serving + TIMEOUT / 4 + Duration::from_millis(500);
+        let up_after_a_tick = up_after_a_tick.clone();
         async move {
             let nodes = client.list_nodes().await.ok()?;
-            let s3_down = nodes
-                .iter()
-                .any(|n| n.id == "s3" && n.state == NodeState::Down);
-            s3_down.then_some(nodes)
+            let s3 = nodes.iter().find(|n| n.id == "s3")?;
+            if s3.state == NodeState::Up {
+                if after_a_tick {
+                    up_after_a_tick.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                return None;
+            }
+            Some(nodes)
         }
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_millis(3_000));
+    assert!(
+        up_after_a_tick.load(std::sync::atomic::Ordering::SeqCst),
+        "the silent node stayed up past the down-marker's first tick (the grace)"
+    );
+    assert!(
+        started.elapsed() >= TIMEOUT,
+        "down only once the grace was over"
+    );
     let up: Vec<&str> = nodes
         .iter()
         .filter(|n| n.state == NodeState::Up)

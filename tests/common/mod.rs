@@ -514,6 +514,10 @@ fn header_and_body_complete(answer: &[u8]) -> bool {
 
 /// Every store node's `GET /volumes`, as `(node, [(volume_id, needle_count,
 /// live_bytes, deleted_bytes)])`, sorted: a fingerprint of everything stored.
+/// Replicas that hold nothing (no live and no deleted bytes) are left out:
+/// a volume the router opened for an upload that never completed stores
+/// nothing. A store that does not answer, or an answer without one of
+/// those fields, is an error, never a row that could match by accident.
 pub async fn store_fingerprint(cluster: &Cluster) -> anyhow::Result<Vec<(String, Vec<[u64; 4]>)>> {
     let client = http_client();
     let mut fingerprint = Vec::new();
@@ -526,21 +530,34 @@ pub async fn store_fingerprint(cluster: &Cluster) -> anyhow::Result<Vec<(String,
             "http://{}/volumes",
             node["address"].as_str().context("address")?
         );
-        let volumes: Vec<serde_json::Value> = client.get(&url).send().await?.json().await?;
-        let mut rows: Vec<[u64; 4]> = volumes
-            .iter()
-            .map(|volume| {
-                [
-                    volume["volume_id"].as_u64().unwrap_or(u64::MAX),
-                    volume["needle_count"].as_u64().unwrap_or(u64::MAX),
-                    volume["live_bytes"].as_u64().unwrap_or(u64::MAX),
-                    volume["deleted_bytes"].as_u64().unwrap_or(u64::MAX),
-                ]
-            })
-            .collect();
+        let response = client.get(&url).send().await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "{id}: GET /volumes answered {}",
+            response.status()
+        );
+        let volumes: Vec<serde_json::Value> = response.json().await?;
+        let mut rows = Vec::new();
+        for volume in &volumes {
+            let field = |name: &str| {
+                volume[name]
+                    .as_u64()
+                    .with_context(|| format!("{id}: volume without {name}: {volume}"))
+            };
+            let row = [
+                field("volume_id")?,
+                field("needle_count")?,
+                field("live_bytes")?,
+                field("deleted_bytes")?,
+            ];
+            if row[2] > 0 || row[3] > 0 {
+                rows.push(row);
+            }
+        }
         rows.sort_unstable();
         fingerprint.push((id, rows));
     }
+    anyhow::ensure!(!fingerprint.is_empty(), "cluster.json names no store");
     fingerprint.sort();
     Ok(fingerprint)
 }

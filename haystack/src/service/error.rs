@@ -84,7 +84,13 @@ impl From<Error> for ApiError {
             Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, code::BAD_REQUEST),
             Error::Io(e) => {
                 tracing::error!(error = %e, "store io error");
-                (StatusCode::INTERNAL_SERVER_ERROR, code::IO)
+                // A full disk clears once space is freed: 507, like the directory's.
+                match e.kind() {
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                        (StatusCode::INSUFFICIENT_STORAGE, code::IO)
+                    }
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, code::IO),
+                }
             }
             #[allow(unreachable_patterns)]
             _ => {

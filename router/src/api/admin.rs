@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::directory::types::DamagedQuery;
 use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
 
 /// Longest a scrape waits for the directory before rendering stale gauges.
@@ -78,19 +79,6 @@ pub(crate) async fn nodes(
     Ok(Json(state.directory.list_nodes().await?))
 }
 
-/// Query of `GET /admin/damaged-needles`, as the directory takes it.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DamagedQuery {
-    after_volume: Option<u32>,
-    after_key: Option<String>,
-    limit: Option<usize>,
-}
-
-/// Records of one page, by default and at most (the directory's own limit).
-const DAMAGED_PAGE: usize = 256;
-const DAMAGED_PAGE_MAX: usize = 1024;
-
 /// `GET /admin/damaged-needles?after_volume=V&after_key=HEX&limit=N`: a page
 /// of the needles whose copy failed its checks on some replica, and the
 /// lost ones (no good copy anywhere), with their BLOB ids.
@@ -99,25 +87,7 @@ pub(crate) async fn damaged_needles(
     query: Result<axum::extract::Query<DamagedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let after = match (query.after_volume, query.after_key.as_deref()) {
-        (Some(volume), Some(key)) => Some((
-            volume,
-            haystack::api::parse_key(key)
-                .ok_or_else(|| ApiError::BadRequest("after_key: 1-16 lowercase hex".into()))?,
-        )),
-        (None, None) => None,
-        _ => {
-            return Err(ApiError::BadRequest(
-                "after_volume and after_key go together".into(),
-            ));
-        }
-    };
-    let limit = query.limit.unwrap_or(DAMAGED_PAGE);
-    if limit == 0 || limit > DAMAGED_PAGE_MAX {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be 1 to {DAMAGED_PAGE_MAX}"
-        )));
-    }
+    let (after, limit) = query.page().map_err(ApiError::BadRequest)?;
     let page = state.directory.damaged_needles(after, limit).await?;
     Ok(Json(page).into_response())
 }

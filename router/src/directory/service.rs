@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
-    DamagedPage, DamagedRequest, ErrorBody, LeaseRequest, NodeRegistration, SetStateRequest,
-    StaleRequest,
+    DamagedPage, DamagedQuery, DamagedRequest, ErrorBody, LeaseRequest, NodeRegistration,
+    SetStateRequest, StaleRequest,
 };
 use super::{Directory, DirectoryError, RedbDirectory, now_ms};
 
@@ -407,17 +407,6 @@ async fn report_damaged_needle(
     Ok(axum::Json(needle).into_response())
 }
 
-/// Most records of one `GET /damaged-needles` page.
-const DAMAGED_PAGE_MAX: usize = 1024;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DamagedQuery {
-    after_volume: Option<String>,
-    after_key: Option<String>,
-    limit: Option<usize>,
-}
-
 /// `GET /damaged-needles?after_volume=V&after_key=K&limit=N`.
 async fn list_damaged_needles(
     State(state): State<AppState>,
@@ -425,21 +414,7 @@ async fn list_damaged_needles(
 ) -> Result<Response, DirectoryError> {
     let axum::extract::Query(query) =
         query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
-    let after = match (query.after_volume, query.after_key) {
-        (Some(volume), Some(key)) => Some((parse_vid(&volume)?, parse_key(&key)?)),
-        (None, None) => None,
-        _ => {
-            return Err(DirectoryError::BadRequest(
-                "after_volume and after_key go together".into(),
-            ));
-        }
-    };
-    let limit = query.limit.unwrap_or(DAMAGED_PAGE_MAX);
-    if limit == 0 || limit > DAMAGED_PAGE_MAX {
-        return Err(DirectoryError::BadRequest(format!(
-            "limit must be 1 to {DAMAGED_PAGE_MAX}"
-        )));
-    }
+    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
     let needles = state
         .blocking(move |d| d.damaged_needles(after, limit))
         .await?;

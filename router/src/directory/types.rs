@@ -250,6 +250,43 @@ pub struct DamagedRequest {
     pub reason: String,
 }
 
+/// Most records of one `GET /damaged-needles` page, and the default.
+pub const DAMAGED_PAGE_MAX: usize = 1024;
+
+/// Query of `GET /damaged-needles` (and of the router's
+/// `GET /admin/damaged-needles`): `after_volume` and `after_key` (lowercase
+/// hex) together or not at all, and `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DamagedQuery {
+    /// Records after this volume's...
+    pub after_volume: Option<u32>,
+    /// ...record of this key.
+    pub after_key: Option<String>,
+    /// At most this many records (1 to [`DAMAGED_PAGE_MAX`]).
+    pub limit: Option<usize>,
+}
+
+impl DamagedQuery {
+    /// The `(volume, key)` to list after and the limit, checked.
+    pub fn page(&self) -> Result<(Option<(u32, u64)>, usize), String> {
+        let after = match (self.after_volume, self.after_key.as_deref()) {
+            (Some(volume), Some(key)) => Some((
+                volume,
+                haystack::api::parse_key(key)
+                    .ok_or_else(|| format!("after_key {key:?} is not 1-16 lowercase hex"))?,
+            )),
+            (None, None) => None,
+            _ => return Err("after_volume and after_key go together".into()),
+        };
+        let limit = self.limit.unwrap_or(DAMAGED_PAGE_MAX);
+        if limit == 0 || limit > DAMAGED_PAGE_MAX {
+            return Err(format!("limit must be 1 to {DAMAGED_PAGE_MAX}"));
+        }
+        Ok((after, limit))
+    }
+}
+
 /// A page of `GET /damaged-needles`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamagedPage {

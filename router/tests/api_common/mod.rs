@@ -194,14 +194,18 @@ impl<F> Cluster<F> {
         wait_until(self.poll_every, check).await;
     }
 
-    /// Needles on every store node, summed over volumes.
+    /// Needles on every store node, summed over volumes. A store that does
+    /// not answer fails the test: "nothing stored" must not pass because a
+    /// store could not be asked.
     pub async fn needles_on_stores(&self) -> u64 {
         let mut total = 0;
         for store in &self.stores {
             let client = StoreClient::new(&store.address).expect("client");
-            if let Ok(volumes) = client.list_volumes().await {
-                total += volumes.iter().map(|v| v.needle_count).sum::<u64>();
-            }
+            let volumes = client
+                .list_volumes()
+                .await
+                .unwrap_or_else(|e| panic!("listing the volumes of {}: {e}", store.address));
+            total += volumes.iter().map(|v| v.needle_count).sum::<u64>();
         }
         total
     }
