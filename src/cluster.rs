@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::roles::NodePlan;
+
 /// The file name under the data directory.
 pub const CLUSTER_FILE_NAME: &str = "cluster.json";
 
@@ -38,6 +40,22 @@ pub struct NodeEntry {
     /// (`hayloft serve --role ROLE --config CONFIG`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<PathBuf>,
+}
+
+impl NodeEntry {
+    /// The entry of `node`, serving at `address` in process `pid`.
+    pub fn new(node: &NodePlan, address: String, pid: u32, config: Option<PathBuf>) -> Self {
+        NodeEntry {
+            id: node.id.clone(),
+            role: node.role.name().to_owned(),
+            rack: node.rack.clone(),
+            datacenter: node.datacenter.clone(),
+            address,
+            pid,
+            data_dir: node.data_dir.clone().unwrap_or_default(),
+            config,
+        }
+    }
 }
 
 impl ClusterFile {

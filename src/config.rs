@@ -117,14 +117,16 @@ pub struct StoreSection {
     pub directory_url: Option<String>,
 }
 
+// The shared knobs take the defaults of the libraries that use them: one
+// default each, whichever way a role is started.
 fn default_volume_size_bytes() -> u64 {
-    GIB
+    haystack::service::default_volume_size_limit_bytes()
 }
 fn default_max_blob_bytes() -> u64 {
-    64 * MIB
+    router::api::config::default_max_blob_bytes()
 }
 fn default_retry_buffer_bytes() -> u64 {
-    8 * MIB
+    router::api::config::default_retry_buffer_bytes()
 }
 fn default_block_size_bytes() -> u64 {
     GIB
@@ -136,16 +138,16 @@ fn default_heartbeat_interval_ms() -> u64 {
     1000
 }
 fn default_heartbeat_timeout_ms() -> u64 {
-    10_000
+    router::directory::service::default_heartbeat_timeout_ms()
 }
 fn default_repair_interval_ms() -> u64 {
-    2000
+    router::directory::service::default_repair_interval_ms()
 }
 fn default_request_timeout_ms() -> u64 {
-    30_000
+    haystack::http::DEFAULT_REQUEST_TIMEOUT_MS
 }
 fn default_io_concurrency() -> usize {
-    64
+    haystack::service::default_io_concurrency()
 }
 fn default_router_listen() -> String {
     "127.0.0.1:8080".to_owned()
@@ -450,6 +452,25 @@ mod tests {
         config.validate().unwrap();
         assert!(toml::from_str::<Config>("volume_size = 1\n").is_err());
         assert!(toml::from_str::<Config>("[store]\nrak = \"r\"\n").is_err());
+    }
+
+    #[test]
+    fn shared_knobs_have_the_libraries_defaults() {
+        let config = Config::default();
+        let store = haystack::service::StoreNodeConfig::new("d");
+        let directory = router::directory::DirectoryConfig::new("d");
+        let api = router::api::RouterConfig::new("d");
+        assert_eq!(config.volume_size_bytes, store.volume_size_limit_bytes);
+        assert_eq!(config.max_blob_bytes, store.max_needle_bytes);
+        assert_eq!(config.max_blob_bytes, api.max_blob_bytes);
+        assert_eq!(config.retry_buffer_bytes, api.retry_buffer_bytes);
+        assert_eq!(config.io_concurrency, store.io_concurrency);
+        assert_eq!(config.heartbeat_timeout_ms, directory.heartbeat_timeout_ms);
+        assert_eq!(config.repair_interval_ms, directory.repair_interval_ms);
+        assert_eq!(config.request_timeout_ms, store.request_timeout_ms);
+        assert_eq!(config.request_timeout_ms, directory.request_timeout_ms);
+        assert_eq!(store.server, directory.server);
+        assert_eq!(store.server, api.server);
     }
 
     #[test]

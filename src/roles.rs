@@ -1,20 +1,29 @@
-//! Wiring of each role: turns the binary's [`Config`] into the library's
-//! option struct and serves on a listener the caller bound, until the token is
-//! cancelled. Store nodes are also registered with the directory and
-//! heartbeated from here: the libraries know nothing of each other.
+//! The role table and the wiring of each role. [`ROLES`] says which roles
+//! `hayloft up` starts, how many of each and in which order; [`Role::node`]
+//! names and places each node, [`Role::configure`] writes its section of the
+//! config, and [`run_node`] runs it on a listener the caller bound. `up` (in
+//! one process), `up --spawn` (a `hayloft serve` child per node) and `serve`
+//! all go through these, so a role is added in one place. Store nodes are
+//! also registered with the directory and heartbeated from here: the
+//! libraries know nothing of each other.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use router::directory::{DirectoryClient, NodeRegistration, NodeRole};
 
-use crate::config::Config;
+use crate::cluster::wait_healthy;
+use crate::config::{Config, StoreSection};
+use crate::up::STARTUP_DEADLINE;
 
 /// The roles `hayloft serve` can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -28,6 +37,70 @@ pub enum Role {
     Store,
 }
 
+/// One row of the role table.
+#[derive(Debug, Clone, Copy)]
+pub struct RoleSpec {
+    /// The role.
+    pub role: Role,
+    /// How many nodes of it `hayloft up` starts.
+    pub count: usize,
+}
+
+/// Every role `hayloft up` starts, in start order: each role needs the ones
+/// above it (the directory first, the public router last).
+pub const ROLES: &[RoleSpec] = &[
+    RoleSpec {
+        role: Role::Directory,
+        count: 1,
+    },
+    RoleSpec {
+        role: Role::Store,
+        count: 3,
+    },
+    RoleSpec {
+        role: Role::Router,
+        count: 1,
+    },
+];
+
+/// The one datacenter of a single-machine `up`.
+pub const DATACENTER: &str = "dc-1";
+
+/// How long a node waits for the directory to register it: long, since the
+/// directory may be restarting too.
+const REGISTRATION_DEADLINE: Duration = Duration::from_secs(600);
+
+/// One node of a `hayloft up`: its name and place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    /// The role it runs.
+    pub role: Role,
+    /// Stable node id (`directory`, `store-1`, `router`).
+    pub id: String,
+    /// Rack label (empty for roles without one).
+    pub rack: String,
+    /// Datacenter label.
+    pub datacenter: String,
+    /// Where it keeps its data (`None` for stateless roles).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Every node `hayloft up` starts under `data_dir`, in start order.
+pub fn up_nodes(data_dir: &Path) -> impl Iterator<Item = NodePlan> + '_ {
+    ROLES
+        .iter()
+        .flat_map(move |spec| (1..=spec.count).map(move |n| spec.role.node(data_dir, n)))
+}
+
+impl NodePlan {
+    /// `config` with this node's section written ([`Role::configure`]).
+    pub fn config(&self, config: &Config, directory_url: Option<&str>) -> anyhow::Result<Config> {
+        let mut config = config.clone();
+        self.role.configure(&mut config, self, directory_url)?;
+        Ok(config)
+    }
+}
+
 impl Role {
     /// The role's name as used in configs, `cluster.json` and the directory.
     pub fn name(self) -> &'static str {
@@ -37,19 +110,75 @@ impl Role {
             Role::Store => "store",
         }
     }
-}
 
-/// A store node's identity as the directory knows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoreIdentity {
-    /// Stable node id (`store-1`).
-    pub id: String,
-    /// Rack label.
-    pub rack: String,
-    /// Datacenter label.
-    pub datacenter: String,
-    /// Where the node stores its volumes.
-    pub data_dir: PathBuf,
+    /// Node `n` (1-based) of this role in a `hayloft up` under `data_dir`.
+    pub fn node(self, data_dir: &Path, n: usize) -> NodePlan {
+        let (id, rack, data) = match self {
+            Role::Directory => ("directory".to_owned(), String::new(), true),
+            Role::Store => (format!("store-{n}"), format!("rack-{n}"), true),
+            Role::Router => ("router".to_owned(), String::new(), false),
+        };
+        NodePlan {
+            role: self,
+            data_dir: data.then(|| data_dir.join(&id)),
+            id,
+            rack,
+            datacenter: DATACENTER.to_owned(),
+        }
+    }
+
+    /// Writes `node`'s section of `config`: where it listens (any free
+    /// loopback port, but the router keeps the public address it was given),
+    /// its identity, its data and the directory's URL (every role but the
+    /// directory needs it: the directory starts first).
+    pub fn configure(
+        self,
+        config: &mut Config,
+        node: &NodePlan,
+        directory_url: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let directory_url = || {
+            directory_url
+                .map(str::to_owned)
+                .with_context(|| format!("{} starts before the directory", node.id))
+        };
+        match self {
+            Role::Directory => {
+                config.directory.listen = "127.0.0.1:0".into();
+                config.directory.data_dir.clone_from(&node.data_dir);
+            }
+            Role::Store => {
+                config.store = StoreSection {
+                    id: node.id.clone(),
+                    rack: node.rack.clone(),
+                    datacenter: node.datacenter.clone(),
+                    listen: "127.0.0.1:0".into(),
+                    advertise_address: None,
+                    data_dir: node.data_dir.clone(),
+                    directory_url: Some(directory_url()?),
+                };
+            }
+            Role::Router => config.router.directory_url = Some(directory_url()?),
+        }
+        Ok(())
+    }
+
+    /// Where this role listens, from its section of `config`.
+    pub fn listen(self, config: &mut Config) -> &mut String {
+        match self {
+            Role::Directory => &mut config.directory.listen,
+            Role::Store => &mut config.store.listen,
+            Role::Router => &mut config.router.listen,
+        }
+    }
+
+    /// The node id this role registers or logs under, from `config`.
+    pub fn id(self, config: &Config) -> String {
+        match self {
+            Role::Store => config.store.id.clone(),
+            other => other.name().to_owned(),
+        }
+    }
 }
 
 /// The base URL other roles use for a node bound at `address`.
@@ -57,9 +186,85 @@ pub fn node_url(address: &str) -> String {
     format!("http://{address}")
 }
 
+/// Runs `role` from its section of `config` on `listener` until `token` is
+/// cancelled. `ready` fires once it serves (`/health` answers) and, for a
+/// store node, once the directory has registered it.
+pub async fn run_node(
+    role: Role,
+    config: Config,
+    listener: TcpListener,
+    token: CancellationToken,
+    ready: oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    let bound = listener.local_addr()?;
+    // The role's server, driven here (not spawned), so that aborting this
+    // future stops it.
+    let mut serving: Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> = match role {
+        Role::Directory => {
+            let data_dir = config
+                .directory
+                .data_dir
+                .clone()
+                .context("[directory] data_dir is required")?;
+            Box::pin(run_directory(
+                config.clone(),
+                data_dir,
+                listener,
+                token.clone(),
+            ))
+        }
+        Role::Store => {
+            let data_dir = config
+                .store
+                .data_dir
+                .clone()
+                .context("[store] data_dir is required")?;
+            if config.store.directory_url.is_none() {
+                bail!("[store] directory_url is required");
+            }
+            Box::pin(run_store(config.clone(), data_dir, listener, token.clone()))
+        }
+        Role::Router => {
+            let directory_url = config
+                .router
+                .directory_url
+                .clone()
+                .context("[router] directory_url is required")?;
+            Box::pin(run_router(
+                config.clone(),
+                directory_url,
+                listener,
+                token.clone(),
+            ))
+        }
+    };
+    let started = async {
+        wait_healthy(&node_url(&bound.to_string()), STARTUP_DEADLINE).await?;
+        match role {
+            Role::Store => Ok(Some(register_store(&config, bound).await?)),
+            Role::Directory | Role::Router => anyhow::Ok(None),
+        }
+    };
+    // A role that fails while it starts ends the wait with its own error.
+    let registration = tokio::select! {
+        started = started => started?,
+        stopped = &mut serving => return stopped,
+    };
+    let _ = ready.send(());
+    match registration {
+        Some(registration) => tokio::select! {
+            stopped = &mut serving => stopped,
+            // Heartbeats stop once the token is cancelled; the server then
+            // finishes its in-flight requests.
+            () = registration.heartbeat_until(token) => serving.await,
+        },
+        None => serving.await,
+    }
+}
+
 /// Runs the directory until `token` is cancelled.
-pub async fn run_directory(
-    config: &Config,
+async fn run_directory(
+    config: Config,
     data_dir: PathBuf,
     listener: TcpListener,
     token: CancellationToken,
@@ -76,27 +281,27 @@ pub async fn run_directory(
 }
 
 /// Runs one store node until `token` is cancelled.
-pub async fn run_store(
-    config: &Config,
-    identity: &StoreIdentity,
+async fn run_store(
+    config: Config,
+    data_dir: PathBuf,
     listener: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&identity.data_dir)
-        .with_context(|| format!("creating {}", identity.data_dir.display()))?;
-    let mut store = haystack::service::StoreNodeConfig::new(identity.data_dir.clone());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut store = haystack::service::StoreNodeConfig::new(data_dir);
     store.volume_size_limit_bytes = config.volume_size_bytes;
     store.max_needle_bytes = config.max_blob_bytes;
     store.io_concurrency = config.io_concurrency;
     store.request_timeout_ms = config.request_timeout_ms;
     haystack::service::run(store, listener, token)
         .await
-        .with_context(|| format!("store node {}", identity.id))
+        .with_context(|| format!("store node {}", config.store.id))
 }
 
 /// Runs the router until `token` is cancelled.
-pub async fn run_router(
-    config: &Config,
+async fn run_router(
+    config: Config,
     directory_url: String,
     listener: TcpListener,
     token: CancellationToken,
@@ -109,16 +314,22 @@ pub async fn run_router(
         .context("router")
 }
 
-/// Registers a store node with the directory (retrying until it answers or
-/// `deadline` passes). Heartbeat it afterwards with
+/// Registers the store node of `config`'s `[store]` section, bound at
+/// `bound`, with the directory (retrying until it answers or
+/// [`REGISTRATION_DEADLINE`] passes). Heartbeat it afterwards with
 /// [`Registration::heartbeat_until`].
-pub async fn register_store(
-    config: &Config,
-    directory_url: &str,
-    identity: &StoreIdentity,
-    address: SocketAddr,
-    deadline: Duration,
-) -> anyhow::Result<Registration> {
+async fn register_store(config: &Config, bound: SocketAddr) -> anyhow::Result<Registration> {
+    let section = &config.store;
+    let directory_url = section
+        .directory_url
+        .as_deref()
+        .context("[store] directory_url is required")?;
+    let advertised: SocketAddr = match &section.advertise_address {
+        Some(address) => address
+            .parse()
+            .with_context(|| format!("[store] advertise_address {address:?}"))?,
+        None => bound,
+    };
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         // Below the directory's idle cut-off, so a pooled connection is never
@@ -130,11 +341,11 @@ pub async fn register_store(
     let registration = Registration {
         client: DirectoryClient::with_http_client(directory_url, http, config.request_timeout()),
         node: NodeRegistration {
-            id: identity.id.clone(),
+            id: section.id.clone(),
             role: NodeRole::Store,
-            rack: identity.rack.clone(),
-            datacenter: identity.datacenter.clone(),
-            address: node_url(&address.to_string()),
+            rack: section.rack.clone(),
+            datacenter: section.datacenter.clone(),
+            address: node_url(&advertised.to_string()),
         },
         interval: config.heartbeat_interval(),
     };
@@ -142,8 +353,8 @@ pub async fn register_store(
     loop {
         match registration.client.register(&registration.node).await {
             Ok(_) => return Ok(registration),
-            Err(error) if started.elapsed() < deadline => {
-                tracing::debug!(node = %identity.id, "registration failed, retrying: {error}");
+            Err(error) if started.elapsed() < REGISTRATION_DEADLINE => {
+                tracing::debug!(node = %section.id, "registration failed, retrying: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => return Err(anyhow::Error::new(error).context("registering")),
@@ -153,7 +364,7 @@ pub async fn register_store(
 
 /// A registered store node, ready to heartbeat.
 #[derive(Debug)]
-pub struct Registration {
+struct Registration {
     client: DirectoryClient,
     node: NodeRegistration,
     interval: Duration,
@@ -163,7 +374,7 @@ impl Registration {
     /// Heartbeats every `heartbeat_interval_ms` until `token` is cancelled.
     /// Failures are logged and retried; a directory that forgot the node
     /// (`404`) gets a fresh registration.
-    pub async fn heartbeat_until(self, token: CancellationToken) {
+    async fn heartbeat_until(self, token: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -182,5 +393,79 @@ impl Registration {
                 tracing::warn!(node = %self.node.id, "heartbeat failed: {error}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every node `up` would start, with its configured section.
+    fn planned(data_dir: &Path) -> anyhow::Result<Vec<(NodePlan, Config)>> {
+        let mut nodes = Vec::new();
+        let mut directory_url = None;
+        for node in up_nodes(data_dir) {
+            let config = node.config(&Config::default(), directory_url.as_deref())?;
+            if node.role == Role::Directory {
+                directory_url = Some("http://127.0.0.1:9".to_owned());
+            }
+            nodes.push((node, config));
+        }
+        Ok(nodes)
+    }
+
+    #[test]
+    fn the_role_table_starts_the_directory_first_and_places_every_node() {
+        let root = Path::new("/data");
+        let nodes = planned(root).expect("every role is configured");
+        let ids: Vec<&str> = nodes.iter().map(|(node, _)| node.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["directory", "store-1", "store-2", "store-3", "router"]
+        );
+        let mut racks: Vec<&str> = nodes
+            .iter()
+            .filter(|(node, _)| node.role == Role::Store)
+            .map(|(node, _)| node.rack.as_str())
+            .collect();
+        racks.dedup();
+        assert_eq!(racks.len(), 3, "one store per rack");
+        for (node, mut config) in nodes {
+            assert_eq!(node.role.id(&config), node.id);
+            let listen = node.role.listen(&mut config).clone();
+            match node.role {
+                // The router keeps the public address it was given.
+                Role::Router => assert_eq!(listen, Config::default().router.listen),
+                _ => assert_eq!(listen, "127.0.0.1:0", "{}", node.id),
+            }
+            match node.role {
+                Role::Directory => {
+                    assert_eq!(config.directory.data_dir, node.data_dir);
+                    assert_eq!(node.data_dir, Some(root.join("directory")));
+                }
+                Role::Store => {
+                    assert_eq!(config.store.data_dir, Some(root.join(&node.id)));
+                    assert_eq!(config.store.rack, node.rack);
+                    assert!(config.store.directory_url.is_some());
+                }
+                Role::Router => {
+                    assert_eq!(node.data_dir, None);
+                    assert!(config.router.directory_url.is_some());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_role_configured_before_the_directory_is_refused() {
+        let node = Role::Store.node(Path::new("/data"), 1);
+        let mut config = Config::default();
+        let error = Role::Store
+            .configure(&mut config, &node, None)
+            .expect_err("no directory yet");
+        assert!(
+            error.to_string().contains("before the directory"),
+            "{error}"
+        );
     }
 }

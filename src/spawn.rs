@@ -9,7 +9,7 @@
 //! in `cluster.json`. Children get SIGTERM if the parent dies
 //! (`PR_SET_PDEATHSIG`) and on SIGINT/SIGTERM of the parent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,10 +19,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterFile, NodeEntry, print_banner, wait_healthy};
-use crate::config::{Config, StoreSection};
-use crate::roles::{Role, node_url};
-use crate::up::{SHUTDOWN_DEADLINE, STARTUP_DEADLINE, STORE_COUNT, store_identity};
+use crate::cluster::{ClusterFile, NodeEntry, print_banner};
+use crate::config::Config;
+use crate::roles::{Role, node_url, up_nodes};
+use crate::up::{SHUTDOWN_DEADLINE, STARTUP_DEADLINE};
 
 /// The line `hayloft serve` prints on stdout once it accepts requests.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,78 +84,26 @@ pub async fn run_spawned(
     Ok(())
 }
 
+/// Starts every node of the role table as a child, each once ready.
 async fn start_children(
     config: &Config,
     data_dir: &Path,
     nodes: &mut Vec<Supervised>,
     exits: &mpsc::Sender<(usize, String)>,
 ) -> anyhow::Result<()> {
-    let mut directory_config = config.clone();
-    directory_config.directory.listen = "127.0.0.1:0".into();
-    directory_config.directory.data_dir = Some(data_dir.join("directory"));
-    let path = data_dir.join("directory.toml");
-    let ready = start_child(Role::Directory, &mut directory_config, &path, nodes, exits).await?;
-    let directory_url = node_url(&ready.address);
-    nodes.push(Supervised {
-        entry: NodeEntry {
-            id: "directory".into(),
-            role: Role::Directory.name().into(),
-            rack: String::new(),
-            datacenter: "dc-1".into(),
-            address: ready.address,
-            pid: ready.pid,
-            data_dir: data_dir.join("directory"),
-            config: Some(path),
-        },
-        alive: true,
-    });
-
-    for n in 1..=STORE_COUNT {
-        let identity = store_identity(data_dir, n);
-        let mut store_config = config.clone();
-        store_config.store = StoreSection {
-            id: identity.id.clone(),
-            rack: identity.rack.clone(),
-            datacenter: identity.datacenter.clone(),
-            listen: "127.0.0.1:0".into(),
-            advertise_address: None,
-            data_dir: Some(identity.data_dir.clone()),
-            directory_url: Some(directory_url.clone()),
-        };
-        let path = data_dir.join(format!("{}.toml", identity.id));
-        let ready = start_child(Role::Store, &mut store_config, &path, nodes, exits).await?;
+    let mut directory_url = None;
+    for node in up_nodes(data_dir) {
+        let mut node_config = node.config(config, directory_url.as_deref())?;
+        let path = data_dir.join(format!("{}.toml", node.id));
+        let ready = start_child(node.role, &mut node_config, &path, nodes, exits).await?;
+        if node.role == Role::Directory {
+            directory_url = Some(node_url(&ready.address));
+        }
         nodes.push(Supervised {
-            entry: NodeEntry {
-                id: identity.id,
-                role: Role::Store.name().into(),
-                rack: identity.rack,
-                datacenter: identity.datacenter,
-                address: ready.address,
-                pid: ready.pid,
-                data_dir: identity.data_dir,
-                config: Some(path),
-            },
+            entry: NodeEntry::new(&node, ready.address, ready.pid, Some(path)),
             alive: true,
         });
     }
-
-    let mut router_config = config.clone();
-    router_config.router.directory_url = Some(directory_url);
-    let path = data_dir.join("router.toml");
-    let ready = start_child(Role::Router, &mut router_config, &path, nodes, exits).await?;
-    nodes.push(Supervised {
-        entry: NodeEntry {
-            id: "router".into(),
-            role: Role::Router.name().into(),
-            rack: String::new(),
-            datacenter: "dc-1".into(),
-            address: ready.address,
-            pid: ready.pid,
-            data_dir: PathBuf::new(),
-            config: Some(path),
-        },
-        alive: true,
-    });
     Ok(())
 }
 
@@ -231,12 +179,7 @@ async fn start_child(
         let _ = exits.send((index, status)).await;
     });
 
-    wait_healthy(&node_url(&ready.address), STARTUP_DEADLINE).await?;
-    match role {
-        Role::Directory => config.directory.listen.clone_from(&ready.address),
-        Role::Store => config.store.listen.clone_from(&ready.address),
-        Role::Router => config.router.listen.clone_from(&ready.address),
-    }
+    role.listen(config).clone_from(&ready.address);
     config.save(path)?;
     Ok(ready)
 }

@@ -1,21 +1,20 @@
-//! `hayloft up` in one process: the directory, three store nodes in three
-//! racks and the router, each on its own loopback listener, talking HTTP to
-//! each other exactly as separate processes would.
+//! `hayloft up` in one process: every node of the role table
+//! ([`crate::roles::ROLES`]: the directory, three store nodes in three racks
+//! and the router), each on its own loopback listener, talking HTTP to each
+//! other exactly as separate processes would.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterFile, NodeEntry, print_banner, wait_healthy};
+use crate::cluster::{ClusterFile, NodeEntry, print_banner};
 use crate::config::Config;
-use crate::roles::{self, Role, StoreIdentity, node_url};
-
-/// Number of store nodes (one per rack) `up` starts.
-pub const STORE_COUNT: usize = 3;
+use crate::roles::{self, Role, node_url, up_nodes};
 /// How long a role may take to answer `/health` after it starts.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 /// How long roles get to finish in-flight requests on shutdown.
@@ -35,16 +34,6 @@ pub fn worker_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get().div_ceil(2))
         .max(1)
-}
-
-/// The identity of store node `n` (1-based) under `data_dir`.
-pub fn store_identity(data_dir: &Path, n: usize) -> StoreIdentity {
-    StoreIdentity {
-        id: format!("store-{n}"),
-        rack: format!("rack-{n}"),
-        datacenter: "dc-1".to_owned(),
-        data_dir: data_dir.join(format!("store-{n}")),
-    }
 }
 
 /// Binds a TCP listener, with the address in the error.
@@ -112,104 +101,45 @@ async fn start_and_wait(
     }
 }
 
-/// Starts the directory, the store nodes (registered and heartbeated) and the
-/// router, each once healthy; returns where they are.
+/// Starts every node of the role table in this process, each once ready;
+/// returns where they are.
 async fn start_roles(
     config: &Config,
     data_dir: &Path,
     token: &CancellationToken,
     tasks: &mut RoleTasks,
 ) -> anyhow::Result<ClusterFile> {
-    let pid = std::process::id();
     let mut cluster = ClusterFile::default();
-
-    let directory_dir = data_dir.join("directory");
-    let listener = bind("127.0.0.1:0").await?;
-    let directory_address = listener.local_addr()?;
-    let directory_url = node_url(&directory_address.to_string());
-    {
-        let (config, dir, token) = (config.clone(), directory_dir.clone(), token.clone());
-        tasks.spawn(async move {
-            let result = roles::run_directory(&config, dir, listener, token).await;
-            ("directory".to_owned(), result)
-        });
+    let mut directory_url = None;
+    for node in up_nodes(data_dir) {
+        let mut node_config = node.config(config, directory_url.as_deref())?;
+        let listener = bind(node.role.listen(&mut node_config)).await?;
+        let address = listener.local_addr()?.to_string();
+        let (ready_tx, ready) = oneshot::channel();
+        {
+            let (role, id, token) = (node.role, node.id.clone(), token.clone());
+            tasks.spawn(async move {
+                let result = roles::run_node(role, node_config, listener, token, ready_tx).await;
+                (id, result)
+            });
+        }
+        match tokio::time::timeout(STARTUP_DEADLINE, ready).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                // The node's task ended before it was ready: its error says why.
+                return Err(match tasks.join_next().await {
+                    Some(Ok((id, Err(error)))) => error.context(format!("{id} failed to start")),
+                    _ => anyhow::anyhow!("{} stopped before it was ready", node.id),
+                });
+            }
+            Err(_) => anyhow::bail!("{} not ready after {STARTUP_DEADLINE:?}", node.id),
+        }
+        if node.role == Role::Directory {
+            directory_url = Some(node_url(&address));
+        }
+        cluster
+            .nodes
+            .push(NodeEntry::new(&node, address, std::process::id(), None));
     }
-    wait_healthy(&directory_url, STARTUP_DEADLINE).await?;
-    cluster.nodes.push(NodeEntry {
-        id: "directory".into(),
-        role: Role::Directory.name().into(),
-        rack: String::new(),
-        datacenter: "dc-1".into(),
-        address: directory_address.to_string(),
-        pid,
-        data_dir: directory_dir,
-        config: None,
-    });
-
-    for n in 1..=STORE_COUNT {
-        let entry = start_store(config, data_dir, n, &directory_url, token, tasks).await?;
-        cluster.nodes.push(entry);
-    }
-
-    let listener = bind(&config.router.listen).await?;
-    let router_address = listener.local_addr()?;
-    {
-        let (config, directory_url, token) = (config.clone(), directory_url.clone(), token.clone());
-        tasks.spawn(async move {
-            let result = roles::run_router(&config, directory_url, listener, token).await;
-            ("router".to_owned(), result)
-        });
-    }
-    wait_healthy(&node_url(&router_address.to_string()), STARTUP_DEADLINE).await?;
-    cluster.nodes.push(NodeEntry {
-        id: "router".into(),
-        role: Role::Router.name().into(),
-        rack: String::new(),
-        datacenter: "dc-1".into(),
-        address: router_address.to_string(),
-        pid,
-        data_dir: Default::default(),
-        config: None,
-    });
     Ok(cluster)
-}
-
-/// Starts store node `n`, waits for its health, registers it with the
-/// directory and starts its heartbeats.
-async fn start_store(
-    config: &Config,
-    data_dir: &Path,
-    n: usize,
-    directory_url: &str,
-    token: &CancellationToken,
-    tasks: &mut RoleTasks,
-) -> anyhow::Result<NodeEntry> {
-    let identity = store_identity(data_dir, n);
-    let listener = bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    {
-        let (config, identity, token) = (config.clone(), identity.clone(), token.clone());
-        tasks.spawn(async move {
-            let result = roles::run_store(&config, &identity, listener, token).await;
-            (identity.id, result)
-        });
-    }
-    wait_healthy(&node_url(&address.to_string()), STARTUP_DEADLINE).await?;
-    let registration =
-        roles::register_store(config, directory_url, &identity, address, STARTUP_DEADLINE).await?;
-    let heartbeat_token = token.clone();
-    tasks.spawn(async move {
-        registration.heartbeat_until(heartbeat_token).await;
-        ("heartbeat".to_owned(), Ok(()))
-    });
-    Ok(NodeEntry {
-        id: identity.id,
-        role: Role::Store.name().into(),
-        rack: identity.rack,
-        datacenter: identity.datacenter,
-        address: address.to_string(),
-        pid: std::process::id(),
-        data_dir: identity.data_dir,
-        config: None,
-    })
 }

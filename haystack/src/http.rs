@@ -16,6 +16,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -24,6 +25,79 @@ use tokio_util::sync::CancellationToken;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before the
 /// next try, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The server knobs every Hayloft HTTP service shares (store node,
+/// directory, router, and the roles to come), defined once with one default
+/// each. A service's config holds them as its `server` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerLimits {
+    /// A client must send a request's headers within this time, counted
+    /// from when the connection is ready for a request; so an idle
+    /// keep-alive connection is also closed after it. Clients drop idle
+    /// pooled connections sooner (see [`crate::client::POOL_IDLE_TIMEOUT_MS`]).
+    #[serde(default = "ServerLimits::default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once; further ones wait in the listen backlog.
+    #[serde(default = "ServerLimits::default_max_connections")]
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests get to finish.
+    #[serde(default = "ServerLimits::default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Default deadline of one request a service handles, and of one request a
+/// role makes to another (the binary's `request_timeout_ms`): 30 s.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+impl ServerLimits {
+    /// Default of [`ServerLimits::header_read_timeout_ms`]: 10 s.
+    pub fn default_header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    /// Default of [`ServerLimits::max_connections`]: 1024.
+    pub fn default_max_connections() -> usize {
+        1024
+    }
+    /// Default of [`ServerLimits::shutdown_grace_ms`]: 10 s.
+    pub fn default_shutdown_grace_ms() -> u64 {
+        10_000
+    }
+
+    /// Refuses a zero timeout or connection cap, or a cap a semaphore
+    /// cannot hold; the message names the knob.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.header_read_timeout_ms == 0 {
+            return Err("server.header_read_timeout_ms must be positive".into());
+        }
+        if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
+            return Err(format!(
+                "server.max_connections must be 1 to {}",
+                Semaphore::MAX_PERMITS
+            ));
+        }
+        Ok(())
+    }
+
+    /// The accept loop's options.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout_ms: Self::default_header_read_timeout_ms(),
+            max_connections: Self::default_max_connections(),
+            shutdown_grace_ms: Self::default_shutdown_grace_ms(),
+        }
+    }
+}
 
 /// Limits of one HTTP server.
 #[derive(Clone, Debug)]

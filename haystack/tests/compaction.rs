@@ -163,7 +163,9 @@ fn an_append_waited_for_after_a_compaction_moved_it_is_acknowledged() {
     let waiter = {
         let v = v.clone();
         std::thread::spawn(move || {
-            let pending = v.write_needle(10, common::cookie(10), "", b"moved").expect("write");
+            let pending = v
+                .write_needle(10, common::cookie(10), "", b"moved")
+                .expect("write");
             let before = pending.outcome();
             v.compact().expect("compact");
             let _ = done_tx.send((before, pending.wait()));

@@ -61,7 +61,7 @@ impl StorageBackend for FullBackend {
 
 async fn node(dir: &Path, disk: Arc<Disk>) -> (node_common::Served, StoreClient) {
     let mut config = StoreNodeConfig::new(dir);
-    config.shutdown_grace_ms = 2_000;
+    config.server.shutdown_grace_ms = 2_000;
     let store =
         Store::open_with_backend(dir, VolumeOptions::default(), Arc::new(FullBackend(disk)))
             .expect("open store");

@@ -31,7 +31,7 @@ impl Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = StoreNodeConfig::new(dir.path());
         config.request_timeout_ms = 10_000;
-        config.shutdown_grace_ms = 2_000;
+        config.server.shutdown_grace_ms = 2_000;
         let state = StoreNodeState::open(config.clone()).await.expect("open");
         let served = node_common::serve(&state, config).await;
         let url = served.url.clone();

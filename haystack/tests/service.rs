@@ -37,9 +37,9 @@ fn test_config(dir: &std::path::Path) -> StoreNodeConfig {
     config.max_needle_bytes = MAX_NEEDLE_BYTES;
     config.io_concurrency = 4;
     config.request_timeout_ms = 10_000;
-    config.header_read_timeout_ms = 500;
+    config.server.header_read_timeout_ms = 500;
     config.body_idle_timeout_ms = 500;
-    config.shutdown_grace_ms = 2_000;
+    config.server.shutdown_grace_ms = 2_000;
     config
 }
 

@@ -191,7 +191,7 @@ impl Node {
         let mut config = StoreNodeConfig::new(dir.path());
         config.io_concurrency = io_concurrency;
         config.request_timeout_ms = 20_000;
-        config.shutdown_grace_ms = 2_000;
+        config.server.shutdown_grace_ms = 2_000;
         let state = StoreNodeState::new(Arc::new(store), config.clone()).expect("state");
         let served = node_common::serve(&state, config.clone()).await;
         let url = served.url.clone();

@@ -41,7 +41,7 @@ impl Node {
         config.io_concurrency = 4;
         config.request_timeout_ms = 10_000;
         config.body_idle_timeout_ms = 500;
-        config.shutdown_grace_ms = 2_000;
+        config.server.shutdown_grace_ms = 2_000;
         let state = StoreNodeState::open(config.clone())
             .await
             .expect("open store");

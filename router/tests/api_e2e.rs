@@ -28,7 +28,7 @@ async fn start_cluster(store_count: usize) -> Cluster {
         store_config: |_| {},
         router_config: |config| {
             config.max_blob_bytes = LIMIT_BYTES;
-            config.header_read_timeout_ms = 500;
+            config.server.header_read_timeout_ms = 500;
             config.body_idle_timeout_ms = 1_000;
             config.replica_timeout_ms = 2_000;
             config.directory_cache_ttl_ms = 200;

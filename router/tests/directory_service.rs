@@ -367,7 +367,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let root = tempfile::tempdir().expect("tempdir");
     let mut config = DirectoryConfig::new(root.path());
-    config.header_read_timeout_ms = 300;
+    config.server.header_read_timeout_ms = 300;
     let directory = start_directory(config).await;
     let mut stream = tokio::net::TcpStream::connect(&directory.address)
         .await

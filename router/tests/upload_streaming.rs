@@ -112,7 +112,7 @@ async fn start_cluster() -> Cluster {
         heartbeat_every: Duration::from_millis(100),
         poll_every: Duration::from_millis(25),
         store_config: |config| {
-            config.shutdown_grace_ms = 100;
+            config.server.shutdown_grace_ms = 100;
             // Shorter than the slow upload below takes: a store's request
             // timeout must not cut a body its sender is still pacing.
             config.request_timeout_ms = STORE_REQUEST_TIMEOUT_MS;
@@ -121,7 +121,7 @@ async fn start_cluster() -> Cluster {
             config.max_blob_bytes = LIMIT_BYTES;
             config.upload_buffer_bytes = UPLOAD_BUFFER_BYTES;
             config.retry_buffer_bytes = RETRY_BUFFER_BYTES;
-            config.header_read_timeout_ms = 2_000;
+            config.server.header_read_timeout_ms = 2_000;
             config.body_idle_timeout_ms = 2_000;
             config.replica_timeout_ms = 2_000;
             config.directory_cache_ttl_ms = 100;

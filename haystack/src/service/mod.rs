@@ -25,7 +25,6 @@ mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -33,6 +32,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{StoreClientOptions, http_client_builder};
+use crate::http::ServerLimits;
 use crate::store::Store;
 use crate::volume::VolumeOptions;
 
@@ -73,22 +73,12 @@ pub struct StoreNodeConfig {
     /// Deadline of one bulk sync (`POST /volumes/{vid}/sync`).
     #[serde(default = "default_sync_timeout_ms")]
     pub sync_timeout_ms: u64,
-    /// A client must send a request's headers within this time, counted
-    /// from when the connection is ready for a request; so an idle
-    /// keep-alive connection is also closed after it. Clients should drop
-    /// idle pooled connections sooner (see
-    /// [`crate::client::POOL_IDLE_TIMEOUT_MS`]).
-    #[serde(default = "default_header_read_timeout_ms")]
-    pub header_read_timeout_ms: u64,
     /// Longest pause allowed between two chunks of a request body.
     #[serde(default = "default_body_idle_timeout_ms")]
     pub body_idle_timeout_ms: u64,
-    /// Connections served at once; further ones wait in the listen backlog.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// On shutdown, how long in-flight requests get to finish.
-    #[serde(default = "default_shutdown_grace_ms")]
-    pub shutdown_grace_ms: u64,
+    /// Header-read timeout, connection cap and shutdown grace.
+    #[serde(default)]
+    pub server: ServerLimits,
 }
 
 /// Default of [`StoreNodeConfig::volume_size_limit_bytes`]: 1 GiB.
@@ -107,31 +97,19 @@ pub fn default_body_buffer_limit_bytes() -> u64 {
 pub fn default_io_concurrency() -> usize {
     64
 }
-/// Default of [`StoreNodeConfig::request_timeout_ms`]: 60 s.
+/// Default of [`StoreNodeConfig::request_timeout_ms`]: 30 s.
 pub fn default_request_timeout_ms() -> u64 {
-    60_000
+    crate::http::DEFAULT_REQUEST_TIMEOUT_MS
 }
 /// Default of [`StoreNodeConfig::sync_timeout_ms`]: 1 h.
 pub fn default_sync_timeout_ms() -> u64 {
     3_600_000
-}
-/// Default of [`StoreNodeConfig::header_read_timeout_ms`]: 10 s.
-pub fn default_header_read_timeout_ms() -> u64 {
-    10_000
 }
 /// Default of [`StoreNodeConfig::body_idle_timeout_ms`]: 60 s, above the
 /// router's own (30 s): a router streaming a client's upload paces it, and
 /// a client that pauses too long gets the router's `408`, not a store's.
 pub fn default_body_idle_timeout_ms() -> u64 {
     60_000
-}
-/// Default of [`StoreNodeConfig::max_connections`]: 1024.
-pub fn default_max_connections() -> usize {
-    1024
-}
-/// Default of [`StoreNodeConfig::shutdown_grace_ms`]: 10 s.
-pub fn default_shutdown_grace_ms() -> u64 {
-    10_000
 }
 
 impl StoreNodeConfig {
@@ -145,10 +123,8 @@ impl StoreNodeConfig {
             io_concurrency: default_io_concurrency(),
             request_timeout_ms: default_request_timeout_ms(),
             sync_timeout_ms: default_sync_timeout_ms(),
-            header_read_timeout_ms: default_header_read_timeout_ms(),
             body_idle_timeout_ms: default_body_idle_timeout_ms(),
-            max_connections: default_max_connections(),
-            shutdown_grace_ms: default_shutdown_grace_ms(),
+            server: ServerLimits::default(),
         }
     }
 
@@ -158,9 +134,7 @@ impl StoreNodeConfig {
         if self.io_concurrency == 0 || self.io_concurrency > Semaphore::MAX_PERMITS {
             return fail("io_concurrency must be at least 1");
         }
-        if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
-            return fail("max_connections must be at least 1");
-        }
+        self.server.validate().map_err(ServiceError::Config)?;
         if self.max_needle_bytes == 0 || self.max_needle_bytes > u64::from(u32::MAX) {
             return fail("max_needle_bytes must be between 1 and 4 GiB - 1");
         }
@@ -171,7 +145,6 @@ impl StoreNodeConfig {
         let timeouts = [
             self.request_timeout_ms,
             self.sync_timeout_ms,
-            self.header_read_timeout_ms,
             self.body_idle_timeout_ms,
         ];
         if timeouts.contains(&0) {
@@ -300,12 +273,7 @@ pub async fn serve(
     config: &StoreNodeConfig,
     cancel: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let options = crate::http::ServeOptions {
-        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
-        max_connections: config.max_connections,
-        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
-    };
-    crate::http::serve(listener, app, options, cancel).await;
+    crate::http::serve(listener, app, config.server.serve_options(), cancel).await;
     Ok(())
 }
 
@@ -367,7 +335,17 @@ mod tests {
                 ..ok.clone()
             },
             StoreNodeConfig {
-                max_connections: 0,
+                server: ServerLimits {
+                    max_connections: 0,
+                    ..ServerLimits::default()
+                },
+                ..ok.clone()
+            },
+            StoreNodeConfig {
+                server: ServerLimits {
+                    header_read_timeout_ms: 0,
+                    ..ServerLimits::default()
+                },
                 ..ok.clone()
             },
             StoreNodeConfig {

@@ -3,6 +3,7 @@
 //! [`super::run`]; the router never reads files or the environment itself.
 
 use haystack::client::BatchOptions;
+use haystack::http::ServerLimits;
 use serde::Deserialize;
 
 /// Options of the router role. Every field but `directory_url` has a named
@@ -19,9 +20,6 @@ pub struct RouterConfig {
     /// a delete), in ms.
     #[serde(default = "default_replica_timeout_ms")]
     pub replica_timeout_ms: u64,
-    /// Longest time a client may take to send a request's headers, in ms.
-    #[serde(default = "default_header_read_timeout_ms")]
-    pub header_read_timeout_ms: u64,
     /// Longest pause between two chunks of a request body, in ms.
     #[serde(default = "default_body_idle_timeout_ms")]
     pub body_idle_timeout_ms: u64,
@@ -57,14 +55,11 @@ pub struct RouterConfig {
     /// Volumes an upload is tried on before it fails.
     #[serde(default = "default_upload_attempts")]
     pub upload_attempts: u32,
-    /// How long [`super::run`] waits, once cancelled, for in-flight
-    /// requests (long downloads included) before dropping them, in ms.
-    #[serde(default = "default_shutdown_grace_ms")]
-    pub shutdown_grace_ms: u64,
-    /// Connections served at once; further ones wait in the listen backlog
-    /// (default 1024).
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    /// Header-read timeout, connection cap, and how long [`super::run`]
+    /// waits once cancelled for in-flight requests (long downloads
+    /// included) before dropping them.
+    #[serde(default)]
+    pub server: ServerLimits,
     /// Most reads sent to a store node in one batch (1 to 64). Concurrent
     /// small reads for the same node share one request.
     #[serde(default = "default_read_batch_max_entries")]
@@ -92,7 +87,6 @@ impl RouterConfig {
             directory_url: directory_url.into(),
             max_blob_bytes: default_max_blob_bytes(),
             replica_timeout_ms: default_replica_timeout_ms(),
-            header_read_timeout_ms: default_header_read_timeout_ms(),
             body_idle_timeout_ms: default_body_idle_timeout_ms(),
             max_concurrent_uploads: default_max_concurrent_uploads(),
             upload_buffer_bytes: default_upload_buffer_bytes(),
@@ -101,8 +95,7 @@ impl RouterConfig {
             directory_cache_ttl_ms: default_directory_cache_ttl_ms(),
             key_lease_size: default_key_lease_size(),
             upload_attempts: default_upload_attempts(),
-            max_connections: default_max_connections(),
-            shutdown_grace_ms: default_shutdown_grace_ms(),
+            server: ServerLimits::default(),
             read_batch_max_entries: default_read_batch_max_entries(),
             read_batch_in_flight: default_read_batch_in_flight(),
             read_batch_stall_ms: default_read_batch_stall_ms(),
@@ -118,11 +111,6 @@ pub fn default_max_blob_bytes() -> u64 {
 
 /// Default of [`RouterConfig::replica_timeout_ms`]: 10 s.
 pub fn default_replica_timeout_ms() -> u64 {
-    10_000
-}
-
-/// Default of [`RouterConfig::header_read_timeout_ms`]: 10 s.
-pub fn default_header_read_timeout_ms() -> u64 {
     10_000
 }
 
@@ -166,11 +154,6 @@ pub fn default_upload_attempts() -> u32 {
     3
 }
 
-/// Default of [`RouterConfig::max_connections`]: 1024.
-pub fn default_max_connections() -> usize {
-    1024
-}
-
 /// Default of [`RouterConfig::read_batch_max_entries`]: 64.
 pub fn default_read_batch_max_entries() -> usize {
     haystack::batch::MAX_BATCH_ENTRIES
@@ -184,11 +167,6 @@ pub fn default_read_batch_in_flight() -> usize {
 /// Default of [`RouterConfig::read_batch_stall_ms`]: 1 ms.
 pub fn default_read_batch_stall_ms() -> u64 {
     u64::try_from(BatchOptions::default().stall.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Default of [`RouterConfig::shutdown_grace_ms`]: 10 s.
-pub fn default_shutdown_grace_ms() -> u64 {
-    10_000
 }
 
 #[cfg(test)]

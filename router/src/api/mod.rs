@@ -213,7 +213,7 @@ where
 
 /// Serves the public API on `listener` until `cancel` fires, then stops
 /// accepting, lets in-flight requests finish (for at most
-/// `shutdown_grace_ms`) and returns.
+/// `server.shutdown_grace_ms`) and returns.
 ///
 /// Connections are HTTP/1.1 served by hyper with an explicit header-read
 /// timeout (hyper's is off unless a timer is set); request bodies have an
@@ -223,9 +223,7 @@ pub async fn run(
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ApiError> {
-    let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms.max(1));
-    let shutdown_grace = Duration::from_millis(config.shutdown_grace_ms);
-    let max_connections = config.max_connections;
+    let options = config.server.serve_options();
     let state = Arc::new(AppState::new(config)?);
     let app = build(state.clone());
     if let Ok(address) = listener.local_addr() {
@@ -244,11 +242,6 @@ pub async fn run(
         }
     });
 
-    let options = haystack::http::ServeOptions {
-        header_read_timeout,
-        max_connections,
-        shutdown_grace,
-    };
     haystack::http::serve(listener, app, options, cancel).await;
     let _ = upkeep.await;
     tracing::info!("router stopped");

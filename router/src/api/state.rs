@@ -59,6 +59,10 @@ const READ_BATCH_QUEUE: usize = 4096;
 impl AppState {
     /// Builds the state; no network traffic happens here.
     pub(crate) fn new(config: RouterConfig) -> Result<AppState, ApiError> {
+        config
+            .server
+            .validate()
+            .map_err(|e| ApiError::Internal(format!("config: {e}")))?;
         let directory = DirectoryClient::new(&config.directory_url)?;
         // The store node's builder drops pooled connections before the node's
         // own idle close, so a write never lands on a socket the node is closing

@@ -22,6 +22,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use haystack::http::ServerLimits;
+
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
@@ -45,9 +47,6 @@ pub struct DirectoryConfig {
     /// Longest time one inbound request may take before a 503 `timeout`.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Longest time a client may take to send a request's headers.
-    #[serde(default = "default_header_read_timeout_ms")]
-    pub header_read_timeout_ms: u64,
     /// Timeout of the directory's own calls to store nodes (create, status, lock).
     #[serde(default = "default_store_request_timeout_ms")]
     pub store_request_timeout_ms: u64,
@@ -57,29 +56,22 @@ pub struct DirectoryConfig {
     /// Largest accepted request body.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// Most connections served at once; more are closed on accept.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// How long shutdown waits for in-flight requests.
-    #[serde(default = "default_shutdown_grace_ms")]
-    pub shutdown_grace_ms: u64,
+    /// Header-read timeout, connection cap and shutdown grace.
+    #[serde(default)]
+    pub server: ServerLimits,
 }
 
-/// Default of [`DirectoryConfig::heartbeat_timeout_ms`]: 5 s.
+/// Default of [`DirectoryConfig::heartbeat_timeout_ms`]: 10 s.
 pub fn default_heartbeat_timeout_ms() -> u64 {
-    5_000
-}
-/// Default of [`DirectoryConfig::repair_interval_ms`]: 1 s.
-pub fn default_repair_interval_ms() -> u64 {
-    1_000
-}
-/// Default of [`DirectoryConfig::request_timeout_ms`]: 10 s.
-pub fn default_request_timeout_ms() -> u64 {
     10_000
 }
-/// Default of [`DirectoryConfig::header_read_timeout_ms`]: 5 s.
-pub fn default_header_read_timeout_ms() -> u64 {
-    5_000
+/// Default of [`DirectoryConfig::repair_interval_ms`]: 2 s.
+pub fn default_repair_interval_ms() -> u64 {
+    2_000
+}
+/// Default of [`DirectoryConfig::request_timeout_ms`]: 30 s.
+pub fn default_request_timeout_ms() -> u64 {
+    haystack::http::DEFAULT_REQUEST_TIMEOUT_MS
 }
 /// Default of [`DirectoryConfig::store_request_timeout_ms`]: 3 s.
 pub fn default_store_request_timeout_ms() -> u64 {
@@ -93,14 +85,6 @@ pub fn default_sync_timeout_ms() -> u64 {
 pub fn default_max_body_bytes() -> usize {
     64 * 1024
 }
-/// Default of [`DirectoryConfig::max_connections`]: 1024.
-pub fn default_max_connections() -> usize {
-    1024
-}
-/// Default of [`DirectoryConfig::shutdown_grace_ms`]: 5 s.
-pub fn default_shutdown_grace_ms() -> u64 {
-    5_000
-}
 
 impl DirectoryConfig {
     /// A config with every default and the given data directory.
@@ -110,12 +94,10 @@ impl DirectoryConfig {
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
             request_timeout_ms: default_request_timeout_ms(),
-            header_read_timeout_ms: default_header_read_timeout_ms(),
             store_request_timeout_ms: default_store_request_timeout_ms(),
             sync_timeout_ms: default_sync_timeout_ms(),
             max_body_bytes: default_max_body_bytes(),
-            max_connections: default_max_connections(),
-            shutdown_grace_ms: default_shutdown_grace_ms(),
+            server: ServerLimits::default(),
         }
     }
 
@@ -125,21 +107,18 @@ impl DirectoryConfig {
             ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
             ("repair_interval_ms", self.repair_interval_ms),
             ("request_timeout_ms", self.request_timeout_ms),
-            ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("store_request_timeout_ms", self.store_request_timeout_ms),
             ("sync_timeout_ms", self.sync_timeout_ms),
             ("max_body_bytes", self.max_body_bytes as u64),
-            ("max_connections", self.max_connections as u64),
         ];
-        match positive.iter().find(|(_, value)| *value == 0) {
-            Some((name, _)) => Err(DirectoryError::InvalidConfig(format!(
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(DirectoryError::InvalidConfig(format!(
                 "{name} must be positive"
-            ))),
-            None if self.max_connections > Semaphore::MAX_PERMITS => Err(
-                DirectoryError::InvalidConfig("max_connections is too large".into()),
-            ),
-            None => Ok(()),
+            )));
         }
+        self.server
+            .validate()
+            .map_err(DirectoryError::InvalidConfig)
     }
 }
 
@@ -490,7 +469,7 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
 }
 
 /// Serves the directory on `listener` until `cancel` fires, then lets
-/// in-flight requests finish (up to `shutdown_grace_ms`) and returns.
+/// in-flight requests finish (up to `server.shutdown_grace_ms`) and returns.
 ///
 /// Opens `config.data_dir/directory.redb`, gives every node a fresh heartbeat
 /// grace period (nothing is marked down before `heartbeat_timeout_ms` has
@@ -531,11 +510,7 @@ pub async fn run(
         loops_cancel.clone(),
     ));
     tracing::info!(address = ?listener.local_addr().ok(), "directory serving");
-    let options = haystack::http::ServeOptions {
-        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
-        max_connections: config.max_connections,
-        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
-    };
+    let options = config.server.serve_options();
     haystack::http::serve(listener, router(state, &config), options, cancel).await;
     loops_cancel.cancel();
     while loops.join_next().await.is_some() {}
