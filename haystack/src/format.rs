@@ -111,14 +111,14 @@ const IR_CHECKSUM_OFFSET: usize = IR_MAGIC_OFFSET + 4;
 const _: () = assert!(IR_CHECKSUM_OFFSET + 4 == INDEX_RECORD_SIZE as usize);
 
 /// The little-endian `u32` at `at` (the caller checked the length).
-pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+pub fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)
 }
 
 /// The little-endian `u64` at `at` (the caller checked the length).
-pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+pub fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
