@@ -11,7 +11,10 @@
 //! CI runs a short soak (`HAYLOFT_SOAK_SECS`, default 40 s). The long one is
 //! a documented command (`docs/BENCHMARKS.md`, "Soak"):
 //! `HAYLOFT_SOAK_SECS=600 cargo test --release --test soak -- --nocapture`.
-//! `HAYLOFT_SOAK_SEED` replays a run's choices (sizes, victims, reads). On
+//! `HAYLOFT_SOAK_SEED` replays a run's choices (sizes, victims, reads).
+//! The writers upload at most `HAYLOFT_SOAK_MAX_BYTES` (default 4 GiB; three
+//! replicas of it must fit on the disk) spread evenly over the run, so a long
+//! soak keeps writing through every kill without filling the disk. On
 //! failure (or always, with `HAYLOFT_SOAK_KEEP_LOG=1`) the cluster's log is
 //! kept under the cargo target's tmp directory and its path printed.
 
@@ -70,6 +73,11 @@ struct Load {
     router: String,
     stop: AtomicBool,
     started: Instant,
+    /// Length of the run.
+    seconds: u64,
+    /// Logical bytes the writers may upload over the whole run.
+    budget_bytes: u64,
+    uploaded_bytes: AtomicU64,
     findings: Mutex<Findings>,
     upload_failures: AtomicU64,
     reads: AtomicU64,
@@ -81,22 +89,35 @@ impl Load {
     fn at(&self) -> String {
         format!("{:.1}s", self.started.elapsed().as_secs_f64())
     }
+
+    /// Whether the writers are ahead of the budget's even pace.
+    fn ahead_of_budget(&self) -> bool {
+        let share = (self.started.elapsed().as_secs_f64() / self.seconds as f64).min(1.0);
+        self.uploaded_bytes.load(Ordering::Relaxed) as f64 >= self.budget_bytes as f64 * share
+    }
 }
 
 async fn write_loop(load: Arc<Load>, seed: u64) {
     let client = http_client();
     let mut rng = StdRng::seed_from_u64(seed);
     while !load.stop.load(Ordering::Relaxed) {
+        if load.ahead_of_budget() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         let size = rng.random_range(0..=BLOB_BYTES_MAX);
         let body = random_body(rng.random(), size);
         let digest = sha256(&body);
         match upload(&client, &load.router, body).await {
-            Ok(id) => load
-                .findings
-                .lock()
-                .expect("lock")
-                .acknowledged
-                .push(Acknowledged { id, size, digest }),
+            Ok(id) => {
+                load.uploaded_bytes
+                    .fetch_add(size as u64, Ordering::Relaxed);
+                load.findings
+                    .lock()
+                    .expect("lock")
+                    .acknowledged
+                    .push(Acknowledged { id, size, digest });
+            }
             Err(_) => {
                 load.upload_failures.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -206,6 +227,9 @@ async fn run_soak(cluster: &Cluster, seconds: u64, seed: u64) -> anyhow::Result<
         router: cluster.router.clone(),
         stop: AtomicBool::new(false),
         started: Instant::now(),
+        seconds,
+        budget_bytes: env_u64("HAYLOFT_SOAK_MAX_BYTES", 4 << 30),
+        uploaded_bytes: AtomicU64::new(0),
         findings: Mutex::default(),
         upload_failures: AtomicU64::new(0),
         reads: AtomicU64::new(0),
@@ -248,9 +272,10 @@ async fn run_soak(cluster: &Cluster, seconds: u64, seed: u64) -> anyhow::Result<
     );
     let after_findings = std::mem::take(&mut *load.findings.lock().expect("lock"));
     eprintln!(
-        "soak: {kills} kills; {} acknowledged, {} uploads failed; {} reads during the load \
-         with {} errors and {} wrong; after the load {} errors and {} wrong of {}",
+        "soak: {kills} kills; {} acknowledged ({} MiB), {} uploads failed; {} reads during the \
+         load with {} errors and {} wrong; after the load {} errors and {} wrong of {}",
         acknowledged.len(),
+        load.uploaded_bytes.load(Ordering::Relaxed) >> 20,
         load.upload_failures.load(Ordering::Relaxed),
         during_load.0,
         during_load.1,
