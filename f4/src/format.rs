@@ -514,6 +514,135 @@ impl IndexEntry {
     }
 }
 
+/// Magic number of a warm volume's tombstone journal.
+pub const JOURNAL_MAGIC: [u8; 8] = [0x89, b'H', b'L', b'J', b'R', b'N', b'\n', 0x1a];
+/// Current format version of journals.
+pub const JOURNAL_FORMAT_VERSION: u16 = 1;
+/// Size of a journal's header; tombstones follow it.
+pub const JOURNAL_HEADER_SIZE: usize = 32;
+/// Size of one tombstone record.
+pub const TOMBSTONE_SIZE: usize = 24;
+
+const JOURNAL_VOLUME_ID_OFFSET: usize = 12;
+const JOURNAL_GENERATION_OFFSET: usize = 16;
+const JOURNAL_CRC_OFFSET: usize = 24;
+const TOMBSTONE_CRC_OFFSET: usize = 20;
+
+/// The header of a warm volume's tombstone journal:
+///
+/// ```text
+/// offset  size  field
+///      0     8  magic        89 'H' 'L' 'J' 'R' 'N' 0A 1A
+///      8     2  version      u16 = 1
+///     10     2  reserved     u16 = 0
+///     12     4  volume_id    u32
+///     16     8  generation   u64, the volume's encode generation (non-zero)
+///     24     4  header_crc   u32 CRC32 of bytes [0, 24)
+///     28     4  reserved     u32 = 0
+///     32  24*n  tombstones   key u64, deleted_ms u64, reserved u32 = 0,
+///                            record_crc u32 (CRC32 of the record's first 20 bytes)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalHeader {
+    /// The volume.
+    pub volume_id: u32,
+    /// The volume's encode generation.
+    pub generation: u64,
+}
+
+impl JournalHeader {
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; JOURNAL_HEADER_SIZE] {
+        let mut out = [0u8; JOURNAL_HEADER_SIZE];
+        out[..8].copy_from_slice(&JOURNAL_MAGIC);
+        put(
+            &mut out,
+            VERSION_OFFSET,
+            &JOURNAL_FORMAT_VERSION.to_le_bytes(),
+        );
+        put(
+            &mut out,
+            JOURNAL_VOLUME_ID_OFFSET,
+            &self.volume_id.to_le_bytes(),
+        );
+        put(
+            &mut out,
+            JOURNAL_GENERATION_OFFSET,
+            &self.generation.to_le_bytes(),
+        );
+        let crc = crc32fast::hash(&out[..JOURNAL_CRC_OFFSET]);
+        put(&mut out, JOURNAL_CRC_OFFSET, &crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks a header (magic, CRC, version, reserved bytes,
+    /// a non-zero generation).
+    pub fn decode(bytes: &[u8]) -> Result<JournalHeader> {
+        let bytes = bytes
+            .get(..JOURNAL_HEADER_SIZE)
+            .ok_or_else(|| Error::corrupt("journal header is short"))?;
+        if bytes[..8] != JOURNAL_MAGIC {
+            return Err(Error::corrupt("not a journal (bad magic)"));
+        }
+        if crc32fast::hash(&bytes[..JOURNAL_CRC_OFFSET]) != u32_at(bytes, JOURNAL_CRC_OFFSET) {
+            return Err(Error::corrupt("journal header CRC mismatch"));
+        }
+        let version = u16::from_le_bytes([bytes[VERSION_OFFSET], bytes[VERSION_OFFSET + 1]]);
+        if version != JOURNAL_FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        if bytes[10..12].iter().chain(&bytes[28..32]).any(|&b| b != 0) {
+            return Err(Error::corrupt("journal header reserved bytes are not zero"));
+        }
+        let header = JournalHeader {
+            volume_id: u32_at(bytes, JOURNAL_VOLUME_ID_OFFSET),
+            generation: u64_at(bytes, JOURNAL_GENERATION_OFFSET),
+        };
+        if header.generation == 0 {
+            return Err(Error::corrupt("journal of encode generation 0"));
+        }
+        Ok(header)
+    }
+}
+
+/// One delete in a journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The deleted needle's key.
+    pub key: u64,
+    /// When the delete was made (ms since the Unix epoch).
+    pub deleted_ms: u64,
+}
+
+impl Tombstone {
+    /// Encodes the record with its CRC.
+    pub fn encode(&self) -> [u8; TOMBSTONE_SIZE] {
+        let mut out = [0u8; TOMBSTONE_SIZE];
+        put(&mut out, 0, &self.key.to_le_bytes());
+        put(&mut out, 8, &self.deleted_ms.to_le_bytes());
+        let crc = crc32fast::hash(&out[..TOMBSTONE_CRC_OFFSET]);
+        put(&mut out, TOMBSTONE_CRC_OFFSET, &crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes a record and checks its CRC and reserved bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Tombstone> {
+        let bytes = bytes
+            .get(..TOMBSTONE_SIZE)
+            .ok_or_else(|| Error::corrupt("tombstone is short"))?;
+        if crc32fast::hash(&bytes[..TOMBSTONE_CRC_OFFSET]) != u32_at(bytes, TOMBSTONE_CRC_OFFSET) {
+            return Err(Error::corrupt("tombstone CRC mismatch"));
+        }
+        if bytes[16..20].iter().any(|&b| b != 0) {
+            return Err(Error::corrupt("tombstone reserved bytes are not zero"));
+        }
+        Ok(Tombstone {
+            key: u64_at(bytes, 0),
+            deleted_ms: u64_at(bytes, 8),
+        })
+    }
+}
+
 fn put(out: &mut [u8], at: usize, bytes: &[u8]) {
     out[at..at + bytes.len()].copy_from_slice(bytes);
 }

@@ -146,7 +146,7 @@ fn write_files(
 }
 
 /// `PATH.tmp`, beside `path`.
-fn temporary(path: &Path) -> PathBuf {
+pub(crate) fn temporary(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)
