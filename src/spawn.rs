@@ -108,7 +108,8 @@ async fn start_children(
 }
 
 /// Writes `config` to `path`, starts `hayloft serve` on it, waits for its ready
-/// line and health, then pins the learned address into the saved config.
+/// line (printed once it serves and, for a store, is registered), then pins
+/// the learned address into the saved config.
 async fn start_child(
     role: Role,
     config: &mut Config,

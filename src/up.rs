@@ -123,7 +123,9 @@ async fn start_roles(
                 (id, result)
             });
         }
-        match tokio::time::timeout(STARTUP_DEADLINE, ready).await {
+        // A little longer than the node's own health deadline, so that a node
+        // that never turns healthy ends with its own error, which says why.
+        match tokio::time::timeout(STARTUP_DEADLINE + Duration::from_secs(5), ready).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 // The node's task ended before it was ready: its error says why.

@@ -227,9 +227,9 @@ pub fn read_header(file: &File) -> Result<BlockHeader> {
 fn read_checksums(file: &File, header: &BlockHeader) -> Result<BlockChecksums> {
     let at = BLOCK_HEADER_SIZE as u64 + header.block_len_bytes;
     let file_len = file.metadata()?.len();
-    if file_len != header.file_len_bytes() {
+    if Some(file_len) != header.file_len_bytes() {
         return Err(Error::corrupt(format!(
-            "block file is {file_len} bytes, its header says {}",
+            "block file is {file_len} bytes, its header says {:?}",
             header.file_len_bytes()
         )));
     }

@@ -295,16 +295,17 @@ impl BlockHeader {
         Ok(())
     }
 
-    /// Bytes of the whole block file: header, data, checksum record.
-    pub fn file_len_bytes(&self) -> u64 {
+    /// Bytes of the whole block file: header, data, checksum record
+    /// (`None` if that overflows, as only a corrupt geometry can make it).
+    pub fn file_len_bytes(&self) -> Option<u64> {
         let chunks = self
             .block_len_bytes
             .div_ceil(u64::from(self.geometry.chunk_size_bytes));
-        BLOCK_HEADER_SIZE as u64
-            + self.block_len_bytes
-            + coding::format::CHECKSUM_HEADER_SIZE as u64
-            + 4 * chunks
-            + 4
+        let fixed = (BLOCK_HEADER_SIZE + coding::format::CHECKSUM_HEADER_SIZE + 4) as u64;
+        chunks
+            .checked_mul(4)?
+            .checked_add(fixed)?
+            .checked_add(self.block_len_bytes)
     }
 
     fn check(&self) -> Result<()> {
@@ -784,7 +785,7 @@ mod tests {
         header.check_checksums(&good).expect("matches");
         assert_eq!(
             header.file_len_bytes(),
-            (BLOCK_HEADER_SIZE + len + good.encoded_len()) as u64
+            Some((BLOCK_HEADER_SIZE + len + good.encoded_len()) as u64)
         );
         let short = BlockChecksums::compute(512, &data[1..]).unwrap();
         assert!(header.check_checksums(&short).is_err());

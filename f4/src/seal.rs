@@ -5,8 +5,12 @@
 //! The warm data file holds the needles exactly as the hot tier wrote them
 //! (header, content type, data, footer, padding; the deleted flag clear),
 //! one after the other from offset 0, in key order. Both files are written
-//! under a temporary name, synced, then renamed into place and the
-//! directory synced: a crash leaves either nothing or both whole files.
+//! under a temporary name and synced, then the data file is renamed into
+//! place, then the index, and the directory is synced. A crash can leave
+//! `.tmp` files (the next seal overwrites them) or a data file without its
+//! index; a seal is done only once both renames are durable, and a warm
+//! volume is used only through its index, whose header names its encode
+//! generation and data length.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -33,6 +37,10 @@ pub struct Sealed {
 
 /// Writes the live needles of the locked hot `volume` to `data_path`, and
 /// their sorted index, stamped with `generation`, to `index_path`.
+///
+/// Deletes made on the hot volume while it is sealed may be missing from
+/// the warm files: the caller holds deletes for the seal's duration, or
+/// replays those made meanwhile into the warm volume's journal.
 ///
 /// Every needle is read whole and checked (magic, sizes, key, CRC) before
 /// it is copied; one that fails stops the seal with

@@ -136,7 +136,7 @@ impl Volume {
         // Lead or wait for a sync of everything written so far, so that the whole data file
         // is published before the last copy pass.
         let end = st.end;
-        self.wait_synced(&mut st, end)?;
+        self.wait_synced(&mut st, end, None)?;
         while st.sync_in_progress {
             self.cond.wait(&mut st);
         }

@@ -106,25 +106,39 @@ impl PendingAppend<'_> {
     /// Waits until the needle is durable (group commit) and readable.
     pub fn wait(self) -> Result<AppendOutcome> {
         let mut st = self.volume.state.lock();
-        if st.compactions != self.compactions {
-            // A compaction committed since the write: its final phase synced
-            // every write before it, so the needle is durable, at its offset
-            // in the new data file. (Waiting for the old offset would wait
-            // forever once the new file is shorter.)
-            let entry = self.volume.files.read().index.get(self.key);
-            return match entry {
-                Some(entry) => Ok(AppendOutcome {
-                    offset: entry.offset,
-                    size_bytes: entry.size_bytes,
-                }),
-                // Deleted before the compaction and dropped by it: still durable.
-                None => Ok(self.outcome),
-            };
+        let end = self.outcome.offset + self.outcome.size_bytes;
+        match self
+            .volume
+            .wait_synced(&mut st, end, Some(self.compactions))?
+        {
+            Synced::Durable => Ok(self.outcome),
+            Synced::Moved => {
+                // A compaction committed since the write: its final phase
+                // synced every write before it, so the needle is durable, at
+                // its offset in the new data file. (Waiting for the old offset
+                // would wait forever once the new file is shorter.)
+                let entry = self.volume.files.read().index.get(self.key);
+                Ok(match entry {
+                    Some(entry) => AppendOutcome {
+                        offset: entry.offset,
+                        size_bytes: entry.size_bytes,
+                    },
+                    // Deleted before the compaction and dropped by it.
+                    None => self.outcome,
+                })
+            }
         }
-        self.volume
-            .wait_synced(&mut st, self.outcome.offset + self.outcome.size_bytes)?;
-        Ok(self.outcome)
     }
+}
+
+/// How [`Volume::wait_synced`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Synced {
+    /// Everything below the end asked for is durable.
+    Durable,
+    /// A compaction committed since the caller's write (whose offsets refer
+    /// to the old data file); it synced that write before it committed.
+    Moved,
 }
 
 /// The file paths of one volume.
@@ -455,10 +469,21 @@ impl Volume {
     }
 
     /// Waits until everything below `end` is durable, leading a group sync if none runs.
-    pub(crate) fn wait_synced(&self, st: &mut MutexGuard<'_, WriteState>, end: u64) -> Result<()> {
+    /// With `compactions` (the count when the caller wrote), it also ends as soon as a
+    /// compaction has committed since, checked on every pass: the compaction may commit
+    /// while this waits for a sync, and `end` then lies in the old data file.
+    pub(crate) fn wait_synced(
+        &self,
+        st: &mut MutexGuard<'_, WriteState>,
+        end: u64,
+        compactions: Option<u64>,
+    ) -> Result<Synced> {
         loop {
+            if compactions.is_some_and(|c| c != st.compactions) {
+                return Ok(Synced::Moved);
+            }
             if st.synced >= end {
-                return Ok(());
+                return Ok(Synced::Durable);
             }
             if st.failed {
                 return Err(Error::ReadOnly { volume: self.id });

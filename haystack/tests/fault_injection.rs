@@ -30,13 +30,18 @@ impl Faults {
         self.released.notify_all();
     }
 
-    /// Waits (bounded) until `count` writes have reached the storage.
-    fn wait_for_writes(&self, count: u64) {
+    /// Waits (bounded) until `done` holds.
+    fn wait_until(&self, done: impl Fn(&Self) -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while self.writes.load(Ordering::SeqCst) < count {
-            assert!(std::time::Instant::now() < deadline, "writes never arrived");
+        while !done(self) {
+            assert!(std::time::Instant::now() < deadline, "timed out");
             std::thread::yield_now();
         }
+    }
+
+    /// Waits (bounded) until `count` writes have reached the storage.
+    fn wait_for_writes(&self, count: u64) {
+        self.wait_until(|f| f.writes.load(Ordering::SeqCst) >= count);
     }
 }
 
@@ -226,4 +231,59 @@ fn group_commit_shares_syncs() {
         "the sync in flight, then one for every append that queued behind it"
     );
     assert_eq!(v.status().needle_count, 16);
+}
+
+#[test]
+fn an_append_waiting_while_a_compaction_commits_is_acknowledged_at_its_new_offset() {
+    // A needle is written, then a compaction that drops deleted needles (so
+    // the new data file ends before the needle's old offset) leads its final
+    // sync, held in flight. The needle's waiter queues behind that sync; the
+    // compaction commits before the waiter gets the lock back. The waiter
+    // must see the commit (the needle was synced by it) and answer the
+    // needle's new offset, not wait for its old one forever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (v, faults) = faulty_volume(dir.path());
+    let v = Arc::new(v);
+    for key in 1..=20u64 {
+        v.append_needle(key, 1, "", &[7u8; 2048]).expect("append");
+    }
+    for key in 1..=15u64 {
+        v.delete_needle(key, 1).expect("delete");
+    }
+    // The waiter owns its thread, so that a waiter that never returns fails
+    // this test (the receive times out) instead of hanging it.
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let (written_tx, written) = std::sync::mpsc::channel();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    {
+        let v = v.clone();
+        std::thread::spawn(move || {
+            let pending = v.write_needle(21, 1, "", b"moved").expect("write");
+            let _ = written_tx.send(pending.outcome());
+            if go.recv().is_ok() {
+                let _ = done_tx.send(pending.wait());
+            }
+        });
+    }
+    let old = written.recv().expect("written");
+    faults.hold_syncs();
+    let syncs_before = faults.syncs.load(Ordering::SeqCst);
+    let compaction = {
+        let v = v.clone();
+        std::thread::spawn(move || v.compact())
+    };
+    faults.wait_until(|f| f.syncs.load(Ordering::SeqCst) > syncs_before);
+    go_tx.send(()).expect("waiter alive");
+    // Give the waiter time to queue behind the held sync. (Should it be
+    // late, it waits after the commit instead, which must work too.)
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    faults.release_syncs();
+    let new = done
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the waiter returns")
+        .expect("acknowledged");
+    assert!(new.offset < old.offset, "{old:?} -> {new:?}");
+    assert_eq!(new.size_bytes, old.size_bytes);
+    compaction.join().expect("thread").expect("compact");
+    assert_eq!(v.read_needle(21, 1).expect("read").data, &b"moved"[..]);
 }

@@ -13,7 +13,7 @@ use super::types::{
 /// Default timeout of one request to the directory.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle pooled connections are dropped after this long (the directory closes
-/// idle connections after its header-read timeout, 5 s by default).
+/// idle connections after its header-read timeout, 10 s by default).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Default timeout for establishing a connection to the directory.
