@@ -11,7 +11,7 @@ use coding::{BlockChecksums, Codec, StripeEncoder, VolumeSource};
 
 use crate::error::{Error, Result};
 use crate::format::{BLOCK_HEADER_SIZE, BlockHeader, Geometry};
-use crate::seal::sync_dir;
+use haystack::file::sync_dir;
 
 /// Bytes per block per encoding step: with RS(10,4), 14 MiB of columns, so
 /// that each file write is large; memory stays at that whatever the volume.

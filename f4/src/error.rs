@@ -65,3 +65,25 @@ impl Error {
         Error::Corrupt(what.into())
     }
 }
+
+/// `Ok` if the `what` file at `path`, whose header names volume `found.0`
+/// and encode generation `found.1`, is the one `expected` names; else
+/// [`Error::WrongBlock`] saying both.
+pub(crate) fn check_owner(
+    what: &str,
+    path: &std::path::Path,
+    found: (u32, u64),
+    expected: (u32, u64),
+) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    Err(Error::WrongBlock(format!(
+        "{} is the {what} of volume {} generation {:x}, expected volume {} generation {:x}",
+        path.display(),
+        found.0,
+        found.1,
+        expected.0,
+        expected.1
+    )))
+}

@@ -69,6 +69,77 @@ const HEADER_CRC_OFFSET: usize = 72;
 
 const _: () = assert!(HEADER_CRC_OFFSET + 8 == BLOCK_HEADER_SIZE);
 
+/// What the headers of every file here share: a magic number at 0, the
+/// format version (u16) at 8, a CRC32 of the bytes before `crc_offset`
+/// stored there, and reserved ranges that must be zero.
+struct HeaderLayout {
+    what: &'static str,
+    magic: [u8; 8],
+    version: u16,
+    size: usize,
+    crc_offset: usize,
+    reserved: &'static [std::ops::Range<usize>],
+}
+
+impl HeaderLayout {
+    /// A header of `N` bytes with the magic and version written.
+    fn start<const N: usize>(&self) -> [u8; N] {
+        debug_assert_eq!(N, self.size);
+        let mut out = [0u8; N];
+        out[..8].copy_from_slice(&self.magic);
+        put(&mut out, VERSION_OFFSET, &self.version.to_le_bytes());
+        out
+    }
+
+    /// Writes the header's CRC, once every field is in.
+    fn finish(&self, out: &mut [u8]) {
+        let crc = crc32fast::hash(&out[..self.crc_offset]);
+        put(out, self.crc_offset, &crc.to_le_bytes());
+    }
+
+    /// The header at the start of `bytes`, after checking its length,
+    /// magic, CRC, version and reserved bytes.
+    fn check<'a>(&self, bytes: &'a [u8]) -> Result<&'a [u8]> {
+        let what = self.what;
+        let header = bytes.get(..self.size).ok_or_else(|| {
+            Error::corrupt(format!(
+                "{what} is {} bytes, shorter than {}",
+                bytes.len(),
+                self.size
+            ))
+        })?;
+        if header[..8] != self.magic {
+            return Err(Error::corrupt(format!("not a {what} (bad magic)")));
+        }
+        if crc32fast::hash(&header[..self.crc_offset]) != u32_at(header, self.crc_offset) {
+            return Err(Error::corrupt(format!("{what} CRC mismatch")));
+        }
+        let version = u16::from_le_bytes([header[VERSION_OFFSET], header[VERSION_OFFSET + 1]]);
+        if version != self.version {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        if self
+            .reserved
+            .iter()
+            .any(|range| header[range.clone()].iter().any(|&b| b != 0))
+        {
+            return Err(Error::corrupt(format!(
+                "{what} reserved bytes are not zero"
+            )));
+        }
+        Ok(header)
+    }
+}
+
+const BLOCK_HEADER: HeaderLayout = HeaderLayout {
+    what: "block header",
+    magic: BLOCK_MAGIC,
+    version: BLOCK_FORMAT_VERSION,
+    size: BLOCK_HEADER_SIZE,
+    crc_offset: HEADER_CRC_OFFSET,
+    reserved: &[10..12, 14..16, 44..48, 76..80],
+};
+
 /// A sealed volume's geometry: how its data file maps onto stripes and
 /// blocks. Fixed at seal time and carried by every block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,13 +268,7 @@ impl BlockHeader {
 
     /// Encodes the header (`BLOCK_HEADER_SIZE` bytes).
     pub fn encode(&self) -> [u8; BLOCK_HEADER_SIZE] {
-        let mut out = [0u8; BLOCK_HEADER_SIZE];
-        out[..8].copy_from_slice(&BLOCK_MAGIC);
-        put(
-            &mut out,
-            VERSION_OFFSET,
-            &BLOCK_FORMAT_VERSION.to_le_bytes(),
-        );
+        let mut out = BLOCK_HEADER.start();
         out[DATA_BLOCKS_OFFSET] = self.geometry.data_blocks;
         out[PARITY_BLOCKS_OFFSET] = self.geometry.parity_blocks;
         put(&mut out, VOLUME_ID_OFFSET, &self.volume_id.to_le_bytes());
@@ -225,41 +290,14 @@ impl BlockHeader {
         put(&mut out, VOLUME_LEN_OFFSET, &volume_len);
         let block_size = self.geometry.block_size_bytes.to_le_bytes();
         put(&mut out, BLOCK_SIZE_OFFSET, &block_size);
-        let crc = crc32fast::hash(&out[..HEADER_CRC_OFFSET]);
-        put(&mut out, HEADER_CRC_OFFSET, &crc.to_le_bytes());
+        BLOCK_HEADER.finish(&mut out);
         out
     }
 
     /// Decodes and checks a header: magic, version, CRC, reserved bytes,
     /// the geometry, the block's place in it and its length.
     pub fn decode(bytes: &[u8]) -> Result<BlockHeader> {
-        let bytes: &[u8; BLOCK_HEADER_SIZE] = bytes
-            .get(..BLOCK_HEADER_SIZE)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| {
-                Error::corrupt(format!(
-                    "block header is {} bytes, shorter than {BLOCK_HEADER_SIZE}",
-                    bytes.len()
-                ))
-            })?;
-        if bytes[..8] != BLOCK_MAGIC {
-            return Err(Error::corrupt("not a block file (bad magic)"));
-        }
-        let stored_crc = u32_at(bytes, HEADER_CRC_OFFSET);
-        if crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]) != stored_crc {
-            return Err(Error::corrupt("block header CRC mismatch"));
-        }
-        let version = u16::from_le_bytes([bytes[VERSION_OFFSET], bytes[VERSION_OFFSET + 1]]);
-        if version != BLOCK_FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        let reserved_zero = bytes[10..12].iter().all(|&b| b == 0)
-            && bytes[14..16].iter().all(|&b| b == 0)
-            && bytes[44..48].iter().all(|&b| b == 0)
-            && bytes[76..80].iter().all(|&b| b == 0);
-        if !reserved_zero {
-            return Err(Error::corrupt("block header reserved bytes are not zero"));
-        }
+        let bytes = BLOCK_HEADER.check(bytes)?;
         let header = BlockHeader {
             volume_id: u32_at(bytes, VOLUME_ID_OFFSET),
             generation: u64_at(bytes, GENERATION_OFFSET),
@@ -373,6 +411,15 @@ const INDEX_DATA_LEN_OFFSET: usize = 32;
 const INDEX_CRC_OFFSET: usize = 40;
 const ENTRY_CRC_OFFSET: usize = 20;
 
+const INDEX_HEADER: HeaderLayout = HeaderLayout {
+    what: "warm index header",
+    magic: INDEX_MAGIC,
+    version: INDEX_FORMAT_VERSION,
+    size: INDEX_HEADER_SIZE,
+    crc_offset: INDEX_CRC_OFFSET,
+    reserved: &[10..12, 44..48],
+};
+
 /// The header of a warm volume's sorted index file:
 ///
 /// ```text
@@ -408,13 +455,7 @@ pub struct IndexHeader {
 impl IndexHeader {
     /// Encodes the header.
     pub fn encode(&self) -> [u8; INDEX_HEADER_SIZE] {
-        let mut out = [0u8; INDEX_HEADER_SIZE];
-        out[..8].copy_from_slice(&INDEX_MAGIC);
-        put(
-            &mut out,
-            VERSION_OFFSET,
-            &INDEX_FORMAT_VERSION.to_le_bytes(),
-        );
+        let mut out = INDEX_HEADER.start();
         put(
             &mut out,
             INDEX_VOLUME_ID_OFFSET,
@@ -432,30 +473,14 @@ impl IndexHeader {
         );
         let data_len = self.data_len_bytes.to_le_bytes();
         put(&mut out, INDEX_DATA_LEN_OFFSET, &data_len);
-        let crc = crc32fast::hash(&out[..INDEX_CRC_OFFSET]);
-        put(&mut out, INDEX_CRC_OFFSET, &crc.to_le_bytes());
+        INDEX_HEADER.finish(&mut out);
         out
     }
 
     /// Decodes and checks a header (magic, CRC, version, reserved bytes,
     /// a non-zero generation).
     pub fn decode(bytes: &[u8]) -> Result<IndexHeader> {
-        let bytes = bytes
-            .get(..INDEX_HEADER_SIZE)
-            .ok_or_else(|| Error::corrupt("index header is short"))?;
-        if bytes[..8] != INDEX_MAGIC {
-            return Err(Error::corrupt("not a warm index file (bad magic)"));
-        }
-        if crc32fast::hash(&bytes[..INDEX_CRC_OFFSET]) != u32_at(bytes, INDEX_CRC_OFFSET) {
-            return Err(Error::corrupt("index header CRC mismatch"));
-        }
-        let version = u16::from_le_bytes([bytes[VERSION_OFFSET], bytes[VERSION_OFFSET + 1]]);
-        if version != INDEX_FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        if bytes[10..12].iter().chain(&bytes[44..48]).any(|&b| b != 0) {
-            return Err(Error::corrupt("index header reserved bytes are not zero"));
-        }
+        let bytes = INDEX_HEADER.check(bytes)?;
         let header = IndexHeader {
             volume_id: u32_at(bytes, INDEX_VOLUME_ID_OFFSET),
             generation: u64_at(bytes, INDEX_GENERATION_OFFSET),
@@ -529,6 +554,15 @@ const JOURNAL_GENERATION_OFFSET: usize = 16;
 const JOURNAL_CRC_OFFSET: usize = 24;
 const TOMBSTONE_CRC_OFFSET: usize = 20;
 
+const JOURNAL_HEADER: HeaderLayout = HeaderLayout {
+    what: "journal header",
+    magic: JOURNAL_MAGIC,
+    version: JOURNAL_FORMAT_VERSION,
+    size: JOURNAL_HEADER_SIZE,
+    crc_offset: JOURNAL_CRC_OFFSET,
+    reserved: &[10..12, 28..32],
+};
+
 /// The header of a warm volume's tombstone journal:
 ///
 /// ```text
@@ -554,13 +588,7 @@ pub struct JournalHeader {
 impl JournalHeader {
     /// Encodes the header.
     pub fn encode(&self) -> [u8; JOURNAL_HEADER_SIZE] {
-        let mut out = [0u8; JOURNAL_HEADER_SIZE];
-        out[..8].copy_from_slice(&JOURNAL_MAGIC);
-        put(
-            &mut out,
-            VERSION_OFFSET,
-            &JOURNAL_FORMAT_VERSION.to_le_bytes(),
-        );
+        let mut out = JOURNAL_HEADER.start();
         put(
             &mut out,
             JOURNAL_VOLUME_ID_OFFSET,
@@ -571,30 +599,14 @@ impl JournalHeader {
             JOURNAL_GENERATION_OFFSET,
             &self.generation.to_le_bytes(),
         );
-        let crc = crc32fast::hash(&out[..JOURNAL_CRC_OFFSET]);
-        put(&mut out, JOURNAL_CRC_OFFSET, &crc.to_le_bytes());
+        JOURNAL_HEADER.finish(&mut out);
         out
     }
 
     /// Decodes and checks a header (magic, CRC, version, reserved bytes,
     /// a non-zero generation).
     pub fn decode(bytes: &[u8]) -> Result<JournalHeader> {
-        let bytes = bytes
-            .get(..JOURNAL_HEADER_SIZE)
-            .ok_or_else(|| Error::corrupt("journal header is short"))?;
-        if bytes[..8] != JOURNAL_MAGIC {
-            return Err(Error::corrupt("not a journal (bad magic)"));
-        }
-        if crc32fast::hash(&bytes[..JOURNAL_CRC_OFFSET]) != u32_at(bytes, JOURNAL_CRC_OFFSET) {
-            return Err(Error::corrupt("journal header CRC mismatch"));
-        }
-        let version = u16::from_le_bytes([bytes[VERSION_OFFSET], bytes[VERSION_OFFSET + 1]]);
-        if version != JOURNAL_FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        if bytes[10..12].iter().chain(&bytes[28..32]).any(|&b| b != 0) {
-            return Err(Error::corrupt("journal header reserved bytes are not zero"));
-        }
+        let bytes = JOURNAL_HEADER.check(bytes)?;
         let header = JournalHeader {
             volume_id: u32_at(bytes, JOURNAL_VOLUME_ID_OFFSET),
             generation: u64_at(bytes, JOURNAL_GENERATION_OFFSET),

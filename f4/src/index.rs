@@ -6,7 +6,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check_owner};
 use crate::format::{INDEX_ENTRY_SIZE, INDEX_HEADER_SIZE, IndexEntry, IndexHeader};
 
 /// An open warm index.
@@ -26,15 +26,12 @@ impl WarmIndex {
         // into place once synced; nothing writes to or truncates them after.
         let map = unsafe { Mmap::map(&file)? };
         let header = IndexHeader::decode(&map)?;
-        if header.volume_id != volume_id || header.generation != generation {
-            return Err(Error::WrongBlock(format!(
-                "{} is the index of volume {} generation {:x}, expected volume {volume_id} \
-                 generation {generation:x}",
-                path.display(),
-                header.volume_id,
-                header.generation
-            )));
-        }
+        check_owner(
+            "index",
+            path,
+            (header.volume_id, header.generation),
+            (volume_id, generation),
+        )?;
         if header.file_len_bytes() != Some(map.len() as u64) {
             return Err(Error::corrupt(format!(
                 "index file is {} bytes, its header says {:?}",

@@ -19,12 +19,13 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check_owner};
 use crate::format::{
     INDEX_HEADER_SIZE, IndexHeader, JOURNAL_HEADER_SIZE, JournalHeader, TOMBSTONE_SIZE, Tombstone,
 };
 use crate::index::WarmIndex;
-use crate::seal::{sync_dir, temporary};
+use crate::seal::{parent, temporary};
+use haystack::file::durable_rename;
 
 /// An open journal.
 #[derive(Debug)]
@@ -58,10 +59,7 @@ impl Journal {
         let file = File::create(&tmp)?;
         file.write_all_at(&header.encode(), 0)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            sync_dir(dir)?;
-        }
+        durable_rename(parent(path), &tmp, path)?;
         Journal::open(path, volume_id, generation)
     }
 
@@ -79,15 +77,12 @@ impl Journal {
         }
         file.read_exact_at(&mut head, 0)?;
         let header = JournalHeader::decode(&head)?;
-        if header.volume_id != volume_id || header.generation != generation {
-            return Err(Error::WrongBlock(format!(
-                "{} is the journal of volume {} generation {:x}, expected volume {volume_id} \
-                 generation {generation:x}",
-                path.display(),
-                header.volume_id,
-                header.generation
-            )));
-        }
+        check_owner(
+            "journal",
+            path,
+            (header.volume_id, header.generation),
+            (volume_id, generation),
+        )?;
         let mut journal = Journal {
             path: path.to_owned(),
             file,
@@ -183,10 +178,7 @@ impl Journal {
             }
         };
         drop(old);
-        std::fs::rename(&tmp, index_path)?;
-        if let Some(dir) = index_path.parent() {
-            sync_dir(dir)?;
-        }
+        durable_rename(parent(index_path), &tmp, index_path)?;
         tracing::info!(
             volume = volume_id,
             kept,

@@ -17,6 +17,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use haystack::Volume;
+use haystack::file::sync_dir;
 
 use crate::error::{Error, Result};
 use crate::format::{INDEX_HEADER_SIZE, IndexEntry, IndexHeader};
@@ -75,10 +76,7 @@ pub fn seal_live_needles(
     };
     std::fs::rename(&data_tmp, data_path)?;
     std::fs::rename(&index_tmp, index_path)?;
-    for dir in [data_path.parent(), index_path.parent()]
-        .into_iter()
-        .flatten()
-    {
+    for dir in [parent(data_path), parent(index_path)] {
         sync_dir(dir)?;
     }
     Ok(sealed)
@@ -160,8 +158,10 @@ pub(crate) fn temporary(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Makes a rename in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
 }
