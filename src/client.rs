@@ -133,13 +133,51 @@ impl RouterClient {
         }
         println!("volumes:");
         for volume in as_list(&volumes) {
+            let warm = volume.get("warm").filter(|w| !w.is_null());
+            match warm {
+                Some(warm) => println!(
+                    "  {:>6} {:<10} needles {:<10} generation {} stripes {} holders {} \
+                     tolerates {} lost racks",
+                    field(volume, "id"),
+                    field(volume, "state"),
+                    field(warm, "needle_count"),
+                    field(warm, "generation"),
+                    as_list(warm.get("stripes").unwrap_or(&serde_json::Value::Null)).len(),
+                    field(warm, "journal_holders"),
+                    field(warm, "tolerated_rack_losses"),
+                ),
+                None => println!(
+                    "  {:>6} {:<10} needles {:<10} bytes {:<14} replicas {}",
+                    field(volume, "id"),
+                    field(volume, "state"),
+                    field(volume, "needle_count"),
+                    field(volume, "size_bytes"),
+                    field(volume, "replicas"),
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /admin/volumes/{id}/seal`: seals a locked volume into the warm
+    /// tier; returns once it is warm (an error otherwise).
+    pub async fn warm_seal(&self, volume: u32, json: bool) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/admin/volumes/{volume}/seal", self.base))
+            .send()
+            .await
+            .context("sealing")?;
+        let answer: serde_json::Value = checked(response).await?.json().await?;
+        if json {
+            println!("{answer}");
+        } else {
             println!(
-                "  {:>6} {:<10} needles {:<10} bytes {:<14} replicas {}",
-                field(volume, "id"),
-                field(volume, "state"),
-                field(volume, "needle_count"),
-                field(volume, "size_bytes"),
-                field(volume, "replicas"),
+                "volume {volume} is warm: {} needles, {} dropped as deleted, {} hot replicas \
+                 retired",
+                field(&answer, "needles"),
+                field(&answer, "dropped"),
+                field(&answer, "retired_replicas"),
             );
         }
         Ok(())

@@ -34,9 +34,18 @@ pub struct Config {
     /// replicas as they arrive.
     #[serde(default = "default_retry_buffer_bytes")]
     pub retry_buffer_bytes: u64,
-    /// Warm-tier block size (accepted now, used by the warm tier later).
+    /// The largest warm-tier block (a sealed volume's own block size is
+    /// chosen to fill its stripes).
     #[serde(default = "default_block_size_bytes")]
     pub block_size_bytes: u64,
+    /// Tombstones a warm volume's journal holds before it is folded into
+    /// the index.
+    #[serde(default = "default_fold_tombstones")]
+    pub fold_tombstones: usize,
+    /// Place warm volumes on a cell with fewer racks than blocks in a
+    /// stripe (each volume then records how many lost racks it tolerates).
+    #[serde(default)]
+    pub allow_fewer_racks: bool,
     /// Age after which a locked volume moves to the warm tier (later issues).
     #[serde(default = "default_warm_after_ms")]
     pub warm_after_ms: u64,
@@ -64,6 +73,13 @@ pub struct Config {
     /// One store node (for `hayloft serve --role store`).
     #[serde(default)]
     pub store: StoreSection,
+    /// One f4 storage node (for `hayloft serve --role f4-storage`).
+    #[serde(default = "default_f4_section")]
+    pub f4: StoreSection,
+    /// The backoff node (for `hayloft serve --role backoff`; its rack and
+    /// data directory are not used).
+    #[serde(default = "default_backoff_section")]
+    pub backoff: StoreSection,
 }
 
 /// Where the router listens and how it finds the directory.
@@ -90,12 +106,14 @@ pub struct DirectorySection {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Identity, address and data of one store node.
+/// Identity, address and data of one node that registers with the
+/// directory (a store node, an f4 storage node, the backoff node).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// Stable node id, registered with the directory.
-    #[serde(default = "default_store_id")]
+    /// Stable node id, registered with the directory (empty: the role's
+    /// default, `store-1`, `f4-1` or `backoff`).
+    #[serde(default)]
     pub id: String,
     /// Rack label (three replicas sit in three racks).
     #[serde(default = "default_rack")]
@@ -103,8 +121,9 @@ pub struct StoreSection {
     /// Datacenter label.
     #[serde(default = "default_datacenter")]
     pub datacenter: String,
-    /// Socket address of the store node's HTTP API (port 0: any free port).
-    #[serde(default = "default_store_listen")]
+    /// Socket address of the node's HTTP API (port 0: any free port;
+    /// empty: the role's default, port 9400, 9500 or 9600 on loopback).
+    #[serde(default)]
     pub listen: String,
     /// Address other nodes use to reach this one (default: the bound address).
     #[serde(default)]
@@ -129,7 +148,28 @@ fn default_retry_buffer_bytes() -> u64 {
     router::api::config::default_retry_buffer_bytes()
 }
 fn default_block_size_bytes() -> u64 {
-    GIB
+    f4::node::default_max_block_size_bytes()
+}
+fn default_fold_tombstones() -> usize {
+    f4::node::default_fold_tombstones()
+}
+fn section_for(role: crate::roles::Role) -> StoreSection {
+    let (id, listen) = node_defaults(role);
+    StoreSection {
+        id: id.to_owned(),
+        rack: default_rack(),
+        datacenter: default_datacenter(),
+        listen: listen.to_owned(),
+        advertise_address: None,
+        data_dir: None,
+        directory_url: None,
+    }
+}
+fn default_f4_section() -> StoreSection {
+    section_for(crate::roles::Role::F4Storage)
+}
+fn default_backoff_section() -> StoreSection {
+    section_for(crate::roles::Role::Backoff)
 }
 fn default_warm_after_ms() -> u64 {
     7 * 24 * 3600 * 1000
@@ -155,11 +195,15 @@ fn default_router_listen() -> String {
 fn default_directory_listen() -> String {
     "127.0.0.1:9300".to_owned()
 }
-fn default_store_listen() -> String {
-    "127.0.0.1:9400".to_owned()
-}
-fn default_store_id() -> String {
-    "store-1".to_owned()
+/// The id and listen address of a registering role's node when its
+/// section leaves them empty.
+pub fn node_defaults(role: crate::roles::Role) -> (&'static str, &'static str) {
+    use crate::roles::Role;
+    match role {
+        Role::F4Storage => ("f4-1", "127.0.0.1:9500"),
+        Role::Backoff => ("backoff", "127.0.0.1:9600"),
+        _ => ("store-1", "127.0.0.1:9400"),
+    }
 }
 fn default_rack() -> String {
     "rack-1".to_owned()
@@ -175,6 +219,8 @@ impl Default for Config {
             max_blob_bytes: default_max_blob_bytes(),
             retry_buffer_bytes: default_retry_buffer_bytes(),
             block_size_bytes: default_block_size_bytes(),
+            fold_tombstones: default_fold_tombstones(),
+            allow_fewer_racks: false,
             warm_after_ms: default_warm_after_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
@@ -184,6 +230,8 @@ impl Default for Config {
             router: RouterSection::default(),
             directory: DirectorySection::default(),
             store: StoreSection::default(),
+            f4: default_f4_section(),
+            backoff: default_backoff_section(),
         }
     }
 }
@@ -208,15 +256,7 @@ impl Default for DirectorySection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection {
-            id: default_store_id(),
-            rack: default_rack(),
-            datacenter: default_datacenter(),
-            listen: default_store_listen(),
-            advertise_address: None,
-            data_dir: None,
-            directory_url: None,
-        }
+        section_for(crate::roles::Role::Store)
     }
 }
 
@@ -233,7 +273,7 @@ pub struct Overrides {
     /// another volume; longer ones stream to the replicas (e.g. `8MiB`).
     #[arg(long, value_parser = parse_size)]
     pub retry_buffer_size: Option<u64>,
-    /// Warm-tier block size (e.g. `1GiB`; used by the warm tier).
+    /// The largest warm-tier block (e.g. `1GiB`, `64KiB` in tests).
     #[arg(long, value_parser = parse_size)]
     pub block_size: Option<u64>,
     /// Age after which a locked volume moves to the warm tier (e.g. `7d`, `30s`).
@@ -251,6 +291,14 @@ pub struct Overrides {
     /// Timeout of every request between roles (e.g. `30s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub request_timeout: Option<u64>,
+    /// Tombstones a warm volume's journal holds before it is folded into
+    /// its index.
+    #[arg(long)]
+    pub fold_tombstones: Option<usize>,
+    /// Place warm volumes on a cell with fewer racks than blocks in a
+    /// stripe; each volume then reports how many lost racks it tolerates.
+    #[arg(long)]
+    pub allow_fewer_racks: bool,
 }
 
 impl Config {
@@ -295,7 +343,13 @@ impl Config {
             heartbeat_timeout,
             repair_interval,
             request_timeout,
+            fold_tombstones,
+            allow_fewer_racks,
         } = overrides;
+        if let Some(fold_tombstones) = fold_tombstones {
+            self.fold_tombstones = *fold_tombstones;
+        }
+        self.allow_fewer_racks |= allow_fewer_racks;
         let pairs: [(&Option<u64>, &mut u64); 9] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
@@ -339,6 +393,9 @@ impl Config {
         }
         if self.io_concurrency == 0 {
             bail!("io_concurrency must be positive");
+        }
+        if self.fold_tombstones == 0 || self.block_size_bytes == 0 {
+            bail!("fold_tombstones and block_size_bytes must be positive");
         }
         Ok(())
     }

@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start the router, the directory and three store nodes in three racks.
+    /// Start the router, the directory, three store nodes in three racks,
+    /// a cell of 14 f4 storage nodes in 14 racks and a backoff node.
     Up {
         /// Where every node keeps its data (`DIR/directory`, `DIR/store-N`).
         #[arg(long)]
@@ -90,9 +91,31 @@ enum Command {
         #[command(flatten)]
         router: RouterArg,
     },
+    /// Warm-tier operator commands.
+    Warm {
+        #[command(subcommand)]
+        command: WarmCommand,
+    },
     /// Health, nodes and volumes of a running system.
     Status {
         /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        router: RouterArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WarmCommand {
+    /// Seal a locked volume into the cell; exits 0 only once it is warm
+    /// (every live needle read back through the warm path) and then its
+    /// hot replicas are retired.
+    Seal {
+        /// The volume.
+        #[arg(long)]
+        volume: u32,
+        /// Print the router's whole JSON answer.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -190,6 +213,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Rm { id, router } => client::RouterClient::new(&router.router)?.rm(&id).await,
+        Command::Warm {
+            command:
+                WarmCommand::Seal {
+                    volume,
+                    json,
+                    router,
+                },
+        } => {
+            client::RouterClient::new(&router.router)?
+                .warm_seal(volume, json)
+                .await
+        }
         Command::Status { json, router } => {
             client::RouterClient::new(&router.router)?
                 .status(json)

@@ -35,6 +35,10 @@ pub enum Role {
     Directory,
     /// A hot-tier store node.
     Store,
+    /// A warm-tier f4 storage node.
+    F4Storage,
+    /// The warm tier's backoff node.
+    Backoff,
 }
 
 /// One row of the role table.
@@ -56,6 +60,15 @@ pub const ROLES: &[RoleSpec] = &[
     RoleSpec {
         role: Role::Store,
         count: 3,
+    },
+    // A cell: one block of every RS(10,4) stripe per rack.
+    RoleSpec {
+        role: Role::F4Storage,
+        count: 14,
+    },
+    RoleSpec {
+        role: Role::Backoff,
+        count: 1,
     },
     RoleSpec {
         role: Role::Router,
@@ -108,6 +121,29 @@ impl Role {
             Role::Router => "router",
             Role::Directory => "directory",
             Role::Store => "store",
+            Role::F4Storage => "f4-storage",
+            Role::Backoff => "backoff",
+        }
+    }
+
+    /// The role the directory registers a node of this role under, for
+    /// those that register.
+    fn registers_as(self) -> Option<NodeRole> {
+        match self {
+            Role::Store => Some(NodeRole::Store),
+            Role::F4Storage => Some(NodeRole::F4Storage),
+            Role::Backoff => Some(NodeRole::Backoff),
+            Role::Directory | Role::Router => None,
+        }
+    }
+
+    /// This role's section of `config`, for those that register.
+    fn section(self, config: &Config) -> Option<&StoreSection> {
+        match self {
+            Role::Store => Some(&config.store),
+            Role::F4Storage => Some(&config.f4),
+            Role::Backoff => Some(&config.backoff),
+            Role::Directory | Role::Router => None,
         }
     }
 
@@ -116,6 +152,8 @@ impl Role {
         let (id, rack, data) = match self {
             Role::Directory => ("directory".to_owned(), String::new(), true),
             Role::Store => (format!("store-{n}"), format!("rack-{n}"), true),
+            Role::F4Storage => (format!("f4-{n}"), format!("rack-{n}"), true),
+            Role::Backoff => ("backoff".to_owned(), String::new(), false),
             Role::Router => ("router".to_owned(), String::new(), false),
         };
         NodePlan {
@@ -147,8 +185,8 @@ impl Role {
                 config.directory.listen = "127.0.0.1:0".into();
                 config.directory.data_dir.clone_from(&node.data_dir);
             }
-            Role::Store => {
-                config.store = StoreSection {
+            Role::Store | Role::F4Storage | Role::Backoff => {
+                let section = StoreSection {
                     id: node.id.clone(),
                     rack: node.rack.clone(),
                     datacenter: node.datacenter.clone(),
@@ -157,26 +195,42 @@ impl Role {
                     data_dir: node.data_dir.clone(),
                     directory_url: Some(directory_url()?),
                 };
+                match self {
+                    Role::Store => config.store = section,
+                    Role::F4Storage => config.f4 = section,
+                    _ => config.backoff = section,
+                }
             }
             Role::Router => config.router.directory_url = Some(directory_url()?),
         }
         Ok(())
     }
 
-    /// Where this role listens, from its section of `config`.
+    /// Where this role listens, from its section of `config` (a
+    /// registering role's empty address becomes its default).
     pub fn listen(self, config: &mut Config) -> &mut String {
-        match self {
-            Role::Directory => &mut config.directory.listen,
+        let default = crate::config::node_defaults(self).1;
+        let listen = match self {
             Role::Store => &mut config.store.listen,
-            Role::Router => &mut config.router.listen,
+            Role::F4Storage => &mut config.f4.listen,
+            Role::Backoff => &mut config.backoff.listen,
+            Role::Router => return &mut config.router.listen,
+            Role::Directory => return &mut config.directory.listen,
+        };
+        if listen.is_empty() {
+            default.clone_into(listen);
         }
+        listen
     }
 
     /// The node id this role registers or logs under, from `config`.
     pub fn id(self, config: &Config) -> String {
-        match self {
-            Role::Store => config.store.id.clone(),
-            other => other.name().to_owned(),
+        match self.section(config) {
+            Some(section) if section.id.is_empty() => {
+                crate::config::node_defaults(self).0.to_owned()
+            }
+            Some(section) => section.id.clone(),
+            None => self.name().to_owned(),
         }
     }
 }
@@ -224,6 +278,28 @@ pub async fn run_node(
             }
             Box::pin(run_store(config.clone(), data_dir, listener, token.clone()))
         }
+        Role::F4Storage => {
+            let data_dir = config
+                .f4
+                .data_dir
+                .clone()
+                .context("[f4] data_dir is required")?;
+            if config.f4.directory_url.is_none() {
+                bail!("[f4] directory_url is required");
+            }
+            Box::pin(run_f4_storage(
+                config.clone(),
+                data_dir,
+                listener,
+                token.clone(),
+            ))
+        }
+        Role::Backoff => {
+            if config.backoff.directory_url.is_none() {
+                bail!("[backoff] directory_url is required");
+            }
+            Box::pin(run_backoff(config.clone(), listener, token.clone()))
+        }
         Role::Router => {
             let directory_url = config
                 .router
@@ -240,9 +316,12 @@ pub async fn run_node(
     };
     let started = async {
         wait_healthy(&node_url(&bound.to_string()), STARTUP_DEADLINE).await?;
-        match role {
-            Role::Store => Ok(Some(register_store(&config, bound).await?)),
-            Role::Directory | Role::Router => anyhow::Ok(None),
+        match (role.section(&config), role.registers_as()) {
+            (Some(section), Some(as_role)) => {
+                let id = role.id(&config);
+                Ok(Some(register(&config, section, &id, as_role, bound).await?))
+            }
+            _ => anyhow::Ok(None),
         }
     };
     // A role that fails while it starts ends the wait with its own error.
@@ -275,6 +354,7 @@ async fn run_directory(
     directory.heartbeat_timeout_ms = config.heartbeat_timeout_ms;
     directory.repair_interval_ms = config.repair_interval_ms;
     directory.request_timeout_ms = config.request_timeout_ms;
+    directory.allow_fewer_racks = config.allow_fewer_racks;
     router::directory::run(directory, listener, token)
         .await
         .context("directory")
@@ -299,6 +379,38 @@ async fn run_store(
         .with_context(|| format!("store node {}", config.store.id))
 }
 
+/// Runs one f4 storage node until `token` is cancelled.
+async fn run_f4_storage(
+    config: Config,
+    data_dir: PathBuf,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut node = f4::node::NodeConfig::new(data_dir);
+    node.max_block_size_bytes = config.block_size_bytes;
+    node.max_range_bytes = node.max_range_bytes.max(config.max_blob_bytes + 4096);
+    node.fold_tombstones = config.fold_tombstones;
+    node.io_concurrency = config.io_concurrency;
+    node.request_timeout_ms = config.request_timeout_ms;
+    f4::node::run(node, listener, token)
+        .await
+        .with_context(|| format!("f4 storage node {}", Role::F4Storage.id(&config)))
+}
+
+/// Runs the backoff node until `token` is cancelled.
+async fn run_backoff(
+    config: Config,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = f4::backoff::BackoffConfig::default();
+    backoff.max_range_bytes = backoff.max_range_bytes.max(config.max_blob_bytes + 4096);
+    backoff.request_timeout_ms = config.request_timeout_ms;
+    f4::backoff::run(backoff, listener, token)
+        .await
+        .map_err(|e| anyhow::anyhow!("backoff node: {e}"))
+}
+
 /// Runs the router until `token` is cancelled.
 async fn run_router(
     config: Config,
@@ -308,26 +420,31 @@ async fn run_router(
 ) -> anyhow::Result<()> {
     let mut api = router::api::RouterConfig::new(directory_url);
     api.max_blob_bytes = config.max_blob_bytes;
+    api.max_block_size_bytes = config.block_size_bytes;
     api.retry_buffer_bytes = config.retry_buffer_bytes;
     router::api::run(api, listener, token)
         .await
         .context("router")
 }
 
-/// Registers the store node of `config`'s `[store]` section, bound at
-/// `bound`, with the directory (retrying until it answers or
-/// [`REGISTRATION_DEADLINE`] passes). Heartbeat it afterwards with
-/// [`Registration::heartbeat_until`].
-async fn register_store(config: &Config, bound: SocketAddr) -> anyhow::Result<Registration> {
-    let section = &config.store;
+/// Registers the node of `section` (bound at `bound`) with the directory
+/// as `role`, retrying until it answers or [`REGISTRATION_DEADLINE`]
+/// passes. Heartbeat it afterwards with [`Registration::heartbeat_until`].
+async fn register(
+    config: &Config,
+    section: &StoreSection,
+    id: &str,
+    role: NodeRole,
+    bound: SocketAddr,
+) -> anyhow::Result<Registration> {
     let directory_url = section
         .directory_url
         .as_deref()
-        .context("[store] directory_url is required")?;
+        .with_context(|| format!("{id}: directory_url is required"))?;
     let advertised: SocketAddr = match &section.advertise_address {
         Some(address) => address
             .parse()
-            .with_context(|| format!("[store] advertise_address {address:?}"))?,
+            .with_context(|| format!("{id}: advertise_address {address:?}"))?,
         None => bound,
     };
     let http = reqwest::Client::builder()
@@ -341,8 +458,8 @@ async fn register_store(config: &Config, bound: SocketAddr) -> anyhow::Result<Re
     let registration = Registration {
         client: DirectoryClient::with_http_client(directory_url, http, config.request_timeout()),
         node: NodeRegistration {
-            id: section.id.clone(),
-            role: NodeRole::Store,
+            id: id.to_owned(),
+            role,
             rack: section.rack.clone(),
             datacenter: section.datacenter.clone(),
             address: node_url(&advertised.to_string()),
@@ -354,7 +471,7 @@ async fn register_store(config: &Config, bound: SocketAddr) -> anyhow::Result<Re
         match registration.client.register(&registration.node).await {
             Ok(_) => return Ok(registration),
             Err(error) if started.elapsed() < REGISTRATION_DEADLINE => {
-                tracing::debug!(node = %section.id, "registration failed, retrying: {error}");
+                tracing::debug!(node = %id, "registration failed, retrying: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => return Err(anyhow::Error::new(error).context("registering")),
@@ -419,17 +536,21 @@ mod tests {
         let root = Path::new("/data");
         let nodes = planned(root).expect("every role is configured");
         let ids: Vec<&str> = nodes.iter().map(|(node, _)| node.id.as_str()).collect();
-        assert_eq!(
-            ids,
-            ["directory", "store-1", "store-2", "store-3", "router"]
-        );
-        let mut racks: Vec<&str> = nodes
-            .iter()
-            .filter(|(node, _)| node.role == Role::Store)
-            .map(|(node, _)| node.rack.as_str())
-            .collect();
-        racks.dedup();
-        assert_eq!(racks.len(), 3, "one store per rack");
+        let cell: Vec<String> = (1..=14).map(|n| format!("f4-{n}")).collect();
+        let mut expected = vec!["directory", "store-1", "store-2", "store-3"];
+        expected.extend(cell.iter().map(String::as_str));
+        expected.extend(["backoff", "router"]);
+        assert_eq!(ids, expected);
+        for (role, count) in [(Role::Store, 3), (Role::F4Storage, 14)] {
+            let mut racks: Vec<&str> = nodes
+                .iter()
+                .filter(|(node, _)| node.role == role)
+                .map(|(node, _)| node.rack.as_str())
+                .collect();
+            racks.sort_unstable();
+            racks.dedup();
+            assert_eq!(racks.len(), count, "one {} per rack", role.name());
+        }
         for (node, mut config) in nodes {
             assert_eq!(node.role.id(&config), node.id);
             let listen = node.role.listen(&mut config).clone();
@@ -448,12 +569,33 @@ mod tests {
                     assert_eq!(config.store.rack, node.rack);
                     assert!(config.store.directory_url.is_some());
                 }
+                Role::F4Storage => {
+                    assert_eq!(config.f4.data_dir, Some(root.join(&node.id)));
+                    assert_eq!(config.f4.rack, node.rack);
+                    assert!(config.f4.directory_url.is_some());
+                }
+                Role::Backoff => {
+                    assert_eq!(node.data_dir, None);
+                    assert!(config.backoff.directory_url.is_some());
+                }
                 Role::Router => {
                     assert_eq!(node.data_dir, None);
                     assert!(config.router.directory_url.is_some());
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_partial_section_takes_its_roles_defaults() {
+        let mut config: Config =
+            toml::from_str("[f4]\ndata_dir = \"d\"\n[backoff]\nrack = \"\"\n").expect("parse");
+        assert_eq!(Role::F4Storage.id(&config), "f4-1");
+        assert_eq!(Role::F4Storage.listen(&mut config), "127.0.0.1:9500");
+        assert_eq!(Role::Backoff.id(&config), "backoff");
+        assert_eq!(Role::Backoff.listen(&mut config), "127.0.0.1:9600");
+        assert_eq!(Role::Store.id(&config), "store-1");
+        assert_eq!(Role::Store.listen(&mut config), "127.0.0.1:9400");
     }
 
     #[test]

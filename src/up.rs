@@ -1,7 +1,8 @@
 //! `hayloft up` in one process: every node of the role table
-//! ([`crate::roles::ROLES`]: the directory, three store nodes in three racks
-//! and the router), each on its own loopback listener, talking HTTP to each
-//! other exactly as separate processes would.
+//! ([`crate::roles::ROLES`]: the directory, three store nodes in three
+//! racks, 14 f4 storage nodes in 14 racks, the backoff node and the
+//! router), each on its own loopback listener, talking HTTP to each other
+//! exactly as separate processes would.
 
 use std::path::Path;
 use std::time::Duration;

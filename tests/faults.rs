@@ -290,7 +290,11 @@ async fn spawned_nodes_die_with_their_parent() -> anyhow::Result<()> {
         .map(|node| node["pid"].as_i64().map(|pid| pid as libc::pid_t))
         .collect::<Option<_>>()
         .context("pids")?;
-    assert_eq!(pids.len(), 5, "directory, three stores, router");
+    assert_eq!(
+        pids.len(),
+        20,
+        "directory, three stores, 14 f4 storage nodes, backoff, router"
+    );
     // kill -9 the supervisor alone (not its process group).
     common::signal(cluster.supervisor_pid(), libc::SIGKILL);
     wait_until("every child gone", Duration::from_secs(30), || {

@@ -166,48 +166,82 @@ pub fn read_block_range(
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>> {
-    let file = File::open(path)?;
-    let header = read_header(&file)?;
-    let wanted = BlockHeader::new(
-        expected.volume_id,
-        expected.generation,
-        expected.geometry,
-        expected.stripe,
-        expected.block_index,
-    )?;
-    if header != wanted {
-        return Err(Error::WrongBlock(format!(
-            "{} holds {header:?}, expected {wanted:?}",
-            path.display()
-        )));
+    BlockFile::open(path)?.read_range(expected, offset, len)
+}
+
+/// An open block file: its header and checksum record read and checked
+/// once, so that many range reads cost one positioned read each.
+#[derive(Debug)]
+pub struct BlockFile {
+    file: File,
+    header: BlockHeader,
+    checksums: BlockChecksums,
+}
+
+impl BlockFile {
+    /// Opens the block file at `path` and checks its header, its length and
+    /// its checksum record against each other.
+    pub fn open(path: &Path) -> Result<BlockFile> {
+        let file = File::open(path)?;
+        let header = read_header(&file)?;
+        let checksums = read_checksums(&file, &header)?;
+        Ok(BlockFile {
+            file,
+            header,
+            checksums,
+        })
     }
-    let end = offset.checked_add(len);
-    if end.is_none_or(|end| end > header.block_len_bytes) {
-        return Err(Error::OutOfRange {
-            what: "block",
-            offset,
-            len,
-            limit: header.block_len_bytes,
-        });
+
+    /// Its header.
+    pub fn header(&self) -> &BlockHeader {
+        &self.header
     }
-    let checksums = read_checksums(&file, &header)?;
-    let (start, covered) = checksums.covering_range(offset, len)?;
-    let mut bytes = vec![
-        0u8;
-        usize::try_from(covered).map_err(|_| Error::OutOfRange {
-            what: "memory",
-            offset,
-            len,
-            limit: usize::MAX as u64,
-        })?
-    ];
-    file.read_exact_at(&mut bytes, BLOCK_HEADER_SIZE as u64 + start)?;
-    checksums.verify_range(start, &bytes)?;
-    let from = usize::try_from(offset - start).expect("within one covered range");
-    let to = from + usize::try_from(len).expect("within one covered range");
-    bytes.truncate(to);
-    bytes.drain(..from);
-    Ok(bytes)
+
+    /// Reads `len` bytes at `offset` of the block's data, after checking
+    /// that it is the block `expected` names and verifying every checksum
+    /// chunk the range touches.
+    pub fn read_range(&self, expected: &ExpectedBlock, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let header = &self.header;
+        let wanted = BlockHeader::new(
+            expected.volume_id,
+            expected.generation,
+            expected.geometry,
+            expected.stripe,
+            expected.block_index,
+        )?;
+        if *header != wanted {
+            return Err(Error::WrongBlock(format!(
+                "the block holds {header:?}, expected {wanted:?}"
+            )));
+        }
+        let end = offset.checked_add(len);
+        if end.is_none_or(|end| end > header.block_len_bytes) {
+            return Err(Error::OutOfRange {
+                what: "block",
+                offset,
+                len,
+                limit: header.block_len_bytes,
+            });
+        }
+        let (start, covered) = self.checksums.covering_range(offset, len)?;
+        let mut bytes = vec![
+            0u8;
+            usize::try_from(covered).map_err(|_| Error::OutOfRange {
+                what: "memory",
+                offset,
+                len,
+                limit: usize::MAX as u64,
+            })?
+        ];
+        self.file
+            .read_exact_at(&mut bytes, BLOCK_HEADER_SIZE as u64 + start)?;
+        self.checksums.verify_range(start, &bytes)?;
+        let from = usize::try_from(offset - start).expect("within one covered range");
+        let to = from + usize::try_from(len).expect("within one covered range");
+        bytes.truncate(to);
+        bytes.drain(..from);
+        Ok(bytes)
+    }
 }
 
 /// The header of a block file, checked.

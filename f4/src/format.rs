@@ -141,8 +141,10 @@ const BLOCK_HEADER: HeaderLayout = HeaderLayout {
 };
 
 /// A sealed volume's geometry: how its data file maps onto stripes and
-/// blocks. Fixed at seal time and carried by every block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// blocks. Fixed at seal time and carried by every block (and, as JSON, by
+/// the directory's record of the volume).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Geometry {
     /// Length of the sealed data file.
     pub volume_len_bytes: u64,
@@ -502,7 +504,7 @@ impl IndexHeader {
 }
 
 /// One entry of a warm index: where a live needle lies in the data file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IndexEntry {
     /// Needle key.
     pub key: u64,

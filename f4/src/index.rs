@@ -86,6 +86,22 @@ impl WarmIndex {
         Ok(None)
     }
 
+    /// The position of the first entry whose key is above `key` (all
+    /// entries for `None`): where a page of keys after `key` starts.
+    pub fn first_after(&self, key: Option<u64>) -> Result<u64> {
+        let Some(key) = key else { return Ok(0) };
+        let (mut low, mut high) = (0, self.header.entry_count);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if self.entry(middle)?.key <= key {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        Ok(low)
+    }
+
     /// Checks every entry: CRCs, keys strictly increasing, needles in
     /// order without overlapping, within the data file. A freshly sealed
     /// index has no gaps between needles; a folded one has gaps where

@@ -10,14 +10,22 @@
 //! - [`index`]: key lookups in a warm index, memory-mapped.
 //! - [`journal`]: a warm volume's tombstones, and their fold into the index.
 //!
-//! The storage node, backoff node and rebuild worker build on these.
+//! - [`node`]: the storage node service (File API, Index API, tombstones,
+//!   sealing into a cell); [`backoff`]: the backoff node service;
+//!   [`client`]: their typed clients; [`api`]: the wire types.
 
+pub mod api;
+pub mod backoff;
 pub mod block;
+pub mod client;
 pub mod error;
 pub mod format;
+mod http;
 pub mod index;
 pub mod journal;
+pub mod node;
 pub mod seal;
+mod transfer;
 
 pub use error::{Error, Result};
 pub use format::{BlockHeader, Geometry};

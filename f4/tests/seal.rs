@@ -350,3 +350,81 @@ fn an_empty_volume_seals_into_one_stripe_of_empty_blocks() {
     assert!(warm.blocks.iter().all(|b| b.header.block_len_bytes == 0));
     assert_eq!(warm.index.get(1).unwrap(), None);
 }
+
+/// A data file of exactly `len` pseudo-random bytes cut into the blocks of
+/// its geometry (largest block `max_block`), with an empty index.
+fn encode_bytes(len: u64, max_block: u64) -> (Warm, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(len);
+    let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+    let data = dir.path().join("warm.data");
+    std::fs::write(&data, &bytes).expect("data");
+    let index = dir.path().join("warm.index");
+    let header = f4::format::IndexHeader {
+        volume_id: VOLUME,
+        generation: GENERATION,
+        entry_count: 0,
+        data_len_bytes: len,
+    };
+    std::fs::write(&index, header.encode()).expect("index");
+    let geometry = Geometry::choose(len, max_block, 10, 4, 512).expect("geometry");
+    let blocks = encode_volume(&data, VOLUME, GENERATION, geometry, dir.path()).expect("encode");
+    let warm = Warm {
+        sealed: Sealed {
+            needles: 0,
+            data_len_bytes: len,
+            dropped: 0,
+        },
+        index: WarmIndex::open(&index, VOLUME, GENERATION).expect("index"),
+        geometry,
+        blocks,
+        dir,
+    };
+    (warm, bytes)
+}
+
+#[test]
+fn volumes_of_whole_stripes_one_byte_either_side_and_under_a_block_read_back() {
+    const BLOCK: u64 = 4096;
+    let stripe = 10 * BLOCK;
+    for len in [
+        2 * stripe,
+        2 * stripe - 1,
+        2 * stripe + 1,
+        stripe,
+        BLOCK - 1,
+        1,
+    ] {
+        let (warm, bytes) = encode_bytes(len, BLOCK);
+        let layout = warm.geometry.layout().unwrap();
+        assert_eq!(
+            warm.blocks.len() as u64,
+            14 * layout.stripe_count(),
+            "{len}: every stripe has 14 blocks"
+        );
+        if len % stripe == 0 {
+            assert_eq!(warm.geometry.block_size_bytes, BLOCK, "{len}: full stripes");
+        }
+        let data_bytes: u64 = warm
+            .blocks
+            .iter()
+            .filter(|b| b.header.block_index < 10)
+            .map(|b| b.header.block_len_bytes)
+            .sum();
+        assert_eq!(data_bytes, len, "{len}: no padding is stored");
+        // Whole, in pieces across block and stripe boundaries, and with up
+        // to four blocks lost.
+        for lost in [vec![], vec![0], vec![9, 10, 11, 13], vec![0, 1, 2, 3]] {
+            assert_eq!(warm.read(0, len, &lost).unwrap(), bytes, "{len} {lost:?}");
+            for (offset, piece) in [(BLOCK - 3, 7), (stripe - 2, 5), (len - 1, 1)] {
+                if offset + piece <= len {
+                    let got = warm.read(offset, piece, &lost).unwrap();
+                    let (from, to) = (offset as usize, (offset + piece) as usize);
+                    assert_eq!(got, &bytes[from..to], "{len} {offset}+{piece} {lost:?}");
+                }
+            }
+        }
+        assert!(warm.read(len, 1, &[]).is_err(), "{len}: past the end");
+        assert_eq!(warm.sealed.data_len_bytes, len);
+    }
+}

@@ -8,11 +8,23 @@
 //! `TokioTimer` and `header_read_timeout`. The same timeout also closes idle
 //! keep-alive connections, which is why clients' pools drop idle connections
 //! sooner (see `client::POOL_IDLE_TIMEOUT_MS`).
+//!
+//! The data-plane services (the store node here, the f4 storage and backoff
+//! nodes) also share their error answer ([`ApiError`]: a status, a stable
+//! code in the JSON body and in [`crate::api::ERROR_HEADER`]), the request
+//! deadline ([`deadline`]), the fallbacks and `/health`, and the bounded
+//! hand-off of file work to the blocking pool ([`bounded_blocking`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::convert::Infallible;
+
+use axum::Json;
 use axum::Router;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -183,5 +195,157 @@ pub async fn serve(
             "shutdown grace period over; closing open connections"
         );
         connections.shutdown().await;
+    }
+}
+
+/// An error answer of a data-plane service: status, stable code (see
+/// [`crate::api::code`]) and message, sent as the JSON
+/// [`crate::api::ErrorBody`] with the code also in
+/// [`crate::api::ERROR_HEADER`] (so that a `HEAD` answer says it too).
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable snake_case code.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An answer of `status` with `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `400 bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            crate::api::code::BAD_REQUEST,
+            message,
+        )
+    }
+
+    /// `413 payload_too_large`.
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            crate::api::code::PAYLOAD_TOO_LARGE,
+            message,
+        )
+    }
+
+    /// `500 internal`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::api::code::INTERNAL,
+            message,
+        )
+    }
+
+    /// `503 timeout`.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::api::code::TIMEOUT,
+            message,
+        )
+    }
+
+    /// `502 peer`: a node this one called failed.
+    pub fn peer(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_GATEWAY, crate::api::code::PEER, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.status, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = crate::api::ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
+        let code = [(
+            HeaderName::from_static(crate::api::ERROR_HEADER),
+            HeaderValue::from_static(self.code),
+        )];
+        (self.status, code, Json(body)).into_response()
+    }
+}
+
+/// Runs a route's handler under `timeout`, answering `503 timeout` past it.
+/// A plain future around the route's (no middleware `Next`, no extra
+/// boxing): it wraps every request.
+pub async fn deadline(
+    timeout: Duration,
+    handler: RouteFuture<Infallible>,
+) -> Result<Response, Infallible> {
+    match tokio::time::timeout(timeout, handler).await {
+        Ok(response) => response,
+        Err(_) => Ok(ApiError::timeout("request timed out").into_response()),
+    }
+}
+
+/// The fallback of a data-plane service: `404 no_route`.
+pub async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        crate::api::code::NO_ROUTE,
+        "no such route",
+    )
+}
+
+/// The method fallback of a data-plane service: `405 no_route`.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        crate::api::code::NO_ROUTE,
+        "method not allowed",
+    )
+}
+
+/// `GET /health` of a data-plane service.
+pub async fn health() -> Json<crate::api::HealthBody> {
+    Json(crate::api::HealthBody {
+        status: "ok".to_owned(),
+    })
+}
+
+/// Runs `f` on the blocking pool once one of `permits` is free. The permit
+/// moves into the task, so the bound holds even when the request is
+/// dropped before `f` returns.
+pub async fn bounded_blocking<T, E, F>(permits: &Arc<Semaphore>, f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    let permit = permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("io semaphore closed"))?;
+    let joined = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await;
+    match joined {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => {
+            tracing::error!(error = %e, "blocking task failed");
+            Err(ApiError::internal("blocking task failed"))
+        }
     }
 }

@@ -116,14 +116,40 @@ impl Store {
                 "volume {id} holds needles; only an empty volume is removed"
             )));
         }
+        self.remove_files(&volume)?;
+        info!(volume = id, "removed empty volume");
+        Ok(true)
+    }
+
+    /// Removes the locked replica of volume `id` once the warm tier holds
+    /// the volume: its files go, durably. `Ok(false)` if there is no such
+    /// volume; `InvalidInput` if it is not locked.
+    pub fn remove_locked_volume(&self, id: u32) -> Result<bool> {
+        let _admin = self.admin.lock();
+        let Some(volume) = self.volumes.read().get(&id).cloned() else {
+            return Ok(false);
+        };
+        if !volume.status().locked {
+            return Err(Error::InvalidInput(format!(
+                "volume {id} is not locked; only a locked replica is retired"
+            )));
+        }
+        self.remove_files(&volume)?;
+        info!(volume = id, "retired locked volume");
+        Ok(true)
+    }
+
+    /// Retires `volume` (no more reads or writes), forgets it and removes
+    /// its files durably. The caller holds the admin lock.
+    fn remove_files(&self, volume: &Volume) -> Result<()> {
+        let id = volume.id();
         volume.retire();
         self.volumes.write().remove(&id);
         let paths = VolumePaths::new(&self.dir, id);
         remove_if_exists(&paths.data)?;
         remove_if_exists(&paths.index)?;
         sync_dir(&self.dir)?;
-        info!(volume = id, "removed empty volume");
-        Ok(true)
+        Ok(())
     }
 
     /// Every open volume, by increasing id.

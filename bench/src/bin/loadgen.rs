@@ -78,6 +78,18 @@ struct Args {
     /// (repeatable; e.g. the server's pid).
     #[arg(long = "cpu-pid")]
     cpu_pids: Vec<u32>,
+    /// Write the URL of every BLOB uploaded in the measured phase here, one
+    /// per line (to fetch the same set later with `--fetch-urls`).
+    #[arg(long)]
+    save_urls: Option<std::path::PathBuf>,
+    /// Upload only: no fetch phase (with `--save-urls`).
+    #[arg(long)]
+    upload_only: bool,
+    /// Fetch only: no uploads; fetch `--requests` times from these URLs (one
+    /// per line, each answering `--size` bytes), e.g. after the BLOBs moved
+    /// to the warm tier or lost blocks.
+    #[arg(long)]
+    fetch_urls: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -369,6 +381,40 @@ async fn main() -> anyhow::Result<()> {
         payload: Vec::leak(payload),
     });
 
+    let cpu_pids = args.cpu_pids.clone();
+    if let Some(path) = &args.fetch_urls {
+        let stored: Vec<Stored> = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| Stored {
+                url: line.trim().to_owned(),
+            })
+            .collect();
+        anyhow::ensure!(!stored.is_empty(), "{} lists no URL", path.display());
+        let stored = Arc::new(stored);
+        if args.warmup > 0 {
+            let (warm, stored) = (driver.clone(), stored.clone());
+            run_phase(args.warmup, args.concurrency, move |i| {
+                let (warm, stored) = (warm.clone(), stored.clone());
+                async move { warm.fetch(&stored[i % stored.len()]).await }
+            })
+            .await;
+        }
+        let fetch = fetch_phase(&driver, &stored, args.requests, args.concurrency, &cpu_pids).await;
+        let none = report(&mut [], 0, Duration::ZERO, Vec::new());
+        let report = Report {
+            target: args.target,
+            label: args.label,
+            size_bytes: args.size,
+            concurrency: args.concurrency,
+            upload: none,
+            fetch,
+        };
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+
     if args.warmup > 0 {
         let warm = driver.clone();
         let (stored, _, _) = run_phase(args.warmup, args.concurrency, move |_| {
@@ -387,7 +433,6 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let cpu_pids = args.cpu_pids.clone();
     let upload_cpu = cpu_seconds(&cpu_pids);
     let uploader = driver.clone();
     let (uploaded, upload_errors, upload_wall) =
@@ -401,20 +446,20 @@ async fn main() -> anyhow::Result<()> {
     let stored: Arc<Vec<Stored>> = Arc::new(uploaded.into_iter().map(|(_, s)| s).collect());
     anyhow::ensure!(!stored.is_empty(), "every upload failed");
 
-    // Fetch in a scattered order, not upload order.
-    let fetch_cpu = cpu_seconds(&cpu_pids);
-    let fetcher = driver.clone();
-    let fetch_stored = stored.clone();
-    let fetches = args.requests.saturating_mul(args.fetch_passes.max(1));
-    let (fetched, fetch_errors, fetch_wall) = run_phase(fetches, args.concurrency, move |i| {
-        let (fetcher, stored) = (fetcher.clone(), fetch_stored.clone());
-        let index = i.wrapping_mul(2_654_435_761) % stored.len();
-        async move { fetcher.fetch(&stored[index]).await }
-    })
-    .await;
-    let fetch_cpu = cpu_per_request(&fetch_cpu, &cpu_seconds(&cpu_pids), fetched.len());
-    let mut fetch_latencies: Vec<Duration> = fetched.iter().map(|(d, _)| *d).collect();
-
+    if let Some(path) = &args.save_urls {
+        let mut text = String::new();
+        for blob in stored.iter() {
+            text.push_str(&blob.url);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let fetches = if args.upload_only {
+        0
+    } else {
+        args.requests.saturating_mul(args.fetch_passes.max(1))
+    };
+    let fetch = fetch_phase(&driver, &stored, fetches, args.concurrency, &cpu_pids).await;
     let report = Report {
         target: args.target,
         label: args.label,
@@ -426,8 +471,32 @@ async fn main() -> anyhow::Result<()> {
             upload_wall,
             upload_cpu,
         ),
-        fetch: report(&mut fetch_latencies, fetch_errors, fetch_wall, fetch_cpu),
+        fetch,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// `count` fetches of `stored` in a scattered order (not upload order).
+async fn fetch_phase(
+    driver: &Arc<Driver>,
+    stored: &Arc<Vec<Stored>>,
+    count: usize,
+    concurrency: usize,
+    cpu_pids: &[u32],
+) -> PhaseReport {
+    if count == 0 {
+        return report(&mut [], 0, Duration::ZERO, Vec::new());
+    }
+    let fetch_cpu = cpu_seconds(cpu_pids);
+    let (fetcher, fetch_stored) = (driver.clone(), stored.clone());
+    let (fetched, fetch_errors, fetch_wall) = run_phase(count, concurrency, move |i| {
+        let (fetcher, stored) = (fetcher.clone(), fetch_stored.clone());
+        let index = i.wrapping_mul(2_654_435_761) % stored.len();
+        async move { fetcher.fetch(&stored[index]).await }
+    })
+    .await;
+    let fetch_cpu = cpu_per_request(&fetch_cpu, &cpu_seconds(cpu_pids), fetched.len());
+    let mut fetch_latencies: Vec<Duration> = fetched.iter().map(|(d, _)| *d).collect();
+    report(&mut fetch_latencies, fetch_errors, fetch_wall, fetch_cpu)
 }

@@ -125,6 +125,15 @@ impl StoreClient {
         read_json(checked(request.send().await?).await?).await
     }
 
+    /// `POST /volumes/{vid}/retire`: removes a locked replica whose volume
+    /// the warm tier now holds.
+    pub async fn retire_volume(&self, volume: u32) -> Result<(), ClientError> {
+        let path = format!("/volumes/{volume}/retire");
+        let request = self.request(Method::POST, &path, self.request_timeout());
+        checked(request.send().await?).await?;
+        Ok(())
+    }
+
     /// `DELETE /volumes/{vid}`: removes the replica if it never held a
     /// needle (`ClientError::Status` with code `not_empty` otherwise).
     pub async fn remove_empty_volume(&self, volume: u32) -> Result<(), ClientError> {

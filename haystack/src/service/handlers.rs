@@ -27,7 +27,7 @@ use super::inventory;
 use super::params::{parse_needle_key, parse_vid, volume_and_key, volume_id};
 use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState, buffer_permits};
 use crate::VolumeStatus;
-use crate::api::{AppendResult, CRC32_HEADER, HealthBody, VolumeFile, code, parse_cookie};
+use crate::api::{AppendResult, CRC32_HEADER, VolumeFile, code, parse_cookie};
 use crate::format::Needle;
 use crate::store::Store;
 
@@ -43,7 +43,7 @@ const FILE_CHUNK_BYTES: usize = 256 * 1024;
 pub fn router(state: StoreNodeState) -> Router {
     let timeout = Duration::from_millis(state.config().request_timeout_ms);
     let timed = Router::new()
-        .route("/health", get(health))
+        .route("/health", get(crate::http::health))
         .route("/volumes", get(list_volumes))
         .route(
             "/volumes/{vid}",
@@ -52,6 +52,7 @@ pub fn router(state: StoreNodeState) -> Router {
                 .delete(inventory::remove_empty_volume),
         )
         .route("/volumes/{vid}/lock", post(lock_volume))
+        .route("/volumes/{vid}/retire", post(inventory::retire_volume))
         .route(
             "/volumes/{vid}/needles/{key}",
             get(read_needle).head(head_needle).delete(delete_needle),
@@ -65,9 +66,9 @@ pub fn router(state: StoreNodeState) -> Router {
         )
         .route("/volumes/{vid}/files/{file}", get(volume_file))
         .route("/needles/read-batch", post(super::batch::read_batch))
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
         .layer(MapFutureLayer::new(
-            move |handler: RouteFuture<Infallible>| request_timeout(timeout, handler),
+            move |handler: RouteFuture<Infallible>| crate::http::deadline(timeout, handler),
         ));
     Router::new()
         .route("/volumes/{vid}/sync", post(super::sync::sync_volume))
@@ -77,34 +78,9 @@ pub fn router(state: StoreNodeState) -> Router {
         )
         .route("/volumes/{vid}/needles/{key}", put(append_needle))
         .merge(timed)
-        .fallback(no_route)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(crate::http::no_route)
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
         .with_state(state)
-}
-
-/// Runs a handler under the node's request timeout. A plain future
-/// around the route's (no middleware `Next`, no extra boxing): it wraps
-/// every request.
-async fn request_timeout(
-    timeout: Duration,
-    handler: RouteFuture<Infallible>,
-) -> Result<Response, Infallible> {
-    match tokio::time::timeout(timeout, handler).await {
-        Ok(response) => response,
-        Err(_) => Ok(ApiError::timeout("request timed out").into_response()),
-    }
-}
-
-async fn no_route() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, code::NO_ROUTE, "no such route")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        code::NO_ROUTE,
-        "method not allowed",
-    )
 }
 
 impl StoreNodeState {
@@ -116,26 +92,8 @@ impl StoreNodeState {
         F: FnOnce(&Store) -> crate::error::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let permit = self
-            .inner
-            .io_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::internal("io semaphore closed"))?;
         let store = self.inner.store.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(&store)
-        })
-        .await;
-        match joined {
-            Ok(result) => result.map_err(ApiError::from),
-            Err(e) => {
-                tracing::error!(error = %e, "engine task failed");
-                Err(ApiError::internal("engine task failed"))
-            }
-        }
+        crate::http::bounded_blocking(&self.inner.io_permits, move || f(&store)).await
     }
 }
 
@@ -177,12 +135,6 @@ fn read_needle_id(
         }
         (_, path) => needle_id(path, query()),
     }
-}
-
-async fn health() -> Json<HealthBody> {
-    Json(HealthBody {
-        status: "ok".to_string(),
-    })
 }
 
 async fn list_volumes(

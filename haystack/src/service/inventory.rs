@@ -259,3 +259,16 @@ pub(crate) async fn remove_empty_volume(
         Err(e) => Err(e.into()),
     }
 }
+
+/// `POST /volumes/{vid}/retire`: removes a locked replica (the volume now
+/// lives in the warm tier). `204` also when the node holds no such replica.
+pub(crate) async fn retire_volume(
+    State(state): State<StoreNodeState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let volume = volume_id(path)?;
+    state
+        .blocking(move |store| store.remove_locked_volume(volume))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

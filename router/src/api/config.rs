@@ -78,6 +78,14 @@ pub struct RouterConfig {
     /// `https://blobs.example.com`); empty gives a path (`/blobs/ID`).
     #[serde(default)]
     pub public_base_url: String,
+    /// Deadline of a warm read's hop to the storage node holding the data;
+    /// past it (or on an error) the range is decoded by a backoff node.
+    #[serde(default = "default_warm_read_deadline_ms")]
+    pub warm_read_deadline_ms: u64,
+    /// The largest warm block; a sealed volume's own block size is chosen
+    /// to fill its stripes.
+    #[serde(default = "default_max_block_size_bytes")]
+    pub max_block_size_bytes: u64,
 }
 
 impl RouterConfig {
@@ -100,6 +108,8 @@ impl RouterConfig {
             read_batch_in_flight: default_read_batch_in_flight(),
             read_batch_stall_ms: default_read_batch_stall_ms(),
             public_base_url: String::new(),
+            warm_read_deadline_ms: default_warm_read_deadline_ms(),
+            max_block_size_bytes: default_max_block_size_bytes(),
         }
     }
 }
@@ -137,6 +147,16 @@ pub fn default_retry_buffer_bytes() -> u64 {
 /// Default of [`RouterConfig::writable_volumes`]: 16.
 pub fn default_writable_volumes() -> usize {
     16
+}
+
+/// Default of [`RouterConfig::warm_read_deadline_ms`]: 1 s.
+pub fn default_warm_read_deadline_ms() -> u64 {
+    1_000
+}
+
+/// Default of [`RouterConfig::max_block_size_bytes`]: the storage node's.
+pub fn default_max_block_size_bytes() -> u64 {
+    f4::node::default_max_block_size_bytes()
 }
 
 /// Default of [`RouterConfig::directory_cache_ttl_ms`]: 5 s.

@@ -23,8 +23,10 @@ mod metrics;
 mod pool;
 mod read;
 mod reports;
+mod seal;
 mod state;
 mod upload;
+mod warm;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,6 +59,10 @@ pub(crate) struct Tier(&'static str);
 impl Tier {
     /// The replicated Haystack tier.
     pub(crate) const HOT: Tier = Tier("hot");
+    /// The warm tier, read from the block holding the data.
+    pub(crate) const WARM: Tier = Tier("warm");
+    /// The warm tier, with a range decoded by a backoff node.
+    pub(crate) const DEGRADED: Tier = Tier("degraded");
 }
 
 /// The `ETag` of a BLOB: its id with the comma turned into a dash
@@ -87,6 +93,7 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         .route("/admin/volumes", get(admin::volumes))
         .route("/admin/nodes", get(admin::nodes))
         .route("/admin/damaged-needles", get(admin::damaged_needles))
+        .route("/admin/volumes/{id}/seal", post(seal::seal_volume))
         .route("/blobs", post(upload::post_blob))
         .route(
             "/blobs/{*id}",

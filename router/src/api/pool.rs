@@ -173,6 +173,8 @@ mod tests {
                 locked_ms: None,
                 size_bytes: 0,
                 needle_count: 0,
+                last_generation: 0,
+                warm: None,
             }),
             next_key: 1,
             end_key: 3,

@@ -33,8 +33,8 @@ use super::id::BlobId;
 use super::range::{RangeOutcome, parse_range};
 use super::reports::{report_damaged, report_stale};
 use super::state::AppState;
-use super::{Tier, etag_for};
-use crate::directory::{LogicalVolume, NodeRecord};
+use super::{Tier, etag_for, warm};
+use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
 
 /// `Cache-Control` of every BLOB: ids are never reused, content never changes.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -64,9 +64,50 @@ pub(crate) async fn get_blob(
     // the header map on every read.
     let id = id_from_uri(request.uri())?;
     let head = request.method() == Method::HEAD;
-    let needle = read_from_replicas(&state, id, head).await?;
+    let volume = state.cache.volume(id.volume, false).await?;
+    if volume.state == VolumeState::Warm {
+        return respond_warm(&state, &volume, id, head, request.headers()).await;
+    }
+    let needle = match read_from_replicas(&state, id, head).await {
+        Ok(needle) => needle,
+        Err(ApiError::Unavailable(why)) => {
+            // The volume may have gone warm (and its hot replicas with it)
+            // since the cached entry was read.
+            let volume = state.cache.volume(id.volume, true).await?;
+            if volume.state == VolumeState::Warm {
+                return respond_warm(&state, &volume, id, head, request.headers()).await;
+            }
+            return Err(ApiError::Unavailable(why));
+        }
+        Err(e) => return Err(e),
+    };
     let mut response = respond(&state, id, head, request.headers(), needle)?;
     response.extensions_mut().insert(Tier::HOT);
+    Ok(response)
+}
+
+/// A `GET` or `HEAD` of a BLOB in a warm volume: the same answer as the
+/// hot tier's.
+async fn respond_warm(
+    state: &Arc<AppState>,
+    volume: &LogicalVolume,
+    id: BlobId,
+    head: bool,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let read = warm::read_needle(state, volume, id).await?;
+    let fetched = Fetched {
+        content_type: HeaderValue::from_str(&read.needle.content_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
+        len: read.needle.data.len() as u64,
+        body: FetchedBody::Whole(read.needle.data),
+    };
+    let mut response = respond(state, id, head, headers, fetched)?;
+    response.extensions_mut().insert(if read.degraded {
+        Tier::DEGRADED
+    } else {
+        Tier::WARM
+    });
     Ok(response)
 }
 
@@ -413,6 +454,12 @@ pub(crate) async fn delete_blob(
 ) -> Result<Response, ApiError> {
     let id = id_from_uri(&uri)?;
     let volume = state.cache.volume(id.volume, true).await?;
+    if matches!(volume.state, VolumeState::Warm | VolumeState::Sealing) {
+        warm::delete(&state, &volume, id).await?;
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        response.extensions_mut().insert(Tier::WARM);
+        return Ok(response);
+    }
     let nodes = state.cache.nodes(false).await?;
     let results = futures::future::join_all(volume.replicas.iter().map(|replica| {
         let state = &state;

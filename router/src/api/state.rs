@@ -45,6 +45,9 @@ pub(crate) struct AppState {
     read_rotation: AtomicUsize,
     /// Damaged needles reported lately (not reported again for a while).
     pub(crate) recent_reports: RecentReports,
+    /// Warm-tier storage and backoff nodes (no overall timeout: each
+    /// request sets its own).
+    pub(crate) warm_http: reqwest::Client,
 }
 
 /// Most parsed store addresses kept; beyond it the map is cleared.
@@ -112,6 +115,8 @@ impl AppState {
             addresses: Mutex::new(HashMap::new()),
             read_rotation: AtomicUsize::new(0),
             recent_reports: RecentReports::default(),
+            warm_http: f4::client::http_client(config.replica_timeout_ms)
+                .map_err(|e| ApiError::Internal(format!("http client: {e}")))?,
             config,
         })
     }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::types::{
-    DamagedNeedle, DamagedPage, DamagedRequest, ErrorBody, KeyLease, LeaseRequest, LogicalVolume,
-    NodeRecord, NodeRegistration, SetStateRequest, StaleRequest, VolumeState,
+    DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, ErrorBody, GenerationRequest,
+    KeyLease, LeaseRequest, LogicalVolume, NodeRecord, NodeRegistration, PlaceRequest,
+    SetStateRequest, StaleRequest, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -227,6 +228,72 @@ impl DirectoryClient {
         }
         let request = self.http.get(self.url("/damaged-needles")).query(&query);
         self.send(request).await
+    }
+
+    /// `POST /volumes/{vid}/seal/begin`: a new seal attempt; the volume
+    /// turns `sealing` under generation `last_generation`.
+    pub async fn begin_seal(&self, vid: u32) -> Result<LogicalVolume, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/seal/begin"));
+        self.send(self.http.post(url)).await
+    }
+
+    /// `POST /volumes/{vid}/seal/place`: places the attempt's blocks.
+    pub async fn place_warm(
+        &self,
+        vid: u32,
+        request: &PlaceRequest,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/seal/place"));
+        self.send(self.http.post(url).json(request)).await
+    }
+
+    /// `POST /volumes/{vid}/seal/commit`: the volume turns `warm`.
+    pub async fn commit_warm(
+        &self,
+        vid: u32,
+        generation: u64,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/seal/commit"));
+        self.send(self.http.post(url).json(&GenerationRequest { generation }))
+            .await
+    }
+
+    /// `POST /volumes/{vid}/seal/abort`: the volume is `locked` again.
+    pub async fn abort_seal(
+        &self,
+        vid: u32,
+        generation: u64,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/seal/abort"));
+        self.send(self.http.post(url).json(&GenerationRequest { generation }))
+            .await
+    }
+
+    /// Marks journal holder `node` stale: it missed a delete.
+    pub async fn mark_holder_stale(
+        &self,
+        vid: u32,
+        node: &str,
+        reason: &str,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        check_node_id(node)?;
+        let url = self.url(&format!("/volumes/{vid}/holders/{node}/stale"));
+        let body = StaleRequest {
+            reason: reason.to_owned(),
+            missed_delete: true,
+        };
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `POST /volumes/{vid}/blocks/damaged`.
+    pub async fn report_damaged_block(
+        &self,
+        vid: u32,
+        request: &DamagedBlockRequest,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        check_node_id(&request.node)?;
+        let url = self.url(&format!("/volumes/{vid}/blocks/damaged"));
+        self.send(self.http.post(url).json(request)).await
     }
 
     /// `POST /volumes/{vid}/leases`: leases `count` needle keys.

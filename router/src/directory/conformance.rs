@@ -11,7 +11,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::types::{DamagedNeedle, NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState};
+use super::types::{
+    DamagedBlockRequest, DamagedNeedle, NodeRecord, NodeRegistration, NodeRole, NodeState,
+    PlaceRequest, VolumeState,
+};
 use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
 /// Opens the backend under test over the storage of one check.
@@ -39,6 +42,9 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("state_survives_reopen", state_survives_reopen),
     ("discard_failed_allocation", discard_failed_allocation),
     ("damaged_needles", damaged_needles),
+    ("warm_seal_attempts", warm_seal_attempts),
+    ("warm_placement", warm_placement),
+    ("warm_holders_and_blocks", warm_holders_and_blocks),
 ];
 
 /// Runs every check, each over the storage that `fresh` prepares: `fresh()`
@@ -624,4 +630,236 @@ pub fn damaged_needles(open: Open<'_>) {
             .collect::<Vec<_>>(),
         [(a, 2, false), (b, 1, true)]
     );
+}
+
+/// Registers a cell of f4 storage nodes `f4-N` in `racks` racks.
+pub fn register_cell(dir: &dyn Directory, nodes: usize, racks: usize, now_ms: u64) {
+    for n in 0..nodes {
+        let rack = format!("cell-rack-{}", n % racks);
+        dir.register_node(
+            registration(&format!("f4-{n}"), NodeRole::F4Storage, &rack),
+            now_ms,
+        )
+        .expect("register f4 node");
+    }
+}
+
+/// A locked volume on three stores.
+fn locked_volume(dir: &dyn Directory) -> u32 {
+    register_stores(dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+    let vid = dir.allocate_volume(0).expect("allocate").id;
+    dir.set_volume_state(vid, VolumeState::Locked, 1)
+        .expect("lock");
+    vid
+}
+
+/// A placement request of generation `generation` for a volume of `len`
+/// bytes in blocks of at most 1 KiB.
+fn place_request(generation: u64, len: u64) -> PlaceRequest {
+    PlaceRequest {
+        generation,
+        geometry: f4::Geometry::choose(len, 1024, 10, 4, 512).expect("geometry"),
+        needle_count: 3,
+    }
+}
+
+/// Every seal attempt takes a new generation; only the attempt in progress
+/// can be placed, committed or aborted; a committed volume is warm, final,
+/// and survives a reopen.
+pub fn warm_seal_attempts(open: Open<'_>) {
+    let dir = open();
+    register_cell(&*dir, 14, 14, 0);
+    let vid = locked_volume(&*dir);
+    let writable = dir.allocate_volume(2).expect("allocate").id;
+    assert!(matches!(
+        dir.begin_seal(writable),
+        Err(DirectoryError::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        dir.begin_seal(77),
+        Err(DirectoryError::UnknownVolume { id: 77 })
+    ));
+    let first = dir.begin_seal(vid).expect("begin");
+    assert_eq!(
+        (first.state, first.last_generation),
+        (VolumeState::Sealing, 1)
+    );
+    dir.place_warm(vid, place_request(1, 5000), false)
+        .expect("place");
+    let aborted = dir.abort_seal(vid, 1).expect("abort");
+    assert_eq!((aborted.state, aborted.warm), (VolumeState::Locked, None));
+    let second = dir.begin_seal(vid).expect("begin again");
+    assert_eq!(second.last_generation, 2, "a new attempt, a new generation");
+    for stale in [1, 3] {
+        assert!(matches!(
+            dir.place_warm(vid, place_request(stale, 5000), false),
+            Err(DirectoryError::InvalidTransition { .. })
+        ));
+    }
+    assert!(
+        dir.commit_warm(vid, 2).is_err(),
+        "an attempt is placed before it commits"
+    );
+    dir.place_warm(vid, place_request(2, 5000), false)
+        .expect("place");
+    assert!(matches!(
+        dir.commit_warm(vid, 1),
+        Err(DirectoryError::InvalidTransition { .. })
+    ));
+    let warm = dir.commit_warm(vid, 2).expect("commit");
+    assert_eq!(warm.state, VolumeState::Warm);
+    assert_eq!(
+        dir.commit_warm(vid, 2).expect("again").state,
+        VolumeState::Warm
+    );
+    for to in [VolumeState::Locked, VolumeState::ReadOnly] {
+        assert!(matches!(
+            dir.set_volume_state(vid, to, 9),
+            Err(DirectoryError::InvalidTransition { .. })
+        ));
+    }
+    assert!(
+        dir.begin_seal(vid).is_err(),
+        "a warm volume is not sealed again"
+    );
+    assert!(
+        dir.abort_seal(vid, 2).is_err(),
+        "nor aborted once committed"
+    );
+    drop(dir);
+    let reopened = open().volume(vid).expect("volume");
+    assert_eq!(reopened, warm);
+    assert_eq!(reopened.warm.expect("record").generation, 2);
+}
+
+/// Blocks of a stripe go to distinct racks and holders to distinct racks;
+/// a small cell is refused unless accepted, and then says what it tolerates.
+pub fn warm_placement(open: Open<'_>) {
+    let dir = open();
+    register_cell(&*dir, 14, 7, 0);
+    let vid = locked_volume(&*dir);
+    dir.begin_seal(vid).expect("begin");
+    assert!(matches!(
+        dir.place_warm(vid, place_request(1, 40_000), false),
+        Err(DirectoryError::NotEnoughRacks {
+            needed: 14,
+            available: 7
+        })
+    ));
+    let placed = dir
+        .place_warm(vid, place_request(1, 40_000), true)
+        .expect("accepted");
+    let warm = placed.warm.expect("record");
+    assert_eq!(warm.tolerated_rack_losses, 2, "two blocks per rack");
+    assert_eq!(warm.stripes.len(), 4);
+    let nodes: BTreeMap<String, NodeRecord> = dir
+        .list_nodes()
+        .expect("nodes")
+        .into_iter()
+        .map(|n| (n.id.clone(), n))
+        .collect();
+    for stripe in &warm.stripes {
+        assert_eq!(stripe.len(), 14);
+        let distinct: BTreeSet<&String> = stripe.iter().collect();
+        assert_eq!(distinct.len(), 14, "every block on its own node");
+    }
+    let holder_racks: BTreeSet<&str> = warm
+        .journal_holders
+        .iter()
+        .map(|h| nodes[h].rack.as_str())
+        .collect();
+    assert_eq!((warm.journal_holders.len(), holder_racks.len()), (5, 5));
+
+    // With 14 racks or more, each block of a stripe has its own rack.
+    drop(dir);
+    let dir = open();
+    for n in 0..14 {
+        let rack = format!("big-rack-{n}");
+        dir.register_node(
+            registration(&format!("f4-big-{n}"), NodeRole::F4Storage, &rack),
+            0,
+        )
+        .expect("register f4 node");
+    }
+    dir.begin_seal(vid).expect("begin");
+    let warm = dir
+        .place_warm(vid, place_request(2, 40_000), false)
+        .expect("placed")
+        .warm
+        .expect("record");
+    assert_eq!(warm.tolerated_rack_losses, 4);
+    let nodes: BTreeMap<String, NodeRecord> = dir
+        .list_nodes()
+        .expect("nodes")
+        .into_iter()
+        .map(|n| (n.id.clone(), n))
+        .collect();
+    for stripe in &warm.stripes {
+        let racks: BTreeSet<&str> = stripe.iter().map(|n| nodes[n].rack.as_str()).collect();
+        assert_eq!(racks.len(), 14);
+    }
+}
+
+/// Holders turn stale and fresh again only after a merge that began after
+/// the last delete they missed; damaged blocks are recorded once.
+pub fn warm_holders_and_blocks(open: Open<'_>) {
+    let dir = open();
+    register_cell(&*dir, 14, 14, 0);
+    let vid = locked_volume(&*dir);
+    dir.begin_seal(vid).expect("begin");
+    dir.place_warm(vid, place_request(1, 5000), false)
+        .expect("place");
+    let warm = dir.commit_warm(vid, 1).expect("commit");
+    let holder = warm.warm.as_ref().expect("record").journal_holders[0].clone();
+    assert!(matches!(
+        dir.set_holder_stale(vid, "f4-not-a-holder", None),
+        Err(DirectoryError::NotAReplica { .. })
+    ));
+    let stale = dir.set_holder_stale(vid, &holder, None).expect("stale");
+    let epoch = stale.repair_epoch;
+    assert_eq!(
+        stale.warm.as_ref().expect("record").stale_holders,
+        std::slice::from_ref(&holder)
+    );
+    // Another missed delete while a merge runs: that merge does not clear it.
+    let again = dir
+        .set_holder_stale(vid, &holder, None)
+        .expect("stale again");
+    assert!(again.repair_epoch > epoch);
+    let kept = dir
+        .set_holder_stale(vid, &holder, Some(epoch))
+        .expect("old merge");
+    assert_eq!(
+        kept.warm.as_ref().expect("record").stale_holders,
+        std::slice::from_ref(&holder)
+    );
+    let fresh = dir
+        .set_holder_stale(vid, &holder, Some(again.repair_epoch))
+        .expect("merged");
+    assert!(fresh.warm.expect("record").stale_holders.is_empty());
+
+    let report = |stripe: u64, block: u32, generation: u64| DamagedBlockRequest {
+        generation,
+        stripe,
+        block,
+        node: "f4-3".into(),
+        reason: "test".into(),
+    };
+    dir.report_damaged_block(vid, &report(0, 3, 1), 5)
+        .expect("report");
+    let twice = dir
+        .report_damaged_block(vid, &report(0, 3, 1), 6)
+        .expect("again");
+    let damaged = twice.warm.expect("record").damaged_blocks;
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(
+        (damaged[0].stripe, damaged[0].block, damaged[0].reported_ms),
+        (0, 3, 5)
+    );
+    for bad in [report(0, 14, 1), report(9, 0, 1), report(0, 0, 2)] {
+        assert!(matches!(
+            dir.report_damaged_block(vid, &bad, 7),
+            Err(DirectoryError::BadRequest(_))
+        ));
+    }
 }

@@ -29,8 +29,9 @@ pub enum DirectoryError {
         /// The node.
         node: String,
     },
-    /// Fewer distinct racks have an `up` store node than a volume needs.
-    #[error("need {needed} racks with an up store node, only {available} available")]
+    /// Fewer distinct racks have an `up` node of the role than a volume
+    /// needs (store nodes for a hot volume, f4 storage nodes for a warm one).
+    #[error("need {needed} racks with an up node for the volume, only {available} available")]
     NotEnoughRacks {
         /// Racks needed (3).
         needed: usize,

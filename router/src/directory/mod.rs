@@ -21,14 +21,15 @@ mod repair;
 pub mod service;
 mod stores;
 pub mod types;
+mod warm;
 
 pub use client::{DirectoryClient, DirectoryClientError};
 pub use error::DirectoryError;
 pub use redb_backend::RedbDirectory;
 pub use service::{DirectoryConfig, run};
 pub use types::{
-    DamagedNeedle, KeyLease, LogicalVolume, NodeRecord, NodeRegistration, NodeRole, NodeState,
-    VolumeState,
+    DamagedBlock, DamagedNeedle, KeyLease, LogicalVolume, NodeRecord, NodeRegistration, NodeRole,
+    NodeState, VolumeState, WarmVolume,
 };
 
 /// Number of replicas of a hot logical volume, each in its own rack.
@@ -157,6 +158,49 @@ pub trait Directory: Send + Sync {
         id: u32,
         size_bytes: u64,
         needle_count: u64,
+    ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Starts a seal attempt of a `locked` volume, or a new one of a
+    /// `sealing` volume: it turns `sealing` under a new encode generation
+    /// (`last_generation`), and an earlier attempt's placement is dropped.
+    fn begin_seal(&self, id: u32) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Places the blocks and journal holders of the current attempt on the
+    /// `up` f4 storage nodes (see [`types::WarmVolume`]), the blocks of a
+    /// stripe on distinct racks. With fewer racks than blocks in a stripe
+    /// it is [`DirectoryError::NotEnoughRacks`] unless `allow_fewer_racks`.
+    fn place_warm(
+        &self,
+        id: u32,
+        request: types::PlaceRequest,
+        allow_fewer_racks: bool,
+    ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Commits the placed attempt `generation`: the volume turns `warm`.
+    fn commit_warm(&self, id: u32, generation: u64) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Drops attempt `generation`: the volume is `locked` again, its hot
+    /// replicas serving as before.
+    fn abort_seal(&self, id: u32, generation: u64) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Marks journal holder `node` of a warm (or sealing) volume stale
+    /// (`fresh_at: None`; every call bumps the volume's `repair_epoch`), or
+    /// fresh again after a merge that started at epoch `fresh_at`: if the
+    /// epoch has moved since (it missed another delete meanwhile), it stays
+    /// stale for the next merge.
+    fn set_holder_stale(
+        &self,
+        id: u32,
+        node: &str,
+        fresh_at: Option<u64>,
+    ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Records a block that failed a read (once per block).
+    fn report_damaged_block(
+        &self,
+        id: u32,
+        request: &types::DamagedBlockRequest,
+        now_ms: u64,
     ) -> Result<LogicalVolume, DirectoryError>;
 }
 

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use super::client::valid_node_id;
 use super::types::{
-    KeyLease, LogicalVolume, NodeRecord, NodeRegistration, NodeRole, NodeState, VolumeState,
+    DamagedBlock, DamagedBlockRequest, KeyLease, LogicalVolume, NodeRecord, NodeRegistration,
+    NodeRole, NodeState, PlaceRequest, VolumeState, WarmVolume,
 };
 use super::{DamagedNeedle, Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -432,6 +433,22 @@ fn put_volume(txn: &WriteTransaction, volume: &LogicalVolume) -> Result<(), Dire
 }
 
 /// `NotAReplica` unless `node` holds a replica of `volume`.
+/// `Ok` if `volume` is being sealed under attempt `generation`.
+fn check_attempt(volume: &LogicalVolume, generation: u64) -> Result<(), DirectoryError> {
+    if volume.state != VolumeState::Sealing || volume.last_generation != generation {
+        return Err(DirectoryError::InvalidTransition {
+            volume: volume.id,
+            from: volume.state,
+            to: VolumeState::Warm,
+            reason: format!(
+                "generation {generation} is not the seal attempt in progress (latest {})",
+                volume.last_generation
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn ensure_replica(volume: &LogicalVolume, node: &str) -> Result<(), DirectoryError> {
     if volume.replicas.iter().any(|r| r == node) {
         Ok(())
@@ -622,6 +639,8 @@ impl Directory for RedbDirectory {
                 locked_ms: None,
                 size_bytes: 0,
                 needle_count: 0,
+                last_generation: 0,
+                warm: None,
             };
             put_volume(txn, &volume)?;
             Ok(volume)
@@ -659,6 +678,10 @@ impl Directory for RedbDirectory {
             };
             match (volume.state, state) {
                 (from, to) if from == to => return Ok(volume),
+                (VolumeState::Sealing | VolumeState::Warm, _)
+                | (_, VolumeState::Sealing | VolumeState::Warm) => {
+                    return Err(refuse("the seal calls move a volume into the warm tier"));
+                }
                 (VolumeState::Locked, _) => return Err(refuse("locked is final")),
                 (_, VolumeState::Locked) => volume.locked_ms = Some(now_ms),
                 (_, VolumeState::Writable) => {
@@ -795,6 +818,180 @@ impl Directory for RedbDirectory {
             let mut volume = get_volume(txn, id)?;
             volume.size_bytes = size_bytes;
             volume.needle_count = needle_count;
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn begin_seal(&self, id: u32) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            if !matches!(volume.state, VolumeState::Locked | VolumeState::Sealing) {
+                return Err(DirectoryError::InvalidTransition {
+                    volume: id,
+                    from: volume.state,
+                    to: VolumeState::Sealing,
+                    reason: "only a locked volume is sealed".into(),
+                });
+            }
+            volume.state = VolumeState::Sealing;
+            volume.last_generation += 1;
+            volume.warm = None;
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn place_warm(
+        &self,
+        id: u32,
+        request: PlaceRequest,
+        allow_fewer_racks: bool,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        let layout = request
+            .geometry
+            .layout()
+            .map_err(|e| DirectoryError::BadRequest(e.to_string()))?;
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            check_attempt(&volume, request.generation)?;
+            let nodes = all_nodes(&txn.open_table(NODES)?)?;
+            let volumes = all_volumes(&txn.open_table(VOLUMES)?)?;
+            let placed = super::warm::place(
+                &nodes,
+                &volumes,
+                layout.stripe_count(),
+                usize::from(request.geometry.data_blocks),
+                usize::from(request.geometry.parity_blocks),
+                usize::from(request.geometry.parity_blocks) + 1,
+                allow_fewer_racks,
+            )?;
+            volume.warm = Some(WarmVolume {
+                generation: request.generation,
+                geometry: request.geometry,
+                stripes: placed.stripes,
+                journal_holders: placed.holders,
+                stale_holders: Vec::new(),
+                tolerated_rack_losses: placed.tolerated_rack_losses,
+                needle_count: request.needle_count,
+                damaged_blocks: Vec::new(),
+            });
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn commit_warm(&self, id: u32, generation: u64) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            if volume.state == VolumeState::Warm
+                && volume
+                    .warm
+                    .as_ref()
+                    .is_some_and(|w| w.generation == generation)
+            {
+                return Ok(volume);
+            }
+            check_attempt(&volume, generation)?;
+            if volume.warm.is_none() {
+                return Err(DirectoryError::BadRequest(format!(
+                    "volume {id} generation {generation} is not placed yet"
+                )));
+            }
+            volume.state = VolumeState::Warm;
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn abort_seal(&self, id: u32, generation: u64) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            check_attempt(&volume, generation)?;
+            volume.state = VolumeState::Locked;
+            volume.warm = None;
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn set_holder_stale(
+        &self,
+        id: u32,
+        node: &str,
+        fresh_at: Option<u64>,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            let stale = match fresh_at {
+                None => {
+                    volume.repair_epoch += 1;
+                    true
+                }
+                Some(epoch) if epoch == volume.repair_epoch => false,
+                Some(_) => return Ok(volume),
+            };
+            let warm = volume.warm.as_mut().ok_or_else(|| {
+                DirectoryError::BadRequest(format!("volume {id} has no warm record"))
+            })?;
+            if !warm.journal_holders.iter().any(|h| h == node) {
+                return Err(DirectoryError::NotAReplica {
+                    volume: id,
+                    node: node.to_owned(),
+                });
+            }
+            let marked = warm.stale_holders.iter().any(|h| h == node);
+            if stale && !marked {
+                warm.stale_holders.push(node.to_owned());
+            } else if !stale && marked {
+                warm.stale_holders.retain(|h| h != node);
+            }
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn report_damaged_block(
+        &self,
+        id: u32,
+        request: &DamagedBlockRequest,
+        now_ms: u64,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            let warm = volume
+                .warm
+                .as_mut()
+                .filter(|w| w.generation == request.generation)
+                .ok_or_else(|| {
+                    DirectoryError::BadRequest(format!(
+                        "volume {id} has no warm record of generation {}",
+                        request.generation
+                    ))
+                })?;
+            let known = warm
+                .stripes
+                .get(request.stripe as usize)
+                .and_then(|s| s.get(request.block as usize));
+            if known.is_none() {
+                return Err(DirectoryError::BadRequest(format!(
+                    "volume {id} has no block {} in stripe {}",
+                    request.block, request.stripe
+                )));
+            }
+            if warm
+                .damaged_blocks
+                .iter()
+                .any(|d| (d.stripe, d.block) == (request.stripe, request.block))
+            {
+                return Ok(volume);
+            }
+            warm.damaged_blocks.push(DamagedBlock {
+                stripe: request.stripe,
+                block: request.block,
+                node: request.node.clone(),
+                reported_ms: now_ms,
+            });
             put_volume(txn, &volume)?;
             Ok(volume)
         })

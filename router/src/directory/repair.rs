@@ -44,6 +44,7 @@ use super::stores::StoreCalls;
 use super::types::{LogicalVolume, NodeRecord, VolumeState};
 use super::{Directory, DirectoryError, now_ms};
 
+mod holders;
 mod needles;
 
 /// What one repair pass did.
@@ -117,7 +118,11 @@ pub(crate) async fn repair_pass(
     let nodes: HashMap<String, NodeRecord> = nodes.into_iter().map(|n| (n.id.clone(), n)).collect();
     let mut report = RepairReport::default();
     let volumes = audit_replicas(directory, stores, &nodes, volumes).await?;
-    for volume in volumes.iter().filter(|v| !v.stale_replicas.is_empty()) {
+    holders::merge_stale_holders(directory, stores, &nodes, &volumes).await;
+    let hot = volumes
+        .iter()
+        .filter(|v| v.state != VolumeState::Warm && !v.stale_replicas.is_empty());
+    for volume in hot {
         let volume = volume.clone();
         if let Err(e) = repair_volume(directory, stores, &nodes, volume, &mut report).await {
             tracing::warn!(error = %e, "volume repair failed");
@@ -151,7 +156,12 @@ async fn audit_replicas(
 ) -> Result<Vec<LogicalVolume>, DirectoryError> {
     let settled_before = now_ms().saturating_sub(AUDIT_GRACE_MS);
     let mut expected: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (index, volume) in volumes.iter().enumerate() {
+    // A warm volume's hot replicas are deleted once it is warm.
+    for (index, volume) in volumes
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.state != VolumeState::Warm)
+    {
         for replica in volume.fresh_replicas() {
             if let Some(node) = up_node(nodes, replica) {
                 expected.entry(node.id.as_str()).or_default().push(index);

@@ -27,8 +27,8 @@ use haystack::http::ServerLimits;
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
-    DamagedPage, DamagedQuery, DamagedRequest, ErrorBody, LeaseRequest, NodeRegistration,
-    SetStateRequest, StaleRequest,
+    DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, ErrorBody, FreshRequest,
+    GenerationRequest, LeaseRequest, NodeRegistration, PlaceRequest, SetStateRequest, StaleRequest,
 };
 use super::{Directory, DirectoryError, RedbDirectory, now_ms};
 
@@ -59,6 +59,10 @@ pub struct DirectoryConfig {
     /// Header-read timeout, connection cap and shutdown grace.
     #[serde(default)]
     pub server: ServerLimits,
+    /// Place warm volumes on a cell with fewer racks than blocks in a
+    /// stripe (then each volume records how many lost racks it tolerates).
+    #[serde(default)]
+    pub allow_fewer_racks: bool,
 }
 
 /// Default of [`DirectoryConfig::heartbeat_timeout_ms`]: 10 s.
@@ -98,6 +102,7 @@ impl DirectoryConfig {
             sync_timeout_ms: default_sync_timeout_ms(),
             max_body_bytes: default_max_body_bytes(),
             server: ServerLimits::default(),
+            allow_fewer_racks: false,
         }
     }
 
@@ -130,6 +135,7 @@ struct AppState {
     directory: Arc<dyn Directory>,
     permits: Arc<Semaphore>,
     stores: StoreCalls,
+    allow_fewer_racks: bool,
 }
 
 impl AppState {
@@ -361,6 +367,120 @@ async fn mark_replica_stale(
     Ok(axum::Json(volume).into_response())
 }
 
+/// `POST /volumes/{vid}/seal/begin`: a new seal attempt of a locked volume.
+async fn begin_seal(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let volume = state.blocking(move |d| d.begin_seal(vid)).await?;
+    tracing::info!(
+        volume = vid,
+        generation = volume.last_generation,
+        "seal attempt begun"
+    );
+    Ok(axum::Json(volume).into_response())
+}
+
+/// `POST /volumes/{vid}/seal/place`: placement of the attempt's blocks and
+/// journal holders on the cell.
+async fn place_warm(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+    JsonBody(request): JsonBody<PlaceRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let allow = state.allow_fewer_racks;
+    let volume = state
+        .blocking(move |d| d.place_warm(vid, request, allow))
+        .await?;
+    if let Some(warm) = &volume.warm {
+        tracing::info!(
+            volume = vid,
+            generation = warm.generation,
+            stripes = warm.stripes.len(),
+            tolerated_rack_losses = warm.tolerated_rack_losses,
+            "warm volume placed"
+        );
+    }
+    Ok(axum::Json(volume).into_response())
+}
+
+/// `POST /volumes/{vid}/seal/commit` (the volume is warm) and
+/// `POST /volumes/{vid}/seal/abort` (the attempt is dropped).
+async fn end_seal(
+    State(state): State<AppState>,
+    Path((vid, step)): Path<(String, String)>,
+    JsonBody(request): JsonBody<GenerationRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let generation = request.generation;
+    let commit = match step.as_str() {
+        "commit" => true,
+        "abort" => false,
+        _ => return Ok(not_found().await.into_response()),
+    };
+    let volume = state
+        .blocking(move |d| {
+            if commit {
+                d.commit_warm(vid, generation)
+            } else {
+                d.abort_seal(vid, generation)
+            }
+        })
+        .await?;
+    tracing::info!(volume = vid, generation, step = %step, "seal attempt ended");
+    Ok(axum::Json(volume).into_response())
+}
+
+/// `POST /volumes/{vid}/holders/{node}/stale`: a journal holder missed a
+/// delete.
+async fn holder_stale(
+    State(state): State<AppState>,
+    Path((vid, node)): Path<(String, String)>,
+    JsonBody(request): JsonBody<StaleRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let id = node.clone();
+    let volume = state
+        .blocking(move |d| d.set_holder_stale(vid, &id, None))
+        .await?;
+    tracing::warn!(volume = vid, holder = %node, reason = %request.reason, "journal holder stale");
+    Ok(axum::Json(volume).into_response())
+}
+
+/// `POST /volumes/{vid}/holders/{node}/fresh`: a holder merged the others'
+/// journals.
+async fn holder_fresh(
+    State(state): State<AppState>,
+    Path((vid, node)): Path<(String, String)>,
+    JsonBody(request): JsonBody<FreshRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let id = node.clone();
+    let volume = state
+        .blocking(move |d| d.set_holder_stale(vid, &id, Some(request.epoch)))
+        .await?;
+    tracing::info!(volume = vid, holder = %node, "journal holder fresh again");
+    Ok(axum::Json(volume).into_response())
+}
+
+/// `POST /volumes/{vid}/blocks/damaged`: a block failed a read.
+async fn report_damaged_block(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+    JsonBody(request): JsonBody<DamagedBlockRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let now = now_ms();
+    tracing::warn!(volume = vid, stripe = request.stripe, block = request.block,
+        node = %request.node, reason = %request.reason, "damaged block reported");
+    let volume = state
+        .blocking(move |d| d.report_damaged_block(vid, &request, now))
+        .await?;
+    Ok(axum::Json(volume).into_response())
+}
+
 fn parse_key(text: &str) -> Result<u64, DirectoryError> {
     haystack::api::parse_key(text).ok_or_else(|| {
         DirectoryError::BadRequest(format!("needle key {text:?} is not 1-16 lowercase hex"))
@@ -454,6 +574,12 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
             post(report_damaged_needle),
         )
         .route("/damaged-needles", get(list_damaged_needles))
+        .route("/volumes/{vid}/seal/begin", post(begin_seal))
+        .route("/volumes/{vid}/seal/place", post(place_warm))
+        .route("/volumes/{vid}/seal/{step}", post(end_seal))
+        .route("/volumes/{vid}/holders/{node}/stale", post(holder_stale))
+        .route("/volumes/{vid}/holders/{node}/fresh", post(holder_fresh))
+        .route("/volumes/{vid}/blocks/damaged", post(report_damaged_block))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -495,6 +621,7 @@ pub async fn run(
         directory: Arc::clone(&directory),
         permits: Arc::new(Semaphore::new(MAX_BLOCKING_OPERATIONS)),
         stores: stores.clone(),
+        allow_fewer_racks: config.allow_fewer_racks,
     };
     let loops_cancel = cancel.child_token();
     let mut loops = JoinSet::new();

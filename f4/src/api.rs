@@ -1,0 +1,223 @@
+//! The wire types of the storage node and backoff node HTTP APIs (JSON,
+//! documented in `docs/ARCHITECTURE.md`, "Warm tier HTTP APIs"), shared by
+//! the services and their clients. Errors use the hot tier's JSON body
+//! ([`haystack::api::ErrorBody`]) and its codes, plus [`code`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::{Geometry, IndexEntry};
+
+pub use haystack::api::{ERROR_HEADER, ErrorBody};
+
+/// Error codes of the warm tier, beside [`haystack::api::code`].
+pub mod code {
+    pub use haystack::api::code::{
+        BAD_REQUEST, INTERNAL, IO, NO_ROUTE, NOT_FOUND, PAYLOAD_TOO_LARGE, PEER, TIMEOUT,
+        UNKNOWN_VOLUME,
+    };
+    /// The node holds no such block.
+    pub const BLOCK_NOT_FOUND: &str = "block_not_found";
+    /// The block failed its checksums where the range was read.
+    pub const BLOCK_CORRUPT: &str = "block_corrupt";
+    /// The block is another volume's, generation's or place's, or has
+    /// another geometry than the one asked for.
+    pub const WRONG_BLOCK: &str = "wrong_block";
+    /// A range outside the block.
+    pub const OUT_OF_RANGE: &str = "out_of_range";
+    /// The key has a tombstone.
+    pub const DELETED: &str = "deleted";
+    /// Too few verified blocks answered to decode a range.
+    pub const TOO_FEW_BLOCKS: &str = "too_few_blocks";
+    /// The node is at its configured limit; try again.
+    pub const BUSY: &str = "busy";
+}
+
+/// Header of a backoff answer: the blocks that failed, as
+/// `stripe.block` pairs separated by commas (e.g. `0.3,0.11`).
+pub const FAILED_BLOCKS_HEADER: &str = "x-hayloft-failed-blocks";
+
+/// One block of a warm volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockId {
+    /// The volume.
+    pub volume: u32,
+    /// The encode generation that wrote it.
+    pub generation: u64,
+    /// Its stripe.
+    pub stripe: u64,
+    /// Its index in the stripe (`0..k` data, `k..k+m` parity).
+    pub block: u32,
+}
+
+/// Body of `POST /blocks/read`: a byte range of a block, which must be the
+/// block of this volume, generation, place and geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeRead {
+    /// The block.
+    pub block: BlockId,
+    /// The volume's geometry, as the directory recorded it.
+    pub geometry: Geometry,
+    /// Offset within the block's data.
+    pub offset: u64,
+    /// Bytes wanted.
+    pub len: u64,
+}
+
+/// One block a storage node holds (`GET /blocks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    /// The block.
+    pub block: BlockId,
+    /// Bytes of data in it.
+    pub len_bytes: u64,
+    /// Bytes of its file (header and checksums included).
+    pub file_bytes: u64,
+}
+
+/// A page of a storage node's block inventory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockPage {
+    /// Blocks in file-name order.
+    pub blocks: Vec<BlockRecord>,
+    /// Ask again with `after` set to this for the next page; `None` at the
+    /// end.
+    pub next_after: Option<String>,
+}
+
+/// Most records of one inventory or key page, and the default.
+pub const PAGE_MAX: usize = 4096;
+
+/// Query of the paged lists (`GET /blocks`, `GET .../live`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Records after this one (a block file name, or a key in lowercase
+    /// hex).
+    pub after: Option<String>,
+    /// At most this many (1 to [`PAGE_MAX`]).
+    pub limit: Option<usize>,
+}
+
+impl PageQuery {
+    /// The limit, checked.
+    pub fn limit(&self) -> Result<usize, String> {
+        match self.limit.unwrap_or(PAGE_MAX) {
+            0 => Err(format!("limit must be 1 to {PAGE_MAX}")),
+            n if n > PAGE_MAX => Err(format!("limit must be 1 to {PAGE_MAX}")),
+            n => Ok(n),
+        }
+    }
+}
+
+/// A warm volume's index and journal as one journal holder has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldVolume {
+    /// The volume.
+    pub volume: u32,
+    /// Its encode generation.
+    pub generation: u64,
+    /// Entries in the index (live needles, less those folded away).
+    pub index_entries: u64,
+    /// Tombstones in the journal, not folded yet.
+    pub tombstones: u64,
+    /// Bytes of the index and journal files.
+    pub file_bytes: u64,
+}
+
+/// Answer of the Index API for a key that is live.
+pub type IndexAnswer = IndexEntry;
+
+/// Body of `POST /volumes/{vid}/{gen}/tombstones`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TombstoneRequest {
+    /// The deleted key.
+    pub key: u64,
+    /// When it was deleted, ms since the UNIX epoch.
+    pub deleted_ms: u64,
+}
+
+/// A page of a holder's live keys (in its index and without a tombstone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPage {
+    /// Keys in increasing order.
+    pub keys: Vec<u64>,
+    /// Ask again with `after` set to this (hex) for the next page.
+    pub next_after: Option<u64>,
+}
+
+/// Body of `POST /volumes/{vid}/{gen}/merge`: take every delete the peers
+/// know of (the union), fetching the index from the first peer that has
+/// it if this node lacks it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRequest {
+    /// Base URLs of fresh journal holders.
+    pub peers: Vec<String>,
+}
+
+/// Answer of a merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeReport {
+    /// Tombstones this holder appended.
+    pub appended: u64,
+    /// Whether the index was copied from a peer.
+    pub index_copied: bool,
+}
+
+/// Body of `POST /seal`: seal a locked hot replica into a staging area on
+/// this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealRequest {
+    /// The volume.
+    pub volume: u32,
+    /// The seal attempt's encode generation (from the directory).
+    pub generation: u64,
+    /// Base URL of a store node holding a locked replica of the volume.
+    pub source: String,
+    /// The largest block size; the volume's own is chosen to fill stripes.
+    pub max_block_size_bytes: u64,
+}
+
+/// What a seal staged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealPrepared {
+    /// The volume's geometry.
+    pub geometry: Geometry,
+    /// Live needles sealed.
+    pub needles: u64,
+    /// Needles dropped as deleted.
+    pub dropped: u64,
+}
+
+/// Body of `POST /seal/{vid}/{gen}/distribute`: where each staged block and
+/// the index go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributeRequest {
+    /// Per stripe, the base URL of the node of each block, in block order.
+    pub stripes: Vec<Vec<String>>,
+    /// Base URLs of the journal holders.
+    pub holders: Vec<String>,
+}
+
+/// Body of `POST /reconstruct` on a backoff node: a byte range of one
+/// block, decoded from the same range of the stripe's other blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconstructRequest {
+    /// The block wanted.
+    pub block: BlockId,
+    /// The volume's geometry.
+    pub geometry: Geometry,
+    /// Offset within the block.
+    pub offset: u64,
+    /// Bytes wanted.
+    pub len: u64,
+    /// Base URL of the node of each block of the stripe, in block order;
+    /// `None` where no node is known to hold one.
+    pub sources: Vec<Option<String>>,
+}

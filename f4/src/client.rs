@@ -1,0 +1,433 @@
+//! Typed clients of the storage node ([`StorageClient`]) and the backoff
+//! node ([`BackoffClient`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    BlockPage, DistributeRequest, ErrorBody, FAILED_BLOCKS_HEADER, HeldVolume, KeyPage,
+    MergeReport, MergeRequest, PAGE_MAX, RangeRead, ReconstructRequest, SealPrepared, SealRequest,
+    TombstoneRequest, code,
+};
+use crate::format::IndexEntry;
+use haystack::api::format_key;
+use haystack::client::{StoreClientOptions, http_client_builder};
+
+/// Default deadline of a transfer (a block, an index, a seal step).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// An HTTP client fit for the warm tier's nodes: connect timeout and pool
+/// idle timeout of the hot tier's clients, no overall timeout (each request
+/// sets its own).
+pub fn http_client(request_timeout_ms: u64) -> reqwest::Result<reqwest::Client> {
+    http_client_builder(&StoreClientOptions {
+        connect_timeout_ms: request_timeout_ms.min(10_000),
+        request_timeout_ms,
+        transfer_timeout_ms: TRANSFER_TIMEOUT.as_millis() as u64,
+        read_idle_timeout_ms: 0,
+    })
+    .build()
+}
+
+/// Wall-clock time in ms since the UNIX epoch (0 before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a warm-tier request can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The node answered with an error.
+    #[error("{code} (HTTP {status}): {message}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The error code of its JSON body (empty if none).
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// No answer: connection refused or reset, or a timeout.
+    #[error("{0}")]
+    Transport(String),
+    /// An answer that does not fit the contract.
+    #[error("bad answer: {0}")]
+    Answer(String),
+    /// A local file could not be read or written.
+    #[error("local file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The error code the node answered with.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Status { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether the node said its block failed its checksums.
+    pub fn is_corrupt(&self) -> bool {
+        self.code() == Some(code::BLOCK_CORRUPT)
+    }
+
+    /// Whether the node answered (an error code) rather than failing to.
+    pub fn answered(&self) -> bool {
+        matches!(self, ClientError::Status { .. })
+    }
+}
+
+impl From<reqwest::Error> for ClientError {
+    fn from(error: reqwest::Error) -> Self {
+        // The causes carry the useful part (refused, reset, timed out).
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ClientError::Transport(message)
+    }
+}
+
+/// Result of a warm-tier request.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// What a journal holder says of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyLookup {
+    /// Live, at this place in the data.
+    Live(IndexEntry),
+    /// Tombstoned.
+    Deleted,
+    /// Not in the index.
+    NotFound,
+}
+
+/// Client of one storage node.
+#[derive(Clone, Debug)]
+pub struct StorageClient {
+    base: String,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl StorageClient {
+    /// A client of the node at `base` (`http://host:port`), over `http`,
+    /// with the default request timeout.
+    pub fn from_http(base: &str, http: reqwest::Client) -> StorageClient {
+        StorageClient {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            timeout: Duration::from_millis(haystack::http::DEFAULT_REQUEST_TIMEOUT_MS),
+        }
+    }
+
+    /// This client with `timeout` for requests that are not transfers.
+    pub fn with_timeout(mut self, timeout: Duration) -> StorageClient {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The node's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<()> {
+        self.send(self.request(Method::GET, "/health", self.timeout))
+            .await
+            .map(drop)
+    }
+
+    /// `PUT` the block file at `path` as block `block` of `stripe`.
+    pub async fn put_block(
+        &self,
+        volume: u32,
+        generation: u64,
+        stripe: u64,
+        block: u32,
+        path: &Path,
+    ) -> Result<()> {
+        let url = format!("/blocks/{volume}/{generation}/{stripe}/{block}");
+        self.put_file(&url, path).await
+    }
+
+    /// A verified byte range of a block; exactly `read.len` bytes.
+    pub async fn read_range(&self, read: &RangeRead) -> Result<Bytes> {
+        let request = self
+            .request(Method::POST, "/blocks/read", self.timeout)
+            .json(read);
+        let bytes = self.send(request).await?.bytes().await?;
+        if bytes.len() as u64 != read.len {
+            return Err(ClientError::Answer(format!(
+                "{} bytes for a read of {}",
+                bytes.len(),
+                read.len
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// A page of the node's blocks after the file name `after`.
+    pub async fn list_blocks(&self, after: Option<&str>) -> Result<BlockPage> {
+        let mut request = self.request(Method::GET, "/blocks", self.timeout);
+        if let Some(after) = after {
+            request = request.query(&[("after", after)]);
+        }
+        self.json(request).await
+    }
+
+    /// `PUT` the index file at `path` as `volume`'s of `generation`.
+    pub async fn put_index(&self, volume: u32, generation: u64, path: &Path) -> Result<()> {
+        self.put_file(&format!("/volumes/{volume}/{generation}/index"), path)
+            .await
+    }
+
+    /// Writes the node's index file of `volume`'s `generation` to `path`,
+    /// synced.
+    pub async fn download_index(&self, volume: u32, generation: u64, path: &Path) -> Result<()> {
+        let url = format!("/volumes/{volume}/{generation}/index");
+        let response = self
+            .send(self.request(Method::GET, &url, TRANSFER_TIMEOUT))
+            .await?;
+        let declared = response.content_length();
+        crate::transfer::write_stream(response.bytes_stream(), path, declared)
+            .await
+            .map_err(|e| match e {
+                crate::transfer::TransferError::Io(e) => ClientError::Io(e),
+                other => ClientError::Answer(format!("index: {other}")),
+            })?;
+        Ok(())
+    }
+
+    /// What the node's index and journal say of `key`.
+    pub async fn lookup(&self, volume: u32, generation: u64, key: u64) -> Result<KeyLookup> {
+        let url = format!("/volumes/{volume}/{generation}/keys/{}", format_key(key));
+        match self
+            .json(self.request(Method::GET, &url, self.timeout))
+            .await
+        {
+            Ok(entry) => Ok(KeyLookup::Live(entry)),
+            Err(e) if e.code() == Some(code::DELETED) => Ok(KeyLookup::Deleted),
+            Err(e) if e.code() == Some(code::NOT_FOUND) => Ok(KeyLookup::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Appends `key`'s tombstone, synced before the answer.
+    pub async fn tombstone(&self, volume: u32, generation: u64, key: u64) -> Result<()> {
+        let url = format!("/volumes/{volume}/{generation}/tombstones");
+        let body = TombstoneRequest {
+            key,
+            deleted_ms: now_ms(),
+        };
+        let request = self.request(Method::POST, &url, self.timeout).json(&body);
+        self.send(request).await.map(drop)
+    }
+
+    /// A page of live keys after `after`.
+    pub async fn live_keys(
+        &self,
+        volume: u32,
+        generation: u64,
+        after: Option<u64>,
+    ) -> Result<KeyPage> {
+        let url = format!("/volumes/{volume}/{generation}/live");
+        let mut request = self
+            .request(Method::GET, &url, self.timeout)
+            .query(&[("limit", PAGE_MAX)]);
+        if let Some(after) = after {
+            request = request.query(&[("after", format_key(after))]);
+        }
+        self.json(request).await
+    }
+
+    /// Has the node take every delete `peers` know of.
+    pub async fn merge(
+        &self,
+        volume: u32,
+        generation: u64,
+        peers: Vec<String>,
+    ) -> Result<MergeReport> {
+        let url = format!("/volumes/{volume}/{generation}/merge");
+        let request = self
+            .request(Method::POST, &url, TRANSFER_TIMEOUT)
+            .json(&MergeRequest { peers });
+        self.json(request).await
+    }
+
+    /// What the node holds of `volume`'s `generation`.
+    pub async fn describe(&self, volume: u32, generation: u64) -> Result<HeldVolume> {
+        let url = format!("/volumes/{volume}/{generation}");
+        self.json(self.request(Method::GET, &url, self.timeout))
+            .await
+    }
+
+    /// Seals a locked hot replica into this node's staging.
+    pub async fn seal(&self, request: &SealRequest) -> Result<SealPrepared> {
+        self.json(
+            self.request(Method::POST, "/seal", TRANSFER_TIMEOUT)
+                .json(request),
+        )
+        .await
+    }
+
+    /// Sends a staged seal's blocks and index where `request` says.
+    pub async fn distribute(
+        &self,
+        volume: u32,
+        generation: u64,
+        request: &DistributeRequest,
+    ) -> Result<()> {
+        let url = format!("/seal/{volume}/{generation}/distribute");
+        let request = self
+            .request(Method::POST, &url, TRANSFER_TIMEOUT)
+            .json(request);
+        self.send(request).await.map(drop)
+    }
+
+    /// Drops a staged seal.
+    pub async fn discard(&self, volume: u32, generation: u64) -> Result<()> {
+        let url = format!("/seal/{volume}/{generation}");
+        self.send(self.request(Method::DELETE, &url, self.timeout))
+            .await
+            .map(drop)
+    }
+
+    async fn put_file(&self, url: &str, path: &Path) -> Result<()> {
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let request = self
+            .request(Method::PUT, url, TRANSFER_TIMEOUT)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        self.send(request).await.map(drop)
+    }
+
+    fn request(&self, method: Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(timeout)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        checked(request.send().await?).await
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+        let response = self.send(request).await?;
+        let body = response.bytes().await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Answer(e.to_string()))
+    }
+}
+
+/// The response if it is a success, else its error.
+async fn checked(response: reqwest::Response) -> Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.bytes().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(b) => (b.error, b.message),
+        Err(_) => (
+            String::new(),
+            String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+        ),
+    };
+    Err(ClientError::Status {
+        status: status.as_u16(),
+        code,
+        message,
+    })
+}
+
+/// What a backoff node decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconstructed {
+    /// The range's bytes.
+    pub bytes: Bytes,
+    /// Blocks that failed (`(stripe, block)`), to be reported.
+    pub failed: Vec<(u64, u32)>,
+}
+
+/// Client of a backoff node.
+#[derive(Clone, Debug)]
+pub struct BackoffClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl BackoffClient {
+    /// A client of the backoff node at `base`, over `http`.
+    pub fn from_http(base: &str, http: reqwest::Client) -> BackoffClient {
+        BackoffClient {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
+    /// Decodes a range of a block from the rest of its stripe, within
+    /// `timeout`; exactly `request.len` bytes.
+    pub async fn reconstruct(
+        &self,
+        request: &ReconstructRequest,
+        timeout: Duration,
+    ) -> Result<Reconstructed> {
+        let response = self
+            .http
+            .post(format!("{}/reconstruct", self.base))
+            .timeout(timeout)
+            .json(request)
+            .send()
+            .await?;
+        let response = checked(response).await?;
+        let failed = response
+            .headers()
+            .get(FAILED_BLOCKS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(parse_failed_blocks)
+            .unwrap_or_default();
+        let bytes = response.bytes().await?;
+        if bytes.len() as u64 != request.len {
+            return Err(ClientError::Answer(format!(
+                "{} bytes decoded for a range of {}",
+                bytes.len(),
+                request.len
+            )));
+        }
+        Ok(Reconstructed { bytes, failed })
+    }
+}
+
+/// `stripe.block` pairs separated by commas; malformed ones are skipped.
+pub fn parse_failed_blocks(text: &str) -> Vec<(u64, u32)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (stripe, block) = pair.trim().split_once('.')?;
+            Some((stripe.parse().ok()?, block.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The text of [`FAILED_BLOCKS_HEADER`] for `failed`.
+pub fn format_failed_blocks(failed: &[(u64, u32)]) -> String {
+    failed
+        .iter()
+        .map(|(stripe, block)| format!("{stripe}.{block}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

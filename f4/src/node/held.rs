@@ -1,0 +1,213 @@
+//! The warm volumes a storage node is a journal holder of: each one's index
+//! (memory-mapped) and journal, opened on first use and kept open.
+//!
+//! An index is installed once per encode generation and never replaced: a
+//! holder's index may have been folded (deleted keys dropped, journal cut),
+//! and replacing it with the sealed one would bring those deletes back.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::api::{HeldVolume, KeyPage};
+use crate::error::Result;
+use crate::index::WarmIndex;
+use crate::journal::Journal;
+use haystack::file::durable_rename;
+
+/// The index file of `volume`'s generation `generation`.
+pub(crate) fn index_file_name(volume: u32, generation: u64) -> String {
+    format!("volume-{volume:010}.g{generation:016x}.index")
+}
+
+fn journal_file_name(volume: u32, generation: u64) -> String {
+    format!("volume-{volume:010}.g{generation:016x}.journal")
+}
+
+/// One held volume, open.
+pub(crate) struct Held {
+    index: WarmIndex,
+    journal: Journal,
+    index_path: PathBuf,
+}
+
+/// What the index and journal say of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Live, here.
+    Live(crate::format::IndexEntry),
+    /// Tombstoned.
+    Deleted,
+    /// Not in the index (never sealed, or folded away once deleted).
+    Missing,
+}
+
+/// A held volume, shared by the requests that use it.
+type Shared = Arc<Mutex<Held>>;
+
+/// The held volumes of one node.
+pub(crate) struct HeldVolumes {
+    dir: PathBuf,
+    fold_tombstones: usize,
+    open: Mutex<HashMap<(u32, u64), Shared>>,
+}
+
+impl HeldVolumes {
+    pub(crate) fn new(dir: PathBuf, fold_tombstones: usize) -> HeldVolumes {
+        HeldVolumes {
+            dir,
+            fold_tombstones,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The path of the index file of `volume`'s `generation`.
+    pub(crate) fn index_path(&self, volume: u32, generation: u64) -> PathBuf {
+        self.dir.join(index_file_name(volume, generation))
+    }
+
+    /// The held volume, opened from its files if need be; `None` if this
+    /// node holds no index of it.
+    pub(crate) fn get(&self, volume: u32, generation: u64) -> Result<Option<Shared>> {
+        let mut open = self.open.lock();
+        if let Some(held) = open.get(&(volume, generation)) {
+            return Ok(Some(held.clone()));
+        }
+        let index_path = self.index_path(volume, generation);
+        if !index_path.try_exists()? {
+            return Ok(None);
+        }
+        let index = WarmIndex::open(&index_path, volume, generation)?;
+        let journal_path = self.dir.join(journal_file_name(volume, generation));
+        let journal = if journal_path.try_exists()? {
+            Journal::open(&journal_path, volume, generation)?
+        } else {
+            // Installed, then crashed before the journal was made: no
+            // delete can have been acknowledged by this holder yet.
+            Journal::create(&journal_path, volume, generation)?
+        };
+        let held = Arc::new(Mutex::new(Held {
+            index,
+            journal,
+            index_path,
+        }));
+        open.insert((volume, generation), held.clone());
+        Ok(Some(held))
+    }
+
+    /// Installs the index file at `tmp` (checked whole: header, every
+    /// entry, order) as `volume`'s of `generation`, with an empty journal.
+    /// If this node already holds that index, `tmp` is dropped and the held
+    /// one (perhaps folded) is kept. Returns whether it was installed.
+    pub(crate) fn install(&self, volume: u32, generation: u64, tmp: &Path) -> Result<bool> {
+        if self.get(volume, generation)?.is_some() {
+            std::fs::remove_file(tmp)?;
+            return Ok(false);
+        }
+        let checked = WarmIndex::open(tmp, volume, generation).and_then(|i| i.check_all());
+        if let Err(error) = checked {
+            std::fs::remove_file(tmp)?;
+            return Err(error);
+        }
+        durable_rename(&self.dir, tmp, &self.index_path(volume, generation))?;
+        self.get(volume, generation)?;
+        Ok(true)
+    }
+
+    /// What `volume`'s index and journal say of `key`.
+    pub(crate) fn lookup(&self, volume: u32, generation: u64, key: u64) -> Result<Option<Lookup>> {
+        let Some(held) = self.get(volume, generation)? else {
+            return Ok(None);
+        };
+        let held = held.lock();
+        if held.journal.is_deleted(key) {
+            return Ok(Some(Lookup::Deleted));
+        }
+        Ok(Some(match held.index.get(key)? {
+            Some(entry) => Lookup::Live(entry),
+            None => Lookup::Missing,
+        }))
+    }
+
+    /// Appends and syncs `key`'s tombstone, unless the key is not live here
+    /// (absent from the index, or already tombstoned). Folds the journal
+    /// once it holds `fold_tombstones`. `None` if the volume is not held;
+    /// else whether a tombstone was written.
+    pub(crate) fn delete(
+        &self,
+        volume: u32,
+        generation: u64,
+        key: u64,
+        deleted_ms: u64,
+    ) -> Result<Option<bool>> {
+        let Some(held) = self.get(volume, generation)? else {
+            return Ok(None);
+        };
+        let mut held = held.lock();
+        if held.journal.is_deleted(key) || held.index.get(key)?.is_none() {
+            return Ok(Some(false));
+        }
+        held.journal.append(key, deleted_ms)?;
+        if held.journal.len() >= self.fold_tombstones {
+            let Held {
+                journal,
+                index_path,
+                ..
+            } = &mut *held;
+            let folded = journal.fold(index_path)?;
+            held.index = folded;
+        }
+        Ok(Some(true))
+    }
+
+    /// Up to `limit` live keys (in the index, without a tombstone) after
+    /// `after`.
+    pub(crate) fn live_keys(
+        &self,
+        volume: u32,
+        generation: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<KeyPage>> {
+        let Some(held) = self.get(volume, generation)? else {
+            return Ok(None);
+        };
+        let held = held.lock();
+        let count = held.index.header().entry_count;
+        let mut at = held.index.first_after(after)?;
+        let mut keys = Vec::new();
+        while at < count && keys.len() < limit {
+            let key = held.index.entry(at)?.key;
+            if !held.journal.is_deleted(key) {
+                keys.push(key);
+            }
+            at += 1;
+        }
+        // After the last key looked at, live or not.
+        let next_after = if at < count {
+            Some(held.index.entry(at - 1)?.key)
+        } else {
+            None
+        };
+        Ok(Some(KeyPage { keys, next_after }))
+    }
+
+    /// What this node holds of `volume`'s `generation`.
+    pub(crate) fn describe(&self, volume: u32, generation: u64) -> Result<Option<HeldVolume>> {
+        let Some(held) = self.get(volume, generation)? else {
+            return Ok(None);
+        };
+        let held = held.lock();
+        let file_bytes = std::fs::metadata(&held.index_path)?.len()
+            + std::fs::metadata(held.journal.path())?.len();
+        Ok(Some(HeldVolume {
+            volume,
+            generation,
+            index_entries: held.index.header().entry_count,
+            tombstones: held.journal.len() as u64,
+            file_bytes,
+        }))
+    }
+}

@@ -1,0 +1,312 @@
+//! `POST /admin/volumes/{id}/seal`: moves one locked volume into the warm
+//! tier (the primitive the migrator will drive), in the order write,
+//! verify, flip, wait, delete:
+//!
+//! 1. the directory starts an attempt under a new encode generation (the
+//!    volume turns `sealing`: reads stay hot, deletes answer `503` and are
+//!    retried by their clients);
+//! 2. a wait of the replica timeout lets deletes already sent to the hot
+//!    replicas land, so the replica copied next holds every acknowledged
+//!    delete (one that missed any is never the source); every replica is
+//!    locked at its store;
+//! 3. an f4 storage node copies a fresh, locked replica, seals its live
+//!    needles and cuts them into blocks; the directory places the blocks
+//!    (14 racks) and journal holders; the node sends them out;
+//! 4. every live needle is read back through the warm read path;
+//! 5. the directory flips the volume to `warm`;
+//! 6. after the routers' cache lifetime, the hot replicas are retired.
+//!
+//! A failure before the flip aborts the attempt: the volume is `locked`
+//! again and its hot replicas serve as before.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+
+use f4::api::{DistributeRequest, SealRequest};
+use f4::client::StorageClient;
+use f4::format::IndexEntry;
+
+use super::error::ApiError;
+use super::state::AppState;
+use super::warm::{check_needle, read_data};
+use crate::directory::types::PlaceRequest;
+use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
+
+/// What a seal did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealReport {
+    /// The volume, now warm.
+    pub volume: LogicalVolume,
+    /// Live needles sealed and read back.
+    pub needles: u64,
+    /// Needles dropped as deleted.
+    pub dropped: u64,
+    /// Hot replicas retired.
+    pub retired_replicas: usize,
+}
+
+/// `POST /admin/volumes/{id}/seal`.
+pub(crate) async fn seal_volume(
+    State(state): State<Arc<AppState>>,
+    Path(vid): Path<String>,
+) -> Result<Json<SealReport>, ApiError> {
+    let vid: u32 = vid
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("volume id {vid:?} is not a u32")))?;
+    let volume = state.directory.volume(vid).await.map_err(|e| {
+        if e.is_not_found() {
+            ApiError::BadRequest(format!("unknown volume {vid}"))
+        } else {
+            ApiError::Directory(e)
+        }
+    })?;
+    if volume.state == VolumeState::Warm {
+        let needles = volume.warm.as_ref().map_or(0, |w| w.needle_count);
+        return Ok(Json(SealReport {
+            volume,
+            needles,
+            dropped: 0,
+            retired_replicas: 0,
+        }));
+    }
+    if !matches!(volume.state, VolumeState::Locked | VolumeState::Sealing) {
+        return Err(ApiError::BadRequest(format!(
+            "volume {vid} is {}; only a locked volume is sealed",
+            volume.state
+        )));
+    }
+    let begun = state.directory.begin_seal(vid).await?;
+    let generation = begun.last_generation;
+    tracing::info!(volume = vid, generation, "sealing");
+    match attempt(&state, vid, generation).await {
+        Ok(report) => Ok(Json(report)),
+        Err((error, sealer)) => {
+            tracing::warn!(volume = vid, generation, error = %error, "seal failed; aborting");
+            if let Some(sealer) = sealer {
+                let _ = sealer.discard(vid, generation).await;
+            }
+            if let Err(e) = state.directory.abort_seal(vid, generation).await {
+                tracing::warn!(volume = vid, error = %e, "aborting the seal failed");
+            }
+            Err(error)
+        }
+    }
+}
+
+type Failed = (ApiError, Option<StorageClient>);
+
+async fn attempt(state: &AppState, vid: u32, generation: u64) -> Result<SealReport, Failed> {
+    let plain = |e: ApiError| (e, None);
+    tokio::time::sleep(Duration::from_millis(state.config.replica_timeout_ms)).await;
+    let volume = state
+        .directory
+        .volume(vid)
+        .await
+        .map_err(|e| plain(e.into()))?;
+    let nodes = state.cache.nodes(true).await.map_err(plain)?;
+    let source = volume
+        .fresh_replicas()
+        .filter(|r| !volume.missed_delete(r))
+        .find_map(|r| nodes.get(r).filter(|n| n.is_up()))
+        .ok_or_else(|| {
+            plain(ApiError::Unavailable(format!(
+                "no fresh replica of volume {vid} is up to seal from"
+            )))
+        })?;
+    // Every replica is locked at its store (the source must be): the copy
+    // needs a locked replica, and only locked replicas are retired later.
+    for replica in &volume.replicas {
+        let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
+            continue;
+        };
+        let locked = match state.store_for_writes(node) {
+            Ok(store) => store
+                .lock_volume(vid)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match locked {
+            Ok(()) => {}
+            Err(e) if node.id == source.id => {
+                return Err(plain(ApiError::Unavailable(format!(
+                    "locking {}: {e}",
+                    source.id
+                ))));
+            }
+            Err(e) => tracing::warn!(volume = vid, replica = %node.id, error = %e,
+                "locking a replica failed; it will not be retired"),
+        }
+    }
+    // Seals of different volumes run on different nodes (one at a time each).
+    let mut cell: Vec<&NodeRecord> = nodes
+        .values()
+        .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
+        .collect();
+    cell.sort_by(|a, b| a.id.cmp(&b.id));
+    let sealer_node = *cell
+        .get(vid as usize % cell.len().max(1))
+        .ok_or_else(|| plain(ApiError::Unavailable("no f4 storage node is up".into())))?;
+    let sealer = StorageClient::from_http(&sealer_node.base_url(), state.warm_http.clone());
+    let failed = |e: ApiError| (e, Some(sealer.clone()));
+    let prepared = sealer
+        .seal(&SealRequest {
+            volume: vid,
+            generation,
+            source: source.base_url(),
+            max_block_size_bytes: state.config.max_block_size_bytes,
+        })
+        .await
+        .map_err(|e| {
+            failed(ApiError::Unavailable(format!(
+                "sealing on {}: {e}",
+                sealer_node.id
+            )))
+        })?;
+    let placed = state
+        .directory
+        .place_warm(
+            vid,
+            &PlaceRequest {
+                generation,
+                geometry: prepared.geometry,
+                needle_count: prepared.needles,
+            },
+        )
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let warm = placed
+        .warm
+        .clone()
+        .ok_or_else(|| failed(ApiError::Internal("placement without a record".into())))?;
+    let url = |id: &String| -> Result<String, Failed> {
+        nodes
+            .get(id)
+            .filter(|n| n.is_up())
+            .map(NodeRecord::base_url)
+            .ok_or_else(|| {
+                failed(ApiError::Unavailable(format!(
+                    "placed on {id}, which is down"
+                )))
+            })
+    };
+    let distribute = DistributeRequest {
+        stripes: warm
+            .stripes
+            .iter()
+            .map(|s| s.iter().map(url).collect::<Result<_, _>>())
+            .collect::<Result<_, _>>()?,
+        holders: warm
+            .journal_holders
+            .iter()
+            .map(url)
+            .collect::<Result<_, _>>()?,
+    };
+    sealer
+        .distribute(vid, generation, &distribute)
+        .await
+        .map_err(|e| failed(ApiError::Unavailable(format!("distributing: {e}"))))?;
+    let verified = verify(state, vid, &warm, &nodes)
+        .await
+        .map_err(|e| (e, None))?;
+    if verified != prepared.needles {
+        return Err((
+            ApiError::Unavailable(format!(
+                "{verified} needles read back of the {} sealed",
+                prepared.needles
+            )),
+            None,
+        ));
+    }
+    let committed = state
+        .directory
+        .commit_warm(vid, generation)
+        .await
+        .map_err(|e| (e.into(), None))?;
+    tracing::info!(
+        volume = vid,
+        generation,
+        needles = verified,
+        "volume is warm"
+    );
+    // Routers may serve reads from their cached (hot) entry until it
+    // expires; only then do the hot replicas go.
+    tokio::time::sleep(Duration::from_millis(state.config.directory_cache_ttl_ms)).await;
+    let mut retired = 0;
+    for replica in &committed.replicas {
+        let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
+            tracing::warn!(volume = vid, replica = %replica, "replica down; not retired");
+            continue;
+        };
+        match state.store_for_writes(node) {
+            Ok(store) => match store.retire_volume(vid).await {
+                Ok(()) => retired += 1,
+                Err(e) => tracing::warn!(volume = vid, replica = %replica, error = %e,
+                    "retiring a hot replica failed"),
+            },
+            Err(e) => tracing::warn!(volume = vid, error = %e, "store client"),
+        }
+    }
+    state.cache.store_volume(committed.clone());
+    Ok(SealReport {
+        volume: committed,
+        needles: verified,
+        dropped: prepared.dropped,
+        retired_replicas: retired,
+    })
+}
+
+/// Reads every live needle back through the warm read path (index on a
+/// holder, block ranges, needle checks); the number read.
+async fn verify(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    nodes: &std::collections::HashMap<String, NodeRecord>,
+) -> Result<u64, ApiError> {
+    let holder = warm
+        .journal_holders
+        .first()
+        .and_then(|h| nodes.get(h))
+        .ok_or_else(|| ApiError::Unavailable("no journal holder".into()))?;
+    let client = StorageClient::from_http(&holder.base_url(), state.warm_http.clone());
+    let mut after = None;
+    let mut count = 0;
+    loop {
+        let page = client
+            .live_keys(vid, warm.generation, after)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("listing the index: {e}")))?;
+        for key in &page.keys {
+            let entry: IndexEntry = match client
+                .lookup(vid, warm.generation, *key)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("index lookup: {e}")))?
+            {
+                f4::client::KeyLookup::Live(entry) => entry,
+                other => {
+                    return Err(ApiError::Unavailable(format!(
+                        "key {key:x} listed live, then {other:?}"
+                    )));
+                }
+            };
+            let (bytes, degraded) = read_data(state, vid, warm, nodes, entry).await?;
+            if degraded {
+                return Err(ApiError::Unavailable(format!(
+                    "needle {key:x} could only be decoded, not read"
+                )));
+            }
+            check_needle(vid, bytes, entry, Some(*key))?;
+            count += 1;
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(count),
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Reads and deletes of BLOBs in warm volumes.
+//!
+//! A read looks its key up on a fresh journal holder (the index and the
+//! journal: `404` for a missing or deleted key), reads the needle's bytes
+//! from the node holding its data block (two blocks if it straddles them),
+//! each range verified there against the block's chunk checksums, then
+//! checks the needle itself (magic, key, CRC) and its cookie. A block read
+//! that fails, is corrupt or takes longer than
+//! [`crate::api::RouterConfig::warm_read_deadline_ms`] is decoded instead
+//! by a backoff node from the rest of its stripe, and the failed block is
+//! reported to the directory. Too few blocks: `503`, never bytes.
+//!
+//! A delete appends a tombstone on every journal holder that is up; it is
+//! acknowledged once a majority synced it and every holder that missed it
+//! is marked stale in the directory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use f4::api::{BlockId, RangeRead, ReconstructRequest};
+use f4::client::{BackoffClient, KeyLookup, StorageClient};
+use f4::format::IndexEntry;
+use haystack::Needle;
+
+use super::error::ApiError;
+use super::id::BlobId;
+use super::state::AppState;
+use crate::directory::types::DamagedBlockRequest;
+use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
+
+/// A needle read from the warm tier.
+pub(crate) struct WarmNeedle {
+    pub(crate) needle: Needle,
+    /// A backoff node decoded part of it.
+    pub(crate) degraded: bool,
+}
+
+fn warm_record(volume: &LogicalVolume) -> Result<&WarmVolume, ApiError> {
+    volume.warm.as_ref().ok_or_else(|| {
+        ApiError::Internal(format!(
+            "volume {} is warm without a warm record",
+            volume.id
+        ))
+    })
+}
+
+/// The up nodes among `ids`, rotated by `rotation`.
+fn up_nodes<'a>(
+    ids: impl Iterator<Item = &'a str>,
+    nodes: &'a HashMap<String, NodeRecord>,
+    rotation: usize,
+) -> Vec<&'a NodeRecord> {
+    let mut up: Vec<&NodeRecord> = ids
+        .filter_map(|id| nodes.get(id).filter(|n| n.is_up()))
+        .collect();
+    if !up.is_empty() {
+        let len = up.len();
+        up.rotate_left(rotation % len);
+    }
+    up
+}
+
+/// Reads the needle of `id` from warm `volume`: `NotFound` for a missing,
+/// deleted or wrong-cookie BLOB, `Unavailable` when it cannot be read. A
+/// read that fails with the cached node list (a node moved, or came back)
+/// is tried once more with a fresh one.
+pub(crate) async fn read_needle(
+    state: &AppState,
+    volume: &LogicalVolume,
+    id: BlobId,
+) -> Result<WarmNeedle, ApiError> {
+    match read_needle_with(state, volume, id, false).await {
+        Err(ApiError::Unavailable(why)) => {
+            tracing::info!(volume = volume.id, why = %why, "warm read failed; retrying with fresh nodes");
+            let volume = state.cache.volume(volume.id, true).await?;
+            read_needle_with(state, &volume, id, true).await
+        }
+        other => other,
+    }
+}
+
+async fn read_needle_with(
+    state: &AppState,
+    volume: &LogicalVolume,
+    id: BlobId,
+    refresh: bool,
+) -> Result<WarmNeedle, ApiError> {
+    let warm = warm_record(volume)?;
+    let nodes = state.cache.nodes(refresh).await?;
+    let entry = lookup(state, volume.id, warm, &nodes, id.key).await?;
+    let (bytes, degraded) = read_data(state, volume.id, warm, &nodes, entry).await?;
+    let needle = check_needle(volume.id, bytes, entry, Some(id.key))?;
+    if needle.cookie != id.cookie {
+        return Err(ApiError::NotFound);
+    }
+    Ok(WarmNeedle { needle, degraded })
+}
+
+/// Decodes and checks the needle read at `entry` (magic, sizes, CRC; the
+/// key when given). A needle that fails is a fault of the volume, never a
+/// `404`.
+pub(crate) fn check_needle(
+    volume: u32,
+    bytes: Bytes,
+    entry: IndexEntry,
+    key: Option<u64>,
+) -> Result<Needle, ApiError> {
+    let (needle, _flags) = haystack::format::decode_needle(bytes.into(), volume, entry.offset)
+        .map_err(|e| {
+            tracing::error!(volume, offset = entry.offset, error = %e, "warm needle failed its checks");
+            ApiError::Unavailable(format!("the needle of volume {volume} failed its checks: {e}"))
+        })?;
+    if key.is_some_and(|key| key != needle.key) || needle.key != entry.key {
+        tracing::error!(
+            volume,
+            offset = entry.offset,
+            index_key = entry.key,
+            needle_key = needle.key,
+            "warm index points at another needle"
+        );
+        return Err(ApiError::Unavailable(format!(
+            "volume {volume}'s index points at another needle"
+        )));
+    }
+    Ok(needle)
+}
+
+/// The index entry of `key` from a fresh journal holder.
+async fn lookup(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    key: u64,
+) -> Result<IndexEntry, ApiError> {
+    let deadline = Duration::from_millis(state.config.warm_read_deadline_ms);
+    let mut last = String::from("no fresh journal holder is up");
+    let holders = up_nodes(warm.fresh_holders(), nodes, state.next_read_rotation());
+    for holder in holders {
+        let client = StorageClient::from_http(&holder.base_url(), state.warm_http.clone())
+            .with_timeout(deadline);
+        match client.lookup(vid, warm.generation, key).await {
+            Ok(KeyLookup::Live(entry)) => return Ok(entry),
+            Ok(KeyLookup::Deleted | KeyLookup::NotFound) => return Err(ApiError::NotFound),
+            Err(e) => {
+                tracing::info!(volume = vid, holder = %holder.id, error = %e, "index lookup failed");
+                last = format!("{}: {e}", holder.id);
+            }
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "no journal holder of volume {vid} answered ({last})"
+    )))
+}
+
+/// The bytes at `entry` of the volume's data, block by block; whether a
+/// backoff node decoded any of them.
+pub(crate) async fn read_data(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    entry: IndexEntry,
+) -> Result<(Bytes, bool), ApiError> {
+    let layout = warm
+        .geometry
+        .layout()
+        .map_err(|e| ApiError::Internal(format!("volume {vid}: {e}")))?;
+    let segments = layout
+        .segments(entry.offset, u64::from(entry.size_bytes))
+        .map_err(|e| ApiError::Internal(format!("volume {vid}: {e}")))?;
+    let deadline = Duration::from_millis(state.config.warm_read_deadline_ms);
+    let mut out = BytesMut::with_capacity(entry.size_bytes as usize);
+    let mut degraded = false;
+    for segment in segments {
+        let block = BlockId {
+            volume: vid,
+            generation: warm.generation,
+            stripe: segment.stripe,
+            block: segment.block as u32,
+        };
+        let read = RangeRead {
+            block,
+            geometry: warm.geometry,
+            offset: segment.block_offset,
+            len: segment.len,
+        };
+        let holder = warm
+            .stripes
+            .get(segment.stripe as usize)
+            .and_then(|s| s.get(segment.block))
+            .ok_or_else(|| ApiError::Internal(format!("volume {vid} has no block {block:?}")))?;
+        let direct = match nodes.get(holder).filter(|n| n.is_up()) {
+            None => Err(format!("{holder} is down")),
+            Some(node) => {
+                let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone())
+                    .with_timeout(deadline);
+                match tokio::time::timeout(deadline, client.read_range(&read)).await {
+                    Ok(Ok(bytes)) => Ok(bytes),
+                    Ok(Err(e)) => {
+                        if e.answered() {
+                            report_block(state, warm, block, holder, &e.to_string()).await;
+                        }
+                        Err(e.to_string())
+                    }
+                    Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+                }
+            }
+        };
+        let bytes = match direct {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                tracing::info!(volume = vid, stripe = block.stripe, block = block.block,
+                    node = %holder, why = %why, "warm block read failed; asking a backoff node");
+                state.metrics.replica_failure("warm_read");
+                degraded = true;
+                reconstruct(state, warm, nodes, read).await?
+            }
+        };
+        out.extend_from_slice(&bytes);
+    }
+    Ok((out.freeze(), degraded))
+}
+
+/// Decodes `read` on a backoff node from the rest of its stripe.
+async fn reconstruct(
+    state: &AppState,
+    warm: &WarmVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    read: RangeRead,
+) -> Result<Bytes, ApiError> {
+    let stripe = &warm.stripes[read.block.stripe as usize];
+    let sources = stripe
+        .iter()
+        .map(|id| {
+            nodes
+                .get(id)
+                .filter(|n| n.is_up())
+                .map(NodeRecord::base_url)
+        })
+        .collect();
+    let request = ReconstructRequest {
+        block: read.block,
+        geometry: read.geometry,
+        offset: read.offset,
+        len: read.len,
+        sources,
+    };
+    let backoffs = up_nodes(
+        nodes
+            .values()
+            .filter(|n| n.role == NodeRole::Backoff)
+            .map(|n| n.id.as_str()),
+        nodes,
+        state.next_read_rotation(),
+    );
+    let timeout = Duration::from_millis(state.config.replica_timeout_ms);
+    let mut last = String::from("no backoff node is up");
+    for backoff in backoffs {
+        let client = BackoffClient::from_http(&backoff.base_url(), state.warm_http.clone());
+        match client.reconstruct(&request, timeout).await {
+            Ok(decoded) => {
+                for (stripe, block) in decoded.failed {
+                    let failed = BlockId {
+                        stripe,
+                        block,
+                        ..read.block
+                    };
+                    let node = &warm.stripes[stripe as usize][block as usize];
+                    report_block(state, warm, failed, node, "backoff read failed").await;
+                }
+                return Ok(decoded.bytes);
+            }
+            Err(e) => {
+                tracing::warn!(volume = read.block.volume, backoff = %backoff.id, error = %e,
+                    "backoff decode failed");
+                last = format!("{}: {e}", backoff.id);
+            }
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "stripe {} of volume {} could not be read or decoded ({last})",
+        read.block.stripe, read.block.volume
+    )))
+}
+
+/// Reports a block that failed a read, unless the cached record has it.
+async fn report_block(state: &AppState, warm: &WarmVolume, block: BlockId, node: &str, why: &str) {
+    let known = warm
+        .damaged_blocks
+        .iter()
+        .any(|d| (d.stripe, d.block) == (block.stripe, block.block));
+    if known {
+        return;
+    }
+    let request = DamagedBlockRequest {
+        generation: block.generation,
+        stripe: block.stripe,
+        block: block.block,
+        node: node.to_owned(),
+        reason: why.to_owned(),
+    };
+    match state
+        .directory
+        .report_damaged_block(block.volume, &request)
+        .await
+    {
+        Ok(volume) => {
+            state.cache.store_volume(volume);
+        }
+        Err(e) => {
+            tracing::warn!(volume = block.volume, error = %e, "reporting a damaged block failed")
+        }
+    }
+}
+
+/// Deletes `id` from warm `volume`: `204` once a majority of the journal
+/// holders synced its tombstone and the others are marked stale.
+pub(crate) async fn delete(
+    state: &Arc<AppState>,
+    volume: &LogicalVolume,
+    id: BlobId,
+) -> Result<(), ApiError> {
+    if volume.state == VolumeState::Sealing {
+        return Err(ApiError::Busy(format!(
+            "volume {} is being sealed into the warm tier; retry the delete shortly",
+            volume.id
+        )));
+    }
+    // The cookie lives in the needle: a wrong one is a 404 and writes nothing.
+    read_needle(state, volume, id).await?;
+    let warm = warm_record(volume)?;
+    let nodes = state.cache.nodes(false).await?;
+    let deadline = Duration::from_millis(state.config.replica_timeout_ms);
+    let results = futures::future::join_all(warm.journal_holders.iter().map(|holder| {
+        let node = nodes.get(holder).filter(|n| n.is_up());
+        let http = state.warm_http.clone();
+        async move {
+            let node = node.ok_or_else(|| "node down".to_owned())?;
+            StorageClient::from_http(&node.base_url(), http)
+                .with_timeout(deadline)
+                .tombstone(volume.id, warm.generation, id.key)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }))
+    .await;
+    let majority = warm.journal_holders.len() / 2 + 1;
+    let mut synced = 0;
+    let mut missed = Vec::new();
+    for (holder, result) in warm.journal_holders.iter().zip(results) {
+        match result {
+            Ok(()) => synced += 1,
+            Err(why) => {
+                tracing::warn!(volume = volume.id, holder = %holder, why = %why, "tombstone failed");
+                missed.push((holder, why));
+            }
+        }
+    }
+    if synced < majority {
+        return Err(ApiError::Unavailable(format!(
+            "{synced} of volume {}'s {} journal holders took the delete; {majority} are needed",
+            volume.id,
+            warm.journal_holders.len()
+        )));
+    }
+    // Marked even if already stale: the mark moves the epoch, so a merge
+    // running now does not clear a holder that lacks this tombstone.
+    for (holder, why) in missed {
+        let reason = format!("missed the tombstone of {}: {why}", id);
+        if let Err(e) = state
+            .directory
+            .mark_holder_stale(volume.id, holder, &reason)
+            .await
+        {
+            return Err(ApiError::Unavailable(format!(
+                "journal holder {holder} missed the delete and could not be marked stale: {e}"
+            )));
+        }
+    }
+    Ok(())
+}

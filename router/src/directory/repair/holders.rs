@@ -1,0 +1,61 @@
+//! Stale journal holders of warm volumes: a holder that missed a delete
+//! merges the journals of the fresh holders (the union of their deletes;
+//! its index is copied from one of them if it lost its own), and only then
+//! is marked fresh again. Every fresh holder has every acknowledged delete
+//! (a holder that missed one is marked stale before the delete is
+//! answered), so merging from the reachable fresh ones is enough.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use f4::client::StorageClient;
+
+use super::super::Directory;
+use super::super::stores::StoreCalls;
+use super::super::types::{LogicalVolume, NodeRecord, VolumeState};
+use super::blocking;
+
+/// Merges every stale holder on an `up` node from the fresh holders on
+/// `up` nodes; failures are logged and retried next pass.
+pub(super) async fn merge_stale_holders(
+    directory: &Arc<dyn Directory>,
+    stores: &StoreCalls,
+    nodes: &HashMap<String, NodeRecord>,
+    volumes: &[LogicalVolume],
+) {
+    let up = |id: &str| nodes.get(id).filter(|n| n.is_up());
+    for volume in volumes.iter().filter(|v| v.state == VolumeState::Warm) {
+        let Some(warm) = &volume.warm else { continue };
+        let peers: Vec<String> = warm
+            .fresh_holders()
+            .filter_map(up)
+            .map(NodeRecord::base_url)
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        for stale in &warm.stale_holders {
+            let Some(node) = up(stale) else { continue };
+            let client = StorageClient::from_http(&node.base_url(), stores.http().clone());
+            match client
+                .merge(volume.id, warm.generation, peers.clone())
+                .await
+            {
+                Ok(report) => {
+                    let (vid, id, epoch) = (volume.id, stale.clone(), volume.repair_epoch);
+                    let cleared = blocking(directory, move |d| {
+                        d.set_holder_stale(vid, &id, Some(epoch))
+                    })
+                    .await;
+                    tracing::info!(volume = volume.id, holder = %stale, appended = report.appended,
+                        index_copied = report.index_copied, cleared = cleared.is_ok(),
+                        "stale journal holder merged");
+                }
+                Err(e) => {
+                    tracing::warn!(volume = volume.id, holder = %stale, error = %e,
+                        "journal merge failed; retrying next pass");
+                }
+            }
+        }
+    }
+}
