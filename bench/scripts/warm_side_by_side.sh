@@ -16,12 +16,14 @@
 #   5. Hayloft, the BLOBs whose data starts in block 0 of their stripe:
 #      healthy (`hayloft-b0`), with block 0 of every stripe lost
 #      (`hayloft-lost1`), and with blocks 0, 1, 2 and 10 lost
-#      (`hayloft-lost4`); the backoff node's peak resident memory;
+#      (`hayloft-lost4`), each also one request at a time (`-c1`: latency
+#      without queueing); the backoff node's peak resident memory;
 #   6. four storage nodes killed in each (`f4-11..f4-14`; SeaweedFS servers
 #      11..14, four shards of every EC volume): fetch of all BLOBs
 #      (`hayloft-down4`, `swfs-down4`).
 # Every fetch run is ROUNDS rounds of FETCHES requests; the table shows
-# medians and ratios.
+# medians and ratios. One BLOB of each system is also fetched with wrk
+# (installed with apt where missing), an independent load generator.
 #
 # Usage: bench/scripts/warm_side_by_side.sh            (from the repository root)
 # Environment (all optional):
@@ -30,6 +32,10 @@
 #   FETCHES_64KiB=4000 FETCHES_1MiB=800
 #   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
 #   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
+#   SWFS_IP=<this host's first non-loopback address>: SeaweedFS 4.48 refuses to
+#     copy EC shards between volume servers on loopback addresses (a guard
+#     against requests to internal endpoints), so `ec.encode` could not spread
+#     them; its servers bind this host's own address instead (still local).
 #   KEEP_DATA=1      keep both systems' data under $WORK
 # Raw JSON lines go to $WORK/results.jsonl, disk and memory figures to
 # $WORK/figures.jsonl; the summary is printed as Markdown.
@@ -48,6 +54,8 @@ WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/hayloft-warm.XXXXXX")}"
 RESULTS="$WORK/results.jsonl"
 FIGURES="$WORK/figures.jsonl"
 IP=127.0.0.1
+SWFS_IP="${SWFS_IP:-$(hostname -I | tr ' ' '\n' | grep -E '^[0-9]+\.' | grep -v '^127\.' | head -1)}"
+[ -n "$SWFS_IP" ] || { echo "no non-loopback IPv4 address for SeaweedFS (set SWFS_IP)" >&2; exit 1; }
 mkdir -p "$WORK"
 : >"$RESULTS"
 : >"$FIGURES"
@@ -88,11 +96,37 @@ fi
 count_for() { local v="COUNT_$1"; case "$1" in 64KiB) echo "${!v:-3072}" ;; *) echo "${!v:-192}" ;; esac; }
 fetches_for() { local v="FETCHES_$1"; case "$1" in 64KiB) echo "${!v:-4000}" ;; *) echo "${!v:-800}" ;; esac; }
 
-fetch() { # label target urls size
+fetch() { # label target urls size [concurrency requests]
   sync
   "$LOADGEN" --target "$2" --url "http://$IP" --fetch-urls "$3" --size "$4" \
-    --concurrency "$CONCURRENCY" --requests "$(fetches_for "$4")" --warmup 200 \
+    --concurrency "${5:-$CONCURRENCY}" --requests "${6:-$(fetches_for "$4")}" --warmup 200 \
     --label "$1" >>"$RESULTS"
+}
+# Latency without queueing: one request at a time (as SeaweedFS's degraded
+# reads were measured here, `ectool.py`).
+fetch1() { # label urls size
+  local n=400
+  [ "$3" = 64KiB ] || n=150
+  fetch "$1" hayloft "$2" "$3" 1 "$n"
+}
+if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1 ||
+    echo "warning: could not install wrk; no independent check" >&2
+fi
+wrk_check() { # label url size
+  command -v wrk >/dev/null || return 0
+  wrk -t2 -c"$CONCURRENCY" -d10s --latency "$2" 2>&1 | python3 -c '
+import json, re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
+def ms(label):
+    m = re.search(label + r"\s+([0-9.]+)(us|ms|s)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(json.dumps({"wrk": sys.argv[1], "size": sys.argv[2], "requests_per_second": rps,
+                  "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+                  "non_2xx": int(errors.group(1)) if errors else 0}))' "$1" "$3" >>"$FIGURES"
 }
 
 for size in $SIZES; do
@@ -110,28 +144,34 @@ for size in $SIZES; do
 
   # --- SeaweedFS: 1 master, 14 volume servers in 14 racks ----------------------
   mkdir -p "$SW/master"
-  "$WEED" master -ip="$IP" -ip.bind="$IP" -port="$SWFS_MASTER_PORT" -mdir="$SW/master" \
+  "$WEED" master -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port="$SWFS_MASTER_PORT" -mdir="$SW/master" \
     -peers=none -volumeSizeLimitMB=256 -defaultReplication=000 -telemetry=false \
     >"$WORK/swfs-$size-master.log" 2>&1 &
   PIDS+=($!)
-  wait_http "http://$IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
+  wait_http "http://$SWFS_IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
   SWFS_VOLUME_PIDS=()
   for i in $(seq 1 14); do
     mkdir -p "$SW/vol$i"
-    "$WEED" volume -ip="$IP" -ip.bind="$IP" -port=$((SWFS_VOLUME_PORT + i)) -dir="$SW/vol$i" \
-      -max=100 -master="$IP:$SWFS_MASTER_PORT" -index=memory -rack="rack$i" -dataCenter=dc1 \
+    "$WEED" volume -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port=$((SWFS_VOLUME_PORT + i)) -dir="$SW/vol$i" \
+      -max=100 -master="$SWFS_IP:$SWFS_MASTER_PORT" -index=memory -rack="rack$i" -dataCenter=dc1 \
       -preStopSeconds=0 >"$WORK/swfs-$size-volume$i.log" 2>&1 &
     PIDS+=($!)
     SWFS_VOLUME_PIDS+=($!)
   done
   for i in $(seq 1 14); do
-    wait_http "http://$IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
+    wait_http "http://$SWFS_IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
   done
   for _ in $(seq 1 100); do
-    n=$(curl -fsS "http://$IP:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
+    n=$(curl -fsS "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
         grep -o '"Url":"[^"]*"' | sort -u | wc -l || true)
     [ "${n:-0}" -ge 14 ] && break
     sleep 0.2
+  done
+
+  # SeaweedFS grows its first volumes on the first assign: wait for it.
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/assign" 2>/dev/null && break
+    sleep 0.3
   done
 
   # 1. the same BLOB set into both
@@ -139,7 +179,7 @@ for size in $SIZES; do
   "$LOADGEN" --target hayloft --url "$router" --size "$size" --concurrency "$CONCURRENCY" \
     --requests "$count" --warmup 0 --upload-only --save-urls "$WORK/hl-$size.urls" \
     --label hayloft-upload >>"$RESULTS"
-  "$LOADGEN" --target seaweedfs --url "http://$IP:$SWFS_MASTER_PORT" --size "$size" \
+  "$LOADGEN" --target seaweedfs --url "http://$SWFS_IP:$SWFS_MASTER_PORT" --size "$size" \
     --concurrency "$CONCURRENCY" --requests "$count" --warmup 0 --upload-only \
     --save-urls "$WORK/sw-$size.urls" --label swfs-upload >>"$RESULTS"
 
@@ -148,7 +188,7 @@ for size in $SIZES; do
 
   # 3. seal every Hayloft volume; ec.encode every SeaweedFS volume
   directory="http://$(python3 -c 'import json,sys; print(next(n["address"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="directory"))' "$HL/cluster.json")"
-  vids=$(curl -fsS "$router/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["needle_count"] > 0 or v["size_bytes"] > 64))')
+  vids=$(curl -fsS "$router/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "writable"))')
   for vid in $vids; do
     curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
       -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"
@@ -161,7 +201,7 @@ for size in $SIZES; do
   done
   for pid in "${seal_pids[@]}"; do wait "$pid"; done
   seal_seconds=$(python3 -c "import time; print(round(time.time() - $seal_started, 1))")
-  swfs_vids=$(curl -fsS "http://$IP:$SWFS_MASTER_PORT/vol/status" | python3 -c '
+  swfs_vids=$(curl -fsS "http://$SWFS_IP:$SWFS_MASTER_PORT/vol/status" | python3 -c '
 import json, sys
 status = json.load(sys.stdin)
 ids = set()
@@ -178,11 +218,11 @@ walk(status)
 print(",".join(str(i) for i in sorted(ids)))')
   ec_started=$(date +%s.%N)
   printf 'lock\nec.encode -volumeIds=%s\nunlock\n' "$swfs_vids" |
-    "$WEED" shell -master="$IP:$SWFS_MASTER_PORT" >"$WORK/ec-$size.log" 2>&1
+    "$WEED" shell -master="$SWFS_IP:$SWFS_MASTER_PORT" >"$WORK/ec-$size.log" 2>&1
   ec_seconds=$(python3 -c "import time; print(round(time.time() - $ec_started, 1))")
   sleep 2
   # SeaweedFS fetches spread over volume servers 1..10 (11..14 are killed later).
-  python3 - "$WORK/sw-$size.urls" "$SWFS_VOLUME_PORT" "$IP" <<'PY'
+  python3 - "$WORK/sw-$size.urls" "$SWFS_VOLUME_PORT" "$SWFS_IP" <<'PY'
 import sys
 path, base, ip = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 urls = [u.strip() for u in open(path) if u.strip()]
@@ -194,12 +234,14 @@ open(path + ".ec", "w").write("\n".join(out) + "\n")
 PY
 
   # Bytes on disk and the BLOBs whose data starts in block 0.
-  python3 - "$HL" "$router" "$WORK/hl-$size.urls" "$size" "$count" "$SW" "$seal_seconds" "$ec_seconds" >>"$FIGURES" <<'PY'
+  python3 - "$HL" "$router" "$WORK/hl-$size.urls" "$size" "$WORK/sw-$size.urls" "$SW" "$seal_seconds" "$ec_seconds" >>"$FIGURES" <<'PY'
 import json, os, sys, urllib.request
-hl, router, urls_path, size, count, sw, seal_s, ec_s = sys.argv[1:]
-count = int(count)
+hl, router, urls_path, size, sw_urls, sw, seal_s, ec_s = sys.argv[1:]
 unit = {"KiB": 1024, "MiB": 1 << 20}
-logical = int(size[:-3]) * unit[size[-3:]] * count
+blob = int(size[:-3]) * unit[size[-3:]]
+lines = lambda path: sum(1 for line in open(path) if line.strip())
+logical = blob * lines(urls_path)
+swfs_logical = blob * lines(sw_urls)
 nodes = json.load(open(os.path.join(hl, "cluster.json")))["nodes"]
 addr = {n["id"]: n["address"] for n in nodes}
 volumes = {v["id"]: v for v in json.load(urllib.request.urlopen(router + "/admin/volumes"))}
@@ -243,26 +285,38 @@ for url in open(urls_path):
     if (entry["offset"] % (10 * b)) // b == 0:
         subset.append(url)
 open(urls_path + ".b0", "w").write("\n".join(subset) + "\n")
-print(json.dumps({"size": size, "logical_bytes": logical, "hayloft_warm_bytes": warm_total,
+print(json.dumps({"size": size, "logical_bytes": logical, "swfs_logical_bytes": swfs_logical,
+                  "hayloft_warm_bytes": warm_total,
                   "hayloft_block_data_bytes": block_data, "hayloft_hot_bytes_left": hot_left,
                   "swfs_bytes": swfs_total, "b0_blobs": len(subset), "volumes": len(volumes),
                   "seal_seconds": float(seal_s), "ec_encode_seconds": float(ec_s)}))
 PY
 
-  # 4. healthy warm fetch, both
+  # 4. healthy warm fetch, both; then one BLOB of each with wrk
   for _ in $(seq 1 "$ROUNDS"); do
     fetch hayloft-warm hayloft "$WORK/hl-$size.urls" "$size"
     fetch swfs-ec seaweedfs "$WORK/sw-$size.urls.ec" "$size"
   done
+  wrk_check hayloft-warm "$(head -1 "$WORK/hl-$size.urls")" "$size"
+  wrk_check swfs-ec "$(head -1 "$WORK/sw-$size.urls.ec")" "$size"
 
   # 5. Hayloft: block 0 lost, then blocks 0, 1, 2 and 10
-  for _ in $(seq 1 "$ROUNDS"); do fetch hayloft-b0 hayloft "$WORK/hl-$size.urls.b0" "$size"; done
+  for _ in $(seq 1 "$ROUNDS"); do
+    fetch hayloft-b0 hayloft "$WORK/hl-$size.urls.b0" "$size"
+    fetch1 hayloft-b0-c1 "$WORK/hl-$size.urls.b0" "$size"
+  done
   lose() { for b in "$@"; do for f in "$HL"/f4-*/blocks/*.b$b.block; do mv "$f" "$f.lost"; done; done; }
   restore() { for f in "$HL"/f4-*/blocks/*.lost; do mv "$f" "${f%.lost}"; done; }
   lose 00
-  for _ in $(seq 1 "$ROUNDS"); do fetch hayloft-lost1 hayloft "$WORK/hl-$size.urls.b0" "$size"; done
+  for _ in $(seq 1 "$ROUNDS"); do
+    fetch hayloft-lost1 hayloft "$WORK/hl-$size.urls.b0" "$size"
+    fetch1 hayloft-lost1-c1 "$WORK/hl-$size.urls.b0" "$size"
+  done
   lose 01 02 10
-  for _ in $(seq 1 "$ROUNDS"); do fetch hayloft-lost4 hayloft "$WORK/hl-$size.urls.b0" "$size"; done
+  for _ in $(seq 1 "$ROUNDS"); do
+    fetch hayloft-lost4 hayloft "$WORK/hl-$size.urls.b0" "$size"
+    fetch1 hayloft-lost4-c1 "$WORK/hl-$size.urls.b0" "$size"
+  done
   backoff_pid=$(python3 -c 'import json,sys; print(next(n["pid"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="backoff"))' "$HL/cluster.json")
   python3 - "$backoff_pid" "$size" >>"$FIGURES" <<'PY'
 import json, sys
@@ -307,7 +361,8 @@ def med(label, size, key):
 def human(n):
     return f"{n // 1048576} MiB" if n >= 1048576 else f"{n // 1024} KiB"
 labels = ["hayloft-hot", "hayloft-warm", "swfs-ec", "hayloft-b0", "hayloft-lost1",
-          "hayloft-lost4", "hayloft-down4", "swfs-down4"]
+          "hayloft-lost4", "hayloft-b0-c1", "hayloft-lost1-c1", "hayloft-lost4-c1",
+          "hayloft-down4", "swfs-down4"]
 print(f"Medians of {max(len(v) for v in runs.values())} rounds, concurrency fetches: req/s (p50 / p99 ms), errors summed.")
 print()
 print("| size | " + " | ".join(labels) + " |")
@@ -320,13 +375,15 @@ for size in sorted({s for _, s in runs}):
         cells.append(f"{med(label, size, 'requests_per_second'):,.0f} ({med(label, size, 'p50_ms'):.1f} / {med(label, size, 'p99_ms'):.1f}){err}")
     print(f"| {human(size)} | " + " | ".join(cells) + " |")
 print()
-print("| size | warm / SeaweedFS EC (req/s) | warm p99 / SeaweedFS p99 | warm / hot | lost1 p50, p99 / healthy | lost4 p50, p99 / healthy | down4 / SeaweedFS down4 (req/s) |")
-print("|---|---|---|---|---|---|---|")
+print("| size | warm / SeaweedFS EC (req/s) | warm p99 / SeaweedFS p99 | warm / hot | lost1 p50, p99 / healthy | lost4 p50, p99 / healthy | same, one at a time: lost1 | lost4 | down4 / SeaweedFS down4 (req/s) |")
+print("|---|---|---|---|---|---|---|---|---|")
 for size in sorted({s for _, s in runs}):
     r = lambda a, b, k="requests_per_second": med(a, size, k) / med(b, size, k)
     print(f"| {human(size)} | {r('hayloft-warm', 'swfs-ec'):.2f}x | {r('hayloft-warm', 'swfs-ec', 'p99_ms'):.2f} | "
           f"{r('hayloft-warm', 'hayloft-hot'):.2f}x | {r('hayloft-lost1', 'hayloft-b0', 'p50_ms'):.2f}, {r('hayloft-lost1', 'hayloft-b0', 'p99_ms'):.2f} | "
           f"{r('hayloft-lost4', 'hayloft-b0', 'p50_ms'):.2f}, {r('hayloft-lost4', 'hayloft-b0', 'p99_ms'):.2f} | "
+          f"{r('hayloft-lost1-c1', 'hayloft-b0-c1', 'p50_ms'):.2f}, {r('hayloft-lost1-c1', 'hayloft-b0-c1', 'p99_ms'):.2f} | "
+          f"{r('hayloft-lost4-c1', 'hayloft-b0-c1', 'p50_ms'):.2f}, {r('hayloft-lost4-c1', 'hayloft-b0-c1', 'p99_ms'):.2f} | "
           f"{r('hayloft-down4', 'swfs-down4'):.2f}x |")
 print()
 for f in figures:
@@ -335,8 +392,11 @@ for f in figures:
         print(f"- {f['size']}: {f['volumes']} volumes sealed in {f['seal_seconds']} s (SeaweedFS ec.encode {f['ec_encode_seconds']} s); "
               f"Hayloft warm bytes / logical {f['hayloft_warm_bytes'] / f['logical_bytes']:.4f} "
               f"(blocks' data {f['hayloft_block_data_bytes'] / f['logical_bytes']:.4f}, metadata {meta / f['logical_bytes']:.4f}), "
-              f"hot bytes left {f['hayloft_hot_bytes_left']}; SeaweedFS bytes / logical {f['swfs_bytes'] / f['logical_bytes']:.4f}; "
+              f"hot bytes left {f['hayloft_hot_bytes_left']}; SeaweedFS bytes / logical {f['swfs_bytes'] / f['swfs_logical_bytes']:.4f}; "
               f"{f['b0_blobs']} BLOBs start in block 0")
+    elif "wrk" in f:
+        print(f"- {f['size']}: wrk -t2 -c16 -d10s, one BLOB, {f['wrk']}: {f['requests_per_second']:,.0f} req/s "
+              f"(p50 {f['p50_ms']:.2f} / p99 {f['p99_ms']:.2f} ms; non-2xx {f['non_2xx']})")
     else:
         print(f"- {f['size']}: backoff node peak RSS {f['backoff_peak_rss_bytes'] / 1048576:.1f} MiB "
               f"(now {f['backoff_rss_bytes'] / 1048576:.1f} MiB; cap on bytes in flight {f['backoff_cap_bytes'] / 1048576:.0f} MiB)")

@@ -250,10 +250,10 @@ async fn reconstruct(
             None => {}
         }
     }
-    let mut got: Vec<(usize, Vec<u8>)> = Vec::with_capacity(k);
+    let mut got: Vec<(usize, Bytes)> = Vec::with_capacity(k);
     for source in zeros.into_iter().take(k) {
         if let Source::Zeros(index) = source {
-            got.push((index, vec![0u8; len]));
+            got.push((index, Bytes::from(vec![0u8; len])));
         }
     }
     let source_timeout = Duration::from_millis(state.config.source_timeout_ms);
@@ -331,7 +331,7 @@ async fn reconstruct(
     }
     let decoded = tokio::task::spawn_blocking(move || {
         let codec = Codec::new(geometry.rs_config()?)?;
-        let sources: Vec<(usize, &[u8])> = got.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+        let sources: Vec<(usize, &[u8])> = got.iter().map(|(i, b)| (*i, &b[..])).collect();
         let mut out = vec![0u8; len];
         codec.reconstruct_range(&sources, &mut [(target, &mut out[..])])?;
         Ok::<_, crate::Error>(out)
@@ -353,10 +353,14 @@ async fn reconstruct(
     Ok(response)
 }
 
-/// `bytes` followed by zeros up to `len` (a short block's implicit zeros).
-fn padded(bytes: Bytes, len: usize) -> Vec<u8> {
+/// `bytes` followed by zeros up to `len` (a short block's implicit zeros);
+/// `bytes` itself, uncopied, when it is whole.
+fn padded(bytes: Bytes, len: usize) -> Bytes {
+    if bytes.len() == len {
+        return bytes;
+    }
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&bytes);
     out.resize(len, 0);
-    out
+    Bytes::from(out)
 }

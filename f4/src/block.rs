@@ -11,7 +11,7 @@ use coding::{BlockChecksums, Codec, StripeEncoder, VolumeSource};
 
 use crate::error::{Error, Result};
 use crate::format::{BLOCK_HEADER_SIZE, BlockHeader, Geometry};
-use haystack::file::sync_dir;
+use haystack::file::{FileStorage, Storage, sync_dir};
 
 /// Bytes per block per encoding step: with RS(10,4), 14 MiB of columns, so
 /// that each file write is large; memory stays at that whatever the volume.
@@ -173,7 +173,7 @@ pub fn read_block_range(
 /// once, so that many range reads cost one positioned read each.
 #[derive(Debug)]
 pub struct BlockFile {
-    file: File,
+    storage: FileStorage,
     header: BlockHeader,
     checksums: BlockChecksums,
 }
@@ -186,7 +186,7 @@ impl BlockFile {
         let header = read_header(&file)?;
         let checksums = read_checksums(&file, &header)?;
         Ok(BlockFile {
-            file,
+            storage: FileStorage::new(file),
             header,
             checksums,
         })
@@ -201,6 +201,35 @@ impl BlockFile {
     /// that it is the block `expected` names and verifying every checksum
     /// chunk the range touches.
     pub fn read_range(&self, expected: &ExpectedBlock, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read_with(expected, offset, len, |len, at| {
+            Ok(Some(self.storage.read_vec_at(len, at)?))
+        })
+        .map(|bytes| bytes.expect("a blocking read always reads"))
+    }
+
+    /// [`BlockFile::read_range`] if every byte it needs is in the page
+    /// cache (`preadv2(RWF_NOWAIT)`, never waiting for the disk), else
+    /// `None`: for a caller on an async task.
+    pub fn try_read_range_cached(
+        &self,
+        expected: &ExpectedBlock,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        self.read_with(expected, offset, len, |len, at| {
+            Ok(self.storage.try_read_vec_cached(len, at)?)
+        })
+    }
+
+    /// The checks of a range read around `read`, which reads the covering
+    /// chunks (`len` bytes at file offset `at`), or gives up with `None`.
+    fn read_with(
+        &self,
+        expected: &ExpectedBlock,
+        offset: u64,
+        len: u64,
+        read: impl FnOnce(usize, u64) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Option<Vec<u8>>> {
         let header = &self.header;
         let wanted = BlockHeader::new(
             expected.volume_id,
@@ -224,23 +253,21 @@ impl BlockFile {
             });
         }
         let (start, covered) = self.checksums.covering_range(offset, len)?;
-        let mut bytes = vec![
-            0u8;
-            usize::try_from(covered).map_err(|_| Error::OutOfRange {
-                what: "memory",
-                offset,
-                len,
-                limit: usize::MAX as u64,
-            })?
-        ];
-        self.file
-            .read_exact_at(&mut bytes, BLOCK_HEADER_SIZE as u64 + start)?;
+        let covered = usize::try_from(covered).map_err(|_| Error::OutOfRange {
+            what: "memory",
+            offset,
+            len,
+            limit: usize::MAX as u64,
+        })?;
+        let Some(mut bytes) = read(covered, BLOCK_HEADER_SIZE as u64 + start)? else {
+            return Ok(None);
+        };
         self.checksums.verify_range(start, &bytes)?;
         let from = usize::try_from(offset - start).expect("within one covered range");
         let to = from + usize::try_from(len).expect("within one covered range");
         bytes.truncate(to);
         bytes.drain(..from);
-        Ok(bytes)
+        Ok(Some(bytes))
     }
 }
 

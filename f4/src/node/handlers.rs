@@ -288,26 +288,41 @@ async fn read_range(
             state.config().max_range_bytes
         )));
     }
-    let bytes = state
-        .blocking(move |inner| {
-            let BlockId {
-                volume,
-                generation,
-                stripe,
-                block,
-            } = read.block;
-            let name = block_file_name(volume, generation, stripe, block);
-            let expected = ExpectedBlock {
-                volume_id: volume,
-                generation,
-                geometry: read.geometry,
-                stripe,
-                block_index: block,
-            };
-            let file = inner.open_blocks.get(&inner.blocks_dir, &name)?;
-            Ok(file.read_range(&expected, read.offset, read.len)?)
-        })
-        .await?;
+    let BlockId {
+        volume,
+        generation,
+        stripe,
+        block,
+    } = read.block;
+    let name = block_file_name(volume, generation, stripe, block);
+    let expected = ExpectedBlock {
+        volume_id: volume,
+        generation,
+        geometry: read.geometry,
+        stripe,
+        block_index: block,
+    };
+    // Inline when the block is open and the range in the page cache; the
+    // blocking pool otherwise.
+    let cached = match state
+        .inner
+        .open_blocks
+        .get_open(&state.inner.blocks_dir, &name)
+    {
+        Some(file) => file.try_read_range_cached(&expected, read.offset, read.len)?,
+        None => None,
+    };
+    let bytes = match cached {
+        Some(bytes) => bytes,
+        None => {
+            state
+                .blocking(move |inner| {
+                    let file = inner.open_blocks.get(&inner.blocks_dir, &name)?;
+                    Ok(file.read_range(&expected, read.offset, read.len)?)
+                })
+                .await?
+        }
+    };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -455,9 +470,16 @@ async fn lookup(
     let (volume, generation, key) = params_of(path)?;
     let key = parse_key(&key)
         .ok_or_else(|| ApiError::bad_request(format!("key {key:?} is not 1-16 lowercase hex")))?;
-    let found = state
-        .blocking(move |inner| Ok(inner.held.lookup(volume, generation, key)?))
-        .await?;
+    // Inline when the index is mapped already: a lookup is a few memory
+    // reads, cheaper than a hop to the blocking pool.
+    let found = match state.inner.held.lookup_if_open(volume, generation, key) {
+        Some(found) => Some(found?),
+        None => {
+            state
+                .blocking(move |inner| Ok(inner.held.lookup(volume, generation, key)?))
+                .await?
+        }
+    };
     match found {
         None => Err(crate::http::unknown_volume(volume, generation)),
         Some(Lookup::Live(entry)) => Ok(axum::Json(entry).into_response()),

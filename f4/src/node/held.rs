@@ -121,14 +121,22 @@ impl HeldVolumes {
         let Some(held) = self.get(volume, generation)? else {
             return Ok(None);
         };
-        let held = held.lock();
-        if held.journal.is_deleted(key) {
-            return Ok(Some(Lookup::Deleted));
-        }
-        Ok(Some(match held.index.get(key)? {
-            Some(entry) => Lookup::Live(entry),
-            None => Lookup::Missing,
-        }))
+        lookup_in(&held, key).map(Some)
+    }
+
+    /// [`HeldVolumes::lookup`] if the volume is open already (its index
+    /// mapped: the lookup reads memory) and not busy (a tombstone being
+    /// synced holds it), else `None`: for a caller on an async task, which
+    /// must not wait for a file.
+    pub(crate) fn lookup_if_open(
+        &self,
+        volume: u32,
+        generation: u64,
+        key: u64,
+    ) -> Option<Result<Lookup>> {
+        let held = self.open.lock().get(&(volume, generation))?.clone();
+        let held = held.try_lock()?;
+        Some(lookup_held(&held, key))
     }
 
     /// Appends and syncs `key`'s tombstone, unless the key is not live here
@@ -210,4 +218,19 @@ impl HeldVolumes {
             file_bytes,
         }))
     }
+}
+
+/// What `held`'s journal and index say of `key`.
+fn lookup_in(held: &Mutex<Held>, key: u64) -> Result<Lookup> {
+    lookup_held(&held.lock(), key)
+}
+
+fn lookup_held(held: &Held, key: u64) -> Result<Lookup> {
+    if held.journal.is_deleted(key) {
+        return Ok(Lookup::Deleted);
+    }
+    Ok(match held.index.get(key)? {
+        Some(entry) => Lookup::Live(entry),
+        None => Lookup::Missing,
+    })
 }

@@ -59,6 +59,15 @@ impl OpenBlocks {
         Ok(block)
     }
 
+    /// The block file `name` in `dir` if it is open and still the file on
+    /// disk (one `stat`), without opening anything.
+    pub(crate) fn get_open(&self, dir: &Path, name: &str) -> Option<Arc<BlockFile>> {
+        let meta = std::fs::metadata(dir.join(name)).ok()?;
+        let open = self.open.lock();
+        let (held, block) = open.get(name)?;
+        (*held == (meta.dev(), meta.ino())).then(|| block.clone())
+    }
+
     /// Forgets `name` (its file was just replaced).
     pub(crate) fn forget(&self, name: &str) {
         self.open.lock().remove(name);

@@ -17,7 +17,10 @@
 //! 6. after the routers' cache lifetime, the hot replicas are retired.
 //!
 //! A failure before the flip aborts the attempt: the volume is `locked`
-//! again and its hot replicas serve as before.
+//! again and its hot replicas serve as before. The attempt runs on a task
+//! of its own, so a client that hangs up does not stop it halfway; a router
+//! that dies halfway leaves the volume `sealing` (hot reads go on, deletes
+//! wait) until the seal is asked for again, which starts a new attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,18 +85,26 @@ pub(crate) async fn seal_volume(
     let begun = state.directory.begin_seal(vid).await?;
     let generation = begun.last_generation;
     tracing::info!(volume = vid, generation, "sealing");
-    match attempt(&state, vid, generation).await {
-        Ok(report) => Ok(Json(report)),
-        Err((error, sealer)) => {
-            tracing::warn!(volume = vid, generation, error = %error, "seal failed; aborting");
-            if let Some(sealer) = sealer {
-                let _ = sealer.discard(vid, generation).await;
+    // On a task of its own: a client that hangs up does not cut the seal
+    // short between its steps (the attempt finishes, or is aborted).
+    let task = tokio::spawn(async move {
+        match attempt(&state, vid, generation).await {
+            Ok(report) => Ok(report),
+            Err((error, sealer)) => {
+                tracing::warn!(volume = vid, generation, error = %error, "seal failed; aborting");
+                if let Some(sealer) = sealer {
+                    let _ = sealer.discard(vid, generation).await;
+                }
+                if let Err(e) = state.directory.abort_seal(vid, generation).await {
+                    tracing::warn!(volume = vid, error = %e, "aborting the seal failed");
+                }
+                Err(error)
             }
-            if let Err(e) = state.directory.abort_seal(vid, generation).await {
-                tracing::warn!(volume = vid, error = %e, "aborting the seal failed");
-            }
-            Err(error)
         }
+    });
+    match task.await {
+        Ok(result) => result.map(Json),
+        Err(e) => Err(ApiError::Internal(format!("seal task: {e}"))),
     }
 }
 

@@ -172,7 +172,8 @@ pub(crate) async fn read_data(
         .segments(entry.offset, u64::from(entry.size_bytes))
         .map_err(|e| ApiError::Internal(format!("volume {vid}: {e}")))?;
     let deadline = Duration::from_millis(state.config.warm_read_deadline_ms);
-    let mut out = BytesMut::with_capacity(entry.size_bytes as usize);
+    let single = segments.len() == 1;
+    let mut out = BytesMut::new();
     let mut degraded = false;
     for segment in segments {
         let block = BlockId {
@@ -219,6 +220,13 @@ pub(crate) async fn read_data(
                 reconstruct(state, warm, nodes, read).await?
             }
         };
+        if single {
+            // The common case: one block holds the needle; no copy.
+            return Ok((bytes, degraded));
+        }
+        if out.is_empty() {
+            out.reserve(entry.size_bytes as usize);
+        }
         out.extend_from_slice(&bytes);
     }
     Ok((out.freeze(), degraded))
