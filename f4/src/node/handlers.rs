@@ -31,6 +31,11 @@ use haystack::api::{format_key, parse_key};
 use haystack::file::durable_rename;
 use haystack::http::{deadline, method_not_allowed, no_route};
 
+/// Largest range read inline from the page cache; a larger one goes to the
+/// blocking pool, under its permits, so that inline reads hold little
+/// memory at once.
+const INLINE_RANGE_BYTES_MAX: u64 = 1 << 20;
+
 /// Most peers a merge may name.
 const MERGE_PEERS_MAX: usize = 16;
 
@@ -302,13 +307,17 @@ async fn read_range(
         stripe,
         block_index: block,
     };
-    // Inline when the block is open and the range in the page cache; the
-    // blocking pool otherwise.
-    let cached = match state
-        .inner
-        .open_blocks
-        .get_open(&state.inner.blocks_dir, &name)
-    {
+    // Inline when the block is open, the range small and in the page cache;
+    // the blocking pool otherwise.
+    let open = if read.len <= INLINE_RANGE_BYTES_MAX {
+        state
+            .inner
+            .open_blocks
+            .get_open(&state.inner.blocks_dir, &name)
+    } else {
+        None
+    };
+    let cached = match open {
         Some(file) => file.try_read_range_cached(&expected, read.offset, read.len)?,
         None => None,
     };

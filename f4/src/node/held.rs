@@ -51,7 +51,13 @@ type Shared = Arc<Mutex<Held>>;
 pub(crate) struct HeldVolumes {
     dir: PathBuf,
     fold_tombstones: usize,
+    /// Open volumes; held only for map operations, never across file IO
+    /// (lookups on async tasks take it).
     open: Mutex<HashMap<(u32, u64), Shared>>,
+    /// Serialises opening and installing index and journal files (blocking
+    /// threads only), so that two requests never both create a journal or
+    /// both install an index.
+    files: Mutex<()>,
 }
 
 impl HeldVolumes {
@@ -60,6 +66,7 @@ impl HeldVolumes {
             dir,
             fold_tombstones,
             open: Mutex::new(HashMap::new()),
+            files: Mutex::new(()),
         }
     }
 
@@ -71,8 +78,17 @@ impl HeldVolumes {
     /// The held volume, opened from its files if need be; `None` if this
     /// node holds no index of it.
     pub(crate) fn get(&self, volume: u32, generation: u64) -> Result<Option<Shared>> {
-        let mut open = self.open.lock();
-        if let Some(held) = open.get(&(volume, generation)) {
+        if let Some(held) = self.open.lock().get(&(volume, generation)) {
+            return Ok(Some(held.clone()));
+        }
+        let _files = self.files.lock();
+        self.open_files(volume, generation)
+    }
+
+    /// Opens `volume`'s files (the caller holds `files`); `None` if there
+    /// is no index.
+    fn open_files(&self, volume: u32, generation: u64) -> Result<Option<Shared>> {
+        if let Some(held) = self.open.lock().get(&(volume, generation)) {
             return Ok(Some(held.clone()));
         }
         let index_path = self.index_path(volume, generation);
@@ -93,16 +109,19 @@ impl HeldVolumes {
             journal,
             index_path,
         }));
-        open.insert((volume, generation), held.clone());
+        self.open.lock().insert((volume, generation), held.clone());
         Ok(Some(held))
     }
 
     /// Installs the index file at `tmp` (checked whole: header, every
     /// entry, order) as `volume`'s of `generation`, with an empty journal.
     /// If this node already holds that index, `tmp` is dropped and the held
-    /// one (perhaps folded) is kept. Returns whether it was installed.
+    /// one (perhaps folded) is kept. Returns whether it was installed. The
+    /// check and the rename happen under one lock: two installs never both
+    /// pass the check, so a folded index is never replaced.
     pub(crate) fn install(&self, volume: u32, generation: u64, tmp: &Path) -> Result<bool> {
-        if self.get(volume, generation)?.is_some() {
+        let _files = self.files.lock();
+        if self.open_files(volume, generation)?.is_some() {
             std::fs::remove_file(tmp)?;
             return Ok(false);
         }
@@ -112,7 +131,7 @@ impl HeldVolumes {
             return Err(error);
         }
         durable_rename(&self.dir, tmp, &self.index_path(volume, generation))?;
-        self.get(volume, generation)?;
+        self.open_files(volume, generation)?;
         Ok(true)
     }
 
@@ -164,8 +183,18 @@ impl HeldVolumes {
                 index_path,
                 ..
             } = &mut *held;
-            let folded = journal.fold(index_path)?;
-            held.index = folded;
+            match journal.fold(index_path) {
+                Ok(folded) => held.index = folded,
+                Err(error) => {
+                    // The tombstone is synced: the delete stands. But the
+                    // fold may have got past its rename, leaving the index
+                    // in memory older than the journal: forget the volume,
+                    // so that the next use reopens both from disk.
+                    tracing::error!(volume, generation, error = %error, "journal fold failed");
+                    drop(held);
+                    self.open.lock().remove(&(volume, generation));
+                }
+            }
         }
         Ok(Some(true))
     }

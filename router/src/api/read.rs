@@ -512,6 +512,17 @@ pub(crate) async fn delete_blob(
             id.volume
         )));
     }
+    // A seal that began meanwhile may have copied a replica before this
+    // delete reached it: not acknowledged; the retry goes to the warm tier
+    // (or waits for the seal). The seal itself abandons an attempt whose
+    // source is marked as having missed a delete.
+    let now = state.cache.volume(id.volume, true).await?;
+    if matches!(now.state, VolumeState::Sealing | VolumeState::Warm) {
+        return Err(ApiError::Busy(format!(
+            "volume {} is moving to the warm tier; retry the delete",
+            id.volume
+        )));
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(Tier::HOT);
     Ok(response)

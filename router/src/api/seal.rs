@@ -234,6 +234,23 @@ async fn attempt(state: &AppState, vid: u32, generation: u64) -> Result<SealRepo
             None,
         ));
     }
+    // A hot delete that was under way when the seal began may have marked
+    // the source as having missed it only now: its copy may still hold
+    // that BLOB, so the attempt is abandoned (the volume stays hot).
+    let now = state
+        .directory
+        .volume(vid)
+        .await
+        .map_err(|e| (e.into(), None))?;
+    if now.missed_delete(&source.id) {
+        return Err((
+            ApiError::Unavailable(format!(
+                "{} missed a delete while it was sealed; try again",
+                source.id
+            )),
+            None,
+        ));
+    }
     let committed = state
         .directory
         .commit_warm(vid, generation)

@@ -271,12 +271,18 @@ async fn reconstruct(
         match client.reconstruct(&request, timeout).await {
             Ok(decoded) => {
                 for (stripe, block) in decoded.failed {
+                    // Only blocks of this stripe, as the record has them.
+                    let node = warm
+                        .stripes
+                        .get(stripe as usize)
+                        .filter(|_| stripe == read.block.stripe)
+                        .and_then(|s| s.get(block as usize));
+                    let Some(node) = node else { continue };
                     let failed = BlockId {
                         stripe,
                         block,
                         ..read.block
                     };
-                    let node = &warm.stripes[stripe as usize][block as usize];
                     report_block(state, warm, failed, node, "backoff read failed").await;
                 }
                 return Ok(decoded.bytes);

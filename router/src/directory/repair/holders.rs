@@ -26,21 +26,33 @@ pub(super) async fn merge_stale_holders(
     let up = |id: &str| nodes.get(id).filter(|n| n.is_up());
     for volume in volumes.iter().filter(|v| v.state == VolumeState::Warm) {
         let Some(warm) = &volume.warm else { continue };
-        let peers: Vec<String> = warm
+        let fresh: Vec<String> = warm
             .fresh_holders()
             .filter_map(up)
             .map(NodeRecord::base_url)
             .collect();
-        if peers.is_empty() {
-            continue;
-        }
         for stale in &warm.stale_holders {
             let Some(node) = up(stale) else { continue };
+            // Merging only adds deletes, so any peer is safe to merge from;
+            // a fresh one has every acknowledged delete. With no fresh one
+            // up, the union of all the others does, if all of them are up.
+            let peers = if fresh.is_empty() {
+                let others: Vec<String> = warm
+                    .journal_holders
+                    .iter()
+                    .filter(|h| *h != stale)
+                    .filter_map(|h| up(h))
+                    .map(NodeRecord::base_url)
+                    .collect();
+                if others.len() + 1 < warm.journal_holders.len() {
+                    continue;
+                }
+                others
+            } else {
+                fresh.clone()
+            };
             let client = StorageClient::from_http(&node.base_url(), stores.http().clone());
-            match client
-                .merge(volume.id, warm.generation, peers.clone())
-                .await
-            {
+            match client.merge(volume.id, warm.generation, peers).await {
                 Ok(report) => {
                     let (vid, id, epoch) = (volume.id, stale.clone(), volume.repair_epoch);
                     let cleared = blocking(directory, move |d| {
