@@ -31,10 +31,10 @@ use haystack::api::{format_key, parse_key};
 use haystack::file::durable_rename;
 use haystack::http::{deadline, method_not_allowed, no_route};
 
-/// Largest range read inline from the page cache; a larger one goes to the
-/// blocking pool, under its permits, so that inline reads hold little
-/// memory at once.
-const INLINE_RANGE_BYTES_MAX: u64 = 1 << 20;
+/// Largest range read inline from the page cache (a 1 MiB BLOB's needle
+/// with its frame); a larger one goes to the blocking pool, under its
+/// permits, so that inline reads hold little memory at once.
+const INLINE_RANGE_BYTES_MAX: u64 = 2 << 20;
 
 /// Most peers a merge may name.
 const MERGE_PEERS_MAX: usize = 16;
