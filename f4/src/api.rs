@@ -28,8 +28,6 @@ pub mod code {
     pub const DELETED: &str = "deleted";
     /// Too few verified blocks answered to decode a range.
     pub const TOO_FEW_BLOCKS: &str = "too_few_blocks";
-    /// The node is at its configured limit; try again.
-    pub const BUSY: &str = "busy";
 }
 
 /// Header of a backoff answer: the blocks that failed, as
@@ -126,9 +124,6 @@ pub struct HeldVolume {
     pub file_bytes: u64,
 }
 
-/// Answer of the Index API for a key that is live.
-pub type IndexAnswer = IndexEntry;
-
 /// Body of `POST /volumes/{vid}/{gen}/tombstones`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,11 +134,12 @@ pub struct TombstoneRequest {
     pub deleted_ms: u64,
 }
 
-/// A page of a holder's live keys (in its index and without a tombstone).
+/// A page of a holder's live needles (in its index and without a
+/// tombstone): their index entries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyPage {
-    /// Keys in increasing order.
-    pub keys: Vec<u64>,
+pub struct LivePage {
+    /// Entries in increasing key order.
+    pub entries: Vec<IndexEntry>,
     /// Ask again with `after` set to this (hex) for the next page.
     pub next_after: Option<u64>,
 }

@@ -192,11 +192,6 @@ impl BlockFile {
         })
     }
 
-    /// Its header.
-    pub fn header(&self) -> &BlockHeader {
-        &self.header
-    }
-
     /// Reads `len` bytes at `offset` of the block's data, after checking
     /// that it is the block `expected` names and verifying every checksum
     /// chunk the range touches.

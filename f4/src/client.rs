@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    BlockPage, DistributeRequest, ErrorBody, FAILED_BLOCKS_HEADER, HeldVolume, KeyPage,
+    BlockPage, DistributeRequest, ErrorBody, FAILED_BLOCKS_HEADER, HeldVolume, LivePage,
     MergeReport, MergeRequest, PAGE_MAX, RangeRead, ReconstructRequest, SealPrepared, SealRequest,
     TombstoneRequest, code,
 };
@@ -73,11 +73,6 @@ impl ClientError {
             ClientError::Status { code, .. } => Some(code),
             _ => None,
         }
-    }
-
-    /// Whether the node said its block failed its checksums.
-    pub fn is_corrupt(&self) -> bool {
-        self.code() == Some(code::BLOCK_CORRUPT)
     }
 
     /// Whether the node answered (an error code) rather than failing to.
@@ -237,13 +232,13 @@ impl StorageClient {
         self.send(request).await.map(drop)
     }
 
-    /// A page of live keys after `after`.
-    pub async fn live_keys(
+    /// The index entries of a page of live needles after key `after`.
+    pub async fn live_entries(
         &self,
         volume: u32,
         generation: u64,
         after: Option<u64>,
-    ) -> Result<KeyPage> {
+    ) -> Result<LivePage> {
         let url = format!("/volumes/{volume}/{generation}/live");
         let mut request = self
             .request(Method::GET, &url, self.timeout)

@@ -20,7 +20,7 @@ use tower::util::MapFutureLayer;
 use super::NodeState;
 use super::held::Lookup;
 use crate::api::{
-    BlockId, BlockPage, BlockRecord, KeyPage, MergeReport, MergeRequest, PageQuery, RangeRead,
+    BlockId, BlockPage, BlockRecord, LivePage, MergeReport, MergeRequest, PageQuery, RangeRead,
     TombstoneRequest, code,
 };
 use crate::block::{ExpectedBlock, block_file_name, read_header};
@@ -52,7 +52,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/volumes/{vid}/{generation}", get(describe))
         .route("/volumes/{vid}/{generation}/keys/{key}", get(lookup))
         .route("/volumes/{vid}/{generation}/tombstones", post(tombstone))
-        .route("/volumes/{vid}/{generation}/live", get(live_keys))
+        .route("/volumes/{vid}/{generation}/live", get(live_entries))
         .layer(MapFutureLayer::new(
             move |handler: RouteFuture<std::convert::Infallible>| deadline(request, handler),
         ));
@@ -529,12 +529,13 @@ async fn tombstone(
     }
 }
 
-/// `GET /volumes/{vid}/{gen}/live`: a page of live keys.
-async fn live_keys(
+/// `GET /volumes/{vid}/{gen}/live`: the index entries of a page of live
+/// needles.
+async fn live_entries(
     State(state): State<NodeState>,
     path: Result<Path<(u32, u64)>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<axum::Json<KeyPage>, ApiError> {
+) -> Result<axum::Json<LivePage>, ApiError> {
     let (volume, generation) = params_of(path)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = query.limit().map_err(ApiError::bad_request)?;
@@ -545,7 +546,7 @@ async fn live_keys(
         })?),
     };
     state
-        .blocking(move |inner| Ok(inner.held.live_keys(volume, generation, after, limit)?))
+        .blocking(move |inner| Ok(inner.held.live_entries(volume, generation, after, limit)?))
         .await?
         .map(axum::Json)
         .ok_or_else(|| crate::http::unknown_volume(volume, generation))
@@ -634,8 +635,8 @@ async fn merge_from(
 ) -> Result<u64, ApiError> {
     let mut appended = 0;
     let mut ours_after = None;
-    let mut theirs = KeyPage {
-        keys: Vec::new(),
+    let mut theirs = LivePage {
+        entries: Vec::new(),
         next_after: None,
     };
     let mut theirs_at = 0;
@@ -647,15 +648,15 @@ async fn merge_from(
             .blocking(move |inner| {
                 Ok(inner
                     .held
-                    .live_keys(volume, generation, ours_after, crate::api::PAGE_MAX)?)
+                    .live_entries(volume, generation, ours_after, crate::api::PAGE_MAX)?)
             })
             .await?
             .ok_or_else(|| crate::http::unknown_volume(volume, generation))?;
-        for key in page.keys {
+        for key in page.entries.iter().map(|e| e.key) {
             // Advance the peer's live keys up to `key`.
             loop {
-                if theirs_at < theirs.keys.len() {
-                    if theirs.keys[theirs_at] < key {
+                if theirs_at < theirs.entries.len() {
+                    if theirs.entries[theirs_at].key < key {
                         theirs_at += 1;
                         continue;
                     }
@@ -665,14 +666,14 @@ async fn merge_from(
                     break;
                 }
                 theirs = peer
-                    .live_keys(volume, generation, theirs_after)
+                    .live_entries(volume, generation, theirs_after)
                     .await
                     .map_err(|e| ApiError::peer(e.to_string()))?;
                 theirs_at = 0;
                 theirs_after = theirs.next_after;
                 theirs_done = theirs.next_after.is_none();
             }
-            let live_there = theirs.keys.get(theirs_at) == Some(&key);
+            let live_there = theirs.entries.get(theirs_at).map(|e| e.key) == Some(key);
             if !live_there {
                 let written = state
                     .blocking(move |inner| Ok(inner.held.delete(volume, generation, key, now)?))

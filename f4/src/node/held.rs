@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::api::{HeldVolume, KeyPage};
+use crate::api::{HeldVolume, LivePage};
 use crate::error::Result;
 use crate::index::WarmIndex;
 use crate::journal::Journal;
@@ -199,26 +199,26 @@ impl HeldVolumes {
         Ok(Some(true))
     }
 
-    /// Up to `limit` live keys (in the index, without a tombstone) after
-    /// `after`.
-    pub(crate) fn live_keys(
+    /// The index entries of up to `limit` live needles (in the index,
+    /// without a tombstone) after key `after`.
+    pub(crate) fn live_entries(
         &self,
         volume: u32,
         generation: u64,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Option<KeyPage>> {
+    ) -> Result<Option<LivePage>> {
         let Some(held) = self.get(volume, generation)? else {
             return Ok(None);
         };
         let held = held.lock();
         let count = held.index.header().entry_count;
         let mut at = held.index.first_after(after)?;
-        let mut keys = Vec::new();
-        while at < count && keys.len() < limit {
-            let key = held.index.entry(at)?.key;
-            if !held.journal.is_deleted(key) {
-                keys.push(key);
+        let mut entries = Vec::new();
+        while at < count && entries.len() < limit {
+            let entry = held.index.entry(at)?;
+            if !held.journal.is_deleted(entry.key) {
+                entries.push(entry);
             }
             at += 1;
         }
@@ -228,7 +228,10 @@ impl HeldVolumes {
         } else {
             None
         };
-        Ok(Some(KeyPage { keys, next_after }))
+        Ok(Some(LivePage {
+            entries,
+            next_after,
+        }))
     }
 
     /// What this node holds of `volume`'s `generation`.

@@ -31,7 +31,6 @@ use serde::{Deserialize, Serialize};
 
 use f4::api::{DistributeRequest, SealRequest};
 use f4::client::StorageClient;
-use f4::format::IndexEntry;
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -307,29 +306,18 @@ async fn verify(
     let mut count = 0;
     loop {
         let page = client
-            .live_keys(vid, warm.generation, after)
+            .live_entries(vid, warm.generation, after)
             .await
             .map_err(|e| ApiError::Unavailable(format!("listing the index: {e}")))?;
-        for key in &page.keys {
-            let entry: IndexEntry = match client
-                .lookup(vid, warm.generation, *key)
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("index lookup: {e}")))?
-            {
-                f4::client::KeyLookup::Live(entry) => entry,
-                other => {
-                    return Err(ApiError::Unavailable(format!(
-                        "key {key:x} listed live, then {other:?}"
-                    )));
-                }
-            };
+        for entry in page.entries {
             let (bytes, degraded) = read_data(state, vid, warm, nodes, entry).await?;
             if degraded {
                 return Err(ApiError::Unavailable(format!(
-                    "needle {key:x} could only be decoded, not read"
+                    "needle {:x} could only be decoded, not read",
+                    entry.key
                 )));
             }
-            check_needle(vid, bytes, entry, Some(*key))?;
+            check_needle(vid, bytes, entry, Some(entry.key))?;
             count += 1;
         }
         match page.next_after {

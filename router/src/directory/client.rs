@@ -253,9 +253,7 @@ impl DirectoryClient {
         vid: u32,
         generation: u64,
     ) -> Result<LogicalVolume, DirectoryClientError> {
-        let url = self.url(&format!("/volumes/{vid}/seal/commit"));
-        self.send(self.http.post(url).json(&GenerationRequest { generation }))
-            .await
+        self.end_seal(vid, "commit", generation).await
     }
 
     /// `POST /volumes/{vid}/seal/abort`: the volume is `locked` again.
@@ -264,7 +262,17 @@ impl DirectoryClient {
         vid: u32,
         generation: u64,
     ) -> Result<LogicalVolume, DirectoryClientError> {
-        let url = self.url(&format!("/volumes/{vid}/seal/abort"));
+        self.end_seal(vid, "abort", generation).await
+    }
+
+    /// `POST /volumes/{vid}/seal/{step}` for attempt `generation`.
+    async fn end_seal(
+        &self,
+        vid: u32,
+        step: &str,
+        generation: u64,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/seal/{step}"));
         self.send(self.http.post(url).json(&GenerationRequest { generation }))
             .await
     }

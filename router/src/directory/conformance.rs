@@ -632,16 +632,26 @@ pub fn damaged_needles(open: Open<'_>) {
     );
 }
 
-/// Registers a cell of f4 storage nodes `f4-N` in `racks` racks.
-pub fn register_cell(dir: &dyn Directory, nodes: usize, racks: usize, now_ms: u64) {
+/// Registers a cell of f4 storage nodes `{prefix}-N` in `racks` racks
+/// `{prefix}-rack-M`.
+pub fn register_cell(dir: &dyn Directory, prefix: &str, nodes: usize, racks: usize, now_ms: u64) {
     for n in 0..nodes {
-        let rack = format!("cell-rack-{}", n % racks);
+        let rack = format!("{prefix}-rack-{}", n % racks);
         dir.register_node(
-            registration(&format!("f4-{n}"), NodeRole::F4Storage, &rack),
+            registration(&format!("{prefix}-{n}"), NodeRole::F4Storage, &rack),
             now_ms,
         )
         .expect("register f4 node");
     }
+}
+
+/// Every registered node, by id.
+fn nodes_by_id(dir: &dyn Directory) -> BTreeMap<String, NodeRecord> {
+    dir.list_nodes()
+        .expect("nodes")
+        .into_iter()
+        .map(|n| (n.id.clone(), n))
+        .collect()
 }
 
 /// A locked volume on three stores.
@@ -668,7 +678,7 @@ fn place_request(generation: u64, len: u64) -> PlaceRequest {
 /// and survives a reopen.
 pub fn warm_seal_attempts(open: Open<'_>) {
     let dir = open();
-    register_cell(&*dir, 14, 14, 0);
+    register_cell(&*dir, "f4", 14, 14, 0);
     let vid = locked_volume(&*dir);
     let writable = dir.allocate_volume(2).expect("allocate").id;
     assert!(matches!(
@@ -736,7 +746,7 @@ pub fn warm_seal_attempts(open: Open<'_>) {
 /// a small cell is refused unless accepted, and then says what it tolerates.
 pub fn warm_placement(open: Open<'_>) {
     let dir = open();
-    register_cell(&*dir, 14, 7, 0);
+    register_cell(&*dir, "f4", 14, 7, 0);
     let vid = locked_volume(&*dir);
     dir.begin_seal(vid).expect("begin");
     assert!(matches!(
@@ -752,12 +762,7 @@ pub fn warm_placement(open: Open<'_>) {
     let warm = placed.warm.expect("record");
     assert_eq!(warm.tolerated_rack_losses, 2, "two blocks per rack");
     assert_eq!(warm.stripes.len(), 4);
-    let nodes: BTreeMap<String, NodeRecord> = dir
-        .list_nodes()
-        .expect("nodes")
-        .into_iter()
-        .map(|n| (n.id.clone(), n))
-        .collect();
+    let nodes = nodes_by_id(&*dir);
     for stripe in &warm.stripes {
         assert_eq!(stripe.len(), 14);
         let distinct: BTreeSet<&String> = stripe.iter().collect();
@@ -773,14 +778,7 @@ pub fn warm_placement(open: Open<'_>) {
     // With 14 racks or more, each block of a stripe has its own rack.
     drop(dir);
     let dir = open();
-    for n in 0..14 {
-        let rack = format!("big-rack-{n}");
-        dir.register_node(
-            registration(&format!("f4-big-{n}"), NodeRole::F4Storage, &rack),
-            0,
-        )
-        .expect("register f4 node");
-    }
+    register_cell(&*dir, "f4-big", 14, 14, 0);
     dir.begin_seal(vid).expect("begin");
     let warm = dir
         .place_warm(vid, place_request(2, 40_000), false)
@@ -788,12 +786,7 @@ pub fn warm_placement(open: Open<'_>) {
         .warm
         .expect("record");
     assert_eq!(warm.tolerated_rack_losses, 4);
-    let nodes: BTreeMap<String, NodeRecord> = dir
-        .list_nodes()
-        .expect("nodes")
-        .into_iter()
-        .map(|n| (n.id.clone(), n))
-        .collect();
+    let nodes = nodes_by_id(&*dir);
     for stripe in &warm.stripes {
         let racks: BTreeSet<&str> = stripe.iter().map(|n| nodes[n].rack.as_str()).collect();
         assert_eq!(racks.len(), 14);
@@ -804,7 +797,7 @@ pub fn warm_placement(open: Open<'_>) {
 /// the last delete they missed; damaged blocks are recorded once.
 pub fn warm_holders_and_blocks(open: Open<'_>) {
     let dir = open();
-    register_cell(&*dir, 14, 14, 0);
+    register_cell(&*dir, "f4", 14, 14, 0);
     let vid = locked_volume(&*dir);
     dir.begin_seal(vid).expect("begin");
     dir.place_warm(vid, place_request(1, 5000), false)
