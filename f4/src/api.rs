@@ -30,8 +30,8 @@ pub mod code {
     pub const TOO_FEW_BLOCKS: &str = "too_few_blocks";
 }
 
-/// Header of a backoff answer: the blocks that failed, as
-/// `stripe.block` pairs separated by commas (e.g. `0.3,0.11`).
+/// Header of a backoff answer: the blocks whose nodes answered they are
+/// damaged, as `stripe.block` pairs separated by commas (e.g. `0.3,0.11`).
 pub const FAILED_BLOCKS_HEADER: &str = "x-hayloft-failed-blocks";
 
 /// One block of a warm volume.

@@ -1,16 +1,18 @@
 //! The backoff node: given a byte range of a block that could not be read,
 //! it reads the same range of the stripe's other blocks and decodes only
 //! that range (`POST /reconstruct`). Its client is
-//! [`crate::client::BackoffClient`].
+//! [`crate::reader::WarmReader::reconstruct`].
 //!
-//! It asks `k` blocks plus [`BackoffConfig::hedge_extra`] at once, decodes
+//! It asks `k` blocks, and [`BackoffConfig::hedge_extra`] more if they have
+//! not all answered within [`BackoffConfig::hedge_delay_ms`]; it decodes
 //! from the first `k` verified answers (every storage node verifies the
 //! chunk checksums of what it sends), and asks the next block whenever one
 //! fails. Where the range lies past a short block's stored bytes, that
 //! block is implicit zeros and needs no request. Memory per request is the
 //! range times the blocks asked, and across requests at most
 //! [`BackoffConfig::max_bytes_in_flight`]; a request waits for room.
-//! Blocks that failed are named in the answer's
+//! Blocks that answered they are damaged (missing, corrupt, another
+//! block's; not a timeout or an overload) are named in the answer's
 //! [`crate::api::FAILED_BLOCKS_HEADER`] for the caller to report.
 
 use std::sync::Arc;
@@ -32,21 +34,28 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::util::MapFutureLayer;
 
+use haystack::client::BatchOptions;
 use haystack::http::ServerLimits;
 
 use crate::api::{BlockId, FAILED_BLOCKS_HEADER, RangeRead, ReconstructRequest, code};
-use crate::client::{StorageClient, format_failed_blocks};
+use crate::client::format_failed_blocks;
 use crate::http::{ApiError, JsonBody};
+use crate::reader::WarmReader;
 use haystack::http::{deadline, method_not_allowed, no_route};
 
 /// Configuration of a backoff node (the `[backoff]` part of its config).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
-    /// Blocks asked beyond the `k` needed, at once (hedging against a slow
-    /// or failing one).
+    /// Blocks asked beyond the `k` needed when the first `k` have not all
+    /// answered within [`BackoffConfig::hedge_delay_ms`] (hedging against a
+    /// slow one; a failed one is replaced at once).
     #[serde(default = "default_hedge_extra")]
     pub hedge_extra: usize,
+    /// How long the first `k` reads get before the hedge reads leave (0:
+    /// all at once).
+    #[serde(default = "default_hedge_delay_ms")]
+    pub hedge_delay_ms: u64,
     /// Largest range one request may ask for.
     #[serde(default = "default_max_range_bytes")]
     pub max_range_bytes: u64,
@@ -67,6 +76,12 @@ pub struct BackoffConfig {
 /// Default of [`BackoffConfig::hedge_extra`]: 2.
 pub fn default_hedge_extra() -> usize {
     2
+}
+/// Default of [`BackoffConfig::hedge_delay_ms`]: 20 ms, well above a
+/// block read's usual time (a millisecond or two, a few under load), so
+/// that hedges only go out when a node is slow.
+pub fn default_hedge_delay_ms() -> u64 {
+    20
 }
 /// Default of [`BackoffConfig::max_range_bytes`]: the storage node's.
 pub fn default_max_range_bytes() -> u64 {
@@ -89,6 +104,7 @@ impl Default for BackoffConfig {
     fn default() -> Self {
         BackoffConfig {
             hedge_extra: default_hedge_extra(),
+            hedge_delay_ms: default_hedge_delay_ms(),
             max_range_bytes: default_max_range_bytes(),
             max_bytes_in_flight: default_max_bytes_in_flight(),
             source_timeout_ms: default_source_timeout_ms(),
@@ -120,18 +136,29 @@ impl BackoffConfig {
 struct BackoffState {
     config: BackoffConfig,
     in_flight: Semaphore,
-    http: reqwest::Client,
+    reader: WarmReader,
 }
+
+/// Idle connections kept per storage node.
+const POOL_IDLE_PER_NODE: usize = 64;
 
 /// The backoff node's HTTP API.
 pub fn router(config: BackoffConfig) -> Result<Router, String> {
     config.validate()?;
-    let http = crate::client::http_client(config.source_timeout_ms).map_err(|e| e.to_string())?;
+    let source_timeout = Duration::from_millis(config.source_timeout_ms);
+    let reader = WarmReader::new(
+        source_timeout,
+        POOL_IDLE_PER_NODE,
+        BatchOptions {
+            timeout: source_timeout,
+            ..BatchOptions::default()
+        },
+    );
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let state = Arc::new(BackoffState {
         in_flight: Semaphore::new((config.max_bytes_in_flight / PERMIT_BYTES) as usize),
         config,
-        http,
+        reader,
     });
     Ok(Router::new()
         .route("/health", get(haystack::http::health))
@@ -262,7 +289,7 @@ async fn reconstruct(
     let mut pending = candidates.into_iter();
     let mut reads = FuturesUnordered::new();
     let read_one = |source: Source| {
-        let http = state.http.clone();
+        let reader = state.reader.clone();
         let block = request.block;
         async move {
             let Source::Node { index, url, stored } = source else {
@@ -277,29 +304,41 @@ async fn reconstruct(
                 offset: request.offset,
                 len: stored,
             };
-            let client = StorageClient::from_http(&url, http).with_timeout(source_timeout);
-            let result = tokio::time::timeout(source_timeout, client.read_range(&read)).await;
-            let result = match result {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "no answer within {} ms",
-                    source_timeout.as_millis()
+            let read = async { reader.read_range(&WarmReader::address(&url)?, &read).await };
+            let result = match tokio::time::timeout(source_timeout, read).await {
+                Ok(result) => result.map_err(|e| (e.is_block_damage(), e.to_string())),
+                Err(_) => Err((
+                    false,
+                    format!("no answer within {} ms", source_timeout.as_millis()),
                 )),
             };
             (index, url, result)
         }
     };
     let need = k.saturating_sub(got.len());
-    for source in pending.by_ref().take(need + state.config.hedge_extra) {
+    for source in pending.by_ref().take(need) {
         reads.push(read_one(source));
     }
+    let mut hedged = false;
+    let hedge = tokio::time::sleep(Duration::from_millis(state.config.hedge_delay_ms));
+    tokio::pin!(hedge);
     while got.len() < k {
-        let Some((index, url, result)) = reads.next().await else {
+        let next = tokio::select! {
+            next = reads.next() => next,
+            () = &mut hedge, if !hedged => {
+                hedged = true;
+                for source in pending.by_ref().take(state.config.hedge_extra) {
+                    reads.push(read_one(source));
+                }
+                continue;
+            }
+        };
+        let Some((index, url, result)) = next else {
             break;
         };
         match result {
             Ok(bytes) => got.push((index, padded(bytes, len))),
-            Err(error) => {
+            Err((damaged, error)) => {
                 tracing::warn!(
                     volume = request.block.volume,
                     stripe,
@@ -308,7 +347,9 @@ async fn reconstruct(
                     error = %error,
                     "backoff source failed"
                 );
-                failed.push((stripe, index as u32));
+                if damaged {
+                    failed.push((stripe, index as u32));
+                }
                 last_error = format!("block {index} at {url}: {error}");
                 if let Some(next) = pending.next() {
                     reads.push(read_one(next));

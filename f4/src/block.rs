@@ -7,6 +7,7 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use coding::{BlockChecksums, Codec, StripeEncoder, VolumeSource};
 
 use crate::error::{Error, Result};
@@ -165,7 +166,7 @@ pub fn read_block_range(
     expected: &ExpectedBlock,
     offset: u64,
     len: u64,
-) -> Result<Vec<u8>> {
+) -> Result<Bytes> {
     BlockFile::open(path)?.read_range(expected, offset, len)
 }
 
@@ -195,7 +196,7 @@ impl BlockFile {
     /// Reads `len` bytes at `offset` of the block's data, after checking
     /// that it is the block `expected` names and verifying every checksum
     /// chunk the range touches.
-    pub fn read_range(&self, expected: &ExpectedBlock, offset: u64, len: u64) -> Result<Vec<u8>> {
+    pub fn read_range(&self, expected: &ExpectedBlock, offset: u64, len: u64) -> Result<Bytes> {
         self.read_with(expected, offset, len, |len, at| {
             Ok(Some(self.storage.read_vec_at(len, at)?))
         })
@@ -210,7 +211,7 @@ impl BlockFile {
         expected: &ExpectedBlock,
         offset: u64,
         len: u64,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Bytes>> {
         self.read_with(expected, offset, len, |len, at| {
             Ok(self.storage.try_read_vec_cached(len, at)?)
         })
@@ -224,7 +225,7 @@ impl BlockFile {
         offset: u64,
         len: u64,
         read: impl FnOnce(usize, u64) -> Result<Option<Vec<u8>>>,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Bytes>> {
         let header = &self.header;
         let wanted = BlockHeader::new(
             expected.volume_id,
@@ -254,15 +255,14 @@ impl BlockFile {
             len,
             limit: usize::MAX as u64,
         })?;
-        let Some(mut bytes) = read(covered, BLOCK_HEADER_SIZE as u64 + start)? else {
+        let Some(bytes) = read(covered, BLOCK_HEADER_SIZE as u64 + start)? else {
             return Ok(None);
         };
         self.checksums.verify_range(start, &bytes)?;
         let from = usize::try_from(offset - start).expect("within one covered range");
         let to = from + usize::try_from(len).expect("within one covered range");
-        bytes.truncate(to);
-        bytes.drain(..from);
-        Ok(Some(bytes))
+        // A slice, not a copy: the covered range can be twice the wanted one.
+        Ok(Some(Bytes::from(bytes).slice(from..to)))
     }
 }
 

@@ -1,5 +1,5 @@
-//! Typed clients of the storage node ([`StorageClient`]) and the backoff
-//! node ([`BackoffClient`]).
+//! Typed client of the storage node ([`StorageClient`]); the per-read hops
+//! (lookups, range reads, backoff decodes) are [`crate::reader::WarmReader`]'s.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,9 +9,8 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    BlockPage, DistributeRequest, ErrorBody, FAILED_BLOCKS_HEADER, HeldVolume, LivePage,
-    MergeReport, MergeRequest, PAGE_MAX, RangeRead, ReconstructRequest, SealPrepared, SealRequest,
-    TombstoneRequest, code,
+    BlockPage, DistributeRequest, ErrorBody, HeldVolume, LivePage, MergeReport, MergeRequest,
+    PAGE_MAX, SealPrepared, SealRequest, TombstoneRequest, code,
 };
 use crate::format::IndexEntry;
 use haystack::api::format_key;
@@ -75,9 +74,19 @@ impl ClientError {
         }
     }
 
-    /// Whether the node answered (an error code) rather than failing to.
-    pub fn answered(&self) -> bool {
-        matches!(self, ClientError::Status { .. })
+    /// Whether the node answered that the block itself is damaged: missing,
+    /// corrupt, another block's, or shorter than its geometry says. Not a
+    /// timeout, an overload or a refused request.
+    pub fn is_block_damage(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(
+                code::BLOCK_NOT_FOUND
+                    | code::BLOCK_CORRUPT
+                    | code::WRONG_BLOCK
+                    | code::OUT_OF_RANGE
+            )
+        )
     }
 }
 
@@ -159,22 +168,6 @@ impl StorageClient {
         self.put_file(&url, path).await
     }
 
-    /// A verified byte range of a block; exactly `read.len` bytes.
-    pub async fn read_range(&self, read: &RangeRead) -> Result<Bytes> {
-        let request = self
-            .request(Method::POST, "/blocks/read", self.timeout)
-            .json(read);
-        let bytes = self.send(request).await?.bytes().await?;
-        if bytes.len() as u64 != read.len {
-            return Err(ClientError::Answer(format!(
-                "{} bytes for a read of {}",
-                bytes.len(),
-                read.len
-            )));
-        }
-        Ok(bytes)
-    }
-
     /// A page of the node's blocks after the file name `after`.
     pub async fn list_blocks(&self, after: Option<&str>) -> Result<BlockPage> {
         let mut request = self.request(Method::GET, "/blocks", self.timeout);
@@ -205,20 +198,6 @@ impl StorageClient {
                 other => ClientError::Answer(format!("index: {other}")),
             })?;
         Ok(())
-    }
-
-    /// What the node's index and journal say of `key`.
-    pub async fn lookup(&self, volume: u32, generation: u64, key: u64) -> Result<KeyLookup> {
-        let url = format!("/volumes/{volume}/{generation}/keys/{}", format_key(key));
-        match self
-            .json(self.request(Method::GET, &url, self.timeout))
-            .await
-        {
-            Ok(entry) => Ok(KeyLookup::Live(entry)),
-            Err(e) if e.code() == Some(code::DELETED) => Ok(KeyLookup::Deleted),
-            Err(e) if e.code() == Some(code::NOT_FOUND) => Ok(KeyLookup::NotFound),
-            Err(e) => Err(e),
-        }
     }
 
     /// Appends `key`'s tombstone, synced before the answer.
@@ -336,18 +315,24 @@ async fn checked(response: reqwest::Response) -> Result<reqwest::Response> {
         return Ok(response);
     }
     let body = response.bytes().await.unwrap_or_default();
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+    Err(error_from_body(status.as_u16(), &body))
+}
+
+/// The error an answer with `status` and `body` (an [`ErrorBody`], or any
+/// text) stands for.
+pub(crate) fn error_from_body(status: u16, body: &[u8]) -> ClientError {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(b) => (b.error, b.message),
         Err(_) => (
             String::new(),
             String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
         ),
     };
-    Err(ClientError::Status {
-        status: status.as_u16(),
+    ClientError::Status {
+        status,
         code,
         message,
-    })
+    }
 }
 
 /// What a backoff node decoded.
@@ -357,55 +342,6 @@ pub struct Reconstructed {
     pub bytes: Bytes,
     /// Blocks that failed (`(stripe, block)`), to be reported.
     pub failed: Vec<(u64, u32)>,
-}
-
-/// Client of a backoff node.
-#[derive(Clone, Debug)]
-pub struct BackoffClient {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl BackoffClient {
-    /// A client of the backoff node at `base`, over `http`.
-    pub fn from_http(base: &str, http: reqwest::Client) -> BackoffClient {
-        BackoffClient {
-            base: base.trim_end_matches('/').to_owned(),
-            http,
-        }
-    }
-
-    /// Decodes a range of a block from the rest of its stripe, within
-    /// `timeout`; exactly `request.len` bytes.
-    pub async fn reconstruct(
-        &self,
-        request: &ReconstructRequest,
-        timeout: Duration,
-    ) -> Result<Reconstructed> {
-        let response = self
-            .http
-            .post(format!("{}/reconstruct", self.base))
-            .timeout(timeout)
-            .json(request)
-            .send()
-            .await?;
-        let response = checked(response).await?;
-        let failed = response
-            .headers()
-            .get(FAILED_BLOCKS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(parse_failed_blocks)
-            .unwrap_or_default();
-        let bytes = response.bytes().await?;
-        if bytes.len() as u64 != request.len {
-            return Err(ClientError::Answer(format!(
-                "{} bytes decoded for a range of {}",
-                bytes.len(),
-                request.len
-            )));
-        }
-        Ok(Reconstructed { bytes, failed })
-    }
 }
 
 /// `stripe.block` pairs separated by commas; malformed ones are skipped.

@@ -12,10 +12,12 @@
 //!
 //! - [`node`]: the storage node service (File API, Index API, tombstones,
 //!   sealing into a cell); [`backoff`]: the backoff node service;
-//!   [`client`]: their typed clients; [`api`]: the wire types.
+//!   [`client`]: their typed clients, [`reader`] the per-read hops on a
+//!   lean client; [`api`]: the wire types.
 
 pub mod api;
 pub mod backoff;
+pub mod batch;
 pub mod block;
 pub mod client;
 pub mod error;
@@ -24,6 +26,7 @@ mod http;
 pub mod index;
 pub mod journal;
 pub mod node;
+pub mod reader;
 pub mod seal;
 mod transfer;
 

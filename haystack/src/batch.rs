@@ -162,6 +162,22 @@ pub enum BatchError {
         /// Entries in the answer.
         found: u32,
     },
+    /// A request entry is of a kind this version does not know.
+    #[error("read batch entry {entry}: unknown kind {kind}")]
+    UnknownKind {
+        /// Index of the entry.
+        entry: usize,
+        /// The kind byte.
+        kind: u8,
+    },
+    /// An entry that does not fit its request or fails its own checks.
+    #[error("read batch entry {entry}: {reason}")]
+    BadEntry {
+        /// Index of the entry.
+        entry: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A request entry sets flag bits this version does not know.
     #[error("read batch entry {entry}: unknown flags {flags:#x}")]
     UnknownFlags {
@@ -204,7 +220,7 @@ pub enum BatchError {
 pub fn encode_request(entries: &[BatchRead]) -> Bytes {
     let count = u32::try_from(entries.len()).expect("a batch has far fewer than 2^32 entries");
     let mut buf = BytesMut::with_capacity(request_len(entries.len()));
-    put_header(&mut buf, REQUEST_MAGIC, count);
+    put_header(&mut buf, REQUEST_MAGIC, BATCH_FORMAT_VERSION, count);
     for e in entries {
         buf.put_u32_le(e.volume);
         buf.put_u32_le(if e.head { READ_FLAG_HEAD } else { 0 });
@@ -220,7 +236,7 @@ pub fn encode_request(entries: &[BatchRead]) -> Bytes {
 /// short bodies and trailing bytes.
 pub fn decode_request(body: &[u8]) -> Result<Vec<BatchRead>, BatchError> {
     let mut r = Reader::new(body);
-    let count = r.header(REQUEST_MAGIC)?;
+    let count = r.header(REQUEST_MAGIC, BATCH_FORMAT_VERSION)?;
     let n = count as usize;
     if n == 0 || n > MAX_BATCH_ENTRIES {
         return Err(BatchError::BadCount(count));
@@ -271,7 +287,7 @@ pub fn encode_answer_chunks(answers: &[BatchAnswer]) -> Vec<Bytes> {
     let mut chunks = Vec::new();
     // Sized up front: the fields' chunks are split off this one allocation.
     let mut buf = BytesMut::with_capacity(fields);
-    put_header(&mut buf, ANSWER_MAGIC, count);
+    put_header(&mut buf, ANSWER_MAGIC, BATCH_FORMAT_VERSION, count);
     let mut written = 0;
     for answer in answers {
         match answer {
@@ -325,7 +341,7 @@ pub fn encode_answer_chunks(answers: &[BatchAnswer]) -> Vec<Bytes> {
 /// other entries are unaffected.
 pub fn decode_answers(body: Bytes, requests: &[BatchRead]) -> Result<Vec<BatchAnswer>, BatchError> {
     let mut r = Reader::new(&body);
-    let count = r.header(ANSWER_MAGIC)?;
+    let count = r.header(ANSWER_MAGIC, BATCH_FORMAT_VERSION)?;
     if count as usize != requests.len() {
         return Err(BatchError::CountMismatch {
             expected: requests.len(),
@@ -334,12 +350,7 @@ pub fn decode_answers(body: Bytes, requests: &[BatchRead]) -> Result<Vec<BatchAn
     }
     let mut answers = Vec::with_capacity(requests.len());
     for (entry, request) in requests.iter().enumerate() {
-        let at = r.at;
-        let b = r.take(ANSWER_STATUS_SIZE)?;
-        if let Some(i) = b[1..].iter().position(|&x| x != 0) {
-            return Err(BatchError::Reserved { at: at + 1 + i });
-        }
-        let answer = match b[0] {
+        let answer = match r.status()? {
             STATUS_FOUND => decode_found(&mut r, &body, entry, request)?,
             STATUS_NOT_FOUND => BatchAnswer::NotFound,
             STATUS_UNKNOWN_VOLUME => BatchAnswer::UnknownVolume(r.message(entry)?),
@@ -407,32 +418,50 @@ fn answer_fields_len(answer: &BatchAnswer) -> usize {
             BatchAnswer::NotFound => 0,
             BatchAnswer::TooLarge { .. } => 8,
             BatchAnswer::UnknownVolume(m) | BatchAnswer::Corrupt(m) | BatchAnswer::Failed(m) => {
-                2 + cut_message(m).len()
+                text_len(m)
             }
         }
 }
 
-fn put_header(buf: &mut BytesMut, magic: [u8; 4], count: u32) {
+// The framing below (header, status, message, and the checked reader) is
+// shared with other batch formats that follow this one's layout (the warm
+// tier's storage node batch).
+
+/// Puts a batch header: `magic`, `version`, three zero bytes, `count`.
+pub fn put_header(buf: &mut BytesMut, magic: [u8; 4], version: u8, count: u32) {
     buf.put_slice(&magic);
-    buf.put_u8(BATCH_FORMAT_VERSION);
+    buf.put_u8(version);
     buf.put_bytes(0, 3);
     buf.put_u32_le(count);
 }
 
-fn put_status(buf: &mut BytesMut, status: u8) {
+/// Puts an answer entry's status byte and its three zero bytes.
+pub fn put_status(buf: &mut BytesMut, status: u8) {
     buf.put_u8(status);
     buf.put_bytes(0, 3);
 }
 
-fn put_message(buf: &mut BytesMut, status: u8, message: &str) {
-    let m = cut_message(message);
+/// Puts a status and a message (u16 length, UTF-8, cut to
+/// [`MESSAGE_LEN_MAX`]).
+pub fn put_message(buf: &mut BytesMut, status: u8, message: &str) {
     put_status(buf, status);
+    put_text(buf, message);
+}
+
+/// Puts a text as a u16 length and UTF-8, cut to [`MESSAGE_LEN_MAX`].
+pub fn put_text(buf: &mut BytesMut, text: &str) {
+    let m = cut_message(text);
     buf.put_u16_le(u16::try_from(m.len()).expect("messages are cut to 1 KiB"));
     buf.put_slice(m.as_bytes());
 }
 
+/// Encoded size of [`put_text`]'s output for `text`.
+pub fn text_len(text: &str) -> usize {
+    2 + cut_message(text).len()
+}
+
 /// `message` cut to at most [`MESSAGE_LEN_MAX`] bytes, at a character boundary.
-fn cut_message(message: &str) -> &str {
+pub fn cut_message(message: &str) -> &str {
     if message.len() <= MESSAGE_LEN_MAX {
         return message;
     }
@@ -443,18 +472,20 @@ fn cut_message(message: &str) -> &str {
     &message[..end]
 }
 
-/// A cursor over a body that checks every length before it slices.
-struct Reader<'a> {
+/// A cursor over a batch body that checks every length before it slices.
+pub struct Reader<'a> {
     body: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(body: &'a [u8]) -> Reader<'a> {
+    /// A cursor at the start of `body`.
+    pub fn new(body: &'a [u8]) -> Reader<'a> {
         Reader { body, at: 0 }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BatchError> {
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], BatchError> {
         let available = self.body.len() - self.at;
         if n > available {
             return Err(BatchError::Truncated {
@@ -469,13 +500,13 @@ impl<'a> Reader<'a> {
     }
 
     /// Checks magic, version and reserved bytes; returns the count.
-    fn header(&mut self, magic: [u8; 4]) -> Result<u32, BatchError> {
+    pub fn header(&mut self, magic: [u8; 4], version: u8) -> Result<u32, BatchError> {
         let b = self.take(BATCH_HEADER_SIZE)?;
         let found = [b[0], b[1], b[2], b[3]];
         if found != magic {
             return Err(BatchError::BadMagic { found });
         }
-        if b[H_VERSION_OFFSET] != BATCH_FORMAT_VERSION {
+        if b[H_VERSION_OFFSET] != version {
             return Err(BatchError::UnsupportedVersion(b[H_VERSION_OFFSET]));
         }
         if let Some(i) = b[H_RESERVED_OFFSET..H_COUNT_OFFSET]
@@ -489,7 +520,18 @@ impl<'a> Reader<'a> {
         Ok(u32_at(b, H_COUNT_OFFSET))
     }
 
-    fn message(&mut self, entry: usize) -> Result<String, BatchError> {
+    /// An answer entry's status byte, its reserved bytes checked.
+    pub fn status(&mut self) -> Result<u8, BatchError> {
+        let at = self.at;
+        let b = self.take(ANSWER_STATUS_SIZE)?;
+        if let Some(i) = b[1..].iter().position(|&x| x != 0) {
+            return Err(BatchError::Reserved { at: at + 1 + i });
+        }
+        Ok(b[0])
+    }
+
+    /// A message (u16 length, UTF-8) of entry `entry`.
+    pub fn message(&mut self, entry: usize) -> Result<String, BatchError> {
         let len = self.take(2)?;
         let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
         let m = self.take(len)?;
@@ -498,7 +540,8 @@ impl<'a> Reader<'a> {
             .map_err(|_| BatchError::BadMessage { entry })
     }
 
-    fn finish(&self) -> Result<(), BatchError> {
+    /// Checks that no bytes trail.
+    pub fn finish(&self) -> Result<(), BatchError> {
         match self.body.len() - self.at {
             0 => Ok(()),
             extra => Err(BatchError::TrailingBytes(extra)),

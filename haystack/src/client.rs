@@ -19,7 +19,10 @@ use serde::de::DeserializeOwned;
 mod inventory;
 mod reader;
 
-pub use reader::{BatchOptions, BatchStats, NeedleHead, NeedleReader, ReadKind, StoreAddress};
+pub use reader::{
+    BatchCodec, BatchOptions, BatchStats, Batcher, Chain, NeedleBatch, NeedleHead, NeedleReader,
+    ReadKind, StoreAddress, lean_http_client,
+};
 
 use crate::api::VolumeStatus;
 use crate::api::{

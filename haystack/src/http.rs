@@ -22,9 +22,12 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::Router;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::body::{Body, BodyDataStream};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -346,6 +349,83 @@ where
         Err(e) => {
             tracing::error!(error = %e, "blocking task failed");
             Err(ApiError::internal("blocking task failed"))
+        }
+    }
+}
+
+/// The next chunk of a request body, waiting at most `idle` for it (a
+/// `408 bad_request` after that).
+pub async fn next_body_chunk(
+    stream: &mut BodyDataStream,
+    idle: Duration,
+) -> Result<Option<Result<Bytes, axum::Error>>, ApiError> {
+    tokio::time::timeout(idle, stream.next())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                crate::api::code::BAD_REQUEST,
+                "request body stalled",
+            )
+        })
+}
+
+/// Most bytes of a refused batch body read and dropped before the refusal.
+pub const REFUSED_BODY_DRAIN_BYTES: usize = 64 * 1024;
+
+/// Reads and drops the rest of a refused body, up to [`REFUSED_BODY_DRAIN_BYTES`] and with
+/// at most `idle` between chunks: closing a socket with unread input makes the kernel reset
+/// it, and the client would see the reset instead of the `400`.
+pub async fn drain(stream: &mut axum::body::BodyDataStream, idle: Duration) {
+    let mut seen = 0;
+    while seen < REFUSED_BODY_DRAIN_BYTES {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(chunk))) => seen += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes, with at most `idle` between chunks. A longer body
+/// (by `Content-Length` or as it arrives) is a `400`: for bodies of a fixed maximum size,
+/// such as read batches.
+pub async fn collect_small_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_long = || ApiError::bad_request(format!("request body above {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
+    if let Some(declared) = declared
+        && declared > limit as u64
+    {
+        if declared <= REFUSED_BODY_DRAIN_BYTES as u64 {
+            drain(&mut stream, idle).await;
+        }
+        return Err(too_long());
+    }
+    let mut buf = BytesMut::with_capacity(limit);
+    loop {
+        match next_body_chunk(&mut stream, idle).await? {
+            None => return Ok(buf.freeze()),
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(format!(
+                    "body ended after {} bytes: {e}",
+                    buf.len()
+                )));
+            }
+            Some(Ok(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    drain(&mut stream, idle).await;
+                    return Err(too_long());
+                }
+                buf.extend_from_slice(&chunk);
+            }
         }
     }
 }

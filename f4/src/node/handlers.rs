@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::routing::{get, post, put};
+use bytes::Bytes;
 use coding::{BlockChecksums, BlockChecksumsBuilder};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -24,6 +25,7 @@ use crate::api::{
     TombstoneRequest, code,
 };
 use crate::block::{ExpectedBlock, block_file_name, read_header};
+use crate::client::KeyLookup;
 use crate::format::{BLOCK_HEADER_SIZE, BlockHeader};
 use crate::http::{ApiError, JsonBody, io};
 use crate::transfer::{TransferError, write_stream};
@@ -49,6 +51,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/health", get(haystack::http::health))
         .route("/blocks", get(list_blocks))
         .route("/blocks/read", post(read_range))
+        .route("/batch", post(super::batch::read_batch))
         .route("/volumes/{vid}/{generation}", get(describe))
         .route("/volumes/{vid}/{generation}/keys/{key}", get(lookup))
         .route("/volumes/{vid}/{generation}/tombstones", post(tombstone))
@@ -286,53 +289,77 @@ async fn read_range(
     State(state): State<NodeState>,
     JsonBody(read): JsonBody<RangeRead>,
 ) -> Result<Response, ApiError> {
-    if read.len > state.config().max_range_bytes {
-        return Err(ApiError::payload_too_large(format!(
-            "a read of {} bytes is over this node's {}",
-            read.len,
-            state.config().max_range_bytes
-        )));
-    }
-    let BlockId {
-        volume,
-        generation,
-        stripe,
-        block,
-    } = read.block;
-    let name = block_file_name(volume, generation, stripe, block);
-    let expected = ExpectedBlock {
-        volume_id: volume,
-        generation,
-        geometry: read.geometry,
-        stripe,
-        block_index: block,
-    };
-    // Inline when the block is open, the range small and in the page cache;
-    // the blocking pool otherwise.
-    let open = if read.len <= INLINE_RANGE_BYTES_MAX {
-        state
-            .inner
-            .open_blocks
-            .get_open(&state.inner.blocks_dir, &name)
-    } else {
-        None
-    };
-    let cached = match open {
-        Some(file) => file.try_read_range_cached(&expected, read.offset, read.len)?,
-        None => None,
-    };
-    let bytes = match cached {
+    let target = RangeTarget::new(&state, read)?;
+    let bytes = match target.read_inline(&state)? {
         Some(bytes) => bytes,
         None => {
             state
-                .blocking(move |inner| {
-                    let file = inner.open_blocks.get(&inner.blocks_dir, &name)?;
-                    Ok(file.read_range(&expected, read.offset, read.len)?)
-                })
+                .blocking(move |inner| target.read_blocking(inner))
                 .await?
         }
     };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// A range read, checked against this node's limit: the block file it
+/// reads and the header that file must have.
+pub(super) struct RangeTarget {
+    read: RangeRead,
+    name: String,
+    expected: ExpectedBlock,
+}
+
+impl RangeTarget {
+    pub(super) fn new(state: &NodeState, read: RangeRead) -> Result<RangeTarget, ApiError> {
+        if read.len > state.config().max_range_bytes {
+            return Err(ApiError::payload_too_large(format!(
+                "a read of {} bytes is over this node's {}",
+                read.len,
+                state.config().max_range_bytes
+            )));
+        }
+        let BlockId {
+            volume,
+            generation,
+            stripe,
+            block,
+        } = read.block;
+        Ok(RangeTarget {
+            read,
+            name: block_file_name(volume, generation, stripe, block),
+            expected: ExpectedBlock {
+                volume_id: volume,
+                generation,
+                geometry: read.geometry,
+                stripe,
+                block_index: block,
+            },
+        })
+    }
+
+    /// Bytes wanted.
+    pub(super) fn len(&self) -> u64 {
+        self.read.len
+    }
+
+    /// The range if its block is open and it is small and in the page
+    /// cache: a read on the async task. `None` otherwise.
+    pub(super) fn read_inline(&self, state: &NodeState) -> Result<Option<Bytes>, ApiError> {
+        if self.read.len > INLINE_RANGE_BYTES_MAX {
+            return Ok(None);
+        }
+        let inner = &state.inner;
+        let Some(file) = inner.open_blocks.get_open(&inner.blocks_dir, &self.name) else {
+            return Ok(None);
+        };
+        Ok(file.try_read_range_cached(&self.expected, self.read.offset, self.read.len)?)
+    }
+
+    /// The range, waiting for the disk if need be: on the blocking pool.
+    pub(super) fn read_blocking(&self, inner: &super::Inner) -> Result<Bytes, ApiError> {
+        let file = inner.open_blocks.get(&inner.blocks_dir, &self.name)?;
+        Ok(file.read_range(&self.expected, self.read.offset, self.read.len)?)
+    }
 }
 
 /// `GET /blocks`: a page of the blocks this node holds, by file name.
@@ -479,29 +506,60 @@ async fn lookup(
     let (volume, generation, key) = params_of(path)?;
     let key = parse_key(&key)
         .ok_or_else(|| ApiError::bad_request(format!("key {key:?} is not 1-16 lowercase hex")))?;
-    // Inline when the index is mapped already: a lookup is a few memory
-    // reads, cheaper than a hop to the blocking pool.
-    let found = match state.inner.held.lookup_if_open(volume, generation, key) {
-        Some(found) => Some(found?),
+    let found = match lookup_inline(&state, volume, generation, key) {
+        Some(found) => found?,
         None => {
             state
-                .blocking(move |inner| Ok(inner.held.lookup(volume, generation, key)?))
+                .blocking(move |inner| lookup_blocking(inner, volume, generation, key))
                 .await?
         }
     };
     match found {
-        None => Err(crate::http::unknown_volume(volume, generation)),
-        Some(Lookup::Live(entry)) => Ok(axum::Json(entry).into_response()),
-        Some(Lookup::Deleted) => Err(ApiError::new(
+        KeyLookup::Live(entry) => Ok(axum::Json(entry).into_response()),
+        KeyLookup::Deleted => Err(ApiError::new(
             StatusCode::GONE,
             code::DELETED,
             format!("key {} is deleted", format_key(key)),
         )),
-        Some(Lookup::Missing) => Err(ApiError::new(
+        KeyLookup::NotFound => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             code::NOT_FOUND,
             format!("key {} is not in the index", format_key(key)),
         )),
+    }
+}
+
+/// A lookup on the async task when the index is mapped already (a few
+/// memory reads, cheaper than a hop to the blocking pool); `None` if it
+/// is not.
+pub(super) fn lookup_inline(
+    state: &NodeState,
+    volume: u32,
+    generation: u64,
+    key: u64,
+) -> Option<Result<KeyLookup, ApiError>> {
+    let found = state.inner.held.lookup_if_open(volume, generation, key)?;
+    Some(found.map(key_lookup).map_err(ApiError::from))
+}
+
+/// A lookup that may open the index: on the blocking pool.
+pub(super) fn lookup_blocking(
+    inner: &super::Inner,
+    volume: u32,
+    generation: u64,
+    key: u64,
+) -> Result<KeyLookup, ApiError> {
+    match inner.held.lookup(volume, generation, key)? {
+        None => Err(crate::http::unknown_volume(volume, generation)),
+        Some(found) => Ok(key_lookup(found)),
+    }
+}
+
+fn key_lookup(found: Lookup) -> KeyLookup {
+    match found {
+        Lookup::Live(entry) => KeyLookup::Live(entry),
+        Lookup::Deleted => KeyLookup::Deleted,
+        Lookup::Missing => KeyLookup::NotFound,
     }
 }
 

@@ -23,6 +23,7 @@
 //! the largest block size, indexes by [`NodeConfig::max_index_bytes`],
 //! ranges by [`NodeConfig::max_range_bytes`]).
 
+mod batch;
 mod handlers;
 mod held;
 mod open_blocks;

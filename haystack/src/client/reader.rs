@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
@@ -24,8 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use self::batch::Batcher;
-pub use self::batch::{BatchOptions, BatchStats};
+pub use self::batch::{BatchCodec, BatchOptions, BatchStats, Batcher, NeedleBatch};
 use super::{ByteStream, ClientError, JSON_BODY_LIMIT_BYTES, POOL_IDLE_TIMEOUT_MS};
 use crate::api::CRC32_HEADER;
 use crate::batch::{BatchAnswer, BatchRead};
@@ -63,17 +62,46 @@ impl StoreAddress {
     }
 
     fn needle_uri(&self, volume: u32, key: u64, cookie: u32) -> Result<Uri, ClientError> {
-        let path = PathAndQuery::try_from(format!(
+        self.uri(&format!(
             "/volumes/{volume}/needles/{key:x}?cookie={cookie:08x}"
         ))
-        .map_err(|e| ClientError::InvalidArgument(format!("needle path: {e}")))?;
+    }
+
+    /// `path_and_query` (starting with `/`) at this node.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, ClientError> {
+        let path = PathAndQuery::try_from(path_and_query)
+            .map_err(|e| ClientError::InvalidArgument(format!("path {path_and_query:?}: {e}")))?;
         Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|e| ClientError::InvalidArgument(format!("needle uri: {e}")))
+            .map_err(|e| ClientError::InvalidArgument(format!("uri: {e}")))
     }
+}
+
+/// Hyper's pooled HTTP/1 client as the lean hops use it: no Nagle delay,
+/// `connect_timeout`, up to `max_idle_per_host` idle connections per node,
+/// dropped after [`POOL_IDLE_TIMEOUT_MS`] (before the node's own idle
+/// close, so a request never lands on a socket the node is closing).
+pub fn lean_http_client<B>(
+    connect_timeout: Duration,
+    max_idle_per_host: usize,
+) -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
+        .pool_max_idle_per_host(max_idle_per_host)
+        .build(connector)
 }
 
 /// Which answer a [`NeedleReader::read`] asks for.
@@ -92,7 +120,7 @@ pub enum ReadKind {
 pub struct NeedleReader {
     http: Client<HttpConnector, Empty<Bytes>>,
     body_idle_timeout: Duration,
-    batcher: Arc<Batcher>,
+    batcher: Arc<Batcher<NeedleBatch>>,
 }
 
 impl NeedleReader {
@@ -105,18 +133,9 @@ impl NeedleReader {
         body_idle_timeout: Duration,
         max_idle_per_host: usize,
     ) -> NeedleReader {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
-            .pool_max_idle_per_host(max_idle_per_host);
-        let batches = builder.build::<_, Full<Bytes>>(connector.clone());
+        let batches = lean_http_client(connect_timeout, max_idle_per_host);
         NeedleReader {
-            http: builder.build(connector),
+            http: lean_http_client(connect_timeout, max_idle_per_host),
             body_idle_timeout,
             batcher: Arc::new(Batcher::new(batches, BatchOptions::default())),
         }
@@ -144,7 +163,7 @@ impl NeedleReader {
         node: &StoreAddress,
         read: BatchRead,
     ) -> Result<BatchAnswer, ClientError> {
-        self.batcher.read(&node.authority, read).await
+        self.batcher.read(node, read).await
     }
 
     /// `GET` or `HEAD /volumes/{vid}/needles/{key}?cookie=C` at `node`:
@@ -326,7 +345,7 @@ impl NeedleHead {
 
 /// Displays an error with its chain of causes (hyper's own messages are
 /// terse: "client error (Connect)").
-struct Chain<'a>(&'a dyn std::error::Error);
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -39,11 +39,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 
 use super::error::ApiError;
-use super::handlers::next_body_chunk;
 use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState};
 use crate::batch::{
     BATCH_CONTENT_TYPE, BatchAnswer, BatchRead, MAX_BATCH_ENTRIES, decode_request,
@@ -53,6 +51,7 @@ use crate::error::Error;
 use crate::format::{
     CONTENT_TYPE_LEN_MAX, NEEDLE_META_BYTES_MAX, Needle, NeedleMeta, needle_size_bytes,
 };
+use crate::http::collect_small_body;
 use crate::store::Store;
 use crate::volume::Volume;
 
@@ -97,65 +96,6 @@ pub(crate) async fn read_batch(
         (header::CONTENT_LENGTH, HeaderValue::from(len)),
     ];
     Ok((headers, body).into_response())
-}
-
-/// Most bytes of a refused batch body read and dropped before the refusal.
-const REFUSED_BODY_DRAIN_BYTES: usize = 64 * 1024;
-
-/// Reads and drops the rest of a refused body, up to [`REFUSED_BODY_DRAIN_BYTES`] and with
-/// at most `idle` between chunks: closing a socket with unread input makes the kernel reset
-/// it, and the client would see the reset instead of the `400`.
-async fn drain(stream: &mut axum::body::BodyDataStream, idle: Duration) {
-    let mut seen = 0;
-    while seen < REFUSED_BODY_DRAIN_BYTES {
-        match tokio::time::timeout(idle, stream.next()).await {
-            Ok(Some(Ok(chunk))) => seen += chunk.len(),
-            _ => return,
-        }
-    }
-}
-
-/// Reads a body of at most `limit` bytes, with at most `idle` between chunks. A longer body
-/// (by `Content-Length` or as it arrives) is a `400`: a read batch has a fixed maximum size.
-async fn collect_small_body(
-    body: Body,
-    headers: &HeaderMap,
-    limit: usize,
-    idle: Duration,
-) -> Result<Bytes, ApiError> {
-    let too_long = || ApiError::bad_request(format!("read batch body above {limit} bytes"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut stream = body.into_data_stream();
-    if let Some(declared) = declared
-        && declared > limit as u64
-    {
-        if declared <= REFUSED_BODY_DRAIN_BYTES as u64 {
-            drain(&mut stream, idle).await;
-        }
-        return Err(too_long());
-    }
-    let mut buf = BytesMut::with_capacity(limit);
-    loop {
-        match next_body_chunk(&mut stream, idle).await? {
-            None => return Ok(buf.freeze()),
-            Some(Err(e)) => {
-                return Err(ApiError::bad_request(format!(
-                    "body ended after {} bytes: {e}",
-                    buf.len()
-                )));
-            }
-            Some(Ok(chunk)) => {
-                if buf.len() + chunk.len() > limit {
-                    drain(&mut stream, idle).await;
-                    return Err(too_long());
-                }
-                buf.extend_from_slice(&chunk);
-            }
-        }
-    }
 }
 
 /// Answers every read, in request order: the two passes of the module doc.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::{Body, BodyDataStream};
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::routing::{get, post, put};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use serde::Deserialize;
 use tower::util::MapFutureLayer;
 
@@ -27,8 +26,9 @@ use super::inventory;
 use super::params::{parse_needle_key, parse_vid, volume_and_key, volume_id};
 use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState, buffer_permits};
 use crate::VolumeStatus;
-use crate::api::{AppendResult, CRC32_HEADER, VolumeFile, code, parse_cookie};
+use crate::api::{AppendResult, CRC32_HEADER, VolumeFile, parse_cookie};
 use crate::format::Needle;
+use crate::http::next_body_chunk;
 use crate::store::Store;
 
 /// Content type stored for an upload that names none.
@@ -259,23 +259,6 @@ fn content_length(headers: &HeaderMap) -> Result<u64, ApiError> {
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|s| s.parse::<u64>().ok())
         .ok_or_else(|| ApiError::bad_request("Content-Length must be a decimal number"))
-}
-
-/// The next chunk of a request body, waiting at most `idle` for it (a
-/// `408 bad_request` after that).
-pub(super) async fn next_body_chunk(
-    stream: &mut BodyDataStream,
-    idle: Duration,
-) -> Result<Option<Result<Bytes, axum::Error>>, ApiError> {
-    tokio::time::timeout(idle, stream.next())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                code::BAD_REQUEST,
-                "request body stalled",
-            )
-        })
 }
 
 /// Reads exactly `expected` bytes of body, with at most `idle` between

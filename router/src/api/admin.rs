@@ -36,6 +36,14 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Ok(Err(e)) => tracing::debug!(error = %e, "volume gauges not refreshed"),
         Err(_) => tracing::debug!("volume gauges not refreshed: directory too slow"),
     }
+    for (tier, stats) in [
+        ("hot", state.reader.batch_stats()),
+        ("warm", state.warm_reader.batch_stats()),
+    ] {
+        state
+            .metrics
+            .set_read_batches(tier, stats.batches, stats.reads);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -15,6 +15,8 @@
 //! | `hayloft_replica_failures_total` | counter | `op` (`append`, `read`, `delete`) |
 //! | `hayloft_upload_retries_total` | counter | |
 //! | `hayloft_damaged_needles_total` | counter | |
+//! | `hayloft_read_batches_total` | counter | `tier` (`hot`: store nodes, `warm`: storage nodes) |
+//! | `hayloft_read_batch_reads_total` | counter | `tier` |
 
 use std::collections::HashMap;
 
@@ -34,6 +36,8 @@ const VOLUMES: &str = "hayloft_volumes";
 const REPLICA_FAILURES: &str = "hayloft_replica_failures_total";
 const UPLOAD_RETRIES: &str = "hayloft_upload_retries_total";
 const DAMAGED_NEEDLES: &str = "hayloft_damaged_needles_total";
+const READ_BATCHES: &str = "hayloft_read_batches_total";
+const READ_BATCH_READS: &str = "hayloft_read_batch_reads_total";
 
 /// Histogram buckets of request latency, in seconds (1 ms to 60 s).
 const DURATION_BUCKETS_SECONDS: &[f64] = &[
@@ -212,6 +216,19 @@ impl Metrics {
             .set(count as f64);
     }
 
+    /// Sets the read batches sent so far to one tier's nodes and the reads
+    /// they carried (counts kept by the batching client).
+    pub(crate) fn set_read_batches(&self, tier: &'static str, batches: u64, reads: u64) {
+        for (name, value) in [(READ_BATCHES, batches), (READ_BATCH_READS, reads)] {
+            self.recorder
+                .register_counter(
+                    &Key::from_parts(name, vec![Label::new("tier", tier)]),
+                    &METADATA,
+                )
+                .absolute(value);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
         self.handle.render()
@@ -241,7 +258,12 @@ mod tests {
         metrics.add_bytes_in(10);
         metrics.set_volumes("writable", 2);
         metrics.replica_failure("append");
+        metrics.set_read_batches("warm", 3, 7);
         let text = metrics.render();
+        assert!(
+            text.contains(r#"hayloft_read_batch_reads_total{tier="warm"} 7"#),
+            "{text}"
+        );
         assert!(
             text.contains(
                 r#"hayloft_requests_total{route="POST /blobs",tier="hot",status="201"} 2"#

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use f4::reader::WarmReader;
 use haystack::client::{
     BatchOptions, ClientError, NeedleReader, StoreAddress, StoreClient, StoreClientOptions,
 };
@@ -40,7 +41,8 @@ pub(crate) struct AppState {
     stream_http: reqwest::Client,
     /// The hot read hop: `GET`/`HEAD` of needles on hyper's pooled client.
     pub(crate) reader: NeedleReader,
-    /// Store node addresses as parsed for [`AppState::reader`], by address.
+    /// Node addresses as parsed for [`AppState::reader`] and
+    /// [`AppState::warm_reader`], by address.
     addresses: Mutex<HashMap<String, Result<StoreAddress, String>>>,
     read_rotation: AtomicUsize,
     /// Damaged needles reported lately (not reported again for a while).
@@ -48,6 +50,8 @@ pub(crate) struct AppState {
     /// Warm-tier storage and backoff nodes (no overall timeout: each
     /// request sets its own).
     pub(crate) warm_http: reqwest::Client,
+    /// The warm read hops (lookups, range reads, backoff decodes).
+    pub(crate) warm_reader: WarmReader,
 }
 
 /// Most parsed store addresses kept; beyond it the map is cleared.
@@ -85,6 +89,14 @@ impl AppState {
         })
         .build()
         .map_err(|e| ApiError::Internal(format!("http client: {e}")))?;
+        // Hot needle reads and warm lookups and ranges batch alike.
+        let read_batching = BatchOptions {
+            max_entries: config.read_batch_max_entries,
+            max_in_flight: config.read_batch_in_flight,
+            stall: Duration::from_millis(config.read_batch_stall_ms),
+            queue_capacity: READ_BATCH_QUEUE,
+            timeout: Duration::from_millis(config.replica_timeout_ms),
+        };
         let memory_kib = usize::try_from(config.upload_buffer_bytes.div_ceil(1024))
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -105,18 +117,17 @@ impl AppState {
                 Duration::from_millis(config.replica_timeout_ms),
                 STORE_POOL_IDLE_PER_HOST,
             )
-            .with_batching(BatchOptions {
-                max_entries: config.read_batch_max_entries,
-                max_in_flight: config.read_batch_in_flight,
-                stall: Duration::from_millis(config.read_batch_stall_ms),
-                queue_capacity: READ_BATCH_QUEUE,
-                timeout: Duration::from_millis(config.replica_timeout_ms),
-            }),
+            .with_batching(read_batching),
             addresses: Mutex::new(HashMap::new()),
             read_rotation: AtomicUsize::new(0),
             recent_reports: RecentReports::default(),
             warm_http: f4::client::http_client(config.replica_timeout_ms)
                 .map_err(|e| ApiError::Internal(format!("http client: {e}")))?,
+            warm_reader: WarmReader::new(
+                Duration::from_millis(STORE_CONNECT_TIMEOUT_MS),
+                STORE_POOL_IDLE_PER_HOST,
+                read_batching,
+            ),
             config,
         })
     }

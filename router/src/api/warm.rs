@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use f4::api::{BlockId, RangeRead, ReconstructRequest};
-use f4::client::{BackoffClient, KeyLookup, StorageClient};
+use f4::client::{KeyLookup, StorageClient};
 use f4::format::IndexEntry;
 use haystack::Needle;
 
@@ -139,9 +139,17 @@ async fn lookup(
     let mut last = String::from("no fresh journal holder is up");
     let holders = up_nodes(warm.fresh_holders(), nodes, state.next_read_rotation());
     for holder in holders {
-        let client = StorageClient::from_http(&holder.base_url(), state.warm_http.clone())
-            .with_timeout(deadline);
-        match client.lookup(vid, warm.generation, key).await {
+        let asked = async {
+            let address = state.read_address(holder).map_err(|e| e.to_string())?;
+            let lookup = state
+                .warm_reader
+                .lookup(&address, vid, warm.generation, key);
+            match tokio::time::timeout(deadline, lookup).await {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+            }
+        };
+        match asked.await {
             Ok(KeyLookup::Live(entry)) => return Ok(entry),
             Ok(KeyLookup::Deleted | KeyLookup::NotFound) => return Err(ApiError::NotFound),
             Err(e) => {
@@ -171,7 +179,6 @@ pub(crate) async fn read_data(
     let segments = layout
         .segments(entry.offset, u64::from(entry.size_bytes))
         .map_err(|e| ApiError::Internal(format!("volume {vid}: {e}")))?;
-    let deadline = Duration::from_millis(state.config.warm_read_deadline_ms);
     let single = segments.len() == 1;
     let mut out = BytesMut::new();
     let mut degraded = false;
@@ -193,31 +200,33 @@ pub(crate) async fn read_data(
             .get(segment.stripe as usize)
             .and_then(|s| s.get(segment.block))
             .ok_or_else(|| ApiError::Internal(format!("volume {vid} has no block {block:?}")))?;
-        let direct = match nodes.get(holder).filter(|n| n.is_up()) {
-            None => Err(format!("{holder} is down")),
-            Some(node) => {
-                let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone())
-                    .with_timeout(deadline);
-                match tokio::time::timeout(deadline, client.read_range(&read)).await {
-                    Ok(Ok(bytes)) => Ok(bytes),
-                    Ok(Err(e)) => {
-                        if e.answered() {
-                            report_block(state, warm, block, holder, &e.to_string()).await;
-                        }
-                        Err(e.to_string())
-                    }
-                    Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+        let damaged = warm
+            .damaged_blocks
+            .iter()
+            .any(|d| (d.stripe, d.block) == (block.stripe, block.block));
+        let bytes = if damaged {
+            // Recorded lost or corrupt: decode first (until the block is
+            // rebuilt and the record cleared); the block itself only if
+            // decoding fails (its file may be back).
+            match reconstruct(state, warm, nodes, read).await {
+                Ok(bytes) => {
+                    degraded = true;
+                    bytes
                 }
+                Err(decode) => direct_read(state, warm, nodes, holder, read)
+                    .await
+                    .map_err(|_| decode)?,
             }
-        };
-        let bytes = match direct {
-            Ok(bytes) => bytes,
-            Err(why) => {
-                tracing::info!(volume = vid, stripe = block.stripe, block = block.block,
-                    node = %holder, why = %why, "warm block read failed; asking a backoff node");
-                state.metrics.replica_failure("warm_read");
-                degraded = true;
-                reconstruct(state, warm, nodes, read).await?
+        } else {
+            match direct_read(state, warm, nodes, holder, read).await {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    tracing::info!(volume = vid, stripe = block.stripe, block = block.block,
+                        node = %holder, why = %why, "warm block read failed; asking a backoff node");
+                    state.metrics.replica_failure("warm_read");
+                    degraded = true;
+                    reconstruct(state, warm, nodes, read).await?
+                }
             }
         };
         if single {
@@ -230,6 +239,33 @@ pub(crate) async fn read_data(
         out.extend_from_slice(&bytes);
     }
     Ok((out.freeze(), degraded))
+}
+
+/// `read` from `holder`, the node of its block, within the warm read
+/// deadline; an answer that the block is damaged is reported.
+async fn direct_read(
+    state: &AppState,
+    warm: &WarmVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    holder: &str,
+    read: RangeRead,
+) -> Result<Bytes, String> {
+    let node = nodes
+        .get(holder)
+        .filter(|n| n.is_up())
+        .ok_or_else(|| format!("{holder} is down"))?;
+    let address = state.read_address(node).map_err(|e| e.to_string())?;
+    let deadline = Duration::from_millis(state.config.warm_read_deadline_ms);
+    match tokio::time::timeout(deadline, state.warm_reader.read_range(&address, &read)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            if e.is_block_damage() {
+                report_block(state, warm, read.block, holder, &e.to_string()).await;
+            }
+            Err(e.to_string())
+        }
+        Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+    }
 }
 
 /// Decodes `read` on a backoff node from the rest of its stripe.
@@ -267,8 +303,15 @@ async fn reconstruct(
     let timeout = Duration::from_millis(state.config.replica_timeout_ms);
     let mut last = String::from("no backoff node is up");
     for backoff in backoffs {
-        let client = BackoffClient::from_http(&backoff.base_url(), state.warm_http.clone());
-        match client.reconstruct(&request, timeout).await {
+        let decode = async {
+            let address = state.read_address(backoff).map_err(|e| e.to_string())?;
+            let decode = state.warm_reader.reconstruct(&address, &request);
+            match tokio::time::timeout(timeout, decode).await {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            }
+        };
+        match decode.await {
             Ok(decoded) => {
                 for (stripe, block) in decoded.failed {
                     // Only blocks of this stripe, as the record has them.

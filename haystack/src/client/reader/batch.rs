@@ -1,5 +1,7 @@
-//! Coalescing of concurrent small reads for the same store node into one
-//! `POST /needles/read-batch` (wire format in [`crate::batch`]).
+//! Coalescing of concurrent small reads for the same node into one request:
+//! the store node's `POST /needles/read-batch` (wire format in
+//! [`crate::batch`], [`NeedleBatch`]), or any other batch route described by
+//! a [`BatchCodec`] (the warm tier's storage nodes have one).
 //!
 //! Each node gets a bounded queue and a dispatcher task. The dispatcher takes
 //! the first waiting read, waits until the node has no batch in flight, then
@@ -31,20 +33,71 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::super::ClientError;
-use super::Chain;
+use super::{Chain, StoreAddress};
 use crate::batch::{self, BatchAnswer, BatchRead};
 
-/// Path of the store node's batch read route.
-const BATCH_PATH: &str = "/needles/read-batch";
+/// A batch route's wire format: how reads travel in one request and how
+/// its answer, one per read in request order, is decoded.
+pub trait BatchCodec: Send + Sync + 'static {
+    /// One read of a batch.
+    type Read: Clone + Send + Sync + 'static;
+    /// The answer to one read.
+    type Answer: Send + 'static;
+    /// Path of the node's batch route (`POST`).
+    const PATH: &'static str;
+    /// Content-Type of the request body.
+    const CONTENT_TYPE: &'static str;
+    /// Most reads in one batch.
+    const MAX_ENTRIES: usize;
+    /// The request body.
+    fn encode(reads: &[Self::Read]) -> Bytes;
+    /// The answers to `reads`, in their order, from the answer body.
+    fn decode(body: Bytes, reads: &[Self::Read]) -> Result<Vec<Self::Answer>, String>;
+    /// Largest answer body `reads` can have.
+    fn answer_limit(reads: &[Self::Read]) -> usize;
+}
+
+/// The store node's needle read batch.
+#[derive(Debug)]
+pub struct NeedleBatch;
 
 /// Room in an answer for everything but data, per entry: status, checksum,
 /// lengths and the longest content type or message.
 const ANSWER_OVERHEAD_PER_ENTRY: usize = 32 + u16::MAX as usize;
 
-/// Limits of read batching, per store node.
+impl BatchCodec for NeedleBatch {
+    type Read = BatchRead;
+    type Answer = BatchAnswer;
+    const PATH: &'static str = "/needles/read-batch";
+    const CONTENT_TYPE: &'static str = batch::BATCH_CONTENT_TYPE;
+    const MAX_ENTRIES: usize = batch::MAX_BATCH_ENTRIES;
+
+    fn encode(reads: &[BatchRead]) -> Bytes {
+        batch::encode_request(reads)
+    }
+
+    fn decode(body: Bytes, reads: &[BatchRead]) -> Result<Vec<BatchAnswer>, String> {
+        batch::decode_answers(body, reads).map_err(|e| e.to_string())
+    }
+
+    fn answer_limit(reads: &[BatchRead]) -> usize {
+        reads.iter().fold(64, |limit, read| {
+            let data = if read.head {
+                0
+            } else {
+                read.max_data_bytes as usize
+            };
+            limit
+                .saturating_add(ANSWER_OVERHEAD_PER_ENTRY)
+                .saturating_add(data)
+        })
+    }
+}
+
+/// Limits of read batching, per node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchOptions {
-    /// Most reads in one batch (at most [`batch::MAX_BATCH_ENTRIES`]).
+    /// Most reads in one batch (at most the codec's [`BatchCodec::MAX_ENTRIES`]).
     pub max_entries: usize,
     /// Batches in flight to one node at once (see [`BatchOptions::stall`]);
     /// reads arriving meanwhile wait for the next batch.
@@ -86,22 +139,23 @@ struct Counters {
 }
 
 /// A read waiting for its batch, and where its answer goes.
-struct Pending {
-    read: BatchRead,
-    reply: oneshot::Sender<Result<BatchAnswer, ClientError>>,
+struct Pending<C: BatchCodec> {
+    read: C::Read,
+    reply: oneshot::Sender<Result<C::Answer, ClientError>>,
 }
 
-/// The per-node queues of a [`super::NeedleReader`]. Dispatcher tasks hold
-/// only their queue's receiving end: dropping the batcher closes every
-/// queue, and each dispatcher ends once its queue is drained.
-pub(super) struct Batcher {
+/// Per-node queues of reads for one batch route (a [`super::NeedleReader`]
+/// has one). Dispatcher tasks hold only their queue's receiving end:
+/// dropping the batcher closes every queue, and each dispatcher ends once
+/// its queue is drained.
+pub struct Batcher<C: BatchCodec> {
     http: Client<HttpConnector, Full<Bytes>>,
     options: BatchOptions,
-    queues: Mutex<HashMap<Authority, mpsc::Sender<Pending>>>,
+    queues: Mutex<HashMap<Authority, mpsc::Sender<Pending<C>>>>,
     counters: Arc<Counters>,
 }
 
-impl std::fmt::Debug for Batcher {
+impl<C: BatchCodec> std::fmt::Debug for Batcher<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher")
             .field("options", &self.options)
@@ -110,10 +164,11 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
-impl Batcher {
-    pub(super) fn new(http: Client<HttpConnector, Full<Bytes>>, options: BatchOptions) -> Batcher {
+impl<C: BatchCodec> Batcher<C> {
+    /// A batcher sending its batches over `http` within `options`.
+    pub fn new(http: Client<HttpConnector, Full<Bytes>>, options: BatchOptions) -> Batcher<C> {
         let options = BatchOptions {
-            max_entries: options.max_entries.clamp(1, batch::MAX_BATCH_ENTRIES),
+            max_entries: options.max_entries.clamp(1, C::MAX_ENTRIES),
             max_in_flight: options.max_in_flight.max(1),
             stall: options.stall,
             queue_capacity: options.queue_capacity.max(1),
@@ -127,7 +182,8 @@ impl Batcher {
         }
     }
 
-    pub(super) fn stats(&self) -> BatchStats {
+    /// What this batcher's batches carried so far.
+    pub fn stats(&self) -> BatchStats {
         BatchStats {
             batches: self.counters.batches.load(Ordering::Relaxed),
             reads: self.counters.reads.load(Ordering::Relaxed),
@@ -141,11 +197,8 @@ impl Batcher {
     /// Queues `read` for `node`'s next batch and waits for its answer. The
     /// caller bounds the wait; a reader that gives up before its batch
     /// leaves is dropped from it.
-    pub(super) async fn read(
-        &self,
-        node: &Authority,
-        read: BatchRead,
-    ) -> Result<BatchAnswer, ClientError> {
+    pub async fn read(&self, node: &StoreAddress, read: C::Read) -> Result<C::Answer, ClientError> {
+        let node = &node.authority;
         let (reply, answer) = oneshot::channel();
         let mut pending = Pending { read, reply };
         // A queue whose dispatcher is gone (its runtime shut down) is
@@ -170,7 +223,7 @@ impl Batcher {
     }
 
     /// `node`'s queue, with its dispatcher started on first use.
-    fn queue(&self, node: &Authority) -> mpsc::Sender<Pending> {
+    fn queue(&self, node: &Authority) -> mpsc::Sender<Pending<C>> {
         let mut queues = self.queues.lock();
         if let Some(sender) = queues.get(node)
             && !sender.is_closed()
@@ -178,7 +231,7 @@ impl Batcher {
             return sender.clone();
         }
         let (sender, receiver) = mpsc::channel(self.options.queue_capacity);
-        let uri = batch_uri(node);
+        let uri = batch_uri(node, C::PATH);
         tokio::spawn(dispatch(
             self.http.clone(),
             uri,
@@ -191,21 +244,21 @@ impl Batcher {
     }
 }
 
-fn batch_uri(node: &Authority) -> Uri {
+fn batch_uri(node: &Authority, path: &'static str) -> Uri {
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(node.clone())
-        .path_and_query(PathAndQuery::from_static(BATCH_PATH))
+        .path_and_query(PathAndQuery::from_static(path))
         .build()
         .expect("an authority and a static path form a URI")
 }
 
 /// Forms batches from `queue` and sends each from a task of its own, at most
 /// `max_in_flight` at once.
-async fn dispatch(
+async fn dispatch<C: BatchCodec>(
     http: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
-    mut queue: mpsc::Receiver<Pending>,
+    mut queue: mpsc::Receiver<Pending<C>>,
     options: BatchOptions,
     stats: Arc<Counters>,
 ) {
@@ -293,15 +346,15 @@ impl BatchFailure {
 
 /// Sends one batch and hands every read its answer; the slot is freed when
 /// the exchange is over.
-async fn send_batch(
+async fn send_batch<C: BatchCodec>(
     http: Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
-    pending: Vec<Pending>,
+    pending: Vec<Pending<C>>,
     _slot: Slot,
     timeout: Duration,
 ) {
-    let reads: Vec<BatchRead> = pending.iter().map(|p| p.read).collect();
-    let result = tokio::time::timeout(timeout, exchange(&http, uri, &reads))
+    let reads: Vec<C::Read> = pending.iter().map(|p| p.read.clone()).collect();
+    let result = tokio::time::timeout(timeout, exchange::<C>(&http, uri, &reads))
         .await
         .unwrap_or_else(|_| {
             Err(BatchFailure::Connection {
@@ -323,17 +376,17 @@ async fn send_batch(
     }
 }
 
-/// One `POST /needles/read-batch`: the answers, in the order of `reads`.
-async fn exchange(
+/// One batch request: the answers, in the order of `reads`.
+async fn exchange<C: BatchCodec>(
     http: &Client<HttpConnector, Full<Bytes>>,
     uri: Uri,
-    reads: &[BatchRead],
-) -> Result<Vec<BatchAnswer>, BatchFailure> {
-    let body = batch::encode_request(reads);
+    reads: &[C::Read],
+) -> Result<Vec<C::Answer>, BatchFailure> {
+    let body = C::encode(reads);
     let request = Request::builder()
         .method(Method::POST)
         .uri(uri)
-        .header(header::CONTENT_TYPE, batch::BATCH_CONTENT_TYPE)
+        .header(header::CONTENT_TYPE, C::CONTENT_TYPE)
         .header(header::CONTENT_LENGTH, body.len())
         .body(Full::new(body))
         .map_err(|e| BatchFailure::Invalid(format!("read batch request: {e}")))?;
@@ -345,7 +398,7 @@ async fn exchange(
             timeout: false,
         })?;
     let status = response.status();
-    let body = Limited::new(response.into_body(), answer_limit(reads))
+    let body = Limited::new(response.into_body(), C::answer_limit(reads))
         .collect()
         .await
         .map_err(|e| BatchFailure::Connection {
@@ -356,19 +409,5 @@ async fn exchange(
     if !status.is_success() {
         return Err(BatchFailure::Status { status, body });
     }
-    batch::decode_answers(body, reads).map_err(|e| BatchFailure::Invalid(e.to_string()))
-}
-
-/// Largest answer `reads` can have.
-fn answer_limit(reads: &[BatchRead]) -> usize {
-    reads.iter().fold(64, |limit, read| {
-        let data = if read.head {
-            0
-        } else {
-            read.max_data_bytes as usize
-        };
-        limit
-            .saturating_add(ANSWER_OVERHEAD_PER_ENTRY)
-            .saturating_add(data)
-    })
+    C::decode(body, reads).map_err(BatchFailure::Invalid)
 }
