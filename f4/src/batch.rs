@@ -39,7 +39,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use haystack::batch::{
-    BatchError, MAX_BATCH_ENTRIES, Reader, put_header, put_status, put_text, text_len,
+    ANSWER_STATUS_SIZE, BATCH_HEADER_SIZE, BatchError, MAX_BATCH_ENTRIES, Reader, put_header,
+    put_status, put_text, text_len,
 };
 use haystack::format::{u32_at, u64_at};
 
@@ -55,10 +56,15 @@ pub const BATCH_FORMAT_VERSION: u8 = 1;
 pub const REQUEST_MAGIC: [u8; 4] = *b"F4RB";
 /// Magic of an answer body.
 pub const ANSWER_MAGIC: [u8; 4] = *b"F4RA";
-/// Size of a request's header.
-const HEADER_SIZE: usize = 12;
 /// Size of one request entry.
 pub const REQUEST_ENTRY_SIZE: usize = 64;
+/// Most range bytes one batch answer carries; entries past it answer
+/// `413 payload_too_large`.
+pub const BATCH_DATA_BYTES_MAX: u64 = 16 << 20;
+/// A range whose answer body is larger than this and more than four times
+/// the range is copied out of it, so that one small range held by a slow
+/// client does not hold a whole batch's bytes.
+const SHARED_BODY_BYTES_MAX: usize = 1 << 20;
 
 const KIND_LOOKUP: u8 = 1;
 const KIND_RANGE: u8 = 2;
@@ -69,14 +75,12 @@ const STATUS_NOT_FOUND: u8 = 2;
 const STATUS_DELETED: u8 = 3;
 const STATUS_ERROR: u8 = 4;
 
-/// Status byte and three reserved bytes.
-const STATUS_SIZE: usize = 4;
 /// Longest error code an answer carries.
 const CODE_LEN_MAX: usize = 64;
 
 /// Size of an encoded request with `n` entries.
 pub fn request_len(n: usize) -> usize {
-    HEADER_SIZE + n * REQUEST_ENTRY_SIZE
+    BATCH_HEADER_SIZE + n * REQUEST_ENTRY_SIZE
 }
 
 /// One read of a batch.
@@ -162,7 +166,7 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<BatchRead>, BatchError> {
     }
     let mut reads = Vec::with_capacity(n);
     for entry in 0..n {
-        let at = HEADER_SIZE + entry * REQUEST_ENTRY_SIZE;
+        let at = BATCH_HEADER_SIZE + entry * REQUEST_ENTRY_SIZE;
         let b = r.take(REQUEST_ENTRY_SIZE)?;
         let zero =
             |range: std::ops::Range<usize>| match b[range.clone()].iter().position(|&x| x != 0) {
@@ -213,7 +217,7 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<BatchRead>, BatchError> {
 /// as a chunk of its own, not copied. No chunk is empty.
 pub fn encode_answer_chunks(answers: &[BatchAnswer]) -> Vec<Bytes> {
     let count = u32::try_from(answers.len()).expect("a batch has far fewer than 2^32 entries");
-    let fields = HEADER_SIZE + answers.iter().map(fields_len).sum::<usize>();
+    let fields = BATCH_HEADER_SIZE + answers.iter().map(fields_len).sum::<usize>();
     let mut buf = BytesMut::with_capacity(fields);
     put_header(&mut buf, ANSWER_MAGIC, BATCH_FORMAT_VERSION, count);
     let mut chunks = Vec::new();
@@ -253,16 +257,10 @@ pub fn encode_answer_chunks(answers: &[BatchAnswer]) -> Vec<Bytes> {
 
 /// Decodes the answer to `reads` (same count and order): lookups answer
 /// live, not_found, deleted or error; ranges data of exactly their length
-/// (a zero-copy slice of `body`) or error.
+/// (a zero-copy slice of `body`, unless the body is far larger) or error.
 pub fn decode_answers(body: Bytes, reads: &[BatchRead]) -> Result<Vec<BatchAnswer>, BatchError> {
     let mut r = Reader::new(&body);
-    let count = r.header(ANSWER_MAGIC, BATCH_FORMAT_VERSION)?;
-    if count as usize != reads.len() {
-        return Err(BatchError::CountMismatch {
-            expected: reads.len(),
-            found: count,
-        });
-    }
+    r.answer_header(ANSWER_MAGIC, BATCH_FORMAT_VERSION, reads.len())?;
     let mut answers = Vec::with_capacity(reads.len());
     for (entry, read) in reads.iter().enumerate() {
         let status = r.status()?;
@@ -296,7 +294,11 @@ pub fn decode_answers(body: Bytes, reads: &[BatchRead]) -> Result<Vec<BatchAnswe
                     });
                 }
                 let data = r.take(usize::try_from(len).unwrap_or(usize::MAX))?;
-                BatchAnswer::Data(body.slice_ref(data))
+                if body.len() > SHARED_BODY_BYTES_MAX && body.len() / 4 > data.len() {
+                    BatchAnswer::Data(Bytes::copy_from_slice(data))
+                } else {
+                    BatchAnswer::Data(body.slice_ref(data))
+                }
             }
             (STATUS_LIVE | STATUS_NOT_FOUND | STATUS_DELETED | STATUS_DATA, _) => {
                 return Err(BatchError::BadEntry {
@@ -314,7 +316,7 @@ pub fn decode_answers(body: Bytes, reads: &[BatchRead]) -> Result<Vec<BatchAnswe
 
 /// Encoded size of one answer entry, its data aside.
 fn fields_len(answer: &BatchAnswer) -> usize {
-    STATUS_SIZE
+    ANSWER_STATUS_SIZE
         + match answer {
             BatchAnswer::Lookup(KeyLookup::Live(_)) => INDEX_ENTRY_SIZE,
             BatchAnswer::Lookup(_) => 0,
@@ -325,9 +327,9 @@ fn fields_len(answer: &BatchAnswer) -> usize {
         }
 }
 
-/// An error code cut to [`CODE_LEN_MAX`] bytes (codes are ASCII).
+/// An error code cut to [`CODE_LEN_MAX`] bytes.
 fn cut_code(code: &str) -> &str {
-    haystack::batch::cut_message(&code[..code.len().min(CODE_LEN_MAX)])
+    haystack::batch::cut_text(code, CODE_LEN_MAX)
 }
 
 #[cfg(test)]
@@ -399,6 +401,39 @@ mod tests {
     }
 
     #[test]
+    fn long_codes_are_cut_at_a_character_and_small_ranges_leave_big_bodies() {
+        let code = "é".repeat(100);
+        let answers = vec![
+            BatchAnswer::Error {
+                status: 500,
+                code: code.clone(),
+                message: "m".into(),
+            },
+            BatchAnswer::Data(Bytes::from_static(b"small")),
+            BatchAnswer::Data(Bytes::from(vec![7u8; 2 << 20])),
+        ];
+        let reads = vec![
+            lookup(1),
+            BatchRead::Range(range(5)),
+            BatchRead::Range(range(2 << 20)),
+        ];
+        let body: Bytes = encode_answer_chunks(&answers).concat().into();
+        let decoded = decode_answers(body.clone(), &reads).unwrap();
+        let BatchAnswer::Error { code: cut, .. } = &decoded[0] else {
+            panic!("{:?}", decoded[0]);
+        };
+        assert!(cut.len() <= CODE_LEN_MAX && code.starts_with(cut.as_str()));
+        // The small range is a copy, not a view that would hold the body.
+        let BatchAnswer::Data(small) = &decoded[1] else {
+            panic!("not data");
+        };
+        assert_eq!(&small[..], b"small");
+        let inside = body.as_ptr_range();
+        assert!(!inside.contains(&small.as_ptr()));
+        assert_eq!(decoded[2], answers[2]);
+    }
+
+    #[test]
     fn hostile_requests_are_refused() {
         let reads = vec![lookup(1), BatchRead::Range(range(5))];
         let good = encode_request(&reads).to_vec();
@@ -415,13 +450,13 @@ mod tests {
         ));
         // Unknown kind, and unused bytes of a lookup.
         let mut bad = good.clone();
-        bad[HEADER_SIZE] = 9;
+        bad[BATCH_HEADER_SIZE] = 9;
         assert!(matches!(
             decode_request(&bad),
             Err(BatchError::UnknownKind { entry: 0, kind: 9 })
         ));
         let mut bad = good.clone();
-        bad[HEADER_SIZE + 40] = 1;
+        bad[BATCH_HEADER_SIZE + 40] = 1;
         assert!(matches!(
             decode_request(&bad),
             Err(BatchError::Reserved { .. })
@@ -486,7 +521,7 @@ mod tests {
                 size_bytes: 64,
             }))])
             .concat();
-        live[HEADER_SIZE + STATUS_SIZE + 9] ^= 1;
+        live[BATCH_HEADER_SIZE + ANSWER_STATUS_SIZE + 9] ^= 1;
         assert!(decode_answers(live.into(), &lookups).is_err());
     }
 }

@@ -32,9 +32,11 @@ use crate::format::INDEX_ENTRY_SIZE;
 /// Largest error or JSON answer read into memory.
 const SMALL_BODY_LIMIT_BYTES: usize = 64 * 1024;
 
-/// Ranges up to this size are read in batches: with those of 64 KiB BLOBs
-/// and their frames, a batch answer stays within a few MiB.
+/// Ranges up to this size are read in batches (those of 64 KiB BLOBs and
+/// their frames among them); 64 of them fit one batch answer.
 pub const BATCHED_RANGE_BYTES_MAX: u64 = 256 * 1024;
+const _: () =
+    assert!(BATCHED_RANGE_BYTES_MAX * MAX_BATCH_ENTRIES as u64 <= batch::BATCH_DATA_BYTES_MAX);
 
 /// The storage node's read batch, for [`Batcher`].
 #[derive(Debug)]
@@ -158,8 +160,7 @@ impl WarmReader {
                 message,
             }),
             Ok(answer) => Ok(answer),
-            Err(e) if e.is_transport() => Err(ClientError::Transport(e.to_string())),
-            Err(e) => Err(ClientError::Answer(e.to_string())),
+            Err(e) => Err(batch_failure(e)),
         }
     }
 
@@ -230,6 +231,32 @@ impl WarmReader {
             return Err(error_from_body(status.as_u16(), &bytes));
         }
         Ok((parts.headers.remove(FAILED_BLOCKS_HEADER), bytes))
+    }
+}
+
+/// A whole batch that failed, as the error of each of its reads: the node's
+/// status and code where it answered one.
+fn batch_failure(error: haystack::client::ClientError) -> ClientError {
+    use haystack::client::ClientError as Hot;
+    match error {
+        Hot::Status {
+            status,
+            code,
+            message,
+        } => ClientError::Status {
+            status,
+            code,
+            message,
+        },
+        e if e.is_transport() => ClientError::Transport(e.to_string()),
+        e => match e.status() {
+            Some(status) => ClientError::Status {
+                status,
+                code: String::new(),
+                message: e.to_string(),
+            },
+            None => ClientError::Answer(e.to_string()),
+        },
     }
 }
 

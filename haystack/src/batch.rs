@@ -58,8 +58,8 @@ const RE_KEY_OFFSET: usize = RE_FLAGS_OFFSET + 4;
 const RE_COOKIE_OFFSET: usize = RE_KEY_OFFSET + 8;
 const RE_MAX_DATA_OFFSET: usize = RE_COOKIE_OFFSET + 4;
 const _: () = assert!(RE_MAX_DATA_OFFSET + 4 == REQUEST_ENTRY_SIZE);
-/// Status byte and three reserved bytes.
-const ANSWER_STATUS_SIZE: usize = 4;
+/// Status byte and three reserved bytes of an answer entry.
+pub const ANSWER_STATUS_SIZE: usize = 4;
 /// crc32, len, content_type_len.
 const FOUND_FIXED_SIZE: usize = 4 + 8 + 2;
 
@@ -341,13 +341,7 @@ pub fn encode_answer_chunks(answers: &[BatchAnswer]) -> Vec<Bytes> {
 /// other entries are unaffected.
 pub fn decode_answers(body: Bytes, requests: &[BatchRead]) -> Result<Vec<BatchAnswer>, BatchError> {
     let mut r = Reader::new(&body);
-    let count = r.header(ANSWER_MAGIC, BATCH_FORMAT_VERSION)?;
-    if count as usize != requests.len() {
-        return Err(BatchError::CountMismatch {
-            expected: requests.len(),
-            found: count,
-        });
-    }
+    r.answer_header(ANSWER_MAGIC, BATCH_FORMAT_VERSION, requests.len())?;
     let mut answers = Vec::with_capacity(requests.len());
     for (entry, request) in requests.iter().enumerate() {
         let answer = match r.status()? {
@@ -462,14 +456,19 @@ pub fn text_len(text: &str) -> usize {
 
 /// `message` cut to at most [`MESSAGE_LEN_MAX`] bytes, at a character boundary.
 pub fn cut_message(message: &str) -> &str {
-    if message.len() <= MESSAGE_LEN_MAX {
-        return message;
+    cut_text(message, MESSAGE_LEN_MAX)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn cut_text(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
     }
-    let mut end = MESSAGE_LEN_MAX;
-    while !message.is_char_boundary(end) {
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &message[..end]
+    &text[..end]
 }
 
 /// A cursor over a batch body that checks every length before it slices.
@@ -518,6 +517,24 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(u32_at(b, H_COUNT_OFFSET))
+    }
+
+    /// Checks an answer's header: magic, version, reserved bytes, and a
+    /// count of `expected` entries (its request's).
+    pub fn answer_header(
+        &mut self,
+        magic: [u8; 4],
+        version: u8,
+        expected: usize,
+    ) -> Result<(), BatchError> {
+        let count = self.header(magic, version)?;
+        if count as usize != expected {
+            return Err(BatchError::CountMismatch {
+                expected,
+                found: count,
+            });
+        }
+        Ok(())
     }
 
     /// An answer entry's status byte, its reserved bytes checked.

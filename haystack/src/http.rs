@@ -429,3 +429,19 @@ pub async fn collect_small_body(
         }
     }
 }
+
+/// A `200` whose body is `chunks` in order (buffers sent as they are, not
+/// copied together), with their total as its `Content-Length`: a streamed
+/// body has no known length, and with the header hyper sends it plainly
+/// rather than chunked.
+pub fn chunks_answer(content_type: &'static str, chunks: Vec<Bytes>) -> Response {
+    let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let body = Body::from_stream(futures::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ));
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CONTENT_LENGTH, HeaderValue::from(len)),
+    ];
+    (headers, body).into_response()
+}

@@ -16,21 +16,19 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 
 use super::NodeState;
 use super::handlers::{RangeTarget, lookup_blocking, lookup_inline};
 use crate::batch::{
-    BATCH_CONTENT_TYPE, BatchAnswer, BatchRead, decode_request, encode_answer_chunks, request_len,
+    BATCH_CONTENT_TYPE, BATCH_DATA_BYTES_MAX, BatchAnswer, BatchRead, decode_request,
+    encode_answer_chunks, request_len,
 };
 use crate::client::KeyLookup;
 use crate::http::ApiError;
 use haystack::batch::MAX_BATCH_ENTRIES;
-use haystack::http::collect_small_body;
-
-/// Most range bytes one batch answer carries.
-pub(crate) const BATCH_DATA_BYTES_MAX: u64 = 16 << 20;
+use haystack::http::{chunks_answer, collect_small_body};
 
 /// Most range bytes the first pass reads on the async task.
 const INLINE_BATCH_BYTES_MAX: u64 = 1 << 20;
@@ -68,20 +66,7 @@ pub(super) async fn read_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let chunks = encode_answer_chunks(&answers);
     drop(answers);
-    let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-    let body = Body::from_stream(futures::stream::iter(
-        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
-    ));
-    // With the length given, hyper sends the stream with this
-    // `Content-Length` rather than chunked.
-    let headers = [
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(BATCH_CONTENT_TYPE),
-        ),
-        (header::CONTENT_LENGTH, HeaderValue::from(len)),
-    ];
-    Ok((headers, body).into_response())
+    Ok(chunks_answer(BATCH_CONTENT_TYPE, chunks))
 }
 
 /// Answers what can be answered without blocking; returns the rest.

@@ -35,8 +35,8 @@ pub const PARITY_BLOCKS: u8 = 4;
 pub const JOURNAL_HOLDERS: usize = PARITY_BLOCKS as usize + 1;
 /// Checksum chunk of every block. A range read reads and verifies every
 /// chunk it touches: with 64 KiB chunks (the coding crate's default) a
-/// 64 KiB BLOB's range read 128 KiB; with 16 KiB, 80 KiB, for checksums of
-/// 4 bytes per 16 KiB (0.025% of the block).
+/// 64 KiB BLOB's range read 128–192 KiB; with 16 KiB, 80–96 KiB, for
+/// checksums of 4 bytes per 16 KiB (0.025% of the block).
 pub const CHUNK_SIZE_BYTES: u32 = 16 * 1024;
 /// Blocks sent at once while distributing.
 const SEND_CONCURRENCY: usize = 4;

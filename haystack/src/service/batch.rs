@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use bytes::Bytes;
 
 use super::error::ApiError;
@@ -51,7 +51,7 @@ use crate::error::Error;
 use crate::format::{
     CONTENT_TYPE_LEN_MAX, NEEDLE_META_BYTES_MAX, Needle, NeedleMeta, needle_size_bytes,
 };
-use crate::http::collect_small_body;
+use crate::http::{chunks_answer, collect_small_body};
 use crate::store::Store;
 use crate::volume::Volume;
 
@@ -82,20 +82,7 @@ pub(crate) async fn read_batch(
     // and runs on the async task.
     let chunks = encode_answer_chunks(&answers);
     drop(answers);
-    let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-    let body = Body::from_stream(futures::stream::iter(
-        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
-    ));
-    // A streamed body has no known length: with the header, hyper sends it with this
-    // `Content-Length` rather than chunked.
-    let headers = [
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(BATCH_CONTENT_TYPE),
-        ),
-        (header::CONTENT_LENGTH, HeaderValue::from(len)),
-    ];
-    Ok((headers, body).into_response())
+    Ok(chunks_answer(BATCH_CONTENT_TYPE, chunks))
 }
 
 /// Answers every read, in request order: the two passes of the module doc.

@@ -60,17 +60,18 @@ pub struct RouterConfig {
     /// included) before dropping them.
     #[serde(default)]
     pub server: ServerLimits,
-    /// Most reads sent to a store node in one batch (1 to 64). Concurrent
-    /// small reads for the same node share one request.
+    /// Most reads sent to a store node or an f4 storage node in one batch
+    /// (1 to 64). Concurrent small reads (needles; warm lookups and ranges)
+    /// for the same node share one request.
     #[serde(default = "default_read_batch_max_entries")]
     pub read_batch_max_entries: usize,
-    /// Read batches in flight to one store node at once. Reads wait for
+    /// Read batches in flight to one node at once. Reads wait for
     /// the node's batch in flight and leave together in the next one; only
     /// when that takes longer than `read_batch_stall_ms` (a disk-bound node)
     /// does another batch leave beside it, up to this many.
     #[serde(default = "default_read_batch_in_flight")]
     pub read_batch_in_flight: usize,
-    /// How long reads wait for a store node's batch in flight before the
+    /// How long reads wait for a node's batch in flight before the
     /// next batch leaves beside it, in ms.
     #[serde(default = "default_read_batch_stall_ms")]
     pub read_batch_stall_ms: u64,

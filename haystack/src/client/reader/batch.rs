@@ -61,6 +61,10 @@ pub trait BatchCodec: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct NeedleBatch;
 
+/// Most nodes a batcher keeps a queue and a dispatcher for; past it the
+/// map starts over.
+const MAX_NODES: usize = 4096;
+
 /// Room in an answer for everything but data, per entry: status, checksum,
 /// lengths and the longest content type or message.
 const ANSWER_OVERHEAD_PER_ENTRY: usize = 32 + u16::MAX as usize;
@@ -229,6 +233,11 @@ impl<C: BatchCodec> Batcher<C> {
             && !sender.is_closed()
         {
             return sender.clone();
+        }
+        if queues.len() >= MAX_NODES {
+            // Bounded whatever the addresses asked for: a dropped sender
+            // ends its dispatcher once the reads queued there are sent.
+            queues.clear();
         }
         let (sender, receiver) = mpsc::channel(self.options.queue_capacity);
         let uri = batch_uri(node, C::PATH);
