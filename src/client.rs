@@ -183,6 +183,70 @@ impl RouterClient {
         Ok(())
     }
 
+    /// `POST /admin/migrate`: one migration pass now (or `volume` forced);
+    /// waits for its jobs and prints what each did.
+    pub async fn migrate(&self, volume: Option<u32>, json: bool) -> anyhow::Result<()> {
+        let mut url = format!("{}/admin/migrate", self.base);
+        if let Some(volume) = volume {
+            url.push_str(&format!("?volume={volume}"));
+        }
+        let response = self.http.post(url).send().await.context("migrating")?;
+        let answer: serde_json::Value = checked(response).await?.json().await?;
+        if json {
+            println!("{answer}");
+            return Ok(());
+        }
+        let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
+        for job in &jobs {
+            match job["error"].as_str() {
+                None => println!(
+                    "volume {} is warm: {} needles, {} hot replicas retired, {:.1} s",
+                    field(job, "volume"),
+                    field(job, "needles"),
+                    field(job, "retired_replicas"),
+                    job["seconds"].as_f64().unwrap_or(0.0),
+                ),
+                Some(error) => println!("volume {} failed: {error}", field(job, "volume")),
+            }
+        }
+        let elsewhere = answer["claimed_elsewhere"].as_array().map_or(0, Vec::len);
+        println!(
+            "{} migrated or tried, {} being migrated elsewhere, {} locked but too young",
+            jobs.len(),
+            elsewhere,
+            field(&answer, "too_young"),
+        );
+        if jobs.iter().any(|job| !job["error"].is_null()) {
+            anyhow::bail!("a migration failed");
+        }
+        Ok(())
+    }
+
+    /// `GET /admin/migrations`: every migration job with its step.
+    pub async fn migrations(&self, json: bool) -> anyhow::Result<()> {
+        let answer = self.get_json("/admin/migrations").await?;
+        if json {
+            println!("{answer}");
+            return Ok(());
+        }
+        let jobs = answer.as_array().cloned().unwrap_or_default();
+        println!(
+            "{:>8}  {:<10} {:>8}  {:<12} error",
+            "volume", "step", "attempts", "owner"
+        );
+        for job in &jobs {
+            println!(
+                "{:>8}  {:<10} {:>8}  {:<12} {}",
+                field(job, "volume"),
+                job["step"].as_str().unwrap_or("?"),
+                field(job, "attempts"),
+                job["owner"].as_str().unwrap_or(""),
+                job["last_error"].as_str().unwrap_or(""),
+            );
+        }
+        Ok(())
+    }
+
     async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let response = self
             .http

@@ -46,9 +46,16 @@ pub struct Config {
     /// stripe (each volume then records how many lost racks it tolerates).
     #[serde(default)]
     pub allow_fewer_racks: bool,
-    /// Age after which a locked volume moves to the warm tier (later issues).
+    /// Age after which a locked volume moves to the warm tier.
     #[serde(default = "default_warm_after_ms")]
     pub warm_after_ms: u64,
+    /// Migrations a migrator (or a router's `POST /admin/migrate`) runs at
+    /// once.
+    #[serde(default = "default_max_migrations")]
+    pub max_migrations: usize,
+    /// Pause between two passes of the migrator.
+    #[serde(default = "default_migrate_interval_ms")]
+    pub migrate_interval_ms: u64,
     /// How often a store node tells the directory it is alive.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
@@ -80,6 +87,34 @@ pub struct Config {
     /// data directory are not used).
     #[serde(default = "default_backoff_section")]
     pub backoff: StoreSection,
+    /// The migrator (for `hayloft serve --role migrator`).
+    #[serde(default)]
+    pub migrator: MigratorSection,
+}
+
+/// Identity and address of a migrator, and how it finds the directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigratorSection {
+    /// The name it claims migration jobs under (two migrators need two).
+    #[serde(default = "default_migrator_id")]
+    pub id: String,
+    /// Socket address of its `/health`.
+    #[serde(default = "default_migrator_listen")]
+    pub listen: String,
+    /// Base URL of the directory, e.g. `http://10.0.0.1:9300`.
+    #[serde(default)]
+    pub directory_url: Option<String>,
+}
+
+impl Default for MigratorSection {
+    fn default() -> Self {
+        MigratorSection {
+            id: default_migrator_id(),
+            listen: default_migrator_listen(),
+            directory_url: None,
+        }
+    }
 }
 
 /// Where the router listens and how it finds the directory.
@@ -172,7 +207,19 @@ fn default_backoff_section() -> StoreSection {
     section_for(crate::roles::Role::Backoff)
 }
 fn default_warm_after_ms() -> u64 {
-    7 * 24 * 3600 * 1000
+    router::api::config::default_warm_after_ms()
+}
+fn default_max_migrations() -> usize {
+    router::api::config::default_max_migrations()
+}
+fn default_migrate_interval_ms() -> u64 {
+    router::api::config::default_migrate_interval_ms()
+}
+fn default_migrator_id() -> String {
+    "migrator".to_owned()
+}
+fn default_migrator_listen() -> String {
+    "127.0.0.1:9700".to_owned()
 }
 fn default_heartbeat_interval_ms() -> u64 {
     1000
@@ -222,6 +269,8 @@ impl Default for Config {
             fold_tombstones: default_fold_tombstones(),
             allow_fewer_racks: false,
             warm_after_ms: default_warm_after_ms(),
+            max_migrations: default_max_migrations(),
+            migrate_interval_ms: default_migrate_interval_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
@@ -232,6 +281,7 @@ impl Default for Config {
             store: StoreSection::default(),
             f4: default_f4_section(),
             backoff: default_backoff_section(),
+            migrator: MigratorSection::default(),
         }
     }
 }
@@ -276,9 +326,15 @@ pub struct Overrides {
     /// The largest warm-tier block (e.g. `1GiB`, `64KiB` in tests).
     #[arg(long, value_parser = parse_size)]
     pub block_size: Option<u64>,
-    /// Age after which a locked volume moves to the warm tier (e.g. `7d`, `30s`).
+    /// Age after which a locked volume moves to the warm tier (e.g. `30d`, `2s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub warm_after: Option<u64>,
+    /// Pause between two migrator passes (e.g. `10s`, `500ms`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub migrate_interval: Option<u64>,
+    /// Migrations run at once.
+    #[arg(long)]
+    pub max_migrations: Option<usize>,
     /// Store node heartbeat period (e.g. `1s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub heartbeat_interval: Option<u64>,
@@ -339,6 +395,8 @@ impl Config {
             retry_buffer_size,
             block_size,
             warm_after,
+            migrate_interval,
+            max_migrations,
             heartbeat_interval,
             heartbeat_timeout,
             repair_interval,
@@ -349,13 +407,17 @@ impl Config {
         if let Some(fold_tombstones) = fold_tombstones {
             self.fold_tombstones = *fold_tombstones;
         }
+        if let Some(max_migrations) = max_migrations {
+            self.max_migrations = *max_migrations;
+        }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 9] = [
+        let pairs: [(&Option<u64>, &mut u64); 10] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
             (block_size, &mut self.block_size_bytes),
             (warm_after, &mut self.warm_after_ms),
+            (migrate_interval, &mut self.migrate_interval_ms),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
             (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
             (repair_interval, &mut self.repair_interval_ms),
@@ -396,6 +458,9 @@ impl Config {
         }
         if self.fold_tombstones == 0 || self.block_size_bytes == 0 {
             bail!("fold_tombstones and block_size_bytes must be positive");
+        }
+        if self.max_migrations == 0 || self.migrate_interval_ms == 0 {
+            bail!("max_migrations and migrate_interval_ms must be positive");
         }
         Ok(())
     }

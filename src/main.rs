@@ -96,6 +96,22 @@ enum Command {
         #[command(subcommand)]
         command: WarmCommand,
     },
+    /// Move locked volumes old enough to the warm tier now (one pass of
+    /// the migrator, run by the router), force one volume, or list the
+    /// migration jobs.
+    Migrate {
+        /// Only this volume, whatever its age.
+        #[arg(long, conflicts_with = "status")]
+        volume: Option<u32>,
+        /// List the jobs with their step instead.
+        #[arg(long)]
+        status: bool,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        router: RouterArg,
+    },
     /// Health, nodes and volumes of a running system.
     Status {
         /// Machine-readable JSON.
@@ -224,6 +240,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client::RouterClient::new(&router.router)?
                 .warm_seal(volume, json)
                 .await
+        }
+        Command::Migrate {
+            volume,
+            status,
+            json,
+            router,
+        } => {
+            let client = client::RouterClient::new(&router.router)?;
+            if status {
+                client.migrations(json).await
+            } else {
+                client.migrate(volume, json).await
+            }
         }
         Command::Status { json, router } => {
             client::RouterClient::new(&router.router)?

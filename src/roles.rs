@@ -39,6 +39,8 @@ pub enum Role {
     F4Storage,
     /// The warm tier's backoff node.
     Backoff,
+    /// Moves locked volumes to the warm tier by age.
+    Migrator,
 }
 
 /// One row of the role table.
@@ -72,6 +74,10 @@ pub const ROLES: &[RoleSpec] = &[
     },
     RoleSpec {
         role: Role::Router,
+        count: 1,
+    },
+    RoleSpec {
+        role: Role::Migrator,
         count: 1,
     },
 ];
@@ -123,6 +129,7 @@ impl Role {
             Role::Store => "store",
             Role::F4Storage => "f4-storage",
             Role::Backoff => "backoff",
+            Role::Migrator => "migrator",
         }
     }
 
@@ -133,7 +140,7 @@ impl Role {
             Role::Store => Some(NodeRole::Store),
             Role::F4Storage => Some(NodeRole::F4Storage),
             Role::Backoff => Some(NodeRole::Backoff),
-            Role::Directory | Role::Router => None,
+            Role::Directory | Role::Router | Role::Migrator => None,
         }
     }
 
@@ -143,7 +150,7 @@ impl Role {
             Role::Store => Some(&config.store),
             Role::F4Storage => Some(&config.f4),
             Role::Backoff => Some(&config.backoff),
-            Role::Directory | Role::Router => None,
+            Role::Directory | Role::Router | Role::Migrator => None,
         }
     }
 
@@ -155,6 +162,7 @@ impl Role {
             Role::F4Storage => (format!("f4-{n}"), format!("rack-{n}"), true),
             Role::Backoff => ("backoff".to_owned(), String::new(), false),
             Role::Router => ("router".to_owned(), String::new(), false),
+            Role::Migrator => ("migrator".to_owned(), String::new(), false),
         };
         NodePlan {
             role: self,
@@ -202,6 +210,11 @@ impl Role {
                 }
             }
             Role::Router => config.router.directory_url = Some(directory_url()?),
+            Role::Migrator => {
+                config.migrator.id.clone_from(&node.id);
+                config.migrator.listen = "127.0.0.1:0".into();
+                config.migrator.directory_url = Some(directory_url()?);
+            }
         }
         Ok(())
     }
@@ -216,6 +229,7 @@ impl Role {
             Role::Backoff => &mut config.backoff.listen,
             Role::Router => return &mut config.router.listen,
             Role::Directory => return &mut config.directory.listen,
+            Role::Migrator => return &mut config.migrator.listen,
         };
         if listen.is_empty() {
             default.clone_into(listen);
@@ -230,6 +244,7 @@ impl Role {
                 crate::config::node_defaults(self).0.to_owned()
             }
             Some(section) => section.id.clone(),
+            None if self == Role::Migrator => config.migrator.id.clone(),
             None => self.name().to_owned(),
         }
     }
@@ -307,6 +322,19 @@ pub async fn run_node(
                 .clone()
                 .context("[router] directory_url is required")?;
             Box::pin(run_router(
+                config.clone(),
+                directory_url,
+                listener,
+                token.clone(),
+            ))
+        }
+        Role::Migrator => {
+            let directory_url = config
+                .migrator
+                .directory_url
+                .clone()
+                .context("[migrator] directory_url is required")?;
+            Box::pin(run_migrator(
                 config.clone(),
                 directory_url,
                 listener,
@@ -418,13 +446,35 @@ async fn run_router(
     listener: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
+    router::api::run(router_config(&config, directory_url), listener, token)
+        .await
+        .context("router")
+}
+
+async fn run_migrator(
+    config: Config,
+    directory_url: String,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let owner = config.migrator.id.clone();
+    let api = router_config(&config, directory_url);
+    router::api::migrate::run(api, owner, listener, token)
+        .await
+        .context("migrator")
+}
+
+/// The router library's config from the shared knobs: the router and the
+/// migrator (which seals volumes as a router does) both run on it.
+fn router_config(config: &Config, directory_url: String) -> router::api::RouterConfig {
     let mut api = router::api::RouterConfig::new(directory_url);
     api.max_blob_bytes = config.max_blob_bytes;
     api.max_block_size_bytes = config.block_size_bytes;
     api.retry_buffer_bytes = config.retry_buffer_bytes;
-    router::api::run(api, listener, token)
-        .await
-        .context("router")
+    api.warm_after_ms = config.warm_after_ms;
+    api.max_migrations = config.max_migrations;
+    api.migrate_interval_ms = config.migrate_interval_ms;
+    api
 }
 
 /// Registers the node of `section` (bound at `bound`) with the directory
@@ -539,7 +589,7 @@ mod tests {
         let cell: Vec<String> = (1..=14).map(|n| format!("f4-{n}")).collect();
         let mut expected = vec!["directory", "store-1", "store-2", "store-3"];
         expected.extend(cell.iter().map(String::as_str));
-        expected.extend(["backoff", "router"]);
+        expected.extend(["backoff", "router", "migrator"]);
         assert_eq!(ids, expected);
         for (role, count) in [(Role::Store, 3), (Role::F4Storage, 14)] {
             let mut racks: Vec<&str> = nodes
@@ -582,6 +632,10 @@ mod tests {
                     assert_eq!(node.data_dir, None);
                     assert!(config.router.directory_url.is_some());
                 }
+                Role::Migrator => {
+                    assert_eq!(node.data_dir, None);
+                    assert!(config.migrator.directory_url.is_some());
+                }
             }
         }
     }
@@ -596,6 +650,8 @@ mod tests {
         assert_eq!(Role::Backoff.listen(&mut config), "127.0.0.1:9600");
         assert_eq!(Role::Store.id(&config), "store-1");
         assert_eq!(Role::Store.listen(&mut config), "127.0.0.1:9400");
+        assert_eq!(Role::Migrator.id(&config), "migrator");
+        assert_eq!(Role::Migrator.listen(&mut config), "127.0.0.1:9700");
     }
 
     #[test]

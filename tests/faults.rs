@@ -292,8 +292,8 @@ async fn spawned_nodes_die_with_their_parent() -> anyhow::Result<()> {
         .context("pids")?;
     assert_eq!(
         pids.len(),
-        20,
-        "directory, three stores, 14 f4 storage nodes, backoff, router"
+        21,
+        "directory, three stores, 14 f4 storage nodes, backoff, router, migrator"
     );
     // kill -9 the supervisor alone (not its process group).
     common::signal(cluster.supervisor_pid(), libc::SIGKILL);

@@ -13,123 +13,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::{Cluster, check_blob, fetch, http_client, random_body, sha256, upload, wait_until};
+use common::volumes::{Blob, CONTENT_TYPE, SMALL_VOLUMES, delete, fill, volume, volumes};
+use common::{Cluster, fetch, http_client, wait_until};
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-const ARGS: &[&str] = &[
-    "--volume-size",
-    "1MiB",
-    "--max-blob-size",
-    "160KiB",
-    "--block-size",
-    "16KiB",
-    "--fold-tombstones",
-    "3",
-    "--repair-interval",
-    "300ms",
-];
-
-/// The content type `common::upload` stores.
-const CONTENT_TYPE: &str = "application/octet-stream";
-
-/// An uploaded BLOB.
-#[derive(Clone, Debug)]
-struct Blob {
-    id: String,
-    body: Vec<u8>,
-    deleted: bool,
+/// [`SMALL_VOLUMES`], folds after three tombstones, a quick repair loop.
+fn args() -> Vec<&'static str> {
+    [
+        SMALL_VOLUMES,
+        &["--fold-tombstones", "3", "--repair-interval", "300ms"],
+    ]
+    .concat()
 }
-
-impl Blob {
-    /// Reads the BLOB through the router and checks it byte for byte.
-    async fn check(&self, client: &reqwest::Client, router: &str) -> anyhow::Result<()> {
-        check_blob(
-            client,
-            router,
-            &self.id,
-            self.body.len(),
-            &sha256(&self.body),
-        )
-        .await
-    }
-
-    fn volume(&self) -> u32 {
-        self.id.split(',').next().unwrap().parse().unwrap()
-    }
-
-    fn key(&self) -> u64 {
-        let rest = self.id.split(',').nth(1).unwrap();
-        u64::from_str_radix(&rest[..rest.len() - 8], 16).unwrap()
-    }
-}
-
-async fn volumes(client: &reqwest::Client, router: &str) -> anyhow::Result<Vec<Value>> {
-    let answer: Value = client
-        .get(format!("{router}/admin/volumes"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    answer.as_array().cloned().context("volume list")
-}
-
-async fn volume(client: &reqwest::Client, router: &str, vid: u32) -> anyhow::Result<Value> {
-    volumes(client, router)
-        .await?
-        .into_iter()
-        .find(|v| v["id"] == vid)
-        .with_context(|| format!("no volume {vid}"))
-}
-
-/// Uploads BLOBs of 0 B to 150 KiB until `locked` volumes are locked;
-/// returns every BLOB uploaded.
-async fn fill(
-    client: &reqwest::Client,
-    router: &str,
-    seed: u64,
-    locked: usize,
-) -> anyhow::Result<Vec<Blob>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut blobs = Vec::new();
-    for n in 0.. {
-        if n % 8 == 0 {
-            let full = volumes(client, router)
-                .await?
-                .iter()
-                .filter(|v| v["state"] == "locked")
-                .count();
-            if full >= locked {
-                return Ok(blobs);
-            }
-        }
-        let size = match n % 10 {
-            0 => 0,
-            1 => rng.random_range(1..64),
-            _ => rng.random_range(1..150 << 10),
-        };
-        let body = random_body(seed * 100_000 + n, size);
-        let id = upload(client, router, body.clone()).await?;
-        blobs.push(Blob {
-            id,
-            body,
-            deleted: false,
-        });
-        anyhow::ensure!(n < 400, "no volume locked after {n} uploads");
-    }
-    unreachable!()
-}
-
-async fn delete(client: &reqwest::Client, router: &str, id: &str) -> anyhow::Result<u16> {
-    Ok(client
-        .delete(format!("{router}/blobs/{id}"))
-        .send()
-        .await?
-        .status()
-        .as_u16())
-}
-
 /// `hayloft warm seal --volume VID --json`: its JSON answer, on exit 0.
 async fn seal(cluster: &Cluster, vid: u32) -> anyhow::Result<Value> {
     let output = tokio::process::Command::new(common::hayloft_bin())
@@ -401,7 +298,7 @@ async fn batch_answers_like_single_routes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_volumes_serve_every_live_blob_through_lost_and_corrupt_blocks() -> anyhow::Result<()>
 {
-    let cluster = Cluster::start_spawned(ARGS).await?;
+    let cluster = Cluster::start_spawned(&args()).await?;
     let client = http_client();
     let router = cluster.router.clone();
     let mut blobs = fill(&client, &router, 7, 2).await?;
@@ -557,7 +454,7 @@ async fn sealed_volumes_serve_every_live_blob_through_lost_and_corrupt_blocks() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_deletes_stay_deleted_through_holder_loss_folds_and_restarts() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start_spawned(ARGS).await?;
+    let mut cluster = Cluster::start_spawned(&args()).await?;
     let client = http_client();
     let router = cluster.router.clone();
     let mut blobs = fill(&client, &router, 21, 1).await?;

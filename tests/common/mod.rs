@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
+pub mod volumes;
+
 /// How long a cluster may take to come up (debug builds on a busy 2-core box).
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
 

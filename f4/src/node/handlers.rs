@@ -179,20 +179,26 @@ async fn put_block(
             if head.len() < BLOCK_HEADER_SIZE {
                 continue;
             }
-            let decoded = BlockHeader::decode(&head)?;
-            check_block_header(&decoded, volume, generation, stripe, block, declared)?;
-            if decoded.geometry.block_size_bytes > state.config().max_block_size_bytes {
-                return Err(ApiError::payload_too_large(format!(
-                    "blocks of {} bytes are over this node's {}",
-                    decoded.geometry.block_size_bytes,
-                    state.config().max_block_size_bytes
-                )));
+            let accepted = accept_header(&state, &head).and_then(|decoded| {
+                check_block_header(&decoded, volume, generation, stripe, block, declared)?;
+                let builder = BlockChecksumsBuilder::new(decoded.geometry.chunk_size_bytes)
+                    .map_err(crate::Error::from)?;
+                Ok((decoded, builder))
+            });
+            match accepted {
+                Ok((decoded, builder)) => {
+                    header = Some(decoded);
+                    checksums = Some(builder);
+                }
+                Err(refusal) => {
+                    // Read a little more of a refused body before answering:
+                    // a socket closed with unread input is reset, and the
+                    // client would see the reset instead of the refusal.
+                    let idle = Duration::from_millis(state.config().server.header_read_timeout_ms);
+                    haystack::http::drain(&mut stream, idle).await;
+                    return Err(refusal);
+                }
             }
-            checksums = Some(
-                BlockChecksumsBuilder::new(decoded.geometry.chunk_size_bytes)
-                    .map_err(crate::Error::from)?,
-            );
-            header = Some(decoded);
         }
         let (Some(header), Some(builder)) = (&header, &mut checksums) else {
             unreachable!("set together above");
@@ -241,6 +247,20 @@ async fn put_block(
         "block stored"
     );
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The header a block write starts with, decoded, within this node's block
+/// size.
+fn accept_header(state: &NodeState, head: &[u8]) -> Result<BlockHeader, ApiError> {
+    let decoded = BlockHeader::decode(head)?;
+    if decoded.geometry.block_size_bytes > state.config().max_block_size_bytes {
+        return Err(ApiError::payload_too_large(format!(
+            "blocks of {} bytes are over this node's {}",
+            decoded.geometry.block_size_bytes,
+            state.config().max_block_size_bytes
+        )));
+    }
+    Ok(decoded)
 }
 
 /// `Ok` if `header` is the header of block `block` of `stripe` of `volume`'s

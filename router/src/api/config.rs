@@ -87,6 +87,16 @@ pub struct RouterConfig {
     /// to fill its stripes.
     #[serde(default = "default_max_block_size_bytes")]
     pub max_block_size_bytes: u64,
+    /// Age after which a locked volume (its youngest BLOB) moves to the
+    /// warm tier, in ms.
+    #[serde(default = "default_warm_after_ms")]
+    pub warm_after_ms: u64,
+    /// Migrations one migration pass runs at once.
+    #[serde(default = "default_max_migrations")]
+    pub max_migrations: usize,
+    /// Pause between two passes of a migrator, in ms.
+    #[serde(default = "default_migrate_interval_ms")]
+    pub migrate_interval_ms: u64,
 }
 
 impl RouterConfig {
@@ -111,6 +121,9 @@ impl RouterConfig {
             public_base_url: String::new(),
             warm_read_deadline_ms: default_warm_read_deadline_ms(),
             max_block_size_bytes: default_max_block_size_bytes(),
+            warm_after_ms: default_warm_after_ms(),
+            max_migrations: default_max_migrations(),
+            migrate_interval_ms: default_migrate_interval_ms(),
         }
     }
 }
@@ -153,6 +166,21 @@ pub fn default_writable_volumes() -> usize {
 /// Default of [`RouterConfig::warm_read_deadline_ms`]: 1 s.
 pub fn default_warm_read_deadline_ms() -> u64 {
     1_000
+}
+
+/// Default of [`RouterConfig::warm_after_ms`]: 30 days.
+pub fn default_warm_after_ms() -> u64 {
+    30 * 24 * 3600 * 1000
+}
+
+/// Default of [`RouterConfig::max_migrations`]: 1.
+pub fn default_max_migrations() -> usize {
+    1
+}
+
+/// Default of [`RouterConfig::migrate_interval_ms`]: 10 s.
+pub fn default_migrate_interval_ms() -> u64 {
+    10_000
 }
 
 /// Default of [`RouterConfig::max_block_size_bytes`]: the storage node's.

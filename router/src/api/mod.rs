@@ -20,6 +20,7 @@ pub mod range;
 
 mod admin;
 mod metrics;
+pub mod migrate;
 mod pool;
 mod read;
 mod reports;
@@ -94,6 +95,8 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         .route("/admin/nodes", get(admin::nodes))
         .route("/admin/damaged-needles", get(admin::damaged_needles))
         .route("/admin/volumes/{id}/seal", post(seal::seal_volume))
+        .route("/admin/migrate", post(migrate::migrate_now))
+        .route("/admin/migrations", get(migrate::migrations))
         .route("/blobs", post(upload::post_blob))
         .route(
             "/blobs/{*id}",
@@ -124,6 +127,8 @@ fn route_label(method: &axum::http::Method, path: &str) -> (&'static str, &'stat
         "/metrics" => "/metrics",
         "/admin/volumes" => "/admin/volumes",
         "/admin/nodes" => "/admin/nodes",
+        "/admin/migrate" => "/admin/migrate",
+        "/admin/migrations" => "/admin/migrations",
         "/blobs" => "/blobs",
         p if p.starts_with("/blobs/") => "/blobs/{id}",
         _ => "other",

@@ -28,6 +28,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use f4::api::{DistributeRequest, SealRequest};
 use f4::client::StorageClient;
@@ -35,7 +36,7 @@ use f4::client::StorageClient;
 use super::error::ApiError;
 use super::state::AppState;
 use super::warm::{check_needle, read_data};
-use crate::directory::types::PlaceRequest;
+use crate::directory::types::{MigrationStep, PlaceRequest};
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
 
 /// What a seal did.
@@ -59,6 +60,44 @@ pub(crate) async fn seal_volume(
     let vid: u32 = vid
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("volume id {vid:?} is not a u32")))?;
+    check_sealable(&state.directory.volume(vid).await.map_err(|e| {
+        if e.is_not_found() {
+            ApiError::BadRequest(format!("unknown volume {vid}"))
+        } else {
+            ApiError::Directory(e)
+        }
+    })?)?;
+    match super::migrate::claim_and_seal(&state, "router", vid).await {
+        Some(result) => result.map(Json),
+        None => Err(ApiError::Busy(format!(
+            "volume {vid} is being migrated by a migrator; retry later"
+        ))),
+    }
+}
+
+/// A volume a seal may start on: `locked`, `sealing` (a new attempt) or
+/// `warm` (nothing to do).
+fn check_sealable(volume: &LogicalVolume) -> Result<(), ApiError> {
+    if matches!(
+        volume.state,
+        VolumeState::Locked | VolumeState::Sealing | VolumeState::Warm
+    ) {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(format!(
+        "volume {} is {}; only a locked volume is sealed",
+        volume.id, volume.state
+    )))
+}
+
+/// Seals volume `vid` (the steps of the module doc), reporting each step
+/// it reaches on `steps`. A warm volume answers at once; only a locked (or
+/// sealing) one is sealed.
+pub(crate) async fn seal(
+    state: Arc<AppState>,
+    vid: u32,
+    steps: watch::Sender<MigrationStep>,
+) -> Result<SealReport, ApiError> {
     let volume = state.directory.volume(vid).await.map_err(|e| {
         if e.is_not_found() {
             ApiError::BadRequest(format!("unknown volume {vid}"))
@@ -68,26 +107,21 @@ pub(crate) async fn seal_volume(
     })?;
     if volume.state == VolumeState::Warm {
         let needles = volume.warm.as_ref().map_or(0, |w| w.needle_count);
-        return Ok(Json(SealReport {
+        return Ok(SealReport {
             volume,
             needles,
             dropped: 0,
             retired_replicas: 0,
-        }));
+        });
     }
-    if !matches!(volume.state, VolumeState::Locked | VolumeState::Sealing) {
-        return Err(ApiError::BadRequest(format!(
-            "volume {vid} is {}; only a locked volume is sealed",
-            volume.state
-        )));
-    }
+    check_sealable(&volume)?;
     let begun = state.directory.begin_seal(vid).await?;
     let generation = begun.last_generation;
     tracing::info!(volume = vid, generation, "sealing");
     // On a task of its own: a client that hangs up does not cut the seal
     // short between its steps (the attempt finishes, or is aborted).
     let task = tokio::spawn(async move {
-        match attempt(&state, vid, generation).await {
+        match attempt(&state, vid, generation, &steps).await {
             Ok(report) => Ok(report),
             Err((error, sealer)) => {
                 tracing::warn!(volume = vid, generation, error = %error, "seal failed; aborting");
@@ -102,15 +136,21 @@ pub(crate) async fn seal_volume(
         }
     });
     match task.await {
-        Ok(result) => result.map(Json),
+        Ok(result) => result,
         Err(e) => Err(ApiError::Internal(format!("seal task: {e}"))),
     }
 }
 
 type Failed = (ApiError, Option<StorageClient>);
 
-async fn attempt(state: &AppState, vid: u32, generation: u64) -> Result<SealReport, Failed> {
+async fn attempt(
+    state: &AppState,
+    vid: u32,
+    generation: u64,
+    steps: &watch::Sender<MigrationStep>,
+) -> Result<SealReport, Failed> {
     let plain = |e: ApiError| (e, None);
+    steps.send_replace(MigrationStep::Encoding);
     tokio::time::sleep(Duration::from_millis(state.config.replica_timeout_ms)).await;
     let volume = state
         .directory
@@ -221,6 +261,7 @@ async fn attempt(state: &AppState, vid: u32, generation: u64) -> Result<SealRepo
         .distribute(vid, generation, &distribute)
         .await
         .map_err(|e| failed(ApiError::Unavailable(format!("distributing: {e}"))))?;
+    steps.send_replace(MigrationStep::Verifying);
     let verified = verify(state, vid, &warm, &nodes)
         .await
         .map_err(|e| (e, None))?;
@@ -250,6 +291,7 @@ async fn attempt(state: &AppState, vid: u32, generation: u64) -> Result<SealRepo
             None,
         ));
     }
+    steps.send_replace(MigrationStep::Flipping);
     let committed = state
         .directory
         .commit_warm(vid, generation)
@@ -263,7 +305,9 @@ async fn attempt(state: &AppState, vid: u32, generation: u64) -> Result<SealRepo
     );
     // Routers may serve reads from their cached (hot) entry until it
     // expires; only then do the hot replicas go.
+    steps.send_replace(MigrationStep::Draining);
     tokio::time::sleep(Duration::from_millis(state.config.directory_cache_ttl_ms)).await;
+    steps.send_replace(MigrationStep::Deleting);
     let mut retired = 0;
     for replica in &committed.replicas {
         let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {

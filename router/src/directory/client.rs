@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::types::{
-    DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, ErrorBody, GenerationRequest,
-    KeyLease, LeaseRequest, LogicalVolume, NodeRecord, NodeRegistration, PlaceRequest,
-    SetStateRequest, StaleRequest, VolumeState,
+    ClaimRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, ErrorBody,
+    GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MigrationJob, NodeRecord,
+    NodeRegistration, PlaceRequest, SetStateRequest, StaleRequest, StepRequest, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -302,6 +302,38 @@ impl DirectoryClient {
         check_node_id(&request.node)?;
         let url = self.url(&format!("/volumes/{vid}/blocks/damaged"));
         self.send(self.http.post(url).json(request)).await
+    }
+
+    /// `POST /volumes/{vid}/migration/claim`: claims (or renews) the
+    /// volume's migration job for `owner`.
+    pub async fn claim_migration(
+        &self,
+        vid: u32,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<MigrationJob, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/migration/claim"));
+        let body = ClaimRequest {
+            owner: owner.to_owned(),
+            lease_ms,
+        };
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `POST /volumes/{vid}/migration/step`: the claim's holder reports a
+    /// step (a final one releases the claim).
+    pub async fn migration_step(
+        &self,
+        vid: u32,
+        request: &StepRequest,
+    ) -> Result<MigrationJob, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/migration/step"));
+        self.send(self.http.post(url).json(request)).await
+    }
+
+    /// `GET /migrations`: every migration job.
+    pub async fn list_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryClientError> {
+        self.send(self.http.get(self.url("/migrations"))).await
     }
 
     /// `POST /volumes/{vid}/leases`: leases `count` needle keys.

@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::types::{
-    DamagedBlockRequest, DamagedNeedle, NodeRecord, NodeRegistration, NodeRole, NodeState,
-    PlaceRequest, VolumeState,
+    DamagedBlockRequest, DamagedNeedle, MigrationStep, NodeRecord, NodeRegistration, NodeRole,
+    NodeState, PlaceRequest, StepRequest, VolumeState,
 };
 use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -45,6 +45,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("warm_seal_attempts", warm_seal_attempts),
     ("warm_placement", warm_placement),
     ("warm_holders_and_blocks", warm_holders_and_blocks),
+    ("migration_claims", migration_claims),
 ];
 
 /// Runs every check, each over the storage that `fresh` prepares: `fresh()`
@@ -855,4 +856,90 @@ pub fn warm_holders_and_blocks(open: Open<'_>) {
             Err(DirectoryError::BadRequest(_))
         ));
     }
+}
+
+/// Migration jobs: one claim at a time, taken over once its lease ran out,
+/// renewed by steps, released by a final step, and kept across a reopen.
+pub fn migration_claims(open: Open<'_>) {
+    let dir = open();
+    register_cell(&*dir, "f4", 14, 14, 0);
+    let vid = locked_volume(&*dir);
+    assert!(matches!(
+        dir.claim_migration(77, "m1", 1000, 0),
+        Err(DirectoryError::UnknownVolume { id: 77 })
+    ));
+    assert!(matches!(
+        dir.claim_migration(vid, "", 1000, 0),
+        Err(DirectoryError::BadRequest(_))
+    ));
+    let job = dir.claim_migration(vid, "m1", 1000, 10).expect("claim");
+    assert_eq!(
+        (
+            job.step,
+            job.owner.as_str(),
+            job.lease_until_ms,
+            job.attempts
+        ),
+        (MigrationStep::Locked, "m1", 1010, 1)
+    );
+    // Another migrator waits for the lease; the holder renews it.
+    assert!(matches!(
+        dir.claim_migration(vid, "m2", 1000, 500),
+        Err(DirectoryError::JobClaimed { until_ms: 1010, .. })
+    ));
+    let step = |owner: &str, step: MigrationStep| StepRequest {
+        owner: owner.to_owned(),
+        step,
+        error: None,
+        lease_ms: 1000,
+    };
+    let job = dir
+        .update_migration(vid, &step("m1", MigrationStep::Encoding), 600)
+        .expect("step");
+    assert_eq!(
+        (job.step, job.lease_until_ms),
+        (MigrationStep::Encoding, 1600)
+    );
+    assert!(matches!(
+        dir.update_migration(vid, &step("m2", MigrationStep::Verifying), 700),
+        Err(DirectoryError::JobClaimed { .. })
+    ));
+    // The lease runs out: another migrator takes the job over, a new
+    // attempt, and the first one's steps are refused.
+    let job = dir
+        .claim_migration(vid, "m2", 1000, 1700)
+        .expect("take over");
+    assert_eq!(
+        (job.step, job.owner.as_str(), job.attempts, job.started_ms),
+        (MigrationStep::Locked, "m2", 2, 10)
+    );
+    assert!(matches!(
+        dir.update_migration(vid, &step("m1", MigrationStep::Verifying), 1800),
+        Err(DirectoryError::JobClaimed { .. })
+    ));
+    // A final step releases the claim, with its error.
+    let failed = StepRequest {
+        error: Some("no rack left".into()),
+        ..step("m2", MigrationStep::Failed)
+    };
+    let job = dir.update_migration(vid, &failed, 1900).expect("fail");
+    assert_eq!(
+        (
+            job.owner.as_str(),
+            job.lease_until_ms,
+            job.last_error.as_deref()
+        ),
+        ("", 0, Some("no rack left"))
+    );
+    assert!(matches!(
+        dir.update_migration(vid, &step("m2", MigrationStep::Encoding), 1950),
+        Err(DirectoryError::JobClaimed { .. })
+    ));
+    let job = dir.claim_migration(vid, "m1", 1000, 2000).expect("retry");
+    assert_eq!(job.attempts, 3);
+    drop(dir);
+    let dir = open();
+    let jobs = dir.list_migrations().expect("list");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].volume, jobs[0].owner.as_str()), (vid, "m1"));
 }

@@ -72,6 +72,16 @@ pub enum DirectoryError {
         /// The volume.
         volume: u32,
     },
+    /// Another migrator holds the volume's migration job.
+    #[error("volume {volume}'s migration is claimed by {owner} until {until_ms}")]
+    JobClaimed {
+        /// The volume.
+        volume: u32,
+        /// The claim's holder.
+        owner: String,
+        /// When the claim runs out, ms since the UNIX epoch.
+        until_ms: u64,
+    },
     /// The service configuration is unusable.
     #[error("invalid directory config: {0}")]
     InvalidConfig(String),
@@ -143,7 +153,8 @@ impl DirectoryError {
             DirectoryError::NotEnoughRacks { .. } => StatusCode::SERVICE_UNAVAILABLE,
             DirectoryError::InvalidTransition { .. }
             | DirectoryError::NotWritable { .. }
-            | DirectoryError::VolumeInUse { .. } => StatusCode::CONFLICT,
+            | DirectoryError::VolumeInUse { .. }
+            | DirectoryError::JobClaimed { .. } => StatusCode::CONFLICT,
             DirectoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DirectoryError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             DirectoryError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -182,6 +193,7 @@ impl DirectoryError {
             DirectoryError::NotWritable { .. } => "not_writable",
             DirectoryError::UnknownNeedle { .. } => "unknown_needle",
             DirectoryError::VolumeInUse { .. } => "volume_in_use",
+            DirectoryError::JobClaimed { .. } => "job_claimed",
             DirectoryError::BadRequest(_) => "bad_request",
             DirectoryError::InvalidConfig(_) => "invalid_config",
             DirectoryError::PayloadTooLarge { .. } => "payload_too_large",

@@ -202,6 +202,31 @@ pub trait Directory: Send + Sync {
         request: &types::DamagedBlockRequest,
         now_ms: u64,
     ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Claims volume `id`'s migration job for `owner` until `now_ms +
+    /// lease_ms`: a new job, one that is over, one whose claim ran out, or
+    /// one `owner` holds already (a renewal). Another owner's live claim is
+    /// [`DirectoryError::JobClaimed`]. A new claim counts an attempt.
+    fn claim_migration(
+        &self,
+        id: u32,
+        owner: &str,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<types::MigrationJob, DirectoryError>;
+
+    /// Moves `owner`'s job of volume `id` to `request.step` and renews its
+    /// claim; a final step releases it. A job claimed by another owner
+    /// meanwhile is [`DirectoryError::JobClaimed`].
+    fn update_migration(
+        &self,
+        id: u32,
+        request: &types::StepRequest,
+        now_ms: u64,
+    ) -> Result<types::MigrationJob, DirectoryError>;
+
+    /// Every migration job, by volume id.
+    fn list_migrations(&self) -> Result<Vec<types::MigrationJob>, DirectoryError>;
 }
 
 /// Current wall-clock time in ms since the UNIX epoch (0 if the clock is

@@ -10,7 +10,7 @@
 //! | `volumes` | volume id `u32` | [`LogicalVolume`] |
 //! | `leases` | volume id `u32` | `{next_key}`: first key of the next lease |
 //! | `warm_volumes` | volume id `u32` | reserved for the warm tier (empty) |
-//! | `migration_jobs` | volume id `u32` | reserved for the migrator (empty) |
+//! | `migration_jobs` | volume id `u32` | [`MigrationJob`]: a volume's move to the warm tier |
 //! | `damaged_needles` | `(volume u32, key u64)` | [`DamagedNeedle`](super::DamagedNeedle): a needle whose copy failed its checks on some replicas |
 //!
 //! Every value is JSON in a version envelope `{"v":1,"data":...}`; a reader
@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use super::client::valid_node_id;
 use super::types::{
-    DamagedBlock, DamagedBlockRequest, KeyLease, LogicalVolume, NodeRecord, NodeRegistration,
-    NodeRole, NodeState, PlaceRequest, VolumeState, WarmVolume,
+    DamagedBlock, DamagedBlockRequest, KeyLease, LogicalVolume, MigrationJob, MigrationStep,
+    NodeRecord, NodeRegistration, NodeRole, NodeState, PlaceRequest, StepRequest, VolumeState,
+    WarmVolume,
 };
 use super::{DamagedNeedle, Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -994,6 +995,115 @@ impl Directory for RedbDirectory {
             });
             put_volume(txn, &volume)?;
             Ok(volume)
+        })
+    }
+
+    fn claim_migration(
+        &self,
+        id: u32,
+        owner: &str,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<MigrationJob, DirectoryError> {
+        if owner.is_empty() || owner.len() > 128 || lease_ms == 0 {
+            return Err(DirectoryError::BadRequest(
+                "a claim needs an owner of 1 to 128 bytes and a positive lease".into(),
+            ));
+        }
+        self.write(|txn| {
+            get_volume(txn, id)?;
+            let mut table = txn.open_table(MIGRATION_JOBS)?;
+            let held: Option<MigrationJob> = match table.get(id)? {
+                Some(v) => Some(decode("migration_jobs", v.value())?),
+                None => None,
+            };
+            let job = match held {
+                Some(job)
+                    if !job.step.is_final()
+                        && job.owner != owner
+                        && job.lease_until_ms > now_ms =>
+                {
+                    return Err(DirectoryError::JobClaimed {
+                        volume: id,
+                        owner: job.owner,
+                        until_ms: job.lease_until_ms,
+                    });
+                }
+                Some(job) if job.owner == owner && !job.step.is_final() => MigrationJob {
+                    lease_until_ms: now_ms.saturating_add(lease_ms),
+                    updated_ms: now_ms,
+                    ..job
+                },
+                Some(job) => MigrationJob {
+                    step: MigrationStep::Locked,
+                    owner: owner.to_owned(),
+                    lease_until_ms: now_ms.saturating_add(lease_ms),
+                    updated_ms: now_ms,
+                    attempts: job.attempts.saturating_add(1),
+                    ..job
+                },
+                None => MigrationJob {
+                    volume: id,
+                    step: MigrationStep::Locked,
+                    owner: owner.to_owned(),
+                    lease_until_ms: now_ms.saturating_add(lease_ms),
+                    started_ms: now_ms,
+                    updated_ms: now_ms,
+                    attempts: 1,
+                    last_error: None,
+                },
+            };
+            table.insert(id, encode(&job).as_slice())?;
+            Ok(job)
+        })
+    }
+
+    fn update_migration(
+        &self,
+        id: u32,
+        request: &StepRequest,
+        now_ms: u64,
+    ) -> Result<MigrationJob, DirectoryError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(MIGRATION_JOBS)?;
+            let mut job: MigrationJob = match table.get(id)? {
+                Some(v) => decode("migration_jobs", v.value())?,
+                None => {
+                    return Err(DirectoryError::BadRequest(format!(
+                        "volume {id} has no migration job"
+                    )));
+                }
+            };
+            if job.owner != request.owner || job.step.is_final() {
+                return Err(DirectoryError::JobClaimed {
+                    volume: id,
+                    owner: job.owner,
+                    until_ms: job.lease_until_ms,
+                });
+            }
+            job.step = request.step;
+            job.updated_ms = now_ms;
+            if request.step.is_final() {
+                job.owner.clear();
+                job.lease_until_ms = 0;
+                job.last_error = request.error.clone();
+            } else {
+                job.lease_until_ms = now_ms.saturating_add(request.lease_ms);
+            }
+            table.insert(id, encode(&job).as_slice())?;
+            Ok(job)
+        })
+    }
+
+    fn list_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryError> {
+        self.read(|txn| {
+            let table = txn.open_table(MIGRATION_JOBS)?;
+            let mut jobs = Vec::new();
+            for entry in table.iter()? {
+                let (_, v) = entry?;
+                jobs.push(decode("migration_jobs", v.value())?);
+            }
+            Ok(jobs)
         })
     }
 }

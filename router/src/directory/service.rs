@@ -27,8 +27,9 @@ use haystack::http::ServerLimits;
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
-    DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, ErrorBody, FreshRequest,
-    GenerationRequest, LeaseRequest, NodeRegistration, PlaceRequest, SetStateRequest, StaleRequest,
+    ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, ErrorBody,
+    FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration, PlaceRequest, SetStateRequest,
+    StaleRequest, StepRequest,
 };
 use super::{Directory, DirectoryError, RedbDirectory, now_ms};
 
@@ -481,6 +482,43 @@ async fn report_damaged_block(
     Ok(axum::Json(volume).into_response())
 }
 
+/// `POST /volumes/{vid}/migration/claim`: a migrator claims (or renews)
+/// the volume's migration job.
+async fn claim_migration(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+    JsonBody(request): JsonBody<ClaimRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let now = now_ms();
+    let job = state
+        .blocking(move |d| d.claim_migration(vid, &request.owner, request.lease_ms, now))
+        .await?;
+    tracing::info!(volume = vid, owner = %job.owner, attempt = job.attempts, "migration claimed");
+    Ok(axum::Json(job).into_response())
+}
+
+/// `POST /volumes/{vid}/migration/step`: the claim's holder reports a step.
+async fn migration_step(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+    JsonBody(request): JsonBody<StepRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let now = now_ms();
+    let job = state
+        .blocking(move |d| d.update_migration(vid, &request, now))
+        .await?;
+    tracing::info!(volume = vid, step = ?job.step, error = ?job.last_error, "migration step");
+    Ok(axum::Json(job).into_response())
+}
+
+/// `GET /migrations`: every migration job.
+async fn list_migrations(State(state): State<AppState>) -> Result<Response, DirectoryError> {
+    let jobs = state.blocking(|d| d.list_migrations()).await?;
+    Ok(axum::Json(jobs).into_response())
+}
+
 fn parse_key(text: &str) -> Result<u64, DirectoryError> {
     haystack::api::parse_key(text).ok_or_else(|| {
         DirectoryError::BadRequest(format!("needle key {text:?} is not 1-16 lowercase hex"))
@@ -580,6 +618,9 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
         .route("/volumes/{vid}/holders/{node}/stale", post(holder_stale))
         .route("/volumes/{vid}/holders/{node}/fresh", post(holder_fresh))
         .route("/volumes/{vid}/blocks/damaged", post(report_damaged_block))
+        .route("/volumes/{vid}/migration/claim", post(claim_migration))
+        .route("/volumes/{vid}/migration/step", post(migration_step))
+        .route("/migrations", get(list_migrations))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

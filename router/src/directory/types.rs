@@ -209,6 +209,91 @@ impl WarmVolume {
     }
 }
 
+/// The step a volume's migration to the warm tier is at. The seal
+/// attempt's own steps (encoding, verifying, flipping, draining, deleting)
+/// follow one another inside one call; a job killed between them resumes
+/// with a new attempt (a new encode generation), which is safe at any
+/// point: nothing is deleted before the flip, and an attempt whose
+/// generation is no longer current can never commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationStep {
+    /// Claimed; the seal has not begun.
+    Locked,
+    /// A storage node copies a hot replica, seals its live needles and
+    /// encodes the blocks; they are placed and sent to their nodes.
+    Encoding,
+    /// Every live needle is read back through the warm read path.
+    Verifying,
+    /// The directory entry turns warm.
+    Flipping,
+    /// Routers' cached entries expire before the hot replicas go.
+    Draining,
+    /// The hot replicas are retired.
+    Deleting,
+    /// Done: the volume is warm.
+    Warm,
+    /// The last attempt failed (see `last_error`); the volume stays hot and
+    /// the job is tried again after the retry delay.
+    Failed,
+}
+
+impl MigrationStep {
+    /// Whether the job is over (its claim released).
+    pub fn is_final(self) -> bool {
+        matches!(self, MigrationStep::Warm | MigrationStep::Failed)
+    }
+}
+
+/// A volume's migration job, persisted in the directory. A migrator claims
+/// it with a lease and renews the lease at every step; a job whose lease
+/// ran out is taken over by the next migrator that asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationJob {
+    /// The volume.
+    pub volume: u32,
+    /// Where the job is.
+    pub step: MigrationStep,
+    /// The migrator holding the claim (empty once the job is over).
+    pub owner: String,
+    /// Until when the claim holds, ms since the UNIX epoch.
+    pub lease_until_ms: u64,
+    /// First claimed.
+    pub started_ms: u64,
+    /// Last step change or renewal.
+    pub updated_ms: u64,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Body of `POST /volumes/{vid}/migration/claim`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The migrator claiming the job.
+    pub owner: String,
+    /// How long the claim holds unless renewed.
+    pub lease_ms: u64,
+}
+
+/// Body of `POST /volumes/{vid}/migration/step`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepRequest {
+    /// The migrator holding the claim.
+    pub owner: String,
+    /// The step reached (a final one releases the claim).
+    pub step: MigrationStep,
+    /// Why the attempt failed, with [`MigrationStep::Failed`].
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The claim's renewal.
+    pub lease_ms: u64,
+}
+
 /// A block that failed a read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamagedBlock {

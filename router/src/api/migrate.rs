@@ -1,0 +1,330 @@
+//! The migrator: locked volumes move from the hot tier to the warm tier by
+//! age, each as a job persisted in the directory.
+//!
+//! A pass lists the volumes and the jobs; a `locked` volume locked longer
+//! than [`RouterConfig::warm_after_ms`] ago (its youngest BLOB is at least
+//! that old), or one left `sealing` by a seal that died, is a candidate,
+//! oldest first, unless its job is claimed by a live lease elsewhere or
+//! failed less than [`RETRY_AFTER`] ago. Up to
+//! [`RouterConfig::max_migrations`] run at once. Each claims the volume's job
+//! in the directory under a lease ([`LEASE`]), runs the seal (the order
+//! write, verify, flip, wait, delete of [`super::seal`]), reports every
+//! step it reaches and renews the lease meanwhile, and ends the job `warm`
+//! or `failed` with the error. A migrator killed at any point leaves a job
+//! whose lease runs out; the next pass (of any migrator) takes it over and
+//! starts a new seal attempt, under a new encode generation, so two
+//! attempts never mix and a stale one can never commit.
+//!
+//! The `migrator` role runs passes every [`RouterConfig::migrate_interval_ms`];
+//! a router runs one on `POST /admin/migrate` (`hayloft migrate`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Query, State};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::config::RouterConfig;
+use super::error::ApiError;
+use super::seal::{SealReport, seal};
+use super::state::AppState;
+use crate::directory::types::{MigrationJob, MigrationStep, StepRequest};
+use crate::directory::{VolumeState, now_ms};
+
+/// How long a claim holds without renewal; a running job renews it every
+/// third of that.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// How long a failed job waits before a pass tries it again (a forced
+/// migration does not wait).
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// What one job of a pass did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOutcome {
+    /// The volume.
+    pub volume: u32,
+    /// `warm`, or `failed`.
+    pub step: MigrationStep,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Live needles sealed.
+    pub needles: u64,
+    /// Hot replicas retired.
+    pub retired_replicas: usize,
+    /// Wall time of the job.
+    pub seconds: f64,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PassReport {
+    /// The jobs it ran, in the order they ended.
+    pub jobs: Vec<JobOutcome>,
+    /// Volumes left for another migrator whose claim is live.
+    pub claimed_elsewhere: Vec<u32>,
+    /// Locked volumes not old enough yet.
+    pub too_young: usize,
+}
+
+/// The volumes a pass takes on, oldest first: all candidates, or only
+/// `only` (forced: whatever its age or last failure).
+async fn candidates(
+    state: &AppState,
+    only: Option<u32>,
+    report: &mut PassReport,
+) -> Result<Vec<u32>, ApiError> {
+    let volumes = state.directory.list_volumes().await?;
+    let jobs: HashMap<u32, MigrationJob> = state
+        .directory
+        .list_migrations()
+        .await?
+        .into_iter()
+        .map(|job| (job.volume, job))
+        .collect();
+    let now = now_ms();
+    let warm_after = state.config.warm_after_ms;
+    let mut picked: Vec<(u64, u32)> = Vec::new();
+    for volume in volumes {
+        if only.is_some_and(|only| only != volume.id) {
+            continue;
+        }
+        let locked_ms = volume.locked_ms.unwrap_or(volume.created_ms);
+        match volume.state {
+            VolumeState::Locked => {
+                if only.is_none() && now.saturating_sub(locked_ms) < warm_after {
+                    report.too_young += 1;
+                    continue;
+                }
+            }
+            // A seal that died halfway: resumed with a new attempt.
+            VolumeState::Sealing => {}
+            _ => continue,
+        }
+        if let Some(job) = jobs.get(&volume.id) {
+            if !job.step.is_final() && job.lease_until_ms > now {
+                report.claimed_elsewhere.push(volume.id);
+                continue;
+            }
+            let retry_after = u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(u64::MAX);
+            if only.is_none()
+                && job.step == MigrationStep::Failed
+                && now.saturating_sub(job.updated_ms) < retry_after
+            {
+                continue;
+            }
+        }
+        picked.push((locked_ms, volume.id));
+    }
+    if let Some(only) = only
+        && picked.is_empty()
+        && !report.claimed_elsewhere.contains(&only)
+    {
+        let volume = state.directory.volume(only).await?;
+        if volume.state == VolumeState::Warm {
+            return Ok(Vec::new());
+        }
+        return Err(ApiError::BadRequest(format!(
+            "volume {only} is {}; only a locked volume migrates",
+            volume.state
+        )));
+    }
+    picked.sort_unstable();
+    Ok(picked.into_iter().map(|(_, id)| id).collect())
+}
+
+/// One pass as `owner`: every candidate (or only volume `only`), at most
+/// [`RouterConfig::max_migrations`] at once.
+pub(crate) async fn pass(
+    state: &Arc<AppState>,
+    owner: &str,
+    only: Option<u32>,
+) -> Result<PassReport, ApiError> {
+    let mut report = PassReport::default();
+    let volumes = candidates(state, only, &mut report).await?;
+    let mut running = futures::stream::iter(volumes)
+        .map(|vid| run_job(state.clone(), owner.to_owned(), vid))
+        .buffer_unordered(state.config.max_migrations.max(1));
+    while let Some(outcome) = running.next().await {
+        report.jobs.extend(outcome);
+    }
+    Ok(report)
+}
+
+/// Claims volume `vid`'s job and runs it; `None` if another migrator holds
+/// it.
+async fn run_job(state: Arc<AppState>, owner: String, vid: u32) -> Option<JobOutcome> {
+    let started = Instant::now();
+    let result = claim_and_seal(&state, &owner, vid).await?;
+    let report = result.as_ref().ok();
+    Some(JobOutcome {
+        volume: vid,
+        step: if report.is_some() {
+            MigrationStep::Warm
+        } else {
+            MigrationStep::Failed
+        },
+        error: result.as_ref().err().map(ToString::to_string),
+        needles: report.map_or(0, |r| r.needles),
+        retired_replicas: report.map_or(0, |r| r.retired_replicas),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Claims volume `vid`'s job as `owner`, seals the volume recording each
+/// step, and ends the job `warm` or `failed`. `None` if another owner's
+/// claim holds. Every seal goes through here (the migrator's, a router's
+/// `hayloft migrate` and `hayloft warm seal`), so two never run the same
+/// volume at once.
+pub(crate) async fn claim_and_seal(
+    state: &Arc<AppState>,
+    owner: &str,
+    vid: u32,
+) -> Option<Result<SealReport, ApiError>> {
+    let lease_ms = u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX);
+    let job = match state.directory.claim_migration(vid, owner, lease_ms).await {
+        Ok(job) => job,
+        Err(e) if e.status() == Some(409) => {
+            tracing::info!(volume = vid, error = %e, "migration claimed elsewhere");
+            return None;
+        }
+        Err(e) => return Some(Err(e.into())),
+    };
+    tracing::info!(
+        volume = vid,
+        attempt = job.attempts,
+        "migrating to the warm tier"
+    );
+    let (steps, seen) = watch::channel(MigrationStep::Locked);
+    let reporter = tokio::spawn(report_steps(
+        state.clone(),
+        owner.to_owned(),
+        vid,
+        seen,
+        lease_ms,
+    ));
+    let result = seal(state.clone(), vid, steps).await;
+    // The seal dropped its sender: the reporter sends what is left and ends.
+    let _ = reporter.await;
+    let end = StepRequest {
+        owner: owner.to_owned(),
+        step: if result.is_ok() {
+            MigrationStep::Warm
+        } else {
+            MigrationStep::Failed
+        },
+        error: result.as_ref().err().map(ToString::to_string),
+        lease_ms,
+    };
+    if let Err(e) = state.directory.migration_step(vid, &end).await {
+        tracing::warn!(volume = vid, error = %e, "ending the migration job failed");
+    }
+    match &result {
+        Ok(_) => tracing::info!(volume = vid, "migrated"),
+        Err(error) => tracing::warn!(volume = vid, error = %error, "migration failed"),
+    }
+    Some(result)
+}
+
+/// Records each step the seal reaches in the job, and renews the claim
+/// every third of the lease meanwhile; ends when the seal drops its sender.
+async fn report_steps(
+    state: Arc<AppState>,
+    owner: String,
+    vid: u32,
+    mut seen: watch::Receiver<MigrationStep>,
+    lease_ms: u64,
+) {
+    let renew = LEASE / 3;
+    loop {
+        let changed = tokio::time::timeout(renew, seen.changed()).await;
+        if matches!(changed, Ok(Err(_))) {
+            return;
+        }
+        let request = StepRequest {
+            owner: owner.clone(),
+            step: *seen.borrow_and_update(),
+            error: None,
+            lease_ms,
+        };
+        if let Err(e) = state.directory.migration_step(vid, &request).await {
+            tracing::warn!(volume = vid, error = %e, "recording a migration step failed");
+        }
+    }
+}
+
+/// Query of `POST /admin/migrate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MigrateQuery {
+    /// Only this volume, whatever its age.
+    volume: Option<u32>,
+}
+
+/// `POST /admin/migrate[?volume=N]`: one pass now, or one volume forced.
+pub(crate) async fn migrate_now(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<MigrateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PassReport>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    pass(&state, "router", query.volume).await.map(Json)
+}
+
+/// `GET /admin/migrations`: every migration job.
+pub(crate) async fn migrations(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<MigrationJob>>, ApiError> {
+    Ok(Json(state.directory.list_migrations().await?))
+}
+
+/// Runs the `migrator` role as `owner`: a pass every
+/// [`RouterConfig::migrate_interval_ms`], and `GET /health` on `listener`,
+/// until `cancel` fires (a job under way is dropped; its lease runs out
+/// and the next pass takes it over).
+pub async fn run(
+    config: RouterConfig,
+    owner: String,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ApiError> {
+    let options = config.server.serve_options();
+    let interval = Duration::from_millis(config.migrate_interval_ms.max(1));
+    let state = Arc::new(AppState::new(config)?);
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(haystack::http::health))
+        .fallback(haystack::http::no_route);
+    let passes = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    result = pass(&state, &owner, None) => match result {
+                        Ok(report) if !report.jobs.is_empty() => {
+                            tracing::info!(jobs = report.jobs.len(), "migration pass");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "migration pass failed"),
+                    },
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        })
+    };
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "migrator serving");
+    }
+    haystack::http::serve(listener, app, options, cancel).await;
+    let _ = passes.await;
+    tracing::info!("migrator stopped");
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Volumes and BLOBs of a running cluster, as the warm-tier and migration
+//! tests see them: uploads until volumes lock, the volume list, deletes.
+
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use super::{check_blob, random_body, sha256, upload};
+
+/// Sizes of a small warm-tier cluster: 1 MiB volumes of BLOBs up to
+/// 160 KiB, blocks of 16 KiB, so that a volume spans several stripes and
+/// most BLOBs straddle blocks.
+pub const SMALL_VOLUMES: &[&str] = &[
+    "--volume-size",
+    "1MiB",
+    "--max-blob-size",
+    "160KiB",
+    "--block-size",
+    "16KiB",
+];
+
+/// The content type `common::upload` stores.
+pub const CONTENT_TYPE: &str = "application/octet-stream";
+
+/// An uploaded BLOB.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    pub id: String,
+    pub body: Vec<u8>,
+    pub deleted: bool,
+}
+
+impl Blob {
+    /// Reads the BLOB through the router and checks it byte for byte.
+    pub async fn check(&self, client: &reqwest::Client, router: &str) -> anyhow::Result<()> {
+        check_blob(
+            client,
+            router,
+            &self.id,
+            self.body.len(),
+            &sha256(&self.body),
+        )
+        .await
+    }
+
+    pub fn volume(&self) -> u32 {
+        self.id.split(',').next().unwrap().parse().unwrap()
+    }
+
+    pub fn key(&self) -> u64 {
+        let rest = self.id.split(',').nth(1).unwrap();
+        u64::from_str_radix(&rest[..rest.len() - 8], 16).unwrap()
+    }
+}
+
+pub async fn volumes(client: &reqwest::Client, router: &str) -> anyhow::Result<Vec<Value>> {
+    let answer: Value = client
+        .get(format!("{router}/admin/volumes"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    answer.as_array().cloned().context("volume list")
+}
+
+pub async fn volume(client: &reqwest::Client, router: &str, vid: u32) -> anyhow::Result<Value> {
+    volumes(client, router)
+        .await?
+        .into_iter()
+        .find(|v| v["id"] == vid)
+        .with_context(|| format!("no volume {vid}"))
+}
+
+/// Uploads BLOBs of 0 B to 150 KiB until `locked` volumes are locked;
+/// returns every BLOB uploaded.
+pub async fn fill(
+    client: &reqwest::Client,
+    router: &str,
+    seed: u64,
+    locked: usize,
+) -> anyhow::Result<Vec<Blob>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut blobs = Vec::new();
+    for n in 0.. {
+        if n % 8 == 0 {
+            let full = volumes(client, router)
+                .await?
+                .iter()
+                .filter(|v| v["state"] == "locked")
+                .count();
+            if full >= locked {
+                return Ok(blobs);
+            }
+        }
+        let size = match n % 10 {
+            0 => 0,
+            1 => rng.random_range(1..64),
+            _ => rng.random_range(1..150 << 10),
+        };
+        let body = random_body(seed * 100_000 + n, size);
+        let id = upload(client, router, body.clone()).await?;
+        blobs.push(Blob {
+            id,
+            body,
+            deleted: false,
+        });
+        anyhow::ensure!(n < 400, "no volume locked after {n} uploads");
+    }
+    unreachable!()
+}
+
+pub async fn delete(client: &reqwest::Client, router: &str, id: &str) -> anyhow::Result<u16> {
+    Ok(client
+        .delete(format!("{router}/blobs/{id}"))
+        .send()
+        .await?
+        .status()
+        .as_u16())
+}
