@@ -192,11 +192,13 @@ impl RouterClient {
         }
         let response = self.http.post(url).send().await.context("migrating")?;
         let answer: serde_json::Value = checked(response).await?.json().await?;
+        let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
+        let failed = jobs.iter().any(|job| !job["error"].is_null());
         if json {
             println!("{answer}");
+            anyhow::ensure!(!failed, "a migration failed");
             return Ok(());
         }
-        let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
         for job in &jobs {
             match job["error"].as_str() {
                 None => println!(
@@ -216,9 +218,7 @@ impl RouterClient {
             elsewhere,
             field(&answer, "too_young"),
         );
-        if jobs.iter().any(|job| !job["error"].is_null()) {
-            anyhow::bail!("a migration failed");
-        }
+        anyhow::ensure!(!failed, "a migration failed");
         Ok(())
     }
 

@@ -56,6 +56,10 @@ pub struct Config {
     /// Pause between two passes of the migrator.
     #[serde(default = "default_migrate_interval_ms")]
     pub migrate_interval_ms: u64,
+    /// How long a migration job's claim holds without renewal: how long a
+    /// job of a migrator that died waits for the next one.
+    #[serde(default = "default_migration_lease_ms")]
+    pub migration_lease_ms: u64,
     /// How often a store node tells the directory it is alive.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
@@ -215,6 +219,9 @@ fn default_max_migrations() -> usize {
 fn default_migrate_interval_ms() -> u64 {
     router::api::config::default_migrate_interval_ms()
 }
+fn default_migration_lease_ms() -> u64 {
+    router::api::config::default_migration_lease_ms()
+}
 fn default_migrator_id() -> String {
     "migrator".to_owned()
 }
@@ -271,6 +278,7 @@ impl Default for Config {
             warm_after_ms: default_warm_after_ms(),
             max_migrations: default_max_migrations(),
             migrate_interval_ms: default_migrate_interval_ms(),
+            migration_lease_ms: default_migration_lease_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
@@ -335,6 +343,9 @@ pub struct Overrides {
     /// Migrations run at once.
     #[arg(long)]
     pub max_migrations: Option<usize>,
+    /// How long a migration job's claim holds without renewal (e.g. `60s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub migration_lease: Option<u64>,
     /// Store node heartbeat period (e.g. `1s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub heartbeat_interval: Option<u64>,
@@ -397,6 +408,7 @@ impl Config {
             warm_after,
             migrate_interval,
             max_migrations,
+            migration_lease,
             heartbeat_interval,
             heartbeat_timeout,
             repair_interval,
@@ -411,13 +423,14 @@ impl Config {
             self.max_migrations = *max_migrations;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 10] = [
+        let pairs: [(&Option<u64>, &mut u64); 11] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
             (block_size, &mut self.block_size_bytes),
             (warm_after, &mut self.warm_after_ms),
             (migrate_interval, &mut self.migrate_interval_ms),
+            (migration_lease, &mut self.migration_lease_ms),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
             (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
             (repair_interval, &mut self.repair_interval_ms),
@@ -459,8 +472,11 @@ impl Config {
         if self.fold_tombstones == 0 || self.block_size_bytes == 0 {
             bail!("fold_tombstones and block_size_bytes must be positive");
         }
-        if self.max_migrations == 0 || self.migrate_interval_ms == 0 {
-            bail!("max_migrations and migrate_interval_ms must be positive");
+        if self.max_migrations == 0 || self.migrate_interval_ms == 0 || self.migration_lease_ms < 3
+        {
+            bail!(
+                "max_migrations and migrate_interval_ms must be positive, migration_lease_ms at                  least 3"
+            );
         }
         Ok(())
     }

@@ -474,6 +474,7 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.warm_after_ms = config.warm_after_ms;
     api.max_migrations = config.max_migrations;
     api.migrate_interval_ms = config.migrate_interval_ms;
+    api.migration_lease_ms = config.migration_lease_ms;
     api
 }
 

@@ -3,7 +3,8 @@
 //! enough, while a reader checks every BLOB the whole time; `hayloft
 //! migrate` lists the jobs, refuses a volume that is not locked and leaves
 //! a warm one be; with every hot store node stopped, every BLOB of the warm
-//! volumes still reads back.
+//! volumes still reads back. A migrator `kill -9`ed in the middle of a job
+//! is taken over by the next one, and every BLOB ends warm.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use common::volumes::{Blob, SMALL_VOLUMES, fill, volumes};
+use common::volumes::{Blob, SMALL_VOLUMES, fill, volume, volumes};
 use common::{Cluster, http_client, wait_until};
 use serde_json::Value;
 
@@ -75,15 +76,12 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
             let state = |s: &str| listed.iter().filter(|v| v["state"] == s).count();
             // The jobs end a little after the flip: the hot replicas go
             // once routers' cached entries have expired.
-            let jobs: Vec<Value> = client
-                .get(format!("{router}/admin/migrations"))
-                .send()
-                .await?
-                .json()
-                .await?;
             Ok(state("warm") >= 2
                 && state("locked") + state("sealing") == 0
-                && jobs.iter().all(|j| j["step"] == "warm"))
+                && jobs(&client, &router)
+                    .await?
+                    .iter()
+                    .all(|j| j["step"] == "warm"))
         }
     })
     .await?;
@@ -109,6 +107,15 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
             job["step"] == "warm" && job["owner"] == "" && job["attempts"].as_u64() >= Some(1),
             "job of volume {vid}: {job}"
         );
+        // Not before the volume was old enough.
+        let locked_ms = volume(&client, &router, *vid).await?["locked_ms"]
+            .as_u64()
+            .context("locked_ms")?;
+        let started_ms = job["started_ms"].as_u64().context("started_ms")?;
+        anyhow::ensure!(
+            started_ms >= locked_ms + 3000,
+            "volume {vid} locked at {locked_ms}, its migration started at {started_ms}"
+        );
     }
     // A writable volume is refused, clearly; a warm one is left as it is.
     let writable = volumes(&client, &router)
@@ -116,13 +123,17 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
         .into_iter()
         .find(|v| v["state"] == "writable")
         .and_then(|v| v["id"].as_u64());
-    if let Some(vid) = writable {
-        let (ok, out) = migrate(&cluster, &["--volume", &vid.to_string()]).await?;
-        anyhow::ensure!(
-            !ok && out.contains("only a locked volume"),
-            "forcing writable volume {vid}: {out}"
-        );
-    }
+    let vid = writable.context("a writable volume")?;
+    let (ok, out) = migrate(&cluster, &["--volume", &vid.to_string()]).await?;
+    anyhow::ensure!(
+        !ok && out.contains("only a locked volume"),
+        "forcing writable volume {vid}: {out}"
+    );
+    let (ok, out) = migrate(&cluster, &["--volume", "4000000000"]).await?;
+    anyhow::ensure!(
+        !ok && out.contains("unknown volume"),
+        "forcing an unknown volume: {out}"
+    );
     let (ok, out) = migrate(&cluster, &["--volume", &warm[0].to_string(), "--json"]).await?;
     anyhow::ensure!(ok, "forcing warm volume {}: {out}", warm[0]);
     let pass: Value = serde_json::from_str(out.trim())?;
@@ -141,6 +152,112 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
         blob.check(&client, &router)
             .await
             .with_context(|| format!("{} with every store node down", blob.id))?;
+    }
+    Ok(())
+}
+
+/// The migration jobs, as the router lists them.
+async fn jobs(client: &reqwest::Client, router: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(client
+        .get(format!("{router}/admin/migrations"))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+/// Waits until a job is at `step`, then `kill -9`s the migrator and starts
+/// it again: the job's claim runs out and the new process takes it over.
+async fn kill_migrator_at(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    step: &str,
+) -> anyhow::Result<(u32, std::process::Child)> {
+    let at = Arc::new(std::sync::Mutex::new(None));
+    wait_until(
+        &format!("a job at {step}"),
+        Duration::from_secs(120),
+        || {
+            let at = at.clone();
+            async move {
+                let job = jobs(client, &cluster.router)
+                    .await?
+                    .into_iter()
+                    .find(|j| j["step"] == step);
+                let volume = job.and_then(|j| j["volume"].as_u64());
+                *at.lock().expect("lock") = volume;
+                Ok(volume.is_some())
+            }
+        },
+    )
+    .await?;
+    cluster.kill_node("migrator")?;
+    let restarted = cluster.restart_node("migrator")?;
+    let volume = at.lock().expect("lock").context("volume")?;
+    Ok((volume as u32, restarted))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrator_killed_mid_job_is_taken_over_and_nothing_is_lost() -> anyhow::Result<()> {
+    let args = [
+        SMALL_VOLUMES,
+        &[
+            "--warm-after",
+            "1s",
+            "--migrate-interval",
+            "300ms",
+            "--migration-lease",
+            "3s",
+        ],
+    ]
+    .concat();
+    let cluster = Cluster::start_spawned(&args).await?;
+    let client = http_client();
+    let router = cluster.router.clone();
+    let blobs = fill(&client, &router, 43, 2).await?;
+    // Killed while encoding (a new seal attempt follows), then after the
+    // flip, before the hot replicas went (the next one only retires them).
+    let (encoding, _first) = kill_migrator_at(&cluster, &client, "encoding").await?;
+    let (draining, _second) = kill_migrator_at(&cluster, &client, "draining").await?;
+    let all_warm = wait_until("every locked volume warm", Duration::from_secs(180), || {
+        let (client, router) = (client.clone(), router.clone());
+        async move {
+            let listed = volumes(&client, &router).await?;
+            let state = |s: &str| listed.iter().filter(|v| v["state"] == s).count();
+            Ok(state("warm") >= 2
+                && state("locked") + state("sealing") == 0
+                && jobs(&client, &router)
+                    .await?
+                    .iter()
+                    .all(|j| j["step"] == "warm"))
+        }
+    })
+    .await;
+    if let Err(e) = all_warm {
+        let jobs = jobs(&client, &router).await?;
+        let log = cluster.keep_log("migrate")?;
+        anyhow::bail!("{e}: jobs {jobs:?}; log kept at {}", log.display());
+    }
+    for vid in [encoding, draining] {
+        let job = jobs(&client, &router)
+            .await?
+            .into_iter()
+            .find(|j| j["volume"] == vid)
+            .context("job")?;
+        anyhow::ensure!(job["attempts"].as_u64() >= Some(2), "volume {vid}: {job}");
+    }
+    // Every BLOB reads back, and the hot replicas are gone.
+    for blob in &blobs {
+        blob.check(&client, &router).await?;
+    }
+    for vid in [encoding, draining] {
+        for store in ["store-1", "store-2", "store-3"] {
+            let data = cluster
+                .data_dir
+                .join(store)
+                .join(format!("volume-{vid:010}.data"));
+            anyhow::ensure!(!data.exists(), "{} survived the migration", data.display());
+        }
     }
     Ok(())
 }

@@ -97,6 +97,11 @@ pub struct RouterConfig {
     /// Pause between two passes of a migrator, in ms.
     #[serde(default = "default_migrate_interval_ms")]
     pub migrate_interval_ms: u64,
+    /// How long a migration job's claim holds without renewal, in ms; a
+    /// running job renews it every third of that, and a migrator that died
+    /// leaves its job to the next one after it.
+    #[serde(default = "default_migration_lease_ms")]
+    pub migration_lease_ms: u64,
 }
 
 impl RouterConfig {
@@ -124,6 +129,7 @@ impl RouterConfig {
             warm_after_ms: default_warm_after_ms(),
             max_migrations: default_max_migrations(),
             migrate_interval_ms: default_migrate_interval_ms(),
+            migration_lease_ms: default_migration_lease_ms(),
         }
     }
 }
@@ -181,6 +187,11 @@ pub fn default_max_migrations() -> usize {
 /// Default of [`RouterConfig::migrate_interval_ms`]: 10 s.
 pub fn default_migrate_interval_ms() -> u64 {
     10_000
+}
+
+/// Default of [`RouterConfig::migration_lease_ms`]: 60 s.
+pub fn default_migration_lease_ms() -> u64 {
+    60_000
 }
 
 /// Default of [`RouterConfig::max_block_size_bytes`]: the storage node's.

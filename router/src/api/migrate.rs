@@ -5,9 +5,11 @@
 //! than [`RouterConfig::warm_after_ms`] ago (its youngest BLOB is at least
 //! that old), or one left `sealing` by a seal that died, is a candidate,
 //! oldest first, unless its job is claimed by a live lease elsewhere or
-//! failed less than [`RETRY_AFTER`] ago. Up to
+//! failed less than a lease ago; and a `warm` one whose job died after the
+//! flip, before the hot replicas went (those are retired). Up to
 //! [`RouterConfig::max_migrations`] run at once. Each claims the volume's job
-//! in the directory under a lease ([`LEASE`]), runs the seal (the order
+//! in the directory under a lease ([`RouterConfig::migration_lease_ms`]),
+//! runs the seal (the order
 //! write, verify, flip, wait, delete of [`super::seal`]), reports every
 //! step it reaches and renews the lease meanwhile, and ends the job `warm`
 //! or `failed` with the error. A migrator killed at any point leaves a job
@@ -32,18 +34,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::RouterConfig;
 use super::error::ApiError;
-use super::seal::{SealReport, seal};
+use super::seal::{SealReport, drain_and_retire, seal};
 use super::state::AppState;
 use crate::directory::types::{MigrationJob, MigrationStep, StepRequest};
 use crate::directory::{VolumeState, now_ms};
-
-/// How long a claim holds without renewal; a running job renews it every
-/// third of that.
-pub const LEASE: Duration = Duration::from_secs(60);
-
-/// How long a failed job waits before a pass tries it again (a forced
-/// migration does not wait).
-pub const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// What one job of a pass did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +90,7 @@ async fn candidates(
             continue;
         }
         let locked_ms = volume.locked_ms.unwrap_or(volume.created_ms);
+        let job = jobs.get(&volume.id);
         match volume.state {
             VolumeState::Locked => {
                 if only.is_none() && now.saturating_sub(locked_ms) < warm_after {
@@ -105,14 +100,17 @@ async fn candidates(
             }
             // A seal that died halfway: resumed with a new attempt.
             VolumeState::Sealing => {}
+            // Flipped by a job that died before its hot replicas went.
+            VolumeState::Warm if job.is_some_and(|j| !j.step.is_final()) => {}
             _ => continue,
         }
-        if let Some(job) = jobs.get(&volume.id) {
+        if let Some(job) = job {
             if !job.step.is_final() && job.lease_until_ms > now {
                 report.claimed_elsewhere.push(volume.id);
                 continue;
             }
-            let retry_after = u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(u64::MAX);
+            // A failed job waits a lease before it is tried again.
+            let retry_after = state.config.migration_lease_ms;
             if only.is_none()
                 && job.step == MigrationStep::Failed
                 && now.saturating_sub(job.updated_ms) < retry_after
@@ -126,7 +124,13 @@ async fn candidates(
         && picked.is_empty()
         && !report.claimed_elsewhere.contains(&only)
     {
-        let volume = state.directory.volume(only).await?;
+        let volume = state.directory.volume(only).await.map_err(|e| {
+            if e.is_not_found() {
+                ApiError::BadRequest(format!("unknown volume {only}"))
+            } else {
+                e.into()
+            }
+        })?;
         if volume.state == VolumeState::Warm {
             return Ok(Vec::new());
         }
@@ -149,10 +153,13 @@ pub(crate) async fn pass(
     let mut report = PassReport::default();
     let volumes = candidates(state, only, &mut report).await?;
     let mut running = futures::stream::iter(volumes)
-        .map(|vid| run_job(state.clone(), owner.to_owned(), vid))
+        .map(|vid| async move { (vid, run_job(state.clone(), owner.to_owned(), vid).await) })
         .buffer_unordered(state.config.max_migrations.max(1));
-    while let Some(outcome) = running.next().await {
-        report.jobs.extend(outcome);
+    while let Some((vid, outcome)) = running.next().await {
+        match outcome {
+            Some(outcome) => report.jobs.push(outcome),
+            None => report.claimed_elsewhere.push(vid),
+        }
     }
     Ok(report)
 }
@@ -177,17 +184,33 @@ async fn run_job(state: Arc<AppState>, owner: String, vid: u32) -> Option<JobOut
     })
 }
 
-/// Claims volume `vid`'s job as `owner`, seals the volume recording each
-/// step, and ends the job `warm` or `failed`. `None` if another owner's
-/// claim holds. Every seal goes through here (the migrator's, a router's
-/// `hayloft migrate` and `hayloft warm seal`), so two never run the same
-/// volume at once.
+/// Claims volume `vid`'s job as `owner` (made unique to this process),
+/// seals the volume recording each step, and ends the job `warm` or
+/// `failed`. `None` if a live claim holds it. Every seal goes through here
+/// (the migrator's, a router's `hayloft migrate` and `hayloft warm seal`),
+/// so two never run the same volume at once. The job runs on a task of its
+/// own: a caller that goes away does not leave it without its end.
 pub(crate) async fn claim_and_seal(
     state: &Arc<AppState>,
     owner: &str,
     vid: u32,
 ) -> Option<Result<SealReport, ApiError>> {
-    let lease_ms = u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX);
+    let owner = format!("{owner}@{}", state.instance);
+    let job = tokio::spawn(run_claimed(state.clone(), owner, vid));
+    match job.await {
+        Ok(result) => result,
+        Err(e) => Some(Err(ApiError::Internal(format!("migration task: {e}")))),
+    }
+}
+
+async fn run_claimed(
+    state: Arc<AppState>,
+    owner: String,
+    vid: u32,
+) -> Option<Result<SealReport, ApiError>> {
+    let state = &state;
+    let owner = owner.as_str();
+    let lease_ms = state.config.migration_lease_ms.max(1);
     let job = match state.directory.claim_migration(vid, owner, lease_ms).await {
         Ok(job) => job,
         Err(e) if e.status() == Some(409) => {
@@ -209,8 +232,27 @@ pub(crate) async fn claim_and_seal(
         seen,
         lease_ms,
     ));
-    let result = seal(state.clone(), vid, steps).await;
-    // The seal dropped its sender: the reporter sends what is left and ends.
+    let result = match state.directory.volume(vid).await {
+        // Flipped by a job that died before its hot replicas went.
+        Ok(volume)
+            if volume.state == VolumeState::Warm
+                && matches!(
+                    job.step,
+                    MigrationStep::Flipping | MigrationStep::Draining | MigrationStep::Deleting
+                ) =>
+        {
+            let retired = drain_and_retire(state, &volume, &steps).await;
+            drop(steps);
+            Ok(SealReport {
+                needles: volume.warm.as_ref().map_or(0, |w| w.needle_count),
+                volume,
+                dropped: 0,
+                retired_replicas: retired,
+            })
+        }
+        _ => seal(state.clone(), vid, steps).await,
+    };
+    // The sender is gone: the reporter sends what is left and ends.
     let _ = reporter.await;
     let end = StepRequest {
         owner: owner.to_owned(),
@@ -241,7 +283,7 @@ async fn report_steps(
     mut seen: watch::Receiver<MigrationStep>,
     lease_ms: u64,
 ) {
-    let renew = LEASE / 3;
+    let renew = Duration::from_millis(lease_ms / 3).max(Duration::from_millis(1));
     loop {
         let changed = tokio::time::timeout(renew, seen.changed()).await;
         if matches!(changed, Ok(Err(_))) {

@@ -1,5 +1,6 @@
 //! `POST /admin/volumes/{id}/seal`: moves one locked volume into the warm
-//! tier (the primitive the migrator will drive), in the order write,
+//! tier (the primitive the migrator drives, [`super::migrate`]; this route
+//! also claims the volume's migration job first), in the order write,
 //! verify, flip, wait, delete:
 //!
 //! 1. the directory starts an attempt under a new encode generation (the
@@ -18,9 +19,10 @@
 //!
 //! A failure before the flip aborts the attempt: the volume is `locked`
 //! again and its hot replicas serve as before. The attempt runs on a task
-//! of its own, so a client that hangs up does not stop it halfway; a router
+//! of its own, so a client that hangs up does not stop it halfway; a process
 //! that dies halfway leaves the volume `sealing` (hot reads go on, deletes
-//! wait) until the seal is asked for again, which starts a new attempt.
+//! wait), and its job's claim runs out: the next migration pass starts a new
+//! attempt (or, past the flip, only retires the hot replicas).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,13 +62,19 @@ pub(crate) async fn seal_volume(
     let vid: u32 = vid
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("volume id {vid:?} is not a u32")))?;
-    check_sealable(&state.directory.volume(vid).await.map_err(|e| {
+    let volume = state.directory.volume(vid).await.map_err(|e| {
         if e.is_not_found() {
             ApiError::BadRequest(format!("unknown volume {vid}"))
         } else {
             ApiError::Directory(e)
         }
-    })?)?;
+    })?;
+    check_sealable(&volume)?;
+    if volume.state == VolumeState::Warm {
+        // Nothing to do, and no job to record.
+        let (steps, _) = watch::channel(MigrationStep::Warm);
+        return seal(state, vid, steps).await.map(Json);
+    }
     match super::migrate::claim_and_seal(&state, "router", vid).await {
         Some(result) => result.map(Json),
         None => Err(ApiError::Busy(format!(
@@ -305,11 +313,37 @@ async fn attempt(
     );
     // Routers may serve reads from their cached (hot) entry until it
     // expires; only then do the hot replicas go.
+    let retired = drain_and_retire(state, &committed, steps).await;
+    state.cache.store_volume(committed.clone());
+    Ok(SealReport {
+        volume: committed,
+        needles: verified,
+        dropped: prepared.dropped,
+        retired_replicas: retired,
+    })
+}
+
+/// After a flip: waits for routers' cached (hot) entries to expire, then
+/// retires the hot replicas of warm `volume` (idempotent: a store without
+/// the replica answers that it is gone); the number retired.
+pub(crate) async fn drain_and_retire(
+    state: &AppState,
+    volume: &LogicalVolume,
+    steps: &watch::Sender<MigrationStep>,
+) -> usize {
+    let vid = volume.id;
     steps.send_replace(MigrationStep::Draining);
     tokio::time::sleep(Duration::from_millis(state.config.directory_cache_ttl_ms)).await;
     steps.send_replace(MigrationStep::Deleting);
+    let nodes = match state.cache.nodes(true).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::warn!(volume = vid, error = %e, "no node list; replicas not retired");
+            return 0;
+        }
+    };
     let mut retired = 0;
-    for replica in &committed.replicas {
+    for replica in &volume.replicas {
         let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
             tracing::warn!(volume = vid, replica = %replica, "replica down; not retired");
             continue;
@@ -323,13 +357,7 @@ async fn attempt(
             Err(e) => tracing::warn!(volume = vid, error = %e, "store client"),
         }
     }
-    state.cache.store_volume(committed.clone());
-    Ok(SealReport {
-        volume: committed,
-        needles: verified,
-        dropped: prepared.dropped,
-        retired_replicas: retired,
-    })
+    retired
 }
 
 /// Reads every live needle back through the warm read path (index on a

@@ -52,6 +52,9 @@ pub(crate) struct AppState {
     pub(crate) warm_http: reqwest::Client,
     /// The warm read hops (lookups, range reads, backoff decodes).
     pub(crate) warm_reader: WarmReader,
+    /// This process among others of the same name (pid and start time),
+    /// for the migration jobs it claims.
+    pub(crate) instance: String,
 }
 
 /// Most parsed store addresses kept; beyond it the map is cleared.
@@ -123,6 +126,7 @@ impl AppState {
             recent_reports: RecentReports::default(),
             warm_http: f4::client::http_client(config.replica_timeout_ms)
                 .map_err(|e| ApiError::Internal(format!("http client: {e}")))?,
+            instance: format!("{}-{:x}", std::process::id(), crate::directory::now_ms()),
             warm_reader: WarmReader::new(
                 Duration::from_millis(STORE_CONNECT_TIMEOUT_MS),
                 STORE_POOL_IDLE_PER_HOST,

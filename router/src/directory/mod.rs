@@ -204,9 +204,11 @@ pub trait Directory: Send + Sync {
     ) -> Result<LogicalVolume, DirectoryError>;
 
     /// Claims volume `id`'s migration job for `owner` until `now_ms +
-    /// lease_ms`: a new job, one that is over, one whose claim ran out, or
-    /// one `owner` holds already (a renewal). Another owner's live claim is
-    /// [`DirectoryError::JobClaimed`]. A new claim counts an attempt.
+    /// lease_ms`: a new job, one that is over (it starts again at
+    /// `locked`), or one whose claim ran out (taken over at the step it
+    /// reached). A live claim, even `owner`'s own, is
+    /// [`DirectoryError::JobClaimed`]: a claim is renewed by its steps
+    /// ([`Directory::update_migration`]). A claim counts an attempt.
     fn claim_migration(
         &self,
         id: u32,

@@ -1018,24 +1018,23 @@ impl Directory for RedbDirectory {
                 None => None,
             };
             let job = match held {
-                Some(job)
-                    if !job.step.is_final()
-                        && job.owner != owner
-                        && job.lease_until_ms > now_ms =>
-                {
+                // A live claim, whoever holds it (the same owner asking
+                // twice would run the job twice): renewals are steps.
+                Some(job) if !job.step.is_final() && job.lease_until_ms > now_ms => {
                     return Err(DirectoryError::JobClaimed {
                         volume: id,
                         owner: job.owner,
                         until_ms: job.lease_until_ms,
                     });
                 }
-                Some(job) if job.owner == owner && !job.step.is_final() => MigrationJob {
-                    lease_until_ms: now_ms.saturating_add(lease_ms),
-                    updated_ms: now_ms,
-                    ..job
-                },
+                // Taken over where the last owner left it (its claim ran
+                // out), or started again once over.
                 Some(job) => MigrationJob {
-                    step: MigrationStep::Locked,
+                    step: if job.step.is_final() {
+                        MigrationStep::Locked
+                    } else {
+                        job.step
+                    },
                     owner: owner.to_owned(),
                     lease_until_ms: now_ms.saturating_add(lease_ms),
                     updated_ms: now_ms,

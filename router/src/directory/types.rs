@@ -211,10 +211,10 @@ impl WarmVolume {
 
 /// The step a volume's migration to the warm tier is at. The seal
 /// attempt's own steps (encoding, verifying, flipping, draining, deleting)
-/// follow one another inside one call; a job killed between them resumes
-/// with a new attempt (a new encode generation), which is safe at any
-/// point: nothing is deleted before the flip, and an attempt whose
-/// generation is no longer current can never commit.
+/// follow one another inside one call. A job taken over before the flip
+/// starts a new attempt (a new encode generation: nothing was deleted, and
+/// the older attempt can never commit); one taken over after it only
+/// retires the hot replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationStep {
