@@ -70,19 +70,7 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
     };
     let mut warm = Vec::new();
     wait_until("every locked volume warm", Duration::from_secs(150), || {
-        let (client, router) = (client.clone(), router.clone());
-        async move {
-            let listed = volumes(&client, &router).await?;
-            let state = |s: &str| listed.iter().filter(|v| v["state"] == s).count();
-            // The jobs end a little after the flip: the hot replicas go
-            // once routers' cached entries have expired.
-            Ok(state("warm") >= 2
-                && state("locked") + state("sealing") == 0
-                && jobs(&client, &router)
-                    .await?
-                    .iter()
-                    .all(|j| j["step"] == "warm"))
-        }
+        all_warm(&client, &router)
     })
     .await?;
     stop.store(true, Ordering::Relaxed);
@@ -156,6 +144,20 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
     Ok(())
 }
 
+/// Whether two volumes or more are warm, none is locked or sealing, and
+/// every job is over (a job ends a little after its flip: the hot replicas
+/// go once routers' cached entries have expired).
+async fn all_warm(client: &reqwest::Client, router: &str) -> anyhow::Result<bool> {
+    let listed = volumes(client, router).await?;
+    let state = |s: &str| listed.iter().filter(|v| v["state"] == s).count();
+    Ok(state("warm") >= 2
+        && state("locked") + state("sealing") == 0
+        && jobs(client, router)
+            .await?
+            .iter()
+            .all(|j| j["step"] == "warm"))
+}
+
 /// The migration jobs, as the router lists them.
 async fn jobs(client: &reqwest::Client, router: &str) -> anyhow::Result<Vec<Value>> {
     Ok(client
@@ -219,21 +221,11 @@ async fn a_migrator_killed_mid_job_is_taken_over_and_nothing_is_lost() -> anyhow
     // flip, before the hot replicas went (the next one only retires them).
     let (encoding, _first) = kill_migrator_at(&cluster, &client, "encoding").await?;
     let (draining, _second) = kill_migrator_at(&cluster, &client, "draining").await?;
-    let all_warm = wait_until("every locked volume warm", Duration::from_secs(180), || {
-        let (client, router) = (client.clone(), router.clone());
-        async move {
-            let listed = volumes(&client, &router).await?;
-            let state = |s: &str| listed.iter().filter(|v| v["state"] == s).count();
-            Ok(state("warm") >= 2
-                && state("locked") + state("sealing") == 0
-                && jobs(&client, &router)
-                    .await?
-                    .iter()
-                    .all(|j| j["step"] == "warm"))
-        }
+    let waited = wait_until("every locked volume warm", Duration::from_secs(180), || {
+        all_warm(&client, &router)
     })
     .await;
-    if let Err(e) = all_warm {
+    if let Err(e) = waited {
         let jobs = jobs(&client, &router).await?;
         let log = cluster.keep_log("migrate")?;
         anyhow::bail!("{e}: jobs {jobs:?}; log kept at {}", log.display());
