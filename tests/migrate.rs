@@ -105,6 +105,14 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
             "volume {vid} locked at {locked_ms}, its migration started at {started_ms}"
         );
     }
+    let metrics = client
+        .get(format!("{router}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let line = format!(r#"hayloft_migration_jobs{{step="warm"}} {}"#, warm.len());
+    anyhow::ensure!(metrics.contains(&line), "no {line} in the metrics");
     // A writable volume is refused, clearly; a warm one is left as it is.
     let writable = volumes(&client, &router)
         .await?

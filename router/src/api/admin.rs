@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::directory::types::DamagedQuery;
+use crate::directory::types::{DamagedQuery, MigrationJob, MigrationStep};
 use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
 
 /// Longest a scrape waits for the directory before rendering stale gauges.
@@ -36,6 +36,12 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Ok(Err(e)) => tracing::debug!(error = %e, "volume gauges not refreshed"),
         Err(_) => tracing::debug!("volume gauges not refreshed: directory too slow"),
     }
+    let jobs = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, state.directory.list_migrations());
+    match jobs.await {
+        Ok(Ok(jobs)) => record_job_gauges(&state, &jobs),
+        Ok(Err(e)) => tracing::debug!(error = %e, "migration gauges not refreshed"),
+        Err(_) => tracing::debug!("migration gauges not refreshed: directory too slow"),
+    }
     for (tier, stats) in [
         ("hot", state.reader.batch_stats()),
         ("warm", state.warm_reader.batch_stats()),
@@ -52,6 +58,22 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+fn record_job_gauges(state: &AppState, jobs: &[MigrationJob]) {
+    use MigrationStep::*;
+    let mut counts: BTreeMap<MigrationStep, usize> = [
+        Locked, Encoding, Verifying, Flipping, Draining, Deleting, Warm, Failed,
+    ]
+    .into_iter()
+    .map(|step| (step, 0))
+    .collect();
+    for job in jobs {
+        *counts.entry(job.step).or_default() += 1;
+    }
+    for (step, count) in counts {
+        state.metrics.set_migration_jobs(step.as_str(), count);
+    }
 }
 
 fn record_volume_gauges(state: &AppState, volumes: &[LogicalVolume]) {

@@ -15,6 +15,7 @@
 //! | `hayloft_replica_failures_total` | counter | `op` (`append`, `read`, `delete`) |
 //! | `hayloft_upload_retries_total` | counter | |
 //! | `hayloft_damaged_needles_total` | counter | |
+//! | `hayloft_migration_jobs` | gauge | `step` |
 //! | `hayloft_read_batches_total` | counter | `tier` (`hot`: store nodes, `warm`: storage nodes) |
 //! | `hayloft_read_batch_reads_total` | counter | `tier` |
 
@@ -36,6 +37,7 @@ const VOLUMES: &str = "hayloft_volumes";
 const REPLICA_FAILURES: &str = "hayloft_replica_failures_total";
 const UPLOAD_RETRIES: &str = "hayloft_upload_retries_total";
 const DAMAGED_NEEDLES: &str = "hayloft_damaged_needles_total";
+const MIGRATION_JOBS: &str = "hayloft_migration_jobs";
 const READ_BATCHES: &str = "hayloft_read_batches_total";
 const READ_BATCH_READS: &str = "hayloft_read_batch_reads_total";
 
@@ -216,6 +218,16 @@ impl Metrics {
             .set(count as f64);
     }
 
+    /// Sets the number of migration jobs at `step`.
+    pub(crate) fn set_migration_jobs(&self, step: &str, count: usize) {
+        self.recorder
+            .register_gauge(
+                &Key::from_parts(MIGRATION_JOBS, vec![Label::new("step", step.to_owned())]),
+                &METADATA,
+            )
+            .set(count as f64);
+    }
+
     /// Sets the read batches sent so far to one tier's nodes and the reads
     /// they carried (counts kept by the batching client).
     pub(crate) fn set_read_batches(&self, tier: &'static str, batches: u64, reads: u64) {
@@ -259,9 +271,14 @@ mod tests {
         metrics.set_volumes("writable", 2);
         metrics.replica_failure("append");
         metrics.set_read_batches("warm", 3, 7);
+        metrics.set_migration_jobs("encoding", 1);
         let text = metrics.render();
         assert!(
             text.contains(r#"hayloft_read_batch_reads_total{tier="warm"} 7"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hayloft_migration_jobs{step="encoding"} 1"#),
             "{text}"
         );
         assert!(

@@ -215,7 +215,7 @@ impl WarmVolume {
 /// starts a new attempt (a new encode generation: nothing was deleted, and
 /// the older attempt can never commit); one taken over after it only
 /// retires the hot replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationStep {
     /// Claimed; the seal has not begun.
@@ -239,6 +239,20 @@ pub enum MigrationStep {
 }
 
 impl MigrationStep {
+    /// The step's wire name (`encoding`, `warm`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStep::Locked => "locked",
+            MigrationStep::Encoding => "encoding",
+            MigrationStep::Verifying => "verifying",
+            MigrationStep::Flipping => "flipping",
+            MigrationStep::Draining => "draining",
+            MigrationStep::Deleting => "deleting",
+            MigrationStep::Warm => "warm",
+            MigrationStep::Failed => "failed",
+        }
+    }
+
     /// Whether the job is over (its claim released).
     pub fn is_final(self) -> bool {
         matches!(self, MigrationStep::Warm | MigrationStep::Failed)
