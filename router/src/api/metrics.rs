@@ -210,19 +210,18 @@ impl Metrics {
 
     /// Sets the number of volumes in `state`.
     pub(crate) fn set_volumes(&self, state: &str, count: usize) {
-        self.recorder
-            .register_gauge(
-                &Key::from_parts(VOLUMES, vec![Label::new("state", state.to_owned())]),
-                &METADATA,
-            )
-            .set(count as f64);
+        self.set_gauge(VOLUMES, ("state", state), count);
     }
 
     /// Sets the number of migration jobs at `step`.
     pub(crate) fn set_migration_jobs(&self, step: &str, count: usize) {
+        self.set_gauge(MIGRATION_JOBS, ("step", step), count);
+    }
+
+    fn set_gauge(&self, name: &'static str, (label, value): (&'static str, &str), count: usize) {
         self.recorder
             .register_gauge(
-                &Key::from_parts(MIGRATION_JOBS, vec![Label::new("step", step.to_owned())]),
+                &Key::from_parts(name, vec![Label::new(label, value.to_owned())]),
                 &METADATA,
             )
             .set(count as f64);

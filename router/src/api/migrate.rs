@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::RouterConfig;
 use super::error::ApiError;
-use super::seal::{SealReport, drain_and_retire, seal};
+use super::seal::{SealReport, drain_and_retire, known_volume, seal};
 use super::state::AppState;
 use crate::directory::types::{MigrationJob, MigrationStep, StepRequest};
 use crate::directory::{VolumeState, now_ms};
@@ -124,13 +124,7 @@ async fn candidates(
         && picked.is_empty()
         && !report.claimed_elsewhere.contains(&only)
     {
-        let volume = state.directory.volume(only).await.map_err(|e| {
-            if e.is_not_found() {
-                ApiError::BadRequest(format!("unknown volume {only}"))
-            } else {
-                e.into()
-            }
-        })?;
+        let volume = known_volume(state, only).await?;
         if volume.state == VolumeState::Warm {
             return Ok(Vec::new());
         }

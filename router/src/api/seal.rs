@@ -62,13 +62,7 @@ pub(crate) async fn seal_volume(
     let vid: u32 = vid
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("volume id {vid:?} is not a u32")))?;
-    let volume = state.directory.volume(vid).await.map_err(|e| {
-        if e.is_not_found() {
-            ApiError::BadRequest(format!("unknown volume {vid}"))
-        } else {
-            ApiError::Directory(e)
-        }
-    })?;
+    let volume = known_volume(&state, vid).await?;
     check_sealable(&volume)?;
     if volume.state == VolumeState::Warm {
         // Nothing to do, and no job to record.
@@ -81,6 +75,17 @@ pub(crate) async fn seal_volume(
             "volume {vid} is being migrated by a migrator; retry later"
         ))),
     }
+}
+
+/// Volume `vid` from the directory; an unknown one is a `400`.
+pub(crate) async fn known_volume(state: &AppState, vid: u32) -> Result<LogicalVolume, ApiError> {
+    state.directory.volume(vid).await.map_err(|e| {
+        if e.is_not_found() {
+            ApiError::BadRequest(format!("unknown volume {vid}"))
+        } else {
+            ApiError::Directory(e)
+        }
+    })
 }
 
 /// A volume a seal may start on: `locked`, `sealing` (a new attempt) or
@@ -106,13 +111,7 @@ pub(crate) async fn seal(
     vid: u32,
     steps: watch::Sender<MigrationStep>,
 ) -> Result<SealReport, ApiError> {
-    let volume = state.directory.volume(vid).await.map_err(|e| {
-        if e.is_not_found() {
-            ApiError::BadRequest(format!("unknown volume {vid}"))
-        } else {
-            ApiError::Directory(e)
-        }
-    })?;
+    let volume = known_volume(&state, vid).await?;
     if volume.state == VolumeState::Warm {
         let needles = volume.warm.as_ref().map_or(0, |w| w.needle_count);
         return Ok(SealReport {
