@@ -274,7 +274,18 @@ impl Cluster {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.tempdir.path().join("up.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        // The first errors too: a backtrace can fill the tail.
+        let errors: Vec<&str> = lines
+            .iter()
+            .filter(|line| line.contains("Error") || line.contains("ERROR"))
+            .take(10)
+            .copied()
+            .collect();
+        format!(
+            "first errors:\n{}\nlast lines:\n{}",
+            errors.join("\n"),
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        )
     }
 
     /// Copies the cluster's whole log and `cluster.json` out of the temporary
