@@ -13,9 +13,10 @@
 //! write, verify, flip, wait, delete of [`super::seal`]), reports every
 //! step it reaches and renews the lease meanwhile, and ends the job `warm`
 //! or `failed` with the error. A migrator killed at any point leaves a job
-//! whose lease runs out; the next pass (of any migrator) takes it over and
-//! starts a new seal attempt, under a new encode generation, so two
-//! attempts never mix and a stale one can never commit.
+//! whose lease runs out; the next pass (of any migrator) takes it over at
+//! the step it reached: before the flip with a new seal attempt, under a
+//! new encode generation (two attempts never mix and a stale one can never
+//! commit), after it by only retiring the hot replicas.
 //!
 //! The `migrator` role runs passes every [`RouterConfig::migrate_interval_ms`];
 //! a router runs one on `POST /admin/migrate` (`hayloft migrate`).
@@ -164,14 +165,11 @@ async fn run_job(state: Arc<AppState>, owner: String, vid: u32) -> Option<JobOut
     let started = Instant::now();
     let result = claim_and_seal(&state, &owner, vid).await?;
     let report = result.as_ref().ok();
+    let (step, error) = job_end(&result);
     Some(JobOutcome {
         volume: vid,
-        step: if report.is_some() {
-            MigrationStep::Warm
-        } else {
-            MigrationStep::Failed
-        },
-        error: result.as_ref().err().map(ToString::to_string),
+        step,
+        error,
         needles: report.map_or(0, |r| r.needles),
         retired_replicas: report.map_or(0, |r| r.retired_replicas),
         seconds: started.elapsed().as_secs_f64(),
@@ -226,7 +224,7 @@ async fn run_claimed(
         seen,
         lease_ms,
     ));
-    let result = match state.directory.volume(vid).await {
+    let result = match known_volume(state, vid).await {
         // Flipped by a job that died before its hot replicas went.
         Ok(volume)
             if volume.state == VolumeState::Warm
@@ -237,25 +235,18 @@ async fn run_claimed(
         {
             let retired = drain_and_retire(state, &volume, &steps).await;
             drop(steps);
-            Ok(SealReport {
-                needles: volume.warm.as_ref().map_or(0, |w| w.needle_count),
-                volume,
-                dropped: 0,
-                retired_replicas: retired,
-            })
+            Ok(SealReport::warm(volume, retired))
         }
-        _ => seal(state.clone(), vid, steps).await,
+        Ok(volume) => seal(state.clone(), volume, steps).await,
+        Err(e) => Err(e),
     };
     // The sender is gone: the reporter sends what is left and ends.
     let _ = reporter.await;
+    let (step, error) = job_end(&result);
     let end = StepRequest {
         owner: owner.to_owned(),
-        step: if result.is_ok() {
-            MigrationStep::Warm
-        } else {
-            MigrationStep::Failed
-        },
-        error: result.as_ref().err().map(ToString::to_string),
+        step,
+        error,
         lease_ms,
     };
     if let Err(e) = state.directory.migration_step(vid, &end).await {
@@ -266,6 +257,14 @@ async fn run_claimed(
         Err(error) => tracing::warn!(volume = vid, error = %error, "migration failed"),
     }
     Some(result)
+}
+
+/// The final step of a job that ended with `result`, and its error.
+fn job_end(result: &Result<SealReport, ApiError>) -> (MigrationStep, Option<String>) {
+    match result {
+        Ok(_) => (MigrationStep::Warm, None),
+        Err(e) => (MigrationStep::Failed, Some(e.to_string())),
+    }
 }
 
 /// Records each step the seal reaches in the job, and renews the claim

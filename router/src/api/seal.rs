@@ -54,6 +54,18 @@ pub struct SealReport {
     pub retired_replicas: usize,
 }
 
+impl SealReport {
+    /// The report of a volume warm already, `retired_replicas` retired now.
+    pub(crate) fn warm(volume: LogicalVolume, retired_replicas: usize) -> SealReport {
+        SealReport {
+            needles: volume.warm.as_ref().map_or(0, |w| w.needle_count),
+            volume,
+            dropped: 0,
+            retired_replicas,
+        }
+    }
+}
+
 /// `POST /admin/volumes/{id}/seal`.
 pub(crate) async fn seal_volume(
     State(state): State<Arc<AppState>>,
@@ -66,8 +78,7 @@ pub(crate) async fn seal_volume(
     check_sealable(&volume)?;
     if volume.state == VolumeState::Warm {
         // Nothing to do, and no job to record.
-        let (steps, _) = watch::channel(MigrationStep::Warm);
-        return seal(state, vid, steps).await.map(Json);
+        return Ok(Json(SealReport::warm(volume, 0)));
     }
     match super::migrate::claim_and_seal(&state, "router", vid).await {
         Some(result) => result.map(Json),
@@ -103,25 +114,19 @@ fn check_sealable(volume: &LogicalVolume) -> Result<(), ApiError> {
     )))
 }
 
-/// Seals volume `vid` (the steps of the module doc), reporting each step
-/// it reaches on `steps`. A warm volume answers at once; only a locked (or
-/// sealing) one is sealed.
+/// Seals `volume` as the directory has it (the steps of the module doc),
+/// reporting each step it reaches on `steps`. A warm volume answers at
+/// once; only a locked (or sealing) one is sealed.
 pub(crate) async fn seal(
     state: Arc<AppState>,
-    vid: u32,
+    volume: LogicalVolume,
     steps: watch::Sender<MigrationStep>,
 ) -> Result<SealReport, ApiError> {
-    let volume = known_volume(&state, vid).await?;
     if volume.state == VolumeState::Warm {
-        let needles = volume.warm.as_ref().map_or(0, |w| w.needle_count);
-        return Ok(SealReport {
-            volume,
-            needles,
-            dropped: 0,
-            retired_replicas: 0,
-        });
+        return Ok(SealReport::warm(volume, 0));
     }
     check_sealable(&volume)?;
+    let vid = volume.id;
     let begun = state.directory.begin_seal(vid).await?;
     let generation = begun.last_generation;
     tracing::info!(volume = vid, generation, "sealing");

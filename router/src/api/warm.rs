@@ -144,10 +144,7 @@ async fn lookup(
             let lookup = state
                 .warm_reader
                 .lookup(&address, vid, warm.generation, key);
-            match tokio::time::timeout(deadline, lookup).await {
-                Ok(answer) => answer.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
-            }
+            within(deadline, lookup).await
         };
         match asked.await {
             Ok(KeyLookup::Live(entry)) => return Ok(entry),
@@ -200,11 +197,7 @@ pub(crate) async fn read_data(
             .get(segment.stripe as usize)
             .and_then(|s| s.get(segment.block))
             .ok_or_else(|| ApiError::Internal(format!("volume {vid} has no block {block:?}")))?;
-        let damaged = warm
-            .damaged_blocks
-            .iter()
-            .any(|d| (d.stripe, d.block) == (block.stripe, block.block));
-        let bytes = if damaged {
+        let bytes = if warm.is_damaged(block.stripe, block.block) {
             // Recorded lost or corrupt: decode first (until the block is
             // rebuilt and the record cleared); the block itself only if
             // decoding fails (its file may be back).
@@ -259,13 +252,29 @@ async fn direct_read(
     match tokio::time::timeout(deadline, state.warm_reader.read_range(&address, &read)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
+            // Reported outside the deadline: it is the block's answer.
             if e.is_block_damage() {
                 report_block(state, warm, read.block, holder, &e.to_string()).await;
             }
             Err(e.to_string())
         }
-        Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+        Err(_) => Err(no_answer(deadline)),
     }
+}
+
+/// `answer`'s result within `deadline`, its error as text.
+async fn within<T, E: std::fmt::Display>(
+    deadline: Duration,
+    answer: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, answer).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(no_answer(deadline)),
+    }
+}
+
+fn no_answer(deadline: Duration) -> String {
+    format!("no answer within {} ms", deadline.as_millis())
 }
 
 /// Decodes `read` on a backoff node from the rest of its stripe.
@@ -305,11 +314,7 @@ async fn reconstruct(
     for backoff in backoffs {
         let decode = async {
             let address = state.read_address(backoff).map_err(|e| e.to_string())?;
-            let decode = state.warm_reader.reconstruct(&address, &request);
-            match tokio::time::timeout(timeout, decode).await {
-                Ok(answer) => answer.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-            }
+            within(timeout, state.warm_reader.reconstruct(&address, &request)).await
         };
         match decode.await {
             Ok(decoded) => {
@@ -345,11 +350,7 @@ async fn reconstruct(
 
 /// Reports a block that failed a read, unless the cached record has it.
 async fn report_block(state: &AppState, warm: &WarmVolume, block: BlockId, node: &str, why: &str) {
-    let known = warm
-        .damaged_blocks
-        .iter()
-        .any(|d| (d.stripe, d.block) == (block.stripe, block.block));
-    if known {
+    if warm.is_damaged(block.stripe, block.block) {
         return;
     }
     let request = DamagedBlockRequest {

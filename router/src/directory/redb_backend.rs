@@ -980,11 +980,7 @@ impl Directory for RedbDirectory {
                     request.block, request.stripe
                 )));
             }
-            if warm
-                .damaged_blocks
-                .iter()
-                .any(|d| (d.stripe, d.block) == (request.stripe, request.block))
-            {
+            if warm.is_damaged(request.stripe, request.block) {
                 return Ok(volume);
             }
             warm.damaged_blocks.push(DamagedBlock {

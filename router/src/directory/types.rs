@@ -200,6 +200,13 @@ pub struct WarmVolume {
 }
 
 impl WarmVolume {
+    /// Whether block `block` of `stripe` is recorded as damaged.
+    pub fn is_damaged(&self, stripe: u64, block: u32) -> bool {
+        self.damaged_blocks
+            .iter()
+            .any(|d| (d.stripe, d.block) == (stripe, block))
+    }
+
     /// Holders not marked stale (node liveness is not considered).
     pub fn fresh_holders(&self) -> impl Iterator<Item = &str> {
         self.journal_holders
