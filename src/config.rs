@@ -60,6 +60,10 @@ pub struct Config {
     /// job of a migrator that died waits for the next one.
     #[serde(default = "default_migration_lease_ms")]
     pub migration_lease_ms: u64,
+    /// Bytes a second each migration reads from its hot replica (0: no
+    /// limit).
+    #[serde(default = "default_migration_rate_bytes")]
+    pub migration_rate_bytes: u64,
     /// How often a store node tells the directory it is alive.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
@@ -222,6 +226,9 @@ fn default_migrate_interval_ms() -> u64 {
 fn default_migration_lease_ms() -> u64 {
     router::api::config::default_migration_lease_ms()
 }
+fn default_migration_rate_bytes() -> u64 {
+    router::api::config::default_migration_rate_bytes()
+}
 fn default_migrator_id() -> String {
     "migrator".to_owned()
 }
@@ -279,6 +286,7 @@ impl Default for Config {
             max_migrations: default_max_migrations(),
             migrate_interval_ms: default_migrate_interval_ms(),
             migration_lease_ms: default_migration_lease_ms(),
+            migration_rate_bytes: default_migration_rate_bytes(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
@@ -346,6 +354,10 @@ pub struct Overrides {
     /// How long a migration job's claim holds without renewal (e.g. `60s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub migration_lease: Option<u64>,
+    /// Bytes a second each migration reads from its hot replica (e.g.
+    /// `256MiB`; `0`: no limit).
+    #[arg(long, value_parser = parse_size)]
+    pub migration_rate: Option<u64>,
     /// Store node heartbeat period (e.g. `1s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub heartbeat_interval: Option<u64>,
@@ -409,6 +421,7 @@ impl Config {
             migrate_interval,
             max_migrations,
             migration_lease,
+            migration_rate,
             heartbeat_interval,
             heartbeat_timeout,
             repair_interval,
@@ -423,7 +436,7 @@ impl Config {
             self.max_migrations = *max_migrations;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 11] = [
+        let pairs: [(&Option<u64>, &mut u64); 12] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
@@ -431,6 +444,7 @@ impl Config {
             (warm_after, &mut self.warm_after_ms),
             (migrate_interval, &mut self.migrate_interval_ms),
             (migration_lease, &mut self.migration_lease_ms),
+            (migration_rate, &mut self.migration_rate_bytes),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
             (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
             (repair_interval, &mut self.repair_interval_ms),

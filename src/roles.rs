@@ -475,6 +475,7 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.max_migrations = config.max_migrations;
     api.migrate_interval_ms = config.migrate_interval_ms;
     api.migration_lease_ms = config.migration_lease_ms;
+    api.migration_rate_bytes = config.migration_rate_bytes;
     api
 }
 

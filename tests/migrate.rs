@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use common::volumes::{Blob, SMALL_VOLUMES, fill, volume, volumes};
 use common::{Cluster, http_client, wait_until};
+use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
 /// [`SMALL_VOLUMES`], migrated once locked for 3 s, a pass every 500 ms.
@@ -259,5 +260,234 @@ async fn a_migrator_killed_mid_job_is_taken_over_and_nothing_is_lost() -> anyhow
             anyhow::ensure!(!data.exists(), "{} survived the migration", data.display());
         }
     }
+    no_orphans(&cluster, &client).await?;
+    Ok(())
+}
+
+/// Checks that every storage node holds files of the committed generation
+/// of warm volumes only (no block, index or journal of an attempt that died
+/// or was killed) and no staging.
+async fn no_orphans(cluster: &Cluster, client: &reqwest::Client) -> anyhow::Result<()> {
+    let committed: std::collections::HashMap<u64, u64> = volumes(client, &cluster.router)
+        .await?
+        .iter()
+        .filter(|v| v["state"] == "warm")
+        .filter_map(|v| Some((v["id"].as_u64()?, v["warm"]["generation"].as_u64()?)))
+        .collect();
+    for node in cluster.nodes()? {
+        if node["role"] != "f4-storage" {
+            continue;
+        }
+        let dir = cluster.data_dir.join(node["id"].as_str().context("id")?);
+        for sub in ["blocks", "volumes", "staging"] {
+            for entry in std::fs::read_dir(dir.join(sub))? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                let owner = name
+                    .strip_prefix("volume-")
+                    .and_then(|rest| rest.split_once(".g"))
+                    .and_then(|(vid, rest)| {
+                        Some((
+                            vid.parse().ok()?,
+                            u64::from_str_radix(rest.get(..16)?, 16).ok()?,
+                        ))
+                    });
+                let kept = sub != "staging"
+                    && !name.ends_with(".tmp")
+                    && owner
+                        .is_some_and(|(vid, generation)| committed.get(&vid) == Some(&generation));
+                anyhow::ensure!(kept, "orphan {sub}/{name} on {}", node["id"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A forced migration paced by `--migration-rate` while a thousand of the
+/// volume's BLOBs are deleted and the others read, with one needle's bit
+/// flipped on the replica the migration reads: every delete is accepted,
+/// every deleted BLOB ends `404`, every other one (the damaged one too,
+/// taken from another replica) reads back byte-identical, and a restart of
+/// every node changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_reads_and_a_flipped_bit_through_a_migration() -> anyhow::Result<()> {
+    let args = [
+        "--volume-size",
+        "1MiB",
+        "--max-blob-size",
+        "64KiB",
+        "--block-size",
+        "16KiB",
+        "--warm-after",
+        "1d",
+        "--migration-rate",
+        "96KiB",
+    ];
+    let mut cluster = Cluster::start_spawned(&args).await?;
+    let client = http_client();
+    let router = cluster.router.clone();
+    // Small BLOBs until a volume locks: over a thousand in it.
+    let mut blobs: Vec<Blob> = Vec::new();
+    let vid = loop {
+        let batch: Vec<Blob> = futures::stream::iter(blobs.len()..blobs.len() + 512)
+            .map(|n| {
+                let (client, router) = (client.clone(), router.clone());
+                async move {
+                    let body = common::random_body(7_000_000 + n as u64, 600 + n % 128);
+                    let id = common::upload(&client, &router, body.clone()).await?;
+                    anyhow::Ok(Blob {
+                        id,
+                        body,
+                        deleted: false,
+                    })
+                }
+            })
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        blobs.extend(batch);
+        let locked = volumes(&client, &router)
+            .await?
+            .into_iter()
+            .find(|v| v["state"] == "locked");
+        if let Some(locked) = locked {
+            break locked["id"].as_u64().context("id")? as u32;
+        }
+        anyhow::ensure!(
+            blobs.len() < 40_000,
+            "no volume locked: {:?}",
+            volumes(&client, &router).await?
+        );
+    };
+    let mut ours: Vec<Blob> = blobs.into_iter().filter(|b| b.volume() == vid).collect();
+    anyhow::ensure!(ours.len() > 1100, "volume {vid} holds {} BLOBs", ours.len());
+    let (doomed, kept) = ours.split_at_mut(1000);
+    for blob in doomed.iter_mut() {
+        blob.deleted = true;
+    }
+    let (doomed, kept) = (doomed.to_vec(), kept.to_vec());
+
+    // One bit flipped in a kept needle, on the replica the seal reads.
+    let flipped = &kept[kept.len() / 2];
+    let source = volume(&client, &router, vid).await?["replicas"][0]
+        .as_str()
+        .context("replicas")?
+        .to_owned();
+    let page: Value = client
+        .get(format!(
+            "{}/volumes/{vid}/needles?limit=4096",
+            cluster.node_url(&source)?
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let entry = page["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .find(|e| e["key"] == format!("{:x}", flipped.key()))
+        .context("the needle's entry")?;
+    let at = entry["offset"].as_u64().context("offset")?
+        + entry["size_bytes"].as_u64().context("size")?
+        - 16;
+    let data = cluster
+        .data_dir
+        .join(&source)
+        .join(format!("volume-{vid:010}.data"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&data)?;
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at)?;
+    std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0x10], at)?;
+    drop(file);
+
+    // The migration, and meanwhile deletes and reads.
+    let migration = {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(180))
+            .build()?;
+        let url = format!("{router}/admin/volumes/{vid}/migrate");
+        tokio::spawn(
+            async move { anyhow::Ok(client.post(url).send().await?.json::<Value>().await?) },
+        )
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (client, router, stop) = (client.clone(), router.clone(), stop.clone());
+        let readable: Vec<Blob> = kept
+            .iter()
+            .filter(|b| b.id != flipped.id)
+            .cloned()
+            .collect();
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for blob in readable.iter().step_by(7) {
+                    blob.check(&client, &router)
+                        .await
+                        .with_context(|| format!("{} during the migration", blob.id))?;
+                    reads += 1;
+                }
+            }
+            anyhow::Ok(reads)
+        })
+    };
+    let mut states = std::collections::BTreeSet::new();
+    for batch in doomed.chunks(50) {
+        states.insert(volume(&client, &router, vid).await?["state"].to_string());
+        for blob in batch {
+            let status = common::volumes::delete(&client, &router, &blob.id).await?;
+            anyhow::ensure!(status == 204, "deleting {} answered {status}", blob.id);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let pass = migration.await??;
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.await??;
+    anyhow::ensure!(reads > 0, "the reader read nothing");
+    anyhow::ensure!(
+        pass["jobs"][0]["step"] == "warm",
+        "the migration of volume {vid}: {pass}"
+    );
+    // The damaged needle was caught on the source and taken from another
+    // replica (nothing repaired it before: no read touched it).
+    let log = cluster.log();
+    anyhow::ensure!(
+        log.contains("a needle failed its check on the source replica")
+            && log.contains(&format!("{:x}", flipped.key())),
+        "the flipped needle was not caught while encoding"
+    );
+    anyhow::ensure!(
+        states.contains("\"sealing\""),
+        "no delete while volume {vid} was sealing (states seen: {states:?})"
+    );
+
+    let check_all = |when: &'static str| {
+        let (client, router) = (client.clone(), router.clone());
+        let (doomed, kept) = (doomed.clone(), kept.clone());
+        async move {
+            for blob in &doomed {
+                let (status, _) = common::fetch(&client, &router, &blob.id).await?;
+                anyhow::ensure!(
+                    status == 404,
+                    "deleted {} answered {status} {when}",
+                    blob.id
+                );
+            }
+            for blob in &kept {
+                blob.check(&client, &router)
+                    .await
+                    .with_context(|| format!("{} {when}", blob.id))?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    anyhow::ensure!(volume(&client, &router, vid).await?["state"] == "warm");
+    check_all("after the migration").await?;
+    cluster.restart().await?;
+    check_all("after every node restarted").await?;
+    no_orphans(&cluster, &client).await?;
     Ok(())
 }

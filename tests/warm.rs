@@ -669,12 +669,25 @@ async fn bad_input_changes_nothing(
         status(
             post(
                 format!("{holder}/volumes/9999/1/tombstones"),
-                serde_json::json!({"key": 1, "deleted_ms": 1}),
+                serde_json::json!({"keys": [1], "deleted_ms": 1}),
             )
             .await?,
         ),
         404,
     )?;
+    for keys in [serde_json::json!([]), serde_json::json!(vec![1; 4097])] {
+        expect(
+            "tombstones: none, or too many",
+            status(
+                post(
+                    format!("{holder}/volumes/{vid}/{generation}/tombstones"),
+                    serde_json::json!({"keys": keys, "deleted_ms": 1}),
+                )
+                .await?,
+            ),
+            400,
+        )?;
+    }
     expect(
         "truncated index",
         status(

@@ -63,6 +63,17 @@ pub struct RangeRead {
     pub len: u64,
 }
 
+/// Body of `POST /blocks/check`: read a whole block back from disk and
+/// check its header against the geometry and every chunk's CRC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockCheck {
+    /// The block.
+    pub block: BlockId,
+    /// The volume's geometry, as the directory recorded it.
+    pub geometry: Geometry,
+}
+
 /// One block a storage node holds (`GET /blocks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRecord {
@@ -124,13 +135,15 @@ pub struct HeldVolume {
     pub file_bytes: u64,
 }
 
-/// Body of `POST /volumes/{vid}/{gen}/tombstones`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Body of `POST /volumes/{vid}/{gen}/tombstones`: one delete, or the
+/// deletes a migration carries over from the hot replicas (1 to
+/// [`PAGE_MAX`] keys, synced together).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TombstoneRequest {
-    /// The deleted key.
-    pub key: u64,
-    /// When it was deleted, ms since the UNIX epoch.
+    /// The deleted keys.
+    pub keys: Vec<u64>,
+    /// When they were deleted, ms since the UNIX epoch.
     pub deleted_ms: u64,
 }
 
@@ -163,8 +176,8 @@ pub struct MergeReport {
     pub index_copied: bool,
 }
 
-/// Body of `POST /seal`: seal a locked hot replica into a staging area on
-/// this node.
+/// Body of `POST /seal`: plan the seal of a locked hot replica (its live
+/// needles, their warm index and the volume's geometry) on this node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SealRequest {
@@ -174,11 +187,33 @@ pub struct SealRequest {
     pub generation: u64,
     /// Base URL of a store node holding a locked replica of the volume.
     pub source: String,
+    /// Base URLs of its other replicas: a needle that fails its check on
+    /// the source is taken from the first of them with a good copy.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
     /// The largest block size; the volume's own is chosen to fill stripes.
     pub max_block_size_bytes: u64,
 }
 
-/// What a seal staged.
+/// Body of `POST /volumes/{vid}/prune`: drop every file of the volume's
+/// other encode generations (blocks, index, journal, staging), left by seal
+/// attempts that never committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequest {
+    /// The generation to keep: the committed one, or none while the volume
+    /// is hot.
+    pub keep: Option<u64>,
+}
+
+/// Answer of `POST /volumes/{vid}/prune`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Files and staging directories removed.
+    pub removed: u64,
+}
+
+/// What a seal planned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealPrepared {
     /// The volume's geometry.
@@ -189,8 +224,8 @@ pub struct SealPrepared {
     pub dropped: u64,
 }
 
-/// Body of `POST /seal/{vid}/{gen}/distribute`: where each staged block and
-/// the index go.
+/// Body of `POST /seal/{vid}/{gen}/distribute`: where each block and the
+/// index go, and how fast the source replica may be read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistributeRequest {
@@ -198,6 +233,9 @@ pub struct DistributeRequest {
     pub stripes: Vec<Vec<String>>,
     /// Base URLs of the journal holders.
     pub holders: Vec<String>,
+    /// Most bytes a second read from the source replica (0: no limit).
+    #[serde(default)]
+    pub bytes_per_second: u64,
 }
 
 /// Body of `POST /reconstruct` on a backoff node: a byte range of one

@@ -193,6 +193,11 @@ impl BlockFile {
         })
     }
 
+    /// The block's header, as checked when it was opened.
+    pub fn header(&self) -> &BlockHeader {
+        &self.header
+    }
+
     /// Reads `len` bytes at `offset` of the block's data, after checking
     /// that it is the block `expected` names and verifying every checksum
     /// chunk the range touches.

@@ -9,10 +9,11 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    BlockPage, DistributeRequest, ErrorBody, HeldVolume, LivePage, MergeReport, MergeRequest,
-    PAGE_MAX, SealPrepared, SealRequest, TombstoneRequest, code,
+    BlockCheck, BlockId, BlockPage, DistributeRequest, ErrorBody, HeldVolume, LivePage,
+    MergeReport, MergeRequest, PAGE_MAX, PruneReport, PruneRequest, SealPrepared, SealRequest,
+    TombstoneRequest, code,
 };
-use crate::format::IndexEntry;
+use crate::format::{Geometry, IndexEntry};
 use haystack::api::format_key;
 use haystack::client::{StoreClientOptions, http_client_builder};
 
@@ -168,6 +169,28 @@ impl StorageClient {
         self.put_file(&url, path).await
     }
 
+    /// Has the node read block `block` back from disk and check its header
+    /// against `geometry` and every chunk against its CRC.
+    pub async fn check_block(&self, block: BlockId, geometry: Geometry) -> Result<()> {
+        let request = self
+            .request(Method::POST, "/blocks/check", TRANSFER_TIMEOUT)
+            .json(&BlockCheck { block, geometry });
+        self.send(request).await.map(drop)
+    }
+
+    /// Removes the node's files of every generation of `volume` but `keep`;
+    /// how many went.
+    pub async fn prune(&self, volume: u32, keep: Option<u64>) -> Result<u64> {
+        let request = self
+            .request(
+                Method::POST,
+                &format!("/volumes/{volume}/prune"),
+                self.timeout,
+            )
+            .json(&PruneRequest { keep });
+        Ok(self.json::<PruneReport>(request).await?.removed)
+    }
+
     /// A page of the node's blocks after the file name `after`.
     pub async fn list_blocks(&self, after: Option<&str>) -> Result<BlockPage> {
         let mut request = self.request(Method::GET, "/blocks", self.timeout);
@@ -200,11 +223,12 @@ impl StorageClient {
         Ok(())
     }
 
-    /// Appends `key`'s tombstone, synced before the answer.
-    pub async fn tombstone(&self, volume: u32, generation: u64, key: u64) -> Result<()> {
+    /// Appends the tombstones of `keys` (1 to [`PAGE_MAX`]), synced before
+    /// the answer; a key the holder's index lacks is skipped.
+    pub async fn tombstones(&self, volume: u32, generation: u64, keys: &[u64]) -> Result<()> {
         let url = format!("/volumes/{volume}/{generation}/tombstones");
         let body = TombstoneRequest {
-            key,
+            keys: keys.to_vec(),
             deleted_ms: now_ms(),
         };
         let request = self.request(Method::POST, &url, self.timeout).json(&body);
@@ -280,10 +304,30 @@ impl StorageClient {
             .map(drop)
     }
 
+    /// `PUT` block `block` of `stripe`, its file of `len` bytes coming as
+    /// `body` (an error item aborts the upload: the node keeps nothing).
+    pub async fn put_block_body(
+        &self,
+        volume: u32,
+        generation: u64,
+        stripe: u64,
+        block: u32,
+        len: u64,
+        body: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<()> {
+        let url = format!("/blocks/{volume}/{generation}/{stripe}/{block}");
+        self.put_body(&url, len, reqwest::Body::wrap_stream(body))
+            .await
+    }
+
     async fn put_file(&self, url: &str, path: &Path) -> Result<()> {
         let file = tokio::fs::File::open(path).await?;
         let len = file.metadata().await?.len();
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        self.put_body(url, len, body).await
+    }
+
+    async fn put_body(&self, url: &str, len: u64, body: reqwest::Body) -> Result<()> {
         let request = self
             .request(Method::PUT, url, TRANSFER_TIMEOUT)
             .header(reqwest::header::CONTENT_LENGTH, len)

@@ -150,15 +150,28 @@ impl Journal {
     /// Appends the tombstone of `key` and syncs it: once this returns, the
     /// delete survives a crash. A key already tombstoned writes nothing.
     pub fn append(&mut self, key: u64, deleted_ms: u64) -> Result<()> {
-        if self.deleted.contains(&key) {
-            return Ok(());
+        self.append_all(&[key], deleted_ms).map(drop)
+    }
+
+    /// Appends the tombstones of `keys` with one write and one sync; keys
+    /// already tombstoned (or repeated) write nothing. The number written.
+    pub fn append_all(&mut self, keys: &[u64], deleted_ms: u64) -> Result<usize> {
+        let mut records = Vec::new();
+        let mut fresh = Vec::new();
+        for &key in keys {
+            if !self.deleted.contains(&key) && !fresh.contains(&key) {
+                records.extend_from_slice(&Tombstone { key, deleted_ms }.encode());
+                fresh.push(key);
+            }
         }
-        let record = Tombstone { key, deleted_ms }.encode();
-        self.file.write_all_at(&record, self.end)?;
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        self.file.write_all_at(&records, self.end)?;
         self.file.sync_data()?;
-        self.end += TOMBSTONE_SIZE as u64;
-        self.deleted.insert(key);
-        Ok(())
+        self.end += records.len() as u64;
+        self.deleted.extend(fresh.iter().copied());
+        Ok(fresh.len())
     }
 
     /// Folds the tombstones into the index at `index_path`: a new index

@@ -572,6 +572,42 @@ impl StoreClient {
         })
     }
 
+    /// `GET /volumes/{vid}/files/{file}?offset=N&len=N`: `len` bytes of
+    /// one file of a locked or read-only replica from `offset`, in memory
+    /// (the caller bounds `len`).
+    pub async fn read_volume_file_range(
+        &self,
+        volume: u32,
+        file: VolumeFile,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, ClientError> {
+        let path = format!(
+            "/volumes/{volume}/files/{}?offset={offset}&len={len}",
+            file.path_segment()
+        );
+        let request = self.request(Method::GET, &path, self.transfer_timeout());
+        let response = checked(request.send().await?).await?;
+        let mut stream = response.bytes_stream();
+        let mut buf = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (buf.len() + chunk.len()) as u64 > len {
+                return Err(ClientError::InvalidResponse(format!(
+                    "more than the {len} bytes asked"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if buf.len() as u64 != len {
+            return Err(ClientError::InvalidResponse(format!(
+                "{} bytes of the {len} asked",
+                buf.len()
+            )));
+        }
+        Ok(buf.freeze())
+    }
+
     fn request(&self, method: Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base_url))

@@ -311,6 +311,19 @@ async fn locked_volume_refuses_appends_and_streams_its_files() {
                 streamed == on_disk,
                 "{file:?} differs from the file on disk"
             );
+            let len = on_disk.len() as u64;
+            let range = c
+                .read_volume_file_range(3, file, 5, len - 9)
+                .await
+                .expect("a range");
+            assert!(range[..] == on_disk[5..len as usize - 4], "{file:?} range");
+            for (offset, want) in [(len, 1), (1, len), (u64::MAX, 2)] {
+                let err = c
+                    .read_volume_file_range(3, file, offset, want)
+                    .await
+                    .unwrap_err();
+                assert_eq!(err.status(), Some(400), "{offset}+{want}: {err:?}");
+            }
         }
         node.stop().await;
     })

@@ -270,9 +270,14 @@ impl Cluster {
         Ok(child)
     }
 
+    /// The cluster's whole log (stderr of every node) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tempdir.path().join("up.log")).unwrap_or_default()
+    }
+
     /// The last lines of the cluster's log (stderr of every node).
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.tempdir.path().join("up.log")).unwrap_or_default();
+        let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
         // The first errors too: a backtrace can fill the tail.
         let errors: Vec<&str> = lines

@@ -21,8 +21,8 @@ use tower::util::MapFutureLayer;
 use super::NodeState;
 use super::held::Lookup;
 use crate::api::{
-    BlockId, BlockPage, BlockRecord, LivePage, MergeReport, MergeRequest, PageQuery, RangeRead,
-    TombstoneRequest, code,
+    BlockCheck, BlockId, BlockPage, BlockRecord, LivePage, MergeReport, MergeRequest, PAGE_MAX,
+    PageQuery, RangeRead, TombstoneRequest, code,
 };
 use crate::block::{ExpectedBlock, block_file_name, read_header};
 use crate::client::KeyLookup;
@@ -51,6 +51,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/health", get(haystack::http::health))
         .route("/blocks", get(list_blocks))
         .route("/blocks/read", post(read_range))
+        .route("/blocks/check", post(check_block))
         .route("/batch", post(super::batch::read_batch))
         .route("/volumes/{vid}/{generation}", get(describe))
         .route("/volumes/{vid}/{generation}/keys/{key}", get(lookup))
@@ -69,6 +70,7 @@ pub fn router(state: NodeState) -> Router {
             put(put_index).get(get_index),
         )
         .route("/volumes/{vid}/{generation}/merge", post(merge))
+        .route("/volumes/{vid}/prune", post(super::seal::prune))
         .route("/seal", post(super::seal::seal))
         .route(
             "/seal/{vid}/{generation}/distribute",
@@ -319,6 +321,47 @@ async fn read_range(
         }
     };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// `POST /blocks/check`: `204` once the whole block was read from disk with
+/// the header expected and every chunk matching its CRC; else the error a
+/// range read of the failing part gives.
+async fn check_block(
+    State(state): State<NodeState>,
+    JsonBody(check): JsonBody<BlockCheck>,
+) -> Result<StatusCode, ApiError> {
+    let BlockId {
+        volume,
+        generation,
+        stripe,
+        block,
+    } = check.block;
+    let expected = ExpectedBlock {
+        volume_id: volume,
+        generation,
+        geometry: check.geometry,
+        stripe,
+        block_index: block,
+    };
+    let name = block_file_name(volume, generation, stripe, block);
+    state
+        .blocking(move |inner| {
+            let file = crate::block::BlockFile::open(&inner.blocks_dir.join(&name))?;
+            let len = file.header().block_len_bytes;
+            // A piece at a time, in whole chunks: memory stays bounded.
+            let piece = u64::from(check.geometry.chunk_size_bytes) * 64;
+            let mut at = 0;
+            loop {
+                let n = piece.min(len - at);
+                file.read_range(&expected, at, n)?;
+                at += n;
+                if at >= len {
+                    return Ok(());
+                }
+            }
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A range read, checked against this node's limit: the block file it
@@ -583,25 +626,33 @@ fn key_lookup(found: Lookup) -> KeyLookup {
     }
 }
 
-/// `POST /volumes/{vid}/{gen}/tombstones`: appends and syncs a key's
-/// tombstone before answering `204`; a key not live here writes nothing.
+/// `POST /volumes/{vid}/{gen}/tombstones`: appends and syncs the keys'
+/// tombstones before answering `204`; a key not live here writes nothing.
 async fn tombstone(
     State(state): State<NodeState>,
     path: Result<Path<(u32, u64)>, PathRejection>,
     JsonBody(request): JsonBody<TombstoneRequest>,
 ) -> Result<StatusCode, ApiError> {
     let (volume, generation) = params_of(path)?;
+    if request.keys.is_empty() || request.keys.len() > PAGE_MAX {
+        return Err(ApiError::bad_request(format!(
+            "a tombstone request carries 1 to {PAGE_MAX} keys, not {}",
+            request.keys.len()
+        )));
+    }
+    let first = request.keys[0];
+    let asked = request.keys.len();
     let done = state
         .blocking(move |inner| {
             Ok(inner
                 .held
-                .delete(volume, generation, request.key, request.deleted_ms)?)
+                .delete(volume, generation, &request.keys, request.deleted_ms)?)
         })
         .await?;
     match done {
         None => Err(crate::http::unknown_volume(volume, generation)),
         Some(written) => {
-            tracing::debug!(volume, key = %format_key(request.key), written, "tombstone");
+            tracing::debug!(volume, first = %format_key(first), asked, written, "tombstones");
             Ok(StatusCode::NO_CONTENT)
         }
     }
@@ -726,7 +777,7 @@ async fn merge_from(
             .blocking(move |inner| {
                 Ok(inner
                     .held
-                    .live_entries(volume, generation, ours_after, crate::api::PAGE_MAX)?)
+                    .live_entries(volume, generation, ours_after, PAGE_MAX)?)
             })
             .await?
             .ok_or_else(|| crate::http::unknown_volume(volume, generation))?;
@@ -754,11 +805,11 @@ async fn merge_from(
             let live_there = theirs.entries.get(theirs_at).map(|e| e.key) == Some(key);
             if !live_there {
                 let written = state
-                    .blocking(move |inner| Ok(inner.held.delete(volume, generation, key, now)?))
+                    .blocking(move |inner| {
+                        Ok(inner.held.delete(volume, generation, &[key], now)?)
+                    })
                     .await?;
-                if written == Some(true) {
-                    appended += 1;
-                }
+                appended += written.unwrap_or(0) as u64;
             }
         }
         match page.next_after {

@@ -158,25 +158,28 @@ impl HeldVolumes {
         Some(lookup_held(&held, key))
     }
 
-    /// Appends and syncs `key`'s tombstone, unless the key is not live here
-    /// (absent from the index, or already tombstoned). Folds the journal
-    /// once it holds `fold_tombstones`. `None` if the volume is not held;
-    /// else whether a tombstone was written.
+    /// Appends and syncs the tombstones of `keys`, but for those not live
+    /// here (absent from the index, or already tombstoned). Folds the
+    /// journal once it holds `fold_tombstones`. `None` if the volume is not
+    /// held; else how many tombstones were written.
     pub(crate) fn delete(
         &self,
         volume: u32,
         generation: u64,
-        key: u64,
+        keys: &[u64],
         deleted_ms: u64,
-    ) -> Result<Option<bool>> {
+    ) -> Result<Option<usize>> {
         let Some(held) = self.get(volume, generation)? else {
             return Ok(None);
         };
         let mut held = held.lock();
-        if held.journal.is_deleted(key) || held.index.get(key)?.is_none() {
-            return Ok(Some(false));
+        let mut live = Vec::with_capacity(keys.len());
+        for &key in keys {
+            if !held.journal.is_deleted(key) && held.index.get(key)?.is_some() {
+                live.push(key);
+            }
         }
-        held.journal.append(key, deleted_ms)?;
+        let written = held.journal.append_all(&live, deleted_ms)?;
         if held.journal.len() >= self.fold_tombstones {
             let Held {
                 journal,
@@ -196,7 +199,7 @@ impl HeldVolumes {
                 }
             }
         }
-        Ok(Some(true))
+        Ok(Some(written))
     }
 
     /// The index entries of up to `limit` live needles (in the index,

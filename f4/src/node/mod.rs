@@ -5,15 +5,17 @@
 //! - File API: a verified byte range of a block (`POST /blocks/read`); a
 //!   block written whole (`PUT /blocks/...`, streamed in and checked, synced,
 //!   renamed into place; writing the same block again replaces it with the
-//!   same bytes); the inventory (`GET /blocks`).
+//!   same bytes); a whole block read back and checked (`POST /blocks/check`);
+//!   the inventory (`GET /blocks`); the files of a volume's other
+//!   generations removed (`POST /volumes/{vid}/prune`).
 //! - Index API: a key's place in the data (`GET /volumes/{vid}/{gen}/keys/{key}`),
 //!   or `404 not_found`, or `410 deleted`; tombstones appended and synced
 //!   before the answer; the journal folded into the index past
 //!   [`NodeConfig::fold_tombstones`]; a stale holder's merge of its peers'
 //!   deletes.
-//! - Sealing: a locked hot replica copied from its store node, sealed and
-//!   cut into blocks in a staging directory, then sent to the nodes the
-//!   directory placed them on (see [`seal`]).
+//! - Sealing: a locked hot replica's live needles planned from its index,
+//!   then streamed from its store node, each checked, through the encoder
+//!   to the nodes the directory placed the blocks on (see [`seal`]).
 //!
 //! Layout of `data_dir`: `blocks/` (block files), `volumes/` (index and
 //! journal files), `staging/` (seal attempts in progress).
@@ -24,6 +26,7 @@
 //! ranges by [`NodeConfig::max_range_bytes`]).
 
 mod batch;
+mod encode;
 mod handlers;
 mod held;
 mod open_blocks;
@@ -183,7 +186,7 @@ pub(crate) struct Inner {
     staging_dir: PathBuf,
     io_permits: Arc<Semaphore>,
     open_blocks: OpenBlocks,
-    /// One seal at a time: each stages a whole volume.
+    /// One seal step at a time: each streams a whole volume.
     seal_permit: Semaphore,
     held: HeldVolumes,
     /// Talks to store nodes (seal sources) and to peers (blocks, merges).
@@ -203,7 +206,7 @@ impl NodeState {
             remove_temporary_files(dir)?;
         }
         // A seal attempt interrupted by a crash is started over by its
-        // caller; its staging is only a copy.
+        // caller; its staging is only a plan.
         if staging_dir.exists() {
             std::fs::remove_dir_all(&staging_dir)?;
         }

@@ -1,12 +1,15 @@
 //! Sealing on a storage node: the control plane picks a node, a locked hot
-//! replica and an encode generation; the node copies the replica, seals its
-//! live needles ([`crate::seal::seal_live_needles`]), cuts the data into
-//! blocks ([`crate::block::encode_volume`]) under `staging/`, and then
-//! sends each block and the index where the directory placed them.
+//! replica and an encode generation; the node plans the seal (`POST
+//! /seal`: the live needles, their warm index, the volume's geometry), the
+//! directory places the blocks, and the node streams the replica's needles,
+//! each checked, through the encoder straight to the blocks' nodes, then
+//! sends the index to the journal holders (`POST /seal/{vid}/{gen}/
+//! distribute`; [`super::encode`]).
 //!
-//! The staging holds a copy of the hot replica and the blocks until the
-//! distribution succeeds or the attempt is discarded; a restart removes it
-//! (the attempt is then started over under a new generation).
+//! The staging keeps only the plan (an index's worth of bytes, no copy of
+//! the volume) until the distribution succeeds or the attempt is
+//! discarded; a restart removes it (the attempt is then started over under
+//! a new generation).
 
 use std::path::PathBuf;
 
@@ -14,17 +17,14 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 
 use super::NodeState;
-use crate::api::{DistributeRequest, SealPrepared, SealRequest};
-use crate::block::encode_volume;
+use super::encode::{LiveSource, encode_to_nodes, write_plan};
+use crate::api::{DistributeRequest, PruneReport, PruneRequest, SealPrepared, SealRequest};
 use crate::client::StorageClient;
 use crate::format::Geometry;
 use crate::http::{ApiError, JsonBody, io};
-use crate::seal::seal_live_needles;
-use crate::transfer::write_stream;
-use haystack::api::VolumeFile;
 use haystack::client::StoreClient;
 
 /// Data blocks per stripe, `k`.
@@ -38,18 +38,75 @@ pub const JOURNAL_HOLDERS: usize = PARITY_BLOCKS as usize + 1;
 /// 64 KiB BLOB's range read 128–192 KiB; with 16 KiB, 80–96 KiB, for
 /// checksums of 4 bytes per 16 KiB (0.025% of the block).
 pub const CHUNK_SIZE_BYTES: u32 = 16 * 1024;
-/// Blocks sent at once while distributing.
-const SEND_CONCURRENCY: usize = 4;
+
+/// What `POST /seal` leaves for the distribution, beside the plan.
+#[derive(Serialize, Deserialize)]
+struct Staged {
+    request: SealRequest,
+    prepared: SealPrepared,
+}
+
+/// The prefix of every file name of `volume`'s `generation`
+/// (`volume-VID.gGEN`).
+fn generation_prefix(volume: u32, generation: u64) -> String {
+    format!("volume-{volume:010}.g{generation:016x}")
+}
 
 fn staging(state: &NodeState, volume: u32, generation: u64) -> PathBuf {
     state
         .inner
         .staging_dir
-        .join(format!("volume-{volume:010}.g{generation:016x}"))
+        .join(generation_prefix(volume, generation))
 }
 
-/// `POST /seal`: copies the source's locked replica, seals it and cuts it
-/// into blocks in the staging area. Answers the geometry and counts.
+/// `POST /volumes/{vid}/prune`: removes the files (blocks, index, journal,
+/// staging) of every generation of the volume but `keep`.
+pub(super) async fn prune(
+    State(state): State<NodeState>,
+    path: Result<Path<u32>, PathRejection>,
+    JsonBody(request): JsonBody<PruneRequest>,
+) -> Result<Json<PruneReport>, ApiError> {
+    let Path(volume) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let prefix = format!("volume-{volume:010}.g");
+    let removed = state
+        .blocking(move |inner| {
+            let mut removed = 0;
+            for dir in [&inner.blocks_dir, &inner.volumes_dir, &inner.staging_dir] {
+                for entry in std::fs::read_dir(dir).map_err(io)? {
+                    let entry = entry.map_err(io)?;
+                    let name = entry.file_name();
+                    let Some(generation) = name
+                        .to_str()
+                        .and_then(|n| n.strip_prefix(&prefix))
+                        .and_then(|rest| rest.get(..16))
+                        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                    else {
+                        continue;
+                    };
+                    if Some(generation) == request.keep {
+                        continue;
+                    }
+                    let path = entry.path();
+                    if entry.file_type().map_err(io)?.is_dir() {
+                        std::fs::remove_dir_all(&path).map_err(io)?;
+                    } else {
+                        std::fs::remove_file(&path).map_err(io)?;
+                    }
+                    removed += 1;
+                }
+                haystack::file::sync_dir(dir).map_err(io)?;
+            }
+            Ok(removed)
+        })
+        .await?;
+    if removed > 0 {
+        tracing::info!(volume, keep = ?request.keep, removed, "other generations pruned");
+    }
+    Ok(Json(PruneReport { removed }))
+}
+
+/// `POST /seal`: plans the seal of the source's locked replica in the
+/// staging area. Answers the geometry and counts.
 pub(super) async fn seal(
     State(state): State<NodeState>,
     JsonBody(request): JsonBody<SealRequest>,
@@ -65,63 +122,43 @@ pub(super) async fn seal(
             state.config().max_block_size_bytes
         )));
     }
-    let _one_at_a_time = state
-        .inner
-        .seal_permit
-        .acquire()
-        .await
-        .map_err(|_| ApiError::internal("seal semaphore closed"))?;
+    let _one_at_a_time = seal_permit(&state).await?;
     let dir = staging(&state, request.volume, request.generation);
-    let hot = dir.join("hot");
     if tokio::fs::try_exists(&dir).await.map_err(io)? {
         tokio::fs::remove_dir_all(&dir).await.map_err(io)?;
     }
-    tokio::fs::create_dir_all(&hot).await.map_err(io)?;
-    let options = haystack::client::StoreClientOptions {
-        transfer_timeout_ms: state.config().transfer_timeout_ms,
-        ..Default::default()
-    };
-    let source = StoreClient::from_http(state.inner.peers.clone(), &request.source, options)
-        .map_err(|e| ApiError::bad_request(format!("source {}: {e}", request.source)))?;
+    tokio::fs::create_dir_all(&dir).await.map_err(io)?;
     let prepared = async {
-        for (file, suffix) in [(VolumeFile::Data, "data"), (VolumeFile::Index, "index")] {
-            let path = hot.join(format!("volume-{:010}.{suffix}", request.volume));
-            copy_volume_file(&source, request.volume, file, &path).await?;
-        }
-        let volume = request.volume;
-        let generation = request.generation;
-        let max_block = request.max_block_size_bytes;
-        let dir = dir.clone();
-        state
-            .blocking(move |_| {
-                let options = haystack::VolumeOptions {
-                    size_limit_bytes: u64::MAX,
-                };
-                let replica = haystack::Volume::open(&dir.join("hot"), volume, options)
-                    .map_err(|e| ApiError::peer(format!("the copied replica: {e}")))?;
-                let data = dir.join("warm.data");
-                let index = dir.join("warm.index");
-                let sealed = seal_live_needles(&replica, generation, &data, &index)?;
-                drop(replica);
-                std::fs::remove_dir_all(dir.join("hot")).map_err(io)?;
-                let geometry = Geometry::choose(
-                    sealed.data_len_bytes,
-                    max_block,
-                    DATA_BLOCKS,
-                    PARITY_BLOCKS,
-                    CHUNK_SIZE_BYTES,
-                )?;
-                let blocks = dir.join("blocks");
-                std::fs::create_dir_all(&blocks).map_err(io)?;
-                encode_volume(&data, volume, generation, geometry, &blocks)?;
-                std::fs::remove_file(&data).map_err(io)?;
-                Ok(SealPrepared {
-                    geometry,
-                    needles: sealed.needles,
-                    dropped: sealed.dropped,
-                })
-            })
+        let source = store_client(&state, &request.source)?;
+        let planned = write_plan(
+            &source,
+            request.volume,
+            request.generation,
+            &dir.join("warm.index"),
+            &dir.join("offsets"),
+        )
+        .await?;
+        let geometry = Geometry::choose(
+            planned.data_len_bytes,
+            request.max_block_size_bytes,
+            DATA_BLOCKS,
+            PARITY_BLOCKS,
+            CHUNK_SIZE_BYTES,
+        )?;
+        let prepared = SealPrepared {
+            geometry,
+            needles: planned.needles,
+            dropped: planned.dropped,
+        };
+        let staged = serde_json::to_vec(&Staged {
+            request: request.clone(),
+            prepared,
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        tokio::fs::write(dir.join("seal.json"), staged)
             .await
+            .map_err(io)?;
+        Ok::<_, ApiError>(prepared)
     }
     .await;
     match prepared {
@@ -133,7 +170,7 @@ pub(super) async fn seal(
                 dropped = prepared.dropped,
                 data_bytes = prepared.geometry.volume_len_bytes,
                 block_bytes = prepared.geometry.block_size_bytes,
-                "volume sealed into staging"
+                "seal planned"
             );
             Ok(Json(prepared))
         }
@@ -144,27 +181,28 @@ pub(super) async fn seal(
     }
 }
 
-/// Streams one file of a locked replica from its store node to `path`,
-/// synced; its length must be what the store declared.
-async fn copy_volume_file(
-    source: &StoreClient,
-    volume: u32,
-    file: VolumeFile,
-    path: &std::path::Path,
-) -> Result<(), ApiError> {
-    let answer = source
-        .fetch_volume_file(volume, file)
+/// One seal step at a time on a node: each streams a whole volume.
+async fn seal_permit(state: &NodeState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    state
+        .inner
+        .seal_permit
+        .acquire()
         .await
-        .map_err(|e| ApiError::peer(format!("fetching the replica's {file:?} file: {e}")))?;
-    let answer_len = answer.content_length;
-    write_stream(answer.into_stream(), path, answer_len)
-        .await
-        .map(drop)
-        .map_err(|e| ApiError::peer(format!("the replica's {file:?} file: {e}")))
+        .map_err(|_| ApiError::internal("seal semaphore closed"))
 }
 
-/// `POST /seal/{vid}/{gen}/distribute`: sends every staged block to its
-/// node and the index to every holder; the staging is removed once all
+fn store_client(state: &NodeState, url: &str) -> Result<StoreClient, ApiError> {
+    let options = haystack::client::StoreClientOptions {
+        transfer_timeout_ms: state.config().transfer_timeout_ms,
+        ..Default::default()
+    };
+    StoreClient::from_http(state.inner.peers.clone(), url, options)
+        .map_err(|e| ApiError::bad_request(format!("replica {url}: {e}")))
+}
+
+/// `POST /seal/{vid}/{gen}/distribute`: streams the planned volume's
+/// needles from its replicas through the encoder to every block's node,
+/// then sends the index to every holder; the staging is removed once all
 /// succeeded.
 pub(super) async fn distribute(
     State(state): State<NodeState>,
@@ -172,61 +210,62 @@ pub(super) async fn distribute(
     JsonBody(request): JsonBody<DistributeRequest>,
 ) -> Result<StatusCode, ApiError> {
     let (volume, generation) = super::handlers::params_of(path)?;
+    let _one_at_a_time = seal_permit(&state).await?;
     let dir = staging(&state, volume, generation);
-    if !tokio::fs::try_exists(dir.join("warm.index"))
-        .await
-        .map_err(io)?
-    {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            crate::api::code::UNKNOWN_VOLUME,
-            format!("no staged seal of volume {volume} generation {generation}"),
-        ));
-    }
-    let total = request.stripes.iter().map(Vec::len).sum::<usize>();
-    let mut sends = Vec::with_capacity(total);
-    for (stripe, nodes) in request.stripes.iter().enumerate() {
-        for (block, node) in nodes.iter().enumerate() {
-            let name =
-                crate::block::block_file_name(volume, generation, stripe as u64, block as u32);
-            let path = dir.join("blocks").join(name);
-            if !tokio::fs::try_exists(&path).await.map_err(io)? {
-                return Err(ApiError::bad_request(format!(
-                    "the placement names block {block} of stripe {stripe}, which the seal did \
-                     not make"
-                )));
-            }
-            sends.push((node.clone(), stripe as u64, block as u32, path));
+    let staged = match tokio::fs::read(dir.join("seal.json")).await {
+        Ok(bytes) => serde_json::from_slice::<Staged>(&bytes)
+            .map_err(|e| ApiError::internal(format!("the staged seal: {e}")))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                crate::api::code::UNKNOWN_VOLUME,
+                format!("no staged seal of volume {volume} generation {generation}"),
+            ));
         }
-    }
-    let mut staged = 0;
-    let mut entries = tokio::fs::read_dir(dir.join("blocks")).await.map_err(io)?;
-    while entries.next_entry().await.map_err(io)?.is_some() {
-        staged += 1;
-    }
-    if staged != total {
+        Err(e) => return Err(io(e)),
+    };
+    let geometry = staged.prepared.geometry;
+    let stripes = geometry.layout()?.stripe_count().max(1);
+    let blocks = usize::from(geometry.data_blocks) + usize::from(geometry.parity_blocks);
+    if request.stripes.len() as u64 != stripes || request.stripes.iter().any(|s| s.len() != blocks)
+    {
         return Err(ApiError::bad_request(format!(
-            "the placement names {total} blocks; the seal made {staged}"
+            "the placement must name {blocks} nodes for each of the seal's {stripes} stripes"
         )));
     }
+    let mut replicas = vec![store_client(&state, &staged.request.source)?];
+    for url in &staged.request.fallbacks {
+        replicas.push(store_client(&state, url)?);
+    }
     let peers = state.inner.peers.clone();
-    futures::stream::iter(sends)
-        .map(|(node, stripe, block, path)| {
-            let peers = peers.clone();
-            async move {
-                let client = StorageClient::from_http(&node, peers);
-                client
-                    .put_block(volume, generation, stripe, block, &path)
-                    .await
-                    .map_err(|e| ApiError::peer(format!("block {stripe}.{block} to {node}: {e}")))
-            }
-        })
-        .buffer_unordered(SEND_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+    let runtime = tokio::runtime::Handle::current();
+    let index = dir.join("warm.index");
+    let offsets = dir.join("offsets");
+    let stripes_to = request.stripes.clone();
+    let bytes_per_second = request.bytes_per_second;
+    // A thread of its own, not the IO pool: it runs as long as the volume
+    // takes to stream, and waits on the network.
+    let sent = tokio::task::spawn_blocking(move || {
+        let source = LiveSource::open(
+            volume,
+            generation,
+            &index,
+            &offsets,
+            replicas,
+            bytes_per_second,
+            runtime.clone(),
+        )?;
+        encode_to_nodes(&runtime, &peers, &source, generation, geometry, &stripes_to)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the encoding task: {e}")))?
+    .map_err(|error| match error {
+        crate::Error::Io(e) => ApiError::peer(format!("streaming the blocks: {e}")),
+        other => other.into(),
+    })?;
     let index = dir.join("warm.index");
     for holder in &request.holders {
-        StorageClient::from_http(holder, peers.clone())
+        StorageClient::from_http(holder, state.inner.peers.clone())
             .put_index(volume, generation, &index)
             .await
             .map_err(|e| ApiError::peer(format!("index to {holder}: {e}")))?;
@@ -235,7 +274,8 @@ pub(super) async fn distribute(
     tracing::info!(
         volume,
         generation,
-        blocks = total,
+        stripes,
+        bytes = sent,
         holders = request.holders.len(),
         "seal distributed"
     );

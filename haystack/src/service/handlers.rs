@@ -19,6 +19,7 @@ use axum::routing::future::RouteFuture;
 use axum::routing::{get, post, put};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
+use tokio::io::AsyncSeekExt;
 use tower::util::MapFutureLayer;
 
 use super::error::ApiError;
@@ -377,13 +378,26 @@ async fn delete_needle(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Query of `GET /volumes/{vid}/files/{file}`: a byte range instead of the
+/// whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRangeQuery {
+    offset: Option<u64>,
+    len: Option<u64>,
+}
+
 /// Streams a data or index file of a locked or read-only replica through
-/// `tokio::fs` (whose reads run on the blocking pool), chunk by chunk.
+/// `tokio::fs` (whose reads run on the blocking pool), chunk by chunk; with
+/// `?offset=N&len=N`, only those bytes (the migrator reads a replica's
+/// needles that way), `400` if they are not all in the file.
 async fn volume_file(
     State(state): State<StoreNodeState>,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<FileRangeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path((vid, file)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(range) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let volume = parse_vid(&vid)?;
     let file = VolumeFile::from_path_segment(&file)
         .ok_or_else(|| ApiError::bad_request("file must be data or index"))?;
@@ -406,8 +420,27 @@ async fn volume_file(
         .ok_or_else(|| {
             ApiError::read_only("replica is writable; only locked or read-only ones are streamed")
         })?;
+    let (offset, len) = match (range.offset, range.len) {
+        (None, None) => (0, len),
+        (Some(offset), Some(want)) if offset.checked_add(want).is_some_and(|end| end <= len) => {
+            (offset, want)
+        }
+        (Some(offset), Some(want)) => {
+            return Err(ApiError::bad_request(format!(
+                "bytes {offset}+{want} are not all in the {len}-byte file"
+            )));
+        }
+        _ => return Err(ApiError::bad_request("a range needs both offset and len")),
+    };
+    let mut opened = tokio::fs::File::from_std(opened);
+    if offset > 0 {
+        opened
+            .seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| ApiError::io(&e))?;
+    }
     // Stream exactly the length seen at open time, so Content-Length holds.
-    let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(opened), len);
+    let reader = tokio::io::AsyncReadExt::take(opened, len);
     let stream = tokio_util::io::ReaderStream::with_capacity(reader, FILE_CHUNK_BYTES);
     let headers = [
         (

@@ -102,6 +102,10 @@ pub struct RouterConfig {
     /// leaves its job to the next one after it.
     #[serde(default = "default_migration_lease_ms")]
     pub migration_lease_ms: u64,
+    /// Bytes a second each migration reads from its hot replica (0: no
+    /// limit), so that foreground reads keep their disk.
+    #[serde(default = "default_migration_rate_bytes")]
+    pub migration_rate_bytes: u64,
 }
 
 impl RouterConfig {
@@ -130,6 +134,7 @@ impl RouterConfig {
             max_migrations: default_max_migrations(),
             migrate_interval_ms: default_migrate_interval_ms(),
             migration_lease_ms: default_migration_lease_ms(),
+            migration_rate_bytes: default_migration_rate_bytes(),
         }
     }
 }
@@ -192,6 +197,11 @@ pub fn default_migrate_interval_ms() -> u64 {
 /// Default of [`RouterConfig::migration_lease_ms`]: 60 s.
 pub fn default_migration_lease_ms() -> u64 {
     60_000
+}
+
+/// Default of [`RouterConfig::migration_rate_bytes`]: 256 MiB a second.
+pub fn default_migration_rate_bytes() -> u64 {
+    256 << 20
 }
 
 /// Default of [`RouterConfig::max_block_size_bytes`]: the storage node's.

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::RouterConfig;
 use super::error::ApiError;
-use super::seal::{SealReport, drain_and_retire, known_volume, seal};
+use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
 use crate::directory::types::{MigrationJob, MigrationStep, StepRequest};
 use crate::directory::{VolumeState, now_ms};
@@ -309,6 +309,17 @@ pub(crate) async fn migrate_now(
 ) -> Result<Json<PassReport>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     pass(&state, "router", query.volume).await.map(Json)
+}
+
+/// `POST /admin/volumes/{id}/migrate`: volume `id` forced now, whatever its
+/// age (`POST /admin/migrate?volume=ID`).
+pub(crate) async fn migrate_volume(
+    State(state): State<Arc<AppState>>,
+    Path(vid): Path<String>,
+) -> Result<Json<PassReport>, ApiError> {
+    pass(&state, "router", Some(volume_id(&vid)?))
+        .await
+        .map(Json)
 }
 
 /// `GET /admin/migrations`: every migration job.

@@ -96,6 +96,7 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         .route("/admin/damaged-needles", get(admin::damaged_needles))
         .route("/admin/volumes/{id}/seal", post(seal::seal_volume))
         .route("/admin/migrate", post(migrate::migrate_now))
+        .route("/admin/volumes/{id}/migrate", post(migrate::migrate_volume))
         .route("/admin/migrations", get(migrate::migrations))
         .route("/blobs", post(upload::post_blob))
         .route(

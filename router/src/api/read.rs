@@ -446,15 +446,17 @@ fn slice_stream(
 /// once at least one replica deleted the needle and every other replica
 /// (down, stale, or failing the delete) was recorded in the directory as
 /// having missed it, so that it serves no read until resynced (which
-/// carries the delete over); `404` when every fresh replica says it is not
-/// there; `503` otherwise.
+/// carries the delete over), and, if a migration has opened the volume's
+/// warm journal meanwhile, that journal took it too; `404` when every fresh
+/// replica says it is not there; `503` otherwise. A warm volume's delete is
+/// a tombstone in its journal ([`warm::delete`]).
 pub(crate) async fn delete_blob(
     State(state): State<Arc<AppState>>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let id = id_from_uri(&uri)?;
     let volume = state.cache.volume(id.volume, true).await?;
-    if matches!(volume.state, VolumeState::Warm | VolumeState::Sealing) {
+    if volume.state == VolumeState::Warm {
         warm::delete(&state, &volume, id).await?;
         let mut response = StatusCode::NO_CONTENT.into_response();
         response.extensions_mut().insert(Tier::WARM);
@@ -512,16 +514,15 @@ pub(crate) async fn delete_blob(
             id.volume
         )));
     }
-    // A seal that began meanwhile may have copied a replica before this
-    // delete reached it: not acknowledged; the retry goes to the warm tier
-    // (or waits for the seal). The seal itself abandons an attempt whose
-    // source is marked as having missed a delete.
+    // A migration carries the hot replicas' deletes into the warm journal
+    // once it has opened it, and then flips: a delete that sees the journal
+    // open (or the flip) goes there itself; one that does not landed on the
+    // replicas before the journal opened, so the migration carries it.
     let now = state.cache.volume(id.volume, true).await?;
-    if matches!(now.state, VolumeState::Sealing | VolumeState::Warm) {
-        return Err(ApiError::Busy(format!(
-            "volume {} is moving to the warm tier; retry the delete",
-            id.volume
-        )));
+    if let Some(warm) = now.warm.as_ref()
+        && (now.state == VolumeState::Warm || warm.journal_open)
+    {
+        warm::tombstone(&state, id.volume, warm, &[id.key]).await?;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(Tier::HOT);

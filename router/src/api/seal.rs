@@ -4,24 +4,27 @@
 //! verify, flip, wait, delete:
 //!
 //! 1. the directory starts an attempt under a new encode generation (the
-//!    volume turns `sealing`: reads stay hot, deletes answer `503` and are
-//!    retried by their clients);
-//! 2. a wait of the replica timeout lets deletes already sent to the hot
-//!    replicas land, so the replica copied next holds every acknowledged
-//!    delete (one that missed any is never the source); every replica is
-//!    locked at its store;
-//! 3. an f4 storage node copies a fresh, locked replica, seals its live
-//!    needles and cuts them into blocks; the directory places the blocks
-//!    (14 racks) and journal holders; the node sends them out;
-//! 4. every live needle is read back through the warm read path;
+//!    volume turns `sealing`: reads and deletes stay on the hot replicas);
+//!    every replica is locked at its store;
+//! 2. an f4 storage node plans the seal from a fresh replica's index, the
+//!    directory places the blocks (14 racks) and journal holders, and the
+//!    node streams the needles, each checked (a bad one taken from another
+//!    replica), through the encoder to the blocks' nodes, then the index to
+//!    the holders ([`f4::node`]'s `encode`);
+//! 3. every block is read back and checked on its node, then every live
+//!    needle through the warm read path;
+//! 4. the directory opens the attempt's journal and the hot replicas'
+//!    deletes are carried into it ([`carry_deletes`]; a delete from then on
+//!    goes to both tiers itself);
 //! 5. the directory flips the volume to `warm`;
-//! 6. after the routers' cache lifetime, the hot replicas are retired.
+//! 6. after the routers' cache lifetime, the hot replicas are retired and
+//!    every storage node drops the files of the volume's other generations.
 //!
 //! A failure before the flip aborts the attempt: the volume is `locked`
 //! again and its hot replicas serve as before. The attempt runs on a task
 //! of its own, so a client that hangs up does not stop it halfway; a process
-//! that dies halfway leaves the volume `sealing` (hot reads go on, deletes
-//! wait), and its job's claim runs out: the next migration pass starts a new
+//! that dies halfway leaves the volume `sealing` (hot reads and deletes go
+//! on), and its job's claim runs out: the next migration pass starts a new
 //! attempt (or, past the flip, only retires the hot replicas).
 
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -40,6 +44,9 @@ use super::state::AppState;
 use super::warm::{check_needle, read_data};
 use crate::directory::types::{MigrationStep, PlaceRequest};
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
+
+/// Blocks read back and checked at once while verifying.
+const BLOCK_CHECKS_AT_ONCE: usize = 4;
 
 /// What a seal did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,9 +78,7 @@ pub(crate) async fn seal_volume(
     State(state): State<Arc<AppState>>,
     Path(vid): Path<String>,
 ) -> Result<Json<SealReport>, ApiError> {
-    let vid: u32 = vid
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("volume id {vid:?} is not a u32")))?;
+    let vid = volume_id(&vid)?;
     let volume = known_volume(&state, vid).await?;
     check_sealable(&volume)?;
     if volume.state == VolumeState::Warm {
@@ -86,6 +91,12 @@ pub(crate) async fn seal_volume(
             "volume {vid} is being migrated by a migrator; retry later"
         ))),
     }
+}
+
+/// A volume id from a route's path; `400` if it is not a `u32`.
+pub(crate) fn volume_id(text: &str) -> Result<u32, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::BadRequest(format!("volume id {text:?} is not a u32")))
 }
 
 /// Volume `vid` from the directory; an unknown one is a `400`.
@@ -140,8 +151,9 @@ pub(crate) async fn seal(
                 if let Some(sealer) = sealer {
                     let _ = sealer.discard(vid, generation).await;
                 }
-                if let Err(e) = state.directory.abort_seal(vid, generation).await {
-                    tracing::warn!(volume = vid, error = %e, "aborting the seal failed");
+                match state.directory.abort_seal(vid, generation).await {
+                    Ok(_) => prune_everywhere(&state, vid, None).await,
+                    Err(e) => tracing::warn!(volume = vid, error = %e, "aborting the seal failed"),
                 }
                 Err(error)
             }
@@ -163,16 +175,16 @@ async fn attempt(
 ) -> Result<SealReport, Failed> {
     let plain = |e: ApiError| (e, None);
     steps.send_replace(MigrationStep::Encoding);
-    tokio::time::sleep(Duration::from_millis(state.config.replica_timeout_ms)).await;
     let volume = state
         .directory
         .volume(vid)
         .await
         .map_err(|e| plain(e.into()))?;
     let nodes = state.cache.nodes(true).await.map_err(plain)?;
+    // Any fresh replica holds every live needle; deletes it missed are
+    // carried over below with the others.
     let source = volume
         .fresh_replicas()
-        .filter(|r| !volume.missed_delete(r))
         .find_map(|r| nodes.get(r).filter(|n| n.is_up()))
         .ok_or_else(|| {
             plain(ApiError::Unavailable(format!(
@@ -221,6 +233,13 @@ async fn attempt(
             volume: vid,
             generation,
             source: source.base_url(),
+            fallbacks: volume
+                .replicas
+                .iter()
+                .filter(|r| **r != source.id && !volume.is_stale(r))
+                .filter_map(|r| nodes.get(r).filter(|n| n.is_up()))
+                .map(NodeRecord::base_url)
+                .collect(),
             max_block_size_bytes: state.config.max_block_size_bytes,
         })
         .await
@@ -268,12 +287,16 @@ async fn attempt(
             .iter()
             .map(url)
             .collect::<Result<_, _>>()?,
+        bytes_per_second: state.config.migration_rate_bytes,
     };
     sealer
         .distribute(vid, generation, &distribute)
         .await
         .map_err(|e| failed(ApiError::Unavailable(format!("distributing: {e}"))))?;
     steps.send_replace(MigrationStep::Verifying);
+    check_blocks(state, vid, &warm, &nodes)
+        .await
+        .map_err(|e| (e, None))?;
     let verified = verify(state, vid, &warm, &nodes)
         .await
         .map_err(|e| (e, None))?;
@@ -286,23 +309,15 @@ async fn attempt(
             None,
         ));
     }
-    // A hot delete that was under way when the seal began may have marked
-    // the source as having missed it only now: its copy may still hold
-    // that BLOB, so the attempt is abandoned (the volume stays hot).
-    let now = state
-        .directory
-        .volume(vid)
+    let carried = carry_deletes(state, vid, generation)
         .await
-        .map_err(|e| (e.into(), None))?;
-    if now.missed_delete(&source.id) {
-        return Err((
-            ApiError::Unavailable(format!(
-                "{} missed a delete while it was sealed; try again",
-                source.id
-            )),
-            None,
-        ));
-    }
+        .map_err(|e| (e, None))?;
+    tracing::info!(
+        volume = vid,
+        generation,
+        carried,
+        "hot deletes carried into the journal"
+    );
     steps.send_replace(MigrationStep::Flipping);
     let committed = state
         .directory
@@ -325,6 +340,59 @@ async fn attempt(
         dropped: prepared.dropped,
         retired_replicas: retired,
     })
+}
+
+/// Opens the journal of attempt `generation` to deletes, then carries
+/// every delete the hot replicas took into it: from here on a delete goes
+/// to both tiers itself ([`super::read::delete_blob`]), and one that did not
+/// landed on the replicas before the journal opened. Read from every up
+/// replica that missed no delete, at least one of them fresh (a fresh one
+/// took every acknowledged delete). The keys sent (a holder skips those
+/// its index lacks: deleted before the seal).
+async fn carry_deletes(state: &AppState, vid: u32, generation: u64) -> Result<u64, ApiError> {
+    let volume = state.directory.open_journal(vid, generation).await?;
+    let warm = volume
+        .warm
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal(format!("volume {vid} has no warm record")))?;
+    let nodes = state.cache.nodes(true).await?;
+    let page_len = f4::api::PAGE_MAX.min(haystack::api::PAGE_ENTRIES_MAX);
+    let (mut carried, mut fresh_read) = (0, false);
+    for replica in &volume.replicas {
+        if volume.missed_delete(replica) {
+            continue;
+        }
+        let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
+            continue;
+        };
+        let store = state.store_for_writes(node)?;
+        let mut after = None;
+        let read = loop {
+            let page = match store.deleted_page(vid, after, page_len).await {
+                Ok(page) => page,
+                Err(e) => break Err(e),
+            };
+            if !page.keys.is_empty() {
+                super::warm::tombstone(state, vid, warm, &page.keys).await?;
+                carried += page.keys.len() as u64;
+            }
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break Ok(()),
+            }
+        };
+        match read {
+            Ok(()) => fresh_read |= !volume.is_stale(replica),
+            Err(e) => tracing::warn!(volume = vid, replica = %replica, error = %e,
+                "reading a replica's deletes failed"),
+        }
+    }
+    if !fresh_read {
+        return Err(ApiError::Unavailable(format!(
+            "no fresh replica of volume {vid} could list its deletes"
+        )));
+    }
+    Ok(carried)
 }
 
 /// After a flip: waits for routers' cached (hot) entries to expire, then
@@ -361,7 +429,71 @@ pub(crate) async fn drain_and_retire(
             Err(e) => tracing::warn!(volume = vid, error = %e, "store client"),
         }
     }
+    prune_everywhere(state, vid, volume.warm.as_ref().map(|w| w.generation)).await;
     retired
+}
+
+/// Has every storage node that is up remove its files of volume `vid`'s
+/// generations but `keep`: what attempts that never committed left (best
+/// effort: a node that is down keeps them).
+async fn prune_everywhere(state: &AppState, vid: u32, keep: Option<u64>) {
+    let nodes = match state.cache.nodes(true).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::warn!(volume = vid, error = %e, "no node list; nothing pruned");
+            return;
+        }
+    };
+    let prunes = nodes
+        .values()
+        .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
+        .map(|node| async move {
+            let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
+            if let Err(e) = client.prune(vid, keep).await {
+                tracing::warn!(volume = vid, node = %node.id, error = %e, "pruning failed");
+            }
+        });
+    futures::future::join_all(prunes).await;
+}
+
+/// Has every block's node read it back from disk and check it against its
+/// chunk CRCs (a few nodes at a time); the first block that fails fails the
+/// attempt, naming it.
+async fn check_blocks(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    nodes: &std::collections::HashMap<String, NodeRecord>,
+) -> Result<(), ApiError> {
+    let mut checks = Vec::new();
+    for (stripe, placed) in warm.stripes.iter().enumerate() {
+        for (block, node) in placed.iter().enumerate() {
+            let node = nodes
+                .get(node)
+                .ok_or_else(|| ApiError::Unavailable(format!("unknown node {node}")))?;
+            let id = f4::api::BlockId {
+                volume: vid,
+                generation: warm.generation,
+                stripe: stripe as u64,
+                block: block as u32,
+            };
+            let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
+            let geometry = warm.geometry;
+            checks.push(async move {
+                client.check_block(id, geometry).await.map_err(|e| {
+                    ApiError::Unavailable(format!(
+                        "block {}.{} on {} failed its check: {e}",
+                        id.stripe, id.block, node.id
+                    ))
+                })
+            });
+        }
+    }
+    futures::stream::iter(checks)
+        .buffer_unordered(BLOCK_CHECKS_AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(drop)
 }
 
 /// Reads every live needle back through the warm read path (index on a

@@ -23,12 +23,13 @@ use f4::api::{BlockId, RangeRead, ReconstructRequest};
 use f4::client::{KeyLookup, StorageClient};
 use f4::format::IndexEntry;
 use haystack::Needle;
+use haystack::api::format_key;
 
 use super::error::ApiError;
 use super::id::BlobId;
 use super::state::AppState;
 use crate::directory::types::DamagedBlockRequest;
-use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
+use crate::directory::{LogicalVolume, NodeRecord, NodeRole, WarmVolume};
 
 /// A needle read from the warm tier.
 pub(crate) struct WarmNeedle {
@@ -381,15 +382,21 @@ pub(crate) async fn delete(
     volume: &LogicalVolume,
     id: BlobId,
 ) -> Result<(), ApiError> {
-    if volume.state == VolumeState::Sealing {
-        return Err(ApiError::Busy(format!(
-            "volume {} is being sealed into the warm tier; retry the delete shortly",
-            volume.id
-        )));
-    }
     // The cookie lives in the needle: a wrong one is a 404 and writes nothing.
     read_needle(state, volume, id).await?;
-    let warm = warm_record(volume)?;
+    tombstone(state, volume.id, warm_record(volume)?, &[id.key]).await
+}
+
+/// Appends the tombstones of `keys` (1 to [`f4::api::PAGE_MAX`]) to the
+/// journal of `warm`, volume `vid`: `Ok` once a majority of its holders
+/// synced them and every other holder is marked stale (it merges the
+/// others' journals before it is consulted again).
+pub(crate) async fn tombstone(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    keys: &[u64],
+) -> Result<(), ApiError> {
     let nodes = state.cache.nodes(false).await?;
     let deadline = Duration::from_millis(state.config.replica_timeout_ms);
     let results = futures::future::join_all(warm.journal_holders.iter().map(|holder| {
@@ -399,7 +406,7 @@ pub(crate) async fn delete(
             let node = node.ok_or_else(|| "node down".to_owned())?;
             StorageClient::from_http(&node.base_url(), http)
                 .with_timeout(deadline)
-                .tombstone(volume.id, warm.generation, id.key)
+                .tombstones(vid, warm.generation, keys)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -412,25 +419,28 @@ pub(crate) async fn delete(
         match result {
             Ok(()) => synced += 1,
             Err(why) => {
-                tracing::warn!(volume = volume.id, holder = %holder, why = %why, "tombstone failed");
+                tracing::warn!(volume = vid, holder = %holder, why = %why, "tombstone failed");
                 missed.push((holder, why));
             }
         }
     }
     if synced < majority {
         return Err(ApiError::Unavailable(format!(
-            "{synced} of volume {}'s {} journal holders took the delete; {majority} are needed",
-            volume.id,
+            "{synced} of volume {vid}'s {} journal holders took the delete; {majority} are needed",
             warm.journal_holders.len()
         )));
     }
     // Marked even if already stale: the mark moves the epoch, so a merge
-    // running now does not clear a holder that lacks this tombstone.
+    // running now does not clear a holder that lacks these tombstones.
+    let first = keys.first().map_or_else(String::new, |k| format_key(*k));
     for (holder, why) in missed {
-        let reason = format!("missed the tombstone of {}: {why}", id);
+        let reason = format!(
+            "missed {} tombstone(s) of volume {vid} from key {first}: {why}",
+            keys.len()
+        );
         if let Err(e) = state
             .directory
-            .mark_holder_stale(volume.id, holder, &reason)
+            .mark_holder_stale(vid, holder, &reason)
             .await
         {
             return Err(ApiError::Unavailable(format!(

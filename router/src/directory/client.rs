@@ -256,6 +256,16 @@ impl DirectoryClient {
         self.end_seal(vid, "commit", generation).await
     }
 
+    /// `POST /volumes/{vid}/seal/journal`: the attempt's journal takes
+    /// deletes.
+    pub async fn open_journal(
+        &self,
+        vid: u32,
+        generation: u64,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        self.end_seal(vid, "journal", generation).await
+    }
+
     /// `POST /volumes/{vid}/seal/abort`: the volume is `locked` again.
     pub async fn abort_seal(
         &self,

@@ -711,8 +711,20 @@ pub fn warm_seal_attempts(open: Open<'_>) {
         dir.commit_warm(vid, 2).is_err(),
         "an attempt is placed before it commits"
     );
+    assert!(
+        dir.open_journal(vid, 2).is_err(),
+        "a journal opens once placed"
+    );
     dir.place_warm(vid, place_request(2, 5000), false)
         .expect("place");
+    assert!(matches!(
+        dir.open_journal(vid, 1),
+        Err(DirectoryError::InvalidTransition { .. })
+    ));
+    for _ in 0..2 {
+        let opened = dir.open_journal(vid, 2).expect("open the journal");
+        assert!(opened.warm.expect("record").journal_open);
+    }
     assert!(matches!(
         dir.commit_warm(vid, 1),
         Err(DirectoryError::InvalidTransition { .. })

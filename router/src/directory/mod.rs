@@ -179,6 +179,10 @@ pub trait Directory: Send + Sync {
     /// Commits the placed attempt `generation`: the volume turns `warm`.
     fn commit_warm(&self, id: u32, generation: u64) -> Result<LogicalVolume, DirectoryError>;
 
+    /// Opens the journal of the placed attempt `generation` to deletes
+    /// ([`types::WarmVolume::journal_open`]); idempotent.
+    fn open_journal(&self, id: u32, generation: u64) -> Result<LogicalVolume, DirectoryError>;
+
     /// Drops attempt `generation`: the volume is `locked` again, its hot
     /// replicas serving as before.
     fn abort_seal(&self, id: u32, generation: u64) -> Result<LogicalVolume, DirectoryError>;

@@ -876,6 +876,7 @@ impl Directory for RedbDirectory {
                 tolerated_rack_losses: placed.tolerated_rack_losses,
                 needle_count: request.needle_count,
                 damaged_blocks: Vec::new(),
+                journal_open: false,
             });
             put_volume(txn, &volume)?;
             Ok(volume)
@@ -901,6 +902,23 @@ impl Directory for RedbDirectory {
             }
             volume.state = VolumeState::Warm;
             put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn open_journal(&self, id: u32, generation: u64) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            check_attempt(&volume, generation)?;
+            let warm = volume.warm.as_mut().ok_or_else(|| {
+                DirectoryError::BadRequest(format!(
+                    "volume {id} generation {generation} is not placed yet"
+                ))
+            })?;
+            if !warm.journal_open {
+                warm.journal_open = true;
+                put_volume(txn, &volume)?;
+            }
             Ok(volume)
         })
     }

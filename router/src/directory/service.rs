@@ -31,7 +31,7 @@ use super::types::{
     FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration, PlaceRequest, SetStateRequest,
     StaleRequest, StepRequest,
 };
-use super::{Directory, DirectoryError, RedbDirectory, now_ms};
+use super::{Directory, DirectoryError, LogicalVolume, RedbDirectory, now_ms};
 
 /// Configuration of the directory role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,7 +407,8 @@ async fn place_warm(
     Ok(axum::Json(volume).into_response())
 }
 
-/// `POST /volumes/{vid}/seal/commit` (the volume is warm) and
+/// `POST /volumes/{vid}/seal/journal` (the attempt's journal takes
+/// deletes), `POST /volumes/{vid}/seal/commit` (the volume is warm) and
 /// `POST /volumes/{vid}/seal/abort` (the attempt is dropped).
 async fn end_seal(
     State(state): State<AppState>,
@@ -416,20 +417,14 @@ async fn end_seal(
 ) -> Result<Response, DirectoryError> {
     let vid = parse_vid(&vid)?;
     let generation = request.generation;
-    let commit = match step.as_str() {
-        "commit" => true,
-        "abort" => false,
-        _ => return Ok(not_found().await.into_response()),
-    };
-    let volume = state
-        .blocking(move |d| {
-            if commit {
-                d.commit_warm(vid, generation)
-            } else {
-                d.abort_seal(vid, generation)
-            }
-        })
-        .await?;
+    let end: fn(&dyn Directory, u32, u64) -> Result<LogicalVolume, DirectoryError> =
+        match step.as_str() {
+            "journal" => |d, vid, generation| d.open_journal(vid, generation),
+            "commit" => |d, vid, generation| d.commit_warm(vid, generation),
+            "abort" => |d, vid, generation| d.abort_seal(vid, generation),
+            _ => return Ok(not_found().await.into_response()),
+        };
+    let volume = state.blocking(move |d| end(d, vid, generation)).await?;
     tracing::info!(volume = vid, generation, step = %step, "seal attempt ended");
     Ok(axum::Json(volume).into_response())
 }

@@ -197,6 +197,12 @@ pub struct WarmVolume {
     /// for the coordinator to rebuild.
     #[serde(default)]
     pub damaged_blocks: Vec<DamagedBlock>,
+    /// Whether the attempt's journal takes deletes: set once its index is
+    /// on every holder, before the deletes the hot replicas took meanwhile
+    /// are carried over. A delete of a `sealing` volume whose journal is
+    /// open goes to both tiers (see `DESIGN.md`, "Migration").
+    #[serde(default)]
+    pub journal_open: bool,
 }
 
 impl WarmVolume {

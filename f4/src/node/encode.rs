@@ -1,0 +1,509 @@
+//! The seal's encoding stage: a locked hot replica streamed into blocks on
+//! their nodes, with no copy of the volume on any disk.
+//!
+//! `POST /seal` stages a plan: the warm index of the live needles in key
+//! order, and beside it each needle's offset in the source replica's data
+//! file ([`write_plan`]). [`LiveSource`] serves the warm data file's bytes
+//! from the plan: it reads runs of needles from the source with ranged
+//! reads, checks every needle (magic, sizes, key, CRC) before any of its
+//! bytes is used, takes one that fails from another replica, and clears
+//! the deleted flag (deletes the replicas take meanwhile are carried into
+//! the journal by the migrator). `coding`'s stripe encoder pulls columns
+//! from it and pushes each block's bytes into a [`BlockSink`], a bounded
+//! queue feeding that block's `PUT` to its node, which checks every
+//! chunk's CRC, syncs and renames ([`encode_to_nodes`]).
+//!
+//! Memory stays bounded whatever the volume's size: one column per block,
+//! the sinks' queues, and per data block one run read ahead (at most
+//! [`FETCH_BYTES_MAX`], or one needle if it is larger).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use coding::{BlockChecksums, Codec, StripeEncoder, VolumeSource};
+use futures::StreamExt;
+use haystack::api::{NeedleEntry, VolumeFile};
+use haystack::client::StoreClient;
+use haystack::format::{NEEDLE_FLAG_DELETED, NEEDLE_FLAGS_OFFSET, validate_needle};
+use parking_lot::Mutex;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use crate::block::ENCODE_COLUMN_BYTES;
+use crate::client::StorageClient;
+use crate::error::{Error, Result};
+use crate::format::{BlockHeader, Geometry, INDEX_HEADER_SIZE, IndexEntry, IndexHeader};
+use crate::index::WarmIndex;
+
+/// Most bytes of a source replica read in one request: a run of needles
+/// contiguous in its data file (a larger needle is read whole).
+const FETCH_BYTES_MAX: u64 = 1 << 20;
+/// Bytes a sink hands its upload at once.
+const SINK_CHUNK_BYTES: usize = 256 << 10;
+/// Chunks queued per block upload.
+const SINK_QUEUE: usize = 4;
+/// Runs read ahead but not used yet that are kept (one per data block of
+/// a stripe, with room to spare).
+const CARRIES_MAX: usize = 16;
+
+/// What [`write_plan`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Planned {
+    /// Live needles.
+    pub needles: u64,
+    /// Needles dropped as deleted.
+    pub dropped: u64,
+    /// Length of the warm data file.
+    pub data_len_bytes: u64,
+}
+
+/// Pages through `source`'s index of `volume` and writes the warm index of
+/// its live needles (stamped with `generation`) to `index_path` and their
+/// offsets in the source's data file to `offsets_path` (one little-endian
+/// `u64` per index entry, in the same order), both synced.
+pub(crate) async fn write_plan(
+    source: &StoreClient,
+    volume: u32,
+    generation: u64,
+    index_path: &Path,
+    offsets_path: &Path,
+) -> Result<Planned> {
+    let mut index = BufWriter::new(tokio::fs::File::create(index_path).await?);
+    let mut offsets = BufWriter::new(tokio::fs::File::create(offsets_path).await?);
+    // The header is written last, once the count and length are known.
+    index.write_all(&[0u8; INDEX_HEADER_SIZE]).await?;
+    let mut planned = Planned {
+        needles: 0,
+        dropped: 0,
+        data_len_bytes: 0,
+    };
+    let mut after = None;
+    loop {
+        let page = source
+            .needle_page(volume, after, haystack::api::PAGE_ENTRIES_MAX)
+            .await
+            .map_err(|e| io::Error::other(format!("the source's index: {e}")))?;
+        for entry in &page.entries {
+            if entry.deleted {
+                planned.dropped += 1;
+                continue;
+            }
+            let size_bytes = needle_size(volume, entry)?;
+            let warm = IndexEntry {
+                key: entry.key,
+                offset: planned.data_len_bytes,
+                size_bytes,
+            };
+            index.write_all(&warm.encode()).await?;
+            offsets.write_all(&entry.offset.to_le_bytes()).await?;
+            planned.needles += 1;
+            planned.data_len_bytes += u64::from(size_bytes);
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let header = IndexHeader {
+        volume_id: volume,
+        generation,
+        entry_count: planned.needles,
+        data_len_bytes: planned.data_len_bytes,
+    };
+    index.flush().await?;
+    let mut index = index.into_inner();
+    index.seek(io::SeekFrom::Start(0)).await?;
+    index.write_all(&header.encode()).await?;
+    index.sync_all().await?;
+    offsets.flush().await?;
+    offsets.into_inner().sync_all().await?;
+    Ok(planned)
+}
+
+fn needle_size(volume: u32, entry: &NeedleEntry) -> Result<u32> {
+    u32::try_from(entry.size_bytes)
+        .ok()
+        .filter(|size| *size > 0)
+        .ok_or_else(|| Error::DamagedNeedle {
+            volume,
+            key: entry.key,
+            why: format!("the source's index gives it {} bytes", entry.size_bytes),
+        })
+}
+
+/// The warm data file of a plan, read from the hot replicas (module doc).
+pub(crate) struct LiveSource {
+    volume: u32,
+    index: WarmIndex,
+    offsets: File,
+    /// The source first; the others give needles that fail there.
+    replicas: Vec<StoreClient>,
+    runtime: Handle,
+    pace: Option<Mutex<Pace>>,
+    /// Verified bytes read past the end of a read, by warm offset.
+    carries: Mutex<Vec<(u64, Bytes)>>,
+    /// Why the last read failed, with its needle named.
+    failure: Mutex<Option<Error>>,
+}
+
+/// A byte-rate limit.
+struct Pace {
+    bytes_per_second: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    /// Sleeps (this is a blocking thread) until `bytes` more are due.
+    fn take(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_second as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+impl LiveSource {
+    /// The plan staged at `index_path` and `offsets_path`, read from
+    /// `replicas` (the source first) at most `bytes_per_second` (0: no
+    /// limit) through `runtime`. Used on a blocking thread.
+    pub(crate) fn open(
+        volume: u32,
+        generation: u64,
+        index_path: &Path,
+        offsets_path: &Path,
+        replicas: Vec<StoreClient>,
+        bytes_per_second: u64,
+        runtime: Handle,
+    ) -> Result<LiveSource> {
+        let index = WarmIndex::open(index_path, volume, generation)?;
+        let offsets = File::open(offsets_path)?;
+        if offsets.metadata()?.len() != index.header().entry_count * 8 {
+            return Err(Error::corrupt(
+                "the staged plan's offsets do not match its index",
+            ));
+        }
+        Ok(LiveSource {
+            volume,
+            index,
+            offsets,
+            replicas,
+            runtime,
+            pace: (bytes_per_second > 0).then(|| {
+                Mutex::new(Pace {
+                    bytes_per_second,
+                    started: Instant::now(),
+                    bytes: 0,
+                })
+            }),
+            carries: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+        })
+    }
+
+    /// Why the last read failed, if it named a needle.
+    pub(crate) fn take_failure(&self) -> Option<Error> {
+        self.failure.lock().take()
+    }
+
+    fn entry(&self, i: u64) -> Result<(IndexEntry, u64)> {
+        let entry = self.index.entry(i)?;
+        let mut offset = [0u8; 8];
+        self.offsets.read_exact_at(&mut offset, i * 8)?;
+        Ok((entry, u64::from_le_bytes(offset)))
+    }
+
+    /// The index of the needle holding warm byte `pos`.
+    fn entry_at(&self, pos: u64) -> Result<u64> {
+        let (mut low, mut high) = (0, self.index.header().entry_count);
+        // The last entry whose offset is at most `pos`.
+        while high - low > 1 {
+            let mid = low + (high - low) / 2;
+            if self.index.entry(mid)?.offset <= pos {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        Ok(low)
+    }
+
+    /// Verified warm bytes from the start of the needle holding `pos`
+    /// through at least `end` (or the run's limit): a run of needles
+    /// contiguous in the source's data file, read at once.
+    fn read_run(&self, pos: u64, end: u64) -> Result<(u64, Bytes)> {
+        let count = self.index.header().entry_count;
+        let mut i = self.entry_at(pos)?;
+        let mut run = vec![self.entry(i)?];
+        let mut run_len = u64::from(run[0].0.size_bytes);
+        while i + 1 < count {
+            let (last, last_hot) = run[run.len() - 1];
+            if last.offset + u64::from(last.size_bytes) >= end {
+                break;
+            }
+            let (next, next_hot) = self.entry(i + 1)?;
+            if next_hot != last_hot + u64::from(last.size_bytes)
+                || run_len + u64::from(next.size_bytes) > FETCH_BYTES_MAX
+            {
+                break;
+            }
+            run.push((next, next_hot));
+            run_len += u64::from(next.size_bytes);
+            i += 1;
+        }
+        if let Some(pace) = &self.pace {
+            pace.lock().take(run_len);
+        }
+        let (run_start, first_hot) = (run[0].0.offset, run[0].1);
+        let fetched = self
+            .runtime
+            .block_on(self.replicas[0].read_volume_file_range(
+                self.volume,
+                VolumeFile::Data,
+                first_hot,
+                run_len,
+            ))
+            .map_err(|e| io::Error::other(format!("reading the source replica: {e}")))?;
+        let mut verified = BytesMut::with_capacity(fetched.len());
+        for (entry, hot) in run {
+            let at = (hot - first_hot) as usize;
+            let raw = &fetched[at..at + entry.size_bytes as usize];
+            let start = verified.len();
+            match check_needle(self.volume, entry, raw) {
+                Ok(()) => verified.extend_from_slice(raw),
+                Err(why) => verified.extend_from_slice(&self.good_copy_elsewhere(entry, why)?),
+            }
+            verified[start + NEEDLE_FLAGS_OFFSET] &= !NEEDLE_FLAG_DELETED;
+        }
+        Ok((run_start, verified.freeze()))
+    }
+
+    /// Needle `entry` from the first other replica whose copy passes its
+    /// checks; [`Error::DamagedNeedle`] if none does.
+    fn good_copy_elsewhere(&self, entry: IndexEntry, why: String) -> Result<Vec<u8>> {
+        tracing::warn!(volume = self.volume, key = %haystack::api::format_key(entry.key),
+            why = %why, "a needle failed its check on the source replica; trying the others");
+        let mut whys = vec![format!("{}: {why}", self.replicas[0].base_url())];
+        for replica in &self.replicas[1..] {
+            let copy = self
+                .runtime
+                .block_on(replica.raw_needle(self.volume, entry.key))
+                .map_err(|e| e.to_string())
+                .and_then(|raw| check_needle(self.volume, entry, &raw).map(|()| raw));
+            match copy {
+                Ok(raw) => return Ok(raw),
+                Err(why) => whys.push(format!("{}: {why}", replica.base_url())),
+            }
+        }
+        Err(Error::DamagedNeedle {
+            volume: self.volume,
+            key: entry.key,
+            why: format!("no replica has a good copy ({})", whys.join("; ")),
+        })
+    }
+
+    fn take_carry(&self, pos: u64) -> Option<(u64, Bytes)> {
+        let mut carries = self.carries.lock();
+        let i = carries
+            .iter()
+            .position(|(start, bytes)| *start <= pos && pos < start + bytes.len() as u64)?;
+        Some(carries.swap_remove(i))
+    }
+
+    fn keep_carry(&self, start: u64, bytes: Bytes) {
+        let mut carries = self.carries.lock();
+        if carries.len() >= CARRIES_MAX {
+            carries.remove(0);
+        }
+        carries.push((start, bytes));
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let (start, bytes) = match self.take_carry(pos) {
+                Some(carry) => carry,
+                None => self.read_run(pos, end)?,
+            };
+            let from = (pos - start) as usize;
+            let n = (bytes.len() - from).min((end - pos) as usize);
+            let at = (pos - offset) as usize;
+            buf[at..at + n].copy_from_slice(&bytes[from..from + n]);
+            pos += n as u64;
+            if from + n < bytes.len() {
+                self.keep_carry(pos, bytes.slice(from + n..));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VolumeSource for LiveSource {
+    fn len_bytes(&self) -> u64 {
+        self.index.header().data_len_bytes
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read(offset, buf).map_err(|error| {
+            let message = error.to_string();
+            *self.failure.lock() = Some(error);
+            io::Error::other(message)
+        })
+    }
+}
+
+/// Checks one needle as the source gave it: every check of the hot tier's
+/// own reads, and the key the plan expects there.
+fn check_needle(volume: u32, entry: IndexEntry, raw: &[u8]) -> std::result::Result<(), String> {
+    if raw.len() != entry.size_bytes as usize {
+        return Err(format!(
+            "{} bytes, the index says {}",
+            raw.len(),
+            entry.size_bytes
+        ));
+    }
+    let (header, _) = validate_needle(raw, volume, entry.offset).map_err(|e| e.to_string())?;
+    if header.key != entry.key {
+        return Err(format!("it holds key {:x}", header.key));
+    }
+    Ok(())
+}
+
+/// One block's bytes on their way to its node: a bounded queue feeding the
+/// block's `PUT`. Dropped unfinished, it fails the upload (the node keeps
+/// nothing).
+struct BlockSink {
+    queue: Option<mpsc::Sender<io::Result<Bytes>>>,
+    buf: BytesMut,
+}
+
+impl BlockSink {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        let sent = match &self.queue {
+            Some(queue) => queue.blocking_send(Ok(chunk)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the block's upload ended early",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends what is buffered and ends the body.
+    fn finish(mut self) -> io::Result<()> {
+        self.send()?;
+        self.queue = None;
+        Ok(())
+    }
+}
+
+impl Write for BlockSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= SINK_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Drop for BlockSink {
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            let _ = queue.try_send(Err(io::Error::other("the seal stopped")));
+        }
+    }
+}
+
+/// Encodes every stripe of `source` under `geometry` and streams each
+/// block to its node in `stripes` (per stripe, the base URL of each
+/// block's node, in block order), one stripe after the other. Runs on a
+/// blocking thread; `runtime` drives the uploads. The bytes sent.
+pub(crate) fn encode_to_nodes(
+    runtime: &Handle,
+    peers: &reqwest::Client,
+    source: &LiveSource,
+    generation: u64,
+    geometry: Geometry,
+    stripes: &[Vec<String>],
+) -> Result<u64> {
+    let volume = source.volume;
+    let layout = geometry.layout()?;
+    let codec = Codec::new(geometry.rs_config()?)?;
+    let mut encoder = StripeEncoder::new(&codec, ENCODE_COLUMN_BYTES, geometry.chunk_size_bytes)?;
+    let mut sent = 0;
+    for (stripe, nodes) in stripes.iter().enumerate() {
+        let stripe = stripe as u64;
+        let headers: Vec<BlockHeader> = (0..geometry.blocks_per_stripe())
+            .map(|index| BlockHeader::new(volume, generation, geometry, stripe, index))
+            .collect::<Result<_>>()?;
+        let mut sinks = Vec::with_capacity(headers.len());
+        let mut uploads = Vec::with_capacity(headers.len());
+        for (header, node) in headers.iter().zip(nodes) {
+            let file_len = header
+                .file_len_bytes()
+                .ok_or_else(|| Error::InvalidGeometry("a block file over u64".into()))?;
+            let (queue, chunks) = mpsc::channel(SINK_QUEUE);
+            let body = futures::stream::unfold(chunks, |mut chunks| async move {
+                chunks.recv().await.map(|chunk| (chunk, chunks))
+            });
+            let client = StorageClient::from_http(node, peers.clone());
+            let block = header.block_index;
+            let node = node.clone();
+            uploads.push(runtime.spawn(async move {
+                client
+                    .put_block_body(volume, generation, stripe, block, file_len, body.boxed())
+                    .await
+                    .map_err(|e| format!("block {stripe}.{block} to {node}: {e}"))
+            }));
+            let mut sink = BlockSink {
+                queue: Some(queue),
+                buf: BytesMut::with_capacity(SINK_CHUNK_BYTES),
+            };
+            sink.write_all(&header.encode())?;
+            sinks.push(sink);
+            sent += file_len;
+        }
+        let checksums = if layout.stripe_count() == 0 {
+            headers
+                .iter()
+                .map(|_| BlockChecksums::compute(geometry.chunk_size_bytes, &[]))
+                .collect::<coding::Result<Vec<_>>>()?
+        } else {
+            match encoder.encode_stripe(&layout, source, stripe, &mut sinks) {
+                Ok(checksums) => checksums,
+                Err(error) => return Err(source.take_failure().unwrap_or(error.into())),
+            }
+        };
+        for ((mut sink, checksums), header) in sinks.into_iter().zip(checksums).zip(&headers) {
+            header.check_checksums(&checksums)?;
+            sink.write_all(&checksums.encode())?;
+            sink.finish()?;
+        }
+        for upload in uploads {
+            runtime
+                .block_on(upload)
+                .map_err(|e| io::Error::other(format!("block upload: {e}")))?
+                .map_err(io::Error::other)?;
+        }
+    }
+    Ok(sent)
+}
