@@ -6,10 +6,12 @@
     reason = "printing results is these commands' job"
 )]
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
 
 /// A router's base URL and an HTTP client for it.
@@ -184,14 +186,38 @@ impl RouterClient {
     }
 
     /// `POST /admin/migrate`: one migration pass now (or `volume` forced);
-    /// waits for its jobs and prints what each did.
+    /// waits for its jobs and prints what each did. Meanwhile, on a
+    /// terminal (and without `json`), a progress bar shows each job's step.
     pub async fn migrate(&self, volume: Option<u32>, json: bool) -> anyhow::Result<()> {
         let mut url = format!("{}/admin/migrate", self.base);
         if let Some(volume) = volume {
             url.push_str(&format!("?volume={volume}"));
         }
-        let response = self.http.post(url).send().await.context("migrating")?;
-        let answer: serde_json::Value = checked(response).await?.json().await?;
+        let pass = self.http.post(url).send();
+        let progress = (!json && std::io::stderr().is_terminal()).then(|| migration_bar(volume));
+        let response = match &progress {
+            Some(bar) => {
+                tokio::pin!(pass);
+                loop {
+                    tokio::select! {
+                        response = &mut pass => break response,
+                        () = tokio::time::sleep(PROGRESS_POLL) => {
+                            if let Ok(jobs) = self.get_json("/admin/migrations").await {
+                                show_steps(bar, volume, &jobs);
+                            }
+                        }
+                    }
+                }
+            }
+            None => pass.await,
+        };
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        let answer: serde_json::Value = checked(response.context("migrating")?)
+            .await?
+            .json()
+            .await?;
         let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
         let failed = jobs.iter().any(|job| !job["error"].is_null());
         if json {
@@ -257,6 +283,56 @@ impl RouterClient {
             .with_context(|| format!("GET {path}"))?;
         Ok(checked(response).await?.json().await?)
     }
+}
+
+/// How often `hayloft migrate` polls the jobs for its progress bar.
+const PROGRESS_POLL: Duration = Duration::from_millis(500);
+
+/// The steps of a migration job, in order (`warm` last).
+const MIGRATION_STEPS: [&str; 7] = [
+    "locked",
+    "encoding",
+    "verifying",
+    "flipping",
+    "draining",
+    "deleting",
+    "warm",
+];
+
+/// A bar through a forced volume's steps, or a spinner for a whole pass.
+fn migration_bar(volume: Option<u32>) -> ProgressBar {
+    let bar = match volume {
+        Some(_) => ProgressBar::new(MIGRATION_STEPS.len() as u64 - 1).with_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message("starting");
+    bar
+}
+
+/// Shows the jobs under way (only `volume`'s, if forced) on `bar`.
+fn show_steps(bar: &ProgressBar, volume: Option<u32>, jobs: &serde_json::Value) {
+    let running: Vec<(u64, &str)> = jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|job| volume.is_none_or(|v| job["volume"] == v))
+        .filter_map(|job| Some((job["volume"].as_u64()?, job["step"].as_str()?)))
+        .filter(|(_, step)| volume.is_some() || !matches!(*step, "warm" | "failed"))
+        .collect();
+    if let (Some(_), Some((_, step))) = (volume, running.first())
+        && let Some(at) = MIGRATION_STEPS.iter().position(|s| s == step)
+    {
+        bar.set_position(at as u64);
+    }
+    let message: Vec<String> = running
+        .iter()
+        .map(|(vid, step)| format!("volume {vid}: {step}"))
+        .collect();
+    bar.set_message(message.join(", "));
 }
 
 /// Turns an error answer into an error carrying the router's JSON message.

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod client;
 mod compact;
 pub mod error;
+pub mod failpoint;
 pub mod file;
 pub mod format;
 pub mod http;

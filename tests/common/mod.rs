@@ -218,6 +218,12 @@ impl Cluster {
     /// (`hayloft serve --role ROLE --config DIR/NODE.toml`), in the cluster's
     /// process group so it dies with the cluster; waits for its ready line.
     pub fn restart_node(&self, id: &str) -> anyhow::Result<Child> {
+        self.restart_node_with(id, &[])
+    }
+
+    /// [`Cluster::restart_node`] with `env` set for the new process (e.g. a
+    /// pause point, `haystack::failpoint`).
+    pub fn restart_node_with(&self, id: &str, env: &[(&str, &str)]) -> anyhow::Result<Child> {
         let node = self.node(id)?;
         let role = node["role"].as_str().context("role")?;
         let config = node["config"]
@@ -229,6 +235,7 @@ impl Cluster {
             .open(self.tempdir.path().join("up.log"))?;
         let mut child = Command::new(hayloft_bin())
             .args(["serve", "--role", role, "--config", config])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -498,11 +498,12 @@ pub(crate) fn encode_to_nodes(
             sink.write_all(&checksums.encode())?;
             sink.finish()?;
         }
-        for upload in uploads {
+        for (written, upload) in uploads.into_iter().enumerate() {
             runtime
                 .block_on(upload)
                 .map_err(|e| io::Error::other(format!("block upload: {e}")))?
                 .map_err(io::Error::other)?;
+            haystack::failpoint::pause_at(&format!("seal-after-blocks-{}", written + 1));
         }
     }
     Ok(sent)

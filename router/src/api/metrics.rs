@@ -16,6 +16,9 @@
 //! | `hayloft_upload_retries_total` | counter | |
 //! | `hayloft_damaged_needles_total` | counter | |
 //! | `hayloft_migration_jobs` | gauge | `step` |
+//! | `hayloft_migration_errors_total` | counter | |
+//! | `hayloft_migrated_bytes` | gauge | (live data of the warm volumes when sealed) |
+//! | `hayloft_migration_saved_bytes` | gauge | (their hot replicas' bytes minus their blocks') |
 //! | `hayloft_read_batches_total` | counter | `tier` (`hot`: store nodes, `warm`: storage nodes) |
 //! | `hayloft_read_batch_reads_total` | counter | `tier` |
 
@@ -38,6 +41,9 @@ const REPLICA_FAILURES: &str = "hayloft_replica_failures_total";
 const UPLOAD_RETRIES: &str = "hayloft_upload_retries_total";
 const DAMAGED_NEEDLES: &str = "hayloft_damaged_needles_total";
 const MIGRATION_JOBS: &str = "hayloft_migration_jobs";
+const MIGRATION_ERRORS: &str = "hayloft_migration_errors_total";
+const MIGRATED_BYTES: &str = "hayloft_migrated_bytes";
+const SAVED_BYTES: &str = "hayloft_migration_saved_bytes";
 const READ_BATCHES: &str = "hayloft_read_batches_total";
 const READ_BATCH_READS: &str = "hayloft_read_batch_reads_total";
 
@@ -211,6 +217,21 @@ impl Metrics {
     /// Sets the number of volumes in `state`.
     pub(crate) fn set_volumes(&self, state: &str, count: usize) {
         self.set_gauge(VOLUMES, ("state", state), count);
+    }
+
+    /// Counts a migration job that failed.
+    pub(crate) fn migration_error(&self) {
+        self.counter(MIGRATION_ERRORS).increment(1);
+    }
+
+    /// Sets the bytes the warm volumes' data took when sealed, and what
+    /// moving them saved: their hot replicas' bytes minus their blocks'.
+    pub(crate) fn set_migrated(&self, migrated_bytes: u64, saved_bytes: u64) {
+        for (name, value) in [(MIGRATED_BYTES, migrated_bytes), (SAVED_BYTES, saved_bytes)] {
+            self.recorder
+                .register_gauge(&Key::from_static_name(name), &METADATA)
+                .set(value as f64);
+        }
     }
 
     /// Sets the number of migration jobs at `step`.

@@ -225,14 +225,9 @@ async fn run_claimed(
         lease_ms,
     ));
     let result = match known_volume(state, vid).await {
-        // Flipped by a job that died before its hot replicas went.
-        Ok(volume)
-            if volume.state == VolumeState::Warm
-                && matches!(
-                    job.step,
-                    MigrationStep::Flipping | MigrationStep::Draining | MigrationStep::Deleting
-                ) =>
-        {
+        // Flipped by a job that died before its hot replicas went (whatever
+        // step it had recorded: the flip is the directory's word).
+        Ok(volume) if volume.state == VolumeState::Warm && !job.step.is_final() => {
             let retired = drain_and_retire(state, &volume, &steps).await;
             drop(steps);
             Ok(SealReport::warm(volume, retired))
@@ -254,7 +249,10 @@ async fn run_claimed(
     }
     match &result {
         Ok(_) => tracing::info!(volume = vid, "migrated"),
-        Err(error) => tracing::warn!(volume = vid, error = %error, "migration failed"),
+        Err(error) => {
+            state.metrics.migration_error();
+            tracing::warn!(volume = vid, error = %error, "migration failed");
+        }
     }
     Some(result)
 }
@@ -330,7 +328,8 @@ pub(crate) async fn migrations(
 }
 
 /// Runs the `migrator` role as `owner`: a pass every
-/// [`RouterConfig::migrate_interval_ms`], and `GET /health` on `listener`,
+/// [`RouterConfig::migrate_interval_ms`], and `GET /health` and
+/// `GET /metrics` (its migration errors, the cluster's gauges) on `listener`,
 /// until `cancel` fires (a job under way is dropped; its lease runs out
 /// and the next pass takes it over).
 pub async fn run(
@@ -344,7 +343,9 @@ pub async fn run(
     let state = Arc::new(AppState::new(config)?);
     let app = axum::Router::new()
         .route("/health", axum::routing::get(haystack::http::health))
-        .fallback(haystack::http::no_route);
+        .route("/metrics", axum::routing::get(super::admin::metrics))
+        .fallback(haystack::http::no_route)
+        .with_state(state.clone());
     let passes = {
         let cancel = cancel.clone();
         tokio::spawn(async move {

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use f4::api::{DistributeRequest, SealRequest};
 use f4::client::StorageClient;
+use haystack::failpoint::pause_task_at;
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -175,6 +176,7 @@ async fn attempt(
 ) -> Result<SealReport, Failed> {
     let plain = |e: ApiError| (e, None);
     steps.send_replace(MigrationStep::Encoding);
+    pause_task_at("migrate-encoding").await;
     let volume = state
         .directory
         .volume(vid)
@@ -294,6 +296,7 @@ async fn attempt(
         .await
         .map_err(|e| failed(ApiError::Unavailable(format!("distributing: {e}"))))?;
     steps.send_replace(MigrationStep::Verifying);
+    pause_task_at("migrate-verifying").await;
     check_blocks(state, vid, &warm, &nodes)
         .await
         .map_err(|e| (e, None))?;
@@ -319,6 +322,7 @@ async fn attempt(
         "hot deletes carried into the journal"
     );
     steps.send_replace(MigrationStep::Flipping);
+    pause_task_at("migrate-flipping").await;
     let committed = state
         .directory
         .commit_warm(vid, generation)
@@ -405,8 +409,10 @@ pub(crate) async fn drain_and_retire(
 ) -> usize {
     let vid = volume.id;
     steps.send_replace(MigrationStep::Draining);
+    pause_task_at("migrate-draining").await;
     tokio::time::sleep(Duration::from_millis(state.config.directory_cache_ttl_ms)).await;
     steps.send_replace(MigrationStep::Deleting);
+    pause_task_at("migrate-deleting").await;
     let nodes = match state.cache.nodes(true).await {
         Ok(nodes) => nodes,
         Err(e) => {

@@ -213,6 +213,19 @@ impl WarmVolume {
             .any(|d| (d.stripe, d.block) == (stripe, block))
     }
 
+    /// Bytes of data its blocks hold, parity included (headers and
+    /// checksums, a fraction of a percent, left out).
+    pub fn stored_bytes(&self) -> u64 {
+        let Ok(layout) = self.geometry.layout() else {
+            return 0;
+        };
+        let blocks = self.geometry.blocks_per_stripe() as usize;
+        (0..layout.stripe_count())
+            .flat_map(|stripe| (0..blocks).map(move |block| (stripe, block)))
+            .filter_map(|(stripe, block)| layout.block_len_bytes(stripe, block).ok())
+            .sum()
+    }
+
     /// Holders not marked stale (node liveness is not considered).
     pub fn fresh_holders(&self) -> impl Iterator<Item = &str> {
         self.journal_holders
