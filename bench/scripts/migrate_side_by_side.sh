@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Migration side by side, same machine, same run. Per round, on fresh
+# systems:
+#   1. Hayloft (`hayloft up --spawn`, 1 GiB volumes, `--migration-rate 0`):
+#      COUNT BLOBs of SIZE uploaded one at a time, so that one volume fills
+#      and locks; a raw copy of that volume's data file on the same disk
+#      (`cp`, then `sync` of the copy); then the volume migrated
+#      (`POST /admin/volumes/1/migrate`: plan, stream-encode to 14 storage
+#      nodes, every block and needle verified, deletes carried over, flip,
+#      then the configured wait for routers' caches and the hot replicas
+#      retired). Stage times come from the cluster's log; the peak resident
+#      memory (VmHWM) of every Hayloft process is recorded.
+#   2. SeaweedFS 4.48 (1 master with a 1 GiB volume size limit, 14 volume
+#      servers in 14 racks): the same BLOB count and size uploaded, then
+#      `ec.encode` of every volume holding data (shards spread one per
+#      server), timed end to end.
+# The summary gives medians over the rounds and the ratios the migration
+# issue sets targets on.
+#
+# Usage: bench/scripts/migrate_side_by_side.sh            (from the repository root)
+# Environment (all optional):
+#   ROUNDS=3 SIZE=64KiB COUNT=16500 (just over one 1 GiB volume of 64 KiB BLOBs)
+#   MIGRATION_RATE=0 (Hayloft's --migration-rate; 0: no limit)
+#   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
+#   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
+#   SWFS_IP=<this host's first non-loopback address> (see warm_side_by_side.sh)
+# Raw JSON lines go to $WORK/migrate.jsonl; the summary is printed as Markdown.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ROUNDS="${ROUNDS:-3}"
+SIZE="${SIZE:-64KiB}"
+COUNT="${COUNT:-16500}"
+MIGRATION_RATE="${MIGRATION_RATE:-0}"
+SWFS_VENV="${SWFS_VENV:-/tmp/swfs-venv}"
+SWFS_VERSION="${SWFS_VERSION:-4.48}"
+HAYLOFT_PORT="${HAYLOFT_PORT:-18080}"
+SWFS_MASTER_PORT="${SWFS_MASTER_PORT:-19333}"
+SWFS_VOLUME_PORT="${SWFS_VOLUME_PORT:-18180}"
+WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/hayloft-migrate.XXXXXX")}"
+OUT="$WORK/migrate.jsonl"
+IP=127.0.0.1
+SWFS_IP="${SWFS_IP:-$(hostname -I | tr ' ' '\n' | grep -E '^[0-9]+\.' | grep -v '^127\.' | head -1)}"
+[ -n "$SWFS_IP" ] || { echo "no non-loopback IPv4 address for SeaweedFS (set SWFS_IP)" >&2; exit 1; }
+mkdir -p "$WORK"
+: >"$OUT"
+
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
+cleanup() {
+  stop_all
+  rm -rf "$WORK"/hayloft-* "$WORK"/swfs-* "$WORK"/raw-copy
+}
+trap cleanup EXIT INT TERM
+
+build_release
+install_weed
+
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(round($(now) - $1, 3))"; }
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round" >&2
+  HL="$WORK/hayloft-$round"
+  SW="$WORK/swfs-$round"
+  router="http://$IP:$HAYLOFT_PORT"
+
+  # --- Hayloft ---------------------------------------------------------------
+  "$HAYLOFT" up --spawn --data "$HL" --listen "$IP:$HAYLOFT_PORT" --volume-size 1GiB \
+    --warm-after 1d --migration-rate "$MIGRATION_RATE" >"$WORK/hayloft-$round.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "$router/health" "hayloft router"
+  for _ in $(seq 1 300); do [ -f "$HL/cluster.json" ] && break; sleep 0.2; done
+  "$LOADGEN" --target hayloft --url "$router" --size "$SIZE" --concurrency 1 \
+    --requests "$COUNT" --warmup 0 --upload-only --label hayloft-upload >/dev/null
+  state=""
+  for _ in $(seq 1 100); do
+    state=$(curl -fsS "$router/admin/volumes" |
+      python3 -c 'import json,sys; print(next((v["state"] for v in json.load(sys.stdin) if v["id"] == 1), ""))')
+    [ "$state" = locked ] && break
+    sleep 0.2
+  done
+  [ "$state" = locked ] || { echo "volume 1 did not lock (COUNT too small?)" >&2; exit 1; }
+  data="$HL/store-1/volume-0000000001.data"
+  volume_bytes=$(stat -c %s "$data")
+  sync
+  started=$(now)
+  cp "$data" "$WORK/raw-copy"
+  sync "$WORK/raw-copy"
+  copy_seconds=$(since "$started")
+  rm -f "$WORK/raw-copy"
+  sync
+  started=$(now)
+  curl -fsS -X POST "$router/admin/volumes/1/migrate" >"$WORK/job-$round.json"
+  migrate_seconds=$(since "$started")
+  python3 - "$HL" "$WORK/hayloft-$round.log" "$WORK/job-$round.json" "$volume_bytes" \
+    "$copy_seconds" "$migrate_seconds" "$round" >>"$OUT" <<'PY'
+import datetime, json, os, re, sys
+hl, log, job_path, volume_bytes, copy_s, migrate_s, round_ = sys.argv[1:]
+job = json.load(open(job_path))["jobs"][0]
+assert job["step"] == "warm", job
+strip = re.compile(r"\x1b\[[0-9;]*m")
+stamps = {}
+for line in open(log, errors="replace"):
+    line = strip.sub("", line)
+    for event in ("sealing", "seal planned", "seal distributed",
+                  "hot deletes carried into the journal", "volume is warm", "migrated"):
+        if f" {event} " in line + " " and "volume=1 " in line + " " and event not in stamps:
+            stamps[event] = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+def between(a, b):
+    return round(stamps[b] - stamps[a], 3)
+nodes = json.load(open(os.path.join(hl, "cluster.json")))["nodes"]
+peaks = {}
+for n in nodes:
+    try:
+        for line in open(f"/proc/{n['pid']}/status"):
+            if line.startswith("VmHWM:"):
+                peaks[n["id"]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+print(json.dumps({
+    "round": int(round_), "hayloft_volume_bytes": int(volume_bytes),
+    "needles": job["needles"], "copy_seconds": float(copy_s), "migrate_seconds": float(migrate_s),
+    "plan_seconds": between("sealing", "seal planned"),
+    "encode_seconds": between("seal planned", "seal distributed"),
+    "verify_carry_seconds": between("seal distributed", "hot deletes carried into the journal"),
+    "to_flip_seconds": between("sealing", "volume is warm"),
+    "drain_retire_seconds": between("volume is warm", "migrated"),
+    "peak_rss_bytes": peaks,
+}))
+PY
+  stop_all
+  rm -rf "$HL"
+
+  # --- SeaweedFS -------------------------------------------------------------
+  start_swfs_cell "$SW" 1024 "$WORK/swfs-$round"
+  "$LOADGEN" --target seaweedfs --url "http://$SWFS_IP:$SWFS_MASTER_PORT" --size "$SIZE" \
+    --concurrency 1 --requests "$COUNT" --warmup 0 --upload-only --label swfs-upload >/dev/null
+  vids=$(swfs_volume_ids)
+  dat_bytes=$(find "$SW" -name '*.dat' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+  sync
+  started=$(now)
+  printf 'lock\nec.encode -volumeIds=%s\nunlock\n' "$vids" |
+    "$WEED" shell -master="$SWFS_IP:$SWFS_MASTER_PORT" >"$WORK/ec-$round.log" 2>&1
+  ec_seconds=$(since "$started")
+  python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "swfs_volumes": len(sys.argv[2].split(",")), "swfs_dat_bytes": int(sys.argv[3]), "ec_encode_seconds": float(sys.argv[4])}))' \
+    "$round" "$vids" "$dat_bytes" "$ec_seconds" >>"$OUT"
+  stop_all
+  rm -rf "$SW"
+done
+
+python3 - "$OUT" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+hl = [r for r in rows if "migrate_seconds" in r]
+sw = [r for r in rows if "ec_encode_seconds" in r]
+med = lambda rs, f: statistics.median(f(r) for r in rs)
+mb = 1e6
+volume = med(hl, lambda r: r["hayloft_volume_bytes"])
+rate = lambda seconds: volume / mb / seconds
+copy = med(hl, lambda r: r["copy_seconds"])
+encode = med(hl, lambda r: r["encode_seconds"])
+to_flip = med(hl, lambda r: r["to_flip_seconds"])
+total = med(hl, lambda r: r["migrate_seconds"])
+ec = med(sw, lambda r: r["ec_encode_seconds"])
+sw_bytes = med(sw, lambda r: r["swfs_dat_bytes"])
+print(f"Medians of {len(hl)} rounds; a {volume / 2**20:,.0f} MiB volume of {hl[0]['needles']:,} BLOBs.")
+print()
+print("| what | seconds | MB/s of volume |")
+print("|---|---|---|")
+print(f"| raw copy of the data file (cp + sync) | {copy:.2f} | {rate(copy):,.0f} |")
+print(f"| Hayloft plan (the source's index) | {med(hl, lambda r: r['plan_seconds']):.2f} | |")
+print(f"| Hayloft encoding stage (stream, check, encode, 14 nodes, fsync) | {encode:.2f} | {rate(encode):,.0f} |")
+print(f"| Hayloft verify (every block, every needle) + deletes carried | {med(hl, lambda r: r['verify_carry_seconds']):.2f} | |")
+print(f"| Hayloft start to flip | {to_flip:.2f} | {rate(to_flip):,.0f} |")
+print(f"| Hayloft whole job (with the cache wait and the hot replicas retired) | {total:.2f} | {rate(total):,.0f} |")
+print(f"| SeaweedFS ec.encode of {sw_bytes / 2**20:,.0f} MiB in {sw[0]['swfs_volumes']} volumes, end to end | {ec:.2f} | {sw_bytes / mb / ec:,.0f} |")
+print()
+print(f"- start to flip / raw copy rate: {copy / to_flip:.2f}x; encoding stage / raw copy rate: {copy / encode:.2f}x")
+print(f"- Hayloft to flip vs SeaweedFS ec.encode, per MB: {(sw_bytes / ec) / (volume / to_flip):.2f}x as long "
+      f"(whole job: {(sw_bytes / ec) / (volume / total):.2f}x)")
+print(f"- encoding stage rate / SeaweedFS end-to-end rate: {rate(encode) / (sw_bytes / mb / ec):.2f}x")
+peaks = {}
+for r in hl:
+    for node, peak in r["peak_rss_bytes"].items():
+        peaks[node] = max(peaks.get(node, 0), peak)
+top = sorted(peaks.items(), key=lambda kv: -kv[1])[:4]
+print("- peak resident memory (largest): " + ", ".join(f"{n} {p / 2**20:.0f} MiB" for n, p in top))
+PY
+echo "raw results: $OUT" >&2
