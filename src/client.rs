@@ -244,6 +244,9 @@ impl RouterClient {
             elsewhere,
             field(&answer, "too_young"),
         );
+        if let Some(why) = answer["held_back"].as_str() {
+            println!("no new migration started: {why}");
+        }
         anyhow::ensure!(!failed, "a migration failed");
         Ok(())
     }

@@ -470,6 +470,7 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     let mut api = router::api::RouterConfig::new(directory_url);
     api.max_blob_bytes = config.max_blob_bytes;
     api.max_block_size_bytes = config.block_size_bytes;
+    api.allow_fewer_racks = config.allow_fewer_racks;
     api.retry_buffer_bytes = config.retry_buffer_bytes;
     api.warm_after_ms = config.warm_after_ms;
     api.max_migrations = config.max_migrations;

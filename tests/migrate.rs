@@ -688,6 +688,39 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
             .await
             .with_context(|| format!("{} after the failed attempt", blob.id))?;
     }
+    // While f4-3 is down, 13 racks cannot hold a stripe: the pass holds
+    // back rather than start a job that cannot finish.
+    wait_until("f4-3 marked down", Duration::from_secs(60), || async {
+        let answer = client
+            .post(format!("{router}/admin/migrate"))
+            .send()
+            .await?;
+        let status = answer.status();
+        let pass: Value = answer.json().await?;
+        anyhow::ensure!(status == 200, "a pass answered {status}: {pass}");
+        Ok(pass["held_back"]
+            .as_str()
+            .is_some_and(|why| why.contains("13 rack")))
+    })
+    .await?;
+    let (status, text) = {
+        let answer = client
+            .post(format!("{router}/admin/volumes/{vid}/migrate"))
+            .send()
+            .await?;
+        (answer.status().as_u16(), answer.text().await?)
+    };
+    anyhow::ensure!(
+        status == 503 && text.contains("held back"),
+        "forcing volume {vid} with 13 racks: {status} {text}"
+    );
+    let metrics = client
+        .get(format!("{router}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    anyhow::ensure!(metrics.contains("hayloft_migration_held_back 1"));
     let _back = cluster.restart_node("f4-3")?;
     let pass = force().await?;
     anyhow::ensure!(pass["jobs"][0]["step"] == "warm", "with f4-3 back: {pass}");

@@ -102,10 +102,10 @@ assert job["step"] == "warm", job
 strip = re.compile(r"\x1b\[[0-9;]*m")
 stamps = {}
 for line in open(log, errors="replace"):
-    line = strip.sub("", line)
+    line = strip.sub("", line).rstrip() + " "
     for event in ("sealing", "seal planned", "seal distributed",
                   "hot deletes carried into the journal", "volume is warm", "migrated"):
-        if f" {event} " in line + " " and "volume=1 " in line + " " and event not in stamps:
+        if f" {event} " in line and "volume=1 " in line and event not in stamps:
             stamps[event] = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
 def between(a, b):
     return round(stamps[b] - stamps[a], 3)
@@ -136,15 +136,26 @@ PY
   start_swfs_cell "$SW" 1024 "$WORK/swfs-$round"
   "$LOADGEN" --target seaweedfs --url "http://$SWFS_IP:$SWFS_MASTER_PORT" --size "$SIZE" \
     --concurrency 1 --requests "$COUNT" --warmup 0 --upload-only --label swfs-upload >/dev/null
-  vids=$(swfs_volume_ids)
+  # The master learns volume sizes from heartbeats: wait until it lists
+  # every volume holding data.
+  with_data=$(find "$SW" -name '*.dat' -size +8c | wc -l)
+  vids=""
+  for _ in $(seq 1 150); do
+    vids=$(swfs_volume_ids)
+    [ -n "$vids" ] && [ "$(echo "$vids" | tr ',' '\n' | wc -l)" -ge "$with_data" ] && break
+    sleep 0.2
+  done
+  [ -n "$vids" ] || { echo "SeaweedFS lists no volume with data" >&2; exit 1; }
   dat_bytes=$(find "$SW" -name '*.dat' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
   sync
   started=$(now)
   printf 'lock\nec.encode -volumeIds=%s\nunlock\n' "$vids" |
     "$WEED" shell -master="$SWFS_IP:$SWFS_MASTER_PORT" >"$WORK/ec-$round.log" 2>&1
   ec_seconds=$(since "$started")
-  python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "swfs_volumes": len(sys.argv[2].split(",")), "swfs_dat_bytes": int(sys.argv[3]), "ec_encode_seconds": float(sys.argv[4])}))' \
-    "$round" "$vids" "$dat_bytes" "$ec_seconds" >>"$OUT"
+  # `weed shell` exits 0 even when a command fails: its output says so.
+  ec_error=$(grep -m1 '^error' "$WORK/ec-$round.log" || true)
+  python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "swfs_volumes": len(sys.argv[2].split(",")), "swfs_dat_bytes": int(sys.argv[3]), "ec_encode_seconds": float(sys.argv[4]), "ec_encode_error": sys.argv[5] or None}))' \
+    "$round" "$vids" "$dat_bytes" "$ec_seconds" "$ec_error" >>"$OUT"
   stop_all
   rm -rf "$SW"
 done
@@ -153,7 +164,8 @@ python3 - "$OUT" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 hl = [r for r in rows if "migrate_seconds" in r]
-sw = [r for r in rows if "ec_encode_seconds" in r]
+sw = [r for r in rows if "ec_encode_seconds" in r and not r["ec_encode_error"]]
+sw_errors = [r["ec_encode_error"] for r in rows if r.get("ec_encode_error")]
 med = lambda rs, f: statistics.median(f(r) for r in rs)
 mb = 1e6
 volume = med(hl, lambda r: r["hayloft_volume_bytes"])
@@ -162,8 +174,7 @@ copy = med(hl, lambda r: r["copy_seconds"])
 encode = med(hl, lambda r: r["encode_seconds"])
 to_flip = med(hl, lambda r: r["to_flip_seconds"])
 total = med(hl, lambda r: r["migrate_seconds"])
-ec = med(sw, lambda r: r["ec_encode_seconds"])
-sw_bytes = med(sw, lambda r: r["swfs_dat_bytes"])
+
 print(f"Medians of {len(hl)} rounds; a {volume / 2**20:,.0f} MiB volume of {hl[0]['needles']:,} BLOBs.")
 print()
 print("| what | seconds | MB/s of volume |")
@@ -174,12 +185,18 @@ print(f"| Hayloft encoding stage (stream, check, encode, 14 nodes, fsync) | {enc
 print(f"| Hayloft verify (every block, every needle) + deletes carried | {med(hl, lambda r: r['verify_carry_seconds']):.2f} | |")
 print(f"| Hayloft start to flip | {to_flip:.2f} | {rate(to_flip):,.0f} |")
 print(f"| Hayloft whole job (with the cache wait and the hot replicas retired) | {total:.2f} | {rate(total):,.0f} |")
-print(f"| SeaweedFS ec.encode of {sw_bytes / 2**20:,.0f} MiB in {sw[0]['swfs_volumes']} volumes, end to end | {ec:.2f} | {sw_bytes / mb / ec:,.0f} |")
+if sw:
+    ec = med(sw, lambda r: r["ec_encode_seconds"])
+    sw_bytes = med(sw, lambda r: r["swfs_dat_bytes"])
+    print(f"| SeaweedFS ec.encode of {sw_bytes / 2**20:,.0f} MiB in {sw[0]['swfs_volumes']} volumes, end to end | {ec:.2f} | {sw_bytes / mb / ec:,.0f} |")
 print()
 print(f"- start to flip / raw copy rate: {copy / to_flip:.2f}x; encoding stage / raw copy rate: {copy / encode:.2f}x")
-print(f"- Hayloft to flip vs SeaweedFS ec.encode, per MB: {(sw_bytes / ec) / (volume / to_flip):.2f}x as long "
-      f"(whole job: {(sw_bytes / ec) / (volume / total):.2f}x)")
-print(f"- encoding stage rate / SeaweedFS end-to-end rate: {rate(encode) / (sw_bytes / mb / ec):.2f}x")
+if sw:
+    print(f"- Hayloft start to flip rate / SeaweedFS ec.encode rate: {(volume / to_flip) / (sw_bytes / ec):.2f}x "
+          f"(whole job: {(volume / total) / (sw_bytes / ec):.2f}x)")
+    print(f"- encoding stage rate / SeaweedFS end-to-end rate: {rate(encode) / (sw_bytes / mb / ec):.2f}x")
+for error in sorted(set(sw_errors)):
+    print(f"- SeaweedFS ec.encode failed in {sw_errors.count(error)} round(s): {error}")
 peaks = {}
 for r in hl:
     for node, peak in r["peak_rss_bytes"].items():

@@ -87,6 +87,10 @@ pub struct RouterConfig {
     /// to fill its stripes.
     #[serde(default = "default_max_block_size_bytes")]
     pub max_block_size_bytes: u64,
+    /// Whether the directory places warm volumes on fewer racks than
+    /// blocks in a stripe (the migrator holds back otherwise).
+    #[serde(default)]
+    pub allow_fewer_racks: bool,
     /// Age after which a locked volume (its youngest BLOB) moves to the
     /// warm tier, in ms.
     #[serde(default = "default_warm_after_ms")]
@@ -130,6 +134,7 @@ impl RouterConfig {
             public_base_url: String::new(),
             warm_read_deadline_ms: default_warm_read_deadline_ms(),
             max_block_size_bytes: default_max_block_size_bytes(),
+            allow_fewer_racks: false,
             warm_after_ms: default_warm_after_ms(),
             max_migrations: default_max_migrations(),
             migrate_interval_ms: default_migrate_interval_ms(),

@@ -17,6 +17,7 @@
 //! | `hayloft_damaged_needles_total` | counter | |
 //! | `hayloft_migration_jobs` | gauge | `step` |
 //! | `hayloft_migration_errors_total` | counter | |
+//! | `hayloft_migration_held_back` | gauge | (1 while the last pass held back: too few racks) |
 //! | `hayloft_migrated_bytes` | gauge | (live data of the warm volumes when sealed) |
 //! | `hayloft_migration_saved_bytes` | gauge | (their hot replicas' bytes minus their blocks') |
 //! | `hayloft_read_batches_total` | counter | `tier` (`hot`: store nodes, `warm`: storage nodes) |
@@ -42,6 +43,7 @@ const UPLOAD_RETRIES: &str = "hayloft_upload_retries_total";
 const DAMAGED_NEEDLES: &str = "hayloft_damaged_needles_total";
 const MIGRATION_JOBS: &str = "hayloft_migration_jobs";
 const MIGRATION_ERRORS: &str = "hayloft_migration_errors_total";
+const MIGRATION_HELD_BACK: &str = "hayloft_migration_held_back";
 const MIGRATED_BYTES: &str = "hayloft_migrated_bytes";
 const SAVED_BYTES: &str = "hayloft_migration_saved_bytes";
 const READ_BATCHES: &str = "hayloft_read_batches_total";
@@ -222,6 +224,13 @@ impl Metrics {
     /// Counts a migration job that failed.
     pub(crate) fn migration_error(&self) {
         self.counter(MIGRATION_ERRORS).increment(1);
+    }
+
+    /// Sets whether the last migration pass held back.
+    pub(crate) fn set_migration_held_back(&self, held_back: bool) {
+        self.recorder
+            .register_gauge(&Key::from_static_name(MIGRATION_HELD_BACK), &METADATA)
+            .set(if held_back { 1.0 } else { 0.0 });
     }
 
     /// Sets the bytes the warm volumes' data took when sealed, and what

@@ -21,12 +21,13 @@
 //! The `migrator` role runs passes every [`RouterConfig::migrate_interval_ms`];
 //! a router runs one on `POST /admin/migrate` (`hayloft migrate`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use f4::node::seal::{DATA_BLOCKS, PARITY_BLOCKS};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -38,7 +39,7 @@ use super::error::ApiError;
 use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
 use crate::directory::types::{MigrationJob, MigrationStep, StepRequest};
-use crate::directory::{VolumeState, now_ms};
+use crate::directory::{NodeRole, VolumeState, now_ms};
 
 /// What one job of a pass did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +67,9 @@ pub struct PassReport {
     pub claimed_elsewhere: Vec<u32>,
     /// Locked volumes not old enough yet.
     pub too_young: usize,
+    /// Why no new seal started: the cell lacks the racks to place one.
+    #[serde(default)]
+    pub held_back: Option<String>,
 }
 
 /// The volumes a pass takes on, oldest first: all candidates, or only
@@ -75,6 +79,8 @@ async fn candidates(
     only: Option<u32>,
     report: &mut PassReport,
 ) -> Result<Vec<u32>, ApiError> {
+    let held_back = hold_back(state).await?;
+    state.metrics.set_migration_held_back(held_back.is_some());
     let volumes = state.directory.list_volumes().await?;
     let jobs: HashMap<u32, MigrationJob> = state
         .directory
@@ -92,6 +98,10 @@ async fn candidates(
         }
         let locked_ms = volume.locked_ms.unwrap_or(volume.created_ms);
         let job = jobs.get(&volume.id);
+        // Held back, only jobs past their flip go on (they need no racks).
+        if held_back.is_some() && volume.state != VolumeState::Warm {
+            continue;
+        }
         match volume.state {
             VolumeState::Locked => {
                 if only.is_none() && now.saturating_sub(locked_ms) < warm_after {
@@ -121,6 +131,7 @@ async fn candidates(
         }
         picked.push((locked_ms, volume.id));
     }
+    report.held_back = held_back;
     if let Some(only) = only
         && picked.is_empty()
         && !report.claimed_elsewhere.contains(&only)
@@ -129,6 +140,11 @@ async fn candidates(
         if volume.state == VolumeState::Warm {
             return Ok(Vec::new());
         }
+        if let Some(why) = &report.held_back {
+            return Err(ApiError::Unavailable(format!(
+                "volume {only} not migrated: {why}"
+            )));
+        }
         return Err(ApiError::BadRequest(format!(
             "volume {only} is {}; only a locked volume migrates",
             volume.state
@@ -136,6 +152,31 @@ async fn candidates(
     }
     picked.sort_unstable();
     Ok(picked.into_iter().map(|(_, id)| id).collect())
+}
+
+/// Why no seal could finish now, if so: fewer racks with a storage node up
+/// than blocks in a stripe (unless the directory accepts fewer racks), or
+/// none at all. A job started then would fail at placement; the pass says
+/// so instead.
+async fn hold_back(state: &AppState) -> Result<Option<String>, ApiError> {
+    let nodes = state.cache.nodes(true).await?;
+    let racks: HashSet<&str> = nodes
+        .values()
+        .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
+        .map(|n| n.rack.as_str())
+        .collect();
+    let needed = usize::from(DATA_BLOCKS + PARITY_BLOCKS);
+    let enough = if state.config.allow_fewer_racks {
+        !racks.is_empty()
+    } else {
+        racks.len() >= needed
+    };
+    Ok((!enough).then(|| {
+        format!(
+            "held back: {} rack(s) with a storage node up, a stripe needs {needed}",
+            racks.len()
+        )
+    }))
 }
 
 /// One pass as `owner`: every candidate (or only volume `only`), at most
@@ -306,7 +347,16 @@ pub(crate) async fn migrate_now(
     query: Result<Query<MigrateQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PassReport>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    pass(&state, "router", query.volume).await.map(Json)
+    one_pass(&state, query.volume).await
+}
+
+/// A pass of `POST /admin/migrate` or `POST /admin/volumes/{id}/migrate`:
+/// one at a time per router (`503 busy` while another runs).
+async fn one_pass(state: &Arc<AppState>, only: Option<u32>) -> Result<Json<PassReport>, ApiError> {
+    let _running = state.migration_passes.try_acquire().map_err(|_| {
+        ApiError::Busy("a migration pass is already running on this router; retry later".into())
+    })?;
+    pass(state, "router", only).await.map(Json)
 }
 
 /// `POST /admin/volumes/{id}/migrate`: volume `id` forced now, whatever its
@@ -315,9 +365,7 @@ pub(crate) async fn migrate_volume(
     State(state): State<Arc<AppState>>,
     Path(vid): Path<String>,
 ) -> Result<Json<PassReport>, ApiError> {
-    pass(&state, "router", Some(volume_id(&vid)?))
-        .await
-        .map(Json)
+    one_pass(&state, Some(volume_id(&vid)?)).await
 }
 
 /// `GET /admin/migrations`: every migration job.
@@ -355,6 +403,9 @@ pub async fn run(
                     result = pass(&state, &owner, None) => match result {
                         Ok(report) if !report.jobs.is_empty() => {
                             tracing::info!(jobs = report.jobs.len(), "migration pass");
+                        }
+                        Ok(PassReport { held_back: Some(why), .. }) => {
+                            tracing::info!(why = %why, "migration pass held back");
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "migration pass failed"),

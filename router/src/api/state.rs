@@ -55,6 +55,9 @@ pub(crate) struct AppState {
     /// This process among others of the same name (pid and start time),
     /// for the migration jobs it claims.
     pub(crate) instance: String,
+    /// One migration pass at a time on `POST /admin/migrate` (each runs up
+    /// to `max_migrations` jobs).
+    pub(crate) migration_passes: Semaphore,
 }
 
 /// Most parsed store addresses kept; beyond it the map is cleared.
@@ -127,6 +130,7 @@ impl AppState {
             warm_http: f4::client::http_client(config.replica_timeout_ms)
                 .map_err(|e| ApiError::Internal(format!("http client: {e}")))?,
             instance: format!("{}-{:x}", std::process::id(), crate::directory::now_ms()),
+            migration_passes: Semaphore::new(1),
             warm_reader: WarmReader::new(
                 Duration::from_millis(STORE_CONNECT_TIMEOUT_MS),
                 STORE_POOL_IDLE_PER_HOST,
