@@ -64,6 +64,10 @@ pub struct Config {
     /// limit).
     #[serde(default = "default_migration_rate_bytes")]
     pub migration_rate_bytes: u64,
+    /// A writable volume not written for this long is locked, so that it
+    /// ages and migrates like a full one.
+    #[serde(default = "default_idle_lock_after_ms")]
+    pub idle_lock_after_ms: u64,
     /// How often a store node tells the directory it is alive.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
@@ -129,6 +133,10 @@ impl Default for MigratorSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSection {
+    /// The router's id: the owner of the writable volumes it claims
+    /// (distinct per router; a restarted router takes its volumes back).
+    #[serde(default = "default_router_id")]
+    pub id: String,
     /// Socket address of the public API.
     #[serde(default = "default_router_listen")]
     pub listen: String,
@@ -229,6 +237,9 @@ fn default_migration_lease_ms() -> u64 {
 fn default_migration_rate_bytes() -> u64 {
     router::api::config::default_migration_rate_bytes()
 }
+fn default_idle_lock_after_ms() -> u64 {
+    router::api::config::default_idle_lock_after_ms()
+}
 fn default_migrator_id() -> String {
     "migrator".to_owned()
 }
@@ -249,6 +260,9 @@ fn default_request_timeout_ms() -> u64 {
 }
 fn default_io_concurrency() -> usize {
     haystack::service::default_io_concurrency()
+}
+fn default_router_id() -> String {
+    router::api::config::default_router_id()
 }
 fn default_router_listen() -> String {
     "127.0.0.1:8080".to_owned()
@@ -287,6 +301,7 @@ impl Default for Config {
             migrate_interval_ms: default_migrate_interval_ms(),
             migration_lease_ms: default_migration_lease_ms(),
             migration_rate_bytes: default_migration_rate_bytes(),
+            idle_lock_after_ms: default_idle_lock_after_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
@@ -305,6 +320,7 @@ impl Default for Config {
 impl Default for RouterSection {
     fn default() -> Self {
         RouterSection {
+            id: default_router_id(),
             listen: default_router_listen(),
             directory_url: None,
         }
@@ -358,6 +374,9 @@ pub struct Overrides {
     /// `256MiB`; `0`: no limit).
     #[arg(long, value_parser = parse_size)]
     pub migration_rate: Option<u64>,
+    /// Lock a writable volume not written for this long (e.g. `1d`, `3s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub idle_lock_after: Option<u64>,
     /// Store node heartbeat period (e.g. `1s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub heartbeat_interval: Option<u64>,
@@ -422,6 +441,7 @@ impl Config {
             max_migrations,
             migration_lease,
             migration_rate,
+            idle_lock_after,
             heartbeat_interval,
             heartbeat_timeout,
             repair_interval,
@@ -436,7 +456,7 @@ impl Config {
             self.max_migrations = *max_migrations;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 12] = [
+        let pairs: [(&Option<u64>, &mut u64); 13] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
@@ -445,6 +465,7 @@ impl Config {
             (migrate_interval, &mut self.migrate_interval_ms),
             (migration_lease, &mut self.migration_lease_ms),
             (migration_rate, &mut self.migration_rate_bytes),
+            (idle_lock_after, &mut self.idle_lock_after_ms),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
             (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
             (repair_interval, &mut self.repair_interval_ms),

@@ -477,6 +477,8 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.migrate_interval_ms = config.migrate_interval_ms;
     api.migration_lease_ms = config.migration_lease_ms;
     api.migration_rate_bytes = config.migration_rate_bytes;
+    api.idle_lock_after_ms = config.idle_lock_after_ms;
+    api.id = config.router.id.clone();
     api
 }
 

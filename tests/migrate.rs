@@ -735,3 +735,102 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
     no_orphans(&cluster, &client).await?;
     Ok(())
 }
+
+/// Writable volumes have owners: a router `kill -9`ed and restarted takes
+/// its volume back (the next upload lands in it); a volume its router has
+/// not written for `--idle-lock-after` is locked by that router, and one
+/// whose router is gone by the migrator; both then migrate like full ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_volumes_lock_and_a_restarted_router_takes_its_volumes_back() -> anyhow::Result<()> {
+    let args = [
+        SMALL_VOLUMES,
+        &[
+            "--idle-lock-after",
+            "4s",
+            "--warm-after",
+            "1s",
+            "--migrate-interval",
+            "300ms",
+            "--migration-lease",
+            "3s",
+        ],
+    ]
+    .concat();
+    let cluster = Cluster::start_spawned(&args).await?;
+    let client = http_client();
+    let router = cluster.router.clone();
+    let put = |seed: u64| {
+        let (client, router) = (client.clone(), router.clone());
+        async move {
+            let body = common::random_body(seed, 3000);
+            let id = common::upload(&client, &router, body.clone()).await?;
+            anyhow::Ok(Blob {
+                id,
+                body,
+                deleted: false,
+            })
+        }
+    };
+    let state_of = |vid: u32| {
+        let (client, router) = (client.clone(), router.clone());
+        async move { anyhow::Ok(volume(&client, &router, vid).await?["state"].clone()) }
+    };
+    let first = put(1).await?;
+    let vid = first.volume();
+    // Once the router has claimed it (a claim is renewed every second here),
+    // a restarted router takes it back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.kill_node("router")?;
+    let _router = cluster.restart_node("router")?;
+    let second = put(2).await?;
+    anyhow::ensure!(
+        second.volume() == vid,
+        "after a restart the router wrote {} instead of its volume {vid}",
+        second.id
+    );
+    // Idle: its router locks it, then it migrates.
+    wait_until(
+        "the idle volume migrated",
+        Duration::from_secs(90),
+        || async {
+            let done = jobs(&client, &router)
+                .await?
+                .iter()
+                .any(|j| j["volume"] == vid && j["step"] == "warm");
+            Ok(done && state_of(vid).await? == "warm")
+        },
+    )
+    .await?;
+    // A volume whose router is gone: locked by the migrator.
+    let third = put(3).await?;
+    let orphan = third.volume();
+    anyhow::ensure!(orphan != vid);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.kill_node("router")?;
+    let directory = cluster.node_url("directory")?;
+    wait_until(
+        "the orphan volume locked",
+        Duration::from_secs(90),
+        || async {
+            let listed: Value = client
+                .get(format!("{directory}/volumes/{orphan}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok(listed["state"] != "writable")
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        cluster
+            .log()
+            .contains("locking an idle writable volume no router owns"),
+        "volume {orphan} was not locked by the migrator"
+    );
+    let _router = cluster.restart_node("router")?;
+    for blob in [&first, &second, &third] {
+        blob.check(&client, &router).await?;
+    }
+    Ok(())
+}

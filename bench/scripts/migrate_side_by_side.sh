@@ -150,9 +150,9 @@ PY
   sync
   started=$(now)
   printf 'lock\nec.encode -volumeIds=%s\nunlock\n' "$vids" |
-    "$WEED" shell -master="$SWFS_IP:$SWFS_MASTER_PORT" >"$WORK/ec-$round.log" 2>&1
+    "$WEED" shell -master="$SWFS_IP:$SWFS_MASTER_PORT" >"$WORK/ec-$round.log" 2>&1 || true
   ec_seconds=$(since "$started")
-  # `weed shell` exits 0 even when a command fails: its output says so.
+  # A failed command is recorded from `weed shell`'s output, not its status.
   ec_error=$(grep -m1 '^error' "$WORK/ec-$round.log" || true)
   python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "swfs_volumes": len(sys.argv[2].split(",")), "swfs_dat_bytes": int(sys.argv[3]), "ec_encode_seconds": float(sys.argv[4]), "ec_encode_error": sys.argv[5] or None}))' \
     "$round" "$vids" "$dat_bytes" "$ec_seconds" "$ec_error" >>"$OUT"

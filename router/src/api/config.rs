@@ -46,6 +46,15 @@ pub struct RouterConfig {
     /// this is the upload parallelism; volumes are allocated on demand.
     #[serde(default = "default_writable_volumes")]
     pub writable_volumes: usize,
+    /// This router's id: the owner name of the writable volumes it claims
+    /// in the directory (distinct per router of a cluster; a restarted
+    /// router with the same id takes its volumes back).
+    #[serde(default = "default_router_id")]
+    pub id: String,
+    /// A writable volume not written for this long is locked (by its
+    /// router, or by a migrator if no router owns it), in ms.
+    #[serde(default = "default_idle_lock_after_ms")]
+    pub idle_lock_after_ms: u64,
     /// How long a cached directory entry (volume, node list) is trusted, in ms.
     #[serde(default = "default_directory_cache_ttl_ms")]
     pub directory_cache_ttl_ms: u64,
@@ -124,6 +133,8 @@ impl RouterConfig {
             upload_buffer_bytes: default_upload_buffer_bytes(),
             retry_buffer_bytes: default_retry_buffer_bytes(),
             writable_volumes: default_writable_volumes(),
+            id: default_router_id(),
+            idle_lock_after_ms: default_idle_lock_after_ms(),
             directory_cache_ttl_ms: default_directory_cache_ttl_ms(),
             key_lease_size: default_key_lease_size(),
             upload_attempts: default_upload_attempts(),
@@ -172,6 +183,16 @@ pub fn default_upload_buffer_bytes() -> u64 {
 /// Default of [`RouterConfig::retry_buffer_bytes`]: 8 MiB.
 pub fn default_retry_buffer_bytes() -> u64 {
     8 * 1024 * 1024
+}
+
+/// Default of [`RouterConfig::id`]: `router`.
+pub fn default_router_id() -> String {
+    "router".to_owned()
+}
+
+/// Default of [`RouterConfig::idle_lock_after_ms`]: 1 day.
+pub fn default_idle_lock_after_ms() -> u64 {
+    86_400_000
 }
 
 /// Default of [`RouterConfig::writable_volumes`]: 16.

@@ -70,6 +70,10 @@ pub struct PassReport {
     /// Why no new seal started: the cell lacks the racks to place one.
     #[serde(default)]
     pub held_back: Option<String>,
+    /// Writable volumes idle too long with no router owning them, locked
+    /// by this pass (they migrate once old enough).
+    #[serde(default)]
+    pub locked_idle: usize,
 }
 
 /// The volumes a pass takes on, oldest first: all candidates, or only
@@ -82,6 +86,7 @@ async fn candidates(
     let held_back = hold_back(state).await?;
     state.metrics.set_migration_held_back(held_back.is_some());
     let volumes = state.directory.list_volumes().await?;
+    report.locked_idle = super::ownership::lock_orphans(state, &volumes).await;
     let jobs: HashMap<u32, MigrationJob> = state
         .directory
         .list_migrations()

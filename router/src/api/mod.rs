@@ -21,6 +21,7 @@ pub mod range;
 mod admin;
 mod metrics;
 pub mod migrate;
+mod ownership;
 mod pool;
 mod read;
 mod reports;
@@ -239,6 +240,14 @@ pub async fn run(
     let options = config.server.serve_options();
     let state = Arc::new(AppState::new(config)?);
     let app = build(state.clone());
+    // The volumes an earlier run of this router owned go back into its pool
+    // before it takes uploads.
+    match ownership::renew(&state).await {
+        Ok(resumed) if resumed > 0 => tracing::info!(resumed, "took back owned volumes"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "claiming owned volumes failed; retried later"),
+    }
+    let claims = tokio::spawn(ownership::run(state.clone(), cancel.clone()));
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "router serving");
     }
@@ -257,6 +266,7 @@ pub async fn run(
 
     haystack::http::serve(listener, app, options, cancel).await;
     let _ = upkeep.await;
+    let _ = claims.await;
     tracing::info!("router stopped");
     Ok(())
 }

@@ -9,11 +9,13 @@
 //! checks the volume back in. Upload parallelism comes from having several
 //! volumes ([`super::RouterConfig::writable_volumes`], allocated on demand).
 //!
-//! The router writes only to volumes it allocated itself: another router
-//! writing the same volume would interleave keys. Volumes left writable by a
-//! previous run of the router are not reused (they stay readable).
+//! The router writes only to volumes it owns: another router writing the
+//! same volume would interleave keys. It claims them in the directory under
+//! its id and renews the claims, and a restarted router takes back the
+//! volumes it owned ([`super::ownership`]); a volume idle for too long is
+//! taken out of the pool and locked.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 #[cfg(test)]
 use std::time::Duration;
@@ -21,7 +23,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::directory::LogicalVolume;
+use crate::directory::types::VolumeClaim;
+use crate::directory::{LogicalVolume, now_ms};
 
 /// A writable volume owned by this router, with its current key lease.
 #[derive(Debug, Clone)]
@@ -32,6 +35,9 @@ pub(crate) struct WritableVolume {
     pub(crate) next_key: u64,
     /// One past the last leased key.
     pub(crate) end_key: u64,
+    /// When an upload last used it (allocation counts), ms since the UNIX
+    /// epoch.
+    pub(crate) last_write_ms: u64,
 }
 
 impl WritableVolume {
@@ -49,8 +55,16 @@ impl WritableVolume {
 
 /// Idle volumes and a permit per volume in use (or being allocated).
 pub(crate) struct VolumePool {
-    idle: Arc<Mutex<VecDeque<WritableVolume>>>,
+    held: Arc<Mutex<Held>>,
     slots: Arc<Semaphore>,
+}
+
+/// The volumes of a pool: idle ones, and when each one it holds (idle or
+/// in use) was last used.
+#[derive(Default)]
+struct Held {
+    idle: VecDeque<WritableVolume>,
+    last_writes: HashMap<u32, u64>,
 }
 
 /// What [`VolumePool::checkout`] gives: an idle volume, or the right to
@@ -67,7 +81,7 @@ impl VolumePool {
     /// A pool of at most `size` volumes.
     pub(crate) fn new(size: usize) -> VolumePool {
         VolumePool {
-            idle: Arc::new(Mutex::new(VecDeque::new())),
+            held: Arc::new(Mutex::new(Held::default())),
             slots: Arc::new(Semaphore::new(size)),
         }
     }
@@ -83,11 +97,11 @@ impl VolumePool {
             // The semaphore is never closed.
             Err(_) => unreachable!("volume pool semaphore closed"),
         };
-        let volume = self.idle.lock().pop_front();
+        let volume = self.held.lock().idle.pop_front();
         match volume {
             Some(volume) => Checkout::Volume(VolumeLease {
                 volume: Some(volume),
-                idle: self.idle.clone(),
+                held: self.held.clone(),
                 _permit: permit,
             }),
             None => Checkout::Allocate(permit),
@@ -100,16 +114,67 @@ impl VolumePool {
         volume: WritableVolume,
         permit: OwnedSemaphorePermit,
     ) -> VolumeLease {
+        self.held
+            .lock()
+            .last_writes
+            .insert(volume.volume.id, volume.last_write_ms);
         VolumeLease {
             volume: Some(volume),
-            idle: self.idle.clone(),
+            held: self.held.clone(),
             _permit: permit,
         }
     }
 
+    /// Takes in a volume this router owned before it restarted, idle;
+    /// `false` if the pool holds it already.
+    pub(crate) fn adopt(&self, volume: WritableVolume) -> bool {
+        let mut held = self.held.lock();
+        if held.last_writes.contains_key(&volume.volume.id) {
+            return false;
+        }
+        held.last_writes
+            .insert(volume.volume.id, volume.last_write_ms);
+        held.idle.push_back(volume);
+        true
+    }
+
+    /// Whether the pool holds volume `id` (idle or in use).
+    pub(crate) fn holds(&self, id: u32) -> bool {
+        self.held.lock().last_writes.contains_key(&id)
+    }
+
+    /// Every volume the pool holds, with its last use: what the router
+    /// claims in the directory.
+    pub(crate) fn claims(&self) -> Vec<VolumeClaim> {
+        self.held
+            .lock()
+            .last_writes
+            .iter()
+            .map(|(&volume, &last)| VolumeClaim {
+                volume,
+                last_write_ms: Some(last),
+            })
+            .collect()
+    }
+
+    /// Takes out of the pool, for good, the idle volumes last used before
+    /// `cutoff_ms`.
+    pub(crate) fn take_idle_since(&self, cutoff_ms: u64) -> Vec<WritableVolume> {
+        let mut held = self.held.lock();
+        let (stale, fresh): (Vec<_>, Vec<_>) = held
+            .idle
+            .drain(..)
+            .partition(|v| v.last_write_ms < cutoff_ms);
+        held.idle = fresh.into();
+        for volume in &stale {
+            held.last_writes.remove(&volume.volume.id);
+        }
+        stale
+    }
+
     /// Number of idle volumes (for tests and the status page).
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle.lock().len()
+        self.held.lock().idle.len()
     }
 }
 
@@ -119,7 +184,7 @@ impl VolumePool {
 /// upload ended in an unknown state.
 pub(crate) struct VolumeLease {
     volume: Option<WritableVolume>,
-    idle: Arc<Mutex<VecDeque<WritableVolume>>>,
+    held: Arc<Mutex<Held>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -131,22 +196,29 @@ impl VolumeLease {
             .expect("a lease holds its volume until consumed")
     }
 
-    /// Returns the volume to the idle list for the next upload.
+    /// Returns the volume to the idle list for the next upload, used now.
     pub(crate) fn release(mut self) {
-        if let Some(volume) = self.volume.take() {
-            self.idle.lock().push_back(volume);
+        if let Some(mut volume) = self.volume.take() {
+            volume.last_write_ms = now_ms();
+            let mut held = self.held.lock();
+            held.last_writes
+                .insert(volume.volume.id, volume.last_write_ms);
+            held.idle.push_back(volume);
         }
     }
 
     /// Drops the volume from the pool for good.
     pub(crate) fn retire(mut self) {
-        self.volume = None;
+        if let Some(volume) = self.volume.take() {
+            self.held.lock().last_writes.remove(&volume.volume.id);
+        }
     }
 }
 
 impl Drop for VolumeLease {
     fn drop(&mut self) {
         if let Some(volume) = self.volume.take() {
+            self.held.lock().last_writes.remove(&volume.volume.id);
             tracing::warn!(
                 volume = volume.volume.id,
                 "volume lease dropped; retiring the volume"
@@ -175,9 +247,12 @@ mod tests {
                 needle_count: 0,
                 last_generation: 0,
                 warm: None,
+                owner: None,
+                last_write_ms: None,
             }),
             next_key: 1,
             end_key: 3,
+            last_write_ms: 0,
         }
     }
 
@@ -208,5 +283,26 @@ mod tests {
         drop(second);
         assert_eq!(pool.idle_count(), 0);
         assert!(matches!(pool.checkout().await, Checkout::Allocate(_)));
+    }
+
+    #[tokio::test]
+    async fn claims_adoption_and_idle_volumes() {
+        let pool = VolumePool::new(2);
+        assert!(pool.adopt(volume(7)));
+        assert!(!pool.adopt(volume(7)), "adopted once");
+        let Checkout::Volume(lease) = pool.checkout().await else {
+            panic!("the adopted volume is idle");
+        };
+        assert!(pool.holds(7), "in use, still held");
+        lease.release();
+        let claims = pool.claims();
+        assert_eq!(claims.len(), 1);
+        assert!(
+            claims[0].last_write_ms.is_some_and(|at| at > 0),
+            "release stamps it"
+        );
+        assert!(pool.take_idle_since(1).is_empty(), "used just now");
+        assert_eq!(pool.take_idle_since(u64::MAX).len(), 1);
+        assert!(!pool.holds(7) && pool.claims().is_empty());
     }
 }

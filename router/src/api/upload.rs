@@ -490,6 +490,7 @@ async fn allocate_volume(state: &AppState) -> Result<WritableVolume, ApiError> {
         volume,
         next_key: lease.start,
         end_key: lease.end,
+        last_write_ms: crate::directory::now_ms(),
     })
 }
 
@@ -656,7 +657,7 @@ async fn handle_failures(state: &AppState, volume: &LogicalVolume, failures: Vec
         .iter()
         .any(|f| matches!(f.error, ReplicaError::Client(ClientError::VolumeFull(_))));
     if full {
-        lock_volume(state, volume).await;
+        lock_volume(state, volume, "a replica is full").await;
         return;
     }
     let mut read_only_reason = None;
@@ -679,8 +680,9 @@ async fn handle_failures(state: &AppState, volume: &LogicalVolume, failures: Vec
     }
 }
 
-/// Locks a full volume on every replica (best effort) and in the directory.
-async fn lock_volume(state: &AppState, volume: &LogicalVolume) {
+/// Locks a volume (full, or idle) on every replica (best effort) and in the
+/// directory, saying `why`.
+pub(crate) async fn lock_volume(state: &AppState, volume: &LogicalVolume, why: &str) {
     if let Ok(nodes) = state.cache.nodes(false).await {
         let locks = volume.replicas.iter().filter_map(|id| nodes.get(id)).map(|node| async move {
             match state.store_for_writes(node) {
@@ -694,7 +696,7 @@ async fn lock_volume(state: &AppState, volume: &LogicalVolume) {
         });
         futures::future::join_all(locks).await;
     }
-    set_state(state, volume.id, VolumeState::Locked, "a replica is full").await;
+    set_state(state, volume.id, VolumeState::Locked, why).await;
 }
 
 async fn set_state(state: &AppState, id: u32, to: VolumeState, reason: &str) {

@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use super::types::{
     ClaimRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, ErrorBody,
     GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MigrationJob, NodeRecord,
-    NodeRegistration, PlaceRequest, SetStateRequest, StaleRequest, StepRequest, VolumeState,
+    NodeRegistration, OwnershipRequest, PlaceRequest, SetStateRequest, StaleRequest, StepRequest,
+    VolumeClaim, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -344,6 +345,23 @@ impl DirectoryClient {
     /// `GET /migrations`: every migration job.
     pub async fn list_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryClientError> {
         self.send(self.http.get(self.url("/migrations"))).await
+    }
+
+    /// `POST /ownership`: claims or renews `owner`'s writable volumes for
+    /// `lease_ms`; every writable volume it holds.
+    pub async fn own_volumes(
+        &self,
+        owner: &str,
+        volumes: Vec<VolumeClaim>,
+        lease_ms: u64,
+    ) -> Result<Vec<LogicalVolume>, DirectoryClientError> {
+        let request = OwnershipRequest {
+            owner: owner.to_owned(),
+            lease_ms,
+            volumes,
+        };
+        self.send(self.http.post(self.url("/ownership")).json(&request))
+            .await
     }
 
     /// `POST /volumes/{vid}/leases`: leases `count` needle keys.

@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::types::{
-    DamagedBlockRequest, DamagedNeedle, MigrationStep, NodeRecord, NodeRegistration, NodeRole,
-    NodeState, PlaceRequest, StepRequest, VolumeState,
+    DamagedBlockRequest, DamagedNeedle, LogicalVolume, MigrationStep, NodeRecord, NodeRegistration,
+    NodeRole, NodeState, PlaceRequest, StepRequest, VolumeClaim, VolumeState,
 };
 use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -46,6 +46,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("warm_placement", warm_placement),
     ("warm_holders_and_blocks", warm_holders_and_blocks),
     ("migration_claims", migration_claims),
+    ("volume_ownership", volume_ownership),
 ];
 
 /// Runs every check, each over the storage that `fresh` prepares: `fresh()`
@@ -872,6 +873,52 @@ pub fn warm_holders_and_blocks(open: Open<'_>) {
 
 /// Migration jobs: one claim at a time, taken over once its lease ran out,
 /// renewed by steps, released by a final step, and kept across a reopen.
+pub fn volume_ownership(open: Open<'_>) {
+    let dir = open();
+    register_stores(&*dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+    let [a, b] = [0, 0].map(|_| dir.allocate_volume(0).expect("allocate").id);
+    let claim = |volume, last_write_ms| VolumeClaim {
+        volume,
+        last_write_ms,
+    };
+    let ids = |owned: Vec<LogicalVolume>| owned.iter().map(|v| v.id).collect::<Vec<_>>();
+    assert!(matches!(
+        dir.own_volumes("", &[], 1000, 0),
+        Err(DirectoryError::BadRequest(_))
+    ));
+    // r1 claims both; r2 cannot take them while the claims hold.
+    let owned = dir
+        .own_volumes("r1", &[claim(a, Some(5)), claim(b, None)], 1000, 10)
+        .expect("claim");
+    assert_eq!(ids(owned.clone()), vec![a, b]);
+    assert_eq!(owned[0].owner.as_ref().map(|o| o.until_ms), Some(1010));
+    assert_eq!(owned[0].last_write_ms, Some(5));
+    assert!(
+        ids(dir
+            .own_volumes("r2", &[claim(a, None)], 1000, 500)
+            .expect("r2"))
+        .is_empty()
+    );
+    // A restarted r1 (claiming nothing) gets both back, its claims renewed,
+    // even past their end.
+    let resumed = dir.own_volumes("r1", &[], 1000, 5000).expect("resume");
+    assert_eq!(ids(resumed.clone()), vec![a, b]);
+    assert_eq!(resumed[1].owner.as_ref().map(|o| o.until_ms), Some(6000));
+    // Once a claim ran out, another router may take the volume; a volume
+    // no longer writable is nobody's.
+    dir.set_volume_state(b, VolumeState::Locked, 7000)
+        .expect("lock");
+    let taken = dir
+        .own_volumes("r2", &[claim(a, Some(7))], 1000, 7000)
+        .expect("take");
+    assert_eq!(ids(taken), vec![a]);
+    assert!(ids(dir.own_volumes("r1", &[], 1000, 7001).expect("r1")).is_empty());
+    drop(dir);
+    let reopened = open().volume(a).expect("volume");
+    assert_eq!(reopened.owner.map(|o| o.id).as_deref(), Some("r2"));
+    assert_eq!(reopened.last_write_ms, Some(7));
+}
+
 pub fn migration_claims(open: Open<'_>) {
     let dir = open();
     register_cell(&*dir, "f4", 14, 14, 0);

@@ -147,6 +147,20 @@ pub trait Directory: Send + Sync {
     /// Marks the record of needle `key` lost: no replica holds a good copy.
     fn mark_needle_lost(&self, id: u32, key: u64) -> Result<DamagedNeedle, DirectoryError>;
 
+    /// Claims or renews for router `owner`, for `lease_ms` from `now_ms`,
+    /// each `writable` volume of `claims` that no other router holds under
+    /// a live claim
+    /// (recording when `owner` last wrote it), and answers every writable
+    /// volume `owner` holds afterwards: an earlier run's too, whatever the
+    /// age of its claim (renewed), so that a restarted router resumes them.
+    fn own_volumes(
+        &self,
+        owner: &str,
+        claims: &[types::VolumeClaim],
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<LogicalVolume>, DirectoryError>;
+
     /// Leases `count` needle keys of a `writable` volume: a half-open range
     /// strictly above every range leased before for it, persisted before
     /// the answer.

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use super::client::valid_node_id;
 use super::types::{
     DamagedBlock, DamagedBlockRequest, KeyLease, LogicalVolume, MigrationJob, MigrationStep,
-    NodeRecord, NodeRegistration, NodeRole, NodeState, PlaceRequest, StepRequest, VolumeState,
-    WarmVolume,
+    NodeRecord, NodeRegistration, NodeRole, NodeState, OWNERSHIP_CLAIMS_MAX, PlaceRequest,
+    StepRequest, VolumeClaim, VolumeOwner, VolumeState, WarmVolume,
 };
 use super::{DamagedNeedle, Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -642,6 +642,8 @@ impl Directory for RedbDirectory {
                 needle_count: 0,
                 last_generation: 0,
                 warm: None,
+                owner: None,
+                last_write_ms: None,
             };
             put_volume(txn, &volume)?;
             Ok(volume)
@@ -780,6 +782,47 @@ impl Directory for RedbDirectory {
 
     fn mark_needle_lost(&self, id: u32, key: u64) -> Result<DamagedNeedle, DirectoryError> {
         self.mark_lost(id, key)
+    }
+
+    fn own_volumes(
+        &self,
+        owner: &str,
+        claims: &[VolumeClaim],
+        lease_ms: u64,
+        now: u64,
+    ) -> Result<Vec<LogicalVolume>, DirectoryError> {
+        if owner.is_empty() || claims.len() > OWNERSHIP_CLAIMS_MAX || lease_ms == 0 {
+            return Err(DirectoryError::BadRequest(format!(
+                "an ownership claim names its owner, a positive lease and at most \
+                 {OWNERSHIP_CLAIMS_MAX} volumes"
+            )));
+        }
+        let until_ms = now.saturating_add(lease_ms);
+        self.write(|txn| {
+            let mut volumes = all_volumes(&txn.open_table(VOLUMES)?)?;
+            let mut owned = Vec::new();
+            for volume in &mut volumes {
+                if volume.state != VolumeState::Writable {
+                    continue;
+                }
+                let claim = claims.iter().find(|c| c.volume == volume.id);
+                let ours = volume.owner.as_ref().is_some_and(|o| o.id == owner);
+                let free = volume.owner.as_ref().is_none_or(|o| o.until_ms <= now);
+                if !(ours || (claim.is_some() && free)) {
+                    continue;
+                }
+                volume.owner = Some(VolumeOwner {
+                    id: owner.to_owned(),
+                    until_ms,
+                });
+                if let Some(claim) = claim {
+                    volume.last_write_ms = volume.last_write_ms.max(claim.last_write_ms);
+                }
+                put_volume(txn, volume)?;
+                owned.push(volume.clone());
+            }
+            Ok(owned)
+        })
     }
 
     fn lease_keys(&self, id: u32, count: u64) -> Result<KeyLease, DirectoryError> {

@@ -28,8 +28,8 @@ use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
     ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, ErrorBody,
-    FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration, PlaceRequest, SetStateRequest,
-    StaleRequest, StepRequest,
+    FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration, OwnershipRequest,
+    PlaceRequest, SetStateRequest, StaleRequest, StepRequest,
 };
 use super::{Directory, DirectoryError, LogicalVolume, RedbDirectory, now_ms};
 
@@ -352,6 +352,20 @@ async fn lease_keys(
     Ok(axum::Json(lease).into_response())
 }
 
+/// `POST /ownership`: a router claims or renews its writable volumes;
+/// answers every writable volume it holds.
+async fn own_volumes(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<OwnershipRequest>,
+) -> Result<Response, DirectoryError> {
+    let owned = state
+        .blocking(move |d| {
+            d.own_volumes(&request.owner, &request.volumes, request.lease_ms, now_ms())
+        })
+        .await?;
+    Ok(axum::Json(owned).into_response())
+}
+
 async fn mark_replica_stale(
     State(state): State<AppState>,
     Path((vid, node)): Path<(String, String)>,
@@ -598,6 +612,7 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
         .route("/volumes/{vid}", get(get_volume))
         .route("/volumes/{vid}/state", post(set_volume_state))
         .route("/volumes/{vid}/leases", post(lease_keys))
+        .route("/ownership", post(own_volumes))
         .route(
             "/volumes/{vid}/replicas/{node}/stale",
             post(mark_replica_stale),

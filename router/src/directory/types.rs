@@ -168,7 +168,49 @@ pub struct LogicalVolume {
     /// committed one once `warm`.
     #[serde(default)]
     pub warm: Option<WarmVolume>,
+    /// The router writing to it while it is writable, under a claim it
+    /// renews; `None` if no router claims it.
+    #[serde(default)]
+    pub owner: Option<VolumeOwner>,
+    /// When its owner last used it for an upload, ms since the UNIX epoch.
+    #[serde(default)]
+    pub last_write_ms: Option<u64>,
 }
+
+/// A router's claim on a writable volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeOwner {
+    /// The router's id (`[router] id`).
+    pub id: String,
+    /// The claim holds until then, ms since the UNIX epoch.
+    pub until_ms: u64,
+}
+
+/// One volume a router claims in `POST /ownership`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeClaim {
+    /// The volume.
+    pub volume: u32,
+    /// When the router last used it for an upload.
+    pub last_write_ms: Option<u64>,
+}
+
+/// Body of `POST /ownership`: a router claims or renews its writable
+/// volumes (at most [`OWNERSHIP_CLAIMS_MAX`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnershipRequest {
+    /// The router's id.
+    pub owner: String,
+    /// How long the claims hold, ms.
+    pub lease_ms: u64,
+    /// The volumes it claims.
+    pub volumes: Vec<VolumeClaim>,
+}
+
+/// Most volumes one `POST /ownership` claims.
+pub const OWNERSHIP_CLAIMS_MAX: usize = 4096;
 
 /// A warm volume as the directory (f4's name node) records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -582,6 +624,8 @@ mod tests {
             needle_count: 2,
             last_generation: 0,
             warm: None,
+            owner: None,
+            last_write_ms: None,
         };
         let json = serde_json::to_value(&volume).expect("serialise");
         assert_eq!(
