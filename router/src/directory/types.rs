@@ -632,7 +632,7 @@ mod tests {
             json,
             serde_json::json!({"id":3,"state":"readonly","replicas":["a","b","c"],
                 "stale_replicas":["b"],"missed_deletes":[],"repair_epoch":4,"created_ms":1,"locked_ms":null,"size_bytes":10,
-                "needle_count":2,"last_generation":0,"warm":null})
+                "needle_count":2,"last_generation":0,"warm":null,"owner":null,"last_write_ms":null})
         );
         let back: LogicalVolume = serde_json::from_value(json).expect("deserialise");
         assert_eq!(back, volume);
