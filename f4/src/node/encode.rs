@@ -14,8 +14,8 @@
 //! chunk's CRC, syncs and renames ([`encode_to_nodes`]).
 //!
 //! Memory stays bounded whatever the volume's size: one column per block,
-//! the sinks' queues, and per data block the run in use and the next one
-//! read ahead (each at most [`FETCH_BYTES_MAX`], or one needle if larger).
+//! the sinks' queues, and per data block one run read ahead (at most
+//! [`FETCH_BYTES_MAX`], or one needle if it is larger).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -147,24 +147,9 @@ pub(crate) struct LiveSource {
     pace: Option<Mutex<Pace>>,
     /// Verified bytes read past the end of a read, by warm offset.
     carries: Mutex<Vec<(u64, Bytes)>>,
-    /// Runs being read ahead.
-    ahead: Mutex<Vec<(Run, Fetch)>>,
     /// Why the last read failed, with its needle named.
     failure: Mutex<Option<Error>>,
 }
-
-/// Needles contiguous in the source's data file, read in one request.
-struct Run {
-    /// Index of the first entry.
-    first: u64,
-    /// Each needle's index entry and offset in the source.
-    entries: Vec<(IndexEntry, u64)>,
-    /// Bytes of the run.
-    len: u64,
-}
-
-/// A run's read from the source, under way.
-type Fetch = tokio::task::JoinHandle<std::result::Result<Bytes, String>>;
 
 /// A byte-rate limit.
 struct Pace {
@@ -218,7 +203,6 @@ impl LiveSource {
                 })
             }),
             carries: Mutex::new(Vec::new()),
-            ahead: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         })
     }
@@ -250,79 +234,44 @@ impl LiveSource {
         Ok(low)
     }
 
-    /// The run of needles from entry `first`, through the one holding warm
-    /// byte `end - 1` at most: contiguous in the source's data file and at
-    /// most [`FETCH_BYTES_MAX`] (or one needle). With each entry, its index.
-    fn plan_run(&self, first: u64, end: u64) -> Result<Run> {
+    /// Verified warm bytes from the start of the needle holding `pos`
+    /// through at least `end` (or the run's limit): a run of needles
+    /// contiguous in the source's data file, read at once.
+    fn read_run(&self, pos: u64, end: u64) -> Result<(u64, Bytes)> {
         let count = self.index.header().entry_count;
-        let (entry, hot) = self.entry(first)?;
-        let mut run = Run {
-            first,
-            entries: vec![(entry, hot)],
-            len: u64::from(entry.size_bytes),
-        };
-        while first + (run.entries.len() as u64) < count {
-            let (last, last_hot) = run.entries[run.entries.len() - 1];
+        let mut i = self.entry_at(pos)?;
+        let mut run = vec![self.entry(i)?];
+        let mut run_len = u64::from(run[0].0.size_bytes);
+        while i + 1 < count {
+            let (last, last_hot) = run[run.len() - 1];
             if last.offset + u64::from(last.size_bytes) >= end {
                 break;
             }
-            let (next, next_hot) = self.entry(first + run.entries.len() as u64)?;
+            let (next, next_hot) = self.entry(i + 1)?;
             if next_hot != last_hot + u64::from(last.size_bytes)
-                || run.len + u64::from(next.size_bytes) > FETCH_BYTES_MAX
+                || run_len + u64::from(next.size_bytes) > FETCH_BYTES_MAX
             {
                 break;
             }
-            run.entries.push((next, next_hot));
-            run.len += u64::from(next.size_bytes);
+            run.push((next, next_hot));
+            run_len += u64::from(next.size_bytes);
+            i += 1;
         }
-        Ok(run)
-    }
-
-    /// Starts reading `run` from the source (paced), on the runtime.
-    fn fetch(&self, run: &Run) -> Fetch {
         if let Some(pace) = &self.pace {
-            pace.lock().take(run.len);
+            pace.lock().take(run_len);
         }
-        let source = self.replicas[0].clone();
-        let (volume, hot, len) = (self.volume, run.entries[0].1, run.len);
-        self.runtime.spawn(async move {
-            source
-                .read_volume_file_range(volume, VolumeFile::Data, hot, len)
-                .await
-                .map_err(|e| format!("reading the source replica: {e}"))
-        })
-    }
-
-    /// Verified warm bytes from the start of the needle holding `pos`
-    /// through at least `end` (or the run's limit): a run of needles
-    /// contiguous in the source's data file, read at once. The run after
-    /// it, up to `next_end`, is read ahead meanwhile: this block's next
-    /// read will want it while the current column is encoded and sent.
-    fn read_run(&self, pos: u64, end: u64, next_end: u64) -> Result<(u64, Bytes)> {
-        let first = self.entry_at(pos)?;
-        let (run, fetch) = match self.take_ahead(first) {
-            Some(ahead) => ahead,
-            None => {
-                let run = self.plan_run(first, end)?;
-                let fetch = self.fetch(&run);
-                (run, fetch)
-            }
-        };
-        let run_start = run.entries[0].0.offset;
-        let next = run.first + run.entries.len() as u64;
-        if run_start + run.len < next_end && next < self.index.header().entry_count {
-            let ahead = self.plan_run(next, next_end)?;
-            let fetch = self.fetch(&ahead);
-            self.keep_ahead(ahead, fetch);
-        }
+        let (run_start, first_hot) = (run[0].0.offset, run[0].1);
         let fetched = self
             .runtime
-            .block_on(fetch)
-            .map_err(|e| io::Error::other(format!("the read of the source: {e}")))?
-            .map_err(io::Error::other)?;
-        let first_hot = run.entries[0].1;
+            .block_on(self.replicas[0].read_volume_file_range(
+                self.volume,
+                VolumeFile::Data,
+                first_hot,
+                run_len,
+            ))
+            .map_err(|e| io::Error::other(format!("reading the source replica: {e}")))?;
         let mut verified = BytesMut::with_capacity(fetched.len());
-        for (entry, hot) in run.entries {
+        for (entry, hot) in run {
             let at = (hot - first_hot) as usize;
             let raw = &fetched[at..at + entry.size_bytes as usize];
             let start = verified.len();
@@ -333,20 +282,6 @@ impl LiveSource {
             verified[start + NEEDLE_FLAGS_OFFSET] &= !NEEDLE_FLAG_DELETED;
         }
         Ok((run_start, verified.freeze()))
-    }
-
-    fn take_ahead(&self, first: u64) -> Option<(Run, Fetch)> {
-        let mut ahead = self.ahead.lock();
-        let i = ahead.iter().position(|(run, _)| run.first == first)?;
-        Some(ahead.swap_remove(i))
-    }
-
-    fn keep_ahead(&self, run: Run, fetch: Fetch) {
-        let mut ahead = self.ahead.lock();
-        if ahead.len() >= CARRIES_MAX {
-            ahead.remove(0).1.abort();
-        }
-        ahead.push((run, fetch));
     }
 
     /// Needle `entry` from the first other replica whose copy passes its
@@ -391,14 +326,11 @@ impl LiveSource {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset + buf.len() as u64;
-        // The encoder reads each block column by column: this block's next
-        // read is the same length, right after this one.
-        let next_end = end + buf.len() as u64;
         let mut pos = offset;
         while pos < end {
             let (start, bytes) = match self.take_carry(pos) {
                 Some(carry) => carry,
-                None => self.read_run(pos, end, next_end)?,
+                None => self.read_run(pos, end)?,
             };
             let from = (pos - start) as usize;
             let n = (bytes.len() - from).min((end - pos) as usize);
@@ -410,14 +342,6 @@ impl LiveSource {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for LiveSource {
-    fn drop(&mut self) {
-        for (_, fetch) in self.ahead.get_mut().drain(..) {
-            fetch.abort();
-        }
     }
 }
 
