@@ -746,7 +746,7 @@ async fn idle_volumes_lock_and_a_restarted_router_takes_its_volumes_back() -> an
         SMALL_VOLUMES,
         &[
             "--idle-lock-after",
-            "4s",
+            "8s",
             "--warm-after",
             "1s",
             "--migrate-interval",
@@ -778,10 +778,12 @@ async fn idle_volumes_lock_and_a_restarted_router_takes_its_volumes_back() -> an
     let first = put(1).await?;
     let vid = first.volume();
     // Once the router has claimed it (a claim is renewed every second here),
-    // a restarted router takes it back.
+    // a restarted router takes it back as soon as the dead process's claim
+    // ran out (3 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.kill_node("router")?;
     let _router = cluster.restart_node("router")?;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     let second = put(2).await?;
     anyhow::ensure!(
         second.volume() == vid,
@@ -830,6 +832,67 @@ async fn idle_volumes_lock_and_a_restarted_router_takes_its_volumes_back() -> an
     );
     let _router = cluster.restart_node("router")?;
     for blob in [&first, &second, &third] {
+        blob.check(&client, &router).await?;
+    }
+    Ok(())
+}
+
+/// A delete whose tombstone failed (three of five journal holders down
+/// while the migration's journal is open) answers `503`, but its hot part
+/// landed; its retry, which the replicas answer `not_found`, still reaches
+/// the journal (`204`), and the BLOB stays deleted once the volume is warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::Result<()> {
+    let args = [SMALL_VOLUMES, &["--warm-after", "1d"]].concat();
+    let cluster = Cluster::start_spawned(&args).await?;
+    let client = http_client();
+    let router = cluster.router.clone();
+    // The router's migration waits 20 s just before its flip (journal open,
+    // deletes carried).
+    cluster.kill_node("router")?;
+    let _router = cluster.restart_node_with(
+        "router",
+        &[
+            ("HAYLOFT_PAUSE_AT", "migrate-flipping"),
+            ("HAYLOFT_PAUSE_MS", "20000"),
+        ],
+    )?;
+    let blobs = fill(&client, &router, 71, 1).await?;
+    let vid = volumes(&client, &router)
+        .await?
+        .into_iter()
+        .find(|v| v["state"] == "locked")
+        .and_then(|v| v["id"].as_u64())
+        .context("a locked volume")? as u32;
+    let ours: Vec<&Blob> = blobs.iter().filter(|b| b.volume() == vid).collect();
+    let (doomed, kept) = (ours[0], &ours[1..]);
+    let migration = {
+        let (client, url) = (client.clone(), format!("{router}/admin/volumes/{vid}/migrate"));
+        tokio::spawn(async move { anyhow::Ok(client.post(url).send().await?.json::<Value>().await?) })
+    };
+    paused_at(&cluster, "migrate-flipping").await?;
+    let holders: Vec<String> = volume(&client, &router, vid).await?["warm"]["journal_holders"]
+        .as_array()
+        .context("holders")?
+        .iter()
+        .filter_map(|h| h.as_str().map(str::to_owned))
+        .collect();
+    for holder in &holders[..3] {
+        cluster.kill_node(holder)?;
+    }
+    let status = common::volumes::delete(&client, &router, &doomed.id).await?;
+    anyhow::ensure!(status == 503, "with 3 of 5 holders down the delete answered {status}");
+    let mut back = Vec::new();
+    for holder in &holders[..3] {
+        back.push(cluster.restart_node(holder)?);
+    }
+    let status = common::volumes::delete(&client, &router, &doomed.id).await?;
+    anyhow::ensure!(status == 204, "the retried delete answered {status}");
+    let pass = migration.await??;
+    anyhow::ensure!(pass["jobs"][0]["step"] == "warm", "{pass}");
+    let (status, _) = common::fetch(&client, &router, &doomed.id).await?;
+    anyhow::ensure!(status == 404, "the deleted BLOB answered {status} once warm");
+    for blob in kept {
         blob.check(&client, &router).await?;
     }
     Ok(())

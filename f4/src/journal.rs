@@ -157,11 +157,10 @@ impl Journal {
     /// already tombstoned (or repeated) write nothing. The number written.
     pub fn append_all(&mut self, keys: &[u64], deleted_ms: u64) -> Result<usize> {
         let mut records = Vec::new();
-        let mut fresh = Vec::new();
+        let mut fresh = std::collections::HashSet::new();
         for &key in keys {
-            if !self.deleted.contains(&key) && !fresh.contains(&key) {
+            if !self.deleted.contains(&key) && fresh.insert(key) {
                 records.extend_from_slice(&Tombstone { key, deleted_ms }.encode());
-                fresh.push(key);
             }
         }
         if fresh.is_empty() {

@@ -31,6 +31,7 @@ pub(crate) async fn renew(state: &AppState) -> Result<usize, ApiError> {
         .directory
         .own_volumes(
             &state.config.id,
+            &state.instance,
             state.pool.claims(),
             state.config.migration_lease_ms.max(1),
         )

@@ -15,7 +15,7 @@
 //! volumes it owned ([`super::ownership`]); a volume idle for too long is
 //! taken out of the pool and locked.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 #[cfg(test)]
 use std::time::Duration;
@@ -65,6 +65,23 @@ pub(crate) struct VolumePool {
 struct Held {
     idle: VecDeque<WritableVolume>,
     last_writes: HashMap<u32, u64>,
+    /// Volumes dropped for good: never taken back, though the directory
+    /// may still list them as this router's.
+    retired: HashSet<u32>,
+}
+
+/// Most retired volume ids remembered (a guard; beyond it the set is
+/// cleared, and a volume still writable may be taken back).
+const RETIRED_MAX: usize = 4096;
+
+impl Held {
+    fn retire(&mut self, id: u32) {
+        self.last_writes.remove(&id);
+        if self.retired.len() >= RETIRED_MAX {
+            self.retired.clear();
+        }
+        self.retired.insert(id);
+    }
 }
 
 /// What [`VolumePool::checkout`] gives: an idle volume, or the right to
@@ -129,7 +146,8 @@ impl VolumePool {
     /// `false` if the pool holds it already.
     pub(crate) fn adopt(&self, volume: WritableVolume) -> bool {
         let mut held = self.held.lock();
-        if held.last_writes.contains_key(&volume.volume.id) {
+        let id = volume.volume.id;
+        if held.last_writes.contains_key(&id) || held.retired.contains(&id) {
             return false;
         }
         held.last_writes
@@ -210,7 +228,7 @@ impl VolumeLease {
     /// Drops the volume from the pool for good.
     pub(crate) fn retire(mut self) {
         if let Some(volume) = self.volume.take() {
-            self.held.lock().last_writes.remove(&volume.volume.id);
+            self.held.lock().retire(volume.volume.id);
         }
     }
 }
@@ -218,7 +236,7 @@ impl VolumeLease {
 impl Drop for VolumeLease {
     fn drop(&mut self) {
         if let Some(volume) = self.volume.take() {
-            self.held.lock().last_writes.remove(&volume.volume.id);
+            self.held.lock().retire(volume.volume.id);
             tracing::warn!(
                 volume = volume.volume.id,
                 "volume lease dropped; retiring the volume"
@@ -304,5 +322,12 @@ mod tests {
         assert!(pool.take_idle_since(1).is_empty(), "used just now");
         assert_eq!(pool.take_idle_since(u64::MAX).len(), 1);
         assert!(!pool.holds(7) && pool.claims().is_empty());
+        // A volume retired after a failed upload is not taken back.
+        assert!(pool.adopt(volume(8)));
+        let Checkout::Volume(lease) = pool.checkout().await else {
+            panic!("volume 8 is idle");
+        };
+        lease.retire();
+        assert!(!pool.adopt(volume(8)));
     }
 }

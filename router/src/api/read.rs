@@ -16,6 +16,7 @@
 //! a damaged needle, to be mended from a good copy; the replica keeps
 //! serving every other needle.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -442,6 +443,46 @@ fn slice_stream(
     )
 }
 
+/// The retry of a delete whose hot part landed but whose tombstone did not
+/// (the journal holders failed it, the router died between the two): the
+/// replicas now answer `not_found`, but the needle is still live in the
+/// warm journal once the migration opened it. If the journal is open (or
+/// the volume warm) and a fresh replica holds the needle deleted with this
+/// very cookie (not a wrong cookie on a live needle), the tombstone goes
+/// there now; `true` then.
+async fn retry_reaches_journal(
+    state: &AppState,
+    volume: &LogicalVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    id: BlobId,
+) -> Result<bool, ApiError> {
+    let now = state.cache.volume(id.volume, true).await?;
+    let Some(warm) = now
+        .warm
+        .as_ref()
+        .filter(|w| now.state == VolumeState::Warm || w.journal_open)
+    else {
+        return Ok(false);
+    };
+    for node in volume
+        .fresh_replicas()
+        .filter_map(|r| nodes.get(r).filter(|n| n.is_up()))
+    {
+        let Ok(store) = state.store_for_writes(node) else {
+            continue;
+        };
+        let Ok(raw) = store.raw_needle(id.volume, id.key).await else {
+            continue;
+        };
+        let header = haystack::format::decode_needle_header(&raw, id.volume, 0);
+        if header.is_ok_and(|h| h.deleted() && h.cookie == id.cookie && h.key == id.key) {
+            warm::tombstone(state, id.volume, warm, &[id.key]).await?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// `DELETE /blobs/{id}`: deletes on every replica on an `up` node. `204`
 /// once at least one replica deleted the needle and every other replica
 /// (down, stale, or failing the delete) was recorded in the directory as
@@ -491,6 +532,11 @@ pub(crate) async fn delete_blob(
         }
     }
     if deleted == 0 {
+        if not_found > 0 && retry_reaches_journal(&state, &volume, &nodes, id).await? {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            response.extensions_mut().insert(Tier::WARM);
+            return Ok(response);
+        }
         return Err(if not_found > 0 {
             ApiError::NotFound
         } else {

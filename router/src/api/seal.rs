@@ -369,7 +369,13 @@ async fn carry_deletes(state: &AppState, vid: u32, generation: u64) -> Result<u6
         let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
             continue;
         };
-        let store = state.store_for_writes(node)?;
+        let store = match state.store_for_writes(node) {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::warn!(volume = vid, replica = %replica, error = %e, "no client for a replica");
+                continue;
+            }
+        };
         let mut after = None;
         let read = loop {
             let page = match store.deleted_page(vid, after, page_len).await {

@@ -347,16 +347,18 @@ impl DirectoryClient {
         self.send(self.http.get(self.url("/migrations"))).await
     }
 
-    /// `POST /ownership`: claims or renews `owner`'s writable volumes for
-    /// `lease_ms`; every writable volume it holds.
+    /// `POST /ownership`: claims or renews the writable volumes of process
+    /// `instance` of router `owner` for `lease_ms`; every one it holds.
     pub async fn own_volumes(
         &self,
         owner: &str,
+        instance: &str,
         volumes: Vec<VolumeClaim>,
         lease_ms: u64,
     ) -> Result<Vec<LogicalVolume>, DirectoryClientError> {
         let request = OwnershipRequest {
             owner: owner.to_owned(),
+            instance: instance.to_owned(),
             lease_ms,
             volumes,
         };

@@ -883,36 +883,45 @@ pub fn volume_ownership(open: Open<'_>) {
     };
     let ids = |owned: Vec<LogicalVolume>| owned.iter().map(|v| v.id).collect::<Vec<_>>();
     assert!(matches!(
-        dir.own_volumes("", &[], 1000, 0),
+        dir.own_volumes("", "p", &[], 1000, 0),
         Err(DirectoryError::BadRequest(_))
     ));
-    // r1 claims both; r2 cannot take them while the claims hold.
+    // Process p1 of router r1 claims both; router r2, and a second live
+    // process of r1, cannot take them while the claims hold.
     let owned = dir
-        .own_volumes("r1", &[claim(a, Some(5)), claim(b, None)], 1000, 10)
+        .own_volumes("r1", "p1", &[claim(a, Some(5)), claim(b, None)], 1000, 10)
         .expect("claim");
     assert_eq!(ids(owned.clone()), vec![a, b]);
     assert_eq!(owned[0].owner.as_ref().map(|o| o.until_ms), Some(1010));
     assert_eq!(owned[0].last_write_ms, Some(5));
-    assert!(
-        ids(dir
-            .own_volumes("r2", &[claim(a, None)], 1000, 500)
-            .expect("r2"))
-        .is_empty()
-    );
-    // A restarted r1 (claiming nothing) gets both back, its claims renewed,
-    // even past their end.
-    let resumed = dir.own_volumes("r1", &[], 1000, 5000).expect("resume");
+    for (owner, instance) in [("r2", "q1"), ("r1", "p2")] {
+        let taken = dir.own_volumes(owner, instance, &[claim(a, None)], 1000, 500);
+        assert!(ids(taken.expect("claim")).is_empty(), "{owner} {instance}");
+    }
+    // p1 renews; once p1 is gone and its claims ran out, a restarted r1
+    // (claiming nothing) gets both back, renewed to it.
+    let renewed = dir.own_volumes("r1", "p1", &[], 1000, 900).expect("renew");
+    assert_eq!(ids(renewed), vec![a, b]);
+    let resumed = dir
+        .own_volumes("r1", "p2", &[], 1000, 5000)
+        .expect("resume");
     assert_eq!(ids(resumed.clone()), vec![a, b]);
-    assert_eq!(resumed[1].owner.as_ref().map(|o| o.until_ms), Some(6000));
-    // Once a claim ran out, another router may take the volume; a volume
-    // no longer writable is nobody's.
+    assert_eq!(
+        resumed[1]
+            .owner
+            .as_ref()
+            .map(|o| (o.instance.as_str(), o.until_ms)),
+        Some(("p2", 6000))
+    );
+    // Once a claim ran out another router may take the volume; a volume no
+    // longer writable is nobody's.
     dir.set_volume_state(b, VolumeState::Locked, 7000)
         .expect("lock");
     let taken = dir
-        .own_volumes("r2", &[claim(a, Some(7))], 1000, 7000)
+        .own_volumes("r2", "q1", &[claim(a, Some(7))], 1000, 7000)
         .expect("take");
     assert_eq!(ids(taken), vec![a]);
-    assert!(ids(dir.own_volumes("r1", &[], 1000, 7001).expect("r1")).is_empty());
+    assert!(ids(dir.own_volumes("r1", "p2", &[], 1000, 7001).expect("r1")).is_empty());
     drop(dir);
     let reopened = open().volume(a).expect("volume");
     assert_eq!(reopened.owner.map(|o| o.id).as_deref(), Some("r2"));

@@ -147,15 +147,17 @@ pub trait Directory: Send + Sync {
     /// Marks the record of needle `key` lost: no replica holds a good copy.
     fn mark_needle_lost(&self, id: u32, key: u64) -> Result<DamagedNeedle, DirectoryError>;
 
-    /// Claims or renews for router `owner`, for `lease_ms` from `now_ms`,
-    /// each `writable` volume of `claims` that no other router holds under
-    /// a live claim
-    /// (recording when `owner` last wrote it), and answers every writable
-    /// volume `owner` holds afterwards: an earlier run's too, whatever the
-    /// age of its claim (renewed), so that a restarted router resumes them.
+    /// Claims or renews for process `instance` of router `owner`, for
+    /// `lease_ms` from `now_ms`, each `writable` volume of `claims` that no
+    /// other process holds under a live claim (recording when it last wrote
+    /// it), and answers every writable volume it holds afterwards: those of
+    /// an earlier process of `owner` too once their claim ran out (renewed
+    /// to it), so that a restarted router takes them back, while a second
+    /// live process with the same id never does.
     fn own_volumes(
         &self,
         owner: &str,
+        instance: &str,
         claims: &[types::VolumeClaim],
         lease_ms: u64,
         now_ms: u64,

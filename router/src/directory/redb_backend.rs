@@ -787,6 +787,7 @@ impl Directory for RedbDirectory {
     fn own_volumes(
         &self,
         owner: &str,
+        instance: &str,
         claims: &[VolumeClaim],
         lease_ms: u64,
         now: u64,
@@ -806,13 +807,17 @@ impl Directory for RedbDirectory {
                     continue;
                 }
                 let claim = claims.iter().find(|c| c.volume == volume.id);
-                let ours = volume.owner.as_ref().is_some_and(|o| o.id == owner);
-                let free = volume.owner.as_ref().is_none_or(|o| o.until_ms <= now);
-                if !(ours || (claim.is_some() && free)) {
+                let expired = volume.owner.as_ref().is_none_or(|o| o.until_ms <= now);
+                let ours = volume
+                    .owner
+                    .as_ref()
+                    .is_some_and(|o| o.id == owner && (o.instance == instance || expired));
+                if !(ours || (claim.is_some() && expired)) {
                     continue;
                 }
                 volume.owner = Some(VolumeOwner {
                     id: owner.to_owned(),
+                    instance: instance.to_owned(),
                     until_ms,
                 });
                 if let Some(claim) = claim {

@@ -360,7 +360,13 @@ async fn own_volumes(
 ) -> Result<Response, DirectoryError> {
     let owned = state
         .blocking(move |d| {
-            d.own_volumes(&request.owner, &request.volumes, request.lease_ms, now_ms())
+            d.own_volumes(
+                &request.owner,
+                &request.instance,
+                &request.volumes,
+                request.lease_ms,
+                now_ms(),
+            )
         })
         .await?;
     Ok(axum::Json(owned).into_response())

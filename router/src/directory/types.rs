@@ -182,6 +182,10 @@ pub struct LogicalVolume {
 pub struct VolumeOwner {
     /// The router's id (`[router] id`).
     pub id: String,
+    /// The process of that router (pid and start time): a second live
+    /// process with the same id never takes the first one's volumes.
+    #[serde(default)]
+    pub instance: String,
     /// The claim holds until then, ms since the UNIX epoch.
     pub until_ms: u64,
 }
@@ -203,6 +207,8 @@ pub struct VolumeClaim {
 pub struct OwnershipRequest {
     /// The router's id.
     pub owner: String,
+    /// Its process (pid and start time).
+    pub instance: String,
     /// How long the claims hold, ms.
     pub lease_ms: u64,
     /// The volumes it claims.
