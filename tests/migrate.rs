@@ -867,8 +867,13 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
     let ours: Vec<&Blob> = blobs.iter().filter(|b| b.volume() == vid).collect();
     let (doomed, kept) = (ours[0], &ours[1..]);
     let migration = {
-        let (client, url) = (client.clone(), format!("{router}/admin/volumes/{vid}/migrate"));
-        tokio::spawn(async move { anyhow::Ok(client.post(url).send().await?.json::<Value>().await?) })
+        let (client, url) = (
+            client.clone(),
+            format!("{router}/admin/volumes/{vid}/migrate"),
+        );
+        tokio::spawn(
+            async move { anyhow::Ok(client.post(url).send().await?.json::<Value>().await?) },
+        )
     };
     paused_at(&cluster, "migrate-flipping").await?;
     let holders: Vec<String> = volume(&client, &router, vid).await?["warm"]["journal_holders"]
@@ -881,7 +886,10 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
         cluster.kill_node(holder)?;
     }
     let status = common::volumes::delete(&client, &router, &doomed.id).await?;
-    anyhow::ensure!(status == 503, "with 3 of 5 holders down the delete answered {status}");
+    anyhow::ensure!(
+        status == 503,
+        "with 3 of 5 holders down the delete answered {status}"
+    );
     let mut back = Vec::new();
     for holder in &holders[..3] {
         back.push(cluster.restart_node(holder)?);
@@ -891,7 +899,10 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
     let pass = migration.await??;
     anyhow::ensure!(pass["jobs"][0]["step"] == "warm", "{pass}");
     let (status, _) = common::fetch(&client, &router, &doomed.id).await?;
-    anyhow::ensure!(status == 404, "the deleted BLOB answered {status} once warm");
+    anyhow::ensure!(
+        status == 404,
+        "the deleted BLOB answered {status} once warm"
+    );
     for blob in kept {
         blob.check(&client, &router).await?;
     }

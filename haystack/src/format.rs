@@ -392,6 +392,25 @@ pub fn validate_needle(b: &[u8], volume: u32, offset: u64) -> Result<(NeedleHead
     Ok((header, data_crc))
 }
 
+/// Checks a needle copied from elsewhere (a peer's copy, or bytes read at a
+/// planned offset) that should be key `key` in `size_bytes` bytes: every
+/// check of [`validate_needle`], and that key and size.
+pub fn check_needle_copy(b: &[u8], volume: u32, key: u64, size_bytes: u64) -> Result<()> {
+    let (header, _) = validate_needle(b, volume, 0)?;
+    if header.key != key || header.size_bytes() != size_bytes {
+        return Err(Error::corrupt(
+            volume,
+            0,
+            format!(
+                "needle copy holds key {:x} in {} bytes, expected key {key:x} in {size_bytes}",
+                header.key,
+                header.size_bytes()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes and fully validates one whole needle (exactly its padded size), taking the
 /// buffer to avoid a copy of the data: `data` is a slice of it (the buffer lives as long as
 /// the data does). Returns the needle and its flags.

@@ -28,7 +28,7 @@ use coding::{BlockChecksums, Codec, StripeEncoder, VolumeSource};
 use futures::StreamExt;
 use haystack::api::{NeedleEntry, VolumeFile};
 use haystack::client::StoreClient;
-use haystack::format::{NEEDLE_FLAG_DELETED, NEEDLE_FLAGS_OFFSET, validate_needle};
+use haystack::format::{NEEDLE_FLAG_DELETED, NEEDLE_FLAGS_OFFSET, check_needle_copy};
 use parking_lot::Mutex;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio::runtime::Handle;
@@ -359,21 +359,11 @@ impl VolumeSource for LiveSource {
     }
 }
 
-/// Checks one needle as the source gave it: every check of the hot tier's
-/// own reads, and the key the plan expects there.
+/// Checks one needle as a replica gave it: every check of the hot tier's
+/// own reads, and the key and size the plan expects there.
 fn check_needle(volume: u32, entry: IndexEntry, raw: &[u8]) -> std::result::Result<(), String> {
-    if raw.len() != entry.size_bytes as usize {
-        return Err(format!(
-            "{} bytes, the index says {}",
-            raw.len(),
-            entry.size_bytes
-        ));
-    }
-    let (header, _) = validate_needle(raw, volume, entry.offset).map_err(|e| e.to_string())?;
-    if header.key != entry.key {
-        return Err(format!("it holds key {:x}", header.key));
-    }
-    Ok(())
+    check_needle_copy(raw, volume, entry.key, u64::from(entry.size_bytes))
+        .map_err(|e| e.to_string())
 }
 
 /// One block's bytes on their way to its node: a bounded queue feeding the

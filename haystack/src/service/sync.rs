@@ -524,8 +524,7 @@ async fn good_copy(
 }
 
 fn is_good_copy(bytes: &[u8], volume: u32, entry: &NeedleEntry) -> bool {
-    format::validate_needle(bytes, volume, entry.offset)
-        .is_ok_and(|(h, _)| h.key == entry.key && h.size_bytes() == entry.size_bytes)
+    format::check_needle_copy(bytes, volume, entry.key, entry.size_bytes).is_ok()
 }
 
 /// Writes a good copy over `entry`'s needle in the staged data file, with
