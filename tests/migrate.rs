@@ -26,6 +26,24 @@ fn args() -> Vec<&'static str> {
     ]
     .concat()
 }
+/// [`SMALL_VOLUMES`] with quick migrations (locked for 1 s, a pass every
+/// 300 ms, claims of 3 s), and `extra`.
+fn quick_migrations(extra: &[&'static str]) -> Vec<&'static str> {
+    [
+        SMALL_VOLUMES,
+        &[
+            "--warm-after",
+            "1s",
+            "--migrate-interval",
+            "300ms",
+            "--migration-lease",
+            "3s",
+        ],
+        extra,
+    ]
+    .concat()
+}
+
 /// `hayloft migrate ARGS --router R`: whether it exited 0, and its output.
 async fn migrate(cluster: &Cluster, args: &[&str]) -> anyhow::Result<(bool, String)> {
     let output = tokio::process::Command::new(common::hayloft_bin())
@@ -226,21 +244,8 @@ async fn kill_migrator_at(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migrator_killed_mid_job_is_taken_over_and_nothing_is_lost() -> anyhow::Result<()> {
-    let args = [
-        SMALL_VOLUMES,
-        &[
-            "--warm-after",
-            "1s",
-            "--migrate-interval",
-            "300ms",
-            "--migration-lease",
-            "3s",
-            // Encoding a volume takes seconds, so the test sees it.
-            "--migration-rate",
-            "256KiB",
-        ],
-    ]
-    .concat();
+    // Encoding a volume takes seconds, so the test sees it.
+    let args = quick_migrations(&["--migration-rate", "256KiB"]);
     let cluster = Cluster::start_spawned(&args).await?;
     let client = http_client();
     let router = cluster.router.clone();
@@ -543,18 +548,7 @@ async fn paused_at(cluster: &Cluster, point: &str) -> anyhow::Result<i64> {
 /// no orphan block, index, journal or staging is left on any node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_every_step_boundary_and_after_five_blocks() -> anyhow::Result<()> {
-    let args = [
-        SMALL_VOLUMES,
-        &[
-            "--warm-after",
-            "1s",
-            "--migrate-interval",
-            "300ms",
-            "--migration-lease",
-            "3s",
-        ],
-    ]
-    .concat();
+    let args = quick_migrations(&[]);
     let cluster = Cluster::start_spawned(&args).await?;
     let client = http_client();
     let router = cluster.router.clone();
@@ -742,20 +736,7 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
 /// whose router is gone by the migrator; both then migrate like full ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_volumes_lock_and_a_restarted_router_takes_its_volumes_back() -> anyhow::Result<()> {
-    let args = [
-        SMALL_VOLUMES,
-        &[
-            "--idle-lock-after",
-            "8s",
-            "--warm-after",
-            "1s",
-            "--migrate-interval",
-            "300ms",
-            "--migration-lease",
-            "3s",
-        ],
-    ]
-    .concat();
+    let args = quick_migrations(&["--idle-lock-after", "8s"]);
     let cluster = Cluster::start_spawned(&args).await?;
     let client = http_client();
     let router = cluster.router.clone();
