@@ -40,6 +40,21 @@ install_weed() {
   fi
 }
 
+# Waits until COUNT SeaweedFS volume servers on IP (ports $SWFS_VOLUME_PORT+1..)
+# answer and the master on IP:$SWFS_MASTER_PORT knows them all.
+wait_swfs_servers() { # ip count
+  local ip=$1 count=$2 i n
+  for i in $(seq 1 "$count"); do
+    wait_http "http://$ip:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
+  done
+  for _ in $(seq 1 100); do
+    n=$(curl -fsS "http://$ip:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
+        grep -o '"Url":"[^"]*"' | sort -u | wc -l || true)
+    [ "${n:-0}" -ge "$count" ] && break
+    sleep 0.2
+  done
+}
+
 # Starts a SeaweedFS cell: a master (volume size limit LIMIT_MB, replication
 # 000) and 14 volume servers in 14 racks, data under DIR, logs at
 # LOG_PREFIX-*.log, on $SWFS_IP ports $SWFS_MASTER_PORT and
@@ -62,15 +77,7 @@ start_swfs_cell() { # dir limit_mb log_prefix
     PIDS+=($!)
     SWFS_VOLUME_PIDS+=($!)
   done
-  for i in $(seq 1 14); do
-    wait_http "http://$SWFS_IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
-  done
-  for _ in $(seq 1 100); do
-    n=$(curl -fsS "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
-        grep -o '"Url":"[^"]*"' | sort -u | wc -l || true)
-    [ "${n:-0}" -ge 14 ] && break
-    sleep 0.2
-  done
+  wait_swfs_servers "$SWFS_IP" 14
   # SeaweedFS grows its first volumes on the first assign: wait for it.
   for _ in $(seq 1 100); do
     curl -fsS -o /dev/null "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/assign" 2>/dev/null && break

@@ -75,15 +75,7 @@ for i in 1 2 3; do
   PIDS+=($!)
   SWFS_CPU+=(--cpu-pid $!)
 done
-for i in 1 2 3; do
-  wait_http "http://$IP:$((SWFS_VOLUME_PORT + i))/status" "seaweedfs volume $i"
-done
-for _ in $(seq 1 100); do
-  n=$(curl -fsS "http://$IP:$SWFS_MASTER_PORT/dir/status" 2>/dev/null |
-      grep -o '"Url":"[^"]*"' | sort -u | wc -l || true)
-  [ "${n:-0}" -ge 3 ] && break
-  sleep 0.2
-done
+wait_swfs_servers "$IP" 3
 
 # --- Runs --------------------------------------------------------------------
 requests_for() { # size
