@@ -18,10 +18,26 @@ use haystack::file::{FileStorage, Storage, sync_dir};
 /// that each file write is large; memory stays at that whatever the volume.
 pub const ENCODE_COLUMN_BYTES: usize = 1 << 20;
 
+/// The start of the name of every file (block, index, journal, staging) of
+/// `volume_id`'s encode generation `generation`: `volume-VID.gGEN`.
+pub fn generation_prefix(volume_id: u32, generation: u64) -> String {
+    format!("volume-{volume_id:010}.g{generation:016x}")
+}
+
+/// The encode generation of file `name` of `volume_id` (named after
+/// [`generation_prefix`]); `None` for another volume's file or any other.
+pub fn generation_of(name: &str, volume_id: u32) -> Option<u64> {
+    let rest = name.strip_prefix(&format!("volume-{volume_id:010}.g"))?;
+    u64::from_str_radix(rest.get(..16)?, 16).ok()
+}
+
 /// The file name of block `block_index` of `stripe` of `volume_id`, encode
 /// generation `generation`.
 pub fn block_file_name(volume_id: u32, generation: u64, stripe: u64, block_index: u32) -> String {
-    format!("volume-{volume_id:010}.g{generation:016x}.s{stripe:06}.b{block_index:02}.block")
+    format!(
+        "{}.s{stripe:06}.b{block_index:02}.block",
+        generation_prefix(volume_id, generation)
+    )
 }
 
 /// One block file written by [`encode_volume`].
@@ -300,4 +316,23 @@ fn read_checksums(file: &File, header: &BlockHeader) -> Result<BlockChecksums> {
     let checksums = BlockChecksums::decode(&bytes)?;
     header.check_checksums(&checksums)?;
     Ok(checksums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_of_reads_back_every_file_name_of_a_generation() {
+        let generation = 0x1_0000_0002;
+        for name in [
+            block_file_name(7, generation, 3, 12),
+            format!("{}.index", generation_prefix(7, generation)),
+            generation_prefix(7, generation),
+        ] {
+            assert_eq!(generation_of(&name, 7), Some(generation), "{name}");
+            assert_eq!(generation_of(&name, 70), None, "{name}");
+        }
+        assert_eq!(generation_of("volume-0000000007.gxyz", 7), None);
+    }
 }

@@ -19,11 +19,17 @@ use haystack::file::durable_rename;
 
 /// The index file of `volume`'s generation `generation`.
 pub(crate) fn index_file_name(volume: u32, generation: u64) -> String {
-    format!("volume-{volume:010}.g{generation:016x}.index")
+    format!(
+        "{}.index",
+        crate::block::generation_prefix(volume, generation)
+    )
 }
 
 fn journal_file_name(volume: u32, generation: u64) -> String {
-    format!("volume-{volume:010}.g{generation:016x}.journal")
+    format!(
+        "{}.journal",
+        crate::block::generation_prefix(volume, generation)
+    )
 }
 
 /// One held volume, open.

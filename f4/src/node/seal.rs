@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::NodeState;
 use super::encode::{LiveSource, encode_to_nodes, write_plan};
 use crate::api::{DistributeRequest, PruneReport, PruneRequest, SealPrepared, SealRequest};
+use crate::block::{generation_of, generation_prefix};
 use crate::client::StorageClient;
 use crate::format::Geometry;
 use crate::http::{ApiError, JsonBody, io};
@@ -46,12 +47,6 @@ struct Staged {
     prepared: SealPrepared,
 }
 
-/// The prefix of every file name of `volume`'s `generation`
-/// (`volume-VID.gGEN`).
-fn generation_prefix(volume: u32, generation: u64) -> String {
-    format!("volume-{volume:010}.g{generation:016x}")
-}
-
 fn staging(state: &NodeState, volume: u32, generation: u64) -> PathBuf {
     state
         .inner
@@ -67,7 +62,6 @@ pub(super) async fn prune(
     JsonBody(request): JsonBody<PruneRequest>,
 ) -> Result<Json<PruneReport>, ApiError> {
     let Path(volume) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let prefix = format!("volume-{volume:010}.g");
     let removed = state
         .blocking(move |inner| {
             let mut removed = 0;
@@ -75,11 +69,7 @@ pub(super) async fn prune(
                 for entry in std::fs::read_dir(dir).map_err(io)? {
                     let entry = entry.map_err(io)?;
                     let name = entry.file_name();
-                    let Some(generation) = name
-                        .to_str()
-                        .and_then(|n| n.strip_prefix(&prefix))
-                        .and_then(|rest| rest.get(..16))
-                        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                    let Some(generation) = name.to_str().and_then(|n| generation_of(n, volume))
                     else {
                         continue;
                     };
