@@ -124,12 +124,7 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
             "volume {vid} locked at {locked_ms}, its migration started at {started_ms}"
         );
     }
-    let metrics = client
-        .get(format!("{router}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = router_metrics(&client, &router).await?;
     let line = format!(r#"hayloft_migration_jobs{{step="warm"}} {}"#, warm.len());
     anyhow::ensure!(metrics.contains(&line), "no {line} in the metrics");
     // What the warm volumes hold and what moving them saved: about 3.0 - 1.4
@@ -199,6 +194,16 @@ async fn all_warm(client: &reqwest::Client, router: &str) -> anyhow::Result<bool
             .await?
             .iter()
             .all(|j| j["step"] == "warm"))
+}
+
+/// The router's Prometheus text.
+async fn router_metrics(client: &reqwest::Client, router: &str) -> anyhow::Result<String> {
+    Ok(client
+        .get(format!("{router}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
 }
 
 /// The migration jobs, as the router lists them.
@@ -458,6 +463,14 @@ async fn deletes_reads_and_a_flipped_bit_through_a_migration() -> anyhow::Result
             anyhow::Ok(reads)
         })
     };
+    // Deletes start once the volume is sealing, paced over the migration.
+    wait_until("the job encoding", Duration::from_secs(60), || async {
+        Ok(jobs(&client, &router)
+            .await?
+            .iter()
+            .any(|j| j["volume"] == vid && j["step"] == "encoding"))
+    })
+    .await?;
     let mut states = std::collections::BTreeSet::new();
     for batch in doomed.chunks(50) {
         states.insert(volume(&client, &router, vid).await?["state"].to_string());
@@ -666,12 +679,7 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
     let pass = first.await??;
     let job = &pass["jobs"][0];
     anyhow::ensure!(job["step"] == "failed", "with f4-3 lost: {pass}");
-    let metrics = client
-        .get(format!("{router}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = router_metrics(&client, &router).await?;
     anyhow::ensure!(
         metrics.contains("hayloft_migration_errors_total 1"),
         "the failed job is not counted"
@@ -708,12 +716,7 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
         status == 503 && text.contains("held back"),
         "forcing volume {vid} with 13 racks: {status} {text}"
     );
-    let metrics = client
-        .get(format!("{router}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = router_metrics(&client, &router).await?;
     anyhow::ensure!(metrics.contains("hayloft_migration_held_back 1"));
     let _back = cluster.restart_node("f4-3")?;
     let pass = force().await?;
@@ -756,15 +759,43 @@ async fn idle_volumes_lock_and_a_restarted_router_takes_its_volumes_back() -> an
         let (client, router) = (client.clone(), router.clone());
         async move { anyhow::Ok(volume(&client, &router, vid).await?["state"].clone()) }
     };
+    // The volume's claim as the directory has it: the owning process.
+    let directory = cluster.node_url("directory")?;
+    let claimed_by = |vid: u32| {
+        let (client, directory) = (client.clone(), directory.clone());
+        async move {
+            let entry: Value = client
+                .get(format!("{directory}/volumes/{vid}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(entry["owner"]["instance"].as_str().map(str::to_owned))
+        }
+    };
     let first = put(1).await?;
     let vid = first.volume();
-    // Once the router has claimed it (a claim is renewed every second here),
-    // a restarted router takes it back as soon as the dead process's claim
-    // ran out (3 s).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the router has claimed it, a restarted router takes it back as
+    // soon as the dead process's claim ran out (3 s).
+    let dead = Arc::new(std::sync::Mutex::new(None));
+    wait_until("the router's claim", Duration::from_secs(30), || async {
+        let owner = claimed_by(vid).await?;
+        *dead.lock().expect("lock") = owner.clone();
+        Ok(owner.is_some())
+    })
+    .await?;
     cluster.kill_node("router")?;
     let _router = cluster.restart_node("router")?;
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let dead = dead.lock().expect("lock").clone();
+    wait_until(
+        "the restarted router's claim",
+        Duration::from_secs(30),
+        || async {
+            let owner = claimed_by(vid).await?;
+            Ok(owner.is_some() && owner != dead)
+        },
+    )
+    .await?;
     let second = put(2).await?;
     anyhow::ensure!(
         second.volume() == vid,
@@ -788,9 +819,11 @@ async fn idle_volumes_lock_and_a_restarted_router_takes_its_volumes_back() -> an
     let third = put(3).await?;
     let orphan = third.volume();
     anyhow::ensure!(orphan != vid);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until("the router's claim", Duration::from_secs(30), || async {
+        Ok(claimed_by(orphan).await?.is_some())
+    })
+    .await?;
     cluster.kill_node("router")?;
-    let directory = cluster.node_url("directory")?;
     wait_until(
         "the orphan volume locked",
         Duration::from_secs(90),
