@@ -21,6 +21,39 @@ wait_http() { # url what
   return 1
 }
 
+# Mounts a fresh ext4 file system of SIZE_GIB at DIR, backed by a sparse
+# file FILE on the disk under it through a loop device with direct I/O (so
+# its writes reach the disk once, not through a second page cache), root
+# only; `discard`, so deleted files give their space back. SeaweedFS places
+# no EC shard on a disk that is 90% used or more, whatever its free volume
+# slots: on a crowded disk both systems run on such a file system, side by
+# side on the same disk. unmount_scratch undoes it.
+mount_scratch() { # dir file size_gib
+  [ "$(id -u)" = 0 ] || { echo "a scratch file system needs root (or a disk under 90% used: SCRATCH_GIB=0)" >&2; return 1; }
+  truncate -s "$3G" "$2"
+  mkfs.ext4 -q -F "$2"
+  SCRATCH_DEVICE=$(losetup --find --show --direct-io=on "$2")
+  mkdir -p "$1"
+  mount -o discard "$SCRATCH_DEVICE" "$1"
+  SCRATCH_MOUNT=$1
+  SCRATCH_FILE=$2
+}
+
+unmount_scratch() {
+  if [ -n "${SCRATCH_MOUNT:-}" ]; then
+    umount "$SCRATCH_MOUNT" 2>/dev/null || umount -l "$SCRATCH_MOUNT" || true
+    losetup -d "$SCRATCH_DEVICE" 2>/dev/null || true
+    rm -f "$SCRATCH_FILE"
+    SCRATCH_MOUNT=""
+  fi
+}
+
+# Percent used of the file system holding DIR, as SeaweedFS counts it
+# (1 - free / total, blocks reserved for root counted as used).
+disk_used_percent() { # dir
+  python3 -c 'import os, sys; s = os.statvfs(sys.argv[1]); print(int(100 - 100 * s.f_bavail / s.f_blocks))' "$1"
+}
+
 # Builds Hayloft and the load generator (release); sets HAYLOFT, LOADGEN.
 build_release() {
   echo "building (release)..." >&2
@@ -85,21 +118,28 @@ start_swfs_cell() { # dir limit_mb log_prefix
   done
 }
 
-# The ids of the SeaweedFS volumes holding data, comma-separated.
-swfs_volume_ids() {
+# The SeaweedFS volumes holding data as the master knows them, one "ID SIZE"
+# line each, largest first.
+swfs_volume_sizes() {
   curl -fsS "http://$SWFS_IP:$SWFS_MASTER_PORT/vol/status" | python3 -c '
 import json, sys
 status = json.load(sys.stdin)
-ids = set()
+sizes = {}
 def walk(node):
     if isinstance(node, dict):
         if "Id" in node and "Size" in node and node.get("Size", 0) > 8:
-            ids.add(node["Id"])
+            sizes[node["Id"]] = node["Size"]
         for value in node.values():
             walk(value)
     elif isinstance(node, list):
         for value in node:
             walk(value)
 walk(status)
-print(",".join(str(i) for i in sorted(ids)))'
+for vid, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
+    print(vid, size)'
+}
+
+# The ids of the SeaweedFS volumes holding data, comma-separated.
+swfs_volume_ids() {
+  swfs_volume_sizes | cut -d' ' -f1 | sort -n | paste -sd,
 }

@@ -10,10 +10,11 @@
 #      then the configured wait for routers' caches and the hot replicas
 #      retired). Stage times come from the cluster's log; the peak resident
 #      memory (VmHWM) of every Hayloft process is recorded.
-#   2. SeaweedFS 4.48 (1 master with a 1 GiB volume size limit, 14 volume
-#      servers in 14 racks): the same BLOB count and size uploaded, then
-#      `ec.encode` of every volume holding data (shards spread one per
-#      server), timed end to end.
+#   2. SeaweedFS 4.48 (1 master with a 1 GiB volume size limit growing one
+#      volume at a time, 14 volume servers in 14 racks): the same BLOB count
+#      and size uploaded, filling one volume, then `ec.encode` of that
+#      volume (shards spread one per server), timed end to end and for its
+#      server-side encode (`generateEcShards`).
 # The summary gives medians over the rounds and the ratios the migration
 # issue sets targets on.
 #
@@ -24,6 +25,10 @@
 #   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
 #   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
 #   SWFS_IP=<this host's first non-loopback address> (see warm_side_by_side.sh)
+#   SCRATCH_GIB=<size of a scratch ext4 file system, on the same disk, that
+#     both systems' data and the raw copy go to; 0: none>. Default 12 when the
+#     disk under WORK is 88% used or more (SeaweedFS places no EC shard on a
+#     disk 90% used; see lib.sh mount_scratch), else 0.
 # Raw JSON lines go to $WORK/migrate.jsonl; the summary is printed as Markdown.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,11 +52,22 @@ mkdir -p "$WORK"
 
 # shellcheck source=bench/scripts/lib.sh
 . bench/scripts/lib.sh
+DATA="$WORK"
 cleanup() {
   stop_all
-  rm -rf "$WORK"/hayloft-* "$WORK"/swfs-* "$WORK"/raw-copy
+  rm -rf "$DATA"/hayloft-* "$DATA"/swfs-* "$DATA"/raw-copy
+  unmount_scratch
 }
 trap cleanup EXIT INT TERM
+if [ "${SCRATCH_GIB:-}" = "" ]; then
+  SCRATCH_GIB=0
+  [ "$(disk_used_percent "$WORK")" -ge 88 ] && SCRATCH_GIB=12
+fi
+if [ "$SCRATCH_GIB" -gt 0 ]; then
+  mount_scratch "$WORK/fs" "$WORK/fs.img" "$SCRATCH_GIB"
+  DATA="$WORK/fs"
+  echo "both systems run on a ${SCRATCH_GIB} GiB scratch file system at $DATA" >&2
+fi
 
 build_release
 install_weed
@@ -61,8 +77,8 @@ since() { python3 -c "import sys; print(round($(now) - $1, 3))"; }
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round" >&2
-  HL="$WORK/hayloft-$round"
-  SW="$WORK/swfs-$round"
+  HL="$DATA/hayloft-$round"
+  SW="$DATA/swfs-$round"
   router="http://$IP:$HAYLOFT_PORT"
 
   # --- Hayloft ---------------------------------------------------------------
@@ -85,10 +101,10 @@ for round in $(seq 1 "$ROUNDS"); do
   volume_bytes=$(stat -c %s "$data")
   sync
   started=$(now)
-  cp "$data" "$WORK/raw-copy"
-  sync "$WORK/raw-copy"
+  cp "$data" "$DATA/raw-copy"
+  sync "$DATA/raw-copy"
   copy_seconds=$(since "$started")
-  rm -f "$WORK/raw-copy"
+  rm -f "$DATA/raw-copy"
   sync
   started=$(now)
   curl -fsS -X POST "$router/admin/volumes/1/migrate" >"$WORK/job-$round.json"
@@ -133,29 +149,50 @@ PY
   rm -rf "$HL"
 
   # --- SeaweedFS -------------------------------------------------------------
-  start_swfs_cell "$SW" 1024 "$WORK/swfs-$round"
+  # Volumes grown one at a time (master.toml's volume_growth.copy_1, as
+  # its WEED_ environment override), so that the BLOBs fill one volume
+  # as they fill Hayloft's, and that one volume is encoded.
+  WEED_MASTER_VOLUME_GROWTH_COPY_1=1 start_swfs_cell "$SW" 1024 "$WORK/swfs-$round"
   "$LOADGEN" --target seaweedfs --url "http://$SWFS_IP:$SWFS_MASTER_PORT" --size "$SIZE" \
     --concurrency 1 --requests "$COUNT" --warmup 0 --upload-only --label swfs-upload >/dev/null
-  # The master learns volume sizes from heartbeats: wait until it lists
-  # every volume holding data.
-  with_data=$(find "$SW" -name '*.dat' -size +8c | wc -l)
-  vids=""
+  # The master learns volume sizes from heartbeats: wait until it lists a
+  # volume of at least 1,000 MB.
+  largest=""
   for _ in $(seq 1 150); do
-    vids=$(swfs_volume_ids)
-    [ -n "$vids" ] && [ "$(echo "$vids" | tr ',' '\n' | wc -l)" -ge "$with_data" ] && break
+    largest=$(swfs_volume_sizes | head -1)
+    [ -n "$largest" ] && [ "${largest#* }" -ge 1000000000 ] && break
     sleep 0.2
   done
-  [ -n "$vids" ] || { echo "SeaweedFS lists no volume with data" >&2; exit 1; }
-  dat_bytes=$(find "$SW" -name '*.dat' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+  [ -n "$largest" ] && [ "${largest#* }" -ge 1000000000 ] ||
+    { echo "SeaweedFS lists no volume of 1,000 MB (largest: ${largest:-none})" >&2; exit 1; }
+  vid=${largest% *}
   sync
   started=$(now)
-  printf 'lock\nec.encode -volumeIds=%s\nunlock\n' "$vids" |
-    "$WEED" shell -master="$SWFS_IP:$SWFS_MASTER_PORT" >"$WORK/ec-$round.log" 2>&1 || true
+  # Every line of `weed shell` stamped as it comes: the server-side encode
+  # is the time from `generateEcShards` to the first `mount`.
+  printf 'lock\nec.encode -volumeId=%s\nunlock\n' "$vid" |
+    "$WEED" shell -master="$SWFS_IP:$SWFS_MASTER_PORT" 2>&1 |
+    python3 -uc 'import sys, time
+for line in sys.stdin: print(f"{time.time():.3f} {line}", end="")' >"$WORK/ec-$round.log" || true
   ec_seconds=$(since "$started")
-  # A failed command is recorded from `weed shell`'s output, not its status.
-  ec_error=$(grep -m1 '^error' "$WORK/ec-$round.log" || true)
-  python3 -c 'import json, sys; print(json.dumps({"round": int(sys.argv[1]), "swfs_volumes": len(sys.argv[2].split(",")), "swfs_dat_bytes": int(sys.argv[3]), "ec_encode_seconds": float(sys.argv[4]), "ec_encode_error": sys.argv[5] or None}))' \
-    "$round" "$vids" "$dat_bytes" "$ec_seconds" "$ec_error" >>"$OUT"
+  python3 - "$WORK/ec-$round.log" "$round" "$vid" "${largest#* }" "$ec_seconds" >>"$OUT" <<'PY'
+import json, sys
+log, round_, vid, size, ec_s = sys.argv[1:]
+stamps, error = {}, None
+for line in open(log, errors="replace"):
+    stamp, _, text = line.partition(" ")
+    for word in ("generateEcShards", "mount"):
+        if text.startswith(word) and word not in stamps:
+            stamps[word] = float(stamp)
+    # A failed command shows in `weed shell`'s output, not its status.
+    if text.startswith("error") and error is None:
+        error = text.strip()
+generate = stamps.get("mount", 0) - stamps["generateEcShards"] if len(stamps) == 2 else None
+print(json.dumps({"round": int(round_), "swfs_volume": int(vid), "swfs_volume_bytes": int(size),
+                  "ec_encode_seconds": float(ec_s),
+                  "ec_generate_seconds": round(generate, 3) if generate else None,
+                  "ec_encode_error": error}))
+PY
   stop_all
   rm -rf "$SW"
 done
@@ -187,14 +224,16 @@ print(f"| Hayloft start to flip | {to_flip:.2f} | {rate(to_flip):,.0f} |")
 print(f"| Hayloft whole job (with the cache wait and the hot replicas retired) | {total:.2f} | {rate(total):,.0f} |")
 if sw:
     ec = med(sw, lambda r: r["ec_encode_seconds"])
-    sw_bytes = med(sw, lambda r: r["swfs_dat_bytes"])
-    print(f"| SeaweedFS ec.encode of {sw_bytes / 2**20:,.0f} MiB in {sw[0]['swfs_volumes']} volumes, end to end | {ec:.2f} | {sw_bytes / mb / ec:,.0f} |")
+    generate = med(sw, lambda r: r["ec_generate_seconds"])
+    sw_bytes = med(sw, lambda r: r["swfs_volume_bytes"])
+    print(f"| SeaweedFS server-side encode (generateEcShards) of a {sw_bytes / 2**20:,.0f} MiB volume | {generate:.2f} | {sw_bytes / mb / generate:,.0f} |")
+    print(f"| SeaweedFS ec.encode end to end (encode, spread the shards, delete the volume) | {ec:.2f} | {sw_bytes / mb / ec:,.0f} |")
 print()
 print(f"- start to flip / raw copy rate: {copy / to_flip:.2f}x; encoding stage / raw copy rate: {copy / encode:.2f}x")
 if sw:
     print(f"- Hayloft start to flip rate / SeaweedFS ec.encode rate: {(volume / to_flip) / (sw_bytes / ec):.2f}x "
           f"(whole job: {(volume / total) / (sw_bytes / ec):.2f}x)")
-    print(f"- encoding stage rate / SeaweedFS end-to-end rate: {rate(encode) / (sw_bytes / mb / ec):.2f}x")
+    print(f"- encoding stage rate / SeaweedFS server-side encode rate: {(volume / encode) / (sw_bytes / generate):.2f}x")
 for error in sorted(set(sw_errors)):
     print(f"- SeaweedFS ec.encode failed in {sw_errors.count(error)} round(s): {error}")
 peaks = {}

@@ -13,14 +13,20 @@
 //! queue feeding that block's `PUT` to its node, which checks every
 //! chunk's CRC, syncs and renames ([`encode_to_nodes`]).
 //!
+//! Each data block of a stripe is read by a cursor of its own, whose
+//! thread reads the block's runs a few ahead of the encoder, so that the
+//! source's answers overlap the encoding and the uploads.
+//!
 //! Memory stays bounded whatever the volume's size: one column per block,
-//! the sinks' queues, and per data block one run read ahead (at most
-//! [`FETCH_BYTES_MAX`], or one needle if it is larger).
+//! the sinks' queues, and per data block [`RUNS_AHEAD`] runs read ahead and
+//! one in use (each at most [`FETCH_BYTES_MAX`], or one needle if it is
+//! larger).
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -47,9 +53,11 @@ const FETCH_BYTES_MAX: u64 = 1 << 20;
 const SINK_CHUNK_BYTES: usize = 256 << 10;
 /// Chunks queued per block upload.
 const SINK_QUEUE: usize = 4;
-/// Runs read ahead but not used yet that are kept (one per data block of
-/// a stripe, with room to spare).
-const CARRIES_MAX: usize = 16;
+/// Runs a cursor reads ahead of the encoder.
+const RUNS_AHEAD: usize = 2;
+/// Cursors kept between reads (one per data block of a stripe, with room
+/// to spare).
+const CURSORS_MAX: usize = 16;
 
 /// What [`write_plan`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,17 +146,38 @@ fn needle_size(volume: u32, entry: &NeedleEntry) -> Result<u32> {
 
 /// The warm data file of a plan, read from the hot replicas (module doc).
 pub(crate) struct LiveSource {
+    plan: Arc<Plan>,
+    /// The volume's block size: a cursor reads ahead to the end of the
+    /// data block it starts in.
+    block_size_bytes: u64,
+    pace: Option<Mutex<Pace>>,
+    /// Cursors reading ahead, by the offset each hands out next.
+    cursors: Mutex<Vec<Cursor>>,
+    /// Why the last read failed, with its needle named.
+    failure: Mutex<Option<Error>>,
+}
+
+/// The plan and the replicas it is read from, shared with the read-ahead
+/// threads.
+struct Plan {
     volume: u32,
     index: WarmIndex,
     offsets: File,
     /// The source first; the others give needles that fail there.
     replicas: Vec<StoreClient>,
     runtime: Handle,
-    pace: Option<Mutex<Pace>>,
-    /// Verified bytes read past the end of a read, by warm offset.
-    carries: Mutex<Vec<(u64, Bytes)>>,
-    /// Why the last read failed, with its needle named.
-    failure: Mutex<Option<Error>>,
+}
+
+/// A sequential reader of one data block's bytes: a thread reads its runs
+/// ahead, [`RUNS_AHEAD`] at most, while the encoder uses the earlier ones.
+struct Cursor {
+    /// Warm offset of the next byte handed out.
+    next: u64,
+    /// Where the thread stops: the end of the data block.
+    end: u64,
+    /// Verified bytes from `next` on: what is left of the last run.
+    pending: Bytes,
+    runs: std::sync::mpsc::Receiver<Result<(u64, Bytes)>>,
 }
 
 /// A byte-rate limit.
@@ -170,12 +199,15 @@ impl Pace {
 }
 
 impl LiveSource {
-    /// The plan staged at `index_path` and `offsets_path`, read from
-    /// `replicas` (the source first) at most `bytes_per_second` (0: no
-    /// limit) through `runtime`. Used on a blocking thread.
+    /// The plan staged at `index_path` and `offsets_path`, cut into blocks
+    /// of `block_size_bytes`, read from `replicas` (the source first) at
+    /// most `bytes_per_second` (0: no limit) through `runtime`. Used on a
+    /// blocking thread.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         volume: u32,
         generation: u64,
+        block_size_bytes: u64,
         index_path: &Path,
         offsets_path: &Path,
         replicas: Vec<StoreClient>,
@@ -189,12 +221,19 @@ impl LiveSource {
                 "the staged plan's offsets do not match its index",
             ));
         }
-        Ok(LiveSource {
+        if block_size_bytes == 0 {
+            return Err(Error::InvalidGeometry("a block size of 0".into()));
+        }
+        let plan = Plan {
             volume,
             index,
             offsets,
             replicas,
             runtime,
+        };
+        Ok(LiveSource {
+            plan: Arc::new(plan),
+            block_size_bytes,
             pace: (bytes_per_second > 0).then(|| {
                 Mutex::new(Pace {
                     bytes_per_second,
@@ -202,7 +241,7 @@ impl LiveSource {
                     bytes: 0,
                 })
             }),
-            carries: Mutex::new(Vec::new()),
+            cursors: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         })
     }
@@ -212,6 +251,86 @@ impl LiveSource {
         self.failure.lock().take()
     }
 
+    /// A cursor handing out `pos` next: one reading already, or a new one
+    /// whose thread reads from `pos` to the end of its data block.
+    fn cursor_at(&self, pos: u64) -> Result<Cursor> {
+        let mut cursors = self.cursors.lock();
+        if let Some(i) = cursors.iter().position(|c| c.next == pos) {
+            return Ok(cursors.swap_remove(i));
+        }
+        drop(cursors);
+        let len = self.plan.index.header().data_len_bytes;
+        let end = ((pos / self.block_size_bytes + 1) * self.block_size_bytes).min(len);
+        let (runs_to, runs) = std::sync::mpsc::sync_channel(RUNS_AHEAD);
+        let plan = Arc::clone(&self.plan);
+        std::thread::Builder::new()
+            .name("seal-read-ahead".into())
+            .spawn(move || {
+                let mut at = pos;
+                while at < end {
+                    let run = plan.read_run(at, end);
+                    if let Ok((start, bytes)) = &run {
+                        at = start + bytes.len() as u64;
+                    }
+                    let failed = run.is_err();
+                    // The cursor is gone (the encoding ended): stop.
+                    if runs_to.send(run).is_err() || failed {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Cursor {
+            next: pos,
+            end,
+            pending: Bytes::new(),
+            runs,
+        })
+    }
+
+    fn keep_cursor(&self, cursor: Cursor) {
+        if cursor.next >= cursor.end {
+            return;
+        }
+        let mut cursors = self.cursors.lock();
+        if cursors.len() >= CURSORS_MAX {
+            cursors.remove(0);
+        }
+        cursors.push(cursor);
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        // Paced as the encoder takes the bytes: reading ahead is bounded
+        // by the cursors.
+        if let Some(pace) = &self.pace {
+            pace.lock().take(buf.len() as u64);
+        }
+        let mut cursor = self.cursor_at(offset)?;
+        let mut at = 0;
+        while at < buf.len() {
+            if cursor.pending.is_empty() {
+                if cursor.next >= cursor.end {
+                    cursor = self.cursor_at(cursor.next)?;
+                    continue;
+                }
+                let (start, run) = cursor
+                    .runs
+                    .recv()
+                    .map_err(|_| io::Error::other("the source's read-ahead stopped"))??;
+                // A run starts at the needle holding the byte asked for.
+                cursor.pending = run.slice((cursor.next - start) as usize..);
+            }
+            let n = cursor.pending.len().min(buf.len() - at);
+            buf[at..at + n].copy_from_slice(&cursor.pending[..n]);
+            cursor.pending = cursor.pending.slice(n..);
+            cursor.next += n as u64;
+            at += n;
+        }
+        self.keep_cursor(cursor);
+        Ok(())
+    }
+}
+
+impl Plan {
     fn entry(&self, i: u64) -> Result<(IndexEntry, u64)> {
         let entry = self.index.entry(i)?;
         let mut offset = [0u8; 8];
@@ -257,9 +376,6 @@ impl LiveSource {
             run_len += u64::from(next.size_bytes);
             i += 1;
         }
-        if let Some(pace) = &self.pace {
-            pace.lock().take(run_len);
-        }
         let (run_start, first_hot) = (run[0].0.offset, run[0].1);
         let fetched = self
             .runtime
@@ -270,16 +386,16 @@ impl LiveSource {
                 run_len,
             ))
             .map_err(|e| io::Error::other(format!("reading the source replica: {e}")))?;
-        let mut verified = BytesMut::with_capacity(fetched.len());
+        // Checked in place: a needle that fails is overwritten by a good
+        // copy of the same size from elsewhere.
+        let mut verified = BytesMut::from(fetched);
         for (entry, hot) in run {
             let at = (hot - first_hot) as usize;
-            let raw = &fetched[at..at + entry.size_bytes as usize];
-            let start = verified.len();
-            match check_needle(self.volume, entry, raw) {
-                Ok(()) => verified.extend_from_slice(raw),
-                Err(why) => verified.extend_from_slice(&self.good_copy_elsewhere(entry, why)?),
+            let needle = &mut verified[at..at + entry.size_bytes as usize];
+            if let Err(why) = check_needle(self.volume, entry, needle) {
+                needle.copy_from_slice(&self.good_copy_elsewhere(entry, why)?);
             }
-            verified[start + NEEDLE_FLAGS_OFFSET] &= !NEEDLE_FLAG_DELETED;
+            needle[NEEDLE_FLAGS_OFFSET] &= !NEEDLE_FLAG_DELETED;
         }
         Ok((run_start, verified.freeze()))
     }
@@ -307,47 +423,11 @@ impl LiveSource {
             why: format!("no replica has a good copy ({})", whys.join("; ")),
         })
     }
-
-    fn take_carry(&self, pos: u64) -> Option<(u64, Bytes)> {
-        let mut carries = self.carries.lock();
-        let i = carries
-            .iter()
-            .position(|(start, bytes)| *start <= pos && pos < start + bytes.len() as u64)?;
-        Some(carries.swap_remove(i))
-    }
-
-    fn keep_carry(&self, start: u64, bytes: Bytes) {
-        let mut carries = self.carries.lock();
-        if carries.len() >= CARRIES_MAX {
-            carries.remove(0);
-        }
-        carries.push((start, bytes));
-    }
-
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset + buf.len() as u64;
-        let mut pos = offset;
-        while pos < end {
-            let (start, bytes) = match self.take_carry(pos) {
-                Some(carry) => carry,
-                None => self.read_run(pos, end)?,
-            };
-            let from = (pos - start) as usize;
-            let n = (bytes.len() - from).min((end - pos) as usize);
-            let at = (pos - offset) as usize;
-            buf[at..at + n].copy_from_slice(&bytes[from..from + n]);
-            pos += n as u64;
-            if from + n < bytes.len() {
-                self.keep_carry(pos, bytes.slice(from + n..));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl VolumeSource for LiveSource {
     fn len_bytes(&self) -> u64 {
-        self.index.header().data_len_bytes
+        self.plan.index.header().data_len_bytes
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -435,7 +515,7 @@ pub(crate) fn encode_to_nodes(
     geometry: Geometry,
     stripes: &[Vec<String>],
 ) -> Result<u64> {
-    let volume = source.volume;
+    let volume = source.plan.volume;
     let layout = geometry.layout()?;
     let codec = Codec::new(geometry.rs_config()?)?;
     let mut encoder = StripeEncoder::new(&codec, ENCODE_COLUMN_BYTES, geometry.chunk_size_bytes)?;

@@ -15,7 +15,6 @@ use axum::routing::{get, post, put};
 use bytes::Bytes;
 use coding::{BlockChecksums, BlockChecksumsBuilder};
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tower::util::MapFutureLayer;
 
 use super::NodeState;
@@ -28,7 +27,7 @@ use crate::block::{ExpectedBlock, block_file_name, read_header};
 use crate::client::KeyLookup;
 use crate::format::{BLOCK_HEADER_SIZE, BlockHeader};
 use crate::http::{ApiError, JsonBody, io};
-use crate::transfer::{TransferError, write_stream};
+use crate::transfer::{FileWriter, TransferError, write_stream};
 use haystack::api::{format_key, parse_key};
 use haystack::file::durable_rename;
 use haystack::http::{deadline, method_not_allowed, no_route};
@@ -157,7 +156,7 @@ async fn put_block(
     let blocks_dir = state.inner.blocks_dir.clone();
     let tmp_path = temporary_in(&blocks_dir, &name);
     let mut guard = TemporaryFile(Some(tmp_path.clone()));
-    let mut file = tokio::fs::File::create(&tmp_path).await.map_err(io)?;
+    let mut file = FileWriter::create(&tmp_path).await.map_err(io)?;
     let mut stream = request.into_body().into_data_stream();
     let mut head = Vec::with_capacity(BLOCK_HEADER_SIZE);
     let mut header: Option<BlockHeader> = None;
@@ -172,7 +171,7 @@ async fn put_block(
                 "the body is longer than its Content-Length",
             ));
         }
-        file.write_all(&chunk).await.map_err(io)?;
+        file.write(chunk.clone()).await.map_err(io)?;
         let mut rest = &chunk[..];
         if header.is_none() {
             let take = (BLOCK_HEADER_SIZE - head.len()).min(rest.len());
@@ -229,8 +228,7 @@ async fn put_block(
             "the block's checksum record does not match its data",
         ));
     }
-    file.sync_all().await.map_err(io)?;
-    drop(file);
+    file.finish_synced().await.map_err(io)?;
     let final_path = blocks_dir.join(&name);
     state
         .blocking(move |inner| {

@@ -239,6 +239,7 @@ pub(super) async fn distribute(
         let source = LiveSource::open(
             volume,
             generation,
+            geometry.block_size_bytes,
             &index,
             &offsets,
             replicas,

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use f4::api::{DistributeRequest, SealRequest};
 use f4::client::StorageClient;
+use f4::format::IndexEntry;
 use haystack::failpoint::pause_task_at;
 
 use super::error::ApiError;
@@ -48,6 +49,11 @@ use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVol
 
 /// Blocks read back and checked at once while verifying.
 const BLOCK_CHECKS_AT_ONCE: usize = 4;
+/// Runs of needles read back at once while verifying.
+const VERIFY_READS_AT_ONCE: usize = 4;
+/// Most bytes of needles read back in one run (a larger needle is read
+/// alone).
+const VERIFY_RUN_BYTES: u32 = 1 << 20;
 
 /// What a seal did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -509,7 +515,9 @@ async fn check_blocks(
 }
 
 /// Reads every live needle back through the warm read path (index on a
-/// holder, block ranges, needle checks); the number read.
+/// holder, block ranges checked chunk by chunk on their nodes, needle
+/// checks), runs of needles adjacent in the data file at once; the number
+/// read.
 async fn verify(
     state: &AppState,
     vid: u32,
@@ -529,20 +537,102 @@ async fn verify(
             .live_entries(vid, warm.generation, after)
             .await
             .map_err(|e| ApiError::Unavailable(format!("listing the index: {e}")))?;
-        for entry in page.entries {
-            let (bytes, degraded) = read_data(state, vid, warm, nodes, entry).await?;
-            if degraded {
-                return Err(ApiError::Unavailable(format!(
-                    "needle {:x} could only be decoded, not read",
-                    entry.key
-                )));
-            }
-            check_needle(vid, bytes, entry, Some(entry.key))?;
-            count += 1;
-        }
+        let entries = &page.entries;
+        count += futures::stream::iter(adjacent_runs(entries))
+            .map(|run| async move {
+                let run = &entries[run];
+                let first = run[0];
+                let span = IndexEntry {
+                    key: first.key,
+                    offset: first.offset,
+                    size_bytes: run.iter().map(|e| e.size_bytes).sum(),
+                };
+                let (bytes, degraded) = read_data(state, vid, warm, nodes, span).await?;
+                if degraded {
+                    return Err(ApiError::Unavailable(format!(
+                        "needles {:x}.. could only be decoded, not read",
+                        first.key
+                    )));
+                }
+                for entry in run {
+                    let at = (entry.offset - first.offset) as usize;
+                    let needle = bytes.slice(at..at + entry.size_bytes as usize);
+                    check_needle(vid, needle, *entry, Some(entry.key))?;
+                }
+                Ok(run.len() as u64)
+            })
+            .buffer_unordered(VERIFY_READS_AT_ONCE)
+            .try_fold(0, |count, read| async move { Ok(count + read) })
+            .await?;
         match page.next_after {
             Some(next) => after = Some(next),
             None => return Ok(count),
         }
+    }
+}
+
+/// `entries` (in data file order) cut into runs of needles adjacent in the
+/// data file, each at most [`VERIFY_RUN_BYTES`] or one needle: their
+/// ranges in `entries`.
+fn adjacent_runs(entries: &[IndexEntry]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0u32);
+    for (i, entry) in entries.iter().enumerate() {
+        let adjacent = i > start && {
+            let last = entries[i - 1];
+            last.offset + u64::from(last.size_bytes) == entry.offset
+        };
+        if i > start && (!adjacent || bytes.saturating_add(entry.size_bytes) > VERIFY_RUN_BYTES) {
+            runs.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(entry.size_bytes);
+    }
+    if start < entries.len() {
+        runs.push(start..entries.len());
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: u64, offset: u64, size_bytes: u32) -> IndexEntry {
+        IndexEntry {
+            key,
+            offset,
+            size_bytes,
+        }
+    }
+
+    #[test]
+    fn runs_break_at_gaps_and_at_the_size_limit_and_keep_a_large_needle_alone() {
+        let half = VERIFY_RUN_BYTES / 2;
+        let entries = [
+            entry(1, 0, 100),
+            entry(2, 100, 50),
+            // A gap: a new run.
+            entry(3, 200, half),
+            entry(4, 200 + u64::from(half), half),
+            // Over the limit with the two before it: a new run.
+            entry(5, 200 + 2 * u64::from(half), 1),
+            // Larger than a run on its own.
+            entry(6, 201 + 2 * u64::from(half), VERIFY_RUN_BYTES * 3),
+            entry(
+                7,
+                201 + 2 * u64::from(half) + 3 * u64::from(VERIFY_RUN_BYTES),
+                1,
+            ),
+        ];
+        let keys: Vec<Vec<u64>> = adjacent_runs(&entries)
+            .iter()
+            .map(|run| entries[run.clone()].iter().map(|e| e.key).collect())
+            .collect();
+        assert_eq!(
+            keys,
+            vec![vec![1, 2], vec![3, 4], vec![5], vec![6], vec![7]]
+        );
+        assert!(adjacent_runs(&[]).is_empty());
     }
 }
