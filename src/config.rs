@@ -38,6 +38,11 @@ pub struct Config {
     /// chosen to fill its stripes).
     #[serde(default = "default_block_size_bytes")]
     pub block_size_bytes: u64,
+    /// Space each f4 storage node keeps free on its disk: a block that
+    /// would leave less is refused, and migrations hold back while too few
+    /// racks have room for a volume's blocks.
+    #[serde(default)]
+    pub storage_reserve_bytes: u64,
     /// Tombstones a warm volume's journal holds before it is folded into
     /// the index.
     #[serde(default = "default_fold_tombstones")]
@@ -294,6 +299,7 @@ impl Default for Config {
             max_blob_bytes: default_max_blob_bytes(),
             retry_buffer_bytes: default_retry_buffer_bytes(),
             block_size_bytes: default_block_size_bytes(),
+            storage_reserve_bytes: 0,
             fold_tombstones: default_fold_tombstones(),
             allow_fewer_racks: false,
             warm_after_ms: default_warm_after_ms(),
@@ -358,6 +364,9 @@ pub struct Overrides {
     /// The largest warm-tier block (e.g. `1GiB`, `64KiB` in tests).
     #[arg(long, value_parser = parse_size)]
     pub block_size: Option<u64>,
+    /// Space each f4 storage node keeps free on its disk (e.g. `10GiB`).
+    #[arg(long, value_parser = parse_size)]
+    pub storage_reserve: Option<u64>,
     /// Age after which a locked volume moves to the warm tier (e.g. `30d`, `2s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub warm_after: Option<u64>,
@@ -436,6 +445,7 @@ impl Config {
             max_blob_size,
             retry_buffer_size,
             block_size,
+            storage_reserve,
             warm_after,
             migrate_interval,
             max_migrations,
@@ -456,11 +466,12 @@ impl Config {
             self.max_migrations = *max_migrations;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 13] = [
+        let pairs: [(&Option<u64>, &mut u64); 14] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
             (block_size, &mut self.block_size_bytes),
+            (storage_reserve, &mut self.storage_reserve_bytes),
             (warm_after, &mut self.warm_after_ms),
             (migrate_interval, &mut self.migrate_interval_ms),
             (migration_lease, &mut self.migration_lease_ms),

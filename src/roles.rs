@@ -418,6 +418,7 @@ async fn run_f4_storage(
     node.max_block_size_bytes = config.block_size_bytes;
     node.max_range_bytes = node.max_range_bytes.max(config.max_blob_bytes + 4096);
     node.fold_tombstones = config.fold_tombstones;
+    node.reserve_bytes = config.storage_reserve_bytes;
     node.io_concurrency = config.io_concurrency;
     node.request_timeout_ms = config.request_timeout_ms;
     f4::node::run(node, listener, token)

@@ -733,6 +733,89 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
     Ok(())
 }
 
+/// Storage nodes that keep more free than their disk has: a block is
+/// refused with `507`, and migrations hold back for want of room (in the
+/// pass, the metric and a forced job), leaving the volume hot and whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_room_on_the_storage_nodes_holds_migrations_back() -> anyhow::Result<()> {
+    let args = [
+        SMALL_VOLUMES,
+        &["--warm-after", "1s", "--storage-reserve", "1024TiB"],
+    ]
+    .concat();
+    let cluster = Cluster::start_spawned(&args).await?;
+    let client = http_client();
+    let router = cluster.router.clone();
+    let node = cluster.node_url("f4-1")?;
+    let space: Value = client
+        .get(format!("{node}/space"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    anyhow::ensure!(
+        space["room_bytes"] == 0 && space["available_bytes"].as_u64() > Some(0),
+        "{space}"
+    );
+    let refused = client
+        .put(format!("{node}/blocks/1/1/0/0"))
+        .body(vec![0u8; 4096])
+        .send()
+        .await?;
+    anyhow::ensure!(
+        refused.status() == 507,
+        "a block with no room: {}",
+        refused.status()
+    );
+    let body: Value = refused.json().await?;
+    anyhow::ensure!(
+        body["error"] == "io" && body["message"].as_str().is_some_and(|m| m.contains("room")),
+        "{body}"
+    );
+
+    let blobs = fill(&client, &router, 71, 1).await?;
+    let vid = volumes(&client, &router)
+        .await?
+        .into_iter()
+        .find(|v| v["state"] == "locked")
+        .and_then(|v| v["id"].as_u64())
+        .context("a locked volume")?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pass: Value = client
+        .post(format!("{router}/admin/migrate"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    anyhow::ensure!(
+        pass["held_back"]
+            .as_str()
+            .is_some_and(|why| why.contains("0 rack(s) have a storage node with room"))
+            && pass["jobs"].as_array().is_some_and(Vec::is_empty),
+        "a pass with no room: {pass}"
+    );
+    anyhow::ensure!(
+        router_metrics(&client, &router)
+            .await?
+            .contains("hayloft_migration_held_back 1")
+    );
+    let forced = client
+        .post(format!("{router}/admin/volumes/{vid}/migrate"))
+        .send()
+        .await?;
+    let (status, text) = (forced.status(), forced.text().await?);
+    anyhow::ensure!(
+        status == 503 && text.contains("room"),
+        "forcing with no room: {status} {text}"
+    );
+    anyhow::ensure!(volume(&client, &router, vid as u32).await?["state"] == "locked");
+    for blob in &blobs {
+        blob.check(&client, &router).await?;
+    }
+    no_orphans(&cluster, &client).await?;
+    Ok(())
+}
+
 /// Writable volumes have owners: a router `kill -9`ed and restarted takes
 /// its volume back (the next upload lands in it); a volume its router has
 /// not written for `--idle-lock-after` is locked by that router, and one

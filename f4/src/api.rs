@@ -213,6 +213,19 @@ pub struct PruneReport {
     pub removed: u64,
 }
 
+/// Answer of `GET /space`: room for blocks on the node's disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Space {
+    /// Bytes still available on the file system of the node's data.
+    pub available_bytes: u64,
+    /// Size of that file system.
+    pub total_bytes: u64,
+    /// Bytes the node keeps free (its `reserve_bytes`).
+    pub reserve_bytes: u64,
+    /// Bytes of blocks the node accepts now: available less the reserve.
+    pub room_bytes: u64,
+}
+
 /// What a seal planned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealPrepared {

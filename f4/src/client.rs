@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     BlockCheck, BlockId, BlockPage, DistributeRequest, ErrorBody, HeldVolume, LivePage,
     MergeReport, MergeRequest, PAGE_MAX, PruneReport, PruneRequest, SealPrepared, SealRequest,
-    TombstoneRequest, code,
+    Space, TombstoneRequest, code,
 };
 use crate::format::{Geometry, IndexEntry};
 use haystack::api::format_key;
@@ -154,6 +154,12 @@ impl StorageClient {
         self.send(self.request(Method::GET, "/health", self.timeout))
             .await
             .map(drop)
+    }
+
+    /// Room for blocks on the node's disk.
+    pub async fn space(&self) -> Result<Space> {
+        self.json(self.request(Method::GET, "/space", self.timeout))
+            .await
     }
 
     /// `PUT` the block file at `path` as block `block` of `stripe`.

@@ -312,6 +312,39 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Space on the file system holding a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes an unprivileged writer may still use.
+    pub available_bytes: u64,
+    /// Size of the file system.
+    pub total_bytes: u64,
+}
+
+/// The space of the file system holding `path` (`statvfs`).
+#[allow(
+    clippy::useless_conversion,
+    reason = "statvfs's field types differ in width between platforms"
+)]
+pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    let mut stat = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` is
+    // writable memory of the right type, initialised by the call when it succeeds.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the call succeeded, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    let fragment = u64::from(stat.f_frsize);
+    Ok(DiskSpace {
+        available_bytes: u64::from(stat.f_bavail).saturating_mul(fragment),
+        total_bytes: u64::from(stat.f_blocks).saturating_mul(fragment),
+    })
+}
+
 /// Removes a file, treating "not found" as success.
 pub(crate) fn remove_if_exists(path: &Path) -> io::Result<bool> {
     match std::fs::remove_file(path) {
@@ -458,5 +491,14 @@ mod tests {
         assert!(!Plain.try_read_at_cached(&mut [0; 8], 0).expect("default"));
         assert!(Plain.try_read_vec_cached(8, 0).expect("default").is_none());
         assert_eq!(Plain.read_vec_at(8, 0).expect("default read"), vec![0; 8]);
+    }
+
+    #[test]
+    fn disk_space_reads_the_file_system_and_refuses_a_missing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = disk_space(dir.path()).unwrap();
+        assert!(space.total_bytes > 0);
+        assert!(space.available_bytes <= space.total_bytes);
+        assert!(disk_space(&dir.path().join("missing")).is_err());
     }
 }

@@ -21,7 +21,7 @@ use super::NodeState;
 use super::held::Lookup;
 use crate::api::{
     BlockCheck, BlockId, BlockPage, BlockRecord, LivePage, MergeReport, MergeRequest, PAGE_MAX,
-    PageQuery, RangeRead, TombstoneRequest, code,
+    PageQuery, RangeRead, Space, TombstoneRequest, code,
 };
 use crate::block::{ExpectedBlock, block_file_name, read_header};
 use crate::client::KeyLookup;
@@ -51,6 +51,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/blocks", get(list_blocks))
         .route("/blocks/read", post(read_range))
         .route("/blocks/check", post(check_block))
+        .route("/space", get(space))
         .route("/batch", post(super::batch::read_batch))
         .route("/volumes/{vid}/{generation}", get(describe))
         .route("/volumes/{vid}/{generation}/keys/{key}", get(lookup))
@@ -151,6 +152,14 @@ async fn put_block(
         return Err(ApiError::payload_too_large(format!(
             "a block file of {declared} bytes is over this node's {max_file}"
         )));
+    }
+    let room = disk_space(&state).await?.room_bytes;
+    if declared > room {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            code::IO,
+            format!("a block file of {declared} bytes: this node has room for {room}"),
+        ));
     }
     let name = block_file_name(volume, generation, stripe, block);
     let blocks_dir = state.inner.blocks_dir.clone();
@@ -516,6 +525,25 @@ async fn receive_file(body: Body, path: &FsPath, declared: u64) -> Result<(), Ap
         Err(TransferError::Io(e)) => Err(io(e)),
         Err(e) => Err(ApiError::bad_request(format!("body: {e}"))),
     }
+}
+
+/// `GET /space`: room for blocks on this node's disk.
+async fn space(State(state): State<NodeState>) -> Result<axum::Json<Space>, ApiError> {
+    disk_space(&state).await.map(axum::Json)
+}
+
+/// The space of the disk holding the node's blocks, less its reserve.
+async fn disk_space(state: &NodeState) -> Result<Space, ApiError> {
+    let reserve_bytes = state.config().reserve_bytes;
+    let disk = state
+        .blocking(|inner| haystack::file::disk_space(&inner.blocks_dir).map_err(io))
+        .await?;
+    Ok(Space {
+        available_bytes: disk.available_bytes,
+        total_bytes: disk.total_bytes,
+        reserve_bytes,
+        room_bytes: disk.available_bytes.saturating_sub(reserve_bytes),
+    })
 }
 
 /// `GET /volumes/{vid}/{gen}/index`: the index file as this node holds it

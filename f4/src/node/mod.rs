@@ -81,6 +81,11 @@ pub struct NodeConfig {
     /// Deadline of a block write, a seal step or a merge.
     #[serde(default = "default_transfer_timeout_ms")]
     pub transfer_timeout_ms: u64,
+    /// Space the node keeps free on its disk: a block that would leave
+    /// less is refused (`507`), and the migrator holds back while too few
+    /// racks have room for a volume's blocks.
+    #[serde(default)]
+    pub reserve_bytes: u64,
     /// Header-read timeout, connection cap and shutdown grace.
     #[serde(default)]
     pub server: ServerLimits,
@@ -133,6 +138,7 @@ impl NodeConfig {
             open_blocks: default_open_blocks(),
             request_timeout_ms: default_request_timeout_ms(),
             transfer_timeout_ms: default_transfer_timeout_ms(),
+            reserve_bytes: 0,
             server: ServerLimits::default(),
         }
     }

@@ -40,6 +40,18 @@ pub const JOURNAL_HOLDERS: usize = PARITY_BLOCKS as usize + 1;
 /// checksums of 4 bytes per 16 KiB (0.025% of the block).
 pub const CHUNK_SIZE_BYTES: u32 = 16 * 1024;
 
+/// The geometry a seal gives a volume of `volume_len_bytes` cut into
+/// blocks of at most `max_block_size_bytes`.
+pub fn seal_geometry(volume_len_bytes: u64, max_block_size_bytes: u64) -> crate::Result<Geometry> {
+    Geometry::choose(
+        volume_len_bytes,
+        max_block_size_bytes,
+        DATA_BLOCKS,
+        PARITY_BLOCKS,
+        CHUNK_SIZE_BYTES,
+    )
+}
+
 /// What `POST /seal` leaves for the distribution, beside the plan.
 #[derive(Serialize, Deserialize)]
 struct Staged {
@@ -128,13 +140,7 @@ pub(super) async fn seal(
             &dir.join("offsets"),
         )
         .await?;
-        let geometry = Geometry::choose(
-            planned.data_len_bytes,
-            request.max_block_size_bytes,
-            DATA_BLOCKS,
-            PARITY_BLOCKS,
-            CHUNK_SIZE_BYTES,
-        )?;
+        let geometry = seal_geometry(planned.data_len_bytes, request.max_block_size_bytes)?;
         let prepared = SealPrepared {
             geometry,
             needles: planned.needles,

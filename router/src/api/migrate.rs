@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use f4::node::seal::{DATA_BLOCKS, PARITY_BLOCKS};
+use f4::BlockHeader;
+use f4::client::StorageClient;
+use f4::node::seal::{DATA_BLOCKS, PARITY_BLOCKS, seal_geometry};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -39,7 +41,7 @@ use super::error::ApiError;
 use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
 use crate::directory::types::{MigrationJob, MigrationStep, StepRequest};
-use crate::directory::{NodeRole, VolumeState, now_ms};
+use crate::directory::{NodeRecord, NodeRole, VolumeState, now_ms};
 
 /// What one job of a pass did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +86,6 @@ async fn candidates(
     report: &mut PassReport,
 ) -> Result<Vec<u32>, ApiError> {
     let held_back = hold_back(state).await?;
-    state.metrics.set_migration_held_back(held_back.is_some());
     let volumes = state.directory.list_volumes().await?;
     report.locked_idle = super::ownership::lock_orphans(state, &volumes).await;
     let jobs: HashMap<u32, MigrationJob> = state
@@ -96,7 +97,8 @@ async fn candidates(
         .collect();
     let now = now_ms();
     let warm_after = state.config.warm_after_ms;
-    let mut picked: Vec<(u64, u32)> = Vec::new();
+    // By age; with the size of each volume still to encode.
+    let mut picked: Vec<(u64, u32, Option<u64>)> = Vec::new();
     for volume in volumes {
         if only.is_some_and(|only| only != volume.id) {
             continue;
@@ -134,8 +136,18 @@ async fn candidates(
                 continue;
             }
         }
-        picked.push((locked_ms, volume.id));
+        let to_encode = (volume.state != VolumeState::Warm).then_some(volume.size_bytes);
+        picked.push((locked_ms, volume.id, to_encode));
     }
+    let largest = picked.iter().filter_map(|(_, _, size)| *size).max();
+    let held_back = match (held_back, largest) {
+        (None, Some(volume_bytes)) => space_hold_back(state, volume_bytes).await?,
+        (held_back, _) => held_back,
+    };
+    if held_back.is_some() {
+        picked.retain(|(_, _, to_encode)| to_encode.is_none());
+    }
+    state.metrics.set_migration_held_back(held_back.is_some());
     report.held_back = held_back;
     if let Some(only) = only
         && picked.is_empty()
@@ -156,7 +168,7 @@ async fn candidates(
         )));
     }
     picked.sort_unstable();
-    Ok(picked.into_iter().map(|(_, id)| id).collect())
+    Ok(picked.into_iter().map(|(_, id, _)| id).collect())
 }
 
 /// Why no seal could finish now, if so: fewer racks with a storage node up
@@ -179,6 +191,63 @@ async fn hold_back(state: &AppState) -> Result<Option<String>, ApiError> {
     Ok((!enough).then(|| {
         format!(
             "held back: {} rack(s) with a storage node up, a stripe needs {needed}",
+            racks.len()
+        )
+    }))
+}
+
+/// Why a volume of `volume_bytes` could not be placed now for want of
+/// room, if so: fewer racks than a stripe needs hold an up storage node
+/// with room (`GET /space`, less its reserve) for its share of the
+/// volume's blocks: its largest block file times the blocks each up node
+/// gets when they are spread evenly. A node that does not answer has none;
+/// a volume whose size the directory has not learnt yet counts as 1 byte
+/// (the nodes must not be full).
+async fn space_hold_back(state: &AppState, volume_bytes: u64) -> Result<Option<String>, ApiError> {
+    let geometry = seal_geometry(volume_bytes.max(1), state.config.max_block_size_bytes)
+        .map_err(|e| ApiError::Internal(format!("a volume of {volume_bytes} bytes: {e}")))?;
+    let block_file_bytes = BlockHeader::new(1, 1, geometry, 0, 0)
+        .ok()
+        .and_then(|header| header.file_len_bytes())
+        .ok_or_else(|| ApiError::Internal(format!("a volume of {volume_bytes} bytes: no block")))?;
+    let stripes = geometry
+        .layout()
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .stripe_count()
+        .max(1);
+    let nodes = state.cache.nodes(true).await?;
+    let up: Vec<&NodeRecord> = nodes
+        .values()
+        .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
+        .collect();
+    let blocks = stripes * u64::from(DATA_BLOCKS + PARITY_BLOCKS);
+    let need = block_file_bytes.saturating_mul(blocks.div_ceil(up.len().max(1) as u64));
+    let rooms = futures::future::join_all(up.iter().map(|node| async move {
+        let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
+        let room = match client.space().await {
+            Ok(space) => space.room_bytes,
+            Err(e) => {
+                tracing::info!(node = %node.id, error = %e, "no answer about its space");
+                0
+            }
+        };
+        (node.rack.as_str(), room)
+    }))
+    .await;
+    let racks: HashSet<&str> = rooms
+        .into_iter()
+        .filter(|(_, room)| *room >= need)
+        .map(|(rack, _)| rack)
+        .collect();
+    let needed = if state.config.allow_fewer_racks {
+        1
+    } else {
+        usize::from(DATA_BLOCKS + PARITY_BLOCKS)
+    };
+    Ok((racks.len() < needed).then(|| {
+        format!(
+            "held back: {} rack(s) have a storage node with room for {need} bytes of blocks \
+             (a volume of {volume_bytes} bytes), a stripe needs {needed}",
             racks.len()
         )
     }))
