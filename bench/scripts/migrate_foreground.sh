@@ -5,8 +5,9 @@
 #
 # Per round, on a fresh `hayloft up --spawn` (3 stores, 14 f4 storage nodes
 # in 14 racks; 1 GiB volumes; `--migration-rate MIGRATION_RATE`):
-#   1. 2 x COUNT + 2000 BLOBs of SIZE uploaded: volumes 1 and 2 fill and
-#      lock, volume 3 holds the rest and stays writable (hot);
+#   1. 2 x COUNT + 2000 BLOBs of SIZE uploaded one at a time: volumes 1
+#      and 2 fill and lock, volume 3 holds the rest and stays writable
+#      (hot);
 #   2. volume 1 migrated (untimed): its BLOBs are warm;
 #   3. baseline: two load generators at once, FETCHES fetches each at
 #      CONCURRENCY, one of volume 1's BLOBs (warm), one of volume 3's (hot);
@@ -87,7 +88,8 @@ for round in $(seq 1 "$ROUNDS"); do
     --warm-after 1d --migration-rate "$MIGRATION_RATE" >"$WORK/hayloft-$round.log" 2>&1 &
   PIDS+=($!)
   wait_http "$router/health" "hayloft router"
-  "$LOADGEN" --target hayloft --url "$router" --size "$SIZE" --concurrency 4 \
+  # One at a time: the router then fills one volume after the other.
+  "$LOADGEN" --target hayloft --url "$router" --size "$SIZE" --concurrency 1 \
     --requests $((2 * COUNT + 2000)) --warmup 0 --upload-only --save-urls "$WORK/all.urls" \
     --label upload >/dev/null
   for vid in 1 2; do

@@ -10,11 +10,11 @@
 #      then the configured wait for routers' caches and the hot replicas
 #      retired). Stage times come from the cluster's log; the peak resident
 #      memory (VmHWM) of every Hayloft process is recorded.
-#   2. SeaweedFS 4.48 (1 master with a 1 GiB volume size limit growing one
-#      volume at a time, 14 volume servers in 14 racks): the same BLOB count
-#      and size uploaded, filling one volume, then `ec.encode` of that
-#      volume (shards spread one per server), timed end to end and for its
-#      server-side encode (`generateEcShards`).
+#   2. SeaweedFS 4.48 (1 master with a 1 GiB volume size limit, 14 volume
+#      servers in 14 racks): as many BLOBs of SIZE as Hayloft's volume held
+#      posted into one volume, then `ec.encode` of that volume (shards
+#      spread one per server), timed end to end and for its server-side
+#      encode (`generateEcShards`).
 # The summary gives medians over the rounds and the ratios the migration
 # issue sets targets on.
 #
@@ -37,6 +37,7 @@ ROUNDS="${ROUNDS:-3}"
 SIZE="${SIZE:-64KiB}"
 COUNT="${COUNT:-16500}"
 MIGRATION_RATE="${MIGRATION_RATE:-0}"
+SIZE_BYTES=$(python3 -c 'import re, sys; n, u = re.fullmatch(r"(\d+)(KiB|MiB|)", sys.argv[1]).groups(); print(int(n) * {"KiB": 1024, "MiB": 1 << 20, "": 1}[u])' "$SIZE")
 SWFS_VENV="${SWFS_VENV:-/tmp/swfs-venv}"
 SWFS_VERSION="${SWFS_VERSION:-4.48}"
 HAYLOFT_PORT="${HAYLOFT_PORT:-18080}"
@@ -149,22 +150,41 @@ PY
   rm -rf "$HL"
 
   # --- SeaweedFS -------------------------------------------------------------
-  # Volumes grown one at a time (master.toml's volume_growth.copy_1, as
-  # its WEED_ environment override), so that the BLOBs fill one volume
-  # as they fill Hayloft's, and that one volume is encoded.
-  WEED_MASTER_VOLUME_GROWTH_COPY_1=1 start_swfs_cell "$SW" 1024 "$WORK/swfs-$round"
-  "$LOADGEN" --target seaweedfs --url "http://$SWFS_IP:$SWFS_MASTER_PORT" --size "$SIZE" \
-    --concurrency 1 --requests "$COUNT" --warmup 0 --upload-only --label swfs-upload >/dev/null
-  # The master learns volume sizes from heartbeats: wait until it lists a
-  # volume of at least 1,000 MB.
+  # As many BLOBs as Hayloft's volume held, posted straight into one
+  # volume (the first one assigned; fids made up from that volume's id)
+  # one at a time, so that one volume holds them all as Hayloft's did:
+  # through `/dir/assign`, SeaweedFS spreads uploads over several volumes.
+  start_swfs_cell "$SW" 1024 "$WORK/swfs-$round"
+  needles=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["jobs"][0]["needles"])' "$WORK/job-$round.json")
+  python3 - "http://$SWFS_IP:$SWFS_MASTER_PORT" "$SIZE_BYTES" "$needles" <<'PY'
+import http.client, json, os, sys, urllib.request
+master, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+assigned = json.load(urllib.request.urlopen(f"{master}/dir/assign"))
+vid, host = assigned["fid"].split(",")[0], assigned["url"]
+connection = http.client.HTTPConnection(host, timeout=30)
+boundary = "hayloftbench"
+for key in range(1_000_000, 1_000_000 + count):
+    data = os.urandom(size)
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    connection.request("POST", f"/{vid},{key:x}{int.from_bytes(os.urandom(4), 'big'):08x}", body,
+                       {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    answer = connection.getresponse()
+    answer.read()
+    if answer.status not in (200, 201):
+        sys.exit(f"SeaweedFS upload {key} answered {answer.status}")
+PY
+  # The master learns volume sizes from heartbeats: wait until it lists
+  # the volume with every BLOB (their data at least).
+  want=$((needles * SIZE_BYTES))
   largest=""
   for _ in $(seq 1 150); do
-    largest=$(swfs_volume_sizes | head -1)
-    [ -n "$largest" ] && [ "${largest#* }" -ge 1000000000 ] && break
+    largest=$(swfs_volume_sizes | sed -n 1p)
+    [ -n "$largest" ] && [ "${largest#* }" -ge "$want" ] && break
     sleep 0.2
   done
-  [ -n "$largest" ] && [ "${largest#* }" -ge 1000000000 ] ||
-    { echo "SeaweedFS lists no volume of 1,000 MB (largest: ${largest:-none})" >&2; exit 1; }
+  [ -n "$largest" ] && [ "${largest#* }" -ge "$want" ] ||
+    { echo "SeaweedFS lists no volume of $want bytes (largest: ${largest:-none})" >&2; exit 1; }
   vid=${largest% *}
   sync
   started=$(now)

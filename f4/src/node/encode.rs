@@ -25,7 +25,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,19 +70,36 @@ pub(crate) struct Planned {
     pub data_len_bytes: u64,
 }
 
+/// The files of a plan in a seal's staging directory.
+pub(crate) struct StagedPlan {
+    /// The warm index of the live needles.
+    pub index: PathBuf,
+    /// Each needle's offset in the source's data file, in index order.
+    pub offsets: PathBuf,
+}
+
+impl StagedPlan {
+    /// The plan's files in `dir`.
+    pub(crate) fn in_dir(dir: &Path) -> StagedPlan {
+        StagedPlan {
+            index: dir.join("warm.index"),
+            offsets: dir.join("offsets"),
+        }
+    }
+}
+
 /// Pages through `source`'s index of `volume` and writes the warm index of
-/// its live needles (stamped with `generation`) to `index_path` and their
-/// offsets in the source's data file to `offsets_path` (one little-endian
+/// its live needles (stamped with `generation`) to `plan.index` and their
+/// offsets in the source's data file to `plan.offsets` (one little-endian
 /// `u64` per index entry, in the same order), both synced.
 pub(crate) async fn write_plan(
     source: &StoreClient,
     volume: u32,
     generation: u64,
-    index_path: &Path,
-    offsets_path: &Path,
+    plan: &StagedPlan,
 ) -> Result<Planned> {
-    let mut index = BufWriter::new(tokio::fs::File::create(index_path).await?);
-    let mut offsets = BufWriter::new(tokio::fs::File::create(offsets_path).await?);
+    let mut index = BufWriter::new(tokio::fs::File::create(&plan.index).await?);
+    let mut offsets = BufWriter::new(tokio::fs::File::create(&plan.offsets).await?);
     // The header is written last, once the count and length are known.
     index.write_all(&[0u8; INDEX_HEADER_SIZE]).await?;
     let mut planned = Planned {
@@ -199,23 +216,20 @@ impl Pace {
 }
 
 impl LiveSource {
-    /// The plan staged at `index_path` and `offsets_path`, cut into blocks
-    /// of `block_size_bytes`, read from `replicas` (the source first) at
-    /// most `bytes_per_second` (0: no limit) through `runtime`. Used on a
-    /// blocking thread.
-    #[allow(clippy::too_many_arguments)]
+    /// The plan staged as `staged`, cut into blocks of `block_size_bytes`,
+    /// read from `replicas` (the source first) at most `bytes_per_second`
+    /// (0: no limit) through `runtime`. Used on a blocking thread.
     pub(crate) fn open(
         volume: u32,
         generation: u64,
         block_size_bytes: u64,
-        index_path: &Path,
-        offsets_path: &Path,
+        staged: &StagedPlan,
         replicas: Vec<StoreClient>,
         bytes_per_second: u64,
         runtime: Handle,
     ) -> Result<LiveSource> {
-        let index = WarmIndex::open(index_path, volume, generation)?;
-        let offsets = File::open(offsets_path)?;
+        let index = WarmIndex::open(&staged.index, volume, generation)?;
+        let offsets = File::open(&staged.offsets)?;
         if offsets.metadata()?.len() != index.header().entry_count * 8 {
             return Err(Error::corrupt(
                 "the staged plan's offsets do not match its index",

@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::NodeState;
-use super::encode::{LiveSource, encode_to_nodes, write_plan};
+use super::encode::{LiveSource, StagedPlan, encode_to_nodes, write_plan};
 use crate::api::{DistributeRequest, PruneReport, PruneRequest, SealPrepared, SealRequest};
 use crate::block::{generation_of, generation_prefix};
 use crate::client::StorageClient;
@@ -136,8 +136,7 @@ pub(super) async fn seal(
             &source,
             request.volume,
             request.generation,
-            &dir.join("warm.index"),
-            &dir.join("offsets"),
+            &StagedPlan::in_dir(&dir),
         )
         .await?;
         let geometry = seal_geometry(planned.data_len_bytes, request.max_block_size_bytes)?;
@@ -235,8 +234,7 @@ pub(super) async fn distribute(
     }
     let peers = state.inner.peers.clone();
     let runtime = tokio::runtime::Handle::current();
-    let index = dir.join("warm.index");
-    let offsets = dir.join("offsets");
+    let staged_plan = StagedPlan::in_dir(&dir);
     let stripes_to = request.stripes.clone();
     let bytes_per_second = request.bytes_per_second;
     // A thread of its own, not the IO pool: it runs as long as the volume
@@ -246,8 +244,7 @@ pub(super) async fn distribute(
             volume,
             generation,
             geometry.block_size_bytes,
-            &index,
-            &offsets,
+            &staged_plan,
             replicas,
             bytes_per_second,
             runtime.clone(),
@@ -260,7 +257,7 @@ pub(super) async fn distribute(
         crate::Error::Io(e) => ApiError::peer(format!("streaming the blocks: {e}")),
         other => other.into(),
     })?;
-    let index = dir.join("warm.index");
+    let index = StagedPlan::in_dir(&dir).index;
     for holder in &request.holders {
         StorageClient::from_http(holder, state.inner.peers.clone())
             .put_index(volume, generation, &index)
