@@ -48,10 +48,55 @@ unmount_scratch() {
   fi
 }
 
+# Sets DATA, where a script puts the systems' data: WORK itself, or a
+# scratch file system of SCRATCH_GIB mounted at WORK/fs (see mount_scratch;
+# by default 12 GiB when the disk under WORK is 88% used or more, else
+# none). The caller's cleanup calls unmount_scratch.
+choose_data_dir() {
+  DATA="$WORK"
+  if [ "${SCRATCH_GIB:-}" = "" ]; then
+    SCRATCH_GIB=0
+    [ "$(disk_used_percent "$WORK")" -ge 88 ] && SCRATCH_GIB=12
+  fi
+  if [ "$SCRATCH_GIB" -gt 0 ]; then
+    mount_scratch "$WORK/fs" "$WORK/fs.img" "$SCRATCH_GIB"
+    DATA="$WORK/fs"
+    echo "data on a ${SCRATCH_GIB} GiB scratch file system at $DATA" >&2
+  fi
+}
+
 # Percent used of the file system holding DIR, as SeaweedFS counts it
 # (1 - free / total, blocks reserved for root counted as used).
 disk_used_percent() { # dir
   python3 -c 'import os, sys; s = os.statvfs(sys.argv[1]); print(int(100 - 100 * s.f_bavail / s.f_blocks))' "$1"
+}
+
+# Installs wrk with apt where missing (root only), for an independent check
+# of the load generator's figures.
+install_wrk() {
+  if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1 ||
+      echo "warning: could not install wrk; no independent check" >&2
+  fi
+}
+
+# One JSON line of wrk's figures for URL fetched at CONCURRENCY for
+# DURATION (e.g. `10s`), labelled LABEL, with SIZE copied in; nothing
+# without wrk.
+wrk_json() { # label url concurrency duration size
+  command -v wrk >/dev/null || return 0
+  wrk -t"$(($3 < 2 ? 1 : 2))" -c"$3" -d"$4" --latency "$2" 2>&1 | python3 -c '
+import json, re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
+def ms(label):
+    m = re.search(label + r"\s+([0-9.]+)(us|ms|s)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(json.dumps({"wrk": sys.argv[1], "size": sys.argv[2], "requests_per_second": rps,
+                  "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+                  "non_2xx": int(errors.group(1)) if errors else 0}))' "$1" "$5"
 }
 
 # Builds Hayloft and the load generator (release); sets HAYLOFT, LOADGEN.

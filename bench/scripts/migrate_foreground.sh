@@ -10,8 +10,10 @@
 #      (hot);
 #   2. volume 1 migrated (untimed): its BLOBs are warm;
 #   3. baseline: two load generators at once, FETCHES fetches each at
-#      CONCURRENCY, one of volume 1's BLOBs (warm), one of volume 3's (hot);
-#   4. the same two while volume 2 migrates (`POST
+#      CONCURRENCY, one of volume 1's BLOBs (warm), one of volume 3's (hot),
+#      and beside them wrk on one hot BLOB for 3 s at concurrency 1 (an
+#      independent load generator; installed with apt where missing);
+#   4. the same three while volume 2 migrates (`POST
 #      /admin/volumes/2/migrate`, started just before them). The round
 #      records whether volume 2 was still hot when both had finished, i.e.
 #      whether every fetch ran beside the migration.
@@ -52,17 +54,10 @@ cleanup() {
   unmount_scratch
 }
 trap cleanup EXIT INT TERM
-if [ "${SCRATCH_GIB:-}" = "" ]; then
-  SCRATCH_GIB=0
-  [ "$(disk_used_percent "$WORK")" -ge 88 ] && SCRATCH_GIB=12
-fi
-if [ "$SCRATCH_GIB" -gt 0 ]; then
-  mount_scratch "$WORK/fs" "$WORK/fs.img" "$SCRATCH_GIB"
-  DATA="$WORK/fs"
-  echo "Hayloft runs on a ${SCRATCH_GIB} GiB scratch file system at $DATA" >&2
-fi
+choose_data_dir
 
 build_release
+install_wrk
 
 # The state of volume VID in the directory.
 volume_state() { # router vid
@@ -70,14 +65,18 @@ volume_state() { # router vid
     python3 -c 'import json, sys; print(next((v["state"] for v in json.load(sys.stdin) if v["id"] == int(sys.argv[1])), ""))' "$2"
 }
 
-# Fetches of the warm and the hot set at once; one JSON line per set.
+# Fetches of the warm and the hot set at once, and wrk on one hot BLOB
+# beside them (an independent check, 3 s at concurrency 1); one JSON file
+# each.
 fetch_both() { # router label
   "$LOADGEN" --target hayloft --url "$1" --size "$SIZE" --concurrency "$CONCURRENCY" \
     --requests "$FETCHES" --warmup 0 --fetch-urls "$WORK/warm.urls" --label "warm-$2" >"$WORK/warm-$2.json" &
   local warm=$!
+  wrk_json "wrk-hot-$2" "$(head -1 "$WORK/hot.urls")" 1 3s "$SIZE" >"$WORK/wrk-$2.json" &
+  local wrk=$!
   "$LOADGEN" --target hayloft --url "$1" --size "$SIZE" --concurrency "$CONCURRENCY" \
     --requests "$FETCHES" --warmup 0 --fetch-urls "$WORK/hot.urls" --label "hot-$2" >"$WORK/hot-$2.json"
-  wait "$warm"
+  wait "$warm" "$wrk"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -124,6 +123,10 @@ for tier in ("warm", "hot"):
     for phase in ("baseline", "during"):
         fetch = json.load(open(f"{work}/{tier}-{phase}.json"))["fetch"]
         row[f"{tier}_{phase}"] = {k: fetch[k] for k in ("requests", "errors", "requests_per_second", "p50_ms", "p99_ms")}
+for phase in ("baseline", "during"):
+    text = open(f"{work}/wrk-{phase}.json").read().strip()
+    if text:
+        row[f"wrk_hot_{phase}"] = json.loads(text)
 print(json.dumps(row))
 PY
   stop_all
@@ -146,5 +149,10 @@ for tier in ("hot", "warm"):
     d50, d99 = med(f"{tier}_during", "p50_ms"), med(f"{tier}_during", "p99_ms")
     errors = sum(r[f"{tier}_{p}"]["errors"] for r in rows for p in ("baseline", "during"))
     print(f"| {tier} | {b50:.2f} / {b99:.2f} | {d50:.2f} / {d99:.2f} | {d99 / b99:.2f}x | {errors} |")
+if all("wrk_hot_baseline" in r for r in rows):
+    b50, b99 = med("wrk_hot_baseline", "p50_ms"), med("wrk_hot_baseline", "p99_ms")
+    d50, d99 = med("wrk_hot_during", "p50_ms"), med("wrk_hot_during", "p99_ms")
+    errors = sum(r[f"wrk_hot_{p}"]["non_2xx"] for r in rows for p in ("baseline", "during"))
+    print(f"| wrk, one hot BLOB, c=1 | {b50:.2f} / {b99:.2f} | {d50:.2f} / {d99:.2f} | {d99 / b99:.2f}x | {errors} |")
 PY
 echo "raw results: $OUT" >&2

@@ -60,15 +60,7 @@ cleanup() {
   unmount_scratch
 }
 trap cleanup EXIT INT TERM
-if [ "${SCRATCH_GIB:-}" = "" ]; then
-  SCRATCH_GIB=0
-  [ "$(disk_used_percent "$WORK")" -ge 88 ] && SCRATCH_GIB=12
-fi
-if [ "$SCRATCH_GIB" -gt 0 ]; then
-  mount_scratch "$WORK/fs" "$WORK/fs.img" "$SCRATCH_GIB"
-  DATA="$WORK/fs"
-  echo "both systems run on a ${SCRATCH_GIB} GiB scratch file system at $DATA" >&2
-fi
+choose_data_dir
 
 build_release
 install_weed

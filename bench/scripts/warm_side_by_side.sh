@@ -87,24 +87,9 @@ fetch1() { # label urls size
   [ "$3" = 64KiB ] || n=150
   fetch "$1" hayloft "$2" "$3" 1 "$n"
 }
-if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1 ||
-    echo "warning: could not install wrk; no independent check" >&2
-fi
+install_wrk
 wrk_check() { # label url size
-  command -v wrk >/dev/null || return 0
-  wrk -t2 -c"$CONCURRENCY" -d10s --latency "$2" 2>&1 | python3 -c '
-import json, re, sys
-text = sys.stdin.read()
-rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
-def ms(label):
-    m = re.search(label + r"\s+([0-9.]+)(us|ms|s)", text)
-    value, unit = float(m.group(1)), m.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(json.dumps({"wrk": sys.argv[1], "size": sys.argv[2], "requests_per_second": rps,
-                  "p50_ms": ms("50%"), "p99_ms": ms("99%"),
-                  "non_2xx": int(errors.group(1)) if errors else 0}))' "$1" "$3" >>"$FIGURES"
+  wrk_json "$1" "$2" "$CONCURRENCY" 10s "$3" >>"$FIGURES"
 }
 
 for size in $SIZES; do
