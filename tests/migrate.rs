@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use common::volumes::{Blob, SMALL_VOLUMES, fill, volume, volumes};
+use common::volumes::{Blob, SMALL_VOLUMES, fill, locked_volume, volume, volumes};
 use common::{Cluster, http_client, wait_until};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
@@ -656,12 +656,7 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
     let client = http_client();
     let router = cluster.router.clone();
     let blobs = fill(&client, &router, 67, 1).await?;
-    let vid = volumes(&client, &router)
-        .await?
-        .into_iter()
-        .find(|v| v["state"] == "locked")
-        .and_then(|v| v["id"].as_u64())
-        .context("a locked volume")?;
+    let vid = locked_volume(&client, &router).await?;
     let force = || {
         let url = format!("{router}/admin/volumes/{vid}/migrate");
         let client = client.clone();
@@ -684,7 +679,7 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
         metrics.contains("hayloft_migration_errors_total 1"),
         "the failed job is not counted"
     );
-    anyhow::ensure!(volume(&client, &router, vid as u32).await?["state"] == "locked");
+    anyhow::ensure!(volume(&client, &router, vid).await?["state"] == "locked");
     for blob in &blobs {
         blob.check(&client, &router)
             .await
@@ -724,7 +719,7 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
     for store in ["store-1", "store-2", "store-3"] {
         cluster.kill_node(store)?;
     }
-    for blob in blobs.iter().filter(|b| u64::from(b.volume()) == vid) {
+    for blob in blobs.iter().filter(|b| b.volume() == vid) {
         blob.check(&client, &router)
             .await
             .with_context(|| format!("{} from the warm tier", blob.id))?;
@@ -774,12 +769,7 @@ async fn no_room_on_the_storage_nodes_holds_migrations_back() -> anyhow::Result<
     );
 
     let blobs = fill(&client, &router, 71, 1).await?;
-    let vid = volumes(&client, &router)
-        .await?
-        .into_iter()
-        .find(|v| v["state"] == "locked")
-        .and_then(|v| v["id"].as_u64())
-        .context("a locked volume")?;
+    let vid = locked_volume(&client, &router).await?;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let pass: Value = client
         .post(format!("{router}/admin/migrate"))
@@ -808,7 +798,7 @@ async fn no_room_on_the_storage_nodes_holds_migrations_back() -> anyhow::Result<
         status == 503 && text.contains("room"),
         "forcing with no room: {status} {text}"
     );
-    anyhow::ensure!(volume(&client, &router, vid as u32).await?["state"] == "locked");
+    anyhow::ensure!(volume(&client, &router, vid).await?["state"] == "locked");
     for blob in &blobs {
         blob.check(&client, &router).await?;
     }
@@ -955,12 +945,7 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
         ],
     )?;
     let blobs = fill(&client, &router, 71, 1).await?;
-    let vid = volumes(&client, &router)
-        .await?
-        .into_iter()
-        .find(|v| v["state"] == "locked")
-        .and_then(|v| v["id"].as_u64())
-        .context("a locked volume")? as u32;
+    let vid = locked_volume(&client, &router).await?;
     let ours: Vec<&Blob> = blobs.iter().filter(|b| b.volume() == vid).collect();
     let (doomed, kept) = (ours[0], &ours[1..]);
     let migration = {

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::volumes::{Blob, CONTENT_TYPE, SMALL_VOLUMES, delete, fill, volume, volumes};
+use common::volumes::{
+    Blob, CONTENT_TYPE, SMALL_VOLUMES, delete, fill, locked_volume, volume, volumes,
+};
 use common::{Cluster, fetch, http_client, wait_until};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -458,12 +460,7 @@ async fn warm_deletes_stay_deleted_through_holder_loss_folds_and_restarts() -> a
     let client = http_client();
     let router = cluster.router.clone();
     let mut blobs = fill(&client, &router, 21, 1).await?;
-    let vid = volumes(&client, &router)
-        .await?
-        .iter()
-        .find(|v| v["state"] == "locked")
-        .and_then(|v| v["id"].as_u64())
-        .context("a locked volume")? as u32;
+    let vid = locked_volume(&client, &router).await?;
     seal(&cluster, vid).await?;
     let warm = volume(&client, &router, vid).await?["warm"].clone();
     let holders: Vec<String> = warm["journal_holders"]

@@ -71,6 +71,17 @@ pub async fn volume(client: &reqwest::Client, router: &str, vid: u32) -> anyhow:
         .with_context(|| format!("no volume {vid}"))
 }
 
+/// The id of the first `locked` volume the router lists.
+pub async fn locked_volume(client: &reqwest::Client, router: &str) -> anyhow::Result<u32> {
+    let id = volumes(client, router)
+        .await?
+        .into_iter()
+        .find(|v| v["state"] == "locked")
+        .and_then(|v| v["id"].as_u64())
+        .context("a locked volume")?;
+    u32::try_from(id).context("a volume id over u32")
+}
+
 /// Uploads BLOBs of 0 B to 150 KiB until `locked` volumes are locked;
 /// returns every BLOB uploaded.
 pub async fn fill(
