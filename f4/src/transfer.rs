@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 
 /// Bytes gathered before one write.
 const WRITE_RUN_BYTES: usize = 1 << 20;
+/// Most chunks gathered before one write (`writev`'s own limit).
+const WRITE_RUN_CHUNKS: usize = 1024;
 /// Runs queued for the writing thread.
 const WRITE_QUEUE: usize = 2;
 /// Bytes written between two requests to start writeback.
@@ -100,9 +102,14 @@ impl FileWriter {
 
     /// Appends `chunk`.
     pub(crate) async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         self.run_bytes += chunk.len();
         self.run.push(chunk);
-        if self.run_bytes >= WRITE_RUN_BYTES {
+        // Bounded by chunks too: a peer sending tiny chunks must not make
+        // a run of a million of them.
+        if self.run_bytes >= WRITE_RUN_BYTES || self.run.len() >= WRITE_RUN_CHUNKS {
             self.send().await?;
         }
         Ok(())
@@ -183,19 +190,40 @@ mod tests {
         // Chunks of odd sizes crossing run boundaries, 20 MiB in all, so
         // that writeback starts more than once.
         let mut expected = Vec::new();
-        let chunks: Vec<Result<Bytes, String>> = (0..331u32)
+        let mut chunks: Vec<Result<Bytes, String>> = (0..331u32)
             .map(|i| {
                 let chunk: Vec<u8> = (0..63_367u32).map(|j| (i * 7 + j) as u8).collect();
                 expected.extend_from_slice(&chunk);
                 Ok(Bytes::from(chunk))
             })
             .collect();
+        // Empty chunks anywhere (the last one right after a run is sent)
+        // and more one-byte chunks than a run gathers.
+        for at in [0, 17, 200] {
+            chunks.insert(at, Ok(Bytes::new()));
+        }
+        for i in 0..3000u32 {
+            expected.push(i as u8);
+            chunks.push(Ok(Bytes::from(vec![i as u8])));
+        }
+        chunks.push(Ok(Bytes::new()));
         let len = expected.len() as u64;
         let written = write_stream(futures::stream::iter(chunks.clone()), &path, Some(len))
             .await
             .unwrap();
         assert_eq!(written, len);
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+
+        // A run of nothing but an empty chunk, after one that filled a run.
+        let whole: Vec<Result<Bytes, String>> = vec![
+            Ok(Bytes::from(vec![7u8; WRITE_RUN_BYTES])),
+            Ok(Bytes::new()),
+        ];
+        let one_run = write_stream(futures::stream::iter(whole), &path, None)
+            .await
+            .unwrap();
+        assert_eq!(one_run, WRITE_RUN_BYTES as u64);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), one_run);
 
         let short = write_stream(futures::stream::iter(chunks), &path, Some(len + 1)).await;
         assert!(

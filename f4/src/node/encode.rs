@@ -18,9 +18,10 @@
 //! source's answers overlap the encoding and the uploads.
 //!
 //! Memory stays bounded whatever the volume's size: one column per block,
-//! the sinks' queues, and per data block [`RUNS_AHEAD`] runs read ahead and
-//! one in use (each at most [`FETCH_BYTES_MAX`], or one needle if it is
-//! larger).
+//! the sinks' queues, and per data block [`RUNS_AHEAD`] runs queued, one
+//! being fetched and one in use: four runs, each at most
+//! [`FETCH_BYTES_MAX`], or one needle if it is larger (so, with the largest
+//! BLOBs of 64 MiB, up to 4 × 10 × 64 MiB for a stripe of such needles).
 
 use std::fs::File;
 use std::io::{self, Write};

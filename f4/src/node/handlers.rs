@@ -153,20 +153,22 @@ async fn put_block(
             "a block file of {declared} bytes is over this node's {max_file}"
         )));
     }
-    let room = disk_space(&state).await?.room_bytes;
-    if declared > room {
-        return Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            code::IO,
-            format!("a block file of {declared} bytes: this node has room for {room}"),
-        ));
-    }
+    let mut stream = request.into_body().into_data_stream();
+    let _room = match RoomTaken::take(&state, declared).await {
+        Ok(room) => room,
+        Err(refusal) => {
+            // As for a refused header below: read a little of the body so
+            // that the client sees the refusal, not a reset.
+            let idle = Duration::from_millis(state.config().server.header_read_timeout_ms);
+            haystack::http::drain(&mut stream, idle).await;
+            return Err(refusal);
+        }
+    };
     let name = block_file_name(volume, generation, stripe, block);
     let blocks_dir = state.inner.blocks_dir.clone();
     let tmp_path = temporary_in(&blocks_dir, &name);
     let mut guard = TemporaryFile(Some(tmp_path.clone()));
     let mut file = FileWriter::create(&tmp_path).await.map_err(io)?;
-    let mut stream = request.into_body().into_data_stream();
     let mut head = Vec::with_capacity(BLOCK_HEADER_SIZE);
     let mut header: Option<BlockHeader> = None;
     let mut checksums: Option<BlockChecksumsBuilder> = None;
@@ -524,6 +526,52 @@ async fn receive_file(body: Body, path: &FsPath, declared: u64) -> Result<(), Ap
         Ok(_) => Ok(()),
         Err(TransferError::Io(e)) => Err(io(e)),
         Err(e) => Err(ApiError::bad_request(format!("body: {e}"))),
+    }
+}
+
+/// Room on the disk taken by a block being received, given back when it
+/// is dropped: concurrent blocks cannot together eat into the reserve.
+struct RoomTaken {
+    state: NodeState,
+    bytes: u64,
+}
+
+impl RoomTaken {
+    /// Takes `bytes` of the node's room, or refuses (`507`) if the disk's
+    /// room less the blocks being received has not that much.
+    async fn take(state: &NodeState, bytes: u64) -> Result<RoomTaken, ApiError> {
+        let room = disk_space(state).await?.room_bytes;
+        // The others count whole, though what they wrote so far is off the
+        // room already: on the safe side.
+        let others = state
+            .inner
+            .receiving_bytes
+            .fetch_add(bytes, Ordering::SeqCst);
+        // Given back when dropped, a refusal included.
+        let taken = RoomTaken {
+            state: state.clone(),
+            bytes,
+        };
+        if others.saturating_add(bytes) > room {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                code::IO,
+                format!(
+                    "a block file of {bytes} bytes: this node has room for {}",
+                    room.saturating_sub(others)
+                ),
+            ));
+        }
+        Ok(taken)
+    }
+}
+
+impl Drop for RoomTaken {
+    fn drop(&mut self) {
+        self.state
+            .inner
+            .receiving_bytes
+            .fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 

@@ -197,6 +197,8 @@ pub(crate) struct Inner {
     held: HeldVolumes,
     /// Talks to store nodes (seal sources) and to peers (blocks, merges).
     peers: reqwest::Client,
+    /// Bytes of the blocks being received now: room taken before they land.
+    receiving_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl NodeState {
@@ -230,6 +232,7 @@ impl NodeState {
                 staging_dir,
                 peers,
                 config,
+                receiving_bytes: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }

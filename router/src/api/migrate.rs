@@ -41,7 +41,7 @@ use super::error::ApiError;
 use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
 use crate::directory::types::{MigrationJob, MigrationStep, StepRequest};
-use crate::directory::{NodeRecord, NodeRole, VolumeState, now_ms};
+use crate::directory::{NodeRole, VolumeState, now_ms};
 
 /// What one job of a pass did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,15 +139,30 @@ async fn candidates(
         let to_encode = (volume.state != VolumeState::Warm).then_some(volume.size_bytes);
         picked.push((locked_ms, volume.id, to_encode));
     }
-    let largest = picked.iter().filter_map(|(_, _, size)| *size).max();
-    let held_back = match (held_back, largest) {
-        (None, Some(volume_bytes)) => space_hold_back(state, volume_bytes).await?,
-        (held_back, _) => held_back,
-    };
-    if held_back.is_some() {
-        picked.retain(|(_, _, to_encode)| to_encode.is_none());
+    // Held back for racks, `picked` holds no volume to encode; else each
+    // one to encode goes on only if the cell has room for it.
+    let mut held_back = held_back;
+    if picked.iter().any(|(_, _, to_encode)| to_encode.is_some()) {
+        let rooms = storage_rooms(state).await?;
+        let mut fitting = Vec::with_capacity(picked.len());
+        for (locked_ms, id, to_encode) in picked {
+            let short = match to_encode {
+                Some(volume_bytes) => short_of_room(state, &rooms, id, volume_bytes)?,
+                None => None,
+            };
+            match short {
+                Some(why) => {
+                    held_back.get_or_insert(why);
+                }
+                None => fitting.push((locked_ms, id, to_encode)),
+            }
+        }
+        picked = fitting;
     }
-    state.metrics.set_migration_held_back(held_back.is_some());
+    // A forced volume says why in its answer; the gauge is the passes'.
+    if only.is_none() {
+        state.metrics.set_migration_held_back(held_back.is_some());
+    }
     report.held_back = held_back;
     if let Some(only) = only
         && picked.is_empty()
@@ -196,33 +211,15 @@ async fn hold_back(state: &AppState) -> Result<Option<String>, ApiError> {
     }))
 }
 
-/// Why a volume of `volume_bytes` could not be placed now for want of
-/// room, if so: fewer racks than a stripe needs hold an up storage node
-/// with room (`GET /space`, less its reserve) for its share of the
-/// volume's blocks: its largest block file times the blocks each up node
-/// gets when they are spread evenly. A node that does not answer has none;
-/// a volume whose size the directory has not learnt yet counts as 1 byte
-/// (the nodes must not be full).
-async fn space_hold_back(state: &AppState, volume_bytes: u64) -> Result<Option<String>, ApiError> {
-    let geometry = seal_geometry(volume_bytes.max(1), state.config.max_block_size_bytes)
-        .map_err(|e| ApiError::Internal(format!("a volume of {volume_bytes} bytes: {e}")))?;
-    let block_file_bytes = BlockHeader::new(1, 1, geometry, 0, 0)
-        .ok()
-        .and_then(|header| header.file_len_bytes())
-        .ok_or_else(|| ApiError::Internal(format!("a volume of {volume_bytes} bytes: no block")))?;
-    let stripes = geometry
-        .layout()
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .stripe_count()
-        .max(1);
+/// Each up storage node's rack and room for blocks (`GET /space`: its
+/// disk's available bytes less its reserve); a node that does not answer
+/// has none.
+async fn storage_rooms(state: &AppState) -> Result<Vec<(String, u64)>, ApiError> {
     let nodes = state.cache.nodes(true).await?;
-    let up: Vec<&NodeRecord> = nodes
+    let up = nodes
         .values()
-        .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
-        .collect();
-    let blocks = stripes * u64::from(DATA_BLOCKS + PARITY_BLOCKS);
-    let need = block_file_bytes.saturating_mul(blocks.div_ceil(up.len().max(1) as u64));
-    let rooms = futures::future::join_all(up.iter().map(|node| async move {
+        .filter(|n| n.role == NodeRole::F4Storage && n.is_up());
+    Ok(futures::future::join_all(up.map(|node| async move {
         let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
         let room = match client.space().await {
             Ok(space) => space.room_bytes,
@@ -231,13 +228,37 @@ async fn space_hold_back(state: &AppState, volume_bytes: u64) -> Result<Option<S
                 0
             }
         };
-        (node.rack.as_str(), room)
+        (node.rack.clone(), room)
     }))
-    .await;
+    .await)
+}
+
+/// Why volume `id` of `volume_bytes` cannot be placed on nodes with
+/// `rooms` (rack, room), if so: fewer racks than a stripe needs hold a node
+/// with room for its share of the volume's blocks, its largest block file
+/// times the blocks each node gets when they are spread evenly. A volume
+/// whose size the directory has not learnt yet counts as 1 byte (the
+/// nodes must not be full).
+fn short_of_room(
+    state: &AppState,
+    rooms: &[(String, u64)],
+    id: u32,
+    volume_bytes: u64,
+) -> Result<Option<String>, ApiError> {
+    let internal = |e: f4::Error| ApiError::Internal(format!("volume {id}: {e}"));
+    let geometry =
+        seal_geometry(volume_bytes.max(1), state.config.max_block_size_bytes).map_err(internal)?;
+    let block_file_bytes = BlockHeader::new(1, 1, geometry, 0, 0)
+        .map_err(internal)?
+        .file_len_bytes()
+        .ok_or_else(|| ApiError::Internal(format!("volume {id}: a block over u64")))?;
+    let stripes = geometry.layout().map_err(internal)?.stripe_count().max(1);
+    let blocks = stripes * u64::from(DATA_BLOCKS + PARITY_BLOCKS);
+    let need = block_file_bytes.saturating_mul(blocks.div_ceil(rooms.len().max(1) as u64));
     let racks: HashSet<&str> = rooms
-        .into_iter()
+        .iter()
         .filter(|(_, room)| *room >= need)
-        .map(|(rack, _)| rack)
+        .map(|(rack, _)| rack.as_str())
         .collect();
     let needed = if state.config.allow_fewer_racks {
         1
@@ -247,7 +268,7 @@ async fn space_hold_back(state: &AppState, volume_bytes: u64) -> Result<Option<S
     Ok((racks.len() < needed).then(|| {
         format!(
             "held back: {} rack(s) have a storage node with room for {need} bytes of blocks \
-             (a volume of {volume_bytes} bytes), a stripe needs {needed}",
+             (volume {id}, {volume_bytes} bytes), a stripe needs {needed}",
             racks.len()
         )
     }))
