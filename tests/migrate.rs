@@ -770,7 +770,21 @@ async fn no_room_on_the_storage_nodes_holds_migrations_back() -> anyhow::Result<
 
     let blobs = fill(&client, &router, 71, 1).await?;
     let vid = locked_volume(&client, &router).await?;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Once the volume is older than `--warm-after`, a pass considers it.
+    wait_until(
+        "a pass holding the volume back",
+        Duration::from_secs(30),
+        || async {
+            let pass: Value = client
+                .post(format!("{router}/admin/migrate"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok(pass["held_back"].is_string())
+        },
+    )
+    .await?;
     let pass: Value = client
         .post(format!("{router}/admin/migrate"))
         .send()
