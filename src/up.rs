@@ -21,8 +21,9 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 /// How long roles get to finish in-flight requests on shutdown.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Async worker threads of `hayloft up` in one process: half the cores,
-/// at least one (`TOKIO_WORKER_THREADS` overrides it). Every hop between
+/// Async worker threads of `hayloft up` in one process, and of each node
+/// `up --spawn` starts: half the cores, at least one
+/// (`TOKIO_WORKER_THREADS` overrides it). Every hop between
 /// roles is loopback HTTP inside this process, so each request wakes tasks
 /// on both ends of two hops; with fewer workers those wake-ups stay on one
 /// thread instead of bouncing between threads, and the other cores are left
