@@ -278,38 +278,78 @@ fn needle_crc(header: &[u8], content_type: &[u8], data_hasher: &crc32fast::Hashe
     h.finalize()
 }
 
-/// Encodes a live needle. Returns the bytes and the CRC32 of `data` alone.
+/// A live needle around its data: what goes before the data (header and
+/// content type) and after it (footer and padding), so that the data itself
+/// is written from the caller's buffers without being copied into one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedleFrame {
+    /// Header and content type.
+    pub head: Vec<u8>,
+    /// Footer magic, needle CRC and the zero padding to the alignment.
+    pub tail: Vec<u8>,
+    /// The needle's size on disk: head, data and tail.
+    pub size_bytes: u64,
+    /// CRC32 of the data alone.
+    pub data_crc: u32,
+}
+
+/// Frames a live needle whose data is `parts` in order.
 ///
 /// The caller validates sizes first ([`check_needle_input`]).
-pub fn encode_needle(key: u64, cookie: u32, content_type: &str, data: &[u8]) -> (Vec<u8>, u32) {
+pub fn frame_needle(key: u64, cookie: u32, content_type: &str, parts: &[&[u8]]) -> NeedleFrame {
     let ct = content_type.as_bytes();
     assert!(
         ct.len() <= CONTENT_TYPE_LEN_MAX,
         "content type checked by caller"
     );
-    let size = needle_size_bytes(ct.len(), data.len() as u64);
-    assert!(size <= NEEDLE_SIZE_MAX, "needle size checked by caller");
-    let size = usize::try_from(size).expect("needle fits in memory");
-    let mut b = Vec::with_capacity(size);
-    b.extend_from_slice(&NEEDLE_HEADER_MAGIC.to_le_bytes());
-    b.extend_from_slice(&cookie.to_le_bytes());
-    b.extend_from_slice(&key.to_le_bytes());
-    b.push(0);
-    b.push(u8::try_from(ct.len()).expect("checked above"));
-    b.extend_from_slice(&0u16.to_le_bytes());
-    let data_size = u32::try_from(data.len()).expect("checked above");
-    b.extend_from_slice(&data_size.to_le_bytes());
-    debug_assert_eq!(b.len(), NEEDLE_HEADER_SIZE);
-    b.extend_from_slice(ct);
-    b.extend_from_slice(data);
+    let data_len: usize = parts.iter().map(|part| part.len()).sum();
+    let size_bytes = needle_size_bytes(ct.len(), data_len as u64);
+    assert!(
+        size_bytes <= NEEDLE_SIZE_MAX,
+        "needle size checked by caller"
+    );
+    let mut head = Vec::with_capacity(NEEDLE_HEADER_SIZE + ct.len());
+    head.extend_from_slice(&NEEDLE_HEADER_MAGIC.to_le_bytes());
+    head.extend_from_slice(&cookie.to_le_bytes());
+    head.extend_from_slice(&key.to_le_bytes());
+    head.push(0);
+    head.push(u8::try_from(ct.len()).expect("checked above"));
+    head.extend_from_slice(&0u16.to_le_bytes());
+    let data_size = u32::try_from(data_len).expect("checked above");
+    head.extend_from_slice(&data_size.to_le_bytes());
+    debug_assert_eq!(head.len(), NEEDLE_HEADER_SIZE);
+    head.extend_from_slice(ct);
     let mut dh = crc32fast::Hasher::new();
-    dh.update(data);
+    for part in parts {
+        dh.update(part);
+    }
     let data_crc = dh.clone().finalize();
-    let crc = needle_crc(&b[..NEEDLE_HEADER_SIZE], ct, &dh);
-    b.extend_from_slice(&NEEDLE_FOOTER_MAGIC.to_le_bytes());
-    b.extend_from_slice(&crc.to_le_bytes());
-    b.resize(size, 0);
-    (b, data_crc)
+    let crc = needle_crc(&head[..NEEDLE_HEADER_SIZE], ct, &dh);
+    let tail_len =
+        usize::try_from(size_bytes).expect("needle fits in memory") - head.len() - data_len;
+    let mut tail = Vec::with_capacity(tail_len);
+    tail.extend_from_slice(&NEEDLE_FOOTER_MAGIC.to_le_bytes());
+    tail.extend_from_slice(&crc.to_le_bytes());
+    tail.resize(tail_len, 0);
+    NeedleFrame {
+        head,
+        tail,
+        size_bytes,
+        data_crc,
+    }
+}
+
+/// Encodes a live needle. Returns the bytes and the CRC32 of `data` alone.
+///
+/// The caller validates sizes first ([`check_needle_input`]).
+pub fn encode_needle(key: u64, cookie: u32, content_type: &str, data: &[u8]) -> (Vec<u8>, u32) {
+    let frame = frame_needle(key, cookie, content_type, &[data]);
+    let mut b =
+        Vec::with_capacity(usize::try_from(frame.size_bytes).expect("needle fits in memory"));
+    b.extend_from_slice(&frame.head);
+    b.extend_from_slice(data);
+    b.extend_from_slice(&frame.tail);
+    (b, frame.data_crc)
 }
 
 /// Checks that a needle with this content type and data length can be encoded.
@@ -556,6 +596,28 @@ mod tests {
             let mut b = bytes.clone();
             b[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_needle(b, 1, 64).is_err(), "bit {bit} undetected");
+        }
+    }
+
+    /// A needle framed around its data in pieces is byte for byte the
+    /// needle encoded from the data in one buffer, for every way of cutting
+    /// it (empty pieces included) and every padding.
+    #[test]
+    fn a_needle_framed_around_pieces_is_the_encoded_needle() {
+        let data: Vec<u8> = (0..37u8).collect();
+        for len in 0..data.len() {
+            let data = &data[..len];
+            let (whole, crc) = encode_needle(9, 42, "image/png", data);
+            for cut in 0..=len {
+                let parts: [&[u8]; 4] = [&[], &data[..cut], &[], &data[cut..]];
+                let frame = frame_needle(9, 42, "image/png", &parts);
+                let mut framed = frame.head.clone();
+                framed.extend_from_slice(data);
+                framed.extend_from_slice(&frame.tail);
+                assert_eq!(framed, whole, "len {len}, cut at {cut}");
+                assert_eq!(frame.size_bytes, whole.len() as u64);
+                assert_eq!(frame.data_crc, crc);
+            }
         }
     }
 

@@ -402,7 +402,20 @@ impl Volume {
         content_type: &str,
         data: &[u8],
     ) -> Result<AppendOutcome> {
-        self.write_needle(key, cookie, content_type, data)?.wait()
+        self.append_needle_parts(key, cookie, content_type, &[data])
+    }
+
+    /// [`Volume::append_needle`] of the data that is `parts` in order (a body
+    /// as it arrived, chunk by chunk): no copy of the data is made.
+    pub fn append_needle_parts(
+        &self,
+        key: u64,
+        cookie: u32,
+        content_type: &str,
+        parts: &[&[u8]],
+    ) -> Result<AppendOutcome> {
+        self.write_needle_parts(key, cookie, content_type, parts)?
+            .wait()
     }
 
     /// First half of [`Volume::append_needle`]: checks and writes the needle at the end of
@@ -417,13 +430,29 @@ impl Volume {
         content_type: &str,
         data: &[u8],
     ) -> Result<PendingAppend<'_>> {
-        let size = format::check_needle_input(content_type, data.len())?;
+        self.write_needle_parts(key, cookie, content_type, &[data])
+    }
+
+    /// [`Volume::write_needle`] of the data that is `parts` in order.
+    pub fn write_needle_parts(
+        &self,
+        key: u64,
+        cookie: u32,
+        content_type: &str,
+        parts: &[&[u8]],
+    ) -> Result<PendingAppend<'_>> {
+        let data_len: usize = parts.iter().map(|part| part.len()).sum();
+        let size = format::check_needle_input(content_type, data_len)?;
         if size > self.opts.size_limit_bytes.saturating_sub(SUPERBLOCK_SIZE) {
             return Err(Error::InvalidInput(format!(
                 "a needle of {size} bytes exceeds the volume size limit"
             )));
         }
-        let (bytes, _) = format::encode_needle(key, cookie, content_type, data);
+        let frame = format::frame_needle(key, cookie, content_type, parts);
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
+        bufs.push(&frame.head);
+        bufs.extend_from_slice(parts);
+        bufs.push(&frame.tail);
         let mut st = self.state.lock();
         while st.compacting {
             self.cond.wait(&mut st);
@@ -445,7 +474,7 @@ impl Volume {
         }
         let offset = st.end;
         let file = self.files.read().data.clone();
-        if let Err(e) = file.write_at(&bytes, offset) {
+        if let Err(e) = file.write_vectored_at(&bufs, offset) {
             st.failed = true;
             error!(volume = self.id, error = %e, "needle write failed; volume is read-only");
             return Err(e.into());

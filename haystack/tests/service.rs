@@ -330,6 +330,49 @@ async fn locked_volume_refuses_appends_and_streams_its_files() {
     .await;
 }
 
+/// A body that arrives in pieces of every size (single bytes, pieces under
+/// and over the size the node gathers, one after the other) is stored byte
+/// for byte: the node writes the needle from the pieces as they came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_pieces_of_every_size_is_stored_whole() {
+    bounded(async {
+        let node = Node::start().await;
+        let c = &node.client;
+        c.create_volume(1).await.expect("create");
+        let data = blob(200_000, 9);
+        let cuts = [
+            1usize, 1, 100, 40_000, 3, 16_383, 16_384, 16_385, 5, 70_000, 7,
+        ];
+        let mut stream = TcpStream::connect(node.addr()).await.expect("connect");
+        stream
+            .write_all(&put_head(data.len() as u64))
+            .await
+            .expect("head");
+        let mut at = 0;
+        for cut in cuts.iter().cycle() {
+            let end = (at + cut).min(data.len());
+            stream.write_all(&data[at..end]).await.expect("piece");
+            stream.flush().await.expect("flush");
+            // Separate pieces arrive as separate chunks.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            at = end;
+            if at == data.len() {
+                break;
+            }
+        }
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.expect("answer");
+        assert!(answer.starts_with(b"HTTP/1.1 201"), "{answer:?}");
+        let got = c
+            .read_needle_bytes(1, 1, 1)
+            .await
+            .expect("read the needle back");
+        assert_eq!(got.data, data);
+        node.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_short_and_unsized_bodies_write_nothing() {
     bounded(async {

@@ -231,11 +231,12 @@ async fn append_needle(
         .map_err(|_| ApiError::timeout("no upload buffer room within the request timeout"))?
         .map_err(|_| ApiError::internal("buffer semaphore closed"))?;
     let idle = Duration::from_millis(state.config().body_idle_timeout_ms);
-    let data = collect_body(body, content_length, idle).await?;
+    let chunks = collect_body(body, content_length, idle).await?;
     let append = state.blocking(move |store| {
+        let parts: Vec<&[u8]> = chunks.iter().map(|chunk| &chunk[..]).collect();
         store
             .volume(volume)?
-            .append_needle(key, cookie, &content_type, &data)
+            .append_needle_parts(key, cookie, &content_type, &parts)
     });
     let outcome = tokio::time::timeout(timeout, append)
         .await
@@ -262,40 +263,59 @@ fn content_length(headers: &HeaderMap) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::bad_request("Content-Length must be a decimal number"))
 }
 
+/// Chunks of a body below this size are gathered into one buffer (a copy),
+/// so that a body sent in tiny pieces cannot make a list of millions.
+const SMALL_CHUNK_BYTES: usize = 16 * 1024;
+
 /// Reads exactly `expected` bytes of body, with at most `idle` between
-/// chunks. A body that ends early is a 400; one that goes past `expected`
-/// (which hyper prevents for a `Content-Length` body) a 413.
-async fn collect_body(body: Body, expected: u64, idle: Duration) -> Result<Bytes, ApiError> {
-    let capacity =
-        usize::try_from(expected).map_err(|_| ApiError::payload_too_large("body too large"))?;
-    let mut buf = BytesMut::with_capacity(capacity);
+/// chunks, and keeps its large chunks as they arrived (the needle is written
+/// from them; no copy into one buffer). A body that ends early is a 400; one
+/// that goes past `expected` (which hyper prevents for a `Content-Length`
+/// body) a 413.
+async fn collect_body(body: Body, expected: u64, idle: Duration) -> Result<Vec<Bytes>, ApiError> {
+    let mut chunks = Vec::new();
+    let mut small = BytesMut::new();
+    let mut len: u64 = 0;
     let mut stream = body.into_data_stream();
     loop {
         match next_body_chunk(&mut stream, idle).await? {
             None => break,
             Some(Err(e)) => {
                 return Err(ApiError::bad_request(format!(
-                    "body ended after {} of {expected} bytes: {e}",
-                    buf.len()
+                    "body ended after {len} of {expected} bytes: {e}"
                 )));
             }
             Some(Ok(chunk)) => {
-                if (buf.len() + chunk.len()) as u64 > expected {
+                if len + chunk.len() as u64 > expected {
                     return Err(ApiError::payload_too_large(
                         "body longer than Content-Length",
                     ));
                 }
-                buf.extend_from_slice(&chunk);
+                len += chunk.len() as u64;
+                if chunk.len() < SMALL_CHUNK_BYTES {
+                    small.extend_from_slice(&chunk);
+                    if small.len() < SMALL_CHUNK_BYTES {
+                        continue;
+                    }
+                }
+                if !small.is_empty() {
+                    chunks.push(small.split().freeze());
+                }
+                if chunk.len() >= SMALL_CHUNK_BYTES {
+                    chunks.push(chunk);
+                }
             }
         }
     }
-    if buf.len() as u64 != expected {
+    if !small.is_empty() {
+        chunks.push(small.freeze());
+    }
+    if len != expected {
         return Err(ApiError::bad_request(format!(
-            "body has {} bytes, Content-Length said {expected}",
-            buf.len()
+            "body has {len} bytes, Content-Length said {expected}"
         )));
     }
-    Ok(buf.freeze())
+    Ok(chunks)
 }
 
 async fn read_needle(
