@@ -14,8 +14,8 @@
 # Environment (all optional):
 #   SIZE=64KiB COUNT=1536 FETCHES=3000 ROUNDS=3 CONCURRENCY=16
 #   WORK=<temp dir>  HAYLOFT_PORT=18080
-#   TOKIO_WORKER_THREADS=<n>   worker threads of every node (default: see
-#                              `hayloft up --spawn` in docs/BENCHMARKS.md)
+#   WORKERS=<n>      worker threads of every node (TOKIO_WORKER_THREADS of
+#                    `hayloft up --spawn`; default: its own choice)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -32,17 +32,26 @@ mkdir -p "$WORK"
 
 # shellcheck source=bench/scripts/lib.sh
 . bench/scripts/lib.sh
-trap 'stop_all; rm -rf "$WORK/hayloft"' EXIT INT TERM
+trap 'stop_all; rm -rf "$WORK/hayloft"' EXIT
+trap 'exit 130' INT TERM
 build_release
 
-"$HAYLOFT" up --spawn --data "$WORK/hayloft" --listen "$IP:$HAYLOFT_PORT" --volume-size 256MiB \
+rm -rf "$WORK/hayloft"
+${WORKERS:+env TOKIO_WORKER_THREADS="$WORKERS"} "$HAYLOFT" up --spawn --data "$WORK/hayloft" --listen "$IP:$HAYLOFT_PORT" --volume-size 256MiB \
   >"$WORK/hayloft.log" 2>&1 &
 PIDS+=($!)
 wait_http "$router/health" "hayloft router"
 for _ in $(seq 1 300); do [ -f "$WORK/hayloft/cluster.json" ] && break; sleep 0.2; done
+[ -f "$WORK/hayloft/cluster.json" ] || { echo "no cluster.json from hayloft up" >&2; exit 1; }
 
 "$LOADGEN" --target hayloft --url "$router" --size "$SIZE" --concurrency "$CONCURRENCY" \
-  --requests "$COUNT" --warmup 0 --upload-only --save-urls "$WORK/urls" --label upload >/dev/null
+  --requests "$COUNT" --warmup 0 --upload-only --save-urls "$WORK/urls" --label upload >"$WORK/upload.json"
+python3 - "$WORK/upload.json" <<'PY'
+import json, sys
+errors = json.load(open(sys.argv[1]))["upload"]["errors"]
+if errors:
+    sys.exit(f"{errors} uploads failed")
+PY
 fetch() { # label
   sync
   "$LOADGEN" --target hayloft --url "http://$IP" --fetch-urls "$WORK/urls" --size "$SIZE" \
@@ -57,7 +66,10 @@ for vid in $vids; do
   curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
     -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"
 done
-for vid in $vids; do "$HAYLOFT" warm seal --volume "$vid" --router "$router" >>"$WORK/seal.log" 2>&1; done
+for vid in $vids; do
+  "$HAYLOFT" warm seal --volume "$vid" --router "$router" >>"$WORK/seal.log" 2>&1 ||
+    { echo "sealing volume $vid failed:" >&2; tail -5 "$WORK/seal.log" >&2; exit 1; }
+done
 for _ in $(seq 1 "$ROUNDS"); do fetch warm; done
 
 python3 - "$WORK/results.jsonl" "$SIZE" <<'PY'

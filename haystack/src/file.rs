@@ -24,8 +24,9 @@ pub trait Storage: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
-    /// Writes `bufs` one after the other from `offset`, as one write of their
-    /// concatenation. The default writes each with [`Storage::write_at`];
+    /// Writes `bufs` one after the other from `offset`: the same bytes as
+    /// their concatenation written there, and no more atomic (on an error a
+    /// prefix may be written). The default writes each with [`Storage::write_at`];
     /// [`FileStorage`] gathers them with `pwritev`, so a needle's data goes
     /// to the file from the buffers it arrived in.
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
@@ -113,8 +114,7 @@ impl Storage for FileStorage {
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
         use std::io::IoSlice;
         use std::os::fd::AsRawFd;
-        /// Most buffers one `pwritev` takes (Linux's `IOV_MAX`).
-        const IOV_MAX: usize = 1024;
+        const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
         let mut slices: Vec<IoSlice> = bufs
             .iter()
             .filter(|buf| !buf.is_empty())

@@ -42,6 +42,12 @@ impl Storage for CrashStorage {
         }
         self.inner.write_at(buf, offset)
     }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        if self.state.crashed.load(Ordering::SeqCst) {
+            return Err(dead());
+        }
+        self.inner.write_vectored_at(bufs, offset)
+    }
     fn sync_data(&self) -> io::Result<()> {
         let len = self.inner.len()?;
         if self.state.crashed.load(Ordering::SeqCst) {

@@ -37,6 +37,13 @@ impl Storage for FullStorage {
         }
         self.inner.write_at(buf, offset)
     }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let len: usize = bufs.iter().map(|buf| buf.len()).sum();
+        if self.disk.left.fetch_sub(len as i64, Ordering::SeqCst) < len as i64 {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.inner.write_vectored_at(bufs, offset)
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.inner.sync_data()
     }

@@ -59,6 +59,11 @@ impl Storage for FaultyStorage {
         self.faults.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.write_at(buf, offset)
     }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        // One needle, one write (the tests count needles by writes).
+        self.faults.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.write_vectored_at(bufs, offset)
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.faults.syncs.fetch_add(1, Ordering::SeqCst);
         let mut held = self.faults.hold_syncs.lock();

@@ -98,6 +98,9 @@ impl Storage for ProbedStorage {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.inner.write_at(buf, offset)
     }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.inner.write_vectored_at(bufs, offset)
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.inner.sync_data()
     }
