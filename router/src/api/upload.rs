@@ -41,7 +41,6 @@ use bytes::Bytes;
 use haystack::client::ClientError;
 use http_body_util::BodyExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ApiError;
@@ -52,7 +51,10 @@ use super::state::AppState;
 use super::{Tier, etag_for};
 use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
 
+mod digest;
 mod stream;
+
+use digest::BodyDigest;
 
 /// Content type stored when the client sends none.
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -231,7 +233,7 @@ async fn receive_body(
     }
     let mut chunks = Vec::new();
     let mut len: u64 = 0;
-    let mut hasher = Sha256::new();
+    let mut digest = BodyDigest::new(declared_len);
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(ApiError::BodyTimeout { timeout_ms }),
@@ -255,7 +257,7 @@ async fn receive_body(
             return Err(ApiError::PayloadTooLarge { limit_bytes });
         }
         reserve_memory(state, &mut memory, &mut reserved_kib, len, idle).await?;
-        hasher.update(&data);
+        digest.update(&data).await?;
         chunks.push(data);
     }
     if let Some(declared) = declared_len
@@ -268,7 +270,7 @@ async fn receive_body(
     Ok(ReceivedBody {
         chunks,
         len,
-        sha256: hasher.finalize().into(),
+        sha256: digest.finish().await?,
         _memory: memory,
     })
 }

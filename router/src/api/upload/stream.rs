@@ -38,12 +38,11 @@ use bytes::Bytes;
 use futures::FutureExt;
 use haystack::client::{ClientError, StoreClient};
 use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::{
-    REFUSED_BODY_DRAIN_BYTES, ReplicaError, ReplicaFailure, attempt_volume, describe,
+    BodyDigest, REFUSED_BODY_DRAIN_BYTES, ReplicaError, ReplicaFailure, attempt_volume, describe,
     drain_refused_body, handle_failures, refused_by_every_replica, request_refusal,
 };
 use crate::api::error::ApiError;
@@ -250,7 +249,7 @@ async fn forward_body(
 ) -> Result<[u8; 32], Stop> {
     let idle_ms = state.config.body_idle_timeout_ms;
     let replica_timeout = Duration::from_millis(state.config.replica_timeout_ms);
-    let mut hasher = Sha256::new();
+    let mut digest = BodyDigest::new(Some(declared));
     let mut len: u64 = 0;
     while len < declared {
         let Some(data) = next_data(body, idle_ms).await.map_err(Stop::Client)? else {
@@ -272,7 +271,7 @@ async fn forward_body(
                 "body longer than its Content-Length of {declared} bytes"
             ))));
         }
-        hasher.update(&data);
+        digest.update(&data).await.map_err(Stop::Client)?;
         let memory = chunk_memory(state, data.len())
             .await
             .map_err(Stop::Client)?;
@@ -282,7 +281,7 @@ async fn forward_body(
         };
         send_chunk(appends, chunk, replica_timeout).await?;
     }
-    Ok(hasher.finalize().into())
+    digest.finish().await.map_err(Stop::Client)
 }
 
 /// The next non-empty data frame of the body, or `None` at its end.
@@ -501,6 +500,8 @@ async fn fail(
 
 #[cfg(test)]
 mod tests {
+    use sha2::Digest;
+
     use super::*;
 
     /// A body of `chunks`, as a client would send it.
@@ -569,7 +570,7 @@ mod tests {
         let sha = forward_body(&state, &mut body, 8, &appends)
             .await
             .unwrap_or_else(|_| panic!("an exact body is forwarded"));
-        assert_eq!(sha, <[u8; 32]>::from(Sha256::digest(b"01234567")));
+        assert_eq!(sha, <[u8; 32]>::from(sha2::Sha256::digest(b"01234567")));
         for append in appends {
             drop(append.chunks);
             append.task.abort();
