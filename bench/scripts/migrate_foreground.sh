@@ -53,7 +53,8 @@ cleanup() {
   rm -rf "$DATA"/hayloft-*
   unmount_scratch
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 choose_data_dir
 
 build_release

@@ -59,7 +59,8 @@ cleanup() {
   rm -rf "$DATA"/hayloft-* "$DATA"/swfs-* "$DATA"/raw-copy
   unmount_scratch
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 choose_data_dir
 
 build_release

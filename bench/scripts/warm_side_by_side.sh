@@ -66,7 +66,8 @@ cleanup() {
   stop_all
   if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$WORK"/hayloft-* "$WORK"/swfs-*; fi
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 build_release
 install_weed
