@@ -216,6 +216,41 @@ async fn jobs(client: &reqwest::Client, router: &str) -> anyhow::Result<Vec<Valu
         .await?)
 }
 
+/// `POST /admin/migrate` (one pass, now): its status and answer.
+async fn migration_pass(client: &reqwest::Client, router: &str) -> anyhow::Result<(u16, Value)> {
+    let answer = client
+        .post(format!("{router}/admin/migrate"))
+        .send()
+        .await?;
+    Ok((answer.status().as_u16(), answer.json().await?))
+}
+
+/// `POST /admin/volumes/{vid}/migrate` (the volume's job, now): its status
+/// and body.
+async fn force_migration(
+    client: &reqwest::Client,
+    router: &str,
+    vid: u32,
+) -> anyhow::Result<(u16, String)> {
+    let answer = client
+        .post(format!("{router}/admin/volumes/{vid}/migrate"))
+        .send()
+        .await?;
+    Ok((answer.status().as_u16(), answer.text().await?))
+}
+
+/// [`force_migration`]'s answer as JSON, from a task of its own.
+fn spawn_forced_migration(
+    client: reqwest::Client,
+    router: String,
+    vid: u32,
+) -> tokio::task::JoinHandle<anyhow::Result<Value>> {
+    tokio::spawn(async move {
+        let (_, text) = force_migration(&client, &router, vid).await?;
+        Ok(serde_json::from_str(&text)?)
+    })
+}
+
 /// Waits until a job is at `step`, then `kill -9`s the migrator and starts
 /// it again: the job's claim runs out and the new process takes it over.
 async fn kill_migrator_at(
@@ -437,10 +472,7 @@ async fn deletes_reads_and_a_flipped_bit_through_a_migration() -> anyhow::Result
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(180))
             .build()?;
-        let url = format!("{router}/admin/volumes/{vid}/migrate");
-        tokio::spawn(
-            async move { anyhow::Ok(client.post(url).send().await?.json::<Value>().await?) },
-        )
+        spawn_forced_migration(client, router.clone(), vid)
     };
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -657,12 +689,7 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
     let router = cluster.router.clone();
     let blobs = fill(&client, &router, 67, 1).await?;
     let vid = locked_volume(&client, &router).await?;
-    let force = || {
-        let url = format!("{router}/admin/volumes/{vid}/migrate");
-        let client = client.clone();
-        async move { anyhow::Ok(client.post(url).send().await?.json::<Value>().await?) }
-    };
-    let first = tokio::spawn(force());
+    let first = spawn_forced_migration(client.clone(), router.clone(), vid);
     wait_until("the job encoding", Duration::from_secs(60), || async {
         Ok(jobs(&client, &router)
             .await?
@@ -688,25 +715,14 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
     // While f4-3 is down, 13 racks cannot hold a stripe: the pass holds
     // back rather than start a job that cannot finish.
     wait_until("f4-3 marked down", Duration::from_secs(60), || async {
-        let answer = client
-            .post(format!("{router}/admin/migrate"))
-            .send()
-            .await?;
-        let status = answer.status();
-        let pass: Value = answer.json().await?;
+        let (status, pass) = migration_pass(&client, &router).await?;
         anyhow::ensure!(status == 200, "a pass answered {status}: {pass}");
         Ok(pass["held_back"]
             .as_str()
             .is_some_and(|why| why.contains("13 rack")))
     })
     .await?;
-    let (status, text) = {
-        let answer = client
-            .post(format!("{router}/admin/volumes/{vid}/migrate"))
-            .send()
-            .await?;
-        (answer.status().as_u16(), answer.text().await?)
-    };
+    let (status, text) = force_migration(&client, &router, vid).await?;
     anyhow::ensure!(
         status == 503 && text.contains("held back"),
         "forcing volume {vid} with 13 racks: {status} {text}"
@@ -714,7 +730,7 @@ async fn a_storage_node_lost_while_encoding_never_commits_short() -> anyhow::Res
     let metrics = router_metrics(&client, &router).await?;
     anyhow::ensure!(metrics.contains("hayloft_migration_held_back 1"));
     let _back = cluster.restart_node("f4-3")?;
-    let pass = force().await?;
+    let pass = spawn_forced_migration(client.clone(), router.clone(), vid).await??;
     anyhow::ensure!(pass["jobs"][0]["step"] == "warm", "with f4-3 back: {pass}");
     for store in ["store-1", "store-2", "store-3"] {
         cluster.kill_node(store)?;
@@ -774,23 +790,10 @@ async fn no_room_on_the_storage_nodes_holds_migrations_back() -> anyhow::Result<
     wait_until(
         "a pass holding the volume back",
         Duration::from_secs(30),
-        || async {
-            let pass: Value = client
-                .post(format!("{router}/admin/migrate"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            Ok(pass["held_back"].is_string())
-        },
+        || async { Ok(migration_pass(&client, &router).await?.1["held_back"].is_string()) },
     )
     .await?;
-    let pass: Value = client
-        .post(format!("{router}/admin/migrate"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let (_, pass) = migration_pass(&client, &router).await?;
     anyhow::ensure!(
         pass["held_back"]
             .as_str()
@@ -803,11 +806,7 @@ async fn no_room_on_the_storage_nodes_holds_migrations_back() -> anyhow::Result<
             .await?
             .contains("hayloft_migration_held_back 1")
     );
-    let forced = client
-        .post(format!("{router}/admin/volumes/{vid}/migrate"))
-        .send()
-        .await?;
-    let (status, text) = (forced.status(), forced.text().await?);
+    let (status, text) = force_migration(&client, &router, vid).await?;
     anyhow::ensure!(
         status == 503 && text.contains("room"),
         "forcing with no room: {status} {text}"
@@ -962,15 +961,7 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
     let vid = locked_volume(&client, &router).await?;
     let ours: Vec<&Blob> = blobs.iter().filter(|b| b.volume() == vid).collect();
     let (doomed, kept) = (ours[0], &ours[1..]);
-    let migration = {
-        let (client, url) = (
-            client.clone(),
-            format!("{router}/admin/volumes/{vid}/migrate"),
-        );
-        tokio::spawn(
-            async move { anyhow::Ok(client.post(url).send().await?.json::<Value>().await?) },
-        )
-    };
+    let migration = spawn_forced_migration(client.clone(), router.clone(), vid);
     paused_at(&cluster, "migrate-flipping").await?;
     let holders: Vec<String> = volume(&client, &router, vid).await?["warm"]["journal_holders"]
         .as_array()
