@@ -11,6 +11,14 @@ stop_all() {
   PIDS=()
 }
 
+# Runs COMMAND when the script exits, and makes INT and TERM end the script
+# (after COMMAND) instead of letting it run on against what it stopped.
+on_exit() { # command
+  # shellcheck disable=SC2064  # the command is fixed now, on purpose
+  trap "$1" EXIT
+  trap 'exit 130' INT TERM
+}
+
 # Polls a URL until it answers 2xx, for up to two minutes.
 wait_http() { # url what
   for _ in $(seq 1 600); do

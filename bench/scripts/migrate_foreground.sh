@@ -53,8 +53,7 @@ cleanup() {
   rm -rf "$DATA"/hayloft-*
   unmount_scratch
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit cleanup
 choose_data_dir
 
 build_release

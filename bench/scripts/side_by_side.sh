@@ -47,8 +47,7 @@ cleanup() {
   # A full run writes ~20 GiB; keep only logs and results unless asked.
   if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$WORK/hayloft" "$WORK/swfs"; fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit cleanup
 
 build_release
 

@@ -66,8 +66,7 @@ cleanup() {
   stop_all
   if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$WORK"/hayloft-* "$WORK"/swfs-*; fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit cleanup
 
 build_release
 install_weed

@@ -32,8 +32,7 @@ mkdir -p "$WORK"
 
 # shellcheck source=bench/scripts/lib.sh
 . bench/scripts/lib.sh
-trap 'stop_all; rm -rf "$WORK/hayloft"' EXIT
-trap 'exit 130' INT TERM
+on_exit 'stop_all; rm -rf "$WORK/hayloft"'
 build_release
 
 rm -rf "$WORK/hayloft"
