@@ -11,7 +11,7 @@
 //! block left dirty in the page cache took about a second to sync).
 
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
+use std::io;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -156,21 +156,12 @@ impl FileWriter {
 
 /// The writing thread: every run in order, with writeback started every
 /// [`WRITEBACK_BYTES`].
-fn write_runs(mut file: File, mut runs: mpsc::Receiver<Vec<Bytes>>) -> io::Result<File> {
+fn write_runs(file: File, mut runs: mpsc::Receiver<Vec<Bytes>>) -> io::Result<File> {
     let (mut written, mut started) = (0u64, 0u64);
     while let Some(run) = runs.blocking_recv() {
-        let mut slices: Vec<IoSlice> = run.iter().map(|chunk| IoSlice::new(chunk)).collect();
-        let mut slices = &mut slices[..];
-        while !slices.is_empty() {
-            let n = match file.write_vectored(slices) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            IoSlice::advance_slices(&mut slices, n);
-            written += n as u64;
-        }
+        let bufs: Vec<&[u8]> = run.iter().map(|chunk| &chunk[..]).collect();
+        haystack::file::write_all_vectored_at(&file, &bufs, written)?;
+        written += bufs.iter().map(|buf| buf.len() as u64).sum::<u64>();
         if written - started >= WRITEBACK_BYTES {
             haystack::file::start_writeback(&file, started, written - started)?;
             started = written;

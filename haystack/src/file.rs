@@ -27,8 +27,8 @@ pub trait Storage: Send + Sync {
     /// Writes `bufs` one after the other from `offset`: the same bytes as
     /// their concatenation written there, and no more atomic (on an error a
     /// prefix may be written). The default writes each with [`Storage::write_at`];
-    /// [`FileStorage`] gathers them with `pwritev`, so a needle's data goes
-    /// to the file from the buffers it arrived in.
+    /// [`FileStorage`] gathers them ([`write_all_vectored_at`]), so a
+    /// needle's data goes to the file from the buffers it arrived in.
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
         let mut at = offset;
         for buf in bufs {
@@ -72,6 +72,64 @@ pub trait Storage: Send + Sync {
     }
 }
 
+/// Writes `bufs` one after the other into `file` from `offset`: the same
+/// bytes as their concatenation written there, gathered with `pwritev` on
+/// Linux (in batches of `UIO_MAXIOV`, resumed after a partial write), each
+/// with `write_all_at` elsewhere. Not atomic: on an error a prefix may be
+/// written.
+pub fn write_all_vectored_at(file: &File, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+        let mut slices: Vec<IoSlice> = bufs
+            .iter()
+            .filter(|buf| !buf.is_empty())
+            .map(|buf| IoSlice::new(buf))
+            .collect();
+        let mut rest = &mut slices[..];
+        let mut at = offset;
+        while !rest.is_empty() {
+            let count = rest.len().min(IOV_MAX);
+            let pos = libc::off_t::try_from(at)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset past off_t"))?;
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and
+            // `count` slices of `rest` are valid for reads during the call.
+            let n = unsafe {
+                libc::pwritev(
+                    file.as_raw_fd(),
+                    rest.as_ptr().cast::<libc::iovec>(),
+                    count as libc::c_int,
+                    pos,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            at += n as u64;
+            IoSlice::advance_slices(&mut rest, n as usize);
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut at = offset;
+        for buf in bufs {
+            file.write_all_at(buf, at)?;
+            at += buf.len() as u64;
+        }
+        Ok(())
+    }
+}
+
 /// Opens files for the engine.
 pub trait StorageBackend: Send + Sync {
     /// Opens `path` for reading and writing; creates it (empty) if `create` and it is missing.
@@ -110,46 +168,8 @@ impl Storage for FileStorage {
         self.file.write_all_at(buf, offset)
     }
 
-    #[cfg(target_os = "linux")]
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-        use std::io::IoSlice;
-        use std::os::fd::AsRawFd;
-        const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
-        let mut slices: Vec<IoSlice> = bufs
-            .iter()
-            .filter(|buf| !buf.is_empty())
-            .map(|buf| IoSlice::new(buf))
-            .collect();
-        let mut rest = &mut slices[..];
-        let mut at = offset;
-        while !rest.is_empty() {
-            let count = rest.len().min(IOV_MAX);
-            let pos = libc::off_t::try_from(at)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset past off_t"))?;
-            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and
-            // `count` slices of `rest` are valid for reads during the call.
-            let n = unsafe {
-                libc::pwritev(
-                    self.file.as_raw_fd(),
-                    rest.as_ptr().cast::<libc::iovec>(),
-                    count as libc::c_int,
-                    pos,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            at += n as u64;
-            IoSlice::advance_slices(&mut rest, n as usize);
-        }
-        Ok(())
+        write_all_vectored_at(&self.file, bufs, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {
