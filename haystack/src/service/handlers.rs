@@ -471,3 +471,54 @@ async fn volume_file(
     ];
     Ok((headers, Body::from_stream(stream)).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body's bytes come back in order, large chunks as they arrived
+    /// (the same memory, not a copy) and runs of small ones gathered, for
+    /// chunk boundaries set exactly (a stream, not a socket's timing).
+    #[tokio::test]
+    async fn a_body_keeps_its_large_chunks_and_gathers_small_ones() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+        let cuts = [1usize, 1, 100, 40_000, 3, 16_383, 16_384, 16_385, 5, 70_000];
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for cut in cuts.iter().cycle() {
+            let end = (at + cut).min(data.len());
+            chunks.push(Bytes::copy_from_slice(&data[at..end]));
+            at = end;
+            if at == data.len() {
+                break;
+            }
+        }
+        let large: Vec<*const u8> = chunks
+            .iter()
+            .filter(|c| c.len() >= SMALL_CHUNK_BYTES)
+            .map(|c| c.as_ptr())
+            .collect();
+        let sent = chunks.clone();
+        let body = Body::from_stream(futures::stream::iter(
+            sent.into_iter().map(Ok::<_, Infallible>),
+        ));
+        let kept = collect_body(body, data.len() as u64, Duration::from_secs(5))
+            .await
+            .expect("a whole body");
+        assert_eq!(kept.concat(), data);
+        let kept_at: Vec<*const u8> = kept.iter().map(|c| c.as_ptr()).collect();
+        for ptr in &large {
+            assert!(kept_at.contains(ptr), "a large chunk was copied");
+        }
+        assert!(
+            kept.iter().all(|c| !c.is_empty()),
+            "no empty pieces are kept"
+        );
+        assert!(
+            kept.len() < chunks.len(),
+            "small chunks were not gathered: {} of {}",
+            kept.len(),
+            chunks.len()
+        );
+    }
+}
