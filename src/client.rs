@@ -185,6 +185,82 @@ impl RouterClient {
         Ok(())
     }
 
+    /// `hayloft repair`: one coordinator pass now (`POST /admin/repair`),
+    /// or with `status_only` the report alone (`GET /admin/repair`). Fails
+    /// if a rebuild failed.
+    pub async fn repair(&self, status_only: bool, json: bool) -> anyhow::Result<()> {
+        let url = format!("{}/admin/repair", self.base);
+        let request = if status_only {
+            self.http.get(url)
+        } else {
+            self.http.post(url)
+        };
+        let answer: serde_json::Value = checked(request.send().await.context("repairing")?)
+            .await?
+            .json()
+            .await?;
+        let rebuilds = answer["rebuilds"].as_array().cloned().unwrap_or_default();
+        let failed = rebuilds.iter().any(|r| !r["error"].is_null());
+        if json {
+            println!("{answer}");
+            anyhow::ensure!(!failed, "a rebuild failed");
+            return Ok(());
+        }
+        let names = |key: &str| {
+            answer[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        };
+        println!("lost storage nodes: {}", names("lost_nodes"));
+        println!("down storage nodes: {}", names("down_nodes"));
+        for stripe in answer["endangered"].as_array().into_iter().flatten() {
+            println!(
+                "volume {} stripe {}: {} blocks to rebuild {}, {} unavailable",
+                field(stripe, "volume"),
+                field(stripe, "stripe"),
+                stripe["missing"].as_array().map_or(0, Vec::len),
+                stripe["missing"],
+                stripe["unavailable"].as_array().map_or(0, Vec::len),
+            );
+        }
+        for rebuild in &rebuilds {
+            match rebuild["error"].as_str() {
+                None => println!(
+                    "volume {} stripe {}: rebuilt {} ({} bytes, {:.1} s)",
+                    field(rebuild, "volume"),
+                    field(rebuild, "stripe"),
+                    rebuild["blocks"],
+                    field(rebuild, "written_bytes"),
+                    rebuild["seconds"].as_f64().unwrap_or(0.0),
+                ),
+                Some(error) => println!(
+                    "volume {} stripe {}: rebuild failed: {error}",
+                    field(rebuild, "volume"),
+                    field(rebuild, "stripe"),
+                ),
+            }
+        }
+        println!(
+            "{} placement violations, {} journal holders replaced, {} marked stale",
+            answer["placement_violations"]
+                .as_array()
+                .map_or(0, Vec::len),
+            field(&answer, "holders_replaced"),
+            field(&answer, "holders_marked_stale"),
+        );
+        for problem in answer["problems"].as_array().into_iter().flatten() {
+            println!("problem: {}", problem.as_str().unwrap_or_default());
+        }
+        anyhow::ensure!(!failed, "a rebuild failed");
+        Ok(())
+    }
+
     /// `POST /admin/migrate`: one migration pass now (or `volume` forced);
     /// waits for its jobs and prints what each did. Meanwhile, on a
     /// terminal (and without `json`), a progress bar shows each job's step.

@@ -73,6 +73,19 @@ pub struct Config {
     /// ages and migrates like a full one.
     #[serde(default = "default_idle_lock_after_ms")]
     pub idle_lock_after_ms: u64,
+    /// Silence after which a storage node is lost: the coordinator has its
+    /// blocks rebuilt elsewhere and its journal holds replaced.
+    #[serde(default = "default_rebuild_after_ms")]
+    pub rebuild_after_ms: u64,
+    /// Stripes a coordinator rebuilds at once (and a rebuilder runs at once).
+    #[serde(default = "default_max_rebuilds")]
+    pub max_rebuilds: usize,
+    /// Block bytes a second each rebuild writes (0: no limit).
+    #[serde(default = "default_rebuild_rate_bytes")]
+    pub rebuild_rate_bytes: u64,
+    /// Pause between two coordinator passes.
+    #[serde(default = "default_coordinate_interval_ms")]
+    pub coordinate_interval_ms: u64,
     /// How often a store node tells the directory it is alive.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
@@ -85,6 +98,9 @@ pub struct Config {
     /// Timeout of every request one role makes to another.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// f4 storage nodes `hayloft up` starts in each of the cell's 14 racks.
+    #[serde(default = "default_nodes_per_rack")]
+    pub nodes_per_rack: usize,
     /// Concurrent blocking IO operations per store node.
     #[serde(default = "default_io_concurrency")]
     pub io_concurrency: usize,
@@ -107,6 +123,35 @@ pub struct Config {
     /// The migrator (for `hayloft serve --role migrator`).
     #[serde(default)]
     pub migrator: MigratorSection,
+    /// The rebuilder (for `hayloft serve --role rebuilder`; registers with
+    /// the directory; its rack and data directory are not used).
+    #[serde(default = "default_rebuilder_section")]
+    pub rebuilder: StoreSection,
+    /// The coordinator (for `hayloft serve --role coordinator`).
+    #[serde(default)]
+    pub coordinator: CoordinatorSection,
+}
+
+/// Address of a coordinator (its `/health`, `/metrics` and `/repair`), and
+/// how it finds the directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// Socket address it serves on.
+    #[serde(default = "default_coordinator_listen")]
+    pub listen: String,
+    /// Base URL of the directory, e.g. `http://10.0.0.1:9300`.
+    #[serde(default)]
+    pub directory_url: Option<String>,
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        CoordinatorSection {
+            listen: default_coordinator_listen(),
+            directory_url: None,
+        }
+    }
 }
 
 /// Identity and address of a migrator, and how it finds the directory.
@@ -245,6 +290,24 @@ fn default_migration_rate_bytes() -> u64 {
 fn default_idle_lock_after_ms() -> u64 {
     router::api::config::default_idle_lock_after_ms()
 }
+fn default_rebuild_after_ms() -> u64 {
+    router::api::config::default_rebuild_after_ms()
+}
+fn default_max_rebuilds() -> usize {
+    router::api::config::default_max_rebuilds()
+}
+fn default_rebuild_rate_bytes() -> u64 {
+    router::api::config::default_rebuild_rate_bytes()
+}
+fn default_coordinate_interval_ms() -> u64 {
+    router::api::config::default_coordinate_interval_ms()
+}
+fn default_rebuilder_section() -> StoreSection {
+    section_for(crate::roles::Role::Rebuilder)
+}
+fn default_coordinator_listen() -> String {
+    "127.0.0.1:9800".to_owned()
+}
 fn default_migrator_id() -> String {
     "migrator".to_owned()
 }
@@ -262,6 +325,9 @@ fn default_repair_interval_ms() -> u64 {
 }
 fn default_request_timeout_ms() -> u64 {
     haystack::http::DEFAULT_REQUEST_TIMEOUT_MS
+}
+fn default_nodes_per_rack() -> usize {
+    1
 }
 fn default_io_concurrency() -> usize {
     haystack::service::default_io_concurrency()
@@ -282,6 +348,7 @@ pub fn node_defaults(role: crate::roles::Role) -> (&'static str, &'static str) {
     match role {
         Role::F4Storage => ("f4-1", "127.0.0.1:9500"),
         Role::Backoff => ("backoff", "127.0.0.1:9600"),
+        Role::Rebuilder => ("rebuilder", "127.0.0.1:9650"),
         _ => ("store-1", "127.0.0.1:9400"),
     }
 }
@@ -308,10 +375,15 @@ impl Default for Config {
             migration_lease_ms: default_migration_lease_ms(),
             migration_rate_bytes: default_migration_rate_bytes(),
             idle_lock_after_ms: default_idle_lock_after_ms(),
+            rebuild_after_ms: default_rebuild_after_ms(),
+            max_rebuilds: default_max_rebuilds(),
+            rebuild_rate_bytes: default_rebuild_rate_bytes(),
+            coordinate_interval_ms: default_coordinate_interval_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
             request_timeout_ms: default_request_timeout_ms(),
+            nodes_per_rack: default_nodes_per_rack(),
             io_concurrency: default_io_concurrency(),
             router: RouterSection::default(),
             directory: DirectorySection::default(),
@@ -319,6 +391,8 @@ impl Default for Config {
             f4: default_f4_section(),
             backoff: default_backoff_section(),
             migrator: MigratorSection::default(),
+            rebuilder: default_rebuilder_section(),
+            coordinator: CoordinatorSection::default(),
         }
     }
 }
@@ -386,6 +460,22 @@ pub struct Overrides {
     /// Lock a writable volume not written for this long (e.g. `1d`, `3s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub idle_lock_after: Option<u64>,
+    /// Silence after which a storage node's blocks are rebuilt elsewhere
+    /// (e.g. `15m`, `3s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub rebuild_after: Option<u64>,
+    /// Block bytes a second each rebuild writes (e.g. `64MiB`; `0`: no limit).
+    #[arg(long, value_parser = parse_size)]
+    pub rebuild_rate: Option<u64>,
+    /// Stripes rebuilt at once.
+    #[arg(long)]
+    pub max_rebuilds: Option<usize>,
+    /// f4 storage nodes `hayloft up` starts in each of the cell's 14 racks.
+    #[arg(long)]
+    pub nodes_per_rack: Option<usize>,
+    /// Pause between two coordinator passes (e.g. `10s`, `500ms`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub coordinate_interval: Option<u64>,
     /// Store node heartbeat period (e.g. `1s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub heartbeat_interval: Option<u64>,
@@ -452,6 +542,11 @@ impl Config {
             migration_lease,
             migration_rate,
             idle_lock_after,
+            rebuild_after,
+            rebuild_rate,
+            max_rebuilds,
+            nodes_per_rack,
+            coordinate_interval,
             heartbeat_interval,
             heartbeat_timeout,
             repair_interval,
@@ -465,8 +560,14 @@ impl Config {
         if let Some(max_migrations) = max_migrations {
             self.max_migrations = *max_migrations;
         }
+        if let Some(max_rebuilds) = max_rebuilds {
+            self.max_rebuilds = *max_rebuilds;
+        }
+        if let Some(nodes_per_rack) = nodes_per_rack {
+            self.nodes_per_rack = *nodes_per_rack;
+        }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 14] = [
+        let pairs: [(&Option<u64>, &mut u64); 17] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
@@ -477,6 +578,9 @@ impl Config {
             (migration_lease, &mut self.migration_lease_ms),
             (migration_rate, &mut self.migration_rate_bytes),
             (idle_lock_after, &mut self.idle_lock_after_ms),
+            (rebuild_after, &mut self.rebuild_after_ms),
+            (rebuild_rate, &mut self.rebuild_rate_bytes),
+            (coordinate_interval, &mut self.coordinate_interval_ms),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
             (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
             (repair_interval, &mut self.repair_interval_ms),
@@ -523,6 +627,12 @@ impl Config {
             bail!(
                 "max_migrations and migrate_interval_ms must be positive, migration_lease_ms at                  least 3"
             );
+        }
+        if self.max_rebuilds == 0 || self.coordinate_interval_ms == 0 {
+            bail!("max_rebuilds and coordinate_interval_ms must be positive");
+        }
+        if !(1..=16).contains(&self.nodes_per_rack) {
+            bail!("nodes_per_rack must be 1 to 16");
         }
         Ok(())
     }

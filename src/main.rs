@@ -112,6 +112,18 @@ enum Command {
         #[command(flatten)]
         router: RouterArg,
     },
+    /// Rebuild what the warm tier lost now (one coordinator pass, run by
+    /// the router), or only show what is missing, endangered or misplaced.
+    Repair {
+        /// Only report; rebuild nothing.
+        #[arg(long)]
+        status: bool,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        router: RouterArg,
+    },
     /// Health, nodes and volumes of a running system.
     Status {
         /// Machine-readable JSON.
@@ -253,6 +265,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 client.migrate(volume, json).await
             }
+        }
+        Command::Repair {
+            status,
+            json,
+            router,
+        } => {
+            client::RouterClient::new(&router.router)?
+                .repair(status, json)
+                .await
         }
         Command::Status { json, router } => {
             client::RouterClient::new(&router.router)?

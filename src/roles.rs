@@ -39,6 +39,10 @@ pub enum Role {
     F4Storage,
     /// The warm tier's backoff node.
     Backoff,
+    /// Restores lost or corrupt warm blocks whole.
+    Rebuilder,
+    /// Finds lost blocks and holders and has them rebuilt.
+    Coordinator,
     /// Moves locked volumes to the warm tier by age.
     Migrator,
 }
@@ -63,13 +67,18 @@ pub const ROLES: &[RoleSpec] = &[
         role: Role::Store,
         count: 3,
     },
-    // A cell: one block of every RS(10,4) stripe per rack.
+    // A cell: one block of every RS(10,4) stripe per rack (times
+    // `nodes_per_rack`).
     RoleSpec {
         role: Role::F4Storage,
-        count: 14,
+        count: CELL_RACKS,
     },
     RoleSpec {
         role: Role::Backoff,
+        count: 1,
+    },
+    RoleSpec {
+        role: Role::Rebuilder,
         count: 1,
     },
     RoleSpec {
@@ -80,7 +89,15 @@ pub const ROLES: &[RoleSpec] = &[
         role: Role::Migrator,
         count: 1,
     },
+    RoleSpec {
+        role: Role::Coordinator,
+        count: 1,
+    },
 ];
+
+/// Racks of the cell `hayloft up` starts: one per block of an RS(10,4)
+/// stripe.
+pub const CELL_RACKS: usize = 14;
 
 /// The one datacenter of a single-machine `up`.
 pub const DATACENTER: &str = "dc-1";
@@ -104,11 +121,16 @@ pub struct NodePlan {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Every node `hayloft up` starts under `data_dir`, in start order.
-pub fn up_nodes(data_dir: &Path) -> impl Iterator<Item = NodePlan> + '_ {
-    ROLES
-        .iter()
-        .flat_map(move |spec| (1..=spec.count).map(move |n| spec.role.node(data_dir, n)))
+/// Every node `hayloft up` starts under `data_dir`, in start order, with
+/// `nodes_per_rack` f4 storage nodes in each rack of the cell.
+pub fn up_nodes(data_dir: &Path, nodes_per_rack: usize) -> impl Iterator<Item = NodePlan> + '_ {
+    ROLES.iter().flat_map(move |spec| {
+        let count = match spec.role {
+            Role::F4Storage => spec.count * nodes_per_rack.max(1),
+            _ => spec.count,
+        };
+        (1..=count).map(move |n| spec.role.node(data_dir, n))
+    })
 }
 
 impl NodePlan {
@@ -129,6 +151,8 @@ impl Role {
             Role::Store => "store",
             Role::F4Storage => "f4-storage",
             Role::Backoff => "backoff",
+            Role::Rebuilder => "rebuilder",
+            Role::Coordinator => "coordinator",
             Role::Migrator => "migrator",
         }
     }
@@ -140,7 +164,8 @@ impl Role {
             Role::Store => Some(NodeRole::Store),
             Role::F4Storage => Some(NodeRole::F4Storage),
             Role::Backoff => Some(NodeRole::Backoff),
-            Role::Directory | Role::Router | Role::Migrator => None,
+            Role::Rebuilder => Some(NodeRole::Rebuilder),
+            Role::Directory | Role::Router | Role::Migrator | Role::Coordinator => None,
         }
     }
 
@@ -150,7 +175,8 @@ impl Role {
             Role::Store => Some(&config.store),
             Role::F4Storage => Some(&config.f4),
             Role::Backoff => Some(&config.backoff),
-            Role::Directory | Role::Router | Role::Migrator => None,
+            Role::Rebuilder => Some(&config.rebuilder),
+            Role::Directory | Role::Router | Role::Migrator | Role::Coordinator => None,
         }
     }
 
@@ -159,8 +185,14 @@ impl Role {
         let (id, rack, data) = match self {
             Role::Directory => ("directory".to_owned(), String::new(), true),
             Role::Store => (format!("store-{n}"), format!("rack-{n}"), true),
-            Role::F4Storage => (format!("f4-{n}"), format!("rack-{n}"), true),
+            Role::F4Storage => (
+                format!("f4-{n}"),
+                format!("rack-{}", (n - 1) % CELL_RACKS + 1),
+                true,
+            ),
             Role::Backoff => ("backoff".to_owned(), String::new(), false),
+            Role::Rebuilder => ("rebuilder".to_owned(), String::new(), false),
+            Role::Coordinator => ("coordinator".to_owned(), String::new(), false),
             Role::Router => ("router".to_owned(), String::new(), false),
             Role::Migrator => ("migrator".to_owned(), String::new(), false),
         };
@@ -193,7 +225,7 @@ impl Role {
                 config.directory.listen = "127.0.0.1:0".into();
                 config.directory.data_dir.clone_from(&node.data_dir);
             }
-            Role::Store | Role::F4Storage | Role::Backoff => {
+            Role::Store | Role::F4Storage | Role::Backoff | Role::Rebuilder => {
                 let section = StoreSection {
                     id: node.id.clone(),
                     rack: node.rack.clone(),
@@ -206,6 +238,7 @@ impl Role {
                 match self {
                     Role::Store => config.store = section,
                     Role::F4Storage => config.f4 = section,
+                    Role::Rebuilder => config.rebuilder = section,
                     _ => config.backoff = section,
                 }
             }
@@ -214,6 +247,10 @@ impl Role {
                 config.migrator.id.clone_from(&node.id);
                 config.migrator.listen = "127.0.0.1:0".into();
                 config.migrator.directory_url = Some(directory_url()?);
+            }
+            Role::Coordinator => {
+                config.coordinator.listen = "127.0.0.1:0".into();
+                config.coordinator.directory_url = Some(directory_url()?);
             }
         }
         Ok(())
@@ -227,6 +264,8 @@ impl Role {
             Role::Store => &mut config.store.listen,
             Role::F4Storage => &mut config.f4.listen,
             Role::Backoff => &mut config.backoff.listen,
+            Role::Rebuilder => &mut config.rebuilder.listen,
+            Role::Coordinator => return &mut config.coordinator.listen,
             Role::Router => return &mut config.router.listen,
             Role::Directory => return &mut config.directory.listen,
             Role::Migrator => return &mut config.migrator.listen,
@@ -314,6 +353,25 @@ pub async fn run_node(
                 bail!("[backoff] directory_url is required");
             }
             Box::pin(run_backoff(config.clone(), listener, token.clone()))
+        }
+        Role::Rebuilder => {
+            if config.rebuilder.directory_url.is_none() {
+                bail!("[rebuilder] directory_url is required");
+            }
+            Box::pin(run_rebuilder(config.clone(), listener, token.clone()))
+        }
+        Role::Coordinator => {
+            let directory_url = config
+                .coordinator
+                .directory_url
+                .clone()
+                .context("[coordinator] directory_url is required")?;
+            Box::pin(run_coordinator(
+                config.clone(),
+                directory_url,
+                listener,
+                token.clone(),
+            ))
         }
         Role::Router => {
             let directory_url = config
@@ -440,6 +498,33 @@ async fn run_backoff(
         .map_err(|e| anyhow::anyhow!("backoff node: {e}"))
 }
 
+/// Runs the rebuilder until `token` is cancelled.
+async fn run_rebuilder(
+    config: Config,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let rebuilder = f4::rebuild::RebuilderConfig {
+        max_rebuilds: config.max_rebuilds,
+        ..f4::rebuild::RebuilderConfig::default()
+    };
+    f4::rebuild::run(rebuilder, listener, token)
+        .await
+        .map_err(|e| anyhow::anyhow!("rebuilder: {e}"))
+}
+
+/// Runs the coordinator until `token` is cancelled.
+async fn run_coordinator(
+    config: Config,
+    directory_url: String,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    router::api::coordinate::run(router_config(&config, directory_url), listener, token)
+        .await
+        .context("coordinator")
+}
+
 /// Runs the router until `token` is cancelled.
 async fn run_router(
     config: Config,
@@ -479,6 +564,10 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.migration_lease_ms = config.migration_lease_ms;
     api.migration_rate_bytes = config.migration_rate_bytes;
     api.idle_lock_after_ms = config.idle_lock_after_ms;
+    api.rebuild_after_ms = config.rebuild_after_ms;
+    api.max_rebuilds = config.max_rebuilds;
+    api.rebuild_rate_bytes = config.rebuild_rate_bytes;
+    api.coordinate_interval_ms = config.coordinate_interval_ms;
     api.id = config.router.id.clone();
     api
 }
@@ -577,7 +666,7 @@ mod tests {
     fn planned(data_dir: &Path) -> anyhow::Result<Vec<(NodePlan, Config)>> {
         let mut nodes = Vec::new();
         let mut directory_url = None;
-        for node in up_nodes(data_dir) {
+        for node in up_nodes(data_dir, 1) {
             let config = node.config(&Config::default(), directory_url.as_deref())?;
             if node.role == Role::Directory {
                 directory_url = Some("http://127.0.0.1:9".to_owned());
@@ -595,7 +684,7 @@ mod tests {
         let cell: Vec<String> = (1..=14).map(|n| format!("f4-{n}")).collect();
         let mut expected = vec!["directory", "store-1", "store-2", "store-3"];
         expected.extend(cell.iter().map(String::as_str));
-        expected.extend(["backoff", "router", "migrator"]);
+        expected.extend(["backoff", "rebuilder", "router", "migrator", "coordinator"]);
         assert_eq!(ids, expected);
         for (role, count) in [(Role::Store, 3), (Role::F4Storage, 14)] {
             let mut racks: Vec<&str> = nodes
@@ -634,6 +723,14 @@ mod tests {
                     assert_eq!(node.data_dir, None);
                     assert!(config.backoff.directory_url.is_some());
                 }
+                Role::Rebuilder => {
+                    assert_eq!(node.data_dir, None);
+                    assert!(config.rebuilder.directory_url.is_some());
+                }
+                Role::Coordinator => {
+                    assert_eq!(node.data_dir, None);
+                    assert!(config.coordinator.directory_url.is_some());
+                }
                 Role::Router => {
                     assert_eq!(node.data_dir, None);
                     assert!(config.router.directory_url.is_some());
@@ -644,6 +741,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn nodes_per_rack_multiplies_the_cell_and_keeps_its_racks() {
+        let cell: Vec<NodePlan> = up_nodes(Path::new("/data"), 2)
+            .filter(|node| node.role == Role::F4Storage)
+            .collect();
+        assert_eq!(cell.len(), 2 * CELL_RACKS);
+        assert_eq!(
+            (cell[0].id.as_str(), cell[0].rack.as_str()),
+            ("f4-1", "rack-1")
+        );
+        assert_eq!(
+            (cell[14].id.as_str(), cell[14].rack.as_str()),
+            ("f4-15", "rack-1")
+        );
+        assert_eq!(
+            (cell[27].id.as_str(), cell[27].rack.as_str()),
+            ("f4-28", "rack-14")
+        );
     }
 
     #[test]
@@ -658,6 +775,10 @@ mod tests {
         assert_eq!(Role::Store.listen(&mut config), "127.0.0.1:9400");
         assert_eq!(Role::Migrator.id(&config), "migrator");
         assert_eq!(Role::Migrator.listen(&mut config), "127.0.0.1:9700");
+        assert_eq!(Role::Rebuilder.id(&config), "rebuilder");
+        assert_eq!(Role::Rebuilder.listen(&mut config), "127.0.0.1:9650");
+        assert_eq!(Role::Coordinator.id(&config), "coordinator");
+        assert_eq!(Role::Coordinator.listen(&mut config), "127.0.0.1:9800");
     }
 
     #[test]

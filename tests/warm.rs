@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::volumes::{
-    Blob, CONTENT_TYPE, SMALL_VOLUMES, delete, fill, locked_volume, volume, volumes,
+    Blob, CONTENT_TYPE, SMALL_VOLUMES, delete, fill, locked_volume, seal, volume, volumes,
 };
 use common::{Cluster, fetch, http_client, wait_until};
 use rand::SeedableRng;
@@ -29,22 +29,6 @@ fn args() -> Vec<&'static str> {
     ]
     .concat()
 }
-/// `hayloft warm seal --volume VID --json`: its JSON answer, on exit 0.
-async fn seal(cluster: &Cluster, vid: u32) -> anyhow::Result<Value> {
-    let output = tokio::process::Command::new(common::hayloft_bin())
-        .args(["warm", "seal", "--json", "--volume", &vid.to_string()])
-        .args(["--router", &cluster.router])
-        .output()
-        .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "warm seal of {vid}: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(serde_json::from_slice(&output.stdout)?)
-}
-
 /// Every BLOB of `blobs` in volume `vid` reads back as expected: live ones
 /// byte-identical (whole, HEAD, a range), deleted ones `404`.
 async fn check_all(

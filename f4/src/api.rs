@@ -268,3 +268,66 @@ pub struct ReconstructRequest {
     /// `None` where no node is known to hold one.
     pub sources: Vec<Option<String>>,
 }
+
+/// Body of a rebuilder's `POST /rebuild`: restore blocks of one stripe
+/// whole from `k` of its other blocks, each onto its target node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildRequest {
+    /// The volume.
+    pub volume: u32,
+    /// The encode generation the directory committed.
+    pub generation: u64,
+    /// The volume's geometry, as the directory recorded it.
+    pub geometry: Geometry,
+    /// The stripe.
+    pub stripe: u64,
+    /// Base URL of the node of each block of the stripe, in block order;
+    /// `None` where no node can be read (a target's own entry is ignored).
+    /// Sources are tried in this order, data blocks first.
+    pub sources: Vec<Option<String>>,
+    /// The blocks to restore (1 to `m`, distinct) and where each goes.
+    pub targets: Vec<RebuildTarget>,
+    /// Block bytes written per second, all targets together (0: no limit).
+    pub bytes_per_second: u64,
+}
+
+/// One block a rebuild restores, and the storage node it goes to (its old
+/// node, or a new one the coordinator chose).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildTarget {
+    /// The block's index in the stripe.
+    pub block: u32,
+    /// Base URL of the storage node that receives it.
+    pub node: String,
+}
+
+/// Answer of a rebuild: every target is written, checked and synced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildReport {
+    /// Bytes read from the sources (block data only).
+    pub read_bytes: u64,
+    /// Bytes of block files written to the targets.
+    pub written_bytes: u64,
+    /// How long it took.
+    pub elapsed_ms: u64,
+    /// The blocks read from, in block order.
+    pub sources: Vec<u32>,
+    /// Sources that failed on the way and were replaced.
+    pub failed_sources: Vec<FailedSource>,
+}
+
+/// A source block a rebuild could not use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedSource {
+    /// The block's index in the stripe.
+    pub block: u32,
+    /// Its node.
+    pub node: String,
+    /// Whether the node answered that the block is damaged (missing,
+    /// corrupt, another block's), rather than failing to answer.
+    pub damaged: bool,
+    /// What went wrong.
+    pub error: String,
+}

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     BlockCheck, BlockId, BlockPage, DistributeRequest, ErrorBody, HeldVolume, LivePage,
-    MergeReport, MergeRequest, PAGE_MAX, PruneReport, PruneRequest, SealPrepared, SealRequest,
-    Space, TombstoneRequest, code,
+    MergeReport, MergeRequest, PAGE_MAX, PruneReport, PruneRequest, RebuildReport, RebuildRequest,
+    SealPrepared, SealRequest, Space, TombstoneRequest, code,
 };
 use crate::format::{Geometry, IndexEntry};
 use haystack::api::format_key;
@@ -355,6 +355,31 @@ impl StorageClient {
         let response = self.send(request).await?;
         let body = response.bytes().await?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Answer(e.to_string()))
+    }
+}
+
+/// Client of a rebuilder (the same plumbing as a storage node's).
+#[derive(Clone, Debug)]
+pub struct RebuilderClient(StorageClient);
+
+impl RebuilderClient {
+    /// A client of the rebuilder at `base` (`http://host:port`), over `http`.
+    pub fn from_http(base: &str, http: reqwest::Client) -> RebuilderClient {
+        RebuilderClient(StorageClient::from_http(base, http))
+    }
+
+    /// The rebuilder's base URL.
+    pub fn base_url(&self) -> &str {
+        self.0.base_url()
+    }
+
+    /// `POST /rebuild`: answers once every target holds its block, synced.
+    pub async fn rebuild(&self, request: &RebuildRequest) -> Result<RebuildReport> {
+        let request = self
+            .0
+            .request(Method::POST, "/rebuild", TRANSFER_TIMEOUT)
+            .json(request);
+        self.0.json(request).await
     }
 }
 

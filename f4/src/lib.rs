@@ -27,6 +27,7 @@ pub mod index;
 pub mod journal;
 pub mod node;
 pub mod reader;
+pub mod rebuild;
 pub mod seal;
 mod transfer;
 

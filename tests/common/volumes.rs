@@ -5,7 +5,7 @@ use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use super::{check_blob, random_body, sha256, upload};
+use super::{Cluster, check_blob, random_body, sha256, upload};
 
 /// Sizes of a small warm-tier cluster: 1 MiB volumes of BLOBs up to
 /// 160 KiB, blocks of 16 KiB, so that a volume spans several stripes and
@@ -127,4 +127,20 @@ pub async fn delete(client: &reqwest::Client, router: &str, id: &str) -> anyhow:
         .await?
         .status()
         .as_u16())
+}
+
+/// `hayloft warm seal --volume VID --json`: its JSON answer, on exit 0.
+pub async fn seal(cluster: &Cluster, vid: u32) -> anyhow::Result<Value> {
+    let output = tokio::process::Command::new(super::hayloft_bin())
+        .args(["warm", "seal", "--json", "--volume", &vid.to_string()])
+        .args(["--router", &cluster.router])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "warm seal of {vid}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
 }

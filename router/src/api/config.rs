@@ -119,6 +119,21 @@ pub struct RouterConfig {
     /// limit), so that foreground reads keep their disk.
     #[serde(default = "default_migration_rate_bytes")]
     pub migration_rate_bytes: u64,
+    /// Silence after which a storage node is lost: its blocks are rebuilt
+    /// elsewhere and its journal holds replaced, in ms. A node back sooner
+    /// is caught up, not rebuilt.
+    #[serde(default = "default_rebuild_after_ms")]
+    pub rebuild_after_ms: u64,
+    /// Stripes a coordinator rebuilds at once.
+    #[serde(default = "default_max_rebuilds")]
+    pub max_rebuilds: usize,
+    /// Block bytes a second each rebuild writes (0: no limit), so that
+    /// foreground reads keep their disks.
+    #[serde(default = "default_rebuild_rate_bytes")]
+    pub rebuild_rate_bytes: u64,
+    /// Pause between two passes of a coordinator, in ms.
+    #[serde(default = "default_coordinate_interval_ms")]
+    pub coordinate_interval_ms: u64,
 }
 
 impl RouterConfig {
@@ -151,6 +166,10 @@ impl RouterConfig {
             migrate_interval_ms: default_migrate_interval_ms(),
             migration_lease_ms: default_migration_lease_ms(),
             migration_rate_bytes: default_migration_rate_bytes(),
+            rebuild_after_ms: default_rebuild_after_ms(),
+            max_rebuilds: default_max_rebuilds(),
+            rebuild_rate_bytes: default_rebuild_rate_bytes(),
+            coordinate_interval_ms: default_coordinate_interval_ms(),
         }
     }
 }
@@ -228,6 +247,26 @@ pub fn default_migration_lease_ms() -> u64 {
 /// Default of [`RouterConfig::migration_rate_bytes`]: 256 MiB a second.
 pub fn default_migration_rate_bytes() -> u64 {
     256 << 20
+}
+
+/// Default of [`RouterConfig::rebuild_after_ms`]: 15 minutes.
+pub fn default_rebuild_after_ms() -> u64 {
+    15 * 60 * 1000
+}
+
+/// Default of [`RouterConfig::max_rebuilds`]: 2.
+pub fn default_max_rebuilds() -> usize {
+    2
+}
+
+/// Default of [`RouterConfig::rebuild_rate_bytes`]: 64 MiB a second.
+pub fn default_rebuild_rate_bytes() -> u64 {
+    64 << 20
+}
+
+/// Default of [`RouterConfig::coordinate_interval_ms`]: 10 s.
+pub fn default_coordinate_interval_ms() -> u64 {
+    10_000
 }
 
 /// Default of [`RouterConfig::max_block_size_bytes`]: the storage node's.

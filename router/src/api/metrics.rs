@@ -20,6 +20,13 @@
 //! | `hayloft_migration_held_back` | gauge | (1 while the last pass held back: too few racks) |
 //! | `hayloft_migrated_bytes` | gauge | (live data of the warm volumes when sealed) |
 //! | `hayloft_migration_saved_bytes` | gauge | (their hot replicas' bytes minus their blocks') |
+//! | `hayloft_blocks_missing` | gauge | (warm blocks to rebuild, as the last coordinator pass found) |
+//! | `hayloft_stripes_missing_blocks` | gauge | `missing` (`1` to `4`, `more`: blocks to rebuild or unavailable) |
+//! | `hayloft_rebuild_queue` | gauge | (stripes the last pass planned to rebuild) |
+//! | `hayloft_rebuilt_bytes_total` | counter | (block bytes rebuilders wrote) |
+//! | `hayloft_rebuild_errors_total` | counter | |
+//! | `hayloft_placement_violations` | gauge | (stripes with two blocks or more in one rack) |
+//! | `hayloft_lost_storage_nodes` | gauge | (silent for `rebuild_after_ms` or longer) |
 //! | `hayloft_read_batches_total` | counter | `tier` (`hot`: store nodes, `warm`: storage nodes) |
 //! | `hayloft_read_batch_reads_total` | counter | `tier` |
 
@@ -46,6 +53,13 @@ const MIGRATION_ERRORS: &str = "hayloft_migration_errors_total";
 const MIGRATION_HELD_BACK: &str = "hayloft_migration_held_back";
 const MIGRATED_BYTES: &str = "hayloft_migrated_bytes";
 const SAVED_BYTES: &str = "hayloft_migration_saved_bytes";
+const BLOCKS_MISSING: &str = "hayloft_blocks_missing";
+const STRIPES_MISSING: &str = "hayloft_stripes_missing_blocks";
+const REBUILD_QUEUE: &str = "hayloft_rebuild_queue";
+const REBUILT_BYTES: &str = "hayloft_rebuilt_bytes_total";
+const REBUILD_ERRORS: &str = "hayloft_rebuild_errors_total";
+const PLACEMENT_VIOLATIONS: &str = "hayloft_placement_violations";
+const LOST_NODES: &str = "hayloft_lost_storage_nodes";
 const READ_BATCHES: &str = "hayloft_read_batches_total";
 const READ_BATCH_READS: &str = "hayloft_read_batch_reads_total";
 
@@ -246,6 +260,42 @@ impl Metrics {
     /// Sets the number of migration jobs at `step`.
     pub(crate) fn set_migration_jobs(&self, step: &str, count: usize) {
         self.set_gauge(MIGRATION_JOBS, ("step", step), count);
+    }
+
+    /// Sets what the last coordinator pass found: blocks to rebuild,
+    /// stripes by blocks missing, stripes queued for a rebuild, placement
+    /// violations and lost nodes.
+    pub(crate) fn set_repair(&self, report: &super::coordinate::RepairReport, queued: usize) {
+        let mut by_missing = [0usize; 5];
+        for stripe in &report.endangered {
+            let missing = stripe.missing.len() + stripe.unavailable.len();
+            by_missing[missing.clamp(1, 5) - 1] += 1;
+        }
+        for (i, count) in by_missing.iter().enumerate() {
+            let label = ["1", "2", "3", "4", "more"][i];
+            self.set_gauge(STRIPES_MISSING, ("missing", label), *count);
+        }
+        let blocks: usize = report.endangered.iter().map(|s| s.missing.len()).sum();
+        for (name, value) in [
+            (BLOCKS_MISSING, blocks),
+            (REBUILD_QUEUE, queued),
+            (PLACEMENT_VIOLATIONS, report.placement_violations.len()),
+            (LOST_NODES, report.lost_nodes.len()),
+        ] {
+            self.recorder
+                .register_gauge(&Key::from_static_name(name), &METADATA)
+                .set(value as f64);
+        }
+    }
+
+    /// Counts block bytes a rebuild wrote.
+    pub(crate) fn rebuilt_bytes(&self, bytes: u64) {
+        self.counter(REBUILT_BYTES).increment(bytes);
+    }
+
+    /// Counts a rebuild that failed.
+    pub(crate) fn rebuild_error(&self) {
+        self.counter(REBUILD_ERRORS).increment(1);
     }
 
     fn set_gauge(&self, name: &'static str, (label, value): (&'static str, &str), count: usize) {

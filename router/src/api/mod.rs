@@ -19,6 +19,7 @@ pub mod id;
 pub mod range;
 
 mod admin;
+pub mod coordinate;
 mod metrics;
 pub mod migrate;
 mod ownership;
@@ -97,6 +98,10 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         .route("/admin/damaged-needles", get(admin::damaged_needles))
         .route("/admin/volumes/{id}/seal", post(seal::seal_volume))
         .route("/admin/migrate", post(migrate::migrate_now))
+        .route(
+            "/admin/repair",
+            get(coordinate::repair_status).post(coordinate::repair_now),
+        )
         .route("/admin/volumes/{id}/migrate", post(migrate::migrate_volume))
         .route("/admin/migrations", get(migrate::migrations))
         .route("/blobs", post(upload::post_blob))
@@ -130,6 +135,7 @@ fn route_label(method: &axum::http::Method, path: &str) -> (&'static str, &'stat
         "/admin/volumes" => "/admin/volumes",
         "/admin/nodes" => "/admin/nodes",
         "/admin/migrate" => "/admin/migrate",
+        "/admin/repair" => "/admin/repair",
         "/admin/migrations" => "/admin/migrations",
         "/blobs" => "/blobs",
         p if p.starts_with("/blobs/") => "/blobs/{id}",

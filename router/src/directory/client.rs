@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 use super::types::{
     ClaimRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, ErrorBody,
     GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MigrationJob, NodeRecord,
-    NodeRegistration, OwnershipRequest, PlaceRequest, SetStateRequest, StaleRequest, StepRequest,
-    VolumeClaim, VolumeState,
+    NodeRegistration, OwnershipRequest, PlaceRequest, RebuiltBlockRequest, ReplaceHolderRequest,
+    SetStateRequest, StaleRequest, StepRequest, VolumeClaim, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -312,6 +312,30 @@ impl DirectoryClient {
     ) -> Result<LogicalVolume, DirectoryClientError> {
         check_node_id(&request.node)?;
         let url = self.url(&format!("/volumes/{vid}/blocks/damaged"));
+        self.send(self.http.post(url).json(request)).await
+    }
+
+    /// `POST /volumes/{vid}/blocks/rebuilt`.
+    pub async fn record_rebuilt_block(
+        &self,
+        vid: u32,
+        request: &RebuiltBlockRequest,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        check_node_id(&request.node)?;
+        let url = self.url(&format!("/volumes/{vid}/blocks/rebuilt"));
+        self.send(self.http.post(url).json(request)).await
+    }
+
+    /// `POST /volumes/{vid}/holders/{node}/replace`.
+    pub async fn replace_holder(
+        &self,
+        vid: u32,
+        node: &str,
+        request: &ReplaceHolderRequest,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        check_node_id(node)?;
+        check_node_id(&request.node)?;
+        let url = self.url(&format!("/volumes/{vid}/holders/{node}/replace"));
         self.send(self.http.post(url).json(request)).await
     }
 

@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::types::{
     DamagedBlockRequest, DamagedNeedle, LogicalVolume, MigrationStep, NodeRecord, NodeRegistration,
-    NodeRole, NodeState, PlaceRequest, StepRequest, VolumeClaim, VolumeState,
+    NodeRole, NodeState, PlaceRequest, RebuiltBlockRequest, ReplaceHolderRequest, StepRequest,
+    VolumeClaim, VolumeState,
 };
 use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -45,6 +46,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("warm_seal_attempts", warm_seal_attempts),
     ("warm_placement", warm_placement),
     ("warm_holders_and_blocks", warm_holders_and_blocks),
+    ("warm_rebuilds", warm_rebuilds),
     ("migration_claims", migration_claims),
     ("volume_ownership", volume_ownership),
 ];
@@ -869,6 +871,133 @@ pub fn warm_holders_and_blocks(open: Open<'_>) {
             Err(DirectoryError::BadRequest(_))
         ));
     }
+}
+
+/// A rebuilt block moves only from the node the record still names and
+/// never onto a node holding another block of its stripe; damage reported
+/// before the rebuild is cleared, later damage kept; a moved block that
+/// shares a rack lowers the tolerance. A lost holder's place goes to a
+/// node that is not a holder yet, stale until it merges.
+pub fn warm_rebuilds(open: Open<'_>) {
+    let dir = open();
+    register_cell(&*dir, "f4", 15, 15, 0);
+    let vid = locked_volume(&*dir);
+    dir.begin_seal(vid).expect("begin");
+    dir.place_warm(vid, place_request(1, 5000), false)
+        .expect("place");
+    let warm = dir
+        .commit_warm(vid, 1)
+        .expect("commit")
+        .warm
+        .expect("record");
+    assert_eq!(warm.tolerated_rack_losses, 4);
+    let stripe = &warm.stripes[0];
+    let spare = (0..15)
+        .map(|n| format!("f4-{n}"))
+        .find(|n| !stripe.contains(n))
+        .expect("a node outside the stripe");
+    let damaged = |block: u32, node: &str| DamagedBlockRequest {
+        generation: 1,
+        stripe: 0,
+        block,
+        node: node.to_owned(),
+        reason: "test".into(),
+    };
+    dir.report_damaged_block(vid, &damaged(2, &stripe[2]), 10)
+        .expect("report");
+    let rebuilt = |block: u32, from: &str, node: &str, started_ms: u64| RebuiltBlockRequest {
+        generation: 1,
+        stripe: 0,
+        block,
+        from: from.to_owned(),
+        node: node.to_owned(),
+        started_ms,
+    };
+    // Refused: another node than the record's, a node with a block of the
+    // stripe, an unknown node or generation, a block outside the stripe.
+    for (bad, conflict) in [
+        (rebuilt(2, &spare, &spare, 20), true),
+        (rebuilt(2, &stripe[2], &stripe[3], 20), true),
+        (rebuilt(2, &stripe[2], "f4-unknown", 20), false),
+        (
+            RebuiltBlockRequest {
+                generation: 2,
+                ..rebuilt(2, &stripe[2], &spare, 20)
+            },
+            false,
+        ),
+        (rebuilt(14, &stripe[2], &spare, 20), false),
+    ] {
+        match dir.record_rebuilt_block(vid, &bad) {
+            Err(DirectoryError::PlacementConflict { .. }) if conflict => {}
+            Err(DirectoryError::BadRequest(_)) if !conflict => {}
+            other => panic!("{bad:?} answered {other:?}"),
+        }
+    }
+    let moved = dir
+        .record_rebuilt_block(vid, &rebuilt(2, &stripe[2], &spare, 20))
+        .expect("moved")
+        .warm
+        .expect("record");
+    assert_eq!(moved.stripes[0][2], spare);
+    assert!(
+        moved.damaged_blocks.is_empty(),
+        "damage before the rebuild is cleared"
+    );
+    assert_eq!(
+        moved.tolerated_rack_losses, 4,
+        "the spare has a rack of its own"
+    );
+    // Damage reported while a rebuild ran stays.
+    dir.report_damaged_block(vid, &damaged(5, &stripe[5]), 30)
+        .expect("report");
+    let kept = dir
+        .record_rebuilt_block(vid, &rebuilt(5, &stripe[5], &stripe[5], 25))
+        .expect("in place")
+        .warm
+        .expect("record");
+    assert_eq!(kept.damaged_blocks.len(), 1);
+    // A node in another block's rack costs a rack of tolerance.
+    let rack_of_block_0 = nodes_by_id(&*dir)[&stripe[0]].rack.clone();
+    dir.register_node(
+        registration("f4-extra", NodeRole::F4Storage, &rack_of_block_0),
+        0,
+    )
+    .expect("register");
+    let shared = dir
+        .record_rebuilt_block(vid, &rebuilt(1, &stripe[1], "f4-extra", 40))
+        .expect("moved into a shared rack")
+        .warm
+        .expect("record");
+    assert_eq!(shared.tolerated_rack_losses, 3);
+
+    let holder = warm.journal_holders[0].clone();
+    let other = warm.journal_holders[1].clone();
+    let replace = |node: &str| ReplaceHolderRequest {
+        generation: 1,
+        node: node.to_owned(),
+    };
+    let epoch = dir.volume(vid).expect("volume").repair_epoch;
+    assert!(matches!(
+        dir.replace_holder(vid, &holder, &replace(&other)),
+        Err(DirectoryError::PlacementConflict { .. })
+    ));
+    assert!(matches!(
+        dir.replace_holder(vid, "f4-unknown", &replace("f4-extra")),
+        Err(DirectoryError::NotAReplica { .. })
+    ));
+    let new_holder = (0..15)
+        .map(|n| format!("f4-{n}"))
+        .find(|n| !warm.journal_holders.contains(n))
+        .expect("a node that is not a holder");
+    let replaced = dir
+        .replace_holder(vid, &holder, &replace(&new_holder))
+        .expect("replaced");
+    assert!(replaced.repair_epoch > epoch);
+    let record = replaced.warm.expect("record");
+    assert!(!record.journal_holders.contains(&holder));
+    assert!(record.journal_holders.contains(&new_holder));
+    assert_eq!(record.stale_holders, vec![new_holder]);
 }
 
 /// Migration jobs: one claim at a time, taken over once its lease ran out,

@@ -82,6 +82,16 @@ pub enum DirectoryError {
         /// When the claim runs out, ms since the UNIX epoch.
         until_ms: u64,
     },
+    /// A rebuilt block or a new journal holder does not fit the record as
+    /// it stands (it moved meanwhile, or the node already holds a block of
+    /// the stripe or is a holder already).
+    #[error("volume {volume}: {reason}")]
+    PlacementConflict {
+        /// The volume.
+        volume: u32,
+        /// Why not.
+        reason: String,
+    },
     /// The service configuration is unusable.
     #[error("invalid directory config: {0}")]
     InvalidConfig(String),
@@ -154,7 +164,8 @@ impl DirectoryError {
             DirectoryError::InvalidTransition { .. }
             | DirectoryError::NotWritable { .. }
             | DirectoryError::VolumeInUse { .. }
-            | DirectoryError::JobClaimed { .. } => StatusCode::CONFLICT,
+            | DirectoryError::JobClaimed { .. }
+            | DirectoryError::PlacementConflict { .. } => StatusCode::CONFLICT,
             DirectoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DirectoryError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             DirectoryError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -194,6 +205,7 @@ impl DirectoryError {
             DirectoryError::UnknownNeedle { .. } => "unknown_needle",
             DirectoryError::VolumeInUse { .. } => "volume_in_use",
             DirectoryError::JobClaimed { .. } => "job_claimed",
+            DirectoryError::PlacementConflict { .. } => "placement_conflict",
             DirectoryError::BadRequest(_) => "bad_request",
             DirectoryError::InvalidConfig(_) => "invalid_config",
             DirectoryError::PayloadTooLarge { .. } => "payload_too_large",

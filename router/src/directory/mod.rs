@@ -21,7 +21,7 @@ mod repair;
 pub mod service;
 mod stores;
 pub mod types;
-mod warm;
+pub(crate) mod warm;
 
 pub use client::{DirectoryClient, DirectoryClientError};
 pub use error::DirectoryError;
@@ -221,6 +221,27 @@ pub trait Directory: Send + Sync {
         id: u32,
         request: &types::DamagedBlockRequest,
         now_ms: u64,
+    ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Records a block restored whole on `request.node`: the stripe's
+    /// record names that node, if it still named `request.from`
+    /// ([`DirectoryError::Conflict`] otherwise, or if the node holds
+    /// another block of the stripe), damage reported before
+    /// `request.started_ms` is cleared, and the tolerance recomputed.
+    fn record_rebuilt_block(
+        &self,
+        id: u32,
+        request: &types::RebuiltBlockRequest,
+    ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Replaces journal holder `node` (lost) by `request.node`, which is
+    /// marked stale until it has merged the others' journals (its index is
+    /// copied then); bumps the volume's `repair_epoch`.
+    fn replace_holder(
+        &self,
+        id: u32,
+        node: &str,
+        request: &types::ReplaceHolderRequest,
     ) -> Result<LogicalVolume, DirectoryError>;
 
     /// Claims volume `id`'s migration job for `owner` until `now_ms +

@@ -33,7 +33,8 @@ use super::client::valid_node_id;
 use super::types::{
     DamagedBlock, DamagedBlockRequest, KeyLease, LogicalVolume, MigrationJob, MigrationStep,
     NodeRecord, NodeRegistration, NodeRole, NodeState, OWNERSHIP_CLAIMS_MAX, PlaceRequest,
-    StepRequest, VolumeClaim, VolumeOwner, VolumeState, WarmVolume,
+    RebuiltBlockRequest, ReplaceHolderRequest, StepRequest, VolumeClaim, VolumeOwner, VolumeState,
+    WarmVolume,
 };
 use super::{DamagedNeedle, Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -448,6 +449,33 @@ fn check_attempt(volume: &LogicalVolume, generation: u64) -> Result<(), Director
         });
     }
     Ok(())
+}
+
+/// The warm record of `volume` if it is of `generation`.
+fn warm_of(volume: &mut LogicalVolume, generation: u64) -> Result<&mut WarmVolume, DirectoryError> {
+    let id = volume.id;
+    volume
+        .warm
+        .as_mut()
+        .filter(|w| w.generation == generation)
+        .ok_or_else(|| {
+            DirectoryError::BadRequest(format!(
+                "volume {id} has no warm record of generation {generation}"
+            ))
+        })
+}
+
+/// Refuses a node that is not a registered f4 storage node.
+fn ensure_storage_node(nodes: &[NodeRecord], node: &str) -> Result<(), DirectoryError> {
+    if nodes
+        .iter()
+        .any(|n| n.id == node && n.role == NodeRole::F4Storage)
+    {
+        return Ok(());
+    }
+    Err(DirectoryError::BadRequest(format!(
+        "{node} is not a registered f4 storage node"
+    )))
 }
 
 fn ensure_replica(volume: &LogicalVolume, node: &str) -> Result<(), DirectoryError> {
@@ -1026,16 +1054,7 @@ impl Directory for RedbDirectory {
     ) -> Result<LogicalVolume, DirectoryError> {
         self.write(|txn| {
             let mut volume = get_volume(txn, id)?;
-            let warm = volume
-                .warm
-                .as_mut()
-                .filter(|w| w.generation == request.generation)
-                .ok_or_else(|| {
-                    DirectoryError::BadRequest(format!(
-                        "volume {id} has no warm record of generation {}",
-                        request.generation
-                    ))
-                })?;
+            let warm = warm_of(&mut volume, request.generation)?;
             let known = warm
                 .stripes
                 .get(request.stripe as usize)
@@ -1055,6 +1074,89 @@ impl Directory for RedbDirectory {
                 node: request.node.clone(),
                 reported_ms: now_ms,
             });
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn record_rebuilt_block(
+        &self,
+        id: u32,
+        request: &RebuiltBlockRequest,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            let nodes = all_nodes(&txn.open_table(NODES)?)?;
+            ensure_storage_node(&nodes, &request.node)?;
+            let warm = warm_of(&mut volume, request.generation)?;
+            let conflict =
+                |reason: String| DirectoryError::PlacementConflict { volume: id, reason };
+            let stripe = warm
+                .stripes
+                .get_mut(request.stripe as usize)
+                .filter(|s| (request.block as usize) < s.len())
+                .ok_or_else(|| {
+                    DirectoryError::BadRequest(format!(
+                        "volume {id} has no block {} in stripe {}",
+                        request.block, request.stripe
+                    ))
+                })?;
+            let current = &stripe[request.block as usize];
+            if *current != request.from {
+                return Err(conflict(format!(
+                    "block {}.{} is on {current} now, not {}",
+                    request.stripe, request.block, request.from
+                )));
+            }
+            if let Some(other) = stripe
+                .iter()
+                .enumerate()
+                .find(|(i, n)| *i != request.block as usize && **n == request.node)
+            {
+                return Err(conflict(format!(
+                    "{} holds block {}.{} already",
+                    request.node, request.stripe, other.0
+                )));
+            }
+            stripe[request.block as usize].clone_from(&request.node);
+            warm.damaged_blocks.retain(|d| {
+                (d.stripe, d.block) != (request.stripe, request.block)
+                    || d.reported_ms > request.started_ms
+            });
+            warm.tolerated_rack_losses = super::warm::stripes_tolerance(warm, &nodes);
+            put_volume(txn, &volume)?;
+            Ok(volume)
+        })
+    }
+
+    fn replace_holder(
+        &self,
+        id: u32,
+        node: &str,
+        request: &ReplaceHolderRequest,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        self.write(|txn| {
+            let mut volume = get_volume(txn, id)?;
+            ensure_storage_node(&all_nodes(&txn.open_table(NODES)?)?, &request.node)?;
+            let warm = warm_of(&mut volume, request.generation)?;
+            if warm.journal_holders.contains(&request.node) {
+                return Err(DirectoryError::PlacementConflict {
+                    volume: id,
+                    reason: format!("{} is a journal holder already", request.node),
+                });
+            }
+            let holder = warm
+                .journal_holders
+                .iter_mut()
+                .find(|h| *h == node)
+                .ok_or_else(|| DirectoryError::NotAReplica {
+                    volume: id,
+                    node: node.to_owned(),
+                })?;
+            holder.clone_from(&request.node);
+            warm.stale_holders.retain(|h| h != node);
+            warm.stale_holders.push(request.node.clone());
+            volume.repair_epoch += 1;
             put_volume(txn, &volume)?;
             Ok(volume)
         })

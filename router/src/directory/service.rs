@@ -29,7 +29,8 @@ use super::stores::StoreCalls;
 use super::types::{
     ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, ErrorBody,
     FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration, OwnershipRequest,
-    PlaceRequest, SetStateRequest, StaleRequest, StepRequest,
+    PlaceRequest, RebuiltBlockRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
+    StepRequest,
 };
 use super::{Directory, DirectoryError, LogicalVolume, RedbDirectory, now_ms};
 
@@ -497,6 +498,37 @@ async fn report_damaged_block(
     Ok(axum::Json(volume).into_response())
 }
 
+/// `POST /volumes/{vid}/blocks/rebuilt`: a block was restored whole.
+async fn record_rebuilt_block(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+    JsonBody(request): JsonBody<RebuiltBlockRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let (stripe, block, node) = (request.stripe, request.block, request.node.clone());
+    let volume = state
+        .blocking(move |d| d.record_rebuilt_block(vid, &request))
+        .await?;
+    tracing::info!(volume = vid, stripe, block, node = %node, "rebuilt block recorded");
+    Ok(axum::Json(volume).into_response())
+}
+
+/// `POST /volumes/{vid}/holders/{node}/replace`: a lost journal holder's
+/// place goes to another node.
+async fn replace_holder(
+    State(state): State<AppState>,
+    Path((vid, node)): Path<(String, String)>,
+    JsonBody(request): JsonBody<ReplaceHolderRequest>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    let (id, to) = (node.clone(), request.node.clone());
+    let volume = state
+        .blocking(move |d| d.replace_holder(vid, &id, &request))
+        .await?;
+    tracing::warn!(volume = vid, lost = %node, holder = %to, "journal holder replaced");
+    Ok(axum::Json(volume).into_response())
+}
+
 /// `POST /volumes/{vid}/migration/claim`: a migrator claims (or renews)
 /// the volume's migration job.
 async fn claim_migration(
@@ -633,7 +665,12 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
         .route("/volumes/{vid}/seal/{step}", post(end_seal))
         .route("/volumes/{vid}/holders/{node}/stale", post(holder_stale))
         .route("/volumes/{vid}/holders/{node}/fresh", post(holder_fresh))
+        .route(
+            "/volumes/{vid}/holders/{node}/replace",
+            post(replace_holder),
+        )
         .route("/volumes/{vid}/blocks/damaged", post(report_damaged_block))
+        .route("/volumes/{vid}/blocks/rebuilt", post(record_rebuilt_block))
         .route("/volumes/{vid}/migration/claim", post(claim_migration))
         .route("/volumes/{vid}/migration/step", post(migration_step))
         .route("/migrations", get(list_migrations))

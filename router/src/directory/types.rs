@@ -440,6 +440,36 @@ pub struct DamagedBlockRequest {
     pub reason: String,
 }
 
+/// Body of `POST /volumes/{vid}/blocks/rebuilt`: a rebuilder restored a
+/// block whole on `node` (its old node, or a new one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuiltBlockRequest {
+    /// The encode generation rebuilt.
+    pub generation: u64,
+    /// The block's stripe.
+    pub stripe: u64,
+    /// Its index.
+    pub block: u32,
+    /// The node the record named when the rebuild started: the record
+    /// moves only if it still does.
+    pub from: String,
+    /// The node that now holds the block.
+    pub node: String,
+    /// When the rebuild started: damage reported after it stays recorded.
+    pub started_ms: u64,
+}
+
+/// Body of `POST /volumes/{vid}/holders/{node}/replace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceHolderRequest {
+    /// The encode generation.
+    pub generation: u64,
+    /// The node that takes the lost holder's place (stale until merged).
+    pub node: String,
+}
+
 impl LogicalVolume {
     /// Whether `node` holds a replica that is marked stale.
     pub fn is_stale(&self, node: &str) -> bool {

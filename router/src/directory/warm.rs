@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::error::DirectoryError;
-use super::types::{LogicalVolume, NodeRecord, NodeRole};
+use super::types::{LogicalVolume, NodeRecord, NodeRole, WarmVolume};
 
 /// Where a warm volume's blocks and journal go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +124,33 @@ fn rack_of<'a>(racks: &BTreeMap<&'a str, Vec<&'a str>>, node: &str) -> &'a str {
         .find(|(_, nodes)| nodes.contains(&node))
         .map(|(rack, _)| *rack)
         .expect("picked from these racks")
+}
+
+/// How many lost racks every stripe of `warm` survives, by the racks of
+/// `nodes` (a node the directory does not know counts as a rack of its own).
+pub(crate) fn stripes_tolerance(warm: &WarmVolume, nodes: &[NodeRecord]) -> u32 {
+    let m = usize::from(warm.geometry.parity_blocks);
+    warm.stripes
+        .iter()
+        .map(|stripe| tolerance(blocks_per_rack(stripe, nodes).into_values().collect(), m))
+        .min()
+        .unwrap_or(m as u32)
+}
+
+/// How many of `stripe`'s blocks each rack holds.
+pub(crate) fn blocks_per_rack<'a>(
+    stripe: &'a [String],
+    nodes: &'a [NodeRecord],
+) -> HashMap<&'a str, usize> {
+    let mut per_rack: HashMap<&str, usize> = HashMap::new();
+    for node in stripe {
+        let rack = nodes
+            .iter()
+            .find(|n| n.id == *node)
+            .map_or(node.as_str(), |n| n.rack.as_str());
+        *per_rack.entry(rack).or_default() += 1;
+    }
+    per_rack
 }
 
 /// The most racks whose loss leaves at most `m` of a stripe's blocks lost,

@@ -1,0 +1,698 @@
+//! The coordinator (role `coordinator`): finds what the warm tier has lost
+//! and has rebuilders restore it.
+//!
+//! A pass lists the nodes and volumes and every `up` storage node's block
+//! inventory, then looks at each block of each warm volume:
+//!
+//! - on a node silent for at least [`RouterConfig::rebuild_after_ms`]
+//!   (lost): rebuilt onto another node, in the rack with the fewest of
+//!   the stripe's blocks (a rack of its own while the cell has one; else
+//!   the placement violation is reported), the least loaded node first;
+//! - on an `up` node whose inventory lacks it (a replaced disk) or
+//!   recorded damaged by a read: rebuilt in place;
+//! - on a node down for less than that: counted as unavailable (it makes
+//!   the stripe more endangered) but not rebuilt, since the node may come
+//!   back with it.
+//!
+//! Stripes are rebuilt most endangered first (most blocks missing or
+//! unavailable), up to [`RouterConfig::max_rebuilds`] at once, all the lost
+//! blocks of a stripe in one rebuild (its sources are read once), each
+//! written at up to [`RouterConfig::rebuild_rate_bytes`]. The directory
+//! records a rebuilt block only if the record still names the node the
+//! rebuild started from, so two coordinators cannot move a block twice;
+//! a pass starts from what the directory and the nodes say, so a
+//! coordinator killed halfway resumes on its next pass.
+//!
+//! Journal holders: a lost holder's place goes to another node, marked
+//! stale, so the directory's repair pass has it copy the index and merge
+//! the other holders' journals (no delete is lost: merging only adds
+//! tombstones); a holder on an `up` node that no longer has the volume (a
+//! replaced disk) is marked stale for the same merge.
+//!
+//! The `coordinator` role runs a pass every
+//! [`RouterConfig::coordinate_interval_ms`]; a router runs one on
+//! `POST /admin/repair` and reports without rebuilding on
+//! `GET /admin/repair` (`hayloft repair [--status]`).
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use f4::api::{RebuildRequest, RebuildTarget};
+use f4::block::block_file_name;
+use f4::client::{RebuilderClient, StorageClient};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::config::RouterConfig;
+use super::error::ApiError;
+use super::state::AppState;
+use crate::directory::types::{
+    DamagedBlockRequest, RebuiltBlockRequest, ReplaceHolderRequest, WarmVolume,
+};
+use crate::directory::warm::blocks_per_rack;
+use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, now_ms};
+
+/// Storage nodes whose inventories are read at once.
+const INVENTORIES_AT_ONCE: usize = 8;
+
+/// Why a block is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Its node has been silent for `rebuild_after_ms`.
+    NodeLost,
+    /// Its node is up without it.
+    Missing,
+    /// A read found it damaged.
+    Damaged,
+}
+
+/// A stripe with blocks missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndangeredStripe {
+    /// The volume.
+    pub volume: u32,
+    /// The stripe.
+    pub stripe: u64,
+    /// Its blocks to rebuild, and why.
+    pub missing: Vec<(u32, Loss)>,
+    /// Its blocks on nodes down for less than `rebuild_after_ms`.
+    pub unavailable: Vec<u32>,
+}
+
+/// A stripe with more than one block in a rack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementViolation {
+    /// The volume.
+    pub volume: u32,
+    /// The stripe.
+    pub stripe: u64,
+    /// The rack.
+    pub rack: String,
+    /// How many of the stripe's blocks it holds.
+    pub blocks: usize,
+}
+
+/// A rebuild a pass ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebuildOutcome {
+    /// The volume.
+    pub volume: u32,
+    /// The stripe.
+    pub stripe: u64,
+    /// The blocks and the nodes they went to.
+    pub blocks: Vec<(u32, String)>,
+    /// Bytes of block files written.
+    pub written_bytes: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// What a pass found and did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Storage nodes silent for `rebuild_after_ms` or longer.
+    pub lost_nodes: Vec<String>,
+    /// Storage nodes down for less than that.
+    pub down_nodes: Vec<String>,
+    /// Stripes with blocks to rebuild, most endangered first.
+    pub endangered: Vec<EndangeredStripe>,
+    /// Stripes with two blocks or more in one rack.
+    pub placement_violations: Vec<PlacementViolation>,
+    /// The rebuilds this pass ran (none when it only reports).
+    pub rebuilds: Vec<RebuildOutcome>,
+    /// Lost journal holders replaced by another node.
+    pub holders_replaced: usize,
+    /// Journal holders found without the volume, marked stale to merge.
+    pub holders_marked_stale: usize,
+    /// What could not be planned (no node for a block, no rebuilder up).
+    pub problems: Vec<String>,
+}
+
+/// A stripe's rebuild, planned.
+struct StripeJob {
+    volume: u32,
+    warm: Arc<WarmVolume>,
+    stripe: u64,
+    /// Block, the node the record names, the node it goes to.
+    targets: Vec<(u32, String, String)>,
+}
+
+/// Every `up` f4 storage node's block inventory, by node id (a node whose
+/// inventory could not be read is left out: its blocks are not judged).
+async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> HashMap<String, HashSet<String>> {
+    let up: Vec<(String, StorageClient)> = nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
+        .map(|n| {
+            let client = StorageClient::from_http(&n.base_url(), state.warm_http.clone());
+            (n.id.clone(), client)
+        })
+        .collect();
+    let listed: Vec<Option<(String, HashSet<String>)>> = futures::stream::iter(up)
+        .map(|(id, client)| async move {
+            let mut names = HashSet::new();
+            let mut after: Option<String> = None;
+            loop {
+                match client.list_blocks(after.as_deref()).await {
+                    Ok(page) => {
+                        names.extend(page.blocks.iter().map(|b| {
+                            let id = b.block;
+                            block_file_name(id.volume, id.generation, id.stripe, id.block)
+                        }));
+                        match page.next_after {
+                            Some(next) => after = Some(next),
+                            None => return Some((id, names)),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %id, error = %e, "block inventory unreadable");
+                        return None;
+                    }
+                }
+            }
+        })
+        .buffer_unordered(INVENTORIES_AT_ONCE)
+        .collect()
+        .await;
+    listed.into_iter().flatten().collect()
+}
+
+/// The cell as a pass sees it.
+struct Cell<'a> {
+    nodes: HashMap<&'a str, &'a NodeRecord>,
+    now: u64,
+    rebuild_after_ms: u64,
+    /// Blocks and holders per node, for choosing where new ones go.
+    load: HashMap<String, usize>,
+}
+
+impl<'a> Cell<'a> {
+    fn new(nodes: &'a [NodeRecord], volumes: &[LogicalVolume], rebuild_after_ms: u64) -> Cell<'a> {
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for warm in volumes.iter().filter_map(|v| v.warm.as_ref()) {
+            for node in warm.stripes.iter().flatten().chain(&warm.journal_holders) {
+                *load.entry(node.clone()).or_default() += 1;
+            }
+        }
+        Cell {
+            nodes: nodes.iter().map(|n| (n.id.as_str(), n)).collect(),
+            now: now_ms(),
+            rebuild_after_ms,
+            load,
+        }
+    }
+
+    fn up(&self, id: &str) -> Option<&'a NodeRecord> {
+        self.nodes.get(id).copied().filter(|n| n.is_up())
+    }
+
+    /// Silent for `rebuild_after_ms` or more (or unknown to the directory).
+    fn lost(&self, id: &str) -> bool {
+        self.nodes.get(id).is_none_or(|n| {
+            !n.is_up() && self.now.saturating_sub(n.last_heartbeat_ms) >= self.rebuild_after_ms
+        })
+    }
+
+    fn rack(&self, id: &'a str) -> &'a str {
+        self.nodes.get(id).map_or(id, |n| n.rack.as_str())
+    }
+
+    /// The `up` storage node for a new member of `group` (a stripe's
+    /// nodes, or the journal holders): not in it, in the rack with the
+    /// fewest of its members, least loaded first, then by name.
+    fn replacement(&self, group: &[&'a str]) -> Option<&'a str> {
+        let mut per_rack: HashMap<&str, usize> = HashMap::new();
+        for id in group {
+            *per_rack.entry(self.rack(id)).or_default() += 1;
+        }
+        self.nodes
+            .values()
+            .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
+            .filter(|n| !group.contains(&n.id.as_str()))
+            .min_by_key(|n| {
+                (
+                    per_rack.get(n.rack.as_str()).copied().unwrap_or(0),
+                    self.load.get(&n.id).copied().unwrap_or(0),
+                    n.id.as_str(),
+                )
+            })
+            .map(|n| n.id.as_str())
+    }
+}
+
+/// Looks at every warm volume: what to rebuild, what is endangered,
+/// which placements break the rack rule; with `act`, also replaces lost
+/// journal holders and marks emptied ones stale.
+async fn audit(
+    state: &AppState,
+    act: bool,
+) -> Result<(RepairReport, Vec<StripeJob>, Vec<NodeRecord>), ApiError> {
+    let nodes = state.directory.list_nodes().await?;
+    let volumes = state.directory.list_volumes().await?;
+    let inventories = inventories(state, &nodes).await;
+    let mut cell = Cell::new(&nodes, &volumes, state.config.rebuild_after_ms);
+    let mut report = RepairReport::default();
+    for node in nodes.iter().filter(|n| n.role == NodeRole::F4Storage) {
+        if cell.lost(&node.id) {
+            report.lost_nodes.push(node.id.clone());
+        } else if !node.is_up() {
+            report.down_nodes.push(node.id.clone());
+        }
+    }
+    let mut jobs = Vec::new();
+    for volume in volumes.iter().filter(|v| v.state == VolumeState::Warm) {
+        let Some(warm) = &volume.warm else { continue };
+        if act {
+            mend_holders(state, &mut cell, volume, warm, &mut report).await;
+        }
+        let warm = Arc::new(warm.clone());
+        for (stripe, members) in warm.stripes.iter().enumerate() {
+            let stripe = stripe as u64;
+            let mut missing = Vec::new();
+            let mut unavailable = Vec::new();
+            for (block, node) in members.iter().enumerate() {
+                let block = block as u32;
+                let name = block_file_name(volume.id, warm.generation, stripe, block);
+                let loss = if cell.lost(node) {
+                    Some(Loss::NodeLost)
+                } else if cell.up(node).is_none() {
+                    unavailable.push(block);
+                    None
+                } else if inventories
+                    .get(node)
+                    .is_some_and(|held| !held.contains(&name))
+                {
+                    Some(Loss::Missing)
+                } else if warm.is_damaged(stripe, block) {
+                    Some(Loss::Damaged)
+                } else {
+                    None
+                };
+                if let Some(loss) = loss {
+                    missing.push((block, loss));
+                }
+            }
+            for (rack, blocks) in blocks_per_rack(members, &nodes) {
+                if blocks > 1 {
+                    report.placement_violations.push(PlacementViolation {
+                        volume: volume.id,
+                        stripe,
+                        rack: rack.to_owned(),
+                        blocks,
+                    });
+                }
+            }
+            if missing.is_empty() {
+                continue;
+            }
+            let mut group: Vec<&str> = members
+                .iter()
+                .zip(0u32..)
+                .filter(|(_, b)| !missing.iter().any(|(m, l)| m == b && *l == Loss::NodeLost))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let mut targets = Vec::new();
+            for (block, loss) in &missing {
+                let from = members[*block as usize].clone();
+                let to = match loss {
+                    Loss::NodeLost => match cell.replacement(&group) {
+                        Some(to) => to,
+                        None => {
+                            report.problems.push(format!(
+                                "volume {} block {stripe}.{block}: no up storage node outside \
+                                 its stripe to rebuild it on",
+                                volume.id
+                            ));
+                            continue;
+                        }
+                    },
+                    Loss::Missing | Loss::Damaged => cell
+                        .nodes
+                        .get_key_value(from.as_str())
+                        .map(|(id, _)| *id)
+                        .unwrap_or_default(),
+                };
+                group.push(to);
+                *cell.load.entry(to.to_owned()).or_default() += 1;
+                targets.push((*block, from, to.to_owned()));
+            }
+            report.endangered.push(EndangeredStripe {
+                volume: volume.id,
+                stripe,
+                missing,
+                unavailable,
+            });
+            if !targets.is_empty() {
+                jobs.push(StripeJob {
+                    volume: volume.id,
+                    warm: Arc::clone(&warm),
+                    stripe,
+                    targets,
+                });
+            }
+        }
+    }
+    let danger = |volume: u32, stripe: u64| {
+        report
+            .endangered
+            .iter()
+            .find(|e| (e.volume, e.stripe) == (volume, stripe))
+            .map_or(0, |e| e.missing.len() + e.unavailable.len())
+    };
+    jobs.sort_by_key(|job| Reverse(danger(job.volume, job.stripe)));
+    report
+        .endangered
+        .sort_by_key(|e| Reverse(e.missing.len() + e.unavailable.len()));
+    Ok((report, jobs, nodes))
+}
+
+/// Replaces `warm`'s lost journal holders and marks stale those whose
+/// node no longer has the volume; the directory's repair pass then has
+/// them merge.
+async fn mend_holders<'a>(
+    state: &AppState,
+    cell: &mut Cell<'a>,
+    volume: &LogicalVolume,
+    warm: &'a WarmVolume,
+    report: &mut RepairReport,
+) {
+    for holder in &warm.journal_holders {
+        if cell.lost(holder) {
+            let group: Vec<&str> = warm.journal_holders.iter().map(String::as_str).collect();
+            let Some(to) = cell.replacement(&group) else {
+                report.problems.push(format!(
+                    "volume {}: no up storage node to replace journal holder {holder}",
+                    volume.id
+                ));
+                continue;
+            };
+            let request = ReplaceHolderRequest {
+                generation: warm.generation,
+                node: to.to_owned(),
+            };
+            match state
+                .directory
+                .replace_holder(volume.id, holder, &request)
+                .await
+            {
+                Ok(_) => {
+                    *cell.load.entry(to.to_owned()).or_default() += 1;
+                    report.holders_replaced += 1;
+                    tracing::warn!(volume = volume.id, lost = %holder, holder = %to,
+                        "lost journal holder replaced");
+                }
+                Err(e) => report.problems.push(format!(
+                    "volume {}: replacing holder {holder}: {e}",
+                    volume.id
+                )),
+            }
+            continue;
+        }
+        let Some(node) = cell.up(holder) else {
+            continue;
+        };
+        if warm.stale_holders.contains(holder) {
+            continue;
+        }
+        let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
+        match client.describe(volume.id, warm.generation).await {
+            Err(e) if e.code() == Some(f4::api::code::UNKNOWN_VOLUME) => {
+                let marked = state
+                    .directory
+                    .mark_holder_stale(volume.id, holder, "its node no longer has the volume")
+                    .await;
+                if marked.is_ok() {
+                    report.holders_marked_stale += 1;
+                }
+            }
+            Err(e) => tracing::info!(volume = volume.id, holder = %holder, error = %e,
+                "journal holder not described"),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Runs one planned rebuild on `rebuilder` and records its blocks.
+async fn rebuild_stripe(
+    state: &AppState,
+    job: StripeJob,
+    nodes: &[NodeRecord],
+    rebuilder: &NodeRecord,
+) -> RebuildOutcome {
+    let started = Instant::now();
+    let started_ms = now_ms();
+    let warm = &job.warm;
+    let url_of = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n.id == id && n.is_up())
+            .map(NodeRecord::base_url)
+    };
+    let sources = warm.stripes[job.stripe as usize]
+        .iter()
+        .zip(0u32..)
+        .map(|(node, block)| {
+            let target = job.targets.iter().any(|(b, _, _)| *b == block);
+            if target { None } else { url_of(node) }
+        })
+        .collect();
+    let mut outcome = RebuildOutcome {
+        volume: job.volume,
+        stripe: job.stripe,
+        blocks: job
+            .targets
+            .iter()
+            .map(|(block, _, to)| (*block, to.clone()))
+            .collect(),
+        written_bytes: 0,
+        error: None,
+        seconds: 0.0,
+    };
+    let targets: Option<Vec<RebuildTarget>> = job
+        .targets
+        .iter()
+        .map(|(block, _, to)| {
+            Some(RebuildTarget {
+                block: *block,
+                node: url_of(to)?,
+            })
+        })
+        .collect();
+    let Some(targets) = targets else {
+        outcome.error = Some("a target node is not up".into());
+        return outcome;
+    };
+    let request = RebuildRequest {
+        volume: job.volume,
+        generation: warm.generation,
+        geometry: warm.geometry,
+        stripe: job.stripe,
+        sources,
+        targets,
+        bytes_per_second: state.config.rebuild_rate_bytes,
+    };
+    let client = RebuilderClient::from_http(&rebuilder.base_url(), state.warm_http.clone());
+    let result = client.rebuild(&request).await;
+    outcome.seconds = started.elapsed().as_secs_f64();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            state.metrics.rebuild_error();
+            outcome.error = Some(e.to_string());
+            tracing::warn!(volume = job.volume, stripe = job.stripe, error = %e, "rebuild failed");
+            return outcome;
+        }
+    };
+    outcome.written_bytes = report.written_bytes;
+    state.metrics.rebuilt_bytes(report.written_bytes);
+    for failed in report.failed_sources.iter().filter(|f| f.damaged) {
+        let node = &warm.stripes[job.stripe as usize][failed.block as usize];
+        let damaged = DamagedBlockRequest {
+            generation: warm.generation,
+            stripe: job.stripe,
+            block: failed.block,
+            node: node.clone(),
+            reason: format!("a rebuild could not read it: {}", failed.error),
+        };
+        if let Err(e) = state
+            .directory
+            .report_damaged_block(job.volume, &damaged)
+            .await
+        {
+            tracing::warn!(volume = job.volume, error = %e, "damaged block not reported");
+        }
+    }
+    let mut errors = Vec::new();
+    for (block, from, to) in &job.targets {
+        let rebuilt = RebuiltBlockRequest {
+            generation: warm.generation,
+            stripe: job.stripe,
+            block: *block,
+            from: from.clone(),
+            node: to.clone(),
+            started_ms,
+        };
+        if let Err(e) = state
+            .directory
+            .record_rebuilt_block(job.volume, &rebuilt)
+            .await
+        {
+            errors.push(format!("block {block}: {e}"));
+        }
+    }
+    if !errors.is_empty() {
+        outcome.error = Some(format!("not recorded: {}", errors.join("; ")));
+    }
+    tracing::info!(volume = job.volume, stripe = job.stripe, blocks = ?outcome.blocks,
+        written_bytes = outcome.written_bytes, seconds = outcome.seconds, "stripe rebuilt");
+    outcome
+}
+
+/// One pass: the audit, then its rebuilds (`act`), or only the audit.
+pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, ApiError> {
+    let (mut report, jobs, nodes) = audit(state, act).await?;
+    state.metrics.set_repair(&report, jobs.len());
+    if !act || jobs.is_empty() {
+        return Ok(report);
+    }
+    let rebuilders: Vec<&NodeRecord> = nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Rebuilder && n.is_up())
+        .collect();
+    if rebuilders.is_empty() {
+        report
+            .problems
+            .push(format!("{} stripes wait: no rebuilder is up", jobs.len()));
+        return Ok(report);
+    }
+    let nodes = &nodes;
+    let rebuilders = &rebuilders;
+    report.rebuilds = futures::stream::iter(jobs.into_iter().enumerate())
+        .map(|(i, job)| rebuild_stripe(state, job, nodes, rebuilders[i % rebuilders.len()]))
+        .buffer_unordered(state.config.max_rebuilds.max(1))
+        .collect()
+        .await;
+    Ok(report)
+}
+
+/// `GET /admin/repair`: what is missing, endangered or misplaced now.
+pub(crate) async fn repair_status(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<RepairReport>, ApiError> {
+    Ok(Json(pass(&state, false).await?))
+}
+
+/// `POST /admin/repair`: one pass now, rebuilds included.
+pub(crate) async fn repair_now(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<RepairReport>, ApiError> {
+    Ok(Json(pass(&state, true).await?))
+}
+
+/// Runs a coordinator on `listener` (`/health`, `/metrics`) until `cancel`
+/// fires: a pass every [`RouterConfig::coordinate_interval_ms`].
+pub async fn run(
+    config: RouterConfig,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), ApiError> {
+    let options = config.server.serve_options();
+    let interval = Duration::from_millis(config.coordinate_interval_ms.max(1));
+    let state = Arc::new(AppState::new(config)?);
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(haystack::http::health))
+        .route("/metrics", axum::routing::get(super::admin::metrics))
+        .route("/repair", axum::routing::get(repair_status))
+        .fallback(haystack::http::no_route)
+        .with_state(state.clone());
+    let passes = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    result = pass(&state, true) => match result {
+                        Ok(report) if !report.rebuilds.is_empty() || !report.problems.is_empty() => {
+                            tracing::info!(rebuilds = report.rebuilds.len(),
+                                endangered = report.endangered.len(),
+                                problems = ?report.problems, "repair pass");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "repair pass failed"),
+                    },
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+            }
+        })
+    };
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "coordinator serving");
+    }
+    haystack::http::serve(listener, app, options, cancel).await;
+    let _ = passes.await;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::NodeState;
+
+    fn node(id: &str, rack: &str, up: bool, last_heartbeat_ms: u64) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            role: NodeRole::F4Storage,
+            rack: rack.into(),
+            datacenter: "dc-1".into(),
+            address: "127.0.0.1:1".into(),
+            last_heartbeat_ms,
+            state: if up { NodeState::Up } else { NodeState::Down },
+        }
+    }
+
+    #[test]
+    fn a_replacement_takes_an_empty_rack_then_the_least_loaded_node() {
+        let nodes = vec![
+            node("a", "r1", true, 0),
+            node("b", "r2", true, 0),
+            node("c", "r2", true, 0),
+            node("d", "r3", false, 0),
+            node("e", "r1", true, 0),
+        ];
+        let mut cell = Cell::new(&nodes, &[], 1000);
+        cell.now = 500;
+        // r3's only node is down: the emptiest rack with an up node is r2.
+        assert_eq!(cell.replacement(&["a"]), Some("b"));
+        cell.load.insert("b".into(), 3);
+        assert_eq!(cell.replacement(&["a"]), Some("c"));
+        // Every rack holds a member: the fewest members, then load.
+        assert_eq!(cell.replacement(&["a", "b"]), Some("c"));
+        assert_eq!(cell.replacement(&["a", "b", "c"]), Some("e"));
+        assert_eq!(cell.replacement(&["a", "b", "c", "e"]), None);
+    }
+
+    #[test]
+    fn a_node_is_lost_only_after_rebuild_after() {
+        let nodes = vec![node("up", "r1", true, 0), node("down", "r2", false, 1000)];
+        let mut cell = Cell::new(&nodes, &[], 5000);
+        cell.now = 5999;
+        assert!(!cell.lost("up"));
+        assert!(!cell.lost("down"), "down for less than rebuild_after");
+        cell.now = 6000;
+        assert!(cell.lost("down"));
+        assert!(cell.lost("unknown"), "a node the directory forgot");
+    }
+}

@@ -1,0 +1,444 @@
+//! Self-healing on real processes (`hayloft up --spawn --nodes-per-rack 2`,
+//! which starts a coordinator and a rebuilder beside a cell of 28 storage
+//! nodes in 14 racks): warm blocks lost with a storage node's disk, with
+//! its whole node, with a whole rack, four of one stripe at once, or
+//! corrupt, come back without an operator, while every read keeps
+//! succeeding and every delete stays deleted.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::volumes::{Blob, delete, fill, seal, volume, volumes};
+use common::{Cluster, fetch, http_client, wait_until};
+use serde_json::Value;
+
+/// How long the cell gets to heal after each loss.
+const HEAL_DEADLINE: Duration = Duration::from_secs(90);
+
+/// 1 MiB volumes in blocks of 8 KiB (a dozen stripes, so that a node of
+/// the 28 holds blocks of five or more); two storage nodes per rack; a
+/// node silent for 2 s is down and after 6 s lost (a node restarted within
+/// that keeps its blocks); quick coordinator and
+/// repair passes; no rebuild throttle.
+const ARGS: &[&str] = &[
+    "--volume-size",
+    "1MiB",
+    "--max-blob-size",
+    "160KiB",
+    "--block-size",
+    "8KiB",
+    "--nodes-per-rack",
+    "2",
+    "--heartbeat-timeout",
+    "2s",
+    "--rebuild-after",
+    "6s",
+    "--coordinate-interval",
+    "300ms",
+    "--repair-interval",
+    "300ms",
+    "--rebuild-rate",
+    "0",
+];
+
+/// The block file of `(stripe, block)` of `warm` on `node`.
+fn block_path(
+    cluster: &Cluster,
+    node: &str,
+    vid: u32,
+    warm: &Value,
+    stripe: u64,
+    block: u32,
+) -> PathBuf {
+    let generation = warm["generation"].as_u64().expect("generation");
+    cluster
+        .data_dir
+        .join(node)
+        .join("blocks")
+        .join(f4::block::block_file_name(vid, generation, stripe, block))
+}
+
+/// Every block of the volume's record: `(stripe, block) -> node`.
+fn placement(warm: &Value) -> BTreeMap<(u64, u32), String> {
+    let mut blocks = BTreeMap::new();
+    for (stripe, nodes) in warm["stripes"].as_array().into_iter().flatten().enumerate() {
+        for (block, node) in nodes.as_array().into_iter().flatten().enumerate() {
+            blocks.insert(
+                (stripe as u64, block as u32),
+                node.as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+    blocks
+}
+
+/// Every block's file, by place, as the record now says.
+fn block_files(
+    cluster: &Cluster,
+    vid: u32,
+    warm: &Value,
+) -> anyhow::Result<BTreeMap<(u64, u32), Vec<u8>>> {
+    placement(warm)
+        .into_iter()
+        .map(|((stripe, block), node)| {
+            let path = block_path(cluster, &node, vid, warm, stripe, block);
+            let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+            Ok(((stripe, block), bytes))
+        })
+        .collect()
+}
+
+/// Every live BLOB of `vid` reads back byte for byte; every deleted one is
+/// `404`.
+async fn reads_succeed(
+    client: &reqwest::Client,
+    router: &str,
+    blobs: &[Blob],
+    vid: u32,
+) -> anyhow::Result<()> {
+    for blob in blobs.iter().filter(|b| b.volume() == vid) {
+        if blob.deleted {
+            let (status, _) = fetch(client, router, &blob.id).await?;
+            anyhow::ensure!(status == 404, "deleted {} answered {status}", blob.id);
+        } else {
+            blob.check(client, router)
+                .await
+                .with_context(|| format!("reading {}", blob.id))?;
+        }
+    }
+    Ok(())
+}
+
+/// `GET /admin/repair`.
+async fn repair_status(client: &reqwest::Client, router: &str) -> anyhow::Result<Value> {
+    Ok(client
+        .get(format!("{router}/admin/repair"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+/// Waits until every block of `vid` is where the record says, byte for
+/// byte as `expected` (by place), none on the `gone` nodes, no stripe has
+/// two blocks on one node, no holder is stale and nothing is left to
+/// rebuild.
+async fn healed(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    vid: u32,
+    expected: &BTreeMap<(u64, u32), Vec<u8>>,
+    gone: &[&str],
+) -> anyhow::Result<Value> {
+    let router = &cluster.router;
+    wait_until("the cell to heal", HEAL_DEADLINE, || async {
+        let warm = volume(client, router, vid).await?["warm"].clone();
+        let on_gone = placement(&warm)
+            .values()
+            .any(|n| gone.contains(&n.as_str()))
+            || gone.iter().any(|n| is_holder(&warm, n));
+        let Ok(files) = block_files(cluster, vid, &warm) else {
+            return Ok(false);
+        };
+        let stale = warm["stale_holders"].as_array().map_or(0, Vec::len);
+        let status = repair_status(client, router).await?;
+        let endangered = status["endangered"].as_array().map_or(0, Vec::len);
+        Ok(!on_gone && files == *expected && stale == 0 && endangered == 0)
+    })
+    .await
+    .with_context(|| format!("log:\n{}", cluster.log_tail()))?;
+    let warm = volume(client, router, vid).await?["warm"].clone();
+    for stripe in warm["stripes"].as_array().context("stripes")? {
+        let mut nodes: Vec<&str> = stripe
+            .as_array()
+            .context("stripe")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        nodes.sort_unstable();
+        let count = nodes.len();
+        nodes.dedup();
+        anyhow::ensure!(
+            nodes.len() == count,
+            "two blocks of a stripe on one node: {stripe}"
+        );
+    }
+    Ok(warm)
+}
+
+/// The storage node holding the most blocks of `warm`.
+fn busiest_node(warm: &Value, except: &[&str]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for node in placement(warm).into_values() {
+        *counts.entry(node).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter(|(node, _)| !except.contains(&node.as_str()))
+        .max_by_key(|(node, count)| (*count, std::cmp::Reverse(node.clone())))
+        .map(|(node, _)| node)
+        .expect("a node")
+}
+
+/// The places of `warm`'s blocks on `node`.
+fn blocks_on(warm: &Value, node: &str) -> Vec<(u64, u32)> {
+    placement(warm)
+        .into_iter()
+        .filter(|(_, n)| n == node)
+        .map(|(place, _)| place)
+        .collect()
+}
+
+fn is_holder(warm: &Value, node: &str) -> bool {
+    warm["journal_holders"]
+        .as_array()
+        .is_some_and(|holders| holders.iter().any(|h| h == node))
+}
+
+/// The other storage node in `node`'s rack.
+fn rack_partner(cluster: &Cluster, node: &str) -> anyhow::Result<String> {
+    let nodes = cluster.nodes()?;
+    let rack = cluster.node(node)?["rack"].clone();
+    nodes
+        .iter()
+        .find(|n| n["role"] == "f4-storage" && n["rack"] == rack && n["id"] != node)
+        .and_then(|n| n["id"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("no other node in {node}'s rack"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_disks_nodes_and_blocks_are_rebuilt_while_reads_go_on() -> anyhow::Result<()> {
+    let cluster = Cluster::start_spawned(ARGS).await?;
+    let client = http_client();
+    let router = cluster.router.clone();
+    let mut blobs = fill(&client, &router, 21, 1).await?;
+    let vid = volumes(&client, &router)
+        .await?
+        .iter()
+        .find(|v| v["state"] == "locked")
+        .and_then(|v| v["id"].as_u64())
+        .context("a locked volume")? as u32;
+    for (n, blob) in blobs.iter_mut().enumerate() {
+        if blob.volume() == vid && n % 6 == 1 {
+            anyhow::ensure!(delete(&client, &router, &blob.id).await? == 204);
+            blob.deleted = true;
+        }
+    }
+    let sealed = seal(&cluster, vid).await?;
+    let warm = sealed["volume"]["warm"].clone();
+    let stripes = warm["stripes"].as_array().map_or(0, Vec::len);
+    anyhow::ensure!(stripes >= 10, "only {stripes} stripes");
+    let original = block_files(&cluster, vid, &warm)?;
+    reads_succeed(&client, &router, &blobs, vid).await?;
+
+    // (a) A replaced disk: the node restarts empty in place; its blocks
+    // are rebuilt onto it and, if it holds the journal, it merges.
+    let disk = busiest_node(&warm, &[]);
+    cluster.kill_node(&disk)?;
+    std::fs::remove_dir_all(cluster.data_dir.join(&disk))?;
+    let _restarted = cluster.restart_node(&disk)?;
+    reads_succeed(&client, &router, &blobs, vid).await?;
+    let warm_now = healed(&cluster, &client, vid, &original, &[]).await?;
+    anyhow::ensure!(
+        placement(&warm_now) == placement(&warm),
+        "blocks moved off a node that came back"
+    );
+    if is_holder(&warm, &disk) {
+        let generation = warm["generation"].as_u64().context("generation")?;
+        let held = client
+            .get(format!(
+                "{}/volumes/{vid}/{generation}",
+                cluster.node_url(&disk)?
+            ))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            held.status() == 200,
+            "the emptied holder has no index again"
+        );
+    }
+    reads_succeed(&client, &router, &blobs, vid).await?;
+
+    // (b) A node lost for good: its blocks go to its rack's other node,
+    // its journal holds to another node; deletes stay deleted.
+    let mut deleted_now = Vec::new();
+    for blob in blobs
+        .iter_mut()
+        .filter(|b| b.volume() == vid && !b.deleted)
+        .step_by(4)
+    {
+        anyhow::ensure!(delete(&client, &router, &blob.id).await? == 204);
+        blob.deleted = true;
+        deleted_now.push(blob.id.clone());
+    }
+    let lost = busiest_node(&warm_now, &[&disk]);
+    let partner = rack_partner(&cluster, &lost)?;
+    let moved = blocks_on(&warm_now, &lost);
+    anyhow::ensure!(moved.len() >= 5, "{lost} holds {} blocks", moved.len());
+    cluster.kill_node(&lost)?;
+    reads_succeed(&client, &router, &blobs, vid).await?;
+    let warm_b = healed(&cluster, &client, vid, &original, &[&lost]).await?;
+    let placed = placement(&warm_b);
+    for place in &moved {
+        anyhow::ensure!(
+            placed[place] == partner,
+            "block {place:?} went to {}, not {partner}",
+            placed[place]
+        );
+    }
+    anyhow::ensure!(
+        !is_holder(&warm_b, &lost),
+        "the lost node is still a journal holder"
+    );
+    anyhow::ensure!(
+        warm_b["tolerated_rack_losses"] == 4,
+        "{}",
+        warm_b["tolerated_rack_losses"]
+    );
+    let status = repair_status(&client, &router).await?;
+    anyhow::ensure!(
+        status["lost_nodes"] == serde_json::json!([lost]),
+        "{status}"
+    );
+    anyhow::ensure!(
+        status["placement_violations"] == serde_json::json!([]),
+        "{status}"
+    );
+    reads_succeed(&client, &router, &blobs, vid).await?;
+
+    // (c) The rack's other node lost too: no node is left in the rack, so
+    // its blocks go where they cost the least tolerance (another rack's
+    // second node), and the violation is reported.
+    let moved = blocks_on(&warm_b, &partner);
+    cluster.kill_node(&partner)?;
+    reads_succeed(&client, &router, &blobs, vid).await?;
+    let warm_c = healed(&cluster, &client, vid, &original, &[&lost, &partner]).await?;
+    let placed = placement(&warm_c);
+    for place in &moved {
+        anyhow::ensure!(
+            placed[place] != partner,
+            "block {place:?} still on {partner}"
+        );
+    }
+    anyhow::ensure!(
+        warm_c["tolerated_rack_losses"] == 3,
+        "{}",
+        warm_c["tolerated_rack_losses"]
+    );
+    let status = repair_status(&client, &router).await?;
+    anyhow::ensure!(
+        status["placement_violations"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == moved.len(),
+        "{status}"
+    );
+    let metrics = client
+        .get(format!("{router}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    anyhow::ensure!(
+        metrics.contains("hayloft_placement_violations"),
+        "metrics:\n{metrics}"
+    );
+    reads_succeed(&client, &router, &blobs, vid).await?;
+    let warm_after = warm_c;
+    let expected = original;
+
+    // Four blocks of one stripe lost at once (and one of another): the
+    // stripe with four goes first; every block comes back as it was.
+    let stripe = 1u64;
+    let mut gone = Vec::new();
+    for block in [0u32, 5, 11, 13] {
+        gone.push(block_path(
+            &cluster,
+            &placed[&(stripe, block)],
+            vid,
+            &warm_after,
+            stripe,
+            block,
+        ));
+    }
+    gone.push(block_path(
+        &cluster,
+        &placed[&(2, 3)],
+        vid,
+        &warm_after,
+        2,
+        3,
+    ));
+    for path in &gone {
+        std::fs::remove_file(path)?;
+    }
+    reads_succeed(&client, &router, &blobs, vid).await?;
+    healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
+
+    // A corrupt block that a read trips over is rebuilt in place.
+    let live = blobs
+        .iter()
+        .find(|b| b.volume() == vid && !b.deleted && b.body.len() > 40_000)
+        .context("a large live BLOB")?;
+    let generation = warm_after["generation"].as_u64().context("generation")?;
+    let holder = warm_after["journal_holders"][0]
+        .as_str()
+        .context("holder")?;
+    let entry: Value = client
+        .get(format!(
+            "{}/volumes/{vid}/{generation}/keys/{:x}",
+            cluster.node_url(holder)?,
+            live.key()
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let block_size = warm_after["geometry"]["block_size_bytes"]
+        .as_u64()
+        .context("block size")?;
+    let offset = entry["offset"].as_u64().context("offset")?;
+    let place = (
+        offset / (block_size * 10),
+        ((offset % (block_size * 10)) / block_size) as u32,
+    );
+    let path = block_path(
+        &cluster,
+        &placed[&place],
+        vid,
+        &warm_after,
+        place.0,
+        place.1,
+    );
+    let mut bytes = std::fs::read(&path)?;
+    let at = 80 + (offset % block_size) as usize;
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, &bytes)?;
+    live.check(&client, &router).await?;
+    healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
+
+    // Every node restarted: what was deleted stays deleted.
+    for node in cluster.nodes()? {
+        let id = node["id"].as_str().unwrap_or_default();
+        if node["role"] == "f4-storage" && id != lost && id != partner {
+            let id = id.to_owned();
+            cluster.kill_node(&id)?;
+            cluster.restart_node(&id)?;
+        }
+    }
+    for id in &deleted_now {
+        let (status, _) = fetch(&client, &router, id).await?;
+        anyhow::ensure!(
+            status == 404,
+            "deleted {id} answered {status} after the restarts"
+        );
+    }
+    reads_succeed(&client, &router, &blobs, vid).await?;
+    Ok(())
+}
