@@ -185,6 +185,106 @@ impl RouterClient {
         Ok(())
     }
 
+    /// `hayloft scrub`: every volume (or `volume`) read back and checked
+    /// now, one `POST /admin/scrub?volume=N` each, with a progress bar on a
+    /// terminal. Fails if something could not be checked or a needle has
+    /// no good copy left.
+    pub async fn scrub(&self, volume: Option<u32>, json: bool) -> anyhow::Result<()> {
+        let ids: Vec<u64> = match volume {
+            Some(volume) => vec![u64::from(volume)],
+            None => self
+                .get_json("/admin/volumes")
+                .await?
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v["id"].as_u64())
+                .collect(),
+        };
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(ids.len() as u64).with_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} volumes {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        let mut total = serde_json::json!({
+            "volumes": 0, "blocks_checked": 0, "needles_checked": 0, "bytes": 0,
+            "damaged_blocks": [], "corrupt_needles": [], "unrecoverable": [], "unchecked": [],
+        });
+        for id in ids {
+            if let Some(bar) = &bar {
+                bar.set_message(format!("volume {id}"));
+            }
+            let response = self
+                .http
+                .post(format!("{}/admin/scrub?volume={id}", self.base))
+                .send()
+                .await
+                .with_context(|| format!("scrubbing volume {id}"))?;
+            let report: serde_json::Value = checked(response).await?.json().await?;
+            for (key, value) in total.as_object_mut().into_iter().flatten() {
+                match value {
+                    serde_json::Value::Array(list) => {
+                        list.extend(report[key.as_str()].as_array().cloned().unwrap_or_default());
+                    }
+                    number => {
+                        let sum = number.as_u64().unwrap_or(0)
+                            + report[key.as_str()].as_u64().unwrap_or(0);
+                        *number = sum.into();
+                    }
+                }
+            }
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let count = |key: &str| total[key].as_array().map_or(0, Vec::len);
+        let trouble = count("unrecoverable") + count("unchecked");
+        if json {
+            println!("{total}");
+        } else {
+            for (key, what) in [("damaged_blocks", "block"), ("corrupt_needles", "needle")] {
+                for found in total[key].as_array().into_iter().flatten() {
+                    println!(
+                        "volume {} {what} {} on {}: corrupt, reported for repair",
+                        field(found, "volume"),
+                        found["what"].as_str().unwrap_or_default(),
+                        found["node"].as_str().unwrap_or_default(),
+                    );
+                }
+            }
+            for blob in total["unrecoverable"].as_array().into_iter().flatten() {
+                println!(
+                    "unrecoverable: every replica of {} is corrupt",
+                    blob.as_str().unwrap_or_default()
+                );
+            }
+            for what in total["unchecked"].as_array().into_iter().flatten() {
+                println!("not checked: {}", what.as_str().unwrap_or_default());
+            }
+            println!(
+                "{} volumes checked whole: {} blocks, {} needle copies, {} bytes; {} corrupt",
+                field(&total, "volumes"),
+                field(&total, "blocks_checked"),
+                field(&total, "needles_checked"),
+                field(&total, "bytes"),
+                count("damaged_blocks") + count("corrupt_needles"),
+            );
+        }
+        anyhow::ensure!(
+            trouble == 0,
+            "{trouble} needles unrecoverable or places not checked"
+        );
+        Ok(())
+    }
+
     /// `hayloft repair`: one coordinator pass now (`POST /admin/repair`),
     /// or with `status_only` the report alone (`GET /admin/repair`). Fails
     /// if a rebuild failed.

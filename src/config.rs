@@ -86,6 +86,10 @@ pub struct Config {
     /// Pause between two coordinator passes.
     #[serde(default = "default_coordinate_interval_ms")]
     pub coordinate_interval_ms: u64,
+    /// Bytes a second a scrub reads back and checks (0: no background
+    /// scrub, and `hayloft scrub` runs unpaced).
+    #[serde(default = "default_scrub_rate_bytes")]
+    pub scrub_rate_bytes: u64,
     /// How often a store node tells the directory it is alive.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
@@ -302,6 +306,9 @@ fn default_rebuild_rate_bytes() -> u64 {
 fn default_coordinate_interval_ms() -> u64 {
     router::api::config::default_coordinate_interval_ms()
 }
+fn default_scrub_rate_bytes() -> u64 {
+    router::api::config::default_scrub_rate_bytes()
+}
 fn default_rebuilder_section() -> StoreSection {
     section_for(crate::roles::Role::Rebuilder)
 }
@@ -379,6 +386,7 @@ impl Default for Config {
             max_rebuilds: default_max_rebuilds(),
             rebuild_rate_bytes: default_rebuild_rate_bytes(),
             coordinate_interval_ms: default_coordinate_interval_ms(),
+            scrub_rate_bytes: default_scrub_rate_bytes(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
@@ -476,6 +484,10 @@ pub struct Overrides {
     /// Pause between two coordinator passes (e.g. `10s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub coordinate_interval: Option<u64>,
+    /// Bytes a second a scrub reads back and checks (e.g. `16MiB`; `0`: no
+    /// background scrub).
+    #[arg(long, value_parser = parse_size)]
+    pub scrub_rate: Option<u64>,
     /// Store node heartbeat period (e.g. `1s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub heartbeat_interval: Option<u64>,
@@ -547,6 +559,7 @@ impl Config {
             max_rebuilds,
             nodes_per_rack,
             coordinate_interval,
+            scrub_rate,
             heartbeat_interval,
             heartbeat_timeout,
             repair_interval,
@@ -567,7 +580,7 @@ impl Config {
             self.nodes_per_rack = *nodes_per_rack;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 17] = [
+        let pairs: [(&Option<u64>, &mut u64); 18] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
@@ -581,6 +594,7 @@ impl Config {
             (rebuild_after, &mut self.rebuild_after_ms),
             (rebuild_rate, &mut self.rebuild_rate_bytes),
             (coordinate_interval, &mut self.coordinate_interval_ms),
+            (scrub_rate, &mut self.scrub_rate_bytes),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
             (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
             (repair_interval, &mut self.repair_interval_ms),

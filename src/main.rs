@@ -124,6 +124,18 @@ enum Command {
         #[command(flatten)]
         router: RouterArg,
     },
+    /// Read every stored byte back and check it now (or one volume's);
+    /// what is corrupt is reported for repair.
+    Scrub {
+        /// Only this volume.
+        #[arg(long)]
+        volume: Option<u32>,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        router: RouterArg,
+    },
     /// Health, nodes and volumes of a running system.
     Status {
         /// Machine-readable JSON.
@@ -273,6 +285,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             client::RouterClient::new(&router.router)?
                 .repair(status, json)
+                .await
+        }
+        Command::Scrub {
+            volume,
+            json,
+            router,
+        } => {
+            client::RouterClient::new(&router.router)?
+                .scrub(volume, json)
                 .await
         }
         Command::Status { json, router } => {

@@ -568,6 +568,7 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.max_rebuilds = config.max_rebuilds;
     api.rebuild_rate_bytes = config.rebuild_rate_bytes;
     api.coordinate_interval_ms = config.coordinate_interval_ms;
+    api.scrub_rate_bytes = config.scrub_rate_bytes;
     api.id = config.router.id.clone();
     api
 }

@@ -3,7 +3,9 @@
 //! nodes in 14 racks): warm blocks lost with a storage node's disk, with
 //! its whole node, with a whole rack, four of one stripe at once, or
 //! corrupt, come back without an operator, while every read keeps
-//! succeeding and every delete stays deleted.
+//! succeeding and every delete stays deleted; bit rot in blocks and hot
+//! needles is found by `hayloft scrub` and repaired, and a needle with no
+//! good copy left is named, never served.
 
 mod common;
 
@@ -42,6 +44,10 @@ const ARGS: &[&str] = &[
     "--repair-interval",
     "300ms",
     "--rebuild-rate",
+    "0",
+    // Scrubs only when asked (`hayloft scrub`), so that what a scrub finds
+    // is not repaired by a background one first.
+    "--scrub-rate",
     "0",
 ];
 
@@ -213,7 +219,7 @@ fn rack_partner(cluster: &Cluster, node: &str) -> anyhow::Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_disks_nodes_and_blocks_are_rebuilt_while_reads_go_on() -> anyhow::Result<()> {
+async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> anyhow::Result<()> {
     let cluster = Cluster::start_spawned(ARGS).await?;
     let client = http_client();
     let router = cluster.router.clone();
@@ -423,6 +429,72 @@ async fn lost_disks_nodes_and_blocks_are_rebuilt_while_reads_go_on() -> anyhow::
     live.check(&client, &router).await?;
     healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
 
+    // Bit rot nobody reads: bytes flipped in a data block, in a parity block
+    // and in one hot replica's needle. The next scrub finds each (and has
+    // each repaired); the one after finds nothing.
+    let hot = blobs
+        .iter()
+        .find(|b| b.volume() != vid && b.body.len() > 1000)
+        .context("a hot BLOB")?
+        .clone();
+    let hot_store = volume(&client, &router, hot.volume()).await?["replicas"][0]
+        .as_str()
+        .context("replica")?
+        .to_owned();
+    flip_needle_byte(&cluster, &client, &hot_store, &hot).await?;
+    for (stripe, block) in [(3u64, 2u32), (4, 12)] {
+        let path = block_path(
+            &cluster,
+            &placed[&(stripe, block)],
+            vid,
+            &warm_after,
+            stripe,
+            block,
+        );
+        let mut bytes = std::fs::read(&path)?;
+        bytes[100] ^= 0x01;
+        std::fs::write(&path, &bytes)?;
+    }
+    let found = scrub(&cluster).await?;
+    let named = |key: &str| -> Vec<String> {
+        found[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                format!(
+                    "{}/{}/{}",
+                    f["volume"],
+                    f["what"].as_str().unwrap_or_default(),
+                    f["node"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    let mut blocks = named("damaged_blocks");
+    blocks.sort();
+    anyhow::ensure!(
+        blocks
+            == vec![
+                format!("{vid}/3.2/{}", placed[&(3, 2)]),
+                format!("{vid}/4.12/{}", placed[&(4, 12)]),
+            ],
+        "{found}"
+    );
+    anyhow::ensure!(
+        named("corrupt_needles") == vec![format!("{}/{:x}/{hot_store}", hot.volume(), hot.key())],
+        "{found}"
+    );
+    anyhow::ensure!(found["unrecoverable"] == serde_json::json!([]), "{found}");
+    hot.check(&client, &router).await?;
+    healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
+    wait_until("a scrub to find nothing", HEAL_DEADLINE, || async {
+        let again = scrub(&cluster).await?;
+        Ok(again["damaged_blocks"] == serde_json::json!([])
+            && again["corrupt_needles"] == serde_json::json!([]))
+    })
+    .await?;
+
     // Every node restarted: what was deleted stays deleted.
     for node in cluster.nodes()? {
         let id = node["id"].as_str().unwrap_or_default();
@@ -440,5 +512,85 @@ async fn lost_disks_nodes_and_blocks_are_rebuilt_while_reads_go_on() -> anyhow::
         );
     }
     reads_succeed(&client, &router, &blobs, vid).await?;
+
+    // Every replica of a hot needle corrupt: an error on read, never
+    // bytes, and the scrub names it unrecoverable.
+    let doomed = blobs
+        .iter()
+        .find(|b| b.volume() == hot.volume() && b.id != hot.id && b.body.len() > 1000)
+        .context("another hot BLOB")?;
+    for replica in volume(&client, &router, doomed.volume()).await?["replicas"]
+        .as_array()
+        .context("replicas")?
+    {
+        flip_needle_byte(
+            &cluster,
+            &client,
+            replica.as_str().context("replica")?,
+            doomed,
+        )
+        .await?;
+    }
+    let (status, _) = fetch(&client, &router, &doomed.id).await?;
+    anyhow::ensure!(
+        status >= 500,
+        "a needle corrupt everywhere answered {status}"
+    );
+    let found = scrub(&cluster).await?;
+    anyhow::ensure!(
+        found["unrecoverable"]
+            == serde_json::json!([format!("{},{:x}", doomed.volume(), doomed.key())]),
+        "{found}"
+    );
+    Ok(())
+}
+
+/// `hayloft scrub --json`: its report (it exits non-zero when something is
+/// unrecoverable, which the callers look at themselves).
+async fn scrub(cluster: &Cluster) -> anyhow::Result<Value> {
+    let output = tokio::process::Command::new(common::hayloft_bin())
+        .args(["scrub", "--json", "--router", &cluster.router])
+        .output()
+        .await?;
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "hayloft scrub: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Flips a byte in the data of `blob`'s needle in `store`'s replica.
+async fn flip_needle_byte(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    store: &str,
+    blob: &Blob,
+) -> anyhow::Result<()> {
+    let vid = blob.volume();
+    let page: Value = client
+        .get(format!(
+            "{}/volumes/{vid}/needles",
+            cluster.node_url(store)?
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let entry = page["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["key"] == format!("{:x}", blob.key()))
+        .context("the needle in the replica's index")?;
+    let offset = entry["offset"].as_u64().context("offset")?;
+    let path = cluster
+        .data_dir
+        .join(store)
+        .join(format!("volume-{vid:010}.data"));
+    let mut bytes = std::fs::read(&path)?;
+    bytes[offset as usize + 300] ^= 0x04;
+    std::fs::write(&path, &bytes)?;
     Ok(())
 }

@@ -26,6 +26,7 @@ mod http;
 pub mod index;
 pub mod journal;
 pub mod node;
+pub mod pace;
 pub mod reader;
 pub mod rebuild;
 pub mod seal;

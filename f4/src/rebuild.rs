@@ -46,6 +46,7 @@ use crate::api::{
 use crate::client::StorageClient;
 use crate::format::BlockHeader;
 use crate::http::{ApiError, JsonBody};
+use crate::pace::Pace;
 use crate::reader::WarmReader;
 
 /// Bytes of each block per decoding step.
@@ -265,8 +266,7 @@ async fn rebuild(
     ));
     let codec =
         Arc::new(Codec::new(plan.request.geometry.rs_config()?).map_err(crate::Error::from)?);
-    let pace = Pace::new(request.bytes_per_second);
-    let mut written = 0u64;
+    let mut pace = Pace::new(request.bytes_per_second);
     let mut at = 0u64;
     while at < plan.column_len {
         let Some(column) = columns.recv().await else {
@@ -293,11 +293,10 @@ async fn rebuild(
             let stored = plan.lens[upload.index].saturating_sub(at).min(width as u64) as usize;
             let mut output = Bytes::from(output);
             output.truncate(stored);
-            written += stored as u64;
+            pace.take(stored as u64).await;
             upload.send(output).await?;
         }
         at += width as u64;
-        pace.wait(written).await;
     }
     let (read_bytes, sources, failed_sources) = reading
         .await
@@ -604,28 +603,5 @@ fn upload_outcome(
         Ok(Ok(())) => Ok(()),
         Ok(Err(why)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, code::PEER, why)),
         Err(e) => Err(ApiError::internal(format!("upload task: {e}"))),
-    }
-}
-
-/// Holds a rebuild to `bytes_per_second` of block bytes written.
-struct Pace {
-    bytes_per_second: u64,
-    started: tokio::time::Instant,
-}
-
-impl Pace {
-    fn new(bytes_per_second: u64) -> Pace {
-        Pace {
-            bytes_per_second,
-            started: tokio::time::Instant::now(),
-        }
-    }
-
-    async fn wait(&self, written: u64) {
-        if self.bytes_per_second == 0 {
-            return;
-        }
-        let due = Duration::from_secs_f64(written as f64 / self.bytes_per_second as f64);
-        tokio::time::sleep_until(self.started + due).await;
     }
 }

@@ -159,6 +159,24 @@ pub struct DeletedPage {
     pub next_after: Option<u64>,
 }
 
+/// Answer of `POST /volumes/{vid}/scrub`: what one stretch of
+/// [`crate::Volume::scrub_needles`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubPage {
+    /// Needles read and checked.
+    pub checked: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
+    /// Keys whose needles failed a check (deleted ones included: their
+    /// bytes are still a replica's to keep whole).
+    #[serde(with = "hex_keys")]
+    pub corrupt: Vec<u64>,
+    /// The last key checked: scrub on after it; `None` once the whole
+    /// volume is checked.
+    #[serde(with = "hex_key_opt")]
+    pub next_after: Option<u64>,
+}
+
 /// Body of `POST /volumes/{vid}/needles/{key}/repair`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NeedleRepairAnswer {

@@ -13,7 +13,10 @@
 //!   the in-memory index and a digest of it, to compare two replicas.
 //! - [`Volume::apply_peer_delete`]: a delete learned from a peer's deleted
 //!   keys (which carry no cookie).
+//! - [`Volume::scrub_needles`]: reads needles in key order and checks each
+//!   as [`Volume::read_raw_needle`] does, a bounded stretch at a time.
 
+use crate::api::ScrubPage;
 use crate::error::{Error, Result};
 use crate::format::{self, NEEDLE_FLAG_DELETED, NEEDLE_FLAGS_OFFSET, NEEDLE_HEADER_SIZE};
 use crate::index::IndexEntry;
@@ -131,6 +134,50 @@ impl Volume {
             needles: files.index.len(),
             data_end: files.index.data_end(),
             crc32: crc.finalize(),
+        }
+    }
+
+    /// Reads the needles above `after` in key order and checks each (magic,
+    /// sizes, key, CRC) until about `max_bytes` are read or `max_needles`
+    /// checked. A needle whose bytes could not be read (an IO error) ends
+    /// the stretch before it, so that a scrub never moves past a needle
+    /// it could not check.
+    pub fn scrub_needles(
+        &self,
+        after: Option<u64>,
+        max_bytes: u64,
+        max_needles: usize,
+    ) -> Result<ScrubPage> {
+        let mut page = ScrubPage::default();
+        let mut cursor = after;
+        loop {
+            let entries = self.needle_entries(cursor, max_needles.clamp(1, 4096));
+            if entries.is_empty() {
+                page.next_after = None;
+                return Ok(page);
+            }
+            for entry in entries {
+                if page.bytes >= max_bytes || page.checked as usize >= max_needles {
+                    page.next_after = cursor;
+                    return Ok(page);
+                }
+                match self.read_raw_needle(entry.key) {
+                    Ok(_) => {}
+                    Err(Error::Corrupt { .. }) => page.corrupt.push(entry.key),
+                    // Removed meanwhile (compaction of a deleted needle).
+                    Err(Error::NotFound) => {}
+                    Err(e) => {
+                        if page.checked == 0 {
+                            return Err(e);
+                        }
+                        page.next_after = cursor;
+                        return Ok(page);
+                    }
+                }
+                page.checked += 1;
+                page.bytes += entry.size_bytes;
+                cursor = Some(entry.key);
+            }
         }
     }
 

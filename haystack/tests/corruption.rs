@@ -149,3 +149,51 @@ fn damaged_data_inside_acknowledged_needles_refuses_to_open_and_cuts_nothing() {
     }
     assert_eq!(std::fs::metadata(&data).expect("stat").len(), data_len);
 }
+
+#[test]
+fn a_scrub_names_every_corrupt_needle_a_stretch_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Volume::create(dir.path(), 1, VolumeOptions::default()).expect("create");
+    let mut placed = Vec::new();
+    for key in 1..=10u64 {
+        let data = vec![key as u8; 100 + key as usize];
+        placed.push(v.append_needle(key, 9, "", &data).expect("append"));
+    }
+    v.delete_needle(4, 9).expect("delete");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(v.data_path())
+        .expect("open");
+    // Keys 3 and 4 (a deleted one: still a replica's bytes) and 9.
+    for key in [3u64, 4, 9] {
+        let at = placed[key as usize - 1].offset + 40;
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, at).expect("read");
+        file.write_all_at(&[b[0] ^ 0x10], at).expect("write");
+    }
+    let mut corrupt = Vec::new();
+    let mut after = None;
+    let mut stretches = 0;
+    loop {
+        let page = v.scrub_needles(after, u64::MAX, 4).expect("scrub");
+        stretches += 1;
+        assert!(page.checked <= 4);
+        corrupt.extend(page.corrupt);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(corrupt, vec![3, 4, 9]);
+    assert_eq!(stretches, 3, "10 needles, 4 at a time");
+    // A byte budget ends a stretch too (after at least one needle).
+    let page = v.scrub_needles(None, 1, 4096).expect("scrub");
+    assert_eq!((page.checked, page.next_after), (1, Some(1)));
+    let whole = v.scrub_needles(None, u64::MAX, 4096).expect("scrub");
+    assert_eq!((whole.checked, whole.next_after), (10, None));
+    assert_eq!(
+        whole.bytes,
+        placed.iter().map(|p| p.size_bytes).sum::<u64>()
+    );
+}

@@ -28,7 +28,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use coding::{BlockChecksums, Codec, StripeEncoder, VolumeSource};
@@ -46,6 +45,7 @@ use crate::client::StorageClient;
 use crate::error::{Error, Result};
 use crate::format::{BlockHeader, Geometry, INDEX_HEADER_SIZE, IndexEntry, IndexHeader};
 use crate::index::WarmIndex;
+use crate::pace::Pace;
 
 /// Most bytes of a source replica read in one request: a run of needles
 /// contiguous in its data file (a larger needle is read whole).
@@ -198,24 +198,6 @@ struct Cursor {
     runs: std::sync::mpsc::Receiver<Result<(u64, Bytes)>>,
 }
 
-/// A byte-rate limit.
-struct Pace {
-    bytes_per_second: u64,
-    started: Instant,
-    bytes: u64,
-}
-
-impl Pace {
-    /// Sleeps (this is a blocking thread) until `bytes` more are due.
-    fn take(&mut self, bytes: u64) {
-        self.bytes += bytes;
-        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_second as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-    }
-}
-
 impl LiveSource {
     /// The plan staged as `staged`, cut into blocks of `block_size_bytes`,
     /// read from `replicas` (the source first) at most `bytes_per_second`
@@ -249,13 +231,7 @@ impl LiveSource {
         Ok(LiveSource {
             plan: Arc::new(plan),
             block_size_bytes,
-            pace: (bytes_per_second > 0).then(|| {
-                Mutex::new(Pace {
-                    bytes_per_second,
-                    started: Instant::now(),
-                    bytes: 0,
-                })
-            }),
+            pace: (bytes_per_second > 0).then(|| Mutex::new(Pace::new(bytes_per_second))),
             cursors: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         })
@@ -317,7 +293,7 @@ impl LiveSource {
         // Paced as the encoder takes the bytes: reading ahead is bounded
         // by the cursors.
         if let Some(pace) = &self.pace {
-            pace.lock().take(buf.len() as u64);
+            pace.lock().take_blocking(buf.len() as u64);
         }
         let mut cursor = self.cursor_at(offset)?;
         let mut at = 0;

@@ -5,7 +5,9 @@
 use reqwest::Method;
 
 use super::{ClientError, StoreClient, checked, read_json};
-use crate::api::{DeletedPage, NeedlePage, NeedleRepairAnswer, PageQuery, SyncReport, format_key};
+use crate::api::{
+    DeletedPage, NeedlePage, NeedleRepairAnswer, PageQuery, ScrubPage, SyncReport, format_key,
+};
 use crate::format::NEEDLE_SIZE_MAX;
 use crate::repair::InventoryDigest;
 
@@ -62,6 +64,28 @@ impl StoreClient {
         };
         let request = self
             .request(Method::GET, path, self.request_timeout())
+            .query(&query);
+        read_json(checked(request.send().await?).await?).await
+    }
+
+    /// `POST /volumes/{vid}/scrub`: has the replica read and check up to
+    /// `limit` needles above `after`.
+    pub async fn scrub(
+        &self,
+        volume: u32,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<ScrubPage, ClientError> {
+        let query = PageQuery {
+            after: after.map(format_key),
+            limit: Some(limit),
+        };
+        let request = self
+            .request(
+                Method::POST,
+                &format!("/volumes/{volume}/scrub"),
+                self.request_timeout(),
+            )
             .query(&query);
         read_json(checked(request.send().await?).await?).await
     }

@@ -61,6 +61,7 @@ pub fn router(state: StoreNodeState) -> Router {
         .route("/volumes/{vid}/needles", get(inventory::needle_page))
         .route("/volumes/{vid}/deleted", get(inventory::deleted_page))
         .route("/volumes/{vid}/digest", get(inventory::inventory_digest))
+        .route("/volumes/{vid}/scrub", post(inventory::scrub))
         .route(
             "/volumes/{vid}/needles/{key}/raw",
             get(inventory::raw_needle),

@@ -16,8 +16,8 @@ use super::StoreNodeState;
 use super::error::ApiError;
 use super::params::{volume_and_key, volume_id};
 use crate::api::{
-    DeletedPage, NeedleEntry, NeedlePage, NeedleRepairAnswer, PAGE_ENTRIES_MAX, PageQuery, code,
-    parse_key,
+    DeletedPage, NeedleEntry, NeedlePage, NeedleRepairAnswer, PAGE_ENTRIES_MAX, PageQuery,
+    ScrubPage, code, parse_key,
 };
 use crate::client::{ClientError, StoreClient, StoreClientOptions};
 use crate::error::Error;
@@ -92,6 +92,35 @@ pub(crate) async fn deleted_page(
         .then(|| keys.last().copied())
         .flatten();
     Ok(Json(DeletedPage { keys, next_after }))
+}
+
+/// Most needle bytes one scrub request reads.
+pub const SCRUB_BYTES_MAX: u64 = 8 << 20;
+
+/// `POST /volumes/{vid}/scrub?after=KEY&limit=N`: reads and checks up to
+/// `limit` needles above `after` (at most [`SCRUB_BYTES_MAX`] of them).
+pub(crate) async fn scrub(
+    State(state): State<StoreNodeState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<ScrubPage>, ApiError> {
+    let volume = volume_id(path)?;
+    let (after, limit) = page_bounds(query)?;
+    let page = state
+        .blocking(move |store| {
+            store
+                .volume(volume)?
+                .scrub_needles(after, SCRUB_BYTES_MAX, limit)
+        })
+        .await?;
+    if !page.corrupt.is_empty() {
+        tracing::error!(
+            volume,
+            corrupt = page.corrupt.len(),
+            "scrub found corrupt needles"
+        );
+    }
+    Ok(Json(page))
 }
 
 /// `GET /volumes/{vid}/digest`: the digest of the replica's index.

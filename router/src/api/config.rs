@@ -134,6 +134,10 @@ pub struct RouterConfig {
     /// Pause between two passes of a coordinator, in ms.
     #[serde(default = "default_coordinate_interval_ms")]
     pub coordinate_interval_ms: u64,
+    /// Bytes a second a scrub reads (0: the coordinator does not scrub in
+    /// the background, and `POST /admin/scrub` runs unpaced).
+    #[serde(default = "default_scrub_rate_bytes")]
+    pub scrub_rate_bytes: u64,
 }
 
 impl RouterConfig {
@@ -170,6 +174,7 @@ impl RouterConfig {
             max_rebuilds: default_max_rebuilds(),
             rebuild_rate_bytes: default_rebuild_rate_bytes(),
             coordinate_interval_ms: default_coordinate_interval_ms(),
+            scrub_rate_bytes: default_scrub_rate_bytes(),
         }
     }
 }
@@ -267,6 +272,11 @@ pub fn default_rebuild_rate_bytes() -> u64 {
 /// Default of [`RouterConfig::coordinate_interval_ms`]: 10 s.
 pub fn default_coordinate_interval_ms() -> u64 {
     10_000
+}
+
+/// Default of [`RouterConfig::scrub_rate_bytes`]: 16 MiB a second.
+pub fn default_scrub_rate_bytes() -> u64 {
+    16 << 20
 }
 
 /// Default of [`RouterConfig::max_block_size_bytes`]: the storage node's.

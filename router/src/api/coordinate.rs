@@ -599,7 +599,8 @@ pub(crate) async fn repair_now(
 }
 
 /// Runs a coordinator on `listener` (`/health`, `/metrics`) until `cancel`
-/// fires: a pass every [`RouterConfig::coordinate_interval_ms`].
+/// fires: a pass every [`RouterConfig::coordinate_interval_ms`], and the
+/// background scrub (`super::scrub`).
 pub async fn run(
     config: RouterConfig,
     listener: TcpListener,
@@ -614,6 +615,15 @@ pub async fn run(
         .route("/repair", axum::routing::get(repair_status))
         .fallback(haystack::http::no_route)
         .with_state(state.clone());
+    let scrub = (state.config.scrub_rate_bytes > 0).then(|| {
+        let (state, cancel) = (state.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = super::scrub::scrub_forever(state, interval) => {}
+            }
+        })
+    });
     let passes = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -642,6 +652,9 @@ pub async fn run(
     }
     haystack::http::serve(listener, app, options, cancel).await;
     let _ = passes.await;
+    if let Some(scrub) = scrub {
+        let _ = scrub.await;
+    }
     tracing::info!("coordinator stopped");
     Ok(())
 }

@@ -27,6 +27,8 @@
 //! | `hayloft_rebuild_errors_total` | counter | |
 //! | `hayloft_placement_violations` | gauge | (stripes with two blocks or more in one rack) |
 //! | `hayloft_lost_storage_nodes` | gauge | (silent for `rebuild_after_ms` or longer) |
+//! | `hayloft_scrub_bytes_total` | counter | (bytes a scrub read back and checked) |
+//! | `hayloft_checksum_mismatches_total` | counter | `tier` (`hot`: needle copies, `warm`: blocks; found by a scrub) |
 //! | `hayloft_read_batches_total` | counter | `tier` (`hot`: store nodes, `warm`: storage nodes) |
 //! | `hayloft_read_batch_reads_total` | counter | `tier` |
 
@@ -60,6 +62,8 @@ const REBUILT_BYTES: &str = "hayloft_rebuilt_bytes_total";
 const REBUILD_ERRORS: &str = "hayloft_rebuild_errors_total";
 const PLACEMENT_VIOLATIONS: &str = "hayloft_placement_violations";
 const LOST_NODES: &str = "hayloft_lost_storage_nodes";
+const SCRUB_BYTES: &str = "hayloft_scrub_bytes_total";
+const CHECKSUM_MISMATCHES: &str = "hayloft_checksum_mismatches_total";
 const READ_BATCHES: &str = "hayloft_read_batches_total";
 const READ_BATCH_READS: &str = "hayloft_read_batch_reads_total";
 
@@ -291,6 +295,21 @@ impl Metrics {
     /// Counts block bytes a rebuild wrote.
     pub(crate) fn rebuilt_bytes(&self, bytes: u64) {
         self.counter(REBUILT_BYTES).increment(bytes);
+    }
+
+    /// Counts bytes a scrub checked.
+    pub(crate) fn scrubbed_bytes(&self, bytes: u64) {
+        self.counter(SCRUB_BYTES).increment(bytes);
+    }
+
+    /// Counts a copy a scrub found corrupt in `tier`.
+    pub(crate) fn checksum_mismatch(&self, tier: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(CHECKSUM_MISMATCHES, vec![Label::new("tier", tier)]),
+                &METADATA,
+            )
+            .increment(1);
     }
 
     /// Counts a rebuild that failed.

@@ -26,6 +26,7 @@ mod ownership;
 mod pool;
 mod read;
 mod reports;
+mod scrub;
 mod seal;
 mod state;
 mod upload;
@@ -102,6 +103,7 @@ fn build(state: Arc<AppState>) -> AxumRouter {
             "/admin/repair",
             get(coordinate::repair_status).post(coordinate::repair_now),
         )
+        .route("/admin/scrub", post(scrub::scrub_now))
         .route("/admin/volumes/{id}/migrate", post(migrate::migrate_volume))
         .route("/admin/migrations", get(migrate::migrations))
         .route("/blobs", post(upload::post_blob))
@@ -136,6 +138,7 @@ fn route_label(method: &axum::http::Method, path: &str) -> (&'static str, &'stat
         "/admin/nodes" => "/admin/nodes",
         "/admin/migrate" => "/admin/migrate",
         "/admin/repair" => "/admin/repair",
+        "/admin/scrub" => "/admin/scrub",
         "/admin/migrations" => "/admin/migrations",
         "/blobs" => "/blobs",
         p if p.starts_with("/blobs/") => "/blobs/{id}",

@@ -146,6 +146,12 @@ impl AppState {
         self.store(node, self.config.replica_timeout_ms)
     }
 
+    /// A client of `node` for operator work (a scrub), under the default
+    /// request timeout.
+    pub(crate) fn store_for_admin(&self, node: &NodeRecord) -> Result<StoreClient, ApiError> {
+        self.store(node, haystack::http::DEFAULT_REQUEST_TIMEOUT_MS)
+    }
+
     /// A client of `node` for [`StoreClient::append_needle_streamed`]: the
     /// caller bounds the body's pauses and the wait for the answer.
     pub(crate) fn store_for_streamed_writes(

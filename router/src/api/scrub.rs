@@ -1,0 +1,341 @@
+//! The scrub: every byte at rest read back and checked, before a read
+//! needs it. Warm blocks are read whole by their storage node and checked
+//! against their header and chunk CRCs (`POST /blocks/check`); hot
+//! replicas are read needle by needle by their store node and each needle
+//! checked (`POST /volumes/{vid}/scrub`). What fails is reported to the
+//! directory as a damaged block (the coordinator rebuilds it in place) or
+//! a damaged needle (the directory's repair pass mends it from a good
+//! replica, or marks it lost when none has one); a read never serves it
+//! meanwhile, since every read checks what it returns.
+//!
+//! The coordinator scrubs in the background at
+//! [`super::config::RouterConfig::scrub_rate_bytes`], one volume after the other by id; a
+//! volume with something it could not check (its node down or silent) is
+//! tried again, whole, until it can be checked: the cursor never moves past
+//! it. A router runs a whole pass on `POST /admin/scrub[?volume=N]`
+//! (`hayloft scrub`), at the same rate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use f4::api::BlockId;
+use f4::client::StorageClient;
+use f4::pace::Pace;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::directory::types::DamagedBlockRequest;
+use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
+
+/// Needles one scrub request checks at most.
+const NEEDLES_PER_REQUEST: usize = 1024;
+
+/// A corrupt copy a scrub found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The volume.
+    pub volume: u32,
+    /// `stripe.block` of a warm block, or the needle key in hex.
+    pub what: String,
+    /// The node holding the copy.
+    pub node: String,
+}
+
+/// What a scrub checked and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubReport {
+    /// Volumes checked whole.
+    pub volumes: usize,
+    /// Warm blocks checked.
+    pub blocks_checked: u64,
+    /// Hot needles checked (each replica's copy counts).
+    pub needles_checked: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Warm blocks that failed, reported for a rebuild in place.
+    pub damaged_blocks: Vec<Finding>,
+    /// Hot needle copies that failed, reported for repair.
+    pub corrupt_needles: Vec<Finding>,
+    /// Needles whose every replica failed: unrecoverable, named `V,KEY`.
+    pub unrecoverable: Vec<String>,
+    /// What could not be checked (the node down or not answering): the
+    /// volume is scrubbed again later.
+    pub unchecked: Vec<String>,
+}
+
+impl ScrubReport {
+    fn add(&mut self, other: ScrubReport) {
+        self.volumes += other.volumes;
+        self.blocks_checked += other.blocks_checked;
+        self.needles_checked += other.needles_checked;
+        self.bytes += other.bytes;
+        self.damaged_blocks.extend(other.damaged_blocks);
+        self.corrupt_needles.extend(other.corrupt_needles);
+        self.unrecoverable.extend(other.unrecoverable);
+        self.unchecked.extend(other.unchecked);
+    }
+}
+
+/// Checks every copy of `volume`, paced by `pace`, reporting what fails
+/// to the directory. The report's `unchecked` says whether all of it could
+/// be checked.
+async fn scrub_volume(
+    state: &AppState,
+    volume: &LogicalVolume,
+    nodes: &[NodeRecord],
+    pace: &mut Pace,
+) -> ScrubReport {
+    let up = |id: &str| nodes.iter().find(|n| n.id == id && n.is_up());
+    let mut report = ScrubReport::default();
+    match (&volume.warm, volume.state) {
+        (Some(warm), VolumeState::Warm) => {
+            let Ok(layout) = warm.geometry.layout() else {
+                return report;
+            };
+            for (stripe, members) in warm.stripes.iter().enumerate() {
+                for (block, node) in members.iter().enumerate() {
+                    let place = format!("{stripe}.{block}");
+                    let Some(record) = up(node) else {
+                        report.unchecked.push(format!(
+                            "volume {} block {place} on {node} (down)",
+                            volume.id
+                        ));
+                        continue;
+                    };
+                    let client =
+                        StorageClient::from_http(&record.base_url(), state.warm_http.clone());
+                    let id = BlockId {
+                        volume: volume.id,
+                        generation: warm.generation,
+                        stripe: stripe as u64,
+                        block: block as u32,
+                    };
+                    let len = layout.block_len_bytes(id.stripe, block).unwrap_or(0);
+                    match client.check_block(id, warm.geometry).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_block_damage() => {
+                            state.metrics.checksum_mismatch("warm");
+                            let damaged = DamagedBlockRequest {
+                                generation: warm.generation,
+                                stripe: id.stripe,
+                                block: id.block,
+                                node: node.clone(),
+                                reason: format!("scrub: {e}"),
+                            };
+                            if let Err(e) = state
+                                .directory
+                                .report_damaged_block(volume.id, &damaged)
+                                .await
+                            {
+                                report.unchecked.push(format!(
+                                    "volume {} block {place}: not reported: {e}",
+                                    volume.id
+                                ));
+                            }
+                            report.damaged_blocks.push(Finding {
+                                volume: volume.id,
+                                what: place,
+                                node: node.clone(),
+                            });
+                        }
+                        Err(e) => {
+                            report
+                                .unchecked
+                                .push(format!("volume {} block {place} on {node}: {e}", volume.id));
+                            continue;
+                        }
+                    }
+                    report.blocks_checked += 1;
+                    report.bytes += len;
+                    state.metrics.scrubbed_bytes(len);
+                    pace.take(len).await;
+                }
+            }
+        }
+        (
+            None,
+            VolumeState::Writable
+            | VolumeState::ReadOnly
+            | VolumeState::Locked
+            | VolumeState::Sealing,
+        ) => {
+            let mut corrupt_on: Vec<(u64, usize)> = Vec::new();
+            let mut replicas_checked = 0;
+            for node in &volume.replicas {
+                let Some(record) = up(node) else {
+                    report
+                        .unchecked
+                        .push(format!("volume {} on {node} (down)", volume.id));
+                    continue;
+                };
+                match scrub_replica(state, volume.id, record, pace, &mut report).await {
+                    Ok(corrupt) => {
+                        replicas_checked += 1;
+                        for key in corrupt {
+                            match corrupt_on.iter_mut().find(|(k, _)| *k == key) {
+                                Some((_, count)) => *count += 1,
+                                None => corrupt_on.push((key, 1)),
+                            }
+                        }
+                    }
+                    Err(why) => report
+                        .unchecked
+                        .push(format!("volume {} on {node}: {why}", volume.id)),
+                }
+            }
+            if replicas_checked == volume.replicas.len() {
+                report.unrecoverable.extend(
+                    corrupt_on
+                        .iter()
+                        .filter(|(_, count)| *count == replicas_checked)
+                        .map(|(key, _)| format!("{},{key:x}", volume.id)),
+                );
+            }
+        }
+        // A volume being sealed has its hot replicas checked; a warm one
+        // without its record has nothing to check.
+        _ => {}
+    }
+    if report.unchecked.is_empty() {
+        report.volumes = 1;
+    }
+    report
+}
+
+/// Scrubs one replica of `vid` on `node` stretch by stretch; the keys that
+/// failed.
+async fn scrub_replica(
+    state: &AppState,
+    vid: u32,
+    node: &NodeRecord,
+    pace: &mut Pace,
+    report: &mut ScrubReport,
+) -> Result<Vec<u64>, String> {
+    let client = state.store_for_admin(node).map_err(|e| e.to_string())?;
+    let mut corrupt = Vec::new();
+    let mut after = None;
+    loop {
+        let page = client
+            .scrub(vid, after, NEEDLES_PER_REQUEST)
+            .await
+            .map_err(|e| e.to_string())?;
+        report.needles_checked += page.checked;
+        report.bytes += page.bytes;
+        state.metrics.scrubbed_bytes(page.bytes);
+        for key in &page.corrupt {
+            state.metrics.checksum_mismatch("hot");
+            let reported = state
+                .directory
+                .report_damaged_needle(
+                    vid,
+                    *key,
+                    &node.id,
+                    None,
+                    "scrub: the needle failed its checks",
+                )
+                .await;
+            if let Err(e) = reported {
+                return Err(format!("key {key:x} not reported: {e}"));
+            }
+            report.corrupt_needles.push(Finding {
+                volume: vid,
+                what: format!("{key:x}"),
+                node: node.id.clone(),
+            });
+        }
+        corrupt.extend(page.corrupt);
+        pace.take(page.bytes).await;
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(corrupt),
+        }
+    }
+}
+
+/// One whole pass: every volume (or only `only`), one after the other.
+pub(crate) async fn scrub_all(
+    state: &AppState,
+    only: Option<u32>,
+) -> Result<ScrubReport, ApiError> {
+    let nodes = state.directory.list_nodes().await?;
+    let volumes = state.directory.list_volumes().await?;
+    if let Some(vid) = only
+        && !volumes.iter().any(|v| v.id == vid)
+    {
+        return Err(ApiError::BadRequest(format!("no volume {vid}")));
+    }
+    let mut pace = Pace::new(state.config.scrub_rate_bytes);
+    let mut report = ScrubReport::default();
+    for volume in volumes
+        .iter()
+        .filter(|v| only.is_none_or(|vid| vid == v.id))
+    {
+        report.add(scrub_volume(state, volume, &nodes, &mut pace).await);
+    }
+    Ok(report)
+}
+
+/// Query of `POST /admin/scrub`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScrubQuery {
+    volume: Option<u32>,
+}
+
+/// `POST /admin/scrub[?volume=N]`: a whole scrub now.
+pub(crate) async fn scrub_now(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ScrubQuery>,
+) -> Result<Json<ScrubReport>, ApiError> {
+    Ok(Json(scrub_all(&state, query.volume).await?))
+}
+
+/// The coordinator's background scrub: volume after volume by id, each
+/// checked whole at [`super::config::RouterConfig::scrub_rate_bytes`], forever; a volume
+/// it could not check whole is tried again after `retry`.
+pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
+    let mut cursor: Option<u32> = None;
+    let mut pace = Pace::new(state.config.scrub_rate_bytes);
+    loop {
+        let listed = tokio::try_join!(state.directory.list_nodes(), state.directory.list_volumes());
+        let (nodes, volumes) = match listed {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(error = %e, "scrub: the directory did not answer");
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
+        let next = volumes
+            .iter()
+            .filter(|v| cursor.is_none_or(|c| v.id > c))
+            .min_by_key(|v| v.id);
+        let Some(volume) = next else {
+            // A whole round done: start over, after a pause if it was empty.
+            if cursor.is_none() {
+                tokio::time::sleep(retry).await;
+            }
+            cursor = None;
+            continue;
+        };
+        let report = scrub_volume(&state, volume, &nodes, &mut pace).await;
+        if !report.damaged_blocks.is_empty() || !report.corrupt_needles.is_empty() {
+            tracing::warn!(
+                volume = volume.id,
+                damaged_blocks = report.damaged_blocks.len(),
+                corrupt_needles = report.corrupt_needles.len(),
+                "scrub found damage"
+            );
+        }
+        if report.unchecked.is_empty() {
+            cursor = Some(volume.id);
+        } else {
+            tracing::info!(volume = volume.id, unchecked = ?report.unchecked,
+                "scrub could not check all of the volume; trying it again");
+            tokio::time::sleep(retry).await;
+        }
+    }
+}
