@@ -292,8 +292,9 @@ async fn spawned_nodes_die_with_their_parent() -> anyhow::Result<()> {
         .context("pids")?;
     assert_eq!(
         pids.len(),
-        21,
-        "directory, three stores, 14 f4 storage nodes, backoff, router, migrator"
+        23,
+        "directory, three stores, 14 f4 storage nodes, backoff, rebuilder, router, migrator, \
+         coordinator"
     );
     // kill -9 the supervisor alone (not its process group).
     common::signal(cluster.supervisor_pid(), libc::SIGKILL);

@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+/// Idle time a pace may make up for by going faster than its rate.
+const MAX_CREDIT: Duration = Duration::from_secs(1);
+
 /// A byte rate held since the pace was made (0 bytes a second: no limit).
 #[derive(Debug)]
 pub struct Pace {
@@ -22,13 +25,24 @@ impl Pace {
         }
     }
 
-    /// How long to wait after `bytes` more, to hold the rate.
+    /// How long to wait after `bytes` more, to hold the rate. Time spent
+    /// idle earns at most [`MAX_CREDIT`] of bytes ahead of the rate, so a
+    /// pace resumed after a pause does not burst.
     fn after(&mut self, bytes: u64) -> Option<Duration> {
-        self.taken += bytes;
         if self.bytes_per_second == 0 {
             return None;
         }
-        let due = Duration::from_secs_f64(self.taken as f64 / self.bytes_per_second as f64);
+        let rate = self.bytes_per_second as f64;
+        let elapsed = self.started.elapsed();
+        let due = Duration::from_secs_f64(self.taken as f64 / rate);
+        if elapsed > due + MAX_CREDIT {
+            // Forget the idle time beyond the credit.
+            let now = Instant::now();
+            self.started = now.checked_sub(MAX_CREDIT).unwrap_or(now);
+            self.taken = 0;
+        }
+        self.taken += bytes;
+        let due = Duration::from_secs_f64(self.taken as f64 / rate);
         due.checked_sub(self.started.elapsed())
     }
 
@@ -60,5 +74,15 @@ mod tests {
         assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
         let wait = pace.after(500).expect("a second ahead");
         assert!(wait > Duration::from_millis(900));
+    }
+
+    #[test]
+    fn idle_time_earns_at_most_a_second_of_credit() {
+        let mut pace = Pace::new(1000);
+        pace.started -= Duration::from_secs(60);
+        // A minute idle: a second's worth goes at once, the next waits.
+        assert_eq!(pace.after(900), None);
+        let wait = pace.after(1000).expect("past the credit");
+        assert!(wait > Duration::from_millis(800), "{wait:?}");
     }
 }

@@ -139,39 +139,36 @@ impl Volume {
 
     /// Reads the needles above `after` in key order and checks each (magic,
     /// sizes, key, CRC) until about `max_bytes` are read or `max_needles`
-    /// checked. A needle whose bytes could not be read (an IO error) ends
-    /// the stretch before it, so that a scrub never moves past a needle
-    /// it could not check.
+    /// checked. A needle whose bytes cannot be read (an IO error: a bad
+    /// sector) is as damaged as one that fails its checks: named corrupt,
+    /// so that it is rewritten from a good replica.
     pub fn scrub_needles(
         &self,
         after: Option<u64>,
         max_bytes: u64,
         max_needles: usize,
-    ) -> Result<ScrubPage> {
+    ) -> ScrubPage {
         let mut page = ScrubPage::default();
         let mut cursor = after;
         loop {
             let entries = self.needle_entries(cursor, max_needles.clamp(1, 4096));
             if entries.is_empty() {
                 page.next_after = None;
-                return Ok(page);
+                return page;
             }
             for entry in entries {
                 if page.bytes >= max_bytes || page.checked as usize >= max_needles {
                     page.next_after = cursor;
-                    return Ok(page);
+                    return page;
                 }
                 match self.read_raw_needle(entry.key) {
                     Ok(_) => {}
-                    Err(Error::Corrupt { .. }) => page.corrupt.push(entry.key),
                     // Removed meanwhile (compaction of a deleted needle).
                     Err(Error::NotFound) => {}
-                    Err(e) => {
-                        if page.checked == 0 {
-                            return Err(e);
-                        }
-                        page.next_after = cursor;
-                        return Ok(page);
+                    Err(error) => {
+                        tracing::warn!(volume = self.id, key = entry.key, error = %error,
+                            "scrub: a needle failed");
+                        page.corrupt.push(entry.key);
                     }
                 }
                 page.checked += 1;

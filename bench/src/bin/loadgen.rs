@@ -24,6 +24,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
+use bench::parse_size;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Target {
@@ -337,24 +339,6 @@ fn report(
         max_ms: latencies.last().copied().map(ms).unwrap_or(0.0),
         cpu_us_per_request,
     }
-}
-
-fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: usize = digits.parse().map_err(|e| format!("size {text:?}: {e}"))?;
-    let multiplier = match unit {
-        "" | "B" => 1,
-        "KiB" | "K" => 1024,
-        "MiB" | "M" => 1024 * 1024,
-        other => return Err(format!("unknown unit {other:?}")),
-    };
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| "size overflows".to_owned())
 }
 
 #[tokio::main]

@@ -108,9 +108,9 @@ pub(crate) async fn scrub(
     let (after, limit) = page_bounds(query)?;
     let page = state
         .blocking(move |store| {
-            store
+            Ok(store
                 .volume(volume)?
-                .scrub_needles(after, SCRUB_BYTES_MAX, limit)
+                .scrub_needles(after, SCRUB_BYTES_MAX, limit))
         })
         .await?;
     if !page.corrupt.is_empty() {

@@ -60,6 +60,9 @@ use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, now_ms}
 
 /// Storage nodes whose inventories are read at once.
 const INVENTORIES_AT_ONCE: usize = 8;
+/// Stripes one pass rebuilds, per rebuild it runs at once: then the cell
+/// is looked at again, so a new loss is not left behind a long queue.
+const STRIPES_PER_PASS_PER_SLOT: usize = 4;
 
 /// Why a block is rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,7 +172,14 @@ async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> HashMap<String, 
                             block_file_name(id.volume, id.generation, id.stripe, id.block)
                         }));
                         match page.next_after {
-                            Some(next) => after = Some(next),
+                            // Pages go forward, or the listing is broken.
+                            Some(next) if after.as_ref().is_none_or(|a| next > *a) => {
+                                after = Some(next);
+                            }
+                            Some(_) => {
+                                tracing::warn!(node = %id, "block inventory pages do not advance");
+                                return None;
+                            }
                             None => return Some((id, names)),
                         }
                     }
@@ -320,8 +330,13 @@ async fn audit(
                 .filter(|(_, b)| !missing.iter().any(|(m, l)| m == b && *l == Loss::NodeLost))
                 .map(|(n, _)| n.as_str())
                 .collect();
+            // A rebuild restores at most `m` blocks: the ones that are gone
+            // first; a damaged block left over still serves as a source
+            // (every chunk read is verified), and is rebuilt next.
+            missing.sort_by_key(|(block, loss)| (*loss == Loss::Damaged, *block));
+            let m = usize::from(warm.geometry.parity_blocks);
             let mut targets = Vec::new();
-            for (block, loss) in &missing {
+            for (block, loss) in missing.iter().take(m) {
                 let from = members[*block as usize].clone();
                 let to = match loss {
                     Loss::NodeLost => match cell.replacement(&group) {
@@ -385,9 +400,9 @@ async fn mend_holders<'a>(
     warm: &'a WarmVolume,
     report: &mut RepairReport,
 ) {
+    let mut group: Vec<&str> = warm.journal_holders.iter().map(String::as_str).collect();
     for holder in &warm.journal_holders {
         if cell.lost(holder) {
-            let group: Vec<&str> = warm.journal_holders.iter().map(String::as_str).collect();
             let Some(to) = cell.replacement(&group) else {
                 report.problems.push(format!(
                     "volume {}: no up storage node to replace journal holder {holder}",
@@ -405,6 +420,7 @@ async fn mend_holders<'a>(
                 .await
             {
                 Ok(_) => {
+                    group.push(to);
                     *cell.load.entry(to.to_owned()).or_default() += 1;
                     report.holders_replaced += 1;
                     tracing::warn!(volume = volume.id, lost = %holder, holder = %to,
@@ -515,7 +531,9 @@ async fn rebuild_stripe(
     outcome.written_bytes = report.written_bytes;
     state.metrics.rebuilt_bytes(report.written_bytes);
     for failed in report.failed_sources.iter().filter(|f| f.damaged) {
-        let node = &warm.stripes[job.stripe as usize][failed.block as usize];
+        let Some(node) = warm.stripes[job.stripe as usize].get(failed.block as usize) else {
+            continue;
+        };
         let damaged = DamagedBlockRequest {
             generation: warm.generation,
             stripe: job.stripe,
@@ -559,8 +577,9 @@ async fn rebuild_stripe(
 
 /// One pass: the audit, then its rebuilds (`act`), or only the audit.
 pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, ApiError> {
-    let (mut report, jobs, nodes) = audit(state, act).await?;
+    let (mut report, mut jobs, nodes) = audit(state, act).await?;
     state.metrics.set_repair(&report, jobs.len());
+    jobs.truncate(state.config.max_rebuilds.max(1) * STRIPES_PER_PASS_PER_SLOT);
     if !act || jobs.is_empty() {
         return Ok(report);
     }

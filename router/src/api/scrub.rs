@@ -9,14 +9,16 @@
 //! meanwhile, since every read checks what it returns.
 //!
 //! The coordinator scrubs in the background at
-//! [`super::config::RouterConfig::scrub_rate_bytes`], one volume after the other by id; a
-//! volume with something it could not check (its node down or silent) is
-//! tried again, whole, until it can be checked: the cursor never moves past
-//! it. A router runs a whole pass on `POST /admin/scrub[?volume=N]`
-//! (`hayloft scrub`), at the same rate.
+//! [`super::config::RouterConfig::scrub_rate_bytes`], one volume after the
+//! other by id; a volume with something it could not check (its node down
+//! or silent) is kept on a list and tried again, whole, until it could be
+//! checked: nothing counts as checked that was not. A router runs a whole
+//! pass on `POST /admin/scrub[?volume=N]` (`hayloft scrub`), at the same
+//! rate.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -114,6 +116,8 @@ async fn scrub_volume(
                         block: block as u32,
                     };
                     let len = layout.block_len_bytes(id.stripe, block).unwrap_or(0);
+                    // Paced before the node reads the block whole.
+                    pace.take(len).await;
                     match client.check_block(id, warm.geometry).await {
                         Ok(()) => {}
                         Err(e) if e.is_block_damage() => {
@@ -151,12 +155,11 @@ async fn scrub_volume(
                     report.blocks_checked += 1;
                     report.bytes += len;
                     state.metrics.scrubbed_bytes(len);
-                    pace.take(len).await;
                 }
             }
         }
         (
-            None,
+            _,
             VolumeState::Writable
             | VolumeState::ReadOnly
             | VolumeState::Locked
@@ -195,8 +198,7 @@ async fn scrub_volume(
                 );
             }
         }
-        // A volume being sealed has its hot replicas checked; a warm one
-        // without its record has nothing to check.
+        // A warm volume without its record has nothing to check.
         _ => {}
     }
     if report.unchecked.is_empty() {
@@ -294,10 +296,13 @@ pub(crate) async fn scrub_now(
 }
 
 /// The coordinator's background scrub: volume after volume by id, each
-/// checked whole at [`super::config::RouterConfig::scrub_rate_bytes`], forever; a volume
-/// it could not check whole is tried again after `retry`.
+/// checked whole at [`super::config::RouterConfig::scrub_rate_bytes`],
+/// forever. A volume it could not check whole (a node down, an error) is
+/// kept on a list and tried again, whole, every `retry`, before the cursor
+/// goes on: it is never counted as checked until it was.
 pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
     let mut cursor: Option<u32> = None;
+    let mut unchecked: BTreeMap<u32, Instant> = BTreeMap::new();
     let mut pace = Pace::new(state.config.scrub_rate_bytes);
     loop {
         let listed = tokio::try_join!(state.directory.list_nodes(), state.directory.list_volumes());
@@ -309,10 +314,18 @@ pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
                 continue;
             }
         };
-        let next = volumes
+        unchecked.retain(|id, _| volumes.iter().any(|v| v.id == *id));
+        let due = unchecked
             .iter()
-            .filter(|v| cursor.is_none_or(|c| v.id > c))
-            .min_by_key(|v| v.id);
+            .find(|(_, tried)| tried.elapsed() >= retry)
+            .map(|(id, _)| *id);
+        let next = match due {
+            Some(id) => volumes.iter().find(|v| v.id == id),
+            None => volumes
+                .iter()
+                .filter(|v| cursor.is_none_or(|c| v.id > c))
+                .min_by_key(|v| v.id),
+        };
         let Some(volume) = next else {
             // A whole round done: start over, after a pause if it was empty.
             if cursor.is_none() {
@@ -321,6 +334,9 @@ pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
             cursor = None;
             continue;
         };
+        if due.is_none() {
+            cursor = Some(volume.id);
+        }
         let report = scrub_volume(&state, volume, &nodes, &mut pace).await;
         if !report.damaged_blocks.is_empty() || !report.corrupt_needles.is_empty() {
             tracing::warn!(
@@ -331,11 +347,11 @@ pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
             );
         }
         if report.unchecked.is_empty() {
-            cursor = Some(volume.id);
+            unchecked.remove(&volume.id);
         } else {
             tracing::info!(volume = volume.id, unchecked = ?report.unchecked,
-                "scrub could not check all of the volume; trying it again");
-            tokio::time::sleep(retry).await;
+                "scrub could not check all of the volume; it is tried again later");
+            unchecked.insert(volume.id, Instant::now());
         }
     }
 }

@@ -997,7 +997,28 @@ pub fn warm_rebuilds(open: Open<'_>) {
     let record = replaced.warm.expect("record");
     assert!(!record.journal_holders.contains(&holder));
     assert!(record.journal_holders.contains(&new_holder));
-    assert_eq!(record.stale_holders, vec![new_holder]);
+    assert_eq!(record.stale_holders, vec![new_holder.clone()]);
+    // The last fresh holder is never replaced: the others (stale) may
+    // lack deletes only it took.
+    let others: Vec<String> = record.journal_holders[1..]
+        .iter()
+        .filter(|h| **h != new_holder)
+        .cloned()
+        .collect();
+    for stale in &others[..others.len() - 1] {
+        dir.set_holder_stale(vid, stale, None).expect("stale");
+    }
+    let last_fresh = others.last().expect("a holder").clone();
+    let spare = (0..15)
+        .map(|n| format!("f4-{n}"))
+        .find(|n| !record.journal_holders.contains(n))
+        .expect("a node that is not a holder");
+    assert!(matches!(
+        dir.replace_holder(vid, &last_fresh, &replace(&spare)),
+        Err(DirectoryError::PlacementConflict { .. })
+    ));
+    dir.replace_holder(vid, &others[0], &replace(&spare))
+        .expect("a stale holder may go while a fresh one stays");
 }
 
 /// Migration jobs: one claim at a time, taken over once its lease ran out,

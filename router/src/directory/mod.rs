@@ -236,7 +236,9 @@ pub trait Directory: Send + Sync {
 
     /// Replaces journal holder `node` (lost) by `request.node`, which is
     /// marked stale until it has merged the others' journals (its index is
-    /// copied then); bumps the volume's `repair_epoch`.
+    /// copied then); bumps the volume's `repair_epoch`. The last fresh
+    /// holder is never replaced ([`DirectoryError::PlacementConflict`]):
+    /// only the fresh ones are known to hold every acknowledged delete.
     fn replace_holder(
         &self,
         id: u32,

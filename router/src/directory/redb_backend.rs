@@ -1145,14 +1145,30 @@ impl Directory for RedbDirectory {
                     reason: format!("{} is a journal holder already", request.node),
                 });
             }
+            if !warm.journal_holders.iter().any(|h| h == node) {
+                return Err(DirectoryError::NotAReplica {
+                    volume: id,
+                    node: node.to_owned(),
+                });
+            }
+            // The fresh holders are the ones known to hold every
+            // acknowledged delete: the last of them is never dropped, or
+            // merging the others (stale, or new) could bring a delete back;
+            // with none left, the union of all holders is, and none goes.
+            if warm.fresh_holders().all(|h| h == node) {
+                return Err(DirectoryError::PlacementConflict {
+                    volume: id,
+                    reason: format!(
+                        "{node} is the last fresh journal holder (or none is fresh): deletes \
+                         only it holds would be lost"
+                    ),
+                });
+            }
             let holder = warm
                 .journal_holders
                 .iter_mut()
                 .find(|h| *h == node)
-                .ok_or_else(|| DirectoryError::NotAReplica {
-                    volume: id,
-                    node: node.to_owned(),
-                })?;
+                .expect("checked above");
             holder.clone_from(&request.node);
             warm.stale_holders.retain(|h| h != node);
             warm.stale_holders.push(request.node.clone());
