@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::volumes::{Blob, delete, fill, seal, volume, volumes};
-use common::{Cluster, fetch, http_client, wait_until};
+use common::{Cluster, fetch, http_client, paused_at, wait_until};
 use serde_json::Value;
 
 /// How long the cell gets to heal after each loss.
@@ -495,6 +495,36 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     })
     .await?;
 
+    // A rebuilder killed mid-block (paused once it has streamed the block's
+    // data, before its checksum record): the target never holds part of
+    // it, reads go on, and the next pass rebuilds it with a new rebuilder.
+    let marker = cluster.data_dir.join("rebuild-paused");
+    let marker = marker.to_str().context("path")?;
+    cluster.kill_node("rebuilder")?;
+    let _paused = cluster.restart_node_with(
+        "rebuilder",
+        &[
+            ("HAYLOFT_PAUSE_AT", "rebuild-after-columns-1"),
+            ("HAYLOFT_PAUSE_ONCE", marker),
+        ],
+    )?;
+    let (stripe, block) = (6u64, 7u32);
+    let node = placed[&(stripe, block)].clone();
+    let path = block_path(&cluster, &node, vid, &warm_after, stripe, block);
+    std::fs::remove_file(&path)?;
+    let pid = paused_at(&cluster, "rebuild-after-columns-1").await?;
+    let blocks_dir = path.parent().context("blocks dir")?.to_owned();
+    anyhow::ensure!(!path.exists(), "a half-rebuilt block is in place");
+    reads_succeed(&client, &router, &blobs, vid).await?;
+    common::signal(pid as libc::pid_t, libc::SIGKILL);
+    let _rebuilder = cluster.restart_node("rebuilder")?;
+    healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
+    let strays: Vec<String> = std::fs::read_dir(&blocks_dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| !name.ends_with(".block"))
+        .collect();
+    anyhow::ensure!(strays.is_empty(), "left on {node}: {strays:?}");
+
     // Every node restarted: what was deleted stays deleted.
     for node in cluster.nodes()? {
         let id = node["id"].as_str().unwrap_or_default();
@@ -511,6 +541,35 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
             "deleted {id} answered {status} after the restarts"
         );
     }
+    reads_succeed(&client, &router, &blobs, vid).await?;
+
+    // The emptied rack gets its node back: the balancer moves one block of
+    // each stripe that had two in a rack onto it, removes the old copies,
+    // and every stripe again has a rack per block.
+    let _back = cluster.restart_node(&partner)?;
+    wait_until("the rack rule restored", HEAL_DEADLINE, || async {
+        let warm = volume(&client, &router, vid).await?["warm"].clone();
+        let status = repair_status(&client, &router).await?;
+        Ok(warm["tolerated_rack_losses"] == 4
+            && status["placement_violations"] == serde_json::json!([]))
+    })
+    .await
+    .with_context(|| format!("log:\n{}", cluster.log_tail()))?;
+    let balanced = healed(&cluster, &client, vid, &expected, &[&lost]).await?;
+    let now_placed = placement(&balanced);
+    let mut moves = 0;
+    for (place, node) in &placed {
+        if now_placed[place] != *node {
+            moves += 1;
+            let old = block_path(&cluster, node, vid, &warm_after, place.0, place.1);
+            anyhow::ensure!(
+                !old.exists(),
+                "the moved block's old copy stays: {}",
+                old.display()
+            );
+        }
+    }
+    anyhow::ensure!(moves > 0, "nothing moved");
     reads_succeed(&client, &router, &blobs, vid).await?;
 
     // Every replica of a hot needle corrupt: an error on read, never

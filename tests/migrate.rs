@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::volumes::{Blob, SMALL_VOLUMES, fill, locked_volume, volume, volumes};
-use common::{Cluster, http_client, wait_until};
+use common::{Cluster, http_client, paused_at, wait_until};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
@@ -559,31 +559,6 @@ async fn deletes_reads_and_a_flipped_bit_through_a_migration() -> anyhow::Result
     check_all("after every node restarted").await?;
     no_orphans(&cluster, &client).await?;
     Ok(())
-}
-
-/// Waits for the log line of a process paused at failpoint `point` (see
-/// `haystack::failpoint`); returns its pid.
-async fn paused_at(cluster: &Cluster, point: &str) -> anyhow::Result<i64> {
-    let needle = format!("paused at failpoint {point} (pid ");
-    let pid = Arc::new(std::sync::Mutex::new(None));
-    wait_until(
-        &format!("a pause at {point}"),
-        Duration::from_secs(90),
-        || {
-            let (pid, found) = (
-                pid.clone(),
-                cluster.log().split(&needle).nth(1).map(str::to_owned),
-            );
-            async move {
-                let parsed = found.and_then(|rest| rest.split(')').next()?.parse::<i64>().ok());
-                *pid.lock().expect("lock") = parsed;
-                Ok(parsed.is_some())
-            }
-        },
-    )
-    .await?;
-    let pid = pid.lock().expect("lock").context("pid")?;
-    Ok(pid)
 }
 
 /// A sealing storage node paused after 5 of a stripe's 14 blocks, then the

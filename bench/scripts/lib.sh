@@ -156,12 +156,7 @@ start_swfs_cell() { # dir limit_mb log_prefix
   wait_http "http://$SWFS_IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
   SWFS_VOLUME_PIDS=()
   for i in $(seq 1 14); do
-    mkdir -p "$dir/vol$i"
-    "$WEED" volume -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port=$((SWFS_VOLUME_PORT + i)) -dir="$dir/vol$i" \
-      -max=100 -master="$SWFS_IP:$SWFS_MASTER_PORT" -index=memory -rack="rack$i" -dataCenter=dc1 \
-      -preStopSeconds=0 >"$log-volume$i.log" 2>&1 &
-    PIDS+=($!)
-    SWFS_VOLUME_PIDS+=($!)
+    start_swfs_volume "$dir" "$i" "$log"
   done
   wait_swfs_servers "$SWFS_IP" 14
   # SeaweedFS grows its first volumes on the first assign: wait for it.
@@ -169,6 +164,44 @@ start_swfs_cell() { # dir limit_mb log_prefix
     curl -fsS -o /dev/null "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/assign" 2>/dev/null && break
     sleep 0.3
   done
+}
+
+# Starts SeaweedFS volume server I (1 to 14: port $SWFS_VOLUME_PORT+I, rack
+# rackI, data DIR/volI, log LOG_PREFIX-volumeI.log); records its pid in
+# PIDS and as SWFS_VOLUME_PIDS[I-1].
+start_swfs_volume() { # dir i log_prefix
+  local dir=$1 i=$2 log=$3
+  mkdir -p "$dir/vol$i"
+  "$WEED" volume -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port=$((SWFS_VOLUME_PORT + i)) -dir="$dir/vol$i" \
+    -max=100 -master="$SWFS_IP:$SWFS_MASTER_PORT" -index=memory -rack="rack$i" -dataCenter=dc1 \
+    -preStopSeconds=0 >>"$log-volume$i.log" 2>&1 &
+  PIDS+=($!)
+  SWFS_VOLUME_PIDS[i - 1]=$!
+}
+
+# Posts COUNT random BLOBs of SIZE bytes into one SeaweedFS volume (the
+# first one assigned; fids made up from that volume's id), one at a time, so
+# that one volume holds them all: through `/dir/assign`, SeaweedFS spreads
+# uploads over several volumes.
+swfs_fill_volume() { # size count
+  python3 - "http://$SWFS_IP:$SWFS_MASTER_PORT" "$1" "$2" <<'PY'
+import http.client, json, os, sys, urllib.request
+master, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+assigned = json.load(urllib.request.urlopen(f"{master}/dir/assign"))
+vid, host = assigned["fid"].split(",")[0], assigned["url"]
+connection = http.client.HTTPConnection(host, timeout=30)
+boundary = "hayloftbench"
+for key in range(1_000_000, 1_000_000 + count):
+    data = os.urandom(size)
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    connection.request("POST", f"/{vid},{key:x}{int.from_bytes(os.urandom(4), 'big'):08x}", body,
+                       {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    answer = connection.getresponse()
+    answer.read()
+    if answer.status not in (200, 201):
+        sys.exit(f"SeaweedFS upload {key} answered {answer.status}")
+PY
 }
 
 # The SeaweedFS volumes holding data as the master knows them, one "ID SIZE"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The foreground cost of a migration, same machine, same run: hot and warm
-# fetch latency while a 1 GiB volume migrates at the configured rate,
-# against the same fetches with no migration.
+# The foreground cost of a migration (ACTION=migrate, the default) or of a
+# rebuild (ACTION=rebuild), same machine, same run: hot and warm fetch
+# latency while a 1 GiB volume migrates at the configured rate, or while
+# four lost blocks of a warm 1 GiB volume are rebuilt at the default
+# rebuild rate, against the same fetches with neither.
 #
 # Per round, on a fresh `hayloft up --spawn` (3 stores, 14 f4 storage nodes
 # in 14 racks; 1 GiB volumes; `--migration-rate MIGRATION_RATE`):
@@ -17,6 +19,11 @@
 #      /admin/volumes/2/migrate`, started just before them). The round
 #      records whether volume 2 was still hot when both had finished, i.e.
 #      whether every fetch ran beside the migration.
+#   With ACTION=rebuild, volume 2 is migrated too before the baseline, and
+#   step 4 deletes the files of blocks 0, 5, 10 and 13 of its first stripe
+#   and runs a coordinator pass (`POST /admin/repair`, which rebuilds them
+#   at `--rebuild-rate REBUILD_RATE`) beside the fetches; the round records
+#   whether the pass outlasted them.
 # The summary gives the medians over the rounds of p50 and p99 and their
 # ratios (during / baseline).
 #
@@ -24,6 +31,7 @@
 # Environment (all optional):
 #   ROUNDS=3 SIZE=64KiB COUNT=16500 FETCHES=3000 CONCURRENCY=4
 #   MIGRATION_RATE=256MiB (Hayloft's default --migration-rate)
+#   ACTION=migrate|rebuild  REBUILD_RATE=64MiB (Hayloft's default --rebuild-rate)
 #   WORK=<temp dir>  HAYLOFT_PORT=18080
 #   SCRATCH_GIB: as in migrate_side_by_side.sh (default 12 when the disk
 #     under WORK is 88% used or more, else 0)
@@ -38,6 +46,9 @@ COUNT="${COUNT:-16500}"
 FETCHES="${FETCHES:-3000}"
 CONCURRENCY="${CONCURRENCY:-4}"
 MIGRATION_RATE="${MIGRATION_RATE:-256MiB}"
+ACTION="${ACTION:-migrate}"
+REBUILD_RATE="${REBUILD_RATE:-64MiB}"
+case "$ACTION" in migrate | rebuild) ;; *) echo "ACTION must be migrate or rebuild" >&2; exit 2 ;; esac
 HAYLOFT_PORT="${HAYLOFT_PORT:-18080}"
 WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/hayloft-foreground.XXXXXX")}"
 OUT="$WORK/foreground.jsonl"
@@ -84,7 +95,8 @@ for round in $(seq 1 "$ROUNDS"); do
   HL="$DATA/hayloft-$round"
   router="http://$IP:$HAYLOFT_PORT"
   "$HAYLOFT" up --spawn --data "$HL" --listen "$IP:$HAYLOFT_PORT" --volume-size 1GiB \
-    --warm-after 1d --migration-rate "$MIGRATION_RATE" >"$WORK/hayloft-$round.log" 2>&1 &
+    --warm-after 1d --migration-rate "$MIGRATION_RATE" --rebuild-rate "$REBUILD_RATE" \
+    --rebuild-after 1d --coordinate-interval 1h --scrub-rate 0 >"$WORK/hayloft-$round.log" 2>&1 &
   PIDS+=($!)
   wait_http "$router/health" "hayloft router"
   # One at a time: the router then fills one volume after the other.
@@ -100,25 +112,44 @@ for round in $(seq 1 "$ROUNDS"); do
   done
   grep '/blobs/1,' "$WORK/all.urls" >"$WORK/warm.urls"
   grep '/blobs/3,' "$WORK/all.urls" >"$WORK/hot.urls"
-  curl -fsS -X POST "$router/admin/volumes/1/migrate" >/dev/null
-  [ "$(volume_state "$router" 1)" = warm ] || { echo "volume 1 did not turn warm" >&2; exit 1; }
+  warm_volumes=1
+  [ "$ACTION" = rebuild ] && warm_volumes="1 2"
+  for vid in $warm_volumes; do
+    curl -fsS -X POST "$router/admin/volumes/$vid/migrate" >/dev/null
+    [ "$(volume_state "$router" "$vid")" = warm ] || { echo "volume $vid did not turn warm" >&2; exit 1; }
+  done
   sync
 
   fetch_both "$router" baseline
-  curl -fsS -X POST "$router/admin/volumes/2/migrate" >"$WORK/job-$round.json" &
-  migration=$!
-  # The job starts (the directory records it) before the fetches do.
-  for _ in $(seq 1 100); do
-    curl -fsS "$router/admin/migrations" | grep -q '"volume":2' && break
-    sleep 0.05
-  done
+  if [ "$ACTION" = migrate ]; then
+    curl -fsS -X POST "$router/admin/volumes/2/migrate" >"$WORK/job-$round.json" &
+    background=$!
+    # The job starts (the directory records it) before the fetches do.
+    for _ in $(seq 1 100); do
+      curl -fsS "$router/admin/migrations" | grep -q '"volume":2' && break
+      sleep 0.05
+    done
+  else
+    curl -fsS "$router/admin/volumes" | python3 -c 'import json, os, sys
+hl = sys.argv[1]
+w = next(v for v in json.load(sys.stdin) if v["id"] == 2)["warm"]
+for b in (0, 5, 10, 13):
+    os.remove("{}/{}/blocks/volume-0000000002.g{:016x}.s000000.b{:02}.block".format(
+        hl, w["stripes"][0][b], w["generation"], b))' "$HL"
+    curl -fsS -X POST "$router/admin/repair" >"$WORK/repair-$round.json" &
+    background=$!
+  fi
   fetch_both "$router" during
-  still_hot=$([ "$(volume_state "$router" 2)" != warm ] && echo true || echo false)
-  wait "$migration"
+  if [ "$ACTION" = migrate ]; then
+    still_hot=$([ "$(volume_state "$router" 2)" != warm ] && echo true || echo false)
+  else
+    still_hot=$(kill -0 "$background" 2>/dev/null && echo true || echo false)
+  fi
+  wait "$background"
   python3 - "$WORK" "$round" "$still_hot" >>"$OUT" <<'PY'
 import json, sys
 work, round_, still_hot = sys.argv[1:]
-row = {"round": int(round_), "migration_outlasted_the_fetches": still_hot == "true"}
+row = {"round": int(round_), "outlasted_the_fetches": still_hot == "true"}
 for tier in ("warm", "hot"):
     for phase in ("baseline", "during"):
         fetch = json.load(open(f"{work}/{tier}-{phase}.json"))["fetch"]
@@ -133,16 +164,18 @@ PY
   rm -rf "$HL"
 done
 
-python3 - "$OUT" "$SIZE" "$CONCURRENCY" "$MIGRATION_RATE" <<'PY'
+python3 - "$OUT" "$SIZE" "$CONCURRENCY" "$ACTION" "$MIGRATION_RATE" "$REBUILD_RATE" <<'PY'
 import json, statistics, sys
-path, size, concurrency, rate = sys.argv[1:]
+path, size, concurrency, action, migration_rate, rebuild_rate = sys.argv[1:]
 rows = [json.loads(l) for l in open(path) if l.strip()]
 med = lambda key, field: statistics.median(r[key][field] for r in rows)
+what = "a migration" if action == "migrate" else "a rebuild"
+rate = migration_rate if action == "migrate" else rebuild_rate
 print(f"Medians of {len(rows)} rounds; {size} BLOBs, concurrency {concurrency} per tier, "
-      f"migration rate {rate}; the migration outlasted the fetches in "
-      f"{sum(r['migration_outlasted_the_fetches'] for r in rows)} of {len(rows)} rounds.")
+      f"{action} rate {rate}; {what} outlasted the fetches in "
+      f"{sum(r['outlasted_the_fetches'] for r in rows)} of {len(rows)} rounds.")
 print()
-print("| fetches | no migration p50 / p99 ms | during a migration p50 / p99 ms | p99 ratio | errors |")
+print(f"| fetches | without p50 / p99 ms | during {what} p50 / p99 ms | p99 ratio | errors |")
 print("|---|---|---|---|---|")
 for tier in ("hot", "warm"):
     b50, b99 = med(f"{tier}_baseline", "p50_ms"), med(f"{tier}_baseline", "p99_ms")

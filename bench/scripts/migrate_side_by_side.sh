@@ -148,24 +148,7 @@ PY
   # through `/dir/assign`, SeaweedFS spreads uploads over several volumes.
   start_swfs_cell "$SW" 1024 "$WORK/swfs-$round"
   needles=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["jobs"][0]["needles"])' "$WORK/job-$round.json")
-  python3 - "http://$SWFS_IP:$SWFS_MASTER_PORT" "$SIZE_BYTES" "$needles" <<'PY'
-import http.client, json, os, sys, urllib.request
-master, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-assigned = json.load(urllib.request.urlopen(f"{master}/dir/assign"))
-vid, host = assigned["fid"].split(",")[0], assigned["url"]
-connection = http.client.HTTPConnection(host, timeout=30)
-boundary = "hayloftbench"
-for key in range(1_000_000, 1_000_000 + count):
-    data = os.urandom(size)
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    connection.request("POST", f"/{vid},{key:x}{int.from_bytes(os.urandom(4), 'big'):08x}", body,
-                       {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    answer = connection.getresponse()
-    answer.read()
-    if answer.status not in (200, 201):
-        sys.exit(f"SeaweedFS upload {key} answered {answer.status}")
-PY
+  swfs_fill_volume "$SIZE_BYTES" "$needles"
   # The master learns volume sizes from heartbeats: wait until it lists
   # the volume with every BLOB (their data at least).
   want=$((needles * SIZE_BYTES))

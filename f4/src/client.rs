@@ -175,6 +175,17 @@ impl StorageClient {
         self.put_file(&url, path).await
     }
 
+    /// Removes the node's file of `block` (absent already is fine).
+    pub async fn delete_block(&self, block: BlockId) -> Result<()> {
+        let url = format!(
+            "/blocks/{}/{}/{}/{}",
+            block.volume, block.generation, block.stripe, block.block
+        );
+        self.send(self.request(Method::DELETE, &url, self.timeout))
+            .await
+            .map(drop)
+    }
+
     /// Has the node read block `block` back from disk and check its header
     /// against `geometry` and every chunk against its CRC.
     pub async fn check_block(&self, block: BlockId, geometry: Geometry) -> Result<()> {

@@ -267,6 +267,7 @@ async fn rebuild(
     let codec =
         Arc::new(Codec::new(plan.request.geometry.rs_config()?).map_err(crate::Error::from)?);
     let mut pace = Pace::new(request.bytes_per_second);
+    let mut columns_done = 0u64;
     let mut at = 0u64;
     while at < plan.column_len {
         let Some(column) = columns.recv().await else {
@@ -297,6 +298,8 @@ async fn rebuild(
             upload.send(output).await?;
         }
         at += width as u64;
+        columns_done += 1;
+        haystack::failpoint::pause_task_at(&format!("rebuild-after-columns-{columns_done}")).await;
     }
     let (read_bytes, sources, failed_sources) = reading
         .await

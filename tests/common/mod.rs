@@ -607,3 +607,28 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits for the log line of a process paused at failpoint `point` (see
+/// `haystack::failpoint`); returns its pid.
+pub async fn paused_at(cluster: &Cluster, point: &str) -> anyhow::Result<i64> {
+    let needle = format!("paused at failpoint {point} (pid ");
+    let pid = std::sync::Arc::new(std::sync::Mutex::new(None));
+    wait_until(
+        &format!("a pause at {point}"),
+        Duration::from_secs(90),
+        || {
+            let (pid, found) = (
+                pid.clone(),
+                cluster.log().split(&needle).nth(1).map(str::to_owned),
+            );
+            async move {
+                let parsed = found.and_then(|rest| rest.split(')').next()?.parse::<i64>().ok());
+                *pid.lock().expect("lock") = parsed;
+                Ok(parsed.is_some())
+            }
+        },
+    )
+    .await?;
+    let pid = pid.lock().expect("lock").context("pid")?;
+    Ok(pid)
+}

@@ -63,7 +63,7 @@ pub fn router(state: NodeState) -> Router {
     let transfers = Router::new()
         .route(
             "/blocks/{vid}/{generation}/{stripe}/{block}",
-            put(put_block),
+            put(put_block).delete(delete_block),
         )
         .route(
             "/volumes/{vid}/{generation}/index",
@@ -128,6 +128,30 @@ impl Drop for TemporaryFile {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// `DELETE /blocks/{vid}/{gen}/{stripe}/{block}`: removes the block's file
+/// (a copy the directory no longer names, once a balancer moved it): `204`,
+/// also when absent.
+async fn delete_block(
+    State(state): State<NodeState>,
+    path: Result<Path<(u32, u64, u64, u32)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (volume, generation, stripe, block) = params_of(path)?;
+    let name = block_file_name(volume, generation, stripe, block);
+    state
+        .blocking(
+            move |inner| match std::fs::remove_file(inner.blocks_dir.join(&name)) {
+                Ok(()) => {
+                    tracing::info!(block = %name, "block removed");
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io(e)),
+            },
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `PUT /blocks/{vid}/{gen}/{stripe}/{block}`: a whole block file (header,

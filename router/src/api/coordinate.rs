@@ -23,6 +23,12 @@
 //! a pass starts from what the directory and the nodes say, so a
 //! coordinator killed halfway resumes on its next pass.
 //!
+//! Balancer: a stripe whole and up, with two blocks in one rack (a rebuild
+//! that had no better place, a rack relabelled), has one of them moved to
+//! an `up` node in a rack holding none of the stripe once there is one: it
+//! is rebuilt there from the others (at the rebuild rate), recorded, and
+//! its old copy removed. Moves come after every repair.
+//!
 //! Journal holders: a lost holder's place goes to another node, marked
 //! stale, so the directory's repair pass has it copy the index and merge
 //! the other holders' journals (no delete is lost: merging only adds
@@ -117,6 +123,8 @@ pub struct RebuildOutcome {
     pub error: Option<String>,
     /// Wall time.
     pub seconds: f64,
+    /// A move restoring the rack rule (the old copy removed), not a repair.
+    pub balance: bool,
 }
 
 /// What a pass found and did.
@@ -147,6 +155,9 @@ struct StripeJob {
     stripe: u64,
     /// Block, the node the record names, the node it goes to.
     targets: Vec<(u32, String, String)>,
+    /// A move to restore the rack rule: the old copy is removed once the
+    /// new one is recorded.
+    balance: bool,
 }
 
 /// Every `up` f4 storage node's block inventory, by node id (a node whose
@@ -236,6 +247,28 @@ impl<'a> Cell<'a> {
         self.nodes.get(id).map_or(id, |n| n.rack.as_str())
     }
 
+    /// A move that restores the rack rule for a stripe placed on `members`
+    /// (every block up and whole): the last block of its fullest rack, to
+    /// an `up` node in a rack holding none of the stripe; `None` when no
+    /// rack holds two, or no such node is up.
+    fn balance(&self, members: &'a [String]) -> Option<(u32, String, String)> {
+        let group: Vec<&str> = members.iter().map(String::as_str).collect();
+        let mut per_rack: HashMap<&str, usize> = HashMap::new();
+        for id in &group {
+            *per_rack.entry(self.rack(id)).or_default() += 1;
+        }
+        let (crowded, _) = per_rack
+            .iter()
+            .filter(|(_, count)| **count > 1)
+            .max_by_key(|(rack, count)| (**count, std::cmp::Reverse(**rack)))?;
+        let to = self.replacement(&group)?;
+        if per_rack.contains_key(self.rack(to)) {
+            return None;
+        }
+        let block = group.iter().rposition(|id| self.rack(id) == *crowded)?;
+        Some((block as u32, members[block].clone(), to.to_owned()))
+    }
+
     /// The `up` storage node for a new member of `group` (a stripe's
     /// nodes, or the journal holders): not in it, in the rack with the
     /// fewest of its members, least loaded first, then by name.
@@ -322,6 +355,17 @@ async fn audit(
                 }
             }
             if missing.is_empty() {
+                if unavailable.is_empty()
+                    && let Some(target) = cell.balance(members)
+                {
+                    jobs.push(StripeJob {
+                        volume: volume.id,
+                        warm: Arc::clone(&warm),
+                        stripe,
+                        targets: vec![target],
+                        balance: true,
+                    });
+                }
                 continue;
             }
             let mut group: Vec<&str> = members
@@ -372,6 +416,7 @@ async fn audit(
                     warm: Arc::clone(&warm),
                     stripe,
                     targets,
+                    balance: false,
                 });
             }
         }
@@ -492,6 +537,7 @@ async fn rebuild_stripe(
         written_bytes: 0,
         error: None,
         seconds: 0.0,
+        balance: job.balance,
     };
     let targets: Option<Vec<RebuildTarget>> = job
         .targets
@@ -569,6 +615,21 @@ async fn rebuild_stripe(
     }
     if !errors.is_empty() {
         outcome.error = Some(format!("not recorded: {}", errors.join("; ")));
+    } else if job.balance {
+        for (block, from, _) in &job.targets {
+            let Some(url) = url_of(from) else { continue };
+            let id = f4::api::BlockId {
+                volume: job.volume,
+                generation: warm.generation,
+                stripe: job.stripe,
+                block: *block,
+            };
+            let client = StorageClient::from_http(&url, state.warm_http.clone());
+            if let Err(e) = client.delete_block(id).await {
+                tracing::warn!(volume = job.volume, block = *block, node = %from, error = %e,
+                    "the moved block's old copy stays");
+            }
+        }
     }
     tracing::info!(volume = job.volume, stripe = job.stripe, blocks = ?outcome.blocks,
         written_bytes = outcome.written_bytes, seconds = outcome.seconds, "stripe rebuilt");
