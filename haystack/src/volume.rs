@@ -791,15 +791,20 @@ impl Volume {
                 w.file.sync_data()
             });
         if let Err(e) = synced {
-            self.state.lock().failed = true;
-            error!(volume = self.id, error = %e, "delete failed to sync; volume is read-only");
-            return Err(e.into());
+            return Err(self.failed_delete(e));
         }
         self.files.write().index.mark_deleted(key);
         if let Some(keys) = self.compact_deletes.lock().as_mut() {
             keys.push(key);
         }
         Ok(())
+    }
+
+    /// A delete that failed to reach the disk: the volume turns read-only.
+    pub(crate) fn failed_delete(&self, error: std::io::Error) -> Error {
+        self.state.lock().failed = true;
+        error!(volume = self.id, error = %error, "delete failed to sync; volume is read-only");
+        error.into()
     }
 
     /// Locks the volume for good: rewrites the superblock with the locked flag and syncs it.

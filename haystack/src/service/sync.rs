@@ -186,8 +186,9 @@ async fn apply_deletes(
     state
         .blocking(move |_| {
             let mut applied = 0;
-            for key in keys {
-                applied += u64::from(local.apply_peer_delete(key)?);
+            // A page at a time: two syncs each, and a bounded index write.
+            for batch in keys.chunks(PAGE_ENTRIES_MAX) {
+                applied += local.apply_peer_deletes(batch)?;
             }
             Ok(applied)
         })
