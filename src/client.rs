@@ -189,7 +189,7 @@ impl RouterClient {
     /// now, one `POST /admin/scrub?volume=N` each, with a progress bar on a
     /// terminal. Fails if something could not be checked or a needle has
     /// no good copy left.
-    pub async fn scrub(&self, volume: Option<u32>, json: bool) -> anyhow::Result<()> {
+    pub async fn scrub(&self, volume: Option<u32>, deep: bool, json: bool) -> anyhow::Result<()> {
         let ids: Vec<u64> = match volume {
             Some(volume) => vec![u64::from(volume)],
             None => self
@@ -212,7 +212,7 @@ impl RouterClient {
             bar
         });
         let mut total = serde_json::json!({
-            "volumes": 0, "blocks_checked": 0, "needles_checked": 0, "bytes": 0,
+            "volumes": 0, "blocks_checked": 0, "stripes_verified": 0, "needles_checked": 0, "bytes": 0,
             "damaged_blocks": [], "corrupt_needles": [], "unrecoverable": [], "unchecked": [],
         });
         for id in ids {
@@ -221,7 +221,7 @@ impl RouterClient {
             }
             let response = self
                 .http
-                .post(format!("{}/admin/scrub?volume={id}", self.base))
+                .post(format!("{}/admin/scrub?volume={id}&deep={deep}", self.base))
                 .send()
                 .await
                 .with_context(|| format!("scrubbing volume {id}"))?;
@@ -270,9 +270,10 @@ impl RouterClient {
                 println!("not checked: {}", what.as_str().unwrap_or_default());
             }
             println!(
-                "{} volumes checked whole: {} blocks, {} needle copies, {} bytes; {} corrupt",
+                "{} volumes checked whole: {} blocks ({} stripes' parity), {} needle copies, {} bytes; {} corrupt",
                 field(&total, "volumes"),
                 field(&total, "blocks_checked"),
+                field(&total, "stripes_verified"),
                 field(&total, "needles_checked"),
                 field(&total, "bytes"),
                 count("damaged_blocks") + count("corrupt_needles"),

@@ -90,6 +90,10 @@ pub struct Config {
     /// scrub, and `hayloft scrub` runs unpaced).
     #[serde(default = "default_scrub_rate_bytes")]
     pub scrub_rate_bytes: u64,
+    /// How often the background scrub is a deep one (every warm stripe's
+    /// parity recomputed and compared).
+    #[serde(default = "default_deep_scrub_interval_ms")]
+    pub deep_scrub_interval_ms: u64,
     /// How often a store node tells the directory it is alive.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
@@ -309,6 +313,9 @@ fn default_coordinate_interval_ms() -> u64 {
 fn default_scrub_rate_bytes() -> u64 {
     router::api::config::default_scrub_rate_bytes()
 }
+fn default_deep_scrub_interval_ms() -> u64 {
+    router::api::config::default_deep_scrub_interval_ms()
+}
 fn default_rebuilder_section() -> StoreSection {
     section_for(crate::roles::Role::Rebuilder)
 }
@@ -387,6 +394,7 @@ impl Default for Config {
             rebuild_rate_bytes: default_rebuild_rate_bytes(),
             coordinate_interval_ms: default_coordinate_interval_ms(),
             scrub_rate_bytes: default_scrub_rate_bytes(),
+            deep_scrub_interval_ms: default_deep_scrub_interval_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
@@ -488,6 +496,10 @@ pub struct Overrides {
     /// background scrub).
     #[arg(long, value_parser = parse_size)]
     pub scrub_rate: Option<u64>,
+    /// How often the background scrub is a deep one, recomputing every warm
+    /// stripe's parity (e.g. `7d`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub deep_scrub_interval: Option<u64>,
     /// Store node heartbeat period (e.g. `1s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub heartbeat_interval: Option<u64>,
@@ -560,6 +572,7 @@ impl Config {
             nodes_per_rack,
             coordinate_interval,
             scrub_rate,
+            deep_scrub_interval,
             heartbeat_interval,
             heartbeat_timeout,
             repair_interval,
@@ -580,7 +593,7 @@ impl Config {
             self.nodes_per_rack = *nodes_per_rack;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 18] = [
+        let pairs: [(&Option<u64>, &mut u64); 19] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
@@ -595,6 +608,7 @@ impl Config {
             (rebuild_rate, &mut self.rebuild_rate_bytes),
             (coordinate_interval, &mut self.coordinate_interval_ms),
             (scrub_rate, &mut self.scrub_rate_bytes),
+            (deep_scrub_interval, &mut self.deep_scrub_interval_ms),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
             (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
             (repair_interval, &mut self.repair_interval_ms),

@@ -130,6 +130,9 @@ enum Command {
         /// Only this volume.
         #[arg(long)]
         volume: Option<u32>,
+        /// Also recompute every warm stripe's parity and compare it.
+        #[arg(long)]
+        deep: bool,
         /// Machine-readable JSON.
         #[arg(long)]
         json: bool,
@@ -289,11 +292,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Scrub {
             volume,
+            deep,
             json,
             router,
         } => {
             client::RouterClient::new(&router.router)?
-                .scrub(volume, json)
+                .scrub(volume, deep, json)
                 .await
         }
         Command::Status { json, router } => {

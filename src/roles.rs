@@ -569,6 +569,7 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.rebuild_rate_bytes = config.rebuild_rate_bytes;
     api.coordinate_interval_ms = config.coordinate_interval_ms;
     api.scrub_rate_bytes = config.scrub_rate_bytes;
+    api.deep_scrub_interval_ms = config.deep_scrub_interval_ms;
     api.id = config.router.id.clone();
     api
 }

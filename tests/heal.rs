@@ -45,6 +45,10 @@ const ARGS: &[&str] = &[
     "300ms",
     "--rebuild-rate",
     "0",
+    // Journals fold into their indexes after three tombstones, so that
+    // holders are replaced and merged across folds too.
+    "--fold-tombstones",
+    "3",
     // Scrubs only when asked (`hayloft scrub`), so that what a scrub finds
     // is not repaired by a background one first.
     "--scrub-rate",
@@ -455,7 +459,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
         bytes[100] ^= 0x01;
         std::fs::write(&path, &bytes)?;
     }
-    let found = scrub(&cluster).await?;
+    let found = scrub(&cluster, false).await?;
     let named = |key: &str| -> Vec<String> {
         found[key]
             .as_array()
@@ -489,11 +493,44 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     hot.check(&client, &router).await?;
     healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
     wait_until("a scrub to find nothing", HEAL_DEADLINE, || async {
-        let again = scrub(&cluster).await?;
+        let again = scrub(&cluster, false).await?;
         Ok(again["damaged_blocks"] == serde_json::json!([])
             && again["corrupt_needles"] == serde_json::json!([]))
     })
     .await?;
+
+    // A block whose bytes changed with its checksums (a bad write that
+    // checksummed what it wrote): a scrub cannot see it; a deep scrub finds
+    // the one block that disagrees with its stripe's parity, and it is
+    // rebuilt in place.
+    let (stripe, block) = (5u64, 3u32);
+    let node = placed[&(stripe, block)].clone();
+    rewrite_with_checksums(&block_path(
+        &cluster,
+        &node,
+        vid,
+        &warm_after,
+        stripe,
+        block,
+    ))?;
+    let shallow = scrub(&cluster, false).await?;
+    anyhow::ensure!(
+        shallow["damaged_blocks"] == serde_json::json!([]),
+        "{shallow}"
+    );
+    let deep = scrub(&cluster, true).await?;
+    anyhow::ensure!(
+        deep["damaged_blocks"]
+            == serde_json::json!([{"volume": vid, "what": format!("{stripe}.{block}"), "node": node}]),
+        "{deep}"
+    );
+    anyhow::ensure!(
+        deep["stripes_verified"].as_u64() >= Some(stripes as u64),
+        "{deep}"
+    );
+    healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
+    let again = scrub(&cluster, true).await?;
+    anyhow::ensure!(again["damaged_blocks"] == serde_json::json!([]), "{again}");
 
     // A rebuilder killed mid-block (paused once it has streamed the block's
     // data, before its checksum record): the target never holds part of
@@ -595,7 +632,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
         status >= 500,
         "a needle corrupt everywhere answered {status}"
     );
-    let found = scrub(&cluster).await?;
+    let found = scrub(&cluster, false).await?;
     anyhow::ensure!(
         found["unrecoverable"]
             == serde_json::json!([format!("{},{:x}", doomed.volume(), doomed.key())]),
@@ -604,11 +641,12 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     Ok(())
 }
 
-/// `hayloft scrub --json`: its report (it exits non-zero when something is
-/// unrecoverable, which the callers look at themselves).
-async fn scrub(cluster: &Cluster) -> anyhow::Result<Value> {
+/// `hayloft scrub --json [--deep]`: its report (it exits non-zero when
+/// something is unrecoverable, which the callers look at themselves).
+async fn scrub(cluster: &Cluster, deep: bool) -> anyhow::Result<Value> {
     let output = tokio::process::Command::new(common::hayloft_bin())
         .args(["scrub", "--json", "--router", &cluster.router])
+        .args(deep.then_some("--deep"))
         .output()
         .await?;
     serde_json::from_slice(&output.stdout).with_context(|| {
@@ -618,6 +656,26 @@ async fn scrub(cluster: &Cluster) -> anyhow::Result<Value> {
             String::from_utf8_lossy(&output.stderr)
         )
     })
+}
+
+/// Flips a byte of the block file's data and writes its checksum record
+/// anew, so that every chunk still matches its CRC.
+fn rewrite_with_checksums(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let header = f4::BlockHeader::decode(&bytes[..f4::format::BLOCK_HEADER_SIZE])?;
+    let start = f4::format::BLOCK_HEADER_SIZE;
+    let end = start + usize::try_from(header.block_len_bytes)?;
+    bytes[start + 10] ^= 0x08;
+    let record =
+        coding::BlockChecksums::compute(header.geometry.chunk_size_bytes, &bytes[start..end])?
+            .encode();
+    bytes.truncate(end);
+    bytes.extend_from_slice(&record);
+    // A new file in its place, as a write gone wrong would leave it.
+    let tmp = path.with_extension("rewritten");
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// Flips a byte in the data of `blob`'s needle in `store`'s replica.

@@ -331,3 +331,35 @@ pub struct FailedSource {
     /// What went wrong.
     pub error: String,
 }
+
+/// Body of a rebuilder's `POST /verify`: read every block of one stripe and
+/// check that its parity is what its data encodes to (a deep scrub).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The volume.
+    pub volume: u32,
+    /// The encode generation the directory committed.
+    pub generation: u64,
+    /// The volume's geometry, as the directory recorded it.
+    pub geometry: Geometry,
+    /// The stripe.
+    pub stripe: u64,
+    /// Base URL of the node of each block of the stripe, in block order
+    /// (all of them: a stripe is verified whole).
+    pub sources: Vec<String>,
+}
+
+/// Answer of `POST /verify`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Bytes read, every chunk verified by the node that served it.
+    pub read_bytes: u64,
+    /// Columns whose parity did not match their data.
+    pub mismatched_columns: u64,
+    /// The blocks found to disagree with the other thirteen (one per
+    /// mismatched column at most, when one block alone explains it).
+    pub damaged_blocks: Vec<u32>,
+    /// Mismatches no single block explains.
+    pub unexplained_columns: u64,
+}

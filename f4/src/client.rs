@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     BlockCheck, BlockId, BlockPage, DistributeRequest, ErrorBody, HeldVolume, LivePage,
     MergeReport, MergeRequest, PAGE_MAX, PruneReport, PruneRequest, RebuildReport, RebuildRequest,
-    SealPrepared, SealRequest, Space, TombstoneRequest, code,
+    SealPrepared, SealRequest, Space, TombstoneRequest, VerifyReport, VerifyRequest, code,
 };
 use crate::format::{Geometry, IndexEntry};
 use haystack::api::format_key;
@@ -389,6 +389,15 @@ impl RebuilderClient {
         let request = self
             .0
             .request(Method::POST, "/rebuild", TRANSFER_TIMEOUT)
+            .json(request);
+        self.0.json(request).await
+    }
+
+    /// `POST /verify`: a stripe's parity checked against its data.
+    pub async fn verify(&self, request: &VerifyRequest) -> Result<VerifyReport> {
+        let request = self
+            .0
+            .request(Method::POST, "/verify", TRANSFER_TIMEOUT)
             .json(request);
         self.0.json(request).await
     }

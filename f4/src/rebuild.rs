@@ -41,7 +41,8 @@ use haystack::client::{BatchOptions, StoreAddress};
 use haystack::http::{ServerLimits, deadline, method_not_allowed, no_route};
 
 use crate::api::{
-    BlockId, FailedSource, RangeRead, RebuildReport, RebuildRequest, RebuildTarget, code,
+    BlockId, FailedSource, RangeRead, RebuildReport, RebuildRequest, RebuildTarget, VerifyReport,
+    VerifyRequest, code,
 };
 use crate::client::StorageClient;
 use crate::format::BlockHeader;
@@ -142,6 +143,7 @@ pub fn router(config: RebuilderConfig) -> Result<Router, String> {
     Ok(Router::new()
         .route("/health", get(haystack::http::health))
         .route("/rebuild", post(rebuild))
+        .route("/verify", post(verify))
         .layer(MapFutureLayer::new(
             move |handler: RouteFuture<std::convert::Infallible>| deadline(timeout, handler),
         ))
@@ -325,6 +327,172 @@ async fn rebuild(
         "rebuild done"
     );
     Ok(axum::Json(report))
+}
+
+/// `POST /verify`: every column of the stripe read from all its blocks and
+/// its parity recomputed from its data; a column that disagrees is put to
+/// each block in turn: the block whose rebuild from ten of the others makes
+/// the whole column agree is the damaged one.
+async fn verify(
+    State(state): State<Arc<RebuilderState>>,
+    JsonBody(request): JsonBody<VerifyRequest>,
+) -> Result<axum::Json<VerifyReport>, ApiError> {
+    let geometry = request.geometry;
+    let layout = geometry.layout()?;
+    let total = geometry.blocks_per_stripe() as usize;
+    let k = usize::from(geometry.data_blocks);
+    if request.sources.len() != total || request.stripe >= layout.stripe_count() {
+        return Err(ApiError::bad_request(format!(
+            "a stripe below {} and {total} sources",
+            layout.stripe_count()
+        )));
+    }
+    let nodes = request
+        .sources
+        .iter()
+        .map(|url| {
+            StoreAddress::parse(url).map_err(|e| ApiError::bad_request(format!("{url}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let lens = (0..total)
+        .map(|i| layout.block_len_bytes(request.stripe, i))
+        .collect::<coding::Result<Vec<u64>>>()
+        .map_err(crate::Error::from)?;
+    let column_len = lens.iter().copied().max().unwrap_or(0);
+    let _turn = state
+        .running
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("rebuild semaphore closed"))?;
+    let codec = Arc::new(Codec::new(geometry.rs_config()?).map_err(crate::Error::from)?);
+    let source_timeout = Duration::from_millis(state.config.source_timeout_ms);
+    let mut report = VerifyReport::default();
+    let mut at = 0u64;
+    while at < column_len {
+        let width = (column_len - at).min(COLUMN_BYTES);
+        let reads = nodes.iter().enumerate().map(|(index, node)| {
+            let stored = lens[index].saturating_sub(at).min(width);
+            let read = RangeRead {
+                block: BlockId {
+                    volume: request.volume,
+                    generation: request.generation,
+                    stripe: request.stripe,
+                    block: index as u32,
+                },
+                geometry,
+                offset: at,
+                len: stored,
+            };
+            let reader = &state.reader;
+            async move {
+                if stored == 0 {
+                    return Ok(Bytes::new());
+                }
+                match tokio::time::timeout(source_timeout, reader.read_range(node, &read)).await {
+                    Ok(read) => {
+                        read.map_err(|e| (e.is_block_damage(), format!("block {index}: {e}")))
+                    }
+                    Err(_) => Err((
+                        false,
+                        format!("block {index}: no answer within {source_timeout:?}"),
+                    )),
+                }
+            }
+        });
+        let mut column = Vec::with_capacity(total);
+        let mut damaged_here = false;
+        for (index, answer) in futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            match answer {
+                Ok(bytes) => {
+                    report.read_bytes += bytes.len() as u64;
+                    column.push(padded(bytes, width as usize));
+                }
+                // A block its node calls damaged is a finding of its own;
+                // the column is not compared without it.
+                Err((true, _)) => {
+                    damaged_here = true;
+                    if !report.damaged_blocks.contains(&(index as u32)) {
+                        report.damaged_blocks.push(index as u32);
+                    }
+                }
+                Err((false, why)) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        code::TOO_FEW_BLOCKS,
+                        why,
+                    ));
+                }
+            }
+        }
+        if damaged_here {
+            at += width;
+            continue;
+        }
+        let codec = Arc::clone(&codec);
+        let (consistent, culprit) = tokio::task::spawn_blocking(move || {
+            let (data, parity) = column.split_at(k);
+            if codec.parity_matches(data, parity)? {
+                return Ok::<_, crate::Error>((true, None));
+            }
+            Ok((false, odd_one_out(&codec, &column)?))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("verify task: {e}")))??;
+        if !consistent {
+            report.mismatched_columns += 1;
+            match culprit {
+                Some(block) if !report.damaged_blocks.contains(&block) => {
+                    report.damaged_blocks.push(block);
+                }
+                Some(_) => {}
+                None => report.unexplained_columns += 1,
+            }
+        }
+        at += width;
+    }
+    if report.mismatched_columns > 0 {
+        tracing::error!(volume = request.volume, stripe = request.stripe,
+            damaged = ?report.damaged_blocks, unexplained = report.unexplained_columns,
+            "parity does not match the data");
+    }
+    Ok(axum::Json(report))
+}
+
+/// The one block of `column` (all blocks of a stripe, same range) whose
+/// value, rebuilt from `k` of the others, makes every other block agree:
+/// the damaged one, if a single block explains the mismatch.
+fn odd_one_out(codec: &Codec, column: &[Bytes]) -> crate::Result<Option<u32>> {
+    let k = codec.config().data_shards();
+    let width = column.first().map_or(0, Bytes::len);
+    for suspect in 0..column.len() {
+        let sources: Vec<(usize, &[u8])> = (0..column.len())
+            .filter(|i| *i != suspect)
+            .take(k)
+            .map(|i| (i, &column[i][..]))
+            .collect();
+        let others: Vec<usize> = (0..column.len())
+            .filter(|i| *i != suspect && !sources.iter().any(|(s, _)| s == i))
+            .collect();
+        let mut rebuilt = vec![vec![0u8; width]; others.len()];
+        let mut targets: Vec<(usize, &mut [u8])> = others
+            .iter()
+            .copied()
+            .zip(rebuilt.iter_mut().map(Vec::as_mut_slice))
+            .collect();
+        codec.reconstruct_range(&sources, &mut targets)?;
+        if others
+            .iter()
+            .zip(&rebuilt)
+            .all(|(i, bytes)| column[*i][..] == bytes[..])
+        {
+            return Ok(Some(suspect as u32));
+        }
+    }
+    Ok(None)
 }
 
 /// One column of the stripe: the same `width` bytes of `k` source blocks.

@@ -19,6 +19,9 @@
 //! cargo run --release -p bench --bin rebuild-block -- --block-size 1GiB --lost 1 --rounds 3
 //! ```
 //!
+//! With `--rate R`, the rebuild is throttled to R block bytes a second:
+//! its output rate then shows whether the throttle holds.
+//!
 //! Prints one JSON line per round and a summary line (medians).
 
 #![allow(clippy::print_stdout, reason = "the report is the program's output")]
@@ -58,6 +61,10 @@ struct Args {
     /// Rounds (medians are reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// The rebuild's throttle, block bytes written a second (`64MiB`, ...;
+    /// 0: none), to measure that it holds.
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    rate: usize,
     /// Where the blocks go (a temporary directory under it; default the
     /// system's temporary directory).
     #[arg(long)]
@@ -79,6 +86,8 @@ struct Round {
     limit_output_mb_per_second: f64,
     /// Raw read time over rebuild time.
     ratio: f64,
+    /// The throttle asked for, MB/s (0: none).
+    throttle_mb_per_second: f64,
 }
 
 /// Asks the kernel to drop its page cache (root only); whether it did.
@@ -241,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
                     node: urls[14].clone(),
                 })
                 .collect(),
-            bytes_per_second: 0,
+            bytes_per_second: args.rate as u64,
         };
         let started = Instant::now();
         let report = rebuilder.rebuild(&request).await?;
@@ -267,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
             rebuild_output_mb_per_second: mb(output, rebuild_seconds),
             limit_output_mb_per_second: mb(output, raw_seconds),
             ratio: raw_seconds / rebuild_seconds,
+            throttle_mb_per_second: args.rate as f64 / 1e6,
         };
         anyhow::ensure!(report.read_bytes >= raw_bytes / 2, "{report:?}");
         println!("{}", serde_json::to_string(&result)?);
@@ -283,6 +293,7 @@ async fn main() -> anyhow::Result<()> {
         "rebuild_output_mb_per_second": pick(|r| r.rebuild_output_mb_per_second),
         "limit_output_mb_per_second": pick(|r| r.limit_output_mb_per_second),
         "ratio": pick(|r| r.ratio),
+        "throttle_mb_per_second": args.rate as f64 / 1e6,
     });
     println!("{summary}");
     Ok(())

@@ -138,6 +138,10 @@ pub struct RouterConfig {
     /// the background, and `POST /admin/scrub` runs unpaced).
     #[serde(default = "default_scrub_rate_bytes")]
     pub scrub_rate_bytes: u64,
+    /// How often the background scrub is a deep one (every warm stripe's
+    /// parity recomputed and compared), in ms.
+    #[serde(default = "default_deep_scrub_interval_ms")]
+    pub deep_scrub_interval_ms: u64,
 }
 
 impl RouterConfig {
@@ -175,6 +179,7 @@ impl RouterConfig {
             rebuild_rate_bytes: default_rebuild_rate_bytes(),
             coordinate_interval_ms: default_coordinate_interval_ms(),
             scrub_rate_bytes: default_scrub_rate_bytes(),
+            deep_scrub_interval_ms: default_deep_scrub_interval_ms(),
         }
     }
 }
@@ -277,6 +282,11 @@ pub fn default_coordinate_interval_ms() -> u64 {
 /// Default of [`RouterConfig::scrub_rate_bytes`]: 16 MiB a second.
 pub fn default_scrub_rate_bytes() -> u64 {
     16 << 20
+}
+
+/// Default of [`RouterConfig::deep_scrub_interval_ms`]: 7 days.
+pub fn default_deep_scrub_interval_ms() -> u64 {
+    7 * 24 * 3600 * 1000
 }
 
 /// Default of [`RouterConfig::max_block_size_bytes`]: the storage node's.

@@ -1,5 +1,9 @@
 //! The scrub: every byte at rest read back and checked, before a read
-//! needs it. Warm blocks are read whole by their storage node and checked
+//! needs it. A deep scrub also has a rebuilder read every warm stripe whole
+//! and recompute its parity from its data (`POST /verify`), which finds a
+//! block whose bytes changed with its checksums (a bug, a bad write that
+//! checksummed what it wrote): the one block that disagrees with the other
+//! thirteen is reported damaged. Warm blocks are read whole by their storage node and checked
 //! against their header and chunk CRCs (`POST /blocks/check`); hot
 //! replicas are read needle by needle by their store node and each needle
 //! checked (`POST /volumes/{vid}/scrub`). What fails is reported to the
@@ -23,14 +27,15 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{Query, State};
 use f4::api::BlockId;
-use f4::client::StorageClient;
+use f4::api::VerifyRequest;
+use f4::client::{RebuilderClient, StorageClient};
 use f4::pace::Pace;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::state::AppState;
 use crate::directory::types::DamagedBlockRequest;
-use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
+use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
 
 /// Needles one scrub request checks at most.
 const NEEDLES_PER_REQUEST: usize = 1024;
@@ -53,6 +58,9 @@ pub struct ScrubReport {
     pub volumes: usize,
     /// Warm blocks checked.
     pub blocks_checked: u64,
+    /// Warm stripes whose parity was recomputed and compared (a deep
+    /// scrub).
+    pub stripes_verified: u64,
     /// Hot needles checked (each replica's copy counts).
     pub needles_checked: u64,
     /// Bytes read.
@@ -72,6 +80,7 @@ impl ScrubReport {
     fn add(&mut self, other: ScrubReport) {
         self.volumes += other.volumes;
         self.blocks_checked += other.blocks_checked;
+        self.stripes_verified += other.stripes_verified;
         self.needles_checked += other.needles_checked;
         self.bytes += other.bytes;
         self.damaged_blocks.extend(other.damaged_blocks);
@@ -89,6 +98,7 @@ async fn scrub_volume(
     volume: &LogicalVolume,
     nodes: &[NodeRecord],
     pace: &mut Pace,
+    deep: bool,
 ) -> ScrubReport {
     let up = |id: &str| nodes.iter().find(|n| n.id == id && n.is_up());
     let mut report = ScrubReport::default();
@@ -121,29 +131,8 @@ async fn scrub_volume(
                     match client.check_block(id, warm.geometry).await {
                         Ok(()) => {}
                         Err(e) if e.is_block_damage() => {
-                            state.metrics.checksum_mismatch("warm");
-                            let damaged = DamagedBlockRequest {
-                                generation: warm.generation,
-                                stripe: id.stripe,
-                                block: id.block,
-                                node: node.clone(),
-                                reason: format!("scrub: {e}"),
-                            };
-                            if let Err(e) = state
-                                .directory
-                                .report_damaged_block(volume.id, &damaged)
-                                .await
-                            {
-                                report.unchecked.push(format!(
-                                    "volume {} block {place}: not reported: {e}",
-                                    volume.id
-                                ));
-                            }
-                            report.damaged_blocks.push(Finding {
-                                volume: volume.id,
-                                what: place,
-                                node: node.clone(),
-                            });
+                            let why = format!("scrub: {e}");
+                            damaged_block(state, volume.id, warm, id, node, why, &mut report).await;
                         }
                         Err(e) => {
                             report
@@ -155,6 +144,13 @@ async fn scrub_volume(
                     report.blocks_checked += 1;
                     report.bytes += len;
                     state.metrics.scrubbed_bytes(len);
+                }
+                if deep {
+                    let stripe_len: u64 = (0..members.len())
+                        .filter_map(|b| layout.block_len_bytes(stripe as u64, b).ok())
+                        .sum();
+                    pace.take(stripe_len).await;
+                    verify_stripe(state, volume.id, warm, stripe as u64, nodes, &mut report).await;
                 }
             }
         }
@@ -205,6 +201,114 @@ async fn scrub_volume(
         report.volumes = 1;
     }
     report
+}
+
+/// Reports block `id` of `warm` on `node` damaged (the coordinator rebuilds
+/// it in place) and names it in `report`.
+async fn damaged_block(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    id: BlockId,
+    node: &str,
+    reason: String,
+    report: &mut ScrubReport,
+) {
+    state.metrics.checksum_mismatch("warm");
+    let place = format!("{}.{}", id.stripe, id.block);
+    let damaged = DamagedBlockRequest {
+        generation: warm.generation,
+        stripe: id.stripe,
+        block: id.block,
+        node: node.to_owned(),
+        reason,
+    };
+    if let Err(e) = state.directory.report_damaged_block(vid, &damaged).await {
+        report
+            .unchecked
+            .push(format!("volume {vid} block {place}: not reported: {e}"));
+    }
+    report.damaged_blocks.push(Finding {
+        volume: vid,
+        what: place,
+        node: node.to_owned(),
+    });
+}
+
+/// The deep scrub of one stripe: a rebuilder reads all its blocks and
+/// recomputes the parity from the data; a block that disagrees with the
+/// other thirteen is reported damaged.
+async fn verify_stripe(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    stripe: u64,
+    nodes: &[NodeRecord],
+    report: &mut ScrubReport,
+) {
+    let members = &warm.stripes[stripe as usize];
+    let sources: Option<Vec<String>> = members
+        .iter()
+        .map(|id| {
+            nodes
+                .iter()
+                .find(|n| n.id == *id && n.is_up())
+                .map(NodeRecord::base_url)
+        })
+        .collect();
+    let rebuilder = nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Rebuilder && n.is_up())
+        .nth(
+            stripe as usize
+                % nodes
+                    .iter()
+                    .filter(|n| n.role == NodeRole::Rebuilder && n.is_up())
+                    .count()
+                    .max(1),
+        );
+    let (Some(sources), Some(rebuilder)) = (sources, rebuilder) else {
+        report.unchecked.push(format!(
+            "volume {vid} stripe {stripe}: parity not verified (a block's node or every rebuilder is down)"
+        ));
+        return;
+    };
+    let request = VerifyRequest {
+        volume: vid,
+        generation: warm.generation,
+        geometry: warm.geometry,
+        stripe,
+        sources,
+    };
+    let client = RebuilderClient::from_http(&rebuilder.base_url(), state.warm_http.clone());
+    match client.verify(&request).await {
+        Ok(verified) => {
+            report.stripes_verified += 1;
+            for block in verified.damaged_blocks {
+                let Some(node) = members.get(block as usize) else {
+                    continue;
+                };
+                let id = BlockId {
+                    volume: vid,
+                    generation: warm.generation,
+                    stripe,
+                    block,
+                };
+                let why = "deep scrub: disagrees with the parity of its stripe".to_owned();
+                damaged_block(state, vid, warm, id, node, why, report).await;
+            }
+            if verified.unexplained_columns > 0 {
+                report.unchecked.push(format!(
+                    "volume {vid} stripe {stripe}: parity disagrees with the data in {} columns no \
+                     single block explains",
+                    verified.unexplained_columns
+                ));
+            }
+        }
+        Err(e) => report.unchecked.push(format!(
+            "volume {vid} stripe {stripe}: parity not verified: {e}"
+        )),
+    }
 }
 
 /// Scrubs one replica of `vid` on `node` stretch by stretch; the keys that
@@ -261,6 +365,7 @@ async fn scrub_replica(
 pub(crate) async fn scrub_all(
     state: &AppState,
     only: Option<u32>,
+    deep: bool,
 ) -> Result<ScrubReport, ApiError> {
     let nodes = state.directory.list_nodes().await?;
     let volumes = state.directory.list_volumes().await?;
@@ -275,7 +380,7 @@ pub(crate) async fn scrub_all(
         .iter()
         .filter(|v| only.is_none_or(|vid| vid == v.id))
     {
-        report.add(scrub_volume(state, volume, &nodes, &mut pace).await);
+        report.add(scrub_volume(state, volume, &nodes, &mut pace, deep).await);
     }
     Ok(report)
 }
@@ -285,6 +390,9 @@ pub(crate) async fn scrub_all(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ScrubQuery {
     volume: Option<u32>,
+    /// Also recompute every warm stripe's parity and compare it.
+    #[serde(default)]
+    deep: bool,
 }
 
 /// `POST /admin/scrub[?volume=N]`: a whole scrub now.
@@ -292,7 +400,7 @@ pub(crate) async fn scrub_now(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ScrubQuery>,
 ) -> Result<Json<ScrubReport>, ApiError> {
-    Ok(Json(scrub_all(&state, query.volume).await?))
+    Ok(Json(scrub_all(&state, query.volume, query.deep).await?))
 }
 
 /// The coordinator's background scrub: volume after volume by id, each
@@ -304,6 +412,10 @@ pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
     let mut cursor: Option<u32> = None;
     let mut unchecked: BTreeMap<u32, Instant> = BTreeMap::new();
     let mut pace = Pace::new(state.config.scrub_rate_bytes);
+    let deep_every = Duration::from_millis(state.config.deep_scrub_interval_ms);
+    // The first round is shallow: a deep one comes an interval later.
+    let mut last_deep = Instant::now();
+    let mut deep = false;
     loop {
         let listed = tokio::try_join!(state.directory.list_nodes(), state.directory.list_volumes());
         let (nodes, volumes) = match listed {
@@ -332,12 +444,16 @@ pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
                 tokio::time::sleep(retry).await;
             }
             cursor = None;
+            deep = last_deep.elapsed() >= deep_every;
+            if deep {
+                last_deep = Instant::now();
+            }
             continue;
         };
         if due.is_none() {
             cursor = Some(volume.id);
         }
-        let report = scrub_volume(&state, volume, &nodes, &mut pace).await;
+        let report = scrub_volume(&state, volume, &nodes, &mut pace, deep).await;
         if !report.damaged_blocks.is_empty() || !report.corrupt_needles.is_empty() {
             tracing::warn!(
                 volume = volume.id,
