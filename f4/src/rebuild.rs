@@ -4,7 +4,8 @@
 //! target is written, and the coordinator records the result.
 //!
 //! A rebuild reads the stripe column by column ([`COLUMN_BYTES`] of each
-//! source block at once, every chunk verified by the node that serves it),
+//! source block at once, less when throttled, see [`column_bytes`]; every
+//! chunk verified by the node that serves it),
 //! one column ahead of the decoder, decodes the lost blocks' columns on a
 //! blocking thread and streams them, with their header and checksum record,
 //! into one `PUT` per target; the target node checks every chunk's CRC
@@ -50,8 +51,25 @@ use crate::http::{ApiError, JsonBody};
 use crate::pace::Pace;
 use crate::reader::WarmReader;
 
-/// Bytes of each block per decoding step.
+/// Bytes of each block per decoding step, unthrottled.
 const COLUMN_BYTES: u64 = crate::block::ENCODE_COLUMN_BYTES as u64;
+/// The smallest step of a throttled rebuild.
+const COLUMN_BYTES_MIN: u64 = 64 << 10;
+/// Steps a second a throttled rebuild aims at: its work spread thin, so
+/// that foreground reads meet a little of it often rather than all of it
+/// at once (with 1 MiB steps at 16 MiB/s, warm fetches' p99 still rose
+/// 1.8x on two cores).
+const STEPS_PER_SECOND: u64 = 512;
+
+/// The bytes of each block a rebuild at `bytes_per_second` (0: no
+/// limit) reads per step: whole chunks of 64 KiB, 64 KiB to 1 MiB.
+fn column_bytes(bytes_per_second: u64) -> u64 {
+    if bytes_per_second == 0 {
+        return COLUMN_BYTES;
+    }
+    (bytes_per_second / STEPS_PER_SECOND / COLUMN_BYTES_MIN * COLUMN_BYTES_MIN)
+        .clamp(COLUMN_BYTES_MIN, COLUMN_BYTES)
+}
 /// Columns read ahead of the decoder.
 const COLUMNS_AHEAD: usize = 1;
 /// Chunks queued per target's upload.
@@ -542,7 +560,7 @@ async fn read_columns(
     let source_timeout = Duration::from_millis(state.config.source_timeout_ms);
     let mut at = 0u64;
     while at < plan.column_len {
-        let width = (plan.column_len - at).min(COLUMN_BYTES);
+        let width = (plan.column_len - at).min(column_bytes(request.bytes_per_second));
         let blocks = loop {
             while chosen.len() < k {
                 let Some((index, url)) = spare.next() else {
@@ -774,5 +792,20 @@ fn upload_outcome(
         Ok(Ok(())) => Ok(()),
         Ok(Err(why)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, code::PEER, why)),
         Err(e) => Err(ApiError::internal(format!("upload task: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_rebuild_takes_small_steps_and_a_free_one_large_ones() {
+        assert_eq!(column_bytes(0), 1 << 20);
+        assert_eq!(column_bytes(64 << 20), 128 << 10);
+        assert_eq!(column_bytes(16 << 20), 64 << 10);
+        assert_eq!(column_bytes(1 << 20), 64 << 10);
+        assert_eq!(column_bytes(1 << 30), 1 << 20);
+        assert_eq!(column_bytes(100 << 20) % (64 << 10), 0);
     }
 }
