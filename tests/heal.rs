@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::volumes::{Blob, delete, fill, seal, volume, volumes};
+use common::volumes::{Blob, check_volume, delete, fill, seal, volume, volumes};
 use common::{Cluster, fetch, http_client, paused_at, wait_until};
 use serde_json::Value;
 
@@ -100,27 +100,6 @@ fn block_files(
             Ok(((stripe, block), bytes))
         })
         .collect()
-}
-
-/// Every live BLOB of `vid` reads back byte for byte; every deleted one is
-/// `404`.
-async fn reads_succeed(
-    client: &reqwest::Client,
-    router: &str,
-    blobs: &[Blob],
-    vid: u32,
-) -> anyhow::Result<()> {
-    for blob in blobs.iter().filter(|b| b.volume() == vid) {
-        if blob.deleted {
-            let (status, _) = fetch(client, router, &blob.id).await?;
-            anyhow::ensure!(status == 404, "deleted {} answered {status}", blob.id);
-        } else {
-            blob.check(client, router)
-                .await
-                .with_context(|| format!("reading {}", blob.id))?;
-        }
-    }
-    Ok(())
 }
 
 /// `GET /admin/repair`.
@@ -245,7 +224,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     let stripes = warm["stripes"].as_array().map_or(0, Vec::len);
     anyhow::ensure!(stripes >= 10, "only {stripes} stripes");
     let original = block_files(&cluster, vid, &warm)?;
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
 
     // (a) A replaced disk: the node restarts empty in place; its blocks
     // are rebuilt onto it and, if it holds the journal, it merges.
@@ -253,7 +232,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     cluster.kill_node(&disk)?;
     std::fs::remove_dir_all(cluster.data_dir.join(&disk))?;
     let _restarted = cluster.restart_node(&disk)?;
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
     let warm_now = healed(&cluster, &client, vid, &original, &[]).await?;
     anyhow::ensure!(
         placement(&warm_now) == placement(&warm),
@@ -273,7 +252,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
             "the emptied holder has no index again"
         );
     }
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
 
     // (b) A node lost for good: its blocks go to its rack's other node,
     // its journal holds to another node; deletes stay deleted.
@@ -292,7 +271,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     let moved = blocks_on(&warm_now, &lost);
     anyhow::ensure!(moved.len() >= 5, "{lost} holds {} blocks", moved.len());
     cluster.kill_node(&lost)?;
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
     let warm_b = healed(&cluster, &client, vid, &original, &[&lost]).await?;
     let placed = placement(&warm_b);
     for place in &moved {
@@ -320,14 +299,14 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
         status["placement_violations"] == serde_json::json!([]),
         "{status}"
     );
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
 
     // (c) The rack's other node lost too: no node is left in the rack, so
     // its blocks go where they cost the least tolerance (another rack's
     // second node), and the violation is reported.
     let moved = blocks_on(&warm_b, &partner);
     cluster.kill_node(&partner)?;
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
     let warm_c = healed(&cluster, &client, vid, &original, &[&lost, &partner]).await?;
     let placed = placement(&warm_c);
     for place in &moved {
@@ -359,7 +338,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
         metrics.contains("hayloft_placement_violations"),
         "metrics:\n{metrics}"
     );
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
     let warm_after = warm_c;
     let expected = original;
 
@@ -388,7 +367,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     for path in &gone {
         std::fs::remove_file(path)?;
     }
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
     healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
 
     // A corrupt block that a read trips over is rebuilt in place.
@@ -552,7 +531,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     let pid = paused_at(&cluster, "rebuild-after-columns-1").await?;
     let blocks_dir = path.parent().context("blocks dir")?.to_owned();
     anyhow::ensure!(!path.exists(), "a half-rebuilt block is in place");
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
     common::signal(pid as libc::pid_t, libc::SIGKILL);
     let _rebuilder = cluster.restart_node("rebuilder")?;
     healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
@@ -578,7 +557,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
             "deleted {id} answered {status} after the restarts"
         );
     }
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
 
     // The emptied rack gets its node back: the balancer moves one block of
     // each stripe that had two in a rack onto it, removes the old copies,
@@ -607,7 +586,7 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
         }
     }
     anyhow::ensure!(moves > 0, "nothing moved");
-    reads_succeed(&client, &router, &blobs, vid).await?;
+    check_volume(&client, &router, &blobs, vid).await?;
 
     // Every replica of a hot needle corrupt: an error on read, never
     // bytes, and the scrub names it unrecoverable.

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::volumes::{
-    Blob, CONTENT_TYPE, SMALL_VOLUMES, delete, fill, locked_volume, seal, volume, volumes,
+    Blob, CONTENT_TYPE, SMALL_VOLUMES, check_volume, delete, fill, locked_volume, seal, volume,
+    volumes,
 };
-use common::{Cluster, fetch, http_client, wait_until};
+use common::{Cluster, http_client, wait_until};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::Value;
@@ -37,13 +38,8 @@ async fn check_all(
     blobs: &[Blob],
     vid: u32,
 ) -> anyhow::Result<()> {
-    for blob in blobs.iter().filter(|b| b.volume() == vid) {
-        if blob.deleted {
-            let (status, _) = fetch(client, router, &blob.id).await?;
-            anyhow::ensure!(status == 404, "deleted {} answered {status}", blob.id);
-            continue;
-        }
-        blob.check(client, router).await?;
+    check_volume(client, router, blobs, vid).await?;
+    for blob in blobs.iter().filter(|b| b.volume() == vid && !b.deleted) {
         let head = client
             .head(format!("{router}/blobs/{}", blob.id))
             .send()

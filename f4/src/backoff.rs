@@ -34,7 +34,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::util::MapFutureLayer;
 
-use haystack::client::BatchOptions;
 use haystack::http::ServerLimits;
 
 use crate::api::{BlockId, FAILED_BLOCKS_HEADER, RangeRead, ReconstructRequest, code};
@@ -146,14 +145,7 @@ const POOL_IDLE_PER_NODE: usize = 64;
 pub fn router(config: BackoffConfig) -> Result<Router, String> {
     config.validate()?;
     let source_timeout = Duration::from_millis(config.source_timeout_ms);
-    let reader = WarmReader::new(
-        source_timeout,
-        POOL_IDLE_PER_NODE,
-        BatchOptions {
-            timeout: source_timeout,
-            ..BatchOptions::default()
-        },
-    );
+    let reader = WarmReader::with_timeout(source_timeout, POOL_IDLE_PER_NODE);
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let state = Arc::new(BackoffState {
         in_flight: Semaphore::new((config.max_bytes_in_flight / PERMIT_BYTES) as usize),
@@ -396,7 +388,7 @@ async fn reconstruct(
 
 /// `bytes` followed by zeros up to `len` (a short block's implicit zeros);
 /// `bytes` itself, uncopied, when it is whole.
-fn padded(bytes: Bytes, len: usize) -> Bytes {
+pub(crate) fn padded(bytes: Bytes, len: usize) -> Bytes {
     if bytes.len() == len {
         return bytes;
     }

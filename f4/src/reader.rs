@@ -99,6 +99,20 @@ impl WarmReader {
         }
     }
 
+    /// A reader for a node that asks others on behalf of a request (the
+    /// backoff node, a rebuilder): connections and batches bounded by
+    /// `timeout`, up to `max_idle_per_host` idle connections per node.
+    pub fn with_timeout(timeout: Duration, max_idle_per_host: usize) -> WarmReader {
+        WarmReader::new(
+            timeout,
+            max_idle_per_host,
+            BatchOptions {
+                timeout,
+                ..BatchOptions::default()
+            },
+        )
+    }
+
     /// The number of batches and of reads they carried so far.
     pub fn batch_stats(&self) -> haystack::client::BatchStats {
         self.batcher.stats()

@@ -38,13 +38,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::util::MapFutureLayer;
 
-use haystack::client::{BatchOptions, StoreAddress};
+use haystack::client::StoreAddress;
 use haystack::http::{ServerLimits, deadline, method_not_allowed, no_route};
 
 use crate::api::{
     BlockId, FailedSource, RangeRead, RebuildReport, RebuildRequest, RebuildTarget, VerifyReport,
     VerifyRequest, code,
 };
+use crate::backoff::padded;
 use crate::client::StorageClient;
 use crate::format::BlockHeader;
 use crate::http::{ApiError, JsonBody};
@@ -141,14 +142,7 @@ struct RebuilderState {
 pub fn router(config: RebuilderConfig) -> Result<Router, String> {
     config.validate()?;
     let source_timeout = Duration::from_millis(config.source_timeout_ms);
-    let reader = WarmReader::new(
-        source_timeout,
-        POOL_IDLE_PER_NODE,
-        BatchOptions {
-            timeout: source_timeout,
-            ..BatchOptions::default()
-        },
-    );
+    let reader = WarmReader::with_timeout(source_timeout, POOL_IDLE_PER_NODE);
     let uploads = crate::client::http_client(config.source_timeout_ms)
         .map_err(|e| format!("HTTP client: {e}"))?;
     let timeout = Duration::from_millis(config.rebuild_timeout_ms);
@@ -299,14 +293,7 @@ async fn rebuild(
         let decoded = tokio::task::spawn_blocking(move || {
             let sources: Vec<(usize, &[u8])> =
                 column.blocks.iter().map(|(i, b)| (*i, &b[..])).collect();
-            let mut outputs = vec![vec![0u8; width]; targets.len()];
-            let mut wanted: Vec<(usize, &mut [u8])> = targets
-                .iter()
-                .copied()
-                .zip(outputs.iter_mut().map(Vec::as_mut_slice))
-                .collect();
-            codec.reconstruct_range(&sources, &mut wanted)?;
-            Ok::<_, crate::Error>(outputs)
+            decode(&codec, &sources, &targets, width)
         })
         .await
         .map_err(|e| ApiError::internal(format!("decode task: {e}")))??;
@@ -480,6 +467,24 @@ async fn verify(
     Ok(axum::Json(report))
 }
 
+/// Blocks `targets` of a column `width` bytes wide, decoded from `sources`
+/// (`(block, bytes)`, at least `k`).
+fn decode(
+    codec: &Codec,
+    sources: &[(usize, &[u8])],
+    targets: &[usize],
+    width: usize,
+) -> crate::Result<Vec<Vec<u8>>> {
+    let mut outputs = vec![vec![0u8; width]; targets.len()];
+    let mut wanted: Vec<(usize, &mut [u8])> = targets
+        .iter()
+        .copied()
+        .zip(outputs.iter_mut().map(Vec::as_mut_slice))
+        .collect();
+    codec.reconstruct_range(sources, &mut wanted)?;
+    Ok(outputs)
+}
+
 /// The one block of `column` (all blocks of a stripe, same range) whose
 /// value, rebuilt from `k` of the others, makes every other block agree:
 /// the damaged one, if a single block explains the mismatch.
@@ -495,13 +500,7 @@ fn odd_one_out(codec: &Codec, column: &[Bytes]) -> crate::Result<Option<u32>> {
         let others: Vec<usize> = (0..column.len())
             .filter(|i| *i != suspect && !sources.iter().any(|(s, _)| s == i))
             .collect();
-        let mut rebuilt = vec![vec![0u8; width]; others.len()];
-        let mut targets: Vec<(usize, &mut [u8])> = others
-            .iter()
-            .copied()
-            .zip(rebuilt.iter_mut().map(Vec::as_mut_slice))
-            .collect();
-        codec.reconstruct_range(&sources, &mut targets)?;
+        let rebuilt = decode(codec, &sources, &others, width)?;
         if others
             .iter()
             .zip(&rebuilt)
@@ -649,17 +648,6 @@ async fn read_columns(
     let mut sources: Vec<u32> = chosen.iter().map(|i| *i as u32).collect();
     sources.sort_unstable();
     Ok((read_bytes, sources, failed))
-}
-
-/// `bytes` followed by zeros up to `len` (a short block's implicit zeros).
-fn padded(bytes: Bytes, len: usize) -> Bytes {
-    if bytes.len() == len {
-        return bytes;
-    }
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&bytes);
-    out.resize(len, 0);
-    Bytes::from(out)
 }
 
 /// The `PUT` of one rebuilt block file: header, data, checksum record.

@@ -5,7 +5,7 @@ use anyhow::Context;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use super::{Cluster, check_blob, random_body, sha256, upload};
+use super::{Cluster, check_blob, fetch, random_body, sha256, upload};
 
 /// Sizes of a small warm-tier cluster: 1 MiB volumes of BLOBs up to
 /// 160 KiB, blocks of 16 KiB, so that a volume spans several stripes and
@@ -143,4 +143,25 @@ pub async fn seal(cluster: &Cluster, vid: u32) -> anyhow::Result<Value> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// Every live BLOB of `vid` reads back byte for byte; every deleted one is
+/// `404`.
+pub async fn check_volume(
+    client: &reqwest::Client,
+    router: &str,
+    blobs: &[Blob],
+    vid: u32,
+) -> anyhow::Result<()> {
+    for blob in blobs.iter().filter(|b| b.volume() == vid) {
+        if blob.deleted {
+            let (status, _) = fetch(client, router, &blob.id).await?;
+            anyhow::ensure!(status == 404, "deleted {} answered {status}", blob.id);
+        } else {
+            blob.check(client, router)
+                .await
+                .with_context(|| format!("reading {}", blob.id))?;
+        }
+    }
+    Ok(())
 }

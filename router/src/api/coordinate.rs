@@ -704,29 +704,20 @@ pub async fn run(
             }
         })
     });
-    let passes = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    result = pass(&state, true) => match result {
-                        Ok(report) if !report.rebuilds.is_empty() || !report.problems.is_empty() => {
-                            tracing::info!(rebuilds = report.rebuilds.len(),
-                                endangered = report.endangered.len(),
-                                problems = ?report.problems, "repair pass");
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "repair pass failed"),
-                    },
+    let passes = super::repeat(interval, cancel.clone(), move || {
+        let state = state.clone();
+        async move {
+            match pass(&state, true).await {
+                Ok(report) if !report.rebuilds.is_empty() || !report.problems.is_empty() => {
+                    tracing::info!(rebuilds = report.rebuilds.len(),
+                        endangered = report.endangered.len(),
+                        problems = ?report.problems, "repair pass");
                 }
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(interval) => {}
-                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "repair pass failed"),
             }
-        })
-    };
+        }
+    });
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "coordinator serving");
     }

@@ -489,30 +489,24 @@ pub async fn run(
         .route("/metrics", axum::routing::get(super::admin::metrics))
         .fallback(haystack::http::no_route)
         .with_state(state.clone());
-    let passes = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    result = pass(&state, &owner, None) => match result {
-                        Ok(report) if !report.jobs.is_empty() => {
-                            tracing::info!(jobs = report.jobs.len(), "migration pass");
-                        }
-                        Ok(PassReport { held_back: Some(why), .. }) => {
-                            tracing::info!(why = %why, "migration pass held back");
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "migration pass failed"),
-                    },
+    let passes = super::repeat(interval, cancel.clone(), move || {
+        let (state, owner) = (state.clone(), owner.clone());
+        async move {
+            match pass(&state, &owner, None).await {
+                Ok(report) if !report.jobs.is_empty() => {
+                    tracing::info!(jobs = report.jobs.len(), "migration pass");
                 }
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(interval) => {}
+                Ok(PassReport {
+                    held_back: Some(why),
+                    ..
+                }) => {
+                    tracing::info!(why = %why, "migration pass held back");
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "migration pass failed"),
             }
-        })
-    };
+        }
+    });
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "migrator serving");
     }

@@ -234,6 +234,32 @@ where
     }
 }
 
+/// Runs `pass` now, then again `interval` after each one ends, until
+/// `cancel` fires (a pass under way is dropped then): the background loop
+/// of the migrator and the coordinator.
+pub(crate) fn repeat<F, Fut>(
+    interval: Duration,
+    cancel: CancellationToken,
+    mut pass: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = pass() => {}
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    })
+}
+
 /// Serves the public API on `listener` until `cancel` fires, then stops
 /// accepting, lets in-flight requests finish (for at most
 /// `server.shutdown_grace_ms`) and returns.
