@@ -348,6 +348,9 @@ pub struct VerifyRequest {
     /// Base URL of the node of each block of the stripe, in block order
     /// (all of them: a stripe is verified whole).
     pub sources: Vec<String>,
+    /// Bytes read per second, all blocks together (0: no limit).
+    #[serde(default)]
+    pub bytes_per_second: u64,
 }
 
 /// Answer of `POST /verify`.

@@ -372,9 +372,12 @@ async fn verify(
     let codec = Arc::new(Codec::new(geometry.rs_config()?).map_err(crate::Error::from)?);
     let source_timeout = Duration::from_millis(state.config.source_timeout_ms);
     let mut report = VerifyReport::default();
+    let mut pace = Pace::new(request.bytes_per_second);
+    // Each block's share of the rate sets the step, as for a rebuild.
+    let step = column_bytes(request.bytes_per_second / total as u64);
     let mut at = 0u64;
     while at < column_len {
-        let width = (column_len - at).min(COLUMN_BYTES);
+        let width = (column_len - at).min(step);
         let reads = nodes.iter().enumerate().map(|(index, node)| {
             let stored = lens[index].saturating_sub(at).min(width);
             let read = RangeRead {
@@ -390,22 +393,14 @@ async fn verify(
             };
             let reader = &state.reader;
             async move {
-                if stored == 0 {
-                    return Ok(Bytes::new());
-                }
-                match tokio::time::timeout(source_timeout, reader.read_range(node, &read)).await {
-                    Ok(read) => {
-                        read.map_err(|e| (e.is_block_damage(), format!("block {index}: {e}")))
-                    }
-                    Err(_) => Err((
-                        false,
-                        format!("block {index}: no answer within {source_timeout:?}"),
-                    )),
-                }
+                read_source(reader, node, read, source_timeout)
+                    .await
+                    .map_err(|(damaged, why)| (damaged, format!("block {index}: {why}")))
             }
         });
         let mut column = Vec::with_capacity(total);
         let mut damaged_here = false;
+        let read_before = report.read_bytes;
         for (index, answer) in futures::future::join_all(reads)
             .await
             .into_iter()
@@ -433,6 +428,7 @@ async fn verify(
                 }
             }
         }
+        pace.take(report.read_bytes - read_before).await;
         if damaged_here {
             at += width;
             continue;
@@ -465,6 +461,23 @@ async fn verify(
             "parity does not match the data");
     }
     Ok(axum::Json(report))
+}
+
+/// `read` from `node` within `timeout` (nothing to ask for an empty range);
+/// on failure, whether the node answered that the block is damaged, and why.
+async fn read_source(
+    reader: &WarmReader,
+    node: &StoreAddress,
+    read: RangeRead,
+    timeout: Duration,
+) -> Result<Bytes, (bool, String)> {
+    if read.len == 0 {
+        return Ok(Bytes::new());
+    }
+    match tokio::time::timeout(timeout, reader.read_range(node, &read)).await {
+        Ok(read) => read.map_err(|e| (e.is_block_damage(), e.to_string())),
+        Err(_) => Err((false, format!("no answer within {timeout:?}"))),
+    }
 }
 
 /// Blocks `targets` of a column `width` bytes wide, decoded from `sources`
@@ -586,18 +599,7 @@ async fn read_columns(
                     offset: at,
                     len: stored,
                 };
-                let reader = &state.reader;
-                async move {
-                    if stored == 0 {
-                        return Ok(Bytes::new());
-                    }
-                    match tokio::time::timeout(source_timeout, reader.read_range(address, &read))
-                        .await
-                    {
-                        Ok(read) => read.map_err(|e| (e.is_block_damage(), e.to_string())),
-                        Err(_) => Err((false, format!("no answer within {source_timeout:?}"))),
-                    }
-                }
+                read_source(&state.reader, address, read, source_timeout)
             });
             let answers = futures::future::join_all(reads).await;
             let mut lost = Vec::new();

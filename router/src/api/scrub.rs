@@ -146,10 +146,7 @@ async fn scrub_volume(
                     state.metrics.scrubbed_bytes(len);
                 }
                 if deep {
-                    let stripe_len: u64 = (0..members.len())
-                        .filter_map(|b| layout.block_len_bytes(stripe as u64, b).ok())
-                        .sum();
-                    pace.take(stripe_len).await;
+                    // The rebuilder reads the stripe at the scrub's rate.
                     verify_stripe(state, volume.id, warm, stripe as u64, nodes, &mut report).await;
                 }
             }
@@ -279,6 +276,7 @@ async fn verify_stripe(
         geometry: warm.geometry,
         stripe,
         sources,
+        bytes_per_second: state.config.scrub_rate_bytes,
     };
     let client = RebuilderClient::from_http(&rebuilder.base_url(), state.warm_http.clone());
     match client.verify(&request).await {
