@@ -175,6 +175,37 @@ impl StorageClient {
         self.put_file(&url, path).await
     }
 
+    /// Copies this node's file of `block` to `target`, which checks it as
+    /// any block `PUT` (header, every chunk's CRC), syncs and renames it;
+    /// the bytes copied.
+    pub async fn copy_block_to(&self, block: BlockId, target: &StorageClient) -> Result<u64> {
+        let url = format!(
+            "/blocks/{}/{}/{}/{}",
+            block.volume, block.generation, block.stripe, block.block
+        );
+        let response = self
+            .send(self.request(Method::GET, &url, TRANSFER_TIMEOUT))
+            .await?;
+        let len = response
+            .content_length()
+            .ok_or_else(|| ClientError::Answer("a block file without a length".into()))?;
+        let body =
+            futures::StreamExt::boxed(futures::StreamExt::map(response.bytes_stream(), |chunk| {
+                chunk.map_err(std::io::Error::other)
+            }));
+        target
+            .put_block_body(
+                block.volume,
+                block.generation,
+                block.stripe,
+                block.block,
+                len,
+                body,
+            )
+            .await?;
+        Ok(len)
+    }
+
     /// Removes the node's file of `block` (absent already is fine).
     pub async fn delete_block(&self, block: BlockId) -> Result<()> {
         let url = format!(

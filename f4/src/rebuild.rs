@@ -134,6 +134,8 @@ impl RebuilderConfig {
 struct RebuilderState {
     config: RebuilderConfig,
     running: Semaphore,
+    /// Verifies (deep scrubs) run beside rebuilds, never in their place.
+    verifying: Semaphore,
     reader: WarmReader,
     uploads: reqwest::Client,
 }
@@ -148,6 +150,7 @@ pub fn router(config: RebuilderConfig) -> Result<Router, String> {
     let timeout = Duration::from_millis(config.rebuild_timeout_ms);
     let state = Arc::new(RebuilderState {
         running: Semaphore::new(config.max_rebuilds),
+        verifying: Semaphore::new(config.max_rebuilds),
         config,
         reader,
         uploads,
@@ -365,7 +368,7 @@ async fn verify(
         .map_err(crate::Error::from)?;
     let column_len = lens.iter().copied().max().unwrap_or(0);
     let _turn = state
-        .running
+        .verifying
         .acquire()
         .await
         .map_err(|_| ApiError::internal("rebuild semaphore closed"))?;
@@ -374,7 +377,11 @@ async fn verify(
     let mut report = VerifyReport::default();
     let mut pace = Pace::new(request.bytes_per_second);
     // Each block's share of the rate sets the step, as for a rebuild.
-    let step = column_bytes(request.bytes_per_second / total as u64);
+    let share = match request.bytes_per_second {
+        0 => 0,
+        rate => (rate / total as u64).max(1),
+    };
+    let step = column_bytes(share);
     let mut at = 0u64;
     while at < column_len {
         let width = (column_len - at).min(step);
@@ -498,11 +505,17 @@ fn decode(
     Ok(outputs)
 }
 
-/// The one block of `column` (all blocks of a stripe, same range) whose
-/// value, rebuilt from `k` of the others, makes every other block agree:
-/// the damaged one, if a single block explains the mismatch.
+/// The one block of `column` (all blocks of a stripe, same range, whose
+/// parity is known not to match) whose value, rebuilt from `k` of the
+/// others, makes every other block agree: the damaged one, if a single
+/// block explains the mismatch.
 fn odd_one_out(codec: &Codec, column: &[Bytes]) -> crate::Result<Option<u32>> {
     let k = codec.config().data_shards();
+    // With one parity block a mismatch is seen but not placed: any suspect
+    // leaves nothing to compare.
+    if column.len() < k + 2 {
+        return Ok(None);
+    }
     let width = column.first().map_or(0, Bytes::len);
     for suspect in 0..column.len() {
         let sources: Vec<(usize, &[u8])> = (0..column.len())
@@ -797,5 +810,40 @@ mod tests {
         assert_eq!(column_bytes(1 << 20), 64 << 10);
         assert_eq!(column_bytes(1 << 30), 1 << 20);
         assert_eq!(column_bytes(100 << 20) % (64 << 10), 0);
+    }
+
+    /// A column of `k + m` blocks encoded from pseudo-random data.
+    fn column(codec: &Codec) -> Vec<Bytes> {
+        let config = codec.config();
+        let data: Vec<Vec<u8>> = (0..config.data_shards())
+            .map(|i| (0..4096).map(|j| ((i * 131 + j * 7) % 251) as u8).collect())
+            .collect();
+        let mut parity = vec![vec![0u8; 4096]; config.parity_shards()];
+        codec.encode(&data, &mut parity).expect("encode");
+        data.into_iter().chain(parity).map(Bytes::from).collect()
+    }
+
+    #[test]
+    fn the_one_block_that_disagrees_is_named_and_only_it() {
+        let codec = Codec::new(coding::RsConfig::new(10, 4).expect("config")).expect("codec");
+        let whole = column(&codec);
+        let (data, parity) = whole.split_at(10);
+        assert!(codec.parity_matches(data, parity).expect("check"));
+        for bad in [0usize, 3, 9, 10, 13] {
+            let mut blocks = column(&codec);
+            let mut changed = blocks[bad].to_vec();
+            changed[100] ^= 0x20;
+            blocks[bad] = Bytes::from(changed);
+            assert_eq!(
+                odd_one_out(&codec, &blocks).expect("check"),
+                Some(bad as u32),
+                "block {bad}"
+            );
+        }
+        // With one parity block a mismatch cannot be placed.
+        let single = Codec::new(coding::RsConfig::new(10, 1).expect("config")).expect("codec");
+        let mut blocks = column(&single);
+        blocks[2] = Bytes::from(vec![0u8; 4096]);
+        assert_eq!(odd_one_out(&single, &blocks).expect("check"), None);
     }
 }

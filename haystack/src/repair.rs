@@ -209,15 +209,16 @@ impl Volume {
     /// Two syncs a batch rather than two a key: a resync of a million
     /// deletes takes a few hundred syncs, not two million.
     pub fn apply_peer_deletes(&self, keys: &[u64]) -> Result<u64> {
-        // No compaction may swap the data file under the batch.
-        let _compaction = self.compaction_lock.lock();
+        // Compaction swaps the files under `delete_lock` too, so the data
+        // file read here stays the one written.
         let _serial = self.delete_lock.lock();
         if self.state.lock().failed {
             return Err(Error::ReadOnly { volume: self.id });
         }
         let file = self.files.read().data.clone();
-        let mut records = Vec::with_capacity(keys.len() * INDEX_RECORD_SIZE as usize);
-        let mut deleted = Vec::with_capacity(keys.len());
+        // Every needle read and checked before any flag is written, so that
+        // a failing one leaves the batch untouched rather than half done.
+        let mut found = Vec::with_capacity(keys.len());
         for &key in keys {
             let entry = match self.live_entry(key) {
                 Ok((_, entry)) => entry,
@@ -234,18 +235,23 @@ impl Volume {
                     "needle key differs from index",
                 ));
             }
+            found.push((entry, header.flags));
+        }
+        let mut records = Vec::with_capacity(found.len() * INDEX_RECORD_SIZE as usize);
+        let mut deleted = Vec::with_capacity(found.len());
+        for (entry, flags) in found {
             let flag_at = entry.offset + NEEDLE_FLAGS_OFFSET as u64;
-            if let Err(e) = file.write_at(&[header.flags | NEEDLE_FLAG_DELETED], flag_at) {
+            if let Err(e) = file.write_at(&[flags | NEEDLE_FLAG_DELETED], flag_at) {
                 return Err(self.failed_delete(e));
             }
             records.extend_from_slice(&format::encode_index_record(&IndexRecord {
                 kind: IndexRecordKind::Delete,
-                key,
+                key: entry.key,
                 offset: entry.offset,
                 size_bytes: u32::try_from(entry.size_bytes).expect("needle size fits u32"),
                 flags: NEEDLE_FLAG_DELETED,
             }));
-            deleted.push(key);
+            deleted.push(entry.key);
         }
         if deleted.is_empty() {
             return Ok(0);

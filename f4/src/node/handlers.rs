@@ -63,7 +63,7 @@ pub fn router(state: NodeState) -> Router {
     let transfers = Router::new()
         .route(
             "/blocks/{vid}/{generation}/{stripe}/{block}",
-            put(put_block).delete(delete_block),
+            put(put_block).get(get_block).delete(delete_block),
         )
         .route(
             "/volumes/{vid}/{generation}/index",
@@ -128,6 +128,29 @@ impl Drop for TemporaryFile {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// `GET /blocks/{vid}/{gen}/{stripe}/{block}`: the block's file as it lies
+/// on disk, for a copy to another node (whose `PUT` checks every chunk).
+async fn get_block(
+    State(state): State<NodeState>,
+    path: Result<Path<(u32, u64, u64, u32)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (volume, generation, stripe, block) = params_of(path)?;
+    let name = block_file_name(volume, generation, stripe, block);
+    let file = state
+        .blocking(move |inner| std::fs::File::open(inner.blocks_dir.join(&name)).map_err(io))
+        .await?;
+    let len = file.metadata().map_err(io)?.len();
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// `DELETE /blocks/{vid}/{gen}/{stripe}/{block}`: removes the block's file

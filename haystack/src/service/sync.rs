@@ -171,7 +171,13 @@ async fn apply_deletes_of(
             .map_err(peer_error)?;
         applied += apply_deletes(state, local, page.keys).await?;
         match page.next_after {
-            Some(next) => after = Some(next),
+            // Pages go forward, or the peer's listing is broken.
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            Some(_) => {
+                return Err(ApiError::peer(
+                    "the peer's deleted keys do not page forward",
+                ));
+            }
             None => return Ok(applied),
         }
     }

@@ -243,7 +243,7 @@ impl<'a> Cell<'a> {
         })
     }
 
-    fn rack(&self, id: &'a str) -> &'a str {
+    fn rack<'s>(&'s self, id: &'s str) -> &'s str {
         self.nodes.get(id).map_or(id, |n| n.rack.as_str())
     }
 
@@ -251,7 +251,7 @@ impl<'a> Cell<'a> {
     /// (every block up and whole): the last block of its fullest rack, to
     /// an `up` node in a rack holding none of the stripe; `None` when no
     /// rack holds two, or no such node is up.
-    fn balance(&self, members: &'a [String]) -> Option<(u32, String, String)> {
+    fn balance(&mut self, members: &[String]) -> Option<(u32, String, String)> {
         let group: Vec<&str> = members.iter().map(String::as_str).collect();
         let mut per_rack: HashMap<&str, usize> = HashMap::new();
         for id in &group {
@@ -266,13 +266,15 @@ impl<'a> Cell<'a> {
             return None;
         }
         let block = group.iter().rposition(|id| self.rack(id) == *crowded)?;
-        Some((block as u32, members[block].clone(), to.to_owned()))
+        let to = to.to_owned();
+        *self.load.entry(to.clone()).or_default() += 1;
+        Some((block as u32, members[block].clone(), to))
     }
 
     /// The `up` storage node for a new member of `group` (a stripe's
     /// nodes, or the journal holders): not in it, in the rack with the
     /// fewest of its members, least loaded first, then by name.
-    fn replacement(&self, group: &[&'a str]) -> Option<&'a str> {
+    fn replacement(&self, group: &[&str]) -> Option<&'a str> {
         let mut per_rack: HashMap<&str, usize> = HashMap::new();
         for id in group {
             *per_rack.entry(self.rack(id)).or_default() += 1;
@@ -502,6 +504,86 @@ async fn mend_holders<'a>(
     }
 }
 
+/// Carries out a balancer's move: each block's file copied from its node
+/// to the new one (which checks every chunk), recorded, and the old copy
+/// removed. A copy, not a rebuild: a move never trusts other blocks.
+async fn move_blocks(state: &AppState, job: StripeJob, nodes: &[NodeRecord]) -> RebuildOutcome {
+    let started = Instant::now();
+    let started_ms = now_ms();
+    let warm = &job.warm;
+    let client_of = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n.id == id && n.is_up())
+            .map(|n| StorageClient::from_http(&n.base_url(), state.warm_http.clone()))
+    };
+    let mut outcome = RebuildOutcome {
+        volume: job.volume,
+        stripe: job.stripe,
+        blocks: job
+            .targets
+            .iter()
+            .map(|(block, _, to)| (*block, to.clone()))
+            .collect(),
+        written_bytes: 0,
+        error: None,
+        seconds: 0.0,
+        balance: true,
+    };
+    for (block, from, to) in &job.targets {
+        let id = f4::api::BlockId {
+            volume: job.volume,
+            generation: warm.generation,
+            stripe: job.stripe,
+            block: *block,
+        };
+        let (Some(source), Some(target)) = (client_of(from), client_of(to)) else {
+            outcome.error = Some(format!("block {block}: {from} or {to} is not up"));
+            break;
+        };
+        let moved = async {
+            let len = source
+                .copy_block_to(id, &target)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rebuilt = RebuiltBlockRequest {
+                generation: warm.generation,
+                stripe: job.stripe,
+                block: *block,
+                from: from.clone(),
+                node: to.clone(),
+                started_ms,
+            };
+            state
+                .directory
+                .record_rebuilt_block(job.volume, &rebuilt)
+                .await
+                .map_err(|e| format!("not recorded: {e}"))?;
+            Ok::<_, String>(len)
+        };
+        match moved.await {
+            Ok(len) => {
+                outcome.written_bytes += len;
+                state.metrics.rebuilt_bytes(len);
+                // Only once the record names the new copy.
+                if let Err(e) = source.delete_block(id).await {
+                    tracing::warn!(volume = job.volume, block = *block, node = %from, error = %e,
+                        "the moved block's old copy stays");
+                }
+            }
+            Err(why) => {
+                state.metrics.rebuild_error();
+                outcome.error = Some(format!("block {block}: {why}"));
+                break;
+            }
+        }
+    }
+    outcome.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(volume = job.volume, stripe = job.stripe, blocks = ?outcome.blocks,
+        error = ?outcome.error, "blocks moved to restore the rack rule");
+    outcome
+}
+
 /// Runs one planned rebuild on `rebuilder` and records its blocks.
 async fn rebuild_stripe(
     state: &AppState,
@@ -615,21 +697,6 @@ async fn rebuild_stripe(
     }
     if !errors.is_empty() {
         outcome.error = Some(format!("not recorded: {}", errors.join("; ")));
-    } else if job.balance {
-        for (block, from, _) in &job.targets {
-            let Some(url) = url_of(from) else { continue };
-            let id = f4::api::BlockId {
-                volume: job.volume,
-                generation: warm.generation,
-                stripe: job.stripe,
-                block: *block,
-            };
-            let client = StorageClient::from_http(&url, state.warm_http.clone());
-            if let Err(e) = client.delete_block(id).await {
-                tracing::warn!(volume = job.volume, block = *block, node = %from, error = %e,
-                    "the moved block's old copy stays");
-            }
-        }
     }
     tracing::info!(volume = job.volume, stripe = job.stripe, blocks = ?outcome.blocks,
         written_bytes = outcome.written_bytes, seconds = outcome.seconds, "stripe rebuilt");
@@ -657,7 +724,13 @@ pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, Ap
     let nodes = &nodes;
     let rebuilders = &rebuilders;
     report.rebuilds = futures::stream::iter(jobs.into_iter().enumerate())
-        .map(|(i, job)| rebuild_stripe(state, job, nodes, rebuilders[i % rebuilders.len()]))
+        .map(|(i, job)| async move {
+            if job.balance {
+                move_blocks(state, job, nodes).await
+            } else {
+                rebuild_stripe(state, job, nodes, rebuilders[i % rebuilders.len()]).await
+            }
+        })
         .buffer_unordered(state.config.max_rebuilds.max(1))
         .collect()
         .await;

@@ -847,11 +847,19 @@ pub fn warm_holders_and_blocks(open: Open<'_>) {
         .expect("merged");
     assert!(fresh.warm.expect("record").stale_holders.is_empty());
 
+    let placed = &warm.warm.as_ref().expect("record").stripes;
+    let node_of = |stripe: u64, block: u32| {
+        placed
+            .get(stripe as usize)
+            .and_then(|s| s.get(block as usize))
+            .cloned()
+            .unwrap_or_else(|| "f4-3".into())
+    };
     let report = |stripe: u64, block: u32, generation: u64| DamagedBlockRequest {
         generation,
         stripe,
         block,
-        node: "f4-3".into(),
+        node: node_of(stripe, block),
         reason: "test".into(),
     };
     dir.report_damaged_block(vid, &report(0, 3, 1), 5)
@@ -871,6 +879,15 @@ pub fn warm_holders_and_blocks(open: Open<'_>) {
             Err(DirectoryError::BadRequest(_))
         ));
     }
+    // A report about a copy the record no longer names changes nothing.
+    let elsewhere = DamagedBlockRequest {
+        node: "f4-elsewhere".into(),
+        ..report(0, 4, 1)
+    };
+    let unchanged = dir
+        .report_damaged_block(vid, &elsewhere, 8)
+        .expect("ignored");
+    assert_eq!(unchanged.warm.expect("record").damaged_blocks.len(), 1);
 }
 
 /// A rebuilt block moves only from the node the record still names and

@@ -1065,7 +1065,11 @@ impl Directory for RedbDirectory {
                     request.block, request.stripe
                 )));
             }
-            if warm.is_damaged(request.stripe, request.block) {
+            // A report about a copy the record no longer names (read before
+            // a rebuild moved the block) is about nothing that is served.
+            if warm.is_damaged(request.stripe, request.block)
+                || known.is_some_and(|node| *node != request.node)
+            {
                 return Ok(volume);
             }
             warm.damaged_blocks.push(DamagedBlock {
