@@ -208,10 +208,29 @@ impl Cluster {
     }
 
     /// `kill -9` one spawned node.
+    /// Returns once the process is dead (gone, or a zombie: its sockets
+    /// closed), so that a restart can bind its address again.
     pub fn kill_node(&self, id: &str) -> anyhow::Result<()> {
         let pid = self.node(id)?["pid"].as_i64().context("pid")?;
         signal(pid as libc::pid_t, libc::SIGKILL);
-        Ok(())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let dead = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                // The state follows the command name in parentheses.
+                Ok(stat) => stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+                Err(_) => true,
+            };
+            if dead {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{id} (pid {pid}) outlived kill -9"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Restarts a spawned node the documented way
