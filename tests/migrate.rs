@@ -385,6 +385,9 @@ async fn deletes_reads_and_a_flipped_bit_through_a_migration() -> anyhow::Result
         "1d",
         "--migration-rate",
         "96KiB",
+        // No background scrub: the flipped needle is the encoder's to find.
+        "--scrub-rate",
+        "0",
     ];
     let mut cluster = Cluster::start_spawned(&args).await?;
     let client = http_client();

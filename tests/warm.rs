@@ -22,11 +22,23 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
-/// [`SMALL_VOLUMES`], folds after three tombstones, a quick repair loop.
+/// [`SMALL_VOLUMES`], folds after three tombstones, a quick repair loop;
+/// no background scrub and one coordinator pass only (at start), so that
+/// the blocks these tests damage stay damaged while reads meet them
+/// (`tests/heal.rs` tests the repairs).
 fn args() -> Vec<&'static str> {
     [
         SMALL_VOLUMES,
-        &["--fold-tombstones", "3", "--repair-interval", "300ms"],
+        &[
+            "--fold-tombstones",
+            "3",
+            "--repair-interval",
+            "300ms",
+            "--scrub-rate",
+            "0",
+            "--coordinate-interval",
+            "1h",
+        ],
     ]
     .concat()
 }
