@@ -423,18 +423,23 @@ async fn audit(
             }
         }
     }
-    let danger = |volume: u32, stripe: u64| {
-        report
-            .endangered
-            .iter()
-            .find(|e| (e.volume, e.stripe) == (volume, stripe))
-            .map_or(0, |e| e.missing.len() + e.unavailable.len())
-    };
-    jobs.sort_by_key(|job| Reverse(danger(job.volume, job.stripe)));
-    report
-        .endangered
-        .sort_by_key(|e| Reverse(e.missing.len() + e.unavailable.len()));
+    most_endangered_first(&mut jobs, &mut report.endangered);
     Ok((report, jobs, nodes))
+}
+
+/// Orders `endangered` and the `jobs` of their stripes by blocks missing or
+/// unavailable, most first (a stripe short of three blocks before one
+/// short of one); moves, whose stripes lack nothing, come last.
+fn most_endangered_first(jobs: &mut [StripeJob], endangered: &mut [EndangeredStripe]) {
+    let danger = |e: &EndangeredStripe| e.missing.len() + e.unavailable.len();
+    let of_job = |job: &StripeJob| {
+        endangered
+            .iter()
+            .find(|e| (e.volume, e.stripe) == (job.volume, job.stripe))
+            .map_or(0, danger)
+    };
+    jobs.sort_by_key(|job| Reverse(of_job(job)));
+    endangered.sort_by_key(|e| Reverse(danger(e)));
 }
 
 /// Replaces `warm`'s lost journal holders and marks stale those whose
@@ -839,6 +844,46 @@ mod tests {
         assert_eq!(cell.replacement(&["a", "b"]), Some("c"));
         assert_eq!(cell.replacement(&["a", "b", "c"]), Some("e"));
         assert_eq!(cell.replacement(&["a", "b", "c", "e"]), None);
+    }
+
+    #[test]
+    fn the_most_endangered_stripe_is_rebuilt_first() {
+        let geometry = f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry");
+        let warm = Arc::new(WarmVolume {
+            generation: 1,
+            geometry,
+            stripes: Vec::new(),
+            journal_holders: Vec::new(),
+            stale_holders: Vec::new(),
+            tolerated_rack_losses: 4,
+            needle_count: 0,
+            damaged_blocks: Vec::new(),
+            journal_open: false,
+        });
+        let job = |stripe: u64, balance: bool| StripeJob {
+            volume: 1,
+            warm: Arc::clone(&warm),
+            stripe,
+            targets: Vec::new(),
+            balance,
+        };
+        let stripe = |stripe: u64, missing: usize, unavailable: usize| EndangeredStripe {
+            volume: 1,
+            stripe,
+            missing: (0..missing as u32).map(|b| (b, Loss::Missing)).collect(),
+            unavailable: (10..10 + unavailable as u32).collect(),
+        };
+        let mut jobs = vec![job(0, false), job(9, true), job(1, false), job(2, false)];
+        let mut endangered = vec![stripe(0, 1, 0), stripe(2, 1, 1), stripe(1, 3, 0)];
+        most_endangered_first(&mut jobs, &mut endangered);
+        let order: Vec<u64> = jobs.iter().map(|j| j.stripe).collect();
+        assert_eq!(
+            order,
+            vec![1, 2, 0, 9],
+            "three missing, then one missing and one unavailable, then one, then the move"
+        );
+        let order: Vec<u64> = endangered.iter().map(|e| e.stripe).collect();
+        assert_eq!(order, vec![1, 2, 0]);
     }
 
     #[test]
