@@ -130,6 +130,20 @@ impl Drop for TemporaryFile {
     }
 }
 
+/// `200` with `file` streamed whole, with its length.
+fn file_answer(file: std::fs::File) -> Result<Response, ApiError> {
+    let len = file.metadata().map_err(io)?.len();
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
 /// `GET /blocks/{vid}/{gen}/{stripe}/{block}`: the block's file as it lies
 /// on disk, for a copy to another node (whose `PUT` checks every chunk).
 async fn get_block(
@@ -141,16 +155,7 @@ async fn get_block(
     let file = state
         .blocking(move |inner| std::fs::File::open(inner.blocks_dir.join(&name)).map_err(io))
         .await?;
-    let len = file.metadata().map_err(io)?.len();
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    file_answer(file)
 }
 
 /// `DELETE /blocks/{vid}/{gen}/{stripe}/{block}`: removes the block's file
@@ -656,16 +661,7 @@ async fn get_index(
             std::fs::File::open(inner.held.index_path(volume, generation)).map_err(io)
         })
         .await?;
-    let len = file.metadata().map_err(io)?.len();
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    file_answer(file)
 }
 
 /// `GET /volumes/{vid}/{gen}`: what this node holds of the volume.

@@ -127,6 +127,38 @@ pub struct RebuildOutcome {
     pub balance: bool,
 }
 
+impl RebuildOutcome {
+    /// The outcome of `job` before it runs: its blocks and where they go.
+    fn of(job: &StripeJob) -> RebuildOutcome {
+        RebuildOutcome {
+            volume: job.volume,
+            stripe: job.stripe,
+            blocks: job
+                .targets
+                .iter()
+                .map(|(block, _, to)| (*block, to.clone()))
+                .collect(),
+            written_bytes: 0,
+            error: None,
+            seconds: 0.0,
+            balance: job.balance,
+        }
+    }
+}
+
+/// Node `id` of `nodes`, if it is up.
+pub(crate) fn up_node<'n>(nodes: &'n [NodeRecord], id: &str) -> Option<&'n NodeRecord> {
+    nodes.iter().find(|n| n.id == id && n.is_up())
+}
+
+/// The rebuilders that are up.
+pub(crate) fn up_rebuilders(nodes: &[NodeRecord]) -> Vec<&NodeRecord> {
+    nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Rebuilder && n.is_up())
+        .collect()
+}
+
 /// What a pass found and did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RepairReport {
@@ -517,24 +549,9 @@ async fn move_blocks(state: &AppState, job: StripeJob, nodes: &[NodeRecord]) -> 
     let started_ms = now_ms();
     let warm = &job.warm;
     let client_of = |id: &str| {
-        nodes
-            .iter()
-            .find(|n| n.id == id && n.is_up())
-            .map(|n| StorageClient::from_http(&n.base_url(), state.warm_http.clone()))
+        up_node(nodes, id).map(|n| StorageClient::from_http(&n.base_url(), state.warm_http.clone()))
     };
-    let mut outcome = RebuildOutcome {
-        volume: job.volume,
-        stripe: job.stripe,
-        blocks: job
-            .targets
-            .iter()
-            .map(|(block, _, to)| (*block, to.clone()))
-            .collect(),
-        written_bytes: 0,
-        error: None,
-        seconds: 0.0,
-        balance: true,
-    };
+    let mut outcome = RebuildOutcome::of(&job);
     for (block, from, to) in &job.targets {
         let id = f4::api::BlockId {
             volume: job.volume,
@@ -599,12 +616,7 @@ async fn rebuild_stripe(
     let started = Instant::now();
     let started_ms = now_ms();
     let warm = &job.warm;
-    let url_of = |id: &str| {
-        nodes
-            .iter()
-            .find(|n| n.id == id && n.is_up())
-            .map(NodeRecord::base_url)
-    };
+    let url_of = |id: &str| up_node(nodes, id).map(NodeRecord::base_url);
     let sources = warm.stripes[job.stripe as usize]
         .iter()
         .zip(0u32..)
@@ -613,19 +625,7 @@ async fn rebuild_stripe(
             if target { None } else { url_of(node) }
         })
         .collect();
-    let mut outcome = RebuildOutcome {
-        volume: job.volume,
-        stripe: job.stripe,
-        blocks: job
-            .targets
-            .iter()
-            .map(|(block, _, to)| (*block, to.clone()))
-            .collect(),
-        written_bytes: 0,
-        error: None,
-        seconds: 0.0,
-        balance: job.balance,
-    };
+    let mut outcome = RebuildOutcome::of(&job);
     let targets: Option<Vec<RebuildTarget>> = job
         .targets
         .iter()
@@ -716,10 +716,7 @@ pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, Ap
     if !act || jobs.is_empty() {
         return Ok(report);
     }
-    let rebuilders: Vec<&NodeRecord> = nodes
-        .iter()
-        .filter(|n| n.role == NodeRole::Rebuilder && n.is_up())
-        .collect();
+    let rebuilders = up_rebuilders(&nodes);
     if rebuilders.is_empty() {
         report
             .problems

@@ -32,10 +32,11 @@ use f4::client::{RebuilderClient, StorageClient};
 use f4::pace::Pace;
 use serde::{Deserialize, Serialize};
 
+use super::coordinate::{up_node, up_rebuilders};
 use super::error::ApiError;
 use super::state::AppState;
 use crate::directory::types::DamagedBlockRequest;
-use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
+use crate::directory::{LogicalVolume, NodeRecord, VolumeState, WarmVolume};
 
 /// Needles one scrub request checks at most.
 const NEEDLES_PER_REQUEST: usize = 1024;
@@ -100,7 +101,7 @@ async fn scrub_volume(
     pace: &mut Pace,
     deep: bool,
 ) -> ScrubReport {
-    let up = |id: &str| nodes.iter().find(|n| n.id == id && n.is_up());
+    let up = |id: &str| up_node(nodes, id);
     let mut report = ScrubReport::default();
     match (&volume.warm, volume.state) {
         (Some(warm), VolumeState::Warm) => {
@@ -246,24 +247,13 @@ async fn verify_stripe(
     let members = &warm.stripes[stripe as usize];
     let sources: Option<Vec<String>> = members
         .iter()
-        .map(|id| {
-            nodes
-                .iter()
-                .find(|n| n.id == *id && n.is_up())
-                .map(NodeRecord::base_url)
-        })
+        .map(|id| up_node(nodes, id).map(NodeRecord::base_url))
         .collect();
-    let rebuilder = nodes
-        .iter()
-        .filter(|n| n.role == NodeRole::Rebuilder && n.is_up())
-        .nth(
-            stripe as usize
-                % nodes
-                    .iter()
-                    .filter(|n| n.role == NodeRole::Rebuilder && n.is_up())
-                    .count()
-                    .max(1),
-        );
+    // Stripes spread over the rebuilders.
+    let rebuilders = up_rebuilders(nodes);
+    let rebuilder = rebuilders
+        .get(stripe as usize % rebuilders.len().max(1))
+        .copied();
     let (Some(sources), Some(rebuilder)) = (sources, rebuilder) else {
         report.unchecked.push(format!(
             "volume {vid} stripe {stripe}: parity not verified (a block's node or every rebuilder is down)"
