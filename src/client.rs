@@ -347,13 +347,34 @@ impl RouterClient {
                 ),
             }
         }
+        for job in answer["jobs"].as_array().into_iter().flatten() {
+            println!(
+                "job: volume {} stripe {}{}: {} by {:?}, attempt {}{}",
+                field(job, "volume"),
+                field(job, "stripe"),
+                if job["balance"] == true {
+                    " (move)"
+                } else {
+                    ""
+                },
+                job["blocks"],
+                job["owner"].as_str().unwrap_or_default(),
+                field(job, "attempts"),
+                job["last_error"]
+                    .as_str()
+                    .map(|e| format!(", last failed: {e}"))
+                    .unwrap_or_default(),
+            );
+        }
         println!(
-            "{} placement violations, {} journal holders replaced, {} marked stale",
+            "{} placement violations, {} journal holders replaced, {} marked stale, {} orphan \
+             blocks removed",
             answer["placement_violations"]
                 .as_array()
                 .map_or(0, Vec::len),
             field(&answer, "holders_replaced"),
             field(&answer, "holders_marked_stale"),
+            field(&answer, "orphans_removed"),
         );
         for problem in answer["problems"].as_array().into_iter().flatten() {
             println!("problem: {}", problem.as_str().unwrap_or_default());

@@ -61,8 +61,9 @@ pub struct Config {
     /// Pause between two passes of the migrator.
     #[serde(default = "default_migrate_interval_ms")]
     pub migrate_interval_ms: u64,
-    /// How long a migration job's claim holds without renewal: how long a
-    /// job of a migrator that died waits for the next one.
+    /// How long a job's claim (a migration's, a stripe rebuild's) holds
+    /// without renewal: how long the job of a migrator or coordinator that
+    /// died waits for the next one.
     #[serde(default = "default_migration_lease_ms")]
     pub migration_lease_ms: u64,
     /// Bytes a second each migration reads from its hot replica (0: no
@@ -466,7 +467,8 @@ pub struct Overrides {
     /// Migrations run at once.
     #[arg(long)]
     pub max_migrations: Option<usize>,
-    /// How long a migration job's claim holds without renewal (e.g. `60s`).
+    /// How long a migration or rebuild job's claim holds without renewal
+    /// (e.g. `60s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub migration_lease: Option<u64>,
     /// Bytes a second each migration reads from its hot replica (e.g.

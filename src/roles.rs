@@ -520,7 +520,10 @@ async fn run_coordinator(
     listener: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    router::api::coordinate::run(router_config(&config, directory_url), listener, token)
+    let mut api = router_config(&config, directory_url);
+    // Its rebuild jobs' claims say who holds them.
+    api.id = "coordinator".into();
+    router::api::coordinate::run(api, listener, token)
         .await
         .context("coordinator")
 }

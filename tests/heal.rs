@@ -102,6 +102,42 @@ fn block_files(
         .collect()
 }
 
+/// The block files of `vid` on the nodes not `gone` that the record does
+/// not name where they lie (orphans the coordinator should remove).
+fn orphans(
+    cluster: &Cluster,
+    vid: u32,
+    warm: &Value,
+    gone: &[&str],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let named: std::collections::BTreeSet<PathBuf> = placement(warm)
+        .into_iter()
+        .map(|((stripe, block), node)| block_path(cluster, &node, vid, warm, stripe, block))
+        .collect();
+    let mut found = Vec::new();
+    for node in std::fs::read_dir(&cluster.data_dir)? {
+        let node = node?;
+        let blocks = node.path().join("blocks");
+        if gone.iter().any(|g| node.file_name() == *g) || !blocks.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&blocks)? {
+            let path = file?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.ends_with(".block")
+                && f4::block::generation_of(name, vid).is_some()
+                && !named.contains(&path)
+            {
+                found.push(path);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// `GET /admin/repair`.
 async fn repair_status(client: &reqwest::Client, router: &str) -> anyhow::Result<Value> {
     Ok(client
@@ -115,8 +151,9 @@ async fn repair_status(client: &reqwest::Client, router: &str) -> anyhow::Result
 
 /// Waits until every block of `vid` is where the record says, byte for
 /// byte as `expected` (by place), none on the `gone` nodes, no stripe has
-/// two blocks on one node, no holder is stale and nothing is left to
-/// rebuild.
+/// two blocks on one node, no holder is stale, nothing is left to rebuild,
+/// no rebuild job is left in the directory and no block file is left
+/// where the record does not name it.
 async fn healed(
     cluster: &Cluster,
     client: &reqwest::Client,
@@ -137,7 +174,14 @@ async fn healed(
         let stale = warm["stale_holders"].as_array().map_or(0, Vec::len);
         let status = repair_status(client, router).await?;
         let endangered = status["endangered"].as_array().map_or(0, Vec::len);
-        Ok(!on_gone && files == *expected && stale == 0 && endangered == 0)
+        let jobs = status["jobs"].as_array().map_or(0, Vec::len);
+        let orphans = orphans(cluster, vid, &warm, gone)?;
+        Ok(!on_gone
+            && files == *expected
+            && stale == 0
+            && endangered == 0
+            && jobs == 0
+            && orphans.is_empty())
     })
     .await
     .with_context(|| format!("log:\n{}", cluster.log_tail()))?;
@@ -528,11 +572,21 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     let node = placed[&(stripe, block)].clone();
     let path = block_path(&cluster, &node, vid, &warm_after, stripe, block);
     std::fs::remove_file(&path)?;
-    let pid = paused_at(&cluster, "rebuild-after-columns-1").await?;
+    let pid = paused_at(&cluster, "rebuild-after-columns-1")
+        .await
+        .with_context(|| format!("log:\n{}", cluster.log_tail()))?;
     let blocks_dir = path.parent().context("blocks dir")?.to_owned();
     anyhow::ensure!(!path.exists(), "a half-rebuilt block is in place");
     check_volume(&client, &router, &blobs, vid).await?;
     common::signal(pid as libc::pid_t, libc::SIGKILL);
+    // The job stays in the directory, its failure said, for the next pass.
+    wait_until("the failed rebuild job kept", HEAL_DEADLINE, || async {
+        let status = repair_status(&client, &router).await?;
+        Ok(status["jobs"].as_array().into_iter().flatten().any(|job| {
+            job["volume"] == vid && job["stripe"] == stripe && job["last_error"].is_string()
+        }))
+    })
+    .await?;
     let _rebuilder = cluster.restart_node("rebuilder")?;
     healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
     let strays: Vec<String> = std::fs::read_dir(&blocks_dir)?

@@ -110,9 +110,10 @@ pub struct RouterConfig {
     /// Pause between two passes of a migrator, in ms.
     #[serde(default = "default_migrate_interval_ms")]
     pub migrate_interval_ms: u64,
-    /// How long a migration job's claim holds without renewal, in ms; a
-    /// running job renews it every third of that, and a migrator that died
-    /// leaves its job to the next one after it.
+    /// How long a claim holds without renewal, in ms: a migration job's, a
+    /// rebuild job's, a router's on its writable volumes. A running job
+    /// renews it every third of that, and one whose migrator (coordinator)
+    /// died is left to the next one after it.
     #[serde(default = "default_migration_lease_ms")]
     pub migration_lease_ms: u64,
     /// Bytes a second each migration reads from its hot replica (0: no

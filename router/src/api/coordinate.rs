@@ -17,11 +17,23 @@
 //! Stripes are rebuilt most endangered first (most blocks missing or
 //! unavailable), up to [`RouterConfig::max_rebuilds`] at once, all the lost
 //! blocks of a stripe in one rebuild (its sources are read once), each
-//! written at up to [`RouterConfig::rebuild_rate_bytes`]. The directory
-//! records a rebuilt block only if the record still names the node the
-//! rebuild started from, so two coordinators cannot move a block twice;
-//! a pass starts from what the directory and the nodes say, so a
-//! coordinator killed halfway resumes on its next pass.
+//! written at up to [`RouterConfig::rebuild_rate_bytes`].
+//!
+//! Jobs: every rebuild (and move) is a job in the directory, claimed with
+//! its plan under a lease ([`RouterConfig::migration_lease_ms`], renewed
+//! every third of it while it runs), so two coordinators never run one
+//! stripe at once, and only the claim's holder can record its blocks. A
+//! job that failed, or whose coordinator died, is taken up again by the
+//! next pass of any coordinator onto the same nodes while they still fit
+//! (a target's finished block is overwritten, not left behind); one whose
+//! stripe needs it no more is dropped.
+//!
+//! Orphans: a block file of a warm volume that its record does not name
+//! there (an older generation, a rebuild recorded elsewhere, a node back
+//! after its blocks were rebuilt, a moved block's old copy) and that no job
+//! plans is removed. A pass reads the inventories, then the jobs, then the
+//! records, so a block written by a job is either still planned or already
+//! recorded by the time the pass judges it.
 //!
 //! Balancer: a stripe whole and up, with two blocks in one rack (a rebuild
 //! that had no better place, a rack relabelled), has one of them moved to
@@ -47,8 +59,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use f4::api::{RebuildRequest, RebuildTarget};
-use f4::block::block_file_name;
+use f4::api::{BlockId, RebuildRequest, RebuildTarget};
 use f4::client::{RebuilderClient, StorageClient};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -59,7 +70,8 @@ use super::config::RouterConfig;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::directory::types::{
-    DamagedBlockRequest, RebuiltBlockRequest, ReplaceHolderRequest, WarmVolume,
+    DamagedBlockRequest, JobBlock, REBUILD_PAGE_MAX, RebuildClaimRequest, RebuildJob,
+    RebuiltBlockRequest, ReplaceHolderRequest, WarmVolume,
 };
 use crate::directory::warm::blocks_per_rack;
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, now_ms};
@@ -178,6 +190,10 @@ pub struct RepairReport {
     pub holders_marked_stale: usize,
     /// What could not be planned (no node for a block, no rebuilder up).
     pub problems: Vec<String>,
+    /// The rebuild jobs in the directory when the pass began.
+    pub jobs: Vec<RebuildJob>,
+    /// Block files removed that no record names and no job plans.
+    pub orphans_removed: usize,
 }
 
 /// A stripe's rebuild, planned.
@@ -192,9 +208,26 @@ struct StripeJob {
     balance: bool,
 }
 
+impl StripeJob {
+    /// Its plan, as a job in the directory takes it.
+    fn plan(&self) -> Vec<JobBlock> {
+        self.targets
+            .iter()
+            .map(|(block, from, to)| JobBlock {
+                block: *block,
+                from: from.clone(),
+                to: to.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Block inventories by node id.
+type Inventories = HashMap<String, HashSet<BlockId>>;
+
 /// Every `up` f4 storage node's block inventory, by node id (a node whose
 /// inventory could not be read is left out: its blocks are not judged).
-async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> HashMap<String, HashSet<String>> {
+async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> Inventories {
     let up: Vec<(String, StorageClient)> = nodes
         .iter()
         .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
@@ -203,17 +236,14 @@ async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> HashMap<String, 
             (n.id.clone(), client)
         })
         .collect();
-    let listed: Vec<Option<(String, HashSet<String>)>> = futures::stream::iter(up)
+    let listed: Vec<Option<(String, HashSet<BlockId>)>> = futures::stream::iter(up)
         .map(|(id, client)| async move {
             let mut names = HashSet::new();
             let mut after: Option<String> = None;
             loop {
                 match client.list_blocks(after.as_deref()).await {
                     Ok(page) => {
-                        names.extend(page.blocks.iter().map(|b| {
-                            let id = b.block;
-                            block_file_name(id.volume, id.generation, id.stripe, id.block)
-                        }));
+                        names.extend(page.blocks.iter().map(|b| b.block));
                         match page.next_after {
                             // Pages go forward, or the listing is broken.
                             Some(next) if after.as_ref().is_none_or(|a| next > *a) => {
@@ -237,6 +267,25 @@ async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> HashMap<String, 
         .collect()
         .await;
     listed.into_iter().flatten().collect()
+}
+
+/// Every rebuild job in the directory, page by page.
+async fn directory_jobs(state: &AppState) -> Result<Vec<RebuildJob>, ApiError> {
+    let mut jobs = Vec::new();
+    let mut after = None;
+    loop {
+        let page = state.directory.rebuilds(after, REBUILD_PAGE_MAX).await?;
+        jobs.extend(page.jobs);
+        match page.next_after {
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            Some(_) => {
+                return Err(ApiError::Internal(
+                    "the directory's rebuild job pages do not advance".into(),
+                ));
+            }
+            None => return Ok(jobs),
+        }
+    }
 }
 
 /// The cell as a pass sees it.
@@ -329,13 +378,15 @@ impl<'a> Cell<'a> {
 /// Looks at every warm volume: what to rebuild, what is endangered,
 /// which placements break the rack rule; with `act`, also replaces lost
 /// journal holders and marks emptied ones stale.
-async fn audit(
-    state: &AppState,
-    act: bool,
-) -> Result<(RepairReport, Vec<StripeJob>, Vec<NodeRecord>), ApiError> {
+async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
     let nodes = state.directory.list_nodes().await?;
-    let volumes = state.directory.list_volumes().await?;
+    // Inventories before jobs before records: see the module's "Orphans".
     let inventories = inventories(state, &nodes).await;
+    let held = directory_jobs(state).await?;
+    let volumes = state.directory.list_volumes().await?;
+    let now = now_ms();
+    let held_by_stripe: HashMap<(u32, u64), &RebuildJob> =
+        held.iter().map(|j| ((j.volume, j.stripe), j)).collect();
     let mut cell = Cell::new(&nodes, &volumes, state.config.rebuild_after_ms);
     let mut report = RepairReport::default();
     for node in nodes.iter().filter(|n| n.role == NodeRole::F4Storage) {
@@ -358,7 +409,12 @@ async fn audit(
             let mut unavailable = Vec::new();
             for (block, node) in members.iter().enumerate() {
                 let block = block as u32;
-                let name = block_file_name(volume.id, warm.generation, stripe, block);
+                let id = BlockId {
+                    volume: volume.id,
+                    generation: warm.generation,
+                    stripe,
+                    block,
+                };
                 let loss = if cell.lost(node) {
                     Some(Loss::NodeLost)
                 } else if cell.up(node).is_none() {
@@ -366,7 +422,7 @@ async fn audit(
                     None
                 } else if inventories
                     .get(node)
-                    .is_some_and(|held| !held.contains(&name))
+                    .is_some_and(|held| !held.contains(&id))
                 {
                     Some(Loss::Missing)
                 } else if warm.is_damaged(stripe, block) {
@@ -388,15 +444,21 @@ async fn audit(
                     });
                 }
             }
+            let held = held_by_stripe.get(&(volume.id, stripe)).copied();
+            if held.is_some_and(|job| job.is_claimed(now)) {
+                // Another coordinator runs it.
+                continue;
+            }
             if missing.is_empty() {
                 if unavailable.is_empty()
                     && let Some(target) = cell.balance(members)
                 {
+                    let targets = vec![target];
                     jobs.push(StripeJob {
                         volume: volume.id,
                         warm: Arc::clone(&warm),
                         stripe,
-                        targets: vec![target],
+                        targets: resume(held, &warm, stripe, targets, true, &cell),
                         balance: true,
                     });
                 }
@@ -449,14 +511,77 @@ async fn audit(
                     volume: volume.id,
                     warm: Arc::clone(&warm),
                     stripe,
-                    targets,
+                    targets: resume(held, &warm, stripe, targets, false, &cell),
                     balance: false,
                 });
             }
         }
     }
     most_endangered_first(&mut jobs, &mut report.endangered);
-    Ok((report, jobs, nodes))
+    report.jobs = held;
+    Ok(Audit {
+        report,
+        jobs,
+        nodes,
+        volumes,
+        inventories,
+    })
+}
+
+/// What [`audit`] found, and what it read to find it.
+struct Audit {
+    report: RepairReport,
+    jobs: Vec<StripeJob>,
+    nodes: Vec<NodeRecord>,
+    volumes: Vec<LogicalVolume>,
+    inventories: Inventories,
+}
+
+/// The targets of a stripe's job: the plan of `held`, the stripe's job in
+/// the directory from an attempt that failed or died, while it restores
+/// the same blocks the same way onto nodes that are up and hold nothing
+/// else of the stripe (so that what it wrote is overwritten, not left
+/// behind); else `planned`.
+fn resume(
+    held: Option<&RebuildJob>,
+    warm: &WarmVolume,
+    stripe: u64,
+    planned: Vec<(u32, String, String)>,
+    balance: bool,
+    cell: &Cell<'_>,
+) -> Vec<(u32, String, String)> {
+    let Some(job) = held.filter(|j| j.generation == warm.generation && j.balance == balance) else {
+        return planned;
+    };
+    let members = &warm.stripes[stripe as usize];
+    let mut blocks: Vec<u32> = job.blocks.iter().map(|b| b.block).collect();
+    let mut wanted: Vec<u32> = planned.iter().map(|(b, _, _)| *b).collect();
+    blocks.sort_unstable();
+    wanted.sort_unstable();
+    let fits = blocks == wanted
+        && job.blocks.iter().all(|b| {
+            let others = members
+                .iter()
+                .zip(0u32..)
+                .filter(|(_, i)| *i != b.block)
+                .map(|(n, _)| n)
+                .chain(
+                    job.blocks
+                        .iter()
+                        .filter(|o| o.block != b.block)
+                        .map(|o| &o.to),
+                );
+            members.get(b.block as usize) == Some(&b.from)
+                && cell.up(&b.to).is_some()
+                && others.into_iter().all(|n| *n != b.to)
+        });
+    if !fits {
+        return planned;
+    }
+    job.blocks
+        .iter()
+        .map(|b| (b.block, b.from.clone(), b.to.clone()))
+        .collect()
 }
 
 /// Orders `endangered` and the `jobs` of their stripes by blocks missing or
@@ -544,14 +669,19 @@ async fn mend_holders<'a>(
 /// Carries out a balancer's move: each block's file copied from its node
 /// to the new one (which checks every chunk), recorded, and the old copy
 /// removed. A copy, not a rebuild: a move never trusts other blocks.
-async fn move_blocks(state: &AppState, job: StripeJob, nodes: &[NodeRecord]) -> RebuildOutcome {
+async fn move_blocks(
+    state: &AppState,
+    job: &StripeJob,
+    owner: &str,
+    nodes: &[NodeRecord],
+) -> RebuildOutcome {
     let started = Instant::now();
     let started_ms = now_ms();
     let warm = &job.warm;
     let client_of = |id: &str| {
         up_node(nodes, id).map(|n| StorageClient::from_http(&n.base_url(), state.warm_http.clone()))
     };
-    let mut outcome = RebuildOutcome::of(&job);
+    let mut outcome = RebuildOutcome::of(job);
     for (block, from, to) in &job.targets {
         let id = f4::api::BlockId {
             volume: job.volume,
@@ -575,6 +705,7 @@ async fn move_blocks(state: &AppState, job: StripeJob, nodes: &[NodeRecord]) -> 
                 from: from.clone(),
                 node: to.clone(),
                 started_ms,
+                owner: owner.to_owned(),
             };
             state
                 .directory
@@ -609,7 +740,8 @@ async fn move_blocks(state: &AppState, job: StripeJob, nodes: &[NodeRecord]) -> 
 /// Runs one planned rebuild on `rebuilder` and records its blocks.
 async fn rebuild_stripe(
     state: &AppState,
-    job: StripeJob,
+    job: &StripeJob,
+    owner: &str,
     nodes: &[NodeRecord],
     rebuilder: &NodeRecord,
 ) -> RebuildOutcome {
@@ -625,7 +757,7 @@ async fn rebuild_stripe(
             if target { None } else { url_of(node) }
         })
         .collect();
-    let mut outcome = RebuildOutcome::of(&job);
+    let mut outcome = RebuildOutcome::of(job);
     let targets: Option<Vec<RebuildTarget>> = job
         .targets
         .iter()
@@ -691,6 +823,7 @@ async fn rebuild_stripe(
             from: from.clone(),
             node: to.clone(),
             started_ms,
+            owner: owner.to_owned(),
         };
         if let Err(e) = state
             .directory
@@ -708,12 +841,25 @@ async fn rebuild_stripe(
     outcome
 }
 
-/// One pass: the audit, then its rebuilds (`act`), or only the audit.
+/// One pass: the audit, then (`act`) its orphans removed, the jobs the
+/// cell needs no more dropped, and its rebuilds run; or only the audit.
 pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, ApiError> {
-    let (mut report, mut jobs, nodes) = audit(state, act).await?;
+    let Audit {
+        mut report,
+        mut jobs,
+        nodes,
+        volumes,
+        inventories,
+    } = audit(state, act).await?;
     state.metrics.set_repair(&report, jobs.len());
+    if !act {
+        return Ok(report);
+    }
+    report.orphans_removed =
+        remove_orphans(state, &nodes, &volumes, &inventories, &report.jobs).await;
+    drop_unneeded_jobs(state, &report.jobs, &jobs).await;
     jobs.truncate(state.config.max_rebuilds.max(1) * STRIPES_PER_PASS_PER_SLOT);
-    if !act || jobs.is_empty() {
+    if jobs.is_empty() {
         return Ok(report);
     }
     let rebuilders = up_rebuilders(&nodes);
@@ -723,20 +869,189 @@ pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, Ap
             .push(format!("{} stripes wait: no rebuilder is up", jobs.len()));
         return Ok(report);
     }
-    let nodes = &nodes;
-    let rebuilders = &rebuilders;
-    report.rebuilds = futures::stream::iter(jobs.into_iter().enumerate())
+    let owner = format!("{}@{}", state.config.id, state.instance);
+    let (nodes, rebuilders, owner) = (&nodes, &rebuilders, owner.as_str());
+    let outcomes: Vec<Option<RebuildOutcome>> = futures::stream::iter(jobs.into_iter().enumerate())
         .map(|(i, job)| async move {
-            if job.balance {
-                move_blocks(state, job, nodes).await
-            } else {
-                rebuild_stripe(state, job, nodes, rebuilders[i % rebuilders.len()]).await
-            }
+            let rebuilder = rebuilders[i % rebuilders.len()];
+            run_job(state, job, owner, nodes, rebuilder).await
         })
         .buffer_unordered(state.config.max_rebuilds.max(1))
         .collect()
         .await;
+    report.rebuilds = outcomes.into_iter().flatten().collect();
     Ok(report)
+}
+
+/// Claims `job` in the directory as `owner`, runs it with the claim
+/// renewed every third of its lease, and ends it: removed when done, kept
+/// with its error for the next pass otherwise. `None` when another
+/// coordinator holds it.
+async fn run_job(
+    state: &AppState,
+    job: StripeJob,
+    owner: &str,
+    nodes: &[NodeRecord],
+    rebuilder: &NodeRecord,
+) -> Option<RebuildOutcome> {
+    let lease_ms = state.config.migration_lease_ms.max(3);
+    let claim = RebuildClaimRequest {
+        owner: owner.to_owned(),
+        lease_ms,
+        generation: job.warm.generation,
+        blocks: job.plan(),
+        balance: job.balance,
+    };
+    let claimed = state
+        .directory
+        .claim_rebuild(job.volume, job.stripe, &claim)
+        .await;
+    if let Err(e) = claimed {
+        tracing::info!(volume = job.volume, stripe = job.stripe, error = %e,
+            "rebuild not claimed");
+        if e.code() == Some("job_claimed") {
+            return None;
+        }
+        let mut outcome = RebuildOutcome::of(&job);
+        outcome.error = Some(format!("not claimed: {e}"));
+        return Some(outcome);
+    }
+    let work = async {
+        if job.balance {
+            move_blocks(state, &job, owner, nodes).await
+        } else {
+            rebuild_stripe(state, &job, owner, nodes, rebuilder).await
+        }
+    };
+    let renew = async {
+        let every = Duration::from_millis(lease_ms / 3);
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = state
+                .directory
+                .renew_rebuild(job.volume, job.stripe, owner, lease_ms)
+                .await
+            {
+                tracing::warn!(volume = job.volume, stripe = job.stripe, error = %e,
+                    "rebuild claim not renewed");
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        () = renew => unreachable!("renewal never ends"),
+    };
+    if let Err(e) = state
+        .directory
+        .end_rebuild(job.volume, job.stripe, owner, outcome.error.clone())
+        .await
+    {
+        // Its claim runs out and the next pass takes it up again.
+        tracing::warn!(volume = job.volume, stripe = job.stripe, error = %e,
+            "rebuild job not ended");
+    }
+    Some(outcome)
+}
+
+/// Drops the jobs in the directory that no one holds and whose stripes
+/// need nothing `planned` does (the blocks came back, the volume went):
+/// what they wrote is an orphan for the next pass.
+async fn drop_unneeded_jobs(state: &AppState, held: &[RebuildJob], planned: &[StripeJob]) {
+    let now = now_ms();
+    let needed: HashSet<(u32, u64)> = planned.iter().map(|j| (j.volume, j.stripe)).collect();
+    for job in held
+        .iter()
+        .filter(|j| !j.is_claimed(now) && !needed.contains(&(j.volume, j.stripe)))
+    {
+        match state.directory.drop_rebuild(job.volume, job.stripe).await {
+            Ok(()) => tracing::info!(
+                volume = job.volume,
+                stripe = job.stripe,
+                "rebuild job no longer needed, dropped"
+            ),
+            Err(e) => tracing::info!(volume = job.volume, stripe = job.stripe, error = %e,
+                "rebuild job not dropped"),
+        }
+    }
+}
+
+/// Whether block `id` on `node` is an orphan: of a warm volume whose
+/// record does not name `node` for it (or names a later generation), and
+/// planned by no job in `held`.
+fn is_orphan(
+    id: &BlockId,
+    node: &str,
+    volumes: &HashMap<u32, &LogicalVolume>,
+    held: &HashSet<(u32, u64, u32, &str)>,
+) -> bool {
+    let Some(warm) = volumes
+        .get(&id.volume)
+        .filter(|v| v.state == VolumeState::Warm)
+        .and_then(|v| v.warm.as_ref())
+    else {
+        // Being sealed, or unknown: the migrator's, not ours.
+        return false;
+    };
+    if id.generation > warm.generation {
+        return false;
+    }
+    let recorded = id.generation == warm.generation
+        && warm
+            .stripes
+            .get(id.stripe as usize)
+            .and_then(|s| s.get(id.block as usize))
+            .is_some_and(|n| n == node);
+    !recorded && !held.contains(&(id.volume, id.stripe, id.block, node))
+}
+
+/// Removes every orphan block ([`is_orphan`]) from the node holding it;
+/// answers how many went.
+async fn remove_orphans(
+    state: &AppState,
+    nodes: &[NodeRecord],
+    volumes: &[LogicalVolume],
+    inventories: &Inventories,
+    held: &[RebuildJob],
+) -> usize {
+    let volumes: HashMap<u32, &LogicalVolume> = volumes.iter().map(|v| (v.id, v)).collect();
+    let planned: HashSet<(u32, u64, u32, &str)> = held
+        .iter()
+        .flat_map(|j| {
+            j.blocks
+                .iter()
+                .map(move |b| (j.volume, j.stripe, b.block, b.to.as_str()))
+        })
+        .collect();
+    let orphans: Vec<(StorageClient, BlockId, String)> = inventories
+        .iter()
+        .filter_map(|(node, blocks)| Some((up_node(nodes, node)?, blocks)))
+        .flat_map(|(node, blocks)| {
+            let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
+            blocks
+                .iter()
+                .filter(|id| is_orphan(id, &node.id, &volumes, &planned))
+                .map(move |id| (client.clone(), *id, node.id.clone()))
+        })
+        .collect();
+    let removed: Vec<bool> = futures::stream::iter(orphans)
+        .map(|(client, id, node)| async move {
+            match client.delete_block(id).await {
+                Ok(()) => {
+                    tracing::info!(volume = id.volume, generation = id.generation,
+                        stripe = id.stripe, block = id.block, %node, "orphan block removed");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(volume = id.volume, stripe = id.stripe, block = id.block,
+                        %node, error = %e, "orphan block not removed");
+                    false
+                }
+            }
+        })
+        .buffer_unordered(INVENTORIES_AT_ONCE)
+        .collect()
+        .await;
+    removed.into_iter().filter(|r| *r).count()
 }
 
 /// `GET /admin/repair`: what is missing, endangered or misplaced now.
@@ -881,6 +1196,128 @@ mod tests {
         );
         let order: Vec<u64> = endangered.iter().map(|e| e.stripe).collect();
         assert_eq!(order, vec![1, 2, 0]);
+    }
+
+    /// A warm volume 1 of generation 2 whose one stripe is on `n0`..`n13`.
+    fn warm_volume(state: VolumeState) -> LogicalVolume {
+        LogicalVolume {
+            id: 1,
+            state,
+            replicas: Vec::new(),
+            stale_replicas: Vec::new(),
+            missed_deletes: Vec::new(),
+            repair_epoch: 0,
+            created_ms: 0,
+            locked_ms: None,
+            last_write_ms: None,
+            size_bytes: 0,
+            needle_count: 0,
+            last_generation: 2,
+            warm: Some(WarmVolume {
+                generation: 2,
+                geometry: f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry"),
+                stripes: vec![(0..14).map(|n| format!("n{n}")).collect()],
+                journal_holders: Vec::new(),
+                stale_holders: Vec::new(),
+                tolerated_rack_losses: 4,
+                needle_count: 0,
+                damaged_blocks: Vec::new(),
+                journal_open: false,
+            }),
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn an_orphan_is_a_block_no_record_names_and_no_job_plans() {
+        let warm = warm_volume(VolumeState::Warm);
+        let volumes = HashMap::from([(1, &warm)]);
+        let block = |generation: u64, block: u32| BlockId {
+            volume: 1,
+            generation,
+            stripe: 0,
+            block,
+        };
+        let none = HashSet::new();
+        assert!(!is_orphan(&block(2, 3), "n3", &volumes, &none), "recorded");
+        assert!(is_orphan(&block(2, 3), "n20", &volumes, &none), "elsewhere");
+        assert!(
+            is_orphan(&block(1, 3), "n3", &volumes, &none),
+            "older generation"
+        );
+        assert!(
+            !is_orphan(&block(3, 3), "n20", &volumes, &none),
+            "a later seal's"
+        );
+        let mut other = block(2, 3);
+        other.stripe = 7;
+        assert!(is_orphan(&other, "n3", &volumes, &none), "no such stripe");
+        let planned = HashSet::from([(1, 0, 3, "n20")]);
+        assert!(
+            !is_orphan(&block(2, 3), "n20", &volumes, &planned),
+            "a job's target"
+        );
+        let sealing = warm_volume(VolumeState::Sealing);
+        let sealing = HashMap::from([(1, &sealing)]);
+        assert!(
+            !is_orphan(&block(2, 3), "n20", &sealing, &none),
+            "the migrator's"
+        );
+        assert!(
+            !is_orphan(&block(2, 3), "n20", &HashMap::new(), &none),
+            "unknown volume"
+        );
+    }
+
+    #[test]
+    fn a_failed_job_resumes_its_plan_while_it_still_fits() {
+        let volume = warm_volume(VolumeState::Warm);
+        let warm = volume.warm.as_ref().expect("warm");
+        let mut nodes: Vec<NodeRecord> = (0..16)
+            .map(|n| node(&format!("n{n}"), &format!("r{n}"), true, 0))
+            .collect();
+        nodes[15].state = crate::directory::NodeState::Down;
+        let cell = Cell::new(&nodes, &[], 1000);
+        let job = |to: &str| RebuildJob {
+            volume: 1,
+            stripe: 0,
+            generation: 2,
+            blocks: vec![JobBlock {
+                block: 4,
+                from: "n4".into(),
+                to: to.into(),
+            }],
+            balance: false,
+            owner: String::new(),
+            lease_until_ms: 0,
+            started_ms: 0,
+            updated_ms: 0,
+            attempts: 1,
+            last_error: Some("rebuilder died".into()),
+        };
+        let planned = || vec![(4, "n4".to_owned(), "n14".to_owned())];
+        let targets = |held: &RebuildJob, balance: bool| {
+            resume(Some(held), warm, 0, planned(), balance, &cell)
+                .into_iter()
+                .map(|(_, _, to)| to)
+                .collect::<Vec<_>>()
+        };
+        let earlier = job("n4");
+        assert_eq!(targets(&earlier, false), ["n4"], "the same nodes again");
+        assert_eq!(targets(&earlier, true), ["n14"], "a move is not a repair");
+        assert_eq!(targets(&job("n15"), false), ["n14"], "its target is down");
+        assert_eq!(
+            targets(&job("n5"), false),
+            ["n14"],
+            "its target holds block 5"
+        );
+        let mut other_blocks = job("n4");
+        other_blocks.blocks[0].block = 6;
+        other_blocks.blocks[0].from = "n6".into();
+        assert_eq!(targets(&other_blocks, false), ["n14"], "other blocks");
+        let mut old = job("n4");
+        old.generation = 1;
+        assert_eq!(targets(&old, false), ["n14"], "another generation");
     }
 
     #[test]

@@ -6,10 +6,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::types::{
-    ClaimRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, ErrorBody,
-    GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MigrationJob, NodeRecord,
-    NodeRegistration, OwnershipRequest, PlaceRequest, RebuiltBlockRequest, ReplaceHolderRequest,
-    SetStateRequest, StaleRequest, StepRequest, VolumeClaim, VolumeState,
+    ClaimRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, EndRequest,
+    ErrorBody, GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MigrationJob, NodeRecord,
+    NodeRegistration, OwnershipRequest, PlaceRequest, RebuildClaimRequest, RebuildJob, RebuildPage,
+    RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
+    StepRequest, VolumeClaim, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -326,6 +327,77 @@ impl DirectoryClient {
         self.send(self.http.post(url).json(request)).await
     }
 
+    /// `POST /volumes/{vid}/rebuilds/{stripe}/claim`: claims the stripe's
+    /// rebuild job with `request`'s plan.
+    pub async fn claim_rebuild(
+        &self,
+        vid: u32,
+        stripe: u64,
+        request: &RebuildClaimRequest,
+    ) -> Result<RebuildJob, DirectoryClientError> {
+        for block in &request.blocks {
+            check_node_id(&block.from)?;
+            check_node_id(&block.to)?;
+        }
+        let url = self.url(&format!("/volumes/{vid}/rebuilds/{stripe}/claim"));
+        self.send(self.http.post(url).json(request)).await
+    }
+
+    /// `POST /volumes/{vid}/rebuilds/{stripe}/renew`.
+    pub async fn renew_rebuild(
+        &self,
+        vid: u32,
+        stripe: u64,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<RebuildJob, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/rebuilds/{stripe}/renew"));
+        let body = RenewRequest {
+            owner: owner.to_owned(),
+            lease_ms,
+        };
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `POST /volumes/{vid}/rebuilds/{stripe}/end`: done (`error: None`;
+    /// the job goes) or failed (the job stays, released).
+    pub async fn end_rebuild(
+        &self,
+        vid: u32,
+        stripe: u64,
+        owner: &str,
+        error: Option<String>,
+    ) -> Result<Option<RebuildJob>, DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/rebuilds/{stripe}/end"));
+        let body = EndRequest {
+            owner: owner.to_owned(),
+            error,
+        };
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `DELETE /volumes/{vid}/rebuilds/{stripe}`: a job no one holds goes.
+    pub async fn drop_rebuild(&self, vid: u32, stripe: u64) -> Result<(), DirectoryClientError> {
+        let url = self.url(&format!("/volumes/{vid}/rebuilds/{stripe}"));
+        self.send(self.http.delete(url)).await
+    }
+
+    /// `GET /rebuilds?after_volume=V&after_stripe=S&limit=N`: a page of
+    /// rebuild jobs.
+    pub async fn rebuilds(
+        &self,
+        after: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<RebuildPage, DirectoryClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some((volume, stripe)) = after {
+            query.push(("after_volume", volume.to_string()));
+            query.push(("after_stripe", stripe.to_string()));
+        }
+        self.send(self.http.get(self.url("/rebuilds")).query(&query))
+            .await
+    }
+
     /// `POST /volumes/{vid}/holders/{node}/replace`.
     pub async fn replace_holder(
         &self,
@@ -409,7 +481,13 @@ impl DirectoryClient {
         let status = response.status();
         let body = response.bytes().await?;
         if status.is_success() {
-            return serde_json::from_slice(&body)
+            // No content decodes as JSON `null` (a `()` or an `Option`).
+            let body = if status == reqwest::StatusCode::NO_CONTENT {
+                &b"null"[..]
+            } else {
+                &body[..]
+            };
+            return serde_json::from_slice(body)
                 .map_err(|e| DirectoryClientError::Decode(e.to_string()));
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {

@@ -12,9 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::types::{
-    DamagedBlockRequest, DamagedNeedle, LogicalVolume, MigrationStep, NodeRecord, NodeRegistration,
-    NodeRole, NodeState, PlaceRequest, RebuiltBlockRequest, ReplaceHolderRequest, StepRequest,
-    VolumeClaim, VolumeState,
+    DamagedBlockRequest, DamagedNeedle, EndRequest, JobBlock, LogicalVolume, MigrationStep,
+    NodeRecord, NodeRegistration, NodeRole, NodeState, PlaceRequest, RebuildClaimRequest,
+    RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, StepRequest, VolumeClaim, VolumeState,
 };
 use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -47,6 +47,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("warm_placement", warm_placement),
     ("warm_holders_and_blocks", warm_holders_and_blocks),
     ("warm_rebuilds", warm_rebuilds),
+    ("rebuild_jobs", rebuild_jobs),
     ("migration_claims", migration_claims),
     ("volume_ownership", volume_ownership),
 ];
@@ -929,30 +930,69 @@ pub fn warm_rebuilds(open: Open<'_>) {
         from: from.to_owned(),
         node: node.to_owned(),
         started_ms,
+        owner: "coordinator-a".into(),
     };
-    // Refused: another node than the record's, a node with a block of the
-    // stripe, an unknown node or generation, a block outside the stripe.
+    let plan = |block: u32, from: &str, to: &str| RebuildClaimRequest {
+        owner: "coordinator-a".into(),
+        lease_ms: 1000,
+        generation: 1,
+        blocks: vec![JobBlock {
+            block,
+            from: from.to_owned(),
+            to: to.to_owned(),
+        }],
+        balance: false,
+    };
+    // Refused plans: another node than the record's, a node with a block
+    // of the stripe, an unknown node or generation, a block outside the
+    // stripe.
     for (bad, conflict) in [
-        (rebuilt(2, &spare, &spare, 20), true),
-        (rebuilt(2, &stripe[2], &stripe[3], 20), true),
-        (rebuilt(2, &stripe[2], "f4-unknown", 20), false),
+        (plan(2, &spare, &spare), true),
+        (plan(2, &stripe[2], &stripe[3]), true),
+        (plan(2, &stripe[2], "f4-unknown"), false),
         (
-            RebuiltBlockRequest {
+            RebuildClaimRequest {
                 generation: 2,
-                ..rebuilt(2, &stripe[2], &spare, 20)
+                ..plan(2, &stripe[2], &spare)
             },
             false,
         ),
-        (rebuilt(14, &stripe[2], &spare, 20), false),
+        (plan(14, &stripe[2], &spare), false),
     ] {
-        match dir.record_rebuilt_block(vid, &bad) {
+        match dir.claim_rebuild(vid, 0, &bad, 15) {
             Err(DirectoryError::PlacementConflict { .. }) if conflict => {}
             Err(DirectoryError::BadRequest(_)) if !conflict => {}
             other => panic!("{bad:?} answered {other:?}"),
         }
     }
+    // Nothing is recorded without a claim whose plan names the move.
+    assert!(matches!(
+        dir.record_rebuilt_block(vid, &rebuilt(2, &stripe[2], &spare, 20), 20),
+        Err(DirectoryError::BadRequest(_))
+    ));
+    dir.claim_rebuild(vid, 0, &plan(2, &stripe[2], &spare), 15)
+        .expect("claim");
+    for bad in [
+        rebuilt(3, &stripe[3], &spare, 20),
+        RebuiltBlockRequest {
+            owner: "coordinator-b".into(),
+            ..rebuilt(2, &stripe[2], &spare, 20)
+        },
+    ] {
+        assert!(
+            dir.record_rebuilt_block(vid, &bad, 20).is_err(),
+            "{bad:?} is not the holder's plan"
+        );
+    }
+    assert!(
+        matches!(
+            dir.record_rebuilt_block(vid, &rebuilt(2, &stripe[2], &spare, 20), 2000),
+            Err(DirectoryError::JobClaimed { .. })
+        ),
+        "a claim run out records nothing"
+    );
     let moved = dir
-        .record_rebuilt_block(vid, &rebuilt(2, &stripe[2], &spare, 20))
+        .record_rebuilt_block(vid, &rebuilt(2, &stripe[2], &spare, 20), 20)
         .expect("moved")
         .warm
         .expect("record");
@@ -965,15 +1005,23 @@ pub fn warm_rebuilds(open: Open<'_>) {
         moved.tolerated_rack_losses, 4,
         "the spare has a rack of its own"
     );
+    let end = |error: Option<&str>| EndRequest {
+        owner: "coordinator-a".into(),
+        error: error.map(str::to_owned),
+    };
+    assert_eq!(dir.end_rebuild(vid, 0, &end(None), 21).expect("end"), None);
     // Damage reported while a rebuild ran stays.
     dir.report_damaged_block(vid, &damaged(5, &stripe[5]), 30)
         .expect("report");
+    dir.claim_rebuild(vid, 0, &plan(5, &stripe[5], &stripe[5]), 25)
+        .expect("claim in place");
     let kept = dir
-        .record_rebuilt_block(vid, &rebuilt(5, &stripe[5], &stripe[5], 25))
+        .record_rebuilt_block(vid, &rebuilt(5, &stripe[5], &stripe[5], 25), 31)
         .expect("in place")
         .warm
         .expect("record");
     assert_eq!(kept.damaged_blocks.len(), 1);
+    dir.end_rebuild(vid, 0, &end(None), 32).expect("end");
     // A node in another block's rack costs a rack of tolerance.
     let rack_of_block_0 = nodes_by_id(&*dir)[&stripe[0]].rack.clone();
     dir.register_node(
@@ -981,11 +1029,14 @@ pub fn warm_rebuilds(open: Open<'_>) {
         0,
     )
     .expect("register");
+    dir.claim_rebuild(vid, 0, &plan(1, &stripe[1], "f4-extra"), 35)
+        .expect("claim");
     let shared = dir
-        .record_rebuilt_block(vid, &rebuilt(1, &stripe[1], "f4-extra", 40))
+        .record_rebuilt_block(vid, &rebuilt(1, &stripe[1], "f4-extra", 40), 40)
         .expect("moved into a shared rack")
         .warm
         .expect("record");
+    dir.end_rebuild(vid, 0, &end(None), 41).expect("end");
     assert_eq!(shared.tolerated_rack_losses, 3);
 
     let holder = warm.journal_holders[0].clone();
@@ -1093,6 +1144,143 @@ pub fn volume_ownership(open: Open<'_>) {
     let reopened = open().volume(a).expect("volume");
     assert_eq!(reopened.owner.map(|o| o.id).as_deref(), Some("r2"));
     assert_eq!(reopened.last_write_ms, Some(7));
+}
+
+/// Rebuild jobs: claimed with a lease by one coordinator at a time,
+/// renewed by their holder only, taken up again (an attempt more) once
+/// failed or run out, removed when done or dropped, listed in pages, and
+/// kept across a reopen.
+pub fn rebuild_jobs(open: Open<'_>) {
+    let dir = open();
+    register_cell(&*dir, "f4", 16, 16, 0);
+    let vid = locked_volume(&*dir);
+    dir.begin_seal(vid).expect("begin");
+    dir.place_warm(vid, place_request(1, 50_000), false)
+        .expect("place");
+    let warm = dir.commit_warm(vid, 1).expect("commit").warm.expect("warm");
+    assert!(warm.stripes.len() >= 2, "two stripes to list");
+    let spare = |stripe: usize| {
+        (0..16)
+            .map(|n| format!("f4-{n}"))
+            .find(|n| !warm.stripes[stripe].contains(n))
+            .expect("a node outside the stripe")
+    };
+    let claim = |owner: &str, stripe: u64, now: u64| {
+        let members = &warm.stripes[stripe as usize];
+        let request = RebuildClaimRequest {
+            owner: owner.into(),
+            lease_ms: 1000,
+            generation: 1,
+            blocks: vec![JobBlock {
+                block: 0,
+                from: members[0].clone(),
+                to: spare(stripe as usize),
+            }],
+            balance: false,
+        };
+        dir.claim_rebuild(vid, stripe, &request, now)
+    };
+    let empty = RebuildClaimRequest {
+        owner: "a".into(),
+        lease_ms: 1000,
+        generation: 1,
+        blocks: Vec::new(),
+        balance: false,
+    };
+    assert!(matches!(
+        dir.claim_rebuild(vid, 0, &empty, 0),
+        Err(DirectoryError::BadRequest(_))
+    ));
+    let job = claim("a", 0, 10).expect("claim");
+    assert_eq!(
+        (job.owner.as_str(), job.lease_until_ms, job.attempts),
+        ("a", 1010, 1)
+    );
+    for owner in ["b", "a"] {
+        assert!(
+            matches!(
+                claim(owner, 0, 500),
+                Err(DirectoryError::JobClaimed { until_ms: 1010, .. })
+            ),
+            "a live claim is {owner}'s to wait for"
+        );
+    }
+    let renew = |owner: &str, now: u64| {
+        dir.renew_rebuild(
+            vid,
+            0,
+            &RenewRequest {
+                owner: owner.into(),
+                lease_ms: 1000,
+            },
+            now,
+        )
+    };
+    assert!(matches!(
+        renew("b", 600),
+        Err(DirectoryError::JobClaimed { .. })
+    ));
+    assert_eq!(renew("a", 600).expect("renew").lease_until_ms, 1600);
+    assert!(matches!(
+        dir.drop_rebuild(vid, 0, 700),
+        Err(DirectoryError::JobClaimed { .. })
+    ));
+    // Run out: taken up by another coordinator, an attempt more; the old
+    // holder can neither renew nor end it.
+    let taken = claim("b", 0, 1600).expect("take over");
+    assert_eq!((taken.owner.as_str(), taken.attempts), ("b", 2));
+    assert!(renew("a", 1700).is_err());
+    let end = |owner: &str, error: Option<&str>, now: u64| {
+        dir.end_rebuild(
+            vid,
+            0,
+            &EndRequest {
+                owner: owner.into(),
+                error: error.map(str::to_owned),
+            },
+            now,
+        )
+    };
+    assert!(end("a", None, 1700).is_err());
+    // Failed: kept, released, the error said; claimed again at once.
+    let failed = end("b", Some("source gone"), 1700)
+        .expect("end")
+        .expect("kept");
+    assert_eq!(
+        (failed.owner.as_str(), failed.last_error.as_deref()),
+        ("", Some("source gone"))
+    );
+    assert_eq!(claim("a", 0, 1701).expect("again").attempts, 3);
+    claim("a", 1, 1702).expect("another stripe");
+    drop(dir);
+    let dir = open();
+    let all = dir.rebuilds(None, 10).expect("list");
+    assert_eq!(
+        all.iter()
+            .map(|j| (j.stripe, j.attempts))
+            .collect::<Vec<_>>(),
+        vec![(0, 3), (1, 1)],
+        "kept across a reopen, in stripe order"
+    );
+    let first = dir.rebuilds(None, 1).expect("page");
+    let rest = dir
+        .rebuilds(Some((vid, first[0].stripe)), 10)
+        .expect("page");
+    assert_eq!((first.len(), rest.len(), rest[0].stripe), (1, 1, 1));
+    // Done: removed; a run-out job dropped; dropping nothing is no error.
+    let done = dir.end_rebuild(
+        vid,
+        0,
+        &EndRequest {
+            owner: "a".into(),
+            error: None,
+        },
+        1800,
+    );
+    assert_eq!(done.expect("end"), None);
+    dir.drop_rebuild(vid, 1, 5000).expect("drop run out");
+    dir.drop_rebuild(vid, 1, 5000).expect("drop none");
+    assert!(dir.rebuilds(None, 10).expect("list").is_empty());
 }
 
 pub fn migration_claims(open: Open<'_>) {

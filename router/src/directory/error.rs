@@ -72,11 +72,14 @@ pub enum DirectoryError {
         /// The volume.
         volume: u32,
     },
-    /// Another migrator holds the volume's migration job.
-    #[error("volume {volume}'s migration is claimed by {owner} until {until_ms}")]
+    /// Another migrator (coordinator) holds the volume's migration (a
+    /// stripe's rebuild) job, or the caller's claim is gone.
+    #[error("volume {volume}'s {job} is claimed by {owner:?} until {until_ms}")]
     JobClaimed {
         /// The volume.
         volume: u32,
+        /// Which job (`migration`, `stripe 3 rebuild`).
+        job: String,
         /// The claim's holder.
         owner: String,
         /// When the claim runs out, ms since the UNIX epoch.

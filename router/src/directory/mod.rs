@@ -228,11 +228,62 @@ pub trait Directory: Send + Sync {
     /// ([`DirectoryError::Conflict`] otherwise, or if the node holds
     /// another block of the stripe), damage reported before
     /// `request.started_ms` is cleared, and the tolerance recomputed.
+    /// Refused unless `request.owner` holds the stripe's rebuild job at
+    /// `now_ms` and its plan moves this block from `request.from` to
+    /// `request.node` ([`DirectoryError::JobClaimed`], `BadRequest`).
     fn record_rebuilt_block(
         &self,
         id: u32,
         request: &types::RebuiltBlockRequest,
+        now_ms: u64,
     ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Claims the rebuild job of stripe `stripe` of volume `id` with
+    /// `request`'s plan until `now_ms + lease_ms`: a new job, or one
+    /// released or whose claim ran out (an attempt more). Each block's
+    /// `from` must be the node the record names and no `to` may hold
+    /// another block of the stripe ([`DirectoryError::PlacementConflict`]);
+    /// a live claim, even the owner's own, is
+    /// [`DirectoryError::JobClaimed`].
+    fn claim_rebuild(
+        &self,
+        id: u32,
+        stripe: u64,
+        request: &types::RebuildClaimRequest,
+        now_ms: u64,
+    ) -> Result<types::RebuildJob, DirectoryError>;
+
+    /// Renews the holder's claim ([`DirectoryError::JobClaimed`] if it is
+    /// not, or no longer, the holder's).
+    fn renew_rebuild(
+        &self,
+        id: u32,
+        stripe: u64,
+        request: &types::RenewRequest,
+        now_ms: u64,
+    ) -> Result<types::RebuildJob, DirectoryError>;
+
+    /// Ends the holder's attempt: done (the job is removed; `None`), or
+    /// failed (kept with its error, its claim released).
+    fn end_rebuild(
+        &self,
+        id: u32,
+        stripe: u64,
+        request: &types::EndRequest,
+        now_ms: u64,
+    ) -> Result<Option<types::RebuildJob>, DirectoryError>;
+
+    /// Removes a job no one holds (its stripe needs it no more); a live
+    /// claim is [`DirectoryError::JobClaimed`]; no job is no error.
+    fn drop_rebuild(&self, id: u32, stripe: u64, now_ms: u64) -> Result<(), DirectoryError>;
+
+    /// Up to `limit` rebuild jobs after `(volume, stripe)` `after`, in
+    /// that order.
+    fn rebuilds(
+        &self,
+        after: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<Vec<types::RebuildJob>, DirectoryError>;
 
     /// Replaces journal holder `node` (lost) by `request.node`, which is
     /// marked stale until it has merged the others' journals (its index is

@@ -31,14 +31,15 @@ use serde::{Deserialize, Serialize};
 
 use super::client::valid_node_id;
 use super::types::{
-    DamagedBlock, DamagedBlockRequest, KeyLease, LogicalVolume, MigrationJob, MigrationStep,
-    NodeRecord, NodeRegistration, NodeRole, NodeState, OWNERSHIP_CLAIMS_MAX, PlaceRequest,
-    RebuiltBlockRequest, ReplaceHolderRequest, StepRequest, VolumeClaim, VolumeOwner, VolumeState,
-    WarmVolume,
+    DamagedBlock, DamagedBlockRequest, EndRequest, KeyLease, LogicalVolume, MigrationJob,
+    MigrationStep, NodeRecord, NodeRegistration, NodeRole, NodeState, OWNERSHIP_CLAIMS_MAX,
+    PlaceRequest, RebuildClaimRequest, RebuildJob, RebuiltBlockRequest, RenewRequest,
+    ReplaceHolderRequest, StepRequest, VolumeClaim, VolumeOwner, VolumeState, WarmVolume,
 };
 use super::{DamagedNeedle, Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
 mod damaged;
+mod rebuilds;
 
 /// File name of the database inside the directory's data dir.
 pub const DIRECTORY_FILE_NAME: &str = "directory.redb";
@@ -103,6 +104,32 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, D
         }
         v => Err(corrupt(format!("unknown record version {v}"))),
     }
+}
+
+/// Up to `limit` values of a `(volume, u64)`-keyed table after key
+/// `after`, decoded.
+fn page_after<T: DeserializeOwned>(
+    table: &impl ReadableTable<(u32, u64), &'static [u8]>,
+    name: &'static str,
+    after: Option<(u32, u64)>,
+    limit: usize,
+) -> Result<Vec<T>, DirectoryError> {
+    let range = match after {
+        Some((volume, key)) => match key.checked_add(1) {
+            Some(next) => table.range((volume, next)..)?,
+            None => match volume.checked_add(1) {
+                Some(next) => table.range((next, 0)..)?,
+                None => return Ok(Vec::new()),
+            },
+        },
+        None => table.range::<(u32, u64)>(..)?,
+    };
+    let mut values = Vec::new();
+    for entry in range.take(limit) {
+        let (_, value) = entry?;
+        values.push(decode(name, value.value())?);
+    }
+    Ok(values)
 }
 
 /// The redb-backed directory. Cheap to share behind an `Arc`.
@@ -234,6 +261,7 @@ impl RedbDirectory {
             txn.open_table(WARM_VOLUMES)?;
             txn.open_table(MIGRATION_JOBS)?;
             txn.open_table(damaged::DAMAGED_NEEDLES)?;
+            txn.open_table(rebuilds::REBUILD_JOBS)?;
         }
         txn.commit()?;
         Ok(Self {
@@ -1087,8 +1115,10 @@ impl Directory for RedbDirectory {
         &self,
         id: u32,
         request: &RebuiltBlockRequest,
+        now_ms: u64,
     ) -> Result<LogicalVolume, DirectoryError> {
         self.write(|txn| {
+            rebuilds::ensure_planned(txn, id, request, now_ms)?;
             let mut volume = get_volume(txn, id)?;
             let nodes = all_nodes(&txn.open_table(NODES)?)?;
             ensure_storage_node(&nodes, &request.node)?;
@@ -1207,6 +1237,7 @@ impl Directory for RedbDirectory {
                 Some(job) if !job.step.is_final() && job.lease_until_ms > now_ms => {
                     return Err(DirectoryError::JobClaimed {
                         volume: id,
+                        job: "migration".into(),
                         owner: job.owner,
                         until_ms: job.lease_until_ms,
                     });
@@ -1260,6 +1291,7 @@ impl Directory for RedbDirectory {
             if job.owner != request.owner || job.step.is_final() {
                 return Err(DirectoryError::JobClaimed {
                     volume: id,
+                    job: "migration".into(),
                     owner: job.owner,
                     until_ms: job.lease_until_ms,
                 });
@@ -1276,6 +1308,48 @@ impl Directory for RedbDirectory {
             table.insert(id, encode(&job).as_slice())?;
             Ok(job)
         })
+    }
+
+    fn claim_rebuild(
+        &self,
+        id: u32,
+        stripe: u64,
+        request: &RebuildClaimRequest,
+        now_ms: u64,
+    ) -> Result<RebuildJob, DirectoryError> {
+        self.claim_rebuild_job(id, stripe, request, now_ms)
+    }
+
+    fn renew_rebuild(
+        &self,
+        id: u32,
+        stripe: u64,
+        request: &RenewRequest,
+        now_ms: u64,
+    ) -> Result<RebuildJob, DirectoryError> {
+        self.renew_rebuild_job(id, stripe, request, now_ms)
+    }
+
+    fn end_rebuild(
+        &self,
+        id: u32,
+        stripe: u64,
+        request: &EndRequest,
+        now_ms: u64,
+    ) -> Result<Option<RebuildJob>, DirectoryError> {
+        self.end_rebuild_job(id, stripe, request, now_ms)
+    }
+
+    fn drop_rebuild(&self, id: u32, stripe: u64, now_ms: u64) -> Result<(), DirectoryError> {
+        self.drop_rebuild_job(id, stripe, now_ms)
+    }
+
+    fn rebuilds(
+        &self,
+        after: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<Vec<RebuildJob>, DirectoryError> {
+        self.list_rebuild_jobs(after, limit)
     }
 
     fn list_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryError> {

@@ -27,10 +27,10 @@ use haystack::http::ServerLimits;
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
-    ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, ErrorBody,
-    FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration, OwnershipRequest,
-    PlaceRequest, RebuiltBlockRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
-    StepRequest,
+    ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, EndRequest,
+    ErrorBody, FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration, OwnershipRequest,
+    PlaceRequest, RebuildClaimRequest, RebuildPage, RebuildQuery, RebuiltBlockRequest,
+    RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest,
 };
 use super::{Directory, DirectoryError, LogicalVolume, RedbDirectory, now_ms};
 
@@ -203,6 +203,14 @@ struct BodyLimit(usize);
 fn parse_vid(text: &str) -> Result<u32, DirectoryError> {
     text.parse()
         .map_err(|_| DirectoryError::BadRequest(format!("volume id {text:?} is not a u32")))
+}
+
+/// A `{vid}/rebuilds/{stripe}` path's volume and stripe.
+fn parse_stripe(vid: &str, stripe: &str) -> Result<(u32, u64), DirectoryError> {
+    let stripe = stripe
+        .parse()
+        .map_err(|_| DirectoryError::BadRequest(format!("stripe {stripe:?} is not a u64")))?;
+    Ok((parse_vid(vid)?, stripe))
 }
 
 async fn health() -> impl IntoResponse {
@@ -506,11 +514,88 @@ async fn record_rebuilt_block(
 ) -> Result<Response, DirectoryError> {
     let vid = parse_vid(&vid)?;
     let (stripe, block, node) = (request.stripe, request.block, request.node.clone());
+    let now = now_ms();
     let volume = state
-        .blocking(move |d| d.record_rebuilt_block(vid, &request))
+        .blocking(move |d| d.record_rebuilt_block(vid, &request, now))
         .await?;
     tracing::info!(volume = vid, stripe, block, node = %node, "rebuilt block recorded");
     Ok(axum::Json(volume).into_response())
+}
+
+/// `POST /volumes/{vid}/rebuilds/{stripe}/claim`: a coordinator claims a
+/// stripe's rebuild job with its plan.
+async fn claim_rebuild(
+    State(state): State<AppState>,
+    Path((vid, stripe)): Path<(String, String)>,
+    JsonBody(request): JsonBody<RebuildClaimRequest>,
+) -> Result<Response, DirectoryError> {
+    let (vid, stripe) = parse_stripe(&vid, &stripe)?;
+    let now = now_ms();
+    let job = state
+        .blocking(move |d| d.claim_rebuild(vid, stripe, &request, now))
+        .await?;
+    tracing::info!(volume = vid, stripe, owner = %job.owner, attempt = job.attempts,
+        blocks = ?job.blocks, "rebuild claimed");
+    Ok(axum::Json(job).into_response())
+}
+
+/// `POST /volumes/{vid}/rebuilds/{stripe}/renew`.
+async fn renew_rebuild(
+    State(state): State<AppState>,
+    Path((vid, stripe)): Path<(String, String)>,
+    JsonBody(request): JsonBody<RenewRequest>,
+) -> Result<Response, DirectoryError> {
+    let (vid, stripe) = parse_stripe(&vid, &stripe)?;
+    let now = now_ms();
+    let job = state
+        .blocking(move |d| d.renew_rebuild(vid, stripe, &request, now))
+        .await?;
+    Ok(axum::Json(job).into_response())
+}
+
+/// `POST /volumes/{vid}/rebuilds/{stripe}/end`: the job is done (answers
+/// `null`) or its attempt failed (answers the job, released).
+async fn end_rebuild(
+    State(state): State<AppState>,
+    Path((vid, stripe)): Path<(String, String)>,
+    JsonBody(request): JsonBody<EndRequest>,
+) -> Result<Response, DirectoryError> {
+    let (vid, stripe) = parse_stripe(&vid, &stripe)?;
+    let now = now_ms();
+    let job = state
+        .blocking(move |d| d.end_rebuild(vid, stripe, &request, now))
+        .await?;
+    tracing::info!(volume = vid, stripe, error = ?job.as_ref().and_then(|j| j.last_error.as_ref()),
+        "rebuild ended");
+    Ok(axum::Json(job).into_response())
+}
+
+/// `DELETE /volumes/{vid}/rebuilds/{stripe}`: a job no one holds goes.
+async fn drop_rebuild(
+    State(state): State<AppState>,
+    Path((vid, stripe)): Path<(String, String)>,
+) -> Result<Response, DirectoryError> {
+    let (vid, stripe) = parse_stripe(&vid, &stripe)?;
+    let now = now_ms();
+    state
+        .blocking(move |d| d.drop_rebuild(vid, stripe, now))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /rebuilds?after_volume=V&after_stripe=S&limit=N`.
+async fn list_rebuilds(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<RebuildQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, DirectoryError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
+    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
+    let jobs = state.blocking(move |d| d.rebuilds(after, limit)).await?;
+    let next_after = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| (j.volume, j.stripe)))
+        .flatten();
+    Ok(axum::Json(RebuildPage { jobs, next_after }).into_response())
 }
 
 /// `POST /volumes/{vid}/holders/{node}/replace`: a lost journal holder's
@@ -671,6 +756,20 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
         )
         .route("/volumes/{vid}/blocks/damaged", post(report_damaged_block))
         .route("/volumes/{vid}/blocks/rebuilt", post(record_rebuilt_block))
+        .route(
+            "/volumes/{vid}/rebuilds/{stripe}",
+            axum::routing::delete(drop_rebuild),
+        )
+        .route(
+            "/volumes/{vid}/rebuilds/{stripe}/claim",
+            post(claim_rebuild),
+        )
+        .route(
+            "/volumes/{vid}/rebuilds/{stripe}/renew",
+            post(renew_rebuild),
+        )
+        .route("/volumes/{vid}/rebuilds/{stripe}/end", post(end_rebuild))
+        .route("/rebuilds", get(list_rebuilds))
         .route("/volumes/{vid}/migration/claim", post(claim_migration))
         .route("/volumes/{vid}/migration/step", post(migration_step))
         .route("/migrations", get(list_migrations))

@@ -458,6 +458,147 @@ pub struct RebuiltBlockRequest {
     pub node: String,
     /// When the rebuild started: damage reported after it stays recorded.
     pub started_ms: u64,
+    /// The holder of the stripe's rebuild job ([`RebuildJob`]), whose plan
+    /// names this block: only a live claim records.
+    pub owner: String,
+}
+
+/// One block of a [`RebuildJob`]: where the record has it, where it goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobBlock {
+    /// Its index in the stripe.
+    pub block: u32,
+    /// The node the record names.
+    pub from: String,
+    /// The node it is written to (`from` itself for a replaced disk).
+    pub to: String,
+}
+
+/// A stripe's rebuild (or a balancer's move), persisted in the directory.
+/// A coordinator claims it with a lease and renews it while it runs; a job
+/// whose lease ran out, or that failed, is taken up again by the next pass
+/// of any coordinator, onto the same nodes while they still fit, so that a
+/// target's finished block is overwritten rather than left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildJob {
+    /// The volume.
+    pub volume: u32,
+    /// The stripe.
+    pub stripe: u64,
+    /// The encode generation rebuilt.
+    pub generation: u64,
+    /// The blocks and where they go.
+    pub blocks: Vec<JobBlock>,
+    /// A move restoring the rack rule, not a repair.
+    pub balance: bool,
+    /// The coordinator holding the claim (empty once released).
+    pub owner: String,
+    /// Until when the claim holds, ms since the UNIX epoch.
+    pub lease_until_ms: u64,
+    /// First claimed.
+    pub started_ms: u64,
+    /// Last claim, renewal or release.
+    pub updated_ms: u64,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl RebuildJob {
+    /// Whether a coordinator holds it at `now_ms`.
+    pub fn is_claimed(&self, now_ms: u64) -> bool {
+        !self.owner.is_empty() && self.lease_until_ms > now_ms
+    }
+}
+
+/// Body of `POST /volumes/{vid}/rebuilds/{stripe}/claim`: a coordinator
+/// claims the stripe's rebuild job with this plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildClaimRequest {
+    /// The coordinator claiming it.
+    pub owner: String,
+    /// How long the claim holds unless renewed.
+    pub lease_ms: u64,
+    /// The encode generation to rebuild.
+    pub generation: u64,
+    /// The blocks and where they go (1 to k + m, each `from` the node the
+    /// record names now, each `to` holding no other block of the stripe).
+    pub blocks: Vec<JobBlock>,
+    /// A move restoring the rack rule.
+    #[serde(default)]
+    pub balance: bool,
+}
+
+/// Body of `POST /volumes/{vid}/rebuilds/{stripe}/renew`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// The claim's holder.
+    pub owner: String,
+    /// The claim's renewal.
+    pub lease_ms: u64,
+}
+
+/// Body of `POST /volumes/{vid}/rebuilds/{stripe}/end`: done (the job is
+/// removed), or failed (kept, released, for the next pass).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndRequest {
+    /// The claim's holder.
+    pub owner: String,
+    /// Why the attempt failed; `None` when it is done.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Most jobs of one `GET /rebuilds` page, and the default.
+pub const REBUILD_PAGE_MAX: usize = 1024;
+
+/// Query of `GET /rebuilds`: `after_volume` and `after_stripe` together or
+/// not at all, and `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildQuery {
+    /// Jobs after this volume's...
+    pub after_volume: Option<u32>,
+    /// ...job of this stripe.
+    pub after_stripe: Option<u64>,
+    /// At most this many jobs (1 to [`REBUILD_PAGE_MAX`]).
+    pub limit: Option<usize>,
+}
+
+impl RebuildQuery {
+    /// The `(volume, stripe)` to list after and the limit, checked.
+    pub fn page(&self) -> Result<(Option<(u32, u64)>, usize), String> {
+        let after = match (self.after_volume, self.after_stripe) {
+            (Some(volume), Some(stripe)) => Some((volume, stripe)),
+            (None, None) => None,
+            _ => return Err("after_volume and after_stripe go together".into()),
+        };
+        Ok((after, page_limit(self.limit, REBUILD_PAGE_MAX)?))
+    }
+}
+
+/// A page of `GET /rebuilds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildPage {
+    /// Jobs in `(volume, stripe)` order.
+    pub jobs: Vec<RebuildJob>,
+    /// Ask again after this `(volume, stripe)` for the next page; `None` at
+    /// the end.
+    pub next_after: Option<(u32, u64)>,
+}
+
+/// A page's `limit`: `max` when absent, else 1 to `max`.
+fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, String> {
+    match limit.unwrap_or(max) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        _ => Err(format!("limit must be 1 to {max}")),
+    }
 }
 
 /// Body of `POST /volumes/{vid}/holders/{node}/replace`.
@@ -594,11 +735,7 @@ impl DamagedQuery {
             (None, None) => None,
             _ => return Err("after_volume and after_key go together".into()),
         };
-        let limit = self.limit.unwrap_or(DAMAGED_PAGE_MAX);
-        if limit == 0 || limit > DAMAGED_PAGE_MAX {
-            return Err(format!("limit must be 1 to {DAMAGED_PAGE_MAX}"));
-        }
-        Ok((after, limit))
+        Ok((after, page_limit(self.limit, DAMAGED_PAGE_MAX)?))
     }
 }
 

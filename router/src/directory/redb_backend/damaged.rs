@@ -3,7 +3,7 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{RedbDirectory, decode, encode, ensure_replica, get_volume};
+use super::{RedbDirectory, decode, encode, ensure_replica, get_volume, page_after};
 use crate::api::id::BlobId;
 use crate::directory::DirectoryError;
 use crate::directory::types::DamagedNeedle;
@@ -73,25 +73,7 @@ impl RedbDirectory {
         after: Option<(u32, u64)>,
         limit: usize,
     ) -> Result<Vec<DamagedNeedle>, DirectoryError> {
-        self.read(|txn| {
-            let table = txn.open_table(DAMAGED_NEEDLES)?;
-            let range = match after {
-                Some((volume, key)) => match key.checked_add(1) {
-                    Some(next) => table.range((volume, next)..)?,
-                    None => match volume.checked_add(1) {
-                        Some(next) => table.range((next, 0)..)?,
-                        None => return Ok(Vec::new()),
-                    },
-                },
-                None => table.range::<(u32, u64)>(..)?,
-            };
-            let mut needles = Vec::new();
-            for entry in range.take(limit) {
-                let (_, value) = entry?;
-                needles.push(decode(TABLE, value.value())?);
-            }
-            Ok(needles)
-        })
+        self.read(|txn| page_after(&txn.open_table(DAMAGED_NEEDLES)?, TABLE, after, limit))
     }
 
     pub(super) fn resolve_damaged(
