@@ -176,9 +176,14 @@ impl StorageClient {
     }
 
     /// Copies this node's file of `block` to `target`, which checks it as
-    /// any block `PUT` (header, every chunk's CRC), syncs and renames it;
-    /// the bytes copied.
-    pub async fn copy_block_to(&self, block: BlockId, target: &StorageClient) -> Result<u64> {
+    /// any block `PUT` (header, every chunk's CRC), syncs and renames it, at
+    /// up to `bytes_per_second` (0: no limit); the bytes copied.
+    pub async fn copy_block_to(
+        &self,
+        block: BlockId,
+        target: &StorageClient,
+        bytes_per_second: u64,
+    ) -> Result<u64> {
         let url = format!(
             "/blocks/{}/{}/{}/{}",
             block.volume, block.generation, block.stripe, block.block
@@ -189,10 +194,18 @@ impl StorageClient {
         let len = response
             .content_length()
             .ok_or_else(|| ClientError::Answer("a block file without a length".into()))?;
-        let body =
-            futures::StreamExt::boxed(futures::StreamExt::map(response.bytes_stream(), |chunk| {
-                chunk.map_err(std::io::Error::other)
-            }));
+        let pace = crate::pace::Pace::new(bytes_per_second);
+        let paced = futures::stream::unfold(
+            (response.bytes_stream(), pace),
+            |(mut chunks, mut pace)| async move {
+                let chunk = futures::StreamExt::next(&mut chunks).await?;
+                if let Ok(chunk) = &chunk {
+                    pace.take(chunk.len() as u64).await;
+                }
+                Some((chunk.map_err(std::io::Error::other), (chunks, pace)))
+            },
+        );
+        let body = futures::StreamExt::boxed(paced);
         target
             .put_block_body(
                 block.volume,

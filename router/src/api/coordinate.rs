@@ -667,8 +667,9 @@ async fn mend_holders<'a>(
 }
 
 /// Carries out a balancer's move: each block's file copied from its node
-/// to the new one (which checks every chunk), recorded, and the old copy
-/// removed. A copy, not a rebuild: a move never trusts other blocks.
+/// to the new one (which checks every chunk) at the rebuild rate,
+/// recorded, and the old copy removed. A copy, not a rebuild: a move never
+/// trusts other blocks.
 async fn move_blocks(
     state: &AppState,
     job: &StripeJob,
@@ -695,7 +696,7 @@ async fn move_blocks(
         };
         let moved = async {
             let len = source
-                .copy_block_to(id, &target)
+                .copy_block_to(id, &target, state.config.rebuild_rate_bytes)
                 .await
                 .map_err(|e| e.to_string())?;
             let rebuilt = RebuiltBlockRequest {
@@ -1160,18 +1161,7 @@ mod tests {
 
     #[test]
     fn the_most_endangered_stripe_is_rebuilt_first() {
-        let geometry = f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry");
-        let warm = Arc::new(WarmVolume {
-            generation: 1,
-            geometry,
-            stripes: Vec::new(),
-            journal_holders: Vec::new(),
-            stale_holders: Vec::new(),
-            tolerated_rack_losses: 4,
-            needle_count: 0,
-            damaged_blocks: Vec::new(),
-            journal_open: false,
-        });
+        let warm = Arc::new(warm_record(1, Vec::new()));
         let job = |stripe: u64, balance: bool| StripeJob {
             volume: 1,
             warm: Arc::clone(&warm),
@@ -1213,18 +1203,26 @@ mod tests {
             size_bytes: 0,
             needle_count: 0,
             last_generation: 2,
-            warm: Some(WarmVolume {
-                generation: 2,
-                geometry: f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry"),
-                stripes: vec![(0..14).map(|n| format!("n{n}")).collect()],
-                journal_holders: Vec::new(),
-                stale_holders: Vec::new(),
-                tolerated_rack_losses: 4,
-                needle_count: 0,
-                damaged_blocks: Vec::new(),
-                journal_open: false,
-            }),
+            warm: Some(warm_record(
+                2,
+                vec![(0..14).map(|n| format!("n{n}")).collect()],
+            )),
             owner: None,
+        }
+    }
+
+    /// A warm record of `generation` placed on `stripes`.
+    fn warm_record(generation: u64, stripes: Vec<Vec<String>>) -> WarmVolume {
+        WarmVolume {
+            generation,
+            geometry: f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry"),
+            stripes,
+            journal_holders: Vec::new(),
+            stale_holders: Vec::new(),
+            tolerated_rack_losses: 4,
+            needle_count: 0,
+            damaged_blocks: Vec::new(),
+            journal_open: false,
         }
     }
 

@@ -493,6 +493,16 @@ fn warm_of(volume: &mut LogicalVolume, generation: u64) -> Result<&mut WarmVolum
         })
 }
 
+/// Refuses a job claim without an owner of 1 to 128 bytes or a lease.
+fn check_claim(owner: &str, lease_ms: u64) -> Result<(), DirectoryError> {
+    if owner.is_empty() || owner.len() > 128 || lease_ms == 0 {
+        return Err(DirectoryError::BadRequest(
+            "a claim needs an owner of 1 to 128 bytes and a positive lease".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a node that is not a registered f4 storage node.
 fn ensure_storage_node(nodes: &[NodeRecord], node: &str) -> Result<(), DirectoryError> {
     if nodes
@@ -1219,11 +1229,7 @@ impl Directory for RedbDirectory {
         lease_ms: u64,
         now_ms: u64,
     ) -> Result<MigrationJob, DirectoryError> {
-        if owner.is_empty() || owner.len() > 128 || lease_ms == 0 {
-            return Err(DirectoryError::BadRequest(
-                "a claim needs an owner of 1 to 128 bytes and a positive lease".into(),
-            ));
-        }
+        check_claim(owner, lease_ms)?;
         self.write(|txn| {
             get_volume(txn, id)?;
             let mut table = txn.open_table(MIGRATION_JOBS)?;

@@ -4,7 +4,8 @@
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    RedbDirectory, all_nodes, decode, encode, ensure_storage_node, get_volume, page_after,
+    RedbDirectory, all_nodes, check_claim, decode, encode, ensure_storage_node, get_volume,
+    page_after,
 };
 use crate::directory::DirectoryError;
 use crate::directory::types::{
@@ -15,9 +16,6 @@ pub(super) const REBUILD_JOBS: TableDefinition<(u32, u64), &[u8]> =
     TableDefinition::new("rebuild_jobs");
 
 const TABLE: &str = "rebuild_jobs";
-
-/// Longest owner name a claim takes.
-const OWNER_MAX: usize = 128;
 
 fn get(txn: &WriteTransaction, id: u32, stripe: u64) -> Result<Option<RebuildJob>, DirectoryError> {
     let table = txn.open_table(REBUILD_JOBS)?;
@@ -67,11 +65,7 @@ impl RedbDirectory {
         request: &RebuildClaimRequest,
         now_ms: u64,
     ) -> Result<RebuildJob, DirectoryError> {
-        if request.owner.is_empty() || request.owner.len() > OWNER_MAX || request.lease_ms == 0 {
-            return Err(DirectoryError::BadRequest(format!(
-                "a claim needs an owner of 1 to {OWNER_MAX} bytes and a positive lease"
-            )));
-        }
+        check_claim(&request.owner, request.lease_ms)?;
         self.write(|txn| {
             let volume = get_volume(txn, id)?;
             let nodes = all_nodes(&txn.open_table(super::NODES)?)?;
