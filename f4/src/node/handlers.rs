@@ -159,8 +159,8 @@ async fn get_block(
 }
 
 /// `DELETE /blocks/{vid}/{gen}/{stripe}/{block}`: removes the block's file
-/// (a copy the directory no longer names, once a balancer moved it): `204`,
-/// also when absent.
+/// (a copy the directory no longer names: a moved block's old copy, an
+/// orphan the coordinator found): `204`, also when absent.
 async fn delete_block(
     State(state): State<NodeState>,
     path: Result<Path<(u32, u64, u64, u32)>, PathRejection>,

@@ -1,8 +1,9 @@
 //! The coordinator (role `coordinator`): finds what the warm tier has lost
 //! and has rebuilders restore it.
 //!
-//! A pass lists the nodes and volumes and every `up` storage node's block
-//! inventory, then looks at each block of each warm volume:
+//! A pass lists the nodes, every `up` storage node's block inventory, the
+//! rebuild jobs and the volumes, then looks at each block of each warm
+//! volume:
 //!
 //! - on a node silent for at least [`RouterConfig::rebuild_after_ms`]
 //!   (lost): rebuilt onto another node, in the rack with the fewest of
@@ -21,25 +22,33 @@
 //!
 //! Jobs: every rebuild (and move) is a job in the directory, claimed with
 //! its plan under a lease ([`RouterConfig::migration_lease_ms`], renewed
-//! every third of it while it runs), so two coordinators never run one
-//! stripe at once, and only the claim's holder can record its blocks. A
+//! every third of it while it runs; a claim lost meanwhile stops the
+//! attempt), each claim under an owner name of its own, so two attempts
+//! never run one stripe at once, and only the live claim can record its
+//! blocks. A stripe another coordinator holds is counted, not planned. A
 //! job that failed, or whose coordinator died, is taken up again by the
 //! next pass of any coordinator onto the same nodes while they still fit
-//! (a target's finished block is overwritten, not left behind); one whose
-//! stripe needs it no more is dropped.
+//! (a target's finished block is overwritten, not left behind), for
+//! [`RESUMED_ATTEMPTS`] attempts, then planned afresh; at equal danger,
+//! stripes that failed more often wait behind the others. A job no one
+//! holds whose stripe needs nothing now is dropped (if still the attempt
+//! the pass read).
 //!
-//! Orphans: a block file of a warm volume that its record does not name
-//! there (an older generation, a rebuild recorded elsewhere, a node back
-//! after its blocks were rebuilt, a moved block's old copy) and that no job
-//! plans is removed. A pass reads the inventories, then the jobs, then the
-//! records, so a block written by a job is either still planned or already
-//! recorded by the time the pass judges it.
+//! Orphans: after its rebuilds, a pass removes block files of warm volumes
+//! that their record does not name where they lie (an older generation, a
+//! rebuild never recorded, a node back after its blocks were rebuilt, a
+//! moved block's old copy), in stripes without a job, a stripe at a time
+//! under a fence: a claim of the stripe with no plan, which no rebuild can
+//! hold at once, under which the record is read again and every file
+//! judged again. Files of volumes being sealed, or of a later generation,
+//! are the migrator's and stay.
 //!
 //! Balancer: a stripe whole and up, with two blocks in one rack (a rebuild
 //! that had no better place, a rack relabelled), has one of them moved to
-//! an `up` node in a rack holding none of the stripe once there is one: it
-//! is rebuilt there from the others (at the rebuild rate), recorded, and
-//! its old copy removed. Moves come after every repair.
+//! an `up` node in a rack holding none of the stripe once there is one: its
+//! file is copied there (at the rebuild rate; the node checks every
+//! chunk), recorded, and its old copy removed. Moves come after every
+//! repair.
 //!
 //! Journal holders: a lost holder's place goes to another node, marked
 //! stale, so the directory's repair pass has it copy the index and merge
@@ -55,6 +64,7 @@
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -81,6 +91,18 @@ const INVENTORIES_AT_ONCE: usize = 8;
 /// Stripes one pass rebuilds, per rebuild it runs at once: then the cell
 /// is looked at again, so a new loss is not left behind a long queue.
 const STRIPES_PER_PASS_PER_SLOT: usize = 4;
+/// Attempts after which a failed job is planned afresh rather than
+/// resumed (its target may be what fails it).
+const RESUMED_ATTEMPTS: u32 = 3;
+/// Stripes whose orphan copies one pass removes, so that a node back with
+/// a disk full of them does not hold up the next pass's rebuilds.
+const ORPHAN_STRIPES_PER_PASS: usize = 64;
+/// Jobs a report lists (`job_count` counts them all).
+const REPORTED_JOBS: usize = 100;
+
+/// Claims this process made: each claim's owner name is its own, so that
+/// an attempt that outlived its claim can never act under a later one.
+static CLAIMS: AtomicU64 = AtomicU64::new(0);
 
 /// Why a block is rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,8 +212,11 @@ pub struct RepairReport {
     pub holders_marked_stale: usize,
     /// What could not be planned (no node for a block, no rebuilder up).
     pub problems: Vec<String>,
-    /// The rebuild jobs in the directory when the pass began.
+    /// The rebuild jobs in the directory when the pass began (the first
+    /// [`REPORTED_JOBS`]).
     pub jobs: Vec<RebuildJob>,
+    /// How many there were.
+    pub job_count: usize,
     /// Block files removed that no record names and no job plans.
     pub orphans_removed: usize,
 }
@@ -206,6 +231,8 @@ struct StripeJob {
     /// A move to restore the rack rule: the old copy is removed once the
     /// new one is recorded.
     balance: bool,
+    /// Attempts the stripe's job in the directory made before (0: none).
+    attempts: u32,
 }
 
 impl StripeJob {
@@ -445,12 +472,12 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                 }
             }
             let held = held_by_stripe.get(&(volume.id, stripe)).copied();
-            if held.is_some_and(|job| job.is_claimed(now)) {
-                // Another coordinator runs it.
-                continue;
-            }
+            // Another coordinator runs it: counted, not planned.
+            let elsewhere = held.is_some_and(|job| job.is_claimed(now));
+            let attempts = held.map_or(0, |job| job.attempts);
             if missing.is_empty() {
                 if unavailable.is_empty()
+                    && !elsewhere
                     && let Some(target) = cell.balance(members)
                 {
                     let targets = vec![target];
@@ -460,6 +487,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                         stripe,
                         targets: resume(held, &warm, stripe, targets, true, &cell),
                         balance: true,
+                        attempts,
                     });
                 }
                 continue;
@@ -476,7 +504,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             missing.sort_by_key(|(block, loss)| (*loss == Loss::Damaged, *block));
             let m = usize::from(warm.geometry.parity_blocks);
             let mut targets = Vec::new();
-            for (block, loss) in missing.iter().take(m) {
+            for (block, loss) in missing.iter().take(if elsewhere { 0 } else { m }) {
                 let from = members[*block as usize].clone();
                 let to = match loss {
                     Loss::NodeLost => match cell.replacement(&group) {
@@ -513,15 +541,18 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                     stripe,
                     targets: resume(held, &warm, stripe, targets, false, &cell),
                     balance: false,
+                    attempts,
                 });
             }
         }
     }
     most_endangered_first(&mut jobs, &mut report.endangered);
-    report.jobs = held;
+    report.job_count = held.len();
+    report.jobs = held.iter().take(REPORTED_JOBS).cloned().collect();
     Ok(Audit {
         report,
         jobs,
+        held,
         nodes,
         volumes,
         inventories,
@@ -532,6 +563,8 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
 struct Audit {
     report: RepairReport,
     jobs: Vec<StripeJob>,
+    /// The jobs in the directory.
+    held: Vec<RebuildJob>,
     nodes: Vec<NodeRecord>,
     volumes: Vec<LogicalVolume>,
     inventories: Inventories,
@@ -550,7 +583,9 @@ fn resume(
     balance: bool,
     cell: &Cell<'_>,
 ) -> Vec<(u32, String, String)> {
-    let Some(job) = held.filter(|j| j.generation == warm.generation && j.balance == balance) else {
+    let Some(job) = held.filter(|j| {
+        j.generation == warm.generation && j.balance == balance && j.attempts < RESUMED_ATTEMPTS
+    }) else {
         return planned;
     };
     let members = &warm.stripes[stripe as usize];
@@ -560,20 +595,13 @@ fn resume(
     wanted.sort_unstable();
     let fits = blocks == wanted
         && job.blocks.iter().all(|b| {
-            let others = members
-                .iter()
-                .zip(0u32..)
-                .filter(|(_, i)| *i != b.block)
-                .map(|(n, _)| n)
-                .chain(
-                    job.blocks
-                        .iter()
-                        .filter(|o| o.block != b.block)
-                        .map(|o| &o.to),
-                );
             members.get(b.block as usize) == Some(&b.from)
                 && cell.up(&b.to).is_some()
-                && others.into_iter().all(|n| *n != b.to)
+                && warm.other_block_on(stripe, b.block, &b.to).is_none()
+                && !job
+                    .blocks
+                    .iter()
+                    .any(|o| o.block != b.block && o.to == b.to)
         });
     if !fits {
         return planned;
@@ -586,7 +614,9 @@ fn resume(
 
 /// Orders `endangered` and the `jobs` of their stripes by blocks missing or
 /// unavailable, most first (a stripe short of three blocks before one
-/// short of one); moves, whose stripes lack nothing, come last.
+/// short of one; at equal danger, one that failed fewer times first, so
+/// that stripes that keep failing cannot take every slot); moves, whose
+/// stripes lack nothing, come last.
 fn most_endangered_first(jobs: &mut [StripeJob], endangered: &mut [EndangeredStripe]) {
     let danger = |e: &EndangeredStripe| e.missing.len() + e.unavailable.len();
     let of_job = |job: &StripeJob| {
@@ -595,7 +625,7 @@ fn most_endangered_first(jobs: &mut [StripeJob], endangered: &mut [EndangeredStr
             .find(|e| (e.volume, e.stripe) == (job.volume, job.stripe))
             .map_or(0, danger)
     };
-    jobs.sort_by_key(|job| Reverse(of_job(job)));
+    jobs.sort_by_key(|job| (Reverse(of_job(job)), job.attempts));
     endangered.sort_by_key(|e| Reverse(danger(e)));
 }
 
@@ -842,12 +872,25 @@ async fn rebuild_stripe(
     outcome
 }
 
-/// One pass: the audit, then (`act`) its orphans removed, the jobs the
-/// cell needs no more dropped, and its rebuilds run; or only the audit.
+/// One pass: the audit, then (`act`) the jobs the cell needs no more
+/// dropped, its rebuilds run and its orphans removed; or only the audit.
+/// A process runs one acting pass at a time.
 pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, ApiError> {
+    let _running = if act {
+        Some(
+            state
+                .repair_passes
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Internal("the repair pass lock is closed".into()))?,
+        )
+    } else {
+        None
+    };
     let Audit {
         mut report,
         mut jobs,
+        held,
         nodes,
         volumes,
         inventories,
@@ -856,45 +899,54 @@ pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, Ap
     if !act {
         return Ok(report);
     }
-    report.orphans_removed =
-        remove_orphans(state, &nodes, &volumes, &inventories, &report.jobs).await;
-    drop_unneeded_jobs(state, &report.jobs, &jobs).await;
+    drop_unneeded_jobs(state, &held, &report).await;
     jobs.truncate(state.config.max_rebuilds.max(1) * STRIPES_PER_PASS_PER_SLOT);
-    if jobs.is_empty() {
-        return Ok(report);
-    }
     let rebuilders = up_rebuilders(&nodes);
-    if rebuilders.is_empty() {
+    if rebuilders.is_empty() && !jobs.is_empty() {
         report
             .problems
             .push(format!("{} stripes wait: no rebuilder is up", jobs.len()));
-        return Ok(report);
+    } else if !jobs.is_empty() {
+        let (nodes, rebuilders) = (&nodes, &rebuilders);
+        let outcomes: Vec<Option<RebuildOutcome>> =
+            futures::stream::iter(jobs.into_iter().enumerate())
+                .map(|(i, job)| async move {
+                    let rebuilder = rebuilders[i % rebuilders.len()];
+                    run_job(state, job, nodes, rebuilder).await
+                })
+                .buffer_unordered(state.config.max_rebuilds.max(1))
+                .collect()
+                .await;
+        report.rebuilds = outcomes.into_iter().flatten().collect();
     }
-    let owner = format!("{}@{}", state.config.id, state.instance);
-    let (nodes, rebuilders, owner) = (&nodes, &rebuilders, owner.as_str());
-    let outcomes: Vec<Option<RebuildOutcome>> = futures::stream::iter(jobs.into_iter().enumerate())
-        .map(|(i, job)| async move {
-            let rebuilder = rebuilders[i % rebuilders.len()];
-            run_job(state, job, owner, nodes, rebuilder).await
-        })
-        .buffer_unordered(state.config.max_rebuilds.max(1))
-        .collect()
-        .await;
-    report.rebuilds = outcomes.into_iter().flatten().collect();
+    report.orphans_removed = remove_orphans(state, &nodes, &volumes, &inventories, &held).await;
     Ok(report)
 }
 
-/// Claims `job` in the directory as `owner`, runs it with the claim
-/// renewed every third of its lease, and ends it: removed when done, kept
-/// with its error for the next pass otherwise. `None` when another
-/// coordinator holds it.
+/// A claim's owner: this process, and a number no other claim of it has.
+fn claim_owner(state: &AppState) -> String {
+    let n = CLAIMS.fetch_add(1, Ordering::Relaxed);
+    format!("{}@{}#{n}", state.config.id, state.instance)
+}
+
+/// Whether a directory answer says the caller's claim is gone (taken over,
+/// run out, or its job ended).
+fn claim_lost(e: &crate::directory::DirectoryClientError) -> bool {
+    matches!(e.status(), Some(400 | 409))
+}
+
+/// Claims `job` in the directory, runs it with the claim renewed every
+/// third of its lease (and stopped if the claim is lost), and ends it:
+/// removed when done, kept with its error for the next pass otherwise.
+/// `None` when another coordinator holds it.
 async fn run_job(
     state: &AppState,
     job: StripeJob,
-    owner: &str,
     nodes: &[NodeRecord],
     rebuilder: &NodeRecord,
 ) -> Option<RebuildOutcome> {
+    let owner = claim_owner(state);
+    let owner = owner.as_str();
     let lease_ms = state.config.migration_lease_ms.max(3);
     let claim = RebuildClaimRequest {
         owner: owner.to_owned(),
@@ -928,19 +980,28 @@ async fn run_job(
         let every = Duration::from_millis(lease_ms / 3);
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = state
+            match state
                 .directory
                 .renew_rebuild(job.volume, job.stripe, owner, lease_ms)
                 .await
             {
-                tracing::warn!(volume = job.volume, stripe = job.stripe, error = %e,
-                    "rebuild claim not renewed");
+                Ok(_) => {}
+                Err(e) if claim_lost(&e) => return e,
+                Err(e) => tracing::warn!(volume = job.volume, stripe = job.stripe, error = %e,
+                    "rebuild claim not renewed"),
             }
         }
     };
     let outcome = tokio::select! {
         outcome = work => outcome,
-        () = renew => unreachable!("renewal never ends"),
+        lost = renew => {
+            // Whoever holds the stripe now does the work; this attempt
+            // stops (its rebuild request is dropped).
+            state.metrics.rebuild_error();
+            let mut outcome = RebuildOutcome::of(&job);
+            outcome.error = Some(format!("claim lost: {lost}"));
+            outcome
+        }
     };
     if let Err(e) = state
         .directory
@@ -954,17 +1015,31 @@ async fn run_job(
     Some(outcome)
 }
 
-/// Drops the jobs in the directory that no one holds and whose stripes
-/// need nothing `planned` does (the blocks came back, the volume went):
-/// what they wrote is an orphan for the next pass.
-async fn drop_unneeded_jobs(state: &AppState, held: &[RebuildJob], planned: &[StripeJob]) {
+/// Drops the jobs in the directory that no one held and whose stripes need
+/// nothing now (the blocks came back, the volume went), each only if it is
+/// still the attempt the pass read: what they wrote is an orphan.
+async fn drop_unneeded_jobs(state: &AppState, held: &[RebuildJob], report: &RepairReport) {
     let now = now_ms();
-    let needed: HashSet<(u32, u64)> = planned.iter().map(|j| (j.volume, j.stripe)).collect();
+    let needed: HashSet<(u32, u64)> = report
+        .endangered
+        .iter()
+        .map(|e| (e.volume, e.stripe))
+        .chain(
+            report
+                .placement_violations
+                .iter()
+                .map(|v| (v.volume, v.stripe)),
+        )
+        .collect();
     for job in held
         .iter()
         .filter(|j| !j.is_claimed(now) && !needed.contains(&(j.volume, j.stripe)))
     {
-        match state.directory.drop_rebuild(job.volume, job.stripe).await {
+        match state
+            .directory
+            .drop_rebuild(job.volume, job.stripe, job.attempts)
+            .await
+        {
             Ok(()) => tracing::info!(
                 volume = job.volume,
                 stripe = job.stripe,
@@ -1005,8 +1080,12 @@ fn is_orphan(
     !recorded && !held.contains(&(id.volume, id.stripe, id.block, node))
 }
 
-/// Removes every orphan block ([`is_orphan`]) from the node holding it;
-/// answers how many went.
+/// Removes orphan blocks ([`is_orphan`]), a stripe at a time (at most
+/// [`ORPHAN_STRIPES_PER_PASS`], none with a job in `held`), each under a
+/// fence: a claim of the stripe with no plan, taken only where the stripe
+/// has no job, so that no rebuild writes into it meanwhile; the record is
+/// read again under it and every block judged again before it goes.
+/// Answers how many went.
 async fn remove_orphans(
     state: &AppState,
     nodes: &[NodeRecord],
@@ -1015,44 +1094,85 @@ async fn remove_orphans(
     held: &[RebuildJob],
 ) -> usize {
     let volumes: HashMap<u32, &LogicalVolume> = volumes.iter().map(|v| (v.id, v)).collect();
-    let planned: HashSet<(u32, u64, u32, &str)> = held
-        .iter()
-        .flat_map(|j| {
-            j.blocks
-                .iter()
-                .map(move |b| (j.volume, j.stripe, b.block, b.to.as_str()))
-        })
-        .collect();
-    let orphans: Vec<(StorageClient, BlockId, String)> = inventories
-        .iter()
-        .filter_map(|(node, blocks)| Some((up_node(nodes, node)?, blocks)))
-        .flat_map(|(node, blocks)| {
-            let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
-            blocks
-                .iter()
-                .filter(|id| is_orphan(id, &node.id, &volumes, &planned))
-                .map(move |id| (client.clone(), *id, node.id.clone()))
-        })
-        .collect();
-    let removed: Vec<bool> = futures::stream::iter(orphans)
-        .map(|(client, id, node)| async move {
-            match client.delete_block(id).await {
-                Ok(()) => {
-                    tracing::info!(volume = id.volume, generation = id.generation,
-                        stripe = id.stripe, block = id.block, %node, "orphan block removed");
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(volume = id.volume, stripe = id.stripe, block = id.block,
-                        %node, error = %e, "orphan block not removed");
-                    false
-                }
+    let with_jobs: HashSet<(u32, u64)> = held.iter().map(|j| (j.volume, j.stripe)).collect();
+    let none = HashSet::new();
+    let mut by_stripe: std::collections::BTreeMap<(u32, u64), Vec<(BlockId, &NodeRecord)>> =
+        std::collections::BTreeMap::new();
+    for (node, blocks) in inventories {
+        let Some(node) = up_node(nodes, node) else {
+            continue;
+        };
+        for id in blocks {
+            if !with_jobs.contains(&(id.volume, id.stripe))
+                && is_orphan(id, &node.id, &volumes, &none)
+            {
+                by_stripe
+                    .entry((id.volume, id.stripe))
+                    .or_default()
+                    .push((*id, node));
             }
-        })
-        .buffer_unordered(INVENTORIES_AT_ONCE)
-        .collect()
-        .await;
-    removed.into_iter().filter(|r| *r).count()
+        }
+    }
+    let mut removed = 0;
+    for ((vid, stripe), orphans) in by_stripe.into_iter().take(ORPHAN_STRIPES_PER_PASS) {
+        removed += remove_stripe_orphans(state, vid, stripe, &orphans).await;
+    }
+    removed
+}
+
+/// [`remove_orphans`] for one stripe's orphans.
+async fn remove_stripe_orphans(
+    state: &AppState,
+    vid: u32,
+    stripe: u64,
+    orphans: &[(BlockId, &NodeRecord)],
+) -> usize {
+    // The fence names the volume's generation; an older one's orphans are
+    // fenced by it too, since no job writes an older generation.
+    let Ok(Some(generation)) = state
+        .directory
+        .volume(vid)
+        .await
+        .map(|v| v.warm.map(|w| w.generation))
+    else {
+        return 0;
+    };
+    let owner = claim_owner(state);
+    let fence = RebuildClaimRequest {
+        owner: owner.clone(),
+        lease_ms: state.config.migration_lease_ms.max(3),
+        generation,
+        blocks: Vec::new(),
+        balance: false,
+    };
+    if let Err(e) = state.directory.claim_rebuild(vid, stripe, &fence).await {
+        tracing::info!(volume = vid, stripe, error = %e, "orphans left for a later pass");
+        return 0;
+    }
+    let mut removed = 0;
+    if let Ok(volume) = state.directory.volume(vid).await {
+        let fresh = HashMap::from([(vid, &volume)]);
+        let none = HashSet::new();
+        for (id, node) in orphans {
+            if !is_orphan(id, &node.id, &fresh, &none) {
+                continue;
+            }
+            let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
+            match client.delete_block(*id).await {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(volume = vid, generation = id.generation, stripe,
+                        block = id.block, node = %node.id, "orphan block removed");
+                }
+                Err(e) => tracing::warn!(volume = vid, stripe, block = id.block,
+                    node = %node.id, error = %e, "orphan block not removed"),
+            }
+        }
+    }
+    if let Err(e) = state.directory.end_rebuild(vid, stripe, &owner, None).await {
+        tracing::warn!(volume = vid, stripe, error = %e, "orphan fence not ended");
+    }
+    removed
 }
 
 /// `GET /admin/repair`: what is missing, endangered or misplaced now.
@@ -1162,12 +1282,13 @@ mod tests {
     #[test]
     fn the_most_endangered_stripe_is_rebuilt_first() {
         let warm = Arc::new(warm_record(1, Vec::new()));
-        let job = |stripe: u64, balance: bool| StripeJob {
+        let job = |stripe: u64, balance: bool, attempts: u32| StripeJob {
             volume: 1,
             warm: Arc::clone(&warm),
             stripe,
             targets: Vec::new(),
             balance,
+            attempts,
         };
         let stripe = |stripe: u64, missing: usize, unavailable: usize| EndangeredStripe {
             volume: 1,
@@ -1175,17 +1296,29 @@ mod tests {
             missing: (0..missing as u32).map(|b| (b, Loss::Missing)).collect(),
             unavailable: (10..10 + unavailable as u32).collect(),
         };
-        let mut jobs = vec![job(0, false), job(9, true), job(1, false), job(2, false)];
-        let mut endangered = vec![stripe(0, 1, 0), stripe(2, 1, 1), stripe(1, 3, 0)];
+        let mut jobs = vec![
+            job(3, false, 5),
+            job(0, false, 0),
+            job(9, true, 0),
+            job(1, false, 0),
+            job(2, false, 0),
+        ];
+        let mut endangered = vec![
+            stripe(3, 1, 0),
+            stripe(0, 1, 0),
+            stripe(2, 1, 1),
+            stripe(1, 3, 0),
+        ];
         most_endangered_first(&mut jobs, &mut endangered);
         let order: Vec<u64> = jobs.iter().map(|j| j.stripe).collect();
         assert_eq!(
             order,
-            vec![1, 2, 0, 9],
-            "three missing, then one missing and one unavailable, then one, then the move"
+            vec![1, 2, 0, 3, 9],
+            "three missing, then one missing and one unavailable, then one (the one that \
+             failed five times last), then the move"
         );
         let order: Vec<u64> = endangered.iter().map(|e| e.stripe).collect();
-        assert_eq!(order, vec![1, 2, 0]);
+        assert_eq!(order, vec![1, 2, 3, 0]);
     }
 
     /// A warm volume 1 of generation 2 whose one stripe is on `n0`..`n13`.
@@ -1316,6 +1449,9 @@ mod tests {
         let mut old = job("n4");
         old.generation = 1;
         assert_eq!(targets(&old, false), ["n14"], "another generation");
+        let mut tried = job("n4");
+        tried.attempts = RESUMED_ATTEMPTS;
+        assert_eq!(targets(&tried, false), ["n14"], "failed too often");
     }
 
     #[test]

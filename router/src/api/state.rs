@@ -58,6 +58,8 @@ pub(crate) struct AppState {
     /// One migration pass at a time on `POST /admin/migrate` (each runs up
     /// to `max_migrations` jobs).
     pub(crate) migration_passes: Semaphore,
+    /// Held by the acting repair pass (`coordinate::pass`): one at a time.
+    pub(crate) repair_passes: Semaphore,
 }
 
 /// Most parsed store addresses kept; beyond it the map is cleared.
@@ -131,6 +133,7 @@ impl AppState {
                 .map_err(|e| ApiError::Internal(format!("http client: {e}")))?,
             instance: format!("{}-{:x}", std::process::id(), crate::directory::now_ms()),
             migration_passes: Semaphore::new(1),
+            repair_passes: Semaphore::new(1),
             warm_reader: WarmReader::new(
                 Duration::from_millis(STORE_CONNECT_TIMEOUT_MS),
                 STORE_POOL_IDLE_PER_HOST,

@@ -376,10 +376,17 @@ impl DirectoryClient {
         self.send(self.http.post(url).json(&body)).await
     }
 
-    /// `DELETE /volumes/{vid}/rebuilds/{stripe}`: a job no one holds goes.
-    pub async fn drop_rebuild(&self, vid: u32, stripe: u64) -> Result<(), DirectoryClientError> {
+    /// `DELETE /volumes/{vid}/rebuilds/{stripe}?attempts=N`: the job goes
+    /// if no one holds it and it is still at attempt `attempts`.
+    pub async fn drop_rebuild(
+        &self,
+        vid: u32,
+        stripe: u64,
+        attempts: u32,
+    ) -> Result<(), DirectoryClientError> {
         let url = self.url(&format!("/volumes/{vid}/rebuilds/{stripe}"));
-        self.send(self.http.delete(url)).await
+        self.send(self.http.delete(url).query(&[("attempts", attempts)]))
+            .await
     }
 
     /// `GET /rebuilds?after_volume=V&after_stripe=S&limit=N`: a page of

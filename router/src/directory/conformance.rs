@@ -1180,17 +1180,24 @@ pub fn rebuild_jobs(open: Open<'_>) {
         };
         dir.claim_rebuild(vid, stripe, &request, now)
     };
-    let empty = RebuildClaimRequest {
+    // A fence (no block) holds a stripe without a job, and is done.
+    let fence = RebuildClaimRequest {
         owner: "a".into(),
         lease_ms: 1000,
         generation: 1,
         blocks: Vec::new(),
         balance: false,
     };
+    dir.claim_rebuild(vid, 0, &fence, 0).expect("fence");
     assert!(matches!(
-        dir.claim_rebuild(vid, 0, &empty, 0),
-        Err(DirectoryError::BadRequest(_))
+        claim("b", 0, 5),
+        Err(DirectoryError::JobClaimed { .. })
     ));
+    let done = EndRequest {
+        owner: "a".into(),
+        error: None,
+    };
+    assert_eq!(dir.end_rebuild(vid, 0, &done, 6).expect("end"), None);
     let job = claim("a", 0, 10).expect("claim");
     assert_eq!(
         (job.owner.as_str(), job.lease_until_ms, job.attempts),
@@ -1222,7 +1229,7 @@ pub fn rebuild_jobs(open: Open<'_>) {
     ));
     assert_eq!(renew("a", 600).expect("renew").lease_until_ms, 1600);
     assert!(matches!(
-        dir.drop_rebuild(vid, 0, 700),
+        dir.drop_rebuild(vid, 0, None, 700),
         Err(DirectoryError::JobClaimed { .. })
     ));
     // Run out: taken up by another coordinator, an attempt more; the old
@@ -1249,6 +1256,13 @@ pub fn rebuild_jobs(open: Open<'_>) {
     assert_eq!(
         (failed.owner.as_str(), failed.last_error.as_deref()),
         ("", Some("source gone"))
+    );
+    assert!(
+        matches!(
+            dir.claim_rebuild(vid, 0, &fence, 1700),
+            Err(DirectoryError::JobClaimed { .. })
+        ),
+        "a fence never replaces a job's plan"
     );
     assert_eq!(claim("a", 0, 1701).expect("again").attempts, 3);
     claim("a", 1, 1702).expect("another stripe");
@@ -1278,8 +1292,16 @@ pub fn rebuild_jobs(open: Open<'_>) {
         1800,
     );
     assert_eq!(done.expect("end"), None);
-    dir.drop_rebuild(vid, 1, 5000).expect("drop run out");
-    dir.drop_rebuild(vid, 1, 5000).expect("drop none");
+    assert!(
+        matches!(
+            dir.drop_rebuild(vid, 1, Some(2), 5000),
+            Err(DirectoryError::JobClaimed { .. })
+        ),
+        "not the attempt the caller read"
+    );
+    dir.drop_rebuild(vid, 1, Some(1), 5000)
+        .expect("drop run out");
+    dir.drop_rebuild(vid, 1, None, 5000).expect("drop none");
     assert!(dir.rebuilds(None, 10).expect("list").is_empty());
 }
 

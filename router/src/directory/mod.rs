@@ -240,7 +240,8 @@ pub trait Directory: Send + Sync {
 
     /// Claims the rebuild job of stripe `stripe` of volume `id` with
     /// `request`'s plan until `now_ms + lease_ms`: a new job, or one
-    /// released or whose claim ran out (an attempt more). Each block's
+    /// released or whose claim ran out (an attempt more); a plan of no
+    /// block (a fence) only where the stripe has no job. Each block's
     /// `from` must be the node the record names and no `to` may hold
     /// another block of the stripe ([`DirectoryError::PlacementConflict`]);
     /// a live claim, even the owner's own, is
@@ -273,9 +274,16 @@ pub trait Directory: Send + Sync {
         now_ms: u64,
     ) -> Result<Option<types::RebuildJob>, DirectoryError>;
 
-    /// Removes a job no one holds (its stripe needs it no more); a live
-    /// claim is [`DirectoryError::JobClaimed`]; no job is no error.
-    fn drop_rebuild(&self, id: u32, stripe: u64, now_ms: u64) -> Result<(), DirectoryError>;
+    /// Removes a job no one holds (its stripe needs it no more), if it is
+    /// still at attempt `attempts` when given; a live claim or another
+    /// attempt is [`DirectoryError::JobClaimed`]; no job is no error.
+    fn drop_rebuild(
+        &self,
+        id: u32,
+        stripe: u64,
+        attempts: Option<u32>,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError>;
 
     /// Up to `limit` rebuild jobs after `(volume, stripe)` `after`, in
     /// that order.

@@ -1128,13 +1128,19 @@ impl Directory for RedbDirectory {
         now_ms: u64,
     ) -> Result<LogicalVolume, DirectoryError> {
         self.write(|txn| {
-            rebuilds::ensure_planned(txn, id, request, now_ms)?;
             let mut volume = get_volume(txn, id)?;
+            rebuilds::ensure_planned(txn, id, request, now_ms)?;
             let nodes = all_nodes(&txn.open_table(NODES)?)?;
             ensure_storage_node(&nodes, &request.node)?;
             let warm = warm_of(&mut volume, request.generation)?;
             let conflict =
                 |reason: String| DirectoryError::PlacementConflict { volume: id, reason };
+            if let Some(other) = warm.other_block_on(request.stripe, request.block, &request.node) {
+                return Err(conflict(format!(
+                    "{} holds block {}.{other} already",
+                    request.node, request.stripe
+                )));
+            }
             let stripe = warm
                 .stripes
                 .get_mut(request.stripe as usize)
@@ -1150,16 +1156,6 @@ impl Directory for RedbDirectory {
                 return Err(conflict(format!(
                     "block {}.{} is on {current} now, not {}",
                     request.stripe, request.block, request.from
-                )));
-            }
-            if let Some(other) = stripe
-                .iter()
-                .enumerate()
-                .find(|(i, n)| *i != request.block as usize && **n == request.node)
-            {
-                return Err(conflict(format!(
-                    "{} holds block {}.{} already",
-                    request.node, request.stripe, other.0
                 )));
             }
             stripe[request.block as usize].clone_from(&request.node);
@@ -1346,8 +1342,14 @@ impl Directory for RedbDirectory {
         self.end_rebuild_job(id, stripe, request, now_ms)
     }
 
-    fn drop_rebuild(&self, id: u32, stripe: u64, now_ms: u64) -> Result<(), DirectoryError> {
-        self.drop_rebuild_job(id, stripe, now_ms)
+    fn drop_rebuild(
+        &self,
+        id: u32,
+        stripe: u64,
+        attempts: Option<u32>,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError> {
+        self.drop_rebuild_job(id, stripe, attempts, now_ms)
     }
 
     fn rebuilds(

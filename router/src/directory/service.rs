@@ -27,10 +27,11 @@ use haystack::http::ServerLimits;
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
-    ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, EndRequest,
-    ErrorBody, FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration, OwnershipRequest,
-    PlaceRequest, RebuildClaimRequest, RebuildPage, RebuildQuery, RebuiltBlockRequest,
-    RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest,
+    ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, DropQuery,
+    EndRequest, ErrorBody, FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration,
+    OwnershipRequest, PlaceRequest, RebuildClaimRequest, RebuildPage, RebuildQuery,
+    RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
+    StepRequest,
 };
 use super::{Directory, DirectoryError, LogicalVolume, RedbDirectory, now_ms};
 
@@ -570,15 +571,19 @@ async fn end_rebuild(
     Ok(axum::Json(job).into_response())
 }
 
-/// `DELETE /volumes/{vid}/rebuilds/{stripe}`: a job no one holds goes.
+/// `DELETE /volumes/{vid}/rebuilds/{stripe}[?attempts=N]`: a job no one
+/// holds goes (if still at attempt `N`).
 async fn drop_rebuild(
     State(state): State<AppState>,
     Path((vid, stripe)): Path<(String, String)>,
+    query: Result<axum::extract::Query<DropQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, DirectoryError> {
     let (vid, stripe) = parse_stripe(&vid, &stripe)?;
+    let axum::extract::Query(query) =
+        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
     let now = now_ms();
     state
-        .blocking(move |d| d.drop_rebuild(vid, stripe, now))
+        .blocking(move |d| d.drop_rebuild(vid, stripe, query.attempts, now))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -254,6 +254,16 @@ pub struct WarmVolume {
 }
 
 impl WarmVolume {
+    /// The block of `stripe`, other than `block`, that `node` holds.
+    pub fn other_block_on(&self, stripe: u64, block: u32, node: &str) -> Option<u32> {
+        self.stripes
+            .get(stripe as usize)?
+            .iter()
+            .zip(0u32..)
+            .find(|(n, b)| *b != block && *n == node)
+            .map(|(_, b)| b)
+    }
+
     /// Whether block `block` of `stripe` is recorded as damaged.
     pub fn is_damaged(&self, stripe: u64, block: u32) -> bool {
         self.damaged_blocks
@@ -525,8 +535,10 @@ pub struct RebuildClaimRequest {
     pub lease_ms: u64,
     /// The encode generation to rebuild.
     pub generation: u64,
-    /// The blocks and where they go (1 to k + m, each `from` the node the
+    /// The blocks and where they go (up to k + m, each `from` the node the
     /// record names now, each `to` holding no other block of the stripe).
+    /// No block: a fence, taken only where the stripe has no job, while
+    /// the claim's holder removes orphan copies of its blocks.
     pub blocks: Vec<JobBlock>,
     /// A move restoring the rack rule.
     #[serde(default)]
@@ -553,6 +565,14 @@ pub struct EndRequest {
     /// Why the attempt failed; `None` when it is done.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+/// Query of `DELETE /volumes/{vid}/rebuilds/{stripe}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropQuery {
+    /// Only if the job is still at this attempt (the one the caller read).
+    pub attempts: Option<u32>,
 }
 
 /// Most jobs of one `GET /rebuilds` page, and the default.

@@ -82,9 +82,9 @@ impl RedbDirectory {
             let members = warm.stripes.get(stripe as usize).ok_or_else(|| {
                 DirectoryError::BadRequest(format!("volume {id} has no stripe {stripe}"))
             })?;
-            if request.blocks.is_empty() || request.blocks.len() > members.len() {
+            if request.blocks.len() > members.len() {
                 return Err(DirectoryError::BadRequest(format!(
-                    "a rebuild names 1 to {} blocks",
+                    "a rebuild names at most {} blocks",
                     members.len()
                 )));
             }
@@ -110,10 +110,9 @@ impl RedbDirectory {
                     )));
                 }
                 ensure_storage_node(&nodes, &planned.to)?;
-                let elsewhere = members
-                    .iter()
-                    .zip(0u32..)
-                    .any(|(n, b)| b != planned.block && *n == planned.to)
+                let elsewhere = warm
+                    .other_block_on(stripe, planned.block, &planned.to)
+                    .is_some()
                     || request
                         .blocks
                         .iter()
@@ -127,6 +126,8 @@ impl RedbDirectory {
             }
             let job = match get(txn, id, stripe)? {
                 Some(job) if job.is_claimed(now_ms) => return Err(claimed(&job)),
+                // A fence never replaces a job's plan.
+                Some(job) if request.blocks.is_empty() => return Err(claimed(&job)),
                 // Taken up again (it failed, or its claim ran out): the
                 // caller resumes its plan when it still fits.
                 Some(job) => RebuildJob {
@@ -200,11 +201,16 @@ impl RedbDirectory {
         &self,
         id: u32,
         stripe: u64,
+        attempts: Option<u32>,
         now_ms: u64,
     ) -> Result<(), DirectoryError> {
         self.write(|txn| {
             match get(txn, id, stripe)? {
-                Some(job) if job.is_claimed(now_ms) => return Err(claimed(&job)),
+                Some(job)
+                    if job.is_claimed(now_ms) || attempts.is_some_and(|a| a != job.attempts) =>
+                {
+                    return Err(claimed(&job));
+                }
                 Some(_) => {
                     txn.open_table(REBUILD_JOBS)?.remove((id, stripe))?;
                 }
