@@ -110,6 +110,11 @@ pub struct Config {
     /// f4 storage nodes `hayloft up` starts in each of the cell's 14 racks.
     #[serde(default = "default_nodes_per_rack")]
     pub nodes_per_rack: usize,
+    /// Datacenters `hayloft up` builds on this machine, each with a cell of
+    /// its own, a backoff node and a rebuilder (the directory, stores,
+    /// router, migrator and coordinator sit in the first).
+    #[serde(default = "default_datacenters")]
+    pub datacenters: usize,
     /// Concurrent blocking IO operations per store node.
     #[serde(default = "default_io_concurrency")]
     pub io_concurrency: usize,
@@ -344,6 +349,9 @@ fn default_request_timeout_ms() -> u64 {
 fn default_nodes_per_rack() -> usize {
     1
 }
+fn default_datacenters() -> usize {
+    1
+}
 fn default_io_concurrency() -> usize {
     haystack::service::default_io_concurrency()
 }
@@ -401,6 +409,7 @@ impl Default for Config {
             repair_interval_ms: default_repair_interval_ms(),
             request_timeout_ms: default_request_timeout_ms(),
             nodes_per_rack: default_nodes_per_rack(),
+            datacenters: default_datacenters(),
             io_concurrency: default_io_concurrency(),
             router: RouterSection::default(),
             directory: DirectorySection::default(),
@@ -491,6 +500,10 @@ pub struct Overrides {
     /// f4 storage nodes `hayloft up` starts in each of the cell's 14 racks.
     #[arg(long)]
     pub nodes_per_rack: Option<usize>,
+    /// Datacenters `hayloft up` builds, each with its own cell, backoff
+    /// node and rebuilder (1 to 9).
+    #[arg(long)]
+    pub datacenters: Option<usize>,
     /// Pause between two coordinator passes (e.g. `10s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub coordinate_interval: Option<u64>,
@@ -572,6 +585,7 @@ impl Config {
             rebuild_rate,
             max_rebuilds,
             nodes_per_rack,
+            datacenters,
             coordinate_interval,
             scrub_rate,
             deep_scrub_interval,
@@ -593,6 +607,9 @@ impl Config {
         }
         if let Some(nodes_per_rack) = nodes_per_rack {
             self.nodes_per_rack = *nodes_per_rack;
+        }
+        if let Some(datacenters) = datacenters {
+            self.datacenters = *datacenters;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
         let pairs: [(&Option<u64>, &mut u64); 19] = [
@@ -663,6 +680,9 @@ impl Config {
         }
         if !(1..=16).contains(&self.nodes_per_rack) {
             bail!("nodes_per_rack must be 1 to 16");
+        }
+        if !(1..=crate::roles::MAX_DATACENTERS).contains(&self.datacenters) {
+            bail!("datacenters must be 1 to {}", crate::roles::MAX_DATACENTERS);
         }
         Ok(())
     }

@@ -99,8 +99,13 @@ pub const ROLES: &[RoleSpec] = &[
 /// stripe.
 pub const CELL_RACKS: usize = 14;
 
-/// The one datacenter of a single-machine `up`.
-pub const DATACENTER: &str = "dc-1";
+/// Most datacenters `hayloft up --datacenters` builds on one machine.
+pub const MAX_DATACENTERS: usize = 9;
+
+/// The label of datacenter `dc` (1-based) of a `hayloft up`.
+pub fn datacenter(dc: usize) -> String {
+    format!("dc-{dc}")
+}
 
 /// How long a node waits for the directory to register it: long, since the
 /// directory may be restarting too.
@@ -122,14 +127,25 @@ pub struct NodePlan {
 }
 
 /// Every node `hayloft up` starts under `data_dir`, in start order, with
-/// `nodes_per_rack` f4 storage nodes in each rack of the cell.
-pub fn up_nodes(data_dir: &Path, nodes_per_rack: usize) -> impl Iterator<Item = NodePlan> + '_ {
+/// `nodes_per_rack` f4 storage nodes in each rack of a cell, and a cell
+/// (with its backoff node and rebuilder) in each of `datacenters`.
+pub fn up_nodes(
+    data_dir: &Path,
+    nodes_per_rack: usize,
+    datacenters: usize,
+) -> impl Iterator<Item = NodePlan> + '_ {
     ROLES.iter().flat_map(move |spec| {
         let count = match spec.role {
             Role::F4Storage => spec.count * nodes_per_rack.max(1),
             _ => spec.count,
         };
-        (1..=count).map(move |n| spec.role.node(data_dir, n))
+        let datacenters = if spec.role.in_every_datacenter() {
+            datacenters.max(1)
+        } else {
+            1
+        };
+        (1..=datacenters)
+            .flat_map(move |dc| (1..=count).map(move |n| spec.role.node(data_dir, n, dc)))
     })
 }
 
@@ -180,8 +196,18 @@ impl Role {
         }
     }
 
-    /// Node `n` (1-based) of this role in a `hayloft up` under `data_dir`.
-    pub fn node(self, data_dir: &Path, n: usize) -> NodePlan {
+    /// Whether `hayloft up` starts this role in every datacenter: a cell's
+    /// storage nodes, its backoff node and its rebuilder (the rest serve
+    /// every datacenter from the first).
+    fn in_every_datacenter(self) -> bool {
+        matches!(self, Role::F4Storage | Role::Backoff | Role::Rebuilder)
+    }
+
+    /// Node `n` (1-based) of this role in datacenter `dc` (1-based) of a
+    /// `hayloft up` under `data_dir`. The first datacenter's names are the
+    /// single-datacenter ones; another's carry its number (`dc2-f4-1` in
+    /// rack `dc2-rack-1`, `dc2-backoff`).
+    pub fn node(self, data_dir: &Path, n: usize, dc: usize) -> NodePlan {
         let (id, rack, data) = match self {
             Role::Directory => ("directory".to_owned(), String::new(), true),
             Role::Store => (format!("store-{n}"), format!("rack-{n}"), true),
@@ -196,12 +222,17 @@ impl Role {
             Role::Router => ("router".to_owned(), String::new(), false),
             Role::Migrator => ("migrator".to_owned(), String::new(), false),
         };
+        let (id, rack) = match dc {
+            0 | 1 => (id, rack),
+            _ if rack.is_empty() => (format!("dc{dc}-{id}"), rack),
+            _ => (format!("dc{dc}-{id}"), format!("dc{dc}-{rack}")),
+        };
         NodePlan {
             role: self,
             data_dir: data.then(|| data_dir.join(&id)),
             id,
             rack,
-            datacenter: DATACENTER.to_owned(),
+            datacenter: datacenter(dc.max(1)),
         }
     }
 
@@ -671,7 +702,7 @@ mod tests {
     fn planned(data_dir: &Path) -> anyhow::Result<Vec<(NodePlan, Config)>> {
         let mut nodes = Vec::new();
         let mut directory_url = None;
-        for node in up_nodes(data_dir, 1) {
+        for node in up_nodes(data_dir, 1, 1) {
             let config = node.config(&Config::default(), directory_url.as_deref())?;
             if node.role == Role::Directory {
                 directory_url = Some("http://127.0.0.1:9".to_owned());
@@ -750,7 +781,7 @@ mod tests {
 
     #[test]
     fn nodes_per_rack_multiplies_the_cell_and_keeps_its_racks() {
-        let cell: Vec<NodePlan> = up_nodes(Path::new("/data"), 2)
+        let cell: Vec<NodePlan> = up_nodes(Path::new("/data"), 2, 1)
             .filter(|node| node.role == Role::F4Storage)
             .collect();
         assert_eq!(cell.len(), 2 * CELL_RACKS);
@@ -765,6 +796,60 @@ mod tests {
         assert_eq!(
             (cell[27].id.as_str(), cell[27].rack.as_str()),
             ("f4-28", "rack-14")
+        );
+    }
+
+    #[test]
+    fn every_datacenter_gets_a_cell_a_backoff_node_and_a_rebuilder() {
+        let nodes: Vec<NodePlan> = up_nodes(Path::new("/data"), 1, 3).collect();
+        let in_dc = |dc: &str, role: Role| {
+            nodes
+                .iter()
+                .filter(|n| n.datacenter == dc && n.role == role)
+                .count()
+        };
+        for dc in ["dc-1", "dc-2", "dc-3"] {
+            assert_eq!(in_dc(dc, Role::F4Storage), CELL_RACKS, "{dc}");
+            assert_eq!(in_dc(dc, Role::Backoff), 1, "{dc}");
+            assert_eq!(in_dc(dc, Role::Rebuilder), 1, "{dc}");
+        }
+        for role in [
+            Role::Directory,
+            Role::Store,
+            Role::Router,
+            Role::Coordinator,
+        ] {
+            assert_eq!(
+                nodes.iter().filter(|n| n.role == role).count(),
+                ROLES.iter().find(|r| r.role == role).map_or(0, |r| r.count),
+                "{} in one datacenter only",
+                role.name()
+            );
+        }
+        let mut ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        let mut racks: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.role == Role::F4Storage)
+            .map(|n| n.rack.as_str())
+            .collect();
+        let (id_count, rack_count) = (ids.len(), racks.len());
+        ids.sort_unstable();
+        ids.dedup();
+        racks.sort_unstable();
+        racks.dedup();
+        assert_eq!(ids.len(), id_count, "node ids are unique");
+        assert_eq!(racks.len(), rack_count, "rack labels are unique");
+        let second = nodes
+            .iter()
+            .find(|n| n.role == Role::F4Storage && n.datacenter == "dc-2")
+            .expect("dc-2's cell");
+        assert_eq!(
+            (second.id.as_str(), second.rack.as_str()),
+            ("dc2-f4-1", "dc2-rack-1")
+        );
+        assert_eq!(
+            second.data_dir,
+            Some(Path::new("/data/dc2-f4-1").to_owned())
         );
     }
 
@@ -788,7 +873,7 @@ mod tests {
 
     #[test]
     fn a_role_configured_before_the_directory_is_refused() {
-        let node = Role::Store.node(Path::new("/data"), 1);
+        let node = Role::Store.node(Path::new("/data"), 1, 1);
         let mut config = Config::default();
         let error = Role::Store
             .configure(&mut config, &node, None)

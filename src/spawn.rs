@@ -92,7 +92,7 @@ async fn start_children(
     exits: &mpsc::Sender<(usize, String)>,
 ) -> anyhow::Result<()> {
     let mut directory_url = None;
-    for node in up_nodes(data_dir, config.nodes_per_rack) {
+    for node in up_nodes(data_dir, config.nodes_per_rack, config.datacenters) {
         let mut node_config = node.config(config, directory_url.as_deref())?;
         let path = data_dir.join(format!("{}.toml", node.id));
         let ready = start_child(node.role, &mut node_config, &path, nodes, exits).await?;

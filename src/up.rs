@@ -113,7 +113,7 @@ async fn start_roles(
 ) -> anyhow::Result<ClusterFile> {
     let mut cluster = ClusterFile::default();
     let mut directory_url = None;
-    for node in up_nodes(data_dir, config.nodes_per_rack) {
+    for node in up_nodes(data_dir, config.nodes_per_rack, config.datacenters) {
         let mut node_config = node.config(config, directory_url.as_deref())?;
         let listener = bind(node.role.listen(&mut node_config)).await?;
         let address = listener.local_addr()?.to_string();

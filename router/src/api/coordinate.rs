@@ -185,6 +185,22 @@ pub(crate) fn up_node<'n>(nodes: &'n [NodeRecord], id: &str) -> Option<&'n NodeR
     nodes.iter().find(|n| n.id == id && n.is_up())
 }
 
+/// Those of `nodes` in `datacenter`, or all of them when none is (or the
+/// label is empty): a datacenter's own nodes serve its volumes, others
+/// only while it has none up.
+pub(crate) fn in_datacenter<'n>(nodes: &[&'n NodeRecord], datacenter: &str) -> Vec<&'n NodeRecord> {
+    let local: Vec<&NodeRecord> = nodes
+        .iter()
+        .copied()
+        .filter(|n| n.datacenter == datacenter)
+        .collect();
+    if local.is_empty() {
+        nodes.to_vec()
+    } else {
+        local
+    }
+}
+
 /// The rebuilders that are up.
 pub(crate) fn up_rebuilders(nodes: &[NodeRecord]) -> Vec<&NodeRecord> {
     nodes
@@ -359,7 +375,7 @@ impl<'a> Cell<'a> {
     /// (every block up and whole): the last block of its fullest rack, to
     /// an `up` node in a rack holding none of the stripe; `None` when no
     /// rack holds two, or no such node is up.
-    fn balance(&mut self, members: &[String]) -> Option<(u32, String, String)> {
+    fn balance(&mut self, members: &[String], datacenter: &str) -> Option<(u32, String, String)> {
         let group: Vec<&str> = members.iter().map(String::as_str).collect();
         let mut per_rack: HashMap<&str, usize> = HashMap::new();
         for id in &group {
@@ -369,7 +385,7 @@ impl<'a> Cell<'a> {
             .iter()
             .filter(|(_, count)| **count > 1)
             .max_by_key(|(rack, count)| (**count, std::cmp::Reverse(**rack)))?;
-        let to = self.replacement(&group)?;
+        let to = self.replacement(&group, datacenter)?;
         if per_rack.contains_key(self.rack(to)) {
             return None;
         }
@@ -379,10 +395,11 @@ impl<'a> Cell<'a> {
         Some((block as u32, members[block].clone(), to))
     }
 
-    /// The `up` storage node for a new member of `group` (a stripe's
-    /// nodes, or the journal holders): not in it, in the rack with the
-    /// fewest of its members, least loaded first, then by name.
-    fn replacement(&self, group: &[&str]) -> Option<&'a str> {
+    /// The `up` storage node of `datacenter`'s cell (any, for an empty
+    /// label) for a new member of `group` (a stripe's nodes, or the
+    /// journal holders): not in it, in the rack with the fewest of its
+    /// members, least loaded first, then by name.
+    fn replacement(&self, group: &[&str], datacenter: &str) -> Option<&'a str> {
         let mut per_rack: HashMap<&str, usize> = HashMap::new();
         for id in group {
             *per_rack.entry(self.rack(id)).or_default() += 1;
@@ -390,6 +407,7 @@ impl<'a> Cell<'a> {
         self.nodes
             .values()
             .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
+            .filter(|n| datacenter.is_empty() || n.datacenter == datacenter)
             .filter(|n| !group.contains(&n.id.as_str()))
             .min_by_key(|n| {
                 (
@@ -478,7 +496,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             if missing.is_empty() {
                 if unavailable.is_empty()
                     && !elsewhere
-                    && let Some(target) = cell.balance(members)
+                    && let Some(target) = cell.balance(members, &warm.datacenter)
                 {
                     let targets = vec![target];
                     jobs.push(StripeJob {
@@ -507,7 +525,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             for (block, loss) in missing.iter().take(if elsewhere { 0 } else { m }) {
                 let from = members[*block as usize].clone();
                 let to = match loss {
-                    Loss::NodeLost => match cell.replacement(&group) {
+                    Loss::NodeLost => match cell.replacement(&group, &warm.datacenter) {
                         Some(to) => to,
                         None => {
                             report.problems.push(format!(
@@ -642,7 +660,7 @@ async fn mend_holders<'a>(
     let mut group: Vec<&str> = warm.journal_holders.iter().map(String::as_str).collect();
     for holder in &warm.journal_holders {
         if cell.lost(holder) {
-            let Some(to) = cell.replacement(&group) else {
+            let Some(to) = cell.replacement(&group, &warm.datacenter) else {
                 report.problems.push(format!(
                     "volume {}: no up storage node to replace journal holder {holder}",
                     volume.id
@@ -911,7 +929,8 @@ pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, Ap
         let outcomes: Vec<Option<RebuildOutcome>> =
             futures::stream::iter(jobs.into_iter().enumerate())
                 .map(|(i, job)| async move {
-                    let rebuilder = rebuilders[i % rebuilders.len()];
+                    let local = in_datacenter(rebuilders, &job.warm.datacenter);
+                    let rebuilder = local[i % local.len()];
                     run_job(state, job, nodes, rebuilder).await
                 })
                 .buffer_unordered(state.config.max_rebuilds.max(1))
@@ -1270,13 +1289,13 @@ mod tests {
         let mut cell = Cell::new(&nodes, &[], 1000);
         cell.now = 500;
         // r3's only node is down: the emptiest rack with an up node is r2.
-        assert_eq!(cell.replacement(&["a"]), Some("b"));
+        assert_eq!(cell.replacement(&["a"], ""), Some("b"));
         cell.load.insert("b".into(), 3);
-        assert_eq!(cell.replacement(&["a"]), Some("c"));
+        assert_eq!(cell.replacement(&["a"], ""), Some("c"));
         // Every rack holds a member: the fewest members, then load.
-        assert_eq!(cell.replacement(&["a", "b"]), Some("c"));
-        assert_eq!(cell.replacement(&["a", "b", "c"]), Some("e"));
-        assert_eq!(cell.replacement(&["a", "b", "c", "e"]), None);
+        assert_eq!(cell.replacement(&["a", "b"], ""), Some("c"));
+        assert_eq!(cell.replacement(&["a", "b", "c"], ""), Some("e"));
+        assert_eq!(cell.replacement(&["a", "b", "c", "e"], ""), None);
     }
 
     #[test]
@@ -1356,6 +1375,7 @@ mod tests {
             needle_count: 0,
             damaged_blocks: Vec::new(),
             journal_open: false,
+            datacenter: "dc-1".into(),
         }
     }
 

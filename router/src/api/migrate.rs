@@ -186,35 +186,41 @@ async fn candidates(
     Ok(picked.into_iter().map(|(_, id, _)| id).collect())
 }
 
-/// Why no seal could finish now, if so: fewer racks with a storage node up
-/// than blocks in a stripe (unless the directory accepts fewer racks), or
-/// none at all. A job started then would fail at placement; the pass says
-/// so instead.
+/// Why no seal could finish now, if so: no datacenter's cell has as many
+/// racks with a storage node up as blocks in a stripe (unless the
+/// directory accepts fewer racks), or none has any. A job started then
+/// would fail at placement; the pass says so instead.
 async fn hold_back(state: &AppState) -> Result<Option<String>, ApiError> {
     let nodes = state.cache.nodes(true).await?;
-    let racks: HashSet<&str> = nodes
+    let mut cells: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for node in nodes
         .values()
         .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
-        .map(|n| n.rack.as_str())
-        .collect();
+    {
+        cells
+            .entry(node.datacenter.as_str())
+            .or_default()
+            .insert(node.rack.as_str());
+    }
+    let racks = cells.values().map(HashSet::len).max().unwrap_or(0);
     let needed = usize::from(DATA_BLOCKS + PARITY_BLOCKS);
     let enough = if state.config.allow_fewer_racks {
-        !racks.is_empty()
+        racks > 0
     } else {
-        racks.len() >= needed
+        racks >= needed
     };
     Ok((!enough).then(|| {
         format!(
-            "held back: {} rack(s) with a storage node up, a stripe needs {needed}",
-            racks.len()
+            "held back: {racks} rack(s) with a storage node up in the best datacenter, a \
+             stripe needs {needed}"
         )
     }))
 }
 
-/// Each up storage node's rack and room for blocks (`GET /space`: its
-/// disk's available bytes less its reserve); a node that does not answer
-/// has none.
-async fn storage_rooms(state: &AppState) -> Result<Vec<(String, u64)>, ApiError> {
+/// Each up storage node's datacenter, rack and room for blocks
+/// (`GET /space`: its disk's available bytes less its reserve); a node that
+/// does not answer has none.
+async fn storage_rooms(state: &AppState) -> Result<Vec<(String, String, u64)>, ApiError> {
     let nodes = state.cache.nodes(true).await?;
     let up = nodes
         .values()
@@ -228,20 +234,21 @@ async fn storage_rooms(state: &AppState) -> Result<Vec<(String, u64)>, ApiError>
                 0
             }
         };
-        (node.rack.clone(), room)
+        (node.datacenter.clone(), node.rack.clone(), room)
     }))
     .await)
 }
 
 /// Why volume `id` of `volume_bytes` cannot be placed on nodes with
-/// `rooms` (rack, room), if so: fewer racks than a stripe needs hold a node
-/// with room for its share of the volume's blocks, its largest block file
-/// times the blocks each node gets when they are spread evenly. A volume
-/// whose size the directory has not learnt yet counts as 1 byte (the
-/// nodes must not be full).
+/// `rooms` (datacenter, rack, room), if so: in no datacenter do as many
+/// racks as a stripe needs hold a node with room for its share of the
+/// volume's blocks, its largest block file times the blocks each of the
+/// datacenter's nodes gets when they are spread evenly. A volume whose
+/// size the directory has not learnt yet counts as 1 byte (the nodes must
+/// not be full).
 fn short_of_room(
     state: &AppState,
-    rooms: &[(String, u64)],
+    rooms: &[(String, String, u64)],
     id: u32,
     volume_bytes: u64,
 ) -> Result<Option<String>, ApiError> {
@@ -254,22 +261,37 @@ fn short_of_room(
         .ok_or_else(|| ApiError::Internal(format!("volume {id}: a block over u64")))?;
     let stripes = geometry.layout().map_err(internal)?.stripe_count().max(1);
     let blocks = stripes * u64::from(DATA_BLOCKS + PARITY_BLOCKS);
-    let need = block_file_bytes.saturating_mul(blocks.div_ceil(rooms.len().max(1) as u64));
-    let racks: HashSet<&str> = rooms
-        .iter()
-        .filter(|(_, room)| *room >= need)
-        .map(|(rack, _)| rack.as_str())
-        .collect();
+    let mut cells: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
+    for (datacenter, rack, room) in rooms {
+        cells
+            .entry(datacenter.as_str())
+            .or_default()
+            .push((rack.as_str(), *room));
+    }
+    // The datacenter with the most racks that have room, and what each of
+    // its nodes needs.
+    let (racks, need) = cells
+        .values()
+        .map(|nodes| {
+            let need = block_file_bytes.saturating_mul(blocks.div_ceil(nodes.len() as u64));
+            let racks: HashSet<&str> = nodes
+                .iter()
+                .filter(|(_, room)| *room >= need)
+                .map(|(rack, _)| *rack)
+                .collect();
+            (racks.len(), need)
+        })
+        .max()
+        .unwrap_or((0, block_file_bytes.saturating_mul(blocks)));
     let needed = if state.config.allow_fewer_racks {
         1
     } else {
         usize::from(DATA_BLOCKS + PARITY_BLOCKS)
     };
-    Ok((racks.len() < needed).then(|| {
+    Ok((racks < needed).then(|| {
         format!(
-            "held back: {} rack(s) have a storage node with room for {need} bytes of blocks \
-             (volume {id}, {volume_bytes} bytes), a stripe needs {needed}",
-            racks.len()
+            "held back: {racks} rack(s) have a storage node with room for {need} bytes of \
+             blocks (volume {id}, {volume_bytes} bytes), a stripe needs {needed}"
         )
     }))
 }

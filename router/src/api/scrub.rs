@@ -32,7 +32,7 @@ use f4::client::{RebuilderClient, StorageClient};
 use f4::pace::Pace;
 use serde::{Deserialize, Serialize};
 
-use super::coordinate::{up_node, up_rebuilders};
+use super::coordinate::{in_datacenter, up_node, up_rebuilders};
 use super::error::ApiError;
 use super::state::AppState;
 use crate::directory::types::DamagedBlockRequest;
@@ -250,7 +250,7 @@ async fn verify_stripe(
         .map(|id| up_node(nodes, id).map(NodeRecord::base_url))
         .collect();
     // Stripes spread over the rebuilders.
-    let rebuilders = up_rebuilders(nodes);
+    let rebuilders = in_datacenter(&up_rebuilders(nodes), &warm.datacenter);
     let rebuilder = rebuilders
         .get(stripe as usize % rebuilders.len().max(1))
         .copied();

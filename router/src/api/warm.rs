@@ -310,6 +310,7 @@ async fn reconstruct(
         nodes,
         state.next_read_rotation(),
     );
+    let backoffs = super::coordinate::in_datacenter(&backoffs, &warm.datacenter);
     let timeout = Duration::from_millis(state.config.replica_timeout_ms);
     let mut last = String::from("no backoff node is up");
     for backoff in backoffs {

@@ -991,6 +991,7 @@ impl Directory for RedbDirectory {
                 needle_count: request.needle_count,
                 damaged_blocks: Vec::new(),
                 journal_open: false,
+                datacenter: placed.datacenter,
             });
             put_volume(txn, &volume)?;
             Ok(volume)

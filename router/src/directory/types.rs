@@ -251,6 +251,10 @@ pub struct WarmVolume {
     /// open goes to both tiers (see `DESIGN.md`, "Migration").
     #[serde(default)]
     pub journal_open: bool,
+    /// The datacenter whose cell holds its blocks and journal (empty in
+    /// records written before datacenters: every node counts).
+    #[serde(default)]
+    pub datacenter: String,
 }
 
 impl WarmVolume {

@@ -10,6 +10,8 @@ use super::types::{LogicalVolume, NodeRecord, NodeRole, WarmVolume};
 /// Where a warm volume's blocks and journal go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct WarmPlacement {
+    /// The datacenter of every node below.
+    pub(crate) datacenter: String,
     /// Per stripe, the node of each block.
     pub(crate) stripes: Vec<Vec<String>>,
     /// The journal holders.
@@ -19,10 +21,12 @@ pub(crate) struct WarmPlacement {
 }
 
 /// Places `stripe_count` stripes of `k + m` blocks and `holder_count`
-/// journal holders on the `up` f4 storage nodes. With fewer racks than
-/// blocks in a stripe it is refused, unless `allow_fewer_racks`: then the
-/// blocks are spread as evenly as the racks allow and the tolerance says
-/// what that costs.
+/// journal holders on the `up` f4 storage nodes of one datacenter's cell:
+/// of those with a rack for every block of a stripe, the one holding the
+/// fewest blocks and holders (then by name). With fewer racks than blocks
+/// in a stripe it is refused, unless `allow_fewer_racks`: then the blocks
+/// are spread as evenly as the racks allow and the tolerance says what
+/// that costs.
 pub(crate) fn place(
     nodes: &[NodeRecord],
     volumes: &[LogicalVolume],
@@ -39,16 +43,36 @@ pub(crate) fn place(
             *load.entry(node.as_str()).or_default() += 1;
         }
     }
-    let mut racks: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut cells: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
     for node in nodes {
         if node.role == NodeRole::F4Storage && node.is_up() {
-            racks
+            cells
+                .entry(node.datacenter.as_str())
+                .or_default()
                 .entry(node.rack.as_str())
                 .or_default()
                 .push(node.id.as_str());
         }
     }
-    if racks.is_empty() || (racks.len() < blocks && !allow_fewer_racks) {
+    let held = |racks: &BTreeMap<&str, Vec<&str>>| -> usize {
+        racks
+            .values()
+            .flatten()
+            .map(|n| load.get(n).copied().unwrap_or(0))
+            .sum()
+    };
+    let most_racks = cells.values().map(BTreeMap::len).max().unwrap_or(0);
+    let Some((datacenter, racks)) = cells
+        .into_iter()
+        .filter(|(_, racks)| racks.len() >= blocks.min(most_racks))
+        .min_by_key(|(name, racks)| (held(racks), *name))
+    else {
+        return Err(DirectoryError::NotEnoughRacks {
+            needed: blocks,
+            available: 0,
+        });
+    };
+    if racks.len() < blocks && !allow_fewer_racks {
         return Err(DirectoryError::NotEnoughRacks {
             needed: blocks,
             available: racks.len(),
@@ -79,6 +103,7 @@ pub(crate) fn place(
         holders.push(node);
     }
     Ok(WarmPlacement {
+        datacenter: datacenter.to_owned(),
         stripes,
         holders: holders.into_iter().map(str::to_owned).collect(),
         tolerated_rack_losses: tolerated,
@@ -200,6 +225,74 @@ mod tests {
         }
         assert_eq!(placed.holders.len(), 5);
         assert_eq!(placed.tolerated_rack_losses, 4);
+    }
+
+    /// `cell(racks, 1)` in datacenter `dc`, its names prefixed with it.
+    fn cell_in(dc: &str, racks: usize) -> Vec<NodeRecord> {
+        cell(racks, 1)
+            .into_iter()
+            .map(|n| NodeRecord {
+                id: format!("{dc}-{}", n.id),
+                rack: format!("{dc}-{}", n.rack),
+                datacenter: dc.into(),
+                ..n
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_volume_goes_to_one_datacenter_with_a_rack_per_block_the_least_loaded() {
+        let mut nodes = cell_in("dc-1", 14);
+        nodes.extend(cell_in("dc-2", 14));
+        nodes.extend(cell_in("dc-3", 13));
+        let placed = place(&nodes, &[], 2, 10, 4, 5, false).expect("placed");
+        let in_dc = |placed: &WarmPlacement, dc: &str| {
+            placed
+                .stripes
+                .iter()
+                .flatten()
+                .chain(&placed.holders)
+                .all(|n| n.starts_with(&format!("{dc}-")))
+        };
+        assert_eq!(placed.datacenter, "dc-1");
+        assert!(in_dc(&placed, "dc-1"), "{placed:?}");
+        // dc-1 now holds a volume: the next goes to dc-2, never to dc-3,
+        // which lacks a rack.
+        let volume = LogicalVolume {
+            warm: Some(WarmVolume {
+                generation: 1,
+                geometry: f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry"),
+                stripes: placed.stripes.clone(),
+                journal_holders: placed.holders.clone(),
+                stale_holders: Vec::new(),
+                tolerated_rack_losses: 4,
+                needle_count: 0,
+                damaged_blocks: Vec::new(),
+                journal_open: false,
+                datacenter: placed.datacenter.clone(),
+            }),
+            ..serde_json::from_value(serde_json::json!({
+                "id": 1, "state": "warm", "replicas": [], "stale_replicas": [],
+                "missed_deletes": [], "repair_epoch": 0, "created_ms": 0, "size_bytes": 0,
+                "needle_count": 0, "last_generation": 1
+            }))
+            .expect("a volume")
+        };
+        let next =
+            place(&nodes, std::slice::from_ref(&volume), 2, 10, 4, 5, false).expect("placed");
+        assert_eq!(next.datacenter, "dc-2");
+        assert!(in_dc(&next, "dc-2"), "{next:?}");
+        let second = LogicalVolume {
+            id: 2,
+            warm: volume.warm.clone().map(|w| WarmVolume {
+                stripes: next.stripes.clone(),
+                journal_holders: next.holders.clone(),
+                ..w
+            }),
+            ..volume.clone()
+        };
+        let third = place(&nodes, &[volume, second], 1, 10, 4, 5, false).expect("placed");
+        assert_ne!(third.datacenter, "dc-3", "thirteen racks are too few");
     }
 
     #[test]
