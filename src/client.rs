@@ -400,8 +400,16 @@ impl RouterClient {
                     tokio::select! {
                         response = &mut pass => break response,
                         () = tokio::time::sleep(PROGRESS_POLL) => {
-                            if let Ok(jobs) = self.get_json("/admin/migrations").await {
-                                show_steps(bar, volume, &jobs);
+                            // The one job, or the first page of them.
+                            let path = match volume {
+                                Some(v) => format!(
+                                    "/admin/migrations?limit=1{}",
+                                    v.checked_sub(1).map(|a| format!("&after={a}")).unwrap_or_default()
+                                ),
+                                None => "/admin/migrations".to_owned(),
+                            };
+                            if let Ok(page) = self.get_json(&path).await {
+                                show_steps(bar, volume, &page["jobs"]);
                             }
                         }
                     }
@@ -449,29 +457,42 @@ impl RouterClient {
         Ok(())
     }
 
-    /// `GET /admin/migrations`: every migration job with its step.
+    /// `GET /admin/migrations`, page by page: every migration job with its
+    /// step (`--json`: one JSON job per line).
     pub async fn migrations(&self, json: bool) -> anyhow::Result<()> {
-        let answer = self.get_json("/admin/migrations").await?;
-        if json {
-            println!("{answer}");
-            return Ok(());
-        }
-        let jobs = answer.as_array().cloned().unwrap_or_default();
-        println!(
-            "{:>8}  {:<10} {:>8}  {:<12} error",
-            "volume", "step", "attempts", "owner"
-        );
-        for job in &jobs {
+        if !json {
             println!(
-                "{:>8}  {:<10} {:>8}  {:<12} {}",
-                field(job, "volume"),
-                job["step"].as_str().unwrap_or("?"),
-                field(job, "attempts"),
-                job["owner"].as_str().unwrap_or(""),
-                job["last_error"].as_str().unwrap_or(""),
+                "{:>8}  {:<10} {:>8}  {:<12} error",
+                "volume", "step", "attempts", "owner"
             );
         }
-        Ok(())
+        let mut after: Option<u64> = None;
+        loop {
+            let path = match after {
+                Some(after) => format!("/admin/migrations?after={after}"),
+                None => "/admin/migrations".to_owned(),
+            };
+            let page = self.get_json(&path).await?;
+            for job in page["jobs"].as_array().into_iter().flatten() {
+                if json {
+                    println!("{job}");
+                    continue;
+                }
+                println!(
+                    "{:>8}  {:<10} {:>8}  {:<12} {}",
+                    field(job, "volume"),
+                    job["step"].as_str().unwrap_or("?"),
+                    field(job, "attempts"),
+                    job["owner"].as_str().unwrap_or(""),
+                    job["last_error"].as_str().unwrap_or(""),
+                );
+            }
+            match page["next_after"].as_u64() {
+                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+                Some(_) => anyhow::bail!("the router's migration pages do not advance"),
+                None => return Ok(()),
+            }
+        }
     }
 
     async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {

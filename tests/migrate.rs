@@ -104,7 +104,10 @@ async fn locked_volumes_turn_warm_on_their_own_while_every_blob_reads() -> anyho
     // The jobs, as `hayloft migrate --status` lists them.
     let (ok, out) = migrate(&cluster, &["--status", "--json"]).await?;
     anyhow::ensure!(ok, "migrate --status: {out}");
-    let jobs: Vec<Value> = serde_json::from_str(out.trim())?;
+    let jobs: Vec<Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     for vid in &warm {
         let job = jobs
             .iter()
@@ -206,14 +209,17 @@ async fn router_metrics(client: &reqwest::Client, router: &str) -> anyhow::Resul
         .await?)
 }
 
-/// The migration jobs, as the router lists them.
+/// The migration jobs, as the router lists them (one page: these tests
+/// have a few).
 async fn jobs(client: &reqwest::Client, router: &str) -> anyhow::Result<Vec<Value>> {
-    Ok(client
+    let page: Value = client
         .get(format!("{router}/admin/migrations"))
         .send()
         .await?
         .json()
-        .await?)
+        .await?;
+    anyhow::ensure!(page["next_after"].is_null(), "more than a page: {page}");
+    Ok(page["jobs"].as_array().cloned().unwrap_or_default())
 }
 
 /// `POST /admin/migrate` (one pass, now): its status and answer.

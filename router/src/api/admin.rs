@@ -36,7 +36,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Ok(Err(e)) => tracing::debug!(error = %e, "volume gauges not refreshed"),
         Err(_) => tracing::debug!("volume gauges not refreshed: directory too slow"),
     }
-    let jobs = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, state.directory.list_migrations());
+    let jobs = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, state.directory.all_migrations());
     match jobs.await {
         Ok(Ok(jobs)) => record_job_gauges(&state, &jobs),
         Ok(Err(e)) => tracing::debug!(error = %e, "migration gauges not refreshed"),

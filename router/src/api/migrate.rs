@@ -40,7 +40,9 @@ use super::config::RouterConfig;
 use super::error::ApiError;
 use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
-use crate::directory::types::{MigrationJob, MigrationStep, StepRequest};
+use crate::directory::types::{
+    MigrationJob, MigrationPage, MigrationQuery, MigrationStep, StepRequest,
+};
 use crate::directory::{NodeRole, VolumeState, now_ms};
 
 /// What one job of a pass did.
@@ -90,7 +92,7 @@ async fn candidates(
     report.locked_idle = super::ownership::lock_orphans(state, &volumes).await;
     let jobs: HashMap<u32, MigrationJob> = state
         .directory
-        .list_migrations()
+        .all_migrations()
         .await?
         .into_iter()
         .map(|job| (job.volume, job))
@@ -375,23 +377,38 @@ async fn run_claimed(
         "migrating to the warm tier"
     );
     let (steps, seen) = watch::channel(MigrationStep::Locked);
+    let lost = CancellationToken::new();
     let reporter = tokio::spawn(report_steps(
         state.clone(),
         owner.to_owned(),
         vid,
         seen,
         lease_ms,
+        lost.clone(),
     ));
-    let result = match known_volume(state, vid).await {
-        // Flipped by a job that died before its hot replicas went (whatever
-        // step it had recorded: the flip is the directory's word).
-        Ok(volume) if volume.state == VolumeState::Warm && !job.step.is_final() => {
-            let retired = drain_and_retire(state, &volume, &steps).await;
-            drop(steps);
-            Ok(SealReport::warm(volume, retired))
+    let work = async {
+        match known_volume(state, vid).await {
+            // Flipped by a job that died before its hot replicas went
+            // (whatever step it had recorded: the flip is the directory's
+            // word).
+            Ok(volume) if volume.state == VolumeState::Warm && !job.step.is_final() => {
+                let retired = drain_and_retire(state, &volume, &steps).await;
+                drop(steps);
+                Ok(SealReport::warm(volume, retired))
+            }
+            Ok(volume) => seal(state.clone(), volume, steps).await,
+            Err(e) => Err(e),
         }
-        Ok(volume) => seal(state.clone(), volume, steps).await,
-        Err(e) => Err(e),
+    };
+    // A claim lost (run out while this attempt stalled, and taken over)
+    // stops the attempt where it is, as a kill would: the one that took it
+    // over goes on from the directory's word, and this one's steps would
+    // be refused anyway (its encode generation is no longer the latest).
+    let result = tokio::select! {
+        result = work => result,
+        () = lost.cancelled() => Err(ApiError::Busy(format!(
+            "volume {vid}'s migration claim was lost to another migrator; this attempt stopped"
+        ))),
     };
     // The sender is gone: the reporter sends what is left and ends.
     let _ = reporter.await;
@@ -424,13 +441,16 @@ fn job_end(result: &Result<SealReport, ApiError>) -> (MigrationStep, Option<Stri
 }
 
 /// Records each step the seal reaches in the job, and renews the claim
-/// every third of the lease meanwhile; ends when the seal drops its sender.
+/// every third of the lease meanwhile; ends when the seal drops its sender,
+/// or fires `lost` and ends when the directory says the claim is no longer
+/// `owner`'s.
 async fn report_steps(
     state: Arc<AppState>,
     owner: String,
     vid: u32,
     mut seen: watch::Receiver<MigrationStep>,
     lease_ms: u64,
+    lost: CancellationToken,
 ) {
     let renew = Duration::from_millis(lease_ms / 3).max(Duration::from_millis(1));
     loop {
@@ -444,8 +464,16 @@ async fn report_steps(
             error: None,
             lease_ms,
         };
-        if let Err(e) = state.directory.migration_step(vid, &request).await {
-            tracing::warn!(volume = vid, error = %e, "recording a migration step failed");
+        match state.directory.migration_step(vid, &request).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(409) => {
+                tracing::warn!(volume = vid, error = %e, "migration claim lost");
+                lost.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(volume = vid, error = %e, "recording a migration step failed");
+            }
         }
     }
 }
@@ -485,11 +513,14 @@ pub(crate) async fn migrate_volume(
     one_pass(&state, Some(volume_id(&vid)?)).await
 }
 
-/// `GET /admin/migrations`: every migration job.
+/// `GET /admin/migrations?after=V&limit=N`: a page of migration jobs.
 pub(crate) async fn migrations(
     State(state): State<Arc<AppState>>,
-) -> Result<Json<Vec<MigrationJob>>, ApiError> {
-    Ok(Json(state.directory.list_migrations().await?))
+    query: Result<Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<MigrationPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (after, limit) = query.page().map_err(ApiError::BadRequest)?;
+    Ok(Json(state.directory.migrations(after, limit).await?))
 }
 
 /// Runs the `migrator` role as `owner`: a pass every

@@ -7,10 +7,10 @@ use serde::de::DeserializeOwned;
 
 use super::types::{
     ClaimRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, EndRequest,
-    ErrorBody, GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MigrationJob, NodeRecord,
-    NodeRegistration, OwnershipRequest, PlaceRequest, RebuildClaimRequest, RebuildJob, RebuildPage,
-    RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
-    StepRequest, VolumeClaim, VolumeState,
+    ErrorBody, GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MIGRATION_PAGE_MAX,
+    MigrationJob, MigrationPage, NodeRecord, NodeRegistration, OwnershipRequest, PlaceRequest,
+    RebuildClaimRequest, RebuildJob, RebuildPage, RebuiltBlockRequest, RenewRequest,
+    ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest, VolumeClaim, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -445,9 +445,37 @@ impl DirectoryClient {
         self.send(self.http.post(url).json(request)).await
     }
 
-    /// `GET /migrations`: every migration job.
-    pub async fn list_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryClientError> {
-        self.send(self.http.get(self.url("/migrations"))).await
+    /// `GET /migrations?after=V&limit=N`: a page of migration jobs.
+    pub async fn migrations(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<MigrationPage, DirectoryClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(after) = after {
+            query.push(("after", after.to_string()));
+        }
+        self.send(self.http.get(self.url("/migrations")).query(&query))
+            .await
+    }
+
+    /// Every migration job, by volume id, page by page.
+    pub async fn all_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryClientError> {
+        let mut jobs = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.migrations(after, MIGRATION_PAGE_MAX).await?;
+            jobs.extend(page.jobs);
+            match page.next_after {
+                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+                Some(_) => {
+                    return Err(DirectoryClientError::Decode(
+                        "migration job pages do not advance".into(),
+                    ));
+                }
+                None => return Ok(jobs),
+            }
+        }
     }
 
     /// `POST /ownership`: claims or renews the writable volumes of process

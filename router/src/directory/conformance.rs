@@ -1385,9 +1385,27 @@ pub fn migration_claims(open: Open<'_>) {
     ));
     let job = dir.claim_migration(vid, "m1", 1000, 2000).expect("retry");
     assert_eq!((job.step, job.attempts), (MigrationStep::Locked, 3));
+    let other = locked_volume(&*dir);
+    dir.claim_migration(other, "m2", 1000, 2000).expect("claim");
     drop(dir);
     let dir = open();
-    let jobs = dir.list_migrations().expect("list");
-    assert_eq!(jobs.len(), 1);
-    assert_eq!((jobs[0].volume, jobs[0].owner.as_str()), (vid, "m1"));
+    let jobs = dir.migrations(None, 10).expect("list");
+    assert_eq!(
+        jobs.iter()
+            .map(|j| (j.volume, j.owner.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(vid, "m1"), (other, "m2")],
+        "by volume id, kept across a reopen"
+    );
+    let first = dir.migrations(None, 1).expect("page");
+    let rest = dir.migrations(Some(first[0].volume), 10).expect("page");
+    assert_eq!(
+        (first[0].volume, rest.len(), rest[0].volume),
+        (vid, 1, other)
+    );
+    assert!(
+        dir.migrations(Some(u32::MAX), 10)
+            .expect("past the end")
+            .is_empty()
+    );
 }

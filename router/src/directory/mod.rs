@@ -329,8 +329,12 @@ pub trait Directory: Send + Sync {
         now_ms: u64,
     ) -> Result<types::MigrationJob, DirectoryError>;
 
-    /// Every migration job, by volume id.
-    fn list_migrations(&self) -> Result<Vec<types::MigrationJob>, DirectoryError>;
+    /// Up to `limit` migration jobs of volumes after `after`, by volume id.
+    fn migrations(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<types::MigrationJob>, DirectoryError>;
 }
 
 /// Current wall-clock time in ms since the UNIX epoch (0 if the clock is

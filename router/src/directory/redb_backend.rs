@@ -1361,11 +1361,22 @@ impl Directory for RedbDirectory {
         self.list_rebuild_jobs(after, limit)
     }
 
-    fn list_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryError> {
+    fn migrations(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<MigrationJob>, DirectoryError> {
         self.read(|txn| {
             let table = txn.open_table(MIGRATION_JOBS)?;
+            let range = match after {
+                Some(after) => match after.checked_add(1) {
+                    Some(next) => table.range(next..)?,
+                    None => return Ok(Vec::new()),
+                },
+                None => table.range::<u32>(..)?,
+            };
             let mut jobs = Vec::new();
-            for entry in table.iter()? {
+            for entry in range.take(limit) {
                 let (_, v) = entry?;
                 jobs.push(decode("migration_jobs", v.value())?);
             }

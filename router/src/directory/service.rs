@@ -28,10 +28,10 @@ use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
     ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, DropQuery,
-    EndRequest, ErrorBody, FreshRequest, GenerationRequest, LeaseRequest, NodeRegistration,
-    OwnershipRequest, PlaceRequest, RebuildClaimRequest, RebuildPage, RebuildQuery,
-    RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
-    StepRequest,
+    EndRequest, ErrorBody, FreshRequest, GenerationRequest, LeaseRequest, MigrationPage,
+    MigrationQuery, NodeRegistration, OwnershipRequest, PlaceRequest, RebuildClaimRequest,
+    RebuildPage, RebuildQuery, RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest,
+    SetStateRequest, StaleRequest, StepRequest,
 };
 use super::{Directory, DirectoryError, LogicalVolume, RedbDirectory, now_ms};
 
@@ -650,10 +650,19 @@ async fn migration_step(
     Ok(axum::Json(job).into_response())
 }
 
-/// `GET /migrations`: every migration job.
-async fn list_migrations(State(state): State<AppState>) -> Result<Response, DirectoryError> {
-    let jobs = state.blocking(|d| d.list_migrations()).await?;
-    Ok(axum::Json(jobs).into_response())
+/// `GET /migrations?after=V&limit=N`: a page of migration jobs.
+async fn list_migrations(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, DirectoryError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
+    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
+    let jobs = state.blocking(move |d| d.migrations(after, limit)).await?;
+    let next_after = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| j.volume))
+        .flatten();
+    Ok(axum::Json(MigrationPage { jobs, next_after }).into_response())
 }
 
 fn parse_key(text: &str) -> Result<u64, DirectoryError> {

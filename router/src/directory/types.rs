@@ -371,6 +371,37 @@ pub struct MigrationJob {
     pub last_error: Option<String>,
 }
 
+/// Most jobs of one `GET /migrations` page, and the default.
+pub const MIGRATION_PAGE_MAX: usize = 1024;
+
+/// Query of `GET /migrations` (and of the router's `GET /admin/migrations`):
+/// jobs of volumes after `after`, at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationQuery {
+    /// Jobs of volumes after this one.
+    pub after: Option<u32>,
+    /// At most this many jobs (1 to [`MIGRATION_PAGE_MAX`]).
+    pub limit: Option<usize>,
+}
+
+impl MigrationQuery {
+    /// The volume to list after and the limit, checked.
+    pub fn page(&self) -> Result<(Option<u32>, usize), String> {
+        Ok((self.after, page_limit(self.limit, MIGRATION_PAGE_MAX)?))
+    }
+}
+
+/// A page of `GET /migrations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationPage {
+    /// Jobs by volume id.
+    pub jobs: Vec<MigrationJob>,
+    /// Ask again with `after` set to this for the next page; `None` at the
+    /// end.
+    pub next_after: Option<u32>,
+}
+
 /// Body of `POST /volumes/{vid}/migration/claim`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
