@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Effective replication factor measured on disk, per tier: the bytes of
+# every file on every node over the logical bytes of the live BLOBs each
+# tier holds (bench/src/bin/on_disk.rs). One `hayloft up` (one process,
+# this machine's disk): COUNT BLOBs of SIZE uploaded (several VOLUME_SIZE
+# volumes fill and lock, the last stays writable); measured ("hot": three
+# replicas); then every locked volume migrated to the warm tier (one
+# RS(10,4) cell of 14 storage nodes; the hot replicas retired) and measured
+# again ("warm").
+#
+# Usage: bench/scripts/replication_on_disk.sh            (from the repository root)
+# Environment (all optional):
+#   SIZE=64KiB COUNT=20000 VOLUME_SIZE=64MiB (the router writes 16 volumes at once:
+#   20,000 BLOBs of 64 KiB fill and lock them all)  HAYLOFT_PORT=18080  WORK=<temp dir>
+# Prints the JSON lines and a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SIZE="${SIZE:-64KiB}"
+COUNT="${COUNT:-20000}"
+VOLUME_SIZE="${VOLUME_SIZE:-64MiB}"
+HAYLOFT_PORT="${HAYLOFT_PORT:-18080}"
+WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/hayloft-on-disk.XXXXXX")}"
+IP=127.0.0.1
+router="http://$IP:$HAYLOFT_PORT"
+mkdir -p "$WORK"
+
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
+cleanup() {
+  stop_all
+  rm -rf "$WORK/data"
+}
+on_exit cleanup
+
+build_release
+cargo build --release --quiet -p bench --bin on-disk
+ON_DISK=target/release/on-disk
+
+"$HAYLOFT" up --data "$WORK/data" --listen "$IP:$HAYLOFT_PORT" --volume-size "$VOLUME_SIZE" \
+  --max-blob-size "$SIZE" --warm-after 1d --migration-rate 0 --scrub-rate 0 \
+  >"$WORK/hayloft.log" 2>&1 &
+PIDS+=($!)
+wait_http "$router/health" "hayloft router"
+"$LOADGEN" --target hayloft --url "$router" --size "$SIZE" --concurrency 16 \
+  --requests "$COUNT" --warmup 0 --upload-only --save-urls "$WORK/urls" --label upload >/dev/null
+# The stores' sizes reach the directory with their heartbeats: wait for
+# every full volume to lock.
+sleep 3
+sync
+"$ON_DISK" --data "$WORK/data" --urls "$WORK/urls" --size "$SIZE" --label before >"$WORK/before.txt"
+
+locked=$(curl -fsS "$router/admin/volumes" |
+  python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "locked"))')
+[ -n "$locked" ] || { echo "no volume locked (COUNT too small?)" >&2; exit 1; }
+for vid in $locked; do
+  curl -fsS -X POST "$router/admin/volumes/$vid/migrate" |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; assert j["error"] is None, j'
+done
+sync
+"$ON_DISK" --data "$WORK/data" --urls "$WORK/urls" --size "$SIZE" --label after >"$WORK/after.txt"
+
+grep '^{' "$WORK/before.txt" "$WORK/after.txt" | cut -d: -f2-
+echo
+echo "Volumes locked and migrated: $locked ($COUNT BLOBs of $SIZE, volumes of $VOLUME_SIZE)"
+echo
+echo "| when, tier | volumes | logical live bytes | on disk | effective replication | data and parity only | metadata share |"
+echo "|---|---|---|---|---|---|---|"
+grep -h '^|' "$WORK/before.txt" "$WORK/after.txt"

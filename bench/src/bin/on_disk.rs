@@ -1,0 +1,221 @@
+//! Effective replication factor measured on disk: the bytes of every file
+//! on every node of a `hayloft up` data directory, per tier, over the
+//! logical bytes of the live BLOBs each tier holds.
+//!
+//! Files are told apart by name: a store's `volume-V.data` (needles) and
+//! `volume-V.index` are the hot tier's; a storage node's block files
+//! (`volume-V.gG.sS.bB.block`, each header read to split its data bytes
+//! from its header and checksum record, and data blocks from parity ones),
+//! `volume-V.gG.index` and `volume-V.gG.journal` the warm tier's. A
+//! volume's logical bytes are its live BLOBs' sizes: `--urls` lists every
+//! BLOB uploaded (one URL per line, as `loadgen --save-urls` writes them,
+//! none deleted), each `--size` bytes; a volume counts in a tier when that
+//! tier holds a file of it.
+//!
+//! ```text
+//! cargo run --release -p bench --bin on-disk -- --data DIR --urls FILE --size 64KiB --label hot
+//! ```
+//!
+//! Prints one JSON line per tier with a stored volume, then a Markdown row
+//! each.
+
+#![allow(clippy::print_stdout, reason = "the report is the program's output")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+
+/// Bytes on disk per tier, over logical live bytes.
+#[derive(Parser)]
+#[command(name = "on-disk")]
+struct Args {
+    /// The data directory of a `hayloft up` (`--data`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Every BLOB uploaded, one URL (ending in its id `V,...`) per line.
+    #[arg(long)]
+    urls: PathBuf,
+    /// Each BLOB's size (`64KiB`, or bytes).
+    #[arg(long, value_parser = bench::parse_size)]
+    size: usize,
+    /// A label copied into the report (e.g. `before` or `after`).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// What a tier's files hold, in bytes.
+#[derive(Debug, Default, Serialize)]
+struct Tier {
+    label: String,
+    tier: &'static str,
+    volumes: usize,
+    /// Live BLOB bytes of the volumes this tier holds.
+    logical_bytes: u64,
+    /// Needle data files (hot; needle framing included) or the data
+    /// blocks' data bytes (warm).
+    data_bytes: u64,
+    /// The parity blocks' data bytes.
+    parity_bytes: u64,
+    /// Block headers and checksum records.
+    block_metadata_bytes: u64,
+    index_bytes: u64,
+    journal_bytes: u64,
+    /// Every byte of every file of the tier.
+    total_bytes: u64,
+    /// `total_bytes / logical_bytes`.
+    effective_replication: f64,
+    /// `(data_bytes + parity_bytes) / logical_bytes`.
+    payload_replication: f64,
+    /// What is not data or parity, over `total_bytes`.
+    metadata_share: f64,
+}
+
+/// One file's share of a tier.
+enum Kind {
+    HotData,
+    HotIndex,
+    Block,
+    WarmIndex,
+    WarmJournal,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.urls)
+        .with_context(|| format!("reading {}", args.urls.display()))?;
+    let mut blobs: BTreeMap<u32, u64> = BTreeMap::new();
+    for url in text.lines().filter(|l| !l.trim().is_empty()) {
+        let id = url.rsplit('/').next().unwrap_or(url);
+        let volume: u32 = id
+            .split(',')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no volume id in {url:?}"))?;
+        *blobs.entry(volume).or_default() += 1;
+    }
+    let mut hot = Tier {
+        tier: "hot",
+        ..Tier::default()
+    };
+    let mut warm = Tier {
+        tier: "warm",
+        ..Tier::default()
+    };
+    let mut hot_volumes = BTreeSet::new();
+    let mut warm_volumes = BTreeSet::new();
+    for path in files(&args.data)? {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some((volume, kind)) = classify(name) else {
+            continue;
+        };
+        let len = std::fs::metadata(&path)?.len();
+        match kind {
+            Kind::HotData | Kind::HotIndex => {
+                hot_volumes.insert(volume);
+                hot.total_bytes += len;
+                match kind {
+                    Kind::HotData => hot.data_bytes += len,
+                    _ => hot.index_bytes += len,
+                }
+            }
+            Kind::Block => {
+                warm_volumes.insert(volume);
+                warm.total_bytes += len;
+                let header = f4::block::read_header(&File::open(&path)?)
+                    .with_context(|| format!("block header of {}", path.display()))?;
+                let data = header.block_len_bytes;
+                if header.block_index < u32::from(header.geometry.data_blocks) {
+                    warm.data_bytes += data;
+                } else {
+                    warm.parity_bytes += data;
+                }
+                warm.block_metadata_bytes += len.saturating_sub(data);
+            }
+            Kind::WarmIndex => {
+                warm_volumes.insert(volume);
+                warm.total_bytes += len;
+                warm.index_bytes += len;
+            }
+            Kind::WarmJournal => {
+                warm_volumes.insert(volume);
+                warm.total_bytes += len;
+                warm.journal_bytes += len;
+            }
+        }
+    }
+    let size = args.size as u64;
+    let mut rows = Vec::new();
+    for (mut tier, volumes) in [(hot, hot_volumes), (warm, warm_volumes)] {
+        if volumes.is_empty() {
+            continue;
+        }
+        tier.label.clone_from(&args.label);
+        tier.volumes = volumes.len();
+        tier.logical_bytes = volumes
+            .iter()
+            .map(|v| blobs.get(v).copied().unwrap_or(0) * size)
+            .sum();
+        let logical = tier.logical_bytes.max(1) as f64;
+        tier.effective_replication = tier.total_bytes as f64 / logical;
+        tier.payload_replication = (tier.data_bytes + tier.parity_bytes) as f64 / logical;
+        tier.metadata_share = tier
+            .total_bytes
+            .saturating_sub(tier.data_bytes + tier.parity_bytes) as f64
+            / tier.total_bytes.max(1) as f64;
+        println!("{}", serde_json::to_string(&tier)?);
+        rows.push(tier);
+    }
+    for tier in &rows {
+        println!(
+            "| {} {} | {} | {:.1} MiB | {:.1} MiB | **{:.4}** | {:.4} | {:.3}% |",
+            tier.label,
+            tier.tier,
+            tier.volumes,
+            tier.logical_bytes as f64 / (1 << 20) as f64,
+            tier.total_bytes as f64 / (1 << 20) as f64,
+            tier.effective_replication,
+            tier.payload_replication,
+            tier.metadata_share * 100.0,
+        );
+    }
+    Ok(())
+}
+
+/// Every file under `root`, recursively.
+fn files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The volume and kind of a tier's file, from its name.
+fn classify(name: &str) -> Option<(u32, Kind)> {
+    let rest = name.strip_prefix("volume-")?;
+    let volume: u32 = rest.get(..10)?.parse().ok()?;
+    let suffix = rest.get(10..)?;
+    let kind = match suffix {
+        ".data" => Kind::HotData,
+        ".index" => Kind::HotIndex,
+        _ if suffix.starts_with(".g") && suffix.ends_with(".block") => Kind::Block,
+        _ if suffix.starts_with(".g") && suffix.ends_with(".index") => Kind::WarmIndex,
+        _ if suffix.starts_with(".g") && suffix.ends_with(".journal") => Kind::WarmJournal,
+        _ => return None,
+    };
+    Some((volume, kind))
+}
