@@ -979,3 +979,61 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
     }
     Ok(())
 }
+
+/// A block that fails its check while the migration verifies (its bytes
+/// changed on disk after they were written) is rebuilt alone, in place,
+/// from its stripe: the same attempt goes on to warm, and every BLOB reads
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_that_fails_its_check_is_rebuilt_alone() -> anyhow::Result<()> {
+    let args = [SMALL_VOLUMES, &["--warm-after", "1d", "--scrub-rate", "0"]].concat();
+    let cluster = Cluster::start_spawned(&args).await?;
+    let client = http_client();
+    let router = cluster.router.clone();
+    // The router's migration waits 4 s once its blocks are written, before
+    // it checks them.
+    cluster.kill_node("router")?;
+    let _router = cluster.restart_node_with(
+        "router",
+        &[
+            ("HAYLOFT_PAUSE_AT", "migrate-verifying"),
+            ("HAYLOFT_PAUSE_MS", "4000"),
+        ],
+    )?;
+    let blobs = fill(&client, &router, 83, 1).await?;
+    let vid = locked_volume(&client, &router).await?;
+    let migration = spawn_forced_migration(client.clone(), router.clone(), vid);
+    paused_at(&cluster, "migrate-verifying").await?;
+    let warm = volume(&client, &router, vid).await?["warm"].clone();
+    let node = warm["stripes"][0][2].as_str().context("node")?;
+    let generation = warm["generation"].as_u64().context("generation")?;
+    let path = cluster
+        .data_dir
+        .join(node)
+        .join("blocks")
+        .join(f4::block::block_file_name(vid, generation, 0, 2));
+    let mut bytes = std::fs::read(&path)?;
+    bytes[200] ^= 0x10;
+    std::fs::write(&path, &bytes)?;
+    let pass = migration.await??;
+    anyhow::ensure!(
+        pass["jobs"][0]["step"] == "warm",
+        "{pass}\nlog:\n{}",
+        cluster.log_tail()
+    );
+    let job = jobs(&client, &router)
+        .await?
+        .into_iter()
+        .find(|j| j["volume"] == vid)
+        .context("the job")?;
+    anyhow::ensure!(job["attempts"] == 1, "not the same attempt: {job}");
+    anyhow::ensure!(
+        std::fs::read(&path)? != bytes,
+        "the damaged block was not written again"
+    );
+    anyhow::ensure!(cluster.log().contains("rebuilding them alone"));
+    for blob in blobs.iter().filter(|b| b.volume() == vid) {
+        blob.check(&client, &router).await?;
+    }
+    Ok(())
+}

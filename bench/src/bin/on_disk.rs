@@ -164,10 +164,10 @@ fn main() -> anyhow::Result<()> {
         let logical = tier.logical_bytes.max(1) as f64;
         tier.effective_replication = tier.total_bytes as f64 / logical;
         tier.payload_replication = (tier.data_bytes + tier.parity_bytes) as f64 / logical;
-        tier.metadata_share = tier
-            .total_bytes
-            .saturating_sub(tier.data_bytes + tier.parity_bytes) as f64
-            / tier.total_bytes.max(1) as f64;
+        tier.metadata_share =
+            tier.total_bytes
+                .saturating_sub(tier.data_bytes + tier.parity_bytes) as f64
+                / tier.total_bytes.max(1) as f64;
         println!("{}", serde_json::to_string(&tier)?);
         rows.push(tier);
     }

@@ -1034,6 +1034,62 @@ async fn run_job(
     Some(outcome)
 }
 
+/// Rebuilds `blocks` (stripe, block) of volume `vid` in place, each
+/// stripe's in one job as a pass would: for a seal whose freshly written
+/// block failed its check, so that the block is written again alone. An
+/// error says what failed.
+pub(crate) async fn rebuild_in_place(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    nodes: &[NodeRecord],
+    blocks: &[(u64, u32)],
+) -> Result<(), String> {
+    let rebuilders = up_rebuilders(nodes);
+    let rebuilder = *in_datacenter(&rebuilders, &warm.datacenter)
+        .first()
+        .ok_or("no rebuilder is up")?;
+    let warm = Arc::new(warm.clone());
+    let mut by_stripe: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+    for (stripe, block) in blocks {
+        by_stripe.entry(*stripe).or_default().push(*block);
+    }
+    for (stripe, blocks) in by_stripe {
+        let members = warm
+            .stripes
+            .get(stripe as usize)
+            .ok_or_else(|| format!("no stripe {stripe}"))?;
+        if blocks.len() > usize::from(warm.geometry.parity_blocks) {
+            return Err(format!("stripe {stripe}: {} blocks failed", blocks.len()));
+        }
+        let targets = blocks
+            .iter()
+            .map(|b| {
+                let node = members
+                    .get(*b as usize)
+                    .ok_or_else(|| format!("no block {stripe}.{b}"))?;
+                Ok((*b, node.clone(), node.clone()))
+            })
+            .collect::<Result<_, String>>()?;
+        let job = StripeJob {
+            volume: vid,
+            warm: Arc::clone(&warm),
+            stripe,
+            targets,
+            balance: false,
+            attempts: 0,
+        };
+        match run_job(state, job, nodes, rebuilder).await {
+            Some(RebuildOutcome { error: None, .. }) => {}
+            Some(RebuildOutcome {
+                error: Some(error), ..
+            }) => return Err(format!("stripe {stripe}: {error}")),
+            None => return Err(format!("stripe {stripe} is being rebuilt elsewhere")),
+        }
+    }
+    Ok(())
+}
+
 /// Drops the jobs in the directory that no one held and whose stripes need
 /// nothing now (the blocks came back, the volume went), each only if it is
 /// still the attempt the pass read: what they wrote is an orphan.

@@ -303,9 +303,40 @@ async fn attempt(
         .map_err(|e| failed(ApiError::Unavailable(format!("distributing: {e}"))))?;
     steps.send_replace(MigrationStep::Verifying);
     pause_task_at("migrate-verifying").await;
-    check_blocks(state, vid, &warm, &nodes)
+    // A block that fails its check (a bad write) is written again alone,
+    // rebuilt in place from its stripe, and checked again.
+    let failed = check_blocks(state, vid, &warm, &nodes)
         .await
         .map_err(|e| (e, None))?;
+    if !failed.is_empty() {
+        tracing::warn!(volume = vid, generation, blocks = ?failed,
+            "blocks failed their check; rebuilding them alone");
+        let places: Vec<(u64, u32)> = failed.iter().map(|(s, b, _)| (*s, *b)).collect();
+        let listed: Vec<NodeRecord> = nodes.values().cloned().collect();
+        super::coordinate::rebuild_in_place(state, vid, &warm, &listed, &places)
+            .await
+            .map_err(|why| {
+                let (stripe, block, error) = &failed[0];
+                (
+                    ApiError::Unavailable(format!(
+                        "block {stripe}.{block} failed its check ({error}) and could not be \
+                         rebuilt: {why}"
+                    )),
+                    None,
+                )
+            })?;
+        let still = check_blocks(state, vid, &warm, &nodes)
+            .await
+            .map_err(|e| (e, None))?;
+        if let Some((stripe, block, error)) = still.first() {
+            return Err((
+                ApiError::Unavailable(format!(
+                    "block {stripe}.{block} failed its check again after its rebuild: {error}"
+                )),
+                None,
+            ));
+        }
+    }
     let verified = verify(state, vid, &warm, &nodes)
         .await
         .map_err(|e| (e, None))?;
@@ -475,14 +506,14 @@ async fn prune_everywhere(state: &AppState, vid: u32, keep: Option<u64>) {
 }
 
 /// Has every block's node read it back from disk and check it against its
-/// chunk CRCs (a few nodes at a time); the first block that fails fails the
-/// attempt, naming it.
+/// chunk CRCs (a few nodes at a time); the blocks that failed, as (stripe,
+/// block, why).
 async fn check_blocks(
     state: &AppState,
     vid: u32,
     warm: &WarmVolume,
     nodes: &std::collections::HashMap<String, NodeRecord>,
-) -> Result<(), ApiError> {
+) -> Result<Vec<(u64, u32, String)>, ApiError> {
     let mut checks = Vec::new();
     for (stripe, placed) in warm.stripes.iter().enumerate() {
         for (block, node) in placed.iter().enumerate() {
@@ -498,20 +529,21 @@ async fn check_blocks(
             let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
             let geometry = warm.geometry;
             checks.push(async move {
-                client.check_block(id, geometry).await.map_err(|e| {
-                    ApiError::Unavailable(format!(
-                        "block {}.{} on {} failed its check: {e}",
-                        id.stripe, id.block, node.id
-                    ))
-                })
+                client
+                    .check_block(id, geometry)
+                    .await
+                    .err()
+                    .map(|e| (id.stripe, id.block, format!("on {}: {e}", node.id)))
             });
         }
     }
-    futures::stream::iter(checks)
+    let failed: Vec<Option<(u64, u32, String)>> = futures::stream::iter(checks)
         .buffer_unordered(BLOCK_CHECKS_AT_ONCE)
-        .try_collect::<Vec<()>>()
-        .await
-        .map(drop)
+        .collect()
+        .await;
+    let mut failed: Vec<(u64, u32, String)> = failed.into_iter().flatten().collect();
+    failed.sort_by_key(|(stripe, block, _)| (*stripe, *block));
+    Ok(failed)
 }
 
 /// Reads every live needle back through the warm read path (index on a
