@@ -204,6 +204,10 @@ pub struct PruneRequest {
     /// The generation to keep: the committed one, or none while the volume
     /// is hot.
     pub keep: Option<u64>,
+    /// Only generations up to this one: an aborted attempt's cleanup never
+    /// touches a later attempt's files.
+    #[serde(default)]
+    pub up_to: Option<u64>,
 }
 
 /// Answer of `POST /volumes/{vid}/prune`.

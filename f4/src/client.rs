@@ -241,14 +241,14 @@ impl StorageClient {
 
     /// Removes the node's files of every generation of `volume` but `keep`;
     /// how many went.
-    pub async fn prune(&self, volume: u32, keep: Option<u64>) -> Result<u64> {
+    pub async fn prune(&self, volume: u32, keep: Option<u64>, up_to: Option<u64>) -> Result<u64> {
         let request = self
             .request(
                 Method::POST,
                 &format!("/volumes/{volume}/prune"),
                 self.timeout,
             )
-            .json(&PruneRequest { keep });
+            .json(&PruneRequest { keep, up_to });
         Ok(self.json::<PruneReport>(request).await?.removed)
     }
 

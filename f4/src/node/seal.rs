@@ -85,7 +85,9 @@ pub(super) async fn prune(
                     else {
                         continue;
                     };
-                    if Some(generation) == request.keep {
+                    if Some(generation) == request.keep
+                        || request.up_to.is_some_and(|last| generation > last)
+                    {
                         continue;
                     }
                     let path = entry.path();

@@ -185,9 +185,9 @@ pub(crate) fn up_node<'n>(nodes: &'n [NodeRecord], id: &str) -> Option<&'n NodeR
     nodes.iter().find(|n| n.id == id && n.is_up())
 }
 
-/// Those of `nodes` in `datacenter`, or all of them when none is (or the
-/// label is empty): a datacenter's own nodes serve its volumes, others
-/// only while it has none up.
+/// Those of `nodes` in `datacenter`, or all of them when none is: a
+/// datacenter's own rebuilders serve its volumes, others only while it has
+/// none up.
 pub(crate) fn in_datacenter<'n>(nodes: &[&'n NodeRecord], datacenter: &str) -> Vec<&'n NodeRecord> {
     let local: Vec<&NodeRecord> = nodes
         .iter()
@@ -198,6 +198,24 @@ pub(crate) fn in_datacenter<'n>(nodes: &[&'n NodeRecord], datacenter: &str) -> V
         nodes.to_vec()
     } else {
         local
+    }
+}
+
+/// `nodes`, those in `datacenter` first (in their order), then the others:
+/// a read tries its datacenter's backoff nodes before any other.
+pub(crate) fn local_first<'n>(nodes: &[&'n NodeRecord], datacenter: &str) -> Vec<&'n NodeRecord> {
+    let mut ordered = nodes.to_vec();
+    ordered.sort_by_key(|n| n.datacenter != datacenter);
+    ordered
+}
+
+/// The datacenter label of node `id` in `nodes`, if known.
+pub(crate) fn datacenter_in<'n>(nodes: &'n [NodeRecord]) -> impl Fn(&str) -> Option<String> + 'n {
+    move |id| {
+        nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.datacenter.clone())
     }
 }
 
@@ -367,6 +385,11 @@ impl<'a> Cell<'a> {
         })
     }
 
+    /// Where `warm` lives ([`WarmVolume::home_datacenter`]).
+    fn home(&self, warm: &WarmVolume) -> String {
+        warm.home_datacenter(|id| self.nodes.get(id).map(|n| n.datacenter.clone()))
+    }
+
     fn rack<'s>(&'s self, id: &'s str) -> &'s str {
         self.nodes.get(id).map_or(id, |n| n.rack.as_str())
     }
@@ -448,6 +471,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             mend_holders(state, &mut cell, volume, warm, &mut report).await;
         }
         let warm = Arc::new(warm.clone());
+        let home = cell.home(&warm);
         for (stripe, members) in warm.stripes.iter().enumerate() {
             let stripe = stripe as u64;
             let mut missing = Vec::new();
@@ -496,7 +520,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             if missing.is_empty() {
                 if unavailable.is_empty()
                     && !elsewhere
-                    && let Some(target) = cell.balance(members, &warm.datacenter)
+                    && let Some(target) = cell.balance(members, &home)
                 {
                     let targets = vec![target];
                     jobs.push(StripeJob {
@@ -525,7 +549,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             for (block, loss) in missing.iter().take(if elsewhere { 0 } else { m }) {
                 let from = members[*block as usize].clone();
                 let to = match loss {
-                    Loss::NodeLost => match cell.replacement(&group, &warm.datacenter) {
+                    Loss::NodeLost => match cell.replacement(&group, &home) {
                         Some(to) => to,
                         None => {
                             report.problems.push(format!(
@@ -660,7 +684,7 @@ async fn mend_holders<'a>(
     let mut group: Vec<&str> = warm.journal_holders.iter().map(String::as_str).collect();
     for holder in &warm.journal_holders {
         if cell.lost(holder) {
-            let Some(to) = cell.replacement(&group, &warm.datacenter) else {
+            let Some(to) = cell.replacement(&group, &cell.home(warm)) else {
                 report.problems.push(format!(
                     "volume {}: no up storage node to replace journal holder {holder}",
                     volume.id
@@ -929,7 +953,8 @@ pub(crate) async fn pass(state: &AppState, act: bool) -> Result<RepairReport, Ap
         let outcomes: Vec<Option<RebuildOutcome>> =
             futures::stream::iter(jobs.into_iter().enumerate())
                 .map(|(i, job)| async move {
-                    let local = in_datacenter(rebuilders, &job.warm.datacenter);
+                    let home = job.warm.home_datacenter(datacenter_in(nodes));
+                    let local = in_datacenter(rebuilders, &home);
                     let rebuilder = local[i % local.len()];
                     run_job(state, job, nodes, rebuilder).await
                 })
@@ -1046,7 +1071,7 @@ pub(crate) async fn rebuild_in_place(
     blocks: &[(u64, u32)],
 ) -> Result<(), String> {
     let rebuilders = up_rebuilders(nodes);
-    let rebuilder = *in_datacenter(&rebuilders, &warm.datacenter)
+    let rebuilder = *in_datacenter(&rebuilders, &warm.home_datacenter(datacenter_in(nodes)))
         .first()
         .ok_or("no rebuilder is up")?;
     let warm = Arc::new(warm.clone());
@@ -1352,6 +1377,38 @@ mod tests {
         assert_eq!(cell.replacement(&["a", "b"], ""), Some("c"));
         assert_eq!(cell.replacement(&["a", "b", "c"], ""), Some("e"));
         assert_eq!(cell.replacement(&["a", "b", "c", "e"], ""), None);
+    }
+
+    #[test]
+    fn a_replacement_stays_in_the_volumes_datacenter() {
+        let mut nodes = vec![
+            node("a", "r1", true, 0),
+            node("b", "r1", true, 0),
+            node("far", "dc2-r1", true, 0),
+        ];
+        nodes[2].datacenter = "dc-2".into();
+        let cell = Cell::new(&nodes, &[], 1000);
+        // `far` has an empty rack of its own, but another datacenter.
+        assert_eq!(cell.replacement(&["a"], "dc-1"), Some("b"));
+        assert_eq!(cell.replacement(&["a", "b"], "dc-1"), None);
+        // A record from before datacenters lives where its first block is.
+        let old = WarmVolume {
+            datacenter: String::new(),
+            ..warm_record(1, vec![vec!["far".into()]])
+        };
+        assert_eq!(cell.home(&old), "dc-2");
+        assert_eq!(cell.home(&warm_record(1, Vec::new())), "dc-1");
+        let up: Vec<&NodeRecord> = nodes.iter().collect();
+        let ordered: Vec<&str> = local_first(&up, "dc-2")
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect();
+        assert_eq!(ordered, ["far", "a", "b"], "its own datacenter's first");
+        let only: Vec<&str> = in_datacenter(&up, "dc-3")
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect();
+        assert_eq!(only, ["a", "b", "far"], "any, while it has none");
     }
 
     #[test]

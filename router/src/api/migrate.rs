@@ -21,7 +21,7 @@
 //! The `migrator` role runs passes every [`RouterConfig::migrate_interval_ms`];
 //! a router runs one on `POST /admin/migrate` (`hayloft migrate`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -149,7 +149,7 @@ async fn candidates(
         let mut fitting = Vec::with_capacity(picked.len());
         for (locked_ms, id, to_encode) in picked {
             let short = match to_encode {
-                Some(volume_bytes) => short_of_room(state, &rooms, id, volume_bytes)?,
+                Some(volume_bytes) => room_for(state, &rooms, id, volume_bytes)?.err(),
                 None => None,
             };
             match short {
@@ -222,7 +222,9 @@ async fn hold_back(state: &AppState) -> Result<Option<String>, ApiError> {
 /// Each up storage node's datacenter, rack and room for blocks
 /// (`GET /space`: its disk's available bytes less its reserve); a node that
 /// does not answer has none.
-async fn storage_rooms(state: &AppState) -> Result<Vec<(String, String, u64)>, ApiError> {
+pub(crate) async fn storage_rooms(
+    state: &AppState,
+) -> Result<Vec<(String, String, u64)>, ApiError> {
     let nodes = state.cache.nodes(true).await?;
     let up = nodes
         .values()
@@ -241,19 +243,19 @@ async fn storage_rooms(state: &AppState) -> Result<Vec<(String, String, u64)>, A
     .await)
 }
 
-/// Why volume `id` of `volume_bytes` cannot be placed on nodes with
-/// `rooms` (datacenter, rack, room), if so: in no datacenter do as many
-/// racks as a stripe needs hold a node with room for its share of the
-/// volume's blocks, its largest block file times the blocks each of the
-/// datacenter's nodes gets when they are spread evenly. A volume whose
-/// size the directory has not learnt yet counts as 1 byte (the nodes must
-/// not be full).
-fn short_of_room(
+/// The datacenters where volume `id` of `volume_bytes` fits on nodes with
+/// `rooms` (datacenter, rack, room): those where as many racks as a stripe
+/// needs hold a node with room for its share of the volume's blocks, its
+/// largest block file times the blocks each of the datacenter's nodes
+/// gets when they are spread evenly; or, when none does, why. A volume
+/// whose size the directory has not learnt yet counts as 1 byte (the nodes
+/// must not be full).
+pub(crate) fn room_for(
     state: &AppState,
     rooms: &[(String, String, u64)],
     id: u32,
     volume_bytes: u64,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Result<Vec<String>, String>, ApiError> {
     let internal = |e: f4::Error| ApiError::Internal(format!("volume {id}: {e}"));
     let geometry =
         seal_geometry(volume_bytes.max(1), state.config.max_block_size_bytes).map_err(internal)?;
@@ -263,39 +265,48 @@ fn short_of_room(
         .ok_or_else(|| ApiError::Internal(format!("volume {id}: a block over u64")))?;
     let stripes = geometry.layout().map_err(internal)?.stripe_count().max(1);
     let blocks = stripes * u64::from(DATA_BLOCKS + PARITY_BLOCKS);
-    let mut cells: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
+    let mut cells: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for (datacenter, rack, room) in rooms {
         cells
             .entry(datacenter.as_str())
             .or_default()
             .push((rack.as_str(), *room));
     }
-    // The datacenter with the most racks that have room, and what each of
-    // its nodes needs.
-    let (racks, need) = cells
-        .values()
-        .map(|nodes| {
+    let needed = if state.config.allow_fewer_racks {
+        1
+    } else {
+        usize::from(DATA_BLOCKS + PARITY_BLOCKS)
+    };
+    // Per datacenter: its racks that have room, and what each node needs.
+    let fits: Vec<(&str, usize, u64)> = cells
+        .iter()
+        .map(|(datacenter, nodes)| {
             let need = block_file_bytes.saturating_mul(blocks.div_ceil(nodes.len() as u64));
             let racks: HashSet<&str> = nodes
                 .iter()
                 .filter(|(_, room)| *room >= need)
                 .map(|(rack, _)| *rack)
                 .collect();
-            (racks.len(), need)
+            (*datacenter, racks.len(), need)
         })
-        .max()
+        .collect();
+    let roomy: Vec<String> = fits
+        .iter()
+        .filter(|(_, racks, _)| *racks >= needed)
+        .map(|(datacenter, _, _)| (*datacenter).to_owned())
+        .collect();
+    if !roomy.is_empty() {
+        return Ok(Ok(roomy));
+    }
+    let (racks, need) = fits
+        .iter()
+        .map(|(_, racks, need)| (*racks, *need))
+        .max_by_key(|(racks, _)| *racks)
         .unwrap_or((0, block_file_bytes.saturating_mul(blocks)));
-    let needed = if state.config.allow_fewer_racks {
-        1
-    } else {
-        usize::from(DATA_BLOCKS + PARITY_BLOCKS)
-    };
-    Ok((racks < needed).then(|| {
-        format!(
-            "held back: {racks} rack(s) have a storage node with room for {need} bytes of \
-             blocks (volume {id}, {volume_bytes} bytes), a stripe needs {needed}"
-        )
-    }))
+    Ok(Err(format!(
+        "held back: {racks} rack(s) have a storage node with room for {need} bytes of blocks \
+         (volume {id}, {volume_bytes} bytes), a stripe needs {needed}"
+    )))
 }
 
 /// One pass as `owner`: every candidate (or only volume `only`), at most
@@ -396,14 +407,14 @@ async fn run_claimed(
                 drop(steps);
                 Ok(SealReport::warm(volume, retired))
             }
-            Ok(volume) => seal(state.clone(), volume, steps).await,
+            Ok(volume) => seal(state.clone(), volume, steps, lost.clone()).await,
             Err(e) => Err(e),
         }
     };
     // A claim lost (run out while this attempt stalled, and taken over)
-    // stops the attempt where it is, as a kill would: the one that took it
-    // over goes on from the directory's word, and this one's steps would
-    // be refused anyway (its encode generation is no longer the latest).
+    // stops the attempt where it is, as a kill would (the seal's own task
+    // too, with no abort or cleanup): the one that took it over goes on
+    // from the directory's word.
     let result = tokio::select! {
         result = work => result,
         () = lost.cancelled() => Err(ApiError::Busy(format!(

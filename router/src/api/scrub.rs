@@ -250,7 +250,8 @@ async fn verify_stripe(
         .map(|id| up_node(nodes, id).map(NodeRecord::base_url))
         .collect();
     // Stripes spread over the rebuilders.
-    let rebuilders = in_datacenter(&up_rebuilders(nodes), &warm.datacenter);
+    let home = warm.home_datacenter(super::coordinate::datacenter_in(nodes));
+    let rebuilders = in_datacenter(&up_rebuilders(nodes), &home);
     let rebuilder = rebuilders
         .get(stripe as usize % rebuilders.len().max(1))
         .copied();

@@ -35,6 +35,7 @@ use axum::extract::{Path, State};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use f4::api::{DistributeRequest, SealRequest};
 use f4::client::StorageClient;
@@ -139,6 +140,7 @@ pub(crate) async fn seal(
     state: Arc<AppState>,
     volume: LogicalVolume,
     steps: watch::Sender<MigrationStep>,
+    lost: CancellationToken,
 ) -> Result<SealReport, ApiError> {
     if volume.state == VolumeState::Warm {
         return Ok(SealReport::warm(volume, 0));
@@ -150,8 +152,20 @@ pub(crate) async fn seal(
     tracing::info!(volume = vid, generation, "sealing");
     // On a task of its own: a client that hangs up does not cut the seal
     // short between its steps (the attempt finishes, or is aborted).
+    // A lost claim (`lost`) stops it where it is, as a kill would, with no
+    // abort and no cleanup: the job and the volume are another migrator's
+    // now.
     let task = tokio::spawn(async move {
-        match attempt(&state, vid, generation, &steps).await {
+        let outcome = tokio::select! {
+            outcome = attempt(&state, vid, generation, &steps) => outcome,
+            () = lost.cancelled() => {
+                return Err(ApiError::Busy(format!(
+                    "volume {vid}'s migration claim was lost to another migrator; attempt \
+                     {generation} stopped"
+                )));
+            }
+        };
+        match outcome {
             Ok(report) => Ok(report),
             Err((error, sealer)) => {
                 tracing::warn!(volume = vid, generation, error = %error, "seal failed; aborting");
@@ -159,7 +173,9 @@ pub(crate) async fn seal(
                     let _ = sealer.discard(vid, generation).await;
                 }
                 match state.directory.abort_seal(vid, generation).await {
-                    Ok(_) => prune_everywhere(&state, vid, None).await,
+                    // Files of this attempt and older ones only: a later
+                    // attempt's stay whatever happens meanwhile.
+                    Ok(_) => prune_everywhere(&state, vid, None, Some(generation)).await,
                     Err(e) => tracing::warn!(volume = vid, error = %e, "aborting the seal failed"),
                 }
                 Err(error)
@@ -257,6 +273,12 @@ async fn attempt(
                 sealer_node.id
             )))
         })?;
+    // Only where the nodes have room for it.
+    let rooms = super::migrate::storage_rooms(state).await.map_err(failed)?;
+    let datacenters =
+        super::migrate::room_for(state, &rooms, vid, prepared.geometry.volume_len_bytes)
+            .map_err(failed)?
+            .map_err(|why| failed(ApiError::Unavailable(why)))?;
     let placed = state
         .directory
         .place_warm(
@@ -265,6 +287,7 @@ async fn attempt(
                 generation,
                 geometry: prepared.geometry,
                 needle_count: prepared.needles,
+                datacenters,
             },
         )
         .await
@@ -478,14 +501,14 @@ pub(crate) async fn drain_and_retire(
             Err(e) => tracing::warn!(volume = vid, error = %e, "store client"),
         }
     }
-    prune_everywhere(state, vid, volume.warm.as_ref().map(|w| w.generation)).await;
+    prune_everywhere(state, vid, volume.warm.as_ref().map(|w| w.generation), None).await;
     retired
 }
 
 /// Has every storage node that is up remove its files of volume `vid`'s
 /// generations but `keep`: what attempts that never committed left (best
 /// effort: a node that is down keeps them).
-async fn prune_everywhere(state: &AppState, vid: u32, keep: Option<u64>) {
+async fn prune_everywhere(state: &AppState, vid: u32, keep: Option<u64>, up_to: Option<u64>) {
     let nodes = match state.cache.nodes(true).await {
         Ok(nodes) => nodes,
         Err(e) => {
@@ -498,7 +521,7 @@ async fn prune_everywhere(state: &AppState, vid: u32, keep: Option<u64>) {
         .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
         .map(|node| async move {
             let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
-            if let Err(e) = client.prune(vid, keep).await {
+            if let Err(e) = client.prune(vid, keep, up_to).await {
                 tracing::warn!(volume = vid, node = %node.id, error = %e, "pruning failed");
             }
         });
@@ -506,8 +529,8 @@ async fn prune_everywhere(state: &AppState, vid: u32, keep: Option<u64>) {
 }
 
 /// Has every block's node read it back from disk and check it against its
-/// chunk CRCs (a few nodes at a time); the blocks that failed, as (stripe,
-/// block, why).
+/// chunk CRCs (a few nodes at a time); the blocks found damaged, as
+/// (stripe, block, why). A node that cannot answer fails it.
 async fn check_blocks(
     state: &AppState,
     vid: u32,
@@ -529,19 +552,27 @@ async fn check_blocks(
             let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
             let geometry = warm.geometry;
             checks.push(async move {
-                client
-                    .check_block(id, geometry)
-                    .await
-                    .err()
-                    .map(|e| (id.stripe, id.block, format!("on {}: {e}", node.id)))
+                match client.check_block(id, geometry).await {
+                    Ok(()) => Ok(None),
+                    // The block itself is bad: it can be written again.
+                    Err(e) if e.is_block_damage() => {
+                        Ok(Some((id.stripe, id.block, format!("on {}: {e}", node.id))))
+                    }
+                    // Its node could not say (down, overloaded): the
+                    // attempt fails, as any unreachable node fails it.
+                    Err(e) => Err(ApiError::Unavailable(format!(
+                        "block {}.{} on {} could not be checked: {e}",
+                        id.stripe, id.block, node.id
+                    ))),
+                }
             });
         }
     }
-    let failed: Vec<Option<(u64, u32, String)>> = futures::stream::iter(checks)
+    let checked: Vec<Option<(u64, u32, String)>> = futures::stream::iter(checks)
         .buffer_unordered(BLOCK_CHECKS_AT_ONCE)
-        .collect()
-        .await;
-    let mut failed: Vec<(u64, u32, String)> = failed.into_iter().flatten().collect();
+        .try_collect()
+        .await?;
+    let mut failed: Vec<(u64, u32, String)> = checked.into_iter().flatten().collect();
     failed.sort_by_key(|(stripe, block, _)| (*stripe, *block));
     Ok(failed)
 }

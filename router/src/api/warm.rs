@@ -310,7 +310,8 @@ async fn reconstruct(
         nodes,
         state.next_read_rotation(),
     );
-    let backoffs = super::coordinate::in_datacenter(&backoffs, &warm.datacenter);
+    let home = warm.home_datacenter(|id| nodes.get(id).map(|n| n.datacenter.clone()));
+    let backoffs = super::coordinate::local_first(&backoffs, &home);
     let timeout = Duration::from_millis(state.config.replica_timeout_ms);
     let mut last = String::from("no backoff node is up");
     for backoff in backoffs {

@@ -675,6 +675,7 @@ fn place_request(generation: u64, len: u64) -> PlaceRequest {
         generation,
         geometry: f4::Geometry::choose(len, 1024, 10, 4, 512).expect("geometry"),
         needle_count: 3,
+        datacenters: Vec::new(),
     }
 }
 

@@ -975,11 +975,14 @@ impl Directory for RedbDirectory {
             let placed = super::warm::place(
                 &nodes,
                 &volumes,
-                layout.stripe_count(),
-                usize::from(request.geometry.data_blocks),
-                usize::from(request.geometry.parity_blocks),
-                usize::from(request.geometry.parity_blocks) + 1,
-                allow_fewer_racks,
+                super::warm::Wanted {
+                    stripe_count: layout.stripe_count(),
+                    k: usize::from(request.geometry.data_blocks),
+                    m: usize::from(request.geometry.parity_blocks),
+                    holder_count: usize::from(request.geometry.parity_blocks) + 1,
+                    datacenters: &request.datacenters,
+                    allow_fewer_racks,
+                },
             )?;
             volume.warm = Some(WarmVolume {
                 generation: request.generation,

@@ -258,6 +258,20 @@ pub struct WarmVolume {
 }
 
 impl WarmVolume {
+    /// The datacenter whose cell holds the volume: its record's, or for a
+    /// record from before datacenters (empty), that of its first block's
+    /// node (`datacenter_of` a node id; empty if unknown).
+    pub fn home_datacenter(&self, datacenter_of: impl Fn(&str) -> Option<String>) -> String {
+        if !self.datacenter.is_empty() {
+            return self.datacenter.clone();
+        }
+        self.stripes
+            .first()
+            .and_then(|s| s.first())
+            .and_then(|node| datacenter_of(node))
+            .unwrap_or_default()
+    }
+
     /// The block of `stripe`, other than `block`, that `node` holds.
     pub fn other_block_on(&self, stripe: u64, block: u32, node: &str) -> Option<u32> {
         self.stripes
@@ -441,7 +455,7 @@ pub struct DamagedBlock {
 }
 
 /// Body of `POST /volumes/{vid}/seal/place`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceRequest {
     /// The attempt's generation (from `seal/begin`).
@@ -450,6 +464,10 @@ pub struct PlaceRequest {
     pub geometry: f4::Geometry,
     /// Live needles sealed.
     pub needle_count: u64,
+    /// The datacenters it may go to (those whose nodes have room for it);
+    /// empty: any.
+    #[serde(default)]
+    pub datacenters: Vec<String>,
 }
 
 /// Body of `POST /volumes/{vid}/seal/commit` and `.../abort`.

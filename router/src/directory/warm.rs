@@ -20,22 +20,43 @@ pub(crate) struct WarmPlacement {
     pub(crate) tolerated_rack_losses: u32,
 }
 
+/// What a placement must hold, and where it may go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted<'a> {
+    /// Stripes.
+    pub(crate) stripe_count: u64,
+    /// Data blocks a stripe.
+    pub(crate) k: usize,
+    /// Parity blocks a stripe.
+    pub(crate) m: usize,
+    /// Journal holders.
+    pub(crate) holder_count: usize,
+    /// The datacenters it may go to (any, if empty).
+    pub(crate) datacenters: &'a [String],
+    /// Whether a cell with fewer racks than blocks in a stripe will do.
+    pub(crate) allow_fewer_racks: bool,
+}
+
 /// Places `stripe_count` stripes of `k + m` blocks and `holder_count`
 /// journal holders on the `up` f4 storage nodes of one datacenter's cell:
-/// of those with a rack for every block of a stripe, the one holding the
-/// fewest blocks and holders (then by name). With fewer racks than blocks
-/// in a stripe it is refused, unless `allow_fewer_racks`: then the blocks
-/// are spread as evenly as the racks allow and the tolerance says what
-/// that costs.
+/// of the `datacenters` allowed (all, if none is named) with a rack for
+/// every block of a stripe, the one holding the fewest blocks and holders
+/// (then by name). With fewer racks than blocks in a stripe it is refused,
+/// unless `allow_fewer_racks`: then the blocks are spread as evenly as the
+/// racks allow and the tolerance says what that costs.
 pub(crate) fn place(
     nodes: &[NodeRecord],
     volumes: &[LogicalVolume],
-    stripe_count: u64,
-    k: usize,
-    m: usize,
-    holder_count: usize,
-    allow_fewer_racks: bool,
+    wanted: Wanted<'_>,
 ) -> Result<WarmPlacement, DirectoryError> {
+    let Wanted {
+        stripe_count,
+        k,
+        m,
+        holder_count,
+        datacenters: allowed,
+        allow_fewer_racks,
+    } = wanted;
     let blocks = k + m;
     let mut load: HashMap<&str, usize> = HashMap::new();
     for warm in volumes.iter().filter_map(|v| v.warm.as_ref()) {
@@ -44,8 +65,9 @@ pub(crate) fn place(
         }
     }
     let mut cells: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+    let allowed = |dc: &str| allowed.is_empty() || allowed.iter().any(|a| a == dc);
     for node in nodes {
-        if node.role == NodeRole::F4Storage && node.is_up() {
+        if node.role == NodeRole::F4Storage && node.is_up() && allowed(&node.datacenter) {
             cells
                 .entry(node.datacenter.as_str())
                 .or_default()
@@ -199,6 +221,18 @@ mod tests {
     use super::*;
     use crate::directory::types::NodeState;
 
+    /// `stripes` stripes of RS(10,4) and five holders, anywhere.
+    fn wanted(stripes: u64, allow_fewer_racks: bool) -> Wanted<'static> {
+        Wanted {
+            stripe_count: stripes,
+            k: 10,
+            m: 4,
+            holder_count: 5,
+            datacenters: &[],
+            allow_fewer_racks,
+        }
+    }
+
     fn cell(racks: usize, per_rack: usize) -> Vec<NodeRecord> {
         (0..racks * per_rack)
             .map(|n| NodeRecord {
@@ -215,7 +249,7 @@ mod tests {
 
     #[test]
     fn fourteen_racks_give_each_block_its_own_rack() {
-        let placed = place(&cell(14, 1), &[], 3, 10, 4, 5, false).expect("placed");
+        let placed = place(&cell(14, 1), &[], wanted(3, false)).expect("placed");
         assert_eq!(placed.stripes.len(), 3);
         for stripe in &placed.stripes {
             let mut nodes = stripe.clone();
@@ -245,7 +279,7 @@ mod tests {
         let mut nodes = cell_in("dc-1", 14);
         nodes.extend(cell_in("dc-2", 14));
         nodes.extend(cell_in("dc-3", 13));
-        let placed = place(&nodes, &[], 2, 10, 4, 5, false).expect("placed");
+        let placed = place(&nodes, &[], wanted(2, false)).expect("placed");
         let in_dc = |placed: &WarmPlacement, dc: &str| {
             placed
                 .stripes
@@ -256,6 +290,13 @@ mod tests {
         };
         assert_eq!(placed.datacenter, "dc-1");
         assert!(in_dc(&placed, "dc-1"), "{placed:?}");
+        let roomy = ["dc-2".to_owned()];
+        let only = Wanted {
+            datacenters: &roomy,
+            ..wanted(2, false)
+        };
+        let there = place(&nodes, &[], only).expect("placed");
+        assert_eq!(there.datacenter, "dc-2", "only where it fits");
         // dc-1 now holds a volume: the next goes to dc-2, never to dc-3,
         // which lacks a rack.
         let volume = LogicalVolume {
@@ -278,8 +319,7 @@ mod tests {
             }))
             .expect("a volume")
         };
-        let next =
-            place(&nodes, std::slice::from_ref(&volume), 2, 10, 4, 5, false).expect("placed");
+        let next = place(&nodes, std::slice::from_ref(&volume), wanted(2, false)).expect("placed");
         assert_eq!(next.datacenter, "dc-2");
         assert!(in_dc(&next, "dc-2"), "{next:?}");
         let second = LogicalVolume {
@@ -291,7 +331,7 @@ mod tests {
             }),
             ..volume.clone()
         };
-        let third = place(&nodes, &[volume, second], 1, 10, 4, 5, false).expect("placed");
+        let third = place(&nodes, &[volume, second], wanted(1, false)).expect("placed");
         assert_ne!(third.datacenter, "dc-3", "thirteen racks are too few");
     }
 
@@ -299,16 +339,16 @@ mod tests {
     fn a_small_cell_is_refused_unless_accepted_and_then_says_what_it_costs() {
         let small = cell(7, 2);
         assert!(matches!(
-            place(&small, &[], 1, 10, 4, 5, false),
+            place(&small, &[], wanted(1, false)),
             Err(DirectoryError::NotEnoughRacks {
                 needed: 14,
                 available: 7
             })
         ));
-        let placed = place(&small, &[], 1, 10, 4, 5, true).expect("accepted");
+        let placed = place(&small, &[], wanted(1, true)).expect("accepted");
         // Two blocks per rack: losing two racks loses four blocks.
         assert_eq!(placed.tolerated_rack_losses, 2);
-        let one = place(&cell(1, 1), &[], 1, 10, 4, 5, true).expect("one node");
+        let one = place(&cell(1, 1), &[], wanted(1, true)).expect("one node");
         assert_eq!(one.tolerated_rack_losses, 0);
         assert_eq!(one.holders.len(), 1);
     }
