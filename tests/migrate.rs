@@ -245,6 +245,20 @@ async fn force_migration(
     Ok((answer.status().as_u16(), answer.text().await?))
 }
 
+/// Restarts the router so that its migrations pause `ms` milliseconds at
+/// failpoint `point`; the new process.
+fn pause_routers_migration(
+    cluster: &Cluster,
+    point: &str,
+    ms: &str,
+) -> anyhow::Result<std::process::Child> {
+    cluster.kill_node("router")?;
+    cluster.restart_node_with(
+        "router",
+        &[("HAYLOFT_PAUSE_AT", point), ("HAYLOFT_PAUSE_MS", ms)],
+    )
+}
+
 /// [`force_migration`]'s answer as JSON, from a task of its own.
 fn spawn_forced_migration(
     client: reqwest::Client,
@@ -933,14 +947,7 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
     let router = cluster.router.clone();
     // The router's migration waits 20 s just before its flip (journal open,
     // deletes carried).
-    cluster.kill_node("router")?;
-    let _router = cluster.restart_node_with(
-        "router",
-        &[
-            ("HAYLOFT_PAUSE_AT", "migrate-flipping"),
-            ("HAYLOFT_PAUSE_MS", "20000"),
-        ],
-    )?;
+    let _router = pause_routers_migration(&cluster, "migrate-flipping", "20000")?;
     let blobs = fill(&client, &router, 71, 1).await?;
     let vid = locked_volume(&client, &router).await?;
     let ours: Vec<&Blob> = blobs.iter().filter(|b| b.volume() == vid).collect();
@@ -992,14 +999,7 @@ async fn a_block_that_fails_its_check_is_rebuilt_alone() -> anyhow::Result<()> {
     let router = cluster.router.clone();
     // The router's migration waits 4 s once its blocks are written, before
     // it checks them.
-    cluster.kill_node("router")?;
-    let _router = cluster.restart_node_with(
-        "router",
-        &[
-            ("HAYLOFT_PAUSE_AT", "migrate-verifying"),
-            ("HAYLOFT_PAUSE_MS", "4000"),
-        ],
-    )?;
+    let _router = pause_routers_migration(&cluster, "migrate-verifying", "4000")?;
     let blobs = fill(&client, &router, 83, 1).await?;
     let vid = locked_volume(&client, &router).await?;
     let migration = spawn_forced_migration(client.clone(), router.clone(), vid);
