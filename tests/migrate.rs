@@ -245,17 +245,22 @@ async fn force_migration(
     Ok((answer.status().as_u16(), answer.text().await?))
 }
 
-/// Restarts the router so that its migrations pause `ms` milliseconds at
-/// failpoint `point`; the new process.
+/// Restarts the router so that its migrations pause at failpoint `point`
+/// until the file `release` exists (a minute at most); the new process.
 fn pause_routers_migration(
     cluster: &Cluster,
     point: &str,
-    ms: &str,
+    release: &std::path::Path,
 ) -> anyhow::Result<std::process::Child> {
     cluster.kill_node("router")?;
+    let release = release.to_str().context("path")?;
     cluster.restart_node_with(
         "router",
-        &[("HAYLOFT_PAUSE_AT", point), ("HAYLOFT_PAUSE_MS", ms)],
+        &[
+            ("HAYLOFT_PAUSE_AT", point),
+            ("HAYLOFT_PAUSE_MS", "60000"),
+            ("HAYLOFT_PAUSE_RELEASE", release),
+        ],
     )
 }
 
@@ -945,9 +950,11 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
     let cluster = Cluster::start_spawned(&args).await?;
     let client = http_client();
     let router = cluster.router.clone();
-    // The router's migration waits 20 s just before its flip (journal open,
-    // deletes carried).
-    let _router = pause_routers_migration(&cluster, "migrate-flipping", "20000")?;
+    // The router's migration waits just before its flip (journal open,
+    // deletes carried) until the test's deletes are done (at most a
+    // minute).
+    let release = cluster.data_dir.join("flip-released");
+    let _router = pause_routers_migration(&cluster, "migrate-flipping", &release)?;
     let blobs = fill(&client, &router, 71, 1).await?;
     let vid = locked_volume(&client, &router).await?;
     let ours: Vec<&Blob> = blobs.iter().filter(|b| b.volume() == vid).collect();
@@ -974,6 +981,7 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
     }
     let status = common::volumes::delete(&client, &router, &doomed.id).await?;
     anyhow::ensure!(status == 204, "the retried delete answered {status}");
+    std::fs::write(&release, b"")?;
     let pass = migration.await??;
     anyhow::ensure!(pass["jobs"][0]["step"] == "warm", "{pass}");
     let (status, _) = common::fetch(&client, &router, &doomed.id).await?;
@@ -997,9 +1005,10 @@ async fn a_block_that_fails_its_check_is_rebuilt_alone() -> anyhow::Result<()> {
     let cluster = Cluster::start_spawned(&args).await?;
     let client = http_client();
     let router = cluster.router.clone();
-    // The router's migration waits 4 s once its blocks are written, before
-    // it checks them.
-    let _router = pause_routers_migration(&cluster, "migrate-verifying", "4000")?;
+    // The router's migration waits once its blocks are written, before it
+    // checks them, until the test has damaged one (at most a minute).
+    let release = cluster.data_dir.join("verify-released");
+    let _router = pause_routers_migration(&cluster, "migrate-verifying", &release)?;
     let blobs = fill(&client, &router, 83, 1).await?;
     let vid = locked_volume(&client, &router).await?;
     let migration = spawn_forced_migration(client.clone(), router.clone(), vid);
@@ -1015,6 +1024,7 @@ async fn a_block_that_fails_its_check_is_rebuilt_alone() -> anyhow::Result<()> {
     let mut bytes = std::fs::read(&path)?;
     bytes[200] ^= 0x10;
     std::fs::write(&path, &bytes)?;
+    std::fs::write(&release, b"")?;
     let pass = migration.await??;
     anyhow::ensure!(
         pass["jobs"][0]["step"] == "warm",

@@ -3,27 +3,56 @@
 //! `HAYLOFT_PAUSE_AT` names a point stops there for good, after logging
 //! it, so that a test can `kill -9` it exactly there. With
 //! `HAYLOFT_PAUSE_ONCE=PATH`, only the first process to create `PATH`
-//! pauses; with `HAYLOFT_PAUSE_MS=N`, the pause ends after N ms (a test
-//! acts meanwhile, then lets it go on). Without the feature every point is
-//! a no-op.
+//! pauses; with `HAYLOFT_PAUSE_MS=N`, the pause ends after N ms; with
+//! `HAYLOFT_PAUSE_RELEASE=PATH`, it ends once `PATH` exists (a test acts
+//! meanwhile, then creates it to let the process go on). Without the
+//! feature every point is a no-op.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How often a pause looks for its release file.
+const RELEASE_POLL: Duration = Duration::from_millis(10);
 
 /// Blocks this thread at `point` if the environment names it: for good,
-/// or for `HAYLOFT_PAUSE_MS`.
+/// for `HAYLOFT_PAUSE_MS`, or until `HAYLOFT_PAUSE_RELEASE` exists.
 pub fn pause_at(point: &str) {
     if let Some(pause) = pause_for(point) {
-        std::thread::sleep(pause);
+        while let Some(step) = pause.next_step() {
+            std::thread::sleep(step);
+        }
     }
 }
 
 /// [`pause_at`] for an async task: only the task stops.
 pub async fn pause_task_at(point: &str) {
     if let Some(pause) = pause_for(point) {
-        tokio::time::sleep(pause).await;
+        while let Some(step) = pause.next_step() {
+            tokio::time::sleep(step).await;
+        }
     }
 }
 
-/// How long to pause at `point`, if at all.
-fn pause_for(point: &str) -> Option<std::time::Duration> {
+/// A pause under way.
+struct Pause {
+    until: Instant,
+    release: Option<PathBuf>,
+}
+
+impl Pause {
+    /// How long to sleep next; `None` once the pause is over.
+    fn next_step(&self) -> Option<Duration> {
+        let left = self.until.checked_duration_since(Instant::now())?;
+        match &self.release {
+            Some(path) if path.exists() => None,
+            Some(_) => Some(left.min(RELEASE_POLL)),
+            None => Some(left),
+        }
+    }
+}
+
+/// The pause at `point`, if any.
+fn pause_for(point: &str) -> Option<Pause> {
     if !should_pause(point) {
         return None;
     }
@@ -32,7 +61,10 @@ fn pause_for(point: &str) -> Option<std::time::Duration> {
         .and_then(|ms| ms.parse().ok())
         // For good: a month is longer than any test.
         .unwrap_or(30 * 24 * 3_600_000);
-    Some(std::time::Duration::from_millis(ms))
+    Some(Pause {
+        until: Instant::now() + Duration::from_millis(ms),
+        release: std::env::var_os("HAYLOFT_PAUSE_RELEASE").map(PathBuf::from),
+    })
 }
 
 #[cfg(feature = "failpoints")]

@@ -80,8 +80,8 @@ use super::config::RouterConfig;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::directory::types::{
-    DamagedBlockRequest, JobBlock, REBUILD_PAGE_MAX, RebuildClaimRequest, RebuildJob,
-    RebuiltBlockRequest, ReplaceHolderRequest, WarmVolume,
+    DamagedBlockRequest, JobBlock, RebuildClaimRequest, RebuildJob, RebuiltBlockRequest,
+    ReplaceHolderRequest, WarmVolume,
 };
 use crate::directory::warm::blocks_per_rack;
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, now_ms};
@@ -330,25 +330,6 @@ async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> Inventories {
     listed.into_iter().flatten().collect()
 }
 
-/// Every rebuild job in the directory, page by page.
-async fn directory_jobs(state: &AppState) -> Result<Vec<RebuildJob>, ApiError> {
-    let mut jobs = Vec::new();
-    let mut after = None;
-    loop {
-        let page = state.directory.rebuilds(after, REBUILD_PAGE_MAX).await?;
-        jobs.extend(page.jobs);
-        match page.next_after {
-            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
-            Some(_) => {
-                return Err(ApiError::Internal(
-                    "the directory's rebuild job pages do not advance".into(),
-                ));
-            }
-            None => return Ok(jobs),
-        }
-    }
-}
-
 /// The cell as a pass sees it.
 struct Cell<'a> {
     nodes: HashMap<&'a str, &'a NodeRecord>,
@@ -450,7 +431,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
     let nodes = state.directory.list_nodes().await?;
     // Inventories before jobs before records: see the module's "Orphans".
     let inventories = inventories(state, &nodes).await;
-    let held = directory_jobs(state).await?;
+    let held = state.directory.all_rebuilds().await?;
     let volumes = state.directory.list_volumes().await?;
     let now = now_ms();
     let held_by_stripe: HashMap<(u32, u64), &RebuildJob> =
@@ -771,18 +752,7 @@ async fn move_blocks(
                 .copy_block_to(id, &target, state.config.rebuild_rate_bytes)
                 .await
                 .map_err(|e| e.to_string())?;
-            let rebuilt = RebuiltBlockRequest {
-                generation: warm.generation,
-                stripe: job.stripe,
-                block: *block,
-                from: from.clone(),
-                node: to.clone(),
-                started_ms,
-                owner: owner.to_owned(),
-            };
-            state
-                .directory
-                .record_rebuilt_block(job.volume, &rebuilt)
+            record_block(state, job, (*block, from, to), started_ms, owner)
                 .await
                 .map_err(|e| format!("not recorded: {e}"))?;
             Ok::<_, String>(len)
@@ -808,6 +778,32 @@ async fn move_blocks(
     tracing::info!(volume = job.volume, stripe = job.stripe, blocks = ?outcome.blocks,
         error = ?outcome.error, "blocks moved to restore the rack rule");
     outcome
+}
+
+/// Records in the directory that `job`'s `(block, from, to)` is whole on
+/// `to` now, under `owner`'s claim; damage reported before `started_ms` is
+/// cleared.
+async fn record_block(
+    state: &AppState,
+    job: &StripeJob,
+    (block, from, to): (u32, &str, &str),
+    started_ms: u64,
+    owner: &str,
+) -> Result<(), crate::directory::DirectoryClientError> {
+    let rebuilt = RebuiltBlockRequest {
+        generation: job.warm.generation,
+        stripe: job.stripe,
+        block,
+        from: from.to_owned(),
+        node: to.to_owned(),
+        started_ms,
+        owner: owner.to_owned(),
+    };
+    state
+        .directory
+        .record_rebuilt_block(job.volume, &rebuilt)
+        .await
+        .map(drop)
 }
 
 /// Runs one planned rebuild on `rebuilder` and records its blocks.
@@ -889,20 +885,7 @@ async fn rebuild_stripe(
     }
     let mut errors = Vec::new();
     for (block, from, to) in &job.targets {
-        let rebuilt = RebuiltBlockRequest {
-            generation: warm.generation,
-            stripe: job.stripe,
-            block: *block,
-            from: from.clone(),
-            node: to.clone(),
-            started_ms,
-            owner: owner.to_owned(),
-        };
-        if let Err(e) = state
-            .directory
-            .record_rebuilt_block(job.volume, &rebuilt)
-            .await
-        {
+        if let Err(e) = record_block(state, job, (*block, from, to), started_ms, owner).await {
             errors.push(format!("block {block}: {e}"));
         }
     }
@@ -1215,28 +1198,31 @@ async fn remove_orphans(
     }
     let mut removed = 0;
     for ((vid, stripe), orphans) in by_stripe.into_iter().take(ORPHAN_STRIPES_PER_PASS) {
-        removed += remove_stripe_orphans(state, vid, stripe, &orphans).await;
+        // Orphans are judged only in volumes with a warm record.
+        let Some(generation) = volumes
+            .get(&vid)
+            .and_then(|v| v.warm.as_ref())
+            .map(|w| w.generation)
+        else {
+            continue;
+        };
+        removed += remove_stripe_orphans(state, vid, generation, stripe, &orphans).await;
     }
     removed
 }
 
-/// [`remove_orphans`] for one stripe's orphans.
+/// [`remove_orphans`] for one stripe's orphans, of a volume at encode
+/// `generation`.
 async fn remove_stripe_orphans(
     state: &AppState,
     vid: u32,
+    generation: u64,
     stripe: u64,
     orphans: &[(BlockId, &NodeRecord)],
 ) -> usize {
-    // The fence names the volume's generation; an older one's orphans are
+    // The fence names the volume's generation as the pass read it (the
+    // directory refuses it if it moved since); an older one's orphans are
     // fenced by it too, since no job writes an older generation.
-    let Ok(Some(generation)) = state
-        .directory
-        .volume(vid)
-        .await
-        .map(|v| v.warm.map(|w| w.generation))
-    else {
-        return 0;
-    };
     let owner = claim_owner(state);
     let fence = RebuildClaimRequest {
         owner: owner.clone(),

@@ -9,8 +9,9 @@ use super::types::{
     ClaimRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, EndRequest,
     ErrorBody, GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MIGRATION_PAGE_MAX,
     MigrationJob, MigrationPage, NodeRecord, NodeRegistration, OwnershipRequest, PlaceRequest,
-    RebuildClaimRequest, RebuildJob, RebuildPage, RebuiltBlockRequest, RenewRequest,
-    ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest, VolumeClaim, VolumeState,
+    REBUILD_PAGE_MAX, RebuildClaimRequest, RebuildJob, RebuildPage, RebuiltBlockRequest,
+    RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest, VolumeClaim,
+    VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -461,21 +462,20 @@ impl DirectoryClient {
 
     /// Every migration job, by volume id, page by page.
     pub async fn all_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryClientError> {
-        let mut jobs = Vec::new();
-        let mut after = None;
-        loop {
+        every_page("migration job", |after| async move {
             let page = self.migrations(after, MIGRATION_PAGE_MAX).await?;
-            jobs.extend(page.jobs);
-            match page.next_after {
-                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
-                Some(_) => {
-                    return Err(DirectoryClientError::Decode(
-                        "migration job pages do not advance".into(),
-                    ));
-                }
-                None => return Ok(jobs),
-            }
-        }
+            Ok((page.jobs, page.next_after))
+        })
+        .await
+    }
+
+    /// Every rebuild job, by `(volume, stripe)`, page by page.
+    pub async fn all_rebuilds(&self) -> Result<Vec<RebuildJob>, DirectoryClientError> {
+        every_page("rebuild job", |after| async move {
+            let page = self.rebuilds(after, REBUILD_PAGE_MAX).await?;
+            Ok((page.jobs, page.next_after))
+        })
+        .await
     }
 
     /// `POST /ownership`: claims or renews the writable volumes of process
@@ -537,6 +537,31 @@ impl DirectoryClient {
             code,
             message,
         })
+    }
+}
+
+/// Every item of a paged listing of `what`s: `page(after)` answers one
+/// page and the cursor of the next (`None` at the end), which must advance.
+async fn every_page<T, K, F, Fut>(what: &str, mut page: F) -> Result<Vec<T>, DirectoryClientError>
+where
+    K: PartialOrd + Copy,
+    F: FnMut(Option<K>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<K>), DirectoryClientError>>,
+{
+    let mut items = Vec::new();
+    let mut after = None;
+    loop {
+        let (more, next) = page(after).await?;
+        items.extend(more);
+        match next {
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            Some(_) => {
+                return Err(DirectoryClientError::Decode(format!(
+                    "{what} pages do not advance"
+                )));
+            }
+            None => return Ok(items),
+        }
     }
 }
 
