@@ -255,6 +255,43 @@ pub struct DistributeRequest {
     pub bytes_per_second: u64,
 }
 
+/// Body of `POST /derive/{vid}/{gen}`: encode a geo companion volume
+/// from the data of warm volumes (one: a full copy; two: their XOR, byte
+/// by byte, the shorter read as zero-padded) and stream its blocks to
+/// their nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveRequest {
+    /// The companion's geometry: its data is as long as the longest source's.
+    pub geometry: Geometry,
+    /// Per stripe, the base URL of the node of each block, in block order.
+    pub stripes: Vec<Vec<String>>,
+    /// The volumes whose data it holds (one or two).
+    pub sources: Vec<DeriveSource>,
+    /// Base URLs of backoff nodes, for a source range whose block cannot
+    /// be read.
+    #[serde(default)]
+    pub backoffs: Vec<String>,
+    /// Most bytes a second read from the sources (0: no limit).
+    #[serde(default)]
+    pub bytes_per_second: u64,
+}
+
+/// A warm volume whose data a derived volume holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveSource {
+    /// The volume.
+    pub volume: u32,
+    /// Its committed encode generation.
+    pub generation: u64,
+    /// Its geometry.
+    pub geometry: Geometry,
+    /// Per stripe, the base URL of the node of each block, in block order;
+    /// `None` where no node is up.
+    pub stripes: Vec<Vec<Option<String>>>,
+}
+
 /// Body of `POST /reconstruct` on a backoff node: a byte range of one
 /// block, decoded from the same range of the stripe's other blocks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

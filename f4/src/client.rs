@@ -9,9 +9,10 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    BlockCheck, BlockId, BlockPage, DistributeRequest, ErrorBody, HeldVolume, LivePage,
-    MergeReport, MergeRequest, PAGE_MAX, PruneReport, PruneRequest, RebuildReport, RebuildRequest,
-    SealPrepared, SealRequest, Space, TombstoneRequest, VerifyReport, VerifyRequest, code,
+    BlockCheck, BlockId, BlockPage, DeriveRequest, DistributeRequest, ErrorBody, HeldVolume,
+    LivePage, MergeReport, MergeRequest, PAGE_MAX, PruneReport, PruneRequest, RebuildReport,
+    RebuildRequest, SealPrepared, SealRequest, Space, TombstoneRequest, VerifyReport,
+    VerifyRequest, code,
 };
 use crate::format::{Geometry, IndexEntry};
 use haystack::api::format_key;
@@ -351,6 +352,21 @@ impl StorageClient {
         request: &DistributeRequest,
     ) -> Result<()> {
         let url = format!("/seal/{volume}/{generation}/distribute");
+        let request = self
+            .request(Method::POST, &url, TRANSFER_TIMEOUT)
+            .json(request);
+        self.send(request).await.map(drop)
+    }
+
+    /// Encodes a geo companion volume from warm volumes' data and sends
+    /// its blocks where `request` says (`POST /derive/{vid}/{gen}`).
+    pub async fn derive(
+        &self,
+        volume: u32,
+        generation: u64,
+        request: &DeriveRequest,
+    ) -> Result<()> {
+        let url = format!("/derive/{volume}/{generation}");
         let request = self
             .request(Method::POST, &url, TRANSFER_TIMEOUT)
             .json(request);

@@ -32,5 +32,6 @@ pub mod rebuild;
 pub mod seal;
 mod transfer;
 
+pub use coding::xor_into;
 pub use error::{Error, Result};
 pub use format::{BlockHeader, Geometry};

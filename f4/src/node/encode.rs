@@ -237,11 +237,6 @@ impl LiveSource {
         })
     }
 
-    /// Why the last read failed, if it named a needle.
-    pub(crate) fn take_failure(&self) -> Option<Error> {
-        self.failure.lock().take()
-    }
-
     /// A cursor handing out `pos` next: one reading already, or a new one
     /// whose thread reads from `pos` to the end of its data block.
     fn cursor_at(&self, pos: u64) -> Result<Cursor> {
@@ -416,6 +411,19 @@ impl Plan {
     }
 }
 
+/// What [`encode_to_nodes`] encodes: a volume's data, and why a read of
+/// it failed (with the needle or volume named).
+pub(crate) trait EncodeSource: VolumeSource {
+    /// Why the last read failed, if it said.
+    fn take_failure(&self) -> Option<Error>;
+}
+
+impl EncodeSource for LiveSource {
+    fn take_failure(&self) -> Option<Error> {
+        self.failure.lock().take()
+    }
+}
+
 impl VolumeSource for LiveSource {
     fn len_bytes(&self) -> u64 {
         self.plan.index.header().data_len_bytes
@@ -494,19 +502,20 @@ impl Drop for BlockSink {
     }
 }
 
-/// Encodes every stripe of `source` under `geometry` and streams each
-/// block to its node in `stripes` (per stripe, the base URL of each
-/// block's node, in block order), one stripe after the other. Runs on a
-/// blocking thread; `runtime` drives the uploads. The bytes sent.
+/// Encodes every stripe of `source`, volume `volume`'s data, under
+/// `geometry` and streams each block to its node in `stripes` (per
+/// stripe, the base URL of each block's node, in block order), one stripe
+/// after the other. Runs on a blocking thread; `runtime` drives the
+/// uploads. The bytes sent.
 pub(crate) fn encode_to_nodes(
     runtime: &Handle,
     peers: &reqwest::Client,
-    source: &LiveSource,
+    volume: u32,
+    source: &impl EncodeSource,
     generation: u64,
     geometry: Geometry,
     stripes: &[Vec<String>],
 ) -> Result<u64> {
-    let volume = source.plan.volume;
     let layout = geometry.layout()?;
     let codec = Codec::new(geometry.rs_config()?)?;
     let mut encoder = StripeEncoder::new(&codec, ENCODE_COLUMN_BYTES, geometry.chunk_size_bytes)?;

@@ -72,6 +72,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/volumes/{vid}/{generation}/merge", post(merge))
         .route("/volumes/{vid}/prune", post(super::seal::prune))
         .route("/seal", post(super::seal::seal))
+        .route("/derive/{vid}/{generation}", post(super::derive::derive))
         .route(
             "/seal/{vid}/{generation}/distribute",
             post(super::seal::distribute),

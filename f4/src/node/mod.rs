@@ -26,6 +26,7 @@
 //! ranges by [`NodeConfig::max_range_bytes`]).
 
 mod batch;
+mod derive;
 mod encode;
 mod handlers;
 mod held;

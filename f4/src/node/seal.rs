@@ -34,6 +34,14 @@ pub const DATA_BLOCKS: u8 = 10;
 pub const PARITY_BLOCKS: u8 = 4;
 /// Journal holders of a volume: `m + 1`.
 pub const JOURNAL_HOLDERS: usize = PARITY_BLOCKS as usize + 1;
+/// Journal holders of a volume in another datacenter, when there is one
+/// (f4 keeps three copies of the index and journal remotely).
+pub const REMOTE_JOURNAL_HOLDERS: usize = 3;
+/// Holders that must sync a tombstone before the delete is acknowledged
+/// (every other holder is marked stale): a majority of a cell's
+/// [`JOURNAL_HOLDERS`], or the [`REMOTE_JOURNAL_HOLDERS`] alone while the
+/// volume's own datacenter is down.
+pub const TOMBSTONE_QUORUM: usize = 3;
 /// Checksum chunk of every block. A range read reads and verifies every
 /// chunk it touches: with 64 KiB chunks (the coding crate's default) a
 /// 64 KiB BLOB's range read 128–192 KiB; with 16 KiB, 80–96 KiB, for
@@ -179,7 +187,9 @@ pub(super) async fn seal(
 }
 
 /// One seal step at a time on a node: each streams a whole volume.
-async fn seal_permit(state: &NodeState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+pub(super) async fn seal_permit(
+    state: &NodeState,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
     state
         .inner
         .seal_permit
@@ -251,7 +261,15 @@ pub(super) async fn distribute(
             bytes_per_second,
             runtime.clone(),
         )?;
-        encode_to_nodes(&runtime, &peers, &source, generation, geometry, &stripes_to)
+        encode_to_nodes(
+            &runtime,
+            &peers,
+            volume,
+            &source,
+            generation,
+            geometry,
+            &stripes_to,
+        )
     })
     .await
     .map_err(|e| ApiError::internal(format!("the encoding task: {e}")))?

@@ -91,15 +91,23 @@ fn record_volume_gauges(state: &AppState, volumes: &[LogicalVolume]) {
     for (state_name, count) in counts {
         state.metrics.set_volumes(&state_name, count);
     }
-    let (mut migrated, mut saved) = (0u64, 0u64);
+    let (mut migrated, mut saved, mut companions) = (0u64, 0u64, 0u64);
     for volume in volumes {
         if let (VolumeState::Warm, Some(warm)) = (volume.state, &volume.warm) {
+            if volume.geo.is_companion() {
+                companions += warm.stored_bytes();
+                continue;
+            }
             migrated += warm.geometry.volume_len_bytes;
             let hot = volume.size_bytes * volume.replicas.len() as u64;
             saved += hot.saturating_sub(warm.stored_bytes());
         }
     }
-    state.metrics.set_migrated(migrated, saved);
+    state
+        .metrics
+        .set_migrated(migrated, saved.saturating_sub(companions));
+    let (waiting, waiting_bytes) = super::geo::waiting(volumes);
+    state.metrics.set_geo_waiting(waiting, waiting_bytes);
 }
 
 /// `GET /admin/volumes`: every logical volume with its state.

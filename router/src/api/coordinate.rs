@@ -665,7 +665,13 @@ async fn mend_holders<'a>(
     let mut group: Vec<&str> = warm.journal_holders.iter().map(String::as_str).collect();
     for holder in &warm.journal_holders {
         if cell.lost(holder) {
-            let Some(to) = cell.replacement(&group, &cell.home(warm)) else {
+            // In the lost holder's own datacenter: a remote holder stays
+            // remote.
+            let datacenter = cell
+                .nodes
+                .get(holder.as_str())
+                .map_or_else(|| cell.home(warm), |n| n.datacenter.clone());
+            let Some(to) = cell.replacement(&group, &datacenter) else {
                 report.problems.push(format!(
                     "volume {}: no up storage node to replace journal holder {holder}",
                     volume.id
@@ -1451,6 +1457,7 @@ mod tests {
             created_ms: 0,
             locked_ms: None,
             last_write_ms: None,
+            geo: Default::default(),
             size_bytes: 0,
             needle_count: 0,
             last_generation: 2,

@@ -19,7 +19,9 @@
 //! | `hayloft_migration_errors_total` | counter | |
 //! | `hayloft_migration_held_back` | gauge | (1 while the last pass held back: too few racks) |
 //! | `hayloft_migrated_bytes` | gauge | (live data of the warm volumes when sealed) |
-//! | `hayloft_migration_saved_bytes` | gauge | (their hot replicas' bytes minus their blocks') |
+//! | `hayloft_migration_saved_bytes` | gauge | (their hot replicas' bytes minus their blocks' and their geo companions') |
+//! | `hayloft_geo_waiting_volumes` | gauge | (warm volumes keeping a full copy in a second datacenter until they have a buddy) |
+//! | `hayloft_geo_waiting_bytes` | gauge | (what those copies hold on disk) |
 //! | `hayloft_blocks_missing` | gauge | (warm blocks to rebuild, as the last coordinator pass found) |
 //! | `hayloft_stripes_missing_blocks` | gauge | `missing` (`1` to `4`, `more`: blocks to rebuild or unavailable) |
 //! | `hayloft_rebuild_queue` | gauge | (stripes the last pass planned to rebuild) |
@@ -55,6 +57,8 @@ const MIGRATION_ERRORS: &str = "hayloft_migration_errors_total";
 const MIGRATION_HELD_BACK: &str = "hayloft_migration_held_back";
 const MIGRATED_BYTES: &str = "hayloft_migrated_bytes";
 const SAVED_BYTES: &str = "hayloft_migration_saved_bytes";
+const GEO_WAITING: &str = "hayloft_geo_waiting_volumes";
+const GEO_WAITING_BYTES: &str = "hayloft_geo_waiting_bytes";
 const BLOCKS_MISSING: &str = "hayloft_blocks_missing";
 const STRIPES_MISSING: &str = "hayloft_stripes_missing_blocks";
 const REBUILD_QUEUE: &str = "hayloft_rebuild_queue";
@@ -255,6 +259,16 @@ impl Metrics {
     /// moving them saved: their hot replicas' bytes minus their blocks'.
     pub(crate) fn set_migrated(&self, migrated_bytes: u64, saved_bytes: u64) {
         for (name, value) in [(MIGRATED_BYTES, migrated_bytes), (SAVED_BYTES, saved_bytes)] {
+            self.recorder
+                .register_gauge(&Key::from_static_name(name), &METADATA)
+                .set(value as f64);
+        }
+    }
+
+    /// Sets how many warm volumes wait for a buddy, and what their copies
+    /// hold.
+    pub(crate) fn set_geo_waiting(&self, volumes: usize, bytes: u64) {
+        for (name, value) in [(GEO_WAITING, volumes as u64), (GEO_WAITING_BYTES, bytes)] {
             self.recorder
                 .register_gauge(&Key::from_static_name(name), &METADATA)
                 .set(value as f64);

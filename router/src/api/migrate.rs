@@ -78,6 +78,10 @@ pub struct PassReport {
     /// by this pass (they migrate once old enough).
     #[serde(default)]
     pub locked_idle: usize,
+    /// What it did in the geo layer (copies and XOR volumes: their jobs
+    /// are among `jobs`).
+    #[serde(default)]
+    pub geo: super::geo::GeoReport,
 }
 
 /// The volumes a pass takes on, oldest first: all candidates, or only
@@ -317,7 +321,10 @@ pub(crate) async fn pass(
     only: Option<u32>,
 ) -> Result<PassReport, ApiError> {
     let mut report = PassReport::default();
-    let volumes = candidates(state, only, &mut report).await?;
+    let mut volumes = candidates(state, only, &mut report).await?;
+    if only.is_none() {
+        volumes.extend(super::geo::plan(state, &mut report.geo).await?);
+    }
     let mut running = futures::stream::iter(volumes)
         .map(|vid| async move { (vid, run_job(state.clone(), owner.to_owned(), vid).await) })
         .buffer_unordered(state.config.max_migrations.max(1));
@@ -399,6 +406,9 @@ async fn run_claimed(
     ));
     let work = async {
         match known_volume(state, vid).await {
+            Ok(volume) if volume.geo.is_companion() => {
+                super::geo::build(state, volume, steps, lost.clone()).await
+            }
             // Flipped by a job that died before its hot replicas went
             // (whatever step it had recorded: the flip is the directory's
             // word).

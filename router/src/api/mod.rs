@@ -20,6 +20,7 @@ pub mod range;
 
 mod admin;
 pub mod coordinate;
+pub mod geo;
 mod metrics;
 pub mod migrate;
 mod ownership;
@@ -67,6 +68,9 @@ impl Tier {
     pub(crate) const WARM: Tier = Tier("warm");
     /// The warm tier, with a range decoded by a backoff node.
     pub(crate) const DEGRADED: Tier = Tier("degraded");
+    /// The geo layer: the volume's cell could not serve it, its copy or
+    /// its buddy and their XOR did.
+    pub(crate) const GEO: Tier = Tier("geo");
 }
 
 /// The `ETag` of a BLOB: its id with the comma turned into a dash

@@ -267,6 +267,7 @@ mod tests {
                 warm: None,
                 owner: None,
                 last_write_ms: None,
+                geo: Default::default(),
             }),
             next_key: 1,
             end_key: 3,

@@ -104,7 +104,9 @@ async fn respond_warm(
         body: FetchedBody::Whole(read.needle.data),
     };
     let mut response = respond(state, id, head, headers, fetched)?;
-    response.extensions_mut().insert(if read.degraded {
+    response.extensions_mut().insert(if read.geo {
+        Tier::GEO
+    } else if read.degraded {
         Tier::DEGRADED
     } else {
         Tier::WARM

@@ -44,7 +44,7 @@ use haystack::failpoint::pause_task_at;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::warm::{check_needle, read_data};
+use super::warm::{DataPath, check_needle, read_via};
 use crate::directory::types::{MigrationStep, PlaceRequest};
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
 
@@ -360,7 +360,7 @@ async fn attempt(
             ));
         }
     }
-    let verified = verify(state, vid, &warm, &nodes)
+    let verified = verify(state, &placed, &nodes, DataPath::Own)
         .await
         .map_err(|e| (e, None))?;
     if verified != prepared.needles {
@@ -508,7 +508,12 @@ pub(crate) async fn drain_and_retire(
 /// Has every storage node that is up remove its files of volume `vid`'s
 /// generations but `keep`: what attempts that never committed left (best
 /// effort: a node that is down keeps them).
-async fn prune_everywhere(state: &AppState, vid: u32, keep: Option<u64>, up_to: Option<u64>) {
+pub(crate) async fn prune_everywhere(
+    state: &AppState,
+    vid: u32,
+    keep: Option<u64>,
+    up_to: Option<u64>,
+) {
     let nodes = match state.cache.nodes(true).await {
         Ok(nodes) => nodes,
         Err(e) => {
@@ -531,7 +536,7 @@ async fn prune_everywhere(state: &AppState, vid: u32, keep: Option<u64>, up_to: 
 /// Has every block's node read it back from disk and check it against its
 /// chunk CRCs (a few nodes at a time); the blocks found damaged, as
 /// (stripe, block, why). A node that cannot answer fails it.
-async fn check_blocks(
+pub(crate) async fn check_blocks(
     state: &AppState,
     vid: u32,
     warm: &WarmVolume,
@@ -577,21 +582,26 @@ async fn check_blocks(
     Ok(failed)
 }
 
-/// Reads every live needle back through the warm read path (index on a
-/// holder, block ranges checked chunk by chunk on their nodes, needle
-/// checks), runs of needles adjacent in the data file at once; the number
-/// read.
-async fn verify(
+/// Reads every live needle of warm `volume` back through the warm read
+/// path (index on a holder, block ranges checked chunk by chunk on their
+/// nodes, needle checks), its data read by `path` (its own blocks, or a
+/// geo companion's), runs of needles adjacent in the data file at once;
+/// the number read. A range that could only be decoded fails it.
+pub(crate) async fn verify(
     state: &AppState,
-    vid: u32,
-    warm: &WarmVolume,
+    volume: &LogicalVolume,
     nodes: &std::collections::HashMap<String, NodeRecord>,
+    path: DataPath<'_>,
 ) -> Result<u64, ApiError> {
+    let vid = volume.id;
+    let warm = volume
+        .warm
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal(format!("volume {vid} has no warm record")))?;
     let holder = warm
-        .journal_holders
-        .first()
-        .and_then(|h| nodes.get(h))
-        .ok_or_else(|| ApiError::Unavailable("no journal holder".into()))?;
+        .fresh_holders()
+        .find_map(|h| nodes.get(h).filter(|n| n.is_up()))
+        .ok_or_else(|| ApiError::Unavailable("no fresh journal holder is up".into()))?;
     let client = StorageClient::from_http(&holder.base_url(), state.warm_http.clone());
     let mut after = None;
     let mut count = 0;
@@ -610,7 +620,7 @@ async fn verify(
                     offset: first.offset,
                     size_bytes: run.iter().map(|e| e.size_bytes).sum(),
                 };
-                let (bytes, degraded) = read_data(state, vid, warm, nodes, span).await?;
+                let (bytes, degraded) = read_via(state, volume, nodes, path, span).await?;
                 if degraded {
                     return Err(ApiError::Unavailable(format!(
                         "needles {:x}.. could only be decoded, not read",

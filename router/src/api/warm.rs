@@ -11,8 +11,11 @@
 //! reported to the directory. Too few blocks: `503`, never bytes.
 //!
 //! A delete appends a tombstone on every journal holder that is up; it is
-//! acknowledged once a majority synced it and every holder that missed it
-//! is marked stale in the directory.
+//! acknowledged once [`f4::node::seal::TOMBSTONE_QUORUM`] holders synced it
+//! (a majority of the cell's; in the geo layer, the remote holders alone
+//! will do while the volume's datacenter is down) and every holder that
+//! missed it is marked stale in the directory: it merges the others'
+//! journals before it is consulted again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,13 +32,30 @@ use super::error::ApiError;
 use super::id::BlobId;
 use super::state::AppState;
 use crate::directory::types::DamagedBlockRequest;
-use crate::directory::{LogicalVolume, NodeRecord, NodeRole, WarmVolume};
+use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
 
 /// A needle read from the warm tier.
 pub(crate) struct WarmNeedle {
     pub(crate) needle: Needle,
     /// A backoff node decoded part of it.
     pub(crate) degraded: bool,
+    /// Its volume's cell could not serve it: it was read from the geo
+    /// layer (a copy, or its buddy and their XOR).
+    pub(crate) geo: bool,
+}
+
+/// Where a warm volume's data is read from.
+#[derive(Clone, Copy)]
+pub(crate) enum DataPath<'a> {
+    /// The volume's own blocks.
+    Own,
+    /// A full copy of its data (a companion in another datacenter).
+    Copy(&'a LogicalVolume),
+    /// Its buddy's data XOR their XOR volume's.
+    Xor {
+        buddy: &'a LogicalVolume,
+        xor: &'a LogicalVolume,
+    },
 }
 
 fn warm_record(volume: &LogicalVolume) -> Result<&WarmVolume, ApiError> {
@@ -88,15 +108,118 @@ async fn read_needle_with(
     id: BlobId,
     refresh: bool,
 ) -> Result<WarmNeedle, ApiError> {
+    // A companion holds no BLOB of its own.
+    if volume.geo.is_companion() {
+        return Err(ApiError::NotFound);
+    }
     let warm = warm_record(volume)?;
     let nodes = state.cache.nodes(refresh).await?;
     let entry = lookup(state, volume.id, warm, &nodes, id.key).await?;
-    let (bytes, degraded) = read_data(state, volume.id, warm, &nodes, entry).await?;
+    let (bytes, degraded, geo) = match read_data(state, volume.id, warm, &nodes, entry).await {
+        Ok((bytes, degraded)) => (bytes, degraded, false),
+        Err(ApiError::Unavailable(why)) if !volume.geo.is_empty() => {
+            tracing::info!(volume = volume.id, why = %why, "the cell cannot serve it; reading from the geo layer");
+            state.metrics.replica_failure("warm_cell");
+            let bytes = read_geo(state, volume, &nodes, entry)
+                .await
+                .map_err(|geo| ApiError::Unavailable(format!("{why}; geo layer: {geo}")))?;
+            (bytes, true, true)
+        }
+        Err(e) => return Err(e),
+    };
     let needle = check_needle(volume.id, bytes, entry, Some(id.key))?;
     if needle.cookie != id.cookie {
         return Err(ApiError::NotFound);
     }
-    Ok(WarmNeedle { needle, degraded })
+    Ok(WarmNeedle {
+        needle,
+        degraded,
+        geo,
+    })
+}
+
+/// The bytes at `entry` of primary `volume`'s data from the geo layer:
+/// its copy while it has one, else its buddy's XOR their XOR volume's
+/// (each read through its own cell, backoff included). The caller checks
+/// the needle (magic, key, CRC, cookie), so a wrong combination is never
+/// served.
+async fn read_geo(
+    state: &AppState,
+    volume: &LogicalVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    entry: IndexEntry,
+) -> Result<Bytes, ApiError> {
+    let warm_companion = |id| async move {
+        let companion = state.cache.volume(id, false).await?;
+        if companion.state != VolumeState::Warm {
+            return Err(ApiError::Unavailable(format!(
+                "companion volume {id} is {}",
+                companion.state
+            )));
+        }
+        Ok(companion)
+    };
+    let mut last = String::from("no warm copy or buddy");
+    if let Some(copy) = volume.geo.copy {
+        match warm_companion(copy).await {
+            Ok(copy) => match read_via(state, volume, nodes, DataPath::Copy(&copy), entry).await {
+                Ok((bytes, _)) => return Ok(bytes),
+                Err(e) => last = format!("copy {}: {e}", copy.id),
+            },
+            Err(e) => last = e.to_string(),
+        }
+    }
+    if let (Some(buddy), Some(xor)) = (volume.geo.buddy, volume.geo.xor) {
+        let xor = warm_companion(xor).await?;
+        let buddy = state.cache.volume(buddy, false).await?;
+        let path = DataPath::Xor {
+            buddy: &buddy,
+            xor: &xor,
+        };
+        return read_via(state, volume, nodes, path, entry)
+            .await
+            .map(|(bytes, _)| bytes);
+    }
+    Err(ApiError::Unavailable(last))
+}
+
+/// The bytes at `entry` of `volume`'s data, read by `path`; whether a
+/// backoff node decoded any of them.
+pub(crate) async fn read_via(
+    state: &AppState,
+    volume: &LogicalVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    path: DataPath<'_>,
+    entry: IndexEntry,
+) -> Result<(Bytes, bool), ApiError> {
+    match path {
+        DataPath::Own => read_data(state, volume.id, warm_record(volume)?, nodes, entry).await,
+        DataPath::Copy(copy) => read_data(state, copy.id, warm_record(copy)?, nodes, entry).await,
+        DataPath::Xor { buddy, xor } => {
+            let buddy_warm = warm_record(buddy)?;
+            let buddy_len = buddy_warm.geometry.volume_len_bytes;
+            // The buddy's part of the range; past its end it reads as zeros.
+            let overlap = buddy_len
+                .saturating_sub(entry.offset)
+                .min(u64::from(entry.size_bytes));
+            let buddy_read = async {
+                if overlap == 0 {
+                    return Ok((Bytes::new(), false));
+                }
+                let span = IndexEntry {
+                    size_bytes: overlap as u32,
+                    ..entry
+                };
+                read_data(state, buddy.id, buddy_warm, nodes, span).await
+            };
+            let xor_read = read_data(state, xor.id, warm_record(xor)?, nodes, entry);
+            let ((theirs, a), (parity, b)) = futures::try_join!(buddy_read, xor_read)?;
+            let mut ours = BytesMut::from(parity);
+            f4::xor_into(&mut ours, &theirs)
+                .map_err(|e| ApiError::Internal(format!("volume {}: {e}", volume.id)))?;
+            Ok((ours.freeze(), a || b))
+        }
+    }
 }
 
 /// Decodes and checks the needle read at `entry` (magic, sizes, CRC; the
@@ -377,7 +500,7 @@ async fn report_block(state: &AppState, warm: &WarmVolume, block: BlockId, node:
     }
 }
 
-/// Deletes `id` from warm `volume`: `204` once a majority of the journal
+/// Deletes `id` from warm `volume`: `204` once a quorum of the journal
 /// holders synced its tombstone and the others are marked stale.
 pub(crate) async fn delete(
     state: &Arc<AppState>,
@@ -390,7 +513,7 @@ pub(crate) async fn delete(
 }
 
 /// Appends the tombstones of `keys` (1 to [`f4::api::PAGE_MAX`]) to the
-/// journal of `warm`, volume `vid`: `Ok` once a majority of its holders
+/// journal of `warm`, volume `vid`: `Ok` once a quorum of its holders
 /// synced them and every other holder is marked stale (it merges the
 /// others' journals before it is consulted again).
 pub(crate) async fn tombstone(
@@ -414,7 +537,7 @@ pub(crate) async fn tombstone(
         }
     }))
     .await;
-    let majority = warm.journal_holders.len() / 2 + 1;
+    let quorum = f4::node::seal::TOMBSTONE_QUORUM.min(warm.journal_holders.len());
     let mut synced = 0;
     let mut missed = Vec::new();
     for (holder, result) in warm.journal_holders.iter().zip(results) {
@@ -426,9 +549,9 @@ pub(crate) async fn tombstone(
             }
         }
     }
-    if synced < majority {
+    if synced < quorum {
         return Err(ApiError::Unavailable(format!(
-            "{synced} of volume {vid}'s {} journal holders took the delete; {majority} are needed",
+            "{synced} of volume {vid}'s {} journal holders took the delete; {quorum} are needed",
             warm.journal_holders.len()
         )));
     }

@@ -6,12 +6,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::types::{
-    ClaimRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage, DamagedRequest, EndRequest,
-    ErrorBody, GenerationRequest, KeyLease, LeaseRequest, LogicalVolume, MIGRATION_PAGE_MAX,
-    MigrationJob, MigrationPage, NodeRecord, NodeRegistration, OwnershipRequest, PlaceRequest,
-    REBUILD_PAGE_MAX, RebuildClaimRequest, RebuildJob, RebuildPage, RebuiltBlockRequest,
-    RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest, VolumeClaim,
-    VolumeState,
+    ClaimRequest, CompanionRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage,
+    DamagedRequest, EndRequest, ErrorBody, GenerationRequest, KeyLease, LeaseRequest,
+    LogicalVolume, MIGRATION_PAGE_MAX, MigrationJob, MigrationPage, NodeRecord, NodeRegistration,
+    OwnershipRequest, PlaceRequest, REBUILD_PAGE_MAX, RebuildClaimRequest, RebuildJob, RebuildPage,
+    RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
+    StepRequest, VolumeClaim, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -388,6 +388,21 @@ impl DirectoryClient {
         let url = self.url(&format!("/volumes/{vid}/rebuilds/{stripe}"));
         self.send(self.http.delete(url).query(&[("attempts", attempts)]))
             .await
+    }
+
+    /// `POST /companions`: a new companion volume of warm primaries.
+    pub async fn create_companion(
+        &self,
+        request: &CompanionRequest,
+    ) -> Result<LogicalVolume, DirectoryClientError> {
+        let url = self.url("/companions");
+        self.send(self.http.post(url).json(request)).await
+    }
+
+    /// `DELETE /companions/{vid}`: removes a companion and its links.
+    pub async fn drop_companion(&self, vid: u32) -> Result<(), DirectoryClientError> {
+        let url = self.url(&format!("/companions/{vid}"));
+        self.send(self.http.delete(url)).await
     }
 
     /// `GET /rebuilds?after_volume=V&after_stripe=S&limit=N`: a page of

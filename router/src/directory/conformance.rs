@@ -12,9 +12,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::types::{
-    DamagedBlockRequest, DamagedNeedle, EndRequest, JobBlock, LogicalVolume, MigrationStep,
-    NodeRecord, NodeRegistration, NodeRole, NodeState, PlaceRequest, RebuildClaimRequest,
-    RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, StepRequest, VolumeClaim, VolumeState,
+    CompanionRequest, DamagedBlockRequest, DamagedNeedle, EndRequest, JobBlock, LogicalVolume,
+    MigrationStep, NodeRecord, NodeRegistration, NodeRole, NodeState, PlaceRequest,
+    RebuildClaimRequest, RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, StepRequest,
+    VolumeClaim, VolumeState,
 };
 use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -50,6 +51,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("rebuild_jobs", rebuild_jobs),
     ("migration_claims", migration_claims),
     ("volume_ownership", volume_ownership),
+    ("geo_companions", geo_companions),
 ];
 
 /// Runs every check, each over the storage that `fresh` prepares: `fresh()`
@@ -1409,4 +1411,143 @@ pub fn migration_claims(open: Open<'_>) {
             .expect("past the end")
             .is_empty()
     );
+}
+
+/// A cell of 14 racks in each of `datacenters` (`dc-1`...: nodes
+/// `{dc}-f4-N`).
+fn register_datacenters(dir: &dyn Directory, datacenters: usize) {
+    for d in 1..=datacenters {
+        let dc = format!("dc-{d}");
+        for n in 0..14 {
+            let id = format!("{dc}-f4-{n}");
+            let registration = NodeRegistration {
+                datacenter: dc.clone(),
+                ..registration(&id, NodeRole::F4Storage, &format!("{dc}-rack-{n}"))
+            };
+            dir.register_node(registration, 0)
+                .expect("register f4 node");
+        }
+    }
+}
+
+/// A warm primary sealed into the least loaded datacenter.
+fn warm_primary(dir: &dyn Directory) -> LogicalVolume {
+    let vid = dir.allocate_volume(0).expect("allocate").id;
+    dir.set_volume_state(vid, VolumeState::Locked, 1)
+        .expect("lock");
+    dir.begin_seal(vid).expect("begin");
+    dir.place_warm(vid, place_request(1, 5000), false)
+        .expect("place");
+    dir.commit_warm(vid, 1).expect("commit")
+}
+
+/// A primary's five holders are at home and three in one other
+/// datacenter; a copy goes to another datacenter, an XOR to a third;
+/// links are set with the companion and removed with it; a copy stays
+/// until its primary's XOR is warm, and a warm XOR is never dropped.
+pub fn geo_companions(open: Open<'_>) {
+    let dir = open();
+    register_stores(&*dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+    register_datacenters(&*dir, 3);
+    let nodes = nodes_by_id(&*dir);
+    let dc_of = |id: &String| nodes[id].datacenter.clone();
+    let a = warm_primary(&*dir);
+    let b = warm_primary(&*dir);
+    let home = |v: &LogicalVolume| v.warm.as_ref().expect("record").datacenter.clone();
+    assert_ne!(
+        home(&a),
+        home(&b),
+        "the second goes to the less loaded cell"
+    );
+    let holders = &a.warm.as_ref().expect("record").journal_holders;
+    assert_eq!(holders.len(), 8);
+    assert!(holders[..5].iter().all(|h| dc_of(h) == home(&a)));
+    let remote: BTreeSet<String> = holders[5..].iter().map(dc_of).collect();
+    assert_eq!(remote.len(), 1);
+    assert!(!remote.contains(&home(&a)));
+
+    let geometry = a.warm.as_ref().expect("record").geometry;
+    let request = |of: Vec<u32>| CompanionRequest {
+        of,
+        geometry,
+        datacenters: Vec::new(),
+    };
+    for bad in [vec![], vec![a.id, a.id], vec![a.id, b.id, 99]] {
+        assert!(matches!(
+            dir.create_companion(&request(bad), false, 5),
+            Err(DirectoryError::BadRequest(_))
+        ));
+    }
+    let copy = dir
+        .create_companion(&request(vec![a.id]), false, 5)
+        .expect("a copy");
+    let copy_home = home(&copy);
+    assert_ne!(copy_home, home(&a));
+    assert_eq!(
+        (copy.state, copy.geo.of.clone(), copy.last_generation),
+        (VolumeState::Sealing, vec![a.id], 1)
+    );
+    let copy_warm = copy.warm.as_ref().expect("record");
+    assert!(copy_warm.journal_holders.is_empty());
+    assert!(
+        copy_warm
+            .stripes
+            .iter()
+            .flatten()
+            .all(|n| dc_of(n) == copy_home)
+    );
+    assert_eq!(dir.volume(a.id).expect("a").geo.copy, Some(copy.id));
+    assert!(
+        matches!(
+            dir.create_companion(&request(vec![a.id]), false, 6),
+            Err(DirectoryError::PlacementConflict { .. })
+        ),
+        "one copy per primary"
+    );
+    assert!(
+        matches!(
+            dir.create_companion(&request(vec![copy.id]), false, 6),
+            Err(DirectoryError::PlacementConflict { .. })
+        ),
+        "a companion has no companion"
+    );
+    dir.commit_warm(copy.id, 1).expect("commit the copy");
+    assert!(
+        matches!(
+            dir.drop_companion(copy.id),
+            Err(DirectoryError::PlacementConflict { .. })
+        ),
+        "a warm copy stays while its primary has no warm XOR"
+    );
+
+    let xor = dir
+        .create_companion(&request(vec![a.id, b.id]), false, 7)
+        .expect("an XOR");
+    let third = home(&xor);
+    assert!(third != home(&a) && third != home(&b), "{third}");
+    let (a2, b2) = (dir.volume(a.id).expect("a"), dir.volume(b.id).expect("b"));
+    assert_eq!((a2.geo.buddy, a2.geo.xor), (Some(b.id), Some(xor.id)));
+    assert_eq!((b2.geo.buddy, b2.geo.xor), (Some(a.id), Some(xor.id)));
+    assert!(matches!(
+        dir.create_companion(&request(vec![b.id, a.id]), false, 8),
+        Err(DirectoryError::PlacementConflict { .. })
+    ));
+    dir.commit_warm(xor.id, 1).expect("commit the XOR");
+    assert!(matches!(
+        dir.drop_companion(xor.id),
+        Err(DirectoryError::PlacementConflict { .. })
+    ));
+    dir.drop_companion(copy.id).expect("the copy goes");
+    assert!(matches!(
+        dir.volume(copy.id),
+        Err(DirectoryError::UnknownVolume { .. })
+    ));
+    assert_eq!(dir.volume(a.id).expect("a").geo.copy, None);
+    assert!(matches!(
+        dir.drop_companion(a.id),
+        Err(DirectoryError::BadRequest(_))
+    ));
+    drop(dir);
+    let reopened = open().volume(a.id).expect("a");
+    assert_eq!(reopened.geo.xor, Some(xor.id));
 }

@@ -329,6 +329,27 @@ pub trait Directory: Send + Sync {
         now_ms: u64,
     ) -> Result<types::MigrationJob, DirectoryError>;
 
+    /// Creates a companion volume of `request.of` ([`types::GeoLinks`]):
+    /// `sealing`, generation 1, its blocks placed in the least loaded of
+    /// `request.datacenters` (any, if empty) that holds none of `of`, no
+    /// journal holders; and links each of `of` to it (a copy, or buddies
+    /// with their XOR), all in one transaction. Each of `of` must be a warm
+    /// primary without a buddy (nor a copy, for a copy), and buddies in two
+    /// datacenters ([`DirectoryError::PlacementConflict`]). It turns warm by
+    /// [`Directory::commit_warm`].
+    fn create_companion(
+        &self,
+        request: &types::CompanionRequest,
+        allow_fewer_racks: bool,
+        now_ms: u64,
+    ) -> Result<LogicalVolume, DirectoryError>;
+
+    /// Removes companion `id`, its migration job and its primaries' links
+    /// to it. A warm one only if it is a copy whose primary's XOR volume is
+    /// warm ([`DirectoryError::PlacementConflict`]). Its block files are
+    /// the caller's to remove.
+    fn drop_companion(&self, id: u32) -> Result<(), DirectoryError>;
+
     /// Up to `limit` migration jobs of volumes after `after`, by volume id.
     fn migrations(
         &self,

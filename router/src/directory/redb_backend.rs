@@ -31,14 +31,16 @@ use serde::{Deserialize, Serialize};
 
 use super::client::valid_node_id;
 use super::types::{
-    DamagedBlock, DamagedBlockRequest, EndRequest, KeyLease, LogicalVolume, MigrationJob,
-    MigrationStep, NodeRecord, NodeRegistration, NodeRole, NodeState, OWNERSHIP_CLAIMS_MAX,
-    PlaceRequest, RebuildClaimRequest, RebuildJob, RebuiltBlockRequest, RenewRequest,
-    ReplaceHolderRequest, StepRequest, VolumeClaim, VolumeOwner, VolumeState, WarmVolume,
+    CompanionRequest, DamagedBlock, DamagedBlockRequest, EndRequest, GeoLinks, KeyLease,
+    LogicalVolume, MigrationJob, MigrationStep, NodeRecord, NodeRegistration, NodeRole, NodeState,
+    OWNERSHIP_CLAIMS_MAX, PlaceRequest, RebuildClaimRequest, RebuildJob, RebuiltBlockRequest,
+    RenewRequest, ReplaceHolderRequest, StepRequest, VolumeClaim, VolumeOwner, VolumeState,
+    WarmVolume,
 };
 use super::{DamagedNeedle, Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
 mod damaged;
+mod geo;
 mod rebuilds;
 
 /// File name of the database inside the directory's data dir.
@@ -440,6 +442,24 @@ fn all_volumes(table: &impl ReadableTable<u32, &'static [u8]>) -> VolumesResult 
     Ok(volumes)
 }
 
+/// Takes the next volume id.
+fn next_volume_id(txn: &WriteTransaction) -> Result<u32, DirectoryError> {
+    let mut meta = txn.open_table(META)?;
+    let counters = match meta.get(META_COUNTERS)? {
+        Some(v) => decode::<Counters>("meta", v.value())?,
+        None => Counters { next_volume_id: 1 },
+    };
+    let id = counters.next_volume_id;
+    let next_volume_id = id
+        .checked_add(1)
+        .ok_or_else(|| DirectoryError::Exhausted("volume ids".into()))?;
+    meta.insert(
+        META_COUNTERS,
+        encode(&Counters { next_volume_id }).as_slice(),
+    )?;
+    Ok(id)
+}
+
 fn get_volume(txn: &WriteTransaction, id: u32) -> Result<LogicalVolume, DirectoryError> {
     let table = txn.open_table(VOLUMES)?;
     let value = table.get(id)?;
@@ -682,19 +702,7 @@ impl Directory for RedbDirectory {
             let nodes = all_nodes(&txn.open_table(NODES)?)?;
             let volumes = all_volumes(&txn.open_table(VOLUMES)?)?;
             let replicas = place_replicas(&nodes, &volumes)?;
-            let mut meta = txn.open_table(META)?;
-            let counters = match meta.get(META_COUNTERS)? {
-                Some(v) => decode::<Counters>("meta", v.value())?,
-                None => Counters { next_volume_id: 1 },
-            };
-            let id = counters.next_volume_id;
-            let next_volume_id = id
-                .checked_add(1)
-                .ok_or_else(|| DirectoryError::Exhausted("volume ids".into()))?;
-            meta.insert(
-                META_COUNTERS,
-                encode(&Counters { next_volume_id }).as_slice(),
-            )?;
+            let id = next_volume_id(txn)?;
             let volume = LogicalVolume {
                 id,
                 state: VolumeState::Writable,
@@ -710,6 +718,7 @@ impl Directory for RedbDirectory {
                 warm: None,
                 owner: None,
                 last_write_ms: None,
+                geo: GeoLinks::default(),
             };
             put_volume(txn, &volume)?;
             Ok(volume)
@@ -984,11 +993,18 @@ impl Directory for RedbDirectory {
                     allow_fewer_racks,
                 },
             )?;
+            let mut holders = placed.holders;
+            holders.extend(super::warm::remote_holders(
+                &nodes,
+                &volumes,
+                &placed.datacenter,
+                f4::node::seal::REMOTE_JOURNAL_HOLDERS,
+            ));
             volume.warm = Some(WarmVolume {
                 generation: request.generation,
                 geometry: request.geometry,
                 stripes: placed.stripes,
-                journal_holders: placed.holders,
+                journal_holders: holders,
                 stale_holders: Vec::new(),
                 tolerated_rack_losses: placed.tolerated_rack_losses,
                 needle_count: request.needle_count,
@@ -1314,6 +1330,19 @@ impl Directory for RedbDirectory {
             table.insert(id, encode(&job).as_slice())?;
             Ok(job)
         })
+    }
+
+    fn create_companion(
+        &self,
+        request: &CompanionRequest,
+        allow_fewer_racks: bool,
+        now_ms: u64,
+    ) -> Result<LogicalVolume, DirectoryError> {
+        self.create_companion_record(request, allow_fewer_racks, now_ms)
+    }
+
+    fn drop_companion(&self, id: u32) -> Result<(), DirectoryError> {
+        self.drop_companion_record(id)
     }
 
     fn claim_rebuild(

@@ -27,8 +27,8 @@ use haystack::http::ServerLimits;
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
-    ClaimRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest, DropQuery,
-    EndRequest, ErrorBody, FreshRequest, GenerationRequest, LeaseRequest, MigrationPage,
+    ClaimRequest, CompanionRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest,
+    DropQuery, EndRequest, ErrorBody, FreshRequest, GenerationRequest, LeaseRequest, MigrationPage,
     MigrationQuery, NodeRegistration, OwnershipRequest, PlaceRequest, RebuildClaimRequest,
     RebuildPage, RebuildQuery, RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest,
     SetStateRequest, StaleRequest, StepRequest,
@@ -588,6 +588,32 @@ async fn drop_rebuild(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `POST /companions`: a new companion volume of warm primaries (a copy,
+/// or two buddies' XOR), placed and linked.
+async fn create_companion(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<CompanionRequest>,
+) -> Result<Response, DirectoryError> {
+    let allow = state.allow_fewer_racks;
+    let now = now_ms();
+    let companion = state
+        .blocking(move |d| d.create_companion(&request, allow, now))
+        .await?;
+    tracing::info!(volume = companion.id, of = ?companion.geo.of, "companion volume created");
+    Ok((StatusCode::CREATED, axum::Json(companion)).into_response())
+}
+
+/// `DELETE /companions/{vid}`: the companion and its links removed.
+async fn drop_companion(
+    State(state): State<AppState>,
+    Path(vid): Path<String>,
+) -> Result<Response, DirectoryError> {
+    let vid = parse_vid(&vid)?;
+    state.blocking(move |d| d.drop_companion(vid)).await?;
+    tracing::info!(volume = vid, "companion volume dropped");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// `GET /rebuilds?after_volume=V&after_stripe=S&limit=N`.
 async fn list_rebuilds(
     State(state): State<AppState>,
@@ -787,6 +813,8 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
         .route("/volumes/{vid}/migration/claim", post(claim_migration))
         .route("/volumes/{vid}/migration/step", post(migration_step))
         .route("/migrations", get(list_migrations))
+        .route("/companions", post(create_companion))
+        .route("/companions/{vid}", axum::routing::delete(drop_companion))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

@@ -175,6 +175,46 @@ pub struct LogicalVolume {
     /// When its owner last used it for an upload, ms since the UNIX epoch.
     #[serde(default)]
     pub last_write_ms: Option<u64>,
+    /// Its part in the geo layer (none in a single datacenter).
+    #[serde(default, skip_serializing_if = "GeoLinks::is_empty")]
+    pub geo: GeoLinks,
+}
+
+/// A warm volume's part in the geo layer (`DESIGN.md`, "Geo layer"). A
+/// primary (a volume BLOBs are uploaded to) keeps a full copy of its data
+/// in a second datacenter until it has a buddy in another one; then the
+/// XOR of the two volumes' data, in a third datacenter, takes the copies'
+/// place. Copies and XOR volumes are *companions*: warm volumes of their
+/// own (blocks, generation, rebuilds), with no index or journal (their
+/// primaries' serve them) and no BLOB of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeoLinks {
+    /// Of a primary: the companion holding a full copy of its data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<u32>,
+    /// Of a primary: its buddy, whose primary is in another datacenter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buddy: Option<u32>,
+    /// Of a primary: the companion holding the XOR of its data and its
+    /// buddy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xor: Option<u32>,
+    /// Of a companion: the primaries whose data it holds (one for a copy,
+    /// the two buddies for an XOR).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub of: Vec<u32>,
+}
+
+impl GeoLinks {
+    /// No link at all (a single datacenter's volume).
+    pub fn is_empty(&self) -> bool {
+        *self == GeoLinks::default()
+    }
+
+    /// Whether the volume is a companion (a copy or an XOR), not a primary.
+    pub fn is_companion(&self) -> bool {
+        !self.of.is_empty()
+    }
 }
 
 /// A router's claim on a writable volume.
@@ -467,6 +507,20 @@ pub struct PlaceRequest {
     /// The datacenters it may go to (those whose nodes have room for it);
     /// empty: any.
     #[serde(default)]
+    pub datacenters: Vec<String>,
+}
+
+/// Body of `POST /companions`: a new companion volume of `of` (one primary:
+/// its copy; two buddies: their XOR), placed in one of `datacenters` that
+/// holds none of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompanionRequest {
+    /// The primaries whose data it holds.
+    pub of: Vec<u32>,
+    /// Its geometry (for the longest of `of`'s data).
+    pub geometry: f4::Geometry,
+    /// The datacenters it may go to (those whose nodes have room for it).
     pub datacenters: Vec<String>,
 }
 
@@ -872,6 +926,7 @@ mod tests {
             warm: None,
             owner: None,
             last_write_ms: None,
+            geo: Default::default(),
         };
         let json = serde_json::to_value(&volume).expect("serialise");
         assert_eq!(

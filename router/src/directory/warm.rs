@@ -58,31 +58,11 @@ pub(crate) fn place(
         allow_fewer_racks,
     } = wanted;
     let blocks = k + m;
-    let mut load: HashMap<&str, usize> = HashMap::new();
-    for warm in volumes.iter().filter_map(|v| v.warm.as_ref()) {
-        for node in warm.stripes.iter().flatten().chain(&warm.journal_holders) {
-            *load.entry(node.as_str()).or_default() += 1;
-        }
-    }
-    let mut cells: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
-    let allowed = |dc: &str| allowed.is_empty() || allowed.iter().any(|a| a == dc);
-    for node in nodes {
-        if node.role == NodeRole::F4Storage && node.is_up() && allowed(&node.datacenter) {
-            cells
-                .entry(node.datacenter.as_str())
-                .or_default()
-                .entry(node.rack.as_str())
-                .or_default()
-                .push(node.id.as_str());
-        }
-    }
-    let held = |racks: &BTreeMap<&str, Vec<&str>>| -> usize {
-        racks
-            .values()
-            .flatten()
-            .map(|n| load.get(n).copied().unwrap_or(0))
-            .sum()
-    };
+    let mut load = loads(volumes);
+    let cells = cells(nodes, |dc| {
+        allowed.is_empty() || allowed.iter().any(|a| a == dc)
+    });
+    let held = |racks: &Racks<'_>| held(racks, &load);
     let most_racks = cells.values().map(BTreeMap::len).max().unwrap_or(0);
     let Some((datacenter, racks)) = cells
         .into_iter()
@@ -115,21 +95,93 @@ pub(crate) fn place(
         tolerated = tolerated.min(tolerance(in_stripe.into_values().collect(), m));
         stripes.push(used.into_iter().map(str::to_owned).collect());
     }
-    let mut holders: Vec<&str> = Vec::with_capacity(holder_count);
-    let mut in_holders: HashMap<&str, usize> = HashMap::new();
-    let node_count: usize = racks.values().map(Vec::len).sum();
-    for _ in 0..holder_count.min(node_count) {
-        let node = pick(&racks, &in_holders, &holders, &load);
-        *in_holders.entry(rack_of(&racks, node)).or_default() += 1;
-        *load.entry(node).or_default() += 1;
-        holders.push(node);
-    }
     Ok(WarmPlacement {
         datacenter: datacenter.to_owned(),
         stripes,
-        holders: holders.into_iter().map(str::to_owned).collect(),
+        holders: pick_holders(&racks, holder_count, &mut load),
         tolerated_rack_losses: tolerated,
     })
+}
+
+/// The remote journal holders of a volume whose cell is in `home`, when
+/// other datacenters have storage nodes up: `count` nodes in distinct
+/// racks (where it has them) of the least loaded other datacenter, so
+/// that its index and deletes survive the loss of `home` (f4 keeps three
+/// copies in another datacenter). None in a single datacenter.
+pub(crate) fn remote_holders(
+    nodes: &[NodeRecord],
+    volumes: &[LogicalVolume],
+    home: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut load = loads(volumes);
+    let cells = cells(nodes, |dc| dc != home);
+    let Some(racks) = cells
+        .into_iter()
+        .min_by_key(|(name, racks)| (held(racks, &load), *name))
+        .map(|(_, racks)| racks)
+    else {
+        return Vec::new();
+    };
+    pick_holders(&racks, count, &mut load)
+}
+
+/// A datacenter's racks, each with its nodes.
+type Racks<'a> = BTreeMap<&'a str, Vec<&'a str>>;
+
+/// Blocks and journals each node holds.
+fn loads(volumes: &[LogicalVolume]) -> HashMap<&str, usize> {
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    for warm in volumes.iter().filter_map(|v| v.warm.as_ref()) {
+        for node in warm.stripes.iter().flatten().chain(&warm.journal_holders) {
+            *load.entry(node.as_str()).or_default() += 1;
+        }
+    }
+    load
+}
+
+/// The up storage nodes of each `allowed` datacenter, by rack.
+fn cells(nodes: &[NodeRecord], allowed: impl Fn(&str) -> bool) -> BTreeMap<&str, Racks<'_>> {
+    let mut cells: BTreeMap<&str, Racks<'_>> = BTreeMap::new();
+    for node in nodes {
+        if node.role == NodeRole::F4Storage && node.is_up() && allowed(&node.datacenter) {
+            cells
+                .entry(node.datacenter.as_str())
+                .or_default()
+                .entry(node.rack.as_str())
+                .or_default()
+                .push(node.id.as_str());
+        }
+    }
+    cells
+}
+
+/// What the nodes of `racks` hold.
+fn held(racks: &Racks<'_>, load: &HashMap<&str, usize>) -> usize {
+    racks
+        .values()
+        .flatten()
+        .map(|n| load.get(n).copied().unwrap_or(0))
+        .sum()
+}
+
+/// `count` journal holders (at most one per node) in distinct racks where
+/// there are enough, the least loaded first.
+fn pick_holders<'a>(
+    racks: &Racks<'a>,
+    count: usize,
+    load: &mut HashMap<&'a str, usize>,
+) -> Vec<String> {
+    let mut holders: Vec<&str> = Vec::with_capacity(count);
+    let mut in_holders: HashMap<&str, usize> = HashMap::new();
+    let node_count: usize = racks.values().map(Vec::len).sum();
+    for _ in 0..count.min(node_count) {
+        let node = pick(racks, &in_holders, &holders, load);
+        *in_holders.entry(rack_of(racks, node)).or_default() += 1;
+        *load.entry(node).or_default() += 1;
+        holders.push(node);
+    }
+    holders.into_iter().map(str::to_owned).collect()
 }
 
 /// The next node: in the rack with the fewest picks so far, the least

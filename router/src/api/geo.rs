@@ -1,0 +1,415 @@
+//! The geo layer's jobs, run by the migrator (`DESIGN.md`, "Geo layer").
+//!
+//! With storage nodes in two datacenters or more, every warm primary gets
+//! a full copy of its data in a second datacenter: a companion volume
+//! ([`crate::directory::types::GeoLinks`]) with blocks of its own. With
+//! three or more, two primaries of similar size whose cells are in
+//! datacenters A and B become buddies, and the XOR of their data is
+//! written as a companion in a third, C; once it is verified and warm,
+//! both buddies' copies go. Each copy then costs 1.4 bytes per byte in
+//! the second datacenter, each XOR 1.4 for two volumes: 2.8 per byte while
+//! a volume waits for a buddy, 2.1 once it has one.
+//!
+//! A pass ([`plan`]) creates the companions that are due (the directory
+//! places and links each in one transaction, so two migrators never make
+//! two of one kind for one primary), drops the copies the XORs replaced,
+//! and hands the new companions to the pass as migration jobs: each is
+//! claimed, built by [`build`] under its lease, and resumed by the next
+//! pass after a crash like any seal. Building one: a storage node of its
+//! datacenter encodes it from its primaries' blocks (each range verified
+//! on its node, or decoded by a backoff node) and streams its blocks to
+//! their nodes; every block is read back and checked, then every live
+//! needle of each primary is read through the companion (its copy, or its
+//! buddy XOR the new volume) and checked (key, CRC); only then does it
+//! turn warm. An attempt that fails removes its files and its record, and
+//! a later pass starts over.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use f4::api::{DeriveRequest, DeriveSource};
+use f4::client::StorageClient;
+use f4::node::seal::seal_geometry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::error::ApiError;
+use super::seal::{SealReport, check_blocks, prune_everywhere, verify};
+use super::state::AppState;
+use super::warm::DataPath;
+use crate::directory::types::{CompanionRequest, MigrationStep};
+use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, now_ms};
+
+/// Buddies' data lengths differ by at most this factor: the XOR volume is
+/// as long as the longer one, so the shorter one's share of it is padding
+/// that buys nothing.
+pub const BUDDY_SIZE_RATIO_MAX: u64 = 2;
+
+/// What a pass did in the geo layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeoReport {
+    /// Copies created (each built as a job of the pass).
+    pub copies_created: Vec<u32>,
+    /// XOR volumes created, with their two buddies.
+    pub xors_created: Vec<(u32, [u32; 2])>,
+    /// Copies dropped: their primaries' XOR volumes are warm.
+    pub copies_dropped: Vec<u32>,
+    /// Companions left unfinished by an attempt that died, dropped.
+    pub abandoned_dropped: Vec<u32>,
+    /// Primaries with a copy and no buddy yet.
+    pub waiting_for_buddy: usize,
+    /// What their copies cost on disk (blocks, parity included).
+    pub waiting_bytes: u64,
+    /// What could not be done, and why.
+    pub problems: Vec<String>,
+}
+
+/// The datacenters with a storage node up.
+fn datacenters(nodes: &HashMap<String, NodeRecord>) -> BTreeSet<String> {
+    nodes
+        .values()
+        .filter(|n| n.role == NodeRole::F4Storage && n.is_up())
+        .map(|n| n.datacenter.clone())
+        .collect()
+}
+
+/// The datacenter of `volume`'s cell.
+fn home(volume: &LogicalVolume, nodes: &HashMap<String, NodeRecord>) -> String {
+    volume.warm.as_ref().map_or_else(String::new, |warm| {
+        warm.home_datacenter(|id| nodes.get(id).map(|n| n.datacenter.clone()))
+    })
+}
+
+/// Primaries with a warm copy and no buddy, and what those copies hold.
+pub(crate) fn waiting(volumes: &[LogicalVolume]) -> (usize, u64) {
+    let by_id: HashMap<u32, &LogicalVolume> = volumes.iter().map(|v| (v.id, v)).collect();
+    volumes
+        .iter()
+        .filter(|v| !v.geo.is_companion() && v.geo.buddy.is_none())
+        .filter_map(|v| by_id.get(&v.geo.copy?))
+        .filter(|copy| copy.state == VolumeState::Warm)
+        .fold((0, 0), |(count, bytes), copy| {
+            (
+                count + 1,
+                bytes + copy.warm.as_ref().map_or(0, |w| w.stored_bytes()),
+            )
+        })
+}
+
+/// One pass's geo work (module doc) on `volumes`: the companions it
+/// created, to be built as jobs of the pass.
+pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec<u32>, ApiError> {
+    let volumes = &state.directory.list_volumes().await?;
+    let nodes = state.cache.nodes(true).await?;
+    let datacenters = datacenters(&nodes);
+    let by_id: HashMap<u32, &LogicalVolume> = volumes.iter().map(|v| (v.id, v)).collect();
+    let warm = |id: Option<u32>| {
+        id.and_then(|id| by_id.get(&id))
+            .is_some_and(|v| v.state == VolumeState::Warm)
+    };
+    let now = now_ms();
+    let mut created = Vec::new();
+    let unfinished = volumes
+        .iter()
+        .any(|v| v.geo.is_companion() && v.state == VolumeState::Sealing);
+    let jobs: BTreeSet<u32> = if unfinished {
+        let jobs = state.directory.all_migrations().await?;
+        jobs.into_iter().map(|job| job.volume).collect()
+    } else {
+        BTreeSet::new()
+    };
+    for volume in volumes.iter().filter(|v| v.geo.is_companion()) {
+        let copy_replaced = volume.state == VolumeState::Warm
+            && volume.geo.of.len() == 1
+            && by_id
+                .get(&volume.geo.of[0])
+                .is_none_or(|primary| warm(primary.geo.xor));
+        // Created by a pass that died before its job claimed it (a claimed
+        // one is resumed as a job).
+        let abandoned = volume.state == VolumeState::Sealing
+            && now.saturating_sub(volume.created_ms) > state.config.migration_lease_ms
+            && !jobs.contains(&volume.id);
+        if copy_replaced || abandoned {
+            match drop_companion(state, volume.id).await {
+                Ok(()) if copy_replaced => report.copies_dropped.push(volume.id),
+                Ok(()) => report.abandoned_dropped.push(volume.id),
+                Err(e) => report
+                    .problems
+                    .push(format!("dropping companion {}: {e}", volume.id)),
+            }
+        }
+    }
+    (report.waiting_for_buddy, report.waiting_bytes) = waiting(volumes);
+    if datacenters.len() < 2 {
+        return Ok(created);
+    }
+    let primaries: Vec<&LogicalVolume> = volumes
+        .iter()
+        .filter(|v| v.state == VolumeState::Warm && !v.geo.is_companion() && v.warm.is_some())
+        .filter(|v| v.geo.buddy.is_none())
+        .collect();
+    let budget = state.config.max_migrations.max(1);
+    for primary in primaries.iter().filter(|v| v.geo.copy.is_none()) {
+        if created.len() >= budget {
+            return Ok(created);
+        }
+        match create(state, &[primary], &datacenters, &nodes).await {
+            Ok(id) => {
+                report.copies_created.push(id);
+                created.push(id);
+            }
+            Err(e) => report
+                .problems
+                .push(format!("a copy of volume {}: {e}", primary.id)),
+        }
+    }
+    if datacenters.len() < 3 {
+        return Ok(created);
+    }
+    // Buddies among those whose copy is warm, the closest sizes first.
+    let mut single: Vec<&LogicalVolume> =
+        primaries.into_iter().filter(|v| warm(v.geo.copy)).collect();
+    single.sort_by_key(|v| (data_len(v), v.id));
+    let mut paired = BTreeSet::new();
+    for (i, a) in single.iter().enumerate() {
+        if created.len() >= budget {
+            break;
+        }
+        if paired.contains(&a.id) {
+            continue;
+        }
+        let home_a = home(a, &nodes);
+        let buddy = single[i + 1..].iter().find(|b| {
+            let home_b = home(b, &nodes);
+            !paired.contains(&b.id)
+                && home_b != home_a
+                && data_len(b) <= data_len(a).max(1) * BUDDY_SIZE_RATIO_MAX
+                && datacenters.iter().any(|dc| *dc != home_a && *dc != home_b)
+        });
+        let Some(b) = buddy else { continue };
+        paired.extend([a.id, b.id]);
+        match create(state, &[a, b], &datacenters, &nodes).await {
+            Ok(id) => {
+                report.xors_created.push((id, [a.id, b.id]));
+                created.push(id);
+            }
+            Err(e) => report
+                .problems
+                .push(format!("the XOR of volumes {} and {}: {e}", a.id, b.id)),
+        }
+    }
+    Ok(created)
+}
+
+fn data_len(volume: &LogicalVolume) -> u64 {
+    volume
+        .warm
+        .as_ref()
+        .map_or(0, |w| w.geometry.volume_len_bytes)
+}
+
+/// A new companion of `of`, placed in a datacenter holding none of them.
+async fn create(
+    state: &AppState,
+    of: &[&LogicalVolume],
+    datacenters: &BTreeSet<String>,
+    nodes: &HashMap<String, NodeRecord>,
+) -> Result<u32, ApiError> {
+    let len = of.iter().map(|v| data_len(v)).max().unwrap_or(0);
+    let geometry = seal_geometry(len, state.config.max_block_size_bytes)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let homes: Vec<String> = of.iter().map(|v| home(v, nodes)).collect();
+    let allowed: Vec<String> = datacenters
+        .iter()
+        .filter(|dc| !homes.contains(dc))
+        .cloned()
+        .collect();
+    let rooms = super::migrate::storage_rooms(state).await?;
+    let first = of.first().map_or(0, |v| v.id);
+    let with_room =
+        super::migrate::room_for(state, &rooms, first, len)?.map_err(ApiError::Unavailable)?;
+    let datacenters: Vec<String> = allowed
+        .into_iter()
+        .filter(|dc| with_room.is_empty() || with_room.contains(dc))
+        .collect();
+    if datacenters.is_empty() {
+        return Err(ApiError::Unavailable(
+            "no other datacenter has room for it".into(),
+        ));
+    }
+    let companion = state
+        .directory
+        .create_companion(&CompanionRequest {
+            of: of.iter().map(|v| v.id).collect(),
+            geometry,
+            datacenters,
+        })
+        .await?;
+    tracing::info!(volume = companion.id, of = ?companion.geo.of, "geo companion created");
+    Ok(companion.id)
+}
+
+/// Removes companion `id`'s files from every storage node that is up, then
+/// its record and links.
+async fn drop_companion(state: &AppState, id: u32) -> Result<(), ApiError> {
+    prune_everywhere(state, id, None, None).await;
+    state.directory.drop_companion(id).await?;
+    tracing::info!(volume = id, "geo companion dropped");
+    Ok(())
+}
+
+/// Builds companion `companion` (module doc) as its migration job,
+/// reporting steps on `steps`; stopped where it is, with no cleanup, when
+/// the job's claim is `lost`.
+pub(crate) async fn build(
+    state: &Arc<AppState>,
+    companion: LogicalVolume,
+    steps: watch::Sender<MigrationStep>,
+    lost: CancellationToken,
+) -> Result<SealReport, ApiError> {
+    let vid = companion.id;
+    if companion.state == VolumeState::Warm {
+        return Ok(SealReport::warm(companion, 0));
+    }
+    let outcome = tokio::select! {
+        outcome = attempt(state, &companion, &steps) => outcome,
+        () = lost.cancelled() => {
+            return Err(ApiError::Busy(format!(
+                "companion {vid}'s claim was lost to another migrator; this attempt stopped"
+            )));
+        }
+    };
+    if let Err(error) = &outcome {
+        tracing::warn!(volume = vid, error = %error, "geo companion failed; dropping it");
+        if let Err(e) = drop_companion(state, vid).await {
+            tracing::warn!(volume = vid, error = %e, "dropping the failed companion failed");
+        }
+    }
+    outcome
+}
+
+async fn attempt(
+    state: &AppState,
+    companion: &LogicalVolume,
+    steps: &watch::Sender<MigrationStep>,
+) -> Result<SealReport, ApiError> {
+    let vid = companion.id;
+    steps.send_replace(MigrationStep::Encoding);
+    let warm = companion
+        .warm
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal(format!("companion {vid} has no warm record")))?;
+    let nodes = state.cache.nodes(true).await?;
+    let mut primaries = Vec::with_capacity(companion.geo.of.len());
+    for &id in &companion.geo.of {
+        primaries.push(state.directory.volume(id).await?);
+    }
+    let up_url = |id: &String| {
+        nodes
+            .get(id)
+            .filter(|n| n.is_up())
+            .map(NodeRecord::base_url)
+    };
+    let mut sources = Vec::with_capacity(primaries.len());
+    for primary in &primaries {
+        let source = primary.warm.as_ref().ok_or_else(|| {
+            ApiError::Unavailable(format!("volume {} is no longer warm", primary.id))
+        })?;
+        sources.push(DeriveSource {
+            volume: primary.id,
+            generation: source.generation,
+            geometry: source.geometry,
+            stripes: source
+                .stripes
+                .iter()
+                .map(|s| s.iter().map(up_url).collect())
+                .collect(),
+        });
+    }
+    let stripes = warm
+        .stripes
+        .iter()
+        .map(|s| {
+            s.iter()
+                .map(|id| {
+                    up_url(id).ok_or_else(|| {
+                        ApiError::Unavailable(format!("placed on {id}, which is down"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let backoffs = nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Backoff && n.is_up())
+        .map(NodeRecord::base_url)
+        .collect();
+    // A node of the companion's own cell encodes it: its blocks are local.
+    let mut cell: Vec<&NodeRecord> = nodes
+        .values()
+        .filter(|n| n.role == NodeRole::F4Storage && n.is_up() && n.datacenter == warm.datacenter)
+        .collect();
+    cell.sort_by(|a, b| a.id.cmp(&b.id));
+    let encoder = cell.get(vid as usize % cell.len().max(1)).ok_or_else(|| {
+        ApiError::Unavailable(format!("no storage node of {} is up", warm.datacenter))
+    })?;
+    StorageClient::from_http(&encoder.base_url(), state.warm_http.clone())
+        .derive(
+            vid,
+            warm.generation,
+            &DeriveRequest {
+                geometry: warm.geometry,
+                stripes,
+                sources,
+                backoffs,
+                bytes_per_second: state.config.migration_rate_bytes,
+            },
+        )
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("encoding on {}: {e}", encoder.id)))?;
+    steps.send_replace(MigrationStep::Verifying);
+    if let Some((stripe, block, why)) = check_blocks(state, vid, warm, &nodes).await?.first() {
+        return Err(ApiError::Unavailable(format!(
+            "block {stripe}.{block} failed its check: {why}"
+        )));
+    }
+    let needles = match primaries.as_slice() {
+        [primary] => verify(state, primary, &nodes, DataPath::Copy(companion)).await?,
+        [a, b] => {
+            let through_a = DataPath::Xor {
+                buddy: a,
+                xor: companion,
+            };
+            let through_b = DataPath::Xor {
+                buddy: b,
+                xor: companion,
+            };
+            verify(state, b, &nodes, through_a).await? + verify(state, a, &nodes, through_b).await?
+        }
+        _ => {
+            return Err(ApiError::Internal(format!(
+                "companion {vid} of {:?}",
+                companion.geo.of
+            )));
+        }
+    };
+    steps.send_replace(MigrationStep::Flipping);
+    let committed = state.directory.commit_warm(vid, warm.generation).await?;
+    tracing::info!(volume = vid, of = ?companion.geo.of, needles, "geo companion is warm");
+    // The buddies' copies are no longer needed.
+    if primaries.len() == 2 {
+        for copy in primaries.iter().filter_map(|p| p.geo.copy) {
+            if let Err(e) = drop_companion(state, copy).await {
+                tracing::warn!(volume = copy, error = %e, "dropping a replaced copy failed; a later pass will");
+            }
+        }
+    }
+    state.cache.store_volume(committed.clone());
+    Ok(SealReport {
+        volume: committed,
+        needles,
+        dropped: 0,
+        retired_replicas: 0,
+    })
+}
