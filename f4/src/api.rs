@@ -275,6 +275,15 @@ pub struct DeriveRequest {
     /// Most bytes a second read from the sources (0: no limit).
     #[serde(default)]
     pub bytes_per_second: u64,
+    /// Only this stripe (`stripes` then names its nodes alone): a geo
+    /// rebuild of blocks the volume's own cell lost. The sources may then
+    /// be longer than the volume (an XOR volume is as long as the longer
+    /// buddy).
+    #[serde(default)]
+    pub stripe: Option<u64>,
+    /// Of that stripe, only these blocks are sent (all, if empty).
+    #[serde(default)]
+    pub blocks: Vec<u32>,
 }
 
 /// A warm volume whose data a derived volume holds.

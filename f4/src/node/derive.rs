@@ -183,17 +183,37 @@ pub(super) async fn derive(
     let geometry = request.geometry;
     let layout = geometry.layout()?;
     let longest = request.sources.iter().map(DerivedSource::source_len).max();
-    if !(1..=2).contains(&request.sources.len()) || longest != Some(geometry.volume_len_bytes) {
+    // A whole companion is as long as its longest source; a stripe
+    // rebuilt from the geo layer may come from longer ones.
+    let length_fits = match request.stripe {
+        None => longest == Some(geometry.volume_len_bytes),
+        Some(_) => longest.is_some_and(|l| l >= geometry.volume_len_bytes),
+    };
+    if !(1..=2).contains(&request.sources.len()) || !length_fits {
         return Err(ApiError::bad_request(
-            "a derived volume has one or two sources and the longest one's length",
+            "a derived volume has one or two sources, the longest one as long as it",
         ));
     }
     let stripes = layout.stripe_count().max(1);
     let blocks = usize::from(geometry.data_blocks) + usize::from(geometry.parity_blocks);
-    if request.stripes.len() as u64 != stripes || request.stripes.iter().any(|s| s.len() != blocks)
-    {
+    let named = match request.stripe {
+        None => stripes,
+        Some(stripe) if stripe < stripes => 1,
+        Some(stripe) => {
+            return Err(ApiError::bad_request(format!(
+                "the volume has {stripes} stripes, not stripe {stripe}"
+            )));
+        }
+    };
+    if request.stripes.len() as u64 != named || request.stripes.iter().any(|s| s.len() != blocks) {
         return Err(ApiError::bad_request(format!(
-            "the placement must name {blocks} nodes for each of the volume's {stripes} stripes"
+            "the placement must name {blocks} nodes for each of {named} stripe(s)"
+        )));
+    }
+    if request.blocks.iter().any(|b| *b as usize >= blocks) {
+        return Err(ApiError::bad_request(format!(
+            "a stripe has blocks 0 to {}",
+            blocks - 1
         )));
     }
     for source in &request.sources {
@@ -220,18 +240,28 @@ pub(super) async fn derive(
         failure: Mutex::new(None),
     };
     let peers = state.inner.peers.clone();
-    let stripes_to = request.stripes;
+    let first = request.stripe.unwrap_or(0);
+    let wanted =
+        |block: usize| request.blocks.is_empty() || request.blocks.contains(&(block as u32));
+    let targets: Vec<(u64, Vec<Option<String>>)> = request
+        .stripes
+        .iter()
+        .zip(first..)
+        .map(|(nodes, stripe)| {
+            let nodes = nodes
+                .iter()
+                .enumerate()
+                .map(|(block, node)| wanted(block).then(|| node.clone()))
+                .collect();
+            (stripe, nodes)
+        })
+        .collect();
+    let stripe = request.stripe;
     // A thread of its own, not the IO pool: it runs as long as the volume
     // takes to stream, and waits on the network.
     let sent = tokio::task::spawn_blocking(move || {
         encode_to_nodes(
-            &runtime,
-            &peers,
-            volume,
-            &source,
-            generation,
-            geometry,
-            &stripes_to,
+            &runtime, &peers, volume, &source, generation, geometry, &targets,
         )
     })
     .await
@@ -240,12 +270,7 @@ pub(super) async fn derive(
         Error::Io(e) => ApiError::peer(format!("deriving the blocks: {e}")),
         other => other.into(),
     })?;
-    tracing::info!(
-        volume,
-        generation,
-        stripes,
-        bytes = sent,
-        "derived volume distributed"
-    );
+    tracing::info!(volume, generation, stripes, only = ?stripe, bytes = sent,
+        "derived blocks distributed");
     Ok(StatusCode::NO_CONTENT)
 }

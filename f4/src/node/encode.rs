@@ -447,14 +447,18 @@ fn check_needle(volume: u32, entry: IndexEntry, raw: &[u8]) -> std::result::Resu
 
 /// One block's bytes on their way to its node: a bounded queue feeding the
 /// block's `PUT`. Dropped unfinished, it fails the upload (the node keeps
-/// nothing).
+/// nothing). A block no node wants (`discard`) is encoded and dropped.
 struct BlockSink {
     queue: Option<mpsc::Sender<io::Result<Bytes>>>,
     buf: BytesMut,
+    discard: bool,
 }
 
 impl BlockSink {
     fn send(&mut self) -> io::Result<()> {
+        if self.discard {
+            self.buf.clear();
+        }
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -502,11 +506,24 @@ impl Drop for BlockSink {
     }
 }
 
-/// Encodes every stripe of `source`, volume `volume`'s data, under
-/// `geometry` and streams each block to its node in `stripes` (per
-/// stripe, the base URL of each block's node, in block order), one stripe
-/// after the other. Runs on a blocking thread; `runtime` drives the
-/// uploads. The bytes sent.
+/// The stripes an encoding writes: each with the base URL of each of its
+/// blocks' nodes, in block order (`None`: the block is not sent).
+pub(crate) type Targets = [(u64, Vec<Option<String>>)];
+
+/// All of a volume's `stripes` (per stripe, the base URL of each block's
+/// node), every block sent.
+pub(crate) fn every_block(stripes: &[Vec<String>]) -> Vec<(u64, Vec<Option<String>>)> {
+    stripes
+        .iter()
+        .zip(0u64..)
+        .map(|(nodes, stripe)| (stripe, nodes.iter().cloned().map(Some).collect()))
+        .collect()
+}
+
+/// Encodes the stripes of `source`, volume `volume`'s data, under
+/// `geometry` that `stripes` names, and streams each block to its node,
+/// one stripe after the other. Runs on a blocking thread; `runtime`
+/// drives the uploads. The bytes sent.
 pub(crate) fn encode_to_nodes(
     runtime: &Handle,
     peers: &reqwest::Client,
@@ -514,14 +531,14 @@ pub(crate) fn encode_to_nodes(
     source: &impl EncodeSource,
     generation: u64,
     geometry: Geometry,
-    stripes: &[Vec<String>],
+    stripes: &Targets,
 ) -> Result<u64> {
     let layout = geometry.layout()?;
     let codec = Codec::new(geometry.rs_config()?)?;
     let mut encoder = StripeEncoder::new(&codec, ENCODE_COLUMN_BYTES, geometry.chunk_size_bytes)?;
     let mut sent = 0;
-    for (stripe, nodes) in stripes.iter().enumerate() {
-        let stripe = stripe as u64;
+    for (stripe, nodes) in stripes {
+        let stripe = *stripe;
         let headers: Vec<BlockHeader> = (0..geometry.blocks_per_stripe())
             .map(|index| BlockHeader::new(volume, generation, geometry, stripe, index))
             .collect::<Result<_>>()?;
@@ -531,6 +548,14 @@ pub(crate) fn encode_to_nodes(
             let file_len = header
                 .file_len_bytes()
                 .ok_or_else(|| Error::InvalidGeometry("a block file over u64".into()))?;
+            let Some(node) = node else {
+                sinks.push(BlockSink {
+                    queue: None,
+                    buf: BytesMut::new(),
+                    discard: true,
+                });
+                continue;
+            };
             let (queue, chunks) = mpsc::channel(SINK_QUEUE);
             let body = futures::stream::unfold(chunks, |mut chunks| async move {
                 chunks.recv().await.map(|chunk| (chunk, chunks))
@@ -547,6 +572,7 @@ pub(crate) fn encode_to_nodes(
             let mut sink = BlockSink {
                 queue: Some(queue),
                 buf: BytesMut::with_capacity(SINK_CHUNK_BYTES),
+                discard: false,
             };
             sink.write_all(&header.encode())?;
             sinks.push(sink);

@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::NodeState;
-use super::encode::{LiveSource, StagedPlan, encode_to_nodes, write_plan};
+use super::encode::{LiveSource, StagedPlan, encode_to_nodes, every_block, write_plan};
 use crate::api::{DistributeRequest, PruneReport, PruneRequest, SealPrepared, SealRequest};
 use crate::block::{generation_of, generation_prefix};
 use crate::client::StorageClient;
@@ -268,7 +268,7 @@ pub(super) async fn distribute(
             &source,
             generation,
             geometry,
-            &stripes_to,
+            &every_block(&stripes_to),
         )
     })
     .await

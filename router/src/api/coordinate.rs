@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use f4::api::{BlockId, RebuildRequest, RebuildTarget};
+use f4::api::{BlockId, DeriveRequest, RebuildRequest, RebuildTarget};
 use f4::client::{RebuilderClient, StorageClient};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -267,6 +267,10 @@ struct StripeJob {
     balance: bool,
     /// Attempts the stripe's job in the directory made before (0: none).
     attempts: u32,
+    /// Where a stripe that lost more than `m` blocks is rebuilt from: the
+    /// geo layer's volumes whose data XORs to this volume's
+    /// ([`super::geo::sources_of`]); empty for a rebuild from the stripe.
+    geo_sources: Vec<u32>,
 }
 
 impl StripeJob {
@@ -446,6 +450,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
         }
     }
     let mut jobs = Vec::new();
+    let by_id: HashMap<u32, &LogicalVolume> = volumes.iter().map(|v| (v.id, v)).collect();
     for volume in volumes.iter().filter(|v| v.state == VolumeState::Warm) {
         let Some(warm) = &volume.warm else { continue };
         if act {
@@ -511,6 +516,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                         targets: resume(held, &warm, stripe, targets, true, &cell),
                         balance: true,
                         attempts,
+                        geo_sources: Vec::new(),
                     });
                 }
                 continue;
@@ -526,8 +532,19 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             // (every chunk read is verified), and is rebuilt next.
             missing.sort_by_key(|(block, loss)| (*loss == Loss::Damaged, *block));
             let m = usize::from(warm.geometry.parity_blocks);
+            // Past `m`, the stripe cannot decode itself: all of it comes
+            // back from the geo layer, if the volume is in one.
+            let geo_sources = match super::geo::sources_of(volume, &by_id) {
+                Some(sources) if missing.len() > m => sources,
+                _ => Vec::new(),
+            };
+            let most = match (elsewhere, geo_sources.is_empty()) {
+                (true, _) => 0,
+                (false, true) => m,
+                (false, false) => missing.len(),
+            };
             let mut targets = Vec::new();
-            for (block, loss) in missing.iter().take(if elsewhere { 0 } else { m }) {
+            for (block, loss) in missing.iter().take(most) {
                 let from = members[*block as usize].clone();
                 let to = match loss {
                     Loss::NodeLost => match cell.replacement(&group, &home) {
@@ -565,6 +582,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                     targets: resume(held, &warm, stripe, targets, false, &cell),
                     balance: false,
                     attempts,
+                    geo_sources,
                 });
             }
         }
@@ -812,6 +830,109 @@ async fn record_block(
         .map(drop)
 }
 
+/// Rebuilds a stripe that lost more than `m` blocks from the geo layer: a
+/// storage node (of the first target) encodes the stripe again from the
+/// same range of its `geo_sources`' data (each read verified, or decoded
+/// by a backoff node) and sends only the lost blocks to their targets,
+/// under the volume's own generation, so each is the block it was, byte
+/// for byte; every block written is then read back and checked on its
+/// node before it is recorded.
+async fn geo_rebuild_stripe(
+    state: &AppState,
+    job: &StripeJob,
+    owner: &str,
+    nodes: &[NodeRecord],
+) -> RebuildOutcome {
+    let started = Instant::now();
+    let started_ms = now_ms();
+    let warm = &job.warm;
+    let mut outcome = RebuildOutcome::of(job);
+    let result = async {
+        let by_id: HashMap<String, NodeRecord> =
+            nodes.iter().map(|n| (n.id.clone(), n.clone())).collect();
+        let sources = super::geo::derive_sources(state, &job.geo_sources, &by_id).await?;
+        let url_of = |id: &str| up_node(nodes, id).map(NodeRecord::base_url);
+        let mut stripe: Vec<String> = warm.stripes[job.stripe as usize]
+            .iter()
+            .map(|id| url_of(id).unwrap_or_default())
+            .collect();
+        for (block, _, to) in &job.targets {
+            stripe[*block as usize] = url_of(to)
+                .ok_or_else(|| ApiError::Unavailable(format!("target {to} is not up")))?;
+        }
+        let encoder = job
+            .targets
+            .first()
+            .and_then(|(_, _, to)| up_node(nodes, to))
+            .ok_or_else(|| ApiError::Unavailable("no target is up".into()))?;
+        let request = DeriveRequest {
+            geometry: warm.geometry,
+            stripes: vec![stripe],
+            sources,
+            backoffs: super::geo::backoff_urls(&by_id),
+            bytes_per_second: state.config.rebuild_rate_bytes,
+            stripe: Some(job.stripe),
+            blocks: job.targets.iter().map(|(b, _, _)| *b).collect(),
+        };
+        StorageClient::from_http(&encoder.base_url(), state.warm_http.clone())
+            .derive(job.volume, warm.generation, &request)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("encoding on {}: {e}", encoder.id)))?;
+        let layout = warm
+            .geometry
+            .layout()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut written = 0;
+        for (block, _, to) in &job.targets {
+            let node = up_node(nodes, to)
+                .ok_or_else(|| ApiError::Unavailable(format!("target {to} is not up")))?;
+            let id = BlockId {
+                volume: job.volume,
+                generation: warm.generation,
+                stripe: job.stripe,
+                block: *block,
+            };
+            StorageClient::from_http(&node.base_url(), state.warm_http.clone())
+                .check_block(id, warm.geometry)
+                .await
+                .map_err(|e| {
+                    ApiError::Unavailable(format!("block {}.{block} on {to}: {e}", job.stripe))
+                })?;
+            written += layout
+                .block_len_bytes(job.stripe, *block as usize)
+                .unwrap_or(0);
+        }
+        Ok::<u64, ApiError>(written)
+    }
+    .await;
+    outcome.seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(written) => {
+            outcome.written_bytes = written;
+            state.metrics.rebuilt_bytes(written);
+        }
+        Err(e) => {
+            state.metrics.rebuild_error();
+            tracing::warn!(volume = job.volume, stripe = job.stripe, error = %e,
+                "rebuild from the geo layer failed");
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    }
+    let mut errors = Vec::new();
+    for (block, from, to) in &job.targets {
+        if let Err(e) = record_block(state, job, (*block, from, to), started_ms, owner).await {
+            errors.push(format!("block {block}: {e}"));
+        }
+    }
+    if !errors.is_empty() {
+        outcome.error = Some(format!("not recorded: {}", errors.join("; ")));
+    }
+    tracing::info!(volume = job.volume, stripe = job.stripe, blocks = ?outcome.blocks,
+        sources = ?job.geo_sources, seconds = outcome.seconds, "stripe rebuilt from the geo layer");
+    outcome
+}
+
 /// Runs one planned rebuild on `rebuilder` and records its blocks.
 async fn rebuild_stripe(
     state: &AppState,
@@ -1005,6 +1126,8 @@ async fn run_job(
     let work = async {
         if job.balance {
             move_blocks(state, &job, owner, nodes).await
+        } else if !job.geo_sources.is_empty() {
+            geo_rebuild_stripe(state, &job, owner, nodes).await
         } else {
             rebuild_stripe(state, &job, owner, nodes, rebuilder).await
         }
@@ -1092,6 +1215,7 @@ pub(crate) async fn rebuild_in_place(
             targets,
             balance: false,
             attempts: 0,
+            geo_sources: Vec::new(),
         };
         match run_job(state, job, nodes, rebuilder).await {
             Some(RebuildOutcome { error: None, .. }) => {}
@@ -1413,6 +1537,7 @@ mod tests {
             targets: Vec::new(),
             balance,
             attempts,
+            geo_sources: Vec::new(),
         };
         let stripe = |stripe: u64, missing: usize, unavailable: usize| EndangeredStripe {
             volume: 1,

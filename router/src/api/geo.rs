@@ -250,6 +250,85 @@ async fn create(
     Ok(companion.id)
 }
 
+/// The volumes of the geo layer whose data XORs to `volume`'s, if they
+/// are all warm: a primary's copy, else its buddy and their XOR; a copy's
+/// primary; an XOR's two buddies.
+pub(crate) fn sources_of(
+    volume: &LogicalVolume,
+    volumes: &HashMap<u32, &LogicalVolume>,
+) -> Option<Vec<u32>> {
+    let warm = |ids: Vec<u32>| {
+        ids.iter()
+            .all(|id| {
+                volumes
+                    .get(id)
+                    .is_some_and(|v| v.state == VolumeState::Warm && v.warm.is_some())
+            })
+            .then_some(ids)
+    };
+    if volume.geo.is_companion() {
+        return warm(volume.geo.of.clone());
+    }
+    volume
+        .geo
+        .copy
+        .and_then(|copy| warm(vec![copy]))
+        .or_else(|| warm(vec![volume.geo.buddy?, volume.geo.xor?]))
+}
+
+/// Each of `ids`' records as a source of `POST /derive`, its blocks' nodes
+/// that are up named.
+pub(crate) async fn derive_sources(
+    state: &AppState,
+    ids: &[u32],
+    nodes: &HashMap<String, NodeRecord>,
+) -> Result<Vec<DeriveSource>, ApiError> {
+    let mut volumes = Vec::with_capacity(ids.len());
+    for &id in ids {
+        volumes.push(state.directory.volume(id).await?);
+    }
+    to_sources(&volumes, nodes)
+}
+
+fn to_sources(
+    volumes: &[LogicalVolume],
+    nodes: &HashMap<String, NodeRecord>,
+) -> Result<Vec<DeriveSource>, ApiError> {
+    let up_url = |id: &String| {
+        nodes
+            .get(id)
+            .filter(|n| n.is_up())
+            .map(NodeRecord::base_url)
+    };
+    volumes
+        .iter()
+        .map(|volume| {
+            let warm = volume.warm.as_ref().ok_or_else(|| {
+                ApiError::Unavailable(format!("volume {} is not warm", volume.id))
+            })?;
+            Ok(DeriveSource {
+                volume: volume.id,
+                generation: warm.generation,
+                geometry: warm.geometry,
+                stripes: warm
+                    .stripes
+                    .iter()
+                    .map(|s| s.iter().map(up_url).collect())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The base URLs of the backoff nodes that are up.
+pub(crate) fn backoff_urls(nodes: &HashMap<String, NodeRecord>) -> Vec<String> {
+    nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Backoff && n.is_up())
+        .map(NodeRecord::base_url)
+        .collect()
+}
+
 /// Removes companion `id`'s files from every storage node that is up, then
 /// its record and links.
 async fn drop_companion(state: &AppState, id: u32) -> Result<(), ApiError> {
@@ -311,22 +390,7 @@ async fn attempt(
             .filter(|n| n.is_up())
             .map(NodeRecord::base_url)
     };
-    let mut sources = Vec::with_capacity(primaries.len());
-    for primary in &primaries {
-        let source = primary.warm.as_ref().ok_or_else(|| {
-            ApiError::Unavailable(format!("volume {} is no longer warm", primary.id))
-        })?;
-        sources.push(DeriveSource {
-            volume: primary.id,
-            generation: source.generation,
-            geometry: source.geometry,
-            stripes: source
-                .stripes
-                .iter()
-                .map(|s| s.iter().map(up_url).collect())
-                .collect(),
-        });
-    }
+    let sources = to_sources(&primaries, &nodes)?;
     let stripes = warm
         .stripes
         .iter()
@@ -340,11 +404,7 @@ async fn attempt(
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let backoffs = nodes
-        .values()
-        .filter(|n| n.role == NodeRole::Backoff && n.is_up())
-        .map(NodeRecord::base_url)
-        .collect();
+    let backoffs = backoff_urls(&nodes);
     // A node of the companion's own cell encodes it: its blocks are local.
     let mut cell: Vec<&NodeRecord> = nodes
         .values()
@@ -364,6 +424,8 @@ async fn attempt(
                 sources,
                 backoffs,
                 bytes_per_second: state.config.migration_rate_bytes,
+                stripe: None,
+                blocks: Vec::new(),
             },
         )
         .await
