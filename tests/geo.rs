@@ -317,9 +317,127 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
     }
     check_volume(&client, &router, &blobs, a).await?;
 
+    // Racks of the other two datacenters lost too (none holding the
+    // volume's remote index): each of the buddy's and the XOR's stripes
+    // decodes with up to four of its fourteen blocks gone, so every BLOB
+    // still reads back; with a fifth rack of the buddy's gone, a BLOB whose
+    // range the buddy's data covers cannot be read: `503`, never bytes.
+    let record_b = common::volumes::volume(&client, &router, b).await?;
+    let home_b = record_b["warm"]["datacenter"]
+        .as_str()
+        .context("datacenter")?
+        .to_owned();
+    let xor = record["geo"]["xor"].as_u64().context("xor")? as u32;
+    let record_x = common::volumes::volume(&client, &router, xor).await?;
+    let home_x = record_x["warm"]["datacenter"]
+        .as_str()
+        .context("datacenter")?
+        .to_owned();
+    let geometry_b: f4::Geometry = serde_json::from_value(record_b["warm"]["geometry"].clone())?;
+    let layout_b = geometry_b.layout()?;
+    let len_b = record_b["warm"]["geometry"]["volume_len_bytes"]
+        .as_u64()
+        .context("length")?;
+    let racks_of = |dc: &str, count: usize| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| n["datacenter"] == dc && n["role"] == "f4-storage")
+            .filter(|n| !holders.iter().any(|h| n["id"] == h.as_str()))
+            .filter_map(|n| n["id"].as_str().map(str::to_owned))
+            .take(count)
+            .collect()
+    };
+    let (racks_b, racks_x) = (racks_of(&home_b, 5), racks_of(&home_x, 4));
+    let index = cluster.node_url(
+        holders
+            .iter()
+            .find(|h| datacenter_of(h) != home)
+            .context("a remote holder")?,
+    )?;
+    anyhow::ensure!(
+        racks_b.len() == 5 && racks_x.len() == 4,
+        "{racks_b:?} {racks_x:?}"
+    );
+    let cases: [(&str, &[String], bool); 3] = [
+        ("four racks of the buddy's datacenter", &racks_b[..4], true),
+        ("and four of the XOR's", &racks_x, true),
+        ("and a fifth of the buddy's", &racks_b[4..], false),
+    ];
+    let mut killed = Vec::new();
+    for (case, racks, readable) in cases {
+        for id in racks {
+            cluster.kill_node(id)?;
+            killed.push(id.clone());
+        }
+        let mut unreadable = 0;
+        for blob in blobs
+            .iter()
+            .filter(|blob| blob.volume() == a && !blob.deleted)
+        {
+            let (status, body) = common::fetch(&client, &router, &blob.id).await?;
+            // Where the needle lies in the volume's data, from a remote
+            // holder's index.
+            let entry: Value = client
+                .get(format!(
+                    "{index}/volumes/{a}/{generation}/keys/{:x}",
+                    blob.key()
+                ))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let offset = entry["offset"].as_u64().context("offset")?;
+            let size = entry["size_bytes"].as_u64().context("size")?;
+            // The buddy's part of the range: read straight from its blocks'
+            // nodes, or decoded (only while a stripe lacks four at most).
+            let buddy_part = size.min(len_b.saturating_sub(offset));
+            let lost_in_buddy: Vec<Value> = if buddy_part == 0 {
+                Vec::new()
+            } else {
+                layout_b
+                    .segments(offset, buddy_part)?
+                    .into_iter()
+                    .map(|s| record_b["warm"]["stripes"][s.stripe as usize][s.block].clone())
+                    .filter(|node| killed.iter().any(|k| node == k.as_str()))
+                    .collect()
+            };
+            let expected = if readable || lost_in_buddy.is_empty() {
+                200
+            } else {
+                503
+            };
+            anyhow::ensure!(
+                status == expected,
+                "{case}: {} at {offset} (the buddy's blocks lost there: {lost_in_buddy:?}) \
+                 answered {status}",
+                blob.id
+            );
+            anyhow::ensure!(
+                status != 200 || body == blob.body,
+                "{case}: {} answered 200 with other bytes",
+                blob.id
+            );
+            unreadable += usize::from(status == 503);
+        }
+        anyhow::ensure!(readable || unreadable > 0, "{case}: every BLOB read");
+        if readable {
+            check_volume(&client, &router, &blobs, b).await?;
+        } else {
+            for blob in blobs.iter().filter(|blob| blob.volume() == b) {
+                let (status, body) = common::fetch(&client, &router, &blob.id).await?;
+                anyhow::ensure!(
+                    status == 503 || (status == 200 && body == blob.body),
+                    "{case}: {} of the buddy answered {status}",
+                    blob.id
+                );
+            }
+        }
+    }
+
     // Back: its own holders merge the deletes they missed.
     let mut restarted = Vec::new();
-    for id in &lost {
+    for id in killed.iter().chain(&lost) {
         restarted.push(cluster.restart_node(id)?);
     }
     wait_until(
