@@ -24,7 +24,7 @@
 //! turn warm. An attempt that fails removes its files and its record, and
 //! a later pass starts over.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use f4::api::{DeriveRequest, DeriveSource};
@@ -167,28 +167,19 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
     if datacenters.len() < 3 {
         return Ok(created);
     }
-    // Buddies among those whose copy is warm, the closest sizes first.
-    let mut single: Vec<&LogicalVolume> =
-        primaries.into_iter().filter(|v| warm(v.geo.copy)).collect();
-    single.sort_by_key(|v| (data_len(v), v.id));
-    let mut paired = BTreeSet::new();
-    for (i, a) in single.iter().enumerate() {
+    // Buddies among those whose copy is warm.
+    let single: Vec<(u32, String, u64)> = primaries
+        .iter()
+        .filter(|v| warm(v.geo.copy))
+        .map(|v| (v.id, home(v, &nodes), data_len(v)))
+        .collect();
+    for (a, b) in pick_buddies(single, &datacenters) {
         if created.len() >= budget {
             break;
         }
-        if paired.contains(&a.id) {
+        let (Some(a), Some(b)) = (by_id.get(&a), by_id.get(&b)) else {
             continue;
-        }
-        let home_a = home(a, &nodes);
-        let buddy = single[i + 1..].iter().find(|b| {
-            let home_b = home(b, &nodes);
-            !paired.contains(&b.id)
-                && home_b != home_a
-                && data_len(b) <= data_len(a).max(1) * BUDDY_SIZE_RATIO_MAX
-                && datacenters.iter().any(|dc| *dc != home_a && *dc != home_b)
-        });
-        let Some(b) = buddy else { continue };
-        paired.extend([a.id, b.id]);
+        };
         match create(state, &[a, b], &datacenters, &nodes).await {
             Ok(id) => {
                 report.xors_created.push((id, [a.id, b.id]));
@@ -200,6 +191,66 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
         }
     }
     Ok(created)
+}
+
+/// Pairs of buddies among `single` (volume, home datacenter, data
+/// length): in two datacenters with a third among `datacenters`, lengths
+/// within [`BUDDY_SIZE_RATIO_MAX`]. The longest volume of the datacenter
+/// with the most waiting goes first, with the closest length elsewhere
+/// (the datacenters with the most waiting first on a tie), so that as many
+/// as possible find a buddy: one datacenter's volumes can only pair with
+/// the others'.
+fn pick_buddies(
+    single: Vec<(u32, String, u64)>,
+    datacenters: &BTreeSet<String>,
+) -> Vec<(u32, u32)> {
+    let mut groups: BTreeMap<String, Vec<(u64, u32)>> = BTreeMap::new();
+    for (id, home, len) in single {
+        groups.entry(home).or_default().push((len, id));
+    }
+    for group in groups.values_mut() {
+        group.sort_unstable();
+    }
+    let mut pairs = Vec::new();
+    loop {
+        let mut by_size: Vec<(&String, usize)> = groups
+            .iter()
+            .filter(|(_, g)| !g.is_empty())
+            .map(|(dc, g)| (dc, g.len()))
+            .collect();
+        by_size.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(y.0)));
+        let Some(&(first, _)) = by_size.first() else {
+            break;
+        };
+        let first = first.clone();
+        let others: Vec<String> = by_size[1..].iter().map(|(dc, _)| (*dc).clone()).collect();
+        let Some((len_a, a)) = groups.get_mut(&first).and_then(Vec::pop) else {
+            break;
+        };
+        let fits = |len_b: u64| {
+            let (short, long) = (len_a.min(len_b), len_a.max(len_b));
+            long <= short.max(1).saturating_mul(BUDDY_SIZE_RATIO_MAX)
+        };
+        let mut best: Option<(u64, String, usize)> = None;
+        for dc in others {
+            if !datacenters.iter().any(|d| *d != first && *d != dc) {
+                continue;
+            }
+            for (at, (len_b, _)) in groups[&dc].iter().enumerate() {
+                let gap = len_a.abs_diff(*len_b);
+                if fits(*len_b) && best.as_ref().is_none_or(|(g, _, _)| gap < *g) {
+                    best = Some((gap, dc.clone(), at));
+                }
+            }
+        }
+        if let Some((_, dc, at)) = best
+            && let Some(group) = groups.get_mut(&dc)
+        {
+            let (_, b) = group.remove(at);
+            pairs.push((a, b));
+        }
+    }
+    pairs
 }
 
 fn data_len(volume: &LogicalVolume) -> u64 {
@@ -474,4 +525,55 @@ async fn attempt(
         dropped: 0,
         retired_replicas: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(spec: &[(&str, usize, u64)]) -> Vec<(u32, String, u64)> {
+        let mut id = 0;
+        let mut single = Vec::new();
+        for (dc, count, len) in spec {
+            for _ in 0..*count {
+                id += 1;
+                single.push((id, (*dc).to_owned(), *len));
+            }
+        }
+        single
+    }
+
+    fn three() -> BTreeSet<String> {
+        ["dc-1", "dc-2", "dc-3"].map(String::from).into()
+    }
+
+    #[test]
+    fn as_many_as_possible_pair_across_datacenters() {
+        let single = waiting(&[("dc-1", 6, 100), ("dc-2", 5, 100), ("dc-3", 5, 100)]);
+        let homes: HashMap<u32, String> =
+            single.iter().map(|(id, dc, _)| (*id, dc.clone())).collect();
+        let pairs = pick_buddies(single, &three());
+        assert_eq!(pairs.len(), 8, "{pairs:?}");
+        assert!(pairs.iter().all(|(a, b)| homes[a] != homes[b]));
+        let mut seen: Vec<u32> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 16, "no volume in two pairs");
+    }
+
+    #[test]
+    fn buddies_need_a_third_datacenter_and_similar_sizes() {
+        let two: BTreeSet<String> = ["dc-1", "dc-2"].map(String::from).into();
+        assert!(pick_buddies(waiting(&[("dc-1", 1, 100), ("dc-2", 1, 100)]), &two).is_empty());
+        assert!(pick_buddies(waiting(&[("dc-1", 2, 100)]), &three()).is_empty());
+        assert!(
+            pick_buddies(waiting(&[("dc-1", 1, 100), ("dc-2", 1, 201)]), &three()).is_empty(),
+            "more than twice as long"
+        );
+        let pairs = pick_buddies(
+            waiting(&[("dc-1", 1, 100), ("dc-2", 1, 150), ("dc-3", 1, 110)]),
+            &three(),
+        );
+        assert_eq!(pairs, [(1, 3)], "the closest length to the first");
+    }
 }
