@@ -6,12 +6,17 @@
 # volumes fill and lock, the last stays writable); measured ("hot": three
 # replicas); then every locked volume migrated to the warm tier (one
 # RS(10,4) cell of 14 storage nodes; the hot replicas retired) and measured
-# again ("warm").
+# again ("warm"). With DATACENTERS=2 or 3 (`hayloft up --datacenters N`,
+# one cell each), migration passes then run until the geo layer is done
+# (every volume copied to a second datacenter; with three, buddies paired
+# and their XOR written in the third, the copies dropped), and the warm
+# tier is measured once more ("geo": copies and XOR volumes included).
 #
 # Usage: bench/scripts/replication_on_disk.sh            (from the repository root)
 # Environment (all optional):
 #   SIZE=64KiB COUNT=20000 VOLUME_SIZE=64MiB (the router writes 16 volumes at once:
 #   20,000 BLOBs of 64 KiB fill and lock them all)  HAYLOFT_PORT=18080  WORK=<temp dir>
+#   DATACENTERS=1
 # Prints the JSON lines and a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +24,7 @@ cd "$(dirname "$0")/../.."
 SIZE="${SIZE:-64KiB}"
 COUNT="${COUNT:-20000}"
 VOLUME_SIZE="${VOLUME_SIZE:-64MiB}"
+DATACENTERS="${DATACENTERS:-1}"
 HAYLOFT_PORT="${HAYLOFT_PORT:-18080}"
 WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/hayloft-on-disk.XXXXXX")}"
 IP=127.0.0.1
@@ -39,6 +45,7 @@ ON_DISK=target/release/on-disk
 
 "$HAYLOFT" up --data "$WORK/data" --listen "$IP:$HAYLOFT_PORT" --volume-size "$VOLUME_SIZE" \
   --max-blob-size "$SIZE" --warm-after 1d --migration-rate 0 --scrub-rate 0 \
+  --datacenters "$DATACENTERS" --migrate-interval 1h \
   >"$WORK/hayloft.log" 2>&1 &
 PIDS+=($!)
 wait_http "$router/health" "hayloft router"
@@ -60,10 +67,34 @@ done
 sync
 "$ON_DISK" --data "$WORK/data" --urls "$WORK/urls" --size "$SIZE" --label after >"$WORK/after.txt"
 
-grep '^{' "$WORK/before.txt" "$WORK/after.txt" | cut -d: -f2-
+: >"$WORK/geo.txt"
+if [ "$DATACENTERS" -gt 1 ]; then
+  # Passes until one finds nothing to do in the geo layer.
+  for pass in $(seq 1 100); do
+    curl -fsS -X POST "$router/admin/migrate" >"$WORK/pass.json"
+    python3 - "$WORK/pass.json" <<'PY' && break
+import json, sys
+p = json.load(open(sys.argv[1]))
+failed = [j for j in p["jobs"] if j["error"]]
+assert not failed, failed
+g = p["geo"]
+assert not g["problems"], g["problems"]
+busy = p["jobs"] or g["copies_created"] or g["xors_created"] or g["copies_dropped"]
+print(f"geo pass: {len(p['jobs'])} jobs, {g['waiting_for_buddy']} waiting for a buddy", file=sys.stderr)
+sys.exit(1 if busy else 0)
+PY
+    [ "$pass" -lt 100 ] || { echo "the geo layer never settled" >&2; exit 1; }
+  done
+  waiting=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["geo"]["waiting_for_buddy"])' "$WORK/pass.json")
+  sync
+  "$ON_DISK" --data "$WORK/data" --urls "$WORK/urls" --size "$SIZE" --label geo >"$WORK/geo.txt"
+fi
+
+grep -h '^{' "$WORK/before.txt" "$WORK/after.txt" "$WORK/geo.txt" || true
 echo
-echo "Volumes locked and migrated: $locked ($COUNT BLOBs of $SIZE, volumes of $VOLUME_SIZE)"
+echo "Volumes locked and migrated: $locked ($COUNT BLOBs of $SIZE, volumes of $VOLUME_SIZE, $DATACENTERS datacenter(s))"
+[ "$DATACENTERS" -gt 1 ] && echo "Primaries still waiting for a buddy (a copy each): $waiting"
 echo
 echo "| when, tier | volumes | logical live bytes | on disk | effective replication | data and parity only | metadata share |"
 echo "|---|---|---|---|---|---|---|"
-grep -h '^|' "$WORK/before.txt" "$WORK/after.txt"
+grep -h '^|' "$WORK/before.txt" "$WORK/after.txt" "$WORK/geo.txt"

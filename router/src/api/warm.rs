@@ -409,7 +409,7 @@ async fn reconstruct(
     read: RangeRead,
 ) -> Result<Bytes, ApiError> {
     let stripe = &warm.stripes[read.block.stripe as usize];
-    let sources = stripe
+    let sources: Vec<Option<String>> = stripe
         .iter()
         .map(|id| {
             nodes
@@ -418,6 +418,16 @@ async fn reconstruct(
                 .map(NodeRecord::base_url)
         })
         .collect();
+    // Fewer blocks on up nodes than a decode needs: no backoff node can
+    // help (a datacenter down); say so now, and the geo layer is next.
+    let available = sources.iter().flatten().count();
+    let needed = usize::from(read.geometry.data_blocks);
+    if available < needed {
+        return Err(ApiError::Unavailable(format!(
+            "stripe {} of volume {} has {available} blocks on up nodes; {needed} are needed",
+            read.block.stripe, read.block.volume
+        )));
+    }
     let request = ReconstructRequest {
         block: read.block,
         geometry: read.geometry,
