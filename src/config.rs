@@ -501,7 +501,8 @@ pub struct Overrides {
     #[arg(long)]
     pub nodes_per_rack: Option<usize>,
     /// Datacenters `hayloft up` builds, each with its own cell, backoff
-    /// node and rebuilder (1 to 9).
+    /// node and rebuilder (1 to 9); with 2 or more the geo layer keeps
+    /// every warm volume in two of them (a copy, or with 3 an XOR buddy).
     #[arg(long)]
     pub datacenters: Option<usize>,
     /// Pause between two coordinator passes (e.g. `10s`, `500ms`).

@@ -122,8 +122,11 @@ impl DerivedSource {
         };
         let mut last = String::from("no backoff node");
         for backoff in &self.backoffs {
-            let address = WarmReader::address(backoff).map_err(|e| e.to_string())?;
-            match self.reader.reconstruct(&address, &request).await {
+            let decoded = match WarmReader::address(backoff) {
+                Ok(address) => self.reader.reconstruct(&address, &request).await,
+                Err(e) => Err(e),
+            };
+            match decoded {
                 Ok(decoded) => return Ok(decoded.bytes),
                 Err(e) => last = format!("{backoff}: {e}"),
             }
@@ -226,7 +229,13 @@ pub(super) async fn derive(
             )));
         }
     }
-    let _one_at_a_time = super::seal::seal_permit(&state).await?;
+    // A whole volume streams one at a time, as seals do; a stripe rebuilt
+    // from the geo layer does not wait behind one (the coordinator bounds
+    // those).
+    let _one_at_a_time = match request.stripe {
+        None => Some(super::seal::seal_permit(&state).await?),
+        Some(_) => None,
+    };
     let timeout = Duration::from_millis(state.config().request_timeout_ms);
     let runtime = Handle::current();
     let source = DerivedSource {

@@ -38,9 +38,10 @@ pub const JOURNAL_HOLDERS: usize = PARITY_BLOCKS as usize + 1;
 /// (f4 keeps three copies of the index and journal remotely).
 pub const REMOTE_JOURNAL_HOLDERS: usize = 3;
 /// Holders that must sync a tombstone before the delete is acknowledged
-/// (every other holder is marked stale): a majority of a cell's
-/// [`JOURNAL_HOLDERS`], or the [`REMOTE_JOURNAL_HOLDERS`] alone while the
-/// volume's own datacenter is down.
+/// (every other holder is marked stale), at most a majority of them: a
+/// majority of a cell's [`JOURNAL_HOLDERS`], or the
+/// [`REMOTE_JOURNAL_HOLDERS`] alone while the volume's own datacenter is
+/// down.
 pub const TOMBSTONE_QUORUM: usize = 3;
 /// Checksum chunk of every block. A range read reads and verifies every
 /// chunk it touches: with 64 KiB chunks (the coding crate's default) a

@@ -131,7 +131,7 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
             && now.saturating_sub(volume.created_ms) > state.config.migration_lease_ms
             && !jobs.contains(&volume.id);
         if copy_replaced || abandoned {
-            match drop_companion(state, volume.id).await {
+            match drop_companion(state, volume.id, None).await {
                 Ok(()) if copy_replaced => report.copies_dropped.push(volume.id),
                 Ok(()) => report.abandoned_dropped.push(volume.id),
                 Err(e) => report
@@ -168,10 +168,12 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
         return Ok(created);
     }
     // Buddies among those whose copy is warm.
+    // (Not one whose own cell is down: its XOR is read from its cell.)
     let single: Vec<(u32, String, u64)> = primaries
         .iter()
         .filter(|v| warm(v.geo.copy))
         .map(|v| (v.id, home(v, &nodes), data_len(v)))
+        .filter(|(_, home, _)| datacenters.contains(home))
         .collect();
     for (a, b) in pick_buddies(single, &datacenters) {
         if created.len() >= budget {
@@ -380,20 +382,23 @@ pub(crate) fn backoff_urls(nodes: &HashMap<String, NodeRecord>) -> Vec<String> {
         .collect()
 }
 
-/// Removes companion `id`'s files from every storage node that is up, then
-/// its record and links.
-async fn drop_companion(state: &AppState, id: u32) -> Result<(), ApiError> {
+/// Removes companion `id`'s record and links (as the holder of its job's
+/// claim, `owner`), then its files from every storage node that is up (a
+/// node that is down keeps them).
+async fn drop_companion(state: &AppState, id: u32, owner: Option<&str>) -> Result<(), ApiError> {
+    // The record first: a companion the directory keeps keeps its files.
+    state.directory.drop_companion(id, owner).await?;
     prune_everywhere(state, id, None, None).await;
-    state.directory.drop_companion(id).await?;
     tracing::info!(volume = id, "geo companion dropped");
     Ok(())
 }
 
-/// Builds companion `companion` (module doc) as its migration job,
-/// reporting steps on `steps`; stopped where it is, with no cleanup, when
-/// the job's claim is `lost`.
+/// Builds companion `companion` (module doc) as its migration job, claimed
+/// by `owner`, reporting steps on `steps`; stopped where it is, with no
+/// cleanup, when the job's claim is `lost`.
 pub(crate) async fn build(
     state: &Arc<AppState>,
+    owner: &str,
     companion: LogicalVolume,
     steps: watch::Sender<MigrationStep>,
     lost: CancellationToken,
@@ -411,9 +416,17 @@ pub(crate) async fn build(
         }
     };
     if let Err(error) = &outcome {
-        tracing::warn!(volume = vid, error = %error, "geo companion failed; dropping it");
-        if let Err(e) = drop_companion(state, vid).await {
-            tracing::warn!(volume = vid, error = %e, "dropping the failed companion failed");
+        // Unless it committed after all (an answer lost on the way back).
+        let committed = state
+            .directory
+            .volume(vid)
+            .await
+            .is_ok_and(|v| v.state == VolumeState::Warm);
+        if !committed {
+            tracing::warn!(volume = vid, error = %error, "geo companion failed; dropping it");
+            if let Err(e) = drop_companion(state, vid, Some(owner)).await {
+                tracing::warn!(volume = vid, error = %e, "dropping the failed companion failed");
+            }
         }
     }
     outcome
@@ -513,7 +526,7 @@ async fn attempt(
     // The buddies' copies are no longer needed.
     if primaries.len() == 2 {
         for copy in primaries.iter().filter_map(|p| p.geo.copy) {
-            if let Err(e) = drop_companion(state, copy).await {
+            if let Err(e) = drop_companion(state, copy, None).await {
                 tracing::warn!(volume = copy, error = %e, "dropping a replaced copy failed; a later pass will");
             }
         }

@@ -407,7 +407,7 @@ async fn run_claimed(
     let work = async {
         match known_volume(state, vid).await {
             Ok(volume) if volume.geo.is_companion() => {
-                super::geo::build(state, volume, steps, lost.clone()).await
+                super::geo::build(state, owner, volume, steps, lost.clone()).await
             }
             // Flipped by a job that died before its hot replicas went
             // (whatever step it had recorded: the flip is the directory's

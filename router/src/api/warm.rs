@@ -547,7 +547,8 @@ pub(crate) async fn tombstone(
         }
     }))
     .await;
-    let quorum = f4::node::seal::TOMBSTONE_QUORUM.min(warm.journal_holders.len());
+    let majority = warm.journal_holders.len() / 2 + 1;
+    let quorum = f4::node::seal::TOMBSTONE_QUORUM.min(majority);
     let mut synced = 0;
     let mut missed = Vec::new();
     for (holder, result) in warm.journal_holders.iter().zip(results) {

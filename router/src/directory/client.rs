@@ -399,10 +399,19 @@ impl DirectoryClient {
         self.send(self.http.post(url).json(request)).await
     }
 
-    /// `DELETE /companions/{vid}`: removes a companion and its links.
-    pub async fn drop_companion(&self, vid: u32) -> Result<(), DirectoryClientError> {
+    /// `DELETE /companions/{vid}[?owner=O]`: removes a companion and its
+    /// links (`owner`: the caller holds its job's claim).
+    pub async fn drop_companion(
+        &self,
+        vid: u32,
+        owner: Option<&str>,
+    ) -> Result<(), DirectoryClientError> {
         let url = self.url(&format!("/companions/{vid}"));
-        self.send(self.http.delete(url)).await
+        let mut request = self.http.delete(url);
+        if let Some(owner) = owner {
+            request = request.query(&[("owner", owner)]);
+        }
+        self.send(request).await
     }
 
     /// `GET /rebuilds?after_volume=V&after_stripe=S&limit=N`: a page of

@@ -1511,10 +1511,31 @@ pub fn geo_companions(open: Open<'_>) {
         ),
         "a companion has no companion"
     );
+    // A companion whose job is claimed goes only by the claim's holder.
+    let copy_b = dir
+        .create_companion(&request(vec![b.id]), false, 5)
+        .expect("a copy of b");
+    dir.claim_migration(copy_b.id, "m1", 1000, 6)
+        .expect("claim");
+    for owner in [None, Some("m2")] {
+        assert!(matches!(
+            dir.drop_companion(copy_b.id, owner, 7),
+            Err(DirectoryError::JobClaimed { .. })
+        ));
+    }
+    dir.drop_companion(copy_b.id, Some("m1"), 7)
+        .expect("dropped by its builder");
+    assert_eq!(dir.volume(b.id).expect("b").geo.copy, None);
+    assert!(
+        dir.migrations(None, 10)
+            .expect("jobs")
+            .iter()
+            .all(|j| j.volume != copy_b.id)
+    );
     dir.commit_warm(copy.id, 1).expect("commit the copy");
     assert!(
         matches!(
-            dir.drop_companion(copy.id),
+            dir.drop_companion(copy.id, None, 10),
             Err(DirectoryError::PlacementConflict { .. })
         ),
         "a warm copy stays while its primary has no warm XOR"
@@ -1534,17 +1555,18 @@ pub fn geo_companions(open: Open<'_>) {
     ));
     dir.commit_warm(xor.id, 1).expect("commit the XOR");
     assert!(matches!(
-        dir.drop_companion(xor.id),
+        dir.drop_companion(xor.id, None, 10),
         Err(DirectoryError::PlacementConflict { .. })
     ));
-    dir.drop_companion(copy.id).expect("the copy goes");
+    dir.drop_companion(copy.id, None, 10)
+        .expect("the copy goes");
     assert!(matches!(
         dir.volume(copy.id),
         Err(DirectoryError::UnknownVolume { .. })
     ));
     assert_eq!(dir.volume(a.id).expect("a").geo.copy, None);
     assert!(matches!(
-        dir.drop_companion(a.id),
+        dir.drop_companion(a.id, None, 10),
         Err(DirectoryError::BadRequest(_))
     ));
     drop(dir);

@@ -346,9 +346,17 @@ pub trait Directory: Send + Sync {
 
     /// Removes companion `id`, its migration job and its primaries' links
     /// to it. A warm one only if it is a copy whose primary's XOR volume is
-    /// warm ([`DirectoryError::PlacementConflict`]). Its block files are
-    /// the caller's to remove.
-    fn drop_companion(&self, id: u32) -> Result<(), DirectoryError>;
+    /// warm ([`DirectoryError::PlacementConflict`]); one whose job is
+    /// claimed (at `now_ms`) only by that claim's `owner`
+    /// ([`DirectoryError::JobClaimed`]), so that a migrator building it
+    /// never writes the blocks of a volume that is gone. Its block files
+    /// are the caller's to remove.
+    fn drop_companion(
+        &self,
+        id: u32,
+        owner: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError>;
 
     /// Up to `limit` migration jobs of volumes after `after`, by volume id.
     fn migrations(

@@ -1341,8 +1341,13 @@ impl Directory for RedbDirectory {
         self.create_companion_record(request, allow_fewer_racks, now_ms)
     }
 
-    fn drop_companion(&self, id: u32) -> Result<(), DirectoryError> {
-        self.drop_companion_record(id)
+    fn drop_companion(
+        &self,
+        id: u32,
+        owner: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError> {
+        self.drop_companion_record(id, owner, now_ms)
     }
 
     fn claim_rebuild(

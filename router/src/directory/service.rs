@@ -603,13 +603,31 @@ async fn create_companion(
     Ok((StatusCode::CREATED, axum::Json(companion)).into_response())
 }
 
-/// `DELETE /companions/{vid}`: the companion and its links removed.
+/// Query of `DELETE /companions/{vid}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropCompanionQuery {
+    /// The holder of the companion's job claim, if the caller is it.
+    owner: Option<String>,
+}
+
+/// `DELETE /companions/{vid}[?owner=O]`: the companion and its links
+/// removed.
 async fn drop_companion(
     State(state): State<AppState>,
     Path(vid): Path<String>,
+    query: Result<
+        axum::extract::Query<DropCompanionQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Response, DirectoryError> {
     let vid = parse_vid(&vid)?;
-    state.blocking(move |d| d.drop_companion(vid)).await?;
+    let axum::extract::Query(query) =
+        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
+    let now = now_ms();
+    state
+        .blocking(move |d| d.drop_companion(vid, query.owner.as_deref(), now))
+        .await?;
     tracing::info!(volume = vid, "companion volume dropped");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

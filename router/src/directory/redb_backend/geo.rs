@@ -5,15 +5,15 @@
 
 use std::collections::BTreeSet;
 
-use redb::WriteTransaction;
+use redb::{ReadableTable, WriteTransaction};
 
 use super::{
-    MIGRATION_JOBS, RedbDirectory, VOLUMES, all_nodes, all_volumes, get_volume, next_volume_id,
-    put_volume,
+    MIGRATION_JOBS, RedbDirectory, VOLUMES, all_nodes, all_volumes, decode, get_volume,
+    next_volume_id, put_volume,
 };
 use crate::directory::DirectoryError;
 use crate::directory::types::{
-    CompanionRequest, GeoLinks, LogicalVolume, NodeRecord, VolumeState, WarmVolume,
+    CompanionRequest, GeoLinks, LogicalVolume, MigrationJob, NodeRecord, VolumeState, WarmVolume,
 };
 
 /// The home datacenter of warm `volume`, by `nodes`.
@@ -167,13 +167,32 @@ impl RedbDirectory {
         })
     }
 
-    pub(super) fn drop_companion_record(&self, id: u32) -> Result<(), DirectoryError> {
+    pub(super) fn drop_companion_record(
+        &self,
+        id: u32,
+        owner: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError> {
         self.write(|txn| {
             let companion = get_volume(txn, id)?;
             if !companion.geo.is_companion() {
                 return Err(DirectoryError::BadRequest(format!(
                     "volume {id} is not a companion"
                 )));
+            }
+            let job: Option<MigrationJob> = match txn.open_table(MIGRATION_JOBS)?.get(id)? {
+                Some(v) => Some(decode("migration_jobs", v.value())?),
+                None => None,
+            };
+            if let Some(job) = job.filter(|j| !j.step.is_final() && j.lease_until_ms > now_ms)
+                && owner != Some(job.owner.as_str())
+            {
+                return Err(DirectoryError::JobClaimed {
+                    volume: id,
+                    job: "companion".into(),
+                    owner: job.owner,
+                    until_ms: job.lease_until_ms,
+                });
             }
             if companion.state == VolumeState::Warm {
                 check_droppable(txn, &companion)?;
