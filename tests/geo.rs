@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::volumes::{check_volume, delete, fill, seal, volumes};
-use common::{Cluster, http_client, wait_until};
+use common::{Cluster, http_client, post_json, wait_until};
 use serde_json::Value;
 
 const ARGS: &[&str] = &[
@@ -137,13 +137,7 @@ async fn every_datacenter_has_a_cell_and_a_warm_volume_stays_in_one() -> anyhow:
         "the lost block rebuilt",
         Duration::from_secs(60),
         || async {
-            let report: Value = client
-                .post(format!("{router}/admin/repair"))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let report = post_json(&client, &format!("{router}/admin/repair")).await?;
             anyhow::ensure!(report["problems"] == serde_json::json!([]), "{report}");
             Ok(std::fs::read(&path).is_ok_and(|bytes| bytes == original))
         },
@@ -188,13 +182,7 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
         "the two volumes paired, their XOR warm, their copies gone",
         Duration::from_secs(120),
         || async {
-            let report: Value = client
-                .post(format!("{router}/admin/migrate"))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let report = post_json(&client, &format!("{router}/admin/migrate")).await?;
             passes
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?

@@ -438,6 +438,17 @@ pub async fn upload(
         .to_owned())
 }
 
+/// `POST url` with no body: its JSON answer, on a 2xx.
+pub async fn post_json(client: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(client
+        .post(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 /// `GET /blobs/ID`: status and body.
 pub async fn fetch(
     client: &reqwest::Client,

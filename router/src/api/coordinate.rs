@@ -830,6 +830,23 @@ async fn record_block(
         .map(drop)
 }
 
+/// Records every target block of `job`, rebuilt since `started_ms`; what
+/// could not be recorded, if anything.
+async fn record_targets(
+    state: &AppState,
+    job: &StripeJob,
+    started_ms: u64,
+    owner: &str,
+) -> Option<String> {
+    let mut errors = Vec::new();
+    for (block, from, to) in &job.targets {
+        if let Err(e) = record_block(state, job, (*block, from, to), started_ms, owner).await {
+            errors.push(format!("block {block}: {e}"));
+        }
+    }
+    (!errors.is_empty()).then(|| format!("not recorded: {}", errors.join("; ")))
+}
+
 /// Rebuilds a stripe that lost more than `m` blocks from the geo layer: a
 /// storage node (of the first target) encodes the stripe again from the
 /// same range of its `geo_sources`' data (each read verified, or decoded
@@ -919,15 +936,7 @@ async fn geo_rebuild_stripe(
             return outcome;
         }
     }
-    let mut errors = Vec::new();
-    for (block, from, to) in &job.targets {
-        if let Err(e) = record_block(state, job, (*block, from, to), started_ms, owner).await {
-            errors.push(format!("block {block}: {e}"));
-        }
-    }
-    if !errors.is_empty() {
-        outcome.error = Some(format!("not recorded: {}", errors.join("; ")));
-    }
+    outcome.error = record_targets(state, job, started_ms, owner).await;
     tracing::info!(volume = job.volume, stripe = job.stripe, blocks = ?outcome.blocks,
         sources = ?job.geo_sources, seconds = outcome.seconds, "stripe rebuilt from the geo layer");
     outcome
@@ -1010,15 +1019,7 @@ async fn rebuild_stripe(
             tracing::warn!(volume = job.volume, error = %e, "damaged block not reported");
         }
     }
-    let mut errors = Vec::new();
-    for (block, from, to) in &job.targets {
-        if let Err(e) = record_block(state, job, (*block, from, to), started_ms, owner).await {
-            errors.push(format!("block {block}: {e}"));
-        }
-    }
-    if !errors.is_empty() {
-        outcome.error = Some(format!("not recorded: {}", errors.join("; ")));
-    }
+    outcome.error = record_targets(state, job, started_ms, owner).await;
     tracing::info!(volume = job.volume, stripe = job.stripe, blocks = ?outcome.blocks,
         written_bytes = outcome.written_bytes, seconds = outcome.seconds, "stripe rebuilt");
     outcome
