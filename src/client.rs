@@ -453,6 +453,24 @@ impl RouterClient {
         if let Some(why) = answer["held_back"].as_str() {
             println!("no new migration started: {why}");
         }
+        let geo = &answer["geo"];
+        let count = |key: &str| geo[key].as_array().map_or(0, Vec::len);
+        if count("copies_created") + count("xors_created") + count("copies_dropped") > 0
+            || geo["waiting_for_buddy"].as_u64().unwrap_or(0) > 0
+        {
+            println!(
+                "geo layer: {} copies and {} XOR volumes made, {} copies dropped; {} volumes \
+                 wait for a buddy, their copies holding {} bytes",
+                count("copies_created"),
+                count("xors_created"),
+                count("copies_dropped"),
+                field(geo, "waiting_for_buddy"),
+                field(geo, "waiting_bytes"),
+            );
+        }
+        for problem in geo["problems"].as_array().into_iter().flatten() {
+            println!("geo layer: {}", problem.as_str().unwrap_or_default());
+        }
         anyhow::ensure!(!failed, "a migration failed");
         Ok(())
     }

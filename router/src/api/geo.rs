@@ -76,9 +76,7 @@ fn datacenters(nodes: &HashMap<String, NodeRecord>) -> BTreeSet<String> {
 
 /// The datacenter of `volume`'s cell.
 fn home(volume: &LogicalVolume, nodes: &HashMap<String, NodeRecord>) -> String {
-    volume.warm.as_ref().map_or_else(String::new, |warm| {
-        warm.home_datacenter(|id| nodes.get(id).map(|n| n.datacenter.clone()))
-    })
+    volume.home_datacenter(|id| nodes.get(id).map(|n| n.datacenter.clone()))
 }
 
 /// Primaries with a warm copy and no buddy, and what those copies hold.

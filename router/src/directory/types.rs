@@ -739,6 +739,14 @@ pub struct ReplaceHolderRequest {
 }
 
 impl LogicalVolume {
+    /// The datacenter of its warm cell ([`WarmVolume::home_datacenter`]);
+    /// empty while it is hot.
+    pub fn home_datacenter(&self, datacenter_of: impl Fn(&str) -> Option<String>) -> String {
+        self.warm
+            .as_ref()
+            .map_or_else(String::new, |warm| warm.home_datacenter(datacenter_of))
+    }
+
     /// Whether `node` holds a replica that is marked stale.
     pub fn is_stale(&self, node: &str) -> bool {
         self.stale_replicas.iter().any(|n| n == node)

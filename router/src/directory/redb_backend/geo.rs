@@ -18,13 +18,11 @@ use crate::directory::types::{
 
 /// The home datacenter of warm `volume`, by `nodes`.
 fn home(volume: &LogicalVolume, nodes: &[NodeRecord]) -> String {
-    volume.warm.as_ref().map_or_else(String::new, |warm| {
-        warm.home_datacenter(|id| {
-            nodes
-                .iter()
-                .find(|n| n.id == id)
-                .map(|n| n.datacenter.clone())
-        })
+    volume.home_datacenter(|id| {
+        nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.datacenter.clone())
     })
 }
 
