@@ -70,8 +70,11 @@ sync
 : >"$WORK/geo.txt"
 if [ "$DATACENTERS" -gt 1 ]; then
   # Passes until one finds nothing to do in the geo layer.
+  : >"$WORK/passes.jsonl"
   for pass in $(seq 1 100); do
     curl -fsS -X POST "$router/admin/migrate" >"$WORK/pass.json"
+    cat "$WORK/pass.json" >>"$WORK/passes.jsonl"
+    echo >>"$WORK/passes.jsonl"
     python3 - "$WORK/pass.json" <<'PY' && break
 import json, sys
 p = json.load(open(sys.argv[1]))
@@ -86,6 +89,34 @@ PY
     [ "$pass" -lt 100 ] || { echo "the geo layer never settled" >&2; exit 1; }
   done
   waiting=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["geo"]["waiting_for_buddy"])' "$WORK/pass.json")
+  # How fast companions were built: each one's data over its job's wall
+  # time (encode from the primaries' blocks, write, read every block back,
+  # read every needle through it).
+  curl -fsS "$router/admin/volumes" >"$WORK/volumes.json"
+  builds=$(python3 - "$WORK/passes.jsonl" "$WORK/volumes.json" <<'PY'
+import json, statistics, sys
+lengths = {v["id"]: (len(v["geo"]["of"]), v["warm"]["geometry"]["volume_len_bytes"])
+           for v in json.load(open(sys.argv[2])) if v.get("geo", {}).get("of")}
+seen = {}
+for line in open(sys.argv[1]):
+    if line.strip():
+        for job in json.loads(line)["jobs"]:
+            if not job["error"] and job["seconds"] > 0:
+                seen[job["volume"]] = job["seconds"]
+rates = {1: [], 2: []}
+for vid, seconds in seen.items():
+    if vid in lengths:
+        kind, length = lengths[vid]
+        rates[kind].append(length / seconds / 1e6)
+# Copies dropped since are gone from the volume list: their rate is lost.
+out = []
+for kind, name in ((1, "copies still listed"), (2, "XOR volumes")):
+    if rates[kind]:
+        out.append(f"{name}: {len(rates[kind])} built, median {statistics.median(rates[kind]):.1f} MB/s "
+                   f"of companion data (min {min(rates[kind]):.1f}, max {max(rates[kind]):.1f})")
+print("; ".join(out) or "no companion build timed")
+PY
+)
   sync
   "$ON_DISK" --data "$WORK/data" --urls "$WORK/urls" --size "$SIZE" --label geo >"$WORK/geo.txt"
 fi
@@ -93,7 +124,8 @@ fi
 grep -h '^{' "$WORK/before.txt" "$WORK/after.txt" "$WORK/geo.txt" || true
 echo
 echo "Volumes locked and migrated: $locked ($COUNT BLOBs of $SIZE, volumes of $VOLUME_SIZE, $DATACENTERS datacenter(s))"
-[ "$DATACENTERS" -gt 1 ] && echo "Primaries still waiting for a buddy (a copy each): $waiting"
+[ "$DATACENTERS" -gt 1 ] && echo "Primaries still waiting for a buddy (a copy each): $waiting" &&
+  echo "Companion builds: $builds"
 echo
 echo "| when, tier | volumes | logical live bytes | on disk | effective replication | data and parity only | metadata share |"
 echo "|---|---|---|---|---|---|---|"
