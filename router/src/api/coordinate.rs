@@ -1312,12 +1312,15 @@ async fn remove_orphans(
     let none = HashSet::new();
     let mut by_stripe: std::collections::BTreeMap<(u32, u64), Vec<(BlockId, &NodeRecord)>> =
         std::collections::BTreeMap::new();
+    let mut unknown: Vec<(BlockId, &NodeRecord)> = Vec::new();
     for (node, blocks) in inventories {
         let Some(node) = up_node(nodes, node) else {
             continue;
         };
         for id in blocks {
-            if !with_jobs.contains(&(id.volume, id.stripe))
+            if !volumes.contains_key(&id.volume) {
+                unknown.push((*id, node));
+            } else if !with_jobs.contains(&(id.volume, id.stripe))
                 && is_orphan(id, &node.id, &volumes, &none)
             {
                 by_stripe
@@ -1338,6 +1341,43 @@ async fn remove_orphans(
             continue;
         };
         removed += remove_stripe_orphans(state, vid, generation, stripe, &orphans).await;
+    }
+    removed + remove_dropped(state, &unknown).await
+}
+
+/// Removes the blocks among `unknown` (of volumes the directory has no
+/// record of) whose volume is a dropped geo companion: files a node kept
+/// because it was down when they were removed. Nothing writes them any
+/// more (a companion goes only when no job holds it). At most
+/// [`ORPHAN_STRIPES_PER_PASS`] × 14 a pass. A block of a volume the
+/// directory never heard of stays: it cannot tell that from a lost record.
+async fn remove_dropped(state: &AppState, unknown: &[(BlockId, &NodeRecord)]) -> usize {
+    if unknown.is_empty() {
+        return 0;
+    }
+    let dropped: HashSet<u32> = match state.directory.all_dropped_companions().await {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(e) => {
+            tracing::info!(error = %e, "dropped companions not listed; their files stay");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for (id, node) in unknown
+        .iter()
+        .filter(|(id, _)| dropped.contains(&id.volume))
+        .take(ORPHAN_STRIPES_PER_PASS * 14)
+    {
+        let client = StorageClient::from_http(&node.base_url(), state.warm_http.clone());
+        match client.delete_block(*id).await {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(volume = id.volume, stripe = id.stripe, block = id.block,
+                    node = %node.id, "block of a dropped companion removed");
+            }
+            Err(e) => tracing::warn!(volume = id.volume, node = %node.id, error = %e,
+                "block of a dropped companion not removed"),
+        }
     }
     removed
 }

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 use super::types::{
     ClaimRequest, CompanionRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage,
-    DamagedRequest, EndRequest, ErrorBody, GenerationRequest, KeyLease, LeaseRequest,
+    DamagedRequest, DroppedPage, EndRequest, ErrorBody, GenerationRequest, KeyLease, LeaseRequest,
     LogicalVolume, MIGRATION_PAGE_MAX, MigrationJob, MigrationPage, NodeRecord, NodeRegistration,
     OwnershipRequest, PlaceRequest, REBUILD_PAGE_MAX, RebuildClaimRequest, RebuildJob, RebuildPage,
     RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
@@ -482,6 +482,22 @@ impl DirectoryClient {
         }
         self.send(self.http.get(self.url("/migrations")).query(&query))
             .await
+    }
+
+    /// Every dropped companion's id, page by page
+    /// (`GET /companions/dropped`).
+    pub async fn all_dropped_companions(&self) -> Result<Vec<u32>, DirectoryClientError> {
+        every_page("dropped companion", |after: Option<u32>| async move {
+            let mut query = vec![("limit", MIGRATION_PAGE_MAX.to_string())];
+            if let Some(after) = after {
+                query.push(("after", after.to_string()));
+            }
+            let page: DroppedPage = self
+                .send(self.http.get(self.url("/companions/dropped")).query(&query))
+                .await?;
+            Ok((page.volumes, page.next_after))
+        })
+        .await
     }
 
     /// Every migration job, by volume id, page by page.

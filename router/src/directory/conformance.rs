@@ -1565,6 +1565,14 @@ pub fn geo_companions(open: Open<'_>) {
         Err(DirectoryError::UnknownVolume { .. })
     ));
     assert_eq!(dir.volume(a.id).expect("a").geo.copy, None);
+    let mut dropped = vec![copy.id, copy_b.id];
+    dropped.sort_unstable();
+    assert_eq!(dir.dropped_companions(None, 10).expect("dropped"), dropped);
+    assert_eq!(
+        dir.dropped_companions(Some(dropped[0]), 10)
+            .expect("dropped"),
+        dropped[1..]
+    );
     assert!(matches!(
         dir.drop_companion(a.id, None, 10),
         Err(DirectoryError::BadRequest(_))

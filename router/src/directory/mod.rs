@@ -358,6 +358,15 @@ pub trait Directory: Send + Sync {
         now_ms: u64,
     ) -> Result<(), DirectoryError>;
 
+    /// Up to `limit` ids of dropped companions after `after`, in order
+    /// ([`Directory::drop_companion`]): files of theirs left on a node are
+    /// garbage.
+    fn dropped_companions(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<u32>, DirectoryError>;
+
     /// Up to `limit` migration jobs of volumes after `after`, by volume id.
     fn migrations(
         &self,

@@ -264,6 +264,7 @@ impl RedbDirectory {
             txn.open_table(MIGRATION_JOBS)?;
             txn.open_table(damaged::DAMAGED_NEEDLES)?;
             txn.open_table(rebuilds::REBUILD_JOBS)?;
+            txn.open_table(geo::DROPPED_COMPANIONS)?;
         }
         txn.commit()?;
         Ok(Self {
@@ -1348,6 +1349,14 @@ impl Directory for RedbDirectory {
         now_ms: u64,
     ) -> Result<(), DirectoryError> {
         self.drop_companion_record(id, owner, now_ms)
+    }
+
+    fn dropped_companions(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<u32>, DirectoryError> {
+        self.dropped_companion_ids(after, limit)
     }
 
     fn claim_rebuild(

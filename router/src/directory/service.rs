@@ -28,10 +28,10 @@ use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
     ClaimRequest, CompanionRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest,
-    DropQuery, EndRequest, ErrorBody, FreshRequest, GenerationRequest, LeaseRequest, MigrationPage,
-    MigrationQuery, NodeRegistration, OwnershipRequest, PlaceRequest, RebuildClaimRequest,
-    RebuildPage, RebuildQuery, RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest,
-    SetStateRequest, StaleRequest, StepRequest,
+    DropQuery, DroppedPage, EndRequest, ErrorBody, FreshRequest, GenerationRequest, LeaseRequest,
+    MigrationPage, MigrationQuery, NodeRegistration, OwnershipRequest, PlaceRequest,
+    RebuildClaimRequest, RebuildPage, RebuildQuery, RebuiltBlockRequest, RenewRequest,
+    ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest,
 };
 use super::{Directory, DirectoryError, LogicalVolume, RedbDirectory, now_ms};
 
@@ -611,6 +611,28 @@ struct DropCompanionQuery {
     owner: Option<String>,
 }
 
+/// `GET /companions/dropped?after=V&limit=N`: a page of dropped companions'
+/// ids.
+async fn list_dropped_companions(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, DirectoryError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
+    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
+    let volumes = state
+        .blocking(move |d| d.dropped_companions(after, limit))
+        .await?;
+    let next_after = (volumes.len() == limit)
+        .then(|| volumes.last().copied())
+        .flatten();
+    Ok(axum::Json(DroppedPage {
+        volumes,
+        next_after,
+    })
+    .into_response())
+}
+
 /// `DELETE /companions/{vid}[?owner=O]`: the companion and its links
 /// removed.
 async fn drop_companion(
@@ -832,6 +854,7 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
         .route("/volumes/{vid}/migration/step", post(migration_step))
         .route("/migrations", get(list_migrations))
         .route("/companions", post(create_companion))
+        .route("/companions/dropped", get(list_dropped_companions))
         .route("/companions/{vid}", axum::routing::delete(drop_companion))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

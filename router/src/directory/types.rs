@@ -524,6 +524,17 @@ pub struct CompanionRequest {
     pub datacenters: Vec<String>,
 }
 
+/// A page of `GET /companions/dropped` (queried as `GET /migrations` is:
+/// [`MigrationQuery`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedPage {
+    /// Ids of dropped companions, in order.
+    pub volumes: Vec<u32>,
+    /// Ask again with `after` set to this for the next page; `None` at the
+    /// end.
+    pub next_after: Option<u32>,
+}
+
 /// Body of `POST /volumes/{vid}/seal/commit` and `.../abort`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

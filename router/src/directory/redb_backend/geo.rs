@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
     MIGRATION_JOBS, RedbDirectory, VOLUMES, all_nodes, all_volumes, decode, get_volume,
@@ -15,6 +15,12 @@ use crate::directory::DirectoryError;
 use crate::directory::types::{
     CompanionRequest, GeoLinks, LogicalVolume, MigrationJob, NodeRecord, VolumeState, WarmVolume,
 };
+
+/// Companions dropped: id → when, ms since the UNIX epoch. Block files of
+/// one that a node kept (it was down when they were removed) are garbage
+/// the coordinator removes.
+pub(super) const DROPPED_COMPANIONS: TableDefinition<u32, u64> =
+    TableDefinition::new("dropped_companions");
 
 /// The home datacenter of warm `volume`, by `nodes`.
 fn home(volume: &LogicalVolume, nodes: &[NodeRecord]) -> String {
@@ -211,7 +217,30 @@ impl RedbDirectory {
             }
             txn.open_table(VOLUMES)?.remove(id)?;
             txn.open_table(MIGRATION_JOBS)?.remove(id)?;
+            txn.open_table(DROPPED_COMPANIONS)?.insert(id, now_ms)?;
             Ok(())
+        })
+    }
+
+    pub(super) fn dropped_companion_ids(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<u32>, DirectoryError> {
+        self.read(|txn| {
+            let table = txn.open_table(DROPPED_COMPANIONS)?;
+            let range = match after {
+                Some(after) => match after.checked_add(1) {
+                    Some(next) => table.range(next..)?,
+                    None => return Ok(Vec::new()),
+                },
+                None => table.range::<u32>(..)?,
+            };
+            let mut ids = Vec::new();
+            for entry in range.take(limit) {
+                ids.push(entry?.0.value());
+            }
+            Ok(ids)
         })
     }
 }
