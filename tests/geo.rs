@@ -155,7 +155,8 @@ async fn every_datacenter_has_a_cell_and_a_warm_volume_stays_in_one() -> anyhow:
 /// buddy and the XOR, deletes keep working (on its remote journal
 /// holders), and once the datacenter is back its own holders have every
 /// one of them. Wiped and restarted empty, the datacenter gets every block
-/// back, byte for byte, from the buddy and the XOR.
+/// back, byte for byte, from the buddy and the XOR; so does the XOR's, from
+/// the two buddies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Result<()> {
     let cluster = Cluster::start_spawned(ARGS).await?;
@@ -454,7 +455,66 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
     check_volume(&client, &router, &blobs, a).await?;
 
     // Wiped and back empty: every block of its volume rebuilt from the
-    // buddy and the XOR, byte for byte what it was.
+    // buddy and the XOR, byte for byte what it was; then the XOR's
+    // datacenter, its blocks rebuilt from the two buddies.
+    drop(restarted);
+    wipe_and_rebuild(&cluster, &client, &lost, a, warm).await?;
+    check_volume(&client, &router, &blobs, a).await?;
+    // Its index back on its home holders (they merge it from the remote
+    // ones), before the XOR's datacenter, which may hold those, goes.
+    wait_until(
+        "the home holders fresh again",
+        Duration::from_secs(60),
+        || async {
+            post_json(&client, &format!("{router}/admin/repair")).await?;
+            let record = common::volumes::volume(&client, &router, a).await?;
+            let holders = &record["warm"]["journal_holders"];
+            let stale = &record["warm"]["stale_holders"];
+            let mut fresh = 0;
+            for holder in holders.as_array().into_iter().flatten() {
+                let id = holder.as_str().unwrap_or_default();
+                let url = cluster.node_url(id)?;
+                let described = client
+                    .get(format!("{url}/volumes/{a}/{generation}"))
+                    .send()
+                    .await?;
+                fresh += usize::from(described.status().is_success());
+            }
+            Ok(stale.as_array().is_none_or(|s| s.is_empty()) && fresh == 8)
+        },
+    )
+    .await
+    .with_context(|| format!("log:\n{}", cluster.log_tail()))?;
+    let lost_x: Vec<String> = nodes
+        .iter()
+        .filter(|n| n["datacenter"] == home_x.as_str())
+        .filter(|n| {
+            matches!(
+                n["role"].as_str(),
+                Some("f4-storage" | "backoff" | "rebuilder")
+            )
+        })
+        .filter_map(|n| n["id"].as_str().map(str::to_owned))
+        .collect();
+    wipe_and_rebuild(&cluster, &client, &lost_x, xor, &record_x["warm"]).await?;
+    check_volume(&client, &router, &blobs, a).await?;
+    check_volume(&client, &router, &blobs, b).await?;
+    Ok(())
+}
+
+/// Kills the nodes `lost` (a datacenter's), wipes their data directories
+/// and restarts them empty; then runs repair passes until every block of
+/// warm volume `vid` (its record `warm`) is back on disk, byte for byte
+/// what it was.
+async fn wipe_and_rebuild(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    lost: &[String],
+    vid: u32,
+    warm: &Value,
+) -> anyhow::Result<()> {
+    let router = &cluster.router;
+    let generation = warm["generation"].as_u64().context("generation")?;
     let data_dir = &cluster.data_dir;
     let block_files: Vec<(std::path::PathBuf, Vec<u8>)> = warm["stripes"]
         .as_array()
@@ -465,22 +525,21 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
             let nodes = nodes.as_array().cloned().unwrap_or_default();
             nodes.into_iter().enumerate().map(move |(block, node)| {
                 let node = node.as_str().unwrap_or_default().to_owned();
-                let name = f4::block::block_file_name(a, generation, stripe as u64, block as u32);
+                let name = f4::block::block_file_name(vid, generation, stripe as u64, block as u32);
                 data_dir.join(node).join("blocks").join(name)
             })
         })
         .map(|path| Ok((path.clone(), std::fs::read(&path)?)))
         .collect::<anyhow::Result<_>>()?;
-    for id in &lost {
+    for id in lost {
         cluster.kill_node(id)?;
-        let dir = cluster.data_dir.join(id);
+        let dir = data_dir.join(id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
     }
-    drop(restarted);
     let mut restarted = Vec::new();
-    for id in &lost {
+    for id in lost {
         restarted.push(cluster.restart_node(id)?);
     }
     anyhow::ensure!(
@@ -488,14 +547,10 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
         "the datacenter was not wiped"
     );
     wait_until(
-        "every block of the wiped datacenter rebuilt",
+        &format!("every block of volume {vid} rebuilt in its wiped datacenter"),
         Duration::from_secs(120),
         || async {
-            client
-                .post(format!("{router}/admin/repair"))
-                .send()
-                .await?
-                .error_for_status()?;
+            post_json(client, &format!("{router}/admin/repair")).await?;
             Ok(block_files
                 .iter()
                 .all(|(path, bytes)| std::fs::read(path).is_ok_and(|now| now == *bytes)))
@@ -503,8 +558,6 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
     )
     .await
     .with_context(|| format!("log:\n{}", cluster.log_tail()))?;
-    check_volume(&client, &router, &blobs, a).await?;
-    check_volume(&client, &router, &blobs, b).await?;
     drop(restarted);
     Ok(())
 }
