@@ -258,17 +258,21 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
     );
 
     // Every node of the home datacenter killed.
-    let lost: Vec<String> = nodes
-        .iter()
-        .filter(|n| n["datacenter"] == home.as_str())
-        .filter(|n| {
-            matches!(
-                n["role"].as_str(),
-                Some("f4-storage" | "backoff" | "rebuilder")
-            )
-        })
-        .filter_map(|n| n["id"].as_str().map(str::to_owned))
-        .collect();
+    // A datacenter's own nodes: its cell, backoff node and rebuilder.
+    let cell_of = |dc: &str| -> Vec<String> {
+        nodes
+            .iter()
+            .filter(|n| n["datacenter"] == dc)
+            .filter(|n| {
+                matches!(
+                    n["role"].as_str(),
+                    Some("f4-storage" | "backoff" | "rebuilder")
+                )
+            })
+            .filter_map(|n| n["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let lost = cell_of(&home);
     anyhow::ensure!(lost.len() == 16, "{home}: {lost:?}");
     for id in &lost {
         cluster.kill_node(id)?;
@@ -485,17 +489,7 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
     )
     .await
     .with_context(|| format!("log:\n{}", cluster.log_tail()))?;
-    let lost_x: Vec<String> = nodes
-        .iter()
-        .filter(|n| n["datacenter"] == home_x.as_str())
-        .filter(|n| {
-            matches!(
-                n["role"].as_str(),
-                Some("f4-storage" | "backoff" | "rebuilder")
-            )
-        })
-        .filter_map(|n| n["id"].as_str().map(str::to_owned))
-        .collect();
+    let lost_x = cell_of(&home_x);
     wipe_and_rebuild(&cluster, &client, &lost_x, xor, &record_x["warm"]).await?;
     check_volume(&client, &router, &blobs, a).await?;
     check_volume(&client, &router, &blobs, b).await?;

@@ -345,12 +345,6 @@ fn to_sources(
     volumes: &[LogicalVolume],
     nodes: &HashMap<String, NodeRecord>,
 ) -> Result<Vec<DeriveSource>, ApiError> {
-    let up_url = |id: &String| {
-        nodes
-            .get(id)
-            .filter(|n| n.is_up())
-            .map(NodeRecord::base_url)
-    };
     volumes
         .iter()
         .map(|volume| {
@@ -364,11 +358,19 @@ fn to_sources(
                 stripes: warm
                     .stripes
                     .iter()
-                    .map(|s| s.iter().map(up_url).collect())
+                    .map(|s| s.iter().map(|id| up_url(nodes, id)).collect())
                     .collect(),
             })
         })
         .collect()
+}
+
+/// The base URL of node `id`, if it is up.
+fn up_url(nodes: &HashMap<String, NodeRecord>, id: &str) -> Option<String> {
+    nodes
+        .get(id)
+        .filter(|n| n.is_up())
+        .map(NodeRecord::base_url)
 }
 
 /// The base URLs of the backoff nodes that are up.
@@ -446,12 +448,6 @@ async fn attempt(
     for &id in &companion.geo.of {
         primaries.push(state.directory.volume(id).await?);
     }
-    let up_url = |id: &String| {
-        nodes
-            .get(id)
-            .filter(|n| n.is_up())
-            .map(NodeRecord::base_url)
-    };
     let sources = to_sources(&primaries, &nodes)?;
     let stripes = warm
         .stripes
@@ -459,7 +455,7 @@ async fn attempt(
         .map(|s| {
             s.iter()
                 .map(|id| {
-                    up_url(id).ok_or_else(|| {
+                    up_url(&nodes, id).ok_or_else(|| {
                         ApiError::Unavailable(format!("placed on {id}, which is down"))
                     })
                 })

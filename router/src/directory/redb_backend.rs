@@ -108,6 +108,22 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, D
     }
 }
 
+/// The entries of a volume-keyed table after volume `after` (all, if
+/// none), in order.
+fn range_after<V: redb::Value + 'static>(
+    table: &impl ReadableTable<u32, V>,
+    after: Option<u32>,
+) -> Result<redb::Range<'_, u32, V>, DirectoryError> {
+    Ok(match after {
+        Some(after) => match after.checked_add(1) {
+            Some(next) => table.range(next..)?,
+            // Nothing comes after the last id: an empty range.
+            None => table.range(u32::MAX..u32::MAX)?,
+        },
+        None => table.range::<u32>(..)?,
+    })
+}
+
 /// Up to `limit` values of a `(volume, u64)`-keyed table after key
 /// `after`, decoded.
 fn page_after<T: DeserializeOwned>(
@@ -1414,15 +1430,8 @@ impl Directory for RedbDirectory {
     ) -> Result<Vec<MigrationJob>, DirectoryError> {
         self.read(|txn| {
             let table = txn.open_table(MIGRATION_JOBS)?;
-            let range = match after {
-                Some(after) => match after.checked_add(1) {
-                    Some(next) => table.range(next..)?,
-                    None => return Ok(Vec::new()),
-                },
-                None => table.range::<u32>(..)?,
-            };
             let mut jobs = Vec::new();
-            for entry in range.take(limit) {
+            for entry in range_after(&table, after)?.take(limit) {
                 let (_, v) = entry?;
                 jobs.push(decode("migration_jobs", v.value())?);
             }

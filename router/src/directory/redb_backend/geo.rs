@@ -9,7 +9,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
     MIGRATION_JOBS, RedbDirectory, VOLUMES, all_nodes, all_volumes, decode, get_volume,
-    next_volume_id, put_volume,
+    next_volume_id, put_volume, range_after,
 };
 use crate::directory::DirectoryError;
 use crate::directory::types::{
@@ -229,15 +229,8 @@ impl RedbDirectory {
     ) -> Result<Vec<u32>, DirectoryError> {
         self.read(|txn| {
             let table = txn.open_table(DROPPED_COMPANIONS)?;
-            let range = match after {
-                Some(after) => match after.checked_add(1) {
-                    Some(next) => table.range(next..)?,
-                    None => return Ok(Vec::new()),
-                },
-                None => table.range::<u32>(..)?,
-            };
             let mut ids = Vec::new();
-            for entry in range.take(limit) {
+            for entry in range_after(&table, after)?.take(limit) {
                 ids.push(entry?.0.value());
             }
             Ok(ids)
