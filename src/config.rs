@@ -54,6 +54,10 @@ pub struct Config {
     /// Age after which a locked volume moves to the warm tier.
     #[serde(default = "default_warm_after_ms")]
     pub warm_after_ms: u64,
+    /// Writable volumes a router uploads to at once (the upload
+    /// parallelism; fewer fill, lock and age sooner).
+    #[serde(default = "default_writable_volumes")]
+    pub writable_volumes: usize,
     /// Migrations a migrator (or a router's `POST /admin/migrate`) runs at
     /// once.
     #[serde(default = "default_max_migrations")]
@@ -289,6 +293,9 @@ fn default_backoff_section() -> StoreSection {
 fn default_warm_after_ms() -> u64 {
     router::api::config::default_warm_after_ms()
 }
+fn default_writable_volumes() -> usize {
+    router::api::config::default_writable_volumes()
+}
 fn default_max_migrations() -> usize {
     router::api::config::default_max_migrations()
 }
@@ -393,6 +400,7 @@ impl Default for Config {
             fold_tombstones: default_fold_tombstones(),
             allow_fewer_racks: false,
             warm_after_ms: default_warm_after_ms(),
+            writable_volumes: default_writable_volumes(),
             max_migrations: default_max_migrations(),
             migrate_interval_ms: default_migrate_interval_ms(),
             migration_lease_ms: default_migration_lease_ms(),
@@ -473,6 +481,9 @@ pub struct Overrides {
     /// Pause between two migrator passes (e.g. `10s`, `500ms`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub migrate_interval: Option<u64>,
+    /// Writable volumes a router uploads to at once.
+    #[arg(long)]
+    pub writable_volumes: Option<usize>,
     /// Migrations run at once.
     #[arg(long)]
     pub max_migrations: Option<usize>,
@@ -578,6 +589,7 @@ impl Config {
             storage_reserve,
             warm_after,
             migrate_interval,
+            writable_volumes,
             max_migrations,
             migration_lease,
             migration_rate,
@@ -599,6 +611,9 @@ impl Config {
         } = overrides;
         if let Some(fold_tombstones) = fold_tombstones {
             self.fold_tombstones = *fold_tombstones;
+        }
+        if let Some(writable_volumes) = writable_volumes {
+            self.writable_volumes = *writable_volumes;
         }
         if let Some(max_migrations) = max_migrations {
             self.max_migrations = *max_migrations;
@@ -669,6 +684,9 @@ impl Config {
         }
         if self.fold_tombstones == 0 || self.block_size_bytes == 0 {
             bail!("fold_tombstones and block_size_bytes must be positive");
+        }
+        if self.writable_volumes == 0 {
+            bail!("writable_volumes must be positive");
         }
         if self.max_migrations == 0 || self.migrate_interval_ms == 0 || self.migration_lease_ms < 3
         {

@@ -5,6 +5,7 @@
 //! - `serve`: one role, for a real cluster; see [`serve`].
 //! - `put`, `get`, `rm`, `status`: client commands; see [`client`].
 
+mod bench;
 mod client;
 mod cluster;
 mod config;
@@ -139,6 +140,11 @@ enum Command {
         #[command(flatten)]
         router: RouterArg,
     },
+    /// Benchmarks of a whole system.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Health, nodes and volumes of a running system.
     Status {
         /// Machine-readable JSON.
@@ -147,6 +153,15 @@ enum Command {
         #[command(flatten)]
         router: RouterArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// What tiering saves in bytes and costs in latency and work: months
+    /// of a photo store's uploads, reads and deletes on a simulated clock,
+    /// against a cluster it starts (or `--url`); a Markdown and JSON report
+    /// and plots under `--out`.
+    Efficiency(bench::EfficiencyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +315,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .scrub(volume, deep, json)
                 .await
         }
+        Command::Bench {
+            command: BenchCommand::Efficiency(args),
+        } => bench::efficiency(args).await,
         Command::Status { json, router } => {
             client::RouterClient::new(&router.router)?
                 .status(json)

@@ -593,6 +593,7 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.allow_fewer_racks = config.allow_fewer_racks;
     api.retry_buffer_bytes = config.retry_buffer_bytes;
     api.warm_after_ms = config.warm_after_ms;
+    api.writable_volumes = config.writable_volumes;
     api.max_migrations = config.max_migrations;
     api.migrate_interval_ms = config.migrate_interval_ms;
     api.migration_lease_ms = config.migration_lease_ms;

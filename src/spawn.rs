@@ -137,24 +137,7 @@ async fn start_child(
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         command.env("TOKIO_WORKER_THREADS", worker_threads().to_string());
     }
-    let parent_pid = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (prctl, getppid, _exit).
-    unsafe {
-        command.pre_exec(move || {
-            // The child gets SIGTERM when the thread that forked it exits; the
-            // supervisor forks from a runtime worker thread, which lives as long
-            // as this process.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl.
-            if libc::getppid() != parent_pid as libc::pid_t {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut command);
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {} ({})", role.name(), path.display()))?;
@@ -190,6 +173,28 @@ async fn start_child(
     role.listen(config).clone_from(&ready.address);
     config.save(path)?;
     Ok(ready)
+}
+
+/// Has the child started by `command` get SIGTERM when this process dies.
+pub fn die_with_parent(command: &mut tokio::process::Command) {
+    let parent_pid = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            // The child gets SIGTERM when the thread that forked it exits;
+            // children are forked from runtime worker threads, which live as
+            // long as this process.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() != parent_pid as libc::pid_t {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// SIGTERM to every live child, router first; SIGKILL to any still alive after

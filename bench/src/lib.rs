@@ -1,5 +1,7 @@
 //! Benchmarks for Hayloft: shared helpers for the criterion benches and binaries.
 
+pub mod disk;
+
 /// Parses a size: bytes, or a number with `KiB`/`K`, `MiB`/`M` or
 /// `GiB`/`G` (powers of 1024).
 pub fn parse_size(text: &str) -> Result<usize, String> {

@@ -2,7 +2,7 @@
 //! on every node of a `hayloft up` data directory, per tier, over the
 //! logical bytes of the live BLOBs each tier holds.
 //!
-//! Files are told apart by name: a store's `volume-V.data` (needles) and
+//! Files are told apart by name (`bench::disk`): a store's `volume-V.data` (needles) and
 //! `volume-V.index` are the hot tier's; a storage node's block files
 //! (`volume-V.gG.sS.bB.block`, each header read to split its data bytes
 //! from its header and checksum record, and data blocks from parity ones),
@@ -22,12 +22,13 @@
 #![allow(clippy::print_stdout, reason = "the report is the program's output")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use serde::Serialize;
+
+use bench::disk::{Kind, scan};
 
 /// Bytes on disk per tier, over logical live bytes.
 #[derive(Parser)]
@@ -74,15 +75,6 @@ struct Tier {
     metadata_share: f64,
 }
 
-/// One file's share of a tier.
-enum Kind {
-    HotData,
-    HotIndex,
-    Block,
-    WarmIndex,
-    WarmJournal,
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.urls)
@@ -107,43 +99,35 @@ fn main() -> anyhow::Result<()> {
     };
     let mut hot_volumes = BTreeSet::new();
     let mut warm_volumes = BTreeSet::new();
-    for path in files(&args.data)? {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some((volume, kind)) = classify(name) else {
-            continue;
-        };
-        let len = std::fs::metadata(&path)?.len();
-        match kind {
-            Kind::HotData | Kind::HotIndex => {
-                hot_volumes.insert(volume);
+    for file in scan(&args.data).with_context(|| format!("scanning {}", args.data.display()))? {
+        let len = file.len;
+        match (file.kind, file.block) {
+            (Kind::HotData | Kind::HotIndex, _) => {
+                hot_volumes.insert(file.volume);
                 hot.total_bytes += len;
-                match kind {
+                match file.kind {
                     Kind::HotData => hot.data_bytes += len,
                     _ => hot.index_bytes += len,
                 }
             }
-            Kind::Block => {
-                warm_volumes.insert(volume);
+            (Kind::Block, Some(block)) => {
+                warm_volumes.insert(file.volume);
                 warm.total_bytes += len;
-                let header = f4::block::read_header(&File::open(&path)?)
-                    .with_context(|| format!("block header of {}", path.display()))?;
-                let data = header.block_len_bytes;
-                if header.block_index < u32::from(header.geometry.data_blocks) {
-                    warm.data_bytes += data;
+                if block.parity {
+                    warm.parity_bytes += block.data_bytes;
                 } else {
-                    warm.parity_bytes += data;
+                    warm.data_bytes += block.data_bytes;
                 }
-                warm.block_metadata_bytes += len.saturating_sub(data);
+                warm.block_metadata_bytes += len.saturating_sub(block.data_bytes);
             }
-            Kind::WarmIndex => {
-                warm_volumes.insert(volume);
+            (Kind::Block, None) => {}
+            (Kind::WarmIndex, _) => {
+                warm_volumes.insert(file.volume);
                 warm.total_bytes += len;
                 warm.index_bytes += len;
             }
-            Kind::WarmJournal => {
-                warm_volumes.insert(volume);
+            (Kind::WarmJournal, _) => {
+                warm_volumes.insert(file.volume);
                 warm.total_bytes += len;
                 warm.journal_bytes += len;
             }
@@ -185,37 +169,4 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Every file under `root`, recursively.
-fn files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                dirs.push(entry.path());
-            } else {
-                found.push(entry.path());
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// The volume and kind of a tier's file, from its name.
-fn classify(name: &str) -> Option<(u32, Kind)> {
-    let rest = name.strip_prefix("volume-")?;
-    let volume: u32 = rest.get(..10)?.parse().ok()?;
-    let suffix = rest.get(10..)?;
-    let kind = match suffix {
-        ".data" => Kind::HotData,
-        ".index" => Kind::HotIndex,
-        _ if suffix.starts_with(".g") && suffix.ends_with(".block") => Kind::Block,
-        _ if suffix.starts_with(".g") && suffix.ends_with(".index") => Kind::WarmIndex,
-        _ if suffix.starts_with(".g") && suffix.ends_with(".journal") => Kind::WarmJournal,
-        _ => return None,
-    };
-    Some((volume, kind))
 }

@@ -56,8 +56,12 @@ use state::AppState;
 /// How often histogram samples are folded into buckets between scrapes.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The response header naming the tier that served a read or a delete
+/// ([`Tier`]): what a client (the efficiency benchmark) sorts latencies by.
+pub const TIER_HEADER: http::HeaderName = http::HeaderName::from_static("x-hayloft-tier");
+
 /// The storage tier that served a request, put in response extensions for
-/// the metrics middleware.
+/// the metrics middleware, and named to the client in [`TIER_HEADER`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tier(&'static str);
 
@@ -226,8 +230,13 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Ok(response) = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        let Ok(mut response) = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
         let tier = response.extensions().get::<Tier>().map_or("none", |t| t.0);
+        if tier != "none" {
+            response
+                .headers_mut()
+                .insert(TIER_HEADER, http::HeaderValue::from_static(tier));
+        }
         self.state.metrics.record_request(
             self.route,
             tier,
