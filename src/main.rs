@@ -5,10 +5,10 @@
 //! - `serve`: one role, for a real cluster; see [`serve`].
 //! - `put`, `get`, `rm`, `status`: client commands; see [`client`].
 
-mod bench;
 mod client;
 mod cluster;
 mod config;
+mod efficiency;
 mod roles;
 mod serve;
 mod spawn;
@@ -161,7 +161,7 @@ enum BenchCommand {
     /// of a photo store's uploads, reads and deletes on a simulated clock,
     /// against a cluster it starts (or `--url`); a Markdown and JSON report
     /// and plots under `--out`.
-    Efficiency(bench::EfficiencyArgs),
+    Efficiency(efficiency::EfficiencyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,7 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench {
             command: BenchCommand::Efficiency(args),
-        } => bench::efficiency(args).await,
+        } => efficiency::run(args).await,
         Command::Status { json, router } => {
             client::RouterClient::new(&router.router)?
                 .status(json)

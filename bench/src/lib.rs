@@ -1,6 +1,7 @@
 //! Benchmarks for Hayloft: shared helpers for the criterion benches and binaries.
 
 pub mod disk;
+pub mod workload;
 
 /// Parses a size: bytes, or a number with `KiB`/`K`, `MiB`/`M` or
 /// `GiB`/`G` (powers of 1024).

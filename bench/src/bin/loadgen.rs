@@ -24,7 +24,12 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
+use std::borrow::Cow;
+
 use bench::parse_size;
+use bench::workload::{SizeMix, blob_bytes};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,8 +48,18 @@ struct Args {
     #[arg(long)]
     url: String,
     /// BLOB size (`1KiB`, `64KiB`, `1MiB`, or bytes).
-    #[arg(long, value_parser = parse_size)]
-    size: usize,
+    #[arg(long, value_parser = parse_size, required_unless_present_any = ["mix", "fetch_urls"])]
+    size: Option<usize>,
+    /// Sizes drawn from a mix instead (`NAME=MIN-MAX:WEIGHT,...`, as
+    /// `hayloft bench efficiency --mix`): upload `i` of a run is the same
+    /// BLOB (size and bytes) for the same `--seed`, whatever the target, and
+    /// `--save-urls` writes `URL SIZE SEED` lines that a `--fetch-urls` run
+    /// checks byte for byte.
+    #[arg(long, conflicts_with = "size")]
+    mix: Option<String>,
+    /// Seed of `--mix`.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -112,16 +127,42 @@ struct PhaseReport {
 struct Report {
     target: Target,
     label: String,
+    /// Each BLOB's size (0 with `--mix`).
     size_bytes: usize,
+    /// The bytes of every BLOB uploaded (or listed, with `--fetch-urls`).
+    logical_bytes: u64,
     concurrency: usize,
     upload: PhaseReport,
     fetch: PhaseReport,
 }
 
-/// Where a stored BLOB can be fetched.
+/// Where a stored BLOB can be fetched, and what it holds.
 #[derive(Debug, Clone)]
 struct Stored {
     url: String,
+    size: u64,
+    /// Of a `--mix` BLOB: the seed of its bytes ([`blob_bytes`]).
+    seed: Option<u64>,
+}
+
+impl Stored {
+    /// A `--save-urls` line back (`URL`, or `URL SIZE SEED`).
+    fn parse(line: &str, size: Option<usize>) -> anyhow::Result<Stored> {
+        let mut fields = line.split_whitespace();
+        let url = fields.next().context("empty line")?.to_owned();
+        match (fields.next(), fields.next()) {
+            (Some(size), Some(seed)) => Ok(Stored {
+                url,
+                size: size.parse().with_context(|| format!("size in {line:?}"))?,
+                seed: Some(seed.parse().with_context(|| format!("seed in {line:?}"))?),
+            }),
+            _ => Ok(Stored {
+                url,
+                size: size.context("a URL-only list needs --size")? as u64,
+                seed: None,
+            }),
+        }
+    }
 }
 
 struct Driver {
@@ -131,18 +172,41 @@ struct Driver {
     fsync: bool,
     fetch_from_store: Option<String>,
     http: reqwest::Client,
-    payload: &'static [u8],
+    /// Every upload's bytes, without `--mix`.
+    payload: Option<&'static [u8]>,
+    mix: Option<SizeMix>,
+    seed: u64,
 }
 
 impl Driver {
-    async fn upload(&self) -> anyhow::Result<Stored> {
+    /// Upload `index`'s bytes, and its seed under `--mix`.
+    fn blob(&self, index: usize) -> (Cow<'static, [u8]>, Option<u64>) {
+        match (&self.mix, self.payload) {
+            (Some(mix), _) => {
+                let mut rng = StdRng::seed_from_u64(
+                    self.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                );
+                let (_, size) = mix.draw(&mut rng);
+                let seed: u64 = rng.random();
+                (Cow::Owned(blob_bytes(seed, size)), Some(seed))
+            }
+            (None, payload) => (Cow::Borrowed(payload.unwrap_or_default()), None),
+        }
+    }
+
+    async fn upload(&self, index: usize) -> anyhow::Result<Stored> {
+        let (payload, seed) = self.blob(index);
+        let size = payload.len() as u64;
         match self.target {
             Target::Hayloft => {
                 let response = self
                     .http
                     .post(format!("{}/blobs", self.base))
                     .header("content-type", "application/octet-stream")
-                    .body(self.payload)
+                    .body(match payload {
+                        Cow::Borrowed(bytes) => reqwest::Body::from(bytes),
+                        Cow::Owned(bytes) => reqwest::Body::from(bytes),
+                    })
                     .send()
                     .await?;
                 let status = response.status();
@@ -160,26 +224,31 @@ impl Driver {
                         format!("{store}/volumes/{volume}/needles/{key}?cookie={cookie}")
                     }
                 };
-                Ok(Stored { url })
+                Ok(Stored { url, size, seed })
             }
             Target::Seaweedfs => {
                 let mut assign = format!("{}/dir/assign", self.base);
                 if let Some(replication) = &self.replication {
                     assign.push_str(&format!("?replication={replication}"));
                 }
-                let answer: serde_json::Value = self
-                    .http
-                    .get(&assign)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
+                // The master answers 503 while it grows volumes; its clients
+                // retry (the wait counts in the upload's latency).
+                let mut tries = 0;
+                let answer: serde_json::Value = loop {
+                    let response = self.http.get(&assign).send().await?;
+                    if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && tries < 100
+                    {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    break response.error_for_status()?.json().await?;
+                };
                 let fid = answer["fid"].as_str().context("assign: no fid")?;
                 let volume = answer["url"].as_str().context("assign: no url")?;
                 let url = format!("http://{volume}/{fid}");
                 let boundary = "hayloftloadgenboundary7d1c";
-                let mut body = Vec::with_capacity(self.payload.len() + 256);
+                let mut body = Vec::with_capacity(payload.len() + 256);
                 body.extend_from_slice(
                     format!(
                         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
@@ -187,7 +256,7 @@ impl Driver {
                     )
                     .as_bytes(),
                 );
-                body.extend_from_slice(self.payload);
+                body.extend_from_slice(&payload);
                 body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
                 let upload_url = if self.fsync {
                     format!("{url}?fsync=true")
@@ -209,7 +278,7 @@ impl Driver {
                     bail!("upload answered {status}: {}", response.text().await?);
                 }
                 let _ = response.bytes().await?;
-                Ok(Stored { url })
+                Ok(Stored { url, size, seed })
             }
         }
     }
@@ -221,12 +290,17 @@ impl Driver {
             bail!("fetch answered {status}");
         }
         let bytes = response.bytes().await?;
-        if bytes.len() != self.payload.len() {
+        if bytes.len() as u64 != stored.size {
             bail!(
                 "fetch returned {} bytes, expected {}",
                 bytes.len(),
-                self.payload.len()
+                stored.size
             );
+        }
+        if let Some(seed) = stored.seed
+            && bytes.as_ref() != blob_bytes(seed, stored.size).as_slice()
+        {
+            bail!("fetch returned the wrong bytes");
         }
         Ok(())
     }
@@ -345,9 +419,13 @@ fn report(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.concurrency > 0 && args.requests > 0, "nothing to do");
-    let payload: Vec<u8> = (0..args.size)
-        .map(|i| (i.wrapping_mul(31) % 251) as u8)
-        .collect();
+    let payload: Option<&'static [u8]> = args.size.map(|size| {
+        let payload: Vec<u8> = (0..size)
+            .map(|i| (i.wrapping_mul(31) % 251) as u8)
+            .collect();
+        &*Vec::leak(payload)
+    });
+    let mix = args.mix.as_deref().map(SizeMix::parse).transpose()?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(60))
@@ -362,7 +440,9 @@ async fn main() -> anyhow::Result<()> {
             .as_deref()
             .map(|url| url.trim_end_matches('/').to_owned()),
         http,
-        payload: Vec::leak(payload),
+        payload,
+        mix,
+        seed: args.seed,
     });
 
     let cpu_pids = args.cpu_pids.clone();
@@ -371,10 +451,8 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", path.display()))?
             .lines()
             .filter(|line| !line.trim().is_empty())
-            .map(|line| Stored {
-                url: line.trim().to_owned(),
-            })
-            .collect();
+            .map(|line| Stored::parse(line, args.size))
+            .collect::<anyhow::Result<_>>()?;
         anyhow::ensure!(!stored.is_empty(), "{} lists no URL", path.display());
         let stored = Arc::new(stored);
         if args.warmup > 0 {
@@ -390,7 +468,8 @@ async fn main() -> anyhow::Result<()> {
         let report = Report {
             target: args.target,
             label: args.label,
-            size_bytes: args.size,
+            size_bytes: args.size.unwrap_or(0),
+            logical_bytes: stored.iter().map(|s| s.size).sum(),
             concurrency: args.concurrency,
             upload: none,
             fetch,
@@ -401,9 +480,9 @@ async fn main() -> anyhow::Result<()> {
 
     if args.warmup > 0 {
         let warm = driver.clone();
-        let (stored, _, _) = run_phase(args.warmup, args.concurrency, move |_| {
+        let (stored, _, _) = run_phase(args.warmup, args.concurrency, move |i| {
             let warm = warm.clone();
-            async move { warm.upload().await }
+            async move { warm.upload(usize::MAX - i).await }
         })
         .await;
         let stored: Arc<Vec<Stored>> = Arc::new(stored.into_iter().map(|(_, s)| s).collect());
@@ -420,9 +499,9 @@ async fn main() -> anyhow::Result<()> {
     let upload_cpu = cpu_seconds(&cpu_pids);
     let uploader = driver.clone();
     let (uploaded, upload_errors, upload_wall) =
-        run_phase(args.requests, args.concurrency, move |_| {
+        run_phase(args.requests, args.concurrency, move |i| {
             let uploader = uploader.clone();
-            async move { uploader.upload().await }
+            async move { uploader.upload(i).await }
         })
         .await;
     let upload_cpu = cpu_per_request(&upload_cpu, &cpu_seconds(&cpu_pids), uploaded.len());
@@ -434,6 +513,9 @@ async fn main() -> anyhow::Result<()> {
         let mut text = String::new();
         for blob in stored.iter() {
             text.push_str(&blob.url);
+            if let Some(seed) = blob.seed {
+                text.push_str(&format!(" {} {seed}", blob.size));
+            }
             text.push('\n');
         }
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -447,7 +529,8 @@ async fn main() -> anyhow::Result<()> {
     let report = Report {
         target: args.target,
         label: args.label,
-        size_bytes: args.size,
+        size_bytes: args.size.unwrap_or(0),
+        logical_bytes: stored.iter().map(|s| s.size).sum(),
         concurrency: args.concurrency,
         upload: report(
             &mut upload_latencies,

@@ -8,9 +8,9 @@
 //! from its header and checksum record, and data blocks from parity ones),
 //! `volume-V.gG.index` and `volume-V.gG.journal` the warm tier's. A
 //! volume's logical bytes are its live BLOBs' sizes: `--urls` lists every
-//! BLOB uploaded (one URL per line, as `loadgen --save-urls` writes them,
-//! none deleted), each `--size` bytes; a volume counts in a tier when that
-//! tier holds a file of it.
+//! BLOB uploaded (one per line, as `loadgen --save-urls` writes them, none
+//! deleted), each `--size` bytes or the size its line gives; a volume
+//! counts in a tier when that tier holds a file of it.
 //!
 //! ```text
 //! cargo run --release -p bench --bin on-disk -- --data DIR --urls FILE --size 64KiB --label hot
@@ -40,9 +40,10 @@ struct Args {
     /// Every BLOB uploaded, one URL (ending in its id `V,...`) per line.
     #[arg(long)]
     urls: PathBuf,
-    /// Each BLOB's size (`64KiB`, or bytes).
+    /// Each BLOB's size (`64KiB`, or bytes), for lines that give none
+    /// (`loadgen --mix` writes `URL SIZE SEED`).
     #[arg(long, value_parser = bench::parse_size)]
-    size: usize,
+    size: Option<usize>,
     /// A label copied into the report (e.g. `before` or `after`).
     #[arg(long, default_value = "")]
     label: String,
@@ -79,15 +80,24 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.urls)
         .with_context(|| format!("reading {}", args.urls.display()))?;
+    // Live bytes per volume.
     let mut blobs: BTreeMap<u32, u64> = BTreeMap::new();
-    for url in text.lines().filter(|l| !l.trim().is_empty()) {
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split_whitespace();
+        let url = fields.next().unwrap_or(line);
+        let size = match fields.next() {
+            Some(size) => size.parse().with_context(|| format!("size in {line:?}"))?,
+            None => args
+                .size
+                .context("the URL list gives no sizes: pass --size")? as u64,
+        };
         let id = url.rsplit('/').next().unwrap_or(url);
         let volume: u32 = id
             .split(',')
             .next()
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("no volume id in {url:?}"))?;
-        *blobs.entry(volume).or_default() += 1;
+        *blobs.entry(volume).or_default() += size;
     }
     let mut hot = Tier {
         tier: "hot",
@@ -133,7 +143,6 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let size = args.size as u64;
     let mut rows = Vec::new();
     for (mut tier, volumes) in [(hot, hot_volumes), (warm, warm_volumes)] {
         if volumes.is_empty() {
@@ -143,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         tier.volumes = volumes.len();
         tier.logical_bytes = volumes
             .iter()
-            .map(|v| blobs.get(v).copied().unwrap_or(0) * size)
+            .map(|v| blobs.get(v).copied().unwrap_or(0))
             .sum();
         let logical = tier.logical_bytes.max(1) as f64;
         tier.effective_replication = tier.total_bytes as f64 / logical;

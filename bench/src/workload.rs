@@ -1,4 +1,5 @@
-//! The efficiency benchmark's workload, after the f4 paper's measurements of
+//! The efficiency benchmark's workload (`hayloft bench efficiency`, and
+//! `loadgen --mix` for the same BLOB set against a peer), after the f4 paper's measurements of
 //! a photo store: BLOB sizes from a mix of classes, and request and delete
 //! rates that fall with a BLOB's age.
 //!
@@ -14,7 +15,7 @@ use anyhow::{Context, bail, ensure};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::config::parse_size;
+use crate::parse_size;
 
 /// One class of BLOB sizes: log-uniform between two sizes.
 #[derive(Debug, Clone, Serialize)]
@@ -52,8 +53,8 @@ impl SizeMix {
             let (min, max) = range
                 .split_once('-')
                 .with_context(|| format!("size class {part:?}: expected MIN-MAX"))?;
-            let min_bytes = parse_size(min).map_err(anyhow::Error::msg)?;
-            let max_bytes = parse_size(max).map_err(anyhow::Error::msg)?;
+            let min_bytes = parse_size(min).map_err(anyhow::Error::msg)? as u64;
+            let max_bytes = parse_size(max).map_err(anyhow::Error::msg)? as u64;
             let weight: f64 = weight
                 .trim()
                 .parse()

@@ -2,8 +2,8 @@
 //! latency and work, over months of simulated time against a real cluster.
 //!
 //! A simulated clock advances one day at a time. Each day uploads its BLOBs
-//! (sizes from [`workload::SizeMix`]), reads and deletes live ones at rates
-//! that fall with their age ([`workload::Rates`]), all over HTTP through
+//! (sizes from [`bench::workload::SizeMix`]), reads and deletes live ones at rates
+//! that fall with their age ([`bench::workload::Rates`]), all over HTTP through
 //! the router, while the locked volumes that have been locked for
 //! `--warm-after` simulated days migrate (`POST
 //! /admin/volumes/{id}/migrate`: the migrator's own job, claimed, sealed,
@@ -20,7 +20,6 @@ pub mod account;
 mod plot;
 pub mod report;
 mod target;
-pub mod workload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
@@ -41,8 +40,8 @@ use serde::Serialize;
 use self::account::{LiveInVolume, account};
 use self::report::{AgeBucket, Latency, Migration, Probe, Report, Sample, Verification};
 use self::target::{Target, UpPlan};
-use self::workload::{Decay, Rates, SizeMix, blob_bytes, poisson};
 use crate::config::{parse_duration_ms, parse_size};
+use bench::workload::{Decay, Rates, SizeMix, blob_bytes, poisson};
 
 /// `hayloft bench efficiency`.
 #[derive(Debug, clap::Args)]
@@ -231,7 +230,7 @@ impl Plan {
     clippy::print_stdout,
     reason = "where the report went is the command's output"
 )]
-pub async fn efficiency(args: EfficiencyArgs) -> anyhow::Result<()> {
+pub async fn run(args: EfficiencyArgs) -> anyhow::Result<()> {
     let plan = Plan::new(&args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
