@@ -141,11 +141,7 @@ wait_http "$master/cluster/status" "seaweedfs master"
 SWFS_VOLUME_PIDS=()
 for i in 1 2 3; do start_swfs_volume "$SW" "$i" "$WORK/swfs"; done
 wait_swfs_servers "$SWFS_IP" 3
-# SeaweedFS grows its first volumes on the first assign: wait for it.
-for _ in $(seq 1 100); do
-  curl -fsS -o /dev/null "$master/dir/assign?replication=020" 2>/dev/null && break
-  sleep 0.3
-done
+wait_swfs_assign "?replication=020"
 
 # --- 1. upload, 2. hot fetch -------------------------------------------------
 fsync_flag=()
@@ -167,12 +163,7 @@ record "{\"disk\": \"hayloft-hot\", \"bytes\": $(hl_bytes), \"logical_bytes\": $
 record "{\"disk\": \"swfs-hot\", \"bytes\": $(swfs_bytes), \"logical_bytes\": $(list_bytes "$WORK/sw.urls")}"
 
 # --- 4. erasure coding, one volume at a time ---------------------------------
-directory="http://$(python3 -c 'import json,sys; print(next(n["address"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="directory"))' "$HL/cluster.json")"
-vids=$(curl -fsS "$router/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "writable"))')
-for vid in $vids; do
-  curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
-    -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"
-done
+vids=$(lock_writable_volumes "$HL" "$router")
 for vid in $vids; do
   started=$(date +%s.%N)
   curl -fsS -X POST "$router/admin/volumes/$vid/migrate" >"$WORK/job.json"

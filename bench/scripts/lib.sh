@@ -159,11 +159,29 @@ start_swfs_cell() { # dir limit_mb log_prefix
     start_swfs_volume "$dir" "$i" "$log"
   done
   wait_swfs_servers "$SWFS_IP" 14
-  # SeaweedFS grows its first volumes on the first assign: wait for it.
+  wait_swfs_assign
+}
+
+# SeaweedFS grows its first volumes on the first assign: waits until one
+# (with QUERY, e.g. `?replication=020`) succeeds.
+wait_swfs_assign() { # [query]
   for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/assign" 2>/dev/null && break
+    curl -fsS -o /dev/null "http://$SWFS_IP:$SWFS_MASTER_PORT/dir/assign${1:-}" 2>/dev/null && return 0
     sleep 0.3
   done
+}
+
+# Locks every writable volume of the `hayloft up` in DIR through its
+# directory (so that it can be sealed or migrated now); prints their ids.
+lock_writable_volumes() { # dir router
+  local directory vids vid
+  directory="http://$(python3 -c 'import json,sys; print(next(n["address"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="directory"))' "$1/cluster.json")"
+  vids=$(curl -fsS "$2/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "writable"))')
+  for vid in $vids; do
+    curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
+      -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"
+  done
+  echo "$vids"
 }
 
 # Starts SeaweedFS volume server I (1 to 14: port $SWFS_VOLUME_PORT+I, rack

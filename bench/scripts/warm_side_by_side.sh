@@ -121,12 +121,7 @@ for size in $SIZES; do
   for _ in $(seq 1 "$ROUNDS"); do fetch hayloft-hot hayloft "$WORK/hl-$size.urls" "$size"; done
 
   # 3. seal every Hayloft volume; ec.encode every SeaweedFS volume
-  directory="http://$(python3 -c 'import json,sys; print(next(n["address"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="directory"))' "$HL/cluster.json")"
-  vids=$(curl -fsS "$router/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "writable"))')
-  for vid in $vids; do
-    curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
-      -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"
-  done
+  vids=$(lock_writable_volumes "$HL" "$router")
   seal_started=$(date +%s.%N)
   seal_pids=()
   for vid in $vids; do

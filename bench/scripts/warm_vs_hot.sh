@@ -59,12 +59,7 @@ fetch() { # label
 : >"$WORK/results.jsonl"
 for _ in $(seq 1 "$ROUNDS"); do fetch hot; done
 
-directory="http://$(python3 -c 'import json,sys; print(next(n["address"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="directory"))' "$WORK/hayloft/cluster.json")"
-vids=$(curl -fsS "$router/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "writable"))')
-for vid in $vids; do
-  curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
-    -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"
-done
+vids=$(lock_writable_volumes "$WORK/hayloft" "$router")
 for vid in $vids; do
   "$HAYLOFT" warm seal --volume "$vid" --router "$router" >>"$WORK/seal.log" 2>&1 ||
     { echo "sealing volume $vid failed:" >&2; tail -5 "$WORK/seal.log" >&2; exit 1; }

@@ -198,3 +198,98 @@ pub fn account(
     out.saving_share = out.saving_bytes as f64 / three.max(1) as f64;
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use bench::disk::{BlockBytes, DiskFile, Kind};
+
+    use super::*;
+
+    fn volume(json: serde_json::Value) -> LogicalVolume {
+        let mut base = serde_json::json!({
+            "replicas": [], "stale_replicas": [], "created_ms": 0, "locked_ms": null,
+            "size_bytes": 0, "needle_count": 0,
+        });
+        for (key, value) in json.as_object().unwrap() {
+            base[key] = value.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn file(volume: u32, kind: Kind, len: u64, block: Option<(u64, bool)>) -> DiskFile {
+        DiskFile {
+            volume,
+            kind,
+            len,
+            block: block.map(|(data_bytes, parity)| BlockBytes { data_bytes, parity }),
+        }
+    }
+
+    #[test]
+    fn kinds_split_live_dead_and_geo() {
+        let superblock = haystack::format::SUPERBLOCK_SIZE;
+        let live = HashMap::from([
+            (
+                1,
+                LiveInVolume {
+                    blobs: 2,
+                    bytes: 1_000,
+                    framed: 1_100,
+                },
+            ),
+            (
+                2,
+                LiveInVolume {
+                    blobs: 1,
+                    bytes: 9_000,
+                    framed: 9_050,
+                },
+            ),
+        ]);
+        let volumes = [
+            volume(serde_json::json!({"id": 1, "state": "locked"})),
+            volume(serde_json::json!({"id": 2, "state": "warm"})),
+            volume(serde_json::json!({"id": 3, "state": "warm", "geo": {"of": [2]}})),
+        ];
+        let mut files = Vec::new();
+        for _ in 0..3 {
+            // Two live needles and 300 bytes of deleted ones per replica.
+            files.push(file(1, Kind::HotData, superblock + 1_100 + 300, None));
+            files.push(file(1, Kind::HotIndex, 96, None));
+        }
+        // 10 data blocks of 1,000 bytes: 9,050 live, 950 dead; parity 4,000.
+        for index in 0..14 {
+            files.push(file(2, Kind::Block, 1_080, Some((1_000, index >= 10))));
+            files.push(file(3, Kind::Block, 500, Some((420, index >= 10))));
+        }
+        files.push(file(2, Kind::WarmIndex, 72, None));
+        files.push(file(2, Kind::WarmJournal, 56, None));
+
+        let out = account(&files, &volumes, &live);
+        assert_eq!(out.hot.volumes, 1);
+        assert_eq!(out.hot.data, 3_000);
+        assert_eq!(out.hot.framing, 3 * (100 + superblock));
+        assert_eq!(out.hot.dead, 900);
+        assert_eq!(out.hot.index, 288);
+        assert_eq!(out.hot.total, 3 * (superblock + 1_400 + 96));
+        assert_eq!(out.warm.volumes, 1, "a companion is not a volume of BLOBs");
+        assert_eq!(out.warm.data, 9_000);
+        assert_eq!(out.warm.framing, 50);
+        // 950 dead data bytes and their share (950/10,000) of the parity.
+        assert_eq!(out.warm.dead, 950 + 380);
+        assert_eq!(out.warm.parity, 4_000 - 380);
+        assert_eq!(out.warm.checksums, 14 * 80);
+        assert_eq!((out.warm.index, out.warm.journal), (72, 56));
+        assert_eq!(out.warm.geo, 14 * 500);
+        for tier in [&out.hot, &out.warm] {
+            let kinds: u64 = tier.kinds().iter().map(|(_, bytes)| bytes).sum();
+            assert_eq!(kinds, tier.total, "the kinds add up to the files");
+        }
+        let warm = (out.warm.total - out.warm.dead) as f64 / 9_000.0;
+        assert!((out.warm.effective_replication - warm).abs() < 1e-12);
+        assert_eq!(
+            out.saving_bytes,
+            3 * 10_000 - (out.hot.total + out.warm.total) as i64
+        );
+    }
+}

@@ -91,9 +91,6 @@ pub struct EfficiencyArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Migrations run at once (each a job of its own, as the migrator's).
-    #[arg(long, default_value_t = 2)]
-    migrations: usize,
     /// Seed of every draw: the same seed and knobs make the same run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -133,7 +130,6 @@ struct Plan {
     writable_volumes: usize,
     datacenters: usize,
     concurrency: usize,
-    migrations: usize,
     seed: u64,
     sample_every_days: u32,
     probe_reads: usize,
@@ -173,7 +169,6 @@ impl Plan {
             writable_volumes: args.writable_volumes.unwrap_or(pick(smoke, 4, 2)),
             datacenters: args.datacenters,
             concurrency: args.concurrency,
-            migrations: args.migrations,
             seed: args.seed,
             sample_every_days: args.sample_every,
             probe_reads: args.probe_reads.unwrap_or(pick(smoke, 1000, 200)),
@@ -183,10 +178,6 @@ impl Plan {
         anyhow::ensure!(
             (1..=256).contains(&plan.concurrency),
             "--concurrency must be 1 to 256"
-        );
-        anyhow::ensure!(
-            (1..=16).contains(&plan.migrations),
-            "--migrations must be 1 to 16"
         );
         anyhow::ensure!(
             plan.sample_every_days > 0,
@@ -439,7 +430,8 @@ impl<'a> Run<'a> {
                 let path = format!("/admin/volumes/{volume}/migrate");
                 (volume, target.post_json::<PassReport>(&path).await)
             })
-            .buffer_unordered(self.plan.migrations)
+            // A router runs one migration pass at a time.
+            .buffered(1)
             .collect::<Vec<_>>();
         let (work, outcomes) = tokio::join!(self.traffic(day), migrations);
         work?;

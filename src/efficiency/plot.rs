@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::anyhow;
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use super::report::Report;
@@ -94,6 +94,43 @@ fn colour(index: usize) -> RGBColor {
     PALETTE[index % PALETTE.len()]
 }
 
+/// The frame every plot shares: caption, margins, label areas.
+fn frame<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    builder
+}
+
+/// The series labels, boxed, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Drawn<DB> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+}
+
+/// A line series' key in the legend.
+fn line_key(colour: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+}
+
+/// An area or bar series' key in the legend.
+fn box_key(colour: RGBColor) -> impl Fn((i32, i32)) -> Rectangle<(i32, i32)> {
+    move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled())
+}
+
 /// Effective replication per tier and overall, over simulated days.
 fn effective_replication<DB: DrawingBackend>(
     report: &Report,
@@ -111,15 +148,11 @@ fn effective_replication<DB: DrawingBackend>(
         .flat_map(|(_, d)| [d.hot.effective_replication, d.warm.effective_replication])
         .fold(3.2_f64, f64::max)
         .min(6.0);
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            "Effective replication (bytes on disk, less deleted BLOBs, per live byte)",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0..days, 0.0..top)?;
+    let mut chart = frame(
+        root,
+        "Effective replication (bytes on disk, less deleted BLOBs, per live byte)",
+    )
+    .build_cartesian_2d(0..days, 0.0..top)?;
     chart
         .configure_mesh()
         .x_desc("simulated day")
@@ -150,16 +183,9 @@ fn effective_replication<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-            });
+            .legend(line_key(colour));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()
 }
 
@@ -191,12 +217,8 @@ fn bytes_by_kind<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shi
         .fold(1.0_f64, f64::max)
         * 1.1;
     let days = report.timeline.last().map_or(1, |s| s.day + 1);
-    let mut chart = ChartBuilder::on(root)
-        .caption("Bytes on disk by tier and kind", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0..days, 0.0..top)?;
+    let mut chart =
+        frame(root, "Bytes on disk by tier and kind").build_cartesian_2d(0..days, 0.0..top)?;
     chart
         .configure_mesh()
         .x_desc("simulated day")
@@ -215,14 +237,9 @@ fn bytes_by_kind<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shi
         chart
             .draw_series(AreaSeries::new(points, 0.0, colour.mix(0.85)).border_style(colour))?
             .label(*name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
+            .legend(box_key(colour));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()
 }
 
@@ -241,12 +258,8 @@ fn latency_cdf<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shift
     } else {
         (0.1, 10.0)
     };
-    let mut chart = ChartBuilder::on(root)
-        .caption("Read latency by path", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d((lo..hi).log_scale(), 0.0..1.0)?;
+    let mut chart =
+        frame(root, "Read latency by path").build_cartesian_2d((lo..hi).log_scale(), 0.0..1.0)?;
     chart
         .configure_mesh()
         .x_desc("latency, ms")
@@ -266,16 +279,9 @@ fn latency_cdf<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shift
                 "{path} ({} reads, p99 {:.1} ms)",
                 latency.count, latency.p99_ms
             ))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
-            });
+            .legend(line_key(colour));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()
 }
 
@@ -290,14 +296,7 @@ fn reads_by_age<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shif
         .unwrap_or(1)
         .max(1) as f64
         * 1.1;
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            "Reads by BLOB age and the path that served them",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let mut chart = frame(root, "Reads by BLOB age and the path that served them")
         .build_cartesian_2d(
             (0..buckets.len().saturating_sub(1)).into_segmented(),
             0.0..top,
@@ -331,13 +330,8 @@ fn reads_by_age<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shif
         chart
             .draw_series(bars)?
             .label(*path)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
+            .legend(box_key(colour));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()
 }

@@ -123,46 +123,38 @@ impl Target {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.router);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| url.clone())?;
-        let status = response.status();
-        if !status.is_success() {
-            bail!(
-                "GET {url}: {status}: {}",
-                response.text().await.unwrap_or_default()
-            );
-        }
-        response
-            .json()
-            .await
-            .with_context(|| format!("GET {url}: body"))
+        self.json(reqwest::Method::GET, path).await
     }
 
     /// POST `path` and decode the JSON answer.
     pub async fn post_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.json(reqwest::Method::POST, path).await
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.router);
+        let what = format!("{method} {url}");
         let response = self
             .http
-            .post(&url)
+            .request(method, &url)
             .send()
             .await
-            .with_context(|| url.clone())?;
+            .with_context(|| what.clone())?;
         let status = response.status();
         if !status.is_success() {
             bail!(
-                "POST {url}: {status}: {}",
+                "{what}: {status}: {}",
                 response.text().await.unwrap_or_default()
             );
         }
         response
             .json()
             .await
-            .with_context(|| format!("POST {url}: body"))
+            .with_context(|| format!("{what}: body"))
     }
 
     /// The nodes of the cluster this benchmark started (`cluster.json`).

@@ -312,15 +312,21 @@ async fn reserve_memory(
 }
 
 /// Stores the body on some writable volume; tries up to `upload_attempts`
-/// volumes.
+/// volumes. A volume with no room left for this BLOB is locked and does not
+/// count as a failed attempt (up to `writable_volumes` of them, each then
+/// replaced by a fresh volume): a large BLOB must not fail because the
+/// volumes it met were nearly full.
 async fn store_blob(
     state: &AppState,
     content_type: &str,
     body: &ReceivedBody,
 ) -> Result<BlobId, ApiError> {
     let attempts = state.config.upload_attempts.max(1);
+    let mut full_skips = u32::try_from(state.config.writable_volumes).unwrap_or(u32::MAX);
     let mut last = String::from("no attempt made");
-    for attempt in 1..=attempts {
+    let mut attempt = 0;
+    while attempt < attempts {
+        attempt += 1;
         let Some((lease, volume, id)) = attempt_volume(state, attempt, &mut last).await else {
             continue;
         };
@@ -344,12 +350,19 @@ async fn store_blob(
                 ReplicaError::Client(ClientError::PayloadTooLarge(_))
             )
         });
+        let full = failures
+            .iter()
+            .all(|f| matches!(f.error, ReplicaError::Client(ClientError::VolumeFull(_))));
         handle_failures(state, &volume, failures).await;
         if too_large {
             // A store's own limit is below ours: every volume would refuse.
             return Err(ApiError::PayloadTooLarge {
                 limit_bytes: state.config.max_blob_bytes,
             });
+        }
+        if full && full_skips > 0 {
+            full_skips -= 1;
+            attempt -= 1;
         }
     }
     Err(ApiError::UploadFailed { attempts, last })
