@@ -128,11 +128,20 @@ fn smoke_report_is_consistent() -> anyhow::Result<()> {
     let migration = &report["migration"];
     assert!(migration["volumes"].as_u64() >= Some(3), "{migration}");
     assert_eq!(migration["failed"], 0, "{migration}");
-    for path in ["hot", "warm", "degraded"] {
+    for path in ["hot", "warm"] {
         assert!(
             report["reads_by_path"][path]["count"].as_u64() > Some(0),
             "no {path} reads: {}",
             report["reads_by_path"]
+        );
+    }
+    let probe = &report["probes"][0];
+    assert_eq!(probe["name"], "degraded", "{probe}");
+    assert_eq!(probe["failed"], 0, "{probe}");
+    for path in ["warm", "degraded"] {
+        assert!(
+            probe["by_path"][path]["count"].as_u64() > Some(0),
+            "{probe}"
         );
     }
     assert!(

@@ -333,8 +333,6 @@ struct Run<'a> {
     locked_day: HashMap<u32, u32>,
     volumes: Vec<LogicalVolume>,
     reads: Vec<Read>,
-    /// Probe reads, by path.
-    probe_reads: Vec<(&'static str, f64)>,
     deletes_by_tier: BTreeMap<String, u64>,
     /// Per job: live bytes, seconds, needles.
     jobs: Vec<(u64, f64, u64)>,
@@ -356,7 +354,6 @@ impl<'a> Run<'a> {
             locked_day: HashMap::new(),
             volumes: Vec::new(),
             reads: Vec::new(),
-            probe_reads: Vec::new(),
             deletes_by_tier: BTreeMap::new(),
             jobs: Vec::new(),
             failed_jobs: 0,
@@ -751,33 +748,35 @@ impl<'a> Run<'a> {
         Ok(probes)
     }
 
-    /// Reads `sample` one at a time (latency without queueing).
+    /// Reads `sample` one at a time (latency without queueing): healthy
+    /// warm reads of the sample's BLOBs beside the degraded or geo ones.
     async fn probe(
         &mut self,
         name: &str,
         killed: &[crate::cluster::NodeEntry],
         sample: &[usize],
     ) -> Probe {
-        let mut probe = Probe {
-            name: name.to_owned(),
-            killed: killed.iter().map(|n| n.id.clone()).collect(),
-            by_path: BTreeMap::new(),
-            failed: 0,
-        };
+        let mut by_path: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut failed = 0;
         for &index in sample {
             match read_blob(self.target.http(), &self.target.router, &self.blobs[index]).await {
-                Ok((path, ms)) => {
-                    *probe.by_path.entry(path.to_owned()).or_default() += 1;
-                    self.probe_reads.push((path, ms));
-                }
+                Ok((path, ms)) => by_path.entry(path.to_owned()).or_default().push(ms),
                 Err(error) => {
-                    probe.failed += 1;
+                    failed += 1;
                     let text = format!("{name} probe: read {}: {error:#}", self.blobs[index].id);
                     self.problem(text);
                 }
             }
         }
-        probe
+        Probe {
+            name: name.to_owned(),
+            killed: killed.iter().map(|n| n.id.clone()).collect(),
+            by_path: by_path
+                .into_iter()
+                .map(|(path, ms)| (path, Latency::of(ms)))
+                .collect(),
+            failed,
+        }
     }
 
     fn report(self, verification: Verification, probes: Vec<Probe>) -> Report {
@@ -787,9 +786,6 @@ impl<'a> Run<'a> {
                 .entry(read.path.to_owned())
                 .or_default()
                 .push(read.ms);
-        }
-        for (path, ms) in &self.probe_reads {
-            by_path.entry((*path).to_owned()).or_default().push(*ms);
         }
         let reads_by_age = AGE_BUCKETS
             .iter()

@@ -243,16 +243,26 @@ fn bytes_by_kind<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shi
     root.present()
 }
 
-/// Read latency CDF by path (log scale).
+/// Read latency CDF by path (log scale): the run's reads, then each
+/// probe's (one at a time).
 fn latency_cdf<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
     root.fill(&WHITE)?;
-    let (lo, hi) = report
+    let concurrency = report.plan["concurrency"].as_u64().unwrap_or(0);
+    let series: Vec<(String, &super::report::Latency)> = report
         .reads_by_path
-        .values()
-        .filter(|l| l.count > 0)
-        .fold((f64::MAX, 0.0_f64), |(lo, hi), l| {
-            (lo.min(l.cdf[0].0), hi.max(l.max_ms))
-        });
+        .iter()
+        .map(|(path, l)| (format!("{path}, in the run (concurrency {concurrency})"), l))
+        .chain(report.probes.iter().flat_map(|probe| {
+            probe
+                .by_path
+                .iter()
+                .map(|(path, l)| (format!("{path}, {} probe (one at a time)", probe.name), l))
+        }))
+        .filter(|(_, l)| l.count > 0)
+        .collect();
+    let (lo, hi) = series.iter().fold((f64::MAX, 0.0_f64), |(lo, hi), (_, l)| {
+        (lo.min(l.cdf[0].0), hi.max(l.max_ms))
+    });
     let (lo, hi) = if hi > 0.0 {
         (lo.max(0.01) * 0.8, hi * 1.25)
     } else {
@@ -265,10 +275,7 @@ fn latency_cdf<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shift
         .x_desc("latency, ms")
         .y_desc("share of reads")
         .draw()?;
-    for (index, (path, latency)) in report.reads_by_path.iter().enumerate() {
-        if latency.count == 0 {
-            continue;
-        }
+    for (index, (name, latency)) in series.iter().enumerate() {
         let colour = colour(index);
         chart
             .draw_series(LineSeries::new(
@@ -276,7 +283,7 @@ fn latency_cdf<DB: DrawingBackend>(report: &Report, root: &DrawingArea<DB, Shift
                 colour.stroke_width(2),
             ))?
             .label(format!(
-                "{path} ({} reads, p99 {:.1} ms)",
+                "{name}: {} reads, p99 {:.1} ms",
                 latency.count, latency.p99_ms
             ))
             .legend(line_key(colour));

@@ -21,8 +21,9 @@ pub struct Report {
     pub seconds: f64,
     /// One sample per `sample_every_days` simulated days, and the last day.
     pub timeline: Vec<Sample>,
-    /// Read latency by the path that served it (`hot`, `warm`, `degraded`,
-    /// `geo`), over the whole run and the probes.
+    /// Read latency of the run's reads (at `concurrency`) by the path that
+    /// served them (`hot`, `warm`, `degraded`, `geo`); the probes' are in
+    /// `probes`.
     pub reads_by_path: BTreeMap<String, Latency>,
     /// Reads by the BLOB's age when read.
     pub reads_by_age: Vec<AgeBucket>,
@@ -115,8 +116,8 @@ pub struct Probe {
     /// cell and its backoff node down).
     pub name: String,
     pub killed: Vec<String>,
-    /// Reads by path.
-    pub by_path: BTreeMap<String, u64>,
+    /// Its reads (one at a time) by the path that served them.
+    pub by_path: BTreeMap<String, Latency>,
     pub failed: u64,
 }
 
@@ -252,14 +253,33 @@ impl Report {
             m.median_mb_per_second
         );
         if !self.probes.is_empty() {
-            let _ = writeln!(md, "\n## Probes\n");
+            let _ = writeln!(md, "\n## Probes (one read at a time)\n");
+            let _ = writeln!(
+                md,
+                "| probe | path | reads | p50 ms | p90 ms | p99 ms | max ms |"
+            );
+            let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
+            for probe in &self.probes {
+                for (path, latency) in &probe.by_path {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {path} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                        probe.name,
+                        latency.count,
+                        latency.p50_ms,
+                        latency.p90_ms,
+                        latency.p99_ms,
+                        latency.max_ms
+                    );
+                }
+            }
+            md.push('\n');
             for probe in &self.probes {
                 let _ = writeln!(
                     md,
-                    "- {}: {} killed; reads by path {:?}; {} failed",
+                    "- {}: {} killed; {} reads failed",
                     probe.name,
                     probe.killed.join(", "),
-                    probe.by_path,
                     probe.failed
                 );
             }
