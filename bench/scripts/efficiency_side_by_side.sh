@@ -131,13 +131,8 @@ PIDS+=($!)
 wait_http "$router/health" "hayloft router"
 for _ in $(seq 1 300); do [ -f "$HL/cluster.json" ] && break; sleep 0.2; done
 
-mkdir -p "$SW/master"
 limit_mb=$(python3 -c 'import re, sys; n, u = re.fullmatch(r"(\d+)(MiB|GiB)", sys.argv[1]).groups(); print(int(n) * (1024 if u == "GiB" else 1))' "$VOLUME_SIZE")
-"$WEED" master -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port="$SWFS_MASTER_PORT" -mdir="$SW/master" \
-  -peers=none -volumeSizeLimitMB="$limit_mb" -defaultReplication=020 -telemetry=false \
-  >"$WORK/swfs-master.log" 2>&1 &
-PIDS+=($!)
-wait_http "$master/cluster/status" "seaweedfs master"
+start_swfs_master "$SW" "$limit_mb" 020 "$WORK/swfs"
 SWFS_VOLUME_PIDS=()
 for i in 1 2 3; do start_swfs_volume "$SW" "$i" "$WORK/swfs"; done
 wait_swfs_servers "$SWFS_IP" 3

@@ -148,12 +148,7 @@ wait_swfs_servers() { # ip count
 # grown its first volumes. Sets SWFS_VOLUME_PIDS.
 start_swfs_cell() { # dir limit_mb log_prefix
   local dir=$1 limit=$2 log=$3 i n
-  mkdir -p "$dir/master"
-  "$WEED" master -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port="$SWFS_MASTER_PORT" -mdir="$dir/master" \
-    -peers=none -volumeSizeLimitMB="$limit" -defaultReplication=000 -telemetry=false \
-    >"$log-master.log" 2>&1 &
-  PIDS+=($!)
-  wait_http "http://$SWFS_IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
+  start_swfs_master "$dir" "$limit" 000 "$log"
   SWFS_VOLUME_PIDS=()
   for i in $(seq 1 14); do
     start_swfs_volume "$dir" "$i" "$log"
@@ -182,6 +177,18 @@ lock_writable_volumes() { # dir router
       -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"
   done
   echo "$vids"
+}
+
+# Starts a SeaweedFS master (volume size limit LIMIT_MB, default replication
+# REPLICATION, metadata under DIR/master, log LOG_PREFIX-master.log) on
+# $SWFS_IP:$SWFS_MASTER_PORT and waits until it answers.
+start_swfs_master() { # dir limit_mb replication log_prefix
+  mkdir -p "$1/master"
+  "$WEED" master -ip="$SWFS_IP" -ip.bind="$SWFS_IP" -port="$SWFS_MASTER_PORT" -mdir="$1/master" \
+    -peers=none -volumeSizeLimitMB="$2" -defaultReplication="$3" -telemetry=false \
+    >"$4-master.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://$SWFS_IP:$SWFS_MASTER_PORT/cluster/status" "seaweedfs master"
 }
 
 # Starts SeaweedFS volume server I (1 to 14: port $SWFS_VOLUME_PORT+I, rack

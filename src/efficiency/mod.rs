@@ -519,7 +519,9 @@ impl<'a> Run<'a> {
                     deleted: false,
                 })
             })
-            .buffer_unordered(plan.concurrency)
+            // In the order drawn, so that the same seed draws the same
+            // reads and deletes of the same BLOBs, whatever finished first.
+            .buffered(plan.concurrency)
             .collect()
             .await;
         for blob in uploaded {
