@@ -664,9 +664,18 @@ impl Config {
         if self.volume_size_bytes < MIB {
             bail!("volume_size_bytes must be at least 1 MiB");
         }
-        if self.max_blob_bytes > self.volume_size_bytes {
+        // The largest BLOB, framed as a needle with the longest content
+        // type, fits an empty volume: an upload that meets full volumes
+        // always lands on a fresh one.
+        let largest = haystack::format::SUPERBLOCK_SIZE
+            + haystack::format::needle_size_bytes(
+                haystack::format::CONTENT_TYPE_LEN_MAX,
+                self.max_blob_bytes,
+            );
+        if largest > self.volume_size_bytes {
             bail!(
-                "max_blob_bytes ({}) exceeds volume_size_bytes ({}): such a BLOB fits no volume",
+                "max_blob_bytes ({}) with its needle framing ({largest} bytes) does not fit an \
+                 empty volume of volume_size_bytes ({}): such a BLOB fits no volume",
                 self.max_blob_bytes,
                 self.volume_size_bytes
             );

@@ -32,7 +32,8 @@ pub struct DiskFile {
     /// Its length.
     pub len: u64,
     /// Of a block: its data bytes (the rest is header and checksums), and
-    /// whether it is a parity block.
+    /// whether it is a parity block; `None` for one whose header cannot be
+    /// read (being written, or damaged).
     pub block: Option<BlockBytes>,
 }
 
@@ -60,13 +61,14 @@ pub fn scan(root: &Path) -> io::Result<Vec<DiskFile>> {
             Err(e) => return Err(e),
         };
         let block = if kind == Kind::Block {
-            let Ok(file) = File::open(&path) else {
-                continue;
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
             };
-            let Ok(header) = f4::block::read_header(&file) else {
-                continue;
-            };
-            Some(BlockBytes {
+            // A block being written has no header yet: its bytes count, as
+            // neither data nor parity.
+            f4::block::read_header(&file).ok().map(|header| BlockBytes {
                 data_bytes: header.block_len_bytes,
                 parity: header.block_index >= u32::from(header.geometry.data_blocks),
             })

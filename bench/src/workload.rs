@@ -186,8 +186,8 @@ impl Rates {
             "the share deleted within a year must be in [0, 1)"
         );
         ensure!(
-            reads_first_day.is_finite() && reads_first_day >= 0.0,
-            "reads on the first day must be a non-negative number"
+            (0.0..=POISSON_MEAN_MAX).contains(&reads_first_day),
+            "reads on the first day must be between 0 and {POISSON_MEAN_MAX}"
         );
         // 1 - exp(-h0 ∫ factor) = share.
         let delete_hazard_per_day = -(1.0 - deleted_first_year).ln() / decay.integral(0.0, 365.0);
@@ -211,12 +211,16 @@ impl Rates {
     }
 }
 
-/// A Poisson draw of mean `mean` (Knuth's method: the means here are small).
+/// The largest mean [`poisson`] draws from exactly.
+pub const POISSON_MEAN_MAX: f64 = 50.0;
+
+/// A Poisson draw of mean `mean`, at most [`POISSON_MEAN_MAX`] (Knuth's
+/// method: the means here are small).
 pub fn poisson(rng: &mut impl Rng, mean: f64) -> u32 {
     if mean <= 0.0 {
         return 0;
     }
-    let limit = (-mean.min(50.0)).exp();
+    let limit = (-mean.min(POISSON_MEAN_MAX)).exp();
     let mut product = rng.random::<f64>();
     let mut count = 0;
     while product > limit {

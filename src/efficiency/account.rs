@@ -144,7 +144,11 @@ pub fn account(
                     entry.data_block_bytes += block.data_bytes;
                 }
             }
-            (Kind::Block, None) => out.warm.total += file.len,
+            // A block whose header cannot be read serves no BLOB.
+            (Kind::Block, None) => {
+                out.warm.total += file.len;
+                out.warm.dead += file.len;
+            }
             (Kind::WarmIndex, _) => {
                 out.warm.total += file.len;
                 out.warm.index += file.len;

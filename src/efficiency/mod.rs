@@ -339,9 +339,11 @@ struct Run<'a> {
     failed_jobs: u64,
     timeline: Vec<Sample>,
     problems: Vec<String>,
+    /// Every problem, listed or not.
+    problem_count: usize,
 }
 
-/// The problems a report lists at most (each kind counts the rest).
+/// The problems a report lists at most (the last line counts the rest).
 const PROBLEMS_MAX: usize = 50;
 
 impl<'a> Run<'a> {
@@ -359,10 +361,12 @@ impl<'a> Run<'a> {
             failed_jobs: 0,
             timeline: Vec::new(),
             problems: Vec::new(),
+            problem_count: 0,
         }
     }
 
     fn problem(&mut self, text: String) {
+        self.problem_count += 1;
         if self.problems.len() < PROBLEMS_MAX {
             self.problems.push(text);
         }
@@ -412,7 +416,9 @@ impl<'a> Run<'a> {
         let due: Vec<u32> = self
             .volumes
             .iter()
-            .filter(|v| v.state == VolumeState::Locked)
+            // A seal that failed and could not be undone leaves `sealing`:
+            // a forced migration resumes it.
+            .filter(|v| matches!(v.state, VolumeState::Locked | VolumeState::Sealing))
             .filter(|v| {
                 self.locked_day
                     .get(&v.id)
@@ -833,6 +839,12 @@ impl<'a> Run<'a> {
             median_mb_per_second: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
         };
         let mut problems = self.problems;
+        if self.problem_count > problems.len() {
+            problems.push(format!(
+                "and {} more problems",
+                self.problem_count - problems.len()
+            ));
+        }
         if !verification.accounted {
             problems.push(format!(
                 "not every BLOB is accounted for: {} uploaded, {} live ({} read back identical), \

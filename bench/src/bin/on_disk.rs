@@ -130,7 +130,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 warm.block_metadata_bytes += len.saturating_sub(block.data_bytes);
             }
-            (Kind::Block, None) => {}
+            // A block whose header cannot be read: all of it is metadata.
+            (Kind::Block, None) => {
+                warm_volumes.insert(file.volume);
+                warm.total_bytes += len;
+                warm.block_metadata_bytes += len;
+            }
             (Kind::WarmIndex, _) => {
                 warm_volumes.insert(file.volume);
                 warm.total_bytes += len;

@@ -314,8 +314,9 @@ async fn reserve_memory(
 /// Stores the body on some writable volume; tries up to `upload_attempts`
 /// volumes. A volume with no room left for this BLOB is locked and does not
 /// count as a failed attempt (up to `writable_volumes` of them, each then
-/// replaced by a fresh volume): a large BLOB must not fail because the
-/// volumes it met were nearly full.
+/// replaced by a fresh volume, which the binary's config guarantees can
+/// hold the largest BLOB): a large BLOB must not fail because the volumes
+/// it met were nearly full.
 async fn store_blob(
     state: &AppState,
     content_type: &str,
@@ -325,9 +326,12 @@ async fn store_blob(
     let mut full_skips = u32::try_from(state.config.writable_volumes).unwrap_or(u32::MAX);
     let mut last = String::from("no attempt made");
     let mut attempt = 0;
+    // Every try after the first is a retry, full volumes included.
+    let mut tries = 0;
     while attempt < attempts {
         attempt += 1;
-        let Some((lease, volume, id)) = attempt_volume(state, attempt, &mut last).await else {
+        tries += 1;
+        let Some((lease, volume, id)) = attempt_volume(state, tries, &mut last).await else {
             continue;
         };
         let failures = append_on_replicas(state, &volume, id, content_type, body).await;
@@ -343,7 +347,7 @@ async fn store_blob(
         }
         lease.retire();
         last = describe(&failures);
-        tracing::warn!(volume = volume.id, key = id.key, attempt, failures = %last, "upload attempt failed");
+        tracing::warn!(volume = volume.id, key = id.key, attempt = tries, failures = %last, "upload attempt failed");
         let too_large = failures.iter().any(|f| {
             matches!(
                 f.error,
