@@ -498,13 +498,10 @@ impl<'a> Run<'a> {
                     .send()
                     .await
                     .context("upload")?;
-                let status = response.status();
-                if status != reqwest::StatusCode::CREATED {
-                    bail!(
-                        "upload of {size} bytes: {status}: {}",
-                        response.text().await.unwrap_or_default()
-                    );
-                }
+                let response = expect(response, reqwest::StatusCode::CREATED, || {
+                    format!("upload of {size} bytes")
+                })
+                .await?;
                 let created: serde_json::Value = response.json().await.context("upload answer")?;
                 let id = created["id"]
                     .as_str()
@@ -574,13 +571,10 @@ impl<'a> Run<'a> {
                 let url = format!("{router}/blobs/{}", blobs[index].id);
                 let outcome = async {
                     let response = http.delete(&url).send().await.context("delete")?;
-                    let status = response.status();
-                    if status != reqwest::StatusCode::NO_CONTENT {
-                        bail!(
-                            "delete: {status}: {}",
-                            response.text().await.unwrap_or_default()
-                        );
-                    }
+                    let response = expect(response, reqwest::StatusCode::NO_CONTENT, || {
+                        "delete".into()
+                    })
+                    .await?;
                     Ok(path_of(&response))
                 }
                 .await;
@@ -875,6 +869,24 @@ impl<'a> Run<'a> {
     }
 }
 
+/// `response` if it has status `expected`; otherwise an error naming
+/// `what`, the status and the answer's body.
+async fn expect(
+    response: reqwest::Response,
+    expected: reqwest::StatusCode,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<reqwest::Response> {
+    let status = response.status();
+    if status == expected {
+        return Ok(response);
+    }
+    bail!(
+        "{}: {status}: {}",
+        what(),
+        response.text().await.unwrap_or_default()
+    )
+}
+
 /// GET one BLOB and compare its bytes: its path and latency in ms.
 async fn read_blob(
     http: &reqwest::Client,
@@ -887,13 +899,7 @@ async fn read_blob(
         .send()
         .await
         .context("read")?;
-    let status = response.status();
-    if status != reqwest::StatusCode::OK {
-        bail!(
-            "read answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        );
-    }
+    let response = expect(response, reqwest::StatusCode::OK, || "read answered".into()).await?;
     let path = path_of(&response);
     let body = response.bytes().await.context("read body")?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
