@@ -78,6 +78,12 @@ pub struct Config {
     /// ages and migrates like a full one.
     #[serde(default = "default_idle_lock_after_ms")]
     pub idle_lock_after_ms: u64,
+    /// How long a router trusts a cached directory entry (a volume, the
+    /// node list); a migration waits this long before it retires a warm
+    /// volume's hot replicas only if some router could not be asked to
+    /// read the entry afresh.
+    #[serde(default = "default_directory_cache_ttl_ms")]
+    pub directory_cache_ttl_ms: u64,
     /// Silence after which a storage node is lost: the coordinator has its
     /// blocks rebuilt elsewhere and its journal holds replaced.
     #[serde(default = "default_rebuild_after_ms")]
@@ -208,6 +214,10 @@ pub struct RouterSection {
     /// Socket address of the public API.
     #[serde(default = "default_router_listen")]
     pub listen: String,
+    /// Address the migrator uses to reach this router when a volume turns
+    /// warm (default: the bound address; loopback for an unspecified one).
+    #[serde(default)]
+    pub advertise_address: Option<String>,
     /// Base URL of the directory, e.g. `http://10.0.0.1:9300`.
     #[serde(default)]
     pub directory_url: Option<String>,
@@ -308,6 +318,9 @@ fn default_migration_lease_ms() -> u64 {
 fn default_migration_rate_bytes() -> u64 {
     router::api::config::default_migration_rate_bytes()
 }
+fn default_directory_cache_ttl_ms() -> u64 {
+    router::api::config::default_directory_cache_ttl_ms()
+}
 fn default_idle_lock_after_ms() -> u64 {
     router::api::config::default_idle_lock_after_ms()
 }
@@ -404,6 +417,7 @@ impl Default for Config {
             max_migrations: default_max_migrations(),
             migrate_interval_ms: default_migrate_interval_ms(),
             migration_lease_ms: default_migration_lease_ms(),
+            directory_cache_ttl_ms: default_directory_cache_ttl_ms(),
             migration_rate_bytes: default_migration_rate_bytes(),
             idle_lock_after_ms: default_idle_lock_after_ms(),
             rebuild_after_ms: default_rebuild_after_ms(),
@@ -436,6 +450,7 @@ impl Default for RouterSection {
         RouterSection {
             id: default_router_id(),
             listen: default_router_listen(),
+            advertise_address: None,
             directory_url: None,
         }
     }
@@ -498,6 +513,9 @@ pub struct Overrides {
     /// Lock a writable volume not written for this long (e.g. `1d`, `3s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub idle_lock_after: Option<u64>,
+    /// How long a router trusts a cached directory entry (e.g. `5s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub directory_cache_ttl: Option<u64>,
     /// Silence after which a storage node's blocks are rebuilt elsewhere
     /// (e.g. `15m`, `3s`).
     #[arg(long, value_parser = parse_duration_ms)]
@@ -594,6 +612,7 @@ impl Config {
             migration_lease,
             migration_rate,
             idle_lock_after,
+            directory_cache_ttl,
             rebuild_after,
             rebuild_rate,
             max_rebuilds,
@@ -628,7 +647,7 @@ impl Config {
             self.datacenters = *datacenters;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 19] = [
+        let pairs: [(&Option<u64>, &mut u64); 20] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
@@ -639,6 +658,7 @@ impl Config {
             (migration_lease, &mut self.migration_lease_ms),
             (migration_rate, &mut self.migration_rate_bytes),
             (idle_lock_after, &mut self.idle_lock_after_ms),
+            (directory_cache_ttl, &mut self.directory_cache_ttl_ms),
             (rebuild_after, &mut self.rebuild_after_ms),
             (rebuild_rate, &mut self.rebuild_rate_bytes),
             (coordinate_interval, &mut self.coordinate_interval_ms),

@@ -3,9 +3,10 @@
 //! names and places each node, [`Role::configure`] writes its section of the
 //! config, and [`run_node`] runs it on a listener the caller bound. `up` (in
 //! one process), `up --spawn` (a `hayloft serve` child per node) and `serve`
-//! all go through these, so a role is added in one place. Store nodes are
-//! also registered with the directory and heartbeated from here: the
-//! libraries know nothing of each other.
+//! all go through these, so a role is added in one place. Store nodes,
+//! storage nodes, backoff nodes, rebuilders and routers are also registered
+//! with the directory and heartbeated from here: the libraries know nothing
+//! of each other.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -336,6 +337,25 @@ pub async fn run_node(
     ready: oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
+    // A router registers before it serves, so that a volume's flip to warm
+    // reaches every router that may have cached its entry
+    // (`router::api::seal::drain_and_retire`).
+    let early = match role {
+        Role::Router => {
+            let section = StoreSection {
+                id: config.router.id.clone(),
+                rack: String::new(),
+                datacenter: String::new(),
+                listen: config.router.listen.clone(),
+                advertise_address: config.router.advertise_address.clone(),
+                data_dir: None,
+                directory_url: config.router.directory_url.clone(),
+            };
+            let id = section.id.clone();
+            Some(register(&config, &section, &id, NodeRole::Router, bound).await?)
+        }
+        _ => None,
+    };
     // The role's server, driven here (not spawned), so that aborting this
     // future stops it.
     let mut serving: Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> = match role {
@@ -447,7 +467,7 @@ pub async fn run_node(
         stopped = &mut serving => return stopped,
     };
     let _ = ready.send(());
-    match registration {
+    match early.or(registration) {
         Some(registration) => tokio::select! {
             stopped = &mut serving => stopped,
             // Heartbeats stop once the token is cancelled; the server then
@@ -599,6 +619,7 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.migration_lease_ms = config.migration_lease_ms;
     api.migration_rate_bytes = config.migration_rate_bytes;
     api.idle_lock_after_ms = config.idle_lock_after_ms;
+    api.directory_cache_ttl_ms = config.directory_cache_ttl_ms;
     api.rebuild_after_ms = config.rebuild_after_ms;
     api.max_rebuilds = config.max_rebuilds;
     api.rebuild_rate_bytes = config.rebuild_rate_bytes;
@@ -627,6 +648,11 @@ async fn register(
         Some(address) => address
             .parse()
             .with_context(|| format!("{id}: advertise_address {address:?}"))?,
+        // Nobody reaches a node at 0.0.0.0: on one machine, loopback does.
+        None if bound.ip().is_unspecified() => match bound {
+            SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], bound.port())),
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port())),
+        },
         None => bound,
     };
     let http = reqwest::Client::builder()
@@ -661,7 +687,7 @@ async fn register(
     }
 }
 
-/// A registered store node, ready to heartbeat.
+/// A registered node, ready to heartbeat.
 #[derive(Debug)]
 struct Registration {
     client: DirectoryClient,

@@ -277,11 +277,13 @@ fn spawn_forced_migration(
 }
 
 /// Waits until a job is at `step`, then `kill -9`s the migrator and starts
-/// it again: the job's claim runs out and the new process takes it over.
+/// it again with `env`: the job's claim runs out and the new process takes
+/// it over.
 async fn kill_migrator_at(
     cluster: &Cluster,
     client: &reqwest::Client,
     step: &str,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<(u32, std::process::Child)> {
     let at = Arc::new(std::sync::Mutex::new(None));
     wait_until(
@@ -302,7 +304,7 @@ async fn kill_migrator_at(
     )
     .await?;
     cluster.kill_node("migrator")?;
-    let restarted = cluster.restart_node("migrator")?;
+    let restarted = cluster.restart_node_with("migrator", env)?;
     let volume = at.lock().expect("lock").context("volume")?;
     Ok((volume as u32, restarted))
 }
@@ -317,8 +319,14 @@ async fn a_migrator_killed_mid_job_is_taken_over_and_nothing_is_lost() -> anyhow
     let blobs = fill(&client, &router, 43, 2).await?;
     // Killed while encoding (a new seal attempt follows), then after the
     // flip, before the hot replicas went (the next one only retires them).
-    let (encoding, _first) = kill_migrator_at(&cluster, &client, "encoding").await?;
-    let (draining, _second) = kill_migrator_at(&cluster, &client, "draining").await?;
+    // Draining takes a moment once every router has refreshed its entry:
+    // the restarted migrator holds there until it is killed.
+    let hold = [
+        ("HAYLOFT_PAUSE_AT", "migrate-draining"),
+        ("HAYLOFT_PAUSE_MS", "60000"),
+    ];
+    let (encoding, _first) = kill_migrator_at(&cluster, &client, "encoding", &hold).await?;
+    let (draining, _second) = kill_migrator_at(&cluster, &client, "draining", &[]).await?;
     let waited = wait_until("every locked volume warm", Duration::from_secs(180), || {
         all_warm(&client, &router)
     })
@@ -992,6 +1000,74 @@ async fn a_retried_delete_reaches_the_journal_its_first_try_missed() -> anyhow::
     for blob in kept {
         blob.check(&client, &router).await?;
     }
+    Ok(())
+}
+
+/// A flip reaches every router at once. A second router that cached a
+/// volume's entry while it was hot reads it warm as soon as it flips, long
+/// before its cache lifetime (ten minutes here) runs out: the migration
+/// asked it to refresh the entry, so it retires the hot replicas without
+/// waiting that long, and a BLOB deleted after the flip is a `404` through
+/// either router while the hot replicas still hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_reaches_every_router_at_once() -> anyhow::Result<()> {
+    let args = [
+        SMALL_VOLUMES,
+        &["--warm-after", "1d", "--directory-cache-ttl", "10m"],
+    ]
+    .concat();
+    let cluster = Cluster::start_spawned(&args).await?;
+    let client = http_client();
+    let router = cluster.router.clone();
+    // The first router's migration waits after the flip and the routers'
+    // refresh, before it retires the hot replicas.
+    let release = cluster.data_dir.join("retire-released");
+    let _router = pause_routers_migration(&cluster, "migrate-deleting", &release)?;
+    let (_second, second) = cluster.start_router("router-2")?;
+    let nodes: Vec<Value> = client
+        .get(format!("{router}/admin/nodes"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    for id in ["router", "router-2"] {
+        anyhow::ensure!(
+            nodes.iter().any(|n| n["id"] == id && n["role"] == "router"),
+            "{id} is not registered: {nodes:?}"
+        );
+    }
+    let blobs = fill(&client, &router, 71, 1).await?;
+    let vid = locked_volume(&client, &router).await?;
+    let ours: Vec<&Blob> = blobs.iter().filter(|b| b.volume() == vid).collect();
+    let (doomed, kept) = (ours[0], &ours[1..]);
+    let tier = |url: String| {
+        let client = client.clone();
+        async move {
+            let answer = client.get(url).send().await?.error_for_status()?;
+            let tier = answer.headers().get("x-hayloft-tier").cloned();
+            anyhow::Ok(tier.context("no tier header")?.to_str()?.to_owned())
+        }
+    };
+    let probe = format!("{second}/blobs/{}", kept[0].id);
+    let before = tier(probe.clone()).await?;
+    anyhow::ensure!(before == "hot", "the second router read it {before}");
+    let migration = spawn_forced_migration(client.clone(), router.clone(), vid);
+    paused_at(&cluster, "migrate-deleting").await?;
+    let status = common::volumes::delete(&client, &router, &doomed.id).await?;
+    anyhow::ensure!(status == 204, "the delete after the flip answered {status}");
+    let (status, _) = common::fetch(&client, &second, &doomed.id).await?;
+    anyhow::ensure!(
+        status == 404,
+        "the second router answered {status} for a BLOB deleted after the flip"
+    );
+    let after = tier(probe).await?;
+    anyhow::ensure!(after == "warm", "the second router read it {after}");
+    for blob in kept {
+        blob.check(&client, &second).await?;
+    }
+    std::fs::write(&release, b"")?;
+    let pass = migration.await??;
+    anyhow::ensure!(pass["jobs"][0]["step"] == "warm", "{pass}");
     Ok(())
 }
 

@@ -248,12 +248,39 @@ impl Cluster {
         let config = node["config"]
             .as_str()
             .context("config (only with --spawn)")?;
+        let (child, ready) = self.serve(id, role, Path::new(config), env)?;
+        // Record the new pid (and address), so a later kill hits this process.
+        let path = self.data_dir.join("cluster.json");
+        let mut cluster: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        for entry in cluster["nodes"].as_array_mut().context("nodes")? {
+            if entry["id"] == id {
+                entry["pid"] = ready["pid"].clone();
+                entry["address"] = ready["address"].clone();
+            }
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&cluster)?)?;
+        Ok(child)
+    }
+
+    /// `hayloft serve --role ROLE --config CONFIG` in the cluster's process
+    /// group (stopped with it), logging to its log; the process and its
+    /// ready line, once printed.
+    fn serve(
+        &self,
+        id: &str,
+        role: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Child, serde_json::Value)> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.tempdir.path().join("up.log"))?;
         let mut child = Command::new(hayloft_bin())
-            .args(["serve", "--role", role, "--config", config])
+            .arg("serve")
+            .args(["--role", role, "--config"])
+            .arg(config)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -278,22 +305,32 @@ impl Cluster {
         });
         let line = rx
             .recv_timeout(STARTUP_DEADLINE)
-            .with_context(|| format!("{id} not ready after restart; log:\n{}", self.log_tail()))?;
+            .with_context(|| format!("{id} not ready; log:\n{}", self.log_tail()))?;
         let ready: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
         anyhow::ensure!(ready["ready"] == true, "bad ready line {line:?}");
-        // Record the new pid (and address), so a later kill hits this process.
-        let path = self.data_dir.join("cluster.json");
-        let mut cluster: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        for entry in cluster["nodes"].as_array_mut().context("nodes")? {
-            if entry["id"] == id {
-                entry["pid"] = ready["pid"].clone();
-                entry["address"] = ready["address"].clone();
-            }
-        }
-        std::fs::write(&path, serde_json::to_string_pretty(&cluster)?)?;
-        Ok(child)
+        Ok((child, ready))
+    }
+
+    /// A second router, `id`, with the first one's config but its own id
+    /// and a free loopback address; the process and its URL.
+    pub fn start_router(&self, id: &str) -> anyhow::Result<(Child, String)> {
+        let first = self.node("router")?;
+        let path = first["config"]
+            .as_str()
+            .context("config (only with --spawn)")?;
+        let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
+        let address = free_loopback_address().to_string();
+        let router = config
+            .get_mut("router")
+            .and_then(|r| r.as_table_mut())
+            .context("[router]")?;
+        router.insert("id".into(), id.into());
+        router.insert("listen".into(), address.clone().into());
+        let path = self.data_dir.join(format!("{id}.toml"));
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        let (child, _) = self.serve(id, "router", &path, &[])?;
+        Ok((child, format!("http://{address}")))
     }
 
     /// The cluster's whole log (stderr of every node) so far.

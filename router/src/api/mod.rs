@@ -106,6 +106,7 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         .route("/admin/nodes", get(admin::nodes))
         .route("/admin/damaged-needles", get(admin::damaged_needles))
         .route("/admin/volumes/{id}/seal", post(seal::seal_volume))
+        .route("/admin/volumes/{id}/refresh", post(seal::refresh_volume))
         .route("/admin/migrate", post(migrate::migrate_now))
         .route(
             "/admin/repair",

@@ -17,8 +17,10 @@
 //!    deletes are carried into it ([`carry_deletes`]; a delete from then on
 //!    goes to both tiers itself);
 //! 5. the directory flips the volume to `warm`;
-//! 6. after the routers' cache lifetime, the hot replicas are retired and
-//!    every storage node drops the files of the volume's other generations.
+//! 6. every router registered with the directory reads the volume's entry
+//!    afresh (if one cannot be asked: the routers' cache lifetime passes),
+//!    then the hot replicas are retired and every storage node drops the
+//!    files of the volume's other generations.
 //!
 //! A failure before the flip aborts the attempt: the volume is `locked`
 //! again and its hot replicas serve as before. The attempt runs on a task
@@ -32,6 +34,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -465,9 +468,10 @@ async fn carry_deletes(state: &AppState, vid: u32, generation: u64) -> Result<u6
     Ok(carried)
 }
 
-/// After a flip: waits for routers' cached (hot) entries to expire, then
-/// retires the hot replicas of warm `volume` (idempotent: a store without
-/// the replica answers that it is gone); the number retired.
+/// After a flip: has every router read the volume's entry afresh (or, if
+/// one cannot be asked, waits for routers' cached hot entries to expire),
+/// then retires the hot replicas of warm `volume` (idempotent: a store
+/// without the replica answers that it is gone); the number retired.
 pub(crate) async fn drain_and_retire(
     state: &AppState,
     volume: &LogicalVolume,
@@ -476,7 +480,9 @@ pub(crate) async fn drain_and_retire(
     let vid = volume.id;
     steps.send_replace(MigrationStep::Draining);
     pause_task_at("migrate-draining").await;
-    tokio::time::sleep(Duration::from_millis(state.config.directory_cache_ttl_ms)).await;
+    if !routers_refreshed(state, vid).await {
+        tokio::time::sleep(Duration::from_millis(state.config.directory_cache_ttl_ms)).await;
+    }
     steps.send_replace(MigrationStep::Deleting);
     pause_task_at("migrate-deleting").await;
     let nodes = match state.cache.nodes(true).await {
@@ -503,6 +509,62 @@ pub(crate) async fn drain_and_retire(
     }
     prune_everywhere(state, vid, volume.warm.as_ref().map(|w| w.generation), None).await;
     retired
+}
+
+/// Has every router registered with the directory read volume `vid`'s
+/// entry afresh (`POST /admin/volumes/{vid}/refresh`); `false` if one could
+/// not be asked or none is registered, since a router that did not take
+/// the new entry may read the hot replicas for its cache lifetime.
+async fn routers_refreshed(state: &AppState, vid: u32) -> bool {
+    let nodes = match state.cache.nodes(true).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::warn!(volume = vid, error = %e, "no node list; waiting out the routers' cache");
+            return false;
+        }
+    };
+    let routers: Vec<&NodeRecord> = nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Router)
+        .collect();
+    if routers.is_empty() {
+        tracing::info!(
+            volume = vid,
+            "no router registered; waiting out the routers' cache"
+        );
+        return false;
+    }
+    let deadline = Duration::from_millis(state.config.replica_timeout_ms);
+    let asks = routers.iter().map(|node| async move {
+        let url = format!("{}/admin/volumes/{vid}/refresh", node.base_url());
+        match state.warm_http.post(&url).timeout(deadline).send().await {
+            Ok(answer) if answer.status() == StatusCode::NO_CONTENT => Ok(()),
+            Ok(answer) => Err(format!("answered {}", answer.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    let mut refreshed = true;
+    for (node, result) in routers.iter().zip(futures::future::join_all(asks).await) {
+        if let Err(why) = result {
+            tracing::warn!(volume = vid, router = %node.id, why = %why,
+                "a router did not refresh its entry; waiting out the routers' cache");
+            refreshed = false;
+        }
+    }
+    refreshed
+}
+
+/// `POST /admin/volumes/{id}/refresh`: this router drops its cached entry
+/// of the volume and reads it afresh from the directory (`204`). A
+/// migration asks every router for it once the volume is warm
+/// ([`drain_and_retire`]), so that none reads the hot replicas it retires.
+pub(crate) async fn refresh_volume(
+    State(state): State<Arc<AppState>>,
+    Path(vid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let vid = volume_id(&vid)?;
+    state.cache.volume(vid, true).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Has every storage node that is up remove its files of volume `vid`'s

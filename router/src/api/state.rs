@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::pool::VolumePool;
 use super::reports::RecentReports;
-use crate::directory::{DirectoryClient, LogicalVolume, NodeRecord};
+use crate::directory::{DirectoryClient, LogicalVolume, NodeRecord, VolumeState};
 
 /// Connect timeout towards store nodes.
 const STORE_CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -262,10 +262,20 @@ impl DirectoryCache {
         }
     }
 
-    /// Caches a volume entry just received from the directory.
+    /// Caches a volume entry just received from the directory, unless the
+    /// cache already says the volume is warm and this entry does not: a
+    /// flip is never undone, so such an entry was read before it (an answer
+    /// that was still on its way when the migration had the cache
+    /// refreshed) and would send reads to hot replicas about to be retired.
     pub(crate) fn store_volume(&self, volume: LogicalVolume) -> Arc<LogicalVolume> {
         let volume = Arc::new(volume);
         let mut volumes = self.volumes.lock();
+        if volume.state != VolumeState::Warm
+            && let Some((cached, _)) = volumes.get(&volume.id)
+            && cached.state == VolumeState::Warm
+        {
+            return cached.clone();
+        }
         if volumes.len() >= MAX_CACHED_VOLUMES {
             volumes.clear();
         }
@@ -289,5 +299,49 @@ impl DirectoryCache {
             Arc::new(list.into_iter().map(|n| (n.id.clone(), n)).collect());
         *self.nodes.lock() = Some((nodes.clone(), Instant::now()));
         Ok(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(state: VolumeState) -> LogicalVolume {
+        LogicalVolume {
+            id: 7,
+            state,
+            replicas: vec!["a".into(), "b".into(), "c".into()],
+            stale_replicas: Vec::new(),
+            missed_deletes: Vec::new(),
+            repair_epoch: 0,
+            created_ms: 0,
+            locked_ms: None,
+            size_bytes: 0,
+            needle_count: 0,
+            last_generation: 0,
+            warm: None,
+            owner: None,
+            last_write_ms: None,
+            geo: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_warm_entry_is_never_replaced_by_an_older_hot_one() {
+        let directory = DirectoryClient::new("http://127.0.0.1:9").expect("client");
+        let cache = DirectoryCache::new(directory, Duration::from_secs(60));
+        assert_eq!(
+            cache.store_volume(volume(VolumeState::Locked)).state,
+            VolumeState::Locked
+        );
+        assert_eq!(
+            cache.store_volume(volume(VolumeState::Warm)).state,
+            VolumeState::Warm
+        );
+        // An answer read before the flip, arriving after it.
+        let kept = cache.store_volume(volume(VolumeState::Locked));
+        assert_eq!(kept.state, VolumeState::Warm);
+        let cached = cache.volumes.lock().get(&7).map(|(v, _)| v.state);
+        assert_eq!(cached, Some(VolumeState::Warm));
     }
 }
