@@ -108,11 +108,13 @@ print(json.dumps({"wrk": sys.argv[1], "size": sys.argv[2], "requests_per_second"
 }
 
 # Builds Hayloft and the load generator (release); sets HAYLOFT, LOADGEN.
+# HAYLOFT_BIN=PATH runs that hayloft binary instead (an A/B of two builds,
+# e.g. a copy of target/release/hayloft kept from an earlier commit).
 build_release() {
   echo "building (release)..." >&2
   cargo build --release --quiet
   cargo build --release --quiet -p bench --bin loadgen
-  HAYLOFT=target/release/hayloft
+  HAYLOFT="${HAYLOFT_BIN:-target/release/hayloft}"
   LOADGEN=target/release/loadgen
 }
 

@@ -33,5 +33,8 @@ pub use backend::{BackendKind, check_cpu};
 pub use codec::{Codec, MAX_DATA_SHARDS, MAX_PARITY_SHARDS, RsConfig};
 pub use error::{CodingError, Result};
 pub use format::{BlockChecksums, BlockChecksumsBuilder};
-pub use stripe::{DEFAULT_COLUMN_BYTES, Segment, StripeEncoder, StripeLayout, VolumeSource};
+pub use stripe::{
+    ColumnSink, ColumnSource, DEFAULT_COLUMN_BYTES, Segment, StripeEncoder, StripeLayout,
+    VolumeSource,
+};
 pub use xor::{xor_into, xor_parity, xor_parity_into, xor_recover, xor_recover_into};

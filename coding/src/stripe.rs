@@ -21,8 +21,13 @@
 //! disk may prefer larger columns, e.g. 1 MiB for 14 MiB). The crate does
 //! no IO of its own: the caller supplies a positional [`VolumeSource`] and
 //! one [`std::io::Write`] sink per block; wrap file sinks in a
-//! `BufWriter` or use columns of at least a few hundred KiB.
+//! `BufWriter` or use columns of at least a few hundred KiB. A caller that
+//! already holds the volume's bytes in buffers of its own supplies a
+//! [`ColumnSource`] and [`ColumnSink`]s instead
+//! ([`StripeEncoder::encode_stripe_columns`]): each data column then goes
+//! from the source to its sink as the source's own buffer, never copied.
 
+use std::cell::RefCell;
 use std::io::{self, Write};
 
 use crate::codec::{Codec, RsConfig};
@@ -66,6 +71,88 @@ impl VolumeSource for Vec<u8> {
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.as_slice().read_exact_at(offset, buf)
+    }
+}
+
+/// A source of volume bytes handed out as columns the caller owns (for
+/// example a slice of a buffer a network read filled), so that
+/// [`StripeEncoder::encode_stripe_columns`] passes each data column to its
+/// sink as it is.
+pub trait ColumnSource {
+    /// A column of volume bytes.
+    type Column: AsRef<[u8]>;
+    /// Total length of the volume in bytes.
+    fn len_bytes(&self) -> u64;
+    /// Exactly `len` volume bytes starting at `offset`.
+    fn column(&self, offset: u64, len: usize) -> io::Result<Self::Column>;
+}
+
+/// Where [`StripeEncoder::encode_stripe_columns`] puts one block's stored
+/// bytes: its data columns as the source handed them out, or its parity
+/// columns, in order.
+pub trait ColumnSink<C> {
+    /// Appends a data column.
+    fn data(&mut self, column: C) -> io::Result<()>;
+    /// Appends a parity column (the encoder's buffer, reused afterwards).
+    fn parity(&mut self, column: &[u8]) -> io::Result<()>;
+}
+
+/// A [`VolumeSource`] as a [`ColumnSource`]: each column read into a
+/// buffer from `spare`, which it goes back to once its sink took it.
+struct ReadColumns<'s, S: ?Sized> {
+    source: &'s S,
+    spare: &'s RefCell<Vec<Vec<u8>>>,
+}
+
+/// A column of [`ReadColumns`].
+struct SpareColumn<'s> {
+    bytes: Vec<u8>,
+    spare: &'s RefCell<Vec<Vec<u8>>>,
+}
+
+impl AsRef<[u8]> for SpareColumn<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for SpareColumn<'_> {
+    fn drop(&mut self) {
+        self.spare
+            .borrow_mut()
+            .push(std::mem::take(&mut self.bytes));
+    }
+}
+
+impl<'s, S: VolumeSource + ?Sized> ColumnSource for ReadColumns<'s, S> {
+    type Column = SpareColumn<'s>;
+
+    fn len_bytes(&self) -> u64 {
+        self.source.len_bytes()
+    }
+
+    fn column(&self, offset: u64, len: usize) -> io::Result<SpareColumn<'s>> {
+        let mut bytes = self.spare.borrow_mut().pop().unwrap_or_default();
+        bytes.resize(len, 0);
+        let mut column = SpareColumn {
+            bytes,
+            spare: self.spare,
+        };
+        self.source.read_exact_at(offset, &mut column.bytes)?;
+        Ok(column)
+    }
+}
+
+/// A [`Write`] sink as a [`ColumnSink`].
+struct WriteColumns<'w, W>(&'w mut W);
+
+impl<W: Write, C: AsRef<[u8]>> ColumnSink<C> for WriteColumns<'_, W> {
+    fn data(&mut self, column: C) -> io::Result<()> {
+        self.0.write_all(column.as_ref())
+    }
+
+    fn parity(&mut self, column: &[u8]) -> io::Result<()> {
+        self.0.write_all(column)
     }
 }
 
@@ -266,6 +353,30 @@ impl<'c> StripeEncoder<'c> {
         S: VolumeSource + ?Sized,
         W: Write,
     {
+        let spare = RefCell::new(Vec::new());
+        let source = ReadColumns {
+            source,
+            spare: &spare,
+        };
+        let mut sinks: Vec<WriteColumns<'_, W>> = sinks.iter_mut().map(WriteColumns).collect();
+        self.encode_stripe_columns(layout, &source, stripe, &mut sinks)
+    }
+
+    /// [`StripeEncoder::encode_stripe`] from a [`ColumnSource`] into
+    /// [`ColumnSink`]s: every data column goes to its sink as the source
+    /// handed it out (a short stripe's zero padding is added in the
+    /// encoder's own buffer, for the arithmetic only).
+    pub fn encode_stripe_columns<S, K>(
+        &mut self,
+        layout: &StripeLayout,
+        source: &S,
+        stripe: u64,
+        sinks: &mut [K],
+    ) -> Result<Vec<BlockChecksums>>
+    where
+        S: ColumnSource + ?Sized,
+        K: ColumnSink<S::Column>,
+    {
         let config = self.codec.config();
         if layout.config() != config {
             return Err(CodingError::InvalidShardCounts {
@@ -297,28 +408,65 @@ impl<'c> StripeEncoder<'c> {
         while column_start < parity_len {
             let width = usize::try_from((parity_len - column_start).min(self.column_bytes as u64))
                 .expect("width <= column_bytes");
-            let (data, parity) = self.columns.split_at_mut(k);
-            for (i, column) in data.iter_mut().enumerate() {
+            let (padded, parity) = self.columns.split_at_mut(k);
+            let mut held: Vec<Option<S::Column>> = Vec::with_capacity(k);
+            for (i, pad) in padded.iter_mut().enumerate() {
                 let stored =
                     usize::try_from(data_lens[i].saturating_sub(column_start).min(width as u64))
                         .expect("stored <= width");
                 let offset = layout.data_block_offset(stripe, i) + column_start;
-                if stored > 0 {
-                    source
-                        .read_exact_at(offset, &mut column[..stored])
+                let column = if stored > 0 {
+                    let column = source
+                        .column(offset, stored)
                         .map_err(|source| CodingError::SourceRead { offset, source })?;
+                    if column.as_ref().len() != stored {
+                        return Err(CodingError::SourceRead {
+                            offset,
+                            source: io::Error::other(format!(
+                                "the source gave {} bytes for a column of {stored}",
+                                column.as_ref().len()
+                            )),
+                        });
+                    }
+                    checksums[i].update(column.as_ref());
+                    Some(column)
+                } else {
+                    None
+                };
+                if stored < width {
+                    // Implicit padding of a short last stripe: zero in the
+                    // arithmetic, never written.
+                    let bytes = column.as_ref().map_or(&[][..], AsRef::as_ref);
+                    pad[..stored].copy_from_slice(bytes);
+                    pad[stored..width].fill(0);
                 }
-                // Implicit padding of a short last stripe: zero in the
-                // arithmetic, never written.
-                column[stored..width].fill(0);
-                write_block(&mut sinks[i], i, &column[..stored])?;
-                checksums[i].update(&column[..stored]);
+                held.push(column);
             }
-            let inputs: Vec<&[u8]> = data.iter().map(|c| &c[..width]).collect();
+            let inputs: Vec<&[u8]> = held
+                .iter()
+                .zip(padded.iter())
+                .map(|(column, pad)| match column {
+                    Some(column) if column.as_ref().len() == width => column.as_ref(),
+                    _ => &pad[..width],
+                })
+                .collect();
             let mut outputs: Vec<&mut [u8]> = parity.iter_mut().map(|c| &mut c[..width]).collect();
             self.codec.encode(&inputs, &mut outputs)?;
+            drop(inputs);
+            for (i, column) in held.into_iter().enumerate() {
+                if let Some(column) = column {
+                    sinks[i]
+                        .data(column)
+                        .map_err(|source| CodingError::SinkWrite { block: i, source })?;
+                }
+            }
             for (j, column) in outputs.iter().enumerate() {
-                write_block(&mut sinks[k + j], k + j, column)?;
+                sinks[k + j]
+                    .parity(column)
+                    .map_err(|source| CodingError::SinkWrite {
+                        block: k + j,
+                        source,
+                    })?;
                 checksums[k + j].update(column);
             }
             column_start += width as u64;
@@ -328,12 +476,4 @@ impl<'c> StripeEncoder<'c> {
             .map(BlockChecksumsBuilder::finish)
             .collect())
     }
-}
-
-fn write_block<W: Write>(sink: &mut W, block: usize, bytes: &[u8]) -> Result<()> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    sink.write_all(bytes)
-        .map_err(|source| CodingError::SinkWrite { block, source })
 }

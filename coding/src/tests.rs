@@ -417,6 +417,85 @@ fn stripe_encoder_reports_io_failures() {
     assert!(StripeEncoder::new(&codec, 64, 3).is_err());
 }
 
+/// Columns from a [`ColumnSource`] reach their sinks as the very buffers
+/// the source handed out (never copied), in order, and the blocks equal
+/// [`StripeEncoder::encode_stripe`]'s, short last stripe included; a
+/// column of the wrong length is refused.
+#[test]
+fn column_sources_hand_their_buffers_to_the_sinks() {
+    use std::rc::Rc;
+    struct Shared<'v> {
+        volume: &'v [u8],
+        wrong_len: bool,
+    }
+    impl ColumnSource for Shared<'_> {
+        type Column = Rc<[u8]>;
+        fn len_bytes(&self) -> u64 {
+            self.volume.len() as u64
+        }
+        fn column(&self, offset: u64, len: usize) -> std::io::Result<Rc<[u8]>> {
+            let start = offset as usize;
+            let len = if self.wrong_len { len - 1 } else { len };
+            Ok(Rc::from(&self.volume[start..start + len]))
+        }
+    }
+    #[derive(Default)]
+    struct Kept {
+        data: Vec<Rc<[u8]>>,
+        bytes: Vec<u8>,
+    }
+    impl ColumnSink<Rc<[u8]>> for Kept {
+        fn data(&mut self, column: Rc<[u8]>) -> std::io::Result<()> {
+            self.bytes.extend_from_slice(&column);
+            self.data.push(column);
+            Ok(())
+        }
+        fn parity(&mut self, column: &[u8]) -> std::io::Result<()> {
+            self.bytes.extend_from_slice(column);
+            Ok(())
+        }
+    }
+    let config = RsConfig::default();
+    let codec = Codec::new(config).expect("codec");
+    let mut volume = vec![0u8; 25_000];
+    StdRng::seed_from_u64(3).fill(&mut volume[..]);
+    // Two stripes of 10 blocks of 1,000 bytes and a short third.
+    let layout = StripeLayout::new(config, 1000, volume.len() as u64).expect("layout");
+    let mut encoder = StripeEncoder::new(&codec, 384, 512).expect("encoder");
+    for stripe in 0..layout.stripe_count() {
+        let source = Shared {
+            volume: &volume,
+            wrong_len: false,
+        };
+        let mut kept: Vec<Kept> = (0..14).map(|_| Kept::default()).collect();
+        let sums = encoder
+            .encode_stripe_columns(&layout, &source, stripe, &mut kept)
+            .expect("encode");
+        let mut written = vec![Vec::<u8>::new(); 14];
+        let expected = encoder
+            .encode_stripe(&layout, &volume, stripe, &mut written)
+            .expect("encode");
+        assert_eq!(sums, expected);
+        for (block, (kept, written)) in kept.iter().zip(&written).enumerate() {
+            assert_eq!(&kept.bytes, written, "stripe {stripe} block {block}");
+            // Only the encoder's reference is gone: each column is the
+            // source's own buffer, now held by the sink alone.
+            assert!(kept.data.iter().all(|c| Rc::strong_count(c) == 1));
+        }
+        let data_columns: usize = kept[..10].iter().map(|k| k.data.len()).sum();
+        assert!(data_columns > 0);
+    }
+    let source = Shared {
+        volume: &volume,
+        wrong_len: true,
+    };
+    let mut kept: Vec<Kept> = (0..14).map(|_| Kept::default()).collect();
+    assert!(matches!(
+        encoder.encode_stripe_columns(&layout, &source, 0, &mut kept),
+        Err(CodingError::SourceRead { offset: 0, .. })
+    ));
+}
+
 /// Shard `i`, byte `j` of the pinned sample: `(31*i + 7*j + j/256 + 1) mod 256`.
 fn sample_data(k: usize, len: usize) -> Vec<Vec<u8>> {
     (0..k)

@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use bytes::Bytes;
-use coding::VolumeSource;
+use bytes::{Bytes, BytesMut};
+use coding::ColumnSource;
 use parking_lot::Mutex;
 use reqwest::StatusCode;
 use tokio::runtime::Handle;
 
 use super::NodeState;
-use super::encode::{EncodeSource, encode_to_nodes};
+use super::encode::{EncodeSource, encode_to_nodes, record_failure};
 use crate::api::{BlockId, DeriveRequest, DeriveSource, RangeRead, ReconstructRequest};
 use crate::error::{Error, Result};
 use crate::http::{ApiError, JsonBody};
@@ -155,17 +155,18 @@ impl DerivedSource {
     }
 }
 
-impl VolumeSource for DerivedSource {
+impl ColumnSource for DerivedSource {
+    type Column = Bytes;
+
     fn len_bytes(&self) -> u64 {
         self.len_bytes
     }
 
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.read(offset, buf).map_err(|error| {
-            let message = error.to_string();
-            *self.failure.lock() = Some(error);
-            io::Error::other(message)
-        })
+    fn column(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let mut column = BytesMut::zeroed(len);
+        self.read(offset, &mut column[..])
+            .map_err(|error| record_failure(&self.failure, error))?;
+        Ok(column.freeze())
     }
 }
 

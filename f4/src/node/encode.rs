@@ -15,13 +15,19 @@
 //!
 //! Each data block of a stripe is read by a cursor of its own, whose
 //! thread reads the block's runs a few ahead of the encoder, so that the
-//! source's answers overlap the encoding and the uploads.
+//! source's answers overlap the encoding and the uploads. A run holds every
+//! column it covers whole (it ends with the needle holding a column's last
+//! byte, and the next run starts again at that needle), so the encoder
+//! takes each data column as a slice of the buffer the source's answer was
+//! read into, and the block's upload sends that slice: the data is not
+//! copied on this node (only a run that a gap in the source's data file
+//! cuts short makes a column that is gathered from two).
 //!
-//! Memory stays bounded whatever the volume's size: one column per block,
+//! Memory stays bounded whatever the volume's size: the parity columns,
 //! the sinks' queues, and per data block [`RUNS_AHEAD`] runs queued, one
-//! being fetched and one in use: four runs, each at most
-//! [`FETCH_BYTES_MAX`], or one needle if it is larger (so, with the largest
-//! BLOBs of 64 MiB, up to 4 × 10 × 64 MiB for a stripe of such needles).
+//! being fetched and one in use: four runs, each at most a column and two
+//! needles (so, with the largest BLOBs of 64 MiB, up to 4 × 10 × 129 MiB
+//! for a stripe of such needles).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -30,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use coding::{BlockChecksums, Codec, StripeEncoder, VolumeSource};
+use coding::{BlockChecksums, Codec, ColumnSink, ColumnSource, StripeEncoder};
 use futures::StreamExt;
 use haystack::api::{NeedleEntry, VolumeFile};
 use haystack::client::StoreClient;
@@ -47,9 +53,6 @@ use crate::format::{BlockHeader, Geometry, INDEX_HEADER_SIZE, IndexEntry, IndexH
 use crate::index::WarmIndex;
 use crate::pace::Pace;
 
-/// Most bytes of a source replica read in one request: a run of needles
-/// contiguous in its data file (a larger needle is read whole).
-const FETCH_BYTES_MAX: u64 = 1 << 20;
 /// Bytes a sink hands its upload at once.
 const SINK_CHUNK_BYTES: usize = 256 << 10;
 /// Chunks queued per block upload.
@@ -249,14 +252,32 @@ impl LiveSource {
         let end = ((pos / self.block_size_bytes + 1) * self.block_size_bytes).min(len);
         let (runs_to, runs) = std::sync::mpsc::sync_channel(RUNS_AHEAD);
         let plan = Arc::clone(&self.plan);
+        let block_start = pos / self.block_size_bytes * self.block_size_bytes;
+        // The start of the encoder's column holding `at` or, with `up`, the
+        // next column's.
+        let column_at = move |at: u64, up: bool| {
+            let columns = (at - block_start) / ENCODE_COLUMN_BYTES as u64 + u64::from(up);
+            block_start + columns * ENCODE_COLUMN_BYTES as u64
+        };
         std::thread::Builder::new()
             .name("seal-read-ahead".into())
             .spawn(move || {
                 let mut at = pos;
                 while at < end {
-                    let run = plan.read_run(at, end);
+                    let column_end = column_at(at, true).min(end);
+                    let run = plan.read_run(at, column_end);
                     if let Ok((start, bytes)) = &run {
-                        at = start + bytes.len() as u64;
+                        let run_end = start + bytes.len() as u64;
+                        // On from the first column this run does not hold
+                        // whole (its first needle is read again), or from
+                        // where a gap in the source cut it short.
+                        at = if run_end >= end {
+                            end
+                        } else if run_end < column_end {
+                            run_end
+                        } else {
+                            column_at(run_end, false)
+                        };
                     }
                     let failed = run.is_err();
                     // The cursor is gone (the encoding ended): stop.
@@ -284,35 +305,53 @@ impl LiveSource {
         cursors.push(cursor);
     }
 
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// The `len` warm bytes at `offset`: a slice of one run's buffer, or,
+    /// where a gap in the source's data file ended a run inside the
+    /// column, gathered from two.
+    fn column(&self, offset: u64, len: usize) -> Result<Bytes> {
         // Paced as the encoder takes the bytes: reading ahead is bounded
         // by the cursors.
         if let Some(pace) = &self.pace {
-            pace.lock().take_blocking(buf.len() as u64);
+            pace.lock().take_blocking(len as u64);
         }
         let mut cursor = self.cursor_at(offset)?;
-        let mut at = 0;
-        while at < buf.len() {
-            if cursor.pending.is_empty() {
-                if cursor.next >= cursor.end {
-                    cursor = self.cursor_at(cursor.next)?;
-                    continue;
+        let mut gathered = BytesMut::new();
+        let column = loop {
+            let want = len - gathered.len();
+            if cursor.pending.len() >= want {
+                let piece = cursor.pending.split_to(want);
+                cursor.next += want as u64;
+                if gathered.is_empty() {
+                    break piece;
                 }
-                let (start, run) = cursor
-                    .runs
-                    .recv()
-                    .map_err(|_| io::Error::other("the source's read-ahead stopped"))??;
-                // A run starts at the needle holding the byte asked for.
-                cursor.pending = run.slice((cursor.next - start) as usize..);
+                gathered.extend_from_slice(&piece);
+                break gathered.freeze();
             }
-            let n = cursor.pending.len().min(buf.len() - at);
-            buf[at..at + n].copy_from_slice(&cursor.pending[..n]);
-            cursor.pending = cursor.pending.slice(n..);
-            cursor.next += n as u64;
-            at += n;
-        }
+            if cursor.pending.is_empty() && cursor.next >= cursor.end {
+                cursor = self.cursor_at(cursor.next)?;
+                continue;
+            }
+            let (start, run) = cursor
+                .runs
+                .recv()
+                .map_err(|_| io::Error::other("the source's read-ahead stopped"))??;
+            if start > cursor.next {
+                // The run goes on where the last one stopped.
+                gathered.extend_from_slice(&cursor.pending);
+                cursor.next += cursor.pending.len() as u64;
+            }
+            // A run starts at the needle holding the next byte, which the
+            // last run may have held too.
+            let skip = cursor
+                .next
+                .checked_sub(start)
+                .and_then(|skip| usize::try_from(skip).ok())
+                .filter(|skip| *skip <= run.len())
+                .ok_or_else(|| io::Error::other("the source's read-ahead lost its place"))?;
+            cursor.pending = run.slice(skip..);
+        };
         self.keep_cursor(cursor);
-        Ok(())
+        Ok(column)
     }
 }
 
@@ -340,8 +379,8 @@ impl Plan {
     }
 
     /// Verified warm bytes from the start of the needle holding `pos`
-    /// through at least `end` (or the run's limit): a run of needles
-    /// contiguous in the source's data file, read at once.
+    /// through at least `end`, or up to a gap in the source's data file: a
+    /// run of needles contiguous there, read at once.
     fn read_run(&self, pos: u64, end: u64) -> Result<(u64, Bytes)> {
         let count = self.index.header().entry_count;
         let mut i = self.entry_at(pos)?;
@@ -353,9 +392,7 @@ impl Plan {
                 break;
             }
             let (next, next_hot) = self.entry(i + 1)?;
-            if next_hot != last_hot + u64::from(last.size_bytes)
-                || run_len + u64::from(next.size_bytes) > FETCH_BYTES_MAX
-            {
+            if next_hot != last_hot + u64::from(last.size_bytes) {
                 break;
             }
             run.push((next, next_hot));
@@ -413,7 +450,7 @@ impl Plan {
 
 /// What [`encode_to_nodes`] encodes: a volume's data, and why a read of
 /// it failed (with the needle or volume named).
-pub(crate) trait EncodeSource: VolumeSource {
+pub(crate) trait EncodeSource: ColumnSource<Column = Bytes> {
     /// Why the last read failed, if it said.
     fn take_failure(&self) -> Option<Error>;
 }
@@ -424,18 +461,24 @@ impl EncodeSource for LiveSource {
     }
 }
 
-impl VolumeSource for LiveSource {
+impl ColumnSource for LiveSource {
+    type Column = Bytes;
+
     fn len_bytes(&self) -> u64 {
         self.plan.index.header().data_len_bytes
     }
 
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.read(offset, buf).map_err(|error| {
-            let message = error.to_string();
-            *self.failure.lock() = Some(error);
-            io::Error::other(message)
-        })
+    fn column(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        LiveSource::column(self, offset, len).map_err(|error| record_failure(&self.failure, error))
     }
+}
+
+/// Keeps `error` as the reason a read of an [`EncodeSource`] failed, and
+/// gives the encoder its message.
+pub(crate) fn record_failure(failure: &Mutex<Option<Error>>, error: Error) -> io::Error {
+    let message = error.to_string();
+    *failure.lock() = Some(error);
+    io::Error::other(message)
 }
 
 /// Checks one needle as a replica gave it: every check of the hot tier's
@@ -463,6 +506,10 @@ impl BlockSink {
             return Ok(());
         }
         let chunk = self.buf.split().freeze();
+        self.send_chunk(chunk)
+    }
+
+    fn send_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
         let sent = match &self.queue {
             Some(queue) => queue.blocking_send(Ok(chunk)).is_ok(),
             None => false,
@@ -481,6 +528,21 @@ impl BlockSink {
         self.send()?;
         self.queue = None;
         Ok(())
+    }
+}
+
+impl ColumnSink<Bytes> for BlockSink {
+    fn data(&mut self, column: Bytes) -> io::Result<()> {
+        if self.discard {
+            return Ok(());
+        }
+        // What is buffered (the header) goes first; the column as it is.
+        self.send()?;
+        self.send_chunk(column)
+    }
+
+    fn parity(&mut self, column: &[u8]) -> io::Result<()> {
+        self.write_all(column)
     }
 }
 
@@ -584,7 +646,7 @@ pub(crate) fn encode_to_nodes(
                 .map(|_| BlockChecksums::compute(geometry.chunk_size_bytes, &[]))
                 .collect::<coding::Result<Vec<_>>>()?
         } else {
-            match encoder.encode_stripe(&layout, source, stripe, &mut sinks) {
+            match encoder.encode_stripe_columns(&layout, source, stripe, &mut sinks) {
                 Ok(checksums) => checksums,
                 Err(error) => return Err(source.take_failure().unwrap_or(error.into())),
             }

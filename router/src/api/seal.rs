@@ -492,21 +492,35 @@ pub(crate) async fn drain_and_retire(
             return 0;
         }
     };
-    let mut retired = 0;
-    for replica in &volume.replicas {
-        let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
-            tracing::warn!(volume = vid, replica = %replica, "replica down; not retired");
-            continue;
-        };
-        match state.store_for_writes(node) {
-            Ok(store) => match store.retire_volume(vid).await {
-                Ok(()) => retired += 1,
-                Err(e) => tracing::warn!(volume = vid, replica = %replica, error = %e,
-                    "retiring a hot replica failed"),
-            },
-            Err(e) => tracing::warn!(volume = vid, error = %e, "store client"),
+    // All at once: each store removes a whole volume's files.
+    let retires = volume.replicas.iter().map(|replica| {
+        let node = nodes.get(replica).filter(|n| n.is_up());
+        async move {
+            let Some(node) = node else {
+                tracing::warn!(volume = vid, replica = %replica, "replica down; not retired");
+                return false;
+            };
+            match state.store_for_writes(node) {
+                Ok(store) => match store.retire_volume(vid).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(volume = vid, replica = %replica, error = %e,
+                            "retiring a hot replica failed");
+                        false
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(volume = vid, error = %e, "store client");
+                    false
+                }
+            }
         }
-    }
+    });
+    let retired = futures::future::join_all(retires)
+        .await
+        .into_iter()
+        .filter(|retired| *retired)
+        .count();
     prune_everywhere(state, vid, volume.warm.as_ref().map(|w| w.generation), None).await;
     retired
 }
