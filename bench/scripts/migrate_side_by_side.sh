@@ -7,14 +7,16 @@
 #      (`cp`, then `sync` of the copy); then the volume migrated
 #      (`POST /admin/volumes/1/migrate`: plan, stream-encode to 14 storage
 #      nodes, every block and needle verified, deletes carried over, flip,
-#      then the configured wait for routers' caches and the hot replicas
-#      retired). Stage times come from the cluster's log; the peak resident
-#      memory (VmHWM) of every Hayloft process is recorded.
+#      every router's cached entry refreshed, the hot replicas retired).
+#      Stage times come from the cluster's log; the peak resident memory
+#      (VmHWM) of every Hayloft process is recorded, and the CPU time the
+#      job took: the machine's (busy and waiting for IO, from /proc/stat)
+#      and the sealing storage node's.
 #   2. SeaweedFS 4.48 (1 master with a 1 GiB volume size limit, 14 volume
 #      servers in 14 racks): as many BLOBs of SIZE as Hayloft's volume held
 #      posted into one volume, then `ec.encode` of that volume (shards
 #      spread one per server), timed end to end and for its server-side
-#      encode (`generateEcShards`).
+#      encode (`generateEcShards`), with the machine's CPU time as above.
 # The summary gives medians over the rounds and the ratios the migration
 # issue sets targets on.
 #
@@ -67,6 +69,10 @@ install_weed
 
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(round($(now) - $1, 3))"; }
+# The machine's CPU seconds so far: busy, then waiting for IO.
+machine_cpu() { awk '/^cpu /{printf "%.2f %.2f\n", ($2+$3+$4+$7+$8+$9)/100, $6/100}' /proc/stat; }
+# User and system CPU seconds of process $1 so far.
+process_cpu() { awk '{printf "%.2f\n", ($14+$15)/100}' "/proc/$1/stat"; }
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round" >&2
@@ -99,13 +105,21 @@ for round in $(seq 1 "$ROUNDS"); do
   copy_seconds=$(since "$started")
   rm -f "$DATA/raw-copy"
   sync
+  # The sealing node: `seal::seal` picks volume N's as the storage node at
+  # N modulo their count, by id.
+  sealer=$(python3 -c 'import json, sys
+cell = sorted((n for n in json.load(open(sys.argv[1]))["nodes"] if n["role"] == "f4-storage"), key=lambda n: n["id"])
+print(cell[1 % len(cell)]["pid"])' "$HL/cluster.json")
+  cpu_before="$(machine_cpu) $(process_cpu "$sealer")"
   started=$(now)
   curl -fsS -X POST "$router/admin/volumes/1/migrate" >"$WORK/job-$round.json"
   migrate_seconds=$(since "$started")
+  cpu_after="$(machine_cpu) $(process_cpu "$sealer")"
   python3 - "$HL" "$WORK/hayloft-$round.log" "$WORK/job-$round.json" "$volume_bytes" \
-    "$copy_seconds" "$migrate_seconds" "$round" >>"$OUT" <<'PY'
+    "$copy_seconds" "$migrate_seconds" "$round" "$cpu_before" "$cpu_after" >>"$OUT" <<'PY'
 import datetime, json, os, re, sys
-hl, log, job_path, volume_bytes, copy_s, migrate_s, round_ = sys.argv[1:]
+hl, log, job_path, volume_bytes, copy_s, migrate_s, round_, cpu0, cpu1 = sys.argv[1:]
+busy, iowait, sealer = (round(b - a, 2) for a, b in zip(map(float, cpu0.split()), map(float, cpu1.split())))
 job = json.load(open(job_path))["jobs"][0]
 assert job["step"] == "warm", job
 strip = re.compile(r"\x1b\[[0-9;]*m")
@@ -135,6 +149,7 @@ print(json.dumps({
     "verify_carry_seconds": between("seal distributed", "hot deletes carried into the journal"),
     "to_flip_seconds": between("sealing", "volume is warm"),
     "drain_retire_seconds": between("volume is warm", "migrated"),
+    "cpu_busy_seconds": busy, "cpu_iowait_seconds": iowait, "sealer_cpu_seconds": sealer,
     "peak_rss_bytes": peaks,
 }))
 PY
@@ -162,6 +177,7 @@ PY
     { echo "SeaweedFS lists no volume of $want bytes (largest: ${largest:-none})" >&2; exit 1; }
   vid=${largest% *}
   sync
+  cpu_before=$(machine_cpu)
   started=$(now)
   # Every line of `weed shell` stamped as it comes: the server-side encode
   # is the time from `generateEcShards` to the first `mount`.
@@ -170,9 +186,12 @@ PY
     python3 -uc 'import sys, time
 for line in sys.stdin: print(f"{time.time():.3f} {line}", end="")' >"$WORK/ec-$round.log" || true
   ec_seconds=$(since "$started")
-  python3 - "$WORK/ec-$round.log" "$round" "$vid" "${largest#* }" "$ec_seconds" >>"$OUT" <<'PY'
+  cpu_after=$(machine_cpu)
+  python3 - "$WORK/ec-$round.log" "$round" "$vid" "${largest#* }" "$ec_seconds" \
+    "$cpu_before" "$cpu_after" >>"$OUT" <<'PY'
 import json, sys
-log, round_, vid, size, ec_s = sys.argv[1:]
+log, round_, vid, size, ec_s, cpu0, cpu1 = sys.argv[1:]
+busy, iowait = (round(b - a, 2) for a, b in zip(map(float, cpu0.split()), map(float, cpu1.split())))
 stamps, error = {}, None
 for line in open(log, errors="replace"):
     stamp, _, text = line.partition(" ")
@@ -186,6 +205,7 @@ generate = stamps.get("mount", 0) - stamps["generateEcShards"] if len(stamps) ==
 print(json.dumps({"round": int(round_), "swfs_volume": int(vid), "swfs_volume_bytes": int(size),
                   "ec_encode_seconds": float(ec_s),
                   "ec_generate_seconds": round(generate, 3) if generate else None,
+                  "cpu_busy_seconds": busy, "cpu_iowait_seconds": iowait,
                   "ec_encode_error": error}))
 PY
   stop_all
@@ -216,7 +236,7 @@ print(f"| Hayloft plan (the source's index) | {med(hl, lambda r: r['plan_seconds
 print(f"| Hayloft encoding stage (stream, check, encode, 14 nodes, fsync) | {encode:.2f} | {rate(encode):,.0f} |")
 print(f"| Hayloft verify (every block, every needle) + deletes carried | {med(hl, lambda r: r['verify_carry_seconds']):.2f} | |")
 print(f"| Hayloft start to flip | {to_flip:.2f} | {rate(to_flip):,.0f} |")
-print(f"| Hayloft whole job (with the cache wait and the hot replicas retired) | {total:.2f} | {rate(total):,.0f} |")
+print(f"| Hayloft whole job (routers refreshed, the hot replicas retired) | {total:.2f} | {rate(total):,.0f} |")
 if sw:
     ec = med(sw, lambda r: r["ec_encode_seconds"])
     generate = med(sw, lambda r: r["ec_generate_seconds"])
@@ -229,6 +249,11 @@ if sw:
     print(f"- Hayloft start to flip rate / SeaweedFS ec.encode rate: {(volume / to_flip) / (sw_bytes / ec):.2f}x "
           f"(whole job: {(volume / total) / (sw_bytes / ec):.2f}x)")
     print(f"- encoding stage rate / SeaweedFS server-side encode rate: {(volume / encode) / (sw_bytes / generate):.2f}x")
+busy = lambda rs: med(rs, lambda r: r["cpu_busy_seconds"])
+iowait = lambda rs: med(rs, lambda r: r["cpu_iowait_seconds"])
+print(f"- CPU over the job, the machine busy / waiting for IO: Hayloft {busy(hl):.2f} / {iowait(hl):.2f} s "
+      f"(the sealing node {med(hl, lambda r: r['sealer_cpu_seconds']):.2f} s)"
+      + (f"; SeaweedFS ec.encode {busy(sw):.2f} / {iowait(sw):.2f} s" if sw else ""))
 for error in sorted(set(sw_errors)):
     print(f"- SeaweedFS ec.encode failed in {sw_errors.count(error)} round(s): {error}")
 peaks = {}

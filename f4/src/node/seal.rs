@@ -87,6 +87,7 @@ pub(super) async fn prune(
         .blocking(move |inner| {
             let mut removed = 0;
             for dir in [&inner.blocks_dir, &inner.volumes_dir, &inner.staging_dir] {
+                let before = removed;
                 for entry in std::fs::read_dir(dir).map_err(io)? {
                     let entry = entry.map_err(io)?;
                     let name = entry.file_name();
@@ -107,7 +108,11 @@ pub(super) async fn prune(
                     }
                     removed += 1;
                 }
-                haystack::file::sync_dir(dir).map_err(io)?;
+                // A directory that lost nothing needs no sync (on ext4 each
+                // one is a journal commit, slow while writeback is busy).
+                if removed > before {
+                    haystack::file::sync_dir(dir).map_err(io)?;
+                }
             }
             Ok(removed)
         })

@@ -397,8 +397,7 @@ async fn attempt(
         needles = verified,
         "volume is warm"
     );
-    // Routers may serve reads from their cached (hot) entry until it
-    // expires; only then do the hot replicas go.
+    // The hot replicas go once no router reads them any more.
     let retired = drain_and_retire(state, &committed, steps).await;
     state.cache.store_volume(committed.clone());
     Ok(SealReport {
