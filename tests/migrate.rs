@@ -1062,6 +1062,29 @@ async fn a_flip_reaches_every_router_at_once() -> anyhow::Result<()> {
     );
     let after = tier(probe).await?;
     anyhow::ensure!(after == "warm", "the second router read it {after}");
+    // What the migration asked: each router answers with its own id.
+    let refreshed: Value = client
+        .post(format!("{second}/admin/volumes/{vid}/refresh"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    anyhow::ensure!(
+        refreshed["router"] == "router-2" && refreshed["state"] == "warm",
+        "{refreshed}"
+    );
+    for (path, status) in [("abc", 400), ("4000000", 404)] {
+        let answer = client
+            .post(format!("{second}/admin/volumes/{path}/refresh"))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            answer.status().as_u16() == status,
+            "refresh of volume {path} answered {}",
+            answer.status()
+        );
+    }
     for blob in kept {
         blob.check(&client, &second).await?;
     }

@@ -446,6 +446,47 @@ async fn sealed_volumes_serve_every_live_blob_through_lost_and_corrupt_blocks() 
     Ok(())
 }
 
+/// Blocks of more than one of the sealing node's 1 MiB encoder columns:
+/// its runs of needles cover whole columns (a small needle at a column's
+/// end read twice, one over 128 KiB gathered across), and BLOBs deleted
+/// before the seal leave gaps in the source's data file. Every live BLOB
+/// reads back byte for byte, every deleted one is a `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_of_several_encoder_columns_seal_byte_for_byte() -> anyhow::Result<()> {
+    let cluster = Cluster::start(&[
+        "--volume-size",
+        "16MiB",
+        "--max-blob-size",
+        "160KiB",
+        "--block-size",
+        "4MiB",
+        "--writable-volumes",
+        "1",
+    ])
+    .await?;
+    let client = http_client();
+    let router = &cluster.router;
+    let mut blobs = fill(&client, router, 29, 1).await?;
+    let vid = locked_volume(&client, router).await?;
+    for blob in blobs
+        .iter_mut()
+        .filter(|b| b.volume() == vid)
+        .skip(3)
+        .step_by(7)
+    {
+        anyhow::ensure!(delete(&client, router, &blob.id).await? == 204);
+        blob.deleted = true;
+    }
+    seal(&cluster, vid).await?;
+    let block =
+        volume(&client, router, vid).await?["warm"]["geometry"]["block_size_bytes"].as_u64();
+    anyhow::ensure!(
+        block.is_some_and(|b| b > 1 << 20),
+        "blocks of {block:?} bytes: one column each"
+    );
+    check_volume(&client, router, &blobs, vid).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_deletes_stay_deleted_through_holder_loss_folds_and_restarts() -> anyhow::Result<()> {
     let mut cluster = Cluster::start_spawned(&args()).await?;

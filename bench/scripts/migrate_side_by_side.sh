@@ -69,10 +69,11 @@ install_weed
 
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(round($(now) - $1, 3))"; }
+TICKS=$(getconf CLK_TCK)
 # The machine's CPU seconds so far: busy, then waiting for IO.
-machine_cpu() { awk '/^cpu /{printf "%.2f %.2f\n", ($2+$3+$4+$7+$8+$9)/100, $6/100}' /proc/stat; }
+machine_cpu() { awk -v t="$TICKS" '/^cpu /{printf "%.2f %.2f\n", ($2+$3+$4+$7+$8+$9)/t, $6/t}' /proc/stat; }
 # User and system CPU seconds of process $1 so far.
-process_cpu() { awk '{printf "%.2f\n", ($14+$15)/100}' "/proc/$1/stat"; }
+process_cpu() { awk -v t="$TICKS" '{printf "%.2f\n", ($14+$15)/t}' "/proc/$1/stat"; }
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round" >&2

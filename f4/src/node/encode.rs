@@ -17,17 +17,19 @@
 //! thread reads the block's runs a few ahead of the encoder, so that the
 //! source's answers overlap the encoding and the uploads. A run holds every
 //! column it covers whole (it ends with the needle holding a column's last
-//! byte, and the next run starts again at that needle), so the encoder
-//! takes each data column as a slice of the buffer the source's answer was
-//! read into, and the block's upload sends that slice: the data is not
-//! copied on this node (only a run that a gap in the source's data file
-//! cuts short makes a column that is gathered from two).
+//! byte, and the next run starts again at that needle if it is small), so
+//! the encoder takes each data column as a slice of the buffer the
+//! source's answer was read into, and the block's upload sends that slice:
+//! between arriving and leaving, the data is not copied on this node. A
+//! column across a gap in the source's data file, or across the end of a
+//! needle over [`REREAD_BYTES_MAX`], is gathered from two runs.
 //!
-//! Memory stays bounded whatever the volume's size: the parity columns,
-//! the sinks' queues, and per data block [`RUNS_AHEAD`] runs queued, one
-//! being fetched and one in use: four runs, each at most a column and two
-//! needles (so, with the largest BLOBs of 64 MiB, up to 4 × 10 × 129 MiB
-//! for a stripe of such needles).
+//! Memory stays bounded whatever the volume's size: the encoder's columns,
+//! the sinks' queues (a queued data column keeps its run's buffer), and
+//! per data block [`RUNS_AHEAD`] runs queued, one being fetched and one in
+//! use: four runs, each at most a column and a needle at each end (so, with
+//! the largest BLOBs of 64 MiB, up to 4 × 10 × 129 MiB for a stripe of
+//! such needles).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -59,9 +61,12 @@ const SINK_CHUNK_BYTES: usize = 256 << 10;
 const SINK_QUEUE: usize = 4;
 /// Runs a cursor reads ahead of the encoder.
 const RUNS_AHEAD: usize = 2;
-/// Cursors kept between reads (one per data block of a stripe, with room
-/// to spare).
-const CURSORS_MAX: usize = 16;
+/// Cursors kept between reads: one per data block of a stripe.
+const CURSORS_MAX: usize = coding::MAX_DATA_SHARDS;
+/// Largest needle read twice so that the columns on both sides of it come
+/// each from one run: a larger one is read once, and the column across its
+/// end gathered from two runs.
+const REREAD_BYTES_MAX: u64 = (ENCODE_COLUMN_BYTES / 8) as u64;
 
 /// What [`write_plan`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,14 +274,20 @@ impl LiveSource {
                     if let Ok((start, bytes)) = &run {
                         let run_end = start + bytes.len() as u64;
                         // On from the first column this run does not hold
-                        // whole (its first needle is read again), or from
-                        // where a gap in the source cut it short.
+                        // whole (the small needle there is read again), or
+                        // from where a gap in the source or a large needle
+                        // ends it.
+                        let next = column_at(run_end, false);
                         at = if run_end >= end {
                             end
-                        } else if run_end < column_end {
-                            run_end
+                        } else if run_end >= column_end
+                            && plan
+                                .needle_len_at(next)
+                                .is_ok_and(|len| len <= REREAD_BYTES_MAX)
+                        {
+                            next
                         } else {
-                            column_at(run_end, false)
+                            run_end
                         };
                     }
                     let failed = run.is_err();
@@ -361,6 +372,12 @@ impl Plan {
         let mut offset = [0u8; 8];
         self.offsets.read_exact_at(&mut offset, i * 8)?;
         Ok((entry, u64::from_le_bytes(offset)))
+    }
+
+    /// The length of the needle holding warm byte `pos`.
+    fn needle_len_at(&self, pos: u64) -> Result<u64> {
+        let entry = self.index.entry(self.entry_at(pos)?)?;
+        Ok(u64::from(entry.size_bytes))
     }
 
     /// The index of the needle holding warm byte `pos`.

@@ -252,23 +252,11 @@ mod tests {
 
     fn volume(id: u32) -> WritableVolume {
         WritableVolume {
-            volume: Arc::new(LogicalVolume {
+            volume: Arc::new(LogicalVolume::writable(
                 id,
-                state: VolumeState::Writable,
-                replicas: vec!["a".into(), "b".into(), "c".into()],
-                stale_replicas: Vec::new(),
-                missed_deletes: Vec::new(),
-                repair_epoch: 0,
-                created_ms: 0,
-                locked_ms: None,
-                size_bytes: 0,
-                needle_count: 0,
-                last_generation: 0,
-                warm: None,
-                owner: None,
-                last_write_ms: None,
-                geo: Default::default(),
-            }),
+                vec!["a".into(), "b".into(), "c".into()],
+                0,
+            )),
             next_key: 1,
             end_key: 3,
             last_write_ms: 0,

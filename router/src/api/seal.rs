@@ -550,11 +550,21 @@ async fn routers_refreshed(state: &AppState, vid: u32) -> bool {
     let deadline = Duration::from_millis(state.config.replica_timeout_ms);
     let asks = routers.iter().map(|node| async move {
         let url = format!("{}/admin/volumes/{vid}/refresh", node.base_url());
-        match state.warm_http.post(&url).timeout(deadline).send().await {
-            Ok(answer) if answer.status() == StatusCode::NO_CONTENT => Ok(()),
-            Ok(answer) => Err(format!("answered {}", answer.status())),
-            Err(e) => Err(e.to_string()),
+        let answer = state.warm_http.post(&url).timeout(deadline).send().await;
+        let answer = answer.map_err(|e| e.to_string())?;
+        if answer.status() != StatusCode::OK {
+            return Err(format!("answered {}", answer.status()));
         }
+        // Only the router registered there counts (not another one that a
+        // wrong advertised address leads to).
+        let refreshed: Refreshed = answer.json().await.map_err(|e| e.to_string())?;
+        if refreshed.router != node.id {
+            return Err(format!("{} answered there", refreshed.router));
+        }
+        if refreshed.state != VolumeState::Warm {
+            return Err(format!("it still reads the volume {:?}", refreshed.state));
+        }
+        Ok(())
     });
     let mut refreshed = true;
     for (node, result) in routers.iter().zip(futures::future::join_all(asks).await) {
@@ -567,17 +577,29 @@ async fn routers_refreshed(state: &AppState, vid: u32) -> bool {
     refreshed
 }
 
+/// The answer of `POST /admin/volumes/{id}/refresh`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Refreshed {
+    /// The router's id.
+    pub router: String,
+    /// The volume's state as now cached.
+    pub state: VolumeState,
+}
+
 /// `POST /admin/volumes/{id}/refresh`: this router drops its cached entry
-/// of the volume and reads it afresh from the directory (`204`). A
-/// migration asks every router for it once the volume is warm
-/// ([`drain_and_retire`]), so that none reads the hot replicas it retires.
+/// of the volume and reads it afresh from the directory. A migration asks
+/// every router for it once the volume is warm ([`drain_and_retire`]), so
+/// that none starts a read of the hot replicas it retires.
 pub(crate) async fn refresh_volume(
     State(state): State<Arc<AppState>>,
     Path(vid): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<Refreshed>, ApiError> {
     let vid = volume_id(&vid)?;
-    state.cache.volume(vid, true).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let volume = state.cache.volume(vid, true).await?;
+    Ok(Json(Refreshed {
+        router: state.config.id.clone(),
+        state: volume.state,
+    }))
 }
 
 /// Has every storage node that is up remove its files of volume `vid`'s

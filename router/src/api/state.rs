@@ -277,7 +277,11 @@ impl DirectoryCache {
             return cached.clone();
         }
         if volumes.len() >= MAX_CACHED_VOLUMES {
-            volumes.clear();
+            // Warm entries stay while they can, for the rule above.
+            volumes.retain(|_, (cached, _)| cached.state == VolumeState::Warm);
+            if volumes.len() >= MAX_CACHED_VOLUMES / 2 {
+                volumes.clear();
+            }
         }
         volumes.insert(volume.id, (volume.clone(), Instant::now()));
         volume
@@ -307,22 +311,10 @@ mod tests {
     use super::*;
 
     fn volume(state: VolumeState) -> LogicalVolume {
+        let replicas = vec!["a".into(), "b".into(), "c".into()];
         LogicalVolume {
-            id: 7,
             state,
-            replicas: vec!["a".into(), "b".into(), "c".into()],
-            stale_replicas: Vec::new(),
-            missed_deletes: Vec::new(),
-            repair_epoch: 0,
-            created_ms: 0,
-            locked_ms: None,
-            size_bytes: 0,
-            needle_count: 0,
-            last_generation: 0,
-            warm: None,
-            owner: None,
-            last_write_ms: None,
-            geo: Default::default(),
+            ..LogicalVolume::writable(7, replicas, 0)
         }
     }
 

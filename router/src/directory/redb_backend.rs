@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use super::client::valid_node_id;
 use super::types::{
-    CompanionRequest, DamagedBlock, DamagedBlockRequest, EndRequest, GeoLinks, KeyLease,
-    LogicalVolume, MigrationJob, MigrationStep, NodeRecord, NodeRegistration, NodeRole, NodeState,
+    CompanionRequest, DamagedBlock, DamagedBlockRequest, EndRequest, KeyLease, LogicalVolume,
+    MigrationJob, MigrationStep, NodeRecord, NodeRegistration, NodeRole, NodeState,
     OWNERSHIP_CLAIMS_MAX, PlaceRequest, RebuildClaimRequest, RebuildJob, RebuiltBlockRequest,
     RenewRequest, ReplaceHolderRequest, StepRequest, VolumeClaim, VolumeOwner, VolumeState,
     WarmVolume,
@@ -720,23 +720,7 @@ impl Directory for RedbDirectory {
             let volumes = all_volumes(&txn.open_table(VOLUMES)?)?;
             let replicas = place_replicas(&nodes, &volumes)?;
             let id = next_volume_id(txn)?;
-            let volume = LogicalVolume {
-                id,
-                state: VolumeState::Writable,
-                replicas,
-                stale_replicas: Vec::new(),
-                missed_deletes: Vec::new(),
-                repair_epoch: 0,
-                created_ms: now_ms,
-                locked_ms: None,
-                size_bytes: 0,
-                needle_count: 0,
-                last_generation: 0,
-                warm: None,
-                owner: None,
-                last_write_ms: None,
-                geo: GeoLinks::default(),
-            };
+            let volume = LogicalVolume::writable(id, replicas, now_ms);
             put_volume(txn, &volume)?;
             Ok(volume)
         })

@@ -750,6 +750,28 @@ pub struct ReplaceHolderRequest {
 }
 
 impl LogicalVolume {
+    /// A new writable volume `id` on `replicas`, created at `created_ms`:
+    /// no needle, no mark, no owner yet.
+    pub fn writable(id: u32, replicas: Vec<String>, created_ms: u64) -> LogicalVolume {
+        LogicalVolume {
+            id,
+            state: VolumeState::Writable,
+            replicas,
+            stale_replicas: Vec::new(),
+            missed_deletes: Vec::new(),
+            repair_epoch: 0,
+            created_ms,
+            locked_ms: None,
+            size_bytes: 0,
+            needle_count: 0,
+            last_generation: 0,
+            warm: None,
+            owner: None,
+            last_write_ms: None,
+            geo: GeoLinks::default(),
+        }
+    }
+
     /// The datacenter of its warm cell ([`WarmVolume::home_datacenter`]);
     /// empty while it is hot.
     pub fn home_datacenter(&self, datacenter_of: impl Fn(&str) -> Option<String>) -> String {
