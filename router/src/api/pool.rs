@@ -248,7 +248,6 @@ impl Drop for VolumeLease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::VolumeState;
 
     fn volume(id: u32) -> WritableVolume {
         WritableVolume {
