@@ -576,7 +576,7 @@ fn show_steps(bar: &ProgressBar, volume: Option<u32>, jobs: &serde_json::Value) 
 }
 
 /// Turns an error answer into an error carrying the router's JSON message.
-async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

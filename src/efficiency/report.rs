@@ -64,6 +64,14 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// Its cells of a Markdown table row: reads, p50, p90, p99, max (ms).
+    fn cells(&self) -> String {
+        format!(
+            "{} | {:.2} | {:.2} | {:.2} | {:.2}",
+            self.count, self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms
+        )
+    }
+
     /// The distribution of `samples` (sorted here).
     pub fn of(mut samples: Vec<f64>) -> Latency {
         if samples.is_empty() {
@@ -203,11 +211,7 @@ impl Report {
         let _ = writeln!(md, "| path | reads | p50 ms | p90 ms | p99 ms | max ms |");
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
         for (path, latency) in &self.reads_by_path {
-            let _ = writeln!(
-                md,
-                "| {path} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                latency.count, latency.p50_ms, latency.p90_ms, latency.p99_ms, latency.max_ms
-            );
+            let _ = writeln!(md, "| {path} | {} |", latency.cells());
         }
         let _ = writeln!(md, "\n## Reads by age\n");
         let _ = writeln!(
@@ -261,16 +265,7 @@ impl Report {
             let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|");
             for probe in &self.probes {
                 for (path, latency) in &probe.by_path {
-                    let _ = writeln!(
-                        md,
-                        "| {} | {path} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                        probe.name,
-                        latency.count,
-                        latency.p50_ms,
-                        latency.p90_ms,
-                        latency.p99_ms,
-                        latency.max_ms
-                    );
+                    let _ = writeln!(md, "| {} | {path} | {} |", probe.name, latency.cells());
                 }
             }
             md.push('\n');

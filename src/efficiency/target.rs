@@ -144,14 +144,9 @@ impl Target {
             .send()
             .await
             .with_context(|| what.clone())?;
-        let status = response.status();
-        if !status.is_success() {
-            bail!(
-                "{what}: {status}: {}",
-                response.text().await.unwrap_or_default()
-            );
-        }
-        response
+        crate::client::checked(response)
+            .await
+            .with_context(|| what.clone())?
             .json()
             .await
             .with_context(|| format!("{what}: body"))
