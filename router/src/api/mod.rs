@@ -29,6 +29,7 @@ mod read;
 mod reports;
 mod scrub;
 mod seal;
+mod source;
 mod state;
 mod upload;
 mod warm;

@@ -208,18 +208,11 @@ async fn attempt(
         .await
         .map_err(|e| plain(e.into()))?;
     let nodes = state.cache.nodes(true).await.map_err(plain)?;
-    // Any fresh replica holds every live needle; deletes it missed are
-    // carried over below with the others.
-    let source = volume
-        .fresh_replicas()
-        .find_map(|r| nodes.get(r).filter(|n| n.is_up()))
-        .ok_or_else(|| {
-            plain(ApiError::Unavailable(format!(
-                "no fresh replica of volume {vid} is up to seal from"
-            )))
-        })?;
-    // Every replica is locked at its store (the source must be): the copy
-    // needs a locked replica, and only locked replicas are retired later.
+    // Every replica is locked at its store first: the copy needs a locked
+    // replica, only locked replicas are retired later, and locked replicas
+    // take no appends, so their indexes can be compared.
+    let fresh: Vec<&str> = volume.fresh_replicas().collect();
+    let mut candidates = Vec::new();
     for replica in &volume.replicas {
         let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
             continue;
@@ -228,22 +221,21 @@ async fn attempt(
             Ok(store) => store
                 .lock_volume(vid)
                 .await
-                .map(drop)
+                .map(|_| store)
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match locked {
-            Ok(()) => {}
-            Err(e) if node.id == source.id => {
-                return Err(plain(ApiError::Unavailable(format!(
-                    "locking {}: {e}",
-                    source.id
-                ))));
-            }
+            Ok(store) if fresh.contains(&replica.as_str()) => candidates.push((node, store)),
+            Ok(_) => {}
             Err(e) => tracing::warn!(volume = vid, replica = %node.id, error = %e,
-                "locking a replica failed; it will not be retired"),
+                "locking a replica failed; it will not be retired nor sealed from"),
         }
     }
+    // Deletes the source missed are carried over below with the others.
+    let source = super::source::complete_source(vid, &candidates)
+        .await
+        .map_err(plain)?;
     // Seals of different volumes run on different nodes (one at a time each).
     let mut cell: Vec<&NodeRecord> = nodes
         .values()
