@@ -60,14 +60,28 @@ impl RouterClient {
         Ok(())
     }
 
-    /// `GET /blobs/ID` into `output`, or stdout.
-    pub async fn get(&self, id: &str, output: Option<&PathBuf>) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .get(format!("{}/blobs/{id}", self.base))
-            .send()
-            .await
-            .context("fetching")?;
+    /// `GET /blobs/ID` into `output`, or stdout; with `direct`, from a
+    /// store node holding the volume if one serves it
+    /// ([`router::direct::DirectReader`]).
+    pub async fn get(
+        &self,
+        id: &str,
+        output: Option<&PathBuf>,
+        direct: bool,
+    ) -> anyhow::Result<()> {
+        let response = if direct {
+            let blob = router::api::BlobId::parse(id)?;
+            let reader = router::direct::DirectReader::new(self.http.clone(), &self.base);
+            let (response, answered) = reader.get(&blob).await.context("fetching")?;
+            tracing::debug!(?answered, "direct read");
+            response
+        } else {
+            self.http
+                .get(format!("{}/blobs/{id}", self.base))
+                .send()
+                .await
+                .context("fetching")?
+        };
         let mut response = checked(response).await?;
         match output {
             Some(path) => {

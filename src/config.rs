@@ -111,6 +111,10 @@ pub struct Config {
     /// Silence after which the directory marks a node `down`.
     #[serde(default = "default_heartbeat_timeout_ms")]
     pub heartbeat_timeout_ms: u64,
+    /// How long a store node's read lease (direct reads) holds after the
+    /// heartbeat that renewed it; above `heartbeat_interval_ms`.
+    #[serde(default = "default_read_lease_ms")]
+    pub read_lease_ms: u64,
     /// How often the directory looks for stale replicas to resync.
     #[serde(default = "default_repair_interval_ms")]
     pub repair_interval_ms: u64,
@@ -360,6 +364,9 @@ fn default_heartbeat_interval_ms() -> u64 {
 fn default_heartbeat_timeout_ms() -> u64 {
     router::directory::service::default_heartbeat_timeout_ms()
 }
+fn default_read_lease_ms() -> u64 {
+    router::directory::service::default_read_lease_ms()
+}
 fn default_repair_interval_ms() -> u64 {
     router::directory::service::default_repair_interval_ms()
 }
@@ -428,6 +435,7 @@ impl Default for Config {
             deep_scrub_interval_ms: default_deep_scrub_interval_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+            read_lease_ms: default_read_lease_ms(),
             repair_interval_ms: default_repair_interval_ms(),
             request_timeout_ms: default_request_timeout_ms(),
             nodes_per_rack: default_nodes_per_rack(),
@@ -551,6 +559,10 @@ pub struct Overrides {
     /// Silence after which the directory marks a node down (e.g. `10s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub heartbeat_timeout: Option<u64>,
+    /// How long a store node's read lease for direct reads holds after its
+    /// heartbeat (e.g. `3s`).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub read_lease: Option<u64>,
     /// Period of the directory's replica repair loop (e.g. `2s`).
     #[arg(long, value_parser = parse_duration_ms)]
     pub repair_interval: Option<u64>,
@@ -623,6 +635,7 @@ impl Config {
             deep_scrub_interval,
             heartbeat_interval,
             heartbeat_timeout,
+            read_lease,
             repair_interval,
             request_timeout,
             fold_tombstones,
@@ -647,7 +660,7 @@ impl Config {
             self.datacenters = *datacenters;
         }
         self.allow_fewer_racks |= allow_fewer_racks;
-        let pairs: [(&Option<u64>, &mut u64); 20] = [
+        let pairs: [(&Option<u64>, &mut u64); 21] = [
             (volume_size, &mut self.volume_size_bytes),
             (max_blob_size, &mut self.max_blob_bytes),
             (retry_buffer_size, &mut self.retry_buffer_bytes),
@@ -666,6 +679,7 @@ impl Config {
             (deep_scrub_interval, &mut self.deep_scrub_interval_ms),
             (heartbeat_interval, &mut self.heartbeat_interval_ms),
             (heartbeat_timeout, &mut self.heartbeat_timeout_ms),
+            (read_lease, &mut self.read_lease_ms),
             (repair_interval, &mut self.repair_interval_ms),
             (request_timeout, &mut self.request_timeout_ms),
         ];
@@ -704,6 +718,14 @@ impl Config {
             || self.heartbeat_timeout_ms <= self.heartbeat_interval_ms
         {
             bail!("heartbeat_timeout_ms must exceed heartbeat_interval_ms, both positive");
+        }
+        if self.read_lease_ms <= self.heartbeat_interval_ms {
+            bail!(
+                "read_lease_ms ({}) must exceed heartbeat_interval_ms ({}): a store node renews \
+                 its read lease with every heartbeat",
+                self.read_lease_ms,
+                self.heartbeat_interval_ms
+            );
         }
         if self.request_timeout_ms == 0 || self.repair_interval_ms == 0 {
             bail!("request_timeout_ms and repair_interval_ms must be positive");
@@ -858,6 +880,8 @@ mod tests {
         assert_eq!(config.retry_buffer_bytes, api.retry_buffer_bytes);
         assert_eq!(config.io_concurrency, store.io_concurrency);
         assert_eq!(config.heartbeat_timeout_ms, directory.heartbeat_timeout_ms);
+        assert_eq!(config.read_lease_ms, directory.read_lease_ms);
+        assert_eq!(config.read_lease_ms, api.read_lease_ms);
         assert_eq!(config.repair_interval_ms, directory.repair_interval_ms);
         assert_eq!(config.request_timeout_ms, store.request_timeout_ms);
         assert_eq!(config.request_timeout_ms, directory.request_timeout_ms);

@@ -82,6 +82,10 @@ enum Command {
         /// Write here instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Read straight from a store node holding the BLOB's volume (looked
+        /// up through the router), falling back to the router.
+        #[arg(long)]
+        direct: bool,
         #[command(flatten)]
         router: RouterArg,
     },
@@ -265,9 +269,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .put(&file, content_type.as_deref(), json)
                 .await
         }
-        Command::Get { id, output, router } => {
+        Command::Get {
+            id,
+            output,
+            direct,
+            router,
+        } => {
             client::RouterClient::new(&router.router)?
-                .get(&id, output.as_ref())
+                .get(&id, output.as_ref(), direct)
                 .await
         }
         Command::Rm { id, router } => client::RouterClient::new(&router.router)?.rm(&id).await,

@@ -356,6 +356,9 @@ pub async fn run_node(
         }
         _ => None,
     };
+    // A store node serves direct reads under the read lease its heartbeats
+    // renew.
+    let direct_reads = (role == Role::Store).then(haystack::service::DirectReads::default);
     // The role's server, driven here (not spawned), so that aborting this
     // future stops it.
     let mut serving: Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> = match role {
@@ -381,7 +384,13 @@ pub async fn run_node(
             if config.store.directory_url.is_none() {
                 bail!("[store] directory_url is required");
             }
-            Box::pin(run_store(config.clone(), data_dir, listener, token.clone()))
+            Box::pin(run_store(
+                config.clone(),
+                data_dir,
+                direct_reads.clone().unwrap_or_default(),
+                listener,
+                token.clone(),
+            ))
         }
         Role::F4Storage => {
             let data_dir = config
@@ -472,7 +481,7 @@ pub async fn run_node(
             stopped = &mut serving => stopped,
             // Heartbeats stop once the token is cancelled; the server then
             // finishes its in-flight requests.
-            () = registration.heartbeat_until(token) => serving.await,
+            () = registration.heartbeat_until(direct_reads, token) => serving.await,
         },
         None => serving.await,
     }
@@ -489,6 +498,7 @@ async fn run_directory(
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let mut directory = router::directory::DirectoryConfig::new(data_dir);
     directory.heartbeat_timeout_ms = config.heartbeat_timeout_ms;
+    directory.read_lease_ms = config.read_lease_ms;
     directory.repair_interval_ms = config.repair_interval_ms;
     directory.request_timeout_ms = config.request_timeout_ms;
     directory.allow_fewer_racks = config.allow_fewer_racks;
@@ -501,6 +511,7 @@ async fn run_directory(
 async fn run_store(
     config: Config,
     data_dir: PathBuf,
+    direct_reads: haystack::service::DirectReads,
     listener: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -511,7 +522,7 @@ async fn run_store(
     store.max_needle_bytes = config.max_blob_bytes;
     store.io_concurrency = config.io_concurrency;
     store.request_timeout_ms = config.request_timeout_ms;
-    haystack::service::run(store, listener, token)
+    haystack::service::run(store, direct_reads, listener, token)
         .await
         .with_context(|| format!("store node {}", config.store.id))
 }
@@ -620,6 +631,7 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.migration_rate_bytes = config.migration_rate_bytes;
     api.idle_lock_after_ms = config.idle_lock_after_ms;
     api.directory_cache_ttl_ms = config.directory_cache_ttl_ms;
+    api.read_lease_ms = config.read_lease_ms;
     api.rebuild_after_ms = config.rebuild_after_ms;
     api.max_rebuilds = config.max_rebuilds;
     api.rebuild_rate_bytes = config.rebuild_rate_bytes;
@@ -696,10 +708,15 @@ struct Registration {
 }
 
 impl Registration {
-    /// Heartbeats every `heartbeat_interval_ms` until `token` is cancelled.
+    /// Heartbeats every `heartbeat_interval_ms` until `token` is cancelled;
+    /// a store node's heartbeat renews its read lease into `direct_reads`.
     /// Failures are logged and retried; a directory that forgot the node
     /// (`404`) gets a fresh registration.
-    async fn heartbeat_until(self, token: CancellationToken) {
+    async fn heartbeat_until(
+        self,
+        direct_reads: Option<haystack::service::DirectReads>,
+        token: CancellationToken,
+    ) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -707,10 +724,22 @@ impl Registration {
                 () = token.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let result = match self.client.heartbeat(&self.node.id).await {
+            let beat = async {
+                match &direct_reads {
+                    Some(reads) => {
+                        // The lease counts from before the request left.
+                        let asked = std::time::Instant::now();
+                        let lease = self.client.read_lease(&self.node.id).await?;
+                        reads.grant(asked, &lease);
+                        Ok(())
+                    }
+                    None => self.client.heartbeat(&self.node.id).await.map(drop),
+                }
+            };
+            let result = match beat.await {
                 Err(error) if error.is_not_found() => {
                     tracing::warn!(node = %self.node.id, "directory forgot this node; registering");
-                    self.client.register(&self.node).await
+                    self.client.register(&self.node).await.map(drop)
                 }
                 other => other,
             };

@@ -1223,9 +1223,11 @@ async fn a_seal_reads_the_replica_that_holds_every_needle() -> anyhow::Result<()
             deleted: false,
         });
     }
-    wait_until("the idle volume locked", Duration::from_secs(30), || async {
-        Ok(volume(&client, &router, vid).await?["state"] == "locked")
-    })
+    wait_until(
+        "the idle volume locked",
+        Duration::from_secs(30),
+        || async { Ok(volume(&client, &router, vid).await?["state"] == "locked") },
+    )
     .await?;
     let (status, text) = force_migration(&client, &router, vid).await?;
     anyhow::ensure!(status == 200, "migrating volume {vid}: {status} {text}");
@@ -1236,7 +1238,9 @@ async fn a_seal_reads_the_replica_that_holds_every_needle() -> anyhow::Result<()
             .with_context(|| format!("{} after the migration", blob.id))?;
     }
     anyhow::ensure!(
-        cluster.log().contains("sealing from a replica that holds needles the first lacks"),
+        cluster
+            .log()
+            .contains("sealing from a replica that holds needles the first lacks"),
         "the seal did not say it chose another replica"
     );
     Ok(())

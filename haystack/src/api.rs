@@ -52,6 +52,9 @@ pub mod code {
     pub const NOT_EMPTY: &str = "not_empty";
     /// Any other server-side failure (500).
     pub const INTERNAL: &str = "internal";
+    /// The node holds no read lease for this volume: read through a
+    /// router (409).
+    pub const NO_READ_LEASE: &str = "no_read_lease";
 }
 
 /// Body of every error answer.
@@ -106,6 +109,22 @@ impl VolumeFile {
             _ => None,
         }
     }
+}
+
+/// Most volumes one read lease names; a node's volumes beyond these are
+/// simply not granted (their direct reads go through a router).
+pub const READ_LEASE_VOLUMES_MAX: usize = 65_536;
+
+/// What the directory grants a store node for direct reads
+/// (`POST /nodes/{id}/read-lease`): for `lease_ms`, counted from when the
+/// node asked, it may serve `GET /direct/...` of these volumes, its fresh
+/// replicas of hot volumes (`docs/ARCHITECTURE.md`, "Direct reads").
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadLease {
+    /// How long the grant holds.
+    pub lease_ms: u64,
+    /// The volumes it covers, at most [`READ_LEASE_VOLUMES_MAX`].
+    pub volumes: Vec<u32>,
 }
 
 /// Most entries of one page of `GET /volumes/{vid}/needles` or

@@ -433,6 +433,18 @@ impl StoreClient {
             .await
     }
 
+    /// `POST /volumes/{vid}/direct-reads/stop`: the node serves no direct
+    /// read of the volume until a read lease asked for later grants it.
+    pub async fn stop_direct_reads(&self, volume: u32) -> Result<(), ClientError> {
+        let request = self.request(
+            Method::POST,
+            &format!("/volumes/{volume}/direct-reads/stop"),
+            self.request_timeout(),
+        );
+        checked(request.send().await?).await?;
+        Ok(())
+    }
+
     /// `PUT /volumes/{vid}/needles/{key}?cookie=C`: appends a needle whose
     /// body is exactly `content_length` bytes. Returns once the replica has
     /// made it durable.

@@ -21,7 +21,9 @@ async fn node_with_needles(small: &Bytes, large: &Bytes) -> (String, Cancellatio
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = StoreNodeConfig::new(dir.path());
     config.max_needle_bytes = 1 << 20;
-    let state = StoreNodeState::open(config.clone()).await.expect("open");
+    let state = StoreNodeState::open(config.clone(), Default::default())
+        .await
+        .expect("open");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let cancel = CancellationToken::new();

@@ -32,7 +32,9 @@ impl Node {
         let mut config = StoreNodeConfig::new(dir.path());
         config.request_timeout_ms = 10_000;
         config.server.shutdown_grace_ms = 2_000;
-        let state = StoreNodeState::open(config.clone()).await.expect("open");
+        let state = StoreNodeState::open(config.clone(), Default::default())
+            .await
+            .expect("open");
         let served = node_common::serve(&state, config).await;
         let url = served.url.clone();
         let client = StoreClient::new(&url).expect("client");

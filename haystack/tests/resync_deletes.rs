@@ -54,7 +54,9 @@ impl StorageBackend for UnsyncedBackend {
 async fn node(dir: &Path) -> (StoreNodeState, node_common::Served) {
     let mut config = StoreNodeConfig::new(dir);
     config.request_timeout_ms = 60_000;
-    let state = StoreNodeState::open(config.clone()).await.expect("open");
+    let state = StoreNodeState::open(config.clone(), Default::default())
+        .await
+        .expect("open");
     let served = node_common::serve(&state, config).await;
     (state, served)
 }

@@ -52,7 +52,7 @@ impl Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         adjust(&mut config);
-        let state = StoreNodeState::open(config.clone())
+        let state = StoreNodeState::open(config.clone(), Default::default())
             .await
             .expect("open store");
         let served = node_common::serve(&state, config.clone()).await;
@@ -648,7 +648,12 @@ async fn run_serves_until_cancelled_and_times_out_slow_headers() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let cancel = CancellationToken::new();
-        let handle = tokio::spawn(service::run(config, listener, cancel.clone()));
+        let handle = tokio::spawn(service::run(
+            config,
+            Default::default(),
+            listener,
+            cancel.clone(),
+        ));
         let client = StoreClient::new(&addr).expect("client");
         let mut healthy = false;
         for _ in 0..100 {

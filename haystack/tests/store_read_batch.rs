@@ -42,7 +42,7 @@ impl Node {
         config.request_timeout_ms = 10_000;
         config.body_idle_timeout_ms = 500;
         config.server.shutdown_grace_ms = 2_000;
-        let state = StoreNodeState::open(config.clone())
+        let state = StoreNodeState::open(config.clone(), Default::default())
             .await
             .expect("open store");
         let served = node_common::serve(&state, config.clone()).await;

@@ -4,4 +4,5 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod direct;
 pub mod directory;

@@ -2,7 +2,9 @@
 //! at a fixed concurrency, against Hayloft's router or against SeaweedFS the
 //! way its users drive it.
 //!
-//! - Hayloft: `POST {url}/blobs`, then `GET {url}/blobs/{id}`.
+//! - Hayloft: `POST {url}/blobs`, then `GET {url}/blobs/{id}`; with
+//!   `--direct`, fetches as a smart client reads (`router::direct`): straight
+//!   from a store node holding the volume, looked up once through the router.
 //! - SeaweedFS: `GET {master}/dir/assign` plus a multipart `POST` of the file
 //!   to the assigned volume server (one upload = both requests, timed
 //!   together; `--fsync` adds `?fsync=true`), then `GET http://{volume}/{fid}`.
@@ -85,8 +87,13 @@ struct Args {
     /// Hayloft only, diagnostic: fetch straight from this store node
     /// (`GET {url}/volumes/{vid}/needles/{key}?cookie=C`) instead of through
     /// the router, to measure what the router hop costs.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "direct")]
     fetch_from_store: Option<String>,
+    /// Hayloft only: fetch as a smart client does (`router::direct`): look
+    /// each volume up once (`GET {url}/volumes/{vid}/locations`) and read
+    /// from a store node under its read lease, falling back to the router.
+    #[arg(long)]
+    direct: bool,
     /// A label copied into the report (e.g. `fsync` or `default`).
     #[arg(long, default_value = "")]
     label: String,
@@ -121,6 +128,9 @@ struct PhaseReport {
     /// CPU microseconds per request: the load generator's own, then each
     /// `--cpu-pid` in order.
     cpu_us_per_request: Vec<f64>,
+    /// With `--direct`: fetches a store node answered (the rest went
+    /// through the router).
+    direct_answers: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,6 +181,9 @@ struct Driver {
     replication: Option<String>,
     fsync: bool,
     fetch_from_store: Option<String>,
+    /// With `--direct`: the smart client's reads, and how many a node answered.
+    direct: Option<router::direct::DirectReader>,
+    direct_answers: AtomicUsize,
     http: reqwest::Client,
     /// Every upload's bytes, without `--mix`.
     payload: Option<&'static [u8]>,
@@ -284,7 +297,19 @@ impl Driver {
     }
 
     async fn fetch(&self, stored: &Stored) -> anyhow::Result<()> {
-        let response = self.http.get(&stored.url).send().await?;
+        let response = match &self.direct {
+            Some(reader) => {
+                let id = stored.url.rsplit('/').next().unwrap_or_default();
+                let id = router::api::BlobId::parse(id)
+                    .with_context(|| format!("no BLOB id in {}", stored.url))?;
+                let (response, answered) = reader.get(&id).await?;
+                if answered != router::direct::Answered::Router {
+                    self.direct_answers.fetch_add(1, Ordering::Relaxed);
+                }
+                response
+            }
+            None => self.http.get(&stored.url).send().await?,
+        };
         let status = response.status();
         if status.as_u16() != 200 {
             bail!("fetch answered {status}");
@@ -412,6 +437,7 @@ fn report(
         p99_ms: at(0.99),
         max_ms: latencies.last().copied().map(ms).unwrap_or(0.0),
         cpu_us_per_request,
+        direct_answers: 0,
     }
 }
 
@@ -426,13 +452,22 @@ async fn main() -> anyhow::Result<()> {
         &*Vec::leak(payload)
     });
     let mix = args.mix.as_deref().map(SizeMix::parse).transpose()?;
+    anyhow::ensure!(
+        !args.direct || args.target == Target::Hayloft,
+        "--direct reads Hayloft's store nodes"
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .timeout(Duration::from_secs(60))
         .build()?;
+    let base = args.url.trim_end_matches('/').to_owned();
     let driver = Arc::new(Driver {
         target: args.target,
-        base: args.url.trim_end_matches('/').to_owned(),
+        direct: args
+            .direct
+            .then(|| router::direct::DirectReader::new(http.clone(), &base)),
+        direct_answers: AtomicUsize::new(0),
+        base,
         replication: args.replication.clone(),
         fsync: args.fsync,
         fetch_from_store: args
@@ -556,6 +591,7 @@ async fn fetch_phase(
         return report(&mut [], 0, Duration::ZERO, Vec::new());
     }
     let fetch_cpu = cpu_seconds(cpu_pids);
+    let direct_before = driver.direct_answers.load(Ordering::Relaxed);
     let (fetcher, fetch_stored) = (driver.clone(), stored.clone());
     let (fetched, fetch_errors, fetch_wall) = run_phase(count, concurrency, move |i| {
         let (fetcher, stored) = (fetcher.clone(), fetch_stored.clone());
@@ -565,5 +601,8 @@ async fn fetch_phase(
     .await;
     let fetch_cpu = cpu_per_request(&fetch_cpu, &cpu_seconds(cpu_pids), fetched.len());
     let mut fetch_latencies: Vec<Duration> = fetched.iter().map(|(d, _)| *d).collect();
-    report(&mut fetch_latencies, fetch_errors, fetch_wall, fetch_cpu)
+    PhaseReport {
+        direct_answers: driver.direct_answers.load(Ordering::Relaxed) - direct_before,
+        ..report(&mut fetch_latencies, fetch_errors, fetch_wall, fetch_cpu)
+    }
 }

@@ -53,6 +53,14 @@ pub fn router(state: StoreNodeState) -> Router {
                 .delete(inventory::remove_empty_volume),
         )
         .route("/volumes/{vid}/lock", post(lock_volume))
+        .route(
+            "/volumes/{vid}/direct-reads/stop",
+            post(super::direct::stop_direct_reads),
+        )
+        .route(
+            "/direct/volumes/{vid}/needles/{key}",
+            get(super::direct::direct_read),
+        )
         .route("/volumes/{vid}/retire", post(inventory::retire_volume))
         .route(
             "/volumes/{vid}/needles/{key}",
@@ -101,11 +109,11 @@ impl StoreNodeState {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CookieQuery {
-    cookie: String,
+pub(super) struct CookieQuery {
+    pub(super) cookie: String,
 }
 
-type NeedlePath = Result<Path<(String, String)>, PathRejection>;
+pub(super) type NeedlePath = Result<Path<(String, String)>, PathRejection>;
 type NeedleQuery = Result<Query<CookieQuery>, QueryRejection>;
 
 /// Parses `{vid}`, `{key}` and `?cookie=`.
@@ -122,7 +130,7 @@ fn needle_id(path: NeedlePath, query: NeedleQuery) -> Result<(u32, u64, u32), Ap
 /// (`cookie=` and eight lowercase hex digits, what every client sends) is
 /// read straight from the URI, and anything else goes through the general
 /// extractor, so both accept and refuse exactly the same requests.
-fn read_needle_id(
+pub(super) fn read_needle_id(
     path: NeedlePath,
     uri: &Uri,
     query: impl FnOnce() -> NeedleQuery,
@@ -325,7 +333,17 @@ async fn read_needle(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (volume, key, cookie) = read_needle_id(path, &uri, || Query::try_from_uri(&uri))?;
-    let needle = read_needle_inline_first(&state, volume, key, cookie).await?;
+    read_needle_answer(&state, volume, key, cookie).await
+}
+
+/// The answer to a `GET` of a needle: its verified data and headers.
+pub(super) async fn read_needle_answer(
+    state: &StoreNodeState,
+    volume: u32,
+    key: u64,
+    cookie: u32,
+) -> Result<Response, ApiError> {
+    let needle = read_needle_inline_first(state, volume, key, cookie).await?;
     // `needle.crc32` is the CRC-32 of the data alone (what the API sends),
     // computed by the engine while it verified the stored checksum.
     let headers = needle_headers(&needle.content_type, needle.crc32);

@@ -17,6 +17,7 @@
 //! with [`StoreNodeConfig::request_timeout_ms`].
 
 mod batch;
+mod direct;
 mod error;
 mod handlers;
 mod inventory;
@@ -36,6 +37,7 @@ use crate::http::ServerLimits;
 use crate::store::Store;
 use crate::volume::VolumeOptions;
 
+pub use direct::DirectReads;
 pub use handlers::router;
 
 /// Largest needle (on disk) that a read tries from the page cache on the async task,
@@ -201,6 +203,8 @@ struct StateInner {
     sync_lock: Mutex<()>,
     /// Client used to pull volumes from peers during bulk sync.
     peer_http: reqwest::Client,
+    /// What this node may serve to clients reading it directly.
+    direct_reads: DirectReads,
 }
 
 impl std::fmt::Debug for StoreNodeState {
@@ -212,8 +216,18 @@ impl std::fmt::Debug for StoreNodeState {
 }
 
 impl StoreNodeState {
-    /// State over an already opened store.
+    /// State over an already opened store, granted no direct reads.
     pub fn new(store: Arc<Store>, config: StoreNodeConfig) -> Result<StoreNodeState, ServiceError> {
+        StoreNodeState::leased(store, config, DirectReads::default())
+    }
+
+    /// [`StoreNodeState::new`] whose direct reads follow `direct_reads`
+    /// (renewed by the node's heartbeat loop).
+    pub fn leased(
+        store: Arc<Store>,
+        config: StoreNodeConfig,
+        direct_reads: DirectReads,
+    ) -> Result<StoreNodeState, ServiceError> {
         config.validate()?;
         let peer_options = StoreClientOptions {
             connect_timeout_ms: config.request_timeout_ms.min(10_000),
@@ -233,13 +247,17 @@ impl StoreNodeState {
                 sync_lock: Mutex::new(()),
                 peer_http,
                 config,
+                direct_reads,
             }),
         })
     }
 
     /// Opens the store in `config.data_dir` (on the blocking pool) and
-    /// builds the state over it.
-    pub async fn open(config: StoreNodeConfig) -> Result<StoreNodeState, ServiceError> {
+    /// builds the state over it, with `direct_reads`.
+    pub async fn open(
+        config: StoreNodeConfig,
+        direct_reads: DirectReads,
+    ) -> Result<StoreNodeState, ServiceError> {
         config.validate()?;
         let dir = config.data_dir.clone();
         let options = VolumeOptions {
@@ -251,7 +269,7 @@ impl StoreNodeState {
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("store open task: {e}")))??;
-        StoreNodeState::new(Arc::new(store), config)
+        StoreNodeState::leased(Arc::new(store), config, direct_reads)
     }
 
     /// The store behind the service.
@@ -262,6 +280,11 @@ impl StoreNodeState {
     /// The configuration the node runs with.
     pub fn config(&self) -> &StoreNodeConfig {
         &self.inner.config
+    }
+
+    /// The node's read lease: what its heartbeat loop renews.
+    pub fn direct_reads(&self) -> &DirectReads {
+        &self.inner.direct_reads
     }
 }
 
@@ -279,13 +302,15 @@ pub async fn serve(
 
 /// Runs a store node: opens the store in `config.data_dir`, then serves the
 /// HTTP API on `listener` until `cancel` fires, and returns once in-flight
-/// requests have finished (or the shutdown grace period ran out).
+/// requests have finished (or the shutdown grace period ran out). Direct
+/// reads follow `direct_reads` (none without a lease).
 pub async fn run(
     config: StoreNodeConfig,
+    direct_reads: DirectReads,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let state = StoreNodeState::open(config.clone()).await?;
+    let state = StoreNodeState::open(config.clone(), direct_reads).await?;
     tracing::info!(
         address = ?listener.local_addr().ok(),
         data_dir = %config.data_dir.display(),

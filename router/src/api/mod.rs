@@ -21,6 +21,7 @@ pub mod range;
 mod admin;
 pub mod coordinate;
 pub mod geo;
+pub mod locations;
 mod metrics;
 pub mod migrate;
 mod ownership;
@@ -117,6 +118,7 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         .route("/admin/volumes/{id}/migrate", post(migrate::migrate_volume))
         .route("/admin/migrations", get(migrate::migrations))
         .route("/blobs", post(upload::post_blob))
+        .route("/volumes/{id}/locations", get(locations::volume_locations))
         .route(
             "/blobs/{*id}",
             get(read::get_blob).delete(read::delete_blob),

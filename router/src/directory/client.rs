@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use haystack::api::ReadLease;
+
 use super::types::{
     ClaimRequest, CompanionRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage,
     DamagedRequest, DroppedPage, EndRequest, ErrorBody, GenerationRequest, KeyLease, LeaseRequest,
@@ -139,6 +141,14 @@ impl DirectoryClient {
     pub async fn heartbeat(&self, id: &str) -> Result<NodeRecord, DirectoryClientError> {
         check_node_id(id)?;
         let url = self.url(&format!("/nodes/{id}/heartbeat"));
+        self.send(self.http.post(url)).await
+    }
+
+    /// `POST /nodes/{id}/read-lease`: a heartbeat that renews a store
+    /// node's read lease.
+    pub async fn read_lease(&self, id: &str) -> Result<ReadLease, DirectoryClientError> {
+        check_node_id(id)?;
+        let url = self.url(&format!("/nodes/{id}/read-lease"));
         self.send(self.http.post(url)).await
     }
 

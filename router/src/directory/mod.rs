@@ -16,6 +16,7 @@ pub mod client;
 #[doc(hidden)]
 pub mod conformance;
 mod error;
+mod read_lease;
 pub mod redb_backend;
 mod repair;
 pub mod service;

@@ -22,8 +22,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use haystack::api::ReadLease;
 use haystack::http::ServerLimits;
 
+use super::read_lease::ReadLeases;
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
@@ -33,7 +35,7 @@ use super::types::{
     RebuildClaimRequest, RebuildPage, RebuildQuery, RebuiltBlockRequest, RenewRequest,
     ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest,
 };
-use super::{Directory, DirectoryError, LogicalVolume, RedbDirectory, now_ms};
+use super::{Directory, DirectoryError, LogicalVolume, NodeRole, RedbDirectory, now_ms};
 
 /// Configuration of the directory role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,11 +68,19 @@ pub struct DirectoryConfig {
     /// stripe (then each volume records how many lost racks it tolerates).
     #[serde(default)]
     pub allow_fewer_racks: bool,
+    /// How long a store node's read lease holds (direct reads), counted
+    /// from when it asked; it renews it with every heartbeat.
+    #[serde(default = "default_read_lease_ms")]
+    pub read_lease_ms: u64,
 }
 
 /// Default of [`DirectoryConfig::heartbeat_timeout_ms`]: 10 s.
 pub fn default_heartbeat_timeout_ms() -> u64 {
     10_000
+}
+/// Default of [`DirectoryConfig::read_lease_ms`]: 3 s, three heartbeats.
+pub fn default_read_lease_ms() -> u64 {
+    3_000
 }
 /// Default of [`DirectoryConfig::repair_interval_ms`]: 2 s.
 pub fn default_repair_interval_ms() -> u64 {
@@ -106,6 +116,7 @@ impl DirectoryConfig {
             max_body_bytes: default_max_body_bytes(),
             server: ServerLimits::default(),
             allow_fewer_racks: false,
+            read_lease_ms: default_read_lease_ms(),
         }
     }
 
@@ -118,6 +129,7 @@ impl DirectoryConfig {
             ("store_request_timeout_ms", self.store_request_timeout_ms),
             ("sync_timeout_ms", self.sync_timeout_ms),
             ("max_body_bytes", self.max_body_bytes as u64),
+            ("read_lease_ms", self.read_lease_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(DirectoryError::InvalidConfig(format!(
@@ -139,6 +151,7 @@ struct AppState {
     permits: Arc<Semaphore>,
     stores: StoreCalls,
     allow_fewer_racks: bool,
+    read_leases: Arc<ReadLeases>,
 }
 
 impl AppState {
@@ -235,6 +248,30 @@ async fn heartbeat(
     let now = now_ms();
     let record = state.blocking(move |d| d.heartbeat(&id, now)).await?;
     Ok(axum::Json(record).into_response())
+}
+
+/// `POST /nodes/{id}/read-lease`: a heartbeat that also renews a store
+/// node's read lease: `200 ReadLease` (no volumes for other roles).
+async fn read_lease(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, DirectoryError> {
+    let now = now_ms();
+    let node = id.clone();
+    let record = state.blocking(move |d| d.heartbeat(&node, now)).await?;
+    if record.role != NodeRole::Store {
+        return Ok(axum::Json(ReadLease {
+            lease_ms: 0,
+            volumes: Vec::new(),
+        })
+        .into_response());
+    }
+    state.read_leases.granting(&id, now);
+    let leases = Arc::clone(&state.read_leases);
+    let lease = state
+        .blocking(move |d| Ok(leases.lease(&id, &d.list_volumes()?)))
+        .await?;
+    Ok(axum::Json(lease).into_response())
 }
 
 async fn list_nodes(State(state): State<AppState>) -> Result<Response, DirectoryError> {
@@ -395,6 +432,11 @@ async fn mark_replica_stale(
         .await?;
     tracing::warn!(volume = vid, replica = %node, missed_delete, reason = %request.reason,
         "replica reported stale");
+    // The delete is acknowledged after this answer: no lease granted
+    // before the mark may still let a client read the BLOB there.
+    if missed_delete {
+        state.read_leases.wait_out(&node).await;
+    }
     Ok(axum::Json(volume).into_response())
 }
 
@@ -811,6 +853,7 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
         .route("/health", get(health))
         .route("/nodes", post(register_node).get(list_nodes))
         .route("/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/nodes/{id}/read-lease", post(read_lease))
         .route("/volumes", post(allocate_volume).get(list_volumes))
         .route("/volumes/{vid}", get(get_volume))
         .route("/volumes/{vid}/state", post(set_volume_state))
@@ -898,6 +941,7 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(MAX_BLOCKING_OPERATIONS)),
         stores: stores.clone(),
         allow_fewer_racks: config.allow_fewer_racks,
+        read_leases: Arc::new(ReadLeases::new(config.read_lease_ms)),
     };
     let loops_cancel = cancel.child_token();
     let mut loops = JoinSet::new();

@@ -97,6 +97,7 @@ where
         (spec.store_config)(&mut config);
         tokio::spawn(haystack::service::run(
             config,
+            Default::default(),
             listener,
             node_cancel.clone(),
         ));

@@ -35,7 +35,7 @@ pub async fn start_store(root: &Path, id: &str, rack: &str) -> TestStore {
     let cancel = CancellationToken::new();
     let token = cancel.clone();
     let task = tokio::spawn(async move {
-        haystack::service::run(config, listener, token)
+        haystack::service::run(config, Default::default(), listener, token)
             .await
             .expect("store node runs");
     });
