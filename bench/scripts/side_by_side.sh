@@ -8,13 +8,19 @@
 # two other racks = three replicas in three racks, as Hayloft keeps). It is
 # measured twice: at equal durability (every upload `?fsync=true`) and with
 # its default (no fsync). Its upload is assign + multipart POST, as its users
-# do it.
+# do it. Hayloft's fetches are measured through the router and, in a run of
+# their own (`hayloft-direct`), as a smart client reads (`loadgen --direct`:
+# straight from a store node). After each size, wrk fetches one BLOB of each
+# for WRK_SECONDS: through Hayloft's router, from its store node directly,
+# and from SeaweedFS's volume server (an independent check of the load
+# generator; wrk is installed with apt where missing).
 #
 # Usage: bench/scripts/side_by_side.sh            (from the repository root)
 # Environment (all optional):
 #   ROUNDS=3 CONCURRENCY=16 SIZES="1KiB 64KiB 1MiB"
 #   REQUESTS=<n> (per run; default 10000 for 1 KiB, 5000 for 64 KiB, 1000 for 1 MiB)
 #   FETCH_PASSES=5  (fetches per uploaded BLOB: fetch phases long enough to time)
+#   WRK_SECONDS=5   (0: no wrk check)
 #   SWFS_VENV=/tmp/swfs-venv SWFS_VERSION=4.48   (installed there if missing)
 #   WORK=<temp dir>  HAYLOFT_PORT=18080  SWFS_MASTER_PORT=19333  SWFS_VOLUME_PORT=18180
 #   KEEP_DATA=1      keep both systems' data under $WORK (a full run writes ~20 GiB;
@@ -26,6 +32,7 @@ cd "$(dirname "$0")/../.."
 
 REQUESTS="${REQUESTS:-}"
 FETCH_PASSES="${FETCH_PASSES:-5}"
+WRK_SECONDS="${WRK_SECONDS:-5}"
 ROUNDS="${ROUNDS:-3}"
 CONCURRENCY="${CONCURRENCY:-16}"
 SIZES="${SIZES:-1KiB 64KiB 1MiB}"
@@ -50,6 +57,7 @@ cleanup() {
 on_exit cleanup
 
 build_release
+install_wrk
 
 # --- Hayloft ---------------------------------------------------------------
 "$HAYLOFT" up --data "$WORK/hayloft" --listen "$IP:$HAYLOFT_PORT" >"$WORK/hayloft.log" 2>&1 &
@@ -96,21 +104,49 @@ run() { # label target url size extra...
   sync
   "$LOADGEN" --target "$target" --url "$url" --size "$size" \
     --concurrency "$CONCURRENCY" --requests "$(requests_for "$size")" \
-    --fetch-passes "$FETCH_PASSES" --label "$label" "$@" \
+    --fetch-passes "$FETCH_PASSES" --label "$label" \
+    --save-urls "$WORK/urls-$label-$size" "$@" \
     >>"$RESULTS"
+}
+# The direct URL of a Hayloft BLOB URL (`.../blobs/ID`), from the router's
+# volume lookup, as `router::direct` picks it.
+direct_url() { # router blob-url
+  python3 - "$1" "$2" <<'PY'
+import json, sys, urllib.request
+router, url = sys.argv[1], sys.argv[2]
+vid, rest = url.rsplit("/", 1)[1].split(",")
+key, cookie = int(rest[:-8], 16), rest[-8:]
+places = json.load(urllib.request.urlopen(f"{router}/volumes/{vid}/locations"))["locations"]
+node = places[key % len(places)]["url"]
+print(f"{node}/direct/volumes/{vid}/needles/{key:x}?cookie={cookie}")
+PY
+}
+wrk_round() { # size
+  [ "$WRK_SECONDS" -gt 0 ] || return 0
+  local size=$1 hl sw
+  hl=$(head -1 "$WORK/urls-hayloft-$size")
+  sw=$(head -1 "$WORK/urls-seaweedfs-fsync-$size")
+  wrk_json hayloft "$hl" "$CONCURRENCY" "${WRK_SECONDS}s" "$size" >>"$RESULTS"
+  wrk_json hayloft-direct "$(direct_url "http://$IP:$HAYLOFT_PORT" "$hl")" \
+    "$CONCURRENCY" "${WRK_SECONDS}s" "$size" >>"$RESULTS"
+  wrk_json seaweedfs "$sw" "$CONCURRENCY" "${WRK_SECONDS}s" "$size" >>"$RESULTS"
 }
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   for size in $SIZES; do
     run hayloft hayloft "http://$IP:$HAYLOFT_PORT" "$size" "${HAYLOFT_CPU[@]}"
+    run hayloft-direct hayloft "http://$IP:$HAYLOFT_PORT" "$size" --direct "${HAYLOFT_CPU[@]}"
     run seaweedfs-fsync seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" --fsync "${SWFS_CPU[@]}"
     run seaweedfs-default seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" "${SWFS_CPU[@]}"
+    wrk_round "$size"
   done
 done
 
-python3 - "$RESULTS" <<'PY'
+python3 - "$RESULTS" "$CONCURRENCY" <<'PY'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+wrk = [r for r in rows if "wrk" in r]
+rows = [r for r in rows if "wrk" not in r]
 runs = {}
 for r in rows:
     runs.setdefault((r["label"], r["size_bytes"]), []).append(r)
@@ -142,5 +178,33 @@ for size in sizes:
             b = med(other, size, op, "requests_per_second")
             return f"{a / b:.2f}x" if a and b else "-"
         print(f"| {human(size)} | {op} | {cell('hayloft')} | {cell('seaweedfs-fsync')} | {cell('seaweedfs-default')} | {ratio('seaweedfs-fsync')} | {ratio('seaweedfs-default')} |")
+        if op == "fetch" and (("hayloft-direct", size) in runs):
+            direct = med("hayloft-direct", size, "fetch", "requests_per_second")
+            answered = sum(r["fetch"].get("direct_answers", 0) for r in runs[("hayloft-direct", size)])
+            total = sum(r["fetch"]["requests"] for r in runs[("hayloft-direct", size)])
+            def over(other):
+                b = med(other, size, "fetch", "requests_per_second")
+                return f"{direct / b:.2f}x" if direct and b else "-"
+            print(f"| {human(size)} | fetch, `--direct` ({answered:,} of {total:,} from a node) | {cell('hayloft-direct')} | | | {over('seaweedfs-fsync')} | {over('seaweedfs-default')} |")
+if wrk:
+    print()
+    print("wrk -t2 -c%d, one BLOB each, medians over rounds; req/s (p50 / p99 ms):" % int(sys.argv[2]))
+    print()
+    print("| size | Hayloft, router | Hayloft, direct | SeaweedFS | router / SeaweedFS | direct / SeaweedFS |")
+    print("|---|---|---|---|---|---|")
+    def parse(text):
+        n, unit = int(text[:-3]), text[-3:]
+        return n * (1048576 if unit == "MiB" else 1024)
+    for size in sorted({parse(r["size"]) for r in wrk}):
+        def w(label, key="requests_per_second"):
+            values = [r[key] for r in wrk if r["wrk"] == label and parse(r["size"]) == size]
+            return statistics.median(values) if values else None
+        def cell(label):
+            rps = w(label)
+            return "-" if rps is None else f"{rps:,.0f} ({w(label, 'p50_ms'):.2f} / {w(label, 'p99_ms'):.2f})"
+        def ratio(label):
+            a, b = w(label), w("seaweedfs")
+            return f"{a / b:.2f}x" if a and b else "-"
+        print(f"| {human(size)} | {cell('hayloft')} | {cell('hayloft-direct')} | {cell('seaweedfs')} | {ratio('hayloft')} | {ratio('hayloft-direct')} |")
 PY
 echo "raw results: $RESULTS" >&2
