@@ -719,12 +719,15 @@ impl Config {
         {
             bail!("heartbeat_timeout_ms must exceed heartbeat_interval_ms, both positive");
         }
-        if self.read_lease_ms <= self.heartbeat_interval_ms {
+        if self.read_lease_ms <= self.heartbeat_interval_ms
+            || self.read_lease_ms > router::directory::READ_LEASE_MS_MAX
+        {
             bail!(
-                "read_lease_ms ({}) must exceed heartbeat_interval_ms ({}): a store node renews \
-                 its read lease with every heartbeat",
+                "read_lease_ms ({}) must exceed heartbeat_interval_ms ({}), as a store node \
+                 renews its read lease with every heartbeat, and be at most {}",
                 self.read_lease_ms,
-                self.heartbeat_interval_ms
+                self.heartbeat_interval_ms,
+                router::directory::READ_LEASE_MS_MAX
             );
         }
         if self.request_timeout_ms == 0 || self.repair_interval_ms == 0 {
@@ -881,7 +884,6 @@ mod tests {
         assert_eq!(config.io_concurrency, store.io_concurrency);
         assert_eq!(config.heartbeat_timeout_ms, directory.heartbeat_timeout_ms);
         assert_eq!(config.read_lease_ms, directory.read_lease_ms);
-        assert_eq!(config.read_lease_ms, api.read_lease_ms);
         assert_eq!(config.repair_interval_ms, directory.repair_interval_ms);
         assert_eq!(config.request_timeout_ms, store.request_timeout_ms);
         assert_eq!(config.request_timeout_ms, directory.request_timeout_ms);

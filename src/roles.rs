@@ -631,7 +631,6 @@ fn router_config(config: &Config, directory_url: String) -> router::api::RouterC
     api.migration_rate_bytes = config.migration_rate_bytes;
     api.idle_lock_after_ms = config.idle_lock_after_ms;
     api.directory_cache_ttl_ms = config.directory_cache_ttl_ms;
-    api.read_lease_ms = config.read_lease_ms;
     api.rebuild_after_ms = config.rebuild_after_ms;
     api.max_rebuilds = config.max_rebuilds;
     api.rebuild_rate_bytes = config.rebuild_rate_bytes;

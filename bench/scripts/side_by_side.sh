@@ -9,8 +9,9 @@
 # measured twice: at equal durability (every upload `?fsync=true`) and with
 # its default (no fsync). Its upload is assign + multipart POST, as its users
 # do it. Hayloft's fetches are measured through the router and, in a run of
-# their own (`hayloft-direct`), as a smart client reads (`loadgen --direct`:
-# straight from a store node). After each size, wrk fetches one BLOB of each
+# their own (`hayloft-direct`, fetches only, of the BLOBs of the run before),
+# as a smart client reads (`loadgen --direct`: straight from a store node).
+# After each size, wrk fetches one BLOB of each
 # for WRK_SECONDS: through Hayloft's router, from its store node directly,
 # and from SeaweedFS's volume server (an independent check of the load
 # generator; wrk is installed with apt where missing).
@@ -102,10 +103,16 @@ run() { # label target url size extra...
   # writeback of them would load whichever run comes next (always
   # Hayloft's): every run starts with nothing left to flush.
   sync
+  local requests saved=()
+  requests=$(requests_for "$size")
+  # A fetch-only run (`--fetch-urls`) makes the whole fetch phase itself.
+  case " $* " in
+    *" --fetch-urls "*) requests=$((requests * FETCH_PASSES)) ;;
+    *) saved=(--save-urls "$WORK/urls-$label-$size") ;;
+  esac
   "$LOADGEN" --target "$target" --url "$url" --size "$size" \
-    --concurrency "$CONCURRENCY" --requests "$(requests_for "$size")" \
-    --fetch-passes "$FETCH_PASSES" --label "$label" \
-    --save-urls "$WORK/urls-$label-$size" "$@" \
+    --concurrency "$CONCURRENCY" --requests "$requests" \
+    --fetch-passes "$FETCH_PASSES" --label "$label" "${saved[@]}" "$@" \
     >>"$RESULTS"
 }
 # The direct URL of a Hayloft BLOB URL (`.../blobs/ID`), from the router's
@@ -117,6 +124,8 @@ router, url = sys.argv[1], sys.argv[2]
 vid, rest = url.rsplit("/", 1)[1].split(",")
 key, cookie = int(rest[:-8], 16), rest[-8:]
 places = json.load(urllib.request.urlopen(f"{router}/volumes/{vid}/locations"))["locations"]
+if not places:
+    sys.exit(f"volume {vid} has no location to read from directly")
 node = places[key % len(places)]["url"]
 print(f"{node}/direct/volumes/{vid}/needles/{key:x}?cookie={cookie}")
 PY
@@ -127,15 +136,18 @@ wrk_round() { # size
   hl=$(head -1 "$WORK/urls-hayloft-$size")
   sw=$(head -1 "$WORK/urls-seaweedfs-fsync-$size")
   wrk_json hayloft "$hl" "$CONCURRENCY" "${WRK_SECONDS}s" "$size" >>"$RESULTS"
-  wrk_json hayloft-direct "$(direct_url "http://$IP:$HAYLOFT_PORT" "$hl")" \
-    "$CONCURRENCY" "${WRK_SECONDS}s" "$size" >>"$RESULTS"
+  local direct
+  if direct=$(direct_url "http://$IP:$HAYLOFT_PORT" "$hl"); then
+    wrk_json hayloft-direct "$direct" "$CONCURRENCY" "${WRK_SECONDS}s" "$size" >>"$RESULTS"
+  fi
   wrk_json seaweedfs "$sw" "$CONCURRENCY" "${WRK_SECONDS}s" "$size" >>"$RESULTS"
 }
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   for size in $SIZES; do
     run hayloft hayloft "http://$IP:$HAYLOFT_PORT" "$size" "${HAYLOFT_CPU[@]}"
-    run hayloft-direct hayloft "http://$IP:$HAYLOFT_PORT" "$size" --direct "${HAYLOFT_CPU[@]}"
+    run hayloft-direct hayloft "http://$IP:$HAYLOFT_PORT" "$size" --direct \
+      --fetch-urls "$WORK/urls-hayloft-$size" "${HAYLOFT_CPU[@]}"
     run seaweedfs-fsync seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" --fsync "${SWFS_CPU[@]}"
     run seaweedfs-default seaweedfs "http://$IP:$SWFS_MASTER_PORT" "$size" "${SWFS_CPU[@]}"
     wrk_round "$size"
@@ -201,7 +213,12 @@ if wrk:
             return statistics.median(values) if values else None
         def cell(label):
             rps = w(label)
-            return "-" if rps is None else f"{rps:,.0f} ({w(label, 'p50_ms'):.2f} / {w(label, 'p99_ms'):.2f})"
+            if rps is None:
+                return "-"
+            # wrk counts error answers as requests: say so.
+            bad = sum(r["non_2xx"] for r in wrk if r["wrk"] == label and parse(r["size"]) == size)
+            err = f", {bad:,} non-2xx" if bad else ""
+            return f"{rps:,.0f} ({w(label, 'p50_ms'):.2f} / {w(label, 'p99_ms'):.2f}){err}"
         def ratio(label):
             a, b = w(label), w("seaweedfs")
             return f"{a / b:.2f}x" if a and b else "-"

@@ -111,6 +111,11 @@ impl VolumeFile {
     }
 }
 
+/// Longest read lease, in ms: a store node holds a longer one this long.
+/// The directory waits up to this long inside a call (a missed delete's
+/// report, a seal's start), within the 5 s its clients give a call.
+pub const READ_LEASE_MS_MAX: u64 = 3_000;
+
 /// Most volumes one read lease names; a node's volumes beyond these are
 /// simply not granted (their direct reads go through a router).
 pub const READ_LEASE_VOLUMES_MAX: usize = 65_536;
@@ -305,6 +310,18 @@ pub fn format_key(key: u64) -> String {
 pub fn format_cookie(cookie: u32) -> String {
     format!("{cookie:08x}")
 }
+
+/// A needle's path on a store node: `/volumes/{vid}/needles/{key}?cookie=C`.
+pub fn needle_path(volume: u32, key: u64, cookie: u32) -> String {
+    format!(
+        "/volumes/{volume}/needles/{}?cookie={}",
+        format_key(key),
+        format_cookie(cookie)
+    )
+}
+
+/// What a direct read puts before [`needle_path`] (`GET /direct/volumes/...`).
+pub const DIRECT_READ_PREFIX: &str = "/direct";
 
 /// Parses a volume id: decimal `u32`, digits only, at most 10 of them.
 pub fn parse_volume_id(text: &str) -> Option<u32> {

@@ -26,8 +26,7 @@ pub use reader::{
 
 use crate::api::VolumeStatus;
 use crate::api::{
-    AppendResult, CRC32_HEADER, ERROR_HEADER, ErrorBody, HealthBody, VolumeFile, code,
-    format_cookie, format_key,
+    AppendResult, CRC32_HEADER, ERROR_HEADER, ErrorBody, HealthBody, VolumeFile, code, needle_path,
 };
 
 /// Largest error or JSON body the client reads into memory.
@@ -662,14 +661,6 @@ async fn append(
         .body(body);
     let response = checked(request.send().await?).await?;
     read_json(response).await
-}
-
-fn needle_path(volume: u32, key: u64, cookie: u32) -> String {
-    format!(
-        "/volumes/{volume}/needles/{}?cookie={}",
-        format_key(key),
-        format_cookie(cookie)
-    )
 }
 
 fn normalize_base_url(base_url: &str) -> Result<String, ClientError> {

@@ -2,9 +2,10 @@
 //! reads"), as Haystack and SeaweedFS clients read: look a volume up once
 //! (`GET {router}/volumes/{id}/locations`), keep the answer, and read BLOBs
 //! straight from a store node that holds the volume. Any answer but `200`
-//! from the node (no read lease there any more, the volume moved, the
-//! replica lacks the needle), or no answer, drops the volume's entry, and
-//! the read goes through the router, whose answer stands.
+//! from the node, or none, sends the read through the router, whose answer
+//! stands; a refusal (`409`: no read lease there any more), a missing
+//! volume or no answer also drops the volume's entry (a `404` of a BLOB, a
+//! deleted one most often, does not).
 //!
 //! `hayloft get --direct` and the load generator's `--direct` share this.
 
@@ -13,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use haystack::api::{DIRECT_READ_PREFIX, ERROR_HEADER, needle_path};
 
 use crate::api::BlobId;
 use crate::api::locations::{Location, Locations};
@@ -61,8 +64,9 @@ impl DirectReader {
         // Spread a volume's reads over its replicas.
         if let Some(location) = locations.get((id.key % locations.len().max(1) as u64) as usize) {
             let url = format!(
-                "{}/direct/volumes/{}/needles/{:x}?cookie={:08x}",
-                location.url, id.volume, id.key, id.cookie
+                "{}{DIRECT_READ_PREFIX}{}",
+                location.url,
+                needle_path(id.volume, id.key, id.cookie)
             );
             match self.http.get(url).send().await {
                 Ok(response) if response.status() == reqwest::StatusCode::OK => {
@@ -70,8 +74,15 @@ impl DirectReader {
                 }
                 Ok(response) => {
                     tracing::debug!(volume = id.volume, node = %location.node,
-                        status = %response.status(), "direct read refused; asking the router");
-                    self.forget(id.volume);
+                        status = %response.status(), "not read directly; asking the router");
+                    let missing_blob = response.status() == reqwest::StatusCode::NOT_FOUND
+                        && response
+                            .headers()
+                            .get(ERROR_HEADER)
+                            .is_some_and(|code| code == haystack::api::code::NOT_FOUND);
+                    if !missing_blob {
+                        self.forget(id.volume);
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(volume = id.volume, node = %location.node, %error,

@@ -24,7 +24,11 @@ use super::StoreNodeState;
 use super::error::ApiError;
 use super::handlers::{NeedlePath, read_needle_answer, read_needle_id};
 use super::params::volume_id;
-use crate::api::{READ_LEASE_VOLUMES_MAX, ReadLease, code};
+use crate::api::{READ_LEASE_MS_MAX, READ_LEASE_VOLUMES_MAX, ReadLease, code};
+
+/// Stops remembered at most; one more forgets them all and every lease
+/// asked for before it (no direct reads until the next heartbeat).
+const STOPS_MAX: usize = 4096;
 
 /// The direct reads a store node may serve now: its read lease, and the
 /// volumes stopped since it was asked for. Clones share the same state.
@@ -37,7 +41,8 @@ pub struct DirectReads {
 struct Leases {
     /// When the lease ends; `None` before the first grant.
     until: Option<Instant>,
-    /// When the lease in force was asked for.
+    /// When the lease in force was asked for; a lease asked for before this
+    /// is refused.
     asked: Option<Instant>,
     volumes: HashSet<u32>,
     /// Volumes whose direct reads stopped, and when.
@@ -53,7 +58,7 @@ impl DirectReads {
             return;
         }
         leases.asked = Some(asked);
-        leases.until = Some(asked + Duration::from_millis(lease.lease_ms));
+        leases.until = Some(asked + Duration::from_millis(lease.lease_ms.min(READ_LEASE_MS_MAX)));
         leases.volumes = lease
             .volumes
             .iter()
@@ -66,7 +71,16 @@ impl DirectReads {
     /// Ends direct reads of `volume` until a lease asked for later grants
     /// them again.
     pub fn stop(&self, volume: u32) {
-        self.inner.lock().stopped.insert(volume, Instant::now());
+        let now = Instant::now();
+        let mut leases = self.inner.lock();
+        if leases.stopped.len() >= STOPS_MAX && !leases.stopped.contains_key(&volume) {
+            leases.stopped.clear();
+            leases.volumes.clear();
+            leases.until = None;
+            leases.asked = Some(now);
+            return;
+        }
+        leases.stopped.insert(volume, now);
     }
 
     /// Whether `volume` may be read directly now.
@@ -139,8 +153,29 @@ mod tests {
         // An older grant arriving late changes nothing.
         reads.grant(first, &lease(60_000, &[1]));
         assert!(reads.allows(2) && !reads.allows(1));
-        // A lease that ran out covers nothing.
+        // A lease that ran out covers nothing; a longer one than the most
+        // holds the most.
         reads.grant(Instant::now(), &lease(0, &[2]));
         assert!(!reads.allows(2));
+        reads.grant(Instant::now(), &lease(u64::MAX, &[2]));
+        let until = reads.inner.lock().until.expect("a lease");
+        assert!(until <= Instant::now() + Duration::from_millis(READ_LEASE_MS_MAX));
+    }
+
+    #[test]
+    fn too_many_stops_end_the_lease_until_a_later_one() {
+        let reads = DirectReads::default();
+        let before = Instant::now();
+        reads.grant(before, &lease(60_000, &[1, 9_999]));
+        for volume in 0..=STOPS_MAX as u32 {
+            reads.stop(10_000 + volume);
+        }
+        assert!(reads.inner.lock().stopped.len() < STOPS_MAX);
+        assert!(!reads.allows(1), "the lease ended");
+        reads.grant(before, &lease(60_000, &[1]));
+        assert!(!reads.allows(1), "a lease asked for before is refused");
+        std::thread::sleep(Duration::from_millis(2));
+        reads.grant(Instant::now(), &lease(60_000, &[1]));
+        assert!(reads.allows(1));
     }
 }

@@ -58,11 +58,6 @@ pub struct RouterConfig {
     /// How long a cached directory entry (volume, node list) is trusted, in ms.
     #[serde(default = "default_directory_cache_ttl_ms")]
     pub directory_cache_ttl_ms: u64,
-    /// How long a store node's read lease holds (the directory's
-    /// `read_lease_ms`): a seal waits this long for a replica whose direct
-    /// reads it could not stop.
-    #[serde(default = "crate::directory::service::default_read_lease_ms")]
-    pub read_lease_ms: u64,
     /// Needle keys leased from the directory at a time, per volume.
     #[serde(default = "default_key_lease_size")]
     pub key_lease_size: u64,
@@ -165,7 +160,6 @@ impl RouterConfig {
             id: default_router_id(),
             idle_lock_after_ms: default_idle_lock_after_ms(),
             directory_cache_ttl_ms: default_directory_cache_ttl_ms(),
-            read_lease_ms: crate::directory::service::default_read_lease_ms(),
             key_lease_size: default_key_lease_size(),
             upload_attempts: default_upload_attempts(),
             server: ServerLimits::default(),

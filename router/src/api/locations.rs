@@ -47,18 +47,12 @@ pub(crate) async fn volume_locations(
 ) -> Result<Json<Locations>, ApiError> {
     let vid = volume_id(&vid)?;
     let volume = state.cache.volume(vid, false).await?;
-    let hot = matches!(
-        volume.state,
-        VolumeState::Writable | VolumeState::ReadOnly | VolumeState::Locked
-    );
     let mut locations = Vec::new();
-    if hot {
+    if volume.state.is_hot() {
         let nodes = state.cache.nodes(false).await?;
-        locations = volume
-            .fresh_replicas()
-            .filter(|r| !volume.missed_delete(r))
-            .filter_map(|r| nodes.get(r).filter(|n| n.is_up()))
-            .map(|n| Location {
+        locations = super::read::readable_replicas(&volume, &nodes, 0, false)
+            .into_iter()
+            .map(|(n, _)| Location {
                 node: n.id.clone(),
                 url: n.base_url(),
             })

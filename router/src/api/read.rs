@@ -117,7 +117,7 @@ async fn respond_warm(
 /// Replicas worth reading from, each with whether it is fresh: those on an
 /// `up` node and not stale, rotated; then, with `with_stale`, the stale ones
 /// on `up` nodes that missed no acknowledged delete, rotated.
-fn readable_replicas<'a>(
+pub(crate) fn readable_replicas<'a>(
     volume: &LogicalVolume,
     nodes: &'a std::collections::HashMap<String, NodeRecord>,
     rotation: usize,
@@ -548,14 +548,18 @@ pub(crate) async fn delete_blob(
             ))
         });
     }
-    let mut unresolved = 0;
-    for (replica, reason) in missed {
-        if !volume.missed_delete(replica)
-            && !report_stale(&state, id.volume, replica, &reason, true).await
-        {
-            unresolved += 1;
-        }
-    }
+    // Every miss is reported, an already marked replica's too: the
+    // directory answers once no read lease lets that replica serve the BLOB
+    // directly (`docs/ARCHITECTURE.md`, "Direct reads"), and each report
+    // moves the volume's repair epoch past a resync under way.
+    let reports = missed
+        .iter()
+        .map(|(replica, reason)| report_stale(&state, id.volume, replica, reason, true));
+    let unresolved = futures::future::join_all(reports)
+        .await
+        .into_iter()
+        .filter(|reported| !reported)
+        .count();
     if unresolved > 0 {
         return Err(ApiError::Unavailable(format!(
             "{unresolved} replica(s) of volume {} missed the delete and could not be reported",

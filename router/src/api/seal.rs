@@ -210,44 +210,45 @@ async fn attempt(
     let nodes = state.cache.nodes(true).await.map_err(plain)?;
     // Every replica is locked at its store first: the copy needs a locked
     // replica, only locked replicas are retired later, and locked replicas
-    // take no appends, so their indexes can be compared.
-    // Direct reads of the volume stop at every replica too: after the flip
-    // a delete goes to the warm journal alone. A replica that cannot be
-    // told has its read lease run out instead (a down one's already has).
+    // take no appends, so their indexes can be compared. (The directory
+    // stopped their direct reads when the seal began.) A fresh replica that
+    // is up but cannot be locked stops the attempt: it could hold needles
+    // the others lack.
     let fresh: Vec<&str> = volume.fresh_replicas().collect();
     let mut candidates = Vec::new();
-    let mut unstopped = Vec::new();
     for replica in &volume.replicas {
         let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
             continue;
         };
         let locked = match state.store_for_writes(node) {
-            Ok(store) => {
-                if let Err(e) = store.stop_direct_reads(vid).await {
-                    unstopped.push(format!("{}: {e}", node.id));
-                }
-                store
-                    .lock_volume(vid)
-                    .await
-                    .map(|_| store)
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => {
-                unstopped.push(format!("{}: {e}", node.id));
-                Err(e.to_string())
-            }
+            Ok(store) => store
+                .lock_volume(vid)
+                .await
+                .map(|_| store)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
+        let fresh = fresh.contains(&replica.as_str());
         match locked {
-            Ok(store) if fresh.contains(&replica.as_str()) => candidates.push((node, store)),
+            Ok(store) if fresh => candidates.push((node, store)),
             Ok(_) => {}
+            Err(e) if fresh => {
+                return Err(plain(ApiError::Unavailable(format!(
+                    "locking volume {vid} on {}: {e}",
+                    node.id
+                ))));
+            }
             Err(e) => tracing::warn!(volume = vid, replica = %node.id, error = %e,
-                "locking a replica failed; it will not be retired nor sealed from"),
+                "locking a stale replica failed; it will not be retired"),
         }
     }
-    if !unstopped.is_empty() {
-        tracing::warn!(volume = vid, replicas = ?unstopped,
-            "direct reads could not be stopped; waiting for their read leases to end");
-        tokio::time::sleep(Duration::from_millis(state.config.read_lease_ms)).await;
+    if candidates.len() < fresh.len() {
+        tracing::warn!(
+            volume = vid,
+            fresh = fresh.len(),
+            compared = candidates.len(),
+            "fresh replicas on down nodes are not compared with the source"
+        );
     }
     // Deletes the source missed are carried over below with the others.
     let source = super::source::complete_source(vid, &candidates)

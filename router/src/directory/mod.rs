@@ -17,6 +17,7 @@ pub mod client;
 pub mod conformance;
 mod error;
 mod read_lease;
+pub use read_lease::READ_LEASE_MS_MAX;
 pub mod redb_backend;
 mod repair;
 pub mod service;

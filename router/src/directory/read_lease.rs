@@ -5,7 +5,8 @@
 //! stale, no missed delete, the volume writable, read-only or locked).
 //! Asking for one is also the node's heartbeat. The lease runs
 //! `read_lease_ms` from when the node asked, so it ends on the node before
-//! the directory's reckoning of it ([`ReadLeases::end_ms`]) ends here.
+//! the directory's reckoning of it ([`ReadLeases::end`]) ends here. Both
+//! count on monotonic clocks: a step of the wall clock changes nothing.
 //!
 //! A replica marked as having missed a delete is left out of every lease
 //! granted after the mark; the mark's answer waits until the leases granted
@@ -13,57 +14,112 @@
 //! reported it acknowledges the delete only once no client can read the
 //! BLOB from that replica.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+pub use haystack::api::READ_LEASE_MS_MAX;
 use haystack::api::{READ_LEASE_VOLUMES_MAX, ReadLease};
 
-use super::now_ms;
-use super::types::{LogicalVolume, VolumeState};
+use super::types::LogicalVolume;
+
+/// Grants remembered per node; more are folded into one that names every
+/// volume (a node asking faster than it should only waits longer).
+const GRANTS_KEPT_MAX: usize = 16;
+
+/// One lease granted to a node: when, and what it names (`None`: not
+/// known yet, or folded: any volume).
+#[derive(Debug, Clone)]
+struct Grant {
+    at: Instant,
+    volumes: Option<Arc<HashSet<u32>>>,
+}
 
 /// The leases this directory granted, by node.
 #[derive(Debug)]
 pub(crate) struct ReadLeases {
-    lease_ms: u64,
+    lease: Duration,
     /// When this process started: a lease granted before it (by an earlier
-    /// run) ended by `started_ms + lease_ms`.
-    started_ms: u64,
-    /// When each node last asked for its lease (the directory's clock).
-    granted_ms: Mutex<HashMap<String, u64>>,
+    /// run) ended by `started + lease`.
+    started: Instant,
+    /// Each node's grants that may still hold, oldest first.
+    granted: Mutex<HashMap<String, VecDeque<Grant>>>,
 }
 
 impl ReadLeases {
     pub(crate) fn new(lease_ms: u64) -> ReadLeases {
         ReadLeases {
-            lease_ms,
-            started_ms: now_ms(),
-            granted_ms: Mutex::new(HashMap::new()),
+            lease: Duration::from_millis(lease_ms.min(READ_LEASE_MS_MAX)),
+            started: Instant::now(),
+            granted: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Records a grant to `node` at `now_ms`, before its volumes are read:
-    /// a mark that the grant does not see is made after this record, and
-    /// so waits for this lease.
-    pub(crate) fn granting(&self, node: &str, now_ms: u64) {
-        let mut granted = self.granted_ms.lock();
-        let at = granted.entry(node.to_owned()).or_default();
-        *at = (*at).max(now_ms);
+    /// Records a grant to `node` at `now`, before its volumes are read (as
+    /// naming every volume until [`ReadLeases::granted`] says which): a mark
+    /// that the grant does not see is made after this record, and so waits
+    /// for this lease.
+    pub(crate) fn granting(&self, node: &str, now: Instant) {
+        let mut granted = self.granted.lock();
+        let grants = granted.entry(node.to_owned()).or_default();
+        while grants.front().is_some_and(|g| g.at + self.lease <= now) {
+            grants.pop_front();
+        }
+        if grants.len() >= GRANTS_KEPT_MAX
+            && let Some(oldest) = grants.pop_front()
+            && let Some(next) = grants.front_mut()
+        {
+            // The fold ends when the later grant ends and names everything.
+            next.at = next.at.max(oldest.at);
+            next.volumes = None;
+        }
+        grants.push_back(Grant {
+            at: now,
+            volumes: None,
+        });
     }
 
-    /// The latest time any lease granted to `node` may still hold.
-    pub(crate) fn end_ms(&self, node: &str) -> u64 {
-        let granted = self.granted_ms.lock().get(node).copied().unwrap_or(0);
-        granted.max(self.started_ms) + self.lease_ms
+    /// What the grant to `node` recorded at `at` names.
+    pub(crate) fn granted(&self, node: &str, at: Instant, lease: &ReadLease) {
+        let mut granted = self.granted.lock();
+        if let Some(grant) = granted.get_mut(node).and_then(|grants| {
+            grants
+                .iter_mut()
+                .find(|g| g.at == at && g.volumes.is_none())
+        }) {
+            grant.volumes = Some(Arc::new(lease.volumes.iter().copied().collect()));
+        }
     }
 
-    /// Waits until every lease granted to `node` so far has ended.
-    pub(crate) async fn wait_out(&self, node: &str) {
-        let left = self.end_ms(node).saturating_sub(now_ms());
-        if left > 0 {
-            tracing::info!(node, wait_ms = left, "waiting for a read lease to end");
-            tokio::time::sleep(Duration::from_millis(left)).await;
+    /// The latest time a lease granted to `node` that names `volume` may
+    /// still hold.
+    pub(crate) fn end(&self, node: &str, volume: u32) -> Instant {
+        let granted = self.granted.lock();
+        let latest = granted.get(node).and_then(|grants| {
+            grants
+                .iter()
+                .rev()
+                .find(|g| g.volumes.as_ref().is_none_or(|v| v.contains(&volume)))
+                .map(|g| g.at)
+        });
+        latest.map_or(self.started, |at| at.max(self.started)) + self.lease
+    }
+
+    /// Waits until no lease granted to `node` so far lets it serve
+    /// `volume` directly.
+    pub(crate) async fn wait_out(&self, node: &str, volume: u32) {
+        let end = self.end(node, volume);
+        let left = end.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            tracing::info!(
+                node,
+                volume,
+                wait_ms = left.as_millis() as u64,
+                "waiting for a read lease to end"
+            );
+            tokio::time::sleep_until(end.into()).await;
         }
     }
 
@@ -72,19 +128,12 @@ impl ReadLeases {
     pub(crate) fn lease(&self, node: &str, volumes: &[LogicalVolume]) -> ReadLease {
         let volumes = volumes
             .iter()
-            .filter(|v| {
-                matches!(
-                    v.state,
-                    VolumeState::Writable | VolumeState::ReadOnly | VolumeState::Locked
-                ) && v.replicas.iter().any(|r| r == node)
-                    && !v.is_stale(node)
-                    && !v.missed_delete(node)
-            })
+            .filter(|v| v.state.is_hot() && v.fresh_replicas().any(|r| r == node))
             .map(|v| v.id)
             .take(READ_LEASE_VOLUMES_MAX)
             .collect();
         ReadLease {
-            lease_ms: self.lease_ms,
+            lease_ms: self.lease.as_millis() as u64,
             volumes,
         }
     }
@@ -93,9 +142,10 @@ impl ReadLeases {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::types::VolumeState;
 
     #[test]
-    fn a_lease_names_only_fresh_replicas_of_hot_volumes_and_ends_after_its_grant() {
+    fn a_lease_names_only_fresh_replicas_of_hot_volumes() {
         let leases = ReadLeases::new(3_000);
         let volume = |id: u32, state: VolumeState| {
             let mut v = LogicalVolume::writable(id, vec!["s1".into(), "s2".into(), "s3".into()], 0);
@@ -104,27 +154,54 @@ mod tests {
         };
         let mut stale = volume(4, VolumeState::Locked);
         stale.stale_replicas.push("s1".into());
-        let mut missed = volume(5, VolumeState::Locked);
-        missed.missed_deletes.push("s1".into());
         let elsewhere = LogicalVolume::writable(6, vec!["s2".into()], 0);
         let volumes = [
             volume(1, VolumeState::Writable),
             volume(2, VolumeState::ReadOnly),
             volume(3, VolumeState::Locked),
             stale,
-            missed,
             elsewhere,
             volume(7, VolumeState::Sealing),
             volume(8, VolumeState::Warm),
         ];
         assert_eq!(leases.lease("s1", &volumes).volumes, vec![1, 2, 3]);
         assert_eq!(leases.lease("s1", &volumes).lease_ms, 3_000);
-        // Before any grant, a lease of an earlier run may hold until
-        // start + lease; after one, until that grant + lease.
-        assert_eq!(leases.end_ms("s1"), leases.started_ms + 3_000);
-        leases.granting("s1", leases.started_ms + 10_000);
-        leases.granting("s1", leases.started_ms + 5_000);
-        assert_eq!(leases.end_ms("s1"), leases.started_ms + 13_000);
-        assert_eq!(leases.end_ms("s2"), leases.started_ms + 3_000);
+        assert_eq!(
+            ReadLeases::new(60_000).lease("s1", &[]).lease_ms,
+            READ_LEASE_MS_MAX
+        );
+    }
+
+    #[test]
+    fn a_volume_waits_for_the_last_grant_that_named_it() {
+        let leases = ReadLeases::new(3_000);
+        let t = |ms: u64| leases.started + Duration::from_millis(ms);
+        let lease = |volumes: &[u32]| ReadLease {
+            lease_ms: 3_000,
+            volumes: volumes.to_vec(),
+        };
+        // Before any grant, one of an earlier run may hold until start + lease.
+        assert_eq!(leases.end("s1", 1), t(3_000));
+        leases.granting("s1", t(1_000));
+        leases.granted("s1", t(1_000), &lease(&[1, 2]));
+        leases.granting("s1", t(2_000));
+        leases.granted("s1", t(2_000), &lease(&[2]));
+        // Volume 1 was last named at 1 s; volume 2 at 2 s.
+        assert_eq!(leases.end("s1", 1), t(4_000));
+        assert_eq!(leases.end("s1", 2), t(5_000));
+        // A grant whose volumes are not known yet names them all.
+        leases.granting("s1", t(2_500));
+        assert_eq!(leases.end("s1", 1), t(5_500));
+        leases.granted("s1", t(2_500), &lease(&[]));
+        assert_eq!(leases.end("s1", 1), t(4_000));
+        assert_eq!(leases.end("s2", 1), t(3_000));
+        // Grants that ended are forgotten; too many are folded, never lost.
+        for n in 0..40 {
+            let at = t(10_000 + n);
+            leases.granting("s1", at);
+            leases.granted("s1", at, &lease(&[]));
+        }
+        assert!(leases.granted.lock()["s1"].len() <= GRANTS_KEPT_MAX);
+        assert!(leases.end("s1", 1) >= t(10_000 + 3_000));
     }
 }

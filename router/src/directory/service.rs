@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use haystack::api::ReadLease;
 use haystack::http::ServerLimits;
 
-use super::read_lease::ReadLeases;
+use super::read_lease::{READ_LEASE_MS_MAX, ReadLeases};
 use super::repair::run_repair_loop;
 use super::stores::StoreCalls;
 use super::types::{
@@ -134,6 +134,11 @@ impl DirectoryConfig {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(DirectoryError::InvalidConfig(format!(
                 "{name} must be positive"
+            )));
+        }
+        if self.read_lease_ms > READ_LEASE_MS_MAX {
+            return Err(DirectoryError::InvalidConfig(format!(
+                "read_lease_ms must be at most {READ_LEASE_MS_MAX}"
             )));
         }
         self.server
@@ -266,11 +271,14 @@ async fn read_lease(
         })
         .into_response());
     }
-    state.read_leases.granting(&id, now);
+    let at = std::time::Instant::now();
+    state.read_leases.granting(&id, at);
     let leases = Arc::clone(&state.read_leases);
+    let node = id.clone();
     let lease = state
-        .blocking(move |d| Ok(leases.lease(&id, &d.list_volumes()?)))
+        .blocking(move |d| Ok(leases.lease(&node, &d.list_volumes()?)))
         .await?;
+    state.read_leases.granted(&id, at, &lease);
     Ok(axum::Json(lease).into_response())
 }
 
@@ -435,7 +443,7 @@ async fn mark_replica_stale(
     // The delete is acknowledged after this answer: no lease granted
     // before the mark may still let a client read the BLOB there.
     if missed_delete {
-        state.read_leases.wait_out(&node).await;
+        state.read_leases.wait_out(&node, vid).await;
     }
     Ok(axum::Json(volume).into_response())
 }
@@ -452,7 +460,46 @@ async fn begin_seal(
         generation = volume.last_generation,
         "seal attempt begun"
     );
+    stop_direct_reads(&state, &volume).await?;
     Ok(axum::Json(volume).into_response())
+}
+
+/// Time a store node has to stop a sealing volume's direct reads before the
+/// seal waits for its read lease instead.
+const STOP_DIRECT_READS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Ends direct reads of sealing `volume` at every replica before the seal
+/// goes on: after its flip a delete goes to the warm journal alone, and no
+/// lease granted from now on names the volume. A replica that cannot be
+/// told (down, or it does not answer in time) has the leases that name the
+/// volume run out instead.
+async fn stop_direct_reads(state: &AppState, volume: &LogicalVolume) -> Result<(), DirectoryError> {
+    let nodes = state.blocking(|d| d.list_nodes()).await?;
+    let nodes = &nodes;
+    let stops = volume.replicas.iter().map(|replica| async move {
+        let node = nodes.iter().find(|n| &n.id == replica && n.is_up());
+        let stopped = match node {
+            Some(node) => {
+                let url = node.base_url();
+                let stop = state.stores.stop_direct_reads(&url, volume.id);
+                match tokio::time::timeout(STOP_DIRECT_READS_TIMEOUT, stop).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(volume = volume.id, node = %replica, error = %e,
+                            "stopping direct reads failed");
+                        false
+                    }
+                    Err(_) => false,
+                }
+            }
+            None => false,
+        };
+        if !stopped {
+            state.read_leases.wait_out(replica, volume.id).await;
+        }
+    });
+    futures::future::join_all(stops).await;
+    Ok(())
 }
 
 /// `POST /volumes/{vid}/seal/place`: placement of the attempt's blocks and

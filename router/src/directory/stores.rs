@@ -63,6 +63,11 @@ impl StoreCalls {
         self.client(base_url)?.lock_volume(vid).await.map(drop)
     }
 
+    /// `POST /volumes/{vid}/direct-reads/stop`.
+    pub async fn stop_direct_reads(&self, base_url: &str, vid: u32) -> Result<(), ClientError> {
+        self.client(base_url)?.stop_direct_reads(vid).await
+    }
+
     /// `DELETE /volumes/{vid}`: remove a replica that never held a needle.
     pub async fn remove_empty_volume(&self, base_url: &str, vid: u32) -> Result<(), ClientError> {
         self.client(base_url)?.remove_empty_volume(vid).await

@@ -122,6 +122,16 @@ impl VolumeState {
             VolumeState::Warm => "warm",
         }
     }
+
+    /// Whether reads are served by the hot replicas alone and deletes land
+    /// on them: `writable`, `readonly`, `locked` (not `sealing`, whose
+    /// deletes may go to the warm journal, nor `warm`).
+    pub fn is_hot(self) -> bool {
+        matches!(
+            self,
+            VolumeState::Writable | VolumeState::ReadOnly | VolumeState::Locked
+        )
+    }
 }
 
 impl std::fmt::Display for VolumeState {
