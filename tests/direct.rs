@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::volumes::{Blob, SMALL_VOLUMES, volume};
+use common::volumes::{Blob, ONE_IDLE_VOLUME, SMALL_VOLUMES, one_volume_of, volume, wait_locked};
 use common::{Cluster, http_client, wait_until};
 use serde_json::Value;
 
@@ -77,33 +77,10 @@ async fn locations(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_reads_honour_cookies_deletes_leases_and_the_warm_tier() -> anyhow::Result<()> {
-    let args = [
-        SMALL_VOLUMES,
-        &[
-            "--writable-volumes",
-            "1",
-            "--idle-lock-after",
-            "3s",
-            "--warm-after",
-            "1d",
-        ],
-    ]
-    .concat();
-    let cluster = Cluster::start_spawned(&args).await?;
+    let cluster = Cluster::start_spawned(&[SMALL_VOLUMES, ONE_IDLE_VOLUME].concat()).await?;
     let client = http_client();
     let router = cluster.router.clone();
-    let mut blobs = Vec::new();
-    for seed in 0..4 {
-        let body = common::random_body(41_000 + seed, 9_000 + seed as usize);
-        let id = common::upload(&client, &router, body.clone()).await?;
-        blobs.push(Blob {
-            id,
-            body,
-            deleted: false,
-        });
-    }
-    let vid = blobs[0].volume();
-    anyhow::ensure!(blobs.iter().all(|b| b.volume() == vid), "{blobs:?}");
+    let (vid, blobs) = one_volume_of(&client, &router, 41_000, 4, 9_000).await?;
 
     // Every fresh replica serves the BLOB, once its lease names the volume.
     let (answer, nodes) = locations(&client, &router, vid).await?;
@@ -179,12 +156,7 @@ async fn direct_reads_honour_cookies_deletes_leases_and_the_warm_tier() -> anyho
 
     // Warm: no location; a direct read of a former replica is refused, and
     // the smart client reads through the router.
-    wait_until(
-        "the idle volume locked",
-        Duration::from_secs(30),
-        || async { Ok(volume(&client, &router, vid).await?["state"] == "locked") },
-    )
-    .await?;
+    wait_locked(&client, &router, vid).await?;
     let answer = client
         .post(format!("{router}/admin/volumes/{vid}/migrate"))
         .send()

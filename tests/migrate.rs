@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use common::volumes::{Blob, SMALL_VOLUMES, fill, locked_volume, volume, volumes};
+use common::volumes::{
+    Blob, ONE_IDLE_VOLUME, SMALL_VOLUMES, fill, locked_volume, one_volume_of, volume, volumes,
+    wait_locked,
+};
 use common::{Cluster, http_client, paused_at, wait_until};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
@@ -1153,33 +1156,10 @@ async fn a_block_that_fails_its_check_is_rebuilt_alone() -> anyhow::Result<()> {
 /// and read back warm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seal_reads_the_replica_that_holds_every_needle() -> anyhow::Result<()> {
-    let args = [
-        SMALL_VOLUMES,
-        &[
-            "--writable-volumes",
-            "1",
-            "--idle-lock-after",
-            "2s",
-            "--warm-after",
-            "1d",
-        ],
-    ]
-    .concat();
-    let cluster = Cluster::start_spawned(&args).await?;
+    let cluster = Cluster::start_spawned(&[SMALL_VOLUMES, ONE_IDLE_VOLUME].concat()).await?;
     let client = http_client();
     let router = cluster.router.clone();
-    let mut blobs = Vec::new();
-    for seed in 0..3 {
-        let body = common::random_body(31_000 + seed, 5_000);
-        let id = common::upload(&client, &router, body.clone()).await?;
-        blobs.push(Blob {
-            id,
-            body,
-            deleted: false,
-        });
-    }
-    let vid = blobs[0].volume();
-    anyhow::ensure!(blobs.iter().all(|b| b.volume() == vid), "{blobs:?}");
+    let (vid, mut blobs) = one_volume_of(&client, &router, 31_000, 3, 5_000).await?;
     let replicas: Vec<String> = volume(&client, &router, vid).await?["replicas"]
         .as_array()
         .context("replicas")?
@@ -1223,12 +1203,7 @@ async fn a_seal_reads_the_replica_that_holds_every_needle() -> anyhow::Result<()
             deleted: false,
         });
     }
-    wait_until(
-        "the idle volume locked",
-        Duration::from_secs(30),
-        || async { Ok(volume(&client, &router, vid).await?["state"] == "locked") },
-    )
-    .await?;
+    wait_locked(&client, &router, vid).await?;
     let (status, text) = force_migration(&client, &router, vid).await?;
     anyhow::ensure!(status == 200, "migrating volume {vid}: {status} {text}");
     anyhow::ensure!(volume(&client, &router, vid).await?["state"] == "warm");

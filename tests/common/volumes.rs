@@ -82,6 +82,53 @@ pub async fn locked_volume(client: &reqwest::Client, router: &str) -> anyhow::Re
     u32::try_from(id).context("a volume id over u32")
 }
 
+/// Flags to add to [`SMALL_VOLUMES`]: one writable volume at a time, locked
+/// once idle for 2 s, and no migration on its own: a test fills one volume
+/// and acts on it while it is hot, then migrates it when it chooses.
+pub const ONE_IDLE_VOLUME: &[&str] = &[
+    "--writable-volumes",
+    "1",
+    "--idle-lock-after",
+    "2s",
+    "--warm-after",
+    "1d",
+];
+
+/// Uploads `count` BLOBs of `size` bytes, seeded from `seed` on; under
+/// [`ONE_IDLE_VOLUME`] they all land in one volume (checked): that
+/// volume's id, and the BLOBs.
+pub async fn one_volume_of(
+    client: &reqwest::Client,
+    router: &str,
+    seed: u64,
+    count: u64,
+    size: usize,
+) -> anyhow::Result<(u32, Vec<Blob>)> {
+    let mut blobs = Vec::new();
+    for n in 0..count {
+        let body = random_body(seed + n, size);
+        let id = upload(client, router, body.clone()).await?;
+        blobs.push(Blob {
+            id,
+            body,
+            deleted: false,
+        });
+    }
+    let vid = blobs.first().context("no BLOB")?.volume();
+    anyhow::ensure!(blobs.iter().all(|b| b.volume() == vid), "{blobs:?}");
+    Ok((vid, blobs))
+}
+
+/// Waits until volume `vid` is locked (at most 30 s).
+pub async fn wait_locked(client: &reqwest::Client, router: &str, vid: u32) -> anyhow::Result<()> {
+    super::wait_until(
+        "the volume locked",
+        std::time::Duration::from_secs(30),
+        || async { Ok(volume(client, router, vid).await?["state"] == "locked") },
+    )
+    .await
+}
+
 /// Uploads BLOBs of 0 B to 150 KiB until `locked` volumes are locked;
 /// returns every BLOB uploaded.
 pub async fn fill(
