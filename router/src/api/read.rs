@@ -523,8 +523,13 @@ pub(crate) async fn delete_blob(
         match result {
             Ok(Ok(())) => deleted += 1,
             Ok(Err(ClientError::NotFound)) if fresh => not_found += 1,
-            // A stale replica may lack the needle; its resync brings the delete.
-            Ok(Err(ClientError::NotFound)) => {}
+            // A stale replica may lack the needle, and its resync brings the
+            // delete. It is reported all the same: a resync under way may
+            // have copied the needle before this delete, and the report keeps
+            // that resync from clearing the replica's mark.
+            Ok(Err(ClientError::NotFound)) => {
+                missed.push((replica, "delete: not on the stale replica".to_owned()));
+            }
             Ok(Err(e)) => {
                 state.metrics.replica_failure("delete");
                 tracing::warn!(volume = id.volume, node = %replica, error = %e, "delete failed");
