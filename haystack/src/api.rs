@@ -229,8 +229,9 @@ pub struct SyncReport {
     /// The replica after the sync.
     pub status: VolumeStatus,
     /// `catch_up` (the replica already held every needle of the source: only
-    /// deletes were applied) or `copy` (the source's data file was copied and
-    /// checked needle by needle).
+    /// deletes were applied), `copy` (the source's data file was copied and
+    /// checked needle by needle) or `deletes` (asked with `deletes_only`:
+    /// only the source's deletes were applied, whatever the digests said).
     pub method: String,
     /// Deletes applied from the source's deleted keys (and, after a copy, the
     /// replica's own earlier ones).

@@ -340,6 +340,63 @@ async fn a_copy_that_cannot_check_a_needle_installs_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletes_only_sync_takes_the_peers_deletes_and_no_data() {
+    bounded(async {
+        let (a, b, c) = (
+            Node::start().await,
+            Node::start().await,
+            Node::start().await,
+        );
+        // The peer stays writable: deletes only grow, so it need not be locked.
+        a.client.create_volume(VOLUME).await.expect("create");
+        for key in 1..=12 {
+            a.client
+                .append_needle_bytes(VOLUME, key, cookie_for(key), "t/x", data_for(key))
+                .await
+                .expect("append");
+        }
+        fill(&b, 6).await;
+        for (node, key) in [(&a, 3), (&a, 5), (&a, 11), (&b, 2)] {
+            node.client
+                .delete_needle(VOLUME, key, cookie_for(key))
+                .await
+                .expect("delete");
+        }
+        // Bad input changes nothing: a malformed flag, a replica not held here.
+        let url = format!("{}/volumes/{VOLUME}/sync", b.url);
+        let answer = reqwest::Client::new()
+            .post(&url)
+            .query(&[("from", a.url.as_str()), ("deletes_only", "maybe")])
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(answer.status(), 400);
+        assert!(read(&b, 3).await.is_ok(), "a refused sync applied a delete");
+        let err = c.client.sync_deletes(VOLUME, &a.url).await.unwrap_err();
+        assert!(matches!(err, ClientError::UnknownVolume(_)), "{err:?}");
+
+        let report = b.client.sync_deletes(VOLUME, &a.url).await.expect("sync");
+        assert_eq!(
+            (report.method.as_str(), report.deletes_applied),
+            ("deletes", 2)
+        );
+        assert_eq!(report.status.last_key, Some(6), "no needle was copied");
+        for key in 1..=6 {
+            let deleted = [2, 3, 5].contains(&key);
+            match read(&b, key).await {
+                Ok(data) => assert!(!deleted && data == data_for(key), "key {key}"),
+                Err(e) => assert!(deleted && e.is_not_found(), "key {key}: {e:?}"),
+            }
+        }
+        assert!(read(&a, 2).await.is_ok(), "the peer is unchanged");
+        for node in [a, b, c] {
+            node.served.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_are_paged_and_only_an_empty_replica_is_removed() {
     bounded(async {
         let a = Node::start().await;

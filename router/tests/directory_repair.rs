@@ -1,8 +1,9 @@
 //! Replica repair end to end: a directory service and three real store nodes
 //! in-process. A replica that missed writes and deletes while its node was
 //! down, one the router reported stale, and a volume whose replicas are all
-//! stale are each resynchronised from a peer by Haystack's bulk sync before
-//! the directory lets anyone read them again.
+//! stale (one whose replicas all missed a delete among them) are each
+//! resynchronised from a peer by Haystack's bulk sync before the directory
+//! lets anyone read them again.
 
 mod directory_common;
 
@@ -229,6 +230,96 @@ async fn when_every_replica_is_stale_the_most_complete_one_is_the_source() {
         let status = s.client.volume_status(vid).await.expect("status");
         assert_eq!(status.last_key, Some(3), "{} synced from s2", s.id);
         assert_eq!(read(s, vid, 3).await.as_deref(), Some(&b"data"[..]));
+    }
+    cancel.cancel();
+    directory.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_replica_missed_a_delete_the_source_takes_them_all_first() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let stores = start_stores(root.path()).await;
+    // s3 is registered at an address nothing listens on: it cannot be asked.
+    let silent = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let vid = {
+        let dir = RedbDirectory::open(&root.path().join("directory")).expect("open");
+        for s in &stores {
+            let mut registration = s.registration();
+            if s.id == "s3" {
+                registration.address = silent.clone();
+            }
+            dir.register_node(registration, now_ms()).expect("register");
+        }
+        let volume = dir.allocate_volume(now_ms()).expect("allocate");
+        for s in &stores {
+            s.client
+                .create_volume(volume.id)
+                .await
+                .expect("create replica");
+        }
+        for replica in &volume.replicas {
+            dir.mark_replica_stale(volume.id, replica, true)
+                .expect("stale");
+        }
+        volume.id
+    };
+    // Keys 1..=4 everywhere, key 5 on s2 only (the most complete, so the
+    // source). Acknowledged deletes, none on s2: key 1 on s1, key 2 on s3,
+    // key 3 on s1 and s3.
+    for s in &stores {
+        let last = if s.id == "s2" { 5 } else { 4 };
+        for key in 1..=last {
+            append(s, vid, key, b"data").await;
+        }
+    }
+    for (id, key) in [("s1", 1), ("s3", 2), ("s1", 3), ("s3", 3)] {
+        store(&stores, id)
+            .client
+            .delete_needle(vid, key, COOKIE)
+            .await
+            .expect("delete");
+    }
+    let directory = start_directory(config(root.path())).await;
+    let client = directory.client.clone();
+    let cancel = CancellationToken::new();
+    for id in ["s1", "s2"] {
+        spawn_steady_heartbeats(&client, id, &cancel);
+    }
+    // Many passes with s3 unreachable, then down: nobody serves yet, since
+    // s3 alone holds the delete of key 2.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = client.volume(vid).await.expect("volume");
+    assert_eq!(
+        waiting.stale_replicas.len(),
+        3,
+        "a replica became fresh while a delete it missed was out of reach: {waiting:?}"
+    );
+    client
+        .register(&store(&stores, "s3").registration())
+        .await
+        .expect("register s3 at its address");
+    spawn_steady_heartbeats(&client, "s3", &cancel);
+    wait_repaired(&client, vid).await;
+    for s in &stores {
+        for key in 1..=3 {
+            assert_eq!(
+                read(s, vid, key).await,
+                None,
+                "{}: key {key} came back",
+                s.id
+            );
+        }
+        for key in 4..=5 {
+            assert_eq!(
+                read(s, vid, key).await.as_deref(),
+                Some(&b"data"[..]),
+                "{}",
+                s.id
+            );
+        }
     }
     cancel.cancel();
     directory.stop().await;

@@ -149,6 +149,21 @@ impl StoreClient {
         read_json(checked(request.send().await?).await?).await
     }
 
+    /// `POST /volumes/{vid}/sync?from=URL&deletes_only=true`: asks this node
+    /// to apply every delete the replica at `from_url` holds, and nothing
+    /// else (`method` `deletes`).
+    pub async fn sync_deletes(
+        &self,
+        volume: u32,
+        from_url: &str,
+    ) -> Result<SyncReport, ClientError> {
+        let path = format!("/volumes/{volume}/sync");
+        let request = self
+            .request(Method::POST, &path, self.transfer_timeout())
+            .query(&[("from", from_url), ("deletes_only", "true")]);
+        read_json(checked(request.send().await?).await?).await
+    }
+
     /// `POST /volumes/{vid}/retire`: removes a locked replica whose volume
     /// the warm tier now holds.
     pub async fn retire_volume(&self, volume: u32) -> Result<(), ClientError> {

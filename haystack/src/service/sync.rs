@@ -25,6 +25,12 @@
 //! Deletes only ever grow, and each one is applied from a listing taken after
 //! the data moved, so the result holds every delete the source had
 //! acknowledged when the sync started (and those the replica had itself).
+//!
+//! With `deletes_only=true` no data moves whatever the digests say: the
+//! peer's deleted keys are applied to this replica, which must exist, and
+//! the peer may be writable (deletes only grow). The directory uses it to
+//! give a replica every delete of its peers before it becomes the source of
+//! a volume whose replicas are all stale (`router::directory::repair`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -63,6 +69,8 @@ pub(crate) struct SyncQuery {
     from: String,
     #[serde(default)]
     also: String,
+    #[serde(default)]
+    deletes_only: bool,
 }
 
 /// Handler of `POST /volumes/{vid}/sync?from=URL&also=URL,...`.
@@ -73,7 +81,10 @@ pub(crate) async fn sync_volume(
 ) -> Result<Json<SyncReport>, ApiError> {
     let volume = volume_id(path)?;
     let Query(query) = query.map_err(|_| {
-        ApiError::bad_request("query must be from=<peer URL> and optionally also=<peer URLs>")
+        ApiError::bad_request(
+            "query must be from=<peer URL>, optionally also=<peer URLs> and \
+             deletes_only=true|false",
+        )
     })?;
     let mut peers = peer_clients(&state, &query.from, 1)?;
     let source = peers
@@ -84,7 +95,11 @@ pub(crate) async fn sync_volume(
     let result = tokio::time::timeout(deadline, async {
         // One bulk sync at a time: each may move a whole volume.
         let _guard = state.inner.sync_lock.lock().await;
-        sync_from(&state, volume, &source, &also).await
+        if query.deletes_only {
+            deletes_from(&state, volume, &source).await
+        } else {
+            sync_from(&state, volume, &source, &also).await
+        }
     })
     .await
     .unwrap_or_else(|_| Err(ApiError::timeout("bulk sync timed out")));
@@ -132,6 +147,24 @@ async fn sync_from(
         });
     }
     copy_from(state, volume, source, also, earlier).await
+}
+
+/// Applies the peer's deleted keys to the local replica, and nothing else.
+async fn deletes_from(
+    state: &StoreNodeState,
+    volume: u32,
+    peer: &StoreClient,
+) -> Result<SyncReport, ApiError> {
+    let local = state.store().volume(volume)?;
+    let deletes_applied = apply_deletes_of(state, &local, peer).await?;
+    Ok(SyncReport {
+        status: local.status(),
+        method: "deletes".into(),
+        deletes_applied,
+        source_damaged: Vec::new(),
+        lost: Vec::new(),
+        truncated: false,
+    })
 }
 
 /// Whether the local replica has the source's index (same digest) and can

@@ -11,7 +11,9 @@
 //! (`haystack::service` sync). What it reports goes into the damaged-needle
 //! records. If every replica is stale, the up replica with the highest
 //! `last_key` (then the most needles) among those that missed no delete
-//! becomes the source and its mark is cleared first.
+//! becomes the source and its mark is cleared first; if every one missed a
+//! delete, the source first takes every other replica's deletes
+//! ([`take_peer_deletes`]), and waits for those that are down.
 //!
 //! A copy of a single needle that fails its checks does not make its replica
 //! stale: it is recorded as a damaged needle (by the router that read it, or
@@ -39,6 +41,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use haystack::api::SyncReport;
+use haystack::client::ClientError;
 
 use super::stores::StoreCalls;
 use super::types::{LogicalVolume, NodeRecord, VolumeState};
@@ -250,6 +253,11 @@ async fn repair_volume(
             // Every replica is stale: elect the most complete up replica,
             // preferring those that missed no delete.
             let source = elect_source(stores, &volume, &targets).await?;
+            if volume.missed_delete(&source.id)
+                && !take_peer_deletes(stores, nodes, &volume, source).await?
+            {
+                return Ok(());
+            }
             tracing::info!(volume = vid, source = %source.id, "every replica stale; electing source");
             let others = targets.into_iter().filter(|t| t.id != source.id).collect();
             (source, others)
@@ -389,6 +397,40 @@ async fn elect_source<'a>(
                 .join(","),
             message: format!("no replica of volume {vid} answered its status"),
         })
+}
+
+/// Gives `source`, elected while every replica missed a delete, the deletes
+/// of every other replica, so that a delete it missed does not come back
+/// when it serves again: each acknowledged delete is on at least one
+/// replica, and which one is not recorded. `false` (the pass waits) while a
+/// replica that could hold one cannot be asked; a replica its node does not
+/// hold at all holds no delete.
+async fn take_peer_deletes(
+    stores: &StoreCalls,
+    nodes: &HashMap<String, NodeRecord>,
+    volume: &LogicalVolume,
+    source: &NodeRecord,
+) -> Result<bool, DirectoryError> {
+    let vid = volume.id;
+    for replica in volume.replicas.iter().filter(|r| **r != source.id) {
+        let Some(peer) = up_node(nodes, replica) else {
+            tracing::warn!(volume = vid, replica = %replica, source = %source.id,
+                "every replica missed a delete; waiting for this one to be up to take its deletes");
+            return Ok(false);
+        };
+        match stores.volume_status(&peer.base_url(), vid).await {
+            Ok(_) => {}
+            Err(ClientError::UnknownVolume(_) | ClientError::NotFound) => continue,
+            Err(e) => return Err(store_error(peer, &e)),
+        }
+        let sync = stores
+            .sync_deletes(&source.base_url(), vid, &peer.base_url())
+            .await
+            .map_err(|e| store_error(source, &e))?;
+        tracing::info!(volume = vid, source = %source.id, peer = %peer.id,
+            deletes_applied = sync.deletes_applied, "took a peer's deletes before serving");
+    }
+    Ok(true)
 }
 
 /// Locks the volume in the directory, then the source and every fresh up

@@ -88,6 +88,17 @@ impl StoreCalls {
             .await
     }
 
+    /// `POST /volumes/{vid}/sync?from=URL&deletes_only=true`: give the
+    /// replica at `base_url` every delete of the one at `from_url`.
+    pub async fn sync_deletes(
+        &self,
+        base_url: &str,
+        vid: u32,
+        from_url: &str,
+    ) -> Result<SyncReport, ClientError> {
+        self.client(base_url)?.sync_deletes(vid, from_url).await
+    }
+
     /// `POST /volumes/{vid}/needles/{key}/repair?from=...`: mend the replica's
     /// copy of one needle from the first of `peers` with a good one.
     pub async fn repair_needle(
