@@ -371,6 +371,17 @@ async fn a_deletes_only_sync_takes_the_peers_deletes_and_no_data() {
             .await
             .expect("send");
         assert_eq!(answer.status(), 400);
+        let answer = reqwest::Client::new()
+            .post(&url)
+            .query(&[
+                ("from", a.url.as_str()),
+                ("deletes_only", "true"),
+                ("also", c.url.as_str()),
+            ])
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(answer.status(), 400, "deletes_only takes no also");
         assert!(read(&b, 3).await.is_ok(), "a refused sync applied a delete");
         let err = c.client.sync_deletes(VOLUME, &a.url).await.unwrap_err();
         assert!(matches!(err, ClientError::UnknownVolume(_)), "{err:?}");

@@ -520,6 +520,62 @@ async fn replica_failure_turns_the_volume_read_only_and_uploads_go_elsewhere() {
     );
 }
 
+/// A stale replica that no longer holds the needle answers the delete
+/// with not-found; it is reported as having missed the delete all the same,
+/// which moves the volume's repair epoch, so that a resync that copied the
+/// needle before the delete cannot clear the replica's mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delete_reports_a_stale_replica_that_answers_not_found() {
+    let spec = ClusterSpec {
+        store_count: 3,
+        heartbeat_timeout_ms: 1_500,
+        // No repair pass during the test: the stale mark stays.
+        repair_interval_ms: 600_000,
+        heartbeat_every: Duration::from_millis(200),
+        poll_every: Duration::from_millis(50),
+        store_config: |_| {},
+        router_config: |config| config.directory_cache_ttl_ms = 200,
+    };
+    let cluster: Cluster =
+        api_common::start_cluster(&spec, |address, _| async move { (address, ()) }).await;
+    let id = cluster.upload_ok(pattern(4000, 7)).await;
+    let blob = router::api::BlobId::parse(&id).expect("id");
+    let volume = cluster.directory.volume(blob.volume).await.expect("volume");
+    let stale = volume.replicas[0].clone();
+    let marked = cluster
+        .directory
+        .mark_replica_stale(blob.volume, &stale, "test", false)
+        .await
+        .expect("mark stale");
+    assert!(!marked.missed_delete(&stale));
+    let node = cluster
+        .stores
+        .iter()
+        .find(|s| s.id == stale)
+        .expect("store");
+    let store =
+        haystack::client::StoreClient::new(&format!("http://{}", node.address)).expect("client");
+    store
+        .delete_needle(blob.volume, blob.key, blob.cookie)
+        .await
+        .expect("delete on the stale replica alone");
+
+    let response = cluster
+        .http
+        .delete(cluster.url(&format!("/blobs/{id}")))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 204);
+    let after = cluster.directory.volume(blob.volume).await.expect("volume");
+    assert!(after.missed_delete(&stale), "{after:?}");
+    assert!(
+        after.repair_epoch > marked.repair_epoch,
+        "{marked:?} then {after:?}"
+    );
+    assert_eq!(cluster.get(&format!("/blobs/{id}")).await.status(), 404);
+}
+
 /// Rough upload throughput at concurrency 16 (1 KiB and 64 KiB BLOBs).
 /// Ignored by default; run with `cargo test -p router --test api_e2e --
 /// --ignored --nocapture upload_throughput`.

@@ -240,10 +240,7 @@ async fn when_every_replica_missed_a_delete_the_source_takes_them_all_first() {
     let root = tempfile::tempdir().expect("tempdir");
     let stores = start_stores(root.path()).await;
     // s3 is registered at an address nothing listens on: it cannot be asked.
-    let silent = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").to_string()
-    };
+    let silent = "127.0.0.1:1".to_owned();
     let vid = {
         let dir = RedbDirectory::open(&root.path().join("directory")).expect("open");
         for s in &stores {
@@ -288,9 +285,20 @@ async fn when_every_replica_missed_a_delete_the_source_takes_them_all_first() {
     for id in ["s1", "s2"] {
         spawn_steady_heartbeats(&client, id, &cancel);
     }
-    // Many passes with s3 unreachable, then down: nobody serves yet, since
-    // s3 alone holds the delete of key 2.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // s3, unreachable, goes down; many passes later nobody serves yet,
+    // since s3 alone holds the delete of key 2.
+    eventually(Duration::from_secs(20), "s3 down", || {
+        let client = client.clone();
+        async move {
+            let nodes = client.list_nodes().await.ok()?;
+            nodes
+                .iter()
+                .any(|n| n.id == "s3" && !n.is_up())
+                .then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let waiting = client.volume(vid).await.expect("volume");
     assert_eq!(
         waiting.stale_replicas.len(),

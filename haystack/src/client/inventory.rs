@@ -138,15 +138,11 @@ impl StoreClient {
         from_url: &str,
         also: &[String],
     ) -> Result<SyncReport, ClientError> {
-        let path = format!("/volumes/{volume}/sync");
         let mut query = vec![("from", from_url.to_owned())];
         if !also.is_empty() {
             query.push(("also", also.join(",")));
         }
-        let request = self
-            .request(Method::POST, &path, self.transfer_timeout())
-            .query(&query);
-        read_json(checked(request.send().await?).await?).await
+        self.sync(volume, &query).await
     }
 
     /// `POST /volumes/{vid}/sync?from=URL&deletes_only=true`: asks this node
@@ -157,10 +153,18 @@ impl StoreClient {
         volume: u32,
         from_url: &str,
     ) -> Result<SyncReport, ClientError> {
+        let query = [
+            ("from", from_url.to_owned()),
+            ("deletes_only", "true".into()),
+        ];
+        self.sync(volume, &query).await
+    }
+
+    async fn sync(&self, volume: u32, query: &[(&str, String)]) -> Result<SyncReport, ClientError> {
         let path = format!("/volumes/{volume}/sync");
         let request = self
             .request(Method::POST, &path, self.transfer_timeout())
-            .query(&[("from", from_url), ("deletes_only", "true")]);
+            .query(query);
         read_json(checked(request.send().await?).await?).await
     }
 

@@ -73,7 +73,8 @@ pub(crate) struct SyncQuery {
     deletes_only: bool,
 }
 
-/// Handler of `POST /volumes/{vid}/sync?from=URL&also=URL,...`.
+/// Handler of `POST /volumes/{vid}/sync?from=URL&also=URL,...` and of
+/// `POST /volumes/{vid}/sync?from=URL&deletes_only=true`.
 pub(crate) async fn sync_volume(
     State(state): State<StoreNodeState>,
     path: Result<Path<String>, PathRejection>,
@@ -91,12 +92,18 @@ pub(crate) async fn sync_volume(
         .pop()
         .ok_or_else(|| ApiError::bad_request("from must name the source node"))?;
     let also = peer_clients(&state, &query.also, ALSO_PEERS_MAX)?;
+    if query.deletes_only && !also.is_empty() {
+        return Err(ApiError::bad_request(
+            "deletes_only takes no also: only the deletes of from are applied",
+        ));
+    }
     let deadline = Duration::from_millis(state.config().sync_timeout_ms);
     let result = tokio::time::timeout(deadline, async {
         // One bulk sync at a time: each may move a whole volume.
         let _guard = state.inner.sync_lock.lock().await;
         if query.deletes_only {
-            deletes_from(&state, volume, &source).await
+            let local = state.store().volume(volume)?;
+            deletes_of(&state, &local, &source, "deletes").await
         } else {
             sync_from(&state, volume, &source, &also).await
         }
@@ -136,30 +143,23 @@ async fn sync_from(
     if let Some(local) = &earlier
         && holds_every_needle(state, local, source).await?
     {
-        let deletes_applied = apply_deletes_of(state, local, source).await?;
-        return Ok(SyncReport {
-            status: local.status(),
-            method: "catch_up".into(),
-            deletes_applied,
-            source_damaged: Vec::new(),
-            lost: Vec::new(),
-            truncated: false,
-        });
+        return deletes_of(state, local, source, "catch_up").await;
     }
     copy_from(state, volume, source, also, earlier).await
 }
 
-/// Applies the peer's deleted keys to the local replica, and nothing else.
-async fn deletes_from(
+/// Applies the peer's deleted keys to `local`, and nothing else: the
+/// report of a catch-up or of a `deletes_only` sync (`method`).
+async fn deletes_of(
     state: &StoreNodeState,
-    volume: u32,
+    local: &Arc<Volume>,
     peer: &StoreClient,
+    method: &str,
 ) -> Result<SyncReport, ApiError> {
-    let local = state.store().volume(volume)?;
-    let deletes_applied = apply_deletes_of(state, &local, peer).await?;
+    let deletes_applied = apply_deletes_of(state, local, peer).await?;
     Ok(SyncReport {
         status: local.status(),
-        method: "deletes".into(),
+        method: method.into(),
         deletes_applied,
         source_damaged: Vec::new(),
         lost: Vec::new(),
@@ -285,6 +285,12 @@ async fn copy_from(
             return Err(e);
         }
     };
+    let installed = state
+        .blocking(move |store| store.install_volume(volume))
+        .await?;
+    // Listed only now: the install retired the earlier copy (under its
+    // delete lock), so every delete it answered is in this list, and later
+    // ones fail there and reach the new copy.
     let own_deleted = match &earlier {
         Some(v) => {
             let v = v.clone();
@@ -292,9 +298,6 @@ async fn copy_from(
         }
         None => Vec::new(),
     };
-    let installed = state
-        .blocking(move |store| store.install_volume(volume))
-        .await?;
     let deletes_applied = apply_deletes_of(state, &installed, source).await?
         + apply_deletes(state, &installed, own_deleted).await?;
     Ok(SyncReport {

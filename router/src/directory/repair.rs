@@ -61,6 +61,11 @@ pub(crate) struct RepairReport {
     pub(crate) needles_mended: Vec<(u32, u64, String)>,
     /// `(volume, key)` needles found to have no good copy on any replica.
     pub(crate) needles_lost: Vec<(u32, u64)>,
+    /// `(volume, node)`: every replica of the volume missed a delete, and
+    /// this one, which may hold a delete the others lack, is not `up`; the
+    /// volume serves no read until it is (`docs/ARCHITECTURE.md`, "Replica
+    /// repair").
+    pub(crate) waiting: Vec<(u32, String)>,
 }
 
 impl RepairReport {
@@ -69,6 +74,7 @@ impl RepairReport {
             && self.failed.is_empty()
             && self.needles_mended.is_empty()
             && self.needles_lost.is_empty()
+            && self.waiting.is_empty()
     }
 }
 
@@ -90,7 +96,7 @@ pub(crate) async fn run_repair_loop(
                 Ok(report) if !report.is_empty() => {
                     tracing::info!(repaired = ?report.repaired, failed = ?report.failed,
                         needles_mended = ?report.needles_mended, needles_lost = ?report.needles_lost,
-                        "replica repair pass");
+                        waiting = ?report.waiting, "replica repair pass");
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "replica repair pass failed"),
@@ -254,7 +260,7 @@ async fn repair_volume(
             // preferring those that missed no delete.
             let source = elect_source(stores, &volume, &targets).await?;
             if volume.missed_delete(&source.id)
-                && !take_peer_deletes(stores, nodes, &volume, source).await?
+                && !take_peer_deletes(stores, nodes, &volume, source, report).await?
             {
                 return Ok(());
             }
@@ -361,15 +367,18 @@ async fn record_sync(
 }
 
 /// Picks the up replica with the highest `last_key`, then the most needles,
-/// among those that missed no delete if there are any.
+/// among those that missed no delete if there are any, and among those
+/// that can still take deletes.
 async fn elect_source<'a>(
     stores: &StoreCalls,
     volume: &LogicalVolume,
     candidates: &[&'a NodeRecord],
 ) -> Result<&'a NodeRecord, DirectoryError> {
     let vid = volume.id;
-    // Missed no delete, then the highest last key, then the most needles.
-    type Rank = (bool, Option<u64>, u64);
+    // Missed no delete, then able to take deletes (a replica whose write
+    // failed cannot, so it could never take its peers' deletes), then the
+    // highest last key, then the most needles.
+    type Rank = (bool, bool, Option<u64>, u64);
     let mut best: Option<(&NodeRecord, Rank)> = None;
     for node in candidates {
         let status = match stores.volume_status(&node.base_url(), vid).await {
@@ -381,6 +390,7 @@ async fn elect_source<'a>(
         };
         let rank = (
             !volume.missed_delete(&node.id),
+            status.locked || !status.read_only,
             status.last_key,
             status.needle_count,
         );
@@ -402,25 +412,38 @@ async fn elect_source<'a>(
 /// Gives `source`, elected while every replica missed a delete, the deletes
 /// of every other replica, so that a delete it missed does not come back
 /// when it serves again: each acknowledged delete is on at least one
-/// replica, and which one is not recorded. `false` (the pass waits) while a
-/// replica that could hold one cannot be asked; a replica its node does not
-/// hold at all holds no delete.
+/// replica, and which one is not recorded. As for stale journal holders
+/// with no fresh one (`holders`), that takes every other replica: `false`
+/// (the pass waits, and says so in its report) while one of them is not
+/// `up`. A replica its node does not hold holds no delete.
 async fn take_peer_deletes(
     stores: &StoreCalls,
     nodes: &HashMap<String, NodeRecord>,
     volume: &LogicalVolume,
     source: &NodeRecord,
+    report: &mut RepairReport,
 ) -> Result<bool, DirectoryError> {
     let vid = volume.id;
-    for replica in volume.replicas.iter().filter(|r| **r != source.id) {
-        let Some(peer) = up_node(nodes, replica) else {
-            tracing::warn!(volume = vid, replica = %replica, source = %source.id,
-                "every replica missed a delete; waiting for this one to be up to take its deletes");
-            return Ok(false);
-        };
+    let others: Vec<&String> = volume
+        .replicas
+        .iter()
+        .filter(|r| **r != source.id)
+        .collect();
+    let peers: Vec<&NodeRecord> = others.iter().filter_map(|r| up_node(nodes, r)).collect();
+    if peers.len() < others.len() {
+        for replica in others.into_iter().filter(|r| up_node(nodes, r).is_none()) {
+            report.waiting.push((vid, replica.clone()));
+        }
+        return Ok(false);
+    }
+    for peer in peers {
         match stores.volume_status(&peer.base_url(), vid).await {
             Ok(_) => {}
-            Err(ClientError::UnknownVolume(_) | ClientError::NotFound) => continue,
+            Err(ClientError::UnknownVolume(_)) => {
+                tracing::warn!(volume = vid, replica = %peer.id,
+                    "the replica's node does not hold it: whatever deletes it held are lost with it");
+                continue;
+            }
             Err(e) => return Err(store_error(peer, &e)),
         }
         let sync = stores
