@@ -727,7 +727,7 @@ impl Registration {
                 match &direct_reads {
                     Some(reads) => {
                         // The lease counts from before the request left.
-                        let asked = std::time::Instant::now();
+                        let asked = haystack::service::LeaseTime::now();
                         let lease = self.client.read_lease(&self.node.id).await?;
                         reads.grant(asked, &lease);
                         Ok(())

@@ -30,6 +30,72 @@ use crate::api::{READ_LEASE_MS_MAX, READ_LEASE_VOLUMES_MAX, ReadLease, code};
 /// asked for before it (no direct reads until the next heartbeat).
 const STOPS_MAX: usize = 4096;
 
+/// How far apart two readings of the host's suspended time may be and still
+/// count as no suspend: the two clocks behind a reading are read one after
+/// the other.
+const SUSPEND_SLACK: Duration = Duration::from_millis(1);
+
+/// When a read lease was asked for: the monotonic time, and how long the
+/// host had been suspended by then. A lease is counted on the monotonic
+/// clock, which stops while the host is suspended, as the directory's own
+/// waits do; so a node that was suspended since it asked for its lease
+/// holds none: counted on that clock, it would outlast the directory's
+/// reckoning by the time it slept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTime {
+    at: Instant,
+    suspended: Option<Duration>,
+}
+
+impl LeaseTime {
+    /// Now.
+    pub fn now() -> LeaseTime {
+        LeaseTime {
+            at: Instant::now(),
+            suspended: suspended_so_far(),
+        }
+    }
+}
+
+/// How long the host has been suspended since it booted
+/// (`CLOCK_BOOTTIME` less `CLOCK_MONOTONIC`), `None` if a clock cannot be
+/// read (then no lease is held). Elsewhere than Linux, zero: suspends go
+/// unseen there.
+fn suspended_so_far() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let read = |clock| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid, writable timespec for the call.
+            let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+            (rc == 0).then(|| {
+                Duration::new(
+                    u64::try_from(ts.tv_sec).unwrap_or(0),
+                    u32::try_from(ts.tv_nsec).unwrap_or(0),
+                )
+            })
+        };
+        let monotonic = read(libc::CLOCK_MONOTONIC)?;
+        let boot = read(libc::CLOCK_BOOTTIME)?;
+        Some(boot.saturating_sub(monotonic))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Some(Duration::ZERO)
+    }
+}
+
+/// Whether the host was suspended between two readings.
+fn slept(asked: Option<Duration>, now: Option<Duration>) -> bool {
+    match (asked, now) {
+        (Some(asked), Some(now)) => now.saturating_sub(asked) > SUSPEND_SLACK,
+        _ => true,
+    }
+}
+
 /// The direct reads a store node may serve now: its read lease, and the
 /// volumes stopped since it was asked for. Clones share the same state.
 #[derive(Clone, Debug, Default)]
@@ -44,6 +110,8 @@ struct Leases {
     /// When the lease in force was asked for; a lease asked for before this
     /// is refused.
     asked: Option<Instant>,
+    /// The host's suspended time when it was asked for.
+    suspended: Option<Duration>,
     volumes: HashSet<u32>,
     /// Volumes whose direct reads stopped, and when.
     stopped: HashMap<u32, Instant>,
@@ -52,12 +120,17 @@ struct Leases {
 impl DirectReads {
     /// Takes `lease`, asked for at `asked`. A lease asked for before the
     /// one in force changes nothing; stops before `asked` are superseded.
-    pub fn grant(&self, asked: Instant, lease: &ReadLease) {
+    pub fn grant(&self, asked: LeaseTime, lease: &ReadLease) {
+        let LeaseTime {
+            at: asked,
+            suspended,
+        } = asked;
         let mut leases = self.inner.lock();
         if leases.asked.is_some_and(|a| a > asked) {
             return;
         }
         leases.asked = Some(asked);
+        leases.suspended = suspended;
         leases.until = Some(asked + Duration::from_millis(lease.lease_ms.min(READ_LEASE_MS_MAX)));
         leases.volumes = lease
             .volumes
@@ -85,8 +158,10 @@ impl DirectReads {
 
     /// Whether `volume` may be read directly now.
     pub fn allows(&self, volume: u32) -> bool {
+        let now = LeaseTime::now();
         let leases = self.inner.lock();
-        leases.until.is_some_and(|until| Instant::now() < until)
+        leases.until.is_some_and(|until| now.at < until)
+            && !slept(leases.suspended, now.suspended)
             && leases.volumes.contains(&volume)
             && !leases.stopped.contains_key(&volume)
     }
@@ -139,7 +214,7 @@ mod tests {
     fn only_granted_unstopped_volumes_of_a_live_lease_are_read_directly() {
         let reads = DirectReads::default();
         assert!(!reads.allows(1), "no lease yet");
-        let first = Instant::now();
+        let first = LeaseTime::now();
         reads.grant(first, &lease(60_000, &[1, 2]));
         assert!(reads.allows(1) && reads.allows(2) && !reads.allows(3));
         reads.stop(2);
@@ -148,24 +223,43 @@ mod tests {
         reads.grant(first, &lease(60_000, &[1, 2]));
         assert!(!reads.allows(2));
         std::thread::sleep(Duration::from_millis(2));
-        reads.grant(Instant::now(), &lease(60_000, &[2]));
+        reads.grant(LeaseTime::now(), &lease(60_000, &[2]));
         assert!(reads.allows(2) && !reads.allows(1));
         // An older grant arriving late changes nothing.
         reads.grant(first, &lease(60_000, &[1]));
         assert!(reads.allows(2) && !reads.allows(1));
         // A lease that ran out covers nothing; a longer one than the most
         // holds the most.
-        reads.grant(Instant::now(), &lease(0, &[2]));
+        reads.grant(LeaseTime::now(), &lease(0, &[2]));
         assert!(!reads.allows(2));
-        reads.grant(Instant::now(), &lease(u64::MAX, &[2]));
+        reads.grant(LeaseTime::now(), &lease(u64::MAX, &[2]));
         let until = reads.inner.lock().until.expect("a lease");
         assert!(until <= Instant::now() + Duration::from_millis(READ_LEASE_MS_MAX));
     }
 
     #[test]
+    fn a_lease_is_not_held_across_a_suspend_or_without_its_clocks() {
+        let second = Duration::from_secs(1);
+        assert!(slept(Some(second), Some(3 * second)), "slept 2 s");
+        assert!(!slept(Some(second), Some(second + SUSPEND_SLACK)));
+        assert!(slept(None, Some(second)) && slept(Some(second), None));
+        let reads = DirectReads::default();
+        let now = LeaseTime::now();
+        assert!(now.suspended.is_some(), "the clocks can be read here");
+        reads.grant(now, &lease(60_000, &[1]));
+        assert!(reads.allows(1));
+        let unknown = LeaseTime {
+            suspended: None,
+            ..LeaseTime::now()
+        };
+        reads.grant(unknown, &lease(60_000, &[1]));
+        assert!(!reads.allows(1), "a lease asked for without the clocks");
+    }
+
+    #[test]
     fn too_many_stops_end_the_lease_until_a_later_one() {
         let reads = DirectReads::default();
-        let before = Instant::now();
+        let before = LeaseTime::now();
         reads.grant(before, &lease(60_000, &[1, 9_999]));
         for volume in 0..=STOPS_MAX as u32 {
             reads.stop(10_000 + volume);
@@ -175,7 +269,7 @@ mod tests {
         reads.grant(before, &lease(60_000, &[1]));
         assert!(!reads.allows(1), "a lease asked for before is refused");
         std::thread::sleep(Duration::from_millis(2));
-        reads.grant(Instant::now(), &lease(60_000, &[1]));
+        reads.grant(LeaseTime::now(), &lease(60_000, &[1]));
         assert!(reads.allows(1));
     }
 }

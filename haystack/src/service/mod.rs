@@ -37,7 +37,7 @@ use crate::http::ServerLimits;
 use crate::store::Store;
 use crate::volume::VolumeOptions;
 
-pub use direct::DirectReads;
+pub use direct::{DirectReads, LeaseTime};
 pub use handlers::router;
 
 /// Largest needle (on disk) that a read tries from the page cache on the async task,
