@@ -306,8 +306,8 @@ impl Cluster {
         let line = rx
             .recv_timeout(STARTUP_DEADLINE)
             .with_context(|| format!("{id} not ready; log:\n{}", self.log_tail()))?;
-        let ready: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
+        let ready: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{id}: ready line {line:?}; log:\n{}", self.log_tail()))?;
         anyhow::ensure!(ready["ready"] == true, "bad ready line {line:?}");
         Ok((child, ready))
     }
