@@ -16,7 +16,8 @@ use directory_common::{
     TestStore, eventually, spawn_heartbeats, spawn_steady_heartbeats, start_directory, start_store,
 };
 use router::directory::{
-    Directory, DirectoryClient, DirectoryConfig, LogicalVolume, RedbDirectory, VolumeState, now_ms,
+    Directory, DirectoryClient, DirectoryConfig, LogicalVolume, NodeRegistration, RedbDirectory,
+    VolumeState, now_ms,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +56,33 @@ async fn read(store: &TestStore, vid: u32, key: u64) -> Option<Bytes> {
         Err(e) if e.is_not_found() => None,
         Err(e) => panic!("read {vid}/{key} from {}: {e}", store.id),
     }
+}
+
+/// Prepares the directory file offline: the nodes registered as
+/// `registrations` say, one volume with a replica on every store, and every
+/// replica stale (and as having missed a delete if `missed_delete`).
+async fn all_stale_volume(
+    root: &std::path::Path,
+    stores: &[TestStore],
+    registrations: Vec<NodeRegistration>,
+    missed_delete: bool,
+) -> u32 {
+    let dir = RedbDirectory::open(&root.join("directory")).expect("open");
+    for registration in registrations {
+        dir.register_node(registration, now_ms()).expect("register");
+    }
+    let volume = dir.allocate_volume(now_ms()).expect("allocate");
+    for s in stores {
+        s.client
+            .create_volume(volume.id)
+            .await
+            .expect("create replica");
+    }
+    for replica in &volume.replicas {
+        dir.mark_replica_stale(volume.id, replica, missed_delete)
+            .expect("stale");
+    }
+    volume.id
 }
 
 async fn wait_repaired(client: &DirectoryClient, vid: u32) -> LogicalVolume {
@@ -192,26 +220,8 @@ async fn a_replica_reported_stale_is_resynchronised() {
 async fn when_every_replica_is_stale_the_most_complete_one_is_the_source() {
     let root = tempfile::tempdir().expect("tempdir");
     let stores = start_stores(root.path()).await;
-    // Prepare the directory file offline: one volume, every replica stale.
-    let vid = {
-        let dir = RedbDirectory::open(&root.path().join("directory")).expect("open");
-        for s in &stores {
-            dir.register_node(s.registration(), now_ms())
-                .expect("register");
-        }
-        let volume = dir.allocate_volume(now_ms()).expect("allocate");
-        for s in &stores {
-            s.client
-                .create_volume(volume.id)
-                .await
-                .expect("create replica");
-        }
-        for replica in &volume.replicas {
-            dir.mark_replica_stale(volume.id, replica, false)
-                .expect("stale");
-        }
-        volume.id
-    };
+    let registrations = stores.iter().map(TestStore::registration).collect();
+    let vid = all_stale_volume(root.path(), &stores, registrations, false).await;
     // s2 has the most: keys 1..=3; s1 has 1..=2; s3 has 1.
     for (id, keys) in [("s1", 2), ("s2", 3), ("s3", 1)] {
         for key in 1..=keys {
@@ -241,28 +251,17 @@ async fn when_every_replica_missed_a_delete_the_source_takes_them_all_first() {
     let stores = start_stores(root.path()).await;
     // s3 is registered at an address nothing listens on: it cannot be asked.
     let silent = "127.0.0.1:1".to_owned();
-    let vid = {
-        let dir = RedbDirectory::open(&root.path().join("directory")).expect("open");
-        for s in &stores {
+    let registrations = stores
+        .iter()
+        .map(|s| {
             let mut registration = s.registration();
             if s.id == "s3" {
                 registration.address = silent.clone();
             }
-            dir.register_node(registration, now_ms()).expect("register");
-        }
-        let volume = dir.allocate_volume(now_ms()).expect("allocate");
-        for s in &stores {
-            s.client
-                .create_volume(volume.id)
-                .await
-                .expect("create replica");
-        }
-        for replica in &volume.replicas {
-            dir.mark_replica_stale(volume.id, replica, true)
-                .expect("stale");
-        }
-        volume.id
-    };
+            registration
+        })
+        .collect();
+    let vid = all_stale_volume(root.path(), &stores, registrations, true).await;
     // Keys 1..=4 everywhere, key 5 on s2 only (the most complete, so the
     // source). Acknowledged deletes, none on s2: key 1 on s1, key 2 on s3,
     // key 3 on s1 and s3.
