@@ -175,6 +175,24 @@ impl RouterClient {
         Ok(())
     }
 
+    /// `DELETE /admin/nodes/{id}`: has the directory forget a down node
+    /// no volume keeps data on.
+    pub async fn remove_node(&self, id: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .delete(format!("{}/admin/nodes/{id}", self.base))
+            .send()
+            .await
+            .context("removing the node")?;
+        let removed: serde_json::Value = checked(response).await?.json().await?;
+        println!(
+            "node {id} removed (it was a {} in rack {})",
+            field(&removed, "role"),
+            field(&removed, "rack")
+        );
+        Ok(())
+    }
+
     /// `POST /admin/volumes/{id}/seal`: seals a locked volume into the warm
     /// tier; returns once it is warm (an error otherwise).
     pub async fn warm_seal(&self, volume: u32, json: bool) -> anyhow::Result<()> {

@@ -96,6 +96,11 @@ enum Command {
         #[command(flatten)]
         router: RouterArg,
     },
+    /// Node operator commands.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Warm-tier operator commands.
     Warm {
         #[command(subcommand)]
@@ -180,6 +185,20 @@ enum WarmCommand {
         /// Print the router's whole JSON answer.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        router: RouterArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Have the directory forget a node taken out of service for good (a
+    /// router, a rebuilder, an emptied node): refused while the node is up
+    /// or while a volume keeps data on it. Until then a down router, for
+    /// one, makes every migration wait out the routers' cache lifetime.
+    Remove {
+        /// The node id (as in `hayloft status`).
+        id: String,
         #[command(flatten)]
         router: RouterArg,
     },
@@ -290,6 +309,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             client::RouterClient::new(&router.router)?
                 .warm_seal(volume, json)
+                .await
+        }
+        Command::Node {
+            command: NodeCommand::Remove { id, router },
+        } => {
+            client::RouterClient::new(&router.router)?
+                .remove_node(&id)
                 .await
         }
         Command::Migrate {

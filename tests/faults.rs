@@ -337,17 +337,49 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
     };
 
     cluster.kill_node("store-2")?;
+    // The backoff node too, to be removed below: it keeps no data.
+    cluster.kill_node("backoff")?;
     // At once, before the directory has noticed (the delete to store-2
     // fails), and again once store-2 is marked down (it is not asked).
     assert_eq!(delete(blobs[0].0.clone()).await?, 204);
-    wait_until("store-2 marked down", Duration::from_secs(60), || async {
-        let nodes = directory_json(&cluster, "/nodes").await?;
-        Ok(nodes
-            .iter()
-            .any(|node| node["id"] == "store-2" && node["state"] == "down"))
-    })
+    wait_until(
+        "store-2 and backoff marked down",
+        Duration::from_secs(60),
+        || async {
+            let nodes = directory_json(&cluster, "/nodes").await?;
+            let down = |id: &str| nodes.iter().any(|n| n["id"] == id && n["state"] == "down");
+            Ok(down("store-2") && down("backoff"))
+        },
+    )
     .await?;
     assert_eq!(delete(blobs[1].0.clone()).await?, 204);
+
+    // `hayloft node remove`: a down node that keeps nothing goes; one that
+    // keeps a replica, an up one and an unknown one stay, with the reason.
+    let remove = |id: &str| -> anyhow::Result<(bool, String)> {
+        let output = std::process::Command::new(common::hayloft_bin())
+            .args(["node", "remove", id, "--router", &cluster.router])
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((output.status.success(), text))
+    };
+    for (id, reason) in [
+        ("store-2", "a replica"),
+        ("store-1", "it is up"),
+        ("nobody", "unknown node"),
+    ] {
+        let (ok, text) = remove(id)?;
+        anyhow::ensure!(!ok && text.contains(reason), "{id}: {text}");
+    }
+    let (ok, text) = remove("backoff")?;
+    anyhow::ensure!(ok && text.contains("removed"), "backoff: {text}");
+    let nodes = directory_json(&cluster, "/nodes").await?;
+    anyhow::ensure!(nodes.iter().all(|n| n["id"] != "backoff"), "{nodes:?}");
+    anyhow::ensure!(nodes.iter().any(|n| n["id"] == "store-2"), "{nodes:?}");
     for (n, (id, body)) in blobs.iter().enumerate() {
         let (status, got) = common::fetch(&client, &cluster.router, id).await?;
         match n {

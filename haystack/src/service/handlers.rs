@@ -333,17 +333,21 @@ async fn read_needle(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let (volume, key, cookie) = read_needle_id(path, &uri, || Query::try_from_uri(&uri))?;
-    read_needle_answer(&state, volume, key, cookie).await
+    read_needle_answer(&state, volume, key, cookie, || Ok(())).await
 }
 
-/// The answer to a `GET` of a needle: its verified data and headers.
+/// The answer to a `GET` of a needle: its verified data and headers, if
+/// `still` passes once the needle is read (a direct read checks its lease
+/// again: the read may have waited on the disk past the lease's end).
 pub(super) async fn read_needle_answer(
     state: &StoreNodeState,
     volume: u32,
     key: u64,
     cookie: u32,
+    still: impl FnOnce() -> Result<(), ApiError>,
 ) -> Result<Response, ApiError> {
     let needle = read_needle_inline_first(state, volume, key, cookie).await?;
+    still()?;
     // `needle.crc32` is the CRC-32 of the data alone (what the API sends),
     // computed by the engine while it verified the stored checksum.
     let headers = needle_headers(&needle.content_type, needle.crc32);

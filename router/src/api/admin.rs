@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -16,7 +16,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::directory::types::{DamagedQuery, MigrationJob, MigrationStep};
-use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
+use crate::directory::{DirectoryClientError, LogicalVolume, NodeRecord, VolumeState};
 
 /// Longest a scrape waits for the directory before rendering stale gauges.
 const GAUGE_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -124,6 +124,26 @@ pub(crate) async fn nodes(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<NodeRecord>>, ApiError> {
     Ok(Json(state.directory.list_nodes().await?))
+}
+
+/// `DELETE /admin/nodes/{id}`: has the directory forget a `down` node that
+/// no volume keeps data on (a router or rebuilder taken out of service):
+/// `200` with its last record; `404 unknown_node`; `409 node_in_use`.
+pub(crate) async fn remove_node(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeRecord>, ApiError> {
+    match state.directory.remove_node(&id).await {
+        Ok(removed) => Ok(Json(removed)),
+        Err(DirectoryClientError::Api { code, message, .. }) if code == "unknown_node" => {
+            Err(ApiError::UnknownNode(message))
+        }
+        Err(DirectoryClientError::Api { code, message, .. }) if code == "node_in_use" => {
+            Err(ApiError::NodeInUse(message))
+        }
+        Err(DirectoryClientError::BadArgument(message)) => Err(ApiError::BadRequest(message)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /admin/damaged-needles?after_volume=V&after_key=HEX&limit=N`: a page

@@ -71,6 +71,12 @@ pub enum ApiError {
          and can be retried: {0}"
     )]
     ReplicaFailed(String),
+    /// No node of that id is registered.
+    #[error("unknown node: {0}")]
+    UnknownNode(String),
+    /// The node cannot be removed (it is up, or a volume keeps data on it).
+    #[error("{0}")]
+    NodeInUse(String),
     /// The directory could not be reached or refused a request.
     #[error("directory: {0}")]
     Directory(#[from] DirectoryClientError),
@@ -109,6 +115,8 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::UploadFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upload_failed"),
             ApiError::ReplicaFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "replica_failed"),
+            ApiError::UnknownNode(_) => (StatusCode::NOT_FOUND, "unknown_node"),
+            ApiError::NodeInUse(_) => (StatusCode::CONFLICT, "node_in_use"),
             ApiError::Directory(_) => (StatusCode::BAD_GATEWAY, "directory_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "io"),

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use axum::Router as AxumRouter;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +106,7 @@ fn build(state: Arc<AppState>) -> AxumRouter {
         .route("/metrics", get(admin::metrics))
         .route("/admin/volumes", get(admin::volumes))
         .route("/admin/nodes", get(admin::nodes))
+        .route("/admin/nodes/{id}", delete(admin::remove_node))
         .route("/admin/damaged-needles", get(admin::damaged_needles))
         .route("/admin/volumes/{id}/seal", post(seal::seal_volume))
         .route("/admin/volumes/{id}/refresh", post(seal::refresh_volume))
@@ -148,6 +149,7 @@ fn route_label(method: &axum::http::Method, path: &str) -> (&'static str, &'stat
         "/metrics" => "/metrics",
         "/admin/volumes" => "/admin/volumes",
         "/admin/nodes" => "/admin/nodes",
+        p if p.starts_with("/admin/nodes/") => "/admin/nodes/{id}",
         "/admin/migrate" => "/admin/migrate",
         "/admin/repair" => "/admin/repair",
         "/admin/scrub" => "/admin/scrub",

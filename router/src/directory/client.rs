@@ -157,6 +157,14 @@ impl DirectoryClient {
         self.send(self.http.get(self.url("/nodes"))).await
     }
 
+    /// `DELETE /nodes/{id}`: forgets a `down` node no volume names; its
+    /// last record.
+    pub async fn remove_node(&self, id: &str) -> Result<NodeRecord, DirectoryClientError> {
+        check_node_id(id)?;
+        let url = self.url(&format!("/nodes/{id}"));
+        self.send(self.http.delete(url)).await
+    }
+
     /// `POST /volumes`: allocates a new writable logical volume.
     pub async fn allocate_volume(&self) -> Result<LogicalVolume, DirectoryClientError> {
         self.send(self.http.post(self.url("/volumes"))).await

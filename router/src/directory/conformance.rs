@@ -52,6 +52,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("migration_claims", migration_claims),
     ("volume_ownership", volume_ownership),
     ("geo_companions", geo_companions),
+    ("node_removal", node_removal),
 ];
 
 /// Runs every check, each over the storage that `fresh` prepares: `fresh()`
@@ -1580,4 +1581,61 @@ pub fn geo_companions(open: Open<'_>) {
     drop(dir);
     let reopened = open().volume(a.id).expect("a");
     assert_eq!(reopened.geo.xor, Some(xor.id));
+}
+
+/// Only a `down` node that no volume keeps data on is forgotten, for good
+/// (a reopen keeps it forgotten); it may register again as a new node.
+pub fn node_removal(open: Open<'_>) {
+    {
+        let dir = open();
+        register_cell(&*dir, "f4", 14, 14, 0);
+        let vid = locked_volume(&*dir);
+        dir.begin_seal(vid).expect("begin");
+        dir.place_warm(vid, place_request(1, 5000), false)
+            .expect("place");
+        let warm = dir.commit_warm(vid, 1).expect("commit");
+        let record = warm.warm.as_ref().expect("record");
+        dir.register_node(registration("router-1", NodeRole::Router, "r1"), 0)
+            .expect("register");
+        let in_use = |id: &str, part: &str| match dir.remove_node(id) {
+            Err(DirectoryError::NodeInUse { reason, .. }) => {
+                assert!(reason.contains(part), "{id}: {reason}");
+            }
+            other => panic!("{id}: {other:?}"),
+        };
+        assert!(matches!(
+            dir.remove_node("nobody"),
+            Err(DirectoryError::UnknownNode { .. })
+        ));
+        in_use("router-1", "up");
+        dir.mark_down_expired(10_000, 1_000).expect("mark down");
+        let holder = record.journal_holders[0].clone();
+        let block_only = record.stripes[0]
+            .iter()
+            .find(|node| !record.journal_holders.contains(node))
+            .expect("a node with a block only")
+            .clone();
+        in_use("s1", "a replica");
+        in_use(&holder, "index and journal");
+        in_use(&block_only, "a block");
+        let removed = dir.remove_node("router-1").expect("remove");
+        assert_eq!(removed.role, NodeRole::Router);
+        assert!(!nodes_by_id(&*dir).contains_key("router-1"));
+        assert!(matches!(
+            dir.remove_node("router-1"),
+            Err(DirectoryError::UnknownNode { .. })
+        ));
+        for id in ["s1", &holder, &block_only] {
+            assert!(nodes_by_id(&*dir).contains_key(id), "{id} was kept");
+        }
+    }
+    let dir = open();
+    assert!(
+        !nodes_by_id(&*dir).contains_key("router-1"),
+        "forgotten for good"
+    );
+    let again = dir
+        .register_node(registration("router-1", NodeRole::Router, "r2"), 20_000)
+        .expect("register again");
+    assert_eq!((again.state, again.rack.as_str()), (NodeState::Up, "r2"));
 }

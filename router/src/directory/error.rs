@@ -95,6 +95,14 @@ pub enum DirectoryError {
         /// Why not.
         reason: String,
     },
+    /// The node cannot be removed: it is up, or a volume names it.
+    #[error("node {id} cannot be removed: {reason}")]
+    NodeInUse {
+        /// The node id.
+        id: String,
+        /// Why not.
+        reason: String,
+    },
     /// The service configuration is unusable.
     #[error("invalid directory config: {0}")]
     InvalidConfig(String),
@@ -168,6 +176,7 @@ impl DirectoryError {
             | DirectoryError::NotWritable { .. }
             | DirectoryError::VolumeInUse { .. }
             | DirectoryError::JobClaimed { .. }
+            | DirectoryError::NodeInUse { .. }
             | DirectoryError::PlacementConflict { .. } => StatusCode::CONFLICT,
             DirectoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DirectoryError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -209,6 +218,7 @@ impl DirectoryError {
             DirectoryError::VolumeInUse { .. } => "volume_in_use",
             DirectoryError::JobClaimed { .. } => "job_claimed",
             DirectoryError::PlacementConflict { .. } => "placement_conflict",
+            DirectoryError::NodeInUse { .. } => "node_in_use",
             DirectoryError::BadRequest(_) => "bad_request",
             DirectoryError::InvalidConfig(_) => "invalid_config",
             DirectoryError::PayloadTooLarge { .. } => "payload_too_large",

@@ -59,6 +59,14 @@ pub trait Directory: Send + Sync {
     /// Every registered node, ordered by id.
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, DirectoryError>;
 
+    /// Forgets node `id` for good (a router, a rebuilder or a node taken
+    /// out of service): only a `down` node that no volume names as a
+    /// replica, a journal holder or a block's node
+    /// ([`DirectoryError::NodeInUse`] otherwise). Returns its last record;
+    /// [`DirectoryError::UnknownNode`] if it never registered. It may
+    /// register again later, as a new node.
+    fn remove_node(&self, id: &str) -> Result<NodeRecord, DirectoryError>;
+
     /// Marks `down` every `up` node whose last heartbeat is more than
     /// `timeout_ms` before `now_ms`. Each of their replicas becomes stale and
     /// each `writable` volume with such a replica turns `readonly`.

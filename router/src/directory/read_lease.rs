@@ -35,6 +35,9 @@ const GRANTS_KEPT_MAX: usize = 16;
 struct Grant {
     at: Instant,
     volumes: Option<Arc<HashSet<u32>>>,
+    /// Holds an older grant too: it names any volume for good, whatever
+    /// its own volume list turns out to be.
+    folded: bool,
 }
 
 /// The leases this directory granted, by node.
@@ -42,7 +45,7 @@ struct Grant {
 pub(crate) struct ReadLeases {
     lease: Duration,
     /// When this process started: a lease granted before it (by an earlier
-    /// run) ended by `started + lease`.
+    /// run, under any setting) ended by `started + READ_LEASE_MS_MAX`.
     started: Instant,
     /// Each node's grants that may still hold, oldest first.
     granted: Mutex<HashMap<String, VecDeque<Grant>>>,
@@ -74,10 +77,12 @@ impl ReadLeases {
             // The fold ends when the later grant ends and names everything.
             next.at = next.at.max(oldest.at);
             next.volumes = None;
+            next.folded = true;
         }
         grants.push_back(Grant {
             at: now,
             volumes: None,
+            folded: false,
         });
     }
 
@@ -87,7 +92,7 @@ impl ReadLeases {
         if let Some(grant) = granted.get_mut(node).and_then(|grants| {
             grants
                 .iter_mut()
-                .find(|g| g.at == at && g.volumes.is_none())
+                .find(|g| g.at == at && g.volumes.is_none() && !g.folded)
         }) {
             grant.volumes = Some(Arc::new(lease.volumes.iter().copied().collect()));
         }
@@ -104,7 +109,10 @@ impl ReadLeases {
                 .find(|g| g.volumes.as_ref().is_none_or(|v| v.contains(&volume)))
                 .map(|g| g.at)
         });
-        latest.map_or(self.started, |at| at.max(self.started)) + self.lease
+        // A lease an earlier run granted may have been as long as any run
+        // grants, whatever this run's setting.
+        let earlier_run = self.started + Duration::from_millis(READ_LEASE_MS_MAX);
+        latest.map_or(earlier_run, |at| (at + self.lease).max(earlier_run))
     }
 
     /// Waits until no lease granted to `node` so far lets it serve
@@ -203,5 +211,35 @@ mod tests {
         }
         assert!(leases.granted.lock()["s1"].len() <= GRANTS_KEPT_MAX);
         assert!(leases.end("s1", 1) >= t(10_000 + 3_000));
+    }
+
+    #[test]
+    fn an_earlier_runs_longest_lease_and_folded_grants_are_waited_for() {
+        // An earlier run may have granted the longest lease there is.
+        let short = ReadLeases::new(1_000);
+        let t = |ms: u64| short.started + Duration::from_millis(ms);
+        let lease = |volumes: &[u32]| ReadLease {
+            lease_ms: 1_000,
+            volumes: volumes.to_vec(),
+        };
+        assert_eq!(short.end("s1", 1), t(READ_LEASE_MS_MAX));
+        short.granting("s1", t(100));
+        short.granted("s1", t(100), &lease(&[]));
+        assert_eq!(short.end("s1", 1), t(READ_LEASE_MS_MAX));
+        // A grant still being decided takes an older one (naming volume 7)
+        // in when too many are kept: once decided, it still names every
+        // volume, since the older one did.
+        short.granting("s1", t(5_000));
+        short.granted("s1", t(5_000), &lease(&[7]));
+        for n in 1..=GRANTS_KEPT_MAX as u64 {
+            short.granting("s1", t(5_000 + n));
+        }
+        for n in 2..=GRANTS_KEPT_MAX as u64 {
+            short.granted("s1", t(5_000 + n), &lease(&[]));
+        }
+        // The grant at 5,001 ms holds the one at 5,000 ms now.
+        short.granted("s1", t(5_001), &lease(&[]));
+        assert_eq!(short.end("s1", 7), t(5_001 + 1_000));
+        assert_eq!(short.end("s1", 8), t(5_001 + 1_000), "folded: any volume");
     }
 }

@@ -673,6 +673,33 @@ impl Directory for RedbDirectory {
         self.read(|txn| all_nodes(&txn.open_table(NODES)?))
     }
 
+    fn remove_node(&self, id: &str) -> Result<NodeRecord, DirectoryError> {
+        self.write(|txn| {
+            let node = get_node(txn, id)?
+                .ok_or_else(|| DirectoryError::UnknownNode { id: id.to_owned() })?;
+            let in_use = |reason: String| DirectoryError::NodeInUse {
+                id: id.to_owned(),
+                reason,
+            };
+            if node.is_up() {
+                return Err(in_use(
+                    "it is up: stop it first, and remove it once the directory has marked it down"
+                        .into(),
+                ));
+            }
+            // Bind first: the table must be closed before the node's is written.
+            let volumes = all_volumes(&txn.open_table(VOLUMES)?)?;
+            if let Some((volume, part)) = volumes
+                .iter()
+                .find_map(|v| v.part_on(id).map(|part| (v.id, part)))
+            {
+                return Err(in_use(format!("volume {volume} keeps {part} on it")));
+            }
+            txn.open_table(NODES)?.remove(id)?;
+            Ok(node)
+        })
+    }
+
     fn mark_down_expired(
         &self,
         now_ms: u64,

@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -285,6 +285,17 @@ async fn read_lease(
 async fn list_nodes(State(state): State<AppState>) -> Result<Response, DirectoryError> {
     let nodes = state.blocking(|d| d.list_nodes()).await?;
     Ok(axum::Json(nodes).into_response())
+}
+
+/// `DELETE /nodes/{id}`: forgets a `down` node no volume names; `200` with
+/// its last record, `404 unknown_node`, `409 node_in_use`.
+async fn remove_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, DirectoryError> {
+    let removed = state.blocking(move |d| d.remove_node(&id)).await?;
+    tracing::info!(node = %removed.id, role = ?removed.role, "node removed");
+    Ok(axum::Json(removed).into_response())
 }
 
 /// Allocates a volume, then creates its replicas on the store nodes, so a
@@ -899,6 +910,7 @@ fn router(state: AppState, config: &DirectoryConfig) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/nodes", post(register_node).get(list_nodes))
+        .route("/nodes/{id}", delete(remove_node))
         .route("/nodes/{id}/heartbeat", post(heartbeat))
         .route("/nodes/{id}/read-lease", post(read_lease))
         .route("/volumes", post(allocate_volume).get(list_volumes))

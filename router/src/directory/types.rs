@@ -760,6 +760,22 @@ pub struct ReplaceHolderRequest {
 }
 
 impl LogicalVolume {
+    /// What this volume keeps on node `id`, if anything: a replica, a
+    /// journal holder's index and journal, or a block.
+    pub fn part_on(&self, id: &str) -> Option<&'static str> {
+        if self.replicas.iter().any(|r| r == id) {
+            return Some("a replica");
+        }
+        let warm = self.warm.as_ref()?;
+        if warm.journal_holders.iter().any(|h| h == id) {
+            return Some("its index and journal");
+        }
+        warm.stripes
+            .iter()
+            .any(|stripe| stripe.iter().any(|b| b == id))
+            .then_some("a block")
+    }
+
     /// A new writable volume `id` on `replicas`, created at `created_ms`:
     /// no needle, no mark, no owner yet.
     pub fn writable(id: u32, replicas: Vec<String>, created_ms: u64) -> LogicalVolume {
