@@ -254,7 +254,8 @@ pub struct StoreSection {
     /// Datacenter label.
     #[serde(default = "default_datacenter")]
     pub datacenter: String,
-    /// Socket address of the node's HTTP API (port 0: any free port;
+    /// Socket address of the node's HTTP API (port 0: any free port, below
+    /// the ephemeral range where there is room, `up::bind`;
     /// empty: the role's default, port 9400, 9500 or 9600 on loopback).
     #[serde(default)]
     pub listen: String,
