@@ -39,49 +39,22 @@ pub fn worker_threads() -> usize {
 }
 
 /// Binds a TCP listener, with the address in the error. "Any free port"
-/// (port 0) is taken below the kernel's ephemeral range where there is
-/// room: a port from that range can go to any outgoing connection while its
-/// node is down, and a node restarted by hand (`up --spawn` records each
-/// node's port in its config) must bind the same port again.
+/// (port 0) is taken below the kernel's ephemeral range where there is room
+/// ([`haystack::http::free_port_candidates`]): `up --spawn` records each
+/// node's port in its config, and a node restarted by hand must get it back.
 pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     if let Ok(any_port) = address.parse::<std::net::SocketAddr>()
         && any_port.port() == 0
-        && let Some(listener) = bind_below_ephemeral(any_port.ip()).await
     {
-        return Ok(listener);
+        for port in haystack::http::free_port_candidates(64) {
+            if let Ok(listener) = TcpListener::bind((any_port.ip(), port)).await {
+                return Ok(listener);
+            }
+        }
     }
     TcpListener::bind(address)
         .await
         .with_context(|| format!("binding {address}"))
-}
-
-/// The lowest port "any free port" is taken from: above the usual fixed
-/// ones (SeaweedFS's 8080, 9333 and their gRPC ports at +10000, for one).
-const FREE_PORTS_FROM: u16 = 20_000;
-
-/// A listener on `ip` at a free port between [`FREE_PORTS_FROM`] and the
-/// start of the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`),
-/// tried at random a bounded number of times; `None` where there is no
-/// such range or no free port was found.
-async fn bind_below_ephemeral(ip: std::net::IpAddr) -> Option<TcpListener> {
-    use std::hash::{BuildHasher, Hasher};
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let ephemeral_from: u16 = range.split_whitespace().next()?.parse().ok()?;
-    let room = ephemeral_from.checked_sub(FREE_PORTS_FROM)?;
-    if room < 1_000 {
-        return None;
-    }
-    for attempt in 0..64u64 {
-        // A random start per call (std's hasher keys are random), so that
-        // clusters starting side by side rarely try the same ports.
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(attempt);
-        let port = FREE_PORTS_FROM + (hasher.finish() % u64::from(room)) as u16;
-        if let Ok(listener) = TcpListener::bind((ip, port)).await {
-            return Some(listener);
-        }
-    }
-    None
 }
 
 /// Runs every role in this process until `shutdown` is cancelled or a role fails.

@@ -65,6 +65,41 @@ pub struct ServerLimits {
 /// role makes to another (the binary's `request_timeout_ms`): 30 s.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
+/// The lowest port "any free port" is taken from
+/// ([`free_port_candidates`]): above the usual fixed ones (SeaweedFS's
+/// 8080 and 9333 and their gRPC ports at +10000, for one).
+const FREE_PORTS_FROM: u16 = 20_000;
+
+/// Up to `tries` random ports to try for "any free port" (port 0), between
+/// [`FREE_PORTS_FROM`] and the start of the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`); none where there is no such
+/// room. A port from the ephemeral range can go to any outgoing connection
+/// while its node is down, and a node restarted by hand must bind the same
+/// port again.
+pub fn free_port_candidates(tries: usize) -> Vec<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let Some(ephemeral_from) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+    else {
+        return Vec::new();
+    };
+    let room = ephemeral_from.saturating_sub(FREE_PORTS_FROM);
+    if room < 1_000 {
+        return Vec::new();
+    }
+    // std's hasher keys are random per call: clusters starting side by side
+    // rarely try the same ports.
+    let seed = std::collections::hash_map::RandomState::new();
+    (0..tries as u64)
+        .map(|n| {
+            let mut hasher = seed.build_hasher();
+            hasher.write_u64(n);
+            FREE_PORTS_FROM + (hasher.finish() % u64::from(room)) as u16
+        })
+        .collect()
+}
+
 impl ServerLimits {
     /// Default of [`ServerLimits::header_read_timeout_ms`]: 10 s.
     pub fn default_header_read_timeout_ms() -> u64 {
@@ -444,4 +479,40 @@ pub fn chunks_answer(content_type: &'static str, chunks: Vec<Bytes>) -> Response
         (header::CONTENT_LENGTH, HeaderValue::from(len)),
     ];
     (headers, body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_taken_below_the_ephemeral_range() {
+        let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+            assert!(free_port_candidates(8).is_empty(), "no range, no candidate");
+            return;
+        };
+        let ephemeral_from: u16 = range
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("the range's first port");
+        let ports = free_port_candidates(200);
+        if ephemeral_from < FREE_PORTS_FROM + 1_000 {
+            assert!(ports.is_empty());
+            return;
+        }
+        assert_eq!(ports.len(), 200);
+        assert!(
+            ports
+                .iter()
+                .all(|p| (FREE_PORTS_FROM..ephemeral_from).contains(p)),
+            "{ports:?}"
+        );
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "spread, not one port: {}",
+            distinct.len()
+        );
+    }
 }

@@ -43,9 +43,13 @@ pub fn hayloft_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hayloft")
 }
 
-/// A free loopback port: bind port 0, note the port, release it.
+/// A free loopback port, below the ephemeral range as the nodes' own
+/// (a router restarted on it must get it back): bind it, note it, release it.
 pub fn free_loopback_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    let listener = haystack::http::free_port_candidates(64)
+        .into_iter()
+        .find_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+        .unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").expect("binding a free port"));
     listener.local_addr().expect("local address")
 }
 
