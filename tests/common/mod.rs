@@ -212,18 +212,26 @@ impl Cluster {
     }
 
     /// `kill -9` one spawned node.
-    /// Returns once the process is dead (gone, or a zombie: its sockets
-    /// closed), so that a restart can bind its address again.
+    /// Returns once every thread of the process is dead (gone, or a zombie),
+    /// so that its sockets are closed and a restart can bind its address
+    /// again. The main thread alone is not enough: it can be a zombie while
+    /// other threads still hold the process's files (the listener with them).
     pub fn kill_node(&self, id: &str) -> anyhow::Result<()> {
         let pid = self.node(id)?["pid"].as_i64().context("pid")?;
         signal(pid as libc::pid_t, libc::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(10);
+        let thread_dead = |stat: &Path| match std::fs::read_to_string(stat) {
+            // The state follows the command name in parentheses.
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+            Err(_) => true,
+        };
         loop {
-            let dead = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                // The state follows the command name in parentheses.
-                Ok(stat) => stat
-                    .rsplit_once(") ")
-                    .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+            let dead = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+                Ok(threads) => threads
+                    .filter_map(Result::ok)
+                    .all(|thread| thread_dead(&thread.path().join("stat"))),
                 Err(_) => true,
             };
             if dead {

@@ -671,6 +671,16 @@ fn locked_volume(dir: &dyn Directory) -> u32 {
     vid
 }
 
+/// A volume of `len` bytes locked on three stores, then sealed into the
+/// cell (generation 1) and committed: warm.
+fn sealed_volume(dir: &dyn Directory, len: u64) -> LogicalVolume {
+    let vid = locked_volume(dir);
+    dir.begin_seal(vid).expect("begin");
+    dir.place_warm(vid, place_request(1, len), false)
+        .expect("place");
+    dir.commit_warm(vid, 1).expect("commit")
+}
+
 /// A placement request of generation `generation` for a volume of `len`
 /// bytes in blocks of at most 1 KiB.
 fn place_request(generation: u64, len: u64) -> PlaceRequest {
@@ -819,11 +829,8 @@ pub fn warm_placement(open: Open<'_>) {
 pub fn warm_holders_and_blocks(open: Open<'_>) {
     let dir = open();
     register_cell(&*dir, "f4", 14, 14, 0);
-    let vid = locked_volume(&*dir);
-    dir.begin_seal(vid).expect("begin");
-    dir.place_warm(vid, place_request(1, 5000), false)
-        .expect("place");
-    let warm = dir.commit_warm(vid, 1).expect("commit");
+    let warm = sealed_volume(&*dir, 5000);
+    let vid = warm.id;
     let holder = warm.warm.as_ref().expect("record").journal_holders[0].clone();
     assert!(matches!(
         dir.set_holder_stale(vid, "f4-not-a-holder", None),
@@ -903,15 +910,9 @@ pub fn warm_holders_and_blocks(open: Open<'_>) {
 pub fn warm_rebuilds(open: Open<'_>) {
     let dir = open();
     register_cell(&*dir, "f4", 15, 15, 0);
-    let vid = locked_volume(&*dir);
-    dir.begin_seal(vid).expect("begin");
-    dir.place_warm(vid, place_request(1, 5000), false)
-        .expect("place");
-    let warm = dir
-        .commit_warm(vid, 1)
-        .expect("commit")
-        .warm
-        .expect("record");
+    let sealed = sealed_volume(&*dir, 5000);
+    let vid = sealed.id;
+    let warm = sealed.warm.expect("record");
     assert_eq!(warm.tolerated_rack_losses, 4);
     let stripe = &warm.stripes[0];
     let spare = (0..15)
@@ -1157,11 +1158,9 @@ pub fn volume_ownership(open: Open<'_>) {
 pub fn rebuild_jobs(open: Open<'_>) {
     let dir = open();
     register_cell(&*dir, "f4", 16, 16, 0);
-    let vid = locked_volume(&*dir);
-    dir.begin_seal(vid).expect("begin");
-    dir.place_warm(vid, place_request(1, 50_000), false)
-        .expect("place");
-    let warm = dir.commit_warm(vid, 1).expect("commit").warm.expect("warm");
+    let sealed = sealed_volume(&*dir, 50_000);
+    let vid = sealed.id;
+    let warm = sealed.warm.expect("warm");
     assert!(warm.stripes.len() >= 2, "two stripes to list");
     let spare = |stripe: usize| {
         (0..16)
@@ -1589,11 +1588,7 @@ pub fn node_removal(open: Open<'_>) {
     {
         let dir = open();
         register_cell(&*dir, "f4", 14, 14, 0);
-        let vid = locked_volume(&*dir);
-        dir.begin_seal(vid).expect("begin");
-        dir.place_warm(vid, place_request(1, 5000), false)
-            .expect("place");
-        let warm = dir.commit_warm(vid, 1).expect("commit");
+        let warm = sealed_volume(&*dir, 5000);
         let record = warm.warm.as_ref().expect("record");
         dir.register_node(registration("router-1", NodeRole::Router, "r1"), 0)
             .expect("register");
