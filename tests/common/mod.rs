@@ -174,8 +174,25 @@ impl Cluster {
 
     /// Starts `hayloft up` again on the same data directory and router port.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        // Spawned nodes are not this process's children: each is waited for
+        // until dead, or the new one finds its port or files still held.
+        let mut spawned: Vec<i64> = Vec::new();
+        if self.spawn {
+            // Only processes of this cluster's group: a node killed earlier
+            // may have had its pid reused.
+            let pgid = i64::from(self.pgid);
+            spawned = self
+                .nodes()?
+                .iter()
+                .filter_map(|n| n["pid"].as_i64())
+                .collect();
+            spawned.retain(|pid| process_group(*pid) == Some(pgid));
+        }
         kill_group(self.pgid);
         let _ = self.child.wait();
+        for pid in spawned {
+            wait_dead(pid, &format!("pid {pid}"))?;
+        }
         let _ = std::fs::remove_file(self.data_dir.join("cluster.json"));
         self.child = spawn_up(
             &self.data_dir,
@@ -211,38 +228,12 @@ impl Cluster {
             .with_context(|| format!("no node {id} in cluster.json"))
     }
 
-    /// `kill -9` one spawned node.
-    /// Returns once every thread of the process is dead (gone, or a zombie),
-    /// so that its sockets are closed and a restart can bind its address
-    /// again. The main thread alone is not enough: it can be a zombie while
-    /// other threads still hold the process's files (the listener with them).
+    /// `kill -9` one spawned node; returns once it is dead ([`wait_dead`]),
+    /// so that a restart can bind its address again.
     pub fn kill_node(&self, id: &str) -> anyhow::Result<()> {
         let pid = self.node(id)?["pid"].as_i64().context("pid")?;
         signal(pid as libc::pid_t, libc::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let thread_dead = |stat: &Path| match std::fs::read_to_string(stat) {
-            // The state follows the command name in parentheses.
-            Ok(stat) => stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
-            Err(_) => true,
-        };
-        loop {
-            let dead = match std::fs::read_dir(format!("/proc/{pid}/task")) {
-                Ok(threads) => threads
-                    .filter_map(Result::ok)
-                    .all(|thread| thread_dead(&thread.path().join("stat"))),
-                Err(_) => true,
-            };
-            if dead {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{id} (pid {pid}) outlived kill -9"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_dead(pid, id)
     }
 
     /// Restarts a spawned node the documented way
@@ -433,6 +424,45 @@ fn spawn_up(
         command.arg("--spawn");
     }
     Ok(command.spawn()?)
+}
+
+/// Waits (at most 10 s) until every thread of process `pid` (`what`) is
+/// dead: gone, or a zombie. The main thread alone is not enough: it can be
+/// a zombie while other threads still hold the process's files (its
+/// listener, its database lock).
+fn wait_dead(pid: i64, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let thread_dead = |stat: &Path| match std::fs::read_to_string(stat) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
+    };
+    loop {
+        let dead = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+            Ok(threads) => threads
+                .filter_map(Result::ok)
+                .all(|thread| thread_dead(&thread.path().join("stat"))),
+            Err(_) => true,
+        };
+        if dead {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} (pid {pid}) outlived kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The process group of process `pid`, if it exists.
+fn process_group(pid: i64) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state, parent, group.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 fn kill_group(pgid: libc::pid_t) {
