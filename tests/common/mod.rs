@@ -173,36 +173,51 @@ impl Cluster {
     }
 
     /// Starts `hayloft up` again on the same data directory and router port.
+    /// A start whose router finds its port taken (one of the new nodes can
+    /// draw it while it is free: the router starts last) is retried, as
+    /// [`Cluster::launch`] retries.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        // Spawned nodes are not this process's children: each is waited for
-        // until dead, or the new one finds its port or files still held.
-        let mut spawned: Vec<i64> = Vec::new();
-        if self.spawn {
-            // Only processes of this cluster's group: a node killed earlier
-            // may have had its pid reused.
-            let pgid = i64::from(self.pgid);
-            spawned = self
-                .nodes()?
-                .iter()
-                .filter_map(|n| n["pid"].as_i64())
-                .collect();
-            spawned.retain(|pid| process_group(*pid) == Some(pgid));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.stop_every_process()?;
+            self.child = spawn_up(
+                &self.data_dir,
+                self.router_address,
+                &self.extra_args,
+                self.spawn,
+                self.tempdir.path(),
+            )?;
+            self.pgid = self.child.id() as libc::pid_t;
+            match self.wait_ready().await {
+                Err(error) if attempt < 3 && format!("{error:#}").contains("exited early") => {
+                    eprintln!("hayloft up failed to restart, retrying: {error:#}");
+                }
+                result => return result,
+            }
         }
+    }
+
+    /// `kill -9` of the whole cluster, returning once every process of it
+    /// is dead; `cluster.json` removed. Spawned nodes are not this
+    /// process's children: each is waited for until dead, or a new one
+    /// finds its port or files still held.
+    fn stop_every_process(&mut self) -> anyhow::Result<()> {
+        let pgid = i64::from(self.pgid);
+        let mut spawned: Vec<i64> = match self.nodes() {
+            Ok(nodes) => nodes.iter().filter_map(|n| n["pid"].as_i64()).collect(),
+            Err(_) => Vec::new(),
+        };
+        // Only processes of this cluster's group: a node killed earlier may
+        // have had its pid reused.
+        spawned.retain(|pid| process_group(*pid) == Some(pgid));
         kill_group(self.pgid);
         let _ = self.child.wait();
         for pid in spawned {
             wait_dead(pid, &format!("pid {pid}"))?;
         }
         let _ = std::fs::remove_file(self.data_dir.join("cluster.json"));
-        self.child = spawn_up(
-            &self.data_dir,
-            self.router_address,
-            &self.extra_args,
-            self.spawn,
-            self.tempdir.path(),
-        )?;
-        self.pgid = self.child.id() as libc::pid_t;
-        self.wait_ready().await
+        Ok(())
     }
 
     /// Pid of the `hayloft up` process itself.
