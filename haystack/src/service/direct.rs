@@ -222,6 +222,15 @@ mod tests {
         }
     }
 
+    /// A lease asked for `ms` after `base`: with `ms` of a second or more,
+    /// after every stop this test made, however slowly it ran.
+    fn later(base: LeaseTime, ms: u64) -> LeaseTime {
+        LeaseTime {
+            at: base.at + Duration::from_millis(ms),
+            ..base
+        }
+    }
+
     #[test]
     fn only_granted_unstopped_volumes_of_a_live_lease_are_read_directly() {
         let reads = DirectReads::default();
@@ -234,18 +243,18 @@ mod tests {
         // A grant asked for before the stop does not undo it; a later one does.
         reads.grant(first, &lease(60_000, &[1, 2]));
         assert!(!reads.allows(2));
-        std::thread::sleep(Duration::from_millis(2));
-        reads.grant(LeaseTime::now(), &lease(60_000, &[2]));
+        reads.grant(later(first, 1_000), &lease(60_000, &[2]));
         assert!(reads.allows(2) && !reads.allows(1));
         // An older grant arriving late changes nothing.
         reads.grant(first, &lease(60_000, &[1]));
         assert!(reads.allows(2) && !reads.allows(1));
         // A lease that ran out covers nothing; a longer one than the most
         // holds the most.
-        reads.grant(LeaseTime::now(), &lease(0, &[2]));
-        assert!(!reads.allows(2));
-        reads.grant(LeaseTime::now(), &lease(u64::MAX, &[2]));
-        let until = reads.inner.lock().until.expect("a lease");
+        let fresh = DirectReads::default();
+        fresh.grant(LeaseTime::now(), &lease(0, &[2]));
+        assert!(!fresh.allows(2));
+        fresh.grant(LeaseTime::now(), &lease(u64::MAX, &[2]));
+        let until = fresh.inner.lock().until.expect("a lease");
         assert!(until <= Instant::now() + Duration::from_millis(READ_LEASE_MS_MAX));
     }
 
@@ -280,8 +289,7 @@ mod tests {
         assert!(!reads.allows(1), "the lease ended");
         reads.grant(before, &lease(60_000, &[1]));
         assert!(!reads.allows(1), "a lease asked for before is refused");
-        std::thread::sleep(Duration::from_millis(2));
-        reads.grant(LeaseTime::now(), &lease(60_000, &[1]));
+        reads.grant(later(before, 1_000), &lease(60_000, &[1]));
         assert!(reads.allows(1));
     }
 }

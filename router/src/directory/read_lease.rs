@@ -180,14 +180,19 @@ mod tests {
         );
     }
 
+    /// A lease of `lease_ms` naming `volumes`.
+    fn lease(lease_ms: u64, volumes: &[u32]) -> ReadLease {
+        ReadLease {
+            lease_ms,
+            volumes: volumes.to_vec(),
+        }
+    }
+
     #[test]
     fn a_volume_waits_for_the_last_grant_that_named_it() {
         let leases = ReadLeases::new(3_000);
         let t = |ms: u64| leases.started + Duration::from_millis(ms);
-        let lease = |volumes: &[u32]| ReadLease {
-            lease_ms: 3_000,
-            volumes: volumes.to_vec(),
-        };
+        let lease = |volumes: &[u32]| lease(3_000, volumes);
         // Before any grant, one of an earlier run may hold until start + lease.
         assert_eq!(leases.end("s1", 1), t(3_000));
         leases.granting("s1", t(1_000));
@@ -218,10 +223,7 @@ mod tests {
         // An earlier run may have granted the longest lease there is.
         let short = ReadLeases::new(1_000);
         let t = |ms: u64| short.started + Duration::from_millis(ms);
-        let lease = |volumes: &[u32]| ReadLease {
-            lease_ms: 1_000,
-            volumes: volumes.to_vec(),
-        };
+        let lease = |volumes: &[u32]| lease(1_000, volumes);
         assert_eq!(short.end("s1", 1), t(READ_LEASE_MS_MAX));
         short.granting("s1", t(100));
         short.granted("s1", t(100), &lease(&[]));
