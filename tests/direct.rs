@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::volumes::{Blob, ONE_IDLE_VOLUME, SMALL_VOLUMES, one_volume_of, volume, wait_locked};
-use common::{Cluster, http_client, wait_until};
+use common::{Cluster, get_json, http_client, wait_until};
 use serde_json::Value;
 
 /// `GET {node}/direct/volumes/{vid}/needles/{key}?cookie=C` of `blob` (with
@@ -54,13 +54,7 @@ async fn locations(
     router: &str,
     vid: u32,
 ) -> anyhow::Result<(Value, Vec<(String, String)>)> {
-    let answer: Value = client
-        .get(format!("{router}/volumes/{vid}/locations"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let answer: Value = get_json(client, &format!("{router}/volumes/{vid}/locations")).await?;
     let nodes = answer["locations"]
         .as_array()
         .context("locations")?

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::volumes::{check_volume, delete, fill, seal, volumes};
-use common::{Cluster, http_client, post_json, wait_until};
+use common::{Cluster, get_json, http_client, post_json, wait_until};
 use serde_json::Value;
 
 const ARGS: &[&str] = &[
@@ -37,13 +37,7 @@ async fn every_datacenter_has_a_cell_and_a_warm_volume_stays_in_one() -> anyhow:
     let cluster = Cluster::start(ARGS).await?;
     let client = http_client();
     let router = cluster.router.clone();
-    let nodes: Vec<Value> = client
-        .get(format!("{router}/admin/nodes"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let nodes: Vec<Value> = get_json(&client, &format!("{router}/admin/nodes")).await?;
     let datacenter_of: BTreeMap<String, String> = nodes
         .iter()
         .map(|n| {
@@ -219,13 +213,7 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
         "no pass saw both volumes with a copy, waiting for a buddy: {passes:#?}"
     );
 
-    let nodes: Vec<Value> = client
-        .get(format!("{router}/admin/nodes"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let nodes: Vec<Value> = get_json(&client, &format!("{router}/admin/nodes")).await?;
     let datacenter_of = |id: &str| {
         nodes
             .iter()
@@ -370,16 +358,8 @@ async fn a_datacenter_lost_is_read_from_the_buddy_and_the_xor() -> anyhow::Resul
             let (status, body) = common::fetch(&client, &router, &blob.id).await?;
             // Where the needle lies in the volume's data, from a remote
             // holder's index.
-            let entry: Value = client
-                .get(format!(
-                    "{index}/volumes/{a}/{generation}/keys/{:x}",
-                    blob.key()
-                ))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let url = format!("{index}/volumes/{a}/{generation}/keys/{:x}", blob.key());
+            let entry: Value = get_json(&client, &url).await?;
             let offset = entry["offset"].as_u64().context("offset")?;
             let size = entry["size_bytes"].as_u64().context("size")?;
             // The buddy's part of the range: read straight from its blocks'

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::volumes::{Blob, check_volume, delete, fill, seal, volume, volumes};
-use common::{Cluster, fetch, http_client, paused_at, wait_until};
+use common::{Cluster, fetch, get_json, http_client, paused_at, wait_until};
 use serde_json::Value;
 
 /// How long the cell gets to heal after each loss.
@@ -140,13 +140,7 @@ fn orphans(
 
 /// `GET /admin/repair`.
 async fn repair_status(client: &reqwest::Client, router: &str) -> anyhow::Result<Value> {
-    Ok(client
-        .get(format!("{router}/admin/repair"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
+    get_json(client, &format!("{router}/admin/repair")).await
 }
 
 /// Waits until every block of `vid` is where the record says, byte for

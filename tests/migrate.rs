@@ -17,7 +17,7 @@ use common::volumes::{
     Blob, ONE_IDLE_VOLUME, SMALL_VOLUMES, fill, locked_volume, one_volume_of, volume, volumes,
     wait_locked,
 };
-use common::{Cluster, http_client, paused_at, wait_until};
+use common::{Cluster, http_client, paused_at, post_json, wait_until};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
@@ -1066,13 +1066,7 @@ async fn a_flip_reaches_every_router_at_once() -> anyhow::Result<()> {
     let after = tier(probe).await?;
     anyhow::ensure!(after == "warm", "the second router read it {after}");
     // What the migration asked: each router answers with its own id.
-    let refreshed: Value = client
-        .post(format!("{second}/admin/volumes/{vid}/refresh"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let refreshed = post_json(&client, &format!("{second}/admin/volumes/{vid}/refresh")).await?;
     anyhow::ensure!(
         refreshed["router"] == "router-2" && refreshed["state"] == "warm",
         "{refreshed}"

@@ -98,8 +98,8 @@ fn data_for(key: u64) -> Bytes {
     )
 }
 
-/// Creates the volume on `node` with needles `1..=last` and locks it.
-async fn fill(node: &Node, last: u64) {
+/// Creates the volume on `node` with needles `1..=last`, writable still.
+async fn fill_writable(node: &Node, last: u64) {
     node.client.create_volume(VOLUME).await.expect("create");
     for key in 1..=last {
         node.client
@@ -107,6 +107,11 @@ async fn fill(node: &Node, last: u64) {
             .await
             .expect("append");
     }
+}
+
+/// Creates the volume on `node` with needles `1..=last` and locks it.
+async fn fill(node: &Node, last: u64) {
+    fill_writable(node, last).await;
     node.client.lock_volume(VOLUME).await.expect("lock");
 }
 
@@ -348,13 +353,7 @@ async fn a_deletes_only_sync_takes_the_peers_deletes_and_no_data() {
             Node::start().await,
         );
         // The peer stays writable: deletes only grow, so it need not be locked.
-        a.client.create_volume(VOLUME).await.expect("create");
-        for key in 1..=12 {
-            a.client
-                .append_needle_bytes(VOLUME, key, cookie_for(key), "t/x", data_for(key))
-                .await
-                .expect("append");
-        }
+        fill_writable(&a, 12).await;
         fill(&b, 6).await;
         for (node, key) in [(&a, 3), (&a, 5), (&a, 11), (&b, 2)] {
             node.client
@@ -364,24 +363,16 @@ async fn a_deletes_only_sync_takes_the_peers_deletes_and_no_data() {
         }
         // Bad input changes nothing: a malformed flag, a replica not held here.
         let url = format!("{}/volumes/{VOLUME}/sync", b.url);
-        let answer = reqwest::Client::new()
-            .post(&url)
-            .query(&[("from", a.url.as_str()), ("deletes_only", "maybe")])
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(answer.status(), 400);
-        let answer = reqwest::Client::new()
-            .post(&url)
-            .query(&[
-                ("from", a.url.as_str()),
-                ("deletes_only", "true"),
-                ("also", c.url.as_str()),
-            ])
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(answer.status(), 400, "deletes_only takes no also");
+        let sync_status = |query: Vec<(&'static str, String)>| {
+            let request = reqwest::Client::new().post(&url).query(&query);
+            async move { request.send().await.expect("send").status() }
+        };
+        let from = ("from", a.url.clone());
+        let answer = sync_status(vec![from.clone(), ("deletes_only", "maybe".into())]).await;
+        assert_eq!(answer, 400);
+        let also = ("also", c.url.clone());
+        let answer = sync_status(vec![from, ("deletes_only", "true".into()), also]).await;
+        assert_eq!(answer, 400, "deletes_only takes no also");
         assert!(read(&b, 3).await.is_ok(), "a refused sync applied a delete");
         let err = c.client.sync_deletes(VOLUME, &a.url).await.unwrap_err();
         assert!(matches!(err, ClientError::UnknownVolume(_)), "{err:?}");

@@ -58,6 +58,14 @@ impl Cluster {
         body["id"].as_str().expect("id").to_owned()
     }
 
+    async fn delete_blob(&self, id: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(&format!("/blobs/{id}")))
+            .send()
+            .await
+            .expect("delete request")
+    }
+
     async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
@@ -223,20 +231,10 @@ async fn upload_read_range_head_delete() {
     assert_eq!(answers[0], answers[2]);
 
     // Delete, then 404; a second delete is a 404 too.
-    let response = cluster
-        .http
-        .delete(cluster.url(&format!("/blobs/{id}")))
-        .send()
-        .await
-        .expect("delete");
+    let response = cluster.delete_blob(&id).await;
     assert_eq!(response.status(), 204);
     assert_eq!(cluster.get(&format!("/blobs/{id}")).await.status(), 404);
-    let response = cluster
-        .http
-        .delete(cluster.url(&format!("/blobs/{id}")))
-        .send()
-        .await
-        .expect("delete");
+    let response = cluster.delete_blob(&id).await;
     assert_eq!(response.status(), 404);
 
     // Many small uploads, more than one key lease and more than one volume.
@@ -560,12 +558,7 @@ async fn a_delete_reports_a_stale_replica_that_answers_not_found() {
         .await
         .expect("delete on the stale replica alone");
 
-    let response = cluster
-        .http
-        .delete(cluster.url(&format!("/blobs/{id}")))
-        .send()
-        .await
-        .expect("delete");
+    let response = cluster.delete_blob(&id).await;
     assert_eq!(response.status(), 204);
     let after = cluster.directory.volume(blob.volume).await.expect("volume");
     assert!(after.missed_delete(&stale), "{after:?}");

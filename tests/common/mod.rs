@@ -448,10 +448,7 @@ fn spawn_up(
 fn wait_dead(pid: i64, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let thread_dead = |stat: &Path| match std::fs::read_to_string(stat) {
-        // The state follows the command name in parentheses.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Ok(stat) => matches!(fields_after_name(&stat).first(), Some(&("Z" | "X"))),
         Err(_) => true,
     };
     loop {
@@ -472,12 +469,18 @@ fn wait_dead(pid: i64, what: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The fields of a `/proc/.../stat` line after the command name in
+/// parentheses (state, parent, group, ...); none if it has no such name.
+fn fields_after_name(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
 /// The process group of process `pid`, if it exists.
 fn process_group(pid: i64) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name in parentheses: state, parent, group.
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split_whitespace().nth(2)?.parse().ok()
+    fields_after_name(&stat).get(2)?.parse().ok()
 }
 
 fn kill_group(pgid: libc::pid_t) {
@@ -530,6 +533,20 @@ pub async fn upload(
         .as_str()
         .context("upload answer has no id")?
         .to_owned())
+}
+
+/// `GET url`: its JSON answer, on a 2xx.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<T> {
+    Ok(client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
 }
 
 /// `POST url` with no body: its JSON answer, on a 2xx.
