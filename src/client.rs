@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use router::directory::LogicalVolume;
+use router::directory::types::VolumePage;
 use tokio::io::AsyncWriteExt;
 
 /// A router's base URL and an HTTP client for it.
@@ -127,7 +129,7 @@ impl RouterClient {
     /// Health, volumes and nodes from the router's admin endpoints.
     pub async fn status(&self, json: bool) -> anyhow::Result<()> {
         let health = self.get_json("/health").await?;
-        let volumes = self.get_json("/admin/volumes").await?;
+        let volumes = serde_json::to_value(all_volumes(&self.http, &self.base).await?)?;
         let nodes = self.get_json("/admin/nodes").await?;
         if json {
             let all = serde_json::json!({"health": health, "volumes": volumes, "nodes": nodes});
@@ -224,13 +226,10 @@ impl RouterClient {
     pub async fn scrub(&self, volume: Option<u32>, deep: bool, json: bool) -> anyhow::Result<()> {
         let ids: Vec<u64> = match volume {
             Some(volume) => vec![u64::from(volume)],
-            None => self
-                .get_json("/admin/volumes")
+            None => all_volumes(&self.http, &self.base)
                 .await?
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v["id"].as_u64())
+                .iter()
+                .map(|v| u64::from(v.id))
                 .collect(),
         };
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
@@ -608,6 +607,34 @@ fn show_steps(bar: &ProgressBar, volume: Option<u32>, jobs: &serde_json::Value) 
 }
 
 /// Turns an error answer into an error carrying the router's JSON message.
+/// Every volume of the cluster whose router is at `base`:
+/// `GET /admin/volumes`, page by page.
+pub(crate) async fn all_volumes(
+    http: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<Vec<LogicalVolume>> {
+    let mut volumes = Vec::new();
+    let mut after: Option<u32> = None;
+    loop {
+        let mut request = http.get(format!("{base}/admin/volumes"));
+        if let Some(after) = after {
+            request = request.query(&[("after", after)]);
+        }
+        let response = request
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .context("GET /admin/volumes")?;
+        let page: VolumePage = checked(response).await?.json().await?;
+        volumes.extend(page.volumes);
+        match page.next_after {
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            Some(_) => anyhow::bail!("the router's volume pages do not advance"),
+            None => return Ok(volumes),
+        }
+    }
+}
+
 pub(crate) async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     let status = response.status();
     if status.is_success() {

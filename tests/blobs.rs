@@ -202,12 +202,7 @@ async fn large_blobs_skip_nearly_full_volumes() -> anyhow::Result<()> {
     // attempts an upload has for failures.
     blobs.extend(upload_all(&cluster.router, &[600 << 10], 12).await?);
     check_all(&cluster.router, &blobs).await?;
-    let volumes: Vec<serde_json::Value> = http_client()
-        .get(format!("{}/admin/volumes", cluster.router))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let volumes = common::volumes::volumes(&http_client(), &cluster.router).await?;
     let locked = volumes.iter().filter(|v| v["state"] == "locked").count();
     assert!(locked >= 7, "nearly full volumes were locked: {volumes:?}");
     Ok(())

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use common::volumes::every_volume;
 use common::{
     Cluster, check_blob, http_client, random_body, sha256, store_fingerprint, upload, wait_until,
 };
@@ -114,7 +115,8 @@ async fn directory_json(cluster: &Cluster, path: &str) -> anyhow::Result<Vec<ser
 /// Waits (at most 2 min) until no volume has a stale replica.
 async fn wait_no_stale_replica(cluster: &Cluster, what: &str) -> anyhow::Result<()> {
     wait_until(what, Duration::from_secs(120), || async {
-        let volumes = directory_json(cluster, "/volumes").await?;
+        let directory = cluster.node_url("directory")?;
+        let volumes = every_volume(&http_client(), &format!("{directory}/volumes")).await?;
         Ok(volumes.iter().all(|volume| {
             volume["stale_replicas"]
                 .as_array()
@@ -389,7 +391,8 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
     }
     // The directory knows store-2 missed them, so its copy is never read
     // until it is resynced.
-    let volumes = directory_json(&cluster, "/volumes").await?;
+    let directory = cluster.node_url("directory")?;
+    let volumes = every_volume(&http_client(), &format!("{directory}/volumes")).await?;
     for (id, _) in &blobs[..2] {
         let vid: u64 = id.split(',').next().context("vid")?.parse()?;
         let volume = volumes.iter().find(|v| v["id"] == vid).context("volume")?;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use common::volumes::every_volume;
 use common::{Cluster, check_blob, fetch, http_client, random_body, sha256, upload, wait_until};
 use haystack::format;
 
@@ -129,17 +130,6 @@ fn check_every_copy(copies: &Copies, blobs: &[(String, Vec<u8>)]) -> anyhow::Res
     Ok(())
 }
 
-async fn directory_json(cluster: &Cluster, path: &str) -> anyhow::Result<serde_json::Value> {
-    let url = format!("{}{path}", cluster.node_url("directory")?);
-    let response = http_client().get(url).send().await?;
-    anyhow::ensure!(
-        response.status() == 200,
-        "directory {path}: {}",
-        response.status()
-    );
-    Ok(response.json().await?)
-}
-
 /// The damaged-needle records, as the router's admin route shows them.
 async fn damaged_records(cluster: &Cluster) -> anyhow::Result<Vec<serde_json::Value>> {
     let response = http_client()
@@ -217,8 +207,9 @@ async fn a_needle_damaged_on_one_replica_is_mended_from_a_good_copy() -> anyhow:
         "each damaged copy read is counted"
     );
     // Nothing was marked stale for a needle: every replica stays readable.
-    let volumes = directory_json(&cluster, "/volumes").await?;
-    for volume in volumes.as_array().context("volumes")? {
+    let directory = cluster.node_url("directory")?;
+    let volumes = every_volume(&http_client(), &format!("{directory}/volumes")).await?;
+    for volume in &volumes {
         assert_eq!(volume["stale_replicas"], serde_json::json!([]), "{volume}");
     }
 

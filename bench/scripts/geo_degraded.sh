@@ -50,7 +50,7 @@ for _ in $(seq 1 300); do [ -f "$WORK/hayloft/cluster.json" ] && break; sleep 0.
 "$LOADGEN" --target hayloft --url "$router" --size "$SIZE" --concurrency "$CONCURRENCY" \
   --requests "$COUNT" --warmup 0 --upload-only --save-urls "$WORK/urls" --label upload >"$WORK/upload.json"
 directory="http://$(python3 -c 'import json,sys; print(next(n["address"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="directory"))' "$WORK/hayloft/cluster.json")"
-vids=$(curl -fsS "$router/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] in ("writable", "locked")))')
+vids=$(hayloft_volumes "$router" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] in ("writable", "locked")))')
 for vid in $vids; do
   curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
     -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state" || true
@@ -64,7 +64,7 @@ for pass in $(seq 1 100); do
 done
 
 # A paired volume, its datacenter, and its BLOBs' URLs.
-read -r vid home < <(curl -fsS "$router/admin/volumes" | python3 -c '
+read -r vid home < <(hayloft_volumes "$router" | python3 -c '
 import json, sys
 for v in json.load(sys.stdin):
     if v.get("geo", {}).get("buddy") is not None and v["warm"]:

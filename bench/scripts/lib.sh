@@ -168,12 +168,29 @@ wait_swfs_assign() { # [query]
   done
 }
 
+# Prints every volume of the Hayloft cluster whose router is at URL as one
+# JSON array (`GET /admin/volumes` answers pages of them).
+hayloft_volumes() { # router_url
+  python3 - "$1" <<'PY'
+import json, sys, urllib.request
+volumes, after = [], None
+while True:
+    url = sys.argv[1] + "/admin/volumes" + ("" if after is None else "?after=%d" % after)
+    page = json.load(urllib.request.urlopen(url))
+    volumes += page["volumes"]
+    after = page["next_after"]
+    if after is None:
+        break
+json.dump(volumes, sys.stdout)
+PY
+}
+
 # Locks every writable volume of the `hayloft up` in DIR through its
 # directory (so that it can be sealed or migrated now); prints their ids.
 lock_writable_volumes() { # dir router
   local directory vids vid
   directory="http://$(python3 -c 'import json,sys; print(next(n["address"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="directory"))' "$1/cluster.json")"
-  vids=$(curl -fsS "$2/admin/volumes" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "writable"))')
+  vids=$(hayloft_volumes "$2" | python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "writable"))')
   for vid in $vids; do
     curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
       -d '{"state":"locked","reason":"benchmark"}' "$directory/volumes/$vid/state"

@@ -72,7 +72,7 @@ install_wrk
 
 # The state of volume VID in the directory.
 volume_state() { # router vid
-  curl -fsS "$1/admin/volumes" |
+  hayloft_volumes "$1" |
     python3 -c 'import json, sys; print(next((v["state"] for v in json.load(sys.stdin) if v["id"] == int(sys.argv[1])), ""))' "$2"
 }
 
@@ -130,7 +130,7 @@ for round in $(seq 1 "$ROUNDS"); do
       sleep 0.05
     done
   else
-    curl -fsS "$router/admin/volumes" | python3 -c 'import json, os, sys
+    hayloft_volumes "$router" | python3 -c 'import json, os, sys
 hl = sys.argv[1]
 w = next(v for v in json.load(sys.stdin) if v["id"] == 2)["warm"]
 for b in (0, 5, 10, 13):

@@ -91,7 +91,7 @@ for round in $(seq 1 "$ROUNDS"); do
     --requests "$COUNT" --warmup 0 --upload-only --label hayloft-upload >/dev/null
   state=""
   for _ in $(seq 1 100); do
-    state=$(curl -fsS "$router/admin/volumes" |
+    state=$(hayloft_volumes "$router" |
       python3 -c 'import json,sys; print(next((v["state"] for v in json.load(sys.stdin) if v["id"] == 1), ""))')
     [ "$state" = locked ] && break
     sleep 0.2

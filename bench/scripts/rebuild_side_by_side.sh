@@ -82,7 +82,7 @@ for round in $(seq 1 "$ROUNDS"); do
     --requests "$COUNT" --warmup 0 --upload-only --label hayloft-upload >/dev/null
   state=""
   for _ in $(seq 1 100); do
-    state=$(curl -fsS "$router/admin/volumes" |
+    state=$(hayloft_volumes "$router" |
       python3 -c 'import json,sys; print(next((v["state"] for v in json.load(sys.stdin) if v["id"] == 1), ""))')
     [ "$state" = locked ] && break
     sleep 0.2
@@ -90,7 +90,7 @@ for round in $(seq 1 "$ROUNDS"); do
   [ "$state" = locked ] || { echo "volume 1 did not lock (COUNT too small?)" >&2; exit 1; }
   curl -fsS -X POST "$router/admin/volumes/1/migrate" >"$WORK/job-$round.json"
   # The block files of the lost blocks, and the volume's size.
-  read -r volume_bytes block_bytes lost_files < <(curl -fsS "$router/admin/volumes" |
+  read -r volume_bytes block_bytes lost_files < <(hayloft_volumes "$router" |
     python3 -c 'import json, sys
 hl, lost = sys.argv[1], [int(b) for b in sys.argv[2].split()]
 v = next(v for v in json.load(sys.stdin) if v["id"] == 1)

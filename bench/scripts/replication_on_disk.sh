@@ -57,7 +57,7 @@ sleep 3
 sync
 "$ON_DISK" --data "$WORK/data" --urls "$WORK/urls" --size "$SIZE" --label before >"$WORK/before.txt"
 
-locked=$(curl -fsS "$router/admin/volumes" |
+locked=$(hayloft_volumes "$router" |
   python3 -c 'import json,sys; print(" ".join(str(v["id"]) for v in json.load(sys.stdin) if v["state"] == "locked"))')
 [ -n "$locked" ] || { echo "no volume locked (COUNT too small?)" >&2; exit 1; }
 for vid in $locked; do
@@ -92,7 +92,7 @@ PY
   # How fast companions were built: each one's data over its job's wall
   # time (encode from the primaries' blocks, write, read every block back,
   # read every needle through it).
-  curl -fsS "$router/admin/volumes" >"$WORK/volumes.json"
+  hayloft_volumes "$router" >"$WORK/volumes.json"
   builds=$(python3 - "$WORK/passes.jsonl" "$WORK/volumes.json" <<'PY'
 import json, statistics, sys
 lengths = {v["id"]: (len(v["geo"]["of"]), v["warm"]["geometry"]["volume_len_bytes"])

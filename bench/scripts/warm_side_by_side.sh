@@ -149,9 +149,10 @@ open(path + ".ec", "w").write("\n".join(out) + "\n")
 PY
 
   # Bytes on disk and the BLOBs whose data starts in block 0.
-  python3 - "$HL" "$router" "$WORK/hl-$size.urls" "$size" "$WORK/sw-$size.urls" "$SW" "$seal_seconds" "$ec_seconds" >>"$FIGURES" <<'PY'
+  hayloft_volumes "$router" >"$WORK/volumes-$size.json"
+  python3 - "$HL" "$WORK/volumes-$size.json" "$WORK/hl-$size.urls" "$size" "$WORK/sw-$size.urls" "$SW" "$seal_seconds" "$ec_seconds" >>"$FIGURES" <<'PY'
 import json, os, sys, urllib.request
-hl, router, urls_path, size, sw_urls, sw, seal_s, ec_s = sys.argv[1:]
+hl, volumes_path, urls_path, size, sw_urls, sw, seal_s, ec_s = sys.argv[1:]
 unit = {"KiB": 1024, "MiB": 1 << 20}
 blob = int(size[:-3]) * unit[size[-3:]]
 lines = lambda path: sum(1 for line in open(path) if line.strip())
@@ -159,7 +160,7 @@ logical = blob * lines(urls_path)
 swfs_logical = blob * lines(sw_urls)
 nodes = json.load(open(os.path.join(hl, "cluster.json")))["nodes"]
 addr = {n["id"]: n["address"] for n in nodes}
-volumes = {v["id"]: v for v in json.load(urllib.request.urlopen(router + "/admin/volumes"))}
+volumes = {v["id"]: v for v in json.load(open(volumes_path))}
 def tree_bytes(root, keep=lambda p: True):
     total = 0
     for d, _, files in os.walk(root):

@@ -262,13 +262,37 @@ async fn upload_read_range_head_delete() {
         .json()
         .await
         .expect("json");
-    let volumes = volumes.as_array().expect("array");
-    assert!(!volumes.is_empty());
+    assert_eq!(volumes["next_after"], Value::Null, "one page: {volumes}");
+    let volumes = volumes["volumes"].as_array().expect("array");
+    assert!(volumes.len() >= 2, "{volumes:?}");
     assert!(
         volumes.len() <= 4,
         "at most writable_volumes volumes: {volumes:?}"
     );
     assert!(volumes.iter().all(|v| v["state"] == "writable"));
+    // Page by page, one volume at a time, the same list.
+    let mut paged = Vec::new();
+    let mut query = "limit=1".to_owned();
+    loop {
+        let page: Value = cluster
+            .get(&format!("/admin/volumes?{query}"))
+            .await
+            .json()
+            .await
+            .expect("json");
+        let listed = page["volumes"].as_array().expect("array");
+        assert!(listed.len() <= 1, "{page}");
+        paged.extend(listed.iter().cloned());
+        match page["next_after"].as_u64() {
+            Some(after) => query = format!("limit=1&after={after}"),
+            None => break,
+        }
+    }
+    assert_eq!(&paged, volumes);
+    for bad in ["limit=0", "limit=1025", "after=x", "limit=-1", "page=2"] {
+        let response = cluster.get(&format!("/admin/volumes?{bad}")).await;
+        assert_eq!(response.status(), 400, "{bad}");
+    }
     let nodes: Value = cluster
         .get("/admin/nodes")
         .await
@@ -407,7 +431,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .await
         .expect("json");
     let states = |v: &Value| {
-        v.as_array()
+        v["volumes"]
+            .as_array()
             .expect("array")
             .iter()
             .map(|v| (v["id"].clone(), v["state"].clone()))

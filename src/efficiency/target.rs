@@ -112,9 +112,9 @@ impl Target {
         &self.http
     }
 
-    /// `GET /admin/volumes`.
+    /// Every volume, `GET /admin/volumes` page by page.
     pub async fn volumes(&self) -> anyhow::Result<Vec<LogicalVolume>> {
-        self.get_json("/admin/volumes").await
+        crate::client::all_volumes(&self.http, &self.router).await
     }
 
     /// `GET /admin/nodes`.

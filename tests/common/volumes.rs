@@ -53,14 +53,37 @@ impl Blob {
     }
 }
 
+/// Every volume the router lists (`GET /admin/volumes`, page by page).
 pub async fn volumes(client: &reqwest::Client, router: &str) -> anyhow::Result<Vec<Value>> {
-    let answer: Value = client
-        .get(format!("{router}/admin/volumes"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    answer.as_array().cloned().context("volume list")
+    every_volume(client, &format!("{router}/admin/volumes")).await
+}
+
+/// Every volume of the paged listing at `url` (the router's
+/// `/admin/volumes` or the directory's `/volumes`), in small pages so that
+/// the tests cross page boundaries.
+pub async fn every_volume(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let mut request = client.get(url).query(&[("limit", 4)]);
+        if let Some(after) = after {
+            request = request.query(&[("after", after)]);
+        }
+        let response = request.send().await?;
+        anyhow::ensure!(response.status() == 200, "{url}: {}", response.status());
+        let page: Value = response.json().await?;
+        all.extend(page["volumes"].as_array().cloned().context("volume page")?);
+        match page["next_after"].as_u64() {
+            Some(next) => {
+                anyhow::ensure!(
+                    after.is_none_or(|a| next > a),
+                    "{url}: pages do not advance"
+                );
+                after = Some(next);
+            }
+            None => return Ok(all),
+        }
+    }
 }
 
 pub async fn volume(client: &reqwest::Client, router: &str, vid: u32) -> anyhow::Result<Value> {

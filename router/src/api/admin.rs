@@ -8,14 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::directory::types::{DamagedQuery, MigrationJob, MigrationStep};
+use crate::directory::types::{
+    DamagedQuery, MigrationJob, MigrationStep, VolumePage, VolumePageQuery,
+};
 use crate::directory::{DirectoryClientError, LogicalVolume, NodeRecord, VolumeState};
 
 /// Longest a scrape waits for the directory before rendering stale gauges.
@@ -110,13 +112,15 @@ fn record_volume_gauges(state: &AppState, volumes: &[LogicalVolume]) {
     state.metrics.set_geo_waiting(waiting, waiting_bytes);
 }
 
-/// `GET /admin/volumes`: every logical volume with its state.
+/// `GET /admin/volumes?after=V&limit=N`: a page of logical volumes with
+/// their states.
 pub(crate) async fn volumes(
     State(state): State<Arc<AppState>>,
-) -> Result<Json<Vec<LogicalVolume>>, ApiError> {
-    let volumes = state.directory.list_volumes().await?;
-    record_volume_gauges(&state, &volumes);
-    Ok(Json(volumes))
+    query: Result<Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<VolumePage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (after, limit) = query.page().map_err(ApiError::BadRequest)?;
+    Ok(Json(state.directory.volumes(after, limit).await?))
 }
 
 /// `GET /admin/nodes`: every registered node.
@@ -151,9 +155,9 @@ pub(crate) async fn remove_node(
 /// lost ones (no good copy anywhere), with their BLOB ids.
 pub(crate) async fn damaged_needles(
     State(state): State<Arc<AppState>>,
-    query: Result<axum::extract::Query<DamagedQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<DamagedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (after, limit) = query.page().map_err(ApiError::BadRequest)?;
     let page = state.directory.damaged_needles(after, limit).await?;
     Ok(Json(page).into_response())

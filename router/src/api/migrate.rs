@@ -41,7 +41,7 @@ use super::error::ApiError;
 use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
 use crate::directory::types::{
-    MigrationJob, MigrationPage, MigrationQuery, MigrationStep, StepRequest,
+    MigrationJob, MigrationPage, MigrationStep, StepRequest, VolumePageQuery,
 };
 use crate::directory::{NodeRole, VolumeState, now_ms};
 
@@ -537,7 +537,7 @@ pub(crate) async fn migrate_volume(
 /// `GET /admin/migrations?after=V&limit=N`: a page of migration jobs.
 pub(crate) async fn migrations(
     State(state): State<Arc<AppState>>,
-    query: Result<Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<MigrationPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (after, limit) = query.page().map_err(ApiError::BadRequest)?;

@@ -10,10 +10,10 @@ use haystack::api::ReadLease;
 use super::types::{
     ClaimRequest, CompanionRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage,
     DamagedRequest, DroppedPage, EndRequest, ErrorBody, GenerationRequest, KeyLease, LeaseRequest,
-    LogicalVolume, MIGRATION_PAGE_MAX, MigrationJob, MigrationPage, NodeRecord, NodeRegistration,
-    OwnershipRequest, PlaceRequest, REBUILD_PAGE_MAX, RebuildClaimRequest, RebuildJob, RebuildPage,
+    LogicalVolume, MigrationJob, MigrationPage, NodeRecord, NodeRegistration, OwnershipRequest,
+    PlaceRequest, REBUILD_PAGE_MAX, RebuildClaimRequest, RebuildJob, RebuildPage,
     RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, SetStateRequest, StaleRequest,
-    StepRequest, VolumeClaim, VolumeState,
+    StepRequest, VOLUME_PAGE_MAX, VolumeClaim, VolumePage, VolumePageQuery, VolumeState,
 };
 
 /// Default timeout of one request to the directory.
@@ -170,9 +170,27 @@ impl DirectoryClient {
         self.send(self.http.post(self.url("/volumes"))).await
     }
 
-    /// `GET /volumes`.
+    /// `GET /volumes?after=V&limit=N`: a page of volumes.
+    pub async fn volumes(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<VolumePage, DirectoryClientError> {
+        self.send(
+            self.http
+                .get(self.url("/volumes"))
+                .query(&page_query(after, limit)),
+        )
+        .await
+    }
+
+    /// Every volume, by id, page by page.
     pub async fn list_volumes(&self) -> Result<Vec<LogicalVolume>, DirectoryClientError> {
-        self.send(self.http.get(self.url("/volumes"))).await
+        every_page("volume", |after| async move {
+            let page = self.volumes(after, VOLUME_PAGE_MAX).await?;
+            Ok((page.volumes, page.next_after))
+        })
+        .await
     }
 
     /// `GET /volumes/{vid}`.
@@ -494,22 +512,19 @@ impl DirectoryClient {
         after: Option<u32>,
         limit: usize,
     ) -> Result<MigrationPage, DirectoryClientError> {
-        let mut query = vec![("limit", limit.to_string())];
-        if let Some(after) = after {
-            query.push(("after", after.to_string()));
-        }
-        self.send(self.http.get(self.url("/migrations")).query(&query))
-            .await
+        self.send(
+            self.http
+                .get(self.url("/migrations"))
+                .query(&page_query(after, limit)),
+        )
+        .await
     }
 
     /// Every dropped companion's id, page by page
     /// (`GET /companions/dropped`).
     pub async fn all_dropped_companions(&self) -> Result<Vec<u32>, DirectoryClientError> {
         every_page("dropped companion", |after: Option<u32>| async move {
-            let mut query = vec![("limit", MIGRATION_PAGE_MAX.to_string())];
-            if let Some(after) = after {
-                query.push(("after", after.to_string()));
-            }
+            let query = page_query(after, VOLUME_PAGE_MAX);
             let page: DroppedPage = self
                 .send(self.http.get(self.url("/companions/dropped")).query(&query))
                 .await?;
@@ -521,7 +536,7 @@ impl DirectoryClient {
     /// Every migration job, by volume id, page by page.
     pub async fn all_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryClientError> {
         every_page("migration job", |after| async move {
-            let page = self.migrations(after, MIGRATION_PAGE_MAX).await?;
+            let page = self.migrations(after, VOLUME_PAGE_MAX).await?;
             Ok((page.jobs, page.next_after))
         })
         .await
@@ -595,6 +610,14 @@ impl DirectoryClient {
             code,
             message,
         })
+    }
+}
+
+/// The query of a listing by volume id ([`VolumePageQuery`]).
+fn page_query(after: Option<u32>, limit: usize) -> VolumePageQuery {
+    VolumePageQuery {
+        after,
+        limit: Some(limit),
     }
 }
 

@@ -15,7 +15,7 @@ use super::types::{
     CompanionRequest, DamagedBlockRequest, DamagedNeedle, EndRequest, JobBlock, LogicalVolume,
     MigrationStep, NodeRecord, NodeRegistration, NodeRole, NodeState, PlaceRequest,
     RebuildClaimRequest, RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest, StepRequest,
-    VolumeClaim, VolumeState,
+    VOLUME_PAGE_MAX, VolumeClaim, VolumeState,
 };
 use super::{Directory, DirectoryError, FIRST_KEY, REPLICA_COUNT};
 
@@ -43,6 +43,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("volume_sizes", volume_sizes),
     ("state_survives_reopen", state_survives_reopen),
     ("discard_failed_allocation", discard_failed_allocation),
+    ("volume_pages", volume_pages),
     ("damaged_needles", damaged_needles),
     ("warm_seal_attempts", warm_seal_attempts),
     ("warm_placement", warm_placement),
@@ -554,6 +555,35 @@ pub fn discard_failed_allocation(open: Open<'_>) {
     ));
     let next = dir.allocate_volume(1).expect("allocate").id;
     assert!(next > used, "a discarded id is never reused");
+}
+
+/// Volumes are listed in pages by id, gaps skipped, and a scan of every
+/// volume crosses pages.
+pub fn volume_pages(open: Open<'_>) {
+    let dir = open();
+    register_stores(&*dir, &[("s1", "r1"), ("s2", "r2"), ("s3", "r3")], 0);
+    let count = VOLUME_PAGE_MAX + 3;
+    let mut ids: Vec<u32> = (0..count)
+        .map(|_| dir.allocate_volume(0).expect("allocate").id)
+        .collect();
+    dir.discard_volume(ids.remove(1)).expect("discard");
+    let listed = |after: Option<u32>, limit: usize| -> Vec<u32> {
+        let page = dir.volumes(after, limit).expect("page");
+        page.iter().map(|v| v.id).collect()
+    };
+    assert_eq!(listed(None, 2), ids[..2]);
+    assert_eq!(listed(Some(ids[0]), 2), ids[1..3], "the gap is skipped");
+    assert_eq!(listed(Some(ids[0] + 1), 1), ids[1..2], "after an absent id");
+    assert_eq!(listed(ids.last().copied(), 5), Vec::<u32>::new());
+    assert_eq!(listed(Some(u32::MAX), 5), Vec::<u32>::new());
+    assert_eq!(listed(Some(ids[count - 5]), 10), ids[count - 4..]);
+    let scanned: Vec<u32> = dir
+        .list_volumes()
+        .expect("scan")
+        .iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(scanned, ids, "every volume, across pages");
 }
 
 /// Damaged-needle records: created or extended by reports, paged in

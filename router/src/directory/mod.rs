@@ -85,8 +85,18 @@ pub trait Directory: Send + Sync {
     /// One volume; [`DirectoryError::UnknownVolume`] if absent.
     fn volume(&self, id: u32) -> Result<LogicalVolume, DirectoryError>;
 
-    /// Every volume, ordered by id.
-    fn list_volumes(&self) -> Result<Vec<LogicalVolume>, DirectoryError>;
+    /// Up to `limit` volumes after `after`, by id.
+    fn volumes(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<LogicalVolume>, DirectoryError>;
+
+    /// Every volume, by id, read a page at a time: for the directory's own
+    /// passes over all volumes (answers to clients are pages).
+    fn list_volumes(&self) -> Result<Vec<LogicalVolume>, DirectoryError> {
+        volume_scan(self).collect()
+    }
 
     /// Changes a volume's state. `locked` is final (re-locking is a no-op);
     /// `writable` needs every replica `up` and none stale.
@@ -383,6 +393,50 @@ pub trait Directory: Send + Sync {
         after: Option<u32>,
         limit: usize,
     ) -> Result<Vec<types::MigrationJob>, DirectoryError>;
+}
+
+/// Every volume of `directory`, by id, read a page of
+/// [`types::VOLUME_PAGE_MAX`] at a time; an error ends the scan.
+pub fn volume_scan<D: Directory + ?Sized>(directory: &D) -> VolumeScan<'_, D> {
+    VolumeScan {
+        directory,
+        after: None,
+        page: Vec::new().into_iter(),
+        done: false,
+    }
+}
+
+/// The iterator of [`volume_scan`].
+pub struct VolumeScan<'a, D: ?Sized> {
+    directory: &'a D,
+    after: Option<u32>,
+    page: std::vec::IntoIter<LogicalVolume>,
+    done: bool,
+}
+
+impl<D: Directory + ?Sized> Iterator for VolumeScan<'_, D> {
+    type Item = Result<LogicalVolume, DirectoryError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(volume) = self.page.next() {
+            return Some(Ok(volume));
+        }
+        if self.done {
+            return None;
+        }
+        match self.directory.volumes(self.after, types::VOLUME_PAGE_MAX) {
+            Ok(page) => {
+                self.done = page.len() < types::VOLUME_PAGE_MAX;
+                self.after = page.last().map(|v| v.id);
+                self.page = page.into_iter();
+                self.page.next().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 /// Current wall-clock time in ms since the UNIX epoch (0 if the clock is

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 pub use haystack::api::READ_LEASE_MS_MAX;
 use haystack::api::{READ_LEASE_VOLUMES_MAX, ReadLease};
 
+use super::DirectoryError;
 use super::types::LogicalVolume;
 
 /// Grants remembered per node; more are folded into one that names every
@@ -131,19 +132,28 @@ impl ReadLeases {
         }
     }
 
-    /// The lease of store node `node` over `volumes`: its fresh replicas
-    /// of hot volumes, at most [`READ_LEASE_VOLUMES_MAX`].
-    pub(crate) fn lease(&self, node: &str, volumes: &[LogicalVolume]) -> ReadLease {
-        let volumes = volumes
-            .iter()
-            .filter(|v| v.state.is_hot() && v.fresh_replicas().any(|r| r == node))
-            .map(|v| v.id)
-            .take(READ_LEASE_VOLUMES_MAX)
-            .collect();
-        ReadLease {
-            lease_ms: self.lease.as_millis() as u64,
-            volumes,
+    /// The lease of store node `node` over `volumes` (a
+    /// [`volume_scan`](super::volume_scan)): its fresh replicas of hot
+    /// volumes, at most [`READ_LEASE_VOLUMES_MAX`].
+    pub(crate) fn lease(
+        &self,
+        node: &str,
+        volumes: impl IntoIterator<Item = Result<LogicalVolume, DirectoryError>>,
+    ) -> Result<ReadLease, DirectoryError> {
+        let mut named = Vec::new();
+        for volume in volumes {
+            let volume = volume?;
+            if volume.state.is_hot() && volume.fresh_replicas().any(|r| r == node) {
+                named.push(volume.id);
+                if named.len() == READ_LEASE_VOLUMES_MAX {
+                    break;
+                }
+            }
         }
+        Ok(ReadLease {
+            lease_ms: self.lease.as_millis() as u64,
+            volumes: named,
+        })
     }
 }
 
@@ -172,10 +182,15 @@ mod tests {
             volume(7, VolumeState::Sealing),
             volume(8, VolumeState::Warm),
         ];
-        assert_eq!(leases.lease("s1", &volumes).volumes, vec![1, 2, 3]);
-        assert_eq!(leases.lease("s1", &volumes).lease_ms, 3_000);
+        let lease_of = |leases: &ReadLeases, volumes: &[LogicalVolume]| {
+            leases
+                .lease("s1", volumes.iter().cloned().map(Ok))
+                .expect("lease")
+        };
+        assert_eq!(lease_of(&leases, &volumes).volumes, vec![1, 2, 3]);
+        assert_eq!(lease_of(&leases, &volumes).lease_ms, 3_000);
         assert_eq!(
-            ReadLeases::new(60_000).lease("s1", &[]).lease_ms,
+            lease_of(&ReadLeases::new(60_000), &[]).lease_ms,
             READ_LEASE_MS_MAX
         );
     }

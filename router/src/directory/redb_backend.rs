@@ -124,6 +124,22 @@ fn range_after<V: redb::Value + 'static>(
     })
 }
 
+/// Up to `limit` values of a volume-keyed table after volume `after`,
+/// decoded.
+fn volume_page<T: DeserializeOwned>(
+    table: &impl ReadableTable<u32, &'static [u8]>,
+    name: &'static str,
+    after: Option<u32>,
+    limit: usize,
+) -> Result<Vec<T>, DirectoryError> {
+    let mut values = Vec::new();
+    for entry in range_after(table, after)?.take(limit) {
+        let (_, value) = entry?;
+        values.push(decode(name, value.value())?);
+    }
+    Ok(values)
+}
+
 /// Up to `limit` values of a `(volume, u64)`-keyed table after key
 /// `after`, decoded.
 fn page_after<T: DeserializeOwned>(
@@ -764,8 +780,12 @@ impl Directory for RedbDirectory {
         })
     }
 
-    fn list_volumes(&self) -> Result<Vec<LogicalVolume>, DirectoryError> {
-        self.read(|txn| all_volumes(&txn.open_table(VOLUMES)?))
+    fn volumes(
+        &self,
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<LogicalVolume>, DirectoryError> {
+        self.read(|txn| volume_page(&txn.open_table(VOLUMES)?, "volumes", after, limit))
     }
 
     fn set_volume_state(
@@ -1440,13 +1460,12 @@ impl Directory for RedbDirectory {
         limit: usize,
     ) -> Result<Vec<MigrationJob>, DirectoryError> {
         self.read(|txn| {
-            let table = txn.open_table(MIGRATION_JOBS)?;
-            let mut jobs = Vec::new();
-            for entry in range_after(&table, after)?.take(limit) {
-                let (_, v) = entry?;
-                jobs.push(decode("migration_jobs", v.value())?);
-            }
-            Ok(jobs)
+            volume_page(
+                &txn.open_table(MIGRATION_JOBS)?,
+                "migration_jobs",
+                after,
+                limit,
+            )
         })
     }
 }

@@ -31,9 +31,9 @@ use super::stores::StoreCalls;
 use super::types::{
     ClaimRequest, CompanionRequest, DamagedBlockRequest, DamagedPage, DamagedQuery, DamagedRequest,
     DropQuery, DroppedPage, EndRequest, ErrorBody, FreshRequest, GenerationRequest, LeaseRequest,
-    MigrationPage, MigrationQuery, NodeRegistration, OwnershipRequest, PlaceRequest,
-    RebuildClaimRequest, RebuildPage, RebuildQuery, RebuiltBlockRequest, RenewRequest,
-    ReplaceHolderRequest, SetStateRequest, StaleRequest, StepRequest,
+    MigrationPage, NodeRegistration, OwnershipRequest, PlaceRequest, RebuildClaimRequest,
+    RebuildPage, RebuildQuery, RebuiltBlockRequest, RenewRequest, ReplaceHolderRequest,
+    SetStateRequest, StaleRequest, StepRequest, VolumePage, VolumePageQuery,
 };
 use super::{Directory, DirectoryError, LogicalVolume, NodeRole, RedbDirectory, now_ms};
 
@@ -276,7 +276,7 @@ async fn read_lease(
     let leases = Arc::clone(&state.read_leases);
     let node = id.clone();
     let lease = state
-        .blocking(move |d| Ok(leases.lease(&node, &d.list_volumes()?)))
+        .blocking(move |d| leases.lease(&node, super::volume_scan(d)))
         .await?;
     state.read_leases.granted(&id, at, &lease);
     Ok(axum::Json(lease).into_response())
@@ -377,9 +377,23 @@ async fn discard_allocation(
     }
 }
 
-async fn list_volumes(State(state): State<AppState>) -> Result<Response, DirectoryError> {
-    let volumes = state.blocking(|d| d.list_volumes()).await?;
-    Ok(axum::Json(volumes).into_response())
+/// `GET /volumes?after=V&limit=N`: a page of volumes.
+async fn list_volumes(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, DirectoryError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
+    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
+    let volumes = state.blocking(move |d| d.volumes(after, limit)).await?;
+    let next_after = (volumes.len() == limit)
+        .then(|| volumes.last().map(|v| v.id))
+        .flatten();
+    Ok(axum::Json(VolumePage {
+        volumes,
+        next_after,
+    })
+    .into_response())
 }
 
 async fn get_volume(
@@ -715,7 +729,7 @@ struct DropCompanionQuery {
 /// ids.
 async fn list_dropped_companions(
     State(state): State<AppState>,
-    query: Result<axum::extract::Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<axum::extract::Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, DirectoryError> {
     let axum::extract::Query(query) =
         query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
@@ -819,7 +833,7 @@ async fn migration_step(
 /// `GET /migrations?after=V&limit=N`: a page of migration jobs.
 async fn list_migrations(
     State(state): State<AppState>,
-    query: Result<axum::extract::Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<axum::extract::Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, DirectoryError> {
     let axum::extract::Query(query) =
         query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;

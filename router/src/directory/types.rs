@@ -435,25 +435,38 @@ pub struct MigrationJob {
     pub last_error: Option<String>,
 }
 
-/// Most jobs of one `GET /migrations` page, and the default.
-pub const MIGRATION_PAGE_MAX: usize = 1024;
+/// Most records of one page of a listing by volume id (`GET /volumes`,
+/// `GET /migrations`, `GET /companions/dropped`), and the default.
+pub const VOLUME_PAGE_MAX: usize = 1024;
 
-/// Query of `GET /migrations` (and of the router's `GET /admin/migrations`):
-/// jobs of volumes after `after`, at most `limit`.
+/// Query of a listing by volume id (`GET /volumes`, `GET /migrations`,
+/// `GET /companions/dropped`, and the router's `GET /admin/volumes` and
+/// `GET /admin/migrations`): records of volumes after `after`, at most
+/// `limit`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MigrationQuery {
-    /// Jobs of volumes after this one.
+pub struct VolumePageQuery {
+    /// Records of volumes after this one.
     pub after: Option<u32>,
-    /// At most this many jobs (1 to [`MIGRATION_PAGE_MAX`]).
+    /// At most this many records (1 to [`VOLUME_PAGE_MAX`]).
     pub limit: Option<usize>,
 }
 
-impl MigrationQuery {
+impl VolumePageQuery {
     /// The volume to list after and the limit, checked.
     pub fn page(&self) -> Result<(Option<u32>, usize), String> {
-        Ok((self.after, page_limit(self.limit, MIGRATION_PAGE_MAX)?))
+        Ok((self.after, page_limit(self.limit, VOLUME_PAGE_MAX)?))
     }
+}
+
+/// A page of `GET /volumes` (and of the router's `GET /admin/volumes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumePage {
+    /// Volumes by id.
+    pub volumes: Vec<LogicalVolume>,
+    /// Ask again with `after` set to this for the next page; `None` at the
+    /// end.
+    pub next_after: Option<u32>,
 }
 
 /// A page of `GET /migrations`.
@@ -534,8 +547,7 @@ pub struct CompanionRequest {
     pub datacenters: Vec<String>,
 }
 
-/// A page of `GET /companions/dropped` (queried as `GET /migrations` is:
-/// [`MigrationQuery`]).
+/// A page of `GET /companions/dropped` ([`VolumePageQuery`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DroppedPage {
     /// Ids of dropped companions, in order.
