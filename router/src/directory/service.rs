@@ -382,18 +382,39 @@ async fn list_volumes(
     State(state): State<AppState>,
     query: Result<axum::extract::Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, DirectoryError> {
-    let axum::extract::Query(query) =
-        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
-    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
-    let volumes = state.blocking(move |d| d.volumes(after, limit)).await?;
-    let next_after = (volumes.len() == limit)
-        .then(|| volumes.last().map(|v| v.id))
-        .flatten();
+    let (volumes, next_after) = page_by_volume(
+        &state,
+        query,
+        |d, after, limit| d.volumes(after, limit),
+        |v| v.id,
+    )
+    .await?;
     Ok(axum::Json(VolumePage {
         volumes,
         next_after,
     })
     .into_response())
+}
+
+/// One page of a listing by volume id: `list` reads at most the query's
+/// limit after its volume, and the next page starts after the last one's
+/// `id` when the page is full.
+async fn page_by_volume<T: Send + 'static>(
+    state: &AppState,
+    query: Result<axum::extract::Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
+    list: impl FnOnce(&dyn Directory, Option<u32>, usize) -> Result<Vec<T>, DirectoryError>
+    + Send
+    + 'static,
+    id: impl Fn(&T) -> u32,
+) -> Result<(Vec<T>, Option<u32>), DirectoryError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
+    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
+    let records = state.blocking(move |d| list(d, after, limit)).await?;
+    let next_after = (records.len() == limit)
+        .then(|| records.last().map(id))
+        .flatten();
+    Ok((records, next_after))
 }
 
 async fn get_volume(
@@ -731,15 +752,13 @@ async fn list_dropped_companions(
     State(state): State<AppState>,
     query: Result<axum::extract::Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, DirectoryError> {
-    let axum::extract::Query(query) =
-        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
-    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
-    let volumes = state
-        .blocking(move |d| d.dropped_companions(after, limit))
-        .await?;
-    let next_after = (volumes.len() == limit)
-        .then(|| volumes.last().copied())
-        .flatten();
+    let (volumes, next_after) = page_by_volume(
+        &state,
+        query,
+        |d, after, limit| d.dropped_companions(after, limit),
+        |&v| v,
+    )
+    .await?;
     Ok(axum::Json(DroppedPage {
         volumes,
         next_after,
@@ -835,13 +854,13 @@ async fn list_migrations(
     State(state): State<AppState>,
     query: Result<axum::extract::Query<VolumePageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, DirectoryError> {
-    let axum::extract::Query(query) =
-        query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
-    let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
-    let jobs = state.blocking(move |d| d.migrations(after, limit)).await?;
-    let next_after = (jobs.len() == limit)
-        .then(|| jobs.last().map(|j| j.volume))
-        .flatten();
+    let (jobs, next_after) = page_by_volume(
+        &state,
+        query,
+        |d, after, limit| d.migrations(after, limit),
+        |j| j.volume,
+    )
+    .await?;
     Ok(axum::Json(MigrationPage { jobs, next_after }).into_response())
 }
 
