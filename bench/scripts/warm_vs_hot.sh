@@ -3,7 +3,8 @@
 # "warm fetch >= 0.7x hot fetch" target, without SeaweedFS (the full
 # comparison is warm_side_by_side.sh).
 #
-# On a fresh `hayloft up --spawn`: COUNT BLOBs of SIZE uploaded; ROUNDS
+# On a fresh `hayloft up --spawn` (`hayloft up`, every node in one process,
+# with SPAWN=0): COUNT BLOBs of SIZE uploaded; ROUNDS
 # rounds of FETCHES hot fetches at concurrency 16; every volume locked and
 # sealed; ROUNDS rounds of the same fetches warm. Prints medians and the
 # warm / hot ratio of requests per second. Rounds of the two tiers are not
@@ -16,6 +17,7 @@
 #   WORK=<temp dir>  HAYLOFT_PORT=18080
 #   WORKERS=<n>      worker threads of every node (TOKIO_WORKER_THREADS of
 #                    `hayloft up --spawn`; default: its own choice)
+#   SPAWN=1          0: `hayloft up` without `--spawn`
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -36,7 +38,9 @@ on_exit 'stop_all; rm -rf "$WORK/hayloft"'
 build_release
 
 rm -rf "$WORK/hayloft"
-${WORKERS:+env TOKIO_WORKER_THREADS="$WORKERS"} "$HAYLOFT" up --spawn --data "$WORK/hayloft" --listen "$IP:$HAYLOFT_PORT" --volume-size 256MiB \
+spawn=--spawn
+[ "${SPAWN:-1}" = 0 ] && spawn=
+${WORKERS:+env TOKIO_WORKER_THREADS="$WORKERS"} "$HAYLOFT" up $spawn --data "$WORK/hayloft" --listen "$IP:$HAYLOFT_PORT" --volume-size 256MiB \
   >"$WORK/hayloft.log" 2>&1 &
 PIDS+=($!)
 wait_http "$router/health" "hayloft router"
