@@ -132,6 +132,44 @@ pub struct ReadLease {
     pub volumes: Vec<u32>,
 }
 
+/// Most records of one page of a listing by volume id (a store node's
+/// `GET /volumes`, the directory's `GET /volumes`, `GET /migrations` and
+/// `GET /companions/dropped`), and the default.
+pub const VOLUME_PAGE_MAX: usize = 1024;
+
+/// Query of a listing by volume id: records of volumes after `after`, at
+/// most `limit`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumePageQuery {
+    /// Records of volumes after this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u32>,
+    /// At most this many records (1 to [`VOLUME_PAGE_MAX`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl VolumePageQuery {
+    /// The volume to list after and the limit, checked.
+    pub fn page(&self) -> Result<(Option<u32>, usize), String> {
+        match self.limit.unwrap_or(VOLUME_PAGE_MAX) {
+            limit @ 1..=VOLUME_PAGE_MAX => Ok((self.after, limit)),
+            _ => Err(format!("limit must be 1 to {VOLUME_PAGE_MAX}")),
+        }
+    }
+}
+
+/// A page of a store node's `GET /volumes`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VolumeStatusPage {
+    /// The node's replicas by volume id.
+    pub volumes: Vec<VolumeStatus>,
+    /// Ask again with `after` set to this for the next page; `None` at the
+    /// end.
+    pub next_after: Option<u32>,
+}
+
 /// Most entries of one page of `GET /volumes/{vid}/needles` or
 /// `GET /volumes/{vid}/deleted`; also the default page size.
 pub const PAGE_ENTRIES_MAX: usize = 4096;

@@ -24,10 +24,10 @@ pub use reader::{
     ReadKind, StoreAddress, lean_http_client,
 };
 
-use crate::api::VolumeStatus;
 use crate::api::{
     AppendResult, CRC32_HEADER, ERROR_HEADER, ErrorBody, HealthBody, VolumeFile, code, needle_path,
 };
+use crate::api::{VolumeStatus, VolumeStatusPage};
 
 /// Largest error or JSON body the client reads into memory.
 const JSON_BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
@@ -407,9 +407,28 @@ impl StoreClient {
         }
     }
 
-    /// `GET /volumes`: the status of every replica on the node.
+    /// `GET /volumes`, page by page: the status of every replica on the
+    /// node.
     pub async fn list_volumes(&self) -> Result<Vec<VolumeStatus>, ClientError> {
-        self.json(Method::GET, "/volumes".to_string()).await
+        let mut volumes = Vec::new();
+        let mut after: Option<u32> = None;
+        loop {
+            let path = match after {
+                Some(after) => format!("/volumes?after={after}"),
+                None => "/volumes".to_owned(),
+            };
+            let page: VolumeStatusPage = self.json(Method::GET, path).await?;
+            volumes.extend(page.volumes);
+            match page.next_after {
+                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+                Some(_) => {
+                    return Err(ClientError::InvalidResponse(
+                        "volume pages do not advance".into(),
+                    ));
+                }
+                None => return Ok(volumes),
+            }
+        }
     }
 
     /// `PUT /volumes/{vid}`: creates an empty replica. An existing replica

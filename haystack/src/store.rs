@@ -165,6 +165,21 @@ impl Store {
         self.volumes.read().values().cloned().collect()
     }
 
+    /// Up to `limit` open volumes after volume `after`, by id.
+    pub fn volumes_after(&self, after: Option<u32>, limit: usize) -> Vec<Arc<Volume>> {
+        let first = after.map_or(Some(0), |a| a.checked_add(1));
+        let volumes = self.volumes.read();
+        first
+            .map(|first| {
+                volumes
+                    .range(first..)
+                    .take(limit)
+                    .map(|(_, v)| Arc::clone(v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Temporary data and index paths in the store directory where a bulk sync writes the
     /// downloaded files of volume `id` before [`Store::install_volume`].
     pub fn staging_paths(&self, id: u32) -> (PathBuf, PathBuf) {

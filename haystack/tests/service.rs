@@ -739,7 +739,32 @@ async fn concurrent_clients_share_a_small_io_pool() {
         for task in tasks {
             assert_eq!(task.await.expect("task"), 15);
         }
-        assert_eq!(node.client.list_volumes().await.expect("list").len(), 8);
+        let listed = node.client.list_volumes().await.expect("list");
+        let ids: Vec<u32> = listed.iter().map(|v| v.volume_id).collect();
+        assert_eq!(ids, (1..=8).collect::<Vec<_>>());
+        // The same list in pages of three; bad queries refused.
+        let http = reqwest::Client::new();
+        let page = |query: &'static str| {
+            let request = http.get(format!("{}/volumes?{query}", node.url));
+            async move { request.send().await.expect("list") }
+        };
+        let mut paged = Vec::new();
+        for query in ["limit=3", "limit=3&after=3", "limit=3&after=6"] {
+            let answer: serde_json::Value = page(query).await.json().await.expect("json");
+            paged.extend(answer["volumes"].as_array().expect("page").iter().cloned());
+            let next = answer["next_after"].as_u64();
+            assert_eq!(
+                next,
+                (query != "limit=3&after=6").then(|| paged.len() as u64)
+            );
+        }
+        assert_eq!(
+            serde_json::Value::Array(paged),
+            serde_json::to_value(&listed).expect("value")
+        );
+        for bad in ["limit=0", "limit=1025", "after=-1", "after=x", "page=1"] {
+            assert_eq!(page(bad).await.status(), 400, "{bad}");
+        }
         node.stop().await;
     })
     .await;

@@ -27,7 +27,9 @@ use super::inventory;
 use super::params::{parse_needle_key, parse_vid, volume_and_key, volume_id};
 use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState, buffer_permits};
 use crate::VolumeStatus;
-use crate::api::{AppendResult, CRC32_HEADER, VolumeFile, parse_cookie};
+use crate::api::{
+    AppendResult, CRC32_HEADER, VolumeFile, VolumePageQuery, VolumeStatusPage, parse_cookie,
+};
 use crate::format::Needle;
 use crate::http::next_body_chunk;
 use crate::store::Store;
@@ -147,20 +149,26 @@ pub(super) fn read_needle_id(
     }
 }
 
+/// `GET /volumes?after=V&limit=N`: a page of this node's replicas.
 async fn list_volumes(
     State(state): State<StoreNodeState>,
-) -> Result<Json<Vec<VolumeStatus>>, ApiError> {
-    let mut statuses = state
-        .blocking(|store| {
-            Ok(store
-                .volumes()
-                .iter()
-                .map(|v| v.status())
-                .collect::<Vec<_>>())
+    query: Result<Query<VolumePageQuery>, QueryRejection>,
+) -> Result<Json<VolumeStatusPage>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (after, limit) = query.page().map_err(ApiError::bad_request)?;
+    let volumes: Vec<VolumeStatus> = state
+        .blocking(move |store| {
+            let volumes = store.volumes_after(after, limit);
+            Ok(volumes.iter().map(|v| v.status()).collect())
         })
         .await?;
-    statuses.sort_by_key(|s| s.volume_id);
-    Ok(Json(statuses))
+    let next_after = (volumes.len() == limit)
+        .then(|| volumes.last().map(|v| v.volume_id))
+        .flatten();
+    Ok(Json(VolumeStatusPage {
+        volumes,
+        next_after,
+    }))
 }
 
 async fn create_volume(

@@ -435,29 +435,7 @@ pub struct MigrationJob {
     pub last_error: Option<String>,
 }
 
-/// Most records of one page of a listing by volume id (`GET /volumes`,
-/// `GET /migrations`, `GET /companions/dropped`), and the default.
-pub const VOLUME_PAGE_MAX: usize = 1024;
-
-/// Query of a listing by volume id (`GET /volumes`, `GET /migrations`,
-/// `GET /companions/dropped`, and the router's `GET /admin/volumes` and
-/// `GET /admin/migrations`): records of volumes after `after`, at most
-/// `limit`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VolumePageQuery {
-    /// Records of volumes after this one.
-    pub after: Option<u32>,
-    /// At most this many records (1 to [`VOLUME_PAGE_MAX`]).
-    pub limit: Option<usize>,
-}
-
-impl VolumePageQuery {
-    /// The volume to list after and the limit, checked.
-    pub fn page(&self) -> Result<(Option<u32>, usize), String> {
-        Ok((self.after, page_limit(self.limit, VOLUME_PAGE_MAX)?))
-    }
-}
+pub use haystack::api::{VOLUME_PAGE_MAX, VolumePageQuery};
 
 /// A page of `GET /volumes` (and of the router's `GET /admin/volumes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
