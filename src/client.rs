@@ -400,15 +400,24 @@ impl RouterClient {
         println!(
             "{} placement violations, {} journal holders replaced, {} marked stale, {} orphan \
              blocks removed",
-            answer["placement_violations"]
-                .as_array()
-                .map_or(0, Vec::len),
+            field(&answer, "placement_violation_count"),
             field(&answer, "holders_replaced"),
             field(&answer, "holders_marked_stale"),
             field(&answer, "orphans_removed"),
         );
         for problem in answer["problems"].as_array().into_iter().flatten() {
             println!("problem: {}", problem.as_str().unwrap_or_default());
+        }
+        for (list, count, what) in [
+            ("endangered", "endangered_count", "endangered stripes"),
+            ("problems", "problem_count", "problems"),
+            ("jobs", "job_count", "rebuild jobs"),
+        ] {
+            let shown = answer[list].as_array().map_or(0, Vec::len);
+            let all = answer[count].as_u64().unwrap_or(0);
+            if all > shown as u64 {
+                println!("{all} {what} in all, the first {shown} shown");
+            }
         }
         anyhow::ensure!(!failed, "a rebuild failed");
         Ok(())

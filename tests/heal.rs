@@ -167,7 +167,11 @@ async fn healed(
         };
         let stale = warm["stale_holders"].as_array().map_or(0, Vec::len);
         let status = repair_status(client, router).await?;
-        let endangered = status["endangered"].as_array().map_or(0, Vec::len);
+        let endangered = status["endangered_count"].as_u64().context("endangered_count")?;
+        anyhow::ensure!(
+            status["endangered"].as_array().map(Vec::len) == Some(endangered.min(100) as usize),
+            "the answer shows the first 100 endangered stripes: {status}"
+        );
         let jobs = status["jobs"].as_array().map_or(0, Vec::len);
         let orphans = orphans(cluster, vid, &warm, gone)?;
         Ok(!on_gone

@@ -97,8 +97,10 @@ const RESUMED_ATTEMPTS: u32 = 3;
 /// Stripes whose orphan copies one pass removes, so that a node back with
 /// a disk full of them does not hold up the next pass's rebuilds.
 const ORPHAN_STRIPES_PER_PASS: usize = 64;
-/// Jobs a report lists (`job_count` counts them all).
-const REPORTED_JOBS: usize = 100;
+/// Entries of each list an answered report shows, most endangered first
+/// (the `*_count` fields count them all): a cell that lost a node has as
+/// many endangered stripes as the node held blocks.
+const REPORTED_ENTRIES: usize = 100;
 
 /// Claims this process made: each claim's owner name is its own, so that
 /// an attempt that outlived its claim can never act under a later one.
@@ -234,25 +236,51 @@ pub struct RepairReport {
     pub lost_nodes: Vec<String>,
     /// Storage nodes down for less than that.
     pub down_nodes: Vec<String>,
-    /// Stripes with blocks to rebuild, most endangered first.
+    /// Stripes with blocks to rebuild, most endangered first (an answer
+    /// shows the first [`REPORTED_ENTRIES`]).
     pub endangered: Vec<EndangeredStripe>,
-    /// Stripes with two blocks or more in one rack.
+    /// How many stripes have blocks to rebuild.
+    #[serde(default)]
+    pub endangered_count: usize,
+    /// Stripes with two blocks or more in one rack (an answer shows the
+    /// first [`REPORTED_ENTRIES`]).
     pub placement_violations: Vec<PlacementViolation>,
+    /// How many stripes have two blocks or more in one rack.
+    #[serde(default)]
+    pub placement_violation_count: usize,
     /// The rebuilds this pass ran (none when it only reports).
     pub rebuilds: Vec<RebuildOutcome>,
     /// Lost journal holders replaced by another node.
     pub holders_replaced: usize,
     /// Journal holders found without the volume, marked stale to merge.
     pub holders_marked_stale: usize,
-    /// What could not be planned (no node for a block, no rebuilder up).
+    /// What could not be planned (no node for a block, no rebuilder up;
+    /// an answer shows the first [`REPORTED_ENTRIES`]).
     pub problems: Vec<String>,
+    /// How many problems there were.
+    #[serde(default)]
+    pub problem_count: usize,
     /// The rebuild jobs in the directory when the pass began (the first
-    /// [`REPORTED_JOBS`]).
+    /// [`REPORTED_ENTRIES`]).
     pub jobs: Vec<RebuildJob>,
     /// How many there were.
     pub job_count: usize,
     /// Block files removed that no record names and no job plans.
     pub orphans_removed: usize,
+}
+
+impl RepairReport {
+    /// The report as answered: each list cut to its first
+    /// [`REPORTED_ENTRIES`], its count whole.
+    fn answered(mut self) -> Self {
+        self.endangered_count = self.endangered.len();
+        self.endangered.truncate(REPORTED_ENTRIES);
+        self.placement_violation_count = self.placement_violations.len();
+        self.placement_violations.truncate(REPORTED_ENTRIES);
+        self.problem_count = self.problems.len();
+        self.problems.truncate(REPORTED_ENTRIES);
+        self
+    }
 }
 
 /// A stripe's rebuild, planned.
@@ -589,7 +617,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
     }
     most_endangered_first(&mut jobs, &mut report.endangered);
     report.job_count = held.len();
-    report.jobs = held.iter().take(REPORTED_JOBS).cloned().collect();
+    report.jobs = held.iter().take(REPORTED_ENTRIES).cloned().collect();
     Ok(Audit {
         report,
         jobs,
@@ -1436,14 +1464,14 @@ async fn remove_stripe_orphans(
 pub(crate) async fn repair_status(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<RepairReport>, ApiError> {
-    Ok(Json(pass(&state, false).await?))
+    Ok(Json(pass(&state, false).await?.answered()))
 }
 
 /// `POST /admin/repair`: one pass now, rebuilds included.
 pub(crate) async fn repair_now(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<RepairReport>, ApiError> {
-    Ok(Json(pass(&state, true).await?))
+    Ok(Json(pass(&state, true).await?.answered()))
 }
 
 /// Runs a coordinator on `listener` (`/health`, `/metrics`) until `cancel`
@@ -1566,6 +1594,27 @@ mod tests {
             .map(|n| n.id.as_str())
             .collect();
         assert_eq!(only, ["a", "b", "far"], "any, while it has none");
+    }
+
+    #[test]
+    fn an_answered_report_shows_the_first_entries_and_counts_them_all() {
+        let stripe = |stripe| EndangeredStripe {
+            volume: 1,
+            stripe,
+            missing: vec![(0, Loss::NodeLost)],
+            unavailable: Vec::new(),
+        };
+        let report = RepairReport {
+            endangered: (0..250).map(stripe).collect(),
+            problems: vec!["no node".to_owned(); 3],
+            ..RepairReport::default()
+        };
+        let answered = report.clone().answered();
+        assert_eq!(answered.endangered, report.endangered[..REPORTED_ENTRIES]);
+        assert_eq!(answered.endangered_count, 250);
+        assert_eq!(answered.problems, report.problems);
+        assert_eq!(answered.problem_count, 3);
+        assert_eq!(answered.placement_violation_count, 0);
     }
 
     #[test]
