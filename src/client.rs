@@ -615,35 +615,32 @@ fn show_steps(bar: &ProgressBar, volume: Option<u32>, jobs: &serde_json::Value) 
     bar.set_message(message.join(", "));
 }
 
-/// Turns an error answer into an error carrying the router's JSON message.
 /// Every volume of the cluster whose router is at `base`:
 /// `GET /admin/volumes`, page by page.
 pub(crate) async fn all_volumes(
     http: &reqwest::Client,
     base: &str,
 ) -> anyhow::Result<Vec<LogicalVolume>> {
-    let mut volumes = Vec::new();
-    let mut after: Option<u32> = None;
-    loop {
-        let mut request = http.get(format!("{base}/admin/volumes"));
-        if let Some(after) = after {
-            request = request.query(&[("after", after)]);
-        }
-        let response = request
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .context("GET /admin/volumes")?;
-        let page: VolumePage = checked(response).await?.json().await?;
-        volumes.extend(page.volumes);
-        match page.next_after {
-            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
-            Some(_) => anyhow::bail!("the router's volume pages do not advance"),
-            None => return Ok(volumes),
-        }
-    }
+    haystack::api::every_page(
+        |after: Option<u32>| async move {
+            let mut request = http.get(format!("{base}/admin/volumes"));
+            if let Some(after) = after {
+                request = request.query(&[("after", after)]);
+            }
+            let response = request
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .context("GET /admin/volumes")?;
+            let page: VolumePage = checked(response).await?.json().await?;
+            Ok((page.volumes, page.next_after))
+        },
+        || anyhow::anyhow!("the router's volume pages do not advance"),
+    )
+    .await
 }
 
+/// Turns an error answer into an error carrying the router's JSON message.
 pub(crate) async fn checked(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     let status = response.status();
     if status.is_success() {

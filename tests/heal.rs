@@ -167,7 +167,9 @@ async fn healed(
         };
         let stale = warm["stale_holders"].as_array().map_or(0, Vec::len);
         let status = repair_status(client, router).await?;
-        let endangered = status["endangered_count"].as_u64().context("endangered_count")?;
+        let endangered = status["endangered_count"]
+            .as_u64()
+            .context("endangered_count")?;
         anyhow::ensure!(
             status["endangered"].as_array().map(Vec::len) == Some(endangered.min(100) as usize),
             "the answer shows the first 100 endangered stripes: {status}"

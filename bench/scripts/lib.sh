@@ -176,8 +176,10 @@ import json, sys, urllib.request
 volumes, after = [], None
 while True:
     url = sys.argv[1] + "/admin/volumes" + ("" if after is None else "?after=%d" % after)
-    page = json.load(urllib.request.urlopen(url))
+    page = json.load(urllib.request.urlopen(url, timeout=30))
     volumes += page["volumes"]
+    if page["next_after"] is not None and after is not None and page["next_after"] <= after:
+        sys.exit("the router's volume pages do not advance")
     after = page["next_after"]
     if after is None:
         break

@@ -153,9 +153,39 @@ pub struct VolumePageQuery {
 impl VolumePageQuery {
     /// The volume to list after and the limit, checked.
     pub fn page(&self) -> Result<(Option<u32>, usize), String> {
-        match self.limit.unwrap_or(VOLUME_PAGE_MAX) {
-            limit @ 1..=VOLUME_PAGE_MAX => Ok((self.after, limit)),
-            _ => Err(format!("limit must be 1 to {VOLUME_PAGE_MAX}")),
+        Ok((self.after, page_limit(self.limit, VOLUME_PAGE_MAX)?))
+    }
+}
+
+/// A page query's `limit` (default `max`), checked to be 1 to `max`.
+pub fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, String> {
+    match limit.unwrap_or(max) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        _ => Err(format!("limit must be 1 to {max}")),
+    }
+}
+
+/// Every item of a paged listing: `page(after)` answers one page and the
+/// cursor of the next (`None` at the end); a cursor that does not advance
+/// is `stalled()`'s error rather than a loop without end.
+pub async fn every_page<T, K, E, F, Fut>(
+    mut page: F,
+    stalled: impl FnOnce() -> E,
+) -> Result<Vec<T>, E>
+where
+    K: PartialOrd + Copy,
+    F: FnMut(Option<K>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<K>), E>>,
+{
+    let mut items = Vec::new();
+    let mut after = None;
+    loop {
+        let (more, next) = page(after).await?;
+        items.extend(more);
+        match next {
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            Some(_) => return Err(stalled()),
+            None => return Ok(items),
         }
     }
 }

@@ -27,7 +27,7 @@ pub use reader::{
 use crate::api::{
     AppendResult, CRC32_HEADER, ERROR_HEADER, ErrorBody, HealthBody, VolumeFile, code, needle_path,
 };
-use crate::api::{VolumeStatus, VolumeStatusPage};
+use crate::api::{VolumeStatus, VolumeStatusPage, every_page};
 
 /// Largest error or JSON body the client reads into memory.
 const JSON_BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
@@ -410,25 +410,18 @@ impl StoreClient {
     /// `GET /volumes`, page by page: the status of every replica on the
     /// node.
     pub async fn list_volumes(&self) -> Result<Vec<VolumeStatus>, ClientError> {
-        let mut volumes = Vec::new();
-        let mut after: Option<u32> = None;
-        loop {
-            let path = match after {
-                Some(after) => format!("/volumes?after={after}"),
-                None => "/volumes".to_owned(),
-            };
-            let page: VolumeStatusPage = self.json(Method::GET, path).await?;
-            volumes.extend(page.volumes);
-            match page.next_after {
-                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
-                Some(_) => {
-                    return Err(ClientError::InvalidResponse(
-                        "volume pages do not advance".into(),
-                    ));
-                }
-                None => return Ok(volumes),
-            }
-        }
+        every_page(
+            |after: Option<u32>| async move {
+                let path = match after {
+                    Some(after) => format!("/volumes?after={after}"),
+                    None => "/volumes".to_owned(),
+                };
+                let page: VolumeStatusPage = self.json(Method::GET, path).await?;
+                Ok((page.volumes, page.next_after))
+            },
+            || ClientError::InvalidResponse("volume pages do not advance".into()),
+        )
+        .await
     }
 
     /// `PUT /volumes/{vid}`: creates an empty replica. An existing replica

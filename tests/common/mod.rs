@@ -696,13 +696,9 @@ pub async fn store_fingerprint(cluster: &Cluster) -> anyhow::Result<Vec<(String,
             "http://{}/volumes",
             node["address"].as_str().context("address")?
         );
-        let response = client.get(&url).send().await?;
-        anyhow::ensure!(
-            response.status() == 200,
-            "{id}: GET /volumes answered {}",
-            response.status()
-        );
-        let volumes: Vec<serde_json::Value> = response.json().await?;
+        let volumes = volumes::every_volume(&client, &url)
+            .await
+            .with_context(|| format!("{id}: GET /volumes"))?;
         let mut rows = Vec::new();
         for volume in &volumes {
             let field = |name: &str| {

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::params::{volume_and_key, volume_id};
 use crate::api::{
     DeletedPage, NeedleEntry, NeedlePage, NeedleRepairAnswer, PAGE_ENTRIES_MAX, PageQuery,
-    ScrubPage, code, parse_key,
+    ScrubPage, code, page_limit, parse_key,
 };
 use crate::client::{ClientError, StoreClient, StoreClientOptions};
 use crate::error::Error;
@@ -39,12 +39,7 @@ fn page_bounds(
                 .ok_or_else(|| ApiError::bad_request("after must be 1-16 lowercase hex"))
         })
         .transpose()?;
-    let limit = query.limit.unwrap_or(PAGE_ENTRIES_MAX);
-    if limit == 0 || limit > PAGE_ENTRIES_MAX {
-        return Err(ApiError::bad_request(format!(
-            "limit must be between 1 and {PAGE_ENTRIES_MAX}"
-        )));
-    }
+    let limit = page_limit(query.limit, PAGE_ENTRIES_MAX).map_err(ApiError::bad_request)?;
     Ok((after, limit))
 }
 

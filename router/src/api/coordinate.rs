@@ -1505,9 +1505,12 @@ pub async fn run(
         async move {
             match pass(&state, true).await {
                 Ok(report) if !report.rebuilds.is_empty() || !report.problems.is_empty() => {
+                    let report = report.answered();
                     tracing::info!(rebuilds = report.rebuilds.len(),
-                        endangered = report.endangered.len(),
-                        problems = ?report.problems, "repair pass");
+                        endangered = report.endangered_count,
+                        problem_count = report.problem_count,
+                        problems = ?&report.problems[..report.problems.len().min(8)],
+                        "repair pass");
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "repair pass failed"),

@@ -621,29 +621,18 @@ fn page_query(after: Option<u32>, limit: usize) -> VolumePageQuery {
     }
 }
 
-/// Every item of a paged listing of `what`s: `page(after)` answers one
-/// page and the cursor of the next (`None` at the end), which must advance.
-async fn every_page<T, K, F, Fut>(what: &str, mut page: F) -> Result<Vec<T>, DirectoryClientError>
+/// Every item of a paged listing of `what`s (see
+/// [`haystack::api::every_page`]).
+async fn every_page<T, K, F, Fut>(what: &str, page: F) -> Result<Vec<T>, DirectoryClientError>
 where
     K: PartialOrd + Copy,
     F: FnMut(Option<K>) -> Fut,
     Fut: std::future::Future<Output = Result<(Vec<T>, Option<K>), DirectoryClientError>>,
 {
-    let mut items = Vec::new();
-    let mut after = None;
-    loop {
-        let (more, next) = page(after).await?;
-        items.extend(more);
-        match next {
-            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
-            Some(_) => {
-                return Err(DirectoryClientError::Decode(format!(
-                    "{what} pages do not advance"
-                )));
-            }
-            None => return Ok(items),
-        }
-    }
+    haystack::api::every_page(page, || {
+        DirectoryClientError::Decode(format!("{what} pages do not advance"))
+    })
+    .await
 }
 
 /// Node ids go into URL paths unescaped, so the client refuses anything the

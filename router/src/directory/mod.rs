@@ -426,8 +426,15 @@ impl<D: Directory + ?Sized> Iterator for VolumeScan<'_, D> {
         }
         match self.directory.volumes(self.after, types::VOLUME_PAGE_MAX) {
             Ok(page) => {
+                let last = page.last().map(|v| v.id);
+                if last.is_some() && last <= self.after {
+                    self.done = true;
+                    return Some(Err(DirectoryError::Internal(
+                        "volume pages do not advance".into(),
+                    )));
+                }
                 self.done = page.len() < types::VOLUME_PAGE_MAX;
-                self.after = page.last().map(|v| v.id);
+                self.after = last;
                 self.page = page.into_iter();
                 self.page.next().map(Ok)
             }

@@ -2,6 +2,8 @@
 //! `docs/ARCHITECTURE.md`, "Directory HTTP API") and as they are stored (the
 //! same serde shapes inside a version envelope, see `redb_backend`).
 
+use haystack::api::page_limit;
+pub use haystack::api::{VOLUME_PAGE_MAX, VolumePageQuery};
 use serde::{Deserialize, Serialize};
 
 /// What a registered node does. Serialised in kebab-case (`f4-storage`).
@@ -435,8 +437,6 @@ pub struct MigrationJob {
     pub last_error: Option<String>,
 }
 
-pub use haystack::api::{VOLUME_PAGE_MAX, VolumePageQuery};
-
 /// A page of `GET /volumes` (and of the router's `GET /admin/volumes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumePage {
@@ -729,14 +729,6 @@ pub struct RebuildPage {
     /// Ask again after this `(volume, stripe)` for the next page; `None` at
     /// the end.
     pub next_after: Option<(u32, u64)>,
-}
-
-/// A page's `limit`: `max` when absent, else 1 to `max`.
-fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, String> {
-    match limit.unwrap_or(max) {
-        limit @ 1.. if limit <= max => Ok(limit),
-        _ => Err(format!("limit must be 1 to {max}")),
-    }
 }
 
 /// Body of `POST /volumes/{vid}/holders/{node}/replace`.
