@@ -755,7 +755,7 @@ async fn concurrent_clients_share_a_small_io_pool() {
             let next = answer["next_after"].as_u64();
             assert_eq!(
                 next,
-                (query != "limit=3&after=6").then(|| paged.len() as u64)
+                (query != "limit=3&after=6").then_some(paged.len() as u64)
             );
         }
         assert_eq!(
