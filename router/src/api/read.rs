@@ -27,7 +27,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use haystack::batch::{BatchAnswer, BatchRead};
-use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind, StoreAddress};
+use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind};
+use haystack::format::{CONTENT_TYPE_LEN_MAX, needle_size_bytes};
 
 use super::error::ApiError;
 use super::id::BlobId;
@@ -181,8 +182,14 @@ async fn read_from_replicas(state: &AppState, id: BlobId, head: bool) -> Result<
         let volume = state.cache.volume(id.volume, refresh).await?;
         let nodes = state.cache.nodes(refresh).await?;
         let replicas = readable_replicas(&volume, &nodes, state.next_read_rotation(), refresh);
+        let stream = kind == ReadKind::Get && large_needles(&volume);
         for (node, fresh) in replicas {
-            let error = match read_replica(state, node, id, kind, timeout).await {
+            let read = if stream {
+                stream_replica(state, node, id, timeout).await
+            } else {
+                read_replica(state, node, id, kind, timeout).await
+            };
+            let error = match read {
                 Ok(fetched) => return Ok(fetched),
                 Err(ReplicaError::NotFound) if fresh => return Err(ApiError::NotFound),
                 Err(ReplicaError::NotFound) => "stale replica: not found".to_owned(),
@@ -228,6 +235,17 @@ enum ReplicaError {
     NoLength,
     /// No headers (or no small body) within the replica timeout.
     TimedOut,
+}
+
+/// Whether a volume's needles are too large for a read batch on average
+/// (by the sizes the directory last recorded; larger on disk than any
+/// needle of [`WHOLE_BODY_MAX_BYTES`] of data can be): their reads then
+/// skip the batch, which would answer `too_large`, and go straight to a
+/// streamed `GET`, one exchange with the store node instead of two. A
+/// small needle among them is streamed too, which serves it as well.
+fn large_needles(volume: &LogicalVolume) -> bool {
+    let largest_whole = needle_size_bytes(CONTENT_TYPE_LEN_MAX, u64::from(WHOLE_BODY_MAX_BYTES));
+    volume.needle_count > 0 && volume.size_bytes / volume.needle_count > largest_whole
 }
 
 /// One replica's answer within `timeout`. Reads go out in the node's read
@@ -280,21 +298,22 @@ async fn read_replica(
             code: String::new(),
             message,
         })),
-        BatchAnswer::TooLarge { .. } => stream_replica(state, &address, id, timeout).await,
+        BatchAnswer::TooLarge { .. } => stream_replica(state, node, id, timeout).await,
     }
 }
 
-/// A needle too large for a read batch: its headers within `timeout`, the
-/// data to be streamed.
+/// A needle too large for a read batch, asked for alone: its headers
+/// within `timeout`, the data to be streamed.
 async fn stream_replica(
     state: &AppState,
-    address: &StoreAddress,
+    node: &NodeRecord,
     id: BlobId,
     timeout: Duration,
 ) -> Result<Fetched, ReplicaError> {
+    let address = state.read_address(node).map_err(ReplicaError::Failed)?;
     let read = state
         .reader
-        .read(address, ReadKind::Get, id.volume, id.key, id.cookie);
+        .read(&address, ReadKind::Get, id.volume, id.key, id.cookie);
     let head = match tokio::time::timeout(timeout, read).await {
         Err(_) => return Err(ReplicaError::TimedOut),
         Ok(Err(ClientError::NotFound)) => return Err(ReplicaError::NotFound),
@@ -584,4 +603,28 @@ pub(crate) async fn delete_blob(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(Tier::HOT);
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_of_large_needles_are_read_by_streaming() {
+        let volume = |size_bytes: u64, needle_count: u64| {
+            let mut v = LogicalVolume::writable(1, vec!["s1".into()], 0);
+            (v.size_bytes, v.needle_count) = (size_bytes, needle_count);
+            v
+        };
+        // A needle of 64 KiB of data, with a content type and its frame,
+        // is still answered whole by a batch.
+        let whole = needle_size_bytes(20, u64::from(WHOLE_BODY_MAX_BYTES));
+        let most = needle_size_bytes(CONTENT_TYPE_LEN_MAX, u64::from(WHOLE_BODY_MAX_BYTES));
+        assert!(!large_needles(&volume(0, 0)), "sizes not recorded yet");
+        assert!(!large_needles(&volume(10 * 1024, 10)));
+        assert!(!large_needles(&volume(3 * whole, 3)));
+        assert!(!large_needles(&volume(3 * most, 3)));
+        assert!(large_needles(&volume(3 * most + 3, 3)));
+        assert!(large_needles(&volume(100 << 20, 100)));
+    }
 }
