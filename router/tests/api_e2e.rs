@@ -594,6 +594,61 @@ async fn a_delete_reports_a_stale_replica_that_answers_not_found() {
     assert_eq!(cluster.get(&format!("/blobs/{id}")).await.status(), 404);
 }
 
+/// The `hayloft_read_batch_reads_total{tier="hot"}` counter.
+async fn hot_batch_reads(cluster: &Cluster) -> f64 {
+    let metrics = cluster.get("/metrics").await.text().await.expect("text");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"hayloft_read_batch_reads_total{tier="hot"} "#))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_volume_read_for_large_blobs_streams_them_at_once() {
+    let cluster = start_cluster(3).await;
+    let large = cluster.upload_ok(pattern(200 << 10, 3)).await;
+    let blob = router::api::BlobId::parse(&large).expect("id");
+    // A small BLOB of the same volume (the router fills one volume's
+    // leased keys before the next).
+    let mut small = None;
+    for _ in 0..64 {
+        let id = cluster.upload_ok(pattern(1000, 4)).await;
+        if router::api::BlobId::parse(&id).expect("id").volume == blob.volume {
+            small = Some(id);
+            break;
+        }
+    }
+    let small = small.expect("a small BLOB in the large one's volume");
+    let check = |id: &str, expected: Vec<u8>| {
+        let path = format!("/blobs/{id}");
+        let cluster = &cluster;
+        async move {
+            let response = cluster.get(&path).await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.bytes().await.expect("body"), expected[..]);
+        }
+    };
+    // Each of the first large reads goes through a batch first.
+    let before = hot_batch_reads(&cluster).await;
+    for _ in 0..8 {
+        check(&large, pattern(200 << 10, 3)).await;
+    }
+    let batched = hot_batch_reads(&cluster).await;
+    assert_eq!(batched - before, 8.0);
+    // Then they stream at once, and a small BLOB among them too.
+    for _ in 0..4 {
+        check(&large, pattern(200 << 10, 3)).await;
+    }
+    check(&small, pattern(1000, 4)).await;
+    assert_eq!(hot_batch_reads(&cluster).await, batched);
+    // Small reads take the volume's reads back to batches.
+    for _ in 0..4 {
+        check(&small, pattern(1000, 4)).await;
+    }
+    assert!(hot_batch_reads(&cluster).await > batched);
+}
+
 /// Rough upload throughput at concurrency 16 (1 KiB and 64 KiB BLOBs).
 /// Ignored by default; run with `cargo test -p router --test api_e2e --
 /// --ignored --nocapture upload_throughput`.

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use haystack::batch::{BatchAnswer, BatchRead};
 use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind};
-use haystack::format::{CONTENT_TYPE_LEN_MAX, needle_size_bytes};
+use parking_lot::Mutex;
 
 use super::error::ApiError;
 use super::id::BlobId;
@@ -182,7 +182,7 @@ async fn read_from_replicas(state: &AppState, id: BlobId, head: bool) -> Result<
         let volume = state.cache.volume(id.volume, refresh).await?;
         let nodes = state.cache.nodes(refresh).await?;
         let replicas = readable_replicas(&volume, &nodes, state.next_read_rotation(), refresh);
-        let stream = kind == ReadKind::Get && large_needles(&volume);
+        let stream = kind == ReadKind::Get && state.read_sizes.mostly_large(id.volume);
         for (node, fresh) in replicas {
             let read = if stream {
                 stream_replica(state, node, id, timeout).await
@@ -190,7 +190,13 @@ async fn read_from_replicas(state: &AppState, id: BlobId, head: bool) -> Result<
                 read_replica(state, node, id, kind, timeout).await
             };
             let error = match read {
-                Ok(fetched) => return Ok(fetched),
+                Ok(fetched) => {
+                    if kind == ReadKind::Get {
+                        let large = fetched.len > u64::from(WHOLE_BODY_MAX_BYTES);
+                        state.read_sizes.record(id.volume, large);
+                    }
+                    return Ok(fetched);
+                }
                 Err(ReplicaError::NotFound) if fresh => return Err(ApiError::NotFound),
                 Err(ReplicaError::NotFound) => "stale replica: not found".to_owned(),
                 Err(ReplicaError::Failed(e)) => {
@@ -237,15 +243,48 @@ enum ReplicaError {
     TimedOut,
 }
 
-/// Whether a volume's needles are too large for a read batch on average
-/// (by the sizes the directory last recorded; larger on disk than any
-/// needle of [`WHOLE_BODY_MAX_BYTES`] of data can be): their reads then
-/// skip the batch, which would answer `too_large`, and go straight to a
-/// streamed `GET`, one exchange with the store node instead of two. A
-/// small needle among them is streamed too, which serves it as well.
-fn large_needles(volume: &LogicalVolume) -> bool {
-    let largest_whole = needle_size_bytes(CONTENT_TYPE_LEN_MAX, u64::from(WHOLE_BODY_MAX_BYTES));
-    volume.needle_count > 0 && volume.size_bytes / volume.needle_count > largest_whole
+/// Per hot volume, whether the BLOBs this router read from it lately were
+/// mostly too large for a read batch (over [`WHOLE_BODY_MAX_BYTES`] of
+/// data). Reads of such a volume skip the batch, which would answer
+/// `too_large`, and go straight to a streamed `GET`: one exchange with the
+/// store node instead of two. A small BLOB read that way is served as well,
+/// and counts: a volume read mostly for small BLOBs (thumbnails beside
+/// their originals) keeps its reads in batches.
+#[derive(Debug, Default)]
+pub(crate) struct ReadSizes {
+    /// Per volume, a score that a large read raises by one (up to
+    /// [`ReadSizes::SCORE_MAX`]) and a small one halves.
+    scores: Mutex<HashMap<u32, u8>>,
+}
+
+impl ReadSizes {
+    /// Reads of a volume stream at once from this score on.
+    const STREAM_FROM: u8 = 8;
+    const SCORE_MAX: u8 = 16;
+    /// Volumes tracked; beyond it the scores start over.
+    const VOLUMES_MAX: usize = 65_536;
+
+    /// Whether reads of `volume` should skip the batch.
+    pub(crate) fn mostly_large(&self, volume: u32) -> bool {
+        self.scores
+            .lock()
+            .get(&volume)
+            .is_some_and(|&score| score >= Self::STREAM_FROM)
+    }
+
+    /// Counts a read of `volume` whose data was `large`.
+    pub(crate) fn record(&self, volume: u32, large: bool) {
+        let mut scores = self.scores.lock();
+        if scores.len() >= Self::VOLUMES_MAX && !scores.contains_key(&volume) {
+            scores.clear();
+        }
+        let score = scores.entry(volume).or_default();
+        *score = if large {
+            (*score + 1).min(Self::SCORE_MAX)
+        } else {
+            *score / 2
+        };
+    }
 }
 
 /// One replica's answer within `timeout`. Reads go out in the node's read
@@ -610,21 +649,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn volumes_of_large_needles_are_read_by_streaming() {
-        let volume = |size_bytes: u64, needle_count: u64| {
-            let mut v = LogicalVolume::writable(1, vec!["s1".into()], 0);
-            (v.size_bytes, v.needle_count) = (size_bytes, needle_count);
-            v
-        };
-        // A needle of 64 KiB of data, with a content type and its frame,
-        // is still answered whole by a batch.
-        let whole = needle_size_bytes(20, u64::from(WHOLE_BODY_MAX_BYTES));
-        let most = needle_size_bytes(CONTENT_TYPE_LEN_MAX, u64::from(WHOLE_BODY_MAX_BYTES));
-        assert!(!large_needles(&volume(0, 0)), "sizes not recorded yet");
-        assert!(!large_needles(&volume(10 * 1024, 10)));
-        assert!(!large_needles(&volume(3 * whole, 3)));
-        assert!(!large_needles(&volume(3 * most, 3)));
-        assert!(large_needles(&volume(3 * most + 3, 3)));
-        assert!(large_needles(&volume(100 << 20, 100)));
+    fn reads_stream_at_once_where_large_blobs_were_read_lately() {
+        let sizes = ReadSizes::default();
+        assert!(!sizes.mostly_large(1), "nothing read yet");
+        for _ in 0..7 {
+            sizes.record(1, true);
+        }
+        assert!(!sizes.mostly_large(1));
+        sizes.record(1, true);
+        assert!(sizes.mostly_large(1));
+        assert!(!sizes.mostly_large(2), "per volume");
+        // One small read in a run of large ones leaves them streaming
+        // soon; half small, half large keeps them batched.
+        for _ in 0..20 {
+            sizes.record(1, true);
+        }
+        sizes.record(1, false);
+        assert!(sizes.mostly_large(1));
+        for _ in 0..20 {
+            sizes.record(1, false);
+            sizes.record(1, true);
+        }
+        assert!(!sizes.mostly_large(1));
+        // Thumbnails read nine times as often as their originals.
+        for _ in 0..20 {
+            sizes.record(3, true);
+            for _ in 0..9 {
+                sizes.record(3, false);
+            }
+        }
+        assert!(!sizes.mostly_large(3));
     }
 }

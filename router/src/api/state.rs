@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     /// [`AppState::warm_reader`], by address.
     addresses: Mutex<HashMap<String, Result<StoreAddress, String>>>,
     read_rotation: AtomicUsize,
+    /// How large the BLOBs read lately from each hot volume were.
+    pub(crate) read_sizes: super::read::ReadSizes,
     /// Damaged needles reported lately (not reported again for a while).
     pub(crate) recent_reports: RecentReports,
     /// Warm-tier storage and backoff nodes (no overall timeout: each
@@ -128,6 +130,7 @@ impl AppState {
             .with_batching(read_batching),
             addresses: Mutex::new(HashMap::new()),
             read_rotation: AtomicUsize::new(0),
+            read_sizes: super::read::ReadSizes::default(),
             recent_reports: RecentReports::default(),
             warm_http: f4::client::http_client(config.replica_timeout_ms)
                 .map_err(|e| ApiError::Internal(format!("http client: {e}")))?,
