@@ -69,6 +69,11 @@ async fn get_and_head_answer_like_the_store_client() {
             assert_eq!(head.crc32, crc32fast::hash(&small));
             assert_eq!(head.into_bytes().await.expect("body"), small);
         }
+        let head = reader
+            .read(&address, ReadKind::Get, 1, 1, COOKIE)
+            .await
+            .expect("get");
+        assert_eq!(head.into_bytes_verified().await.expect("verified"), small);
 
         let head = reader
             .read(&address, ReadKind::Get, 1, 2, COOKIE)
@@ -167,6 +172,40 @@ async fn head_on_the_store_answers_headers_only_and_checks_the_cookie() {
             assert_eq!(answer.headers()[ERROR_HEADER], "bad_request", "{bad}");
         }
         cancel.cancel();
+    })
+    .await
+    .expect("test finished in time");
+}
+
+/// A node whose answer's body does not match its `X-Hayloft-Crc32` (damaged
+/// on the way): the verified receive refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fails_its_checksum_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = StoreAddress::parse(&listener.local_addr().expect("addr").to_string())
+            .expect("address");
+        let announced = crc32fast::hash(b"hello");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = vec![0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\
+                 {CRC32_HEADER}: {announced}\r\n\r\nhellO"
+            );
+            socket.write_all(answer.as_bytes()).await.expect("answer");
+        });
+        let head = reader()
+            .read(&address, ReadKind::Get, 1, 1, COOKIE)
+            .await
+            .expect("headers");
+        let e = head.into_bytes_verified().await.expect_err("damaged body");
+        assert!(
+            matches!(e, ClientError::ChecksumMismatch { expected, .. } if expected == announced),
+            "{e}"
+        );
     })
     .await
     .expect("test finished in time");

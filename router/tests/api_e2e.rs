@@ -609,8 +609,8 @@ async fn a_volume_read_for_large_blobs_streams_them_at_once() {
     let cluster = start_cluster(3).await;
     let large = cluster.upload_ok(pattern(200 << 10, 3)).await;
     let blob = router::api::BlobId::parse(&large).expect("id");
-    // A small BLOB of the same volume (the router fills one volume's
-    // leased keys before the next).
+    // A small BLOB of the same volume (uploads one after another mostly
+    // reuse the volume the last one went to).
     let mut small = None;
     for _ in 0..64 {
         let id = cluster.upload_ok(pattern(1000, 4)).await;

@@ -311,6 +311,19 @@ impl NeedleHead {
         Ok(data)
     }
 
+    /// Receives the whole data as [`NeedleHead::into_bytes`] does, and
+    /// checks its CRC-32 against `X-Hayloft-Crc32`
+    /// ([`ClientError::ChecksumMismatch`] if they differ).
+    pub async fn into_bytes_verified(self) -> Result<Bytes, ClientError> {
+        let expected = self.crc32;
+        let data = self.into_bytes().await?;
+        let actual = crc32fast::hash(&data);
+        if actual != expected {
+            return Err(ClientError::ChecksumMismatch { expected, actual });
+        }
+        Ok(data)
+    }
+
     /// The data as a stream of chunks, unverified; a pause longer than the
     /// reader's body idle timeout ends it with an error.
     pub fn into_stream(self) -> ByteStream {

@@ -51,10 +51,12 @@ pub(crate) fn id_from_uri(uri: &Uri) -> Result<BlobId, ApiError> {
     Ok(BlobId::parse(rest)?)
 }
 
-/// Needles up to this size are read in batches and received whole before
-/// the answer starts, and sent as one buffer: no stream to set up, headers
-/// and data leave in one write, and a replica whose read fails is skipped
-/// like one that failed to answer. Larger ones are streamed through.
+/// Needles up to this size are received whole (in read batches, or alone
+/// where the volume's reads skip them: [`ReadSizes`]) and their CRC-32
+/// checked before the answer starts, then sent as one buffer: no stream to
+/// set up, headers and data leave in one write, and a replica whose read
+/// fails is skipped like one that failed to answer. Larger ones are
+/// streamed through.
 const WHOLE_BODY_MAX_BYTES: u32 = 64 * 1024;
 
 /// `GET` and `HEAD /blobs/{id}`.
@@ -272,18 +274,24 @@ impl ReadSizes {
             .is_some_and(|&score| score >= Self::STREAM_FROM)
     }
 
-    /// Counts a read of `volume` whose data was `large`.
+    /// Counts a read of `volume` whose data was `large`. Only volumes
+    /// read for large BLOBs lately hold an entry.
     pub(crate) fn record(&self, volume: u32, large: bool) {
         let mut scores = self.scores.lock();
+        if !large {
+            if let Some(score) = scores.get_mut(&volume) {
+                *score /= 2;
+                if *score == 0 {
+                    scores.remove(&volume);
+                }
+            }
+            return;
+        }
         if scores.len() >= Self::VOLUMES_MAX && !scores.contains_key(&volume) {
             scores.clear();
         }
         let score = scores.entry(volume).or_default();
-        *score = if large {
-            (*score + 1).min(Self::SCORE_MAX)
-        } else {
-            *score / 2
-        };
+        *score = (*score + 1).min(Self::SCORE_MAX);
     }
 }
 
@@ -362,10 +370,23 @@ async fn stream_replica(
     let Some(len) = head.content_length else {
         return Err(ReplicaError::NoLength);
     };
+    let content_type = head.content_type.clone();
+    // A small needle asked for alone (its volume's reads skip the batch) is
+    // received whole and checked as a batch answer is, so that a bad copy
+    // is reported and the next replica asked.
+    let body = if len <= u64::from(WHOLE_BODY_MAX_BYTES) {
+        match tokio::time::timeout(timeout, head.into_bytes_verified()).await {
+            Err(_) => return Err(ReplicaError::TimedOut),
+            Ok(Err(e)) => return Err(ReplicaError::Failed(e)),
+            Ok(Ok(data)) => FetchedBody::Whole(data),
+        }
+    } else {
+        FetchedBody::Stream(head)
+    };
     Ok(Fetched {
-        content_type: head.content_type.clone(),
+        content_type,
         len,
-        body: FetchedBody::Stream(head),
+        body,
     })
 }
 
