@@ -349,8 +349,9 @@ async fn read_replica(
     }
 }
 
-/// A needle too large for a read batch, asked for alone: its headers
-/// within `timeout`, the data to be streamed.
+/// A needle asked for alone (too large for a read batch, or of a volume
+/// whose reads skip it): its headers, and a small needle's checked data,
+/// within `timeout`; a larger needle's data to be streamed.
 async fn stream_replica(
     state: &AppState,
     node: &NodeRecord,
@@ -361,7 +362,8 @@ async fn stream_replica(
     let read = state
         .reader
         .read(&address, ReadKind::Get, id.volume, id.key, id.cookie);
-    let head = match tokio::time::timeout(timeout, read).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let head = match tokio::time::timeout_at(deadline, read).await {
         Err(_) => return Err(ReplicaError::TimedOut),
         Ok(Err(ClientError::NotFound)) => return Err(ReplicaError::NotFound),
         Ok(Err(e)) => return Err(ReplicaError::Failed(e)),
@@ -375,7 +377,7 @@ async fn stream_replica(
     // received whole and checked as a batch answer is, so that a bad copy
     // is reported and the next replica asked.
     let body = if len <= u64::from(WHOLE_BODY_MAX_BYTES) {
-        match tokio::time::timeout(timeout, head.into_bytes_verified()).await {
+        match tokio::time::timeout_at(deadline, head.into_bytes_verified()).await {
             Err(_) => return Err(ReplicaError::TimedOut),
             Ok(Err(e)) => return Err(ReplicaError::Failed(e)),
             Ok(Ok(data)) => FetchedBody::Whole(data),
