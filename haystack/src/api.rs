@@ -165,6 +165,14 @@ pub fn page_limit(limit: Option<usize>, max: usize) -> Result<usize, String> {
     }
 }
 
+/// The cursor of the page after `page`, a page of at most `limit` items:
+/// the `key` of its last item when it is full, else `None` (the end).
+pub fn next_after<T, K>(page: &[T], limit: usize, key: impl FnOnce(&T) -> K) -> Option<K> {
+    (page.len() == limit)
+        .then(|| page.last().map(key))
+        .flatten()
+}
+
 /// Every item of a paged listing: `page(after)` answers one page and the
 /// cursor of the next (`None` at the end); a cursor that does not advance
 /// is `stalled()`'s error rather than a loop without end.

@@ -62,28 +62,21 @@ pub async fn volumes(client: &reqwest::Client, router: &str) -> anyhow::Result<V
 /// `/admin/volumes` or the directory's `/volumes`), in small pages so that
 /// the tests cross page boundaries.
 pub async fn every_volume(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<Value>> {
-    let mut all = Vec::new();
-    let mut after: Option<u64> = None;
-    loop {
-        let mut request = client.get(url).query(&[("limit", 4)]);
-        if let Some(after) = after {
-            request = request.query(&[("after", after)]);
-        }
-        let response = request.send().await?;
-        anyhow::ensure!(response.status() == 200, "{url}: {}", response.status());
-        let page: Value = response.json().await?;
-        all.extend(page["volumes"].as_array().cloned().context("volume page")?);
-        match page["next_after"].as_u64() {
-            Some(next) => {
-                anyhow::ensure!(
-                    after.is_none_or(|a| next > a),
-                    "{url}: pages do not advance"
-                );
-                after = Some(next);
+    haystack::api::every_page(
+        |after: Option<u64>| async move {
+            let mut request = client.get(url).query(&[("limit", 4)]);
+            if let Some(after) = after {
+                request = request.query(&[("after", after)]);
             }
-            None => return Ok(all),
-        }
-    }
+            let response = request.send().await?;
+            anyhow::ensure!(response.status() == 200, "{url}: {}", response.status());
+            let page: Value = response.json().await?;
+            let volumes = page["volumes"].as_array().cloned().context("volume page")?;
+            Ok((volumes, page["next_after"].as_u64()))
+        },
+        || anyhow::anyhow!("{url}: pages do not advance"),
+    )
+    .await
 }
 
 pub async fn volume(client: &reqwest::Client, router: &str, vid: u32) -> anyhow::Result<Value> {

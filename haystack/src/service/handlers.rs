@@ -28,7 +28,8 @@ use super::params::{parse_needle_key, parse_vid, volume_and_key, volume_id};
 use super::{INLINE_NEEDLE_BYTES_MAX, StoreNodeState, buffer_permits};
 use crate::VolumeStatus;
 use crate::api::{
-    AppendResult, CRC32_HEADER, VolumeFile, VolumePageQuery, VolumeStatusPage, parse_cookie,
+    AppendResult, CRC32_HEADER, VolumeFile, VolumePageQuery, VolumeStatusPage, next_after,
+    parse_cookie,
 };
 use crate::format::Needle;
 use crate::http::next_body_chunk;
@@ -162,9 +163,7 @@ async fn list_volumes(
             Ok(volumes.iter().map(|v| v.status()).collect())
         })
         .await?;
-    let next_after = (volumes.len() == limit)
-        .then(|| volumes.last().map(|v| v.volume_id))
-        .flatten();
+    let next_after = next_after(&volumes, limit, |v| v.volume_id);
     Ok(Json(VolumeStatusPage {
         volumes,
         next_after,

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::params::{volume_and_key, volume_id};
 use crate::api::{
     DeletedPage, NeedleEntry, NeedlePage, NeedleRepairAnswer, PAGE_ENTRIES_MAX, PageQuery,
-    ScrubPage, code, page_limit, parse_key,
+    ScrubPage, code, next_after, page_limit, parse_key,
 };
 use crate::client::{ClientError, StoreClient, StoreClientOptions};
 use crate::error::Error;
@@ -54,9 +54,7 @@ pub(crate) async fn needle_page(
     let entries = state
         .blocking(move |store| Ok(store.volume(volume)?.needle_entries(after, limit)))
         .await?;
-    let next_after = (entries.len() == limit)
-        .then(|| entries.last().map(|e| e.key))
-        .flatten();
+    let next_after = next_after(&entries, limit, |e| e.key);
     let entries = entries
         .into_iter()
         .map(|e| NeedleEntry {
@@ -83,9 +81,7 @@ pub(crate) async fn deleted_page(
     let keys = state
         .blocking(move |store| Ok(store.volume(volume)?.deleted_keys_after(after, limit)))
         .await?;
-    let next_after = (keys.len() == limit)
-        .then(|| keys.last().copied())
-        .flatten();
+    let next_after = next_after(&keys, limit, |&k| k);
     Ok(Json(DeletedPage { keys, next_after }))
 }
 

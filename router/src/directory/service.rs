@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use haystack::api::ReadLease;
+use haystack::api::{ReadLease, next_after};
 use haystack::http::ServerLimits;
 
 use super::read_lease::{READ_LEASE_MS_MAX, ReadLeases};
@@ -405,15 +405,13 @@ async fn page_by_volume<T: Send + 'static>(
     list: impl FnOnce(&dyn Directory, Option<u32>, usize) -> Result<Vec<T>, DirectoryError>
     + Send
     + 'static,
-    id: impl Fn(&T) -> u32,
+    id: impl FnOnce(&T) -> u32,
 ) -> Result<(Vec<T>, Option<u32>), DirectoryError> {
     let axum::extract::Query(query) =
         query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
     let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
     let records = state.blocking(move |d| list(d, after, limit)).await?;
-    let next_after = (records.len() == limit)
-        .then(|| records.last().map(id))
-        .flatten();
+    let next_after = next_after(&records, limit, id);
     Ok((records, next_after))
 }
 
@@ -796,9 +794,7 @@ async fn list_rebuilds(
         query.map_err(|e| DirectoryError::BadRequest(e.body_text()))?;
     let (after, limit) = query.page().map_err(DirectoryError::BadRequest)?;
     let jobs = state.blocking(move |d| d.rebuilds(after, limit)).await?;
-    let next_after = (jobs.len() == limit)
-        .then(|| jobs.last().map(|j| (j.volume, j.stripe)))
-        .flatten();
+    let next_after = next_after(&jobs, limit, |j| (j.volume, j.stripe));
     Ok(axum::Json(RebuildPage { jobs, next_after }).into_response())
 }
 
@@ -900,9 +896,7 @@ async fn list_damaged_needles(
     let needles = state
         .blocking(move |d| d.damaged_needles(after, limit))
         .await?;
-    let next_after = (needles.len() == limit)
-        .then(|| needles.last().map(|n| (n.volume, n.key)))
-        .flatten();
+    let next_after = next_after(&needles, limit, |n| (n.volume, n.key));
     Ok(axum::Json(DamagedPage {
         needles,
         next_after,
