@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use haystack::batch::{BatchAnswer, BatchRead};
-use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind};
+use haystack::client::{ByteStream, ClientError, NeedleHead, ReadKind, StoreAddress};
 use parking_lot::Mutex;
 
 use super::error::ApiError;
@@ -186,10 +186,10 @@ async fn read_from_replicas(state: &AppState, id: BlobId, head: bool) -> Result<
         let replicas = readable_replicas(&volume, &nodes, state.next_read_rotation(), refresh);
         let stream = kind == ReadKind::Get && state.read_sizes.mostly_large(id.volume);
         for (node, fresh) in replicas {
-            let read = if stream {
-                stream_replica(state, node, id, timeout).await
-            } else {
-                read_replica(state, node, id, kind, timeout).await
+            let read = match state.read_address(node) {
+                Err(e) => Err(ReplicaError::Failed(e)),
+                Ok(address) if stream => stream_replica(state, &address, id, timeout).await,
+                Ok(address) => read_replica(state, &address, id, kind, timeout).await,
             };
             let error = match read {
                 Ok(fetched) => {
@@ -301,12 +301,11 @@ impl ReadSizes {
 /// asked for alone and streamed.
 async fn read_replica(
     state: &AppState,
-    node: &NodeRecord,
+    address: &StoreAddress,
     id: BlobId,
     kind: ReadKind,
     timeout: Duration,
 ) -> Result<Fetched, ReplicaError> {
-    let address = state.read_address(node).map_err(ReplicaError::Failed)?;
     let head = kind == ReadKind::Head;
     let read = BatchRead {
         volume: id.volume,
@@ -315,7 +314,7 @@ async fn read_replica(
         head,
         max_data_bytes: if head { u32::MAX } else { WHOLE_BODY_MAX_BYTES },
     };
-    let batched = state.reader.read_batched(&address, read);
+    let batched = state.reader.read_batched(address, read);
     let answer = match tokio::time::timeout(timeout, batched).await {
         Err(_) => return Err(ReplicaError::TimedOut),
         Ok(Err(e)) => return Err(ReplicaError::Failed(e)),
@@ -345,7 +344,7 @@ async fn read_replica(
             code: String::new(),
             message,
         })),
-        BatchAnswer::TooLarge { .. } => stream_replica(state, node, id, timeout).await,
+        BatchAnswer::TooLarge { .. } => stream_replica(state, address, id, timeout).await,
     }
 }
 
@@ -354,14 +353,13 @@ async fn read_replica(
 /// within `timeout`; a larger needle's data to be streamed.
 async fn stream_replica(
     state: &AppState,
-    node: &NodeRecord,
+    address: &StoreAddress,
     id: BlobId,
     timeout: Duration,
 ) -> Result<Fetched, ReplicaError> {
-    let address = state.read_address(node).map_err(ReplicaError::Failed)?;
     let read = state
         .reader
-        .read(&address, ReadKind::Get, id.volume, id.key, id.cookie);
+        .read(address, ReadKind::Get, id.volume, id.key, id.cookie);
     let deadline = tokio::time::Instant::now() + timeout;
     let head = match tokio::time::timeout_at(deadline, read).await {
         Err(_) => return Err(ReplicaError::TimedOut),
