@@ -173,6 +173,43 @@ pub fn next_after<T, K>(page: &[T], limit: usize, key: impl FnOnce(&T) -> K) -> 
         .flatten()
 }
 
+/// Where a walk through a paged listing stands: the `after` of the next
+/// page to ask for, until a page says it was the last. A page whose cursor
+/// does not move past the one before would repeat the walk without end, so
+/// the walk refuses it.
+#[derive(Clone, Copy, Debug)]
+pub struct PageCursor<K> {
+    after: Option<K>,
+    done: bool,
+}
+
+impl<K> Default for PageCursor<K> {
+    fn default() -> Self {
+        PageCursor {
+            after: None,
+            done: false,
+        }
+    }
+}
+
+impl<K: PartialOrd + Copy> PageCursor<K> {
+    /// The `after` of the next page, or `None` once the last page came.
+    pub fn next_page(&self) -> Option<Option<K>> {
+        (!self.done).then_some(self.after)
+    }
+
+    /// Takes a page's `next_after` (`None`: it was the last); `false` if
+    /// it does not advance.
+    pub fn advance(&mut self, next: Option<K>) -> bool {
+        match next {
+            Some(next) if self.after.is_none_or(|a| next > a) => self.after = Some(next),
+            Some(_) => return false,
+            None => self.done = true,
+        }
+        true
+    }
+}
+
 /// Every item of a paged listing: `page(after)` answers one page and the
 /// cursor of the next (`None` at the end); a cursor that does not advance
 /// is `stalled()`'s error rather than a loop without end.
@@ -186,16 +223,15 @@ where
     Fut: std::future::Future<Output = Result<(Vec<T>, Option<K>), E>>,
 {
     let mut items = Vec::new();
-    let mut after = None;
-    loop {
+    let mut cursor = PageCursor::default();
+    while let Some(after) = cursor.next_page() {
         let (more, next) = page(after).await?;
         items.extend(more);
-        match next {
-            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
-            Some(_) => return Err(stalled()),
-            None => return Ok(items),
+        if !cursor.advance(next) {
+            return Err(stalled());
         }
     }
+    Ok(items)
 }
 
 /// A page of a store node's `GET /volumes`.
@@ -432,6 +468,19 @@ fn is_lower_hex(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_cursor_walks_forward_to_the_end_and_refuses_a_stall() {
+        let mut cursor = PageCursor::<u32>::default();
+        assert_eq!(cursor.next_page(), Some(None));
+        assert!(cursor.advance(Some(4)));
+        assert_eq!(cursor.next_page(), Some(Some(4)));
+        assert!(!cursor.advance(Some(4)), "the same cursor again");
+        assert!(!cursor.advance(Some(3)), "a cursor going back");
+        assert!(cursor.advance(Some(9)));
+        assert!(cursor.advance(None));
+        assert_eq!(cursor.next_page(), None);
+    }
 
     #[test]
     fn keys_round_trip_and_reject_malformed() {

@@ -32,9 +32,9 @@ pub(crate) async fn health() -> Response {
 /// from the directory first (best effort: a directory outage must not hide
 /// the other metrics).
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let listing = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, state.directory.list_volumes());
-    match listing.await {
-        Ok(Ok(volumes)) => record_volume_gauges(&state, &volumes),
+    let tally = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, VolumeTally::of_every_volume(&state));
+    match tally.await {
+        Ok(Ok(tally)) => tally.record(&state),
         Ok(Err(e)) => tracing::debug!(error = %e, "volume gauges not refreshed"),
         Err(_) => tracing::debug!("volume gauges not refreshed: directory too slow"),
     }
@@ -78,38 +78,71 @@ fn record_job_gauges(state: &AppState, jobs: &[MigrationJob]) {
     }
 }
 
-fn record_volume_gauges(state: &AppState, volumes: &[LogicalVolume]) {
-    let mut counts: BTreeMap<String, usize> = [
-        VolumeState::Writable,
-        VolumeState::ReadOnly,
-        VolumeState::Locked,
-    ]
-    .iter()
-    .map(|s| (s.to_string(), 0))
-    .collect();
-    for volume in volumes {
-        *counts.entry(volume.state.to_string()).or_default() += 1;
+/// What the volume gauges count, gathered a page of volumes at a time.
+struct VolumeTally {
+    by_state: BTreeMap<String, usize>,
+    /// Logical bytes of the warm primaries.
+    migrated: u64,
+    /// Bytes the warm primaries' hot replicas held beyond their warm blocks.
+    saved: u64,
+    /// Bytes the geo companions hold.
+    companions: u64,
+    geo_waiting: super::geo::GeoWaiting,
+}
+
+impl VolumeTally {
+    /// Every volume of the directory, counted page by page.
+    async fn of_every_volume(state: &AppState) -> Result<VolumeTally, DirectoryClientError> {
+        let mut tally = VolumeTally {
+            // Gauges of the hot states exist from the start, at zero.
+            by_state: [
+                VolumeState::Writable,
+                VolumeState::ReadOnly,
+                VolumeState::Locked,
+            ]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect(),
+            migrated: 0,
+            saved: 0,
+            companions: 0,
+            geo_waiting: Default::default(),
+        };
+        let mut pages = state.directory.volume_pages();
+        while let Some(page) = pages.next().await? {
+            page.iter().for_each(|volume| tally.add(volume));
+        }
+        Ok(tally)
     }
-    for (state_name, count) in counts {
-        state.metrics.set_volumes(&state_name, count);
-    }
-    let (mut migrated, mut saved, mut companions) = (0u64, 0u64, 0u64);
-    for volume in volumes {
+
+    fn add(&mut self, volume: &LogicalVolume) {
+        *self.by_state.entry(volume.state.to_string()).or_default() += 1;
+        self.geo_waiting.add(volume);
         if let (VolumeState::Warm, Some(warm)) = (volume.state, &volume.warm) {
             if volume.geo.is_companion() {
-                companions += warm.stored_bytes();
-                continue;
+                self.companions += warm.stored_bytes();
+                return;
             }
-            migrated += warm.geometry.volume_len_bytes;
+            self.migrated += warm.geometry.volume_len_bytes;
             let hot = volume.size_bytes * volume.replicas.len() as u64;
-            saved += hot.saturating_sub(warm.stored_bytes());
+            self.saved += hot.saturating_sub(warm.stored_bytes());
         }
     }
-    state
-        .metrics
-        .set_migrated(migrated, saved.saturating_sub(companions));
-    let (waiting, waiting_bytes) = super::geo::waiting(volumes);
-    state.metrics.set_geo_waiting(waiting, waiting_bytes);
+
+    fn volumes(&self) -> usize {
+        self.by_state.values().sum()
+    }
+
+    fn record(&self, state: &AppState) {
+        for (state_name, &count) in &self.by_state {
+            state.metrics.set_volumes(state_name, count);
+        }
+        state
+            .metrics
+            .set_migrated(self.migrated, self.saved.saturating_sub(self.companions));
+        let (waiting, waiting_bytes) = self.geo_waiting.total();
+        state.metrics.set_geo_waiting(waiting, waiting_bytes);
+    }
 }
 
 /// `GET /admin/volumes?after=V&limit=N`: a page of logical volumes with
@@ -166,15 +199,11 @@ pub(crate) async fn damaged_needles(
 /// `GET /`: a short plain-text summary for humans.
 pub(crate) async fn status_page(State(state): State<Arc<AppState>>) -> Response {
     let mut page = String::from("hayloft router\n\n");
-    match state.directory.list_volumes().await {
-        Ok(volumes) => {
-            record_volume_gauges(&state, &volumes);
-            let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
-            for v in &volumes {
-                *by_state.entry(v.state.to_string()).or_default() += 1;
-            }
-            let _ = writeln!(page, "volumes: {}", volumes.len());
-            for (name, count) in by_state {
+    match VolumeTally::of_every_volume(&state).await {
+        Ok(tally) => {
+            tally.record(&state);
+            let _ = writeln!(page, "volumes: {}", tally.volumes());
+            for (name, count) in tally.by_state.iter().filter(|&(_, &n)| n > 0) {
                 let _ = writeln!(page, "  {name}: {count}");
             }
         }

@@ -79,20 +79,38 @@ fn home(volume: &LogicalVolume, nodes: &HashMap<String, NodeRecord>) -> String {
     volume.home_datacenter(|id| nodes.get(id).map(|n| n.datacenter.clone()))
 }
 
-/// Primaries with a warm copy and no buddy, and what those copies hold.
-pub(crate) fn waiting(volumes: &[LogicalVolume]) -> (usize, u64) {
-    let by_id: HashMap<u32, &LogicalVolume> = volumes.iter().map(|v| (v.id, v)).collect();
-    volumes
-        .iter()
-        .filter(|v| !v.geo.is_companion() && v.geo.buddy.is_none())
-        .filter_map(|v| by_id.get(&v.geo.copy?))
-        .filter(|copy| copy.state == VolumeState::Warm)
-        .fold((0, 0), |(count, bytes), copy| {
-            (
-                count + 1,
-                bytes + copy.warm.as_ref().map_or(0, |w| w.stored_bytes()),
-            )
-        })
+/// Primaries with a warm copy and no buddy, and what those copies hold,
+/// gathered a page of volumes at a time ([`GeoWaiting::add`]): a copy and
+/// its primary may come in different pages.
+#[derive(Debug, Default)]
+pub(crate) struct GeoWaiting {
+    /// The copies of primaries without a buddy.
+    wanted: BTreeSet<u32>,
+    /// Warm copies (companions of one primary), with their stored bytes.
+    warm_copies: HashMap<u32, u64>,
+}
+
+impl GeoWaiting {
+    pub(crate) fn add(&mut self, volume: &LogicalVolume) {
+        if volume.geo.is_companion() {
+            if volume.geo.of.len() == 1 && volume.state == VolumeState::Warm {
+                let stored = volume.warm.as_ref().map_or(0, |w| w.stored_bytes());
+                self.warm_copies.insert(volume.id, stored);
+            }
+        } else if volume.geo.buddy.is_none()
+            && let Some(copy) = volume.geo.copy
+        {
+            self.wanted.insert(copy);
+        }
+    }
+
+    /// How many primaries wait, and the bytes their copies hold.
+    pub(crate) fn total(&self) -> (usize, u64) {
+        self.wanted
+            .iter()
+            .filter_map(|copy| self.warm_copies.get(copy))
+            .fold((0, 0), |(count, bytes), stored| (count + 1, bytes + stored))
+    }
 }
 
 /// One pass's geo work (module doc) on `volumes`: the companions it
@@ -138,7 +156,9 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
             }
         }
     }
-    (report.waiting_for_buddy, report.waiting_bytes) = waiting(volumes);
+    let mut waiting = GeoWaiting::default();
+    volumes.iter().for_each(|v| waiting.add(v));
+    (report.waiting_for_buddy, report.waiting_bytes) = waiting.total();
     if datacenters.len() < 2 {
         return Ok(created);
     }
@@ -537,6 +557,74 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::WarmVolume;
+    use crate::directory::types::GeoLinks;
+
+    /// Volume `id` in `state`, with `geo` links; warm ones on one stripe.
+    fn volume(id: u32, state: VolumeState, geo: GeoLinks) -> LogicalVolume {
+        let warm = (state == VolumeState::Warm).then(|| WarmVolume {
+            generation: 1,
+            geometry: f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry"),
+            stripes: vec![(0..14).map(|n| format!("n{n}")).collect()],
+            journal_holders: Vec::new(),
+            stale_holders: Vec::new(),
+            tolerated_rack_losses: 4,
+            needle_count: 0,
+            damaged_blocks: Vec::new(),
+            journal_open: false,
+            datacenter: "dc-1".into(),
+        });
+        LogicalVolume {
+            id,
+            state,
+            replicas: Vec::new(),
+            stale_replicas: Vec::new(),
+            missed_deletes: Vec::new(),
+            repair_epoch: 0,
+            created_ms: 0,
+            locked_ms: None,
+            last_write_ms: None,
+            geo,
+            size_bytes: 0,
+            needle_count: 0,
+            last_generation: 1,
+            warm,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn a_primary_waits_for_a_buddy_whichever_page_its_copy_came_in() {
+        let primary = |copy: u32, buddy: Option<u32>| GeoLinks {
+            copy: Some(copy),
+            buddy,
+            ..GeoLinks::default()
+        };
+        let copy_of = |primary: u32| GeoLinks {
+            of: vec![primary],
+            ..GeoLinks::default()
+        };
+        let warm = VolumeState::Warm;
+        let volumes = [
+            // Waits: its copy is warm and it has no buddy.
+            volume(1, warm, primary(2, None)),
+            volume(2, warm, copy_of(1)),
+            // Has a buddy: its copy is about to go.
+            volume(3, warm, primary(4, Some(9))),
+            volume(4, warm, copy_of(3)),
+            // Its copy is still being sealed.
+            volume(5, warm, primary(6, None)),
+            volume(6, VolumeState::Sealing, copy_of(5)),
+        ];
+        let stored = volumes[1].warm.as_ref().expect("warm").stored_bytes();
+        assert!(stored > 0);
+        // The copies in an earlier page than their primaries, then later.
+        for order in [[1, 3, 5, 0, 2, 4], [0, 2, 4, 1, 3, 5]] {
+            let mut waiting = GeoWaiting::default();
+            order.iter().for_each(|&i| waiting.add(&volumes[i]));
+            assert_eq!(waiting.total(), (1, stored), "{order:?}");
+        }
+    }
 
     fn waiting(spec: &[(&str, usize, u64)]) -> Vec<(u32, String, u64)> {
         let mut id = 0;

@@ -357,19 +357,24 @@ pub(crate) async fn scrub_all(
     deep: bool,
 ) -> Result<ScrubReport, ApiError> {
     let nodes = state.directory.list_nodes().await?;
-    let volumes = state.directory.list_volumes().await?;
-    if let Some(vid) = only
-        && !volumes.iter().any(|v| v.id == vid)
-    {
-        return Err(ApiError::BadRequest(format!("no volume {vid}")));
-    }
     let mut pace = Pace::new(state.config.scrub_rate_bytes);
     let mut report = ScrubReport::default();
-    for volume in volumes
-        .iter()
-        .filter(|v| only.is_none_or(|vid| vid == v.id))
-    {
-        report.add(scrub_volume(state, volume, &nodes, &mut pace, deep).await);
+    if let Some(vid) = only {
+        let volume = state.directory.volume(vid).await.map_err(|e| {
+            if e.is_not_found() {
+                ApiError::BadRequest(format!("no volume {vid}"))
+            } else {
+                ApiError::from(e)
+            }
+        })?;
+        report.add(scrub_volume(state, &volume, &nodes, &mut pace, deep).await);
+        return Ok(report);
+    }
+    let mut pages = state.directory.volume_pages();
+    while let Some(page) = pages.next().await? {
+        for volume in &page {
+            report.add(scrub_volume(state, volume, &nodes, &mut pace, deep).await);
+        }
     }
     Ok(report)
 }
@@ -406,26 +411,41 @@ pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
     let mut last_deep = Instant::now();
     let mut deep = false;
     loop {
-        let listed = tokio::try_join!(state.directory.list_nodes(), state.directory.list_volumes());
-        let (nodes, volumes) = match listed {
-            Ok(listed) => listed,
+        let nodes = match state.directory.list_nodes().await {
+            Ok(nodes) => nodes,
             Err(e) => {
                 tracing::warn!(error = %e, "scrub: the directory did not answer");
                 tokio::time::sleep(retry).await;
                 continue;
             }
         };
-        unchecked.retain(|id, _| volumes.iter().any(|v| v.id == *id));
         let due = unchecked
             .iter()
             .find(|(_, tried)| tried.elapsed() >= retry)
             .map(|(id, _)| *id);
+        // One volume asked for at a time: the due one, else the next by id.
         let next = match due {
-            Some(id) => volumes.iter().find(|v| v.id == id),
-            None => volumes
-                .iter()
-                .filter(|v| cursor.is_none_or(|c| v.id > c))
-                .min_by_key(|v| v.id),
+            Some(id) => match state.directory.volume(id).await {
+                Err(e) if e.is_not_found() => {
+                    // Gone since it was tried (a companion dropped, say).
+                    unchecked.remove(&id);
+                    continue;
+                }
+                asked => asked.map(Some),
+            },
+            None => state
+                .directory
+                .volumes(cursor, 1)
+                .await
+                .map(|page| page.volumes.into_iter().next()),
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "scrub: the directory did not answer");
+                tokio::time::sleep(retry).await;
+                continue;
+            }
         };
         let Some(volume) = next else {
             // A whole round done: start over, after a pause if it was empty.
@@ -442,7 +462,7 @@ pub(crate) async fn scrub_forever(state: Arc<AppState>, retry: Duration) {
         if due.is_none() {
             cursor = Some(volume.id);
         }
-        let report = scrub_volume(&state, volume, &nodes, &mut pace, deep).await;
+        let report = scrub_volume(&state, &volume, &nodes, &mut pace, deep).await;
         if !report.damaged_blocks.is_empty() || !report.corrupt_needles.is_empty() {
             tracing::warn!(
                 volume = volume.id,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use haystack::api::ReadLease;
+use haystack::api::{PageCursor, ReadLease};
 
 use super::types::{
     ClaimRequest, CompanionRequest, DamagedBlockRequest, DamagedNeedle, DamagedPage,
@@ -191,6 +191,15 @@ impl DirectoryClient {
             Ok((page.volumes, page.next_after))
         })
         .await
+    }
+
+    /// Every volume, by id, a page at a time: what a pass over the
+    /// volumes holds in memory is one page, however many there are.
+    pub fn volume_pages(&self) -> VolumePages<'_> {
+        VolumePages {
+            client: self,
+            cursor: PageCursor::default(),
+        }
     }
 
     /// `GET /volumes/{vid}`.
@@ -610,6 +619,28 @@ impl DirectoryClient {
             code,
             message,
         })
+    }
+}
+
+/// The walk of [`DirectoryClient::volume_pages`].
+pub struct VolumePages<'a> {
+    client: &'a DirectoryClient,
+    cursor: PageCursor<u32>,
+}
+
+impl VolumePages<'_> {
+    /// The next page, or `None` after the last one.
+    pub async fn next(&mut self) -> Result<Option<Vec<LogicalVolume>>, DirectoryClientError> {
+        let Some(after) = self.cursor.next_page() else {
+            return Ok(None);
+        };
+        let page = self.client.volumes(after, VOLUME_PAGE_MAX).await?;
+        if !self.cursor.advance(page.next_after) {
+            return Err(DirectoryClientError::Decode(
+                "volume pages do not advance".into(),
+            ));
+        }
+        Ok(Some(page.volumes))
     }
 }
 

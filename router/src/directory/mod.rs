@@ -25,7 +25,9 @@ mod stores;
 pub mod types;
 pub(crate) mod warm;
 
-pub use client::{DirectoryClient, DirectoryClientError};
+use haystack::api::{PageCursor, next_after};
+
+pub use client::{DirectoryClient, DirectoryClientError, VolumePages};
 pub use error::DirectoryError;
 pub use redb_backend::RedbDirectory;
 pub use service::{DirectoryConfig, run};
@@ -400,18 +402,16 @@ pub trait Directory: Send + Sync {
 pub fn volume_scan<D: Directory + ?Sized>(directory: &D) -> VolumeScan<'_, D> {
     VolumeScan {
         directory,
-        after: None,
+        cursor: PageCursor::default(),
         page: Vec::new().into_iter(),
-        done: false,
     }
 }
 
 /// The iterator of [`volume_scan`].
 pub struct VolumeScan<'a, D: ?Sized> {
     directory: &'a D,
-    after: Option<u32>,
+    cursor: PageCursor<u32>,
     page: std::vec::IntoIter<LogicalVolume>,
-    done: bool,
 }
 
 impl<D: Directory + ?Sized> Iterator for VolumeScan<'_, D> {
@@ -421,28 +421,23 @@ impl<D: Directory + ?Sized> Iterator for VolumeScan<'_, D> {
         if let Some(volume) = self.page.next() {
             return Some(Ok(volume));
         }
-        if self.done {
-            return None;
-        }
-        match self.directory.volumes(self.after, types::VOLUME_PAGE_MAX) {
-            Ok(page) => {
-                let last = page.last().map(|v| v.id);
-                if last.is_some() && last <= self.after {
-                    self.done = true;
-                    return Some(Err(DirectoryError::Internal(
-                        "volume pages do not advance".into(),
-                    )));
-                }
-                self.done = page.len() < types::VOLUME_PAGE_MAX;
-                self.after = last;
-                self.page = page.into_iter();
-                self.page.next().map(Ok)
-            }
+        let after = self.cursor.next_page()?;
+        let page = match self.directory.volumes(after, types::VOLUME_PAGE_MAX) {
+            Ok(page) => page,
             Err(e) => {
-                self.done = true;
-                Some(Err(e))
+                self.cursor.advance(None);
+                return Some(Err(e));
             }
+        };
+        let next = next_after(&page, types::VOLUME_PAGE_MAX, |v| v.id);
+        if !self.cursor.advance(next) {
+            self.cursor.advance(None);
+            return Some(Err(DirectoryError::Internal(
+                "volume pages do not advance".into(),
+            )));
         }
+        self.page = page.into_iter();
+        self.page.next().map(Ok)
     }
 }
 
