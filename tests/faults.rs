@@ -416,5 +416,43 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
     for (id, _) in &blobs[..2] {
         assert_eq!(common::fetch(&client, &cluster.router, id).await?.0, 404);
     }
+
+    // A replica that misses a delete but still serves reads (its deletes,
+    // and the resyncs that would bring them, held past the router's replica
+    // timeout): reported, and no router
+    // reads the BLOB from it afterwards, not even a second one that read it
+    // just before the delete (and whose entries last a minute).
+    let (_second, second) = cluster.start_router_with("router-2", |config| {
+        config.insert("directory_cache_ttl_ms".into(), 60_000.into());
+    })?;
+    cluster.kill_node("store-3")?;
+    let _slow = cluster.restart_node_with(
+        "store-3",
+        &[
+            ("HAYLOFT_PAUSE_AT", "store-deletes"),
+            ("HAYLOFT_PAUSE_MS", "600000"),
+        ],
+    )?;
+    wait_until("store-3 up", Duration::from_secs(60), || async {
+        let nodes = directory_json(&cluster, "/nodes").await?;
+        Ok(nodes
+            .iter()
+            .any(|n| n["id"] == "store-3" && n["state"] == "up"))
+    })
+    .await?;
+    let (id, body) = &blobs[2];
+    let (status, got) = common::fetch(&client, &second, id).await?;
+    anyhow::ensure!(
+        status == 200 && got == *body,
+        "{id} before the delete: {status}"
+    );
+    assert_eq!(delete(id.clone()).await?, 204);
+    for reader in [&cluster.router, &second].repeat(6) {
+        let status = common::fetch(&client, reader, id).await?.0;
+        anyhow::ensure!(
+            status == 404,
+            "{id} read at {reader} after the delete: {status}"
+        );
+    }
     Ok(())
 }

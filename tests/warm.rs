@@ -17,7 +17,7 @@ use common::volumes::{
     Blob, CONTENT_TYPE, SMALL_VOLUMES, check_volume, delete, fill, locked_volume, seal, volume,
     volumes,
 };
-use common::{Cluster, http_client, wait_until};
+use common::{Cluster, http_client, paused_at, wait_until};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::Value;
@@ -494,7 +494,50 @@ async fn warm_deletes_stay_deleted_through_holder_loss_folds_and_restarts() -> a
     let router = cluster.router.clone();
     let mut blobs = fill(&client, &router, 21, 1).await?;
     let vid = locked_volume(&client, &router).await?;
-    seal(&cluster, vid).await?;
+
+    // A delete racing the flip. A second router, whose entries last a
+    // minute, reads a BLOB of the volume before the seal: it takes the
+    // volume for hot until the seal has every router read the flip, and
+    // the seal holds just before that (`migrate-draining`) while the BLOB
+    // is deleted through the first router, which reads the volume warm.
+    let (_second, second) = cluster.start_router_with("router-2", |config| {
+        config.insert("directory_cache_ttl_ms".into(), 60_000.into());
+    })?;
+    let racer = blobs
+        .iter()
+        .rposition(|b| b.volume() == vid)
+        .context("a BLOB")?;
+    blobs[racer].check(&client, &second).await?;
+    let release = cluster.data_dir.join("release-draining");
+    cluster.kill_node("router")?;
+    let _held = cluster.restart_node_with(
+        "router",
+        &[
+            ("HAYLOFT_PAUSE_AT", "migrate-draining"),
+            ("HAYLOFT_PAUSE_MS", "60000"),
+            ("HAYLOFT_PAUSE_RELEASE", release.to_str().context("path")?),
+        ],
+    )?;
+    let race = async {
+        paused_at(&cluster, "migrate-draining").await?;
+        let deleted = delete(&client, &router, &blobs[racer].id).await;
+        let read = client
+            .get(format!("{second}/blobs/{}", blobs[racer].id))
+            .send()
+            .await;
+        std::fs::write(&release, b"")?;
+        anyhow::ensure!(deleted? == 204, "the delete during the flip");
+        let status = read?.status();
+        anyhow::ensure!(
+            status == 404,
+            "a router that had not read the flip: {status}"
+        );
+        Ok(())
+    };
+    let (sealed, raced) = tokio::join!(seal(&cluster, vid), race);
+    sealed?;
+    raced?;
+    blobs[racer].deleted = true;
     let warm = volume(&client, &router, vid).await?["warm"].clone();
     let holders: Vec<String> = warm["journal_holders"]
         .as_array()
@@ -562,6 +605,55 @@ async fn warm_deletes_stay_deleted_through_holder_loss_folds_and_restarts() -> a
     for holder in &holders[1..] {
         cluster.restart_node(holder)?;
     }
+
+    // A holder that misses a delete but still answers lookups (its
+    // tombstone held past the router's replica timeout): marked stale, and
+    // no read of the BLOB goes to it afterwards, not even from the second
+    // router, which read the BLOB just before the delete (and whose entries
+    // last a minute).
+    cluster.kill_node(&holders[1])?;
+    let _slow = cluster.restart_node_with(
+        &holders[1],
+        &[
+            ("HAYLOFT_PAUSE_AT", "f4-tombstone"),
+            ("HAYLOFT_PAUSE_MS", "600000"),
+        ],
+    )?;
+    wait_until("the holder is up", Duration::from_secs(30), || async {
+        let nodes: Value = common::get_json(&client, &format!("{router}/admin/nodes")).await?;
+        Ok(nodes
+            .as_array()
+            .context("nodes")?
+            .iter()
+            .any(|n| n["id"] == holders[1].as_str() && n["state"] == "up"))
+    })
+    .await?;
+    let missed = blobs
+        .iter_mut()
+        .filter(|b| b.volume() == vid && !b.deleted)
+        .nth(2)
+        .context("a live BLOB")?;
+    missed.check(&client, &second).await?;
+    anyhow::ensure!(delete(&client, &router, &missed.id).await? == 204);
+    missed.deleted = true;
+    for reader in [&router, &second].repeat(6) {
+        let status = client
+            .get(format!("{reader}/blobs/{}", missed.id))
+            .send()
+            .await?
+            .status();
+        anyhow::ensure!(
+            status == 404,
+            "a delete one holder missed, read at {reader}: {status}"
+        );
+    }
+    let stale = volume(&client, &router, vid).await?["warm"]["stale_holders"].clone();
+    anyhow::ensure!(
+        stale == serde_json::json!([holders[1]]),
+        "stale holders {stale}"
+    );
+    cluster.kill_node(&holders[1])?;
+    cluster.restart_node(&holders[1])?;
 
     // Every node restarted: the deletes hold.
     cluster.restart().await?;

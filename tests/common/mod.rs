@@ -333,6 +333,15 @@ impl Cluster {
     /// A second router, `id`, with the first one's config but its own id
     /// and a free loopback address; the process and its URL.
     pub fn start_router(&self, id: &str) -> anyhow::Result<(Child, String)> {
+        self.start_router_with(id, |_| {})
+    }
+
+    /// [`Cluster::start_router`] with `edit` applied to its config file.
+    pub fn start_router_with(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut toml::Table),
+    ) -> anyhow::Result<(Child, String)> {
         let first = self.node("router")?;
         let path = first["config"]
             .as_str()
@@ -345,6 +354,7 @@ impl Cluster {
             .context("[router]")?;
         router.insert("id".into(), id.into());
         router.insert("listen".into(), address.clone().into());
+        edit(&mut config);
         let path = self.data_dir.join(format!("{id}.toml"));
         std::fs::write(&path, toml::to_string(&config)?)?;
         let (child, _) = self.serve(id, "router", &path, &[])?;

@@ -760,6 +760,7 @@ async fn tombstone(
     }
     let first = request.keys[0];
     let asked = request.keys.len();
+    haystack::failpoint::pause_task_at("f4-tombstone").await;
     let done = state
         .blocking(move |inner| {
             Ok(inner

@@ -422,6 +422,7 @@ async fn delete_needle(
     query: NeedleQuery,
 ) -> Result<StatusCode, ApiError> {
     let (volume, key, cookie) = needle_id(path, query)?;
+    crate::failpoint::pause_task_at("store-deletes").await;
     state
         .blocking(move |store| store.volume(volume)?.delete_needle(key, cookie))
         .await?;

@@ -87,6 +87,8 @@ pub(crate) async fn sync_volume(
              deletes_only=true|false",
         )
     })?;
+    // A test's store that takes no deletes takes none from its peers either.
+    crate::failpoint::pause_task_at("store-deletes").await;
     let mut peers = peer_clients(&state, &query.from, 1)?;
     let source = peers
         .pop()

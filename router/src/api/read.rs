@@ -34,6 +34,7 @@ use super::error::ApiError;
 use super::id::BlobId;
 use super::range::{RangeOutcome, parse_range};
 use super::reports::{report_damaged, report_stale};
+use super::seal::every_router_reads_afresh;
 use super::state::AppState;
 use super::{Tier, etag_for, warm};
 use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
@@ -578,23 +579,29 @@ pub(crate) async fn delete_blob(
 ) -> Result<Response, ApiError> {
     let id = id_from_uri(&uri)?;
     let volume = state.cache.volume(id.volume, true).await?;
+    let nodes = state.cache.nodes(false).await?;
     if volume.state == VolumeState::Warm {
         warm::delete(&state, &volume, id).await?;
+        // Until the migration has had every router read the flip and has
+        // retired the hot replicas, a router may still read them by an
+        // entry from before the flip: they take the delete too, or every
+        // router reads the entry afresh before the answer.
+        let hot = replica_deletes(&state, &volume, &nodes, id).await;
+        let gone = volume.replicas.iter().zip(hot).all(|(replica, result)| {
+            !nodes.contains_key(replica)
+                || matches!(
+                    result,
+                    Ok(Ok(()) | Err(ClientError::NotFound | ClientError::UnknownVolume(_)))
+                )
+        });
+        if !gone {
+            every_router_reads_afresh(&state, id.volume, Some(VolumeState::Warm)).await;
+        }
         let mut response = StatusCode::NO_CONTENT.into_response();
         response.extensions_mut().insert(Tier::WARM);
         return Ok(response);
     }
-    let nodes = state.cache.nodes(false).await?;
-    let results = futures::future::join_all(volume.replicas.iter().map(|replica| {
-        let state = &state;
-        let node = nodes.get(replica).filter(|node| node.is_up());
-        async move {
-            let node = node.ok_or_else(|| "node down".to_owned())?;
-            let store = state.store_for_writes(node).map_err(|e| e.to_string())?;
-            Ok::<_, String>(store.delete_needle(id.volume, id.key, id.cookie).await)
-        }
-    }))
-    .await;
+    let results = replica_deletes(&state, &volume, &nodes, id).await;
     let (mut deleted, mut not_found) = (0, 0);
     let mut missed: Vec<(&str, String)> = Vec::new();
     for (replica, result) in volume.replicas.iter().zip(results) {
@@ -650,6 +657,11 @@ pub(crate) async fn delete_blob(
             id.volume
         )));
     }
+    if !missed.is_empty() {
+        // A replica that missed the delete may still serve reads: no router
+        // may go on taking it for fresh.
+        every_router_reads_afresh(&state, id.volume, None).await;
+    }
     // A migration carries the hot replicas' deletes into the warm journal
     // once it has opened it, and then flips: a delete that sees the journal
     // open (or the flip) goes there itself; one that does not landed on the
@@ -663,6 +675,25 @@ pub(crate) async fn delete_blob(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(Tier::HOT);
     Ok(response)
+}
+
+/// Asks every replica of `volume` on an `up` node to delete `id`'s needle,
+/// all at once; per replica, its answer, or why it was not asked.
+async fn replica_deletes(
+    state: &AppState,
+    volume: &LogicalVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    id: BlobId,
+) -> Vec<Result<Result<(), ClientError>, String>> {
+    futures::future::join_all(volume.replicas.iter().map(|replica| {
+        let node = nodes.get(replica).filter(|node| node.is_up());
+        async move {
+            let node = node.ok_or_else(|| "node down".to_owned())?;
+            let store = state.store_for_writes(node).map_err(|e| e.to_string())?;
+            Ok(store.delete_needle(id.volume, id.key, id.cookie).await)
+        }
+    }))
+    .await
 }
 
 #[cfg(test)]

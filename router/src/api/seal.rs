@@ -489,9 +489,7 @@ pub(crate) async fn drain_and_retire(
     let vid = volume.id;
     steps.send_replace(MigrationStep::Draining);
     pause_task_at("migrate-draining").await;
-    if !routers_refreshed(state, vid).await {
-        tokio::time::sleep(Duration::from_millis(state.config.directory_cache_ttl_ms)).await;
-    }
+    every_router_reads_afresh(state, vid, Some(VolumeState::Warm)).await;
     steps.send_replace(MigrationStep::Deleting);
     pause_task_at("migrate-deleting").await;
     let nodes = match state.cache.nodes(true).await {
@@ -534,11 +532,28 @@ pub(crate) async fn drain_and_retire(
     retired
 }
 
+/// Returns once no router reads volume `vid` from an entry older than
+/// now: every router registered with the directory read it afresh
+/// ([`routers_refreshed`]), or else the routers' cache lifetime passed.
+/// After a flip (`expect` warm), so that no router reads the hot replicas
+/// any more; after a delete that a replica or journal holder missed, so
+/// that no router reads it from one it still holds fresh.
+pub(crate) async fn every_router_reads_afresh(
+    state: &AppState,
+    vid: u32,
+    expect: Option<VolumeState>,
+) {
+    if !routers_refreshed(state, vid, expect).await {
+        tokio::time::sleep(Duration::from_millis(state.config.directory_cache_ttl_ms)).await;
+    }
+}
+
 /// Has every router registered with the directory read volume `vid`'s
-/// entry afresh (`POST /admin/volumes/{vid}/refresh`); `false` if one could
-/// not be asked or none is registered, since a router that did not take
-/// the new entry may read the hot replicas for its cache lifetime.
-async fn routers_refreshed(state: &AppState, vid: u32) -> bool {
+/// entry afresh (`POST /admin/volumes/{vid}/refresh`), and found it in
+/// state `expect` if one is given; `false` if one could not be asked or
+/// none is registered, since a router that did not take the new entry may
+/// read by the old one for its cache lifetime.
+async fn routers_refreshed(state: &AppState, vid: u32, expect: Option<VolumeState>) -> bool {
     let nodes = match state.cache.nodes(true).await {
         Ok(nodes) => nodes,
         Err(e) => {
@@ -571,7 +586,7 @@ async fn routers_refreshed(state: &AppState, vid: u32) -> bool {
         if refreshed.router != node.id {
             return Err(format!("{} answered there", refreshed.router));
         }
-        if refreshed.state != VolumeState::Warm {
+        if expect.is_some_and(|expect| refreshed.state != expect) {
             return Err(format!("it still reads the volume {:?}", refreshed.state));
         }
         Ok(())

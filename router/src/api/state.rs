@@ -265,17 +265,20 @@ impl DirectoryCache {
         }
     }
 
-    /// Caches a volume entry just received from the directory, unless the
-    /// cache already says the volume is warm and this entry does not: a
-    /// flip is never undone, so such an entry was read before it (an answer
-    /// that was still on its way when the migration had the cache
-    /// refreshed) and would send reads to hot replicas about to be retired.
+    /// Caches a volume entry just received from the directory, unless it
+    /// is older than the cached one: the cache says the volume is warm and
+    /// this entry does not (a flip is never undone, so such an entry was
+    /// read before it, an answer still on its way when the migration had
+    /// the cache refreshed, and would send reads to hot replicas about to
+    /// be retired), or its repair epoch is lower (it was read before a
+    /// replica or journal holder was marked stale, and would send reads to
+    /// one that missed a delete).
     pub(crate) fn store_volume(&self, volume: LogicalVolume) -> Arc<LogicalVolume> {
         let volume = Arc::new(volume);
         let mut volumes = self.volumes.lock();
-        if volume.state != VolumeState::Warm
-            && let Some((cached, _)) = volumes.get(&volume.id)
-            && cached.state == VolumeState::Warm
+        if let Some((cached, _)) = volumes.get(&volume.id)
+            && ((cached.state == VolumeState::Warm && volume.state != VolumeState::Warm)
+                || volume.repair_epoch < cached.repair_epoch)
         {
             return cached.clone();
         }
@@ -338,5 +341,27 @@ mod tests {
         assert_eq!(kept.state, VolumeState::Warm);
         let cached = cache.volumes.lock().get(&7).map(|(v, _)| v.state);
         assert_eq!(cached, Some(VolumeState::Warm));
+    }
+
+    #[test]
+    fn an_entry_from_before_a_stale_mark_does_not_replace_the_marked_one() {
+        let directory = DirectoryClient::new("http://127.0.0.1:9").expect("client");
+        let cache = DirectoryCache::new(directory, Duration::from_secs(60));
+        let before = volume(VolumeState::Locked);
+        let marked = LogicalVolume {
+            stale_replicas: vec!["b".into()],
+            repair_epoch: before.repair_epoch + 1,
+            ..before.clone()
+        };
+        cache.store_volume(marked.clone());
+        // An answer read before the mark, arriving after it.
+        assert_eq!(*cache.store_volume(before), marked);
+        // One read after the mark, with the replica fresh again (marking
+        // it fresh leaves the epoch where it is), is taken.
+        let fresh = LogicalVolume {
+            stale_replicas: Vec::new(),
+            ..marked
+        };
+        assert_eq!(*cache.store_volume(fresh.clone()), fresh);
     }
 }

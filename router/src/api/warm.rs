@@ -30,6 +30,7 @@ use haystack::api::format_key;
 
 use super::error::ApiError;
 use super::id::BlobId;
+use super::seal::every_router_reads_afresh;
 use super::state::AppState;
 use crate::directory::types::DamagedBlockRequest;
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
@@ -569,20 +570,30 @@ pub(crate) async fn tombstone(
     // Marked even if already stale: the mark moves the epoch, so a merge
     // running now does not clear a holder that lacks these tombstones.
     let first = keys.first().map_or_else(String::new, |k| format_key(*k));
-    for (holder, why) in missed {
+    for (holder, why) in &missed {
         let reason = format!(
             "missed {} tombstone(s) of volume {vid} from key {first}: {why}",
             keys.len()
         );
-        if let Err(e) = state
+        match state
             .directory
             .mark_holder_stale(vid, holder, &reason)
             .await
         {
-            return Err(ApiError::Unavailable(format!(
-                "journal holder {holder} missed the delete and could not be marked stale: {e}"
-            )));
+            Ok(marked) => {
+                state.cache.store_volume(marked);
+            }
+            Err(e) => {
+                return Err(ApiError::Unavailable(format!(
+                    "journal holder {holder} missed the delete and could not be marked stale: {e}"
+                )));
+            }
         }
+    }
+    if !missed.is_empty() {
+        // A holder that missed the delete may still answer lookups: no
+        // router may go on taking it for fresh.
+        every_router_reads_afresh(state, vid, None).await;
     }
     Ok(())
 }
