@@ -174,6 +174,10 @@ pub struct MergeReport {
     pub appended: u64,
     /// Whether the index was copied from a peer.
     pub index_copied: bool,
+    /// How many of the peers it merged from (the others failed; the merge
+    /// fails only if all did).
+    #[serde(default)]
+    pub merged_peers: u64,
 }
 
 /// Body of `POST /seal`: plan the seal of a locked hot replica (its live

@@ -820,6 +820,7 @@ async fn merge(
     let mut report = MergeReport {
         appended: 0,
         index_copied: false,
+        merged_peers: 0,
     };
     let held = state
         .blocking(move |inner| Ok(inner.held.get(volume, generation)?.is_some()))
@@ -861,6 +862,7 @@ async fn merge(
             Err(e) => last = format!("{peer}: {e}"),
         }
     }
+    report.merged_peers = merged;
     if merged == 0 {
         return Err(ApiError::peer(format!("no peer could be merged: {last}")));
     }

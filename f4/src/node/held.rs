@@ -37,6 +37,11 @@ pub(crate) struct Held {
     index: WarmIndex,
     journal: Journal,
     index_path: PathBuf,
+    /// Forgotten after a failed fold (its index and journal in memory may
+    /// no longer match the files): a request that got it before is to get
+    /// the volume again, reopened from its files, rather than append to
+    /// this journal beside the reopened one.
+    retired: bool,
 }
 
 /// What the index and journal say of a key.
@@ -114,6 +119,7 @@ impl HeldVolumes {
             index,
             journal,
             index_path,
+            retired: false,
         }));
         self.open.lock().insert((volume, generation), held.clone());
         Ok(Some(held))
@@ -141,12 +147,29 @@ impl HeldVolumes {
         Ok(true)
     }
 
+    /// Runs `f` on `volume`'s held files under their lock; `None` if this
+    /// node holds no index of it. A volume retired meanwhile (see
+    /// [`Held::retired`]) is got again.
+    fn with_held<T>(
+        &self,
+        volume: u32,
+        generation: u64,
+        f: impl FnOnce(&mut Held) -> Result<T>,
+    ) -> Result<Option<T>> {
+        loop {
+            let Some(shared) = self.get(volume, generation)? else {
+                return Ok(None);
+            };
+            let mut held = shared.lock();
+            if !held.retired {
+                return f(&mut held).map(Some);
+            }
+        }
+    }
+
     /// What `volume`'s index and journal say of `key`.
     pub(crate) fn lookup(&self, volume: u32, generation: u64, key: u64) -> Result<Option<Lookup>> {
-        let Some(held) = self.get(volume, generation)? else {
-            return Ok(None);
-        };
-        lookup_in(&held, key).map(Some)
+        self.with_held(volume, generation, |held| lookup_held(held, key))
     }
 
     /// [`HeldVolumes::lookup`] if the volume is open already (its index
@@ -160,7 +183,7 @@ impl HeldVolumes {
         key: u64,
     ) -> Option<Result<Lookup>> {
         let held = self.open.lock().get(&(volume, generation))?.clone();
-        let held = held.try_lock()?;
+        let held = held.try_lock().filter(|held| !held.retired)?;
         Some(lookup_held(&held, key))
     }
 
@@ -175,37 +198,38 @@ impl HeldVolumes {
         keys: &[u64],
         deleted_ms: u64,
     ) -> Result<Option<usize>> {
-        let Some(held) = self.get(volume, generation)? else {
-            return Ok(None);
-        };
-        let mut held = held.lock();
-        let mut live = Vec::with_capacity(keys.len());
-        for &key in keys {
-            if !held.journal.is_deleted(key) && held.index.get(key)?.is_some() {
-                live.push(key);
-            }
-        }
-        let written = held.journal.append_all(&live, deleted_ms)?;
-        if held.journal.len() >= self.fold_tombstones {
-            let Held {
-                journal,
-                index_path,
-                ..
-            } = &mut *held;
-            match journal.fold(index_path) {
-                Ok(folded) => held.index = folded,
-                Err(error) => {
-                    // The tombstone is synced: the delete stands. But the
-                    // fold may have got past its rename, leaving the index
-                    // in memory older than the journal: forget the volume,
-                    // so that the next use reopens both from disk.
-                    tracing::error!(volume, generation, error = %error, "journal fold failed");
-                    drop(held);
-                    self.open.lock().remove(&(volume, generation));
+        self.with_held(volume, generation, |held| {
+            let mut live = Vec::with_capacity(keys.len());
+            for &key in keys {
+                if !held.journal.is_deleted(key) && held.index.get(key)?.is_some() {
+                    live.push(key);
                 }
             }
-        }
-        Ok(Some(written))
+            let written = held.journal.append_all(&live, deleted_ms)?;
+            if held.journal.len() >= self.fold_tombstones {
+                let Held {
+                    journal,
+                    index_path,
+                    ..
+                } = &mut *held;
+                match journal.fold(index_path) {
+                    Ok(folded) => held.index = folded,
+                    Err(error) => {
+                        // The tombstones are synced: the delete stands. But
+                        // the fold may have got past its rename, leaving
+                        // the index in memory older than the journal:
+                        // forget the volume, so that the next use reopens
+                        // both from disk, and retire it, so that a request
+                        // already holding it does so too. Forgotten under
+                        // its lock, so that no request takes it again.
+                        tracing::error!(volume, generation, error = %error, "journal fold failed");
+                        held.retired = true;
+                        self.open.lock().remove(&(volume, generation));
+                    }
+                }
+            }
+            Ok(written)
+        })
     }
 
     /// The index entries of up to `limit` live needles (in the index,
@@ -217,55 +241,51 @@ impl HeldVolumes {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Option<LivePage>> {
-        let Some(held) = self.get(volume, generation)? else {
-            return Ok(None);
-        };
-        let held = held.lock();
-        let count = held.index.header().entry_count;
-        let mut at = held.index.first_after(after)?;
-        let mut entries = Vec::new();
-        while at < count && entries.len() < limit {
-            let entry = held.index.entry(at)?;
-            if !held.journal.is_deleted(entry.key) {
-                entries.push(entry);
-            }
-            at += 1;
-        }
-        // After the last key looked at, live or not.
-        let next_after = if at < count {
-            Some(held.index.entry(at - 1)?.key)
-        } else {
-            None
-        };
-        Ok(Some(LivePage {
-            entries,
-            next_after,
-        }))
+        self.with_held(volume, generation, |held| live_in(held, after, limit))
     }
 
     /// What this node holds of `volume`'s `generation`.
     pub(crate) fn describe(&self, volume: u32, generation: u64) -> Result<Option<HeldVolume>> {
-        let Some(held) = self.get(volume, generation)? else {
-            return Ok(None);
-        };
-        let held = held.lock();
-        let file_bytes = std::fs::metadata(&held.index_path)?.len()
-            + std::fs::metadata(held.journal.path())?.len();
-        Ok(Some(HeldVolume {
-            volume,
-            generation,
-            index_entries: held.index.header().entry_count,
-            tombstones: held.journal.len() as u64,
-            file_bytes,
-        }))
+        self.with_held(volume, generation, |held| {
+            let file_bytes = std::fs::metadata(&held.index_path)?.len()
+                + std::fs::metadata(held.journal.path())?.len();
+            Ok(HeldVolume {
+                volume,
+                generation,
+                index_entries: held.index.header().entry_count,
+                tombstones: held.journal.len() as u64,
+                file_bytes,
+            })
+        })
     }
 }
 
-/// What `held`'s journal and index say of `key`.
-fn lookup_in(held: &Mutex<Held>, key: u64) -> Result<Lookup> {
-    lookup_held(&held.lock(), key)
+/// The index entries of up to `limit` live needles of `held` after key
+/// `after`.
+fn live_in(held: &Held, after: Option<u64>, limit: usize) -> Result<LivePage> {
+    let count = held.index.header().entry_count;
+    let mut at = held.index.first_after(after)?;
+    let mut entries = Vec::new();
+    while at < count && entries.len() < limit {
+        let entry = held.index.entry(at)?;
+        if !held.journal.is_deleted(entry.key) {
+            entries.push(entry);
+        }
+        at += 1;
+    }
+    // After the last key looked at, live or not.
+    let next_after = if at < count {
+        Some(held.index.entry(at - 1)?.key)
+    } else {
+        None
+    };
+    Ok(LivePage {
+        entries,
+        next_after,
+    })
 }
 
+/// What `held`'s journal and index say of `key`.
 fn lookup_held(held: &Held, key: u64) -> Result<Lookup> {
     if held.journal.is_deleted(key) {
         return Ok(Lookup::Deleted);
@@ -274,4 +294,63 @@ fn lookup_held(held: &Held, key: u64) -> Result<Lookup> {
         Some(entry) => Lookup::Live(entry),
         None => Lookup::Missing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use haystack::{Volume, VolumeOptions};
+
+    const VOLUME: u32 = 3;
+    const GENERATION: u64 = 9;
+
+    #[test]
+    fn a_failed_fold_retires_the_volume_and_keeps_every_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = dir.path().join("hot");
+        let held_dir = dir.path().join("held");
+        std::fs::create_dir(&hot).unwrap();
+        std::fs::create_dir(&held_dir).unwrap();
+        let v = Volume::create(&hot, VOLUME, VolumeOptions::default()).unwrap();
+        for key in 1..=6 {
+            v.append_needle(key, 7, "", &[key as u8; 100]).unwrap();
+        }
+        v.lock().unwrap();
+        let sealed = held_dir.join("sealed.index");
+        crate::seal::seal_live_needles(&v, GENERATION, &dir.path().join("data"), &sealed).unwrap();
+        let volumes = HeldVolumes::new(held_dir.clone(), 2);
+        assert!(volumes.install(VOLUME, GENERATION, &sealed).unwrap());
+        // A request that holds the volume while another one deletes.
+        let holding = volumes.get(VOLUME, GENERATION).unwrap().unwrap();
+        // The fold cannot write its new index.
+        let blocker = crate::seal::temporary(&volumes.index_path(VOLUME, GENERATION));
+        std::fs::create_dir(&blocker).unwrap();
+        assert_eq!(
+            volumes.delete(VOLUME, GENERATION, &[1, 2], 1).unwrap(),
+            Some(2)
+        );
+        assert!(holding.lock().retired, "the volume the fold failed on");
+        std::fs::remove_dir(&blocker).unwrap();
+        // Got again, from the files: the next delete folds all three.
+        assert_eq!(
+            volumes.delete(VOLUME, GENERATION, &[3], 2).unwrap(),
+            Some(1)
+        );
+        let reopened = HeldVolumes::new(held_dir, 2);
+        for held in [&volumes, &reopened] {
+            for key in 1..=6 {
+                let found = held.lookup(VOLUME, GENERATION, key).unwrap().unwrap();
+                assert_eq!(
+                    matches!(found, Lookup::Live(_)),
+                    key > 3,
+                    "key {key}: {found:?}"
+                );
+            }
+            let page = held
+                .live_entries(VOLUME, GENERATION, None, 10)
+                .unwrap()
+                .unwrap();
+            assert_eq!(page.entries.len(), 3);
+        }
+    }
 }

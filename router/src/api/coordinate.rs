@@ -1530,7 +1530,7 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::directory::NodeState;
 
@@ -1688,7 +1688,7 @@ mod tests {
     }
 
     /// A warm record of `generation` placed on `stripes`.
-    fn warm_record(generation: u64, stripes: Vec<Vec<String>>) -> WarmVolume {
+    pub(crate) fn warm_record(generation: u64, stripes: Vec<Vec<String>>) -> WarmVolume {
         WarmVolume {
             generation,
             geometry: f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry"),

@@ -557,39 +557,17 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::WarmVolume;
+    use crate::api::coordinate::tests::warm_record;
     use crate::directory::types::GeoLinks;
 
     /// Volume `id` in `state`, with `geo` links; warm ones on one stripe.
     fn volume(id: u32, state: VolumeState, geo: GeoLinks) -> LogicalVolume {
-        let warm = (state == VolumeState::Warm).then(|| WarmVolume {
-            generation: 1,
-            geometry: f4::Geometry::choose(100_000, 1000, 10, 4, 512).expect("geometry"),
-            stripes: vec![(0..14).map(|n| format!("n{n}")).collect()],
-            journal_holders: Vec::new(),
-            stale_holders: Vec::new(),
-            tolerated_rack_losses: 4,
-            needle_count: 0,
-            damaged_blocks: Vec::new(),
-            journal_open: false,
-            datacenter: "dc-1".into(),
-        });
+        let cell = vec![(0..14).map(|n| format!("n{n}")).collect()];
         LogicalVolume {
-            id,
             state,
-            replicas: Vec::new(),
-            stale_replicas: Vec::new(),
-            missed_deletes: Vec::new(),
-            repair_epoch: 0,
-            created_ms: 0,
-            locked_ms: None,
-            last_write_ms: None,
             geo,
-            size_bytes: 0,
-            needle_count: 0,
-            last_generation: 1,
-            warm,
-            owner: None,
+            warm: (state == VolumeState::Warm).then(|| warm_record(1, cell)),
+            ..LogicalVolume::writable(id, Vec::new(), 0)
         }
     }
 

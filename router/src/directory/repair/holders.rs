@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use f4::api::MergeReport;
 use f4::client::StorageClient;
 
 use super::super::Directory;
@@ -51,8 +52,15 @@ pub(super) async fn merge_stale_holders(
             } else {
                 fresh.clone()
             };
+            // From a fresh peer, one is enough; else every other holder.
+            let needed = if fresh.is_empty() { peers.len() } else { 1 };
             let client = StorageClient::from_http(&node.base_url(), stores.http().clone());
             match client.merge(volume.id, warm.generation, peers).await {
+                Ok(report) if !merged_enough(&report, needed) => {
+                    tracing::warn!(volume = volume.id, holder = %stale,
+                        merged = report.merged_peers, needed,
+                        "journal merged from too few of the other holders; retrying next pass");
+                }
                 Ok(report) => {
                     let (vid, id, epoch) = (volume.id, stale.clone(), volume.repair_epoch);
                     let cleared = blocking(directory, move |d| {
@@ -69,5 +77,32 @@ pub(super) async fn merge_stale_holders(
                 }
             }
         }
+    }
+}
+
+/// Whether a merge took the `needed` peers' deletes. A merge answers only
+/// once one peer merged, and a node from before the count says 0.
+fn merged_enough(report: &MergeReport, needed: usize) -> bool {
+    usize::try_from(report.merged_peers.max(1)).is_ok_and(|merged| merged >= needed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_with_no_fresh_peer_needs_every_other_one_merged() {
+        let report = |merged_peers| MergeReport {
+            appended: 0,
+            index_copied: false,
+            merged_peers,
+        };
+        // From fresh peers: one is enough, and an older node's answer too.
+        assert!(merged_enough(&report(1), 1));
+        assert!(merged_enough(&report(0), 1));
+        // With every holder stale: all four others.
+        assert!(merged_enough(&report(4), 4));
+        assert!(!merged_enough(&report(3), 4));
+        assert!(!merged_enough(&report(0), 4));
     }
 }
