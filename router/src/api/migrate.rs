@@ -92,8 +92,6 @@ async fn candidates(
     report: &mut PassReport,
 ) -> Result<Vec<u32>, ApiError> {
     let held_back = hold_back(state).await?;
-    let volumes = state.directory.list_volumes().await?;
-    report.locked_idle = super::ownership::lock_orphans(state, &volumes).await;
     let jobs: HashMap<u32, MigrationJob> = state
         .directory
         .all_migrations()
@@ -105,45 +103,50 @@ async fn candidates(
     let warm_after = state.config.warm_after_ms;
     // By age; with the size of each volume still to encode.
     let mut picked: Vec<(u64, u32, Option<u64>)> = Vec::new();
-    for volume in volumes {
-        if only.is_some_and(|only| only != volume.id) {
-            continue;
-        }
-        let locked_ms = volume.locked_ms.unwrap_or(volume.created_ms);
-        let job = jobs.get(&volume.id);
-        // Held back, only jobs past their flip go on (they need no racks).
-        if held_back.is_some() && volume.state != VolumeState::Warm {
-            continue;
-        }
-        match volume.state {
-            VolumeState::Locked => {
-                if only.is_none() && now.saturating_sub(locked_ms) < warm_after {
-                    report.too_young += 1;
+    // A page of volumes at a time: what the pass keeps of each is its id.
+    let mut pages = state.directory.volume_pages();
+    while let Some(volumes) = pages.next().await? {
+        report.locked_idle += super::ownership::lock_orphans(state, &volumes).await;
+        for volume in volumes {
+            if only.is_some_and(|only| only != volume.id) {
+                continue;
+            }
+            let locked_ms = volume.locked_ms.unwrap_or(volume.created_ms);
+            let job = jobs.get(&volume.id);
+            // Held back, only jobs past their flip go on (they need no racks).
+            if held_back.is_some() && volume.state != VolumeState::Warm {
+                continue;
+            }
+            match volume.state {
+                VolumeState::Locked => {
+                    if only.is_none() && now.saturating_sub(locked_ms) < warm_after {
+                        report.too_young += 1;
+                        continue;
+                    }
+                }
+                // A seal that died halfway: resumed with a new attempt.
+                VolumeState::Sealing => {}
+                // Flipped by a job that died before its hot replicas went.
+                VolumeState::Warm if job.is_some_and(|j| !j.step.is_final()) => {}
+                _ => continue,
+            }
+            if let Some(job) = job {
+                if !job.step.is_final() && job.lease_until_ms > now {
+                    report.claimed_elsewhere.push(volume.id);
+                    continue;
+                }
+                // A failed job waits a lease before it is tried again.
+                let retry_after = state.config.migration_lease_ms;
+                if only.is_none()
+                    && job.step == MigrationStep::Failed
+                    && now.saturating_sub(job.updated_ms) < retry_after
+                {
                     continue;
                 }
             }
-            // A seal that died halfway: resumed with a new attempt.
-            VolumeState::Sealing => {}
-            // Flipped by a job that died before its hot replicas went.
-            VolumeState::Warm if job.is_some_and(|j| !j.step.is_final()) => {}
-            _ => continue,
+            let to_encode = (volume.state != VolumeState::Warm).then_some(volume.size_bytes);
+            picked.push((locked_ms, volume.id, to_encode));
         }
-        if let Some(job) = job {
-            if !job.step.is_final() && job.lease_until_ms > now {
-                report.claimed_elsewhere.push(volume.id);
-                continue;
-            }
-            // A failed job waits a lease before it is tried again.
-            let retry_after = state.config.migration_lease_ms;
-            if only.is_none()
-                && job.step == MigrationStep::Failed
-                && now.saturating_sub(job.updated_ms) < retry_after
-            {
-                continue;
-            }
-        }
-        let to_encode = (volume.state != VolumeState::Warm).then_some(volume.size_bytes);
-        picked.push((locked_ms, volume.id, to_encode));
     }
     // Held back for racks, `picked` holds no volume to encode; else each
     // one to encode goes on only if the cell has room for it.
