@@ -313,13 +313,18 @@ async fn spawned_nodes_die_with_their_parent() -> anyhow::Result<()> {
 
 /// `GET` of a needle straight from one store node (no router): its status.
 async fn store_read_status(cluster: &Cluster, store: &str, id: &str) -> anyhow::Result<u16> {
+    let url = store_needle_url(cluster, store, id)?;
+    Ok(http_client().get(url).send().await?.status().as_u16())
+}
+
+/// The URL of BLOB `id`'s needle on one store node.
+fn store_needle_url(cluster: &Cluster, store: &str, id: &str) -> anyhow::Result<String> {
     let (volume, rest) = id.split_once(',').context("id")?;
     let (key, cookie) = rest.split_at(rest.len() - 8);
-    let url = format!(
+    Ok(format!(
         "{}/volumes/{volume}/needles/{key}?cookie={cookie}",
         cluster.node_url(store)?
-    );
-    Ok(http_client().get(url).send().await?.status().as_u16())
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -452,6 +457,49 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
         anyhow::ensure!(
             status == 404,
             "{id} read at {reader} after the delete: {status}"
+        );
+    }
+
+    // A retried delete whose first try reached two replicas only (as
+    // here, straight on the stores), and whose retry the third fails too:
+    // the two say `not_found`, and the third is reported before the `404`,
+    // so that it serves the BLOB to no router.
+    cluster.kill_node("store-3")?;
+    let _store_3 = cluster.restart_node("store-3")?;
+    wait_no_stale_replica(&cluster, "store-3 resynced").await?;
+    cluster.kill_node("store-3")?;
+    let _slow = cluster.restart_node_with(
+        "store-3",
+        &[
+            ("HAYLOFT_PAUSE_AT", "store-deletes"),
+            ("HAYLOFT_PAUSE_MS", "600000"),
+        ],
+    )?;
+    wait_until("store-3 up again", Duration::from_secs(60), || async {
+        let nodes = directory_json(&cluster, "/nodes").await?;
+        Ok(nodes
+            .iter()
+            .any(|n| n["id"] == "store-3" && n["state"] == "up"))
+    })
+    .await?;
+    let (id, body) = &blobs[3];
+    for store in ["store-1", "store-2"] {
+        let url = store_needle_url(&cluster, store, id)?;
+        let status = http_client().delete(url).send().await?.status();
+        anyhow::ensure!(status == 204, "{id} deleted on {store}: {status}");
+    }
+    // The second router's entry, read now, has store-3 fresh.
+    let (status, got) = common::fetch(&client, &second, id).await?;
+    anyhow::ensure!(
+        status == 404 || (status == 200 && got == *body),
+        "{id} before the retry: {status}"
+    );
+    assert_eq!(delete(id.clone()).await?, 404);
+    for reader in [&cluster.router, &second].repeat(6) {
+        let status = common::fetch(&client, reader, id).await?.0;
+        anyhow::ensure!(
+            status == 404,
+            "{id} read at {reader} after the retry: {status}"
         );
     }
     Ok(())

@@ -654,7 +654,10 @@ impl Volume {
         let mut buf = [0u8; format::NEEDLE_META_BYTES_MAX];
         let buf = &mut buf[..meta_len(&entry)];
         file.read_at(buf, entry.offset)?;
-        self.verify_meta(buf, key, cookie, &entry)
+        match self.verify_meta(buf, key, cookie, &entry) {
+            Err(Error::NotFound) => Err(self.refused(&*file, key, &entry)),
+            checked => checked,
+        }
     }
 
     /// [`Volume::read_needle_meta`] only if those bytes are in the page cache, as
@@ -670,7 +673,11 @@ impl Volume {
         if !file.try_read_at_cached(buf, entry.offset)? {
             return Ok(None);
         }
-        self.verify_meta(buf, key, cookie, &entry).map(Some)
+        match self.verify_meta(buf, key, cookie, &entry) {
+            // Whether it is damaged takes reading it whole: `read_needle_meta` does.
+            Err(Error::NotFound) => Ok(None),
+            checked => checked.map(Some),
+        }
     }
 
     /// Checks `entry`'s needle header and takes the content type after it (the read half of
@@ -739,6 +746,26 @@ impl Volume {
         Ok(header)
     }
 
+    /// What a live needle whose header refused a request is (a cookie other than the
+    /// request's, or the deleted flag while the index says live): `NotFound` if the whole
+    /// needle checks out, else `Corrupt`. Only the needle's checksum covers its header, so
+    /// a damaged cookie would otherwise pass for a wrong one, and the replica would answer
+    /// `not_found` for a live BLOB (and take no delete of it) where it should say it is
+    /// damaged.
+    fn refused(&self, file: &dyn Storage, key: u64, entry: &IndexEntry) -> Error {
+        let checked = file
+            .read_vec_at(needle_len(entry), entry.offset)
+            .map_err(Error::from)
+            .and_then(|buf| format::decode_needle(buf, self.id, entry.offset));
+        match checked {
+            Ok(_) => Error::NotFound,
+            Err(e) => {
+                error!(volume = self.id, key, error = %e, "corrupt needle");
+                e
+            }
+        }
+    }
+
     /// Deletes a needle: sets its flag on disk (synced) and in memory, and records it in
     /// the index file (synced). Allowed on locked volumes.
     pub fn delete_needle(&self, key: u64, cookie: u32) -> Result<()> {
@@ -758,7 +785,7 @@ impl Volume {
             ));
         }
         if header.cookie != cookie {
-            return Err(Error::NotFound);
+            return Err(self.refused(&*file, key, &entry));
         }
         self.persist_delete(&*file, &entry, header.flags)
     }
@@ -808,15 +835,18 @@ impl Volume {
     }
 
     /// Locks the volume for good: rewrites the superblock with the locked flag and syncs it.
+    /// Returns once every needle written before the lock is published too (or has failed):
+    /// a copy of the locked volume then holds every needle that will be acknowledged.
     pub fn lock(&self) -> Result<()> {
         let mut st = self.state.lock();
-        if st.locked {
-            return Ok(());
+        if !st.locked {
+            if st.failed {
+                return Err(Error::ReadOnly { volume: self.id });
+            }
+            self.persist_lock(&mut st)?;
         }
-        if st.failed {
-            return Err(Error::ReadOnly { volume: self.id });
-        }
-        self.persist_lock(&mut st)
+        let end = st.end;
+        self.wait_synced(&mut st, end, None).map(|_| ())
     }
 
     fn persist_lock(&self, st: &mut WriteState) -> Result<()> {

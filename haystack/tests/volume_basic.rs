@@ -86,6 +86,24 @@ fn lock_is_persistent_and_deletes_still_work() {
     assert_eq!(v.read_needle(2, 2).expect("read").data, &b"b"[..]);
 }
 
+/// A needle written before the lock, whose writer has not waited for its
+/// sync yet, is published by the time the lock answers: a copy of the
+/// locked volume (a resync's) then holds every needle that will be
+/// acknowledged.
+#[test]
+fn a_lock_answers_once_the_needles_written_before_it_are_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Volume::create(dir.path(), 1, opts()).expect("create");
+    v.append_needle(1, 1, "", b"a").expect("append");
+    let pending = v.write_needle(2, 2, "", b"b").expect("write");
+    assert!(matches!(v.read_needle(2, 2), Err(Error::NotFound)));
+    v.lock().expect("lock");
+    assert_eq!(v.read_needle(2, 2).expect("published").data, &b"b"[..]);
+    assert_eq!(v.status().needle_count, 2);
+    pending.wait().expect("acknowledged");
+    v.lock().expect("locked already");
+}
+
 #[test]
 fn size_limit_locks_the_volume() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -570,9 +570,11 @@ async fn retry_reaches_journal(
 /// (down, stale, or failing the delete) was recorded in the directory as
 /// having missed it, so that it serves no read until resynced (which
 /// carries the delete over), and, if a migration has opened the volume's
-/// warm journal meanwhile, that journal took it too; `404` when every fresh
-/// replica says it is not there; `503` otherwise. A warm volume's delete is
-/// a tombstone in its journal ([`warm::delete`]).
+/// warm journal meanwhile, that journal took it too; `404` when none
+/// deleted it and a fresh one says it is not there (a retry, or a BLOB that
+/// never was), once every replica that failed was recorded the same way;
+/// `503` otherwise. A warm volume's delete is a tombstone in its journal
+/// ([`warm::delete`]).
 pub(crate) async fn delete_blob(
     State(state): State<Arc<AppState>>,
     uri: Uri,
@@ -603,65 +605,52 @@ pub(crate) async fn delete_blob(
     }
     let results = replica_deletes(&state, &volume, &nodes, id).await;
     let (mut deleted, mut not_found) = (0, 0);
-    let mut missed: Vec<(&str, String)> = Vec::new();
+    // Replicas that failed the delete (or were not asked), and stale ones
+    // that answered `not_found`.
+    let mut failed: Vec<(&str, String)> = Vec::new();
+    let mut absent_on_stale: Vec<(&str, String)> = Vec::new();
     for (replica, result) in volume.replicas.iter().zip(results) {
         let fresh = !volume.is_stale(replica);
         match result {
             Ok(Ok(())) => deleted += 1,
             Ok(Err(ClientError::NotFound)) if fresh => not_found += 1,
-            // A stale replica may lack the needle, and its resync brings the
-            // delete. It is reported all the same: a resync under way may
-            // have copied the needle before this delete, and the report keeps
-            // that resync from clearing the replica's mark.
             Ok(Err(ClientError::NotFound)) => {
-                missed.push((replica, "delete: not on the stale replica".to_owned()));
+                absent_on_stale.push((replica, "delete: not on the stale replica".to_owned()));
             }
             Ok(Err(e)) => {
                 state.metrics.replica_failure("delete");
                 tracing::warn!(volume = id.volume, node = %replica, error = %e, "delete failed");
-                missed.push((replica, format!("delete: {e}")));
+                failed.push((replica, format!("delete: {e}")));
             }
-            Err(reason) => missed.push((replica, format!("delete: {reason}"))),
+            Err(reason) => failed.push((replica, format!("delete: {reason}"))),
         }
     }
     if deleted == 0 {
-        if not_found > 0 && retry_reaches_journal(&state, &volume, &nodes, id).await? {
+        if not_found == 0 {
+            return Err(ApiError::Unavailable(format!(
+                "no replica of volume {} could take the delete",
+                id.volume
+            )));
+        }
+        // Gone from a fresh replica: deleted already (a retry whose first
+        // try failed somewhere) or never there. A replica that failed now
+        // may still hold it live, so it is reported before any answer, as
+        // below; a stale one that says `not_found` is not (a resync brings
+        // every delete, and there may have been none).
+        report_missed(&state, id.volume, &failed).await?;
+        if retry_reaches_journal(&state, &volume, &nodes, id).await? {
             let mut response = StatusCode::NO_CONTENT.into_response();
             response.extensions_mut().insert(Tier::WARM);
             return Ok(response);
         }
-        return Err(if not_found > 0 {
-            ApiError::NotFound
-        } else {
-            ApiError::Unavailable(format!(
-                "no replica of volume {} could take the delete",
-                id.volume
-            ))
-        });
+        return Err(ApiError::NotFound);
     }
-    // Every miss is reported, an already marked replica's too: the
-    // directory answers once no read lease lets that replica serve the BLOB
-    // directly (`docs/ARCHITECTURE.md`, "Direct reads"), and each report
-    // moves the volume's repair epoch past a resync under way.
-    let reports = missed
-        .iter()
-        .map(|(replica, reason)| report_stale(&state, id.volume, replica, reason, true));
-    let unresolved = futures::future::join_all(reports)
-        .await
-        .into_iter()
-        .filter(|reported| !reported)
-        .count();
-    if unresolved > 0 {
-        return Err(ApiError::Unavailable(format!(
-            "{unresolved} replica(s) of volume {} missed the delete and could not be reported",
-            id.volume
-        )));
-    }
-    if !missed.is_empty() {
-        // A replica that missed the delete may still serve reads: no router
-        // may go on taking it for fresh.
-        every_router_reads_afresh(&state, id.volume, None).await;
-    }
+    // A stale replica may lack the needle, and its resync brings the
+    // delete. It is reported all the same: a resync under way may have
+    // copied the needle before this delete, and the report keeps that
+    // resync from clearing the replica's mark.
+    failed.extend(absent_on_stale);
+    report_missed(&state, id.volume, &failed).await?;
     // A migration carries the hot replicas' deletes into the warm journal
     // once it has opened it, and then flips: a delete that sees the journal
     // open (or the flip) goes there itself; one that does not landed on the
@@ -675,6 +664,38 @@ pub(crate) async fn delete_blob(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(Tier::HOT);
     Ok(response)
+}
+
+/// Reports every replica in `missed` to the directory as having missed a
+/// delete of volume `vid`, an already marked one's too: the directory
+/// answers once no read lease lets that replica serve the BLOB directly
+/// (`docs/ARCHITECTURE.md`, "Direct reads"), and each report moves the
+/// volume's repair epoch past a resync under way. Then, since such a
+/// replica may still serve reads, every router reads the entry afresh.
+/// `503` if a report did not reach the directory.
+async fn report_missed(
+    state: &AppState,
+    vid: u32,
+    missed: &[(&str, String)],
+) -> Result<(), ApiError> {
+    if missed.is_empty() {
+        return Ok(());
+    }
+    let reports = missed
+        .iter()
+        .map(|(replica, reason)| report_stale(state, vid, replica, reason, true));
+    let unresolved = futures::future::join_all(reports)
+        .await
+        .into_iter()
+        .filter(|reported| !reported)
+        .count();
+    if unresolved > 0 {
+        return Err(ApiError::Unavailable(format!(
+            "{unresolved} replica(s) of volume {vid} missed the delete and could not be reported"
+        )));
+    }
+    every_router_reads_afresh(state, vid, None).await;
+    Ok(())
 }
 
 /// Asks every replica of `volume` on an `up` node to delete `id`'s needle,
