@@ -455,6 +455,14 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     std::fs::write(&path, &bytes)?;
     live.check(&client, &router).await?;
     healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
+    // Wrong bytes under good checksums (a bad write that checksummed what
+    // it wrote): the read decodes the range from the rest of the stripe,
+    // serves the right bytes, and has the block rebuilt. (The router first
+    // drops its entry, which still names the block damaged from above.)
+    common::post_json(&client, &format!("{router}/admin/volumes/{vid}/refresh")).await?;
+    rewrite_with_checksums(&path, (offset % block_size) as usize + 40, Rewrite::InPlace)?;
+    live.check(&client, &router).await?;
+    healed(&cluster, &client, vid, &expected, &[&lost, &partner]).await?;
 
     // Bit rot nobody reads: bytes flipped in a data block, in a parity block
     // and in one hot replica's needle. The next scrub finds each (and has
@@ -528,14 +536,11 @@ async fn lost_and_rotten_blocks_and_needles_come_back_while_reads_go_on() -> any
     // rebuilt in place.
     let (stripe, block) = (5u64, 3u32);
     let node = placed[&(stripe, block)].clone();
-    rewrite_with_checksums(&block_path(
-        &cluster,
-        &node,
-        vid,
-        &warm_after,
-        stripe,
-        block,
-    ))?;
+    rewrite_with_checksums(
+        &block_path(&cluster, &node, vid, &warm_after, stripe, block),
+        10,
+        Rewrite::NewFile,
+    )?;
     let shallow = scrub(&cluster, false).await?;
     anyhow::ensure!(
         shallow["damaged_blocks"] == serde_json::json!([]),
@@ -691,23 +696,41 @@ async fn scrub(cluster: &Cluster, deep: bool) -> anyhow::Result<Value> {
     })
 }
 
-/// Flips a byte of the block file's data and writes its checksum record
+/// How [`rewrite_with_checksums`] leaves the block file.
+enum Rewrite {
+    /// A new file renamed over it.
+    NewFile,
+    /// The same file, written over (what a node that has it open reads).
+    InPlace,
+}
+
+/// Flips byte `at` of the block file's data and writes its checksum record
 /// anew, so that every chunk still matches its CRC.
-fn rewrite_with_checksums(path: &std::path::Path) -> anyhow::Result<()> {
+fn rewrite_with_checksums(path: &std::path::Path, at: usize, how: Rewrite) -> anyhow::Result<()> {
     let mut bytes = std::fs::read(path)?;
     let header = f4::BlockHeader::decode(&bytes[..f4::format::BLOCK_HEADER_SIZE])?;
     let start = f4::format::BLOCK_HEADER_SIZE;
     let end = start + usize::try_from(header.block_len_bytes)?;
-    bytes[start + 10] ^= 0x08;
+    anyhow::ensure!(start + at < end, "byte {at} past the block's data");
+    bytes[start + at] ^= 0x08;
     let record =
         coding::BlockChecksums::compute(header.geometry.chunk_size_bytes, &bytes[start..end])?
             .encode();
     bytes.truncate(end);
     bytes.extend_from_slice(&record);
-    // A new file in its place, as a write gone wrong would leave it.
-    let tmp = path.with_extension("rewritten");
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, path)?;
+    match how {
+        Rewrite::NewFile => {
+            let tmp = path.with_extension("rewritten");
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::rename(&tmp, path)?;
+        }
+        Rewrite::InPlace => {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new().write(true).open(path)?;
+            file.write_all_at(&bytes, 0)?;
+            file.set_len(bytes.len() as u64)?;
+        }
+    }
     Ok(())
 }
 

@@ -654,10 +654,7 @@ impl Volume {
         let mut buf = [0u8; format::NEEDLE_META_BYTES_MAX];
         let buf = &mut buf[..meta_len(&entry)];
         file.read_at(buf, entry.offset)?;
-        match self.verify_meta(buf, key, cookie, &entry) {
-            Err(Error::NotFound) => Err(self.refused(&*file, key, &entry)),
-            checked => checked,
-        }
+        self.verify_meta(buf, key, cookie, &entry)
     }
 
     /// [`Volume::read_needle_meta`] only if those bytes are in the page cache, as
@@ -673,11 +670,7 @@ impl Volume {
         if !file.try_read_at_cached(buf, entry.offset)? {
             return Ok(None);
         }
-        match self.verify_meta(buf, key, cookie, &entry) {
-            // Whether it is damaged takes reading it whole: `read_needle_meta` does.
-            Err(Error::NotFound) => Ok(None),
-            checked => checked.map(Some),
-        }
+        self.verify_meta(buf, key, cookie, &entry).map(Some)
     }
 
     /// Checks `entry`'s needle header and takes the content type after it (the read half of
@@ -746,12 +739,12 @@ impl Volume {
         Ok(header)
     }
 
-    /// What a live needle whose header refused a request is (a cookie other than the
-    /// request's, or the deleted flag while the index says live): `NotFound` if the whole
-    /// needle checks out, else `Corrupt`. Only the needle's checksum covers its header, so
-    /// a damaged cookie would otherwise pass for a wrong one, and the replica would answer
-    /// `not_found` for a live BLOB (and take no delete of it) where it should say it is
-    /// damaged.
+    /// What a live needle whose header refused a delete's cookie is: `NotFound` if the
+    /// whole needle checks out, else `Corrupt`. Only the needle's checksum covers its
+    /// header, so a damaged cookie would otherwise pass for a wrong one: the replica would
+    /// take no delete of a live BLOB and say it was not there, and the router would not
+    /// record that it missed the delete. (Reads of the header alone do not pay for a whole
+    /// needle on a wrong cookie: a client could make every such read cost a large BLOB.)
     fn refused(&self, file: &dyn Storage, key: u64, entry: &IndexEntry) -> Error {
         let checked = file
             .read_vec_at(needle_len(entry), entry.offset)

@@ -128,7 +128,19 @@ async fn read_needle_with(
         }
         Err(e) => return Err(e),
     };
-    let needle = check_needle(volume.id, bytes, entry, Some(id.key))?;
+    let (needle, degraded) = match check_needle(volume.id, bytes, entry, Some(id.key)) {
+        // Every chunk read passed its checksum, yet the needle fails: a
+        // block holds wrong bytes under good checksums (a bad write, or a
+        // rebuild from a bad source), which only a deep scrub would find.
+        // The range is decoded from the rest of its stripes instead.
+        Err(ApiError::Unavailable(why)) if !degraded => {
+            let needle = decode_the_bad_block(state, volume.id, warm, &nodes, entry, id.key)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("{why}; decoding it: {e}")))?;
+            (needle, true)
+        }
+        checked => (checked?, degraded),
+    };
     if needle.cookie != id.cookie {
         return Err(ApiError::NotFound);
     }
@@ -294,34 +306,12 @@ pub(crate) async fn read_data(
     nodes: &HashMap<String, NodeRecord>,
     entry: IndexEntry,
 ) -> Result<(Bytes, bool), ApiError> {
-    let layout = warm
-        .geometry
-        .layout()
-        .map_err(|e| ApiError::Internal(format!("volume {vid}: {e}")))?;
-    let segments = layout
-        .segments(entry.offset, u64::from(entry.size_bytes))
-        .map_err(|e| ApiError::Internal(format!("volume {vid}: {e}")))?;
-    let single = segments.len() == 1;
+    let reads = block_reads(vid, warm, entry)?;
+    let single = reads.len() == 1;
     let mut out = BytesMut::new();
     let mut degraded = false;
-    for segment in segments {
-        let block = BlockId {
-            volume: vid,
-            generation: warm.generation,
-            stripe: segment.stripe,
-            block: segment.block as u32,
-        };
-        let read = RangeRead {
-            block,
-            geometry: warm.geometry,
-            offset: segment.block_offset,
-            len: segment.len,
-        };
-        let holder = warm
-            .stripes
-            .get(segment.stripe as usize)
-            .and_then(|s| s.get(segment.block))
-            .ok_or_else(|| ApiError::Internal(format!("volume {vid} has no block {block:?}")))?;
+    for (read, holder) in reads {
+        let block = read.block;
         let bytes = if warm.is_damaged(block.stripe, block.block) {
             // Recorded lost or corrupt: decode first (until the block is
             // rebuilt and the record cleared); the block itself only if
@@ -357,6 +347,89 @@ pub(crate) async fn read_data(
         out.extend_from_slice(&bytes);
     }
     Ok((out.freeze(), degraded))
+}
+
+/// The range reads of the blocks that hold the bytes at `entry` of volume
+/// `vid`'s data, in order, each with the node of its block.
+fn block_reads(
+    vid: u32,
+    warm: &WarmVolume,
+    entry: IndexEntry,
+) -> Result<Vec<(RangeRead, &str)>, ApiError> {
+    let layout = warm
+        .geometry
+        .layout()
+        .map_err(|e| ApiError::Internal(format!("volume {vid}: {e}")))?;
+    let segments = layout
+        .segments(entry.offset, u64::from(entry.size_bytes))
+        .map_err(|e| ApiError::Internal(format!("volume {vid}: {e}")))?;
+    segments
+        .into_iter()
+        .map(|segment| {
+            let block = BlockId {
+                volume: vid,
+                generation: warm.generation,
+                stripe: segment.stripe,
+                block: segment.block as u32,
+            };
+            let holder = warm
+                .stripes
+                .get(segment.stripe as usize)
+                .and_then(|s| s.get(segment.block))
+                .ok_or_else(|| {
+                    ApiError::Internal(format!("volume {vid} has no block {block:?}"))
+                })?;
+            let read = RangeRead {
+                block,
+                geometry: warm.geometry,
+                offset: segment.block_offset,
+                len: segment.len,
+            };
+            Ok((read, holder.as_str()))
+        })
+        .collect()
+}
+
+/// The needle at `entry` of volume `vid` (key `key`), whose blocks passed
+/// their checksums but not the needle's: one block holds wrong bytes under
+/// good checksums. Each block's part is decoded in turn on a backoff node
+/// from the rest of its stripe, in place of what the block itself gave;
+/// the block whose decode makes the needle check out is reported damaged.
+/// (Decoding a block's part reads the same range of the others, so only
+/// the bad block's own decode comes out right.)
+async fn decode_the_bad_block(
+    state: &AppState,
+    vid: u32,
+    warm: &WarmVolume,
+    nodes: &HashMap<String, NodeRecord>,
+    entry: IndexEntry,
+    key: u64,
+) -> Result<Needle, ApiError> {
+    let reads = block_reads(vid, warm, entry)?;
+    let mut own = Vec::with_capacity(reads.len());
+    for (read, holder) in &reads {
+        let bytes = direct_read(state, warm, nodes, holder, *read)
+            .await
+            .map_err(ApiError::Unavailable)?;
+        own.push(bytes);
+    }
+    for (suspect, (read, holder)) in reads.iter().enumerate() {
+        let decoded = reconstruct(state, warm, nodes, *read).await?;
+        let mut bytes = BytesMut::with_capacity(entry.size_bytes as usize);
+        for (at, part) in own.iter().enumerate() {
+            bytes.extend_from_slice(if at == suspect { &decoded } else { part });
+        }
+        if let Ok(needle) = check_needle(vid, bytes.freeze(), entry, Some(key)) {
+            tracing::error!(volume = vid, stripe = read.block.stripe, block = read.block.block,
+                node = %holder, "block bytes differ from their decode under good checksums");
+            let why = "its bytes differ from their decode from the rest of the stripe";
+            report_block(state, warm, read.block, holder, why).await;
+            return Ok(needle);
+        }
+    }
+    Err(ApiError::Unavailable(
+        "no one block's decode makes the needle check out".into(),
+    ))
 }
 
 /// `read` from `holder`, the node of its block, within the warm read
