@@ -311,6 +311,15 @@ async fn spawned_nodes_die_with_their_parent() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits (at most a minute) until the directory counts node `id` up.
+async fn wait_node_up(cluster: &Cluster, id: &str) -> anyhow::Result<()> {
+    wait_until(&format!("{id} up"), Duration::from_secs(60), || async {
+        let nodes = directory_json(cluster, "/nodes").await?;
+        Ok(nodes.iter().any(|n| n["id"] == id && n["state"] == "up"))
+    })
+    .await
+}
+
 /// `GET` of a needle straight from one store node (no router): its status.
 async fn store_read_status(cluster: &Cluster, store: &str, id: &str) -> anyhow::Result<u16> {
     let url = store_needle_url(cluster, store, id)?;
@@ -438,13 +447,7 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
             ("HAYLOFT_PAUSE_MS", "600000"),
         ],
     )?;
-    wait_until("store-3 up", Duration::from_secs(60), || async {
-        let nodes = directory_json(&cluster, "/nodes").await?;
-        Ok(nodes
-            .iter()
-            .any(|n| n["id"] == "store-3" && n["state"] == "up"))
-    })
-    .await?;
+    wait_node_up(&cluster, "store-3").await?;
     let (id, body) = &blobs[2];
     let (status, got) = common::fetch(&client, &second, id).await?;
     anyhow::ensure!(
@@ -475,13 +478,7 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
             ("HAYLOFT_PAUSE_MS", "600000"),
         ],
     )?;
-    wait_until("store-3 up again", Duration::from_secs(60), || async {
-        let nodes = directory_json(&cluster, "/nodes").await?;
-        Ok(nodes
-            .iter()
-            .any(|n| n["id"] == "store-3" && n["state"] == "up"))
-    })
-    .await?;
+    wait_node_up(&cluster, "store-3").await?;
     let (id, body) = &blobs[3];
     for store in ["store-1", "store-2"] {
         let url = store_needle_url(&cluster, store, id)?;

@@ -762,7 +762,7 @@ impl Volume {
     /// Deletes a needle: sets its flag on disk (synced) and in memory, and records it in
     /// the index file (synced). Allowed on locked volumes.
     pub fn delete_needle(&self, key: u64, cookie: u32) -> Result<()> {
-        let _serial = self.delete_lock.lock();
+        let serial = self.delete_lock.lock();
         if self.state.lock().failed {
             return Err(Error::ReadOnly { volume: self.id });
         }
@@ -778,6 +778,8 @@ impl Volume {
             ));
         }
         if header.cookie != cookie {
+            // An error either way: other deletes need not wait for the read.
+            drop(serial);
             return Err(self.refused(&*file, key, &entry));
         }
         self.persist_delete(&*file, &entry, header.flags)
@@ -838,8 +840,10 @@ impl Volume {
             }
             self.persist_lock(&mut st)?;
         }
-        let end = st.end;
-        self.wait_synced(&mut st, end, None).map(|_| ())
+        // A compaction committed meanwhile has synced them all (`Moved`).
+        let (end, compactions) = (st.end, st.compactions);
+        self.wait_synced(&mut st, end, Some(compactions))
+            .map(|_| ())
     }
 
     fn persist_lock(&self, st: &mut WriteState) -> Result<()> {

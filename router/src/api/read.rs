@@ -588,20 +588,20 @@ pub(crate) async fn delete_blob(
         // retired the hot replicas, a router may still read them by an
         // entry from before the flip: they take the delete too, or every
         // router reads the entry afresh before the answer.
-        let hot = replica_deletes(&state, &volume, &nodes, id).await;
-        let gone = volume.replicas.iter().zip(hot).all(|(replica, result)| {
-            !nodes.contains_key(replica)
-                || matches!(
-                    result,
-                    Ok(Ok(()) | Err(ClientError::NotFound | ClientError::UnknownVolume(_)))
-                )
-        });
-        if !gone {
-            every_router_reads_afresh(&state, id.volume, Some(VolumeState::Warm)).await;
+        if !volume.replicas.is_empty() && migration_under_way(&state, id.volume).await {
+            let hot = replica_deletes(&state, &volume, &nodes, id).await;
+            let gone = volume.replicas.iter().zip(hot).all(|(replica, result)| {
+                !nodes.contains_key(replica)
+                    || matches!(
+                        result,
+                        Ok(Ok(()) | Err(ClientError::NotFound | ClientError::UnknownVolume(_)))
+                    )
+            });
+            if !gone {
+                every_router_reads_afresh(&state, id.volume, Some(VolumeState::Warm)).await;
+            }
         }
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        response.extensions_mut().insert(Tier::WARM);
-        return Ok(response);
+        return Ok(deleted_answer(Tier::WARM));
     }
     let results = replica_deletes(&state, &volume, &nodes, id).await;
     let (mut deleted, mut not_found) = (0, 0);
@@ -637,11 +637,9 @@ pub(crate) async fn delete_blob(
         // may still hold it live, so it is reported before any answer, as
         // below; a stale one that says `not_found` is not (a resync brings
         // every delete, and there may have been none).
-        report_missed(&state, id.volume, &failed).await?;
+        report_missed(&state, id.volume, &failed, true).await?;
         if retry_reaches_journal(&state, &volume, &nodes, id).await? {
-            let mut response = StatusCode::NO_CONTENT.into_response();
-            response.extensions_mut().insert(Tier::WARM);
-            return Ok(response);
+            return Ok(deleted_answer(Tier::WARM));
         }
         return Err(ApiError::NotFound);
     }
@@ -649,8 +647,8 @@ pub(crate) async fn delete_blob(
     // delete. It is reported all the same: a resync under way may have
     // copied the needle before this delete, and the report keeps that
     // resync from clearing the replica's mark.
-    failed.extend(absent_on_stale);
-    report_missed(&state, id.volume, &failed).await?;
+    report_missed(&state, id.volume, &absent_on_stale, false).await?;
+    report_missed(&state, id.volume, &failed, true).await?;
     // A migration carries the hot replicas' deletes into the warm journal
     // once it has opened it, and then flips: a delete that sees the journal
     // open (or the flip) goes there itself; one that does not landed on the
@@ -661,22 +659,22 @@ pub(crate) async fn delete_blob(
     {
         warm::tombstone(&state, id.volume, warm, &[id.key]).await?;
     }
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    response.extensions_mut().insert(Tier::HOT);
-    Ok(response)
+    Ok(deleted_answer(Tier::HOT))
 }
 
 /// Reports every replica in `missed` to the directory as having missed a
 /// delete of volume `vid`, an already marked one's too: the directory
 /// answers once no read lease lets that replica serve the BLOB directly
 /// (`docs/ARCHITECTURE.md`, "Direct reads"), and each report moves the
-/// volume's repair epoch past a resync under way. Then, since such a
-/// replica may still serve reads, every router reads the entry afresh.
-/// `503` if a report did not reach the directory.
+/// volume's repair epoch past a resync under way. Then, where such a
+/// replica may still hold the BLOB (`may_hold`: not a stale one that said
+/// it has no such needle), every router reads the entry afresh. `503` if a
+/// report did not reach the directory.
 async fn report_missed(
     state: &AppState,
     vid: u32,
     missed: &[(&str, String)],
+    may_hold: bool,
 ) -> Result<(), ApiError> {
     if missed.is_empty() {
         return Ok(());
@@ -694,8 +692,34 @@ async fn report_missed(
             "{unresolved} replica(s) of volume {vid} missed the delete and could not be reported"
         )));
     }
-    every_router_reads_afresh(state, vid, None).await;
+    if may_hold {
+        every_router_reads_afresh(state, vid, None).await;
+    }
     Ok(())
+}
+
+/// The `204` of a delete, with the tier that took it.
+fn deleted_answer(tier: Tier) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.extensions_mut().insert(tier);
+    response
+}
+
+/// Whether volume `vid`'s migration job has not ended: a job records its
+/// end only once every router read the flip and the hot replicas were
+/// retired. One that cannot be read counts as under way; none at all (a
+/// job that ended long ago and is gone) as ended.
+async fn migration_under_way(state: &AppState, vid: u32) -> bool {
+    match state.directory.migrations(vid.checked_sub(1), 1).await {
+        Ok(page) => page
+            .jobs
+            .first()
+            .is_some_and(|job| job.volume == vid && !job.step.is_final()),
+        Err(e) => {
+            tracing::warn!(volume = vid, error = %e, "no migration job read; taking it as under way");
+            true
+        }
+    }
 }
 
 /// Asks every replica of `volume` on an `up` node to delete `id`'s needle,

@@ -360,13 +360,7 @@ pub(crate) async fn scrub_all(
     let mut pace = Pace::new(state.config.scrub_rate_bytes);
     let mut report = ScrubReport::default();
     if let Some(vid) = only {
-        let volume = state.directory.volume(vid).await.map_err(|e| {
-            if e.is_not_found() {
-                ApiError::BadRequest(format!("no volume {vid}"))
-            } else {
-                ApiError::from(e)
-            }
-        })?;
+        let volume = super::seal::known_volume(state, vid).await?;
         report.add(scrub_volume(state, &volume, &nodes, &mut pace, deep).await);
         return Ok(report);
     }
