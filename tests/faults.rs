@@ -311,6 +311,39 @@ async fn spawned_nodes_die_with_their_parent() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Restarts store node `id` so that its deletes, and the resyncs that
+/// would bring them, hang (pause point `store-deletes`), once the
+/// directory counts it up again; the new process.
+async fn restart_taking_no_deletes(
+    cluster: &Cluster,
+    id: &str,
+) -> anyhow::Result<std::process::Child> {
+    cluster.kill_node(id)?;
+    let child = cluster.restart_node_with(
+        id,
+        &[
+            ("HAYLOFT_PAUSE_AT", "store-deletes"),
+            ("HAYLOFT_PAUSE_MS", "600000"),
+        ],
+    )?;
+    wait_node_up(cluster, id).await?;
+    Ok(child)
+}
+
+/// BLOB `id` answers `404` at every router of `routers`, six reads each
+/// (each router's reads rotate through the replicas).
+async fn never_served(
+    client: &reqwest::Client,
+    routers: &[&String],
+    id: &str,
+) -> anyhow::Result<()> {
+    for router in routers.repeat(6) {
+        let status = common::fetch(client, router, id).await?.0;
+        anyhow::ensure!(status == 404, "{id} read at {router}: {status}");
+    }
+    Ok(())
+}
+
 /// Waits (at most a minute) until the directory counts node `id` up.
 async fn wait_node_up(cluster: &Cluster, id: &str) -> anyhow::Result<()> {
     wait_until(&format!("{id} up"), Duration::from_secs(60), || async {
@@ -439,15 +472,7 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
     let (_second, second) = cluster.start_router_with("router-2", |config| {
         config.insert("directory_cache_ttl_ms".into(), 60_000.into());
     })?;
-    cluster.kill_node("store-3")?;
-    let _slow = cluster.restart_node_with(
-        "store-3",
-        &[
-            ("HAYLOFT_PAUSE_AT", "store-deletes"),
-            ("HAYLOFT_PAUSE_MS", "600000"),
-        ],
-    )?;
-    wait_node_up(&cluster, "store-3").await?;
+    let _slow = restart_taking_no_deletes(&cluster, "store-3").await?;
     let (id, body) = &blobs[2];
     let (status, got) = common::fetch(&client, &second, id).await?;
     anyhow::ensure!(
@@ -455,13 +480,7 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
         "{id} before the delete: {status}"
     );
     assert_eq!(delete(id.clone()).await?, 204);
-    for reader in [&cluster.router, &second].repeat(6) {
-        let status = common::fetch(&client, reader, id).await?.0;
-        anyhow::ensure!(
-            status == 404,
-            "{id} read at {reader} after the delete: {status}"
-        );
-    }
+    never_served(&client, &[&cluster.router, &second], id).await?;
 
     // A retried delete whose first try reached two replicas only (as
     // here, straight on the stores), and whose retry the third fails too:
@@ -470,15 +489,7 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
     cluster.kill_node("store-3")?;
     let _store_3 = cluster.restart_node("store-3")?;
     wait_no_stale_replica(&cluster, "store-3 resynced").await?;
-    cluster.kill_node("store-3")?;
-    let _slow = cluster.restart_node_with(
-        "store-3",
-        &[
-            ("HAYLOFT_PAUSE_AT", "store-deletes"),
-            ("HAYLOFT_PAUSE_MS", "600000"),
-        ],
-    )?;
-    wait_node_up(&cluster, "store-3").await?;
+    let _slow = restart_taking_no_deletes(&cluster, "store-3").await?;
     let (id, body) = &blobs[3];
     for store in ["store-1", "store-2"] {
         let url = store_needle_url(&cluster, store, id)?;
@@ -492,12 +503,6 @@ async fn delete_with_a_replica_down_stays_deleted_on_every_replica() -> anyhow::
         "{id} before the retry: {status}"
     );
     assert_eq!(delete(id.clone()).await?, 404);
-    for reader in [&cluster.router, &second].repeat(6) {
-        let status = common::fetch(&client, reader, id).await?.0;
-        anyhow::ensure!(
-            status == 404,
-            "{id} read at {reader} after the retry: {status}"
-        );
-    }
+    never_served(&client, &[&cluster.router, &second], id).await?;
     Ok(())
 }
