@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use haystack::api::PageCursor;
 use indicatif::{ProgressBar, ProgressStyle};
 use router::directory::LogicalVolume;
 use router::directory::types::VolumePage;
@@ -524,8 +525,8 @@ impl RouterClient {
                 "volume", "step", "attempts", "owner"
             );
         }
-        let mut after: Option<u64> = None;
-        loop {
+        let mut cursor = PageCursor::<u64>::default();
+        while let Some(after) = cursor.next_page() {
             let path = match after {
                 Some(after) => format!("/admin/migrations?after={after}"),
                 None => "/admin/migrations".to_owned(),
@@ -545,12 +546,12 @@ impl RouterClient {
                     job["last_error"].as_str().unwrap_or(""),
                 );
             }
-            match page["next_after"].as_u64() {
-                Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
-                Some(_) => anyhow::bail!("the router's migration pages do not advance"),
-                None => return Ok(()),
-            }
+            anyhow::ensure!(
+                cursor.advance(page["next_after"].as_u64()),
+                "the router's migration pages do not advance"
+            );
         }
+        Ok(())
     }
 
     async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {

@@ -739,26 +739,6 @@ impl Volume {
         Ok(header)
     }
 
-    /// What a live needle whose header refused a delete's cookie is: `NotFound` if the
-    /// whole needle checks out, else `Corrupt`. Only the needle's checksum covers its
-    /// header, so a damaged cookie would otherwise pass for a wrong one: the replica would
-    /// take no delete of a live BLOB and say it was not there, and the router would not
-    /// record that it missed the delete. (Reads of the header alone do not pay for a whole
-    /// needle on a wrong cookie: a client could make every such read cost a large BLOB.)
-    fn refused(&self, file: &dyn Storage, key: u64, entry: &IndexEntry) -> Error {
-        let checked = file
-            .read_vec_at(needle_len(entry), entry.offset)
-            .map_err(Error::from)
-            .and_then(|buf| format::decode_needle(buf, self.id, entry.offset));
-        match checked {
-            Ok(_) => Error::NotFound,
-            Err(e) => {
-                error!(volume = self.id, key, error = %e, "corrupt needle");
-                e
-            }
-        }
-    }
-
     /// Deletes a needle: sets its flag on disk (synced) and in memory, and records it in
     /// the index file (synced). Allowed on locked volumes.
     pub fn delete_needle(&self, key: u64, cookie: u32) -> Result<()> {
@@ -778,9 +758,15 @@ impl Volume {
             ));
         }
         if header.cookie != cookie {
-            // An error either way: other deletes need not wait for the read.
+            // Only the needle's checksum covers its header: a damaged cookie must be
+            // `Corrupt`, not a wrong one, or the replica would take no delete of a live BLOB
+            // and nobody would record that it missed it. (Reads of the header alone do not
+            // pay for the whole needle: a client could make each cost a large BLOB.) An
+            // error either way, so other deletes need not wait for the read.
             drop(serial);
-            return Err(self.refused(&*file, key, &entry));
+            let buf = file.read_vec_at(needle_len(&entry), entry.offset)?;
+            let checked = self.verify_needle(buf, key, cookie, &entry);
+            return Err(checked.err().unwrap_or(Error::NotFound));
         }
         self.persist_delete(&*file, &entry, header.flags)
     }

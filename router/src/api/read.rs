@@ -637,18 +637,13 @@ pub(crate) async fn delete_blob(
         // may still hold it live, so it is reported before any answer, as
         // below; a stale one that says `not_found` is not (a resync brings
         // every delete, and there may have been none).
-        report_missed(&state, id.volume, &failed, true).await?;
+        report_missed(&state, id.volume, &failed, &[]).await?;
         if retry_reaches_journal(&state, &volume, &nodes, id).await? {
             return Ok(deleted_answer(Tier::WARM));
         }
         return Err(ApiError::NotFound);
     }
-    // A stale replica may lack the needle, and its resync brings the
-    // delete. It is reported all the same: a resync under way may have
-    // copied the needle before this delete, and the report keeps that
-    // resync from clearing the replica's mark.
-    report_missed(&state, id.volume, &absent_on_stale, false).await?;
-    report_missed(&state, id.volume, &failed, true).await?;
+    report_missed(&state, id.volume, &failed, &absent_on_stale).await?;
     // A migration carries the hot replicas' deletes into the warm journal
     // once it has opened it, and then flips: a delete that sees the journal
     // open (or the flip) goes there itself; one that does not landed on the
@@ -662,25 +657,26 @@ pub(crate) async fn delete_blob(
     Ok(deleted_answer(Tier::HOT))
 }
 
-/// Reports every replica in `missed` to the directory as having missed a
-/// delete of volume `vid`, an already marked one's too: the directory
-/// answers once no read lease lets that replica serve the BLOB directly
-/// (`docs/ARCHITECTURE.md`, "Direct reads"), and each report moves the
-/// volume's repair epoch past a resync under way. Then, where such a
-/// replica may still hold the BLOB (`may_hold`: not a stale one that said
-/// it has no such needle), every router reads the entry afresh. `503` if a
-/// report did not reach the directory.
+/// Reports every replica in `failed` (it failed the delete, or was not
+/// asked) and in `absent_on_stale` (a stale replica that lacks the needle:
+/// its resync brings the delete, but one under way may have copied the
+/// needle before it, and the report keeps that resync from clearing the
+/// mark) to the directory as having missed a delete of volume `vid`, an
+/// already marked one's too: the directory answers once no read lease
+/// lets that replica serve the BLOB directly (`docs/ARCHITECTURE.md`,
+/// "Direct reads"), and each report moves the volume's repair epoch past a
+/// resync under way. Then, since one that failed may still hold the BLOB,
+/// every router reads the entry afresh. `503` if a report did not reach
+/// the directory.
 async fn report_missed(
     state: &AppState,
     vid: u32,
-    missed: &[(&str, String)],
-    may_hold: bool,
+    failed: &[(&str, String)],
+    absent_on_stale: &[(&str, String)],
 ) -> Result<(), ApiError> {
-    if missed.is_empty() {
-        return Ok(());
-    }
-    let reports = missed
+    let reports = failed
         .iter()
+        .chain(absent_on_stale)
         .map(|(replica, reason)| report_stale(state, vid, replica, reason, true));
     let unresolved = futures::future::join_all(reports)
         .await
@@ -692,7 +688,7 @@ async fn report_missed(
             "{unresolved} replica(s) of volume {vid} missed the delete and could not be reported"
         )));
     }
-    if may_hold {
+    if !failed.is_empty() {
         every_router_reads_afresh(state, vid, None).await;
     }
     Ok(())
