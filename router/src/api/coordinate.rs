@@ -79,6 +79,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::RouterConfig;
 use super::error::ApiError;
 use super::state::AppState;
+use super::warm::decode_sources;
 use crate::directory::types::{
     DamagedBlockRequest, JobBlock, RebuildClaimRequest, RebuildJob, RebuiltBlockRequest,
     ReplaceHolderRequest, WarmVolume,
@@ -556,8 +557,9 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                 .map(|(n, _)| n.as_str())
                 .collect();
             // A rebuild restores at most `m` blocks: the ones that are gone
-            // first; a damaged block left over still serves as a source
-            // (every chunk read is verified), and is rebuilt next.
+            // first, then the damaged ones. A damaged block is never a
+            // source (its bytes may be wrong under good checksums), so a
+            // stripe with more than `m` of both cannot decode itself.
             missing.sort_by_key(|(block, loss)| (*loss == Loss::Damaged, *block));
             let m = usize::from(warm.geometry.parity_blocks);
             // Past `m`, the stripe cannot decode itself: all of it comes
@@ -568,6 +570,15 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             };
             let most = match (elsewhere, geo_sources.is_empty()) {
                 (true, _) => 0,
+                (false, true) if missing.len() > m => {
+                    report.problems.push(format!(
+                        "volume {} stripe {stripe}: {} blocks lost or damaged, more than its {m} \
+                         parity blocks, and no geo copy to restore them from",
+                        volume.id,
+                        missing.len()
+                    ));
+                    0
+                }
                 (false, true) => m,
                 (false, false) => missing.len(),
             };
@@ -782,7 +793,6 @@ async fn move_blocks(
     nodes: &[NodeRecord],
 ) -> RebuildOutcome {
     let started = Instant::now();
-    let started_ms = now_ms();
     let warm = &job.warm;
     let client_of = |id: &str| {
         up_node(nodes, id).map(|n| StorageClient::from_http(&n.base_url(), state.warm_http.clone()))
@@ -804,7 +814,10 @@ async fn move_blocks(
                 .copy_block_to(id, &target, state.config.rebuild_rate_bytes)
                 .await
                 .map_err(|e| e.to_string())?;
-            record_block(state, job, (*block, from, to), started_ms, owner)
+            // A copy clears no damage report, not even one from before it
+            // started: the bytes it copied are the ones reported (a report
+            // after the audit that planned the move would be lost).
+            record_block(state, job, (*block, from, to), 0, owner)
                 .await
                 .map_err(|e| format!("not recorded: {e}"))?;
             Ok::<_, String>(len)
@@ -982,14 +995,8 @@ async fn rebuild_stripe(
     let started_ms = now_ms();
     let warm = &job.warm;
     let url_of = |id: &str| up_node(nodes, id).map(NodeRecord::base_url);
-    let sources = warm.stripes[job.stripe as usize]
-        .iter()
-        .zip(0u32..)
-        .map(|(node, block)| {
-            let target = job.targets.iter().any(|(b, _, _)| *b == block);
-            if target { None } else { url_of(node) }
-        })
-        .collect();
+    let targets: Vec<u32> = job.targets.iter().map(|(block, _, _)| *block).collect();
+    let sources = decode_sources(warm, job.stripe, &targets, url_of);
     let mut outcome = RebuildOutcome::of(job);
     let targets: Option<Vec<RebuildTarget>> = job
         .targets
@@ -1701,6 +1708,31 @@ pub(crate) mod tests {
             journal_open: false,
             datacenter: "dc-1".into(),
         }
+    }
+
+    #[test]
+    fn a_damaged_block_is_never_a_decode_source() {
+        let mut warm = warm_record(1, vec![(0..14).map(|n| format!("n{n}")).collect()]);
+        warm.damaged_blocks
+            .push(crate::directory::types::DamagedBlock {
+                stripe: 0,
+                block: 5,
+                node: "n5".into(),
+                reported_ms: 1,
+            });
+        let up = |id: &str| (id != "n2").then(|| format!("http://{id}"));
+        let sources = super::decode_sources(&warm, 0, &[7], up);
+        let named: Vec<usize> = (0..14).filter(|b| sources[*b].is_some()).collect();
+        assert_eq!(
+            named,
+            [0, 1, 3, 4, 6, 8, 9, 10, 11, 12, 13],
+            "down, damaged, target out"
+        );
+        assert_eq!(sources[3].as_deref(), Some("http://n3"));
+        assert!(
+            super::decode_sources(&warm, 1, &[], up).is_empty(),
+            "no such stripe"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::ApiError;
 use super::seal::{SealReport, check_blocks, prune_everywhere, verify};
 use super::state::AppState;
-use super::warm::DataPath;
+use super::warm::{DataPath, decode_sources};
 use crate::directory::types::{CompanionRequest, MigrationStep};
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, now_ms};
 
@@ -375,10 +375,8 @@ fn to_sources(
                 volume: volume.id,
                 generation: warm.generation,
                 geometry: warm.geometry,
-                stripes: warm
-                    .stripes
-                    .iter()
-                    .map(|s| s.iter().map(|id| up_url(nodes, id)).collect())
+                stripes: (0..warm.stripes.len() as u64)
+                    .map(|stripe| decode_sources(warm, stripe, &[], |id| up_url(nodes, id)))
                     .collect(),
             })
         })
@@ -569,6 +567,39 @@ mod tests {
             warm: (state == VolumeState::Warm).then(|| warm_record(1, cell)),
             ..LogicalVolume::writable(id, Vec::new(), 0)
         }
+    }
+
+    #[test]
+    fn a_damaged_block_of_a_primary_is_no_source_of_its_companion() {
+        use crate::directory::NodeState;
+        let mut primary = volume(1, VolumeState::Warm, GeoLinks::default());
+        let warm = primary.warm.as_mut().expect("warm");
+        warm.damaged_blocks
+            .push(crate::directory::types::DamagedBlock {
+                stripe: 0,
+                block: 4,
+                node: "n4".into(),
+                reported_ms: 1,
+            });
+        let nodes: HashMap<String, NodeRecord> = (0..14)
+            .map(|n| {
+                let id = format!("n{n}");
+                let record = NodeRecord {
+                    id: id.clone(),
+                    role: NodeRole::F4Storage,
+                    rack: format!("r{n}"),
+                    datacenter: "dc-1".into(),
+                    address: format!("127.0.0.{}:1", n + 1),
+                    last_heartbeat_ms: 0,
+                    state: NodeState::Up,
+                };
+                (id, record)
+            })
+            .collect();
+        let sources = to_sources(std::slice::from_ref(&primary), &nodes).expect("warm");
+        let stripe = &sources[0].stripes[0];
+        assert_eq!(stripe.iter().flatten().count(), 13);
+        assert_eq!(stripe[4], None, "{stripe:?}");
     }
 
     #[test]

@@ -482,33 +482,36 @@ async fn reconstruct(
     nodes: &HashMap<String, NodeRecord>,
     read: RangeRead,
 ) -> Result<Bytes, ApiError> {
-    let stripe = &warm.stripes[read.block.stripe as usize];
-    let sources: Vec<Option<String>> = stripe
+    let url_of = |id: &str| {
+        nodes
+            .get(id)
+            .filter(|n| n.is_up())
+            .map(NodeRecord::base_url)
+    };
+    let stripe = read.block.stripe;
+    let up: Vec<Option<String>> = warm.stripes[stripe as usize]
         .iter()
-        .map(|id| {
-            nodes
-                .get(id)
-                .filter(|n| n.is_up())
-                .map(NodeRecord::base_url)
-        })
+        .map(|id| url_of(id))
         .collect();
     // Fewer blocks on up nodes than a decode needs: no backoff node can
     // help (a datacenter down); say so now, and the geo layer is next.
-    let available = sources.iter().flatten().count();
+    let available = up.iter().flatten().count();
     let needed = usize::from(read.geometry.data_blocks);
     if available < needed {
         return Err(ApiError::Unavailable(format!(
-            "stripe {} of volume {} has {available} blocks on up nodes; {needed} are needed",
-            read.block.stripe, read.block.volume
+            "stripe {stripe} of volume {} has {available} blocks on up nodes; {needed} are needed",
+            read.block.volume
         )));
     }
-    let request = ReconstructRequest {
-        block: read.block,
-        geometry: read.geometry,
-        offset: read.offset,
-        len: read.len,
-        sources,
-    };
+    // The blocks not recorded damaged first; then, if they cannot do it
+    // (a record outlives a block that is whole again, and lost files are
+    // not known until read), every block: the needle's check still guards
+    // what is served.
+    let trusted = decode_sources(warm, stripe, &[], url_of);
+    let mut tries = vec![up];
+    if trusted != tries[0] && trusted.iter().flatten().count() >= needed {
+        tries.insert(0, trusted);
+    }
     let backoffs = up_nodes(
         nodes
             .values()
@@ -521,41 +524,76 @@ async fn reconstruct(
     let backoffs = super::coordinate::local_first(&backoffs, &home);
     let timeout = Duration::from_millis(state.config.replica_timeout_ms);
     let mut last = String::from("no backoff node is up");
-    for backoff in backoffs {
-        let decode = async {
-            let address = state.read_address(backoff).map_err(|e| e.to_string())?;
-            within(timeout, state.warm_reader.reconstruct(&address, &request)).await
+    for sources in tries {
+        let request = ReconstructRequest {
+            block: read.block,
+            geometry: read.geometry,
+            offset: read.offset,
+            len: read.len,
+            sources,
         };
-        match decode.await {
-            Ok(decoded) => {
-                for (stripe, block) in decoded.failed {
-                    // Only blocks of this stripe, as the record has them.
-                    let node = warm
-                        .stripes
-                        .get(stripe as usize)
-                        .filter(|_| stripe == read.block.stripe)
-                        .and_then(|s| s.get(block as usize));
-                    let Some(node) = node else { continue };
-                    let failed = BlockId {
-                        stripe,
-                        block,
-                        ..read.block
-                    };
-                    report_block(state, warm, failed, node, "backoff read failed").await;
+        for backoff in &backoffs {
+            let decode = async {
+                let address = state.read_address(backoff).map_err(|e| e.to_string())?;
+                within(timeout, state.warm_reader.reconstruct(&address, &request)).await
+            };
+            match decode.await {
+                Ok(decoded) => {
+                    for (stripe, block) in decoded.failed {
+                        // Only blocks of this stripe, as the record has them.
+                        let node = warm
+                            .stripes
+                            .get(stripe as usize)
+                            .filter(|_| stripe == read.block.stripe)
+                            .and_then(|s| s.get(block as usize));
+                        let Some(node) = node else { continue };
+                        let failed = BlockId {
+                            stripe,
+                            block,
+                            ..read.block
+                        };
+                        report_block(state, warm, failed, node, "backoff read failed").await;
+                    }
+                    return Ok(decoded.bytes);
                 }
-                return Ok(decoded.bytes);
-            }
-            Err(e) => {
-                tracing::warn!(volume = read.block.volume, backoff = %backoff.id, error = %e,
-                    "backoff decode failed");
-                last = format!("{}: {e}", backoff.id);
+                Err(e) => {
+                    tracing::warn!(volume = read.block.volume, backoff = %backoff.id, error = %e,
+                        "backoff decode failed");
+                    last = format!("{}: {e}", backoff.id);
+                }
             }
         }
     }
     Err(ApiError::Unavailable(format!(
-        "stripe {} of volume {} could not be read or decoded ({last})",
-        read.block.stripe, read.block.volume
+        "stripe {stripe} of volume {} could not be read or decoded ({last})",
+        read.block.volume
     )))
+}
+
+/// The base URL of each block of `stripe` that a decode may read, in block
+/// order: `None` for the blocks of `skip`, those whose node `url_of` does
+/// not name (down), and those recorded damaged, whose bytes can be wrong
+/// under checksums that pass (a deep scrub's finding), so that nothing
+/// decoded from them is written or served.
+pub(crate) fn decode_sources(
+    warm: &WarmVolume,
+    stripe: u64,
+    skip: &[u32],
+    url_of: impl Fn(&str) -> Option<String>,
+) -> Vec<Option<String>> {
+    warm.stripes
+        .get(stripe as usize)
+        .map(|members| {
+            members
+                .iter()
+                .zip(0u32..)
+                .map(|(node, block)| {
+                    let usable = !skip.contains(&block) && !warm.is_damaged(stripe, block);
+                    usable.then(|| url_of(node)).flatten()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Reports a block that failed a read, unless the cached record has it.

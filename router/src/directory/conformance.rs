@@ -1056,6 +1056,13 @@ pub fn warm_rebuilds(open: Open<'_>) {
         .warm
         .expect("record");
     assert_eq!(kept.damaged_blocks.len(), 1);
+    // A copy (a balancer's move, started at 0) clears no report at all.
+    let copied = dir
+        .record_rebuilt_block(vid, &rebuilt(5, &stripe[5], &stripe[5], 0), 31)
+        .expect("copied")
+        .warm
+        .expect("record");
+    assert_eq!(copied.damaged_blocks.len(), 1);
     dir.end_rebuild(vid, 0, &end(None), 32).expect("end");
     // A node in another block's rack costs a rack of tolerance.
     let rack_of_block_0 = nodes_by_id(&*dir)[&stripe[0]].rack.clone();

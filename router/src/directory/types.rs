@@ -584,7 +584,8 @@ pub struct RebuiltBlockRequest {
     pub from: String,
     /// The node that now holds the block.
     pub node: String,
-    /// When the rebuild started: damage reported after it stays recorded.
+    /// When the rebuild started: damage reported after it stays recorded
+    /// (0, a copy's: every report stays).
     pub started_ms: u64,
     /// The holder of the stripe's rebuild job ([`RebuildJob`]), whose plan
     /// names this block: only a live claim records.
