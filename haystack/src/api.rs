@@ -192,17 +192,17 @@ impl<K> Default for PageCursor<K> {
     }
 }
 
-impl<K: PartialOrd + Copy> PageCursor<K> {
+impl<K: PartialOrd + Clone> PageCursor<K> {
     /// The `after` of the next page, or `None` once the last page came.
     pub fn next_page(&self) -> Option<Option<K>> {
-        (!self.done).then_some(self.after)
+        (!self.done).then(|| self.after.clone())
     }
 
     /// Takes a page's `next_after` (`None`: it was the last); `false` if
     /// it does not advance.
     pub fn advance(&mut self, next: Option<K>) -> bool {
         match next {
-            Some(next) if self.after.is_none_or(|a| next > a) => self.after = Some(next),
+            Some(next) if self.after.as_ref().is_none_or(|a| next > *a) => self.after = Some(next),
             Some(_) => return false,
             None => self.done = true,
         }
@@ -218,7 +218,7 @@ pub async fn every_page<T, K, E, F, Fut>(
     stalled: impl FnOnce() -> E,
 ) -> Result<Vec<T>, E>
 where
-    K: PartialOrd + Copy,
+    K: PartialOrd + Clone,
     F: FnMut(Option<K>) -> Fut,
     Fut: std::future::Future<Output = Result<(Vec<T>, Option<K>), E>>,
 {
@@ -480,6 +480,11 @@ mod tests {
         assert!(cursor.advance(Some(9)));
         assert!(cursor.advance(None));
         assert_eq!(cursor.next_page(), None);
+        // Names (block inventories) page the same way.
+        let mut names = PageCursor::<String>::default();
+        assert!(names.advance(Some("v1.g2.s0.b3".into())));
+        assert!(!names.advance(Some("v1.g2.s0.b1".into())));
+        assert_eq!(names.next_page(), Some(Some("v1.g2.s0.b3".into())));
     }
 
     #[test]

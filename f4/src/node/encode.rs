@@ -40,7 +40,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use coding::{BlockChecksums, Codec, ColumnSink, ColumnSource, StripeEncoder};
 use futures::StreamExt;
-use haystack::api::{NeedleEntry, VolumeFile};
+use haystack::api::{NeedleEntry, PageCursor, VolumeFile};
 use haystack::client::StoreClient;
 use haystack::format::{NEEDLE_FLAG_DELETED, NEEDLE_FLAGS_OFFSET, check_needle_copy};
 use parking_lot::Mutex;
@@ -116,8 +116,8 @@ pub(crate) async fn write_plan(
         dropped: 0,
         data_len_bytes: 0,
     };
-    let mut after = None;
-    loop {
+    let mut cursor = PageCursor::default();
+    while let Some(after) = cursor.next_page() {
         let page = source
             .needle_page(volume, after, haystack::api::PAGE_ENTRIES_MAX)
             .await
@@ -138,9 +138,8 @@ pub(crate) async fn write_plan(
             planned.needles += 1;
             planned.data_len_bytes += u64::from(size_bytes);
         }
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => break,
+        if !cursor.advance(page.next_after) {
+            return Err(io::Error::other("the source's index does not page forward").into());
         }
     }
     let header = IndexHeader {

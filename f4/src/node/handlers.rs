@@ -28,7 +28,7 @@ use crate::client::KeyLookup;
 use crate::format::{BLOCK_HEADER_SIZE, BlockHeader};
 use crate::http::{ApiError, JsonBody, io};
 use crate::transfer::{FileWriter, TransferError, write_stream};
-use haystack::api::{format_key, parse_key};
+use haystack::api::{PageCursor, format_key, parse_key};
 use haystack::file::durable_rename;
 use haystack::http::{deadline, method_not_allowed, no_route};
 
@@ -884,16 +884,15 @@ async fn merge_from(
     generation: u64,
 ) -> Result<u64, ApiError> {
     let mut appended = 0;
-    let mut ours_after = None;
+    let mut ours = PageCursor::default();
     let mut theirs = LivePage {
         entries: Vec::new(),
         next_after: None,
     };
     let mut theirs_at = 0;
-    let mut theirs_done = false;
-    let mut theirs_after: Option<u64> = None;
+    let mut their_pages = PageCursor::default();
     let now = crate::client::now_ms();
-    loop {
+    while let Some(ours_after) = ours.next_page() {
         let page = state
             .blocking(move |inner| {
                 Ok(inner
@@ -912,16 +911,17 @@ async fn merge_from(
                     }
                     break;
                 }
-                if theirs_done {
+                let Some(theirs_after) = their_pages.next_page() else {
                     break;
-                }
+                };
                 theirs = peer
                     .live_entries(volume, generation, theirs_after)
                     .await
                     .map_err(|e| ApiError::peer(e.to_string()))?;
                 theirs_at = 0;
-                theirs_after = theirs.next_after;
-                theirs_done = theirs.next_after.is_none();
+                if !their_pages.advance(theirs.next_after) {
+                    return Err(ApiError::peer("the peer's live keys do not page forward"));
+                }
             }
             let live_there = theirs.entries.get(theirs_at).map(|e| e.key) == Some(key);
             if !live_there {
@@ -933,9 +933,11 @@ async fn merge_from(
                 appended += written.unwrap_or(0) as u64;
             }
         }
-        match page.next_after {
-            Some(next) => ours_after = Some(next),
-            None => return Ok(appended),
+        if !ours.advance(page.next_after) {
+            return Err(ApiError::internal(
+                "this node's live keys do not page forward",
+            ));
         }
     }
+    Ok(appended)
 }

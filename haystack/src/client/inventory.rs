@@ -38,18 +38,16 @@ impl StoreClient {
 
     /// Every deleted key of the replica, page by page.
     pub async fn deleted_keys(&self, volume: u32) -> Result<Vec<u64>, ClientError> {
-        let mut keys = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .deleted_page(volume, after, crate::api::PAGE_ENTRIES_MAX)
-                .await?;
-            keys.extend(page.keys);
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => return Ok(keys),
-            }
-        }
+        crate::api::every_page(
+            |after| async move {
+                let page = self
+                    .deleted_page(volume, after, crate::api::PAGE_ENTRIES_MAX)
+                    .await?;
+                Ok((page.keys, page.next_after))
+            },
+            || ClientError::InvalidResponse("deleted-key pages do not advance".into()),
+        )
+        .await
     }
 
     async fn page<T: serde::de::DeserializeOwned>(

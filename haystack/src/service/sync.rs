@@ -50,7 +50,8 @@ use super::error::ApiError;
 use super::inventory::peer_clients;
 use super::params::volume_id;
 use crate::api::{
-    NeedleEntry, NeedleRef, PAGE_ENTRIES_MAX, SYNC_REPORT_NEEDLES_MAX, SyncReport, VolumeFile,
+    NeedleEntry, NeedleRef, PAGE_ENTRIES_MAX, PageCursor, SYNC_REPORT_NEEDLES_MAX, SyncReport,
+    VolumeFile,
 };
 use crate::client::{ClientError, StoreClient};
 use crate::error::Error;
@@ -198,24 +199,20 @@ async fn apply_deletes_of(
     peer: &StoreClient,
 ) -> Result<u64, ApiError> {
     let mut applied = 0;
-    let mut after = None;
-    loop {
+    let mut cursor = PageCursor::default();
+    while let Some(after) = cursor.next_page() {
         let page = peer
             .deleted_page(local.id(), after, PAGE_ENTRIES_MAX)
             .await
             .map_err(peer_error)?;
         applied += apply_deletes(state, local, page.keys).await?;
-        match page.next_after {
-            // Pages go forward, or the peer's listing is broken.
-            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
-            Some(_) => {
-                return Err(ApiError::peer(
-                    "the peer's deleted keys do not page forward",
-                ));
-            }
-            None => return Ok(applied),
+        if !cursor.advance(page.next_after) {
+            return Err(ApiError::peer(
+                "the peer's deleted keys do not page forward",
+            ));
         }
     }
+    Ok(applied)
 }
 
 async fn apply_deletes(
@@ -371,8 +368,8 @@ async fn check_copy(
     let mut staged = Some(staged);
     let mut findings = Findings::default();
     let mut expected_offset = SUPERBLOCK_SIZE;
-    let mut after = None;
-    loop {
+    let mut cursor = PageCursor::default();
+    while let Some(after) = cursor.next_page() {
         let page = source
             .needle_page(volume, after, PAGE_ENTRIES_MAX)
             .await
@@ -415,9 +412,8 @@ async fn check_copy(
             }
         }
         staged = Some(files);
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => break,
+        if !cursor.advance(page.next_after) {
+            return Err(ApiError::peer("the source's index does not page forward"));
         }
     }
     let files = staged.take().expect("staged files");

@@ -72,6 +72,7 @@ use axum::extract::State;
 use f4::api::{BlockId, DeriveRequest, RebuildRequest, RebuildTarget};
 use f4::client::{RebuilderClient, StorageClient};
 use futures::StreamExt;
+use haystack::api::PageCursor;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -333,21 +334,14 @@ async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> Inventories {
     let listed: Vec<Option<(String, HashSet<BlockId>)>> = futures::stream::iter(up)
         .map(|(id, client)| async move {
             let mut names = HashSet::new();
-            let mut after: Option<String> = None;
-            loop {
+            let mut cursor = PageCursor::<String>::default();
+            while let Some(after) = cursor.next_page() {
                 match client.list_blocks(after.as_deref()).await {
                     Ok(page) => {
                         names.extend(page.blocks.iter().map(|b| b.block));
-                        match page.next_after {
-                            // Pages go forward, or the listing is broken.
-                            Some(next) if after.as_ref().is_none_or(|a| next > *a) => {
-                                after = Some(next);
-                            }
-                            Some(_) => {
-                                tracing::warn!(node = %id, "block inventory pages do not advance");
-                                return None;
-                            }
-                            None => return Some((id, names)),
+                        if !cursor.advance(page.next_after) {
+                            tracing::warn!(node = %id, "block inventory pages do not advance");
+                            return None;
                         }
                     }
                     Err(e) => {
@@ -356,6 +350,7 @@ async fn inventories(state: &AppState, nodes: &[NodeRecord]) -> Inventories {
                     }
                 }
             }
+            Some((id, names))
         })
         .buffer_unordered(INVENTORIES_AT_ONCE)
         .collect()

@@ -30,6 +30,7 @@ use f4::api::BlockId;
 use f4::api::VerifyRequest;
 use f4::client::{RebuilderClient, StorageClient};
 use f4::pace::Pace;
+use haystack::api::PageCursor;
 use serde::{Deserialize, Serialize};
 
 use super::coordinate::{in_datacenter, up_node, up_rebuilders};
@@ -311,8 +312,8 @@ async fn scrub_replica(
 ) -> Result<Vec<u64>, String> {
     let client = state.store_for_admin(node).map_err(|e| e.to_string())?;
     let mut corrupt = Vec::new();
-    let mut after = None;
-    loop {
+    let mut cursor = PageCursor::default();
+    while let Some(after) = cursor.next_page() {
         let page = client
             .scrub(vid, after, NEEDLES_PER_REQUEST)
             .await
@@ -343,11 +344,14 @@ async fn scrub_replica(
         }
         corrupt.extend(page.corrupt);
         pace.take(page.bytes).await;
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => return Ok(corrupt),
+        if !cursor.advance(page.next_after) {
+            return Err(format!(
+                "the scrub of volume {vid} on {} does not page forward",
+                node.id
+            ));
         }
     }
+    Ok(corrupt)
 }
 
 /// One whole pass: every volume (or only `only`), one after the other.

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use f4::api::{DistributeRequest, SealRequest};
 use f4::client::StorageClient;
 use f4::format::IndexEntry;
+use haystack::api::PageCursor;
 use haystack::failpoint::pause_task_at;
 
 use super::error::ApiError;
@@ -448,19 +449,21 @@ async fn carry_deletes(state: &AppState, vid: u32, generation: u64) -> Result<u6
                 continue;
             }
         };
-        let mut after = None;
+        let mut cursor = PageCursor::default();
         let read = loop {
+            let Some(after) = cursor.next_page() else {
+                break Ok(());
+            };
             let page = match store.deleted_page(vid, after, page_len).await {
                 Ok(page) => page,
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.to_string()),
             };
             if !page.keys.is_empty() {
                 super::warm::tombstone(state, vid, warm, &page.keys).await?;
                 carried += page.keys.len() as u64;
             }
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => break Ok(()),
+            if !cursor.advance(page.next_after) {
+                break Err("its deleted keys do not page forward".to_owned());
             }
         };
         match read {
@@ -725,9 +728,9 @@ pub(crate) async fn verify(
         .find_map(|h| nodes.get(h).filter(|n| n.is_up()))
         .ok_or_else(|| ApiError::Unavailable("no fresh journal holder is up".into()))?;
     let client = StorageClient::from_http(&holder.base_url(), state.warm_http.clone());
-    let mut after = None;
+    let mut cursor = PageCursor::default();
     let mut count = 0;
-    loop {
+    while let Some(after) = cursor.next_page() {
         let page = client
             .live_entries(vid, warm.generation, after)
             .await
@@ -759,11 +762,14 @@ pub(crate) async fn verify(
             .buffer_unordered(VERIFY_READS_AT_ONCE)
             .try_fold(0, |count, read| async move { Ok(count + read) })
             .await?;
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => return Ok(count),
+        if !cursor.advance(page.next_after) {
+            return Err(ApiError::Unavailable(format!(
+                "the index listing of volume {vid} on {} does not page forward",
+                holder.id
+            )));
         }
     }
+    Ok(count)
 }
 
 /// `entries` (in data file order) cut into runs of needles adjacent in the

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 
-use haystack::api::{NeedleEntry, PAGE_ENTRIES_MAX};
+use haystack::api::{NeedleEntry, PAGE_ENTRIES_MAX, PageCursor};
 use haystack::client::StoreClient;
 
 use super::error::ApiError;
@@ -90,17 +90,18 @@ struct Cursor {
     store: StoreClient,
     name: String,
     page: VecDeque<NeedleEntry>,
-    after: Option<u64>,
-    done: bool,
+    pages: PageCursor<u64>,
 }
 
 impl Cursor {
     /// The next entry's key, reading the next page when this one is used up.
     async fn peek(&mut self, vid: u32) -> Result<Option<u64>, ApiError> {
-        while self.page.is_empty() && !self.done {
+        while self.page.is_empty()
+            && let Some(after) = self.pages.next_page()
+        {
             let page = self
                 .store
-                .needle_page(vid, self.after, PAGE_ENTRIES_MAX)
+                .needle_page(vid, after, PAGE_ENTRIES_MAX)
                 .await
                 .map_err(|e| {
                     ApiError::Unavailable(format!(
@@ -108,16 +109,11 @@ impl Cursor {
                         self.name
                     ))
                 })?;
-            match page.next_after {
-                // Pages go forward, or the listing is broken.
-                Some(next) if self.after.is_none_or(|a| next > a) => self.after = Some(next),
-                Some(_) => {
-                    return Err(ApiError::Unavailable(format!(
-                        "the index listing of volume {vid} on {} went backwards",
-                        self.name
-                    )));
-                }
-                None => self.done = true,
+            if !self.pages.advance(page.next_after) {
+                return Err(ApiError::Unavailable(format!(
+                    "the index listing of volume {vid} on {} went backwards",
+                    self.name
+                )));
             }
             self.page = page.entries.into();
         }
@@ -200,8 +196,7 @@ async fn merge(
             store: store.clone(),
             name: node.id.clone(),
             page: VecDeque::new(),
-            after: None,
-            done: false,
+            pages: PageCursor::default(),
         })
         .collect();
     let names: Vec<String> = cursors.iter().map(|c| c.name.clone()).collect();
