@@ -414,9 +414,14 @@ pub struct VerifyReport {
     pub read_bytes: u64,
     /// Columns whose parity did not match their data.
     pub mismatched_columns: u64,
-    /// The blocks found to disagree with the other thirteen (one per
-    /// mismatched column at most, when one block alone explains it).
+    /// The blocks found damaged: those whose node said so, and those that
+    /// disagree with the other thirteen (one per mismatched column at
+    /// most, when one block alone explains it).
     pub damaged_blocks: Vec<u32>,
+    /// Of those, the ones that disagree although every chunk passed its
+    /// checksum: wrong bytes no read would catch.
+    #[serde(default)]
+    pub silent_blocks: Vec<u32>,
     /// Mismatches no single block explains.
     pub unexplained_columns: u64,
 }

@@ -453,10 +453,14 @@ async fn verify(
         if !consistent {
             report.mismatched_columns += 1;
             match culprit {
-                Some(block) if !report.damaged_blocks.contains(&block) => {
-                    report.damaged_blocks.push(block);
+                Some(block) => {
+                    if !report.damaged_blocks.contains(&block) {
+                        report.damaged_blocks.push(block);
+                    }
+                    if !report.silent_blocks.contains(&block) {
+                        report.silent_blocks.push(block);
+                    }
                 }
-                Some(_) => {}
                 None => report.unexplained_columns += 1,
             }
         }

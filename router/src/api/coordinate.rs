@@ -552,11 +552,18 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                 .map(|(n, _)| n.as_str())
                 .collect();
             // A rebuild restores at most `m` blocks: the ones that are gone
-            // first, then the damaged ones. A damaged block is never a
-            // source (its bytes may be wrong under good checksums), so a
-            // stripe with more than `m` of both cannot decode itself.
-            missing.sort_by_key(|(block, loss)| (*loss == Loss::Damaged, *block));
+            // first, then those with wrong bytes under good checksums,
+            // which are never a source, then those that failed a checksum
+            // (a source still: every chunk read from one is checked). So a
+            // stripe with more than `m` gone or silently damaged cannot
+            // decode itself.
+            let silent = |block: u32| warm.is_silently_damaged(stripe, block);
+            missing.sort_by_key(|(block, loss)| (*loss == Loss::Damaged, !silent(*block), *block));
             let m = usize::from(warm.geometry.parity_blocks);
+            let untrusted = missing
+                .iter()
+                .filter(|(block, loss)| *loss != Loss::Damaged || silent(*block))
+                .count();
             // Past `m`, the stripe cannot decode itself: all of it comes
             // back from the geo layer, if the volume is in one.
             let geo_sources = match super::geo::sources_of(volume, &by_id) {
@@ -565,12 +572,11 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             };
             let most = match (elsewhere, geo_sources.is_empty()) {
                 (true, _) => 0,
-                (false, true) if missing.len() > m => {
+                (false, true) if untrusted > m => {
                     report.problems.push(format!(
-                        "volume {} stripe {stripe}: {} blocks lost or damaged, more than its {m} \
-                         parity blocks, and no geo copy to restore them from",
-                        volume.id,
-                        missing.len()
+                        "volume {} stripe {stripe}: {untrusted} blocks lost or with wrong bytes, \
+                         more than its {m} parity blocks, and no geo copy to restore them from",
+                        volume.id
                     ));
                     0
                 }
@@ -1040,6 +1046,7 @@ async fn rebuild_stripe(
             block: failed.block,
             node: node.clone(),
             reason: format!("a rebuild could not read it: {}", failed.error),
+            silent: false,
         };
         if let Err(e) = state
             .directory
@@ -1706,22 +1713,26 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_damaged_block_is_never_a_decode_source() {
+    fn a_block_with_wrong_bytes_under_good_checksums_is_never_a_decode_source() {
         let mut warm = warm_record(1, vec![(0..14).map(|n| format!("n{n}")).collect()]);
-        warm.damaged_blocks
-            .push(crate::directory::types::DamagedBlock {
-                stripe: 0,
-                block: 5,
-                node: "n5".into(),
-                reported_ms: 1,
-            });
+        for (block, silent) in [(5, true), (6, false)] {
+            warm.damaged_blocks
+                .push(crate::directory::types::DamagedBlock {
+                    stripe: 0,
+                    block,
+                    node: format!("n{block}"),
+                    reported_ms: 1,
+                    silent,
+                });
+        }
         let up = |id: &str| (id != "n2").then(|| format!("http://{id}"));
         let sources = super::decode_sources(&warm, 0, &[7], up);
         let named: Vec<usize> = (0..14).filter(|b| sources[*b].is_some()).collect();
+        // Block 6 failed a checksum: its other chunks still serve.
         assert_eq!(
             named,
             [0, 1, 3, 4, 6, 8, 9, 10, 11, 12, 13],
-            "down, damaged, target out"
+            "down, silent, target out"
         );
         assert_eq!(sources[3].as_deref(), Some("http://n3"));
         assert!(

@@ -580,6 +580,7 @@ mod tests {
                 block: 4,
                 node: "n4".into(),
                 reported_ms: 1,
+                silent: true,
             });
         let nodes: HashMap<String, NodeRecord> = (0..14)
             .map(|n| {

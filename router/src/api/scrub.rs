@@ -134,7 +134,7 @@ async fn scrub_volume(
                         Ok(()) => {}
                         Err(e) if e.is_block_damage() => {
                             let why = format!("scrub: {e}");
-                            damaged_block(state, volume.id, warm, id, node, why, &mut report).await;
+                            damaged_block(state, id, node, why, false, &mut report).await;
                         }
                         Err(e) => {
                             report
@@ -202,25 +202,27 @@ async fn scrub_volume(
     report
 }
 
-/// Reports block `id` of `warm` on `node` damaged (the coordinator rebuilds
-/// it in place) and names it in `report`.
+/// Reports block `id` on `node` damaged (`silent`: wrong bytes under good
+/// checksums; the coordinator rebuilds it in place) and names it in
+/// `report`.
 async fn damaged_block(
     state: &AppState,
-    vid: u32,
-    warm: &WarmVolume,
     id: BlockId,
     node: &str,
     reason: String,
+    silent: bool,
     report: &mut ScrubReport,
 ) {
     state.metrics.checksum_mismatch("warm");
+    let vid = id.volume;
     let place = format!("{}.{}", id.stripe, id.block);
     let damaged = DamagedBlockRequest {
-        generation: warm.generation,
+        generation: id.generation,
         stripe: id.stripe,
         block: id.block,
         node: node.to_owned(),
         reason,
+        silent,
     };
     if let Err(e) = state.directory.report_damaged_block(vid, &damaged).await {
         report
@@ -284,8 +286,13 @@ async fn verify_stripe(
                     stripe,
                     block,
                 };
-                let why = "deep scrub: disagrees with the parity of its stripe".to_owned();
-                damaged_block(state, vid, warm, id, node, why, report).await;
+                let silent = verified.silent_blocks.contains(&block);
+                let why = if silent {
+                    "deep scrub: disagrees with the parity of its stripe"
+                } else {
+                    "deep scrub: its node could not serve it"
+                };
+                damaged_block(state, id, node, why.to_owned(), silent, report).await;
             }
             if verified.unexplained_columns > 0 {
                 report.unchecked.push(format!(

@@ -423,7 +423,7 @@ async fn decode_the_bad_block(
             tracing::error!(volume = vid, stripe = read.block.stripe, block = read.block.block,
                 node = %holder, "block bytes differ from their decode under good checksums");
             let why = "its bytes differ from their decode from the rest of the stripe";
-            report_block(state, warm, read.block, holder, why).await;
+            report_block(state, warm, read.block, holder, why, true).await;
             return Ok(needle);
         }
     }
@@ -452,7 +452,7 @@ async fn direct_read(
         Ok(Err(e)) => {
             // Reported outside the deadline: it is the block's answer.
             if e.is_block_damage() {
-                report_block(state, warm, read.block, holder, &e.to_string()).await;
+                report_block(state, warm, read.block, holder, &e.to_string(), false).await;
             }
             Err(e.to_string())
         }
@@ -488,28 +488,30 @@ async fn reconstruct(
             .filter(|n| n.is_up())
             .map(NodeRecord::base_url)
     };
-    let stripe = read.block.stripe;
-    let up: Vec<Option<String>> = warm.stripes[stripe as usize]
+    let (stripe, target) = (read.block.stripe, read.block.block);
+    let others: Vec<Option<String>> = warm.stripes[stripe as usize]
         .iter()
-        .map(|id| url_of(id))
+        .zip(0u32..)
+        .map(|(id, block)| (block != target).then(|| url_of(id)).flatten())
         .collect();
     // Fewer blocks on up nodes than a decode needs: no backoff node can
     // help (a datacenter down); say so now, and the geo layer is next.
-    let available = up.iter().flatten().count();
+    let available = others.iter().flatten().count();
     let needed = usize::from(read.geometry.data_blocks);
     if available < needed {
         return Err(ApiError::Unavailable(format!(
-            "stripe {stripe} of volume {} has {available} blocks on up nodes; {needed} are needed",
+            "stripe {stripe} of volume {} has {available} other blocks on up nodes; {needed} \
+             are needed",
             read.block.volume
         )));
     }
-    // The blocks not recorded damaged first; then, if they cannot do it
-    // (a record outlives a block that is whole again, and lost files are
-    // not known until read), every block: the needle's check still guards
-    // what is served.
-    let trusted = decode_sources(warm, stripe, &[], url_of);
-    let mut tries = vec![up];
-    if trusted != tries[0] && trusted.iter().flatten().count() >= needed {
+    // Without the blocks recorded with wrong bytes first; then, if the
+    // others cannot do it (lost files are not known until read), with
+    // them: the needle's check still guards what is served.
+    let trusted = decode_sources(warm, stripe, &[target], url_of);
+    let trusted_count = trusted.iter().flatten().count();
+    let mut tries = vec![others];
+    if trusted_count < available && trusted_count >= needed {
         tries.insert(0, trusted);
     }
     let backoffs = up_nodes(
@@ -552,7 +554,8 @@ async fn reconstruct(
                             block,
                             ..read.block
                         };
-                        report_block(state, warm, failed, node, "backoff read failed").await;
+                        let why = "backoff read failed";
+                        report_block(state, warm, failed, node, why, false).await;
                     }
                     return Ok(decoded.bytes);
                 }
@@ -572,9 +575,10 @@ async fn reconstruct(
 
 /// The base URL of each block of `stripe` that a decode may read, in block
 /// order: `None` for the blocks of `skip`, those whose node `url_of` does
-/// not name (down), and those recorded damaged, whose bytes can be wrong
-/// under checksums that pass (a deep scrub's finding), so that nothing
-/// decoded from them is written or served.
+/// not name (down), and those recorded with wrong bytes under checksums
+/// that pass ([`crate::directory::types::DamagedBlock::silent`]), so that
+/// nothing decoded from them is written or served. (A block with other
+/// damage stays a source: every chunk read from it is checked.)
 pub(crate) fn decode_sources(
     warm: &WarmVolume,
     stripe: u64,
@@ -588,7 +592,7 @@ pub(crate) fn decode_sources(
                 .iter()
                 .zip(0u32..)
                 .map(|(node, block)| {
-                    let usable = !skip.contains(&block) && !warm.is_damaged(stripe, block);
+                    let usable = !skip.contains(&block) && !warm.is_silently_damaged(stripe, block);
                     usable.then(|| url_of(node)).flatten()
                 })
                 .collect()
@@ -596,9 +600,22 @@ pub(crate) fn decode_sources(
         .unwrap_or_default()
 }
 
-/// Reports a block that failed a read, unless the cached record has it.
-async fn report_block(state: &AppState, warm: &WarmVolume, block: BlockId, node: &str, why: &str) {
-    if warm.is_damaged(block.stripe, block.block) {
+/// Reports a block that failed a read (`silent`: one whose bytes are wrong
+/// under good checksums), unless the cached record has it so.
+async fn report_block(
+    state: &AppState,
+    warm: &WarmVolume,
+    block: BlockId,
+    node: &str,
+    why: &str,
+    silent: bool,
+) {
+    let known = if silent {
+        warm.is_silently_damaged(block.stripe, block.block)
+    } else {
+        warm.is_damaged(block.stripe, block.block)
+    };
+    if known {
         return;
     }
     let request = DamagedBlockRequest {
@@ -607,6 +624,7 @@ async fn report_block(state: &AppState, warm: &WarmVolume, block: BlockId, node:
         block: block.block,
         node: node.to_owned(),
         reason: why.to_owned(),
+        silent,
     };
     match state
         .directory

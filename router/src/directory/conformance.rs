@@ -903,6 +903,7 @@ pub fn warm_holders_and_blocks(open: Open<'_>) {
         block,
         node: node_of(stripe, block),
         reason: "test".into(),
+        silent: false,
     };
     dir.report_damaged_block(vid, &report(0, 3, 1), 5)
         .expect("report");
@@ -915,6 +916,23 @@ pub fn warm_holders_and_blocks(open: Open<'_>) {
         (damaged[0].stripe, damaged[0].block, damaged[0].reported_ms),
         (0, 3, 5)
     );
+    assert!(!damaged[0].silent);
+    // Wrong bytes under good checksums, found later, mark the record so;
+    // a checksum failure after that does not unmark it.
+    let silent = DamagedBlockRequest {
+        silent: true,
+        ..report(0, 3, 1)
+    };
+    let marked = dir.report_damaged_block(vid, &silent, 7).expect("silent");
+    let loud_again = dir
+        .report_damaged_block(vid, &report(0, 3, 1), 8)
+        .expect("loud");
+    for volume in [marked, loud_again] {
+        let warm = volume.warm.expect("record");
+        assert_eq!(warm.damaged_blocks.len(), 1);
+        assert!(warm.is_silently_damaged(0, 3));
+        assert_eq!(warm.damaged_blocks[0].reported_ms, 5);
+    }
     for bad in [report(0, 14, 1), report(9, 0, 1), report(0, 0, 2)] {
         assert!(matches!(
             dir.report_damaged_block(vid, &bad, 7),
@@ -955,6 +973,7 @@ pub fn warm_rebuilds(open: Open<'_>) {
         block,
         node: node.to_owned(),
         reason: "test".into(),
+        silent: false,
     };
     dir.report_damaged_block(vid, &damaged(2, &stripe[2]), 10)
         .expect("report");

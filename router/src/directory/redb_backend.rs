@@ -1173,17 +1173,25 @@ impl Directory for RedbDirectory {
             }
             // A report about a copy the record no longer names (read before
             // a rebuild moved the block) is about nothing that is served.
-            if warm.is_damaged(request.stripe, request.block)
-                || known.is_some_and(|node| *node != request.node)
-            {
+            if known.is_some_and(|node| *node != request.node) {
                 return Ok(volume);
             }
-            warm.damaged_blocks.push(DamagedBlock {
-                stripe: request.stripe,
-                block: request.block,
-                node: request.node.clone(),
-                reported_ms: now_ms,
-            });
+            let recorded = warm
+                .damaged_blocks
+                .iter_mut()
+                .find(|d| (d.stripe, d.block) == (request.stripe, request.block));
+            match recorded {
+                // Silent damage found later makes the block no source.
+                Some(damage) if request.silent && !damage.silent => damage.silent = true,
+                Some(_) => return Ok(volume),
+                None => warm.damaged_blocks.push(DamagedBlock {
+                    stripe: request.stripe,
+                    block: request.block,
+                    node: request.node.clone(),
+                    reported_ms: now_ms,
+                    silent: request.silent,
+                }),
+            }
             put_volume(txn, &volume)?;
             Ok(volume)
         })

@@ -341,6 +341,14 @@ impl WarmVolume {
             .any(|d| (d.stripe, d.block) == (stripe, block))
     }
 
+    /// Whether block `block` of `stripe` is recorded with wrong bytes under
+    /// good checksums ([`DamagedBlock::silent`]).
+    pub fn is_silently_damaged(&self, stripe: u64, block: u32) -> bool {
+        self.damaged_blocks
+            .iter()
+            .any(|d| (d.stripe, d.block) == (stripe, block) && d.silent)
+    }
+
     /// Bytes of data its blocks hold, parity included (headers and
     /// checksums, a fraction of a percent, left out).
     pub fn stored_bytes(&self) -> u64 {
@@ -493,6 +501,12 @@ pub struct DamagedBlock {
     pub node: String,
     /// First reported, ms since the UNIX epoch.
     pub reported_ms: u64,
+    /// Its bytes are wrong under checksums that pass (it disagrees with
+    /// the rest of its stripe): no decode may read it. Other damage (a
+    /// checksum failed, the file is missing) is caught by every read, so
+    /// the block still serves the chunks that pass.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 /// Body of `POST /volumes/{vid}/seal/place`.
@@ -566,6 +580,9 @@ pub struct DamagedBlockRequest {
     /// What failed (logged).
     #[serde(default)]
     pub reason: String,
+    /// Wrong bytes under good checksums ([`DamagedBlock::silent`]).
+    #[serde(default)]
+    pub silent: bool,
 }
 
 /// Body of `POST /volumes/{vid}/blocks/rebuilt`: a rebuilder restored a
