@@ -286,6 +286,7 @@ impl RepairReport {
 }
 
 /// A stripe's rebuild, planned.
+#[derive(Clone)]
 struct StripeJob {
     volume: u32,
     warm: Arc<WarmVolume>,
@@ -304,6 +305,32 @@ struct StripeJob {
 }
 
 impl StripeJob {
+    /// What a stripe past `m` (a geo rebuild's job) can restore from
+    /// itself when the geo layer cannot: its blocks gone or with wrong
+    /// bytes under good checksums, if at most `m`, the ones that only
+    /// failed a checksum left as sources (every chunk read from them is
+    /// checked); `None` when more than `m` are untrusted.
+    fn local_fallback(&self) -> Option<StripeJob> {
+        let warm = &self.warm;
+        let failed_checksum = |(block, from, to): &&(u32, String, String)| {
+            from == to
+                && warm.is_damaged(self.stripe, *block)
+                && !warm.is_silently_damaged(self.stripe, *block)
+        };
+        let targets: Vec<(u32, String, String)> = self
+            .targets
+            .iter()
+            .filter(|t| !failed_checksum(t))
+            .cloned()
+            .collect();
+        let fits = !targets.is_empty() && targets.len() <= usize::from(warm.geometry.parity_blocks);
+        fits.then(|| StripeJob {
+            targets,
+            geo_sources: Vec::new(),
+            ..self.clone()
+        })
+    }
+
     /// Its plan, as a job in the directory takes it.
     fn plan(&self) -> Vec<JobBlock> {
         self.targets
@@ -1165,7 +1192,15 @@ async fn run_job(
         if job.balance {
             move_blocks(state, &job, owner, nodes).await
         } else if !job.geo_sources.is_empty() {
-            geo_rebuild_stripe(state, &job, owner, nodes).await
+            let outcome = geo_rebuild_stripe(state, &job, owner, nodes).await;
+            match (&outcome.error, job.local_fallback()) {
+                (Some(e), Some(local)) => {
+                    tracing::warn!(volume = job.volume, stripe = job.stripe, error = %e,
+                        "geo rebuild failed; rebuilding what the stripe can decode itself");
+                    rebuild_stripe(state, &local, owner, nodes, rebuilder).await
+                }
+                _ => outcome,
+            }
         } else {
             rebuild_stripe(state, &job, owner, nodes, rebuilder).await
         }
@@ -1627,6 +1662,61 @@ pub(crate) mod tests {
         assert_eq!(answered.problems, report.problems);
         assert_eq!(answered.problem_count, 3);
         assert_eq!(answered.placement_violation_count, 0);
+    }
+
+    #[test]
+    fn a_stripe_the_geo_layer_cannot_restore_rebuilds_what_it_can_decode_itself() {
+        let mut warm = warm_record(1, vec![(0..14).map(|n| format!("n{n}")).collect()]);
+        // Blocks 4 and 5 failed a checksum, block 6 has wrong bytes.
+        for (block, silent) in [(4, false), (5, false), (6, true)] {
+            warm.damaged_blocks
+                .push(crate::directory::types::DamagedBlock {
+                    stripe: 0,
+                    block,
+                    node: format!("n{block}"),
+                    reported_ms: 1,
+                    silent,
+                });
+        }
+        let warm = Arc::new(warm);
+        let job = |blocks: &[u32]| StripeJob {
+            volume: 1,
+            warm: Arc::clone(&warm),
+            stripe: 0,
+            // Blocks 0 and 1 lost with their nodes, the others in place.
+            targets: blocks
+                .iter()
+                .map(|&b| {
+                    let to = if b < 2 {
+                        format!("spare{b}")
+                    } else {
+                        format!("n{b}")
+                    };
+                    (b, format!("n{b}"), to)
+                })
+                .collect(),
+            balance: false,
+            attempts: 0,
+            geo_sources: vec![7],
+        };
+        let local = job(&[0, 1, 2, 6, 4, 5])
+            .local_fallback()
+            .expect("four to rebuild");
+        let targets: Vec<u32> = local.targets.iter().map(|t| t.0).collect();
+        assert_eq!(
+            targets,
+            [0, 1, 2, 6],
+            "the blocks that failed a checksum are sources"
+        );
+        assert!(local.geo_sources.is_empty());
+        assert!(
+            job(&[0, 1, 2, 3, 6, 4]).local_fallback().is_none(),
+            "five untrusted"
+        );
+        assert!(
+            job(&[4, 5]).local_fallback().is_none(),
+            "nothing untrusted to rebuild"
+        );
     }
 
     #[test]
