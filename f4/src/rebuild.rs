@@ -10,9 +10,10 @@
 //! blocking thread and streams them, with their header and checksum record,
 //! into one `PUT` per target; the target node checks every chunk's CRC
 //! against that record, syncs and renames, so no half block is ever
-//! served. A source that fails is replaced by the next survivor and the
-//! column read again; with fewer than `k` left the rebuild fails and the
-//! targets keep nothing. Blocks whose stored bytes end before a column (a
+//! served. A source that fails is replaced by the next survivor, which
+//! alone is read for the column; one whose node answered that the
+//! column's chunks are damaged sits out that column only. With fewer than
+//! `k` for a column the rebuild fails and the targets keep nothing. Blocks whose stored bytes end before a column (a
 //! short stripe's implicit zeros) are sources without a request.
 //!
 //! Memory per rebuild: `k` source columns read ahead, `k` being decoded,
@@ -20,6 +21,7 @@
 //! RS(10,4)); at most [`RebuilderConfig::max_rebuilds`] run at once, the
 //! others wait.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -552,8 +554,11 @@ struct Column {
 /// that failed.
 type Reads = (u64, Vec<u32>, Vec<FailedSource>);
 
-/// Reads the stripe's columns from `k` sources into `columns`, replacing a
-/// source that fails by the next one and reading the column again.
+/// Reads the stripe's columns from `k` sources into `columns`. A source
+/// that fails is replaced by the next one, which alone is read for the
+/// column; one whose node answered that the column's chunks are damaged
+/// sits out that column only (the rest of its block still serves), any
+/// other failure drops it for good.
 async fn read_columns(
     state: Arc<RebuilderState>,
     plan: Arc<Plan>,
@@ -562,15 +567,26 @@ async fn read_columns(
     let request = &plan.request;
     let k = usize::from(request.geometry.data_blocks);
     // Blocks with no stored bytes are zeros: sources that need no node.
-    let mut chosen: Vec<usize> = (0..plan.lens.len())
+    let zeros: Vec<usize> = (0..plan.lens.len())
         .filter(|i| plan.lens[*i] == 0 && !plan.is_target(*i))
         .take(k)
         .collect();
-    let mut spare = (0..plan.lens.len())
+    let mut failed = Vec::new();
+    let mut spare: VecDeque<(usize, StoreAddress, String)> = VecDeque::new();
+    let candidates = (0..plan.lens.len())
         .filter(|i| plan.lens[*i] > 0 && !plan.is_target(*i))
         .filter_map(|i| Some((i, request.sources[i].clone()?)));
-    let mut nodes: Vec<(usize, StoreAddress, String)> = Vec::with_capacity(k);
-    let mut failed = Vec::new();
+    for (index, url) in candidates {
+        match StoreAddress::parse(&url) {
+            Ok(address) => spare.push_back((index, address, url)),
+            Err(e) => failed.push(FailedSource {
+                block: index as u32,
+                node: url,
+                damaged: false,
+                error: e.to_string(),
+            }),
+        }
+    }
     let too_few = |failed: &[FailedSource]| {
         let last = failed
             .last()
@@ -585,30 +601,26 @@ async fn read_columns(
             ),
         )
     };
+    let mut nodes: Vec<(usize, StoreAddress, String)> = Vec::with_capacity(k);
+    let mut used: Vec<usize> = zeros.clone();
     let mut read_bytes = 0u64;
     let source_timeout = Duration::from_millis(state.config.source_timeout_ms);
     let mut at = 0u64;
     while at < plan.column_len {
         let width = (plan.column_len - at).min(column_bytes(request.bytes_per_second));
-        let blocks = loop {
-            while chosen.len() < k {
-                let Some((index, url)) = spare.next() else {
+        let mut blocks: Vec<(usize, Bytes)> = Vec::with_capacity(k);
+        let mut benched = Vec::new();
+        // The nodes of `nodes` from `fresh` on have not been read for this
+        // column yet.
+        let mut fresh = 0;
+        loop {
+            while zeros.len() + nodes.len() < k {
+                let Some(next) = spare.pop_front() else {
                     return Err(too_few(&failed));
                 };
-                match StoreAddress::parse(&url) {
-                    Ok(address) => {
-                        chosen.push(index);
-                        nodes.push((index, address, url));
-                    }
-                    Err(e) => failed.push(FailedSource {
-                        block: index as u32,
-                        node: url,
-                        damaged: false,
-                        error: e.to_string(),
-                    }),
-                }
+                nodes.push(next);
             }
-            let reads = nodes.iter().map(|(index, address, _)| {
+            let reads = nodes[fresh..].iter().map(|(index, address, _)| {
                 let stored = plan.lens[*index].saturating_sub(at).min(width);
                 let read = RangeRead {
                     block: plan.block(*index),
@@ -620,8 +632,7 @@ async fn read_columns(
             });
             let answers = futures::future::join_all(reads).await;
             let mut lost = Vec::new();
-            let mut blocks = Vec::with_capacity(k);
-            for ((index, _, url), answer) in nodes.iter().zip(answers) {
+            for ((index, _, url), answer) in nodes[fresh..].iter().zip(answers) {
                 match answer {
                     Ok(bytes) => {
                         read_bytes += bytes.len() as u64;
@@ -630,25 +641,44 @@ async fn read_columns(
                     Err((damaged, error)) => {
                         tracing::warn!(volume = request.volume, stripe = request.stripe,
                             block = index, node = %url, error = %error, "rebuild source failed");
-                        failed.push(FailedSource {
-                            block: *index as u32,
-                            node: url.clone(),
-                            damaged,
-                            error,
-                        });
-                        lost.push(*index);
+                        let known = failed
+                            .iter()
+                            .any(|f: &FailedSource| f.damaged && f.block == *index as u32);
+                        if !(damaged && known) {
+                            failed.push(FailedSource {
+                                block: *index as u32,
+                                node: url.clone(),
+                                damaged,
+                                error,
+                            });
+                        }
+                        lost.push((*index, damaged));
                     }
                 }
             }
-            if lost.is_empty() {
-                break blocks;
+            let mut kept = Vec::with_capacity(k);
+            for node in nodes.drain(..) {
+                match lost.iter().find(|(index, _)| *index == node.0) {
+                    None => kept.push(node),
+                    Some((_, true)) => benched.push(node),
+                    Some((_, false)) => {}
+                }
             }
-            chosen.retain(|i| !lost.contains(i));
-            nodes.retain(|(i, _, _)| !lost.contains(i));
-        };
-        let zeros = chosen
+            nodes = kept;
+            fresh = nodes.len();
+            if lost.is_empty() {
+                break;
+            }
+        }
+        for (index, _, _) in &nodes {
+            if !used.contains(index) {
+                used.push(*index);
+            }
+        }
+        // Back for the next column, after the spares not yet tried.
+        spare.extend(benched);
+        let zeros = zeros
             .iter()
-            .filter(|i| plan.lens[**i] == 0)
             .map(|i| (*i, Bytes::from(vec![0u8; width as usize])));
         let blocks: Vec<(usize, Bytes)> = zeros.chain(blocks).collect();
         if columns
@@ -664,7 +694,7 @@ async fn read_columns(
         }
         at += width;
     }
-    let mut sources: Vec<u32> = chosen.iter().map(|i| *i as u32).collect();
+    let mut sources: Vec<u32> = used.iter().map(|i| *i as u32).collect();
     sources.sort_unstable();
     Ok((read_bytes, sources, failed))
 }

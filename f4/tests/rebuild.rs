@@ -1,6 +1,7 @@
 //! The rebuild worker against real storage nodes on loopback: lost blocks
 //! restored byte for byte (data and parity, in place and on a new node), a
-//! corrupt source replaced by another survivor, too few survivors refused
+//! corrupt source replaced by another survivor (for the column it is
+//! corrupt in only), too few survivors refused
 //! with nothing left behind, and bad requests refused.
 
 use std::path::{Path, PathBuf};
@@ -44,9 +45,14 @@ async fn listen() -> (TcpListener, String) {
 /// A volume of two stripes (the second short) encoded into blocks, block
 /// `b` of every stripe on node `b`, node 14 empty, and a rebuilder.
 async fn cell() -> Cell {
+    cell_of(1_299_990).await
+}
+
+/// [`cell`] of a volume of `len` bytes, in blocks of at most 100,000.
+async fn cell_of(len: usize) -> Cell {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let data: Vec<u8> = (0..1_299_990).map(|_| rng.random()).collect();
+    let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
     let data_path = dir.path().join("warm.data");
     std::fs::write(&data_path, &data).expect("data");
     let geometry = Geometry::choose(data.len() as u64, 100_000, 10, 4, 4096).expect("geometry");
@@ -205,6 +211,44 @@ async fn a_corrupt_source_is_replaced_and_named() {
     );
     assert!(!report.sources.contains(&1), "{report:?}");
     assert!(std::fs::read(cell.stored_path(2, 0, 2)).expect("block 2") == cell.original(0, 2));
+}
+
+#[tokio::test]
+async fn a_source_damaged_in_one_column_serves_the_others() {
+    // Blocks of 86,666 bytes: two columns of a rebuild in 64 KiB steps.
+    let cell = cell_of(2_599_980).await;
+    assert_eq!(cell.geometry.block_size_bytes, 86_666);
+    // Three blocks lost leave one spare source; block 3 is damaged in the
+    // first column and block 4 in the second, so each column needs the
+    // other's damaged block.
+    let lost = [0, 1, 2];
+    for block in lost {
+        remove(&cell.stored_path(block as usize, 0, block));
+    }
+    for (block, at) in [(3u32, 100usize), (4, 70_000)] {
+        let path = cell.stored_path(block as usize, 0, block);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[f4::format::BLOCK_HEADER_SIZE + at] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("corrupt");
+    }
+    let mut request = cell.request(0, &lost, &[(0, 0), (1, 1), (2, 2)]);
+    // 64 KiB steps (the smallest a throttled rebuild takes).
+    request.bytes_per_second = 512 * 65_536;
+    let report = cell.rebuilder.rebuild(&request).await.expect("rebuilt");
+    for block in [3, 4] {
+        assert!(
+            report
+                .failed_sources
+                .iter()
+                .any(|f| f.block == block && f.damaged),
+            "{report:?}"
+        );
+        assert!(report.sources.contains(&block), "{report:?}");
+    }
+    for block in lost {
+        let rebuilt = std::fs::read(cell.stored_path(block as usize, 0, block)).expect("rebuilt");
+        assert!(rebuilt == cell.original(0, block), "block {block} differs");
+    }
 }
 
 #[tokio::test]

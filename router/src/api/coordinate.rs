@@ -580,10 +580,11 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                 .collect();
             // A rebuild restores at most `m` blocks: the ones that are gone
             // first, then those with wrong bytes under good checksums,
-            // which are never a source, then those that failed a checksum
-            // (a source still: every chunk read from one is checked). So a
-            // stripe with more than `m` gone or silently damaged cannot
-            // decode itself.
+            // which are never a source. Those that only failed a checksum
+            // wait for a rebuild of their own while there are others: as
+            // sources, they serve every column whose chunks pass, which
+            // gives a decode more blocks to choose from. So a stripe with
+            // more than `m` gone or silently damaged cannot decode itself.
             let silent = |block: u32| warm.is_silently_damaged(stripe, block);
             missing.sort_by_key(|(block, loss)| (*loss == Loss::Damaged, !silent(*block), *block));
             let m = usize::from(warm.geometry.parity_blocks);
@@ -607,6 +608,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                     ));
                     0
                 }
+                (false, true) if untrusted > 0 => untrusted,
                 (false, true) => m,
                 (false, false) => missing.len(),
             };
