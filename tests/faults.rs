@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use common::volumes::every_volume;
 use common::{
-    Cluster, check_blob, http_client, random_body, sha256, store_fingerprint, upload, wait_until,
+    Cluster, check_blob, directory_json, http_client, random_body, sha256, store_fingerprint,
+    upload, wait_node_state, wait_until,
 };
 
 /// Sends `POST /blobs` declaring `declared` bytes but only `sent` of them,
@@ -101,15 +102,6 @@ async fn check_acknowledged(router: &str, acknowledged: &Acknowledged) -> anyhow
         check_blob(&client, router, id, *size, digest).await?;
     }
     Ok(())
-}
-
-async fn directory_json(cluster: &Cluster, path: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let url = format!("{}{path}", cluster.node_url("directory")?);
-    let value: serde_json::Value = http_client().get(url).send().await?.json().await?;
-    value
-        .as_array()
-        .cloned()
-        .context("directory answered a non-array")
 }
 
 /// Waits (at most 2 min) until no volume has a stale replica.
@@ -326,7 +318,7 @@ async fn restart_taking_no_deletes(
             ("HAYLOFT_PAUSE_MS", "600000"),
         ],
     )?;
-    wait_node_up(cluster, id).await?;
+    wait_node_state(cluster, id, "up").await?;
     Ok(child)
 }
 
@@ -342,15 +334,6 @@ async fn never_served(
         anyhow::ensure!(status == 404, "{id} read at {router}: {status}");
     }
     Ok(())
-}
-
-/// Waits (at most a minute) until the directory counts node `id` up.
-async fn wait_node_up(cluster: &Cluster, id: &str) -> anyhow::Result<()> {
-    wait_until(&format!("{id} up"), Duration::from_secs(60), || async {
-        let nodes = directory_json(cluster, "/nodes").await?;
-        Ok(nodes.iter().any(|n| n["id"] == id && n["state"] == "up"))
-    })
-    .await
 }
 
 /// `GET` of a needle straight from one store node (no router): its status.

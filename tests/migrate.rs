@@ -17,7 +17,7 @@ use common::volumes::{
     Blob, ONE_IDLE_VOLUME, SMALL_VOLUMES, fill, locked_volume, one_volume_of, volume, volumes,
     wait_locked,
 };
-use common::{Cluster, http_client, paused_at, post_json, wait_until};
+use common::{Cluster, http_client, paused_at, post_json, wait_node_state, wait_until};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
@@ -1147,10 +1147,17 @@ async fn a_block_that_fails_its_check_is_rebuilt_alone() -> anyhow::Result<()> {
 /// Replicas that disagree: needles on some fresh replicas only (appends a
 /// router never finished, written here straight to the stores) are sealed
 /// from the one replica that holds them all, not from the first replica,
-/// and read back warm.
+/// and read back warm. A replica down when the hot replicas are retired
+/// leaves the job failed, the volume warm, and is retired once back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seal_reads_the_replica_that_holds_every_needle() -> anyhow::Result<()> {
-    let cluster = Cluster::start_spawned(&[SMALL_VOLUMES, ONE_IDLE_VOLUME].concat()).await?;
+    let args = [
+        SMALL_VOLUMES,
+        ONE_IDLE_VOLUME,
+        &["--heartbeat-timeout", "2s"],
+    ]
+    .concat();
+    let cluster = Cluster::start_spawned(&args).await?;
     let client = http_client();
     let router = cluster.router.clone();
     let (vid, mut blobs) = one_volume_of(&client, &router, 31_000, 3, 5_000).await?;
@@ -1198,13 +1205,46 @@ async fn a_seal_reads_the_replica_that_holds_every_needle() -> anyhow::Result<()
         });
     }
     wait_locked(&client, &router, vid).await?;
-    let (status, text) = force_migration(&client, &router, vid).await?;
-    anyhow::ensure!(status == 200, "migrating volume {vid}: {status} {text}");
+    // Paused after the flip; meanwhile the first replica's store goes down.
+    let release = cluster.data_dir.join("deleting-released");
+    let _router = pause_routers_migration(&cluster, "migrate-deleting", &release)?;
+    let migration = spawn_forced_migration(client.clone(), router.clone(), vid);
+    paused_at(&cluster, "migrate-deleting").await?;
+    cluster.kill_node(&replicas[0])?;
+    std::fs::write(&release, b"")?;
+    let pass = migration.await??;
+    let job = &pass["jobs"][0];
+    anyhow::ensure!(
+        job["step"] == "failed"
+            && job["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not retired") && e.contains(replicas[0].as_str())),
+        "{pass}"
+    );
     anyhow::ensure!(volume(&client, &router, vid).await?["state"] == "warm");
     for blob in &blobs {
         blob.check(&client, &router)
             .await
             .with_context(|| format!("{} after the migration", blob.id))?;
+    }
+    // Back: the next pass retires it.
+    let _store = cluster.restart_node(&replicas[0])?;
+    wait_node_state(&cluster, &replicas[0], "up").await?;
+    let (status, text) = force_migration(&client, &router, vid).await?;
+    anyhow::ensure!(
+        status == 200 && text.contains("\"warm\""),
+        "retiring what was left of volume {vid}: {status} {text}"
+    );
+    for replica in &replicas {
+        let answer = client
+            .get(format!("{}/volumes/{vid}", cluster.node_url(replica)?))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            answer.status() == 404,
+            "{replica} still holds volume {vid}: {}",
+            answer.status()
+        );
     }
     anyhow::ensure!(
         cluster

@@ -755,6 +755,33 @@ where
     }
 }
 
+/// The directory's answer to `GET path` (a JSON array: `/nodes`, ...).
+pub async fn directory_json(
+    cluster: &Cluster,
+    path: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let url = format!("{}{path}", cluster.node_url("directory")?);
+    let value: serde_json::Value = http_client().get(url).send().await?.json().await?;
+    value
+        .as_array()
+        .cloned()
+        .context("directory answered a non-array")
+}
+
+/// Waits (at most a minute) until the directory counts node `id` `state`
+/// (`up` or `down`).
+pub async fn wait_node_state(cluster: &Cluster, id: &str, state: &str) -> anyhow::Result<()> {
+    wait_until(
+        &format!("{id} {state}"),
+        Duration::from_secs(60),
+        || async {
+            let nodes = directory_json(cluster, "/nodes").await?;
+            Ok(nodes.iter().any(|n| n["id"] == id && n["state"] == state))
+        },
+    )
+    .await
+}
+
 /// Waits for the log line of a process paused at failpoint `point` (see
 /// `haystack::failpoint`); returns its pid.
 pub async fn paused_at(cluster: &Cluster, point: &str) -> anyhow::Result<i64> {

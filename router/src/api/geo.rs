@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
-use super::seal::{SealReport, check_blocks, prune_everywhere, verify};
+use super::seal::{Retired, SealReport, check_blocks, prune_everywhere, verify};
 use super::state::AppState;
 use super::warm::{DataPath, decode_sources};
 use crate::directory::types::{CompanionRequest, MigrationStep};
@@ -423,7 +423,7 @@ pub(crate) async fn build(
 ) -> Result<SealReport, ApiError> {
     let vid = companion.id;
     if companion.state == VolumeState::Warm {
-        return Ok(SealReport::warm(companion, 0));
+        return Ok(SealReport::warm(companion, Retired::default()));
     }
     let outcome = tokio::select! {
         outcome = attempt(state, &companion, &steps) => outcome,
@@ -549,6 +549,7 @@ async fn attempt(
         needles,
         dropped: 0,
         retired_replicas: 0,
+        unretired: Vec::new(),
     })
 }
 

@@ -5,8 +5,9 @@
 //! than [`RouterConfig::warm_after_ms`] ago (its youngest BLOB is at least
 //! that old), or one left `sealing` by a seal that died, is a candidate,
 //! oldest first, unless its job is claimed by a live lease elsewhere or
-//! failed less than a lease ago; and a `warm` one whose job died after the
-//! flip, before the hot replicas went (those are retired). Up to
+//! failed less than a lease ago; and a `warm` one whose job died or failed
+//! after the flip, before its hot replicas all went (those left are
+//! retired; a replica not retired fails the job). Up to
 //! [`RouterConfig::max_migrations`] run at once. Each claims the volume's job
 //! in the directory under a lease ([`RouterConfig::migration_lease_ms`]),
 //! runs the seal (the order
@@ -106,7 +107,11 @@ async fn candidates(
     // A page of volumes at a time: what the pass keeps of each is its id.
     let mut pages = state.directory.volume_pages();
     while let Some(volumes) = pages.next().await? {
-        report.locked_idle += super::ownership::lock_orphans(state, &volumes).await;
+        // A pass for one volume changes nothing else (nor anything at all,
+        // if the volume turns out not to be a candidate).
+        if only.is_none() {
+            report.locked_idle += super::ownership::lock_orphans(state, &volumes).await;
+        }
         for volume in volumes {
             if only.is_some_and(|only| only != volume.id) {
                 continue;
@@ -126,8 +131,14 @@ async fn candidates(
                 }
                 // A seal that died halfway: resumed with a new attempt.
                 VolumeState::Sealing => {}
-                // Flipped by a job that died before its hot replicas went.
-                VolumeState::Warm if job.is_some_and(|j| !j.step.is_final()) => {}
+                // Flipped by a job that died, or failed, before its hot
+                // replicas went (a lost answer to the flip, a replica's
+                // node down): they are retired now.
+                VolumeState::Warm
+                    if !volume.geo.is_companion()
+                        && job.is_some_and(|j| {
+                            !j.step.is_final() || j.step == MigrationStep::Failed
+                        }) => {}
                 _ => continue,
             }
             if let Some(job) = job {
@@ -459,6 +470,13 @@ async fn run_claimed(
 /// The final step of a job that ended with `result`, and its error.
 fn job_end(result: &Result<SealReport, ApiError>) -> (MigrationStep, Option<String>) {
     match result {
+        Ok(report) if !report.unretired.is_empty() => (
+            MigrationStep::Failed,
+            Some(format!(
+                "warm, but hot replicas not retired yet: {}",
+                report.unretired.join("; ")
+            )),
+        ),
         Ok(_) => (MigrationStep::Warm, None),
         Err(e) => (MigrationStep::Failed, Some(e.to_string())),
     }

@@ -43,7 +43,9 @@ use tokio_util::sync::CancellationToken;
 use f4::api::{DistributeRequest, SealRequest};
 use f4::client::StorageClient;
 use f4::format::IndexEntry;
+use futures::future::join_all;
 use haystack::api::PageCursor;
+use haystack::client::ClientError;
 use haystack::failpoint::pause_task_at;
 
 use super::error::ApiError;
@@ -71,18 +73,33 @@ pub struct SealReport {
     pub dropped: u64,
     /// Hot replicas retired.
     pub retired_replicas: usize,
+    /// Hot replicas not retired yet (their node down, or a store error):
+    /// the job ends `failed` and is tried again, the volume warm meanwhile.
+    #[serde(default)]
+    pub unretired: Vec<String>,
 }
 
 impl SealReport {
-    /// The report of a volume warm already, `retired_replicas` retired now.
-    pub(crate) fn warm(volume: LogicalVolume, retired_replicas: usize) -> SealReport {
+    /// The report of a volume warm already, with what retiring its hot
+    /// replicas did now.
+    pub(crate) fn warm(volume: LogicalVolume, retired: Retired) -> SealReport {
         SealReport {
             needles: volume.warm.as_ref().map_or(0, |w| w.needle_count),
             volume,
             dropped: 0,
-            retired_replicas,
+            retired_replicas: retired.count,
+            unretired: retired.left,
         }
     }
+}
+
+/// What retiring a warm volume's hot replicas did.
+#[derive(Debug, Default)]
+pub(crate) struct Retired {
+    /// Replicas retired (or found gone already).
+    pub count: usize,
+    /// Replicas left, each with why.
+    pub left: Vec<String>,
 }
 
 /// `POST /admin/volumes/{id}/seal`.
@@ -95,7 +112,7 @@ pub(crate) async fn seal_volume(
     check_sealable(&volume)?;
     if volume.state == VolumeState::Warm {
         // Nothing to do, and no job to record.
-        return Ok(Json(SealReport::warm(volume, 0)));
+        return Ok(Json(SealReport::warm(volume, Retired::default())));
     }
     match super::migrate::claim_and_seal(&state, "router", vid).await {
         Some(result) => result.map(Json),
@@ -147,7 +164,7 @@ pub(crate) async fn seal(
     lost: CancellationToken,
 ) -> Result<SealReport, ApiError> {
     if volume.state == VolumeState::Warm {
-        return Ok(SealReport::warm(volume, 0));
+        return Ok(SealReport::warm(volume, Retired::default()));
     }
     check_sealable(&volume)?;
     let vid = volume.id;
@@ -213,12 +230,18 @@ async fn attempt(
     // replica, only locked replicas are retired later, and locked replicas
     // take no appends, so their indexes can be compared. (The directory
     // stopped their direct reads when the seal began.) A fresh replica that
-    // is up but cannot be locked stops the attempt: it could hold needles
-    // the others lack.
+    // is down or cannot be locked stops the attempt: it could hold needles
+    // the others lack, which retiring it once it is back would lose.
     let fresh: Vec<&str> = volume.fresh_replicas().collect();
     let mut candidates = Vec::new();
     for replica in &volume.replicas {
         let Some(node) = nodes.get(replica).filter(|n| n.is_up()) else {
+            if fresh.contains(&replica.as_str()) {
+                return Err(plain(ApiError::Unavailable(format!(
+                    "volume {vid}'s fresh replica on {replica} is down; the volume stays hot \
+                     until it is back"
+                ))));
+            }
             continue;
         };
         let locked = match state.store_for_writes(node) {
@@ -242,14 +265,6 @@ async fn attempt(
             Err(e) => tracing::warn!(volume = vid, replica = %node.id, error = %e,
                 "locking a stale replica failed; it will not be retired"),
         }
-    }
-    if candidates.len() < fresh.len() {
-        tracing::warn!(
-            volume = vid,
-            fresh = fresh.len(),
-            compared = candidates.len(),
-            "fresh replicas on down nodes are not compared with the source"
-        );
     }
     // Deletes the source missed are carried over below with the others.
     let source = super::source::complete_source(vid, &candidates)
@@ -415,7 +430,8 @@ async fn attempt(
         volume: committed,
         needles: verified,
         dropped: prepared.dropped,
-        retired_replicas: retired,
+        retired_replicas: retired.count,
+        unretired: retired.left,
     })
 }
 
@@ -483,12 +499,13 @@ async fn carry_deletes(state: &AppState, vid: u32, generation: u64) -> Result<u6
 /// After a flip: has every router read the volume's entry afresh (or, if
 /// one cannot be asked, waits for routers' cached hot entries to expire),
 /// then retires the hot replicas of warm `volume` (idempotent: a store
-/// without the replica answers that it is gone); the number retired.
+/// without the replica answers that it is gone), locking first one that
+/// missed the seal's lock (down then).
 pub(crate) async fn drain_and_retire(
     state: &AppState,
     volume: &LogicalVolume,
     steps: &watch::Sender<MigrationStep>,
-) -> usize {
+) -> Retired {
     let vid = volume.id;
     steps.send_replace(MigrationStep::Draining);
     pause_task_at("migrate-draining").await;
@@ -499,38 +516,41 @@ pub(crate) async fn drain_and_retire(
         Ok(nodes) => nodes,
         Err(e) => {
             tracing::warn!(volume = vid, error = %e, "no node list; replicas not retired");
-            return 0;
+            let why = format!("no node list: {e}");
+            return Retired {
+                count: 0,
+                left: volume
+                    .replicas
+                    .iter()
+                    .map(|r| format!("{r}: {why}"))
+                    .collect(),
+            };
         }
     };
     // All at once: each store removes a whole volume's files.
     let retires = volume.replicas.iter().map(|replica| {
         let node = nodes.get(replica).filter(|n| n.is_up());
         async move {
-            let Some(node) = node else {
-                tracing::warn!(volume = vid, replica = %replica, "replica down; not retired");
-                return false;
-            };
-            match state.store_for_writes(node) {
-                Ok(store) => match store.retire_volume(vid).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(volume = vid, replica = %replica, error = %e,
-                            "retiring a hot replica failed");
-                        false
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(volume = vid, error = %e, "store client");
-                    false
-                }
+            let node = node.ok_or_else(|| "its node is down".to_owned())?;
+            let store = state.store_for_writes(node).map_err(|e| e.to_string())?;
+            match store.lock_volume(vid).await {
+                Ok(_) => store.retire_volume(vid).await.map_err(|e| e.to_string()),
+                Err(ClientError::UnknownVolume(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
             }
         }
     });
-    let retired = futures::future::join_all(retires)
-        .await
-        .into_iter()
-        .filter(|retired| *retired)
-        .count();
+    let mut retired = Retired::default();
+    for (replica, outcome) in volume.replicas.iter().zip(join_all(retires).await) {
+        match outcome {
+            Ok(()) => retired.count += 1,
+            Err(why) => {
+                tracing::warn!(volume = vid, replica = %replica, error = %why,
+                    "hot replica not retired; the job is tried again");
+                retired.left.push(format!("{replica}: {why}"));
+            }
+        }
+    }
     prune_everywhere(state, vid, volume.warm.as_ref().map(|w| w.generation), None).await;
     retired
 }
