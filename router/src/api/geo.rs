@@ -162,10 +162,13 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
     if datacenters.len() < 2 {
         return Ok(created);
     }
+    // Not one whose companion failed lately (it waits a lease, as a failed
+    // seal does), nor one whose own cell is down (its data is read there).
     let primaries: Vec<&LogicalVolume> = volumes
         .iter()
         .filter(|v| v.state == VolumeState::Warm && !v.geo.is_companion() && v.warm.is_some())
-        .filter(|v| v.geo.buddy.is_none())
+        .filter(|v| v.geo.buddy.is_none() && !state.geo_failed.holds(&v.id))
+        .filter(|v| datacenters.contains(&home(v, &nodes)))
         .collect();
     let budget = state.config.max_migrations.max(1);
     for primary in primaries.iter().filter(|v| v.geo.copy.is_none()) {
@@ -186,12 +189,10 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
         return Ok(created);
     }
     // Buddies among those whose copy is warm.
-    // (Not one whose own cell is down: its XOR is read from its cell.)
     let single: Vec<(u32, String, u64)> = primaries
         .iter()
         .filter(|v| warm(v.geo.copy))
         .map(|v| (v.id, home(v, &nodes), data_len(v)))
-        .filter(|(_, home, _)| datacenters.contains(home))
         .collect();
     for (a, b) in pick_buddies(single, &datacenters) {
         if created.len() >= budget {
@@ -442,6 +443,9 @@ pub(crate) async fn build(
             .is_ok_and(|v| v.state == VolumeState::Warm);
         if !committed {
             tracing::warn!(volume = vid, error = %error, "geo companion failed; dropping it");
+            for &primary in &companion.geo.of {
+                state.geo_failed.note(primary);
+            }
             if let Err(e) = drop_companion(state, vid, Some(owner)).await {
                 tracing::warn!(volume = vid, error = %e, "dropping the failed companion failed");
             }

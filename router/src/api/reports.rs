@@ -4,6 +4,7 @@
 //! keeps serving every other one).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -18,35 +19,57 @@ const DAMAGE_REPORT_QUIET: Duration = Duration::from_secs(10);
 /// Most recent damage reports remembered; beyond it the memory is cleared.
 const DAMAGE_REPORTS_REMEMBERED: usize = 1024;
 
-/// Recent damage reports, by `(volume, key, node)`.
-#[derive(Default)]
-pub(crate) struct RecentReports {
-    reported: Mutex<HashMap<(u32, u64, String), Instant>>,
+/// Things that happened lately, each remembered for `quiet` after it was
+/// noted, at most `remembered` of them (past that, all are forgotten).
+pub(crate) struct Lately<K> {
+    noted: Mutex<HashMap<K, Instant>>,
+    quiet: Duration,
+    remembered: usize,
 }
 
-impl RecentReports {
-    /// Whether a report of this copy should go out now (and notes that it does).
-    fn should_report(&self, id: BlobId, node: &str) -> bool {
-        let mut reported = self.reported.lock();
-        let key = (id.volume, id.key, node.to_owned());
-        if reported
-            .get(&key)
-            .is_some_and(|at| at.elapsed() < DAMAGE_REPORT_QUIET)
-        {
+impl<K: Hash + Eq> Lately<K> {
+    pub(crate) fn new(quiet: Duration, remembered: usize) -> Lately<K> {
+        Lately {
+            noted: Mutex::new(HashMap::new()),
+            quiet,
+            remembered,
+        }
+    }
+
+    /// Whether `key` was noted less than `quiet` ago.
+    pub(crate) fn holds(&self, key: &K) -> bool {
+        self.noted
+            .lock()
+            .get(key)
+            .is_some_and(|at| at.elapsed() < self.quiet)
+    }
+
+    /// Notes `key` now; false if it was noted less than `quiet` ago (and
+    /// it is left as it was).
+    pub(crate) fn note(&self, key: K) -> bool {
+        let mut noted = self.noted.lock();
+        if noted.get(&key).is_some_and(|at| at.elapsed() < self.quiet) {
             return false;
         }
-        if reported.len() >= DAMAGE_REPORTS_REMEMBERED {
-            reported.clear();
+        if noted.len() >= self.remembered {
+            noted.clear();
         }
-        reported.insert(key, Instant::now());
+        noted.insert(key, Instant::now());
         true
     }
 
-    /// Forgets a report that did not reach the directory, so the next read retries it.
-    fn forget(&self, id: BlobId, node: &str) {
-        self.reported
-            .lock()
-            .remove(&(id.volume, id.key, node.to_owned()));
+    /// Forgets `key`.
+    pub(crate) fn forget(&self, key: &K) {
+        self.noted.lock().remove(key);
+    }
+}
+
+/// Recent damage reports, by `(volume, key, node)`.
+pub(crate) type RecentReports = Lately<(u32, u64, String)>;
+
+impl Default for RecentReports {
+    fn default() -> Self {
+        Lately::new(DAMAGE_REPORT_QUIET, DAMAGE_REPORTS_REMEMBERED)
     }
 }
 
@@ -81,7 +104,10 @@ pub(crate) async fn report_stale(
 /// it recently).
 pub(crate) async fn report_damaged(state: &AppState, id: BlobId, node: &str, reason: &str) -> bool {
     state.metrics.damaged_needle();
-    if !state.recent_reports.should_report(id, node) {
+    if !state
+        .recent_reports
+        .note((id.volume, id.key, node.to_owned()))
+    {
         return true;
     }
     match state
@@ -91,10 +117,35 @@ pub(crate) async fn report_damaged(state: &AppState, id: BlobId, node: &str, rea
     {
         Ok(_) => true,
         Err(e) => {
-            state.recent_reports.forget(id, node);
+            state
+                .recent_reports
+                .forget(&(id.volume, id.key, node.to_owned()));
             tracing::warn!(volume = id.volume, key = id.key, node, error = %e,
                 "reporting a damaged needle failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_happened_lately_is_held_for_a_while_and_bounded() {
+        let lately = Lately::new(Duration::from_secs(60), 2);
+        assert!(lately.note(1));
+        assert!(lately.holds(&1));
+        assert!(!lately.note(1), "noted already");
+        assert!(!lately.holds(&2));
+        lately.forget(&1);
+        assert!(!lately.holds(&1));
+        assert!(lately.note(1) && lately.note(2));
+        // A third clears the memory first.
+        assert!(lately.note(3));
+        assert!(!lately.holds(&1) && lately.holds(&3));
+        let gone = Lately::new(Duration::ZERO, 2);
+        assert!(gone.note(1));
+        assert!(!gone.holds(&1), "its while is over");
     }
 }

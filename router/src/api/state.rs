@@ -18,7 +18,7 @@ use super::config::RouterConfig;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::pool::VolumePool;
-use super::reports::RecentReports;
+use super::reports::{Lately, RecentReports};
 use crate::directory::{DirectoryClient, LogicalVolume, NodeRecord, VolumeState};
 
 /// Connect timeout towards store nodes.
@@ -49,6 +49,10 @@ pub(crate) struct AppState {
     pub(crate) read_sizes: super::read::ReadSizes,
     /// Damaged needles reported lately (not reported again for a while).
     pub(crate) recent_reports: RecentReports,
+    /// Primaries whose geo companion failed lately: the geo plan leaves
+    /// them a lease, so that one that keeps failing does not take every
+    /// pass's budget from the others.
+    pub(crate) geo_failed: Lately<u32>,
     /// Warm-tier storage and backoff nodes (no overall timeout: each
     /// request sets its own).
     pub(crate) warm_http: reqwest::Client,
@@ -63,6 +67,9 @@ pub(crate) struct AppState {
     /// Held by the acting repair pass (`coordinate::pass`): one at a time.
     pub(crate) repair_passes: Semaphore,
 }
+
+/// Most primaries whose geo companion failed lately remembered.
+const GEO_FAILURES_REMEMBERED: usize = 65_536;
 
 /// Most parsed store addresses kept; beyond it the map is cleared.
 const MAX_CACHED_ADDRESSES: usize = 10_000;
@@ -132,6 +139,10 @@ impl AppState {
             read_rotation: AtomicUsize::new(0),
             read_sizes: super::read::ReadSizes::default(),
             recent_reports: RecentReports::default(),
+            geo_failed: Lately::new(
+                Duration::from_millis(config.migration_lease_ms),
+                GEO_FAILURES_REMEMBERED,
+            ),
             warm_http: f4::client::http_client(config.replica_timeout_ms)
                 .map_err(|e| ApiError::Internal(format!("http client: {e}")))?,
             instance: format!("{}-{:x}", std::process::id(), crate::directory::now_ms()),

@@ -116,30 +116,34 @@ async fn read_needle_with(
     let warm = warm_record(volume)?;
     let nodes = state.cache.nodes(refresh).await?;
     let entry = lookup(state, volume.id, warm, &nodes, id.key).await?;
-    let (bytes, degraded, geo) = match read_data(state, volume.id, warm, &nodes, entry).await {
-        Ok((bytes, degraded)) => (bytes, degraded, false),
+    let from_cell = match read_data(state, volume.id, warm, &nodes, entry).await {
+        Ok((bytes, degraded)) => match check_needle(volume.id, bytes, entry, Some(id.key)) {
+            // Every chunk read passed its checksum, yet the needle fails: a
+            // block holds wrong bytes under good checksums (a bad write, or
+            // a rebuild from a bad source), which only a deep scrub would
+            // find. The range is decoded from the rest of its stripes
+            // instead.
+            Err(ApiError::Unavailable(why)) if !degraded => {
+                decode_the_bad_block(state, volume.id, warm, &nodes, entry, id.key)
+                    .await
+                    .map(|needle| (needle, true))
+                    .map_err(|e| ApiError::Unavailable(format!("{why}; decoding it: {e}")))
+            }
+            checked => checked.map(|needle| (needle, degraded)),
+        },
+        Err(e) => Err(e),
+    };
+    let (needle, degraded, geo) = match from_cell {
+        Ok((needle, degraded)) => (needle, degraded, false),
         Err(ApiError::Unavailable(why)) if !volume.geo.is_empty() => {
             tracing::info!(volume = volume.id, why = %why, "the cell cannot serve it; reading from the geo layer");
             state.metrics.replica_failure("warm_cell");
-            let bytes = read_geo(state, volume, &nodes, entry)
+            let needle = read_geo(state, volume, &nodes, entry, id.key)
                 .await
                 .map_err(|geo| ApiError::Unavailable(format!("{why}; geo layer: {geo}")))?;
-            (bytes, true, true)
+            (needle, true, true)
         }
         Err(e) => return Err(e),
-    };
-    let (needle, degraded) = match check_needle(volume.id, bytes, entry, Some(id.key)) {
-        // Every chunk read passed its checksum, yet the needle fails: a
-        // block holds wrong bytes under good checksums (a bad write, or a
-        // rebuild from a bad source), which only a deep scrub would find.
-        // The range is decoded from the rest of its stripes instead.
-        Err(ApiError::Unavailable(why)) if !degraded => {
-            let needle = decode_the_bad_block(state, volume.id, warm, &nodes, entry, id.key)
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("{why}; decoding it: {e}")))?;
-            (needle, true)
-        }
-        checked => (checked?, degraded),
     };
     if needle.cookie != id.cookie {
         return Err(ApiError::NotFound);
@@ -151,17 +155,18 @@ async fn read_needle_with(
     })
 }
 
-/// The bytes at `entry` of primary `volume`'s data from the geo layer:
-/// its copy while it has one, else its buddy's XOR their XOR volume's
-/// (each read through its own cell, backoff included). The caller checks
-/// the needle (magic, key, CRC, cookie), so a wrong combination is never
-/// served.
+/// The needle of `key` at `entry` of primary `volume`'s data from the geo
+/// layer: its copy while it has one, else (or if the copy's bytes fail the
+/// needle's check) its buddy's XOR their XOR volume's, each read through
+/// its own cell, backoff included, and checked (magic, key, CRC; the
+/// caller checks the cookie), so a wrong combination is never served.
 async fn read_geo(
     state: &AppState,
     volume: &LogicalVolume,
     nodes: &HashMap<String, NodeRecord>,
     entry: IndexEntry,
-) -> Result<Bytes, ApiError> {
+    key: u64,
+) -> Result<Needle, ApiError> {
     let warm_companion = |id| async move {
         let companion = state.cache.volume(id, false).await?;
         if companion.state != VolumeState::Warm {
@@ -173,12 +178,16 @@ async fn read_geo(
         Ok(companion)
     };
     let mut last = String::from("no warm copy or buddy");
+    let checked = |(bytes, _): (Bytes, bool)| check_needle(volume.id, bytes, entry, Some(key));
     if let Some(copy) = volume.geo.copy {
         match warm_companion(copy).await {
-            Ok(copy) => match read_via(state, volume, nodes, DataPath::Copy(&copy), entry).await {
-                Ok((bytes, _)) => return Ok(bytes),
-                Err(e) => last = format!("copy {}: {e}", copy.id),
-            },
+            Ok(copy) => {
+                let read = read_via(state, volume, nodes, DataPath::Copy(&copy), entry).await;
+                match read.and_then(checked) {
+                    Ok(needle) => return Ok(needle),
+                    Err(e) => last = format!("copy {}: {e}", copy.id),
+                }
+            }
             Err(e) => last = e.to_string(),
         }
     }
@@ -191,13 +200,16 @@ async fn read_geo(
         };
         return read_via(state, volume, nodes, path, entry)
             .await
-            .map(|(bytes, _)| bytes);
+            .and_then(checked)
+            .map_err(|e| ApiError::Unavailable(format!("{last}; buddy and XOR: {e}")));
     }
     Err(ApiError::Unavailable(last))
 }
 
 /// The bytes at `entry` of `volume`'s data, read by `path`; whether a
-/// backoff node decoded any of them.
+/// backoff node decoded any of the bytes of the volume `path` ends at (the
+/// volume's own, the copy's, the XOR volume's: what a seal verifies; a
+/// buddy's part decoded is the buddy's own repair's business).
 pub(crate) async fn read_via(
     state: &AppState,
     volume: &LogicalVolume,
@@ -226,11 +238,11 @@ pub(crate) async fn read_via(
                 read_data(state, buddy.id, buddy_warm, nodes, span).await
             };
             let xor_read = read_data(state, xor.id, warm_record(xor)?, nodes, entry);
-            let ((theirs, a), (parity, b)) = futures::try_join!(buddy_read, xor_read)?;
+            let ((theirs, _), (parity, decoded)) = futures::try_join!(buddy_read, xor_read)?;
             let mut ours = BytesMut::from(parity);
             f4::xor_into(&mut ours, &theirs)
                 .map_err(|e| ApiError::Internal(format!("volume {}: {e}", volume.id)))?;
-            Ok((ours.freeze(), a || b))
+            Ok((ours.freeze(), decoded))
         }
     }
 }
