@@ -160,6 +160,16 @@ async fn every_endpoint_through_the_client() {
         client.lease_keys(fresh.id, 5).await.expect("lease").start,
         1
     );
+    // Migration jobs, walked beside the volumes in id order.
+    client
+        .claim_migration(volume.id, "test", 60_000)
+        .await
+        .expect("claim");
+    let mut jobs = client.migration_pages();
+    let job = jobs.job_of(volume.id).await.expect("walk");
+    assert_eq!(job.map(|j| j.volume), Some(volume.id));
+    assert!(jobs.job_of(fresh.id).await.expect("walk").is_none());
+    assert!(jobs.next().await.expect("the end").is_none());
     directory.cancel.cancel();
     for store in stores {
         store.cancel.cancel();

@@ -15,9 +15,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::directory::types::{
-    DamagedQuery, MigrationJob, MigrationStep, VolumePage, VolumePageQuery,
-};
+use crate::directory::types::{DamagedQuery, MigrationStep, VolumePage, VolumePageQuery};
 use crate::directory::{DirectoryClientError, LogicalVolume, NodeRecord, VolumeState};
 
 /// Longest a scrape waits for the directory before rendering stale gauges.
@@ -38,9 +36,13 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Ok(Err(e)) => tracing::debug!(error = %e, "volume gauges not refreshed"),
         Err(_) => tracing::debug!("volume gauges not refreshed: directory too slow"),
     }
-    let jobs = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, state.directory.all_migrations());
+    let jobs = tokio::time::timeout(GAUGE_REFRESH_TIMEOUT, jobs_by_step(&state));
     match jobs.await {
-        Ok(Ok(jobs)) => record_job_gauges(&state, &jobs),
+        Ok(Ok(counts)) => {
+            for (step, count) in counts {
+                state.metrics.set_migration_jobs(step.as_str(), count);
+            }
+        }
         Ok(Err(e)) => tracing::debug!(error = %e, "migration gauges not refreshed"),
         Err(_) => tracing::debug!("migration gauges not refreshed: directory too slow"),
     }
@@ -62,7 +64,11 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-fn record_job_gauges(state: &AppState, jobs: &[MigrationJob]) {
+/// The migration jobs at each step (every step named), counted a page at
+/// a time.
+async fn jobs_by_step(
+    state: &AppState,
+) -> Result<BTreeMap<MigrationStep, usize>, DirectoryClientError> {
     use MigrationStep::*;
     let mut counts: BTreeMap<MigrationStep, usize> = [
         Locked, Encoding, Verifying, Flipping, Draining, Deleting, Warm, Failed,
@@ -70,12 +76,13 @@ fn record_job_gauges(state: &AppState, jobs: &[MigrationJob]) {
     .into_iter()
     .map(|step| (step, 0))
     .collect();
-    for job in jobs {
-        *counts.entry(job.step).or_default() += 1;
+    let mut pages = state.directory.migration_pages();
+    while let Some(jobs) = pages.next().await? {
+        for job in jobs {
+            *counts.entry(job.step).or_default() += 1;
+        }
     }
-    for (step, count) in counts {
-        state.metrics.set_migration_jobs(step.as_str(), count);
-    }
+    Ok(counts)
 }
 
 /// What the volume gauges count, gathered a page of volumes at a time.

@@ -126,15 +126,8 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
     };
     let now = now_ms();
     let mut created = Vec::new();
-    let unfinished = volumes
-        .iter()
-        .any(|v| v.geo.is_companion() && v.state == VolumeState::Sealing);
-    let jobs: BTreeSet<u32> = if unfinished {
-        let jobs = state.directory.all_migrations().await?;
-        jobs.into_iter().map(|job| job.volume).collect()
-    } else {
-        BTreeSet::new()
-    };
+    // Beside the companions, in id order, a page at a time.
+    let mut jobs = state.directory.migration_pages();
     for volume in volumes.iter().filter(|v| v.geo.is_companion()) {
         let copy_replaced = volume.state == VolumeState::Warm
             && volume.geo.of.len() == 1
@@ -145,7 +138,7 @@ pub(crate) async fn plan(state: &AppState, report: &mut GeoReport) -> Result<Vec
         // one is resumed as a job).
         let abandoned = volume.state == VolumeState::Sealing
             && now.saturating_sub(volume.created_ms) > state.config.migration_lease_ms
-            && !jobs.contains(&volume.id);
+            && jobs.job_of(volume.id).await?.is_none();
         if copy_replaced || abandoned {
             match drop_companion(state, volume.id, None).await {
                 Ok(()) if copy_replaced => report.copies_dropped.push(volume.id),

@@ -41,9 +41,7 @@ use super::config::RouterConfig;
 use super::error::ApiError;
 use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
-use crate::directory::types::{
-    MigrationJob, MigrationPage, MigrationStep, StepRequest, VolumePageQuery,
-};
+use crate::directory::types::{MigrationPage, MigrationStep, StepRequest, VolumePageQuery};
 use crate::directory::{NodeRole, VolumeState, now_ms};
 
 /// What one job of a pass did.
@@ -93,13 +91,8 @@ async fn candidates(
     report: &mut PassReport,
 ) -> Result<Vec<u32>, ApiError> {
     let held_back = hold_back(state).await?;
-    let jobs: HashMap<u32, MigrationJob> = state
-        .directory
-        .all_migrations()
-        .await?
-        .into_iter()
-        .map(|job| (job.volume, job))
-        .collect();
+    // Jobs and volumes are walked side by side, a page of each at a time.
+    let mut jobs = state.directory.migration_pages();
     let now = now_ms();
     let warm_after = state.config.warm_after_ms;
     // By age; with the size of each volume still to encode.
@@ -117,7 +110,8 @@ async fn candidates(
                 continue;
             }
             let locked_ms = volume.locked_ms.unwrap_or(volume.created_ms);
-            let job = jobs.get(&volume.id);
+            let job = jobs.job_of(volume.id).await?;
+            let job = job.as_ref();
             // Held back, only jobs past their flip go on (they need no racks).
             if held_back.is_some() && volume.state != VolumeState::Warm {
                 continue;

@@ -1,6 +1,7 @@
 //! `DirectoryClient`: the typed HTTP client of the directory service, used by
 //! the router, the binary (registration and heartbeats) and tests.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -542,13 +543,13 @@ impl DirectoryClient {
         .await
     }
 
-    /// Every migration job, by volume id, page by page.
-    pub async fn all_migrations(&self) -> Result<Vec<MigrationJob>, DirectoryClientError> {
-        every_page("migration job", |after| async move {
-            let page = self.migrations(after, VOLUME_PAGE_MAX).await?;
-            Ok((page.jobs, page.next_after))
-        })
-        .await
+    /// Every migration job, by volume id, a page at a time.
+    pub fn migration_pages(&self) -> MigrationPages<'_> {
+        MigrationPages {
+            client: self,
+            cursor: PageCursor::default(),
+            held: VecDeque::new(),
+        }
     }
 
     /// Every rebuild job, by `(volume, stripe)`, page by page.
@@ -635,12 +636,62 @@ impl VolumePages<'_> {
             return Ok(None);
         };
         let page = self.client.volumes(after, VOLUME_PAGE_MAX).await?;
-        if !self.cursor.advance(page.next_after) {
-            return Err(DirectoryClientError::Decode(
-                "volume pages do not advance".into(),
-            ));
-        }
+        advance(&mut self.cursor, page.next_after, "volume")?;
         Ok(Some(page.volumes))
+    }
+}
+
+/// The walk of [`DirectoryClient::migration_pages`].
+pub struct MigrationPages<'a> {
+    client: &'a DirectoryClient,
+    cursor: PageCursor<u32>,
+    /// What [`MigrationPages::job_of`] has read and not passed yet.
+    held: VecDeque<MigrationJob>,
+}
+
+impl MigrationPages<'_> {
+    /// The next page, or `None` after the last one.
+    pub async fn next(&mut self) -> Result<Option<Vec<MigrationJob>>, DirectoryClientError> {
+        let Some(after) = self.cursor.next_page() else {
+            return Ok(None);
+        };
+        let page = self.client.migrations(after, VOLUME_PAGE_MAX).await?;
+        advance(&mut self.cursor, page.next_after, "migration job")?;
+        Ok(Some(page.jobs))
+    }
+
+    /// Volume `id`'s job, if it has one, for ids asked in increasing order
+    /// (a walk beside [`DirectoryClient::volume_pages`]: the jobs of the
+    /// ids passed by are dropped).
+    pub async fn job_of(&mut self, id: u32) -> Result<Option<MigrationJob>, DirectoryClientError> {
+        loop {
+            while self.held.front().is_some_and(|job| job.volume < id) {
+                self.held.pop_front();
+            }
+            if let Some(job) = self.held.front() {
+                return Ok((job.volume == id).then(|| job.clone()));
+            }
+            match self.next().await? {
+                Some(jobs) => self.held = jobs.into(),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Takes a page's cursor; an error if the pages of `what`s stopped
+/// advancing.
+fn advance(
+    cursor: &mut PageCursor<u32>,
+    next: Option<u32>,
+    what: &str,
+) -> Result<(), DirectoryClientError> {
+    if cursor.advance(next) {
+        Ok(())
+    } else {
+        Err(DirectoryClientError::Decode(format!(
+            "{what} pages do not advance"
+        )))
     }
 }
 

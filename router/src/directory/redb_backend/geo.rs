@@ -202,8 +202,12 @@ impl RedbDirectory {
                 check_droppable(txn, &companion)?;
             }
             for &of in &companion.geo.of {
-                let Ok(mut primary) = get_volume(txn, of) else {
-                    continue;
+                // A primary gone has no link to clear; any other error
+                // stops the drop, so no link is left naming nothing.
+                let mut primary = match get_volume(txn, of) {
+                    Ok(primary) => primary,
+                    Err(DirectoryError::UnknownVolume { .. }) => continue,
+                    Err(e) => return Err(e),
                 };
                 let links = &mut primary.geo;
                 if links.copy == Some(id) {
@@ -252,8 +256,12 @@ fn check_droppable(
             format!("it is the warm XOR volume of {:?}", companion.geo.of),
         ));
     };
-    let Ok(primary) = get_volume(txn, *of) else {
-        return Ok(());
+    // Its primary gone, the copy keeps nothing; a primary unreadable
+    // keeps it.
+    let primary = match get_volume(txn, *of) {
+        Ok(primary) => primary,
+        Err(DirectoryError::UnknownVolume { .. }) => return Ok(()),
+        Err(e) => return Err(e),
     };
     let xor_warm = match primary.geo.xor {
         Some(xor) => get_volume(txn, xor).is_ok_and(|x| x.state == VolumeState::Warm),
