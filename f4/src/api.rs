@@ -419,9 +419,10 @@ pub struct VerifyReport {
     /// most, when one block alone explains it).
     pub damaged_blocks: Vec<u32>,
     /// Of those, the ones that disagree although every chunk passed its
-    /// checksum: wrong bytes no read would catch.
+    /// checksum: wrong bytes no read would catch. `None` from a rebuilder
+    /// from before the distinction (then any of them may be).
     #[serde(default)]
-    pub silent_blocks: Vec<u32>,
+    pub silent_blocks: Option<Vec<u32>>,
     /// Mismatches no single block explains.
     pub unexplained_columns: u64,
 }

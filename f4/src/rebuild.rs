@@ -376,7 +376,10 @@ async fn verify(
         .map_err(|_| ApiError::internal("rebuild semaphore closed"))?;
     let codec = Arc::new(Codec::new(geometry.rs_config()?).map_err(crate::Error::from)?);
     let source_timeout = Duration::from_millis(state.config.source_timeout_ms);
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        silent_blocks: Some(Vec::new()),
+        ..VerifyReport::default()
+    };
     let mut pace = Pace::new(request.bytes_per_second);
     // Each block's share of the rate sets the step, as for a rebuild.
     let share = match request.bytes_per_second {
@@ -459,8 +462,9 @@ async fn verify(
                     if !report.damaged_blocks.contains(&block) {
                         report.damaged_blocks.push(block);
                     }
-                    if !report.silent_blocks.contains(&block) {
-                        report.silent_blocks.push(block);
+                    let silent = report.silent_blocks.get_or_insert_default();
+                    if !silent.contains(&block) {
+                        silent.push(block);
                     }
                 }
                 None => report.unexplained_columns += 1,

@@ -309,21 +309,24 @@ impl StripeJob {
     /// itself when the geo layer cannot: its blocks gone or with wrong
     /// bytes under good checksums, if at most `m`, the ones that only
     /// failed a checksum left as sources (every chunk read from them is
-    /// checked); `None` when more than `m` are untrusted.
+    /// checked); with none of those, `m` of these; `None` when more than
+    /// `m` are untrusted.
     fn local_fallback(&self) -> Option<StripeJob> {
         let warm = &self.warm;
-        let failed_checksum = |(block, from, to): &&(u32, String, String)| {
+        let m = usize::from(warm.geometry.parity_blocks);
+        let failed_checksum = |(block, from, to): &(u32, String, String)| {
             from == to
                 && warm.is_damaged(self.stripe, *block)
                 && !warm.is_silently_damaged(self.stripe, *block)
         };
-        let targets: Vec<(u32, String, String)> = self
-            .targets
-            .iter()
-            .filter(|t| !failed_checksum(t))
-            .cloned()
-            .collect();
-        let fits = !targets.is_empty() && targets.len() <= usize::from(warm.geometry.parity_blocks);
+        let (checksum_failed, untrusted): (Vec<_>, Vec<_>) =
+            self.targets.iter().cloned().partition(failed_checksum);
+        let targets = if untrusted.is_empty() {
+            checksum_failed.into_iter().take(m).collect()
+        } else {
+            untrusted
+        };
+        let fits = !targets.is_empty() && targets.len() <= m;
         fits.then(|| StripeJob {
             targets,
             geo_sources: Vec::new(),
@@ -608,12 +611,19 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                     ));
                     0
                 }
-                (false, true) if untrusted > 0 => untrusted,
                 (false, true) => m,
                 (false, false) => missing.len(),
             };
             let mut targets = Vec::new();
+            let local = geo_sources.is_empty();
+            let mut untrusted_planned = false;
             for (block, loss) in missing.iter().take(most) {
+                // Those that only failed a checksum wait while others are
+                // rebuilt (they are sources meanwhile).
+                let failed_checksum = *loss == Loss::Damaged && !silent(*block);
+                if local && failed_checksum && untrusted_planned {
+                    break;
+                }
                 let from = members[*block as usize].clone();
                 let to = match loss {
                     Loss::NodeLost => match cell.replacement(&group, &home) {
@@ -636,6 +646,7 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
                 group.push(to);
                 *cell.load.entry(to.to_owned()).or_default() += 1;
                 targets.push((*block, from, to.to_owned()));
+                untrusted_planned |= !failed_checksum;
             }
             report.endangered.push(EndangeredStripe {
                 volume: volume.id,
@@ -1715,10 +1726,9 @@ pub(crate) mod tests {
             job(&[0, 1, 2, 3, 6, 4]).local_fallback().is_none(),
             "five untrusted"
         );
-        assert!(
-            job(&[4, 5]).local_fallback().is_none(),
-            "nothing untrusted to rebuild"
-        );
+        // Nothing untrusted: those that failed a checksum, up to `m`.
+        let checksums = job(&[4, 5]).local_fallback().expect("checksums");
+        assert_eq!(checksums.targets.len(), 2);
     }
 
     #[test]

@@ -547,6 +547,7 @@ async fn attempt(
         dropped: 0,
         retired_replicas: 0,
         unretired: Vec::new(),
+        kept: Vec::new(),
     })
 }
 

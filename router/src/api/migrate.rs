@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::RouterConfig;
 use super::error::ApiError;
-use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
+use super::seal::{RETIRE_ATTEMPTS, SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
 use crate::directory::types::{MigrationPage, MigrationStep, StepRequest, VolumePageQuery};
 use crate::directory::{NodeRole, VolumeState, now_ms};
@@ -433,12 +433,26 @@ async fn run_claimed(
     // stops the attempt where it is, as a kill would (the seal's own task
     // too, with no abort or cleanup): the one that took it over goes on
     // from the directory's word.
-    let result = tokio::select! {
+    let mut result = tokio::select! {
         result = work => result,
         () = lost.cancelled() => Err(ApiError::Busy(format!(
             "volume {vid}'s migration claim was lost to another migrator; this attempt stopped"
         ))),
     };
+    // A replica whose store does not come back is kept, named, after a few
+    // attempts rather than tried again for good.
+    if let Ok(report) = &mut result
+        && job.attempts >= RETIRE_ATTEMPTS
+    {
+        let attempts = job.attempts;
+        for why in report.unretired.drain(..) {
+            tracing::error!(volume = vid, replica = %why, attempts,
+                "hot replica kept: not retired after every attempt");
+            report
+                .kept
+                .push(format!("{why} (given up after {attempts} attempts)"));
+        }
+    }
     // The sender is gone: the reporter sends what is left and ends.
     let _ = reporter.await;
     let (step, error) = job_end(&result);

@@ -286,7 +286,11 @@ async fn verify_stripe(
                     stripe,
                     block,
                 };
-                let silent = verified.silent_blocks.contains(&block);
+                // A rebuilder from before the distinction does not say.
+                let silent = verified
+                    .silent_blocks
+                    .as_ref()
+                    .is_none_or(|silent| silent.contains(&block));
                 let why = if silent {
                     "deep scrub: disagrees with the parity of its stripe"
                 } else {

@@ -73,11 +73,22 @@ pub struct SealReport {
     pub dropped: u64,
     /// Hot replicas retired.
     pub retired_replicas: usize,
-    /// Hot replicas not retired yet (their node down, or a store error):
-    /// the job ends `failed` and is tried again, the volume warm meanwhile.
+    /// Hot replicas not retired yet (their node down, or a store error),
+    /// each with why: the job ends `failed` and is tried again, the volume
+    /// warm meanwhile.
     #[serde(default)]
     pub unretired: Vec<String>,
+    /// Hot replicas left for good, each with why: one the seal never
+    /// locked (its store was down then), which may hold needles the warm
+    /// volume lacks, or one still not retired after
+    /// [`RETIRE_ATTEMPTS`] attempts.
+    #[serde(default)]
+    pub kept: Vec<String>,
 }
+
+/// Attempts of a job at retiring a warm volume's hot replicas before those
+/// left are kept for good (named in its report and log).
+pub(crate) const RETIRE_ATTEMPTS: u32 = 5;
 
 impl SealReport {
     /// The report of a volume warm already, with what retiring its hot
@@ -89,6 +100,7 @@ impl SealReport {
             dropped: 0,
             retired_replicas: retired.count,
             unretired: retired.left,
+            kept: retired.kept,
         }
     }
 }
@@ -98,8 +110,10 @@ impl SealReport {
 pub(crate) struct Retired {
     /// Replicas retired (or found gone already).
     pub count: usize,
-    /// Replicas left, each with why.
+    /// Replicas to try again, each with why.
     pub left: Vec<String>,
+    /// Replicas never to retire, each with why ([`SealReport::kept`]).
+    pub kept: Vec<String>,
 }
 
 /// `POST /admin/volumes/{id}/seal`.
@@ -263,7 +277,7 @@ async fn attempt(
                 ))));
             }
             Err(e) => tracing::warn!(volume = vid, replica = %node.id, error = %e,
-                "locking a stale replica failed; it will not be retired"),
+                "locking a stale replica failed; it will be kept"),
         }
     }
     // Deletes the source missed are carried over below with the others.
@@ -432,6 +446,7 @@ async fn attempt(
         dropped: prepared.dropped,
         retired_replicas: retired.count,
         unretired: retired.left,
+        kept: retired.kept,
     })
 }
 
@@ -499,8 +514,9 @@ async fn carry_deletes(state: &AppState, vid: u32, generation: u64) -> Result<u6
 /// After a flip: has every router read the volume's entry afresh (or, if
 /// one cannot be asked, waits for routers' cached hot entries to expire),
 /// then retires the hot replicas of warm `volume` (idempotent: a store
-/// without the replica answers that it is gone), locking first one that
-/// missed the seal's lock (down then).
+/// without the replica answers that it is gone). A store retires only a
+/// locked replica: one that missed the seal's lock was never compared
+/// with the source, and is kept.
 pub(crate) async fn drain_and_retire(
     state: &AppState,
     volume: &LogicalVolume,
@@ -518,12 +534,12 @@ pub(crate) async fn drain_and_retire(
             tracing::warn!(volume = vid, error = %e, "no node list; replicas not retired");
             let why = format!("no node list: {e}");
             return Retired {
-                count: 0,
                 left: volume
                     .replicas
                     .iter()
                     .map(|r| format!("{r}: {why}"))
                     .collect(),
+                ..Retired::default()
             };
         }
     };
@@ -531,20 +547,30 @@ pub(crate) async fn drain_and_retire(
     let retires = volume.replicas.iter().map(|replica| {
         let node = nodes.get(replica).filter(|n| n.is_up());
         async move {
-            let node = node.ok_or_else(|| "its node is down".to_owned())?;
-            let store = state.store_for_writes(node).map_err(|e| e.to_string())?;
-            match store.lock_volume(vid).await {
-                Ok(_) => store.retire_volume(vid).await.map_err(|e| e.to_string()),
-                Err(ClientError::UnknownVolume(_)) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
+            let node = node.ok_or_else(|| (false, "its node is down".to_owned()))?;
+            let store = state
+                .store_for_writes(node)
+                .map_err(|e| (false, e.to_string()))?;
+            store.retire_volume(vid).await.map_err(|e| {
+                // Refused: not locked.
+                let kept = matches!(e, ClientError::BadRequest(_));
+                (kept, e.to_string())
+            })
         }
     });
     let mut retired = Retired::default();
     for (replica, outcome) in volume.replicas.iter().zip(join_all(retires).await) {
         match outcome {
             Ok(()) => retired.count += 1,
-            Err(why) => {
+            Err((true, why)) => {
+                tracing::error!(volume = vid, replica = %replica, error = %why,
+                    "hot replica the seal never locked is kept: it may hold needles the warm \
+                     volume lacks");
+                retired
+                    .kept
+                    .push(format!("{replica}: never locked by the seal ({why})"));
+            }
+            Err((false, why)) => {
                 tracing::warn!(volume = vid, replica = %replica, error = %why,
                     "hot replica not retired; the job is tried again");
                 retired.left.push(format!("{replica}: {why}"));

@@ -504,9 +504,16 @@ pub struct DamagedBlock {
     /// Its bytes are wrong under checksums that pass (it disagrees with
     /// the rest of its stripe): no decode may read it. Other damage (a
     /// checksum failed, the file is missing) is caught by every read, so
-    /// the block still serves the chunks that pass.
-    #[serde(default)]
+    /// the block still serves the chunks that pass. A record from before
+    /// the distinction counts as silent: it may be a deep scrub's finding.
+    #[serde(default = "unknown_damage_is_silent")]
     pub silent: bool,
+}
+
+/// What a damage record or report that does not say is taken for: wrong
+/// bytes under good checksums, the kind no decode may read.
+fn unknown_damage_is_silent() -> bool {
+    true
 }
 
 /// Body of `POST /volumes/{vid}/seal/place`.
@@ -580,8 +587,9 @@ pub struct DamagedBlockRequest {
     /// What failed (logged).
     #[serde(default)]
     pub reason: String,
-    /// Wrong bytes under good checksums ([`DamagedBlock::silent`]).
-    #[serde(default)]
+    /// Wrong bytes under good checksums ([`DamagedBlock::silent`]); a
+    /// report from a router from before the distinction counts as silent.
+    #[serde(default = "unknown_damage_is_silent")]
     pub silent: bool,
 }
 
@@ -955,6 +963,28 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn damage_that_does_not_say_counts_as_wrong_bytes() {
+        let old: DamagedBlock =
+            serde_json::from_str(r#"{"stripe":0,"block":3,"node":"n3","reported_ms":5}"#)
+                .expect("a record from before the distinction");
+        assert!(old.silent);
+        let report: DamagedBlockRequest =
+            serde_json::from_str(r#"{"generation":1,"stripe":0,"block":3,"node":"n3"}"#)
+                .expect("a report from before the distinction");
+        assert!(report.silent);
+        let loud = DamagedBlockRequest {
+            silent: false,
+            ..report
+        };
+        let sent = serde_json::to_string(&loud).expect("encode");
+        assert!(
+            !serde_json::from_str::<DamagedBlockRequest>(&sent)
+                .expect("decode")
+                .silent
+        );
+    }
 
     #[test]
     fn node_record_json_matches_the_contract() {
