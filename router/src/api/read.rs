@@ -37,6 +37,7 @@ use super::reports::{report_damaged, report_stale};
 use super::seal::every_router_reads_afresh;
 use super::state::AppState;
 use super::{Tier, etag_for, warm};
+use crate::directory::types::MigrationStep;
 use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
 
 /// `Cache-Control` of every BLOB: ids are never reused, content never changes.
@@ -703,14 +704,14 @@ fn deleted_answer(tier: Tier) -> Response {
 
 /// Whether volume `vid`'s migration job has not ended: a job records its
 /// end only once every router read the flip and the hot replicas were
-/// retired. One that cannot be read counts as under way; none at all (a
-/// job that ended long ago and is gone) as ended.
+/// retired; one that failed (a flip whose answer was lost, a replica not
+/// retired) is taken up again. One that cannot be read counts as under
+/// way; none at all (a job that ended long ago and is gone) as ended.
 async fn migration_under_way(state: &AppState, vid: u32) -> bool {
     match state.directory.migrations(vid.checked_sub(1), 1).await {
-        Ok(page) => page
-            .jobs
-            .first()
-            .is_some_and(|job| job.volume == vid && !job.step.is_final()),
+        Ok(page) => page.jobs.first().is_some_and(|job| {
+            job.volume == vid && (!job.step.is_final() || job.step == MigrationStep::Failed)
+        }),
         Err(e) => {
             tracing::warn!(volume = vid, error = %e, "no migration job read; taking it as under way");
             true
