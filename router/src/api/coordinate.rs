@@ -1591,7 +1591,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::directory::NodeState;
 
-    fn node(id: &str, rack: &str, up: bool, last_heartbeat_ms: u64) -> NodeRecord {
+    pub(crate) fn node(id: &str, rack: &str, up: bool, last_heartbeat_ms: u64) -> NodeRecord {
         NodeRecord {
             id: id.into(),
             role: NodeRole::F4Storage,
@@ -1681,16 +1681,7 @@ pub(crate) mod tests {
     fn a_stripe_the_geo_layer_cannot_restore_rebuilds_what_it_can_decode_itself() {
         let mut warm = warm_record(1, vec![(0..14).map(|n| format!("n{n}")).collect()]);
         // Blocks 4 and 5 failed a checksum, block 6 has wrong bytes.
-        for (block, silent) in [(4, false), (5, false), (6, true)] {
-            warm.damaged_blocks
-                .push(crate::directory::types::DamagedBlock {
-                    stripe: 0,
-                    block,
-                    node: format!("n{block}"),
-                    reported_ms: 1,
-                    silent,
-                });
-        }
+        record_damage(&mut warm, &[(4, false), (5, false), (6, true)]);
         let warm = Arc::new(warm);
         let job = |blocks: &[u32]| StripeJob {
             volume: 1,
@@ -1799,6 +1790,21 @@ pub(crate) mod tests {
     }
 
     /// A warm record of `generation` placed on `stripes`.
+    /// Records `(block, silent)` of stripe 0 of `warm` damaged, each on
+    /// node `n{block}`.
+    pub(crate) fn record_damage(warm: &mut WarmVolume, damage: &[(u32, bool)]) {
+        for &(block, silent) in damage {
+            warm.damaged_blocks
+                .push(crate::directory::types::DamagedBlock {
+                    stripe: 0,
+                    block,
+                    node: format!("n{block}"),
+                    reported_ms: 1,
+                    silent,
+                });
+        }
+    }
+
     pub(crate) fn warm_record(generation: u64, stripes: Vec<Vec<String>>) -> WarmVolume {
         WarmVolume {
             generation,
@@ -1817,16 +1823,7 @@ pub(crate) mod tests {
     #[test]
     fn a_block_with_wrong_bytes_under_good_checksums_is_never_a_decode_source() {
         let mut warm = warm_record(1, vec![(0..14).map(|n| format!("n{n}")).collect()]);
-        for (block, silent) in [(5, true), (6, false)] {
-            warm.damaged_blocks
-                .push(crate::directory::types::DamagedBlock {
-                    stripe: 0,
-                    block,
-                    node: format!("n{block}"),
-                    reported_ms: 1,
-                    silent,
-                });
-        }
+        record_damage(&mut warm, &[(5, true), (6, false)]);
         let up = |id: &str| (id != "n2").then(|| format!("http://{id}"));
         let sources = super::decode_sources(&warm, 0, &[7], up);
         let named: Vec<usize> = (0..14).filter(|b| sources[*b].is_some()).collect();

@@ -554,7 +554,7 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::coordinate::tests::warm_record;
+    use crate::api::coordinate::tests::{node, record_damage, warm_record};
     use crate::directory::types::GeoLinks;
 
     /// Volume `id` in `state`, with `geo` links; warm ones on one stripe.
@@ -570,30 +570,14 @@ mod tests {
 
     #[test]
     fn a_damaged_block_of_a_primary_is_no_source_of_its_companion() {
-        use crate::directory::NodeState;
         let mut primary = volume(1, VolumeState::Warm, GeoLinks::default());
-        let warm = primary.warm.as_mut().expect("warm");
-        warm.damaged_blocks
-            .push(crate::directory::types::DamagedBlock {
-                stripe: 0,
-                block: 4,
-                node: "n4".into(),
-                reported_ms: 1,
-                silent: true,
-            });
+        record_damage(primary.warm.as_mut().expect("warm"), &[(4, true)]);
         let nodes: HashMap<String, NodeRecord> = (0..14)
             .map(|n| {
-                let id = format!("n{n}");
-                let record = NodeRecord {
-                    id: id.clone(),
-                    role: NodeRole::F4Storage,
-                    rack: format!("r{n}"),
-                    datacenter: "dc-1".into(),
-                    address: format!("127.0.0.{}:1", n + 1),
-                    last_heartbeat_ms: 0,
-                    state: NodeState::Up,
-                };
-                (id, record)
+                (
+                    format!("n{n}"),
+                    node(&format!("n{n}"), &format!("r{n}"), true, 0),
+                )
             })
             .collect();
         let sources = to_sources(std::slice::from_ref(&primary), &nodes).expect("warm");
