@@ -309,8 +309,8 @@ impl StripeJob {
     /// itself when the geo layer cannot: its blocks gone or with wrong
     /// bytes under good checksums, if at most `m`, the ones that only
     /// failed a checksum left as sources (every chunk read from them is
-    /// checked); with none of those, `m` of these; `None` when more than
-    /// `m` are untrusted.
+    /// checked); with none of those, what [`checksum_failed_targets`]
+    /// allows of these; `None` when more than `m` are untrusted.
     fn local_fallback(&self) -> Option<StripeJob> {
         let warm = &self.warm;
         let m = usize::from(warm.geometry.parity_blocks);
@@ -322,7 +322,8 @@ impl StripeJob {
         let (checksum_failed, untrusted): (Vec<_>, Vec<_>) =
             self.targets.iter().cloned().partition(failed_checksum);
         let targets = if untrusted.is_empty() {
-            checksum_failed.into_iter().take(m).collect()
+            let most = checksum_failed_targets(checksum_failed.len(), 0, m);
+            checksum_failed.into_iter().take(most).collect()
         } else {
             untrusted
         };
@@ -617,13 +618,23 @@ async fn audit(state: &AppState, act: bool) -> Result<Audit, ApiError> {
             let mut targets = Vec::new();
             let local = geo_sources.is_empty();
             let mut untrusted_planned = false;
+            let checksum_most = checksum_failed_targets(
+                missing.len() - untrusted,
+                untrusted + unavailable.len(),
+                m,
+            );
+            let mut checksum_planned = 0;
             for (block, loss) in missing.iter().take(most) {
                 // Those that only failed a checksum wait while others are
                 // rebuilt (they are sources meanwhile).
                 let failed_checksum = *loss == Loss::Damaged && !silent(*block);
-                if local && failed_checksum && untrusted_planned {
+                if local
+                    && failed_checksum
+                    && (untrusted_planned || checksum_planned >= checksum_most)
+                {
                     break;
                 }
+                checksum_planned += usize::from(failed_checksum);
                 let from = members[*block as usize].clone();
                 let to = match loss {
                     Loss::NodeLost => match cell.replacement(&group, &home) {
@@ -731,6 +742,21 @@ fn resume(
         .iter()
         .map(|b| (b.block, b.from.clone(), b.to.clone()))
         .collect()
+}
+
+/// How many of a stripe's `count` blocks that only failed a checksum one
+/// rebuild restores, with `absent` others of the stripe not read (gone,
+/// silently damaged or on a node down) and `m` parity blocks: all of them
+/// if the rest can decode them; else one fewer than that room, so that a
+/// column whose chunks fail in one of those left as sources still has a
+/// spare.
+fn checksum_failed_targets(count: usize, absent: usize, m: usize) -> usize {
+    let room = m.saturating_sub(absent);
+    if count <= room {
+        count
+    } else {
+        room.saturating_sub(1)
+    }
 }
 
 /// Orders `endangered` and the `jobs` of their stripes by blocks missing or
@@ -1717,9 +1743,14 @@ pub(crate) mod tests {
             job(&[0, 1, 2, 3, 6, 4]).local_fallback().is_none(),
             "five untrusted"
         );
-        // Nothing untrusted: those that failed a checksum, up to `m`.
+        // Nothing untrusted: those that failed a checksum, all of them when
+        // the rest can decode them, else one spare left among them.
         let checksums = job(&[4, 5]).local_fallback().expect("checksums");
         assert_eq!(checksums.targets.len(), 2);
+        assert_eq!(checksum_failed_targets(4, 0, 4), 4);
+        assert_eq!(checksum_failed_targets(5, 0, 4), 3);
+        assert_eq!(checksum_failed_targets(3, 2, 4), 1, "two others gone");
+        assert_eq!(checksum_failed_targets(3, 4, 4), 0);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::RouterConfig;
 use super::error::ApiError;
-use super::seal::{RETIRE_ATTEMPTS, SealReport, drain_and_retire, known_volume, seal, volume_id};
+use super::seal::{SealReport, drain_and_retire, known_volume, seal, volume_id};
 use super::state::AppState;
 use crate::directory::types::{MigrationPage, MigrationStep, StepRequest, VolumePageQuery};
 use crate::directory::{NodeRole, VolumeState, now_ms};
@@ -57,6 +57,9 @@ pub struct JobOutcome {
     pub needles: u64,
     /// Hot replicas retired.
     pub retired_replicas: usize,
+    /// Hot replicas kept for good, each with why ([`SealReport::kept`]).
+    #[serde(default)]
+    pub kept_replicas: Vec<String>,
     /// Wall time of the job.
     pub seconds: f64,
 }
@@ -358,6 +361,7 @@ async fn run_job(state: Arc<AppState>, owner: String, vid: u32) -> Option<JobOut
         error,
         needles: report.map_or(0, |r| r.needles),
         retired_replicas: report.map_or(0, |r| r.retired_replicas),
+        kept_replicas: report.map_or_else(Vec::new, |r| r.kept.clone()),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -433,26 +437,12 @@ async fn run_claimed(
     // stops the attempt where it is, as a kill would (the seal's own task
     // too, with no abort or cleanup): the one that took it over goes on
     // from the directory's word.
-    let mut result = tokio::select! {
+    let result = tokio::select! {
         result = work => result,
         () = lost.cancelled() => Err(ApiError::Busy(format!(
             "volume {vid}'s migration claim was lost to another migrator; this attempt stopped"
         ))),
     };
-    // A replica whose store does not come back is kept, named, after a few
-    // attempts rather than tried again for good.
-    if let Ok(report) = &mut result
-        && job.attempts >= RETIRE_ATTEMPTS
-    {
-        let attempts = job.attempts;
-        for why in report.unretired.drain(..) {
-            tracing::error!(volume = vid, replica = %why, attempts,
-                "hot replica kept: not retired after every attempt");
-            report
-                .kept
-                .push(format!("{why} (given up after {attempts} attempts)"));
-        }
-    }
     // The sender is gone: the reporter sends what is left and ends.
     let _ = reporter.await;
     let (step, error) = job_end(&result);
@@ -484,6 +474,11 @@ fn job_end(result: &Result<SealReport, ApiError>) -> (MigrationStep, Option<Stri
                 "warm, but hot replicas not retired yet: {}",
                 report.unretired.join("; ")
             )),
+        ),
+        // Warm; the replicas kept are named where an operator looks.
+        Ok(report) if !report.kept.is_empty() => (
+            MigrationStep::Warm,
+            Some(format!("hot replicas kept: {}", report.kept.join("; "))),
         ),
         Ok(_) => (MigrationStep::Warm, None),
         Err(e) => (MigrationStep::Failed, Some(e.to_string())),

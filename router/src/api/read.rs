@@ -38,7 +38,7 @@ use super::seal::every_router_reads_afresh;
 use super::state::AppState;
 use super::{Tier, etag_for, warm};
 use crate::directory::types::MigrationStep;
-use crate::directory::{LogicalVolume, NodeRecord, VolumeState};
+use crate::directory::{LogicalVolume, NodeRecord, VolumeState, now_ms};
 
 /// `Cache-Control` of every BLOB: ids are never reused, content never changes.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -704,13 +704,18 @@ fn deleted_answer(tier: Tier) -> Response {
 
 /// Whether volume `vid`'s migration job has not ended: a job records its
 /// end only once every router read the flip and the hot replicas were
-/// retired; one that failed (a flip whose answer was lost, a replica not
-/// retired) is taken up again. One that cannot be read counts as under
-/// way; none at all (a job that ended long ago and is gone) as ended.
+/// retired. One that failed after the flip without asking the routers (an
+/// answer to the flip lost) counts as under way until routers' entries from
+/// before it have run out (the cache lifetime, twice over for clocks). One
+/// that cannot be read counts as under way; none at all (a job that ended
+/// long ago and is gone) as ended.
 async fn migration_under_way(state: &AppState, vid: u32) -> bool {
+    let fresh_ms = state.config.directory_cache_ttl_ms.saturating_mul(2);
     match state.directory.migrations(vid.checked_sub(1), 1).await {
         Ok(page) => page.jobs.first().is_some_and(|job| {
-            job.volume == vid && (!job.step.is_final() || job.step == MigrationStep::Failed)
+            let failed_lately = job.step == MigrationStep::Failed
+                && now_ms() < job.updated_ms.saturating_add(fresh_ms);
+            job.volume == vid && (!job.step.is_final() || failed_lately)
         }),
         Err(e) => {
             tracing::warn!(volume = vid, error = %e, "no migration job read; taking it as under way");

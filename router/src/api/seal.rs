@@ -80,15 +80,11 @@ pub struct SealReport {
     pub unretired: Vec<String>,
     /// Hot replicas left for good, each with why: one the seal never
     /// locked (its store was down then), which may hold needles the warm
-    /// volume lacks, or one still not retired after
-    /// [`RETIRE_ATTEMPTS`] attempts.
+    /// volume lacks, or one on a node lost (silent for
+    /// `rebuild_after_ms`).
     #[serde(default)]
     pub kept: Vec<String>,
 }
-
-/// Attempts of a job at retiring a warm volume's hot replicas before those
-/// left are kept for good (named in its report and log).
-pub(crate) const RETIRE_ATTEMPTS: u32 = 5;
 
 impl SealReport {
     /// The report of a volume warm already, with what retiring its hot
@@ -544,17 +540,31 @@ pub(crate) async fn drain_and_retire(
         }
     };
     // All at once: each store removes a whole volume's files.
+    let now = crate::directory::now_ms();
     let retires = volume.replicas.iter().map(|replica| {
-        let node = nodes.get(replica).filter(|n| n.is_up());
+        let record = nodes.get(replica);
+        let node = record.filter(|n| n.is_up());
+        // Lost (silent for `rebuild_after_ms`, or forgotten): kept, not
+        // tried again for good.
+        let lost = record.is_none_or(|n| {
+            now.saturating_sub(n.last_heartbeat_ms) >= state.config.rebuild_after_ms
+        });
         async move {
-            let node = node.ok_or_else(|| (false, "its node is down".to_owned()))?;
+            let node = node.ok_or_else(|| {
+                let why = if lost {
+                    "its node is lost"
+                } else {
+                    "its node is down"
+                };
+                (lost, why.to_owned())
+            })?;
             let store = state
                 .store_for_writes(node)
                 .map_err(|e| (false, e.to_string()))?;
-            store.retire_volume(vid).await.map_err(|e| {
+            store.retire_volume(vid).await.map_err(|e| match e {
                 // Refused: not locked.
-                let kept = matches!(e, ClientError::BadRequest(_));
-                (kept, e.to_string())
+                ClientError::BadRequest(why) => (true, format!("never locked by the seal ({why})")),
+                e => (false, e.to_string()),
             })
         }
     });
@@ -564,11 +574,9 @@ pub(crate) async fn drain_and_retire(
             Ok(()) => retired.count += 1,
             Err((true, why)) => {
                 tracing::error!(volume = vid, replica = %replica, error = %why,
-                    "hot replica the seal never locked is kept: it may hold needles the warm \
-                     volume lacks");
-                retired
-                    .kept
-                    .push(format!("{replica}: never locked by the seal ({why})"));
+                    "hot replica kept: never locked by the seal (it may hold needles the warm \
+                     volume lacks), or its node lost");
+                retired.kept.push(format!("{replica}: {why}"));
             }
             Err((false, why)) => {
                 tracing::warn!(volume = vid, replica = %replica, error = %why,
