@@ -315,9 +315,7 @@ impl StripeJob {
         let warm = &self.warm;
         let m = usize::from(warm.geometry.parity_blocks);
         let failed_checksum = |(block, from, to): &(u32, String, String)| {
-            from == to
-                && warm.is_damaged(self.stripe, *block)
-                && !warm.is_silently_damaged(self.stripe, *block)
+            from == to && warm.damage(self.stripe, *block).is_some_and(|d| !d.silent)
         };
         let (checksum_failed, untrusted): (Vec<_>, Vec<_>) =
             self.targets.iter().cloned().partition(failed_checksum);
@@ -1820,7 +1818,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// A warm record of `generation` placed on `stripes`.
     /// Records `(block, silent)` of stripe 0 of `warm` damaged, each on
     /// node `n{block}`.
     pub(crate) fn record_damage(warm: &mut WarmVolume, damage: &[(u32, bool)]) {
@@ -1836,6 +1833,7 @@ pub(crate) mod tests {
         }
     }
 
+    /// A warm record of `generation` placed on `stripes`.
     pub(crate) fn warm_record(generation: u64, stripes: Vec<Vec<String>>) -> WarmVolume {
         WarmVolume {
             generation,

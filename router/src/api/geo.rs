@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::ApiError;
 use super::seal::{Retired, SealReport, check_blocks, prune_everywhere, verify};
 use super::state::AppState;
-use super::warm::{DataPath, decode_sources};
+use super::warm::{DataPath, decode_sources, up_url};
 use crate::directory::types::{CompanionRequest, MigrationStep};
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, now_ms};
 
@@ -375,14 +375,6 @@ fn to_sources(
             })
         })
         .collect()
-}
-
-/// The base URL of node `id`, if it is up.
-fn up_url(nodes: &HashMap<String, NodeRecord>, id: &str) -> Option<String> {
-    nodes
-        .get(id)
-        .filter(|n| n.is_up())
-        .map(NodeRecord::base_url)
 }
 
 /// The base URLs of the backoff nodes that are up.

@@ -133,9 +133,7 @@ async fn candidates(
                 // node down): they are retired now.
                 VolumeState::Warm
                     if !volume.geo.is_companion()
-                        && job.is_some_and(|j| {
-                            !j.step.is_final() || j.step == MigrationStep::Failed
-                        }) => {}
+                        && job.is_some_and(|j| j.step != MigrationStep::Warm) => {}
                 _ => continue,
             }
             if let Some(job) = job {

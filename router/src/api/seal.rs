@@ -50,7 +50,7 @@ use haystack::failpoint::pause_task_at;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::warm::{DataPath, check_needle, read_via};
+use super::warm::{DataPath, check_needle, read_via, up_url};
 use crate::directory::types::{MigrationStep, PlaceRequest};
 use crate::directory::{LogicalVolume, NodeRecord, NodeRole, VolumeState, WarmVolume};
 
@@ -300,8 +300,7 @@ async fn attempt(
                 .replicas
                 .iter()
                 .filter(|r| **r != source.id && !volume.is_stale(r))
-                .filter_map(|r| nodes.get(r).filter(|n| n.is_up()))
-                .map(NodeRecord::base_url)
+                .filter_map(|r| up_url(&nodes, r))
                 .collect(),
             max_block_size_bytes: state.config.max_block_size_bytes,
         })
@@ -336,15 +335,11 @@ async fn attempt(
         .clone()
         .ok_or_else(|| failed(ApiError::Internal("placement without a record".into())))?;
     let url = |id: &String| -> Result<String, Failed> {
-        nodes
-            .get(id)
-            .filter(|n| n.is_up())
-            .map(NodeRecord::base_url)
-            .ok_or_else(|| {
-                failed(ApiError::Unavailable(format!(
-                    "placed on {id}, which is down"
-                )))
-            })
+        up_url(&nodes, id).ok_or_else(|| {
+            failed(ApiError::Unavailable(format!(
+                "placed on {id}, which is down"
+            )))
+        })
     };
     let distribute = DistributeRequest {
         stripes: warm

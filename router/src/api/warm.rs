@@ -494,12 +494,7 @@ async fn reconstruct(
     nodes: &HashMap<String, NodeRecord>,
     read: RangeRead,
 ) -> Result<Bytes, ApiError> {
-    let url_of = |id: &str| {
-        nodes
-            .get(id)
-            .filter(|n| n.is_up())
-            .map(NodeRecord::base_url)
-    };
+    let url_of = |id: &str| up_url(nodes, id);
     let (stripe, target) = (read.block.stripe, read.block.block);
     let others: Vec<Option<String>> = warm.stripes[stripe as usize]
         .iter()
@@ -583,6 +578,14 @@ async fn reconstruct(
         "stripe {stripe} of volume {} could not be read or decoded ({last})",
         read.block.volume
     )))
+}
+
+/// The base URL of node `id`, if it is up.
+pub(crate) fn up_url(nodes: &HashMap<String, NodeRecord>, id: &str) -> Option<String> {
+    nodes
+        .get(id)
+        .filter(|n| n.is_up())
+        .map(NodeRecord::base_url)
 }
 
 /// The base URL of each block of `stripe` that a decode may read, in block

@@ -334,19 +334,22 @@ impl WarmVolume {
             .map(|(_, b)| b)
     }
 
-    /// Whether block `block` of `stripe` is recorded as damaged.
-    pub fn is_damaged(&self, stripe: u64, block: u32) -> bool {
+    /// The damage recorded of block `block` of `stripe`, if any.
+    pub fn damage(&self, stripe: u64, block: u32) -> Option<&DamagedBlock> {
         self.damaged_blocks
             .iter()
-            .any(|d| (d.stripe, d.block) == (stripe, block))
+            .find(|d| (d.stripe, d.block) == (stripe, block))
+    }
+
+    /// Whether block `block` of `stripe` is recorded as damaged.
+    pub fn is_damaged(&self, stripe: u64, block: u32) -> bool {
+        self.damage(stripe, block).is_some()
     }
 
     /// Whether block `block` of `stripe` is recorded with wrong bytes under
     /// good checksums ([`DamagedBlock::silent`]).
     pub fn is_silently_damaged(&self, stripe: u64, block: u32) -> bool {
-        self.damaged_blocks
-            .iter()
-            .any(|d| (d.stripe, d.block) == (stripe, block) && d.silent)
+        self.damage(stripe, block).is_some_and(|d| d.silent)
     }
 
     /// Bytes of data its blocks hold, parity included (headers and
