@@ -689,10 +689,13 @@ fn advance(
     if cursor.advance(next) {
         Ok(())
     } else {
-        Err(DirectoryClientError::Decode(format!(
-            "{what} pages do not advance"
-        )))
+        Err(stalled(what))
     }
+}
+
+/// The error of a listing of `what`s whose pages stopped advancing.
+fn stalled(what: &str) -> DirectoryClientError {
+    DirectoryClientError::Decode(format!("{what} pages do not advance"))
 }
 
 /// The query of a listing by volume id ([`VolumePageQuery`]).
@@ -711,10 +714,7 @@ where
     F: FnMut(Option<K>) -> Fut,
     Fut: std::future::Future<Output = Result<(Vec<T>, Option<K>), DirectoryClientError>>,
 {
-    haystack::api::every_page(page, || {
-        DirectoryClientError::Decode(format!("{what} pages do not advance"))
-    })
-    .await
+    haystack::api::every_page(page, || stalled(what)).await
 }
 
 /// Node ids go into URL paths unescaped, so the client refuses anything the
