@@ -48,6 +48,10 @@ enum Command {
         /// Run every node as its own child process and write `DIR/cluster.json`.
         #[arg(long)]
         spawn: bool,
+        /// In one process, have the nodes call each other over loopback
+        /// HTTP, as separate processes do, not in process (for comparison).
+        #[arg(long, conflicts_with = "spawn")]
+        loopback_http: bool,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -250,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             config,
             spawn,
+            loopback_http,
             overrides,
         } => {
             let mut config = Config::load_with(config.as_deref(), &overrides)?;
@@ -266,7 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if spawn {
                 spawn::run_spawned(config, &data, shutdown).await
             } else {
-                up::run_in_process(config, &data, shutdown).await
+                up::run_in_process(config, &data, !loopback_http, shutdown).await
             }
         }
         Command::Serve {

@@ -1,8 +1,12 @@
 //! `hayloft up` in one process: every node of the role table
 //! ([`crate::roles::ROLES`]: the directory, three store nodes in three
 //! racks, 14 f4 storage nodes in 14 racks, the backoff node and the
-//! router), each on its own loopback listener, talking HTTP to each other
-//! exactly as separate processes would.
+//! router), each on its own loopback listener. Calls to a store node (from
+//! the router, the directory, the migrator, other stores) and the warm
+//! read hops (to an f4 storage node or the backoff node, and from the
+//! backoff node to the storage nodes) go to the node's routes in process
+//! ([`haystack::local`]; `--loopback-http` turns that off); every other call
+//! between them is HTTP, exactly as between separate processes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,9 +27,9 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Async worker threads of `hayloft up` in one process, and of each node
 /// `up --spawn` starts: half the cores, at least one
-/// (`TOKIO_WORKER_THREADS` overrides it). Every hop between
-/// roles is loopback HTTP inside this process, so each request wakes tasks
-/// on both ends of two hops; with fewer workers those wake-ups stay on one
+/// (`TOKIO_WORKER_THREADS` overrides it). Measured when every hop between
+/// roles was loopback HTTP inside this process (as with `--loopback-http`),
+/// so that each request woke tasks on both ends of two hops; with fewer workers those wake-ups stay on one
 /// thread instead of bouncing between threads, and the other cores are left
 /// to the blocking pool (engine reads, fsyncs), the kernel's network stack
 /// and local clients. On 2 cores, 1 worker instead of 2 served 1 KiB
@@ -57,12 +61,17 @@ pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {address}"))
 }
 
-/// Runs every role in this process until `shutdown` is cancelled or a role fails.
+/// Runs every role in this process until `shutdown` is cancelled or a role
+/// fails; with `in_process_calls`, the hops of a read stay in process.
 pub async fn run_in_process(
     config: Config,
     data_dir: &Path,
+    in_process_calls: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if in_process_calls {
+        haystack::local::enable();
+    }
     let token = shutdown.child_token();
     let mut tasks: RoleTasks = JoinSet::new();
     let result = start_and_wait(&config, data_dir, &token, &mut tasks).await;

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use haystack::batch::MAX_BATCH_ENTRIES;
-use haystack::client::{BatchCodec, BatchOptions, Batcher, Chain, StoreAddress, lean_http_client};
+use haystack::client::{
+    BatchCodec, BatchOptions, Batcher, Chain, LeanClient, StoreAddress, lean_http_client,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Serialize;
 
 use crate::api::{FAILED_BLOCKS_HEADER, RangeRead, ReconstructRequest};
@@ -77,7 +77,7 @@ impl BatchCodec for WarmBatch {
 /// decode (cheap to clone; clones share connections and batches).
 #[derive(Clone, Debug)]
 pub struct WarmReader {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: LeanClient<Full<Bytes>>,
     batcher: Arc<Batcher<WarmBatch>>,
 }
 

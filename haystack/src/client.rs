@@ -20,8 +20,8 @@ mod inventory;
 mod reader;
 
 pub use reader::{
-    BatchCodec, BatchOptions, BatchStats, Batcher, Chain, NeedleBatch, NeedleHead, NeedleReader,
-    ReadKind, StoreAddress, lean_http_client,
+    BatchCodec, BatchOptions, BatchStats, Batcher, Chain, LeanClient, NeedleBatch, NeedleHead,
+    NeedleReader, ReadKind, StoreAddress, lean_http_client,
 };
 
 use crate::api::{
@@ -452,7 +452,7 @@ impl StoreClient {
             &format!("/volumes/{volume}/direct-reads/stop"),
             self.request_timeout(),
         );
-        checked(request.send().await?).await?;
+        checked(send(request).await?).await?;
         Ok(())
     }
 
@@ -528,7 +528,7 @@ impl StoreClient {
             &needle_path(volume, key, cookie),
             self.request_timeout(),
         );
-        let response = checked(request.send().await?).await?;
+        let response = checked(send(request).await?).await?;
         let headers = response.headers();
         let crc32 = headers
             .get(CRC32_HEADER)
@@ -574,7 +574,7 @@ impl StoreClient {
             &needle_path(volume, key, cookie),
             self.request_timeout(),
         );
-        checked(request.send().await?).await?;
+        checked(send(request).await?).await?;
         Ok(())
     }
 
@@ -587,7 +587,7 @@ impl StoreClient {
     ) -> Result<VolumeFileResponse, ClientError> {
         let path = format!("/volumes/{volume}/files/{}", file.path_segment());
         let request = self.request(Method::GET, &path, self.transfer_timeout());
-        let response = checked(request.send().await?).await?;
+        let response = checked(send(request).await?).await?;
         let content_length = response.content_length();
         Ok(VolumeFileResponse {
             content_length,
@@ -610,7 +610,7 @@ impl StoreClient {
             file.path_segment()
         );
         let request = self.request(Method::GET, &path, self.transfer_timeout());
-        let response = checked(request.send().await?).await?;
+        let response = checked(send(request).await?).await?;
         let mut stream = response.bytes_stream();
         let mut buf = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
         while let Some(chunk) = stream.next().await {
@@ -642,10 +642,7 @@ impl StoreClient {
         method: Method,
         path: String,
     ) -> Result<T, ClientError> {
-        let response = self
-            .request(method, &path, self.request_timeout())
-            .send()
-            .await?;
+        let response = send(self.request(method, &path, self.request_timeout())).await?;
         read_json(checked(response).await?).await
     }
 
@@ -671,7 +668,7 @@ async fn append(
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, content_length)
         .body(body);
-    let response = checked(request.send().await?).await?;
+    let response = checked(send(request).await?).await?;
     read_json(response).await
 }
 
@@ -690,6 +687,87 @@ fn normalize_base_url(base_url: &str) -> Result<String, ClientError> {
         )));
     }
     Ok(url)
+}
+
+/// Sends `request`: to the node's routes in process where this process
+/// serves that node ([`crate::local`]; the request's timeout then bounds
+/// the answer's headers), over HTTP otherwise.
+async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+    let (http, request) = request.build_split();
+    let request = request?;
+    let url = request.url();
+    let local = url
+        .host_str()
+        .zip(url.port_or_known_default())
+        .and_then(|(host, port)| crate::local::service(&format!("{host}:{port}")));
+    let Some(service) = local else {
+        return Ok(http.execute(request).await?);
+    };
+    let timeout = request.timeout().copied();
+    let request = hyper::Request::<reqwest::Body>::try_from(request)?;
+    let answer = crate::local::call(service, request);
+    let response = match timeout {
+        None => answer.await,
+        Some(limit) => tokio::time::timeout(limit, answer)
+            .await
+            .map_err(|_| ClientError::connection(&"no answer within the request timeout", true))?,
+    };
+    let len = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    Ok(reqwest::Response::from(response.map(|body| {
+        reqwest::Body::wrap(LocalBody::new(body, len))
+    })))
+}
+
+/// An in-process answer's body as reqwest takes it: `Sync` (the mutex is
+/// only ever reached through `&mut`, never locked), and sized by its
+/// `Content-Length` as hyper sizes a received body, which is what
+/// [`reqwest::Response::content_length`] reads.
+struct LocalBody {
+    body: std::sync::Mutex<axum::body::Body>,
+    remaining: Option<u64>,
+}
+
+impl LocalBody {
+    fn new(body: axum::body::Body, len: Option<u64>) -> LocalBody {
+        let remaining = len.or_else(|| hyper::body::Body::size_hint(&body).exact());
+        LocalBody {
+            body: std::sync::Mutex::new(body),
+            remaining,
+        }
+    }
+}
+
+impl hyper::body::Body for LocalBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let body = this
+            .body
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
+        if let (Some(Ok(frame)), Some(remaining)) = (&frame, &mut this.remaining)
+            && let Some(data) = frame.data_ref()
+        {
+            *remaining = remaining.saturating_sub(data.len() as u64);
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.remaining {
+            Some(len) => hyper::body::SizeHint::with_exact(len),
+            None => hyper::body::SizeHint::default(),
+        }
+    }
 }
 
 /// Turns an error answer into a [`ClientError`]; passes success through.

@@ -181,6 +181,10 @@ pub async fn serve(
         // 400 that explains it.
         .half_close(true);
     let mut connections = JoinSet::new();
+    let in_process = listener
+        .local_addr()
+        .ok()
+        .and_then(|address| crate::local::enter(address, &app));
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -222,6 +226,7 @@ pub async fn serve(
             }
         });
     }
+    drop(in_process);
     drop(listener);
     let drained = tokio::time::timeout(options.shutdown_grace, async {
         while connections.join_next().await.is_some() {}

@@ -19,6 +19,7 @@ pub mod file;
 pub mod format;
 pub mod http;
 pub mod index;
+pub mod local;
 mod recover;
 mod repair;
 pub mod service;

@@ -14,9 +14,9 @@ mod batch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -84,10 +84,7 @@ impl StoreAddress {
 /// `connect_timeout`, up to `max_idle_per_host` idle connections per node,
 /// dropped after [`POOL_IDLE_TIMEOUT_MS`] (before the node's own idle
 /// close, so a request never lands on a socket the node is closing).
-pub fn lean_http_client<B>(
-    connect_timeout: Duration,
-    max_idle_per_host: usize,
-) -> Client<HttpConnector, B>
+pub fn lean_http_client<B>(connect_timeout: Duration, max_idle_per_host: usize) -> LeanClient<B>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -96,12 +93,43 @@ where
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
-        .pool_max_idle_per_host(max_idle_per_host)
-        .build(connector)
+    LeanClient {
+        http: Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_TIMEOUT_MS))
+            .pool_max_idle_per_host(max_idle_per_host)
+            .build(connector),
+    }
+}
+
+/// The lean hops' client ([`lean_http_client`]): a node this process serves
+/// itself is called in process ([`crate::local`]), any other over HTTP.
+#[derive(Clone, Debug)]
+pub struct LeanClient<B> {
+    http: Client<HttpConnector, B>,
+}
+
+impl<B> LeanClient<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Sends `request` to the node its URI names; the answer's body is
+    /// still to be received.
+    pub async fn request(
+        &self,
+        request: Request<B>,
+    ) -> Result<Response<Body>, hyper_util::client::legacy::Error> {
+        let local = request
+            .uri()
+            .authority()
+            .and_then(|node| crate::local::service(node.as_str()));
+        if let Some(service) = local {
+            return Ok(crate::local::call(service, request).await);
+        }
+        Ok(self.http.request(request).await?.map(Body::new))
+    }
 }
 
 /// Which answer a [`NeedleReader::read`] asks for.
@@ -118,7 +146,7 @@ pub enum ReadKind {
 /// batches).
 #[derive(Clone, Debug)]
 pub struct NeedleReader {
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: LeanClient<Empty<Bytes>>,
     body_idle_timeout: Duration,
     batcher: Arc<Batcher<NeedleBatch>>,
 }
@@ -223,7 +251,7 @@ impl NeedleReader {
 
     /// Turns an error answer into a [`ClientError`] (its JSON body read up
     /// to [`JSON_BODY_LIMIT_BYTES`]).
-    async fn error_answer(&self, response: Response<Incoming>) -> ClientError {
+    async fn error_answer(&self, response: Response<Body>) -> ClientError {
         let status: StatusCode = response.status();
         let (parts, mut body) = response.into_parts();
         let mut buf = BytesMut::new();
@@ -262,7 +290,7 @@ pub struct NeedleHead {
     pub content_length: Option<u64>,
     /// CRC-32 of the data, from `X-Hayloft-Crc32`.
     pub crc32: u32,
-    body: Incoming,
+    body: Body,
     idle: Duration,
 }
 

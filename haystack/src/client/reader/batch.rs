@@ -27,13 +27,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, StatusCode, Uri, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::super::ClientError;
-use super::{Chain, StoreAddress};
+use super::{Chain, LeanClient, StoreAddress};
 use crate::batch::{self, BatchAnswer, BatchRead};
 
 /// A batch route's wire format: how reads travel in one request and how
@@ -153,7 +151,7 @@ struct Pending<C: BatchCodec> {
 /// dropping the batcher closes every queue, and each dispatcher ends once
 /// its queue is drained.
 pub struct Batcher<C: BatchCodec> {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: LeanClient<Full<Bytes>>,
     options: BatchOptions,
     queues: Mutex<HashMap<Authority, mpsc::Sender<Pending<C>>>>,
     counters: Arc<Counters>,
@@ -170,7 +168,7 @@ impl<C: BatchCodec> std::fmt::Debug for Batcher<C> {
 
 impl<C: BatchCodec> Batcher<C> {
     /// A batcher sending its batches over `http` within `options`.
-    pub fn new(http: Client<HttpConnector, Full<Bytes>>, options: BatchOptions) -> Batcher<C> {
+    pub fn new(http: LeanClient<Full<Bytes>>, options: BatchOptions) -> Batcher<C> {
         let options = BatchOptions {
             max_entries: options.max_entries.clamp(1, C::MAX_ENTRIES),
             max_in_flight: options.max_in_flight.max(1),
@@ -194,7 +192,7 @@ impl<C: BatchCodec> Batcher<C> {
         }
     }
 
-    pub(super) fn http(&self) -> &Client<HttpConnector, Full<Bytes>> {
+    pub(super) fn http(&self) -> &LeanClient<Full<Bytes>> {
         &self.http
     }
 
@@ -265,7 +263,7 @@ fn batch_uri(node: &Authority, path: &'static str) -> Uri {
 /// Forms batches from `queue` and sends each from a task of its own, at most
 /// `max_in_flight` at once.
 async fn dispatch<C: BatchCodec>(
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: LeanClient<Full<Bytes>>,
     uri: Uri,
     mut queue: mpsc::Receiver<Pending<C>>,
     options: BatchOptions,
@@ -356,7 +354,7 @@ impl BatchFailure {
 /// Sends one batch and hands every read its answer; the slot is freed when
 /// the exchange is over.
 async fn send_batch<C: BatchCodec>(
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: LeanClient<Full<Bytes>>,
     uri: Uri,
     pending: Vec<Pending<C>>,
     _slot: Slot,
@@ -387,7 +385,7 @@ async fn send_batch<C: BatchCodec>(
 
 /// One batch request: the answers, in the order of `reads`.
 async fn exchange<C: BatchCodec>(
-    http: &Client<HttpConnector, Full<Bytes>>,
+    http: &LeanClient<Full<Bytes>>,
     uri: Uri,
     reads: &[C::Read],
 ) -> Result<Vec<C::Answer>, BatchFailure> {
