@@ -1,12 +1,12 @@
 //! `hayloft up` in one process: every node of the role table
 //! ([`crate::roles::ROLES`]: the directory, three store nodes in three
 //! racks, 14 f4 storage nodes in 14 racks, the backoff node and the
-//! router), each on its own loopback listener. Calls to a store node (from
-//! the router, the directory, the migrator, other stores) and the warm
-//! read hops (to an f4 storage node or the backoff node, and from the
-//! backoff node to the storage nodes) go to the node's routes in process
-//! ([`haystack::local`]; `--loopback-http` turns that off); every other call
-//! between them is HTTP, exactly as between separate processes.
+//! router), each on its own loopback listener. The router's reads and
+//! appends at a store node and the warm read hops (to an f4 storage node or
+//! the backoff node, and from the backoff node to the storage nodes) go to
+//! the node's routes in process ([`haystack::local`]; `--loopback-http`
+//! turns that off); every other call between them is HTTP, exactly as
+//! between separate processes.
 
 use std::path::Path;
 use std::time::Duration;

@@ -37,12 +37,18 @@
 #     against requests to internal endpoints), so `ec.encode` could not spread
 #     them; its servers bind this host's own address instead (still local).
 #   KEEP_DATA=1      keep both systems' data under $WORK
+#   SPAWN=1          0: `hayloft up` without `--spawn`, every node in one
+#                    process (its hops in process, see docs/ARCHITECTURE.md,
+#                    "Roles in one process"); step 5's memory is then the
+#                    whole process's, and step 6 (nodes killed) is skipped
+#                    in both systems
 # Raw JSON lines go to $WORK/results.jsonl, disk and memory figures to
 # $WORK/figures.jsonl; the summary is printed as Markdown.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SIZES="${SIZES:-64KiB 1MiB}"
+SPAWN="${SPAWN:-1}"
 ROUNDS="${ROUNDS:-3}"
 CONCURRENCY="${CONCURRENCY:-16}"
 SWFS_VENV="${SWFS_VENV:-/tmp/swfs-venv}"
@@ -99,9 +105,12 @@ for size in $SIZES; do
   router="http://$IP:$HAYLOFT_PORT"
 
   # --- Hayloft ---------------------------------------------------------------
-  "$HAYLOFT" up --spawn --data "$HL" --listen "$IP:$HAYLOFT_PORT" --volume-size 256MiB \
+  spawn_flag=(--spawn)
+  [ "$SPAWN" = 1 ] || spawn_flag=()
+  "$HAYLOFT" up "${spawn_flag[@]}" --data "$HL" --listen "$IP:$HAYLOFT_PORT" --volume-size 256MiB \
     >"$WORK/hayloft-$size.log" 2>&1 &
   PIDS+=($!)
+  up_pid=$!
   wait_http "$router/health" "hayloft router"
   for _ in $(seq 1 300); do [ -f "$HL/cluster.json" ] && break; sleep 0.2; done
 
@@ -233,22 +242,32 @@ PY
     fetch hayloft-lost4 hayloft "$WORK/hl-$size.urls.b0" "$size"
     fetch1 hayloft-lost4-c1 "$WORK/hl-$size.urls.b0" "$size"
   done
-  backoff_pid=$(python3 -c 'import json,sys; print(next(n["pid"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="backoff"))' "$HL/cluster.json")
-  python3 - "$backoff_pid" "$size" >>"$FIGURES" <<'PY'
+  if [ "$SPAWN" = 1 ]; then
+    backoff_pid=$(python3 -c 'import json,sys; print(next(n["pid"] for n in json.load(open(sys.argv[1]))["nodes"] if n["role"]=="backoff"))' "$HL/cluster.json")
+  else
+    backoff_pid=$up_pid
+  fi
+  python3 - "$backoff_pid" "$size" "$SPAWN" >>"$FIGURES" <<'PY'
 import json, sys
-pid, size = sys.argv[1:]
+pid, size, spawn = sys.argv[1:]
 fields = {}
 for line in open(f"/proc/{pid}/status"):
     key, _, value = line.partition(":")
     if key in ("VmHWM", "VmRSS"):
         fields[key] = int(value.split()[0]) * 1024
-print(json.dumps({"size": size, "backoff_peak_rss_bytes": fields.get("VmHWM"),
+print(json.dumps({"size": size, "whole_process": spawn != "1",
+                  "backoff_peak_rss_bytes": fields.get("VmHWM"),
                   "backoff_rss_bytes": fields.get("VmRSS"),
                   "backoff_cap_bytes": 1 << 30}))
 PY
   restore
 
-  # 6. four storage nodes down in each, all BLOBs
+  # 6. four storage nodes down in each, all BLOBs (nodes of their own only)
+  if [ "$SPAWN" != 1 ]; then
+    stop_all
+    if [ -z "${KEEP_DATA:-}" ]; then rm -rf "$HL" "$SW"; fi
+    continue
+  fi
   for id in f4-11 f4-12 f4-13 f4-14; do
     pid=$(python3 -c 'import json,sys; print(next(n["pid"] for n in json.load(open(sys.argv[1]))["nodes"] if n["id"]==sys.argv[2]))' "$HL/cluster.json" "$id")
     kill -9 "$pid"
@@ -314,7 +333,8 @@ for f in figures:
         print(f"- {f['size']}: wrk -t2 -c16 -d10s, one BLOB, {f['wrk']}: {f['requests_per_second']:,.0f} req/s "
               f"(p50 {f['p50_ms']:.2f} / p99 {f['p99_ms']:.2f} ms; non-2xx {f['non_2xx']})")
     else:
-        print(f"- {f['size']}: backoff node peak RSS {f['backoff_peak_rss_bytes'] / 1048576:.1f} MiB "
+        whose = "every node's process" if f.get("whole_process") else "backoff node"
+        print(f"- {f['size']}: {whose} peak RSS {f['backoff_peak_rss_bytes'] / 1048576:.1f} MiB "
               f"(now {f['backoff_rss_bytes'] / 1048576:.1f} MiB; cap on bytes in flight {f['backoff_cap_bytes'] / 1048576:.0f} MiB)")
 PY
 echo "raw results: $RESULTS $FIGURES" >&2

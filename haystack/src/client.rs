@@ -452,7 +452,7 @@ impl StoreClient {
             &format!("/volumes/{volume}/direct-reads/stop"),
             self.request_timeout(),
         );
-        checked(send(request).await?).await?;
+        checked(request.send().await?).await?;
         Ok(())
     }
 
@@ -528,7 +528,7 @@ impl StoreClient {
             &needle_path(volume, key, cookie),
             self.request_timeout(),
         );
-        let response = checked(send(request).await?).await?;
+        let response = checked(request.send().await?).await?;
         let headers = response.headers();
         let crc32 = headers
             .get(CRC32_HEADER)
@@ -574,7 +574,7 @@ impl StoreClient {
             &needle_path(volume, key, cookie),
             self.request_timeout(),
         );
-        checked(send(request).await?).await?;
+        checked(request.send().await?).await?;
         Ok(())
     }
 
@@ -587,7 +587,7 @@ impl StoreClient {
     ) -> Result<VolumeFileResponse, ClientError> {
         let path = format!("/volumes/{volume}/files/{}", file.path_segment());
         let request = self.request(Method::GET, &path, self.transfer_timeout());
-        let response = checked(send(request).await?).await?;
+        let response = checked(request.send().await?).await?;
         let content_length = response.content_length();
         Ok(VolumeFileResponse {
             content_length,
@@ -610,7 +610,7 @@ impl StoreClient {
             file.path_segment()
         );
         let request = self.request(Method::GET, &path, self.transfer_timeout());
-        let response = checked(send(request).await?).await?;
+        let response = checked(request.send().await?).await?;
         let mut stream = response.bytes_stream();
         let mut buf = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
         while let Some(chunk) = stream.next().await {
@@ -642,7 +642,10 @@ impl StoreClient {
         method: Method,
         path: String,
     ) -> Result<T, ClientError> {
-        let response = send(self.request(method, &path, self.request_timeout())).await?;
+        let response = self
+            .request(method, &path, self.request_timeout())
+            .send()
+            .await?;
         read_json(checked(response).await?).await
     }
 
@@ -668,7 +671,7 @@ async fn append(
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, content_length)
         .body(body);
-    let response = checked(send(request).await?).await?;
+    let response = checked(send_in_process_or_http(request).await?).await?;
     read_json(response).await
 }
 
@@ -689,10 +692,17 @@ fn normalize_base_url(base_url: &str) -> Result<String, ClientError> {
     Ok(url)
 }
 
-/// Sends `request`: to the node's routes in process where this process
-/// serves that node ([`crate::local`]; the request's timeout then bounds
-/// the answer's headers), over HTTP otherwise.
-async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+/// Sends an append: to the node's routes in process where this process
+/// serves that node ([`crate::local`]), over HTTP otherwise. In process, the
+/// request's timeout bounds the answer's headers, which come once the
+/// handler has taken the whole body and made the needle durable; the answer
+/// is a small JSON body already in memory. Only appends go this way: they
+/// carry the upload path's bodies, their handler is safe to drop half-way
+/// (the file work runs on the blocking pool), and other requests (syncs,
+/// file streams) rely on reqwest's body timeouts.
+async fn send_in_process_or_http(
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ClientError> {
     let (http, request) = request.build_split();
     let request = request?;
     let url = request.url();

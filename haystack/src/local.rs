@@ -7,14 +7,19 @@
 //! exchange; on a small machine that relay was most of the router's cost
 //! (`docs/BENCHMARKS.md`, "Where a 1 MiB fetch's CPU goes"). Once a process
 //! [`enable`]s it, every service it serves with [`crate::http::serve`] is
-//! entered here under the address it listens on, and the lean clients
-//! ([`crate::client::LeanClient`]) hand a request for that address straight
-//! to the service's router: the same handlers, checks, limits and deadlines
-//! as over HTTP, and the body's chunks passed on as they are, never copied.
-//! Other processes reach the same services over TCP as before.
+//! entered here under the address it listens on, and the read clients
+//! ([`crate::client::LeanClient`]) and the store client's appends hand a
+//! request for that address straight to the service's router ([`call`]):
+//! the same handlers, checks, body limits and deadlines as over HTTP, and
+//! the body's chunks passed on as they are, never copied. Other processes
+//! reach the same services over TCP as before.
 //!
-//! A service leaves the table when its shutdown begins, so a call after that
-//! goes to the socket and fails like any call to a stopped node.
+//! What the accept loop gives an HTTP request and an in-process one does
+//! not get: a connection slot (`max_connections`; the caller's own limits
+//! bound these calls) and the shutdown grace period. A service leaves the
+//! table when its shutdown begins, so a call after that goes to the socket
+//! and fails like any call to a stopped node. A handler that panics before
+//! its answer gives a `500`, as a node's connection task would end.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, Response, header};
+use axum::response::IntoResponse;
+use futures::FutureExt;
 use parking_lot::RwLock;
 use tower::ServiceExt;
 
@@ -70,8 +77,21 @@ where
             .headers_mut()
             .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
     }
-    let Ok(response) = service.oneshot(request).await;
-    response
+    // A handler's panic ends its request only, as it ends a connection's
+    // task over HTTP, not the caller's task.
+    match std::panic::AssertUnwindSafe(service.oneshot(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(_) => crate::http::ApiError::internal("the handler panicked").into_response(),
+    }
+}
+
+/// Whether calls to `authority` stay in process (see [`service`]).
+pub fn serves(authority: &str) -> bool {
+    ENABLED.load(Ordering::Relaxed) && services().read().contains_key(authority)
 }
 
 /// A service's entry in the table; removing it ends in-process calls to it.
@@ -101,12 +121,17 @@ impl Drop for Entry {
 mod tests {
     use std::time::Duration;
 
-    use axum::routing::get;
+    use axum::routing::{get, post, put};
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::{BodyExt, Empty, Full};
 
     use super::*;
+    use crate::api::AppendResult;
     use crate::client::{StoreClient, lean_http_client};
+
+    async fn panics() -> &'static str {
+        panic!("a handler's bug")
+    }
 
     #[tokio::test]
     async fn a_node_this_process_serves_is_called_without_a_socket_until_it_leaves() {
@@ -115,36 +140,59 @@ mod tests {
         let address = closed.local_addr().unwrap();
         drop(closed);
         let app = Router::new()
+            .route("/echo", post(|body: Bytes| async move { body }))
+            .route("/panics", get(panics))
             .route(
-                "/health",
-                get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-            )
-            .route(
-                "/echo",
-                axum::routing::post(|body: Bytes| async move { body }),
+                "/volumes/{volume}/needles/{key}",
+                put(|headers: axum::http::HeaderMap, body: Bytes| async move {
+                    // What the store's append reads: the declared length.
+                    let declared = headers[header::CONTENT_LENGTH].to_str().unwrap().parse();
+                    assert_eq!(declared, Ok(body.len() as u64));
+                    (
+                        axum::http::StatusCode::CREATED,
+                        axum::Json(AppendResult {
+                            offset: 8,
+                            size: body.len() as u64,
+                        }),
+                    )
+                }),
             );
         enable();
         let entry = enter(address, &app).expect("enabled");
 
-        let lean = lean_http_client::<http_body_util::Full<Bytes>>(Duration::from_secs(1), 1);
-        let request = Request::post(format!("http://{address}/echo"))
-            .body(http_body_util::Full::new(Bytes::from_static(
-                b"twelve bytes",
-            )))
-            .unwrap();
-        let response = lean.request(request).await.expect("answered in process");
+        let lean = lean_http_client::<Full<Bytes>>(Duration::from_secs(1), 1);
+        let echo = |path: &str| {
+            Request::post(format!("http://{address}{path}"))
+                .body(Full::new(Bytes::from_static(b"twelve bytes")))
+                .unwrap()
+        };
+        let response = lean.request(echo("/echo")).await.expect("in process");
         assert_eq!(response.headers()[header::CONTENT_LENGTH], "12");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"twelve bytes");
+        // A handler's panic stays the node's, as over HTTP: an error answer.
+        let lean_get = lean_http_client::<Empty<Bytes>>(Duration::from_secs(1), 1);
+        let panics = Request::get(format!("http://{address}/panics"))
+            .body(Empty::new())
+            .unwrap();
+        let response = lean_get.request(panics).await.expect("in process");
+        assert_eq!(response.status(), 500);
         let store = StoreClient::new(&format!("http://{address}")).unwrap();
-        store.health().await.expect("answered in process");
+        let appended = store
+            .append_needle_bytes(1, 2, 3, "text/plain", Bytes::from_static(b"five!"))
+            .await
+            .expect("in process");
+        assert_eq!(appended, AppendResult { offset: 8, size: 5 });
 
         drop(entry);
-        let request = Request::get(format!("http://{address}/health"))
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let lean = lean_http_client::<Empty<Bytes>>(Duration::from_secs(1), 1);
-        assert!(lean.request(request).await.is_err(), "gone with its entry");
-        assert!(store.health().await.unwrap_err().is_transport());
+        assert!(
+            lean.request(echo("/echo")).await.is_err(),
+            "gone with its entry"
+        );
+        let error = store
+            .append_needle_bytes(1, 2, 3, "text/plain", Bytes::from_static(b"five!"))
+            .await
+            .unwrap_err();
+        assert!(error.is_transport(), "{error}");
     }
 }

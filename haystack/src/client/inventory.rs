@@ -4,7 +4,7 @@
 
 use reqwest::Method;
 
-use super::{ClientError, StoreClient, checked, read_json, send};
+use super::{ClientError, StoreClient, checked, read_json};
 use crate::api::{
     DeletedPage, NeedlePage, NeedleRepairAnswer, PageQuery, ScrubPage, SyncReport, format_key,
 };
@@ -63,7 +63,7 @@ impl StoreClient {
         let request = self
             .request(Method::GET, path, self.request_timeout())
             .query(&query);
-        read_json(checked(send(request).await?).await?).await
+        read_json(checked(request.send().await?).await?).await
     }
 
     /// `POST /volumes/{vid}/scrub`: has the replica read and check up to
@@ -85,7 +85,7 @@ impl StoreClient {
                 self.request_timeout(),
             )
             .query(&query);
-        read_json(checked(send(request).await?).await?).await
+        read_json(checked(request.send().await?).await?).await
     }
 
     /// `GET /volumes/{vid}/digest`: the digest of the replica's index.
@@ -99,7 +99,7 @@ impl StoreClient {
     pub async fn raw_needle(&self, volume: u32, key: u64) -> Result<Vec<u8>, ClientError> {
         let path = format!("/volumes/{volume}/needles/{}/raw", format_key(key));
         let request = self.request(Method::GET, &path, self.transfer_timeout());
-        let response = checked(send(request).await?).await?;
+        let response = checked(request.send().await?).await?;
         if response
             .content_length()
             .is_none_or(|len| len > NEEDLE_SIZE_MAX)
@@ -123,7 +123,7 @@ impl StoreClient {
         let request = self
             .request(Method::POST, &path, self.transfer_timeout())
             .query(&[("from", peers.join(","))]);
-        read_json(checked(send(request).await?).await?).await
+        read_json(checked(request.send().await?).await?).await
     }
 
     /// `POST /volumes/{vid}/sync?from=URL&also=URL,...`: asks this node to
@@ -163,7 +163,7 @@ impl StoreClient {
         let request = self
             .request(Method::POST, &path, self.transfer_timeout())
             .query(query);
-        read_json(checked(send(request).await?).await?).await
+        read_json(checked(request.send().await?).await?).await
     }
 
     /// `POST /volumes/{vid}/retire`: removes a locked replica whose volume
@@ -171,7 +171,7 @@ impl StoreClient {
     pub async fn retire_volume(&self, volume: u32) -> Result<(), ClientError> {
         let path = format!("/volumes/{volume}/retire");
         let request = self.request(Method::POST, &path, self.request_timeout());
-        checked(send(request).await?).await?;
+        checked(request.send().await?).await?;
         Ok(())
     }
 
@@ -180,7 +180,7 @@ impl StoreClient {
     pub async fn remove_empty_volume(&self, volume: u32) -> Result<(), ClientError> {
         let path = format!("/volumes/{volume}");
         let request = self.request(Method::DELETE, &path, self.request_timeout());
-        checked(send(request).await?).await?;
+        checked(request.send().await?).await?;
         Ok(())
     }
 }

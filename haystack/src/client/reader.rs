@@ -61,6 +61,12 @@ impl StoreAddress {
         Ok(StoreAddress { authority })
     }
 
+    /// Whether this process serves the node itself, so that calls to it
+    /// stay in process ([`crate::local`]).
+    pub fn in_process(&self) -> bool {
+        crate::local::serves(self.authority.as_str())
+    }
+
     fn needle_uri(&self, volume: u32, key: u64, cookie: u32) -> Result<Uri, ClientError> {
         self.uri(&format!(
             "/volumes/{volume}/needles/{key:x}?cookie={cookie:08x}"
