@@ -1,12 +1,12 @@
 //! `hayloft up` in one process: every node of the role table
 //! ([`crate::roles::ROLES`]: the directory, three store nodes in three
 //! racks, 14 f4 storage nodes in 14 racks, the backoff node and the
-//! router), each on its own loopback listener. The router's reads and
-//! appends at a store node and the warm read hops (to an f4 storage node or
-//! the backoff node, and from the backoff node to the storage nodes) go to
-//! the node's routes in process ([`haystack::local`]; `--loopback-http`
-//! turns that off); every other call between them is HTTP, exactly as
-//! between separate processes.
+//! router), each on its own loopback listener. Needle reads and appends at
+//! a store node and the warm read hops (lookups, ranges and decodes at an
+//! f4 storage node or the backoff node, whoever asks) go to the node's
+//! routes in process ([`haystack::local`]; `--loopback-http` turns that
+//! off); every other call between them is HTTP, exactly as between
+//! separate processes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -62,7 +62,8 @@ pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Runs every role in this process until `shutdown` is cancelled or a role
-/// fails; with `in_process_calls`, the hops of a read stay in process.
+/// fails; with `in_process_calls`, reads and appends between its nodes stay
+/// in process.
 pub async fn run_in_process(
     config: Config,
     data_dir: &Path,

@@ -19,7 +19,8 @@
 //! bound these calls) and the shutdown grace period. A service leaves the
 //! table when its shutdown begins, so a call after that goes to the socket
 //! and fails like any call to a stopped node. A handler that panics before
-//! its answer gives a `500`, as a node's connection task would end.
+//! its answer gives a `500` (over HTTP its connection would end: both are a
+//! failed node to the caller).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

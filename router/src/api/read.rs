@@ -354,8 +354,8 @@ async fn read_replica(
     }
 }
 
-/// A needle asked for alone (too large for a read batch, or of a volume
-/// whose reads skip it): its headers, and a small needle's checked data,
+/// A needle asked for alone (too large for a read batch, of a volume whose
+/// reads skip it, or at a node of this process): its headers, and a small needle's checked data,
 /// within `timeout`; a larger needle's data to be streamed.
 async fn stream_replica(
     state: &AppState,
@@ -377,7 +377,7 @@ async fn stream_replica(
         return Err(ReplicaError::NoLength);
     };
     let content_type = head.content_type.clone();
-    // A small needle asked for alone (its volume's reads skip the batch) is
+    // A small needle asked for alone (not in a batch) is
     // received whole and checked as a batch answer is, so that a bad copy
     // is reported and the next replica asked.
     let body = if len <= u64::from(WHOLE_BODY_MAX_BYTES) {
