@@ -706,8 +706,9 @@ async fn send_in_process_or_http(
     let (http, request) = request.build_split();
     let request = request?;
     let url = request.url();
+    // `Host` displays an IPv6 address in brackets, as a socket address does.
     let local = url
-        .host_str()
+        .host()
         .zip(url.port_or_known_default())
         .and_then(|(host, port)| crate::local::service(&format!("{host}:{port}")));
     let Some(service) = local else {
