@@ -92,7 +92,7 @@ where
 
 /// Whether calls to `authority` stay in process (see [`service`]).
 pub fn serves(authority: &str) -> bool {
-    ENABLED.load(Ordering::Relaxed) && services().read().contains_key(authority)
+    service(authority).is_some()
 }
 
 /// A service's entry in the table; removing it ends in-process calls to it.
